@@ -1,1 +1,17 @@
-pub fn placeholder() {}
+//! log-sensor: tails log files into a SQLite offset store and ships every record at least once.
+//!
+//! The modules follow the data path:
+//! - [`config`]: TOML → a validated [`config::Config`], every error at once with its key.
+//! - [`discover`]: globs, scans and inotify wake-ups find the files (the scan is the truth).
+//! - [`fingerprint`]: a stream's identity from the hash of its head (gzip decompressed first).
+//! - [`read`]: opening a file at an offset, plain or gzip, and checking the bytes before it.
+//! - [`frame`]: delimiters, multiline joins, head/tail of over-long records.
+//! - [`tail`]: the loop that follows every stream through rotation and truncation.
+//! - [`batch`] and [`record`]: records gathered for a sink and their wire format.
+//! - [`sink`]: where batches go; one file per kind.
+//! - [`store`]: the SQLite store, the only code that touches the database.
+//! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
+
+pub mod config;
+pub mod frame;
+pub mod store;

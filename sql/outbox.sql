@@ -1,0 +1,53 @@
+-- log-sensor osquery outbox, version 1 (kept in PRAGMA user_version).
+-- Written by the osquery extension's logger plugin `log_sensor` at <state_dir>/osquery-outbox.db
+-- (WAL). The extension answers osqueryd only after a row is here, so nothing osquery logs is
+-- lost when the agent is down. The agent ships the outbox through its sink and deletes what
+-- was acknowledged:
+--   SELECT id, time, kind, name, category, record FROM outbox WHERE id > :last ORDER BY id LIMIT :n;
+--   ... sink acknowledges ...
+--   DELETE FROM outbox WHERE id <= :acked;
+-- Each row becomes one record with source "osquery", stream = name, msg = record.
+-- Ids only grow (AUTOINCREMENT), but have gaps: the extension drops the oldest rows when the
+-- outbox is full (counted in counters.dropped_full, raised in alerts).
+
+-- Records waiting to be shipped.
+CREATE TABLE IF NOT EXISTS outbox (
+  id        INTEGER PRIMARY KEY AUTOINCREMENT, -- monotonically increasing, never reused
+  time      INTEGER NOT NULL,   -- unix seconds when the extension queued the record
+  kind      TEXT NOT NULL,      -- result | snapshot | status | event | heartbeat
+  name      TEXT NOT NULL,      -- the stream: the query name; osquery_status for status logs,
+                                -- osquery_events for event rows
+  category  TEXT,               -- the `category` osquery sent with a string call (e.g. event)
+  record    TEXT NOT NULL       -- one JSON document: byte-exact as osquery sent it for
+                                -- result/snapshot/event; built by the extension for status
+                                -- lines and heartbeats
+);
+
+-- The last snapshot of each snapshot query, so an unchanged one is only counted (kept across
+-- restarts of the extension and of osqueryd).
+CREATE TABLE IF NOT EXISTS snapshot_digests (
+  name        TEXT PRIMARY KEY,  -- the query name
+  digest      TEXT NOT NULL,     -- hex xxh3-128 of the snapshot's rows, order-independent
+  rows        INTEGER NOT NULL,  -- row count of that snapshot
+  changed_at  INTEGER NOT NULL,  -- unix time the digest last changed (the snapshot was queued)
+  seen_at     INTEGER NOT NULL,  -- unix time of the last snapshot of this query
+  unchanged   INTEGER NOT NULL DEFAULT 0 -- unchanged snapshots not queued since changed_at
+);
+
+-- Running totals: dropped_full, unchanged_snapshots, heartbeats, queued.
+CREATE TABLE IF NOT EXISTS counters (
+  name   TEXT PRIMARY KEY,
+  value  INTEGER NOT NULL
+);
+
+-- The extension's own alerts (shown in log_sensor_alerts with source "osquery"). One row per
+-- episode: repeated drops within a minute update `count` and `last_time`.
+CREATE TABLE IF NOT EXISTS alerts (
+  id         INTEGER PRIMARY KEY,
+  time       INTEGER NOT NULL,
+  last_time  INTEGER NOT NULL,
+  kind       TEXT NOT NULL,      -- outbox_full
+  count      INTEGER NOT NULL,   -- records dropped in this episode
+  detail     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(time);
