@@ -1,0 +1,289 @@
+//! The few facts the extension needs from the agent's TOML config: where it is, `host_id`,
+//! `state_dir` and the packs. The agent validates the rest; a config that cannot be read is
+//! reported and replaced by defaults, because an extension that refuses to start would take the
+//! logger plugin away from osqueryd.
+
+use std::path::{Path, PathBuf};
+
+/// Where the config is looked up when neither `--config` nor the environment names it.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/log-sensor/log-sensor.toml";
+/// The environment variable naming the config (autoloaded extensions get no flags of ours).
+pub const CONFIG_ENV: &str = "LOG_SENSOR_CONFIG";
+
+/// The agent's documented defaults, shown with origin `default` in `log_sensor_config` for the
+/// keys the file does not set. `host_id` defaults to the host name (added at load time).
+pub const DOCUMENTED_DEFAULTS: &[(&str, &str)] = &[
+    ("state_dir", "state"),
+    ("defaults.fingerprint_bytes", "1024"),
+    ("defaults.max_record_bytes", "65536"),
+    ("defaults.max_file_bytes", "4294967296"),
+    ("defaults.delimiter", "\n"),
+    ("defaults.detect_compression", "true"),
+];
+
+/// The agent config as the extension sees it.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The file we looked at (it may not exist).
+    pub path: PathBuf,
+    /// The parsed file; `None` when missing or unreadable.
+    pub table: Option<toml::Table>,
+    /// Why the file could not be used, for the log and for `log_sensor_config` readers.
+    pub problem: Option<String>,
+    /// `host_id`, expanded; the host name by default.
+    pub host_id: String,
+    /// `state_dir`, resolved against the config's folder.
+    pub state_dir: PathBuf,
+}
+
+/// `--config PATH`, else `$LOG_SENSOR_CONFIG`, else the default path.
+pub fn locate(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> AgentConfig {
+        let (table, mut problem) = match std::fs::read_to_string(path) {
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(format!("cannot parse {}: {e}", path.display()))),
+            },
+            Err(e) => (None, Some(format!("cannot read {}: {e}", path.display()))),
+        };
+        let mut host_id = hostname();
+        let mut state_dir = String::from("state");
+        if let Some(t) = &table {
+            for (key, slot) in [("host_id", &mut host_id), ("state_dir", &mut state_dir)] {
+                match t.get(key) {
+                    Some(toml::Value::String(s)) => match expand(s) {
+                        Ok(v) => *slot = v,
+                        Err(e) => problem = Some(format!("{} key {key}: {e}", path.display())),
+                    },
+                    Some(other) => {
+                        problem = Some(format!(
+                            "{} key {key}: expected a string, found {}",
+                            path.display(),
+                            other.type_str()
+                        ))
+                    }
+                    None => {}
+                }
+            }
+        }
+        AgentConfig {
+            path: path.to_path_buf(),
+            state_dir: resolve(path, Path::new(&state_dir)),
+            table,
+            problem,
+            host_id,
+        }
+    }
+
+    /// The folder relative paths in the config are taken against.
+    pub fn base_dir(&self) -> PathBuf {
+        config_dir(&self.path)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("store.db")
+    }
+
+    pub fn outbox_path(&self) -> PathBuf {
+        self.state_dir.join("osquery-outbox.db")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    /// Pack files the extension reads `log_sensor.queue_queries` from: every `*.json` in the
+    /// pack folders (`pack_dirs`, default `<config dir>/packs`) plus the `packs` entries (a
+    /// name is looked up in the pack folders, a path is taken relative to the config's folder).
+    /// Only packs osquery actually schedules matter: the schedule is matched later.
+    pub fn pack_files(&self) -> Vec<PathBuf> {
+        let base = self.base_dir();
+        let strings = |key: &str| -> Vec<String> {
+            match self.table.as_ref().and_then(|t| t.get(key)) {
+                Some(toml::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter_map(|s| expand(s).ok())
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut dirs: Vec<PathBuf> = strings("pack_dirs")
+            .iter()
+            .map(|d| resolve(&self.path, Path::new(d)))
+            .collect();
+        if dirs.is_empty() {
+            dirs.push(base.join("packs"));
+        }
+        let mut files = Vec::new();
+        for d in &dirs {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                let mut found: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+        }
+        for entry in strings("packs") {
+            let p = if entry.contains('/') || entry.ends_with(".json") {
+                resolve(&self.path, Path::new(&entry))
+            } else {
+                match dirs
+                    .iter()
+                    .map(|d| d.join(format!("{entry}.json")))
+                    .find(|p| p.exists())
+                {
+                    Some(p) => p,
+                    None => continue,
+                }
+            };
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        files
+    }
+}
+
+fn config_dir(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Relative paths in the config are relative to the config file's folder.
+pub fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_dir(config_path).join(p)
+    }
+}
+
+/// Expands `${hostname}` and `${env:NAME}` the way the agent does.
+pub fn expand(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated \"${{\" in {value:?}"))?;
+        let name = &after[..end];
+        if name == "hostname" {
+            out.push_str(&hostname());
+        } else if let Some(var) = name.strip_prefix("env:") {
+            let v = std::env::var(var).map_err(|_| {
+                format!("environment variable {var} is not set (used in {value:?})")
+            })?;
+            out.push_str(&v);
+        } else {
+            return Err(format!("unknown variable ${{{name}}} in {value:?}"));
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The machine's host name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if len > 0 {
+            return String::from_utf8_lossy(&buf[..len]).into_owned();
+        }
+    }
+    "localhost".to_string()
+}
+
+/// Flattens a TOML table into dotted keys; arrays and arrays of tables become JSON text, strings
+/// are expanded as the agent expands them (an unexpandable one is shown as written).
+pub fn flatten(table: &toml::Table) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    flatten_into("", table, &mut out);
+    out
+}
+
+fn flatten_into(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten_into(&key, t, out),
+            toml::Value::String(s) => out.push((key, expand(s).unwrap_or_else(|_| s.clone()))),
+            toml::Value::Array(_) => out.push((key, to_json(v).to_string())),
+            other => out.push((key, other.to_string())),
+        }
+    }
+}
+
+fn to_json(v: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(expand(s).unwrap_or_else(|_| s.clone())),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => J::from(*f),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_nested_tables_and_arrays() {
+        let t: toml::Table = r#"
+            host_id = "h1"
+            [defaults]
+            max_record_bytes = 100
+            [sources.app]
+            paths = ["a/*.log", "b"]
+            break_before = '^\d'
+        "#
+        .parse()
+        .unwrap();
+        let flat = flatten(&t);
+        assert!(flat.contains(&("host_id".into(), "h1".into())));
+        assert!(flat.contains(&("defaults.max_record_bytes".into(), "100".into())));
+        assert!(flat.contains(&("sources.app.paths".into(), r#"["a/*.log","b"]"#.into())));
+        assert!(flat.contains(&("sources.app.break_before".into(), r"^\d".into())));
+    }
+
+    #[test]
+    fn state_dir_is_relative_to_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "state_dir = \"st\"\nhost_id = \"x-${hostname}\"\n").unwrap();
+        let c = AgentConfig::load(&p);
+        assert_eq!(c.state_dir, dir.path().join("st"));
+        assert_eq!(c.host_id, format!("x-{}", hostname()));
+        assert!(c.problem.is_none());
+    }
+}

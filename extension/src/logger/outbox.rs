@@ -1,0 +1,465 @@
+//! The durable, bounded outbox: `<state_dir>/osquery-outbox.db` (schema in `sql/outbox.sql`).
+//!
+//! Every logger call lands here before osqueryd gets its answer. Nothing in here may make a
+//! `string` or `snapshot` call fail (osquery issue #7100: a failed logger call shuts osqueryd
+//! down and the rows are lost), so when the database cannot be written — a missing or unusable
+//! state dir, a full disk, a lock held too long — records wait in a bounded memory queue and
+//! go in at the next successful write.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+/// The outbox schema, shared with the agent that ships it.
+pub const OUTBOX_SQL: &str = include_str!("../../../sql/outbox.sql");
+/// `PRAGMA user_version` of the schema above.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Default cap on pending rows; the oldest are dropped past it.
+pub const DEFAULT_MAX_ROWS: u64 = 100_000;
+/// Records held in memory while the database cannot be written.
+const MEMORY_MAX: usize = 10_000;
+/// How often a broken database is retried.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Repeated drops within this many seconds extend one alert instead of adding rows.
+const ALERT_EPISODE_SECS: i64 = 60;
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Result,
+    Snapshot,
+    Status,
+    Event,
+    Heartbeat,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Result => "result",
+            Kind::Snapshot => "snapshot",
+            Kind::Status => "status",
+            Kind::Event => "event",
+            Kind::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// One record on its way to the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub time: i64,
+    pub kind: Kind,
+    pub name: String,
+    pub category: Option<String>,
+    pub record: String,
+}
+
+/// A snapshot's identity for the unchanged check.
+#[derive(Debug, Clone)]
+pub struct SnapshotDigest {
+    pub digest: String,
+    pub rows: i64,
+}
+
+/// What happened to a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    Queued,
+    Unchanged,
+    /// The database was unavailable: queued in memory without the check (a duplicate is better
+    /// than a loss).
+    Held,
+}
+
+pub struct Outbox {
+    /// The database file.
+    path: PathBuf,
+    /// Cap on pending rows.
+    max_rows: u64,
+    /// Open connection, or `None` after a failure (reopened lazily).
+    conn: Option<Connection>,
+    /// Records waiting for the database to become writable again.
+    memory: VecDeque<Record>,
+    /// Records dropped from `memory` because it was full; written to counters later.
+    memory_dropped: u64,
+    /// When opening last failed, to pace retries.
+    last_failure: Option<Instant>,
+}
+
+impl Outbox {
+    pub fn new(path: PathBuf, max_rows: u64) -> Outbox {
+        Outbox {
+            path,
+            max_rows: max_rows.max(1),
+            conn: None,
+            memory: VecDeque::new(),
+            memory_dropped: 0,
+            last_failure: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a record; never fails.
+    pub fn push(&mut self, rec: Record) {
+        self.write(
+            |tx, max, path| insert(tx, &rec, max, path).map(|_| ()),
+            Some(rec.clone()),
+        );
+    }
+
+    /// Queues a snapshot unless it equals the previous one of the same query; never fails.
+    pub fn push_snapshot(&mut self, rec: Record, digest: &SnapshotDigest) -> SnapshotOutcome {
+        let mut outcome = SnapshotOutcome::Held;
+        let ok = self.write(
+            |tx, max, path| {
+                outcome = snapshot(tx, &rec, digest, max, path)?;
+                Ok(())
+            },
+            Some(rec.clone()),
+        );
+        if ok {
+            outcome
+        } else {
+            SnapshotOutcome::Held
+        }
+    }
+
+    /// Adds `n` to a counter; best effort (a counter is not worth a memory record).
+    pub fn count(&mut self, counter: &str, n: i64) {
+        self.write(|tx, _, _| bump(tx, counter, n), None);
+    }
+
+    /// Runs `f` in a write transaction after flushing what memory holds. On failure `fallback`
+    /// is held in memory. Returns whether `f` committed.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, u64, &Path) -> rusqlite::Result<()>,
+        fallback: Option<Record>,
+    ) -> bool {
+        let result = match self.connection() {
+            Some(_) => self.try_write(f),
+            None => Err("the outbox database is not open".to_string()),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                if self.conn.take().is_some() || self.last_failure.is_none() {
+                    tracing::warn!(
+                        "cannot write the osquery outbox {}: {e}; holding records in memory",
+                        self.path.display()
+                    );
+                }
+                self.last_failure = Some(Instant::now());
+                if let Some(rec) = fallback {
+                    self.hold(rec);
+                }
+                false
+            }
+        }
+    }
+
+    fn try_write(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, u64, &Path) -> rusqlite::Result<()>,
+    ) -> Result<(), String> {
+        let (max, path) = (self.max_rows, self.path.clone());
+        let memory: Vec<Record> = self.memory.iter().cloned().collect();
+        let memory_dropped = self.memory_dropped;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or("the outbox database is not open")?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
+        for rec in &memory {
+            insert(&tx, rec, max, &path).map_err(|e| e.to_string())?;
+        }
+        if memory_dropped > 0 {
+            bump(&tx, "dropped_unwritable", memory_dropped as i64).map_err(|e| e.to_string())?;
+            raise(
+                &tx,
+                "outbox_unwritable",
+                memory_dropped as i64,
+                &format!(
+                    "the osquery outbox {} could not be written and its memory queue ({MEMORY_MAX} \
+                     records) overflowed: {{count}} oldest records were lost",
+                    path.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        f(&tx, max, &path).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        self.memory.clear();
+        self.memory_dropped = 0;
+        Ok(())
+    }
+
+    fn hold(&mut self, rec: Record) {
+        if self.memory.len() >= MEMORY_MAX {
+            self.memory.pop_front();
+            self.memory_dropped += 1;
+        }
+        self.memory.push_back(rec);
+    }
+
+    /// The open connection, opening it (creating the state dir) when due.
+    fn connection(&mut self) -> Option<&mut Connection> {
+        if self.conn.is_none() {
+            if let Some(t) = self.last_failure {
+                if t.elapsed() < REOPEN_EVERY {
+                    return None;
+                }
+            }
+            match open(&self.path) {
+                Ok(c) => {
+                    if self.last_failure.take().is_some() {
+                        tracing::info!(
+                            "the osquery outbox {} is writable again",
+                            self.path.display()
+                        );
+                    }
+                    self.conn = Some(c);
+                }
+                Err(e) => {
+                    if self.last_failure.is_none() {
+                        tracing::warn!("{e}; holding osquery records in memory");
+                    }
+                    self.last_failure = Some(Instant::now());
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+}
+
+/// Opens (creating the state dir, the file and the schema) the outbox database.
+pub fn open(path: &Path) -> Result<Connection, String> {
+    let err = |e: &dyn std::fmt::Display| {
+        format!("cannot open the osquery outbox {}: {e}", path.display())
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    }
+    let conn = Connection::open(path).map_err(|e| err(&e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| err(&e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| err(&e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(err(&format!("journal mode is {mode}, not WAL")));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| err(&e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| err(&e))?;
+    if version > SCHEMA_VERSION {
+        return Err(err(&format!(
+            "schema version {version} is newer than this extension's {SCHEMA_VERSION}"
+        )));
+    }
+    conn.execute_batch(OUTBOX_SQL).map_err(|e| err(&e))?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| err(&e))?;
+    Ok(conn)
+}
+
+/// Whether a table exists (a read-only reader's check).
+pub fn has_table(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+fn insert(tx: &Transaction<'_>, rec: &Record, max_rows: u64, path: &Path) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (time, kind, name, category, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            rec.time,
+            rec.kind.as_str(),
+            rec.name,
+            rec.category,
+            rec.record
+        ],
+    )?;
+    bump(tx, "queued", 1)?;
+    let pending: i64 = tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+    let excess = pending - max_rows as i64;
+    if excess > 0 {
+        tx.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
+            [excess],
+        )?;
+        bump(tx, "dropped_full", excess)?;
+        raise(
+            tx,
+            "outbox_full",
+            excess,
+            &format!(
+                "the osquery outbox {} is full ({max_rows} records): {{count}} oldest records \
+                 dropped; is the log-sensor agent running and shipping?",
+                path.display()
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn snapshot(
+    tx: &Transaction<'_>,
+    rec: &Record,
+    d: &SnapshotDigest,
+    max_rows: u64,
+    path: &Path,
+) -> rusqlite::Result<SnapshotOutcome> {
+    let previous: Option<String> = tx
+        .query_row(
+            "SELECT digest FROM snapshot_digests WHERE name = ?1",
+            [&rec.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if previous.as_deref() == Some(d.digest.as_str()) {
+        tx.execute(
+            "UPDATE snapshot_digests SET seen_at = ?2, unchanged = unchanged + 1 WHERE name = ?1",
+            params![rec.name, rec.time],
+        )?;
+        bump(tx, "unchanged_snapshots", 1)?;
+        return Ok(SnapshotOutcome::Unchanged);
+    }
+    insert(tx, rec, max_rows, path)?;
+    tx.execute(
+        "INSERT INTO snapshot_digests (name, digest, rows, changed_at, seen_at, unchanged) \
+         VALUES (?1, ?2, ?3, ?4, ?4, 0) \
+         ON CONFLICT(name) DO UPDATE SET digest = ?2, rows = ?3, changed_at = ?4, seen_at = ?4, unchanged = 0",
+        params![rec.name, d.digest, d.rows, rec.time],
+    )?;
+    Ok(SnapshotOutcome::Queued)
+}
+
+fn bump(tx: &Transaction<'_>, counter: &str, n: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+         ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+        params![counter, n],
+    )?;
+    Ok(())
+}
+
+/// Raises an alert, or extends the current episode of the same kind. `{count}` in `detail` is
+/// replaced by the episode's total.
+fn raise(tx: &Transaction<'_>, kind: &str, n: i64, detail: &str) -> rusqlite::Result<()> {
+    let now = crate::logger::calendar::unix_now();
+    let current: Option<(i64, i64, i64)> = tx
+        .query_row(
+            "SELECT id, count, time FROM alerts WHERE kind = ?1 AND last_time >= ?2 ORDER BY id DESC LIMIT 1",
+            params![kind, now - ALERT_EPISODE_SECS],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match current {
+        Some((id, count, _)) => {
+            let total = count + n;
+            tx.execute(
+                "UPDATE alerts SET count = ?2, last_time = ?3, detail = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    total,
+                    now,
+                    detail.replace("{count}", &total.to_string())
+                ],
+            )?;
+        }
+        None => {
+            tracing::warn!("{}", detail.replace("{count}", &n.to_string()));
+            tx.execute(
+                "INSERT INTO alerts (time, last_time, kind, count, detail) VALUES (?1, ?1, ?2, ?3, ?4)",
+                params![now, kind, n, detail.replace("{count}", &n.to_string())],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: i64) -> Record {
+        Record {
+            time: i,
+            kind: Kind::Result,
+            name: "q".into(),
+            category: None,
+            record: format!("{{\"i\":{i}}}"),
+        }
+    }
+
+    #[test]
+    fn drops_oldest_past_the_cap_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::new(dir.path().join("state/outbox.db"), 3);
+        for i in 0..5 {
+            o.push(rec(i));
+        }
+        let c = open(o.path()).unwrap();
+        let times: Vec<i64> = c
+            .prepare("SELECT time FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(times, vec![2, 3, 4]);
+        let dropped: i64 = c
+            .query_row(
+                "SELECT value FROM counters WHERE name='dropped_full'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(dropped, 2);
+        let (alerts, count): (i64, i64) = c
+            .query_row(
+                "SELECT COUNT(*), SUM(count) FROM alerts WHERE kind='outbox_full'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((alerts, count), (1, 2));
+    }
+
+    #[test]
+    fn holds_in_memory_while_unwritable_then_flushes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, "not a dir").unwrap();
+        let mut o = Outbox::new(state.join("outbox.db"), 100);
+        o.push(rec(1));
+        o.push(rec(2));
+        std::fs::remove_file(&state).unwrap();
+        std::thread::sleep(REOPEN_EVERY);
+        o.push(rec(3));
+        let c = open(o.path()).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+}
