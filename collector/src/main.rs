@@ -1,4 +1,258 @@
-fn main() {
-    eprintln!("log-sensor-collector: not built yet");
-    std::process::exit(2);
+//! The `log-sensor-collector` command line; anyhow lives only here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use log_sensor_collector::config::{Config, Layout};
+use log_sensor_collector::db::Db;
+use log_sensor_collector::{fsutil, pki, revoke, server, users};
+
+#[derive(Parser)]
+#[command(
+    name = "log-sensor-collector",
+    version,
+    about = "Receives log-sensor batches over mutual TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct DirArg {
+    /// The collector's state directory (CA, config, database, data).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the CA, the server certificate, the config and the database.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        /// DNS name or IP address agents use to reach the collector (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Listen address written to the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Manage enrolment accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Serve HTTPS: enrol, renew, ingest, /metrics, /healthz.
+    Serve {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Overrides `listen` from the config; port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Revoke a certificate by serial, or every certificate of a host.
+    Revoke {
+        #[command(flatten)]
+        dir: DirArg,
+        /// A serial (hex, as `certs list` shows) or a host id.
+        target: String,
+    },
+    /// Inspect issued certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is prompted for on the terminal.
+    Add {
+        #[command(flatten)]
+        dir: DirArg,
+        name: String,
+        /// Read the password from the first line of this file instead.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Delete a user (certificates already issued stay valid; revoke them).
+    Del {
+        #[command(flatten)]
+        dir: DirArg,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// List issued, expired and revoked certificates.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Init { dir, names, listen } => init(&Layout::new(dir.dir), &names, listen),
+        Command::User { command } => match command {
+            UserCommand::Add {
+                dir,
+                name,
+                password_file,
+            } => user_add(&Layout::new(dir.dir), &name, password_file),
+            UserCommand::Del { dir, name } => {
+                Db::open(&Layout::new(dir.dir).db())?.delete_user(&name)?;
+                println!("deleted user {name}");
+                Ok(())
+            }
+        },
+        Command::Serve { dir, listen } => serve(Layout::new(dir.dir), listen),
+        Command::Revoke { dir, target } => {
+            let db = Db::open(&Layout::new(dir.dir).db())?;
+            for row in revoke::revoke(&db, &target)? {
+                println!("revoked {} (host {})", row.serial, row.host_id);
+            }
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::List { dir },
+        } => certs_list(&Layout::new(dir.dir)),
+    }
+}
+
+fn init(layout: &Layout, names: &[String], listen: Option<SocketAddr>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !layout.dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&layout.dir)
+            .with_context(|| format!("creating {}", layout.dir.display()))?;
+    }
+    if layout.db().exists() || layout.config().exists() {
+        bail!(
+            "{} already holds a collector; refusing to replace it",
+            layout.dir.display()
+        );
+    }
+    pki::init(
+        &layout.ca_cert(),
+        &layout.ca_key(),
+        &layout.server_cert(),
+        &layout.server_key(),
+        names,
+    )?;
+    let mut config = Config::default();
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    config.create(&layout.config())?;
+    Db::create(&layout.db())?;
+    std::fs::create_dir_all(layout.data_dir())
+        .with_context(|| format!("creating {}", layout.data_dir().display()))?;
+    fsutil::sync_dir(&layout.dir).with_context(|| format!("syncing {}", layout.dir.display()))?;
+    println!("CA certificate:     {}", layout.ca_cert().display());
+    println!("CA key (0600):      {}", layout.ca_key().display());
+    println!(
+        "server certificate: {} (names: {})",
+        layout.server_cert().display(),
+        names.join(", ")
+    );
+    println!("config:             {}", layout.config().display());
+    println!("database:           {}", layout.db().display());
+    Ok(())
+}
+
+fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Result<()> {
+    if name.is_empty() {
+        bail!("empty user name");
+    }
+    let db = Db::open(&layout.db())?;
+    let password = match password_file {
+        Some(path) => users::password_from_file(&path)?,
+        None => users::password_from_tty(name)?,
+    };
+    let hash = users::hash_password(&password)?;
+    db.add_user(name, &hash, pki::unix_now())?;
+    println!("added user {name}");
+    Ok(())
+}
+
+fn serve(layout: Layout, listen: Option<SocketAddr>) -> Result<()> {
+    let config = Config::load(&layout.config())?;
+    let addr = listen.unwrap_or(config.listen);
+    let server = server::Server::open(&layout, config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        fsutil::replace(&layout.serve_addr(), format!("{bound}\n").as_bytes())
+            .with_context(|| format!("writing {}", layout.serve_addr().display()))?;
+        println!("listening on {bound}");
+        tracing::info!(%bound, "collector listening");
+        log_sensor_collector::serve(listener, server, shutdown_signal()).await;
+        tracing::info!("collector stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn certs_list(layout: &Layout) -> Result<()> {
+    let db = Db::open(&layout.db())?;
+    let now = pki::unix_now();
+    let fmt = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string())
+    };
+    println!(
+        "{:<32}  {:<24}  {:<12}  {:<20}  {:<20}  STATUS",
+        "SERIAL", "HOST", "USER", "ISSUED", "NOT AFTER"
+    );
+    for c in db.list_certs()? {
+        let status = match c.revoked_at {
+            Some(at) => format!("revoked {}", fmt(at)),
+            None if c.not_after <= now => "expired".to_owned(),
+            None => "valid".to_owned(),
+        };
+        println!(
+            "{:<32}  {:<24}  {:<12}  {:<20}  {:<20}  {}",
+            c.serial,
+            c.host_id,
+            c.username,
+            fmt(c.issued_at),
+            fmt(c.not_after),
+            status
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,202 @@
+//! The collector's directory layout and its `collector.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where each piece of state lives under `--dir`; the one place that knows
+/// file names, so the CLI, the server and the tests agree.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The `--dir` given on the command line.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Layout { dir: dir.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("collector.toml")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("collector.db")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn alerts_log(&self) -> PathBuf {
+        self.dir.join("alerts.log")
+    }
+    /// Written by `serve` once it listens, so scripts and tests that asked
+    /// for port 0 can find the real port.
+    pub fn serve_addr(&self) -> PathBuf {
+        self.dir.join("serve.addr")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: `{field}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+/// Failed-login limits for `/v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Failures allowed per source address, and separately per user name,
+    /// within `window_secs`; the next try is answered 429.
+    pub max_failures: u32,
+    /// Length of the sliding window.
+    pub window_secs: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            max_failures: 5,
+            window_secs: 300,
+        }
+    }
+}
+
+/// The contents of `collector.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address `serve` binds unless `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// Lifetime of the client certificates issued by enrol and renew.
+    pub cert_days: u32,
+    /// This many consecutive `head`/`tail` records from one stream raise an
+    /// over-length alert (once per streak).
+    pub overlong_alert_after: u32,
+    /// Largest ingest body accepted, after gzip decoding.
+    pub max_batch_bytes: u64,
+    pub rate_limit: RateLimit,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8443".parse().expect("literal address"),
+            cert_days: 30,
+            overlong_alert_after: 10,
+            max_batch_bytes: 64 * 1024 * 1024,
+            rate_limit: RateLimit::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, problem| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            problem,
+        };
+        if self.cert_days == 0 || self.cert_days > 3650 {
+            return Err(invalid("cert_days", "must be between 1 and 3650"));
+        }
+        if self.overlong_alert_after == 0 {
+            return Err(invalid("overlong_alert_after", "must be at least 1"));
+        }
+        if self.max_batch_bytes < 1024 {
+            return Err(invalid("max_batch_bytes", "must be at least 1024"));
+        }
+        if self.rate_limit.max_failures == 0 {
+            return Err(invalid("rate_limit.max_failures", "must be at least 1"));
+        }
+        if self.rate_limit.window_secs == 0 {
+            return Err(invalid("rate_limit.window_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Writes a new config file; refuses to replace an existing one.
+    pub fn create(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(self).expect("config serialises");
+        let text = format!(
+            "# log-sensor-collector configuration, written by `init`.\n\
+             # `serve --listen` overrides `listen`.\n{text}"
+        );
+        crate::fsutil::write_new(path, text.as_bytes(), 0o644).map_err(|source| {
+            ConfigError::Write {
+                path: path.to_owned(),
+                source,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        Config::default().create(&path).unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("cert_days = 30"), "{text}");
+        assert!(text.contains("overlong_alert_after = 10"), "{text}");
+        assert!(text.contains("listen = \"0.0.0.0:8443\""), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "cert_days = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("cert_days"), "{err}");
+    }
+}

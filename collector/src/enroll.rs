@@ -1,0 +1,203 @@
+//! Issuing host certificates: `/v1/enroll` (user name and password, rate
+//! limited) and `/v1/renew` (a still-valid client certificate). Both only
+//! sign a CSR; every issue is recorded with who, which host, serial and
+//! when.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::{CertState, Db, DbError, Issued};
+use crate::names;
+use crate::pki::{Ca, PkiError};
+use crate::ratelimit::Limiter;
+use crate::users::verify_password;
+
+/// Body of `POST /v1/enroll`.
+#[derive(Deserialize)]
+pub struct EnrollRequest {
+    pub username: String,
+    pub password: String,
+    pub host_id: String,
+    /// PKCS#10 request, PEM.
+    pub csr: String,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log line.
+        f.debug_struct("EnrollRequest")
+            .field("username", &self.username)
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of `POST /v1/renew`.
+#[derive(Debug, Deserialize)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+/// Reply to enrol and renew.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertReply {
+    pub host_id: String,
+    /// Lower-case hex; what `revoke` and `certs list` use.
+    pub serial: String,
+    /// The new client certificate, PEM.
+    pub cert: String,
+    /// The collector's CA certificate, PEM: the agent's trust anchor.
+    pub ca: String,
+    /// Issue time, unix seconds (the certificate is valid from five
+    /// minutes earlier, for clock skew).
+    pub issued_at: i64,
+    /// Expiry, unix seconds; renew at about two thirds of the lifetime.
+    pub not_after: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("too many failed attempts; try again later")]
+    RateLimited,
+    /// Deliberately one message for unknown user and wrong password.
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("host_id {host_id:?} {problem}")]
+    BadHostId { host_id: String, problem: String },
+    #[error("certificate is revoked")]
+    Revoked,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl EnrollError {
+    pub fn status(&self) -> u16 {
+        match self {
+            EnrollError::RateLimited => 429,
+            EnrollError::BadCredentials => 401,
+            EnrollError::BadHostId { .. } | EnrollError::Pki(PkiError::BadCsr(_)) => 400,
+            EnrollError::Revoked => 403,
+            EnrollError::Pki(_) | EnrollError::Db(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnrollError::RateLimited => "rate_limited",
+            EnrollError::BadCredentials => "invalid_credentials",
+            EnrollError::BadHostId { .. } => "bad_host_id",
+            EnrollError::Pki(PkiError::BadCsr(_)) => "bad_csr",
+            EnrollError::Revoked => "certificate_revoked",
+            EnrollError::Pki(_) | EnrollError::Db(_) => "internal",
+        }
+    }
+}
+
+/// Host ids become a certificate CN and DNS SAN and a file name, so they
+/// are printable ASCII without spaces, and short.
+pub fn check_host_id(host_id: &str) -> Result<(), EnrollError> {
+    let bad = |problem: String| EnrollError::BadHostId {
+        host_id: host_id.to_owned(),
+        problem,
+    };
+    names::check_id(host_id).map_err(|e| bad(e.to_string()))?;
+    if !host_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("must be printable ASCII without spaces".into()));
+    }
+    Ok(())
+}
+
+/// Signs CSRs for enrolled users and renewing hosts.
+pub struct Enroller {
+    pub db: std::sync::Arc<Db>,
+    pub ca: Ca,
+    pub limiter: Limiter,
+    /// Lifetime of issued certificates.
+    pub cert_days: u32,
+}
+
+impl Enroller {
+    /// Blocking (argon2 takes tens of milliseconds): call from a blocking
+    /// thread.
+    pub fn enroll(&self, req: &EnrollRequest, source: IpAddr) -> Result<CertReply, EnrollError> {
+        if self
+            .limiter
+            .is_limited(source, &req.username, Instant::now())
+        {
+            return Err(EnrollError::RateLimited);
+        }
+        let stored = self.db.user_hash(&req.username)?;
+        if !verify_password(&req.password, stored.as_deref()) {
+            self.limiter
+                .record_failure(source, &req.username, Instant::now());
+            return Err(EnrollError::BadCredentials);
+        }
+        check_host_id(&req.host_id)?;
+        self.issue(&req.csr, &req.host_id, &req.username, "enroll", source)
+    }
+
+    /// A fresh certificate for the host a valid certificate proves.
+    pub fn renew(
+        &self,
+        serial: &str,
+        host_id: &str,
+        csr: &str,
+        source: IpAddr,
+    ) -> Result<CertReply, EnrollError> {
+        let username = match self.db.cert_state(serial)? {
+            CertState::Valid { username } => username,
+            CertState::Revoked | CertState::Unknown => return Err(EnrollError::Revoked),
+        };
+        self.issue(csr, host_id, &username, "renew", source)
+    }
+
+    fn issue(
+        &self,
+        csr: &str,
+        host_id: &str,
+        username: &str,
+        kind: &'static str,
+        source: IpAddr,
+    ) -> Result<CertReply, EnrollError> {
+        let cert = self.ca.sign_client(csr, host_id, self.cert_days)?;
+        self.db.record_issued(&Issued {
+            serial: &cert.serial,
+            host_id,
+            username,
+            issued_at: cert.issued_at,
+            not_after: cert.not_after,
+            kind,
+            source_addr: &source.to_string(),
+        })?;
+        tracing::info!(kind, host_id, username, serial = %cert.serial, %source, "issued client certificate");
+        Ok(CertReply {
+            host_id: host_id.to_owned(),
+            serial: cert.serial,
+            cert: cert.pem,
+            ca: self.ca.cert_pem.clone(),
+            issued_at: cert.issued_at,
+            not_after: cert.not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_are_checked() {
+        assert!(check_host_id("web-01.example.com").is_ok());
+        assert!(
+            check_host_id("../../etc").is_ok(),
+            "allowed: storage encodes it"
+        );
+        assert!(check_host_id("a b").is_err());
+        assert!(check_host_id("").is_err());
+        assert!(check_host_id("é").is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! Turning an ingest body into a checked batch: gzip decoding, NDJSON
+//! parsing of the agent's record format, and the rule that a host writes
+//! only as itself. Nothing here touches disk.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Read;
+use std::ops::Range;
+
+use serde::Deserialize;
+
+use crate::names::{self, IdError};
+
+/// Which piece of the original record a wire record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    Whole,
+    Head,
+    Tail,
+}
+
+/// The fields the collector acts on; everything else in the line is kept
+/// verbatim because the line itself is what gets stored.
+#[derive(Debug, Deserialize)]
+struct WireRecord<'a> {
+    #[serde(borrow)]
+    host: Cow<'a, str>,
+    #[serde(borrow)]
+    stream: Cow<'a, str>,
+    offset: u64,
+    part: Part,
+}
+
+/// The part of a record that `path` alerts want, parsed only when an alert
+/// fires so the hot path does not copy paths.
+#[derive(Debug, Deserialize)]
+struct PathOnly<'a> {
+    #[serde(borrow, default)]
+    path: Option<Cow<'a, str>>,
+}
+
+/// One record of a batch: where its line sits in the decoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub part: Part,
+    /// Byte range of the line (without its newline) in [`Batch::body`].
+    pub line: Range<usize>,
+}
+
+/// The records of one stream, in the order they arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecords {
+    pub stream: String,
+    pub records: Vec<Record>,
+}
+
+/// A parsed, host-checked batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// The decoded body; records point into it.
+    pub body: Vec<u8>,
+    pub streams: Vec<StreamRecords>,
+    pub record_count: usize,
+}
+
+impl Batch {
+    pub fn line(&self, r: &Record) -> &[u8] {
+        &self.body[r.line.clone()]
+    }
+
+    /// The `path` field of a record, if it has one.
+    pub fn path_of(&self, r: &Record) -> Option<String> {
+        serde_json::from_slice::<PathOnly<'_>>(self.line(r))
+            .ok()
+            .and_then(|p| p.path.map(Cow::into_owned))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("body is not valid gzip: {0}")]
+    Gzip(std::io::Error),
+    #[error("body is larger than {limit} bytes once decoded")]
+    TooLarge { limit: u64 },
+    #[error("unsupported Content-Encoding {0:?} (use gzip or none)")]
+    Encoding(String),
+    #[error("line {line}: not a JSON object")]
+    NotObject { line: usize },
+    #[error("line {line}: {source}")]
+    Json {
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("line {line}: `{field}` {source}")]
+    BadId {
+        line: usize,
+        field: &'static str,
+        source: IdError,
+    },
+    #[error("line {line}: record host {record:?} is not the certificate's host {cert:?}; a host may only write as itself")]
+    HostMismatch {
+        line: usize,
+        record: String,
+        cert: String,
+    },
+}
+
+impl IngestError {
+    /// Only a host writing as another is a 403; the rest are the body's
+    /// fault (400, 413, 415).
+    pub fn status(&self) -> u16 {
+        match self {
+            IngestError::HostMismatch { .. } => 403,
+            IngestError::TooLarge { .. } => 413,
+            IngestError::Encoding(_) => 415,
+            _ => 400,
+        }
+    }
+}
+
+/// Decodes the body per `Content-Encoding`, refusing more than `limit`
+/// decoded bytes.
+pub fn decode_body(
+    body: Vec<u8>,
+    encoding: Option<&str>,
+    limit: u64,
+) -> Result<Vec<u8>, IngestError> {
+    let out = match encoding.map(str::trim) {
+        None | Some("") | Some("identity") => body,
+        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
+            let mut out = Vec::with_capacity(body.len() * 4);
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .take(limit + 1)
+                .read_to_end(&mut out)
+                .map_err(IngestError::Gzip)?;
+            out
+        }
+        Some(other) => return Err(IngestError::Encoding(other.to_owned())),
+    };
+    if out.len() as u64 > limit {
+        return Err(IngestError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Parses NDJSON records, grouping them by stream, and refuses the whole
+/// batch if any record is malformed or claims a host other than
+/// `cert_host`.
+pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError> {
+    let mut streams: Vec<StreamRecords> = Vec::new();
+    let mut by_stream: HashMap<String, usize> = HashMap::new();
+    let mut record_count = 0;
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < body.len() {
+        line_no += 1;
+        let end = memchr_newline(&body[start..]).map_or(body.len(), |i| start + i);
+        let mut range = start..end;
+        start = end + 1;
+        if body[range.clone()].ends_with(b"\r") {
+            range.end -= 1;
+        }
+        let text = &body[range.clone()];
+        let Some(first) = text.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if text[first] != b'{' {
+            return Err(IngestError::NotObject { line: line_no });
+        }
+        let rec: WireRecord<'_> =
+            serde_json::from_slice(text).map_err(|source| IngestError::Json {
+                line: line_no,
+                source,
+            })?;
+        if rec.host != cert_host {
+            return Err(IngestError::HostMismatch {
+                line: line_no,
+                record: rec.host.into_owned(),
+                cert: cert_host.to_owned(),
+            });
+        }
+        names::check_id(&rec.stream).map_err(|source| IngestError::BadId {
+            line: line_no,
+            field: "stream",
+            source,
+        })?;
+        let idx = match by_stream.get(rec.stream.as_ref()) {
+            Some(i) => *i,
+            None => {
+                streams.push(StreamRecords {
+                    stream: rec.stream.clone().into_owned(),
+                    records: Vec::new(),
+                });
+                by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
+                streams.len() - 1
+            }
+        };
+        streams[idx].records.push(Record {
+            offset: rec.offset,
+            part: rec.part,
+            line: range,
+        });
+        record_count += 1;
+    }
+    Ok(Batch {
+        body,
+        streams,
+        record_count,
+    })
+}
+
+fn memchr_newline(s: &[u8]) -> Option<usize> {
+    s.iter().position(|b| *b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(host: &str, stream: &str, offset: u64, part: &str) -> String {
+        format!(
+            r#"{{"host":"{host}","source":"s","stream":"{stream}","path":"/var/log/x","offset":{offset},"len":5,"part":"{part}","ts":"2026-01-01T00:00:00Z","msg":"hello","extra":[1,2]}}"#
+        )
+    }
+
+    #[test]
+    fn groups_by_stream_and_keeps_lines_verbatim() {
+        let body = format!(
+            "{}\n{}\r\n\n{}",
+            rec("h", "a", 0, "whole"),
+            rec("h", "b", 0, "head"),
+            rec("h", "a", 6, "whole")
+        );
+        let batch = parse_batch(body.into_bytes(), "h").unwrap();
+        assert_eq!(batch.record_count, 3);
+        assert_eq!(batch.streams.len(), 2);
+        assert_eq!(batch.streams[0].stream, "a");
+        assert_eq!(batch.streams[0].records.len(), 2);
+        assert_eq!(batch.streams[1].records[0].part, Part::Head);
+        let line = batch.line(&batch.streams[0].records[1]);
+        assert_eq!(line, rec("h", "a", 6, "whole").as_bytes());
+        assert_eq!(
+            batch.path_of(&batch.streams[0].records[0]).as_deref(),
+            Some("/var/log/x")
+        );
+    }
+
+    #[test]
+    fn another_host_refuses_the_whole_batch() {
+        let body = format!(
+            "{}\n{}\n",
+            rec("h", "a", 0, "whole"),
+            rec("other", "a", 6, "whole")
+        );
+        let err = parse_batch(body.into_bytes(), "h").unwrap_err();
+        assert!(
+            matches!(err, IngestError::HostMismatch { line: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(err.status(), 403);
+    }
+
+    #[test]
+    fn malformed_lines_name_the_line() {
+        let err = parse_batch(b"{\"host\":\"h\"}\n".to_vec(), "h").unwrap_err();
+        assert!(err.to_string().starts_with("line 1:"), "{err}");
+        let err = parse_batch(b"[1]\n".to_vec(), "h").unwrap_err();
+        assert!(matches!(err, IngestError::NotObject { line: 1 }));
+        let body = rec("h", "", 0, "whole");
+        assert!(matches!(
+            parse_batch(body.into_bytes(), "h"),
+            Err(IngestError::BadId { .. })
+        ));
+    }
+
+    #[test]
+    fn gzip_is_decoded_and_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&vec![b'a'; 5000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(
+            decode_body(gz.clone(), Some("gzip"), 5000).unwrap().len(),
+            5000
+        );
+        assert!(matches!(
+            decode_body(gz, Some("gzip"), 4999),
+            Err(IngestError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_body(vec![1, 2], Some("br"), 10),
+            Err(IngestError::Encoding(_))
+        ));
+    }
+}

@@ -1,0 +1,38 @@
+//! log-sensor-collector: the server log-sensor agents ship to.
+//!
+//! Layout, one idea per module, in the order data flows:
+//! * `config`    — the `--dir` layout and `collector.toml`.
+//! * `pki`       — the CA: created at `init`, signs host CSRs.
+//! * `users`     — enrolment accounts (argon2id) and password input.
+//! * `db`        — the only code that touches SQLite.
+//! * `tls`       — rustls server config, the revocation-aware client
+//!   verifier, a peer's identity from its certificate.
+//! * `revoke`    — `revoke` in the database; the poller that lets open
+//!   connections see it.
+//! * `ratelimit` — failed-enrolment limits per address and per user.
+//! * `enroll`    — `/v1/enroll` and `/v1/renew`.
+//! * `ingest`    — an ingest body to a checked batch (gzip, NDJSON, host).
+//! * `names`     — host and stream ids to safe file names.
+//! * `storage`   — append-only per-stream files, high-water marks, crash
+//!   recovery.
+//! * `alerts`    — over-length streaks and `alerts.log`.
+//! * `metrics`   — counters and their Prometheus text.
+//! * `server`    — connections, routes, `serve(listener, shutdown)`.
+
+pub mod alerts;
+pub mod config;
+pub mod db;
+pub mod enroll;
+pub mod fsutil;
+pub mod ingest;
+pub mod metrics;
+pub mod names;
+pub mod pki;
+pub mod ratelimit;
+pub mod revoke;
+pub mod server;
+pub mod storage;
+pub mod tls;
+pub mod users;
+
+pub use server::{serve, Server};

@@ -1,0 +1,57 @@
+//! Revocation: the `revoke` command's effect on the database, and the
+//! server side that turns it into refused handshakes and cut connections.
+//!
+//! `revoke` runs in its own process and only writes `certs.revoked_at`.
+//! `serve` sees it two ways: the TLS verifier asks the database on every
+//! handshake (new connections refused at once), and
+//! [`watch_revocations`] polls the revoked serials every
+//! [`POLL_INTERVAL`] and publishes them, so each open connection whose
+//! certificate appears closes itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::db::{CertRow, Db, DbError};
+use crate::pki::unix_now;
+
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Marks the certificate with serial `target` (hex, colons allowed), or
+/// else every certificate of host `target`, as revoked.
+pub fn revoke(db: &Db, target: &str) -> Result<Vec<CertRow>, DbError> {
+    db.revoke(target, unix_now())
+}
+
+/// Publishes the revoked set until `shutdown` fires.
+pub async fn watch_revocations(
+    db: Arc<Db>,
+    tx: watch::Sender<Arc<HashSet<String>>>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let db = Arc::clone(&db);
+        match tokio::task::spawn_blocking(move || db.revoked_serials()).await {
+            Ok(Ok(set)) => {
+                tx.send_if_modified(|current| {
+                    if **current == set {
+                        false
+                    } else {
+                        *current = Arc::new(set);
+                        true
+                    }
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot poll revocations"),
+            Err(e) => tracing::warn!(error = %e, "revocation poll task failed"),
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! The HTTPS server: accepting connections, routing requests, and cutting
+//! connections whose certificate is revoked or expires.
+//!
+//! [`serve`] takes its listener and shutdown signal from the caller, so
+//! tests bind `127.0.0.1:0` and stop it cleanly. Shutdown is two steps:
+//! every connection is told to finish (idle ones close at once), then
+//! `serve` waits for the last one.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::alerts::AlertLog;
+use crate::config::{Config, Layout};
+use crate::db::{CertState, Db};
+use crate::enroll::{EnrollError, EnrollRequest, Enroller, RenewRequest};
+use crate::ingest::{decode_body, parse_batch, IngestError};
+use crate::metrics::{Metrics, RefusedReason};
+use crate::pki::{unix_now, Ca};
+use crate::ratelimit::Limiter;
+use crate::revoke::watch_revocations;
+use crate::storage::{Storage, StorageError};
+use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
+
+/// Largest enrol or renew body (a CSR is about a kilobyte).
+const MAX_SMALL_BODY: usize = 64 * 1024;
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    AlertLog(#[from] crate::alerts::AlertLogError),
+}
+
+/// Everything a request handler may need, shared by all connections.
+pub struct Collector {
+    pub config: Config,
+    pub db: Arc<Db>,
+    pub storage: Storage,
+    pub enroller: Enroller,
+    pub metrics: Arc<Metrics>,
+    pub alert_log: AlertLog,
+    /// Revoked serials as last polled; open connections watch it.
+    pub revoked: RevokedSet,
+}
+
+/// A collector ready to serve: shared state, TLS acceptor and the sender
+/// side of the revoked set (driven by the poller inside [`serve`]).
+pub struct Server {
+    pub collector: Arc<Collector>,
+    acceptor: TlsAcceptor,
+    /// Connection used by the revocation poller.
+    poll_db: Arc<Db>,
+    revoked_tx: watch::Sender<Arc<HashSet<String>>>,
+}
+
+impl Server {
+    /// Loads the CA, database, storage and TLS config from `layout`.
+    pub fn open(layout: &Layout, config: Config) -> Result<Server, OpenError> {
+        let db = Arc::new(Db::open(&layout.db())?);
+        // Handshakes and the poller get their own connection so they never
+        // wait behind an ingest commit.
+        let tls_db = Arc::new(Db::open(&layout.db())?);
+        let metrics = Arc::new(Metrics::default());
+        let revoked_now = tls_db.revoked_serials()?;
+        let (revoked_tx, revoked) = watch::channel(Arc::new(revoked_now));
+        let tls = make_server_config(
+            &layout.ca_cert(),
+            &layout.server_cert(),
+            &layout.server_key(),
+            Arc::clone(&tls_db),
+            revoked.clone(),
+            Arc::clone(&metrics),
+        )?;
+        let enroller = Enroller {
+            db: Arc::clone(&db),
+            ca: Ca::load(&layout.ca_cert(), &layout.ca_key())?,
+            limiter: Limiter::new(
+                config.rate_limit.max_failures,
+                Duration::from_secs(config.rate_limit.window_secs),
+            ),
+            cert_days: config.cert_days,
+        };
+        let storage = Storage::new(
+            layout.data_dir(),
+            Arc::clone(&db),
+            u64::from(config.overlong_alert_after),
+        )?;
+        let alert_log = AlertLog::open(&layout.alerts_log())?;
+        Ok(Server {
+            collector: Arc::new(Collector {
+                config,
+                db,
+                storage,
+                enroller,
+                metrics,
+                alert_log,
+                revoked,
+            }),
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            poll_db: tls_db,
+            revoked_tx,
+        })
+    }
+}
+
+/// Serves until `shutdown` completes, then drains open connections.
+pub async fn serve(listener: TcpListener, server: Server, shutdown: impl Future<Output = ()>) {
+    let (notify, _) = broadcast::channel::<()>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let poller = tokio::spawn(watch_revocations(
+        server.poll_db,
+        server.revoked_tx,
+        notify.subscribe(),
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(connection(
+                        Arc::clone(&server.collector),
+                        server.acceptor.clone(),
+                        tcp,
+                        peer,
+                        notify.subscribe(),
+                        done_tx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = notify.send(());
+    drop(done_tx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+    let _ = poller.await;
+}
+
+fn is_certificate_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
+}
+
+/// One client connection, from handshake to close.
+async fn connection(
+    collector: Arc<Collector>,
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut shutdown: broadcast::Receiver<()>,
+    // Dropped when this task ends; `serve` waits for all of them.
+    _done: mpsc::Sender<()>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Certificate refusals were counted by the verifier.
+            if !is_certificate_error(&e) {
+                collector.metrics.refused(RefusedReason::Protocol);
+            }
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            collector.metrics.refused(RefusedReason::Protocol);
+            return;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|der| PeerIdentity::from_der(der).ok());
+    let service = {
+        let collector = Arc::clone(&collector);
+        let identity = identity.clone();
+        service_fn(move |req| {
+            let collector = Arc::clone(&collector);
+            let identity = identity.clone();
+            async move {
+                Ok::<_, Infallible>(route(&collector, identity.as_ref(), peer.ip(), req).await)
+            }
+        })
+    };
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let mut revoked = collector.revoked.clone();
+    let mut watching = identity.is_some();
+    let expiry = identity.as_ref().map(|id| {
+        let left = (id.not_after - unix_now()).max(0) as u64;
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = revoked.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let id = identity.as_ref().expect("watching only with an identity");
+                if revoked.borrow_and_update().contains(&id.serial) {
+                    collector.metrics.connections_cut.fetch_add(1, Relaxed);
+                    tracing::info!(host = %id.host, serial = %id.serial, %peer, "closing connection: certificate revoked");
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                collector.metrics.connections_cut.fetch_add(1, Relaxed);
+                tracing::info!(%peer, "closing connection: certificate expired");
+                return;
+            }
+            _ = shutdown.recv(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    code: &'a str,
+}
+
+fn json<T: Serialize>(status: u16, body: &T) -> Reply {
+    let bytes = serde_json::to_vec(body).expect("serialisable reply");
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("valid response")
+}
+
+fn error(status: u16, code: &str, message: impl ToString) -> Reply {
+    json(
+        status,
+        &ErrorBody {
+            error: message.to_string(),
+            code,
+        },
+    )
+}
+
+fn text(status: u16, content_type: &str, body: String) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+async fn route(
+    collector: &Arc<Collector>,
+    identity: Option<&PeerIdentity>,
+    source: IpAddr,
+    req: Request<Incoming>,
+) -> Reply {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(200, "text/plain", "ok\n".into()),
+        (&Method::GET, "/metrics") => {
+            text(200, "text/plain; version=0.0.4", collector.metrics.render())
+        }
+        (&Method::POST, "/v1/enroll") => enroll(collector, source, req).await,
+        (&Method::POST, "/v1/renew") => match authorize(collector, identity) {
+            Ok(id) => renew(collector, id, source, req).await,
+            Err(reply) => reply,
+        },
+        (&Method::POST, "/v1/ingest") => match authorize(collector, identity) {
+            Ok(id) => ingest(collector, id, req).await,
+            Err(reply) => reply,
+        },
+        (_, "/healthz" | "/metrics" | "/v1/enroll" | "/v1/renew" | "/v1/ingest") => {
+            error(405, "method_not_allowed", "method not allowed")
+        }
+        _ => error(404, "not_found", format!("no route {path}")),
+    }
+}
+
+/// Routes other than enrol need a client certificate that is still valid
+/// now (the connection may have been opened before a revoke or expiry).
+fn authorize<'a>(
+    collector: &Collector,
+    identity: Option<&'a PeerIdentity>,
+) -> Result<&'a PeerIdentity, Reply> {
+    let Some(id) = identity else {
+        return Err(error(
+            401,
+            "certificate_required",
+            "this route needs a client certificate from this collector's CA (POST /v1/enroll first)",
+        ));
+    };
+    if collector.revoked.borrow().contains(&id.serial) {
+        return Err(error(403, "certificate_revoked", "certificate is revoked"));
+    }
+    if id.not_after <= unix_now() {
+        return Err(error(403, "certificate_expired", "certificate has expired"));
+    }
+    Ok(id)
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            413,
+            "too_large",
+            format!("body larger than {limit} bytes"),
+        )),
+        Err(e) => Err(error(400, "bad_body", format!("reading body: {e}"))),
+    }
+}
+
+/// Runs blocking work (argon2, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Reply> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(500, "internal", format!("worker failed: {e}")))
+}
+
+fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
+    match &e {
+        EnrollError::RateLimited => {
+            collector.metrics.enrol_rate_limited.fetch_add(1, Relaxed);
+        }
+        EnrollError::BadCredentials => {
+            collector.metrics.enrol_failures.fetch_add(1, Relaxed);
+        }
+        EnrollError::Pki(_) | EnrollError::Db(_) => tracing::error!(error = %e, "enrolment failed"),
+        _ => {}
+    }
+    let mut reply = error(e.status(), e.code(), &e);
+    if e.status() == 429 {
+        reply.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            collector.config.rate_limit.window_secs.into(),
+        );
+    }
+    reply
+}
+
+async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incoming>) -> Reply {
+    let body = match read_body(req, MAX_SMALL_BODY).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let request: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(400, "bad_json", format!("enrol request: {e}")),
+    };
+    let c = Arc::clone(collector);
+    match blocking(move || c.enroller.enroll(&request, source)).await {
+        Ok(Ok(reply)) => {
+            collector.metrics.enrolments.fetch_add(1, Relaxed);
+            json(200, &reply)
+        }
+        Ok(Err(e)) => enroll_error(collector, e),
+        Err(reply) => reply,
+    }
+}
+
+async fn renew(
+    collector: &Arc<Collector>,
+    id: &PeerIdentity,
+    source: IpAddr,
+    req: Request<Incoming>,
+) -> Reply {
+    let body = match read_body(req, MAX_SMALL_BODY).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let request: RenewRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(400, "bad_json", format!("renew request: {e}")),
+    };
+    let c = Arc::clone(collector);
+    let (serial, host) = (id.serial.clone(), id.host.clone());
+    match blocking(move || c.enroller.renew(&serial, &host, &request.csr, source)).await {
+        Ok(Ok(reply)) => {
+            collector.metrics.renewals.fetch_add(1, Relaxed);
+            json(200, &reply)
+        }
+        Ok(Err(e)) => enroll_error(collector, e),
+        Err(reply) => reply,
+    }
+}
+
+/// Reply to an acknowledged batch.
+#[derive(Serialize)]
+struct IngestReply {
+    /// Records in the batch.
+    records: usize,
+    /// Newly stored.
+    stored: usize,
+    /// At or below their stream's mark: acknowledged, not stored again.
+    duplicates: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IngestFailure {
+    #[error("certificate is revoked")]
+    Revoked,
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Incoming>) -> Reply {
+    let limit = collector.config.max_batch_bytes;
+    let encoding = req
+        .headers()
+        .get(CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = match read_body(req, limit as usize).await {
+        Ok(b) => b,
+        Err(reply) => {
+            collector.metrics.batches_refused.fetch_add(1, Relaxed);
+            return reply;
+        }
+    };
+    let c = Arc::clone(collector);
+    let (serial, host) = (id.serial.clone(), id.host.clone());
+    let result = blocking(move || -> Result<(usize, usize, crate::storage::StoreOutcome), IngestFailure> {
+        // The cached revoked set may be half a second old; the database
+        // is not.
+        if c.db.cert_state(&serial)? == CertState::Revoked {
+            return Err(IngestFailure::Revoked);
+        }
+        let decoded = decode_body(body, encoding.as_deref(), limit)?;
+        let bytes = decoded.len();
+        let batch = parse_batch(decoded, &host)?;
+        let outcome = c.storage.store(&host, &batch)?;
+        for alert in &outcome.alerts {
+            c.metrics.alerts.fetch_add(1, Relaxed);
+            tracing::warn!(host = %alert.host_id, stream = %alert.stream, offset = alert.at_offset, count = alert.count, "over-length streak");
+            if let Err(e) = c.alert_log.write(alert) {
+                tracing::error!(error = %e, "cannot write alert");
+            }
+        }
+        Ok((batch.record_count, bytes, outcome))
+    })
+    .await;
+    let m = &collector.metrics;
+    match result {
+        Ok(Ok((records, bytes, outcome))) => {
+            m.batches.fetch_add(1, Relaxed);
+            m.records.fetch_add(records as u64, Relaxed);
+            m.records_stored.fetch_add(outcome.stored as u64, Relaxed);
+            m.duplicates.fetch_add(outcome.duplicates as u64, Relaxed);
+            m.bytes.fetch_add(bytes as u64, Relaxed);
+            json(
+                200,
+                &IngestReply {
+                    records,
+                    stored: outcome.stored,
+                    duplicates: outcome.duplicates,
+                },
+            )
+        }
+        Ok(Err(e)) => {
+            m.batches_refused.fetch_add(1, Relaxed);
+            match e {
+                IngestFailure::Revoked => {
+                    error(403, "certificate_revoked", "certificate is revoked")
+                }
+                IngestFailure::Ingest(e) => {
+                    let code = match e.status() {
+                        403 => "host_mismatch",
+                        413 => "too_large",
+                        415 => "unsupported_encoding",
+                        _ => "bad_batch",
+                    };
+                    tracing::info!(host = %id.host, error = %e, "batch refused");
+                    error(e.status(), code, e)
+                }
+                e => {
+                    tracing::error!(host = %id.host, error = %e, "cannot store batch");
+                    error(500, "storage", e)
+                }
+            }
+        }
+        Err(reply) => reply,
+    }
+}

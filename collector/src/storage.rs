@@ -1,0 +1,460 @@
+//! Durable, duplicate-free storage: one append-only NDJSON file per host
+//! and stream under `DIR/data/`, plus each stream's high-water offset in
+//! the SQLite index.
+//!
+//! Crash safety rests on one order and one rule:
+//! * order: append the batch's lines, fsync the file, then move the index
+//!   in one transaction, then acknowledge;
+//! * rule: the file is the truth. The first time a stream is touched after
+//!   a start, its state is rebuilt from the index *and* the file: lines
+//!   past the indexed length (written, but the process died before the
+//!   index moved) are read to recover the real mark, and a torn last line
+//!   (died mid-write) is cut off. The sender re-sends whatever was not
+//!   acknowledged, and offsets at or below the mark are dropped, so every
+//!   record ends up stored exactly once.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Deserialize;
+
+use crate::alerts::Streak;
+use crate::db::{AlertRow, Db, DbError, StreamIndex};
+use crate::fsutil;
+use crate::ingest::{Batch, Part};
+use crate::names::encode_component;
+use crate::pki::unix_now;
+
+/// Open stream files kept beyond this many are closed when idle.
+const MAX_OPEN_STREAMS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: line at byte {at} is not a stored record: {source}")]
+    Corrupt {
+        path: PathBuf,
+        at: u64,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoreOutcome {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub bytes_written: u64,
+    pub alerts: Vec<AlertRow>,
+}
+
+/// A stream's live state, valid only while its file is consistent with it.
+#[derive(Debug)]
+struct StreamState {
+    path: PathBuf,
+    /// Opened for append; every write goes to the end.
+    file: File,
+    /// Length of the file, always at a line boundary.
+    len: u64,
+    /// Offset of the last stored record; `None` for an empty stream.
+    mark: Option<u64>,
+    streak: Streak,
+    /// Alerts found during recovery that the crash kept from being raised.
+    pending_alerts: Vec<AlertRow>,
+}
+
+type Key = (String, String);
+
+/// The store for all hosts and streams.
+pub struct Storage {
+    data_dir: PathBuf,
+    db: Arc<Db>,
+    /// `overlong_alert_after` from the config.
+    alert_after: u64,
+    /// Streams touched since start; each behind its own lock so different
+    /// streams are written in parallel.
+    streams: Mutex<HashMap<Key, Arc<Mutex<StreamState>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The two fields recovery needs from a stored line.
+#[derive(Deserialize)]
+struct Stored {
+    offset: u64,
+    part: Part,
+}
+
+impl Storage {
+    pub fn new(data_dir: PathBuf, db: Arc<Db>, alert_after: u64) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir, "create"))?;
+        Ok(Storage {
+            data_dir,
+            db,
+            alert_after,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where a stream's records live; never outside `data_dir`.
+    pub fn stream_path(&self, host: &str, stream: &str) -> PathBuf {
+        self.data_dir
+            .join(encode_component(host))
+            .join(format!("{}.ndjson", encode_component(stream)))
+    }
+
+    /// Stores a host-checked batch: new records are appended and synced,
+    /// then the index moves; records at or below a stream's mark are
+    /// counted as duplicates. Returns only once everything is durable.
+    pub fn store(&self, host: &str, batch: &Batch) -> Result<StoreOutcome, StorageError> {
+        let mut outcome = StoreOutcome::default();
+        let mut marks: Vec<(&str, StreamIndex)> = Vec::new();
+        // Held until the index is committed so the states are not evicted.
+        let mut held = Vec::new();
+        let mut buf = Vec::new();
+        for sr in &batch.streams {
+            let state = self.state(host, &sr.stream)?;
+            let mut st = lock(&state);
+            let mut mark = st.mark;
+            let mut streak = st.streak;
+            let mut alerts = std::mem::take(&mut st.pending_alerts);
+            buf.clear();
+            for r in &sr.records {
+                if mark.is_some_and(|m| r.offset <= m) {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                buf.extend_from_slice(batch.line(r));
+                buf.push(b'\n');
+                mark = Some(r.offset);
+                outcome.stored += 1;
+                if streak.observe(r.part, self.alert_after) {
+                    alerts.push(self.alert(
+                        host,
+                        &sr.stream,
+                        batch.path_of(r),
+                        r.offset,
+                        streak.count,
+                    ));
+                }
+            }
+            if buf.is_empty() && alerts.is_empty() {
+                continue;
+            }
+            if !buf.is_empty() {
+                let written = st.file.write_all(&buf).and_then(|_| st.file.sync_data());
+                if let Err(source) = written {
+                    let path = st.path.clone();
+                    drop(st);
+                    // The file may now end in a torn line: forget the state
+                    // so the next touch recovers from the file.
+                    lock(&self.streams).remove(&(host.to_owned(), sr.stream.clone()));
+                    return Err(StorageError::Io {
+                        path,
+                        op: "append",
+                        source,
+                    });
+                }
+            }
+            st.len += buf.len() as u64;
+            st.mark = mark;
+            st.streak = streak;
+            outcome.bytes_written += buf.len() as u64;
+            outcome.alerts.extend(alerts);
+            if let Some(high_water) = mark {
+                marks.push((
+                    sr.stream.as_str(),
+                    StreamIndex {
+                        high_water,
+                        file_len: st.len,
+                        streak: streak.count,
+                        streak_alerted: streak.alerted,
+                    },
+                ));
+            }
+            drop(st);
+            held.push(state);
+        }
+        if !marks.is_empty() || !outcome.alerts.is_empty() {
+            self.db
+                .commit_batch(host, &marks, &outcome.alerts, unix_now())?;
+        }
+        drop(held);
+        Ok(outcome)
+    }
+
+    fn alert(
+        &self,
+        host: &str,
+        stream: &str,
+        path: Option<String>,
+        offset: u64,
+        count: u64,
+    ) -> AlertRow {
+        AlertRow {
+            at: unix_now(),
+            kind: "overlong_streak",
+            host_id: host.to_owned(),
+            stream: stream.to_owned(),
+            path,
+            at_offset: offset,
+            count,
+        }
+    }
+
+    /// The live state of a stream, recovering it on first touch.
+    fn state(&self, host: &str, stream: &str) -> Result<Arc<Mutex<StreamState>>, StorageError> {
+        let key = (host.to_owned(), stream.to_owned());
+        let mut map = lock(&self.streams);
+        if let Some(s) = map.get(&key) {
+            return Ok(Arc::clone(s));
+        }
+        if map.len() >= MAX_OPEN_STREAMS {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let index = self.db.stream_index(host, stream)?;
+        let state = self.recover(host, stream, index)?;
+        let state = Arc::new(Mutex::new(state));
+        map.insert(key, Arc::clone(&state));
+        Ok(state)
+    }
+
+    fn recover(
+        &self,
+        host: &str,
+        stream: &str,
+        index: Option<StreamIndex>,
+    ) -> Result<StreamState, StorageError> {
+        let path = self.stream_path(host, stream);
+        let host_dir = path.parent().expect("stream files live in a host folder");
+        if !host_dir.exists() {
+            std::fs::create_dir_all(host_dir).map_err(io_err(host_dir, "create"))?;
+            fsutil::sync_dir(&self.data_dir).map_err(io_err(&self.data_dir, "sync"))?;
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        if !existed {
+            fsutil::sync_dir(host_dir).map_err(io_err(host_dir, "sync"))?;
+        }
+        let actual = file.metadata().map_err(io_err(&path, "stat"))?.len();
+        let (start, mut mark, mut streak) = match index {
+            Some(i) if i.file_len <= actual => (
+                i.file_len,
+                Some(i.high_water),
+                Streak {
+                    count: i.streak,
+                    alerted: i.streak_alerted,
+                },
+            ),
+            // No index yet, or the file is shorter than the index says
+            // (replaced behind our back): the file alone decides.
+            _ => (0, None, Streak::default()),
+        };
+        let mut pending_alerts = Vec::new();
+        let mut end = start;
+        if start < actual {
+            let mut reader = BufReader::with_capacity(1 << 20, &file);
+            reader
+                .seek(SeekFrom::Start(start))
+                .map_err(io_err(&path, "seek"))?;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(io_err(&path, "read"))?;
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                let rec: Stored =
+                    serde_json::from_slice(&line).map_err(|source| StorageError::Corrupt {
+                        path: path.clone(),
+                        at: end,
+                        source,
+                    })?;
+                mark = Some(rec.offset);
+                if streak.observe(rec.part, self.alert_after) {
+                    let path_field = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("path").and_then(|p| p.as_str()).map(str::to_owned));
+                    pending_alerts.push(self.alert(
+                        host,
+                        stream,
+                        path_field,
+                        rec.offset,
+                        streak.count,
+                    ));
+                }
+                end += n as u64;
+            }
+            if end < actual {
+                // A torn line from a write that never finished; it was never
+                // acknowledged, so the sender still has it.
+                file.set_len(end)
+                    .map_err(io_err(&path, "truncate torn line"))?;
+                file.sync_all().map_err(io_err(&path, "sync"))?;
+            }
+        }
+        Ok(StreamState {
+            path,
+            file,
+            len: end,
+            mark,
+            streak,
+            pending_alerts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse_batch;
+
+    fn line(stream: &str, offset: u64, part: &str) -> String {
+        format!(
+            r#"{{"host":"h","stream":"{stream}","offset":{offset},"len":1,"part":"{part}","path":"/p","msg":"m{offset}"}}"#
+        )
+    }
+
+    fn batch(lines: &[String]) -> Batch {
+        parse_batch(lines.join("\n").into_bytes(), "h").unwrap()
+    }
+
+    fn setup(dir: &Path) -> (Arc<Db>, Storage) {
+        let db = Arc::new(Db::create(&dir.join("c.db")).unwrap());
+        let s = Storage::new(dir.join("data"), Arc::clone(&db), 3).unwrap();
+        (db, s)
+    }
+
+    fn offsets(path: &Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resent_records_are_acknowledged_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        let b = batch(&[
+            line("a", 0, "whole"),
+            line("a", 10, "whole"),
+            line("b", 0, "whole"),
+        ]);
+        let o = s.store("h", &b).unwrap();
+        assert_eq!((o.stored, o.duplicates), (3, 0));
+        let b2 = batch(&[
+            line("a", 10, "whole"),
+            line("a", 20, "whole"),
+            line("b", 0, "whole"),
+        ]);
+        let o = s.store("h", &b2).unwrap();
+        assert_eq!((o.stored, o.duplicates), (1, 2));
+        assert_eq!(offsets(&s.stream_path("h", "a")), vec![0, 10, 20]);
+    }
+
+    #[test]
+    fn restart_recovers_marks_and_cuts_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let (_db, s) = setup(dir.path());
+            s.store("h", &batch(&[line("a", 0, "whole")])).unwrap();
+            path = s.stream_path("h", "a");
+        }
+        // The process died after writing two more lines and half a third,
+        // before the index moved.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{}", line("a", 10, "whole")).unwrap();
+        writeln!(f, "{}", line("a", 20, "whole")).unwrap();
+        write!(f, "{}", &line("a", 30, "whole")[..15]).unwrap();
+        drop(f);
+        let (_db, s) = setup(dir.path());
+        let resend = batch(&[
+            line("a", 0, "whole"),
+            line("a", 10, "whole"),
+            line("a", 20, "whole"),
+            line("a", 30, "whole"),
+        ]);
+        let o = s.store("h", &resend).unwrap();
+        assert_eq!((o.stored, o.duplicates), (1, 3));
+        assert_eq!(offsets(&path), vec![0, 10, 20, 30]);
+    }
+
+    #[test]
+    fn streak_alerts_once_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, s) = setup(dir.path());
+            let o = s
+                .store("h", &batch(&[line("a", 0, "head"), line("a", 5, "tail")]))
+                .unwrap();
+            assert!(o.alerts.is_empty());
+        }
+        let (_db, s) = setup(dir.path());
+        let o = s
+            .store("h", &batch(&[line("a", 10, "head"), line("a", 15, "tail")]))
+            .unwrap();
+        assert_eq!(o.alerts.len(), 1);
+        assert_eq!(o.alerts[0].at_offset, 10);
+        assert_eq!(o.alerts[0].path.as_deref(), Some("/p"));
+        let o = s
+            .store(
+                "h",
+                &batch(&[
+                    line("a", 20, "head"),
+                    line("a", 25, "whole"),
+                    line("a", 30, "head"),
+                ]),
+            )
+            .unwrap();
+        assert!(o.alerts.is_empty());
+    }
+
+    #[test]
+    fn hostile_ids_stay_inside_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        let p = s.stream_path("../../etc", "../x/y");
+        assert!(p.starts_with(dir.path().join("data")));
+        assert_eq!(
+            p.components().count(),
+            dir.path().join("data").components().count() + 2
+        );
+    }
+}
