@@ -11,7 +11,18 @@
 //! - [`sink`]: where batches go; one file per kind.
 //! - [`store`]: the SQLite store, the only code that touches the database.
 //! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
+//! - [`query`]: read-only SQL over the store for `log-sensor query`.
 
+pub mod agent;
+pub mod batch;
 pub mod config;
+pub mod discover;
+pub mod fingerprint;
 pub mod frame;
+pub mod query;
+pub mod read;
+pub mod record;
+pub mod signals;
+pub mod sink;
 pub mod store;
+pub mod tail;

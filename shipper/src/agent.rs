@@ -1,0 +1,176 @@
+//! Wires the agent together: the tailer thread frames records into batches; this module's
+//! shipping loop sends each batch to the sink and, once acknowledged, commits its offsets.
+
+use crate::batch::Batch;
+use crate::config::Config;
+use crate::sink::{self, Sink, SinkError};
+use crate::store::{Alert, Store, StoreError};
+use crate::tail::{TailStats, Tailer};
+use crossbeam_channel::Receiver;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a stopping agent keeps retrying a failing sink before it gives up on the batch in
+/// flight (it stays uncommitted and is read again at the next start).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir")]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot lock state dir {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+}
+
+/// Counters of the shipping side.
+#[derive(Debug, Default)]
+pub struct ShipStats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sink_errors: AtomicU64,
+    pub sink_retries: AtomicU64,
+    /// Unix seconds of the last successful delivery.
+    pub last_ok: AtomicU64,
+}
+
+/// Holds the state dir's lock for as long as it lives.
+pub struct StateLock {
+    _file: File,
+}
+
+/// Takes the state dir for this process; a second agent on it is refused with the holder's pid.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock { path: dir.to_path_buf(), source })?;
+    let path = dir.join("agent.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| AgentError::Lock { path: path.clone(), source })?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(AgentError::Locked { path: dir.to_path_buf(), pid: pid.trim().to_string() });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(StateLock { _file: file })
+}
+
+/// The pieces of a running agent that status pages look at.
+pub struct Running {
+    pub tail: Arc<TailStats>,
+    pub ship: Arc<ShipStats>,
+}
+
+/// Runs the agent until `stop` is set; returns after the batch in flight is committed.
+pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    raise_fd_limit();
+    let store = Store::open(&cfg.state_dir)?;
+    store.set_meta("host_id", &cfg.host_id)?;
+    let store = Arc::new(Mutex::new(store));
+    let sink = sink::build(&cfg.sink)?;
+    tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
+    let running = Running { tail: Arc::new(TailStats::default()), ship: Arc::new(ShipStats::default()) };
+    let cfg = Arc::new(cfg);
+    // One batch in the channel and one being built: memory stays bounded when the sink is slow.
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
+    let tailer = Tailer::new(cfg.clone(), store.clone(), tx, stop.clone(), running.tail.clone())?;
+    let tail_thread = std::thread::Builder::new()
+        .name("tail".into())
+        .spawn(move || tailer.run())
+        .expect("spawn tail thread");
+    ship_loop(rx, sink, &store, &stop, &running.ship);
+    let _ = tail_thread.join();
+    tracing::info!("log-sensor stopped; offsets committed");
+    Ok(())
+}
+
+/// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
+pub fn ship_loop(rx: Receiver<Batch>, mut sink: Box<dyn Sink>, store: &Mutex<Store>, stop: &AtomicBool, stats: &ShipStats) {
+    let mut failing_since: Option<Instant> = None;
+    while let Ok(batch) = rx.recv() {
+        let mut backoff = Duration::from_millis(100);
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            match sink.send(&batch) {
+                Ok(()) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!(sink = %sink.describe(), "sink recovered");
+                    }
+                    commit(store, &batch, stats);
+                    break;
+                }
+                Err(e) => {
+                    stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
+                        let alert = Alert { kind: "sink_error", source: None, stream: None, path: None, detail: e.to_string() };
+                        let _ = store.lock().expect("store lock").add_alert(&alert);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+                        if Instant::now() >= deadline {
+                            tracing::warn!("stopping with an unacknowledged batch; it will be read again at the next start");
+                            return;
+                        }
+                    }
+                    stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(jitter(backoff));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn commit(store: &Mutex<Store>, batch: &Batch, stats: &ShipStats) {
+    let checkpoints = batch.checkpoints();
+    for attempt in 0..5 {
+        match store.lock().expect("store lock").commit(&checkpoints) {
+            Ok(()) => break,
+            // Delivered but not committed: at worst these records are sent again after a restart.
+            Err(e) if attempt == 4 => tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    stats.bytes.fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
+    stats.last_ok.store(crate::store::now_secs() as u64, Ordering::Relaxed);
+}
+
+/// Up to 25% off, so a fleet that lost its sink together does not retry together.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    d - d.mul_f64((nanos % 1000) as f64 / 4000.0)
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain syscalls on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

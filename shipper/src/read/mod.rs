@@ -1,0 +1,154 @@
+//! Reading a stream's file from an offset: plain files seek, gzip archives decompress and skip.
+//! Also the guard on resumed offsets: the hash of the bytes just before an offset.
+
+use crate::fingerprint::{hash, read_at_most, GZIP_MAGIC};
+use flate2::read::MultiGzDecoder;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+
+/// Bytes before an offset that its guard hash covers.
+pub const MARKER_BYTES: u64 = 64;
+
+pub enum Reader {
+    Plain(File),
+    Gzip(Box<MultiGzDecoder<BufReader<File>>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAtError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The (decompressed) file ends before the offset.
+    #[error("file ends at {end}, before offset {offset}")]
+    Short { end: u64, offset: u64 },
+}
+
+impl Reader {
+    /// Positions a reader at logical offset `offset`; `file` is a fresh handle owned by it.
+    pub fn open_at(mut file: File, compressed: bool, offset: u64) -> Result<Reader, OpenAtError> {
+        if !compressed {
+            let end = file.metadata()?.len();
+            if end < offset {
+                return Err(OpenAtError::Short { end, offset });
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            return Ok(Reader::Plain(file));
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let mut dec = Box::new(MultiGzDecoder::new(BufReader::with_capacity(64 << 10, file)));
+        let skipped = io::copy(&mut (&mut *dec).take(offset), &mut io::sink())?;
+        if skipped < offset {
+            return Err(OpenAtError::Short { end: skipped, offset });
+        }
+        Ok(Reader::Gzip(dec))
+    }
+
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let r = match self {
+                Reader::Plain(f) => f.read(buf),
+                Reader::Gzip(d) => d.read(buf),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Hash of the up to [`MARKER_BYTES`] bytes before `offset` in a plain file.
+pub fn marker_at(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    if offset == 0 {
+        return Ok(None);
+    }
+    let k = offset.min(MARKER_BYTES);
+    let mut buf = vec![0u8; k as usize];
+    let got = read_at_most(file, offset - k, &mut buf)?;
+    if got < k as usize {
+        return Ok(None);
+    }
+    Ok(Some(hash(&buf)))
+}
+
+/// Marker of the bytes before `offset`, when they are in `chunk` (which ends at `chunk_end`).
+pub fn marker_in_chunk(chunk: &[u8], chunk_end: u64, offset: u64) -> Option<u64> {
+    let k = offset.min(MARKER_BYTES);
+    let chunk_start = chunk_end - chunk.len() as u64;
+    if offset == 0 || offset > chunk_end || offset - k < chunk_start {
+        return None;
+    }
+    let a = (offset - k - chunk_start) as usize;
+    Some(hash(&chunk[a..a + k as usize]))
+}
+
+/// Does the content before `offset` still hash to `expected`? (Compressed files are decompressed.)
+pub fn verify_marker(file: &File, compressed: bool, offset: u64, expected: Option<u64>) -> io::Result<bool> {
+    let Some(expected) = expected else { return Ok(true) };
+    if offset == 0 {
+        return Ok(true);
+    }
+    if !compressed {
+        return Ok(marker_at(file, offset)? == Some(expected));
+    }
+    let k = offset.min(MARKER_BYTES);
+    let handle = file.try_clone()?;
+    match Reader::open_at(handle, true, offset - k) {
+        Ok(mut r) => {
+            let mut buf = vec![0u8; k as usize];
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = r.read(&mut buf[filled..])?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                filled += n;
+            }
+            Ok(hash(&buf) == expected)
+        }
+        Err(OpenAtError::Short { .. }) => Ok(false),
+        Err(OpenAtError::Io(e)) => Err(e),
+    }
+}
+
+pub fn is_gzip(head: &[u8]) -> bool {
+    head.starts_with(&GZIP_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write;
+
+    #[test]
+    fn gzip_opens_at_a_decompressed_offset_and_markers_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: Vec<u8> = (0..500).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let plain = dir.path().join("a.log");
+        std::fs::write(&plain, &text).unwrap();
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(&text).unwrap();
+        let gz = dir.path().join("a.log.gz");
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+
+        let mut r = Reader::open_at(File::open(&gz).unwrap(), true, 1000).unwrap();
+        let mut rest = Vec::new();
+        let mut buf = [0u8; 333];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(rest, &text[1000..]);
+
+        let m = marker_at(&File::open(&plain).unwrap(), 1000).unwrap();
+        assert!(verify_marker(&File::open(&gz).unwrap(), true, 1000, m).unwrap());
+        assert!(!verify_marker(&File::open(&gz).unwrap(), true, 1001, m).unwrap());
+        assert_eq!(marker_in_chunk(&text[900..1100], 1100, 1000), m);
+        assert!(matches!(Reader::open_at(File::open(&gz).unwrap(), true, 1 << 20), Err(OpenAtError::Short { .. })));
+        assert!(matches!(Reader::open_at(File::open(&plain).unwrap(), false, 1 << 20), Err(OpenAtError::Short { .. })));
+    }
+}

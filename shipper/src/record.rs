@@ -1,0 +1,116 @@
+//! The record wire format: one JSON object per line.
+//!
+//! `{"host":…,"source":…,"stream":…,"fingerprint":…,"path":…,"offset":…,"len":…,"part":…,"ts":…,"msg":…}`
+//! with `msg_b64` (standard base64) in place of `msg` when the bytes are not UTF-8. Written by
+//! hand rather than through serde: this is the hot path (millions of records a second).
+
+use base64::Engine;
+
+/// Appends `s` as a JSON string body (without quotes). `s` must be valid UTF-8.
+pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => {
+                out.extend_from_slice(&s[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+}
+
+/// Appends `"key":"value"` for a message: `msg` when UTF-8, else `msg_b64`.
+pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => {
+            out.extend_from_slice(b"\"msg\":\"");
+            escape_into(out, bytes);
+        }
+        Err(_) => {
+            out.extend_from_slice(b"\"msg_b64\":\"");
+            let start = out.len();
+            let enc_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+            out.resize(start + enc_len, 0);
+            let n = base64::engine::general_purpose::STANDARD
+                .encode_slice(bytes, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + n);
+        }
+    }
+    out.push(b'"');
+}
+
+/// RFC 3339 in UTC with milliseconds, from unix milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for s in ["plain", "quote\" back\\ nl\n tab\t cr\r", "\u{1}\u{1f}\u{7f}é漢🙂", ""] {
+            let mut out = vec![b'"'];
+            escape_into(&mut out, s.as_bytes());
+            out.push(b'"');
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn non_utf8_goes_to_msg_b64() {
+        let mut out = b"{".to_vec();
+        msg_field(&mut out, b"\xff\x00ok");
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["msg_b64"], "/wBvaw==");
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_707_470_123), "2026-11-26T15:37:50.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
