@@ -1,1 +1,1051 @@
+//! End-to-end tests of `log-sensor-collector`: the real binary as a
+//! process, real TLS on loopback, a small blocking rustls client here.
+//!
+//! Every test makes its own PKI and state under a temp dir, and every
+//! collector process is killed when its fixture drops.
+//!
+//! With TLS 1.3 a client learns that its certificate was refused only on
+//! its first read, so nothing here counts a write as delivered: every
+//! check reads the response.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_log-sensor-collector");
+const USER: &str = "alice";
+const PASSWORD: &str = "correct horse battery staple";
+/// Generous deadline for anything that happens "within seconds".
+const DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- fixture
+
+/// A collector directory and, while started, its `serve` process.
+struct Collector {
+    /// Keeps the temp tree alive; `dir` is inside it.
+    root: tempfile::TempDir,
+    dir: PathBuf,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run collector");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Collector {
+    /// `init` plus one user; the collector lives at `ROOT/srv/collector`
+    /// so a path escape would be visible as something else under ROOT.
+    fn new() -> Collector {
+        Self::with_config(|_| {})
+    }
+
+    fn with_config(edit: impl FnOnce(&mut String)) -> Collector {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("srv").join("collector");
+        let d = dir.to_str().unwrap();
+        run(&[
+            "init",
+            "--dir",
+            d,
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+        ]);
+        let mut config = std::fs::read_to_string(dir.join("collector.toml")).unwrap();
+        edit(&mut config);
+        std::fs::write(dir.join("collector.toml"), config).unwrap();
+        let pw = root.path().join("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        run(&[
+            "user",
+            "add",
+            "--dir",
+            d,
+            USER,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+        Collector {
+            root,
+            dir,
+            child: None,
+            addr: None,
+        }
+    }
+
+    fn d(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// Starts `serve` on a free loopback port and waits for `serve.addr`.
+    fn start(&mut self) {
+        let addr_file = self.dir.join("serve.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--dir", self.d(), "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = poll(|| {
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        });
+        self.addr = Some(addr);
+    }
+
+    /// SIGKILL, no chance to clean up.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr.expect("started")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn connect(&self, identity: Option<&Identity>) -> Conn {
+        Conn::open(self.addr(), &self.dir.join("ca.pem"), identity)
+    }
+
+    /// Makes a key and CSR here and enrols `host`; the key stays here.
+    fn enroll(&self, host: &str) -> Identity {
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let resp = self.connect(None).post_json(
+            "/v1/enroll",
+            &json!({"username": USER, "password": PASSWORD, "host_id": host, "csr": csr}),
+        );
+        assert_eq!(resp.status, 200, "enrol {host}: {}", resp.text());
+        let reply = resp.json();
+        assert_eq!(
+            reply["ca"],
+            std::fs::read_to_string(self.dir.join("ca.pem")).unwrap()
+        );
+        Identity::new(
+            reply["cert"].as_str().unwrap(),
+            &key,
+            reply["serial"].as_str().unwrap(),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        let resp = self.connect(None).request("GET", "/metrics", &[], b"");
+        assert_eq!(resp.status, 200);
+        resp.text()
+    }
+
+    fn data_file(&self, host_enc: &str, stream_enc: &str) -> PathBuf {
+        self.dir
+            .join("data")
+            .join(host_enc)
+            .join(format!("{stream_enc}.ndjson"))
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "condition not met within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client certificate and its key.
+struct Identity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+    serial: String,
+}
+
+impl Identity {
+    fn new(cert_pem: &str, key: &KeyPair, serial: &str) -> Identity {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        Identity {
+            certs,
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            serial: serial.to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One keep-alive HTTPS connection, HTTP/1.1 by hand.
+struct Conn {
+    tls: StreamOwned<ClientConnection, TcpStream>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, ca: &Path, identity: Option<&Identity>) -> Conn {
+        Self::try_open(addr, ca, identity).expect("connect")
+    }
+
+    fn try_open(addr: SocketAddr, ca: &Path, identity: Option<&Identity>) -> std::io::Result<Conn> {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        let config = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.certs.clone(), PrivateKeyDer::Pkcs8(id.key.clone_key()))
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let conn =
+            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Conn { tls })
+    }
+
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.tls.write_all(head.as_bytes())?;
+        self.tls.write_all(body)?;
+        self.tls.flush()?;
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> std::io::Result<Response> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if self.tls.read(&mut byte)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.tls.read_exact(&mut body)?;
+        Ok(Response { status, body })
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .expect("request")
+    }
+
+    fn post_json(&mut self, path: &str, body: &Value) -> Response {
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn ingest(&mut self, body: &[u8]) -> Response {
+        self.request(
+            "POST",
+            "/v1/ingest",
+            &[("Content-Type", "application/x-ndjson")],
+            body,
+        )
+    }
+}
+
+/// The rustls alert a refused client got, as text ("CertificateRevoked").
+fn refusal(err: &std::io::Error) -> String {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(alert)) => format!("{alert:?}"),
+        _ => format!("{err}"),
+    }
+}
+
+/// Connecting and asking fails, and the alert is `expected`.
+fn assert_refused(c: &Collector, identity: &Identity, expected: &str) {
+    let result = Conn::try_open(c.addr(), &c.dir.join("ca.pem"), Some(identity))
+        .and_then(|mut conn| conn.try_request("POST", "/v1/ingest", &[], b""));
+    match result {
+        Ok(resp) => panic!(
+            "expected a refused handshake, got {} {}",
+            resp.status,
+            resp.text()
+        ),
+        Err(e) => assert_eq!(refusal(&e), expected, "{e}"),
+    }
+}
+
+// ---------------------------------------------------------------- records
+
+fn record(host: &str, stream: &str, offset: u64, part: &str) -> String {
+    json!({
+        "host": host, "source": "app", "stream": stream, "fingerprint": "00ff",
+        "path": "/var/log/app.log", "offset": offset, "len": 100, "part": part,
+        "ts": "2026-11-26T12:00:00Z", "msg": format!("message at {offset} {}", "x".repeat(120)),
+        "extra_field": {"kept": true},
+    })
+    .to_string()
+}
+
+fn batch(lines: &[String]) -> Vec<u8> {
+    let mut body = lines.join("\n").into_bytes();
+    body.push(b'\n');
+    body
+}
+
+fn stored_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn offsets(path: &Path) -> Vec<u64> {
+    stored_lines(path)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn enrolment_then_wrong_password_then_too_many_tries() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let der = &id.certs[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert_eq!(cn, "web-01");
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+    assert_eq!(days, 30, "cert_days default");
+
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let mut conn = c.connect(None);
+    let wrong_password = conn.post_json(
+        "/v1/enroll",
+        &json!({"username": USER, "password": "nope", "host_id": "web-02", "csr": csr}),
+    );
+    assert_eq!(wrong_password.status, 401, "{}", wrong_password.text());
+    let wrong_user = conn.post_json(
+        "/v1/enroll",
+        &json!({"username": "mallory", "password": PASSWORD, "host_id": "web-02", "csr": csr}),
+    );
+    assert_eq!(wrong_user.status, 401);
+    assert_eq!(
+        wrong_password.body, wrong_user.body,
+        "401 must not say which part was wrong"
+    );
+    assert!(!wrong_password.text().contains("nope"));
+
+    // Default: 5 failures per address per window, so the sixth try is 429,
+    // even with the right password.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = conn.post_json(
+            "/v1/enroll",
+            &json!({"username": USER, "password": "nope", "host_id": "web-02", "csr": csr}),
+        );
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429]);
+    let right = conn.post_json(
+        "/v1/enroll",
+        &json!({"username": USER, "password": PASSWORD, "host_id": "web-02", "csr": csr}),
+    );
+    assert_eq!(right.status, 429, "{}", right.text());
+
+    let list = String::from_utf8(run(&["certs", "list", "--dir", c.d()]).stdout).unwrap();
+    assert!(
+        list.contains(&id.serial) && list.contains("web-01") && list.contains("valid"),
+        "{list}"
+    );
+    assert!(!list.contains("web-02"), "{list}");
+    let m = c.metrics();
+    assert_eq!(metric(&m, "log_sensor_collector_enrolments_total"), 1.0);
+    assert_eq!(metric(&m, "log_sensor_collector_enrol_failures_total"), 5.0);
+    assert_eq!(
+        metric(&m, "log_sensor_collector_enrol_rate_limited_total"),
+        2.0
+    );
+    let log = c.log();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains("PRIVATE KEY"),
+        "{log}"
+    );
+}
+
+#[test]
+fn ingest_stores_records_verbatim_and_resent_batches_once() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    let first: Vec<String> = (0..5)
+        .flat_map(|i| {
+            [
+                record("web-01", "aaaa", i * 200, "whole"),
+                record("web-01", "bbbb", i * 200, "whole"),
+            ]
+        })
+        .collect();
+    let resp = conn.ingest(&batch(&first));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["stored"], 10);
+    let a = c.data_file("web-01", "aaaa");
+    let expected_a: Vec<String> = first.iter().step_by(2).cloned().collect();
+    assert_eq!(
+        stored_lines(&a),
+        expected_a,
+        "stored as received, unknown fields kept"
+    );
+
+    // The agent re-sends (it never saw the ack) plus two new records,
+    // gzipped this time.
+    let mut second = first.clone();
+    second.push(record("web-01", "aaaa", 1000, "whole"));
+    second.push(record("web-01", "bbbb", 1000, "whole"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&batch(&second)).unwrap();
+    let resp = conn.request(
+        "POST",
+        "/v1/ingest",
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let reply = resp.json();
+    assert_eq!(
+        (reply["stored"].as_u64(), reply["duplicates"].as_u64()),
+        (Some(2), Some(10))
+    );
+    assert_eq!(offsets(&a), vec![0, 200, 400, 600, 800, 1000]);
+    assert_eq!(
+        offsets(&c.data_file("web-01", "bbbb")),
+        vec![0, 200, 400, 600, 800, 1000]
+    );
+
+    let m = c.metrics();
+    assert_eq!(metric(&m, "log_sensor_collector_batches_total"), 2.0);
+    assert_eq!(
+        metric(&m, "log_sensor_collector_records_stored_total"),
+        12.0
+    );
+    assert_eq!(
+        metric(&m, "log_sensor_collector_duplicates_dropped_total"),
+        10.0
+    );
+
+    // Without a client certificate there is no ingest.
+    let resp = c.connect(None).ingest(&batch(&first));
+    assert_eq!(resp.status, 401, "{}", resp.text());
+}
+
+#[test]
+fn revoked_certificate_refused_on_new_connections_and_cut_on_open_ones() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let other = c.enroll("web-02");
+    let mut open = c.connect(Some(&id));
+    let resp = open.ingest(&batch(&[record("web-01", "s1", 0, "whole")]));
+    assert_eq!(resp.status, 200);
+    let mut bystander = c.connect(Some(&other));
+
+    let out = run(&["revoke", "--dir", c.d(), "web-01"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id.serial));
+    let revoked_at = Instant::now();
+
+    // New handshakes: refused from the revoke's commit on.
+    assert_refused(&c, &id, "CertificateRevoked");
+
+    // The open connection is closed by the server, without us sending
+    // anything.
+    open.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 64];
+    match open.tls.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected {n} bytes on a revoked connection"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "connection not cut within {DEADLINE:?}"
+        ),
+    }
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(10),
+        "cut took {:?}",
+        revoked_at.elapsed()
+    );
+
+    // Another host's open connection is untouched.
+    let resp = bystander.ingest(&batch(&[record("web-02", "s1", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    let list = String::from_utf8(run(&["certs", "list", "--dir", c.d()]).stdout).unwrap();
+    let line = list.lines().find(|l| l.contains(&id.serial)).unwrap();
+    assert!(line.contains("revoked"), "{list}");
+    let m = c.metrics();
+    assert!(
+        metric(
+            &m,
+            "log_sensor_collector_refused_handshakes_total{reason=\"revoked\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&m, "log_sensor_collector_connections_cut_total") >= 1.0);
+    assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![0]);
+}
+
+#[test]
+fn revoke_by_serial_survives_a_restart() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    c.kill9();
+    run(&["revoke", "--dir", c.d(), &id.serial]);
+    c.start();
+    assert_refused(&c, &id, "CertificateRevoked");
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused_at_the_handshake() {
+    let mut c = Collector::new();
+    c.start();
+    // A CA of our own making, with a client cert for a host that is
+    // enrolled at the collector.
+    let _real = c.enroll("web-01");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "log-sensor collector CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["web-01".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "web-01");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let forged = Identity::new(&cert.pem(), &key, "");
+    assert_refused(&c, &forged, "UnknownCA");
+    let m = c.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "log_sensor_collector_refused_handshakes_total{reason=\"unknown_ca\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn expired_certificate_is_refused_at_the_handshake() {
+    let mut c = Collector::new();
+    c.start();
+    // Signed by the collector's own CA (the test owns this temp PKI), but
+    // already expired.
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(c.dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(c.dir.join("ca.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "web-01");
+    params.subject_alt_names = vec![SanType::DnsName("web-01".try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    assert_refused(
+        &c,
+        &Identity::new(&cert.pem(), &key, ""),
+        "CertificateExpired",
+    );
+    let m = c.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "log_sensor_collector_refused_handshakes_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_host_cannot_write_as_another() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    let body = batch(&[
+        record("web-01", "s1", 0, "whole"),
+        record("db-01", "s1", 0, "whole"),
+    ]);
+    let resp = conn.ingest(&body);
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    let msg = resp.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("db-01") && msg.contains("web-01") && msg.contains("line 2"),
+        "{msg}"
+    );
+    assert!(
+        files_under(&c.dir.join("data")).is_empty(),
+        "whole batch refused"
+    );
+    // The same connection still works for honest batches.
+    let resp = conn.ingest(&batch(&[record("web-01", "s1", 0, "whole")]));
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn traversal_host_and_stream_ids_stay_inside_data() {
+    let mut c = Collector::new();
+    c.start();
+    let host = "../../etc";
+    let id = c.enroll(host);
+    let mut conn = c.connect(Some(&id));
+    let streams = ["../../../../x", "a/b", "..", ".", "/abs", ".hidden"];
+    let lines: Vec<String> = streams
+        .iter()
+        .map(|s| record(host, s, 0, "whole"))
+        .collect();
+    let resp = conn.ingest(&batch(&lines));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    let data = c.dir.join("data");
+    let files = files_under(&data);
+    assert_eq!(files.len(), streams.len(), "{files:?}");
+    for f in &files {
+        assert_eq!(f.parent().unwrap().parent().unwrap(), data, "{f:?}");
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(!name.starts_with('.'), "{name}");
+    }
+    assert!(c.data_file("%2E.%2F..%2Fetc", "a%2Fb").exists());
+    // Nothing appeared beside the collector's own directory.
+    let beside: Vec<_> = std::fs::read_dir(c.root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(beside, vec!["pw", "serve.log", "srv"]);
+    let srv: Vec<_> = std::fs::read_dir(c.root.path().join("srv"))
+        .unwrap()
+        .collect();
+    assert_eq!(srv.len(), 1);
+    // An oversized stream id is refused, naming the field.
+    let resp = conn.ingest(&batch(&[record(host, &"s".repeat(200), 0, "whole")]));
+    assert_eq!(resp.status, 400);
+    assert!(resp.text().contains("stream"), "{}", resp.text());
+}
+
+#[test]
+fn kill9_mid_batch_then_resend_stores_every_record_exactly_once() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let streams = ["s1", "s2"];
+    let per_stream = 60_000u64;
+    let all: Vec<String> = (0..per_stream)
+        .flat_map(|i| streams.map(|s| record("web-01", s, i * 200, "whole")))
+        .collect();
+    let (first, rest) = all.split_at(2_000);
+    let resp = c.connect(Some(&id)).ingest(&batch(first));
+    assert_eq!(resp.status, 200);
+    let s1 = c.data_file("web-01", "s1");
+    let acked_len = std::fs::metadata(&s1).unwrap().len();
+
+    // Send the large rest, and kill the collector as soon as it starts
+    // appending it.
+    let big = batch(rest);
+    let addr = c.addr();
+    let ca = c.dir.join("ca.pem");
+    let sender = {
+        let certs = id.certs.clone();
+        let key = id.key.clone_key();
+        std::thread::spawn(move || {
+            let id = Identity {
+                certs,
+                key,
+                serial: String::new(),
+            };
+            Conn::try_open(addr, &ca, Some(&id))
+                .and_then(|mut conn| conn.try_request("POST", "/v1/ingest", &[], &big))
+        })
+    };
+    poll(|| (std::fs::metadata(&s1).map(|m| m.len()).unwrap_or(0) > acked_len).then_some(()));
+    c.kill9();
+    let reply = sender.join().unwrap();
+    assert!(reply.is_err() || reply.as_ref().unwrap().status == 200);
+
+    // Make sure the torn-line case is covered whatever the kill hit: if
+    // the file ended cleanly, append half of the next record as a write
+    // interrupted mid-line would have.
+    for s in streams {
+        let path = c.data_file("web-01", s);
+        let text = std::fs::read(&path).unwrap();
+        if text.ends_with(b"\n") {
+            let stored = offsets(&path).len() as u64;
+            if stored < per_stream {
+                let next = record("web-01", s, stored * 200, "whole");
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(&next.as_bytes()[..next.len() / 2]).unwrap();
+            }
+        }
+    }
+
+    // Restart and re-send everything the agent has not seen acknowledged
+    // (here: all of it, the worst case).
+    c.start();
+    let resp = c.connect(Some(&id)).ingest(&batch(&all));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let reply = resp.json();
+    assert_eq!(reply["records"].as_u64(), Some(all.len() as u64));
+    let expected: Vec<u64> = (0..per_stream).map(|i| i * 200).collect();
+    for s in streams {
+        let path = c.data_file("web-01", s);
+        assert_eq!(
+            offsets(&path),
+            expected,
+            "stream {s}: every record exactly once"
+        );
+    }
+    // And the stored lines are the records as sent.
+    let lines = stored_lines(&s1);
+    assert_eq!(lines[0], all[0]);
+    assert_eq!(lines.last().unwrap(), &all[all.len() - 2]);
+}
+
+#[test]
+fn overlong_streak_alerts_once_per_streak() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    let mut offset = 0;
+    let mut next = |part: &str| {
+        offset += 100;
+        record("web-01", "s1", offset, part)
+    };
+    // 12 over-length parts (one alert at the 10th), a whole record ends
+    // the streak, then 10 more parts (a second alert).
+    let mut lines: Vec<String> = (0..6).flat_map(|_| [next("head"), next("tail")]).collect();
+    lines.push(next("whole"));
+    lines.extend((0..5).flat_map(|_| [next("head"), next("tail")]));
+    let resp = conn.ingest(&batch(&lines));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // The streak goes on in the next batch: no new alert.
+    let more: Vec<String> = (0..3).flat_map(|_| [next("head"), next("tail")]).collect();
+    assert_eq!(conn.ingest(&batch(&more)).status, 200);
+
+    let alerts: Vec<Value> = std::fs::read_to_string(c.dir.join("alerts.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0]["host"], "web-01");
+    assert_eq!(alerts[0]["stream"], "s1");
+    assert_eq!(alerts[0]["path"], "/var/log/app.log");
+    assert_eq!(alerts[0]["offset"], 1000);
+    assert_eq!(alerts[1]["offset"], 2300);
+    assert_eq!(
+        metric(&c.metrics(), "log_sensor_collector_alerts_total"),
+        2.0
+    );
+    let parts: Vec<String> = stored_lines(&c.data_file("web-01", "s1"))
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["part"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        parts.len(),
+        lines.len() + more.len(),
+        "parts are stored, not merged"
+    );
+    assert_eq!(parts[0], "head");
+    assert_eq!(parts[12], "whole");
+}
+
+#[test]
+fn renew_gives_a_fresh_certificate_for_the_same_host() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::new(vec!["evil.example".to_string()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let resp = c
+        .connect(Some(&id))
+        .post_json("/v1/renew", &json!({"csr": csr}));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let reply = resp.json();
+    assert_eq!(
+        reply["host_id"], "web-01",
+        "the certificate decides the host, not the CSR"
+    );
+    assert_ne!(reply["serial"].as_str().unwrap(), id.serial);
+    let renewed = Identity::new(
+        reply["cert"].as_str().unwrap(),
+        &key,
+        reply["serial"].as_str().unwrap(),
+    );
+    let resp = c
+        .connect(Some(&renewed))
+        .ingest(&batch(&[record("web-01", "s", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // Renew without a certificate is not allowed.
+    let resp = c.connect(None).post_json("/v1/renew", &json!({"csr": csr}));
+    assert_eq!(resp.status, 401);
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_healthz_answers() {
+    let mut c = Collector::new();
+    c.start();
+    let resp = c.connect(None).request("GET", "/healthz", &[], b"");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok\n"));
+    let text = c.metrics();
+    let mut names = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        names.insert(name.to_owned());
+    }
+    for n in [
+        "batches_total",
+        "records_total",
+        "bytes_total",
+        "duplicates_dropped_total",
+        "refused_handshakes_total",
+        "enrolments_total",
+        "alerts_total",
+    ] {
+        assert!(
+            names.contains(&format!("log_sensor_collector_{n}")),
+            "{n} missing"
+        );
+    }
+    let resp = c.connect(None).request("GET", "/nope", &[], b"");
+    assert_eq!(resp.status, 404);
+}
+
+#[test]
+fn init_refuses_to_replace_a_ca_and_keys_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Collector::new();
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(c.dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let ca_before = std::fs::read(c.dir.join("ca.pem")).unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--dir", c.d(), "--name", "localhost"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(c.dir.join("ca.pem")).unwrap(), ca_before);
+    let config = std::fs::read_to_string(c.dir.join("collector.toml")).unwrap();
+    assert!(
+        config.contains("cert_days = 30") && config.contains("overlong_alert_after = 10"),
+        "{config}"
+    );
+    // user del, then the user cannot enrol any more.
+    run(&["user", "del", "--dir", c.d(), USER]);
+    let out = Command::new(BIN)
+        .args(["user", "del", "--dir", c.d(), USER])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
