@@ -21,7 +21,7 @@ use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -225,7 +225,11 @@ async fn connection(
             }
         })
     };
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+    // The timer turns on hyper's header read timeout (30 s), so a client
+    // that trickles headers, or idles between requests, is let go.
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let mut revoked = collector.revoked.clone();
     let mut watching = identity.is_some();
@@ -354,7 +358,7 @@ fn authorize<'a>(
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
     match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes().to_vec()),
+        Ok(body) => Ok(Vec::from(body.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
             413,
             "too_large",
