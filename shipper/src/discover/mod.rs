@@ -17,6 +17,9 @@ pub struct Found {
     pub device: u64,
     pub inode: u64,
     pub size: u64,
+    /// Modification time in nanoseconds: with the size, tells a finished archive from a new
+    /// file that reuses its inode.
+    pub mtime_ns: i64,
 }
 
 /// A folder that could not be listed (permission denied, I/O error).
@@ -90,7 +93,7 @@ pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
                 if !seen_paths.insert(path.to_path_buf()) || !seen.insert((md.dev(), md.ino())) {
                     continue;
                 }
-                found.push(Found { source: si, path: path.to_path_buf(), device: md.dev(), inode: md.ino(), size: md.len() });
+                found.push(Found { source: si, path: path.to_path_buf(), device: md.dev(), inode: md.ino(), size: md.len(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() });
             }
         }
     }

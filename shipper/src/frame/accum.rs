@@ -16,6 +16,8 @@ pub struct Accum {
     ring: Vec<u8>,
     start: usize,
     len: u64,
+    /// Head + ring form (set once the record outgrew `cap`, or a gap of unknown bytes was added).
+    cut: bool,
 }
 
 /// A record's bytes as the accumulator hands them out.
@@ -26,7 +28,7 @@ pub enum Content<'a> {
 
 impl Accum {
     pub fn new(max: usize) -> Self {
-        Accum { max, buf: Vec::new(), ring: Vec::new(), start: 0, len: 0 }
+        Accum { max, buf: Vec::new(), ring: Vec::new(), start: 0, len: 0, cut: false }
     }
 
     fn cap(&self) -> usize {
@@ -45,6 +47,7 @@ impl Accum {
         self.buf.clear();
         self.len = 0;
         self.start = 0;
+        self.cut = false;
         // Give back the ring of a huge record; keep small buffers for reuse.
         if self.ring.capacity() > 0 {
             self.ring = Vec::new();
@@ -55,7 +58,7 @@ impl Accum {
     }
 
     fn ring_mode(&self) -> bool {
-        self.len > self.cap() as u64
+        self.cut
     }
 
     pub fn push(&mut self, s: &[u8]) {
@@ -85,6 +88,7 @@ impl Accum {
             self.buf.truncate(self.max);
             self.ring = ring;
             self.start = 0;
+            self.cut = true;
             self.len += s.len() as u64;
             return;
         }
@@ -122,6 +126,7 @@ impl Accum {
             self.buf.truncate(self.max);
             self.ring = vec![0; cap];
             self.start = 0;
+            self.cut = true;
         }
         self.len += gap;
         self.len += tail.len() as u64;

@@ -266,6 +266,7 @@ impl Store {
                  ON CONFLICT(stream) DO UPDATE SET fingerprint = excluded.fingerprint, fp_bytes = excluded.fp_bytes,
                      path = excluded.path, device = excluded.device, inode = excluded.inode,
                      compressed = excluded.compressed, size = excluded.size, state = excluded.state,
+                     read_offset = MAX(read_offset, excluded.read_offset),
                      alerted_too_large = excluded.alerted_too_large",
             )
             .and_then(|mut st| {

@@ -64,8 +64,8 @@ struct Tracked {
     last_data: Instant,
     /// When a scan first failed to find its path (renamed away or deleted): drain, then close.
     released_at: Option<Instant>,
-    /// Hash of the bytes before the read position when the file was last read to its end.
-    eof_marker: Option<u64>,
+    /// Hash of the bytes before the read position: if they change, the file was rewritten under us.
+    pos_marker: Option<u64>,
     /// Hash of the bytes before `framer.consumed()`.
     consumed_marker: Option<u64>,
     /// This stream's entry in the batch being built: (batch generation, slot).
@@ -88,8 +88,9 @@ pub struct Tailer {
     by_path: HashMap<PathBuf, FileKey>,
     /// Files whose identity must wait (a same-head file is still open): since when.
     deferred: HashMap<FileKey, Instant>,
-    /// Archives read to their end; skipped while the same file stays.
-    finished: HashSet<FileKey>,
+    /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
+    /// stays (a new file reusing the inode differs in size or mtime).
+    finished: HashMap<FileKey, (u64, i64)>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
     batch: Batch,
@@ -129,7 +130,7 @@ impl Tailer {
             open: HashMap::new(),
             by_path: HashMap::new(),
             deferred: HashMap::new(),
-            finished: HashSet::new(),
+            finished: HashMap::new(),
             alerted_paths: HashSet::new(),
             batch: Batch::new(host, 0),
             generation: 0,
@@ -153,23 +154,7 @@ impl Tailer {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.drain_wakes();
-            let due = match self.last_scan {
-                None => true,
-                Some(t) => {
-                    t.elapsed() >= self.cfg.discovery.rescan_interval
-                        || (self.scan_requested && t.elapsed() >= MIN_SCAN_GAP)
-                        || self.overflow.swap(false, Ordering::Relaxed)
-                }
-            };
-            if due {
-                self.scan();
-            }
-            let worked = self.read_dirty();
-            self.check_timers();
-            if self.batch_due() && !self.ship() {
-                return;
-            }
+            let Some(worked) = self.tick() else { return };
             if !worked {
                 let wait = self.idle_wait();
                 match self.wakes.recv_timeout(wait) {
@@ -180,6 +165,39 @@ impl Tailer {
             }
         }
         self.ship();
+    }
+
+    /// One round: wake-ups, a scan when due, reading, timers, and a batch handed over when due.
+    /// Returns whether any bytes were read, or None when the shipping side is gone.
+    pub fn tick(&mut self) -> Option<bool> {
+        self.drain_wakes();
+        let due = match self.last_scan {
+            None => true,
+            Some(t) => {
+                t.elapsed() >= self.cfg.discovery.rescan_interval
+                    || (self.scan_requested && t.elapsed() >= MIN_SCAN_GAP)
+                    || self.overflow.swap(false, Ordering::Relaxed)
+            }
+        };
+        if due {
+            self.scan();
+        }
+        let worked = self.read_dirty()?;
+        self.check_timers();
+        if self.batch_due() && !self.ship() {
+            return None;
+        }
+        Some(worked)
+    }
+
+    /// Scans now, whatever the interval (tests drive the tailer step by step with this).
+    pub fn scan_now(&mut self) {
+        self.scan();
+    }
+
+    /// Hands over the batch being built, due or not.
+    pub fn flush(&mut self) -> bool {
+        self.ship()
     }
 
     fn drain_wakes(&mut self) {
@@ -274,6 +292,16 @@ impl Tailer {
                 self.alert("permission_denied", Some(&src), None, Some(&p.path), format!("cannot list folder: {}", p.error));
             }
         }
+        // Files truncated in place are let go first, so that a copy of them found in this same
+        // scan can continue their stream (copytruncate with the copy among the globs).
+        for f in &found {
+            let key = (f.device, f.inode);
+            let truncated = self.open.get(&key).map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t))).unwrap_or(false);
+            if truncated {
+                let t = self.open.remove(&key).expect("checked above");
+                self.truncated(t);
+            }
+        }
         let mut present: HashSet<FileKey> = HashSet::new();
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
@@ -288,9 +316,10 @@ impl Tailer {
                 self.seen_again(key, &f);
                 continue;
             }
-            if self.finished.contains(&key) {
+            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns)) {
                 continue;
             }
+            self.finished.remove(&key);
             self.adopt(f);
         }
         let now = Instant::now();
@@ -301,7 +330,7 @@ impl Tailer {
             t.dirty = true;
         }
         self.deferred.retain(|k, _| present.contains(k));
-        self.finished.retain(|k| present.contains(k));
+        self.finished.retain(|k, _| present.contains(k));
         self.stats.open_files.store(self.open.len() as u64, Ordering::Relaxed);
         if let Some(w) = &mut self.watch {
             w.update(&self.cfg.sources, symlink_dirs);
@@ -377,7 +406,7 @@ impl Tailer {
         match self.identify(&source, &file, key, &head) {
             Identity::Wait => {}
             Identity::Finished => {
-                self.finished.insert(key);
+                self.finished.insert(key, file_version(&file));
             }
             Identity::Existing { id, resume, marker } => self.start(&f, &source, file, key, &head, Some((id, resume, marker))),
             Identity::New { collision_with } => {
@@ -415,8 +444,13 @@ impl Tailer {
                 let cands = self.registry.by_fingerprint(&source.name, |m| (head.bytes.len() >= m).then(|| fingerprint::hash(&head.bytes[..m])));
                 // 1. The same file as before (agent restart).
                 if let Some(c) = cands.iter().find(|c| (c.row.device, c.row.inode) == key) {
-                    if c.row.state == StreamState::Done {
+                    // An archive read to its end is finished only once that end was committed;
+                    // a crash may have lost the last batch.
+                    if c.row.state == StreamState::Done && c.resume >= c.row.read_offset {
                         return Identity::Finished;
+                    }
+                    if c.row.state == StreamState::Done {
+                        return self.existing_if_marker_holds(c, file, head.compressed);
                     }
                     if usable(c) && !open_ids.contains(c.row.stream.as_str()) {
                         return self.existing_if_marker_holds(c, file, head.compressed);
@@ -579,7 +613,7 @@ impl Tailer {
             dirty: true,
             last_data: Instant::now(),
             released_at: None,
-            eof_marker: None,
+            pos_marker: marker,
             consumed_marker: marker,
             slot: None,
             alerted_too_large: row.alerted_too_large,
@@ -600,12 +634,14 @@ impl Tailer {
             let row = k.row.clone();
             self.persist(&row);
         }
-        self.finished.insert(key);
+        if let Ok(f) = File::open(&f.path) {
+            self.finished.insert(key, file_version(&f));
+        }
     }
 
     // ---------------------------------------------------------------- reading
 
-    fn read_dirty(&mut self) -> bool {
+    fn read_dirty(&mut self) -> Option<bool> {
         let keys: Vec<FileKey> = self.open.iter().filter(|(_, t)| t.dirty).map(|(k, _)| *k).collect();
         let mut worked = false;
         for key in keys {
@@ -629,13 +665,11 @@ impl Tailer {
                     }
                 }
                 Outcome::Truncated => {
-                    self.stats.truncations.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(stream = %t.id, path = %t.path.display(), "truncated in place; its new content is a new stream");
                     let path = t.path.clone();
                     let source = t.source;
-                    self.close(t, StreamState::Truncated);
+                    self.truncated(t);
                     if let Ok(md) = std::fs::metadata(&path) {
-                        self.adopt(Found { source, path, device: md.dev(), inode: md.ino(), size: md.len() });
+                        self.adopt(Found { source, path, device: md.dev(), inode: md.ino(), size: md.len(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() });
                     }
                 }
                 Outcome::Failed(e) => {
@@ -650,10 +684,10 @@ impl Tailer {
                 }
             }
             if self.batch_due() && !self.ship() {
-                return worked;
+                return None;
             }
         }
-        worked
+        Some(worked)
     }
 
     fn slot(&mut self, t: &mut Tracked) -> u32 {
@@ -705,7 +739,7 @@ impl Tailer {
                 Ok(md) => t.size = md.len(),
                 Err(e) => return Outcome::Failed(e),
             }
-            if t.eof_marker.is_some() && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.eof_marker {
+            if rewritten(t) {
                 return Outcome::Truncated;
             }
         }
@@ -728,6 +762,11 @@ impl Tailer {
             t.last_data = Instant::now();
             let chunk = &buf[..n];
             self.frame_chunk(t, chunk);
+            if let Some(m) = read::marker_in_chunk(chunk, t.framer.position(), t.framer.position()) {
+                t.pos_marker = Some(m);
+            } else if !t.compressed {
+                t.pos_marker = read::marker_at(&t.file, t.framer.position()).ok().flatten();
+            }
             self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             if !t.compressed {
                 t.size = t.size.max(t.framer.position());
@@ -784,7 +823,6 @@ impl Tailer {
             Err(e) => return Outcome::Failed(e),
         }
         t.at_eof = true;
-        t.eof_marker = read::marker_at(&t.file, t.framer.position()).ok().flatten();
         Outcome::Eof
     }
 
@@ -829,6 +867,21 @@ impl Tailer {
         }
     }
 
+    /// The file under an open stream was truncated in place. Complete lines waiting for a
+    /// multiline record go out; a partial last line does not: its rest was written before the
+    /// truncation, so a copy of the file (if the globs find one) continues the stream from the
+    /// start of that line. The file itself, now new content, becomes a new stream.
+    fn truncated(&mut self, mut t: Tracked) {
+        self.stats.truncations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream = %t.id, path = %t.path.display(), "truncated in place; its new content is a new stream");
+        let slot = self.slot(&mut t);
+        let ts = now_ms();
+        let batch = &mut self.batch;
+        t.framer.flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+        self.update_checkpoint(&mut t, &[]);
+        self.remember(t, StreamState::Truncated);
+    }
+
     /// Lets go of a file: what is left goes out, the stream is remembered in `state`.
     fn close(&mut self, mut t: Tracked, state: StreamState) {
         let slot = self.slot(&mut t);
@@ -836,16 +889,21 @@ impl Tailer {
         let batch = &mut self.batch;
         t.framer.finish(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
         self.update_checkpoint(&mut t, &[]);
+        self.remember(t, state);
+    }
+
+    fn remember(&mut self, t: Tracked, state: StreamState) {
         if let Some(k) = self.registry.get_mut(&t.id) {
             k.resume = t.framer.consumed();
             k.resume_marker = t.consumed_marker;
+            k.row.read_offset = t.framer.position();
             k.row.state = state;
             k.row.size = t.size;
             let row = k.row.clone();
             self.persist(&row);
         }
         if state == StreamState::Done {
-            self.finished.insert(t.key);
+            self.finished.insert(t.key, file_version(&t.file));
         }
         tracing::info!(stream = %t.id, path = %t.path.display(), state = state.as_str(), "closed");
         self.forget(&t);
@@ -870,6 +928,15 @@ impl Tailer {
         }
         self.stats.open_files.store(self.open.len() as u64, Ordering::Relaxed);
     }
+}
+
+fn file_version(f: &File) -> (u64, i64) {
+    f.metadata().map(|m| (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec())).unwrap_or((u64::MAX, 0))
+}
+
+/// The bytes before the read position are not the ones read: truncated and written again.
+fn rewritten(t: &Tracked) -> bool {
+    t.pos_marker.is_some() && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.pos_marker
 }
 
 enum Identity {
