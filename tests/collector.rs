@@ -1049,3 +1049,88 @@ fn init_refuses_to_replace_a_ca_and_keys_are_private() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Throughput of the collector alone: a client here sends pre-built
+/// batches (one connection, each batch waits for its acknowledgement, as
+/// the agent does) of `BENCH_LINES` records with ~210-byte messages.
+/// Run in release:
+/// `cargo test --release -p log-sensor-collector --test collector bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run in release by hand"]
+fn bench_ingest_throughput() {
+    let lines: u64 = std::env::var("BENCH_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let batch_lines: u64 = 16_384;
+    for gzip in [false, true] {
+        let mut c = Collector::new();
+        c.start();
+        let id = c.enroll("bench-host");
+        let msg = "m".repeat(209);
+        let mut batches = Vec::new();
+        let (mut wire_bytes, mut msg_bytes) = (0u64, 0u64);
+        let mut offset = 0u64;
+        for start in (0..lines).step_by(batch_lines as usize) {
+            let mut body = Vec::new();
+            for _ in start..(start + batch_lines).min(lines) {
+                let l = json!({"host": "bench-host", "source": "app", "stream": "00112233aabbccdd",
+                    "path": "/var/log/bench.log", "offset": offset, "len": 210, "part": "whole",
+                    "ts": "2026-11-26T12:00:00.000000Z", "msg": msg})
+                .to_string();
+                body.extend_from_slice(l.as_bytes());
+                body.push(b'\n');
+                offset += 210;
+                msg_bytes += 210;
+            }
+            wire_bytes += body.len() as u64;
+            if gzip {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&body).unwrap();
+                body = gz.finish().unwrap();
+            }
+            batches.push(body);
+        }
+        let mut conn = c.connect(Some(&id));
+        let pid = c.child.as_ref().unwrap().id();
+        let cpu = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            ticks / 100.0
+        };
+        let cpu0 = cpu();
+        let t0 = Instant::now();
+        let headers: &[(&str, &str)] = if gzip {
+            &[("Content-Encoding", "gzip")]
+        } else {
+            &[]
+        };
+        for b in &batches {
+            let r = conn.request("POST", "/v1/ingest", headers, b);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu_secs = cpu() - cpu0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap()
+            .to_owned();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "gzip={gzip}: {lines} records, {:.0} MiB of messages ({:.0} MiB NDJSON) in {secs:.2} s: \
+             {:.0} MiB/s of messages, {:.0} MiB/s NDJSON; collector CPU {cpu_secs:.2} s; {hwm}",
+            mib(msg_bytes),
+            mib(wire_bytes),
+            mib(msg_bytes) / secs,
+            mib(wire_bytes) / secs,
+        );
+        assert_eq!(
+            offsets(&c.data_file("bench-host", "00112233aabbccdd")).len() as u64,
+            lines
+        );
+    }
+}

@@ -336,6 +336,9 @@ async fn route(
 
 /// Routes other than enrol need a client certificate that is still valid
 /// now (the connection may have been opened before a revoke or expiry).
+// A reply is the natural error of a route guard; it is built once per
+// refused request, so its size does not matter.
+#[allow(clippy::result_large_err)]
 fn authorize<'a>(
     collector: &Collector,
     identity: Option<&'a PeerIdentity>,
