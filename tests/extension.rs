@@ -1,1 +1,1028 @@
+//! End-to-end tests of the osquery extension: the real `log-sensor-extension` binary driven by
+//! a stand-in osquery extension manager (`tests/osquery_standin/manager.py`) written on
+//! osquery's own published Python bindings, so wire mistakes in our Rust Thrift code cannot
+//! cancel out. Every test uses its own temp dir and sockets and cleans up its processes.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use log_sensor_extension::table::{self, Column, ColumnType};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+
+/// Generous: the machine is shared and debug builds are slow.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    let py = workspace().join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run tests/setup.sh (it creates the venv with osquery's Python bindings)",
+        py.display()
+    );
+    py
+}
+
+/// The stand-in osquery core.
+struct Standin {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    socket: PathBuf,
+}
+
+impl Standin {
+    fn start(dir: &Path) -> Standin {
+        let socket = dir.join("em.sock");
+        let mut child = Command::new(python())
+            .arg(workspace().join("tests/osquery_standin/manager.py"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--watch-interval")
+            .arg("0.5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the stand-in manager");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(DEADLINE)
+            .expect("the stand-in did not start listening");
+        assert!(
+            first.contains("listening"),
+            "unexpected first line from the stand-in: {first}"
+        );
+        Standin {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            socket,
+        }
+    }
+
+    /// Sends one command; returns its result or the stand-in's error text.
+    fn try_cmd(&mut self, cmd: Value) -> Result<Value, String> {
+        let stdin = self.stdin.as_mut().expect("stand-in stdin closed");
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no answer from the stand-in to {cmd}"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["ok"] == json!(true) {
+            Ok(v["result"].clone())
+        } else {
+            Err(v["error"].as_str().unwrap_or("").to_string())
+        }
+    }
+
+    fn cmd(&mut self, cmd: Value) -> Value {
+        let c = cmd.clone();
+        self.try_cmd(cmd)
+            .unwrap_or_else(|e| panic!("stand-in command {c} failed: {e}"))
+    }
+
+    fn wait_registered(&mut self) -> i64 {
+        let r = self.cmd(json!({"cmd": "wait_registered", "name": "log_sensor", "timeout": 60}));
+        r["uuid"].as_i64().unwrap()
+    }
+
+    fn generate(&mut self, uuid: i64, table: &str, constraints: Value) -> Vec<Value> {
+        let r = self.cmd(
+            json!({"cmd": "generate", "uuid": uuid, "table": table, "constraints": constraints}),
+        );
+        assert_eq!(r["code"], 0, "generate on {table} failed: {r}");
+        r["response"].as_array().unwrap().clone()
+    }
+
+    fn write(&mut self, uuid: i64, mut req: Value) -> Value {
+        req["cmd"] = json!("write");
+        req["uuid"] = json!(uuid);
+        req["table"] = json!("log_sensor_config");
+        let r = self.cmd(req);
+        assert_eq!(r["code"], 0, "{r}");
+        let rows = r["response"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "a write must answer exactly one row: {r}");
+        rows[0].clone()
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run of the extension binary.
+struct Ext {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Ext {
+    fn start(socket: &Path, config: &Path, extra: &[&str]) -> Ext {
+        let stderr = socket.with_file_name(format!(
+            "ext-{}.stderr",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        // osqueryd's argv (osquery/core/process/posix/process.cpp, launchExtension).
+        let child = Command::new(env!("CARGO_BIN_EXE_log-sensor-extension"))
+            .args(["--verbose", "--socket"])
+            .arg(socket)
+            .args(if extra.contains(&"--timeout") {
+                &[][..]
+            } else {
+                &["--timeout", "60"][..]
+            })
+            .args(["--interval", "1", "--config"])
+            .arg(config)
+            .args(extra)
+            .env_remove("LOG_SENSOR_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting log-sensor-extension");
+        Ext { child, stderr }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the extension did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Ext {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temp dir with an agent config (state dir `state`, host id `test-host`).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("lsx")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(
+            dir.path().join("log-sensor.toml"),
+            r#"host_id = "test-host"
+state_dir = "state"
+
+[defaults]
+max_record_bytes = 100
+
+[sources.app]
+paths = ["logs/app/*.log", "logs/app/*.log.*.gz"]
+exclude = ["*.tmp"]
+break_before = '^\d{4}-\d{2}-\d{2} '
+"#,
+        )
+        .unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path().join("log-sensor.toml")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    fn outbox(&self) -> Connection {
+        Connection::open(self.state().join("osquery-outbox.db")).unwrap()
+    }
+
+    /// A store made from sql/schema.sql, as the agent would leave it.
+    fn make_store(&self) {
+        std::fs::create_dir_all(self.state()).unwrap();
+        let c = Connection::open(self.state().join("store.db")).unwrap();
+        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        c.execute_batch(include_str!("../sql/schema.sql")).unwrap();
+        c.execute_batch(
+            "INSERT INTO meta VALUES ('host_id', 'store-host');
+             INSERT INTO streams (stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,
+                                  read_offset, committed_offset, first_seen, last_read, state, records, overlong_records)
+             VALUES ('s1', 'app', 'aa', 1024, '/logs/app/a.log', 1, 11, 0, 5000, 4000, 3000, 100, 200, 'active', 30, 2),
+                    ('s2', 'app', NULL, 1024, '/logs/app/b.log.1.gz', 1, 12, 1, 900, 7000, 6500, 100, NULL, 'done', 60, 0),
+                    ('s3', 'syslog', 'cc', 1024, '/var/log/syslog', 2, 13, 0, 100, 100, 100, 50, 60, 'active', 5, 0);
+             INSERT INTO alerts (time, kind, source, stream, path, detail)
+             VALUES (1000, 'file_too_large', 'app', 's1', '/logs/app/a.log', 'over 4 GiB'),
+                    (2000, 'permission_denied', 'syslog', NULL, '/var/log/auth.log', 'EACCES'),
+                    (3000, 'sink_error', NULL, NULL, NULL, 'sink down');",
+        )
+        .unwrap();
+    }
+}
+
+/// Stand-in, extension, registration: the common start of most tests.
+fn started(fx: &Fixture, extra: &[&str]) -> (Standin, Ext, i64) {
+    let mut core = Standin::start(fx.path());
+    let ext = Ext::start(&core.socket, &fx.config(), extra);
+    let uuid = core.wait_registered();
+    (core, ext, uuid)
+}
+
+fn col<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
+    rows.iter()
+        .map(|r| r[key].as_str().unwrap_or("<null>"))
+        .collect()
+}
+
+fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
+    let c = fx.outbox();
+    let mut stmt = c
+        .prepare("SELECT kind, name, category, record FROM outbox ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn counter(fx: &Fixture, name: &str) -> i64 {
+    fx.outbox()
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .unwrap_or(0)
+}
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration and the extension's life
+
+#[test]
+fn registration_is_accepted_and_every_plugin_is_routed() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let reg = core.cmd(json!({"cmd": "wait_registered", "name": "log_sensor"}));
+    assert_eq!(reg["uuid"], uuid);
+    for t in [
+        "log_sensor_streams",
+        "log_sensor_alerts",
+        "log_sensor_config",
+    ] {
+        let routes = reg["registry"]["table"][t]
+            .as_array()
+            .unwrap_or_else(|| panic!("{t} not registered: {reg}"));
+        assert!(
+            routes.iter().all(|r| r["id"] == "column" && r["op"] == "0"),
+            "{routes:?}"
+        );
+    }
+    assert!(reg["registry"]["logger"]["log_sensor"].is_array(), "{reg}");
+    let sdk = reg["sdk_version"].as_str().unwrap();
+    assert!(
+        sdk >= "1.7.7",
+        "sdk_version {sdk} would be refused by osquery"
+    );
+    let ping = core.cmd(json!({"cmd": "ping", "uuid": uuid}));
+    assert_eq!(ping["code"], 0);
+    assert_eq!(ping["uuid"], uuid);
+    let cols = core.cmd(json!({"cmd": "columns", "uuid": uuid, "table": "log_sensor_streams"}));
+    let names: Vec<&str> = cols["response"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "host_id",
+            "source",
+            "path",
+            "stream",
+            "fingerprint",
+            "state",
+            "compressed",
+            "size",
+            "read_offset",
+            "committed_offset",
+            "lag_bytes",
+            "records",
+            "overlong_records",
+            "first_seen",
+            "last_read",
+            "device",
+            "inode"
+        ]
+    );
+}
+
+#[test]
+fn a_refused_registration_exits_non_zero_with_the_reason() {
+    let fx = Fixture::new();
+    let (mut core, _first, uuid) = started(&fx, &[]);
+    let mut second = Ext::start(&core.socket, &fx.config(), &[]);
+    let status = second.wait_exit(DEADLINE);
+    assert!(
+        !status.success(),
+        "a duplicate extension must not keep running"
+    );
+    let log = second.log();
+    assert!(
+        log.contains("osquery refused to register extension log_sensor"),
+        "{log}"
+    );
+    assert!(log.contains("Duplicate extension registered"), "{log}");
+    let attempts = core.cmd(json!({"cmd": "attempts"}));
+    assert_eq!(attempts.as_array().unwrap().len(), 2, "{attempts}");
+    // The first one is untouched.
+    assert_eq!(core.cmd(json!({"cmd": "ping", "uuid": uuid}))["code"], 0);
+}
+
+#[test]
+fn waits_for_a_socket_that_appears_late() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("em.sock");
+    let _ext = Ext::start(&socket, &fx.config(), &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut core = Standin::start(fx.path());
+    let uuid = core.wait_registered();
+    assert_eq!(core.cmd(json!({"cmd": "ping", "uuid": uuid}))["code"], 0);
+}
+
+#[test]
+fn gives_up_with_a_message_when_no_socket_appears() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("never.sock");
+    let mut ext = Ext::start(&socket, &fx.config(), &["--timeout", "1"]);
+    let status = ext.wait_exit(DEADLINE);
+    assert!(!status.success());
+    let log = ext.log();
+    assert!(log.contains("did not appear within"), "{log}");
+    assert!(log.contains("never.sock"), "{log}");
+}
+
+#[test]
+fn serves_several_connections_at_once() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let codes = core.cmd(json!({"cmd": "concurrent", "uuid": uuid, "n": 8}));
+    assert_eq!(codes, json!([0, 0, 0, 0, 0, 0, 0, 0]));
+}
+
+#[test]
+fn the_shutdown_call_stops_it_cleanly() {
+    let fx = Fixture::new();
+    let (mut core, mut ext, uuid) = started(&fx, &[]);
+    core.cmd(json!({"cmd": "shutdown_extension", "uuid": uuid}));
+    let status = ext.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", ext.log());
+    core.cmd(json!({"cmd": "wait_gone", "uuid": uuid}));
+    assert!(
+        !core.socket.with_extension(format!("sock.{uuid}")).exists(),
+        "the extension socket is left behind"
+    );
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    let fx = Fixture::new();
+    let (mut core, mut ext, uuid) = started(&fx, &[]);
+    ext.signal(libc::SIGTERM);
+    let status = ext.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", ext.log());
+    core.cmd(json!({"cmd": "wait_gone", "uuid": uuid}));
+}
+
+#[test]
+fn exits_cleanly_when_osquery_goes_away() {
+    let fx = Fixture::new();
+    let (mut core, mut ext, _uuid) = started(&fx, &[]);
+    let _ = core.try_cmd(json!({"cmd": "stop"}));
+    let status = ext.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", ext.log());
+    assert!(ext.log().contains("ManagerGone"), "{}", ext.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables
+
+#[test]
+fn streams_table_applies_equality_and_like_on_path_and_source() {
+    let fx = Fixture::new();
+    fx.make_store();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let all = core.generate(uuid, "log_sensor_streams", json!([]));
+    assert_eq!(col(&all, "stream"), ["s1", "s2", "s3"]);
+    assert_eq!(col(&all, "host_id"), ["store-host"; 3]);
+    // Lag as sql/views.sql computes it; NULLs are absent keys.
+    assert_eq!(col(&all, "lag_bytes"), ["2000", "500", "0"]);
+    assert!(
+        all[1].get("fingerprint").is_none() && all[1].get("last_read").is_none(),
+        "{:?}",
+        all[1]
+    );
+    assert_eq!(all[0]["overlong_records"], "2");
+    assert_eq!(all[0]["inode"], "11");
+
+    let eq = core.generate(
+        uuid,
+        "log_sensor_streams",
+        json!([["path", 2, "/var/log/syslog"]]),
+    );
+    assert_eq!(col(&eq, "stream"), ["s3"]);
+    let like = core.generate(
+        uuid,
+        "log_sensor_streams",
+        json!([["path", 65, "/LOGS/app/%"]]),
+    );
+    assert_eq!(
+        col(&like, "stream"),
+        ["s1", "s2"],
+        "LIKE is SQLite's: case-insensitive"
+    );
+    let src = core.generate(uuid, "log_sensor_streams", json!([["source", 2, "app"]]));
+    assert_eq!(col(&src, "stream"), ["s1", "s2"]);
+    let both = core.generate(
+        uuid,
+        "log_sensor_streams",
+        json!([["source", 65, "a%"], ["path", 65, "%.gz"]]),
+    );
+    assert_eq!(col(&both, "stream"), ["s2"]);
+    // Operators we do not push down are left to SQLite: all rows come back.
+    let gt = core.generate(uuid, "log_sensor_streams", json!([["size", 4, "1000"]]));
+    assert_eq!(gt.len(), 3);
+}
+
+#[test]
+fn tables_are_empty_before_the_agent_has_made_a_store() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    assert!(core
+        .generate(uuid, "log_sensor_streams", json!([]))
+        .is_empty());
+    assert!(core
+        .generate(uuid, "log_sensor_alerts", json!([["path", 2, "/x"]]))
+        .is_empty());
+}
+
+#[test]
+fn alerts_table_applies_constraints() {
+    let fx = Fixture::new();
+    fx.make_store();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let all = core.generate(uuid, "log_sensor_alerts", json!([]));
+    assert_eq!(
+        col(&all, "kind"),
+        ["file_too_large", "permission_denied", "sink_error"]
+    );
+    assert_eq!(all[0]["stream"], "s1");
+    assert_eq!(all[0]["time"], "1000");
+    assert_eq!(all[0]["detail"], "over 4 GiB");
+    let by_path = core.generate(uuid, "log_sensor_alerts", json!([["path", 65, "%auth%"]]));
+    assert_eq!(col(&by_path, "kind"), ["permission_denied"]);
+    let by_source = core.generate(uuid, "log_sensor_alerts", json!([["source", 2, "app"]]));
+    assert_eq!(col(&by_source, "kind"), ["file_too_large"]);
+    let recent = core.generate(uuid, "log_sensor_alerts", json!([["time", 4, "1500"]]));
+    assert_eq!(col(&recent, "kind"), ["permission_denied", "sink_error"]);
+}
+
+#[test]
+fn config_table_shows_the_file_and_the_defaults() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let rows = core.generate(uuid, "log_sensor_config", json!([]));
+    let get = |k: &str| {
+        rows.iter()
+            .find(|r| r["key"] == k)
+            .unwrap_or_else(|| panic!("no key {k}: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(get("host_id")["value"], "test-host");
+    assert_eq!(get("host_id")["origin"], "file");
+    assert_eq!(get("defaults.max_record_bytes")["value"], "100");
+    assert_eq!(get("defaults.max_record_bytes")["origin"], "file");
+    assert_eq!(get("defaults.fingerprint_bytes")["value"], "1024");
+    assert_eq!(get("defaults.fingerprint_bytes")["origin"], "default");
+    assert_eq!(
+        get("sources.app.paths")["value"],
+        r#"["logs/app/*.log","logs/app/*.log.*.gz"]"#
+    );
+    assert_eq!(
+        get("sources.app.break_before")["value"],
+        r"^\d{4}-\d{2}-\d{2} "
+    );
+    assert!(
+        rows.iter().all(|r| r["read_from"] == "config_file"),
+        "rows must say no agent answered"
+    );
+    assert_eq!(get("state_dir")["writable"], "0");
+    assert_eq!(get("defaults.fingerprint_bytes")["writable"], "1");
+    assert!(get("host_id")["rowid"]
+        .as_str()
+        .unwrap()
+        .parse::<i64>()
+        .is_ok());
+}
+
+#[test]
+fn config_table_writes_follow_the_writable_table_protocol() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let rows = core.generate(uuid, "log_sensor_config", json!([]));
+    let rowid = |k: &str| -> i64 {
+        rows.iter().find(|r| r["key"] == k).unwrap()["rowid"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let key = "defaults.max_record_bytes";
+    let values = |k: Value, v: Value| {
+        json!([
+            k,
+            v,
+            "file",
+            1,
+            "config_file",
+            fx.config().display().to_string()
+        ])
+    };
+
+    // No agent: a clear failure, never a fake success.
+    let r = core.write(
+        uuid,
+        json!({"action": "update", "id": rowid(key), "values": values(json!(key), json!("200"))}),
+    );
+    assert_eq!(r["status"], "failure", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no log-sensor agent is running") && msg.contains("control.sock"),
+        "{msg}"
+    );
+    let r = core.write(
+        uuid,
+        json!({"action": "insert", "values": values(json!("sources.app.exclude"), json!("[]"))}),
+    );
+    assert_eq!(r["status"], "failure", "{r}");
+    let r = core.write(uuid, json!({"action": "delete", "id": rowid(key)}));
+    assert_eq!(r["status"], "failure", "{r}");
+
+    // Keys fixed for the agent's life are read-only.
+    let r = core.write(uuid, json!({"action": "update", "id": rowid("state_dir"), "values": values(json!("state_dir"), json!("/x"))}));
+    assert_eq!(r["status"], "readonly", "{r}");
+    let r = core.write(uuid, json!({"action": "delete", "id": rowid("host_id")}));
+    assert_eq!(r["status"], "readonly", "{r}");
+
+    // Renaming a key, a new rowid, or NULLs break the table's constraints.
+    let r = core.write(uuid, json!({"action": "update", "id": rowid(key), "values": values(json!("other.key"), json!("1"))}));
+    assert_eq!(r["status"], "constraint", "{r}");
+    let r = core.write(uuid, json!({"action": "update", "id": rowid(key), "new_id": 5, "values": values(json!(key), json!("1"))}));
+    assert_eq!(r["status"], "constraint", "{r}");
+    let r = core.write(
+        uuid,
+        json!({"action": "update", "id": rowid(key), "values": values(json!(key), Value::Null)}),
+    );
+    assert_eq!(r["status"], "constraint", "{r}");
+    let r = core.write(
+        uuid,
+        json!({"action": "insert", "values": values(Value::Null, json!("1"))}),
+    );
+    assert_eq!(r["status"], "constraint", "{r}");
+
+    // A rowid osquery never saw.
+    let r = core.write(uuid, json!({"action": "delete", "id": 42}));
+    assert_eq!(r["status"], "failure", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("rowid 42"), "{r}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logger
+
+#[test]
+fn logger_declares_status_logs_and_queues_results_byte_exact() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let features = core.cmd(json!({"cmd": "logger_init", "uuid": uuid}));
+    assert_eq!(
+        features["code"], 1,
+        "features must declare LOGSTATUS only: {features}"
+    );
+
+    let ev = core.cmd(
+        json!({"cmd": "log_results", "uuid": uuid, "name": "pack_nginx_errors", "mode": "event",
+        "added": [{"line": "a"}, {"line": "b"}], "removed": [{"line": "old"}]}),
+    );
+    let batch = core.cmd(
+        json!({"cmd": "log_results", "uuid": uuid, "name": "pack_nginx_errors", "mode": "batch",
+        "counter": 3, "added": [{"line": "c"}], "removed": []}),
+    );
+    for call in ev["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(batch["calls"].as_array().unwrap())
+    {
+        assert_eq!(call["code"], 0, "{call}");
+    }
+    let docs: Vec<String> = ev["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(batch["docs"].as_array().unwrap())
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        docs[0].contains(r#""action":"removed""#),
+        "removed rows come first: {}",
+        docs[0]
+    );
+    let rows = outbox_rows(&fx);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for ((kind, name, category, record), doc) in rows.iter().zip(&docs) {
+        assert_eq!(kind, "result");
+        assert_eq!(name, "pack_nginx_errors");
+        assert_eq!(category.as_deref(), Some("event"));
+        assert_eq!(record, doc, "records are kept byte-exact");
+    }
+}
+
+#[test]
+fn status_logs_keep_all_seven_fields_and_events_are_queued() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let r = core.cmd(json!({"cmd": "log_status", "uuid": uuid, "lines": [
+        {"s": 1, "f": "scheduler.cpp", "i": 87, "m": "Executing scheduled query"},
+        {"s": 2, "f": "events.cpp", "i": 9, "m": "Event publisher failed"}]}));
+    assert_eq!(r["code"], 0, "{r}");
+    let ev = core.cmd(json!({"cmd": "log_event", "uuid": uuid, "row": {"time": "1", "eid": "7", "path": "/etc/x"}}));
+    assert_eq!(ev["call"]["code"], 0, "{ev}");
+    let rows = outbox_rows(&fx);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let status: Value = serde_json::from_str(&rows[0].3).unwrap();
+    assert_eq!(rows[0].0, "status");
+    assert_eq!(rows[0].1, "osquery_status");
+    for field in [
+        "hostIdentifier",
+        "calendarTime",
+        "unixTime",
+        "severity",
+        "filename",
+        "line",
+        "message",
+    ] {
+        assert!(
+            !status[field].is_null(),
+            "status field {field} missing: {status}"
+        );
+    }
+    assert_eq!(status["severity"], 1);
+    assert_eq!(status["filename"], "scheduler.cpp");
+    assert_eq!(status["line"], 87);
+    assert_eq!(status["hostIdentifier"], "standin-host");
+    assert!(status["calendarTime"].as_str().unwrap().ends_with(" UTC"));
+    assert!(status["unixTime"].as_i64().unwrap() > 1_600_000_000);
+    assert_eq!(rows[2].0, "event");
+    assert_eq!(rows[2].1, "osquery_events");
+    assert_eq!(rows[2].3, ev["doc"].as_str().unwrap());
+}
+
+#[test]
+fn logger_never_fails_when_the_state_dir_is_unusable() {
+    let fx = Fixture::new();
+    // A file where the state dir should be: the outbox cannot be created.
+    std::fs::write(fx.state(), "not a directory").unwrap();
+    let (mut core, ext, uuid) = started(&fx, &[]);
+    let r =
+        core.cmd(json!({"cmd": "log_results", "uuid": uuid, "name": "q1", "added": [{"a": "1"}]}));
+    assert_eq!(r["calls"][0]["code"], 0, "{r}");
+    let r =
+        core.cmd(json!({"cmd": "log_snapshot", "uuid": uuid, "name": "q2", "rows": [{"a": "1"}]}));
+    assert_eq!(r["calls"][0]["code"], 0, "{r}");
+    assert!(
+        ext.log().contains("osquery-outbox.db"),
+        "the problem is reported: {}",
+        ext.log()
+    );
+    // Once the state dir is usable the held records go in, in order.
+    std::fs::remove_file(fx.state()).unwrap();
+    let start = Instant::now();
+    while !fx.state().join("osquery-outbox.db").exists() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "held records never reached the outbox:\n{}",
+            ext.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let r = core
+            .cmd(json!({"cmd": "log_results", "uuid": uuid, "name": "q3", "added": [{"a": "1"}]}));
+        assert_eq!(r["calls"][0]["code"], 0);
+    }
+    let rows = outbox_rows(&fx);
+    let names: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(&names[..2], ["q1", "q2"], "{names:?}");
+    assert!(names[2..].iter().all(|n| *n == "q3"));
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_counts_and_alerts() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &["--outbox-max-rows", "3"]);
+    for i in 0..5 {
+        let r = core.cmd(json!({"cmd": "log_results", "uuid": uuid, "name": format!("q{i}"), "added": [{"i": i.to_string()}]}));
+        assert_eq!(r["calls"][0]["code"], 0, "{r}");
+    }
+    let names: Vec<String> = outbox_rows(&fx).into_iter().map(|r| r.1).collect();
+    assert_eq!(names, ["q2", "q3", "q4"]);
+    assert_eq!(counter(&fx, "dropped_full"), 2);
+    let (kind, count): (String, i64) = fx
+        .outbox()
+        .query_row("SELECT kind, count FROM alerts", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((kind.as_str(), count), ("outbox_full", 2));
+    // The alert shows in osquery too.
+    let alerts = core.generate(uuid, "log_sensor_alerts", json!([["source", 2, "osquery"]]));
+    assert_eq!(col(&alerts, "kind"), ["outbox_full"]);
+    assert!(
+        alerts[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 oldest records dropped"),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn unchanged_snapshots_are_counted_not_queued_across_restarts() {
+    let fx = Fixture::new();
+    let rows_a = json!([{"pid": "1", "name": "init"}, {"pid": "2", "name": "kthreadd"}]);
+    let rows_a_reordered = json!([{"name": "kthreadd", "pid": "2"}, {"pid": "1", "name": "init"}]);
+    let rows_b = json!([{"pid": "1", "name": "init"}]);
+    {
+        let (mut core, mut ext, uuid) = started(&fx, &[]);
+        for rows in [&rows_a, &rows_a] {
+            let r = core.cmd(json!({"cmd": "log_snapshot", "uuid": uuid, "name": "pack_health_agent_heartbeat", "rows": rows}));
+            assert_eq!(r["calls"][0]["code"], 0, "{r}");
+        }
+        assert_eq!(outbox_rows(&fx).len(), 1);
+        assert_eq!(counter(&fx, "unchanged_snapshots"), 1);
+        core.cmd(json!({"cmd": "shutdown_extension", "uuid": uuid}));
+        assert_eq!(ext.wait_exit(DEADLINE).code(), Some(0));
+    }
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let r = core.cmd(json!({"cmd": "log_snapshot", "uuid": uuid, "name": "pack_health_agent_heartbeat", "rows": rows_a_reordered}));
+    assert_eq!(r["calls"][0]["code"], 0);
+    assert_eq!(outbox_rows(&fx).len(), 1, "the digest survives a restart");
+    assert_eq!(counter(&fx, "unchanged_snapshots"), 2);
+    let r = core.cmd(json!({"cmd": "log_snapshot", "uuid": uuid, "name": "pack_health_agent_heartbeat", "rows": rows_b}));
+    assert_eq!(r["calls"][0]["code"], 0);
+    let rows = outbox_rows(&fx);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].0, "snapshot");
+    assert_eq!(rows[1].3, r["docs"][0].as_str().unwrap());
+    let unchanged: i64 = fx
+        .outbox()
+        .query_row(
+            "SELECT unchanged FROM snapshot_digests WHERE name = 'pack_health_agent_heartbeat'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unchanged, 0, "a change resets the per-query count");
+}
+
+#[test]
+fn a_quiet_queue_query_gets_heartbeats() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.path().join("packs")).unwrap();
+    std::fs::write(
+        fx.path().join("packs/testpack.json"),
+        r#"{"queries": {"quiet": {"query": "SELECT 1", "interval": 2},
+                        "plain": {"query": "SELECT 2", "interval": 2}},
+            "log_sensor": {"queue_queries": ["quiet"]}}"#,
+    )
+    .unwrap();
+    let mut core = Standin::start(fx.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    core.cmd(json!({"cmd": "set_schedule", "rows": [
+        {"name": "pack_testpack_quiet", "interval": 2, "last_executed": now},
+        {"name": "pack_testpack_plain", "interval": 2, "last_executed": now}]}));
+    let _ext = Ext::start(&core.socket, &fx.config(), &[]);
+    let uuid = core.wait_registered();
+    let heartbeat = poll("a heartbeat for pack_testpack_quiet", || {
+        let db = fx.state().join("osquery-outbox.db");
+        if !db.exists() {
+            return None;
+        }
+        outbox_rows(&fx).into_iter().find(|r| r.0 == "heartbeat")
+    });
+    assert_eq!(heartbeat.1, "pack_testpack_quiet");
+    let hb: Value = serde_json::from_str(&heartbeat.3).unwrap();
+    assert_eq!(hb["action"], "heartbeat");
+    assert_eq!(hb["name"], "pack_testpack_quiet");
+    assert_eq!(hb["interval"], 2);
+    assert_eq!(hb["rows"], 0);
+    assert_eq!(hb["hostIdentifier"], "test-host");
+    assert_eq!(hb["last_executed"], now);
+    assert!(
+        core.cmd(json!({"cmd": "schedule_queries"}))
+            .as_i64()
+            .unwrap()
+            >= 1,
+        "learned from osquery_schedule"
+    );
+    // A logger call for the query counts as activity; a query not marked as queue query never
+    // gets heartbeats.
+    let r = core.cmd(json!({"cmd": "log_results", "uuid": uuid, "name": "pack_testpack_quiet", "added": [{"a": "1"}]}));
+    assert_eq!(r["calls"][0]["code"], 0);
+    assert!(outbox_rows(&fx)
+        .iter()
+        .all(|r| r.1 != "pack_testpack_plain"));
+    assert!(counter(&fx, "heartbeats") >= 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL shipped with the project
+
+/// `CREATE TABLE` mirroring an extension table from its declared columns.
+fn mirror(name: &str, columns: &[Column]) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let t = match c.ctype {
+                ColumnType::Text => "TEXT",
+                ColumnType::Integer => "INTEGER",
+                ColumnType::BigInt => "BIGINT",
+                ColumnType::Double => "DOUBLE",
+            };
+            format!("{} {t}", c.name)
+        })
+        .collect();
+    format!("CREATE TABLE {name} ({});", cols.join(", "))
+}
+
+#[test]
+fn every_example_query_and_pack_query_prepares_against_the_tables() {
+    let db = Connection::open_in_memory().unwrap();
+    db.execute_batch(&mirror("log_sensor_streams", table::streams::COLUMNS))
+        .unwrap();
+    db.execute_batch(&mirror("log_sensor_alerts", table::alerts::COLUMNS))
+        .unwrap();
+    db.execute_batch(&mirror("log_sensor_config", table::config::COLUMNS))
+        .unwrap();
+
+    let mut checked = 0;
+    let mut queries: Vec<PathBuf> = std::fs::read_dir(workspace().join("sql/queries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    queries.sort();
+    assert!(
+        queries.len() >= 4,
+        "sql/queries holds the README's examples"
+    );
+    for q in &queries {
+        let sql = std::fs::read_to_string(q).unwrap();
+        db.prepare(&sql)
+            .unwrap_or_else(|e| panic!("{} does not prepare: {e}", q.display()));
+        checked += 1;
+    }
+
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(workspace().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    packs.sort();
+    let stems: Vec<String> = packs
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["health", "linux_syslog", "nginx", "java_app"] {
+        assert!(
+            stems.iter().any(|s| s == want),
+            "packs/{want}.json is missing"
+        );
+    }
+    for p in &packs {
+        let pack: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap())
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+        let queries = pack["queries"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{} has no queries", p.display()));
+        for (name, q) in queries {
+            // osquery's pack rules (osquery/config/packs.cpp): a query, 0 < interval <= 604800.
+            let sql = q["query"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: {name} has no query", p.display()));
+            let interval = q["interval"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{}: {name} has no numeric interval", p.display()));
+            assert!(
+                interval > 0 && interval <= 604_800,
+                "{}: {name} interval {interval}",
+                p.display()
+            );
+            if sql.contains("log_sensor_") {
+                db.prepare(sql).unwrap_or_else(|e| {
+                    panic!("{}: query {name} does not prepare: {e}", p.display())
+                });
+                checked += 1;
+            }
+        }
+        let ls = &pack["log_sensor"];
+        assert!(ls.is_object(), "{} has no log_sensor section", p.display());
+        for q in ls["queue_queries"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let q = q.as_str().unwrap();
+            assert!(
+                queries.contains_key(q),
+                "{}: queue query {q} is not one of the pack's queries",
+                p.display()
+            );
+        }
+        for (source, s) in ls["sources"]
+            .as_object()
+            .map(|m| m.iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let paths = s["paths"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{}: source {source} has no paths", p.display()));
+            assert!(!paths.is_empty());
+            if let Some(re) = s.get("break_before").and_then(Value::as_str) {
+                assert!(!re.is_empty());
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} queries checked");
+}

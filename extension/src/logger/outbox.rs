@@ -142,19 +142,21 @@ impl Outbox {
         f: impl FnOnce(&Transaction<'_>, u64, &Path) -> rusqlite::Result<()>,
         fallback: Option<Record>,
     ) -> bool {
-        let result = match self.connection() {
-            Some(_) => self.try_write(f),
-            None => Err("the outbox database is not open".to_string()),
-        };
-        match result {
+        if self.connection().is_none() {
+            // Not open, and `connection` paces the retries: hold the record.
+            if let Some(rec) = fallback {
+                self.hold(rec);
+            }
+            return false;
+        }
+        match self.try_write(f) {
             Ok(()) => true,
             Err(e) => {
-                if self.conn.take().is_some() || self.last_failure.is_none() {
-                    tracing::warn!(
-                        "cannot write the osquery outbox {}: {e}; holding records in memory",
-                        self.path.display()
-                    );
-                }
+                tracing::warn!(
+                    "cannot write the osquery outbox {}: {e}; holding records in memory",
+                    self.path.display()
+                );
+                self.conn = None;
                 self.last_failure = Some(Instant::now());
                 if let Some(rec) = fallback {
                     self.hold(rec);
