@@ -144,6 +144,14 @@ impl Collector {
         Conn::open(self.addr(), &self.dir.join("ca.pem"), identity)
     }
 
+    /// Connects from another loopback address, so the collector sees a
+    /// different source (all of 127.0.0.0/8 is local on Linux).
+    fn connect_from(&self, local: &str, identity: Option<&Identity>) -> Conn {
+        let local: std::net::IpAddr = local.parse().unwrap();
+        let tcp = bind_and_connect(local, self.addr());
+        Conn::over(tcp, &self.dir.join("ca.pem"), identity).expect("connect")
+    }
+
     /// Makes a key and CSR here and enrols `host`; the key stays here.
     fn enroll(&self, host: &str) -> Identity {
         let key = KeyPair::generate().unwrap();
@@ -188,6 +196,23 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A TCP connection from a chosen local address (std cannot bind before
+/// connecting; tokio's socket can, on a throwaway runtime).
+fn bind_and_connect(local: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        socket.connect(to).await.unwrap()
+    });
+    let std = stream.into_std().unwrap();
+    std.set_nonblocking(false).unwrap();
+    std
 }
 
 fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
@@ -252,6 +277,10 @@ impl Conn {
     }
 
     fn try_open(addr: SocketAddr, ca: &Path, identity: Option<&Identity>) -> std::io::Result<Conn> {
+        Self::over(TcpStream::connect(addr)?, ca, identity)
+    }
+
+    fn over(tcp: TcpStream, ca: &Path, identity: Option<&Identity>) -> std::io::Result<Conn> {
         let mut roots = RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
             roots.add(cert.unwrap()).unwrap();
@@ -270,7 +299,6 @@ impl Conn {
         let conn =
             ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
                 .unwrap();
-        let tcp = TcpStream::connect(addr)?;
         tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut tls = StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
@@ -489,35 +517,75 @@ fn enrolment_then_wrong_password_then_too_many_tries() {
     );
     assert!(!wrong_password.text().contains("nope"));
 
-    // Default: 5 failures per address per window, so the sixth try is 429,
-    // even with the right password.
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        let r = conn.post_json(
+    // Default: 5 failures per address within the window. Three more from
+    // this address (for another name, so the user limit stays clear) reach
+    // it; then even the right password is 429 from here.
+    let try_as = |conn: &mut Conn, user: &str, password: &str| {
+        conn.post_json(
             "/v1/enroll",
-            &json!({"username": USER, "password": "nope", "host_id": "web-02", "csr": csr}),
-        );
-        statuses.push(r.status);
-    }
+            &json!({"username": user, "password": password, "host_id": "web-02", "csr": csr}),
+        )
+        .status
+    };
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| try_as(&mut conn, "mallory", "nope"))
+        .collect();
     assert_eq!(statuses, vec![401, 401, 401, 429]);
-    let right = conn.post_json(
-        "/v1/enroll",
-        &json!({"username": USER, "password": PASSWORD, "host_id": "web-02", "csr": csr}),
-    );
-    assert_eq!(right.status, 429, "{}", right.text());
+    assert_eq!(try_as(&mut conn, USER, PASSWORD), 429, "address limit");
+
+    // Per user: one failure each from four more addresses brings alice to
+    // five, so a sixth address with her right password is refused too...
+    for i in 2..=5 {
+        let mut other = c.connect_from(&format!("127.0.0.{i}"), None);
+        assert_eq!(try_as(&mut other, USER, "nope"), 401, "from 127.0.0.{i}");
+    }
+    let mut fresh = c.connect_from("127.0.0.6", None);
+    assert_eq!(try_as(&mut fresh, USER, PASSWORD), 429, "user limit");
+    // ...while another user from a clean address is not affected.
+    let pw = c.root.path().join("pw");
+    run(&[
+        "user",
+        "add",
+        "--dir",
+        c.d(),
+        "bob",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let mut clean = c.connect_from("127.0.0.7", None);
+    assert_eq!(try_as(&mut clean, "bob", PASSWORD), 200);
 
     let list = String::from_utf8(run(&["certs", "list", "--dir", c.d()]).stdout).unwrap();
     assert!(
         list.contains(&id.serial) && list.contains("web-01") && list.contains("valid"),
         "{list}"
     );
-    assert!(!list.contains("web-02"), "{list}");
+    // Every enrolment is recorded: who, which host, serial, when, from where.
+    let db = rusqlite::Connection::open(c.dir.join("collector.db")).unwrap();
+    let rows: Vec<(String, String, String, i64, String)> = db
+        .prepare("SELECT username, host_id, serial, at, source_addr FROM enrolments ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), (USER, "web-01"));
+    assert_eq!(rows[0].2, id.serial);
+    assert!(rows[0].3 > 1_700_000_000);
+    assert_eq!(rows[0].4, "127.0.0.1");
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].4.as_str()),
+        ("bob", "127.0.0.7")
+    );
     let m = c.metrics();
-    assert_eq!(metric(&m, "log_sensor_collector_enrolments_total"), 1.0);
-    assert_eq!(metric(&m, "log_sensor_collector_enrol_failures_total"), 5.0);
+    assert_eq!(metric(&m, "log_sensor_collector_enrolments_total"), 2.0);
+    assert_eq!(metric(&m, "log_sensor_collector_enrol_failures_total"), 9.0);
     assert_eq!(
         metric(&m, "log_sensor_collector_enrol_rate_limited_total"),
-        2.0
+        3.0
     );
     let log = c.log();
     assert!(
@@ -911,6 +979,21 @@ fn overlong_streak_alerts_once_per_streak() {
     assert_eq!(
         metric(&c.metrics(), "log_sensor_collector_alerts_total"),
         2.0
+    );
+    let db = rusqlite::Connection::open(c.dir.join("collector.db")).unwrap();
+    let rows: Vec<(String, String, i64)> = db
+        .prepare("SELECT host_id, stream, at_offset FROM alerts ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("web-01".into(), "s1".into(), 1000),
+            ("web-01".into(), "s1".into(), 2300)
+        ]
     );
     let parts: Vec<String> = stored_lines(&c.data_file("web-01", "s1"))
         .iter()
