@@ -233,10 +233,11 @@ async fn connection(
     tokio::pin!(conn);
     let mut revoked = collector.revoked.clone();
     let mut watching = identity.is_some();
-    let expiry = identity.as_ref().map(|id| {
+    let expiry_of = |id: &PeerIdentity| {
         let left = (id.not_after - unix_now()).max(0) as u64;
         tokio::time::Instant::now() + Duration::from_secs(left)
-    });
+    };
+    let mut expiry = identity.as_ref().map(expiry_of);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -259,6 +260,12 @@ async fn connection(
                 }
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                let id = identity.as_ref().expect("an expiry only with an identity");
+                if id.not_after > unix_now() {
+                    // tokio caps very long sleeps (about two years): re-arm.
+                    expiry = Some(expiry_of(id));
+                    continue;
+                }
                 collector.metrics.connections_cut.fetch_add(1, Relaxed);
                 tracing::info!(%peer, "closing connection: certificate expired");
                 return;
