@@ -43,6 +43,9 @@ use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
 const MAX_SMALL_BODY: usize = 64 * 1024;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection idle this long between requests (or this slow to send a
+/// request's headers) is closed; nginx's keep-alive default.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,10 +228,12 @@ async fn connection(
             }
         })
     };
-    // The timer turns on hyper's header read timeout (30 s), so a client
-    // that trickles headers, or idles between requests, is let go.
+    // hyper's header read timeout also runs while a keep-alive connection
+    // idles between requests, so it bounds both a client trickling headers
+    // and an idle agent connection.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let mut revoked = collector.revoked.clone();
