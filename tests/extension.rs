@@ -296,6 +296,22 @@ fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
         .collect()
 }
 
+/// The outbox rows once the extension has created the outbox (for polling).
+fn outbox_rows_when_ready(fx: &Fixture) -> Option<Vec<(String, String, Option<String>, String)>> {
+    let path = fx.state().join("osquery-outbox.db");
+    if !path.exists() {
+        return None;
+    }
+    let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let mut stmt = c
+        .prepare("SELECT kind, name, category, record FROM outbox ORDER BY id")
+        .ok()?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .ok()?;
+    rows.collect::<Result<Vec<_>, _>>().ok()
+}
+
 fn counter(fx: &Fixture, name: &str) -> i64 {
     fx.outbox()
         .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
@@ -748,6 +764,26 @@ fn status_logs_keep_all_seven_fields_and_events_are_queued() {
 }
 
 #[test]
+fn status_logs_relayed_every_few_seconds_reach_the_outbox() {
+    let fx = Fixture::new();
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    let r = core.cmd(json!({"cmd": "start_status_relay", "uuid": uuid, "interval": 1}));
+    assert_eq!(
+        r["relaying"], true,
+        "the logger must declare LOGSTATUS: {r}"
+    );
+    let statuses = poll("two relayed status logs", || {
+        let rows: Vec<_> = outbox_rows_when_ready(&fx)?
+            .into_iter()
+            .filter(|r| r.0 == "status")
+            .collect();
+        (rows.len() >= 2).then_some(rows)
+    });
+    let first: Value = serde_json::from_str(&statuses[0].3).unwrap();
+    assert_eq!(first["message"], "stand-in status relay 1");
+}
+
+#[test]
 fn logger_never_fails_when_the_state_dir_is_unusable() {
     let fx = Fixture::new();
     // A file where the state dir should be: the outbox cannot be created.
@@ -767,7 +803,7 @@ fn logger_never_fails_when_the_state_dir_is_unusable() {
     // Once the state dir is usable the held records go in, in order.
     std::fs::remove_file(fx.state()).unwrap();
     let start = Instant::now();
-    while !fx.state().join("osquery-outbox.db").exists() {
+    while outbox_rows_when_ready(&fx).is_none_or(|rows| rows.len() < 3) {
         assert!(
             start.elapsed() < DEADLINE,
             "held records never reached the outbox:\n{}",
@@ -875,11 +911,9 @@ fn a_quiet_queue_query_gets_heartbeats() {
     let _ext = Ext::start(&core.socket, &fx.config(), &[]);
     let uuid = core.wait_registered();
     let heartbeat = poll("a heartbeat for pack_testpack_quiet", || {
-        let db = fx.state().join("osquery-outbox.db");
-        if !db.exists() {
-            return None;
-        }
-        outbox_rows(&fx).into_iter().find(|r| r.0 == "heartbeat")
+        outbox_rows_when_ready(&fx)?
+            .into_iter()
+            .find(|r| r.0 == "heartbeat")
     });
     assert_eq!(heartbeat.1, "pack_testpack_quiet");
     let hb: Value = serde_json::from_str(&heartbeat.3).unwrap();
@@ -1025,4 +1059,72 @@ fn every_example_query_and_pack_query_prepares_against_the_tables() {
         }
     }
     assert!(checked >= 10, "only {checked} queries checked");
+}
+
+#[test]
+fn the_readme_documents_the_tables_as_declared() {
+    let readme = std::fs::read_to_string(workspace().join("extension/README.md")).unwrap();
+    let spec = table::spec_markdown();
+    assert!(
+        readme.contains(&spec),
+        "extension/README.md is out of date: paste the output of `log-sensor-extension --spec`"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_log-sensor-extension"))
+        .arg("--spec")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), spec);
+}
+
+#[test]
+fn the_install_script_makes_a_file_osquery_will_autoload() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let dir = fx.path().join("lib");
+    let load = fx.path().join("osquery/extensions.load");
+    for _ in 0..2 {
+        let out = Command::new("bash")
+            .arg(workspace().join("extension/install.sh"))
+            .arg("--binary")
+            .arg(env!("CARGO_BIN_EXE_log-sensor-extension"))
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--load-file")
+            .arg(&load)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ext = dir.join("log_sensor.ext");
+    let mode = std::fs::metadata(&ext).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "executable, not writable by others");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o1022,
+        0,
+        "no sticky bit, not group/world-writable"
+    );
+    let lines = std::fs::read_to_string(&load).unwrap();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        [ext.to_str().unwrap()],
+        "listed once"
+    );
+    // A sticky folder such as /tmp is refused, as osquery would refuse the file.
+    let out = Command::new("bash")
+        .arg(workspace().join("extension/install.sh"))
+        .args([
+            "--binary",
+            env!("CARGO_BIN_EXE_log-sensor-extension"),
+            "--dir",
+            "/tmp",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sticky bit"));
 }

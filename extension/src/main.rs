@@ -36,10 +36,17 @@ struct Args {
     /// Pending records the outbox keeps before dropping the oldest.
     #[arg(long, default_value_t = DEFAULT_MAX_ROWS)]
     outbox_max_rows: u64,
+    /// Print the tables' columns as Markdown and exit.
+    #[arg(long)]
+    spec: bool,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.spec {
+        print!("{}", log_sensor_extension::table::spec_markdown());
+        return;
+    }
     let default_level = if args.verbose { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -8,6 +8,10 @@ use crate::agent_config::AgentConfig;
 use crate::logger::outbox;
 use crate::store;
 
+pub const NAME: &str = "log_sensor_alerts";
+/// What the table is, for `--spec` and the README.
+pub const DESCRIPTION: &str = "The agent's alerts and the extension's own (source `osquery`). EQUALS, LIKE and GLOB on `path` and `source`, comparisons on `time`, are applied by the extension.";
+
 pub const COLUMNS: &[Column] = &[
     col("host_id", Text, "The agent's host id"),
     col("id", BigInt, "Alert id within its database"),
@@ -34,7 +38,7 @@ pub struct Alerts {
 
 impl Table for Alerts {
     fn name(&self) -> &'static str {
-        "log_sensor_alerts"
+        NAME
     }
 
     fn columns(&self) -> &'static [Column] {

@@ -10,6 +10,10 @@ use super::{col, Column, ColumnType::*, QueryContext, Row, Table, WriteReply, Wr
 use crate::agent_config::AgentConfig;
 use crate::config_source::{self, ConfigSource};
 
+pub const NAME: &str = "log_sensor_config";
+/// What the table is, for `--spec` and the README.
+pub const DESCRIPTION: &str = "The agent's effective config as dotted keys. Writable: `UPDATE … SET value=… WHERE key=…`, `INSERT`, `DELETE` set or drop temporary overrides in the running agent.";
+
 pub const COLUMNS: &[Column] = &[
     col(
         "key",
@@ -74,7 +78,7 @@ fn value_text(v: &Value) -> String {
 
 impl Table for ConfigTable {
     fn name(&self) -> &'static str {
-        "log_sensor_config"
+        NAME
     }
 
     fn columns(&self) -> &'static [Column] {

@@ -217,6 +217,31 @@ fn parse_write(action: &str, r: &StringMap) -> Result<WriteRequest, String> {
     }
 }
 
+/// Every table's name, description and columns, as Markdown: printed by `--spec` and kept in
+/// `extension/README.md` (a test checks they agree).
+pub fn spec_markdown() -> String {
+    let mut out = String::new();
+    for (name, description, columns) in [
+        (streams::NAME, streams::DESCRIPTION, streams::COLUMNS),
+        (alerts::NAME, alerts::DESCRIPTION, alerts::COLUMNS),
+        (config::NAME, config::DESCRIPTION, config::COLUMNS),
+    ] {
+        out.push_str(&format!(
+            "### `{name}`\n\n{description}\n\n| column | type | meaning |\n|---|---|---|\n"
+        ));
+        for c in columns {
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                c.name,
+                c.ctype.osquery_name(),
+                c.doc.replace('|', "\\|")
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Appends `AND column op ?` for the EQUALS / LIKE / GLOB constraints on `column` (and the
 /// comparisons when `comparisons` is set). SQLite filters the returned rows again (osquery does
 /// not set `omit`), so this only narrows what we read; the semantics are SQLite's own.

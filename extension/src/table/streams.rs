@@ -6,6 +6,10 @@ use super::{col, push_down, Column, ColumnType::*, QueryContext, Row, Table};
 use crate::agent_config::AgentConfig;
 use crate::store;
 
+pub const NAME: &str = "log_sensor_streams";
+/// What the table is, for `--spec` and the README.
+pub const DESCRIPTION: &str = "A row per stream in the agent's store (read-only). EQUALS, LIKE and GLOB on `path` and `source` are applied by the extension.";
+
 pub const COLUMNS: &[Column] = &[
     col(
         "host_id",
@@ -61,7 +65,7 @@ pub struct Streams {
 
 impl Table for Streams {
     fn name(&self) -> &'static str {
-        "log_sensor_streams"
+        NAME
     }
 
     fn columns(&self) -> &'static [Column] {
