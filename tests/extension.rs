@@ -528,6 +528,30 @@ fn streams_table_applies_equality_and_like_on_path_and_source() {
     // Operators we do not push down are left to SQLite: all rows come back.
     let gt = core.generate(uuid, "log_sensor_streams", json!([["size", 4, "1000"]]));
     assert_eq!(gt.len(), 3);
+
+    // The agent writing meanwhile is neither blocked nor seen half-done (WAL, read-only reader).
+    let mut writer = Connection::open(fx.state().join("store.db")).unwrap();
+    let tx = writer
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    tx.execute(
+        "INSERT INTO streams (stream, source, fp_bytes, path, device, inode, first_seen, state) \
+         VALUES ('s4', 'app', 1024, '/logs/app/c.log', 1, 14, 300, 'active')",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        core.generate(uuid, "log_sensor_streams", json!([])).len(),
+        3
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        col(
+            &core.generate(uuid, "log_sensor_streams", json!([["path", 65, "%c.log"]])),
+            "stream"
+        ),
+        ["s4"]
+    );
 }
 
 #[test]
@@ -564,8 +588,15 @@ fn alerts_table_applies_constraints() {
 }
 
 #[test]
-fn config_table_shows_the_file_and_the_defaults() {
+fn config_table_shows_the_file_the_enabled_packs_and_the_defaults() {
     let fx = Fixture::new();
+    let config = std::fs::read_to_string(fx.config()).unwrap();
+    let nginx = workspace().join("packs/nginx.json");
+    std::fs::write(
+        fx.config(),
+        format!("packs = [{:?}]\n{config}", nginx.display().to_string()),
+    )
+    .unwrap();
     let (mut core, _ext, uuid) = started(&fx, &[]);
     let rows = core.generate(uuid, "log_sensor_config", json!([]));
     let get = |k: &str| {

@@ -102,31 +102,55 @@ impl AgentConfig {
         self.state_dir.join("control.sock")
     }
 
-    /// Pack files the extension reads `log_sensor.queue_queries` from: every `*.json` in the
-    /// pack folders (`pack_dirs`, default `<config dir>/packs`) plus the `packs` entries (a
-    /// name is looked up in the pack folders, a path is taken relative to the config's folder).
-    /// Only packs osquery actually schedules matter: the schedule is matched later.
-    pub fn pack_files(&self) -> Vec<PathBuf> {
-        let base = self.base_dir();
-        let strings = |key: &str| -> Vec<String> {
-            match self.table.as_ref().and_then(|t| t.get(key)) {
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .filter_map(|s| expand(s).ok())
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        let mut dirs: Vec<PathBuf> = strings("pack_dirs")
+    /// String arrays such as `packs` and `pack_dirs`, expanded.
+    fn strings(&self, key: &str) -> Vec<String> {
+        match self.table.as_ref().and_then(|t| t.get(key)) {
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(|s| expand(s).ok())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The pack folders: `pack_dirs`, default `<config dir>/packs`.
+    pub fn pack_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .strings("pack_dirs")
             .iter()
             .map(|d| resolve(&self.path, Path::new(d)))
             .collect();
         if dirs.is_empty() {
-            dirs.push(base.join("packs"));
+            dirs.push(self.base_dir().join("packs"));
         }
+        dirs
+    }
+
+    /// The packs the agent has enabled (`packs`): a name is looked up in the pack folders, a
+    /// path is taken relative to the config's folder.
+    pub fn enabled_pack_files(&self) -> Vec<PathBuf> {
+        let dirs = self.pack_dirs();
+        self.strings("packs")
+            .iter()
+            .filter_map(|entry| {
+                if entry.contains('/') || entry.ends_with(".json") {
+                    Some(resolve(&self.path, Path::new(entry)))
+                } else {
+                    dirs.iter()
+                        .map(|d| d.join(format!("{entry}.json")))
+                        .find(|p| p.exists())
+                }
+            })
+            .collect()
+    }
+
+    /// Pack files the extension reads `log_sensor.queue_queries` from: every `*.json` in the
+    /// pack folders plus the enabled packs. Only packs osquery actually schedules matter: the
+    /// schedule is matched later.
+    pub fn pack_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        for d in &dirs {
+        for d in &self.pack_dirs() {
             if let Ok(rd) = std::fs::read_dir(d) {
                 let mut found: Vec<PathBuf> = rd
                     .filter_map(|e| e.ok().map(|e| e.path()))
@@ -136,25 +160,38 @@ impl AgentConfig {
                 files.extend(found);
             }
         }
-        for entry in strings("packs") {
-            let p = if entry.contains('/') || entry.ends_with(".json") {
-                resolve(&self.path, Path::new(&entry))
-            } else {
-                match dirs
-                    .iter()
-                    .map(|d| d.join(format!("{entry}.json")))
-                    .find(|p| p.exists())
-                {
-                    Some(p) => p,
-                    None => continue,
-                }
-            };
+        for p in self.enabled_pack_files() {
             if !files.contains(&p) {
                 files.push(p);
             }
         }
         files
     }
+}
+
+/// The agent sources a pack switches on (`log_sensor.sources`), as dotted keys
+/// `sources.<name>.<key>` with values shown like the config file's.
+pub fn pack_sources(pack: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(pack)
+        .map_err(|e| format!("cannot read pack {}: {e}", pack.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("pack {} is not JSON: {e}", pack.display()))?;
+    let mut out = Vec::new();
+    if let Some(sources) = doc
+        .pointer("/log_sensor/sources")
+        .and_then(|v| v.as_object())
+    {
+        for (name, source) in sources {
+            for (key, value) in source.as_object().into_iter().flatten() {
+                let shown = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out.push((format!("sources.{name}.{key}"), shown));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn config_dir(config_path: &Path) -> PathBuf {

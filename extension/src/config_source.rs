@@ -86,6 +86,23 @@ impl ConfigSource for FileSource {
                 .collect(),
             None => Vec::new(),
         };
+        // Sources switched on by the enabled packs, unless the file sets the same key.
+        for pack in self.config.enabled_pack_files() {
+            match agent_config::pack_sources(&pack) {
+                Ok(entries) => {
+                    for (key, value) in entries {
+                        if !out.iter().any(|e| e.key == key) {
+                            out.push(ConfigEntry {
+                                key,
+                                value,
+                                origin: "pack",
+                            });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         let defaults = std::iter::once(("host_id", agent_config::hostname()))
             .chain(DOCUMENTED_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())));
         for (key, value) in defaults {

@@ -83,8 +83,17 @@ pub fn run(opts: Options, shutdown: Arc<Shutdown>) -> anyhow::Result<i32> {
     ]));
 
     let stop = || shutdown.is_triggered();
-    let mut manager = ManagerClient::connect_waiting(&opts.socket, opts.timeout, IO_TIMEOUT, &stop)
-        .context("log_sensor extension cannot reach osquery")?;
+    let mut manager =
+        match ManagerClient::connect_waiting(&opts.socket, opts.timeout, IO_TIMEOUT, &stop) {
+            Ok(m) => m,
+            // Stopped (SIGTERM) while waiting for osquery: an orderly exit, not a failure.
+            Err(_) if shutdown.is_triggered() => return Ok(0),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context("log_sensor extension cannot reach osquery")
+                )
+            }
+        };
     let info = ExtensionInfo {
         name: EXTENSION_NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),

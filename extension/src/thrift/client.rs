@@ -81,33 +81,23 @@ impl ManagerClient {
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, ClientError> {
         let started = Instant::now();
+        let mut last_problem = None;
         loop {
             match Self::connect(path, io_timeout) {
-                Ok(mut c) => {
-                    if c.ping().is_ok() {
-                        return Self::connect(path, io_timeout);
-                    }
-                }
-                Err(e) if started.elapsed() >= wait => {
-                    return Err(match e {
-                        ClientError::Connect { source, .. }
-                            if source.kind() == io::ErrorKind::NotFound =>
-                        {
-                            ClientError::NoSocket {
-                                path: path.to_path_buf(),
-                                waited: wait,
-                            }
-                        }
-                        other => other,
-                    });
-                }
-                Err(_) => {}
+                Ok(mut c) => match c.ping() {
+                    Ok(_) => return Self::connect(path, io_timeout),
+                    Err(e) => last_problem = Some(e),
+                },
+                Err(ClientError::Connect { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => last_problem = Some(e),
             }
             if started.elapsed() >= wait || stop() {
-                return Err(ClientError::NoSocket {
+                // A socket that exists but never answered says more than "did not appear".
+                return Err(last_problem.unwrap_or(ClientError::NoSocket {
                     path: path.to_path_buf(),
                     waited: wait,
-                });
+                }));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
