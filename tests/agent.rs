@@ -1,1 +1,776 @@
-//! placeholder
+//! End-to-end tests of the `log-sensor` agent: the real binary on real files, with real
+//! rotations, crashes and bad input. Each asserts what a user would check in the output file.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A folder with `logs/` and a config with short timers (tests wait for outcomes, not times).
+    fn new(sources: &str) -> Env {
+        Self::with_config(&format!(
+            r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+{sources}
+[batch]
+max_wait = "100ms"
+[discovery]
+rescan_interval = "500ms"
+rotate_wait = "500ms"
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#
+        ))
+    }
+
+    fn with_config(text: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("agent.toml"), text).unwrap();
+        Env { dir }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("log-sensor"));
+        c.arg("-c")
+            .arg(self.p("agent.toml"))
+            .env("LOG_SENSOR_LOG", "debug");
+        c
+    }
+
+    fn start(&self) -> Proc {
+        let mut c = self.cmd();
+        c.arg("run");
+        Proc::spawn("log-sensor", &mut c, &self.p("agent.err"))
+    }
+
+    fn records(&self) -> Vec<Value> {
+        read_ndjson(&self.p("state/out.ndjson"))
+    }
+
+    fn msgs(&self) -> Vec<String> {
+        self.records()
+            .iter()
+            .filter_map(|r| r["msg"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn wait_msgs(&self, agent: &Proc, want: &[String]) {
+        let want: HashSet<&String> = want.iter().collect();
+        wait_for(
+            &format!(
+                "{} records; agent stderr tail:\n{}",
+                want.len(),
+                tail(&agent.stderr_text())
+            ),
+            PATIENCE,
+            || {
+                let got: HashSet<String> = self.msgs().into_iter().collect();
+                want.iter().all(|w| got.contains(*w))
+            },
+        );
+    }
+
+    fn query(&self, sql: &str) -> Vec<Value> {
+        let out = self.cmd().args(["query", "--json", sql]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "query failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix} line {i:05} {}", "y".repeat(i % 40)))
+        .collect()
+}
+
+fn gzip(src: &Path, dst: &Path) {
+    let data = std::fs::read(src).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&data).unwrap();
+    std::fs::write(dst, enc.finish().unwrap()).unwrap();
+    std::fs::remove_file(src).unwrap();
+}
+
+fn count_by_msg(records: &[Value]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in records {
+        if let Some(s) = r["msg"].as_str() {
+            *m.entry(s.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[test]
+fn rename_rotation_drains_the_old_file_and_follows_the_new_one() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let log = env.p("logs/app.log");
+    let first = lines("first", 300);
+    append_lines(&log, &first);
+    let agent = env.start();
+    env.wait_msgs(&agent, &first);
+    // The writer keeps its handle after the rename and writes a little more: still shipped.
+    let mut old = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::fs::rename(&log, env.p("logs/app.log.1")).unwrap();
+    let late = lines("late", 5);
+    for l in &late {
+        writeln!(old, "{l}").unwrap();
+    }
+    let second = lines("second", 200);
+    append_lines(&log, &second);
+    env.wait_msgs(
+        &agent,
+        &[first.clone(), late.clone(), second.clone()].concat(),
+    );
+    let counts = count_by_msg(&env.records());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "no duplicates without a crash"
+    );
+    // Two streams: the rotated one and the new one.
+    let streams: HashSet<String> = env
+        .records()
+        .iter()
+        .map(|r| r["stream"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streams.len(), 2);
+}
+
+#[test]
+fn copytruncate_starts_again_from_zero_as_a_new_stream() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let log = env.p("logs/app.log");
+    let before = lines("before", 200);
+    append_lines(&log, &before);
+    let agent = env.start();
+    env.wait_msgs(&agent, &before);
+    std::fs::copy(&log, env.p("logs/app.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let after = lines("after", 50);
+    append_lines(&log, &after);
+    env.wait_msgs(&agent, &after);
+    let recs = env.records();
+    let first_after = recs.iter().find(|r| r["msg"] == after[0].as_str()).unwrap();
+    assert_eq!(first_after["offset"], 0, "reading starts again from 0");
+    let first_before = recs
+        .iter()
+        .find(|r| r["msg"] == before[0].as_str())
+        .unwrap();
+    assert_ne!(
+        first_after["stream"], first_before["stream"],
+        "new content is a new stream (so offsets stay unique per stream)"
+    );
+    assert!(count_by_msg(&recs).values().all(|&c| c == 1));
+}
+
+#[test]
+fn same_size_rewrite_is_seen_as_truncation() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let log = env.p("logs/app.log");
+    let a = lines("aaaa", 100);
+    append_lines(&log, &a);
+    let agent = env.start();
+    env.wait_msgs(&agent, &a);
+    let mut agent = agent;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    // Rewritten while the agent was down: same size, different content.
+    let b = lines("bbbb", 100);
+    std::fs::remove_file(&log).ok();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .unwrap();
+    f.write_all(
+        b.iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    )
+    .unwrap();
+    drop(f);
+    let agent = env.start();
+    env.wait_msgs(&agent, &b);
+}
+
+#[test]
+fn gzip_rotated_file_is_recognised_and_only_its_unread_part_shipped() {
+    let env = Env::new(r#"paths = ["logs/app.log", "logs/app.log.*.gz"]"#);
+    let log = env.p("logs/app.log");
+    let read = lines("read", 200);
+    append_lines(&log, &read);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &read);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let stream = env.records()[0]["stream"].as_str().unwrap().to_string();
+    // While the agent is down: more lines, then logrotate renames and compresses.
+    let unread = lines("unread", 30);
+    append_lines(&log, &unread);
+    std::fs::rename(&log, env.p("logs/app.log.1")).unwrap();
+    gzip(&env.p("logs/app.log.1"), &env.p("logs/app.log.1.gz"));
+    let fresh = lines("fresh", 10);
+    append_lines(&log, &fresh);
+    let agent = env.start();
+    env.wait_msgs(&agent, &[unread.clone(), fresh.clone()].concat());
+    let recs = env.records();
+    let counts = count_by_msg(&recs);
+    assert!(
+        read.iter().all(|l| counts[l] == 1),
+        "the part already read is not shipped again"
+    );
+    for l in &unread {
+        let r = recs.iter().find(|r| r["msg"] == l.as_str()).unwrap();
+        assert_eq!(
+            r["stream"],
+            stream.as_str(),
+            "the archive continues the same stream"
+        );
+        assert!(r["path"].as_str().unwrap().ends_with("app.log.1.gz"));
+    }
+    let rows = env.query(&format!(
+        "SELECT state, compressed FROM streams WHERE stream = '{stream}'"
+    ));
+    wait_for("archive marked done", PATIENCE, || {
+        env.query(&format!(
+            "SELECT state FROM streams WHERE stream = '{stream}'"
+        ))[0]["state"]
+            == "done"
+    });
+    assert_eq!(rows[0]["compressed"], 1);
+}
+
+#[test]
+fn live_rename_then_gzip_ships_everything_once() {
+    let env = Env::new(r#"paths = ["logs/app.log", "logs/app.log.*.gz"]"#);
+    let log = env.p("logs/app.log");
+    let a = lines("a", 100);
+    append_lines(&log, &a);
+    let agent = env.start();
+    env.wait_msgs(&agent, &a);
+    std::fs::rename(&log, env.p("logs/app.log.1")).unwrap();
+    gzip(&env.p("logs/app.log.1"), &env.p("logs/app.log.1.gz"));
+    let b = lines("b", 100);
+    append_lines(&log, &b);
+    env.wait_msgs(&agent, &b);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        count_by_msg(&env.records()).values().all(|&c| c == 1),
+        "the archive adds nothing already shipped"
+    );
+}
+
+#[test]
+fn a_small_file_is_shipped_at_once_then_promoted_keeping_its_stream() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let log = env.p("logs/app.log");
+    append_lines(&log, &["tiny".to_string()]);
+    let agent = env.start();
+    env.wait_msgs(&agent, &["tiny".to_string()]);
+    let first = env.records()[0].clone();
+    assert!(
+        first.get("fingerprint").is_none(),
+        "no fingerprint while shorter than 1024 bytes: {first}"
+    );
+    let more = lines("more", 60);
+    append_lines(&log, &more);
+    env.wait_msgs(&agent, &more);
+    let last = env.records().last().unwrap().clone();
+    assert_eq!(
+        last["stream"], first["stream"],
+        "promotion keeps the stream id"
+    );
+    assert!(
+        last["fingerprint"]
+            .as_str()
+            .map(|s| s.len() == 16)
+            .unwrap_or(false),
+        "fingerprint after promotion: {last}"
+    );
+    let rows = env.query("SELECT fingerprint, committed_offset FROM streams");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0]["fingerprint"].is_string());
+}
+
+#[test]
+fn two_files_with_a_shared_header_are_both_shipped_whole() {
+    let env = Env::new(r#"paths = ["logs/*.csv"]"#);
+    let header = format!("{}\n", "id,name,value,".repeat(100)); // 1500 bytes: more than N
+    let a: Vec<String> = (0..50).map(|i| format!("a,{i}")).collect();
+    let b: Vec<String> = (0..50).map(|i| format!("b,{i}")).collect();
+    for (name, rows) in [("a.csv", &a), ("b.csv", &b)] {
+        let mut text = header.clone();
+        for r in rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        std::fs::write(env.p(&format!("logs/{name}")), text).unwrap();
+    }
+    let agent = env.start();
+    env.wait_msgs(&agent, &[a.clone(), b.clone()].concat());
+    let recs = env.records();
+    let sa = recs.iter().find(|r| r["msg"] == "a,0").unwrap()["stream"].clone();
+    let sb = recs.iter().find(|r| r["msg"] == "b,0").unwrap()["stream"].clone();
+    assert_ne!(sa, sb, "kept apart");
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["msg"]
+                .as_str()
+                .map(|m| m.starts_with("id,name"))
+                .unwrap_or(false))
+            .count(),
+        2,
+        "each header shipped once per file"
+    );
+    let alerts = env.query("SELECT kind FROM alerts WHERE kind = 'fingerprint_collision'");
+    assert_eq!(alerts.len(), 1, "the collision is counted");
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing_and_duplicates_only_the_unacknowledged() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let log = env.p("logs/app.log");
+    let all = lines("k", 60_000);
+    append_lines(&log, &all[..20_000]);
+    let agent = env.start();
+    // Let it ship part of the file, then kill it without warning.
+    wait_for("some records shipped", PATIENCE, || {
+        env.records().len() > 1_000
+    });
+    append_lines(&log, &all[20_000..40_000]);
+    let mut agent = agent;
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(PATIENCE);
+    let committed = env.query("SELECT committed_offset FROM streams")[0]["committed_offset"]
+        .as_u64()
+        .unwrap();
+    let shipped_before = env.records().len();
+    append_lines(&log, &all[40_000..]);
+    let agent = env.start();
+    env.wait_msgs(&agent, &all);
+    let recs = env.records();
+    let written: HashSet<&str> = all.iter().map(String::as_str).collect();
+    for r in &recs {
+        assert!(
+            written.contains(r["msg"].as_str().unwrap()),
+            "invented record {r}"
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for r in &recs {
+        *seen.entry(r["msg"].as_str().unwrap()).or_default() += 1;
+    }
+    for r in &recs {
+        if seen[r["msg"].as_str().unwrap()] > 1 {
+            assert!(
+                r["offset"].as_u64().unwrap() >= committed,
+                "a duplicate from before the committed offset {committed}: {r}"
+            );
+        }
+    }
+    assert!(shipped_before < recs.len());
+}
+
+#[test]
+fn a_1_gib_line_without_delimiter_is_cut_in_bounded_memory() {
+    let env = Env::new(r#"paths = ["logs/huge.log"]"#);
+    let log = env.p("logs/huge.log");
+    let f = std::fs::File::create(&log).unwrap();
+    // A sparse gigabyte of NUL bytes: no delimiter anywhere.
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    // The delimiter that ends the gigabyte, then a normal line.
+    append_lines(&log, &[String::new(), "after".to_string()]);
+    let agent = env.start();
+    env.wait_msgs(&agent, &["after".to_string()]);
+    let recs = env.records();
+    let head = recs
+        .iter()
+        .find(|r| r["part"] == "head")
+        .expect("head part");
+    let tail = recs
+        .iter()
+        .find(|r| r["part"] == "tail")
+        .expect("tail part");
+    assert_eq!(head["len"], 1u64 << 30);
+    assert_eq!(tail["len"], 1u64 << 30);
+    assert_eq!(head["offset"], 0);
+    assert_eq!(tail["offset"], (1u64 << 30) - 65536);
+    assert_eq!(head["msg"].as_str().unwrap().len(), 65536);
+    let rss = agent.peak_rss_kib();
+    assert!(
+        rss > 0 && rss < 64 * 1024,
+        "peak RSS {rss} KiB for a 1 GiB line"
+    );
+    let rows = env.query("SELECT overlong_records FROM streams");
+    assert_eq!(rows[0]["overlong_records"], 1);
+}
+
+#[test]
+fn java_stack_traces_become_one_record_each() {
+    let env = Env::new(
+        r#"paths = ["logs/app.log"]
+break_before = '^\d{4}-\d{2}-\d{2} '
+multiline_timeout = "300ms""#,
+    );
+    let text = "2026-11-26 10:00:00 ERROR boom\njava.lang.IllegalStateException: bad\n\tat a.B.c(B.java:10)\n\tat a.D.e(D.java:20)\nCaused by: java.io.IOException: disk\n\t... 2 more\n2026-11-26 10:00:01 INFO fine\n";
+    std::fs::write(env.p("logs/app.log"), text).unwrap();
+    let agent = env.start();
+    let first = "2026-11-26 10:00:00 ERROR boom\njava.lang.IllegalStateException: bad\n\tat a.B.c(B.java:10)\n\tat a.D.e(D.java:20)\nCaused by: java.io.IOException: disk\n\t... 2 more";
+    // The last record has no successor: the multiline timeout flushes it.
+    env.wait_msgs(
+        &agent,
+        &[
+            first.to_string(),
+            "2026-11-26 10:00:01 INFO fine".to_string(),
+        ],
+    );
+    assert_eq!(env.records().len(), 2);
+}
+
+#[test]
+fn permission_denied_is_alerted_then_shipped_once_readable() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    let secret = env.p("logs/secret.log");
+    let content = lines("secret", 10);
+    append_lines(&secret, &content);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = env.cmd();
+    cmd.arg("run");
+    if is_root() {
+        // Root reads anything: run the agent as nobody so the permission applies.
+        chown_tree(env.dir.path(), NOBODY);
+        std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
+        std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
+    wait_for("a permission_denied alert", PATIENCE, || {
+        env.p("state/store.db").exists()
+            && env
+                .query("SELECT path FROM alerts WHERE kind = 'permission_denied'")
+                .iter()
+                .any(|a| {
+                    a["path"]
+                        .as_str()
+                        .map(|p| p.ends_with("secret.log"))
+                        .unwrap_or(false)
+                })
+    });
+    assert!(env.msgs().is_empty());
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.wait_msgs(&agent, &content);
+}
+
+#[test]
+fn binary_garbage_is_kept_exactly() {
+    let env = Env::new(r#"paths = ["logs/bin.log"]"#);
+    let garbage: Vec<u8> = (0..=255u8).filter(|&b| b != b'\n').collect();
+    let mut data = garbage.clone();
+    data.push(b'\n');
+    data.extend_from_slice(b"ok\x00nul\n");
+    std::fs::write(env.p("logs/bin.log"), &data).unwrap();
+    let agent = env.start();
+    env.wait_msgs(&agent, &["ok\u{0}nul".to_string()]);
+    use base64::Engine;
+    let recs = env.records();
+    let b64 = recs
+        .iter()
+        .find_map(|r| r["msg_b64"].as_str())
+        .expect("msg_b64 record");
+    let back = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert_eq!(back, garbage);
+}
+
+#[test]
+fn sigterm_commits_and_exits_zero_and_restart_resends_nothing() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let a = lines("t", 500);
+    append_lines(&env.p("logs/app.log"), &a);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &a);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let rows = env.query("SELECT committed_offset, size, records FROM streams");
+    assert_eq!(rows[0]["committed_offset"], rows[0]["size"]);
+    assert_eq!(rows[0]["records"], 500);
+    let b = lines("u", 5);
+    append_lines(&env.p("logs/app.log"), &b);
+    let agent = env.start();
+    env.wait_msgs(&agent, &b);
+    assert_eq!(
+        env.records().len(),
+        505,
+        "nothing re-sent after a clean stop"
+    );
+}
+
+#[test]
+fn a_folder_created_later_is_picked_up() {
+    let env = Env::new(r#"paths = ["logs/later/deeper/*.log"]"#);
+    let agent = env.start();
+    wait_for("agent started", PATIENCE, || {
+        env.p("state/store.db").exists()
+    });
+    std::fs::create_dir_all(env.p("logs/later/deeper")).unwrap();
+    let a = lines("later", 3);
+    append_lines(&env.p("logs/later/deeper/x.log"), &a);
+    env.wait_msgs(&agent, &a);
+}
+
+#[test]
+fn a_deleted_file_is_drained_and_closed() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    let log = env.p("logs/gone.log");
+    let a = lines("gone", 100);
+    append_lines(&log, &a);
+    let agent = env.start();
+    env.wait_msgs(&agent, &a);
+    std::fs::remove_file(&log).unwrap();
+    let fd_dir = format!("/proc/{}/fd", agent.pid());
+    wait_for("the deleted file's descriptor closed", PATIENCE, || {
+        std::fs::read_dir(&fd_dir).unwrap().flatten().all(|e| {
+            std::fs::read_link(e.path())
+                .map(|t| !t.to_string_lossy().contains("gone.log"))
+                .unwrap_or(true)
+        })
+    });
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_dir_is_refused() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    let first = env.start();
+    wait_for("first agent running", PATIENCE, || {
+        env.p("state/agent.lock").exists() && env.p("state/store.db").exists()
+    });
+    let out = env.cmd().arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use") && err.contains(&first.pid().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_store_is_refused_and_left_untouched() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    std::fs::create_dir_all(env.p("state")).unwrap();
+    let junk = vec![0xA5u8; 16384];
+    std::fs::write(env.p("state/store.db"), &junk).unwrap();
+    let out = env.cmd().arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store.db") && err.contains("refusing to start"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(env.p("state/store.db")).unwrap(), junk);
+}
+
+#[test]
+fn check_names_each_key_at_fault() {
+    let env = Env::with_config(
+        r#"
+state_dir = "state"
+surprise = 1
+[defaults]
+max_record_bytes = "lots"
+[sources.app]
+paths = ["logs/*.log"]
+break_before = "([unclosed"
+[sink]
+type = "file"
+"#,
+    );
+    let out = env.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "surprise: unknown key",
+        "defaults.max_record_bytes",
+        "sources.app.break_before: bad regex",
+        "sink.path",
+    ] {
+        assert!(err.contains(key), "missing {key:?} in:\n{err}");
+    }
+    let good = Env::new(r#"paths = ["logs/*.log"]"#);
+    let out = good.cmd().arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = Command::new(bin("log-sensor"))
+        .args(["-c", "/nonexistent/agent.toml", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/agent.toml"));
+}
+
+#[test]
+fn the_example_config_from_the_issue_works_as_written() {
+    let env = Env::with_config(
+        r#"
+host_id = "${hostname}"          # default: the hostname
+state_dir = "state"
+
+[defaults]                       # every source inherits these; a source may override any
+fingerprint_bytes = 1024
+max_record_bytes = 65536
+max_file_bytes = 4294967296
+delimiter = "\n"
+detect_compression = true
+
+[sources.app]
+paths = ["logs/app/*.log", "logs/app/*.log.*.gz"]
+exclude = ["*.tmp"]
+break_before = '^\d{4}-\d{2}-\d{2} '
+
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#,
+    );
+    std::fs::create_dir_all(env.p("logs/app")).unwrap();
+    std::fs::write(
+        env.p("logs/app/a.log"),
+        "2026-01-01 one\n  more\n2026-01-01 two\n",
+    )
+    .unwrap();
+    std::fs::write(env.p("logs/app/skip.tmp"), "2026-01-01 no\n").unwrap();
+    let agent = env.start();
+    env.wait_msgs(&agent, &["2026-01-01 one\n  more".to_string()]);
+    let r = &env.records()[0];
+    for field in [
+        "host", "source", "stream", "path", "offset", "len", "part", "ts", "msg",
+    ] {
+        assert!(r.get(field).is_some(), "record lacks {field}: {r}");
+    }
+    assert!(!env.msgs().iter().any(|m| m.contains("no")));
+}
+
+#[test]
+fn a_blocked_sink_stops_reading_and_loses_nothing() {
+    let env = Env::with_config(
+        r#"
+state_dir = "state"
+[sources.app]
+paths = ["logs/*.log"]
+[batch]
+max_wait = "100ms"
+max_records = 1000
+[sink]
+type = "stdout"
+"#,
+    );
+    let a = lines("bp", 100_000);
+    append_lines(&env.p("logs/app.log"), &a);
+    let mut cmd = env.cmd();
+    cmd.arg("run").stdout(std::process::Stdio::piped());
+    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
+    // Nobody reads stdout yet: the pipe fills, the sink blocks, reading stops.
+    std::thread::sleep(Duration::from_secs(2));
+    let committed = |env: &Env| {
+        env.query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")[0]["n"]
+            .as_u64()
+            .unwrap()
+    };
+    let stalled = committed(&env);
+    assert!(
+        stalled < 100_000,
+        "a blocked sink must hold back commits ({stalled})"
+    );
+    assert!(agent.peak_rss_kib() < 64 * 1024);
+    let mut out = agent.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
+        buf
+    });
+    wait_for("all records committed", PATIENCE, || {
+        committed(&env) == 100_000
+    });
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(PATIENCE);
+    let got = reader.join().unwrap();
+    let msgs: HashSet<String> = got
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .map(|v| v["msg"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(msgs.len(), 100_000);
+}
+
+#[test]
+fn query_prints_a_table() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    append_lines(&env.p("logs/a.log"), &lines("q", 3));
+    let agent = env.start();
+    env.wait_msgs(&agent, &lines("q", 3));
+    let out = env
+        .cmd()
+        .args(["query", "SELECT source, records FROM streams"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().next().unwrap().starts_with("source | records"),
+        "{text}"
+    );
+    assert!(text.contains("app"));
+    let bad = env
+        .cmd()
+        .args(["query", "DELETE FROM streams"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "the store is read-only to queries"
+    );
+}

@@ -73,13 +73,30 @@ type = "stdout"
         let cfg = Arc::new(Config::parse(&dir.path().join("agent.toml"), text).unwrap());
         let store = Arc::new(Mutex::new(Store::open(&cfg.state_dir).unwrap()));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut h = Harness { dir, cfg, store, tailer: None, rx, tx, written: Vec::new(), delivered: Vec::new(), seq: 0 };
+        let mut h = Harness {
+            dir,
+            cfg,
+            store,
+            tailer: None,
+            rx,
+            tx,
+            written: Vec::new(),
+            delivered: Vec::new(),
+            seq: 0,
+        };
         h.start();
         h
     }
 
     fn start(&mut self) {
-        let t = Tailer::new(self.cfg.clone(), self.store.clone(), self.tx.clone(), Arc::new(AtomicBool::new(false)), Arc::new(TailStats::default())).unwrap();
+        let t = Tailer::new(
+            self.cfg.clone(),
+            self.store.clone(),
+            self.tx.clone(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(TailStats::default()),
+        )
+        .unwrap();
         self.tailer = Some(t);
     }
 
@@ -91,7 +108,8 @@ type = "stdout"
     fn deliver(&mut self) {
         while let Ok(b) = self.rx.try_recv() {
             for r in b.records() {
-                self.delivered.push(String::from_utf8(r.bytes.to_vec()).unwrap());
+                self.delivered
+                    .push(String::from_utf8(r.bytes.to_vec()).unwrap());
             }
             self.store.lock().unwrap().commit(&b.checkpoints()).unwrap();
         }
@@ -115,7 +133,11 @@ type = "stdout"
     fn apply(&mut self, op: &Op) {
         match *op {
             Op::Append(n, len) => {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.p("app.log")).unwrap();
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.p("app.log"))
+                    .unwrap();
                 for i in 0..n {
                     self.seq += 1;
                     let pad = "x".repeat((len as usize + i as usize * 7) % 120);
@@ -138,7 +160,12 @@ type = "stdout"
                 }
                 self.make_room_for_dot1();
                 std::fs::copy(self.p("app.log"), self.p("app.log.1")).unwrap();
-                std::fs::OpenOptions::new().write(true).open(self.p("app.log")).unwrap().set_len(0).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.p("app.log"))
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
             }
             Op::Compress => {
                 if !self.p("app.log.1").exists() {
@@ -216,9 +243,15 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
     let delivered: HashSet<&str> = h.delivered.iter().map(String::as_str).collect();
     let written: HashSet<&str> = h.written.iter().map(String::as_str).collect();
     let missing: Vec<&&str> = written.difference(&delivered).take(5).collect();
-    prop_assert!(missing.is_empty(), "lines written but never delivered: {missing:?} (ops {ops:?})");
+    prop_assert!(
+        missing.is_empty(),
+        "lines written but never delivered: {missing:?} (ops {ops:?})"
+    );
     let invented: Vec<&&str> = delivered.difference(&written).take(5).collect();
-    prop_assert!(invented.is_empty(), "records delivered that were never written: {invented:?} (ops {ops:?})");
+    prop_assert!(
+        invented.is_empty(),
+        "records delivered that were never written: {invented:?} (ops {ops:?})"
+    );
     Ok(())
 }
 
@@ -234,13 +267,43 @@ proptest! {
 #[test]
 fn regressions() {
     let cases: Vec<Vec<Op>> = vec![
-        vec![Op::Append(3, 10), Op::Tick, Op::CopyTruncate, Op::Append(2, 5), Op::Tick],
-        vec![Op::Append(5, 100), Op::Tick, Op::Rotate, Op::Compress, Op::Append(1, 1), Op::Kill, Op::Tick],
-        vec![Op::Append(1, 1), Op::Kill, Op::Rotate, Op::Compress, Op::Delete],
-        vec![Op::Append(1, 0), Op::Rotate, Op::Compress, Op::Delete, Op::Rotate, Op::Rotate, Op::Rotate, Op::Append(1, 0), Op::Compress, Op::CopyTruncate],
+        vec![
+            Op::Append(3, 10),
+            Op::Tick,
+            Op::CopyTruncate,
+            Op::Append(2, 5),
+            Op::Tick,
+        ],
+        vec![
+            Op::Append(5, 100),
+            Op::Tick,
+            Op::Rotate,
+            Op::Compress,
+            Op::Append(1, 1),
+            Op::Kill,
+            Op::Tick,
+        ],
+        vec![
+            Op::Append(1, 1),
+            Op::Kill,
+            Op::Rotate,
+            Op::Compress,
+            Op::Delete,
+        ],
+        vec![
+            Op::Append(1, 0),
+            Op::Rotate,
+            Op::Compress,
+            Op::Delete,
+            Op::Rotate,
+            Op::Rotate,
+            Op::Rotate,
+            Op::Append(1, 0),
+            Op::Compress,
+            Op::CopyTruncate,
+        ],
     ];
     for ops in cases {
         check(&ops).unwrap();
     }
 }
-

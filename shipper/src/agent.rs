@@ -26,10 +26,15 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir")]
+    #[error(
+        "state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir"
+    )]
     Locked { path: PathBuf, pid: String },
     #[error("cannot lock state dir {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Counters of the shipping side.
@@ -51,7 +56,10 @@ pub struct StateLock {
 
 /// Takes the state dir for this process; a second agent on it is refused with the holder's pid.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join("agent.lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -59,13 +67,19 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| AgentError::Lock { path: path.clone(), source })?;
+        .map_err(|source| AgentError::Lock {
+            path: path.clone(),
+            source,
+        })?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
-        return Err(AgentError::Locked { path: dir.to_path_buf(), pid: pid.trim().to_string() });
+        return Err(AgentError::Locked {
+            path: dir.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
     }
     let _ = file.set_len(0);
     let _ = file.rewind();
@@ -88,11 +102,20 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let store = Arc::new(Mutex::new(store));
     let sink = sink::build(&cfg.sink)?;
     tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
-    let running = Running { tail: Arc::new(TailStats::default()), ship: Arc::new(ShipStats::default()) };
+    let running = Running {
+        tail: Arc::new(TailStats::default()),
+        ship: Arc::new(ShipStats::default()),
+    };
     let cfg = Arc::new(cfg);
     // One batch in the channel and one being built: memory stays bounded when the sink is slow.
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
-    let tailer = Tailer::new(cfg.clone(), store.clone(), tx, stop.clone(), running.tail.clone())?;
+    let tailer = Tailer::new(
+        cfg.clone(),
+        store.clone(),
+        tx,
+        stop.clone(),
+        running.tail.clone(),
+    )?;
     let tail_thread = std::thread::Builder::new()
         .name("tail".into())
         .spawn(move || tailer.run())
@@ -104,7 +127,13 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
 }
 
 /// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
-pub fn ship_loop(rx: Receiver<Batch>, mut sink: Box<dyn Sink>, store: &Mutex<Store>, stop: &AtomicBool, stats: &ShipStats) {
+pub fn ship_loop(
+    rx: Receiver<Batch>,
+    mut sink: Box<dyn Sink>,
+    store: &Mutex<Store>,
+    stop: &AtomicBool,
+    stats: &ShipStats,
+) {
     let mut failing_since: Option<Instant> = None;
     while let Ok(batch) = rx.recv() {
         let mut backoff = Duration::from_millis(100);
@@ -123,11 +152,18 @@ pub fn ship_loop(rx: Receiver<Batch>, mut sink: Box<dyn Sink>, store: &Mutex<Sto
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
                         tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
-                        let alert = Alert { kind: "sink_error", source: None, stream: None, path: None, detail: e.to_string() };
+                        let alert = Alert {
+                            kind: "sink_error",
+                            source: None,
+                            stream: None,
+                            path: None,
+                            detail: e.to_string(),
+                        };
                         let _ = store.lock().expect("store lock").add_alert(&alert);
                     }
                     if stop.load(Ordering::Relaxed) {
-                        let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+                        let deadline =
+                            *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
                         if Instant::now() >= deadline {
                             tracing::warn!("stopping with an unacknowledged batch; it will be read again at the next start");
                             return;
@@ -148,26 +184,40 @@ fn commit(store: &Mutex<Store>, batch: &Batch, stats: &ShipStats) {
         match store.lock().expect("store lock").commit(&checkpoints) {
             Ok(()) => break,
             // Delivered but not committed: at worst these records are sent again after a restart.
-            Err(e) if attempt == 4 => tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart"),
+            Err(e) if attempt == 4 => {
+                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    stats.bytes.fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
-    stats.last_ok.store(crate::store::now_secs() as u64, Ordering::Relaxed);
+    stats
+        .records
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    stats
+        .bytes
+        .fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
+    stats
+        .last_ok
+        .store(crate::store::now_secs() as u64, Ordering::Relaxed);
 }
 
 /// Up to 25% off, so a fleet that lost its sink together does not retry together.
 fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
     d - d.mul_f64((nanos % 1000) as f64 / 4000.0)
 }
 
 fn raise_fd_limit() {
     // SAFETY: plain syscalls on a stack struct.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

@@ -58,7 +58,14 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(host: Arc<str>, generation: u64) -> Self {
-        Batch { host, streams: Vec::new(), records: Vec::new(), data: Vec::new(), created: Instant::now(), generation }
+        Batch {
+            host,
+            streams: Vec::new(),
+            records: Vec::new(),
+            data: Vec::new(),
+            created: Instant::now(),
+            generation,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -169,14 +176,50 @@ mod tests {
     #[test]
     fn ndjson_lines_parse_with_every_field() {
         let mut b = Batch::new("h\"1".into(), 0);
-        let meta = StreamMeta { id: "00ff".into(), source: "app".into(), fingerprint: Some(0xabc), path: "/var/log/a b.log".into() };
-        let cp = Checkpoint { stream: "00ff".into(), committed_offset: 0, committed_hash: None, read_offset: 0, size: 0, records: 0, bytes: 0, overlong: 0 };
+        let meta = StreamMeta {
+            id: "00ff".into(),
+            source: "app".into(),
+            fingerprint: Some(0xabc),
+            path: "/var/log/a b.log".into(),
+        };
+        let cp = Checkpoint {
+            stream: "00ff".into(),
+            committed_offset: 0,
+            committed_hash: None,
+            read_offset: 0,
+            size: 0,
+            records: 0,
+            bytes: 0,
+            overlong: 0,
+        };
         let slot = b.add_stream(meta, cp);
-        b.push(slot, &Rec { offset: 7, len: 3, part: Part::Whole, bytes: b"a\"b" }, 0);
-        b.push(slot, &Rec { offset: 11, len: 90, part: Part::Head, bytes: b"\xff" }, 1000);
+        b.push(
+            slot,
+            &Rec {
+                offset: 7,
+                len: 3,
+                part: Part::Whole,
+                bytes: b"a\"b",
+            },
+            0,
+        );
+        b.push(
+            slot,
+            &Rec {
+                offset: 11,
+                len: 90,
+                part: Part::Head,
+                bytes: b"\xff",
+            },
+            1000,
+        );
         let mut out = Vec::new();
         b.write_ndjson(&mut out);
-        let lines: Vec<serde_json::Value> = out.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = out
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["host"], "h\"1");
         assert_eq!(lines[0]["fingerprint"], "0000000000000abc");

@@ -31,7 +31,10 @@ pub enum Fingerprint {
 impl Head {
     pub fn fingerprint(&self, n: usize) -> Fingerprint {
         if self.bytes.len() >= n {
-            Fingerprint::Checksum { hash: hash(&self.bytes[..n]), bytes: n }
+            Fingerprint::Checksum {
+                hash: hash(&self.bytes[..n]),
+                bytes: n,
+            }
         } else {
             Fingerprint::Provisional
         }
@@ -47,12 +50,18 @@ pub fn read_head(file: &File, n: usize, detect_compression: bool) -> io::Result<
         let mut dec = MultiGzDecoder::new(PositionedReader { file, pos: 0 });
         let mut bytes = Vec::with_capacity(n);
         (&mut dec).take(n as u64).read_to_end(&mut bytes)?;
-        return Ok(Head { bytes, compressed: true });
+        return Ok(Head {
+            bytes,
+            compressed: true,
+        });
     }
     let mut bytes = vec![0u8; n];
     let got = read_at_most(file, 0, &mut bytes)?;
     bytes.truncate(got);
-    Ok(Head { bytes, compressed: false })
+    Ok(Head {
+        bytes,
+        compressed: false,
+    })
 }
 
 /// pread until `buf` is full or the file ends.
@@ -95,18 +104,33 @@ mod tests {
     #[test]
     fn gzip_head_hashes_like_the_plain_file() {
         let dir = tempfile::tempdir().unwrap();
-        let text: Vec<u8> = (0..200).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let text: Vec<u8> = (0..200)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
         std::fs::write(dir.path().join("a.log"), &text).unwrap();
         let mut enc = GzEncoder::new(Vec::new(), Compression::default());
         enc.write_all(&text).unwrap();
         std::fs::write(dir.path().join("a.log.1.gz"), enc.finish().unwrap()).unwrap();
         let plain = read_head(&File::open(dir.path().join("a.log")).unwrap(), 1024, true).unwrap();
-        let gz = read_head(&File::open(dir.path().join("a.log.1.gz")).unwrap(), 1024, true).unwrap();
+        let gz = read_head(
+            &File::open(dir.path().join("a.log.1.gz")).unwrap(),
+            1024,
+            true,
+        )
+        .unwrap();
         assert!(!plain.compressed && gz.compressed);
         assert_eq!(plain.fingerprint(1024), gz.fingerprint(1024));
-        assert!(matches!(plain.fingerprint(1024), Fingerprint::Checksum { .. }));
+        assert!(matches!(
+            plain.fingerprint(1024),
+            Fingerprint::Checksum { .. }
+        ));
         // With detection off the gzip file is just bytes.
-        let raw = read_head(&File::open(dir.path().join("a.log.1.gz")).unwrap(), 1024, false).unwrap();
+        let raw = read_head(
+            &File::open(dir.path().join("a.log.1.gz")).unwrap(),
+            1024,
+            false,
+        )
+        .unwrap();
         assert!(!raw.compressed);
     }
 

@@ -7,10 +7,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "log-sensor", version, about = "Tails log files and ships every record, at least once")]
+#[command(
+    name = "log-sensor",
+    version,
+    about = "Tails log files and ships every record, at least once"
+)]
 struct Cli {
     /// The agent's config file.
-    #[arg(short = 'c', long = "config", env = "LOG_SENSOR_CONFIG", default_value = "/etc/log-sensor/log-sensor.toml", global = true)]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "LOG_SENSOR_CONFIG",
+        default_value = "/etc/log-sensor/log-sensor.toml",
+        global = true
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -36,7 +46,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG_SENSOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("LOG_SENSOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

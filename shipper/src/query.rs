@@ -17,7 +17,12 @@ pub enum QueryError {
     Io(#[from] std::io::Error),
 }
 
-pub fn run(store_path: &Path, sql: &str, json: bool, out: &mut dyn Write) -> Result<usize, QueryError> {
+pub fn run(
+    store_path: &Path,
+    sql: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<usize, QueryError> {
     if !store_path.exists() {
         return Err(QueryError::NoStore(store_path.to_path_buf()));
     }
@@ -64,11 +69,23 @@ pub fn run(store_path: &Path, sql: &str, json: bool, out: &mut dyn Write) -> Res
             }
         }
         let line = |cells: &[String], out: &mut dyn Write| -> std::io::Result<()> {
-            let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect();
             writeln!(out, "{}", parts.join(" | ").trim_end())
         };
         line(&names, out)?;
-        writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+        writeln!(
+            out,
+            "{}",
+            widths
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("-+-")
+        )?;
         for r in &table {
             line(r, out)?;
         }

@@ -59,7 +59,12 @@ pub fn rfc3339_ms(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
@@ -89,7 +94,12 @@ mod tests {
 
     #[test]
     fn escapes_like_serde_json() {
-        for s in ["plain", "quote\" back\\ nl\n tab\t cr\r", "\u{1}\u{1f}\u{7f}é漢🙂", ""] {
+        for s in [
+            "plain",
+            "quote\" back\\ nl\n tab\t cr\r",
+            "\u{1}\u{1f}\u{7f}é漢🙂",
+            "",
+        ] {
             let mut out = vec![b'"'];
             escape_into(&mut out, s.as_bytes());
             out.push(b'"');

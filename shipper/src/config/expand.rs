@@ -14,8 +14,9 @@ pub fn expand(value: &str) -> Result<String, String> {
         if name == "hostname" {
             out.push_str(&hostname());
         } else if let Some(var) = name.strip_prefix("env:") {
-            let v = std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set (used in {value:?})"))?;
+            let v = std::env::var(var).map_err(|_| {
+                format!("environment variable {var} is not set (used in {value:?})")
+            })?;
             out.push_str(&v);
         } else {
             return Err(format!(
@@ -57,7 +58,9 @@ mod tests {
     #[test]
     fn rejects_unknown_and_unset() {
         assert!(expand("${nope}").unwrap_err().contains("unknown variable"));
-        assert!(expand("${env:LOG_SENSOR_SURELY_UNSET}").unwrap_err().contains("not set"));
+        assert!(expand("${env:LOG_SENSOR_SURELY_UNSET}")
+            .unwrap_err()
+            .contains("not set"));
         assert!(expand("${hostname").unwrap_err().contains("unterminated"));
     }
 }

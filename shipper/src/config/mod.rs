@@ -20,11 +20,17 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("config file {path} has {} error(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, issues: Vec<ConfigIssue> },
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -147,30 +153,44 @@ impl Overridable {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(path, &text)
     }
 
     /// Validates config text as if it were the file at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         Config::from_table(path, &table)
     }
 
     pub fn from_table(path: &Path, table: &toml::Table) -> Result<Config, ConfigError> {
         let abs = absolute(path);
-        let base = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        let base = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
         let mut issues = Vec::new();
         let mut top = TableReader::new("", table);
 
         let host_id = top.string("host_id", &mut issues).unwrap_or_else(hostname);
         if host_id.is_empty() {
-            issues.push(ConfigIssue { key: "host_id".into(), message: "must not be empty".into() });
+            issues.push(ConfigIssue {
+                key: "host_id".into(),
+                message: "must not be empty".into(),
+            });
         }
-        let state_dir = base.join(top.string("state_dir", &mut issues).unwrap_or_else(|| "state".into()));
+        let state_dir = base.join(
+            top.string("state_dir", &mut issues)
+                .unwrap_or_else(|| "state".into()),
+        );
 
         let defaults = match top.table("defaults", &mut issues) {
             Some(t) => {
@@ -188,7 +208,10 @@ impl Config {
             for (name, value) in named {
                 let key = format!("sources.{name}");
                 let Some(st) = value.as_table() else {
-                    issues.push(ConfigIssue { key, message: "expected a table".into() });
+                    issues.push(ConfigIssue {
+                        key,
+                        message: "expected a table".into(),
+                    });
                     continue;
                 };
                 if let Some(s) = read_source(name, &key, st, &defaults, &base, &mut issues) {
@@ -209,13 +232,21 @@ impl Config {
             let b = BatchConfig {
                 max_records: r.size("max_records", &mut issues).unwrap_or(4096) as usize,
                 max_bytes: r.size("max_bytes", &mut issues).unwrap_or(4 << 20) as usize,
-                max_wait: r.duration("max_wait", &mut issues).unwrap_or(Duration::from_secs(1)),
+                max_wait: r
+                    .duration("max_wait", &mut issues)
+                    .unwrap_or(Duration::from_secs(1)),
             };
             if b.max_records == 0 {
-                issues.push(ConfigIssue { key: "batch.max_records".into(), message: "must be at least 1".into() });
+                issues.push(ConfigIssue {
+                    key: "batch.max_records".into(),
+                    message: "must be at least 1".into(),
+                });
             }
             if b.max_bytes < 1024 || b.max_bytes > 256 << 20 {
-                issues.push(ConfigIssue { key: "batch.max_bytes".into(), message: "must be between 1KiB and 256MiB".into() });
+                issues.push(ConfigIssue {
+                    key: "batch.max_bytes".into(),
+                    message: "must be between 1KiB and 256MiB".into(),
+                });
             }
             r.finish(&mut issues);
             b
@@ -226,11 +257,18 @@ impl Config {
             let t = top.table("discovery", &mut issues).unwrap_or(&empty);
             let mut r = TableReader::new("discovery", t);
             let d = DiscoveryConfig {
-                rescan_interval: r.duration("rescan_interval", &mut issues).unwrap_or(Duration::from_secs(10)),
-                rotate_wait: r.duration("rotate_wait", &mut issues).unwrap_or(Duration::from_secs(5)),
+                rescan_interval: r
+                    .duration("rescan_interval", &mut issues)
+                    .unwrap_or(Duration::from_secs(10)),
+                rotate_wait: r
+                    .duration("rotate_wait", &mut issues)
+                    .unwrap_or(Duration::from_secs(5)),
             };
             if d.rescan_interval < Duration::from_millis(100) {
-                issues.push(ConfigIssue { key: "discovery.rescan_interval".into(), message: "must be at least 100ms".into() });
+                issues.push(ConfigIssue {
+                    key: "discovery.rescan_interval".into(),
+                    message: "must be at least 100ms".into(),
+                });
             }
             r.finish(&mut issues);
             d
@@ -238,7 +276,10 @@ impl Config {
 
         top.finish(&mut issues);
         if !issues.is_empty() {
-            return Err(ConfigError::Invalid { path: path.to_path_buf(), issues });
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues,
+            });
         }
         Ok(Config {
             path: abs,
@@ -265,8 +306,15 @@ fn read_source(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Source> {
     let before = issues.len();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-        issues.push(ConfigIssue { key: key.into(), message: "source names use letters, digits, '_', '-' and '.'".into() });
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        issues.push(ConfigIssue {
+            key: key.into(),
+            message: "source names use letters, digits, '_', '-' and '.'".into(),
+        });
     }
     let mut r = TableReader::new(key, table);
     let paths = r.strings("paths", issues).unwrap_or_default();
@@ -274,7 +322,10 @@ fn read_source(
     let o = Overridable::read(&mut r, issues).or(defaults);
     r.finish(issues);
     if paths.is_empty() {
-        issues.push(ConfigIssue { key: format!("{key}.paths"), message: "at least one path glob is required".into() });
+        issues.push(ConfigIssue {
+            key: format!("{key}.paths"),
+            message: "at least one path glob is required".into(),
+        });
     }
 
     let paths: Vec<String> = paths.iter().map(|p| absolute_pattern(base, p)).collect();
@@ -284,52 +335,89 @@ fn read_source(
             Ok(g) => {
                 include.add(g);
             }
-            Err(e) => issues.push(ConfigIssue { key: format!("{key}.paths[{i}]"), message: format!("bad glob: {e}") }),
+            Err(e) => issues.push(ConfigIssue {
+                key: format!("{key}.paths[{i}]"),
+                message: format!("bad glob: {e}"),
+            }),
         }
     }
     let mut ex_paths = GlobSetBuilder::new();
     let mut ex_names = GlobSetBuilder::new();
     for (i, p) in exclude.iter().enumerate() {
-        let (pattern, set) = if p.contains('/') { (absolute_pattern(base, p), &mut ex_paths) } else { (p.clone(), &mut ex_names) };
-        match globset::GlobBuilder::new(&pattern).literal_separator(true).build() {
+        let (pattern, set) = if p.contains('/') {
+            (absolute_pattern(base, p), &mut ex_paths)
+        } else {
+            (p.clone(), &mut ex_names)
+        };
+        match globset::GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .build()
+        {
             Ok(g) => {
                 set.add(g);
             }
-            Err(e) => issues.push(ConfigIssue { key: format!("{key}.exclude[{i}]"), message: format!("bad glob: {e}") }),
+            Err(e) => issues.push(ConfigIssue {
+                key: format!("{key}.exclude[{i}]"),
+                message: format!("bad glob: {e}"),
+            }),
         }
     }
 
     let fingerprint_bytes = o.fingerprint_bytes.unwrap_or(DEFAULT_FINGERPRINT_BYTES);
     if !(16..=1 << 20).contains(&fingerprint_bytes) {
-        issues.push(ConfigIssue { key: format!("{key}.fingerprint_bytes"), message: format!("{fingerprint_bytes} is out of range (16 to 1MiB)") });
+        issues.push(ConfigIssue {
+            key: format!("{key}.fingerprint_bytes"),
+            message: format!("{fingerprint_bytes} is out of range (16 to 1MiB)"),
+        });
     }
     let max_record_bytes = o.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
     if !(16..=64 << 20).contains(&max_record_bytes) {
-        issues.push(ConfigIssue { key: format!("{key}.max_record_bytes"), message: format!("{max_record_bytes} is out of range (16 to 64MiB)") });
+        issues.push(ConfigIssue {
+            key: format!("{key}.max_record_bytes"),
+            message: format!("{max_record_bytes} is out of range (16 to 64MiB)"),
+        });
     }
     let max_file_bytes = o.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES);
     if max_file_bytes == 0 {
-        issues.push(ConfigIssue { key: format!("{key}.max_file_bytes"), message: "must be above 0".into() });
+        issues.push(ConfigIssue {
+            key: format!("{key}.max_file_bytes"),
+            message: "must be above 0".into(),
+        });
     }
     let delimiter = o.delimiter.unwrap_or_else(|| "\n".into()).into_bytes();
     if delimiter.is_empty() || delimiter.len() > 16 {
-        issues.push(ConfigIssue { key: format!("{key}.delimiter"), message: "must be 1 to 16 bytes".into() });
+        issues.push(ConfigIssue {
+            key: format!("{key}.delimiter"),
+            message: "must be 1 to 16 bytes".into(),
+        });
     }
     let timeout = o.multiline_timeout.unwrap_or(Duration::from_secs(5));
     let compile = |pat: &str, which: &str, issues: &mut Vec<ConfigIssue>| match Regex::new(pat) {
         Ok(r) => Some(r),
         Err(e) => {
-            issues.push(ConfigIssue { key: format!("{key}.{which}"), message: format!("bad regex: {e}") });
+            issues.push(ConfigIssue {
+                key: format!("{key}.{which}"),
+                message: format!("bad regex: {e}"),
+            });
             None
         }
     };
     let multiline = match (&o.break_before, &o.break_after) {
         (Some(_), Some(_)) => {
-            issues.push(ConfigIssue { key: format!("{key}.break_after"), message: "break_before and break_after cannot both be set".into() });
+            issues.push(ConfigIssue {
+                key: format!("{key}.break_after"),
+                message: "break_before and break_after cannot both be set".into(),
+            });
             None
         }
-        (Some(p), None) => compile(p, "break_before", issues).map(|r| Multiline { mode: MultilineMode::BreakBefore(r), timeout }),
-        (None, Some(p)) => compile(p, "break_after", issues).map(|r| Multiline { mode: MultilineMode::BreakAfter(r), timeout }),
+        (Some(p), None) => compile(p, "break_before", issues).map(|r| Multiline {
+            mode: MultilineMode::BreakBefore(r),
+            timeout,
+        }),
+        (None, Some(p)) => compile(p, "break_after", issues).map(|r| Multiline {
+            mode: MultilineMode::BreakAfter(r),
+            timeout,
+        }),
         (None, None) => None,
     };
     if issues.len() != before {
@@ -342,7 +430,11 @@ fn read_source(
         include_set: include.build().ok()?,
         exclude_paths: ex_paths.build().ok()?,
         exclude_names: ex_names.build().ok()?,
-        framing: Framing { delimiter, max_record_bytes: max_record_bytes as usize, multiline },
+        framing: Framing {
+            delimiter,
+            max_record_bytes: max_record_bytes as usize,
+            multiline,
+        },
         fingerprint_bytes: fingerprint_bytes as usize,
         max_file_bytes,
         detect_compression: o.detect_compression.unwrap_or(true),
@@ -357,20 +449,32 @@ fn read_sink(t: &toml::Table, base: &Path, issues: &mut Vec<ConfigIssue>) -> Opt
             let path = r.string("path", issues);
             let sync = r.boolean("sync", issues).unwrap_or(true);
             match path {
-                Some(p) => Some(SinkConfig::File { path: base.join(p), sync }),
+                Some(p) => Some(SinkConfig::File {
+                    path: base.join(p),
+                    sync,
+                }),
                 None => {
-                    issues.push(ConfigIssue { key: "sink.path".into(), message: "required for a file sink".into() });
+                    issues.push(ConfigIssue {
+                        key: "sink.path".into(),
+                        message: "required for a file sink".into(),
+                    });
                     None
                 }
             }
         }
         Some("stdout") => Some(SinkConfig::Stdout),
         Some(other) => {
-            issues.push(ConfigIssue { key: "sink.type".into(), message: format!("unknown sink type {other:?} (expected \"file\" or \"stdout\")") });
+            issues.push(ConfigIssue {
+                key: "sink.type".into(),
+                message: format!("unknown sink type {other:?} (expected \"file\" or \"stdout\")"),
+            });
             None
         }
         None => {
-            issues.push(ConfigIssue { key: "sink.type".into(), message: "required".into() });
+            issues.push(ConfigIssue {
+                key: "sink.type".into(),
+                message: "required".into(),
+            });
             None
         }
     };
@@ -382,7 +486,9 @@ fn absolute(path: &Path) -> PathBuf {
     let p = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(path)
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(path)
     };
     normalize(&p)
 }
@@ -403,7 +509,11 @@ pub fn normalize(p: &Path) -> PathBuf {
 }
 
 fn absolute_pattern(base: &Path, pattern: &str) -> String {
-    let p = if pattern.starts_with('/') { PathBuf::from(pattern) } else { base.join(pattern) };
+    let p = if pattern.starts_with('/') {
+        PathBuf::from(pattern)
+    } else {
+        base.join(pattern)
+    };
     normalize(&p).to_string_lossy().into_owned()
 }
 
@@ -439,13 +549,24 @@ path = "state/out.ndjson"
         assert_eq!(c.state_dir, PathBuf::from("/etc/ls/state"));
         let s = &c.sources[0];
         assert_eq!(s.name, "app");
-        assert_eq!(s.paths, vec!["/etc/ls/logs/app/*.log", "/etc/ls/logs/app/*.log.*.gz"]);
+        assert_eq!(
+            s.paths,
+            vec!["/etc/ls/logs/app/*.log", "/etc/ls/logs/app/*.log.*.gz"]
+        );
         assert!(s.include_set.is_match("/etc/ls/logs/app/x.log"));
         assert!(s.include_set.is_match("/etc/ls/logs/app/x.log.1.gz"));
         assert!(!s.include_set.is_match("/etc/ls/logs/app/sub/x.log"));
         assert!(s.exclude_names.is_match("a.tmp"));
-        assert!(matches!(s.framing.multiline, Some(Multiline { mode: MultilineMode::BreakBefore(_), .. })));
-        assert!(matches!(&c.sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson")));
+        assert!(matches!(
+            s.framing.multiline,
+            Some(Multiline {
+                mode: MultilineMode::BreakBefore(_),
+                ..
+            })
+        ));
+        assert!(
+            matches!(&c.sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson"))
+        );
     }
 
     #[test]
@@ -465,9 +586,19 @@ exclude = ["x"]
 type = "carrier-pigeon"
 "#;
         let err = Config::parse(Path::new("/c.toml"), text).unwrap_err();
-        let ConfigError::Invalid { issues, .. } = err else { panic!("expected Invalid, got {err}") };
+        let ConfigError::Invalid { issues, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
         let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
-        for k in ["state_dir", "bogus", "defaults.max_record_bytes", "sources.app.break_before", "sources.app.colour", "sources.other.paths", "sink.type"] {
+        for k in [
+            "state_dir",
+            "bogus",
+            "defaults.max_record_bytes",
+            "sources.app.break_before",
+            "sources.app.colour",
+            "sources.other.paths",
+            "sink.type",
+        ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
     }
@@ -480,7 +611,8 @@ type = "carrier-pigeon"
 
     #[test]
     fn break_before_and_after_are_exclusive() {
-        let text = "[sources.a]\npaths=['x']\nbreak_before='a'\nbreak_after='b'\n[sink]\ntype='stdout'\n";
+        let text =
+            "[sources.a]\npaths=['x']\nbreak_before='a'\nbreak_after='b'\n[sink]\ntype='stdout'\n";
         let err = Config::parse(Path::new("/c.toml"), text).unwrap_err();
         assert!(err.to_string().contains("sources.a.break_after"), "{err}");
     }

@@ -27,7 +27,11 @@ pub struct TableReader<'a> {
 
 impl<'a> TableReader<'a> {
     pub fn new(prefix: &str, table: &'a toml::Table) -> Self {
-        TableReader { prefix: prefix.to_string(), table, seen: BTreeSet::new() }
+        TableReader {
+            prefix: prefix.to_string(),
+            table,
+            seen: BTreeSet::new(),
+        }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -45,7 +49,10 @@ impl<'a> TableReader<'a> {
     }
 
     fn fail(&self, issues: &mut Vec<ConfigIssue>, name: &str, message: String) {
-        issues.push(ConfigIssue { key: self.key(name), message });
+        issues.push(ConfigIssue {
+            key: self.key(name),
+            message,
+        });
     }
 
     pub fn string(&mut self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<String> {
@@ -58,7 +65,11 @@ impl<'a> TableReader<'a> {
                 }
             },
             other => {
-                self.fail(issues, name, format!("expected a string, found {}", other.type_str()));
+                self.fail(
+                    issues,
+                    name,
+                    format!("expected a string, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -68,7 +79,11 @@ impl<'a> TableReader<'a> {
         match self.raw(name)? {
             Value::Boolean(b) => Some(*b),
             other => {
-                self.fail(issues, name, format!("expected true or false, found {}", other.type_str()));
+                self.fail(
+                    issues,
+                    name,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -89,7 +104,10 @@ impl<'a> TableReader<'a> {
             Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
             Value::Float(f) if *f >= 0.0 && f.is_finite() => Ok(Duration::from_secs_f64(*f)),
             Value::String(s) => units::parse_duration(s),
-            other => Err(format!("expected a duration such as \"5s\", found {}", other.type_str())),
+            other => Err(format!(
+                "expected a duration such as \"5s\", found {}",
+                other.type_str()
+            )),
         };
         parsed.map_err(|e| self.fail(issues, name, e)).ok()
     }
@@ -100,7 +118,11 @@ impl<'a> TableReader<'a> {
             Value::Array(a) => a.iter().collect(),
             v @ Value::String(_) => vec![v],
             other => {
-                self.fail(issues, name, format!("expected a list of strings, found {}", other.type_str()));
+                self.fail(
+                    issues,
+                    name,
+                    format!("expected a list of strings, found {}", other.type_str()),
+                );
                 return None;
             }
         };
@@ -125,7 +147,11 @@ impl<'a> TableReader<'a> {
         match self.raw(name)? {
             Value::Table(t) => Some(t),
             other => {
-                self.fail(issues, name, format!("expected a table, found {}", other.type_str()));
+                self.fail(
+                    issues,
+                    name,
+                    format!("expected a table, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -135,7 +161,10 @@ impl<'a> TableReader<'a> {
     pub fn finish(self, issues: &mut Vec<ConfigIssue>) {
         for k in self.table.keys() {
             if !self.seen.contains(k.as_str()) {
-                issues.push(ConfigIssue { key: self.key(k), message: "unknown key".to_string() });
+                issues.push(ConfigIssue {
+                    key: self.key(k),
+                    message: "unknown key".to_string(),
+                });
             }
         }
     }

@@ -5,16 +5,14 @@ use std::time::Duration;
 /// Parses a byte size: a bare integer, or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{text:?} is not a size (expected e.g. 65536 or \"64KiB\")"));
+        return Err(format!(
+            "{text:?} is not a size (expected e.g. 65536 or \"64KiB\")"
+        ));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is too large"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{text:?} is too large"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -25,7 +23,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{text:?} is too large"))
@@ -38,15 +40,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (expected e.g. 5, \"5s\" or \"250ms\")"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{text:?} is not a duration (expected e.g. 5, \"5s\" or \"250ms\")")
+    })?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m, h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
         return Err(format!("{text:?} is out of range"));

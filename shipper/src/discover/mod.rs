@@ -37,13 +37,20 @@ pub fn glob_base(pattern: &str) -> (PathBuf, Option<usize>) {
     for (i, c) in comps.iter().enumerate() {
         if c.contains(['*', '?', '[', '{']) {
             let rest = &comps[i..];
-            let depth = if rest.iter().any(|c| c.contains("**")) { None } else { Some(rest.len()) };
+            let depth = if rest.iter().any(|c| c.contains("**")) {
+                None
+            } else {
+                Some(rest.len())
+            };
             return (base, depth);
         }
         base.push(c);
     }
     // No wildcard: the pattern names one file; its folder is the base.
-    let parent = base.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    let parent = base
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     (parent, Some(1))
 }
 
@@ -68,10 +75,16 @@ pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
                     Ok(e) => e,
                     Err(e) => {
                         // A folder that vanished mid-walk is normal; one we may not list is not.
-                        if e.io_error().map(|io| io.kind() == std::io::ErrorKind::PermissionDenied).unwrap_or(false) {
+                        if e.io_error()
+                            .map(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                            .unwrap_or(false)
+                        {
                             problems.push(ScanProblem {
                                 source: si,
-                                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| base.clone()),
+                                path: e
+                                    .path()
+                                    .map(Path::to_path_buf)
+                                    .unwrap_or_else(|| base.clone()),
                                 error: e.to_string(),
                             });
                         }
@@ -86,14 +99,23 @@ pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
                     continue;
                 }
                 // Metadata follows symlinks: identity is the target's.
-                let Ok(md) = std::fs::metadata(path) else { continue };
+                let Ok(md) = std::fs::metadata(path) else {
+                    continue;
+                };
                 if !md.is_file() {
                     continue;
                 }
                 if !seen_paths.insert(path.to_path_buf()) || !seen.insert((md.dev(), md.ino())) {
                     continue;
                 }
-                found.push(Found { source: si, path: path.to_path_buf(), device: md.dev(), inode: md.ino(), size: md.len(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() });
+                found.push(Found {
+                    source: si,
+                    path: path.to_path_buf(),
+                    device: md.dev(),
+                    inode: md.ino(),
+                    size: md.len(),
+                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                });
             }
         }
     }
@@ -104,7 +126,9 @@ pub fn is_excluded(source: &Source, path: &Path) -> bool {
     if source.exclude_paths.is_match(path) {
         return true;
     }
-    path.file_name().map(|n| source.exclude_names.is_match(Path::new(n))).unwrap_or(false)
+    path.file_name()
+        .map(|n| source.exclude_names.is_match(Path::new(n)))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -114,10 +138,22 @@ mod tests {
 
     #[test]
     fn bases() {
-        assert_eq!(glob_base("/var/log/app/*.log"), (PathBuf::from("/var/log/app"), Some(1)));
-        assert_eq!(glob_base("/var/log/**/x.log"), (PathBuf::from("/var/log"), None));
-        assert_eq!(glob_base("/var/*/app/*.log"), (PathBuf::from("/var"), Some(3)));
-        assert_eq!(glob_base("/var/log/syslog"), (PathBuf::from("/var/log"), Some(1)));
+        assert_eq!(
+            glob_base("/var/log/app/*.log"),
+            (PathBuf::from("/var/log/app"), Some(1))
+        );
+        assert_eq!(
+            glob_base("/var/log/**/x.log"),
+            (PathBuf::from("/var/log"), None)
+        );
+        assert_eq!(
+            glob_base("/var/*/app/*.log"),
+            (PathBuf::from("/var"), Some(3))
+        );
+        assert_eq!(
+            glob_base("/var/log/syslog"),
+            (PathBuf::from("/var/log"), Some(1))
+        );
     }
 
     #[test]
@@ -126,10 +162,17 @@ mod tests {
         let d = dir.path();
         std::fs::create_dir_all(d.join("logs/app/deep/er")).unwrap();
         std::fs::create_dir_all(d.join("elsewhere")).unwrap();
-        for f in ["logs/app/a.log", "logs/app/b.tmp", "logs/app/c.log.1.gz", "logs/app/deep/er/d.log", "elsewhere/target.log"] {
+        for f in [
+            "logs/app/a.log",
+            "logs/app/b.tmp",
+            "logs/app/c.log.1.gz",
+            "logs/app/deep/er/d.log",
+            "elsewhere/target.log",
+        ] {
             std::fs::write(d.join(f), b"x\n").unwrap();
         }
-        std::os::unix::fs::symlink(d.join("elsewhere/target.log"), d.join("logs/app/link.log")).unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere/target.log"), d.join("logs/app/link.log"))
+            .unwrap();
         let text = r#"
 [sources.app]
 paths = ["logs/app/*.log", "logs/app/*.log.*.gz", "not/yet/*.log"]
@@ -142,7 +185,15 @@ type = "stdout"
         let cfg = Config::parse(&d.join("c.toml"), text).unwrap();
         let (found, problems) = scan(&cfg.sources);
         assert!(problems.is_empty());
-        let mut names: Vec<(usize, String)> = found.iter().map(|f| (f.source, f.path.strip_prefix(d).unwrap().display().to_string())).collect();
+        let mut names: Vec<(usize, String)> = found
+            .iter()
+            .map(|f| {
+                (
+                    f.source,
+                    f.path.strip_prefix(d).unwrap().display().to_string(),
+                )
+            })
+            .collect();
         names.sort();
         assert_eq!(
             names,

@@ -30,7 +30,8 @@ impl Watch {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let wakes: Vec<Wake> = match res {
                 Ok(ev) => match ev.kind {
-                    EventKind::Modify(notify::event::ModifyKind::Data(_)) | EventKind::Modify(notify::event::ModifyKind::Any) => {
+                    EventKind::Modify(notify::event::ModifyKind::Data(_))
+                    | EventKind::Modify(notify::event::ModifyKind::Any) => {
                         ev.paths.into_iter().map(Wake::Modified).collect()
                     }
                     EventKind::Access(_) => Vec::new(),
@@ -46,7 +47,10 @@ impl Watch {
                 }
             }
         })?;
-        Ok(Watch { watcher, watched: BTreeMap::new() })
+        Ok(Watch {
+            watcher,
+            watched: BTreeMap::new(),
+        })
     }
 
     /// Watches what the sources need now: each glob's base folder (or, while it does not exist,
@@ -56,7 +60,11 @@ impl Watch {
         for s in sources {
             for p in &s.paths {
                 let (base, depth) = glob_base(p);
-                let mode = if depth == Some(1) { RecursiveMode::NonRecursive } else { RecursiveMode::Recursive };
+                let mode = if depth == Some(1) {
+                    RecursiveMode::NonRecursive
+                } else {
+                    RecursiveMode::Recursive
+                };
                 if base.is_dir() {
                     upgrade(&mut want, base, mode);
                 } else if let Some(anc) = base.ancestors().find(|a| a.is_dir()) {
@@ -87,7 +95,9 @@ impl Watch {
                 Ok(()) => {
                     self.watched.insert(p, m);
                 }
-                Err(e) => tracing::debug!(path = %p.display(), error = %e, "cannot watch; the periodic rescan covers it"),
+                Err(e) => {
+                    tracing::debug!(path = %p.display(), error = %e, "cannot watch; the periodic rescan covers it")
+                }
             }
         }
     }

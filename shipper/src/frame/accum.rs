@@ -28,7 +28,14 @@ pub enum Content<'a> {
 
 impl Accum {
     pub fn new(max: usize) -> Self {
-        Accum { max, buf: Vec::new(), ring: Vec::new(), start: 0, len: 0, cut: false }
+        Accum {
+            max,
+            buf: Vec::new(),
+            ring: Vec::new(),
+            start: 0,
+            len: 0,
+            cut: false,
+        }
     }
 
     fn cap(&self) -> usize {
@@ -156,14 +163,20 @@ impl Accum {
         }
         if !self.ring_mode() {
             let eff = eff as usize;
-            return Content::Cut { head: &self.buf[..max], tail: &self.buf[eff - max..eff] };
+            return Content::Cut {
+                head: &self.buf[..max],
+                tail: &self.buf[eff - max..eff],
+            };
         }
         let cap = self.cap();
         scratch.clear();
         scratch.extend_from_slice(&self.ring[self.start..]);
         scratch.extend_from_slice(&self.ring[..self.start]);
         let drop = (self.len - eff) as usize;
-        Content::Cut { head: &self.buf[..max], tail: &scratch[cap - drop - max..cap - drop] }
+        Content::Cut {
+            head: &self.buf[..max],
+            tail: &scratch[cap - drop - max..cap - drop],
+        }
     }
 }
 

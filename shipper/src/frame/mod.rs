@@ -62,7 +62,11 @@ pub struct Framer {
 
 enum LineBytes<'a> {
     Whole(&'a [u8]),
-    Cut { head: &'a [u8], tail: &'a [u8], len: u64 },
+    Cut {
+        head: &'a [u8],
+        tail: &'a [u8],
+        len: u64,
+    },
 }
 
 impl Framer {
@@ -111,7 +115,10 @@ impl Framer {
             self.line.last_bytes(k - 1, &mut last);
             let mut found = None;
             for j in (1..k).rev() {
-                if last.len() >= j && last[last.len() - j..] == self.delim[..j] && rest.starts_with(&self.delim[j..]) {
+                if last.len() >= j
+                    && last[last.len() - j..] == self.delim[..j]
+                    && rest.starts_with(&self.delim[j..])
+                {
                     found = Some(j);
                     break;
                 }
@@ -125,7 +132,11 @@ impl Framer {
             }
         }
         while !rest.is_empty() {
-            let Some(i) = (if k == 1 { memchr::memchr(self.delim[0], rest) } else { self.finder.find(rest) }) else {
+            let Some(i) = (if k == 1 {
+                memchr::memchr(self.delim[0], rest)
+            } else {
+                self.finder.find(rest)
+            }) else {
                 self.line.push(rest);
                 self.pos += rest.len() as u64;
                 return;
@@ -134,11 +145,19 @@ impl Framer {
             self.pos += (i + k) as u64;
             if self.line.is_empty() {
                 let start = self.pos - (i + k) as u64;
-                let body = if self.strip_cr && body.last() == Some(&b'\r') { &body[..body.len() - 1] } else { body };
+                let body = if self.strip_cr && body.last() == Some(&b'\r') {
+                    &body[..body.len() - 1]
+                } else {
+                    body
+                };
                 let line = if body.len() <= self.max {
                     LineBytes::Whole(body)
                 } else {
-                    LineBytes::Cut { head: &body[..self.max], tail: &body[body.len() - self.max..], len: body.len() as u64 }
+                    LineBytes::Cut {
+                        head: &body[..self.max],
+                        tail: &body[body.len() - self.max..],
+                        len: body.len() as u64,
+                    }
                 };
                 self.line_done(start, line, out);
             } else {
@@ -162,7 +181,11 @@ impl Framer {
         let start = self.line_start;
         let lb = match line.content(eff, &mut scratch) {
             Content::Whole(b) => LineBytes::Whole(b),
-            Content::Cut { head, tail } => LineBytes::Cut { head, tail, len: eff },
+            Content::Cut { head, tail } => LineBytes::Cut {
+                head,
+                tail,
+                len: eff,
+            },
         };
         self.line_done(start, lb, out);
         self.line = line;
@@ -229,7 +252,12 @@ impl Framer {
         let mut scratch = std::mem::take(&mut self.scratch2);
         let len = self.record.len();
         match self.record.content(len, &mut scratch) {
-            Content::Whole(b) => out(Rec { offset: self.record_start, len, part: Part::Whole, bytes: b }),
+            Content::Whole(b) => out(Rec {
+                offset: self.record_start,
+                len,
+                part: Part::Whole,
+                bytes: b,
+            }),
             Content::Cut { head, tail } => emit_cut(self.record_start, head, tail, len, out),
         }
         self.record.clear();
@@ -266,16 +294,31 @@ fn emit_line(start: u64, line: &LineBytes<'_>, out: &mut dyn FnMut(Rec<'_>)) {
     match line {
         // Empty lines carry nothing; they are consumed, not shipped.
         LineBytes::Whole(b) if b.is_empty() => {}
-        LineBytes::Whole(b) => out(Rec { offset: start, len: b.len() as u64, part: Part::Whole, bytes: b }),
+        LineBytes::Whole(b) => out(Rec {
+            offset: start,
+            len: b.len() as u64,
+            part: Part::Whole,
+            bytes: b,
+        }),
         LineBytes::Cut { head, tail, len } => emit_cut(start, head, tail, *len, out),
     }
 }
 
 fn emit_cut(start: u64, head: &[u8], tail: &[u8], len: u64, out: &mut dyn FnMut(Rec<'_>)) {
-    out(Rec { offset: start, len, part: Part::Head, bytes: head });
+    out(Rec {
+        offset: start,
+        len,
+        part: Part::Head,
+        bytes: head,
+    });
     // The tail's offset is where its bytes start, so head and tail never share an offset
     // (a collector deduplicates on stream + offset).
-    out(Rec { offset: start + len - tail.len() as u64, len, part: Part::Tail, bytes: tail });
+    out(Rec {
+        offset: start + len - tail.len() as u64,
+        len,
+        part: Part::Tail,
+        bytes: tail,
+    });
 }
 
 const _: () = assert!(SLACK >= 16);

@@ -16,14 +16,24 @@ fn framing(delim: &str, max: usize, ml: Option<MultilineMode>) -> Framing {
     Framing {
         delimiter: delim.as_bytes().to_vec(),
         max_record_bytes: max,
-        multiline: ml.map(|mode| Multiline { mode, timeout: Duration::from_secs(5) }),
+        multiline: ml.map(|mode| Multiline {
+            mode,
+            timeout: Duration::from_secs(5),
+        }),
     }
 }
 
 fn run(f: &Framing, chunks: &[&[u8]], finish: bool) -> (Vec<Owned>, u64) {
     let mut fr = Framer::new(f, 0);
     let mut out = Vec::new();
-    let mut push = |r: Rec<'_>| out.push(Owned { offset: r.offset, len: r.len, part: r.part, bytes: r.bytes.to_vec() });
+    let mut push = |r: Rec<'_>| {
+        out.push(Owned {
+            offset: r.offset,
+            len: r.len,
+            part: r.part,
+            bytes: r.bytes.to_vec(),
+        })
+    };
     for c in chunks {
         fr.push(c, &mut push);
     }
@@ -34,7 +44,12 @@ fn run(f: &Framing, chunks: &[&[u8]], finish: bool) -> (Vec<Owned>, u64) {
 }
 
 fn whole(offset: u64, s: &str) -> Owned {
-    Owned { offset, len: s.len() as u64, part: Part::Whole, bytes: s.as_bytes().to_vec() }
+    Owned {
+        offset,
+        len: s.len() as u64,
+        part: Part::Whole,
+        bytes: s.as_bytes().to_vec(),
+    }
 }
 
 #[test]
@@ -52,7 +67,10 @@ fn lines_with_offsets_crlf_dropped_and_empty_lines_skipped() {
 fn multi_byte_delimiter_across_reads() {
     let f = framing("<|>", 100, None);
     let (recs, _) = run(&f, &[b"one<", b"|", b">two<|", b">three<|>"], false);
-    assert_eq!(recs, vec![whole(0, "one"), whole(6, "two"), whole(12, "three")]);
+    assert_eq!(
+        recs,
+        vec![whole(0, "one"), whole(6, "two"), whole(12, "three")]
+    );
 }
 
 #[test]
@@ -62,8 +80,18 @@ fn over_long_record_becomes_head_and_tail() {
     assert_eq!(
         recs,
         vec![
-            Owned { offset: 0, len: 10, part: Part::Head, bytes: b"0123".to_vec() },
-            Owned { offset: 6, len: 10, part: Part::Tail, bytes: b"6789".to_vec() },
+            Owned {
+                offset: 0,
+                len: 10,
+                part: Part::Head,
+                bytes: b"0123".to_vec()
+            },
+            Owned {
+                offset: 6,
+                len: 10,
+                part: Part::Tail,
+                bytes: b"6789".to_vec()
+            },
             whole(11, "ok"),
         ]
     );
@@ -87,11 +115,22 @@ fn java_stack_traces_break_before_a_timestamp() {
     let f = framing("\n", 1000, Some(MultilineMode::BreakBefore(re)));
     let text = "2026-01-01 first\njava.lang.Oops\n\tat a.b(C.java:1)\n2026-01-01 second\n2026-01-01 third\n";
     let (recs, consumed) = run(&f, &[text.as_bytes()], false);
-    assert_eq!(recs, vec![whole(0, "2026-01-01 first\njava.lang.Oops\n\tat a.b(C.java:1)"), whole(50, "2026-01-01 second")]);
-    assert_eq!(consumed, 68, "the third record waits for a next line or the timeout");
+    assert_eq!(
+        recs,
+        vec![
+            whole(0, "2026-01-01 first\njava.lang.Oops\n\tat a.b(C.java:1)"),
+            whole(50, "2026-01-01 second")
+        ]
+    );
+    assert_eq!(
+        consumed, 68,
+        "the third record waits for a next line or the timeout"
+    );
     let mut fr = Framer::new(&f, 0);
     let mut out = Vec::new();
-    fr.push(text.as_bytes(), &mut |r| out.push(String::from_utf8(r.bytes.to_vec()).unwrap()));
+    fr.push(text.as_bytes(), &mut |r| {
+        out.push(String::from_utf8(r.bytes.to_vec()).unwrap())
+    });
     assert!(fr.has_pending_record());
     fr.flush_pending_record(&mut |r| out.push(String::from_utf8(r.bytes.to_vec()).unwrap()));
     assert_eq!(out.last().unwrap(), "2026-01-01 third");
@@ -113,7 +152,15 @@ fn multiline_record_over_max_is_cut() {
     let f = framing("\n", 8, Some(MultilineMode::BreakBefore(re)));
     let (recs, _) = run(&f, &[b"S1234\n  abcdefghijkl\n  xyz\nS2\n"], false);
     let full = "S1234\n  abcdefghijkl\n  xyz";
-    assert_eq!(recs[0], Owned { offset: 0, len: full.len() as u64, part: Part::Head, bytes: full.as_bytes()[..8].to_vec() });
+    assert_eq!(
+        recs[0],
+        Owned {
+            offset: 0,
+            len: full.len() as u64,
+            part: Part::Head,
+            bytes: full.as_bytes()[..8].to_vec()
+        }
+    );
     assert_eq!(recs[1].part, Part::Tail);
     assert_eq!(recs[1].bytes, full.as_bytes()[full.len() - 8..].to_vec());
 }
@@ -139,10 +186,25 @@ fn reference(data: &[u8], delim: &[u8], max: usize) -> (Vec<Owned>, u64) {
             }
             let len = body.len() as u64;
             if body.len() > max {
-                out.push(Owned { offset: start as u64, len, part: Part::Head, bytes: body[..max].to_vec() });
-                out.push(Owned { offset: start as u64 + len - max as u64, len, part: Part::Tail, bytes: body[body.len() - max..].to_vec() });
+                out.push(Owned {
+                    offset: start as u64,
+                    len,
+                    part: Part::Head,
+                    bytes: body[..max].to_vec(),
+                });
+                out.push(Owned {
+                    offset: start as u64 + len - max as u64,
+                    len,
+                    part: Part::Tail,
+                    bytes: body[body.len() - max..].to_vec(),
+                });
             } else if !body.is_empty() {
-                out.push(Owned { offset: start as u64, len, part: Part::Whole, bytes: body.to_vec() });
+                out.push(Owned {
+                    offset: start as u64,
+                    len,
+                    part: Part::Whole,
+                    bytes: body.to_vec(),
+                });
             }
             i += delim.len();
             start = i;

@@ -35,10 +35,16 @@ impl Reader {
             return Ok(Reader::Plain(file));
         }
         file.seek(SeekFrom::Start(0))?;
-        let mut dec = Box::new(MultiGzDecoder::new(BufReader::with_capacity(64 << 10, file)));
+        let mut dec = Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+            64 << 10,
+            file,
+        )));
         let skipped = io::copy(&mut (&mut *dec).take(offset), &mut io::sink())?;
         if skipped < offset {
-            return Err(OpenAtError::Short { end: skipped, offset });
+            return Err(OpenAtError::Short {
+                end: skipped,
+                offset,
+            });
         }
         Ok(Reader::Gzip(dec))
     }
@@ -83,8 +89,15 @@ pub fn marker_in_chunk(chunk: &[u8], chunk_end: u64, offset: u64) -> Option<u64>
 }
 
 /// Does the content before `offset` still hash to `expected`? (Compressed files are decompressed.)
-pub fn verify_marker(file: &File, compressed: bool, offset: u64, expected: Option<u64>) -> io::Result<bool> {
-    let Some(expected) = expected else { return Ok(true) };
+pub fn verify_marker(
+    file: &File,
+    compressed: bool,
+    offset: u64,
+    expected: Option<u64>,
+) -> io::Result<bool> {
+    let Some(expected) = expected else {
+        return Ok(true);
+    };
     if offset == 0 {
         return Ok(true);
     }
@@ -124,7 +137,9 @@ mod tests {
     #[test]
     fn gzip_opens_at_a_decompressed_offset_and_markers_agree() {
         let dir = tempfile::tempdir().unwrap();
-        let text: Vec<u8> = (0..500).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let text: Vec<u8> = (0..500)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
         let plain = dir.path().join("a.log");
         std::fs::write(&plain, &text).unwrap();
         let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
@@ -148,7 +163,13 @@ mod tests {
         assert!(verify_marker(&File::open(&gz).unwrap(), true, 1000, m).unwrap());
         assert!(!verify_marker(&File::open(&gz).unwrap(), true, 1001, m).unwrap());
         assert_eq!(marker_in_chunk(&text[900..1100], 1100, 1000), m);
-        assert!(matches!(Reader::open_at(File::open(&gz).unwrap(), true, 1 << 20), Err(OpenAtError::Short { .. })));
-        assert!(matches!(Reader::open_at(File::open(&plain).unwrap(), false, 1 << 20), Err(OpenAtError::Short { .. })));
+        assert!(matches!(
+            Reader::open_at(File::open(&gz).unwrap(), true, 1 << 20),
+            Err(OpenAtError::Short { .. })
+        ));
+        assert!(matches!(
+            Reader::open_at(File::open(&plain).unwrap(), false, 1 << 20),
+            Err(OpenAtError::Short { .. })
+        ));
     }
 }

@@ -15,12 +15,25 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn open(path: &Path, sync: bool) -> Result<FileSink, SinkError> {
-        let fail = |message: String| SinkError::Failed { sink: format!("file {}", path.display()), message };
+        let fail = |message: String| SinkError::Failed {
+            sink: format!("file {}", path.display()),
+            message,
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display())))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        Ok(FileSink { path: path.to_path_buf(), file, sync, buf: Vec::new() })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| fail(format!("cannot open: {e}")))?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file,
+            sync,
+            buf: Vec::new(),
+        })
     }
 }
 
@@ -32,7 +45,10 @@ impl Sink for FileSink {
         self.buf.clear();
         batch.write_ndjson(&mut self.buf);
         let name = self.describe();
-        let fail = |e: std::io::Error| SinkError::Failed { sink: name.clone(), message: e.to_string() };
+        let fail = |e: std::io::Error| SinkError::Failed {
+            sink: name.clone(),
+            message: e.to_string(),
+        };
         self.file.write_all(&self.buf).map_err(fail)?;
         if self.sync {
             self.file.sync_data().map_err(fail)?;

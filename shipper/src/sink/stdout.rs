@@ -22,7 +22,10 @@ impl Sink for StdoutSink {
         let mut out = std::io::stdout().lock();
         out.write_all(&self.buf)
             .and_then(|_| out.flush())
-            .map_err(|e| SinkError::Failed { sink: "stdout".into(), message: e.to_string() })
+            .map_err(|e| SinkError::Failed {
+                sink: "stdout".into(),
+                message: e.to_string(),
+            })
     }
 
     fn describe(&self) -> String {

@@ -22,9 +22,15 @@ pub enum StoreError {
     #[error("store {path} has schema version {found}, newer than this log-sensor understands ({SCHEMA_VERSION}); refusing to start so nothing is overwritten")]
     TooNew { path: PathBuf, found: i64 },
     #[error("cannot create state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
 }
 
 /// Lifecycle of a stream's current file.
@@ -129,8 +135,10 @@ fn unhex(v: Option<String>) -> Option<u64> {
 impl Store {
     /// Opens (creating if needed) the store in `state_dir`, checks it and migrates it.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
         let path = state_dir.join("store.db");
         let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
         let mut store = Store { conn, path };
@@ -140,15 +148,23 @@ impl Store {
 
     /// Opens an existing store for reading only (`log-sensor query`, the extension).
     pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| classify(path, e))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| classify(path, e))?;
-        conn.execute_batch("PRAGMA query_only = 1;").map_err(|e| classify(path, e))?;
+        conn.execute_batch("PRAGMA query_only = 1;")
+            .map_err(|e| classify(path, e))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| classify(path, e))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+            });
         }
         Ok(conn)
     }
@@ -162,21 +178,29 @@ impl Store {
     }
 
     fn prepare(&mut self) -> Result<(), StoreError> {
-        self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.err(e))?;
         // Reading the header is where a non-database file shows itself; do it before any write.
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { path: self.path.clone(), found: version });
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+            });
         }
         let check: String = self
             .conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         if check != "ok" {
-            return Err(StoreError::Corrupt { path: self.path.clone(), detail: check });
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: check,
+            });
         }
         if version > 0 {
             // A version-1 store must have our tables; anything else is someone else's database.
@@ -189,7 +213,10 @@ impl Store {
                 )
                 .map_err(|e| self.err(e))?;
             if tables != 3 {
-                return Err(StoreError::Corrupt { path: self.path.clone(), detail: "expected tables streams, alerts and meta".into() });
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "expected tables streams, alerts and meta".into(),
+                });
             }
         } else {
             let foreign: i64 = self
@@ -197,18 +224,30 @@ impl Store {
                 .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name NOT IN ('streams','alerts','meta')", [], |r| r.get(0))
                 .map_err(|e| self.err(e))?;
             if foreign > 0 {
-                return Err(StoreError::Corrupt { path: self.path.clone(), detail: "it holds tables that are not log-sensor's".into() });
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "it holds tables that are not log-sensor's".into(),
+                });
             }
         }
         self.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            )
             .map_err(|e| self.err(e))?;
         // Migrations run in one transaction each; version 0 -> 1 creates the schema.
         if version < 1 {
-            let tx = self.conn.transaction().map_err(|e| classify(&self.path, e))?;
-            tx.execute_batch(SCHEMA).map_err(|e| classify(&self.path, e))?;
-            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?1)", params![now_secs().to_string()])
+            let tx = self
+                .conn
+                .transaction()
                 .map_err(|e| classify(&self.path, e))?;
+            tx.execute_batch(SCHEMA)
+                .map_err(|e| classify(&self.path, e))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?1)",
+                params![now_secs().to_string()],
+            )
+            .map_err(|e| classify(&self.path, e))?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
                 .map_err(|e| classify(&self.path, e))?;
             tx.commit().map_err(|e| classify(&self.path, e))?;
@@ -219,7 +258,10 @@ impl Store {
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
-            .execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", params![key, value])
+            .execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -327,8 +369,12 @@ impl Store {
     /// Records how far reading got, without moving the committed offset (lag shows in the tables).
     pub fn note_read(&self, stream: &str, read_offset: u64, size: u64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("UPDATE streams SET read_offset = ?2, size = ?3, last_read = ?4 WHERE stream = ?1")
-            .and_then(|mut st| st.execute(params![stream, read_offset as i64, size as i64, now_secs()]))
+            .prepare_cached(
+                "UPDATE streams SET read_offset = ?2, size = ?3, last_read = ?4 WHERE stream = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![stream, read_offset as i64, size as i64, now_secs()])
+            })
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -341,7 +387,10 @@ impl Store {
         let id = self.conn.last_insert_rowid();
         if id % 100 == 0 {
             self.conn
-                .execute("DELETE FROM alerts WHERE id <= ?1", params![id - MAX_ALERTS])
+                .execute(
+                    "DELETE FROM alerts WHERE id <= ?1",
+                    params![id - MAX_ALERTS],
+                )
                 .map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -360,9 +409,11 @@ impl Store {
 
     pub fn stream_offsets(&self, stream: &str) -> Result<Option<(u64, u64)>, StoreError> {
         self.conn
-            .query_row("SELECT committed_offset, records FROM streams WHERE stream = ?1", params![stream], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
+            .query_row(
+                "SELECT committed_offset, records FROM streams WHERE stream = ?1",
+                params![stream],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -378,7 +429,10 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
             };
         }
     }
-    StoreError::Sqlite { path: path.to_path_buf(), source: e }
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 #[cfg(test)]
@@ -410,10 +464,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
         s.upsert_stream(&row("a")).unwrap();
-        s.commit(&[Checkpoint { stream: "a".into(), committed_offset: 50, committed_hash: Some(7), read_offset: 60, size: 70, records: 3, bytes: 47, overlong: 1 }])
-            .unwrap();
+        s.commit(&[Checkpoint {
+            stream: "a".into(),
+            committed_offset: 50,
+            committed_hash: Some(7),
+            read_offset: 60,
+            size: 70,
+            records: 3,
+            bytes: 47,
+            overlong: 1,
+        }])
+        .unwrap();
         let r = &s.load_streams().unwrap()[0];
-        assert_eq!((r.committed_offset, r.committed_hash, r.read_offset, r.size), (50, Some(7), 60, 70));
+        assert_eq!(
+            (r.committed_offset, r.committed_hash, r.read_offset, r.size),
+            (50, Some(7), 60, 70)
+        );
         assert_eq!(s.stream_offsets("a").unwrap(), Some((50, 3)));
         // An identity rewrite never moves the committed offset back.
         s.upsert_stream(&row("a")).unwrap();
@@ -449,7 +515,10 @@ mod tests {
         let c = Connection::open(dir.path().join("store.db")).unwrap();
         c.execute_batch("CREATE TABLE payroll(x);").unwrap();
         drop(c);
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -458,10 +527,24 @@ mod tests {
         let mut s = Store::open(dir.path()).unwrap();
         s.upsert_stream(&row("a")).unwrap();
         let reader = Store::open_read_only(&dir.path().join("store.db")).unwrap();
-        s.commit(&[Checkpoint { stream: "a".into(), committed_offset: 9, committed_hash: None, read_offset: 9, size: 9, records: 1, bytes: 8, overlong: 0 }])
+        s.commit(&[Checkpoint {
+            stream: "a".into(),
+            committed_offset: 9,
+            committed_hash: None,
+            read_offset: 9,
+            size: 9,
+            records: 1,
+            bytes: 8,
+            overlong: 0,
+        }])
+        .unwrap();
+        let off: i64 = reader
+            .query_row("SELECT committed_offset FROM streams", [], |r| r.get(0))
             .unwrap();
-        let off: i64 = reader.query_row("SELECT committed_offset FROM streams", [], |r| r.get(0)).unwrap();
         assert_eq!(off, 9);
-        assert!(reader.execute("DELETE FROM streams", []).is_err(), "read-only connection must refuse writes");
+        assert!(
+            reader.execute("DELETE FROM streams", []).is_err(),
+            "read-only connection must refuse writes"
+        );
     }
 }

@@ -223,7 +223,12 @@ impl Tailer {
     fn idle_wait(&self) -> Duration {
         let mut wait = Duration::from_millis(250);
         if !self.batch.is_idle() {
-            wait = wait.min(self.cfg.batch.max_wait.saturating_sub(self.batch.created.elapsed()));
+            wait = wait.min(
+                self.cfg
+                    .batch
+                    .max_wait
+                    .saturating_sub(self.batch.created.elapsed()),
+            );
         }
         if self.scan_requested {
             wait = wait.min(MIN_SCAN_GAP);
@@ -258,7 +263,14 @@ impl Tailer {
         }
     }
 
-    fn alert(&self, kind: &'static str, source: Option<&str>, stream: Option<&str>, path: Option<&Path>, detail: String) {
+    fn alert(
+        &self,
+        kind: &'static str,
+        source: Option<&str>,
+        stream: Option<&str>,
+        path: Option<&Path>,
+        detail: String,
+    ) {
         tracing::warn!(kind, path = ?path, stream = ?stream, "{detail}");
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
         let a = Alert {
@@ -289,14 +301,24 @@ impl Tailer {
         for p in problems {
             if self.alerted_paths.insert(p.path.clone()) {
                 let src = self.cfg.sources[p.source].name.clone();
-                self.alert("permission_denied", Some(&src), None, Some(&p.path), format!("cannot list folder: {}", p.error));
+                self.alert(
+                    "permission_denied",
+                    Some(&src),
+                    None,
+                    Some(&p.path),
+                    format!("cannot list folder: {}", p.error),
+                );
             }
         }
         // Files truncated in place are let go first, so that a copy of them found in this same
         // scan can continue their stream (copytruncate with the copy among the globs).
         for f in &found {
             let key = (f.device, f.inode);
-            let truncated = self.open.get(&key).map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t))).unwrap_or(false);
+            let truncated = self
+                .open
+                .get(&key)
+                .map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t)))
+                .unwrap_or(false);
             if truncated {
                 let t = self.open.remove(&key).expect("checked above");
                 self.truncated(t);
@@ -307,8 +329,14 @@ impl Tailer {
         for f in found {
             let key = (f.device, f.inode);
             present.insert(key);
-            if std::fs::symlink_metadata(&f.path).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
-                if let Some(dir) = std::fs::canonicalize(&f.path).ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+            if std::fs::symlink_metadata(&f.path)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
+                if let Some(dir) = std::fs::canonicalize(&f.path)
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                {
                     symlink_dirs.push(dir);
                 }
             }
@@ -331,7 +359,9 @@ impl Tailer {
         }
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
-        self.stats.open_files.store(self.open.len() as u64, Ordering::Relaxed);
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
         if let Some(w) = &mut self.watch {
             w.update(&self.cfg.sources, symlink_dirs);
         }
@@ -339,7 +369,9 @@ impl Tailer {
 
     /// An open file found again, maybe under a new name (rename rotation within the globs).
     fn seen_again(&mut self, key: FileKey, f: &Found) {
-        let Some(t) = self.open.get_mut(&key) else { return };
+        let Some(t) = self.open.get_mut(&key) else {
+            return;
+        };
         t.released_at = None;
         if t.path != f.path {
             self.by_path.remove(&t.path);
@@ -364,8 +396,18 @@ impl Tailer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
                 if self.alerted_paths.insert(f.path.clone()) {
-                    let kind = if e.kind() == io::ErrorKind::PermissionDenied { "permission_denied" } else { "read_error" };
-                    self.alert(kind, Some(&source.name), None, Some(&f.path), format!("cannot open: {e}; retrying every scan"));
+                    let kind = if e.kind() == io::ErrorKind::PermissionDenied {
+                        "permission_denied"
+                    } else {
+                        "read_error"
+                    };
+                    self.alert(
+                        kind,
+                        Some(&source.name),
+                        None,
+                        Some(&f.path),
+                        format!("cannot open: {e}; retrying every scan"),
+                    );
                 }
                 return;
             }
@@ -398,7 +440,13 @@ impl Tailer {
             }
             Err(e) => {
                 if self.alerted_paths.insert(f.path.clone()) {
-                    self.alert("read_error", Some(&source.name), None, Some(&f.path), format!("cannot read head: {e}"));
+                    self.alert(
+                        "read_error",
+                        Some(&source.name),
+                        None,
+                        Some(&f.path),
+                        format!("cannot read head: {e}"),
+                    );
                 }
                 return;
             }
@@ -408,10 +456,14 @@ impl Tailer {
             Identity::Finished => {
                 self.finished.insert(key, file_version(&file));
             }
-            Identity::Existing { id, resume, marker } => self.start(&f, &source, file, key, &head, Some((id, resume, marker))),
+            Identity::Existing { id, resume, marker } => {
+                self.start(&f, &source, file, key, &head, Some((id, resume, marker)))
+            }
             Identity::New { collision_with } => {
                 if let Some(other) = collision_with {
-                    self.stats.fingerprint_collisions.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .fingerprint_collisions
+                        .fetch_add(1, Ordering::Relaxed);
                     self.alert(
                         "fingerprint_collision",
                         Some(&source.name),
@@ -428,20 +480,36 @@ impl Tailer {
     /// Every N the source's known streams were fingerprinted with: a stream fingerprinted under
     /// an older `fingerprint_bytes` is still recognised by hashing the head at its own N.
     fn registry_fp_lengths(&self, source: &str) -> Vec<usize> {
-        let mut v: Vec<usize> = self.registry.iter().filter(|k| k.row.source == source).map(|k| k.row.fp_bytes as usize).collect();
+        let mut v: Vec<usize> = self
+            .registry
+            .iter()
+            .filter(|k| k.row.source == source)
+            .map(|k| k.row.fp_bytes as usize)
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
     }
 
     /// Which stream a newly opened file is: the one exhaustive decision.
-    fn identify(&mut self, source: &Source, file: &File, key: FileKey, head: &fingerprint::Head) -> Identity {
+    fn identify(
+        &mut self,
+        source: &Source,
+        file: &File,
+        key: FileKey,
+        head: &fingerprint::Head,
+    ) -> Identity {
         let n = source.fingerprint_bytes;
         let open_ids: HashSet<&str> = self.open.values().map(|t| t.id.as_str()).collect();
-        let usable = |k: &Known| !matches!(k.row.state, StreamState::Done | StreamState::Truncated) || (k.row.device, k.row.inode) != key;
+        let usable = |k: &Known| {
+            !matches!(k.row.state, StreamState::Done | StreamState::Truncated)
+                || (k.row.device, k.row.inode) != key
+        };
         match head.fingerprint(n) {
             Fingerprint::Checksum { .. } => {
-                let cands = self.registry.by_fingerprint(&source.name, |m| (head.bytes.len() >= m).then(|| fingerprint::hash(&head.bytes[..m])));
+                let cands = self.registry.by_fingerprint(&source.name, |m| {
+                    (head.bytes.len() >= m).then(|| fingerprint::hash(&head.bytes[..m]))
+                });
                 // 1. The same file as before (agent restart).
                 if let Some(c) = cands.iter().find(|c| (c.row.device, c.row.inode) == key) {
                     // An archive read to its end is finished only once that end was committed;
@@ -459,22 +527,34 @@ impl Tailer {
                 // 2. A same-head file is still open: a rotation copy or archive in the making, or a
                 //    genuinely different file with a shared header. Wait for the open one to be let
                 //    go; if it stays live past rotate_wait, they are two streams.
-                let open_cands: Vec<&Known> = cands.iter().copied().filter(|c| open_ids.contains(c.row.stream.as_str())).collect();
+                let open_cands: Vec<&Known> = cands
+                    .iter()
+                    .copied()
+                    .filter(|c| open_ids.contains(c.row.stream.as_str()))
+                    .collect();
                 if !open_cands.is_empty() {
-                    let draining = open_cands.iter().any(|c| self.open.values().any(|t| t.id == c.row.stream && t.released_at.is_some()));
+                    let draining = open_cands.iter().any(|c| {
+                        self.open
+                            .values()
+                            .any(|t| t.id == c.row.stream && t.released_at.is_some())
+                    });
                     let since = *self.deferred.entry(key).or_insert_with(Instant::now);
                     if draining || since.elapsed() < self.cfg.discovery.rotate_wait {
                         return Identity::Wait;
                     }
                     self.deferred.remove(&key);
-                    return Identity::New { collision_with: Some(open_cands[0].row.stream.clone()) };
+                    return Identity::New {
+                        collision_with: Some(open_cands[0].row.stream.clone()),
+                    };
                 }
                 // 3. A stream whose file is gone: this file continues it (renamed while we were
                 //    down, or its compressed archive).
                 if let Some(c) = cands.iter().find(|c| usable(c)) {
                     return self.existing_if_marker_holds(c, file, head.compressed);
                 }
-                Identity::New { collision_with: None }
+                Identity::New {
+                    collision_with: None,
+                }
             }
             Fingerprint::Provisional => {
                 if let Some(c) = self.registry.provisional_on(&source.name, key.0, key.1) {
@@ -488,17 +568,36 @@ impl Tailer {
                     let len = head.bytes.len() as u64;
                     let short: Vec<Known> = self
                         .registry_iter_source(&source.name)
-                        .filter(|k| k.row.fingerprint.is_none() && k.resume > 0 && k.resume <= len && k.resume_marker.is_some())
-                        .filter(|k| !open_ids.contains(k.row.stream.as_str()) && k.row.state != StreamState::Done)
+                        .filter(|k| {
+                            k.row.fingerprint.is_none()
+                                && k.resume > 0
+                                && k.resume <= len
+                                && k.resume_marker.is_some()
+                        })
+                        .filter(|k| {
+                            !open_ids.contains(k.row.stream.as_str())
+                                && k.row.state != StreamState::Done
+                        })
                         .cloned()
                         .collect();
                     for c in short {
-                        if read::marker_in_chunk(&head.bytes[..c.resume as usize], c.resume, c.resume) == c.resume_marker {
-                            return Identity::Existing { id: c.row.stream.clone(), resume: c.resume, marker: c.resume_marker };
+                        if read::marker_in_chunk(
+                            &head.bytes[..c.resume as usize],
+                            c.resume,
+                            c.resume,
+                        ) == c.resume_marker
+                        {
+                            return Identity::Existing {
+                                id: c.row.stream.clone(),
+                                resume: c.resume,
+                                marker: c.resume_marker,
+                            };
                         }
                     }
                 }
-                Identity::New { collision_with: None }
+                Identity::New {
+                    collision_with: None,
+                }
             }
         }
     }
@@ -513,15 +612,29 @@ impl Tailer {
 
     fn existing_if_marker_holds(&self, c: &Known, file: &File, compressed: bool) -> Identity {
         match read::verify_marker(file, compressed, c.resume, c.resume_marker) {
-            Ok(true) => Identity::Existing { id: c.row.stream.clone(), resume: c.resume, marker: c.resume_marker },
+            Ok(true) => Identity::Existing {
+                id: c.row.stream.clone(),
+                resume: c.resume,
+                marker: c.resume_marker,
+            },
             // Same head, different content before the offset: rewritten, not continued.
-            Ok(false) => Identity::New { collision_with: None },
+            Ok(false) => Identity::New {
+                collision_with: None,
+            },
             Err(_) => Identity::Wait,
         }
     }
 
     /// Opens the stream's reader and starts following it.
-    fn start(&mut self, f: &Found, source: &Source, file: File, key: FileKey, head: &fingerprint::Head, existing: Option<(String, u64, Option<u64>)>) {
+    fn start(
+        &mut self,
+        f: &Found,
+        source: &Source,
+        file: File,
+        key: FileKey,
+        head: &fingerprint::Head,
+        existing: Option<(String, u64, Option<u64>)>,
+    ) {
         let n = source.fingerprint_bytes;
         let fingerprint = match head.fingerprint(n) {
             Fingerprint::Checksum { hash, .. } => Some(hash),
@@ -536,26 +649,35 @@ impl Tailer {
             Some((id, resume, marker)) => (id.clone(), *resume, *marker),
             None => (new_stream_id(&source.name, key, fingerprint), 0, None),
         };
-        let (reader, offset, marker, id) = match Reader::open_at(reader_file, head.compressed, offset) {
-            Ok(r) => (r, offset, marker, id),
-            Err(OpenAtError::Short { .. }) if head.compressed => {
-                // The archive holds nothing past what was shipped.
-                self.finish_archive_without_reading(&id, f, key, size);
-                return;
-            }
-            Err(OpenAtError::Short { .. }) => {
-                // Shorter than what was committed: truncated while we were away. New content.
-                let Ok(h) = file.try_clone() else { return };
-                let Ok(r) = Reader::open_at(h, false, 0) else { return };
-                (r, 0, None, new_stream_id(&source.name, key, fingerprint))
-            }
-            Err(OpenAtError::Io(e)) => {
-                if self.alerted_paths.insert(f.path.clone()) {
-                    self.alert("read_error", Some(&source.name), Some(&id), Some(&f.path), format!("cannot open at offset {offset}: {e}"));
+        let (reader, offset, marker, id) =
+            match Reader::open_at(reader_file, head.compressed, offset) {
+                Ok(r) => (r, offset, marker, id),
+                Err(OpenAtError::Short { .. }) if head.compressed => {
+                    // The archive holds nothing past what was shipped.
+                    self.finish_archive_without_reading(&id, f, key, size);
+                    return;
                 }
-                return;
-            }
-        };
+                Err(OpenAtError::Short { .. }) => {
+                    // Shorter than what was committed: truncated while we were away. New content.
+                    let Ok(h) = file.try_clone() else { return };
+                    let Ok(r) = Reader::open_at(h, false, 0) else {
+                        return;
+                    };
+                    (r, 0, None, new_stream_id(&source.name, key, fingerprint))
+                }
+                Err(OpenAtError::Io(e)) => {
+                    if self.alerted_paths.insert(f.path.clone()) {
+                        self.alert(
+                            "read_error",
+                            Some(&source.name),
+                            Some(&id),
+                            Some(&f.path),
+                            format!("cannot open at offset {offset}: {e}"),
+                        );
+                    }
+                    return;
+                }
+            };
         let path_str = f.path.display().to_string();
         let row = match self.registry.get(&id) {
             Some(k) if existing.is_some() => {
@@ -593,7 +715,11 @@ impl Tailer {
             },
         };
         self.persist(&row);
-        let known = Known { resume: offset, resume_marker: marker, row: row.clone() };
+        let known = Known {
+            resume: offset,
+            resume_marker: marker,
+            row: row.clone(),
+        };
         self.registry.insert(known);
         self.deferred.remove(&key);
         tracing::info!(stream = %id, path = %path_str, offset, compressed = head.compressed, "following");
@@ -606,7 +732,12 @@ impl Tailer {
             file,
             reader,
             framer: Framer::new(&source.framing, offset),
-            meta: StreamMeta { id: id.as_str().into(), source: source.name.as_str().into(), fingerprint: row.fingerprint, path: path_str.into() },
+            meta: StreamMeta {
+                id: id.as_str().into(),
+                source: source.name.as_str().into(),
+                fingerprint: row.fingerprint,
+                path: path_str.into(),
+            },
             fingerprint: row.fingerprint,
             size,
             at_eof: false,
@@ -620,7 +751,9 @@ impl Tailer {
         };
         self.by_path.insert(f.path.clone(), key);
         self.open.insert(key, t);
-        self.stats.open_files.store(self.open.len() as u64, Ordering::Relaxed);
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
     }
 
     fn finish_archive_without_reading(&mut self, id: &str, f: &Found, key: FileKey, size: u64) {
@@ -642,13 +775,20 @@ impl Tailer {
     // ---------------------------------------------------------------- reading
 
     fn read_dirty(&mut self) -> Option<bool> {
-        let keys: Vec<FileKey> = self.open.iter().filter(|(_, t)| t.dirty).map(|(k, _)| *k).collect();
+        let keys: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         let mut worked = false;
         for key in keys {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let Some(mut t) = self.open.remove(&key) else { continue };
+            let Some(mut t) = self.open.remove(&key) else {
+                continue;
+            };
             let outcome = self.read_turn(&mut t);
             match outcome {
                 Outcome::Progress => {
@@ -669,7 +809,14 @@ impl Tailer {
                     let source = t.source;
                     self.truncated(t);
                     if let Ok(md) = std::fs::metadata(&path) {
-                        self.adopt(Found { source, path, device: md.dev(), inode: md.ino(), size: md.len(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() });
+                        self.adopt(Found {
+                            source,
+                            path,
+                            device: md.dev(),
+                            inode: md.ino(),
+                            size: md.len(),
+                            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                        });
                     }
                 }
                 Outcome::Failed(e) => {
@@ -678,7 +825,13 @@ impl Tailer {
                         // Archive still being written: reopen at the last record boundary later.
                         self.close_quietly(t);
                     } else {
-                        self.alert("read_error", Some(&src), Some(&t.id), Some(&t.path), format!("read failed at offset {}: {e}", t.framer.position()));
+                        self.alert(
+                            "read_error",
+                            Some(&src),
+                            Some(&t.id),
+                            Some(&t.path),
+                            format!("read failed at offset {}: {e}", t.framer.position()),
+                        );
                         self.close_quietly(t);
                     }
                 }
@@ -717,13 +870,14 @@ impl Tailer {
         let slot = self.slot(t);
         let cp = &mut self.batch.streams[slot as usize].checkpoint;
         if cp.committed_offset != consumed {
-            t.consumed_marker = read::marker_in_chunk(chunk, t.framer.position(), consumed).or_else(|| {
-                if t.compressed {
-                    None
-                } else {
-                    read::marker_at(&t.file, consumed).ok().flatten()
-                }
-            });
+            t.consumed_marker = read::marker_in_chunk(chunk, t.framer.position(), consumed)
+                .or_else(|| {
+                    if t.compressed {
+                        None
+                    } else {
+                        read::marker_at(&t.file, consumed).ok().flatten()
+                    }
+                });
         }
         cp.committed_offset = consumed;
         cp.committed_hash = t.consumed_marker;
@@ -760,9 +914,16 @@ impl Tailer {
             }
             t.at_eof = false;
             t.last_data = Instant::now();
+            if t.fingerprint.is_none()
+                && !t.compressed
+                && t.framer.position() + n as u64 >= source.fingerprint_bytes as u64
+            {
+                self.promote(t, &source);
+            }
             let chunk = &buf[..n];
             self.frame_chunk(t, chunk);
-            if let Some(m) = read::marker_in_chunk(chunk, t.framer.position(), t.framer.position()) {
+            if let Some(m) = read::marker_in_chunk(chunk, t.framer.position(), t.framer.position())
+            {
                 t.pos_marker = Some(m);
             } else if !t.compressed {
                 t.pos_marker = read::marker_at(&t.file, t.framer.position()).ok().flatten();
@@ -771,10 +932,9 @@ impl Tailer {
             if !t.compressed {
                 t.size = t.size.max(t.framer.position());
             }
-            if t.fingerprint.is_none() && !t.compressed && t.framer.position() >= source.fingerprint_bytes as u64 {
-                self.promote(t, &source);
-            }
-            if self.batch.len() >= self.cfg.batch.max_records || self.batch.data_bytes() >= self.cfg.batch.max_bytes {
+            if self.batch.len() >= self.cfg.batch.max_records
+                || self.batch.data_bytes() >= self.cfg.batch.max_bytes
+            {
                 break;
             }
         }
@@ -791,7 +951,10 @@ impl Tailer {
                 Some(&source.name),
                 Some(&t.id),
                 Some(&t.path),
-                format!("file is {} bytes, over max_file_bytes {}; still reading", t.size, source.max_file_bytes),
+                format!(
+                    "file is {} bytes, over max_file_bytes {}; still reading",
+                    t.size, source.max_file_bytes
+                ),
             );
         }
         outcome
@@ -828,10 +991,17 @@ impl Tailer {
 
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     fn promote(&mut self, t: &mut Tracked, source: &Source) {
-        let Ok(head) = fingerprint::read_head(&t.file, source.fingerprint_bytes, false) else { return };
-        let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else { return };
+        let Ok(head) = fingerprint::read_head(&t.file, source.fingerprint_bytes, false) else {
+            return;
+        };
+        let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else {
+            return;
+        };
         t.fingerprint = Some(hash);
         t.meta.fingerprint = Some(hash);
+        // Records from here on carry the fingerprint; those already in the batch were read while
+        // the stream was short and keep none.
+        t.slot = None;
         if let Some(k) = self.registry.get_mut(&t.id) {
             k.row.fingerprint = Some(hash);
             k.row.fp_bytes = source.fingerprint_bytes as u64;
@@ -845,14 +1015,21 @@ impl Tailer {
         let rotate_wait = self.cfg.discovery.rotate_wait;
         let keys: Vec<FileKey> = self.open.keys().copied().collect();
         for key in keys {
-            let Some(mut t) = self.open.remove(&key) else { continue };
-            let timeout = self.cfg.sources[t.source].framing.multiline.as_ref().map(|m| m.timeout);
+            let Some(mut t) = self.open.remove(&key) else {
+                continue;
+            };
+            let timeout = self.cfg.sources[t.source]
+                .framing
+                .multiline
+                .as_ref()
+                .map(|m| m.timeout);
             if let Some(timeout) = timeout {
                 if t.framer.has_pending_record() && t.last_data.elapsed() >= timeout {
                     let slot = self.slot(&mut t);
                     let ts = now_ms();
                     let batch = &mut self.batch;
-                    t.framer.flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+                    t.framer
+                        .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
                     self.update_checkpoint(&mut t, &[]);
                 }
             }
@@ -877,7 +1054,8 @@ impl Tailer {
         let slot = self.slot(&mut t);
         let ts = now_ms();
         let batch = &mut self.batch;
-        t.framer.flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+        t.framer
+            .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
         self.update_checkpoint(&mut t, &[]);
         self.remember(t, StreamState::Truncated);
     }
@@ -926,17 +1104,22 @@ impl Tailer {
         if self.by_path.get(&t.path) == Some(&t.key) {
             self.by_path.remove(&t.path);
         }
-        self.stats.open_files.store(self.open.len() as u64, Ordering::Relaxed);
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
     }
 }
 
 fn file_version(f: &File) -> (u64, i64) {
-    f.metadata().map(|m| (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec())).unwrap_or((u64::MAX, 0))
+    f.metadata()
+        .map(|m| (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+        .unwrap_or((u64::MAX, 0))
 }
 
 /// The bytes before the read position are not the ones read: truncated and written again.
 fn rewritten(t: &Tracked) -> bool {
-    t.pos_marker.is_some() && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.pos_marker
+    t.pos_marker.is_some()
+        && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.pos_marker
 }
 
 enum Identity {
@@ -944,13 +1127,27 @@ enum Identity {
     Wait,
     /// An archive already read to its end.
     Finished,
-    Existing { id: String, resume: u64, marker: Option<u64> },
-    New { collision_with: Option<String> },
+    Existing {
+        id: String,
+        resume: u64,
+        marker: Option<u64>,
+    },
+    New {
+        collision_with: Option<String>,
+    },
 }
 
 /// A fresh stream id: 16 hex digits, unique per host.
 fn new_stream_id(source: &str, key: FileKey, fp: Option<u64>) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let seed = format!("{source}\0{}:{}\0{fp:?}\0{nanos}\0{}", key.0, key.1, std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!(
+        "{source}\0{}:{}\0{fp:?}\0{nanos}\0{}",
+        key.0,
+        key.1,
+        std::process::id()
+    );
     format!("{:016x}", fingerprint::hash(seed.as_bytes()))
 }

@@ -24,7 +24,11 @@ impl Registry {
             .into_iter()
             .map(|row| {
                 // After a restart only what was committed counts: in-flight batches were lost.
-                let k = Known { resume: row.committed_offset, resume_marker: row.committed_hash, row };
+                let k = Known {
+                    resume: row.committed_offset,
+                    resume_marker: row.committed_hash,
+                    row,
+                };
                 (k.row.stream.clone(), k)
             })
             .collect();
@@ -48,18 +52,32 @@ impl Registry {
     }
 
     /// Streams of `source` whose fingerprint over their own N is `fp_of(N)`.
-    pub fn by_fingerprint(&self, source: &str, mut fp_of: impl FnMut(usize) -> Option<u64>) -> Vec<&Known> {
+    pub fn by_fingerprint(
+        &self,
+        source: &str,
+        mut fp_of: impl FnMut(usize) -> Option<u64>,
+    ) -> Vec<&Known> {
         let mut cache: HashMap<u64, Option<u64>> = HashMap::new();
         let mut out: Vec<&Known> = self
             .streams
             .values()
             .filter(|k| k.row.source == source)
             .filter(|k| match k.row.fingerprint {
-                Some(fp) => *cache.entry(k.row.fp_bytes).or_insert_with(|| fp_of(k.row.fp_bytes as usize)) == Some(fp),
+                Some(fp) => {
+                    *cache
+                        .entry(k.row.fp_bytes)
+                        .or_insert_with(|| fp_of(k.row.fp_bytes as usize))
+                        == Some(fp)
+                }
                 None => false,
             })
             .collect();
-        out.sort_by(|a, b| b.row.first_seen.cmp(&a.row.first_seen).then(a.row.stream.cmp(&b.row.stream)));
+        out.sort_by(|a, b| {
+            b.row
+                .first_seen
+                .cmp(&a.row.first_seen)
+                .then(a.row.stream.cmp(&b.row.stream))
+        });
         out
     }
 
