@@ -1217,3 +1217,22 @@ fn bench_ingest_throughput() {
         );
     }
 }
+
+#[test]
+fn sigterm_stops_serve_cleanly_after_answering() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    assert_eq!(
+        conn.ingest(&batch(&[record("web-01", "s", 0, "whole")]))
+            .status,
+        200
+    );
+    let mut child = c.child.take().unwrap();
+    // SAFETY: signalling our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = poll(|| child.try_wait().unwrap());
+    assert!(status.success(), "{status:?}\n{}", c.log());
+    assert!(c.log().contains("collector stopped"), "{}", c.log());
+}
