@@ -7,6 +7,8 @@
 --   ... sink acknowledges ...
 --   DELETE FROM outbox WHERE id <= :acked;
 -- Each row becomes one record with source "osquery", stream = name, msg = record.
+-- The extension commits with synchronous=NORMAL (WAL): a row survives a crash of the extension
+-- or of osqueryd; a power loss may take the last commits.
 -- Ids only grow (AUTOINCREMENT), but have gaps: the extension drops the oldest rows when the
 -- outbox is full (counted in counters.dropped_full, raised in alerts).
 

@@ -137,7 +137,19 @@ fn handle(
                 (_, ty) => i.skip(ty),
             })?;
             i.read_message_end()?;
-            let mut response: ExtensionResponse = plugins.call(&registry, &item, &request);
+            // A bug in a plugin must not become a dropped connection: for a logger that would be
+            // a failed call, and osqueryd shuts down on a failed string/snapshot call.
+            let call = std::panic::AssertUnwindSafe(|| plugins.call(&registry, &item, &request));
+            let mut response: ExtensionResponse = match std::panic::catch_unwind(call) {
+                Ok(r) => r,
+                Err(_) if registry == "logger" => {
+                    tracing::error!("the logger plugin {item} panicked; answering success to keep osqueryd running");
+                    crate::plugin::success(Vec::new())
+                }
+                Err(_) => {
+                    crate::plugin::failure(format!("{registry} plugin {item} failed internally"))
+                }
+            };
             response.status.uuid = uuid;
             reply(o, msg, |o| response.write(o))
         }
