@@ -480,6 +480,18 @@ fn exits_cleanly_when_osquery_goes_away() {
     assert!(ext.log().contains("ManagerGone"), "{}", ext.log());
 }
 
+#[test]
+fn exits_cleanly_when_osquery_is_killed_and_its_socket_is_left_behind() {
+    let fx = Fixture::new();
+    let (mut core, mut ext, _uuid) = started(&fx, &[]);
+    core.child.kill().unwrap();
+    core.child.wait().unwrap();
+    assert!(core.socket.exists(), "a killed core leaves its socket file");
+    let status = ext.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", ext.log());
+    assert!(ext.log().contains("ManagerGone"), "{}", ext.log());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tables
 

@@ -166,7 +166,8 @@ pub fn emit_due(
 ) -> usize {
     let mut n = 0;
     for q in queries {
-        if now - activity.last(&q.name) < due_after(q.interval) {
+        // osquery has not run it yet (it reports 0): silence means nothing.
+        if q.last_executed == Some(0) || now - activity.last(&q.name) < due_after(q.interval) {
             continue;
         }
         let record = ordered_json(&[
