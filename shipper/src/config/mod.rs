@@ -230,7 +230,7 @@ impl Config {
             let t = top.table("batch", &mut issues).unwrap_or(&empty);
             let mut r = TableReader::new("batch", t);
             let b = BatchConfig {
-                max_records: r.size("max_records", &mut issues).unwrap_or(4096) as usize,
+                max_records: r.size("max_records", &mut issues).unwrap_or(16384) as usize,
                 max_bytes: r.size("max_bytes", &mut issues).unwrap_or(4 << 20) as usize,
                 max_wait: r
                     .duration("max_wait", &mut issues)

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Benchmarks of the log-sensor agent (release build), file -> file sink, end to end.
+
+  throughput: a generated log of ~200-byte lines (default 1 GiB) is shipped from scratch; reports
+              lines/s, MiB/s of input, CPU seconds and peak RSS of the agent.
+  many-files: 1,000 files each growing by one line a second; reports the agent's steady CPU use
+              (% of one core) over the measuring window, and its RSS.
+
+Usage: cargo build --release -p log-sensor && python3 bench/agent_bench.py [throughput|many-files|all]
+       [--size-mib 1024] [--files 1000] [--seconds 60] [--workdir /var/tmp/log-sensor-bench]
+
+Figures are printed, never asserted: this machine is shared and noisy.
+"""
+import argparse, os, shutil, signal, sqlite3, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+
+
+def peak_rss_mib(pid, key="VmHWM"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def line(i):
+    return (f"2026-11-26T10:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z INFO [worker-{i % 8}] "
+            f"request id={i:010d} method=GET path=/api/v1/items/{i % 5000} status=200 bytes={i % 9000} "
+            f"latency_ms={i % 250} ua=\"Mozilla/5.0 (X11; Linux x86_64)\"\n")
+
+
+def generate(path, size):
+    if os.path.exists(path) and os.path.getsize(path) >= size:
+        return sum(1 for _ in open(path, "rb"))
+    n = 0
+    with open(path, "w", buffering=1 << 20) as f:
+        written = 0
+        while written < size:
+            block = "".join(line(n + k) for k in range(10000))
+            f.write(block)
+            written += len(block)
+            n += 10000
+    return n
+
+
+def start_agent(bin_, workdir, sources, extra=""):
+    cfg = os.path.join(workdir, "agent.toml")
+    with open(cfg, "w") as f:
+        f.write(f'state_dir = "state"\n{sources}\n{extra}\n[sink]\ntype = "file"\npath = "state/out.ndjson"\n')
+    err = open(os.path.join(workdir, "agent.err"), "w")
+    return subprocess.Popen([bin_, "-c", cfg, "run"], stderr=err, stdin=subprocess.DEVNULL)
+
+
+def committed(workdir):
+    db = os.path.join(workdir, "state", "store.db")
+    if not os.path.exists(db):
+        return 0, 0
+    try:
+        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        row = c.execute("SELECT COALESCE(SUM(committed_offset),0), COUNT(*) FROM streams").fetchone()
+        c.close()
+        return row
+    except sqlite3.Error:
+        return 0, 0
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def throughput(args):
+    wd = os.path.join(args.workdir, "throughput")
+    shutil.rmtree(os.path.join(wd, "state"), ignore_errors=True)
+    os.makedirs(os.path.join(wd, "logs"), exist_ok=True)
+    log = os.path.join(args.workdir, "input.log")
+    size = args.size_mib << 20
+    print(f"generating {args.size_mib} MiB of ~200-byte lines ...", flush=True)
+    n = generate(log, size)
+    real = os.path.getsize(log)
+    if not os.path.exists(os.path.join(wd, "logs", "input.log")):
+        os.link(log, os.path.join(wd, "logs", "input.log"))
+    # Warm the page cache so the figure is the agent's, not the disk's.
+    subprocess.run(["cat", log], stdout=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    p = start_agent(args.bin, wd, '[sources.bench]\npaths = ["logs/input.log"]')
+    while committed(wd)[0] < real:
+        if p.poll() is not None:
+            sys.exit(f"agent exited early: see {wd}/agent.err")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+    stop(p)
+    out = os.path.getsize(os.path.join(wd, "state", "out.ndjson"))
+    print(f"throughput: {real / 2**20:.0f} MiB, {n} lines in {elapsed:.2f} s wall")
+    print(f"  {n / elapsed:,.0f} lines/s, {real / 2**20 / elapsed:.0f} MiB/s of input "
+          f"({out / 2**20 / elapsed:.0f} MiB/s of NDJSON written)")
+    print(f"  agent CPU {cpu:.2f} s ({cpu / elapsed * 100:.0f}% of one core), peak RSS {rss:.1f} MiB")
+    os.remove(os.path.join(wd, "state", "out.ndjson"))
+
+
+def many_files(args):
+    wd = os.path.join(args.workdir, "many")
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(os.path.join(wd, "logs"))
+    paths = [os.path.join(wd, "logs", f"f{i:04d}.log") for i in range(args.files)]
+    fds = []
+    for i, path in enumerate(paths):
+        f = open(path, "a", buffering=1)
+        f.write(line(i))
+        fds.append(f)
+    p = start_agent(args.bin, wd, '[sources.many]\npaths = ["logs/*.log"]')
+    while committed(wd)[1] < args.files:
+        time.sleep(0.2)
+    print(f"many-files: following {args.files} files; each grows by one line a second for {args.seconds} s")
+    warm = 5
+    c0 = None
+    t_start = time.monotonic()
+    i = 0
+    while True:
+        now = time.monotonic() - t_start
+        if now >= args.seconds + warm:
+            break
+        if c0 is None and now >= warm:
+            c0, t0 = cpu_seconds(p.pid), time.monotonic()
+        # One line per file per second, spread evenly over the second.
+        due = int(now * args.files)
+        while i < due:
+            fds[i % args.files].write(line(i))
+            i += 1
+        time.sleep(0.001)
+    c1, t1 = cpu_seconds(p.pid), time.monotonic()
+    rss = peak_rss_mib(p.pid)
+    time.sleep(2)
+    stop(p)
+    print(f"  agent CPU {c1 - c0:.2f} s over {t1 - t0:.1f} s = {(c1 - c0) / (t1 - t0) * 100:.2f}% of one core, "
+          f"peak RSS {rss:.1f} MiB, {i} lines written")
+    for f in fds:
+        f.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="?", default="all", choices=["throughput", "many-files", "all"])
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "log-sensor"))
+    ap.add_argument("--workdir", default="/var/tmp/log-sensor-bench")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=60)
+    args = ap.parse_args()
+    if not os.path.exists(args.bin):
+        sys.exit(f"{args.bin} missing: cargo build --release -p log-sensor")
+    os.makedirs(args.workdir, exist_ok=True)
+    if args.which in ("throughput", "all"):
+        throughput(args)
+    if args.which in ("many-files", "all"):
+        many_files(args)
+
+
+if __name__ == "__main__":
+    main()
