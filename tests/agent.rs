@@ -774,3 +774,21 @@ fn query_prints_a_table() {
         "the store is read-only to queries"
     );
 }
+
+#[test]
+fn a_file_past_max_file_bytes_raises_one_alert_and_is_still_read() {
+    let env = Env::new(
+        r#"paths = ["logs/big.log"]
+max_file_bytes = "1KiB""#,
+    );
+    let a = lines("big", 100);
+    append_lines(&env.p("logs/big.log"), &a);
+    let agent = env.start();
+    env.wait_msgs(&agent, &a);
+    let b = lines("bigger", 50);
+    append_lines(&env.p("logs/big.log"), &b);
+    env.wait_msgs(&agent, &b);
+    let alerts = env.query("SELECT stream, detail FROM alerts WHERE kind = 'file_too_large'");
+    assert_eq!(alerts.len(), 1, "once per stream: {alerts:?}");
+    assert!(alerts[0]["detail"].as_str().unwrap().contains("max_file_bytes"));
+}
