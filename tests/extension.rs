@@ -285,7 +285,10 @@ fn col<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
+/// An outbox row: kind, name, category, record.
+type OutboxRow = (String, String, Option<String>, String);
+
+fn outbox_rows(fx: &Fixture) -> Vec<OutboxRow> {
     let c = fx.outbox();
     let mut stmt = c
         .prepare("SELECT kind, name, category, record FROM outbox ORDER BY id")
@@ -297,7 +300,7 @@ fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
 }
 
 /// The outbox rows once the extension has created the outbox (for polling).
-fn outbox_rows_when_ready(fx: &Fixture) -> Option<Vec<(String, String, Option<String>, String)>> {
+fn outbox_rows_when_ready(fx: &Fixture) -> Option<Vec<OutboxRow>> {
     let path = fx.state().join("osquery-outbox.db");
     if !path.exists() {
         return None;
