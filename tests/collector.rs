@@ -1133,48 +1133,59 @@ fn init_refuses_to_replace_a_ca_and_keys_are_private() {
     assert!(!out.status.success());
 }
 
-/// Throughput of the collector alone: a client here sends pre-built
-/// batches (one connection, each batch waits for its acknowledgement, as
-/// the agent does) of `BENCH_LINES` records with ~210-byte messages.
-/// Run in release:
+/// Throughput of the collector alone: clients here send pre-built batches
+/// of `BENCH_LINES` records with ~210-byte messages over `BENCH_CONNS`
+/// connections (one stream each; each batch waits for its acknowledgement,
+/// as the agent does). Run in release:
 /// `cargo test --release -p log-sensor-collector --test collector bench -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark; run in release by hand"]
 fn bench_ingest_throughput() {
-    let lines: u64 = std::env::var("BENCH_LINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000_000);
-    let batch_lines: u64 = 16_384;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let lines = env("BENCH_LINES", 2_000_000);
+    let conns = env("BENCH_CONNS", 2);
+    let batch_lines = env("BENCH_BATCH", 16_384);
     for gzip in [false, true] {
         let mut c = Collector::new();
         c.start();
         let id = c.enroll("bench-host");
         let msg = "m".repeat(209);
-        let mut batches = Vec::new();
         let (mut wire_bytes, mut msg_bytes) = (0u64, 0u64);
-        let mut offset = 0u64;
-        for start in (0..lines).step_by(batch_lines as usize) {
-            let mut body = Vec::new();
-            for _ in start..(start + batch_lines).min(lines) {
-                let l = json!({"host": "bench-host", "source": "app", "stream": "00112233aabbccdd",
-                    "path": "/var/log/bench.log", "offset": offset, "len": 210, "part": "whole",
-                    "ts": "2026-11-26T12:00:00.000000Z", "msg": msg})
-                .to_string();
-                body.extend_from_slice(l.as_bytes());
-                body.push(b'\n');
-                offset += 210;
-                msg_bytes += 210;
+        // Per connection: its stream id and its batches.
+        let mut work: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for k in 0..conns {
+            let stream = format!("{k:016x}");
+            let mine = lines / conns + u64::from(k < lines % conns);
+            let mut batches = Vec::new();
+            let mut offset = 0u64;
+            for start in (0..mine).step_by(batch_lines as usize) {
+                let mut body = Vec::new();
+                for _ in start..(start + batch_lines).min(mine) {
+                    let l = json!({"host": "bench-host", "source": "app", "stream": stream,
+                        "path": "/var/log/bench.log", "offset": offset, "len": 210, "part": "whole",
+                        "ts": "2026-11-26T12:00:00.000000Z", "msg": msg})
+                    .to_string();
+                    body.extend_from_slice(l.as_bytes());
+                    body.push(b'\n');
+                    offset += 210;
+                    msg_bytes += 210;
+                }
+                wire_bytes += body.len() as u64;
+                if gzip {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(&body).unwrap();
+                    body = gz.finish().unwrap();
+                }
+                batches.push(body);
             }
-            wire_bytes += body.len() as u64;
-            if gzip {
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&body).unwrap();
-                body = gz.finish().unwrap();
-            }
-            batches.push(body);
+            work.push((stream, batches));
         }
-        let mut conn = c.connect(Some(&id));
         let pid = c.child.as_ref().unwrap().id();
         let cpu = || {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -1183,17 +1194,24 @@ fn bench_ingest_throughput() {
                 fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
             ticks / 100.0
         };
+        let mut connections: Vec<Conn> = (0..conns).map(|_| c.connect(Some(&id))).collect();
         let cpu0 = cpu();
         let t0 = Instant::now();
-        let headers: &[(&str, &str)] = if gzip {
-            &[("Content-Encoding", "gzip")]
-        } else {
-            &[]
-        };
-        for b in &batches {
-            let r = conn.request("POST", "/v1/ingest", headers, b);
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
+        std::thread::scope(|scope| {
+            for (conn, (_, batches)) in connections.iter_mut().zip(&work) {
+                scope.spawn(move || {
+                    let headers: &[(&str, &str)] = if gzip {
+                        &[("Content-Encoding", "gzip")]
+                    } else {
+                        &[]
+                    };
+                    for b in batches {
+                        let r = conn.request("POST", "/v1/ingest", headers, b);
+                        assert_eq!(r.status, 200, "{}", r.text());
+                    }
+                });
+            }
+        });
         let secs = t0.elapsed().as_secs_f64();
         let cpu_secs = cpu() - cpu0;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1204,17 +1222,18 @@ fn bench_ingest_throughput() {
             .to_owned();
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         eprintln!(
-            "gzip={gzip}: {lines} records, {:.0} MiB of messages ({:.0} MiB NDJSON) in {secs:.2} s: \
+            "gzip={gzip} conns={conns}: {lines} records, {:.0} MiB of messages ({:.0} MiB NDJSON) in {secs:.2} s: \
              {:.0} MiB/s of messages, {:.0} MiB/s NDJSON; collector CPU {cpu_secs:.2} s; {hwm}",
             mib(msg_bytes),
             mib(wire_bytes),
             mib(msg_bytes) / secs,
             mib(wire_bytes) / secs,
         );
-        assert_eq!(
-            offsets(&c.data_file("bench-host", "00112233aabbccdd")).len() as u64,
-            lines
-        );
+        let stored: u64 = work
+            .iter()
+            .map(|(stream, _)| offsets(&c.data_file("bench-host", stream)).len() as u64)
+            .sum();
+        assert_eq!(stored, lines);
     }
 }
 
