@@ -96,7 +96,25 @@ enum CertsCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // The whole cause chain on one line, without the backtrace anyhow's
+        // Debug form adds when RUST_BACKTRACE is set. Our typed errors
+        // already quote their source, so a cause already in the text is
+        // not repeated.
+        let mut text = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                text = format!("{text}: {cause}");
+            }
+        }
+        eprintln!("log-sensor-collector: {text}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -160,7 +178,11 @@ fn init(layout: &Layout, names: &[String], listen: Option<SocketAddr>) -> Result
     }
     config.create(&layout.config())?;
     Db::create(&layout.db())?;
-    std::fs::create_dir_all(layout.data_dir())
+    // Records may be sensitive: only the collector's user reads them.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(layout.data_dir())
         .with_context(|| format!("creating {}", layout.data_dir().display()))?;
     fsutil::sync_dir(&layout.dir).with_context(|| format!("syncing {}", layout.dir.display()))?;
     println!("CA certificate:     {}", layout.ca_cert().display());
