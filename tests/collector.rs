@@ -152,8 +152,8 @@ impl Collector {
         Conn::over(tcp, &self.dir.join("ca.pem"), identity).expect("connect")
     }
 
-    /// Makes a key and CSR here and enrols `host`; the key stays here.
-    fn enroll(&self, host: &str) -> Identity {
+    /// Makes a key and CSR here and asks to enrol `host`; the key stays here.
+    fn try_enroll(&self, host: &str) -> (Response, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let csr = CertificateParams::new(Vec::<String>::new())
             .unwrap()
@@ -165,6 +165,11 @@ impl Collector {
             "/v1/enroll",
             &json!({"username": USER, "password": PASSWORD, "host_id": host, "csr": csr}),
         );
+        (resp, key)
+    }
+
+    fn enroll(&self, host: &str) -> Identity {
+        let (resp, key) = self.try_enroll(host);
         assert_eq!(resp.status, 200, "enrol {host}: {}", resp.text());
         let reply = resp.json();
         assert_eq!(
@@ -695,7 +700,10 @@ fn revoked_certificate_refused_on_new_connections_and_cut_on_open_ones() {
     }
     // Half a second is the design (the poll interval); only the generous
     // read timeout above is asserted, so a loaded machine does not flake.
-    eprintln!("open connection cut {:?} after revoke", revoked_at.elapsed());
+    eprintln!(
+        "open connection cut {:?} after revoke",
+        revoked_at.elapsed()
+    );
 
     // Another host's open connection is untouched.
     let resp = bystander.ingest(&batch(&[record("web-02", "s1", 0, "whole")]));
@@ -716,14 +724,25 @@ fn revoked_certificate_refused_on_new_connections_and_cut_on_open_ones() {
 }
 
 #[test]
-fn revoke_by_serial_survives_a_restart() {
+fn a_live_host_is_enrolled_once_and_revoke_by_serial_survives_a_restart() {
     let mut c = Collector::new();
     c.start();
     let id = c.enroll("web-01");
+    // A second enrolment of a host with a live certificate would let any
+    // password holder take over its identity.
+    let (again, _) = c.try_enroll("web-01");
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(again.json()["code"], "already_enrolled");
     c.kill9();
-    run(&["revoke", "--dir", c.d(), &id.serial]);
+    run(&["revoke", "--dir", c.d(), &id.serial.to_uppercase()]);
     c.start();
     assert_refused(&c, &id, "CertificateRevoked");
+    // Once revoked, the host can enrol again and ship with the new one.
+    let fresh = c.enroll("web-01");
+    let resp = c
+        .connect(Some(&fresh))
+        .ingest(&batch(&[record("web-01", "s", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
 #[test]
