@@ -212,7 +212,27 @@ fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Resu
     Ok(())
 }
 
+/// Each agent connection and each open stream file takes a descriptor;
+/// the usual soft limit of 1024 is far below what a fleet needs, so take
+/// whatever the hard limit allows.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn serve(layout: Layout, listen: Option<SocketAddr>) -> Result<()> {
+    raise_fd_limit();
     let config = Config::load(&layout.config())?;
     let addr = listen.unwrap_or(config.listen);
     let server = server::Server::open(&layout, config)?;

@@ -447,6 +447,28 @@ mod tests {
     }
 
     #[test]
+    fn racing_resends_of_one_stream_store_each_record_once() {
+        // An agent that timed out and re-sent on a second connection while
+        // the first batch was still being written.
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        let lines: Vec<String> = (0..400).map(|i| line("a", i * 10, "whole")).collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let s = &s;
+                let lines = &lines;
+                scope.spawn(move || {
+                    for chunk in lines.chunks(37 + t) {
+                        s.store("h", &batch(chunk)).unwrap();
+                    }
+                });
+            }
+        });
+        let want: Vec<u64> = (0..400).map(|i| i * 10).collect();
+        assert_eq!(offsets(&s.stream_path("h", "a")), want);
+    }
+
+    #[test]
     fn hostile_ids_stay_inside_data() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, s) = setup(dir.path());
