@@ -320,8 +320,12 @@ impl Storage {
                 // acknowledged, so the sender still has it.
                 file.set_len(end)
                     .map_err(io_err(&path, "truncate torn line"))?;
-                file.sync_all().map_err(io_err(&path, "sync"))?;
             }
+            // Lines past the index may still sit only in the page cache (the
+            // process died before its fsync). They now count as stored, and
+            // re-sends of them will be acknowledged as duplicates without a
+            // write, so make them durable first.
+            file.sync_all().map_err(io_err(&path, "sync"))?;
         }
         Ok(StreamState {
             path,
