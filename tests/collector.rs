@@ -220,6 +220,24 @@ fn bind_and_connect(local: std::net::IpAddr, to: SocketAddr) -> TcpStream {
     std
 }
 
+fn client_config(ca: &Path, identity: Option<&Identity>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    Arc::new(match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.certs.clone(), PrivateKeyDer::Pkcs8(id.key.clone_key()))
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
 fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -286,24 +304,14 @@ impl Conn {
     }
 
     fn over(tcp: TcpStream, ca: &Path, identity: Option<&Identity>) -> std::io::Result<Conn> {
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots);
-        let config = match identity {
-            Some(id) => builder
-                .with_client_auth_cert(id.certs.clone(), PrivateKeyDer::Pkcs8(id.key.clone_key()))
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
+        Self::with_config(tcp, client_config(ca, identity))
+    }
+
+    /// Over a given config: connections sharing one config share its
+    /// session cache, so later ones try to resume, as a real agent's do.
+    fn with_config(tcp: TcpStream, config: Arc<ClientConfig>) -> std::io::Result<Conn> {
         let conn =
-            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-                .unwrap();
+            ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut tls = StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
@@ -1271,4 +1279,30 @@ fn sigterm_stops_serve_cleanly_after_answering() {
     let status = poll(|| child.try_wait().unwrap());
     assert!(status.success(), "{status:?}\n{}", c.log());
     assert!(c.log().contains("collector stopped"), "{}", c.log());
+}
+
+#[test]
+fn a_revoked_host_cannot_resume_an_earlier_tls_session() {
+    // A real agent keeps one client config, whose session cache lets later
+    // connections resume without sending the certificate again; resumption
+    // must not slip past a revocation.
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let config = client_config(&c.dir.join("ca.pem"), Some(&id));
+    let connect = || Conn::with_config(TcpStream::connect(c.addr()).unwrap(), Arc::clone(&config));
+    for offset in [0, 100] {
+        let mut conn = connect().unwrap();
+        let resp = conn.ingest(&batch(&[record("web-01", "s", offset, "whole")]));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    run(&["revoke", "--dir", c.d(), "web-01"]);
+    // An empty request, so the refusal arrives as the TLS alert on the
+    // read rather than as a broken pipe on a large write.
+    let result = connect().and_then(|mut conn| conn.try_request("POST", "/v1/ingest", &[], b""));
+    match result {
+        Ok(resp) => panic!("revoked host got {} {}", resp.status, resp.text()),
+        Err(e) => assert_eq!(refusal(&e), "CertificateRevoked", "{e}"),
+    }
+    assert_eq!(offsets(&c.data_file("web-01", "s")), vec![0, 100]);
 }
