@@ -1306,3 +1306,68 @@ fn a_revoked_host_cannot_resume_an_earlier_tls_session() {
     }
     assert_eq!(offsets(&c.data_file("web-01", "s")), vec![0, 100]);
 }
+
+#[test]
+fn an_open_connection_is_closed_when_its_certificate_expires() {
+    let mut c = Collector::new();
+    c.start();
+    // A certificate from the collector's own CA (the test owns this temp
+    // PKI) that expires in a few seconds, registered as issued.
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(c.dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(c.dir.join("ca.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let serial = [0x41u8, 2, 3, 4, 5, 6, 7, 8];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "web-01");
+    params.subject_alt_names = vec![SanType::DnsName("web-01".try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(now + 8).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let db = rusqlite::Connection::open(c.dir.join("collector.db")).unwrap();
+    db.execute(
+        "INSERT INTO certs (serial, host_id, username, issued_at, not_after) VALUES (?1, 'web-01', 'alice', ?2, ?3)",
+        rusqlite::params!["4102030405060708", now, now + 8],
+    )
+    .unwrap();
+    let id = Identity::new(&cert.pem(), &key, "4102030405060708");
+    let mut conn = c.connect(Some(&id));
+    let resp = conn.ingest(&batch(&[record("web-01", "s", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    // Without sending anything, the server closes the connection at expiry.
+    conn.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 64];
+    match conn.tls.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected {n} bytes"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "connection not closed within {DEADLINE:?} of expiry"
+        ),
+    }
+    // A certificate is valid through its notAfter second; from the next
+    // one on, new handshakes are refused.
+    poll(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        (t > now + 8).then_some(())
+    });
+    assert_refused(&c, &id, "CertificateExpired");
+    assert!(metric(&c.metrics(), "log_sensor_collector_connections_cut_total") >= 1.0);
+}

@@ -239,7 +239,8 @@ async fn connection(
     let mut revoked = collector.revoked.clone();
     let mut watching = identity.is_some();
     let expiry_of = |id: &PeerIdentity| {
-        let left = (id.not_after - unix_now()).max(0) as u64;
+        // Valid through its notAfter second (RFC 5280), as webpki reads it.
+        let left = (id.not_after + 1 - unix_now()).max(0) as u64;
         tokio::time::Instant::now() + Duration::from_secs(left)
     };
     let mut expiry = identity.as_ref().map(expiry_of);
@@ -266,7 +267,7 @@ async fn connection(
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                 let id = identity.as_ref().expect("an expiry only with an identity");
-                if id.not_after > unix_now() {
+                if id.not_after >= unix_now() {
                     // tokio caps very long sleeps (about two years): re-arm.
                     expiry = Some(expiry_of(id));
                     continue;
@@ -365,7 +366,7 @@ fn authorize<'a>(
     if collector.revoked.borrow().contains(&id.serial) {
         return Err(error(403, "certificate_revoked", "certificate is revoked"));
     }
-    if id.not_after <= unix_now() {
+    if id.not_after < unix_now() {
         return Err(error(403, "certificate_expired", "certificate has expired"));
     }
     Ok(id)
