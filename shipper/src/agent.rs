@@ -107,20 +107,24 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         ship: Arc::new(ShipStats::default()),
     };
     let cfg = Arc::new(cfg);
-    // One batch in the channel and one being built: memory stays bounded when the sink is slow.
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
-    let tailer = Tailer::new(
+    // A rendezvous: one batch being sent while the next is built, no more, so memory stays
+    // bounded (two batches) when the sink is slow and the two threads still overlap.
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
+    // Delivered batches go back to the tailer to be filled again.
+    let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
+    let mut tailer = Tailer::new(
         cfg.clone(),
         store.clone(),
         tx,
         stop.clone(),
         running.tail.clone(),
     )?;
+    tailer.recycle_from(back_rx);
     let tail_thread = std::thread::Builder::new()
         .name("tail".into())
         .spawn(move || tailer.run())
         .expect("spawn tail thread");
-    ship_loop(rx, sink, &store, &stop, &running.ship);
+    ship_loop(rx, sink, &store, &stop, &running.ship, Some(back_tx));
     let _ = tail_thread.join();
     tracing::info!("log-sensor stopped; offsets committed");
     Ok(())
@@ -133,6 +137,7 @@ pub fn ship_loop(
     store: &Mutex<Store>,
     stop: &AtomicBool,
     stats: &ShipStats,
+    recycle: Option<crossbeam_channel::Sender<Batch>>,
 ) {
     let mut failing_since: Option<Instant> = None;
     while let Ok(batch) = rx.recv() {
@@ -145,6 +150,9 @@ pub fn ship_loop(
                         tracing::info!(sink = %sink.describe(), "sink recovered");
                     }
                     commit(store, &batch, stats);
+                    if let Some(back) = &recycle {
+                        let _ = back.try_send(batch);
+                    }
                     break;
                 }
                 Err(e) => {

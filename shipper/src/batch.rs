@@ -54,6 +54,9 @@ pub struct Batch {
     pub created: Instant,
     /// Distinguishes batches so a stream knows whether its slot is still valid.
     pub generation: u64,
+    /// The records as NDJSON, made on the tailer's thread when the sink wants NDJSON, so the
+    /// shipping thread only writes: the two threads then share the work on two cores.
+    ndjson: Option<Vec<u8>>,
 }
 
 impl Batch {
@@ -65,7 +68,12 @@ impl Batch {
             data: Vec::new(),
             created: Instant::now(),
             generation,
+            ndjson: None,
         }
+    }
+
+    pub fn reserve(&mut self, data_bytes: usize) {
+        self.data.reserve(data_bytes);
     }
 
     pub fn len(&self) -> usize {
@@ -124,6 +132,40 @@ impl Batch {
 
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
         self.streams.iter().map(|s| s.checkpoint.clone()).collect()
+    }
+
+    /// Encodes the records as NDJSON now, for [`Batch::ndjson`] to hand out later.
+    pub fn encode_ndjson(&mut self) {
+        let mut out = self.ndjson.take().unwrap_or_default();
+        out.clear();
+        self.write_ndjson(&mut out);
+        self.ndjson = Some(out);
+    }
+
+    /// Empties a delivered batch for reuse, keeping its buffers: a steady stream of batches then
+    /// costs no allocation and the heap does not fragment between the two threads.
+    pub fn recycle(mut self, generation: u64) -> Batch {
+        self.streams.clear();
+        self.records.clear();
+        self.data.clear();
+        if let Some(v) = &mut self.ndjson {
+            v.clear();
+        }
+        self.created = Instant::now();
+        self.generation = generation;
+        self
+    }
+
+    /// The records as NDJSON: encoded ahead by [`Batch::encode_ndjson`], or now into `scratch`.
+    pub fn ndjson<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.ndjson {
+            Some(v) if !v.is_empty() || self.records.is_empty() => v,
+            _ => {
+                scratch.clear();
+                self.write_ndjson(scratch);
+                scratch
+            }
+        }
     }
 
     /// The records as NDJSON, the format of the file sink and the collector.

@@ -23,6 +23,11 @@ pub trait Sink: Send {
     fn describe(&self) -> String;
 }
 
+/// Sinks that send NDJSON as it is: their batches are encoded ahead on the tailer's thread.
+pub fn wants_ndjson(cfg: &SinkConfig) -> bool {
+    matches!(cfg, SinkConfig::File { .. } | SinkConfig::Stdout)
+}
+
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),

@@ -96,6 +96,8 @@ pub struct Tailer {
     batch: Batch,
     generation: u64,
     tx: Sender<Batch>,
+    /// Delivered batches coming back for reuse.
+    recycled: Option<Receiver<Batch>>,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
@@ -135,6 +137,7 @@ impl Tailer {
             batch: Batch::new(host, 0),
             generation: 0,
             tx,
+            recycled: None,
             wakes,
             overflow,
             watch,
@@ -146,6 +149,11 @@ impl Tailer {
             cfg,
             store,
         })
+    }
+
+    /// Reuse delivered batches that come back on `rx`.
+    pub fn recycle_from(&mut self, rx: Receiver<Batch>) {
+        self.recycled = Some(rx);
     }
 
     /// Runs until `stop` is set, then hands over the last batch and returns.
@@ -249,10 +257,21 @@ impl Tailer {
     /// Returns false when the shipping thread is gone.
     fn ship(&mut self) -> bool {
         self.generation += 1;
-        let fresh = Batch::new(self.batch.host.clone(), self.generation);
+        let fresh = match self.recycled.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            Some(b) => b.recycle(self.generation),
+            None => {
+                let mut b = Batch::new(self.batch.host.clone(), self.generation);
+                // Sized once for a full batch (it may overrun by one read), never doubled.
+                b.reserve(self.cfg.batch.max_bytes + READ_CHUNK);
+                b
+            }
+        };
         let mut batch = std::mem::replace(&mut self.batch, fresh);
         if batch.is_idle() {
             return true;
+        }
+        if crate::sink::wants_ndjson(&self.cfg.sink) {
+            batch.encode_ndjson();
         }
         loop {
             match self.tx.send_timeout(batch, Duration::from_millis(200)) {
