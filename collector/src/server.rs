@@ -196,7 +196,12 @@ async fn connection(
     // Dropped when this task ends; `serve` waits for all of them.
     _done: mpsc::Sender<()>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => result,
+        // Nothing is in flight before the handshake: shutdown drops it.
+        _ = shutdown.recv() => return,
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Certificate refusals were counted by the verifier.
@@ -556,5 +561,48 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             }
         }
         Err(reply) => reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` takes its listener and shutdown from the caller: bind port
+    /// 0, serve, stop, and `serve` returns once connections are drained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_when_told_and_drains_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        crate::pki::init(
+            &layout.ca_cert(),
+            &layout.ca_key(),
+            &layout.server_cert(),
+            &layout.server_key(),
+            &["localhost".to_owned()],
+        )
+        .unwrap();
+        Db::create(&layout.db()).unwrap();
+        let server = Server::open(&layout, Config::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, server, async {
+            let _ = stopped.await;
+        }));
+        // A client that connects and never speaks is dropped on shutdown,
+        // not waited for.
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve returned")
+            .unwrap();
+        drop(idle);
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
     }
 }
