@@ -73,6 +73,9 @@ pub struct Collector {
     pub alert_log: AlertLog,
     /// Revoked serials as last polled; open connections watch it.
     pub revoked: RevokedSet,
+    /// One permit per batch being read or stored, so a fleet uploading at
+    /// once cannot hold unbounded memory.
+    pub ingest_slots: tokio::sync::Semaphore,
 }
 
 /// A collector ready to serve: shared state, TLS acceptor and the sender
@@ -118,6 +121,7 @@ impl Server {
             u64::from(config.overlong_alert_after),
         )?;
         let alert_log = AlertLog::open(&layout.alerts_log())?;
+        let ingest_slots = tokio::sync::Semaphore::new(config.max_concurrent_batches as usize);
         Ok(Server {
             collector: Arc::new(Collector {
                 config,
@@ -127,6 +131,7 @@ impl Server {
                 metrics,
                 alert_log,
                 revoked,
+                ingest_slots,
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             poll_db: tls_db,
@@ -487,6 +492,10 @@ enum IngestFailure {
 }
 
 async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Incoming>) -> Reply {
+    // Taken before the body is read: waiting senders hold no memory here.
+    let Ok(_slot) = collector.ingest_slots.acquire().await else {
+        return error(503, "shutting_down", "collector is shutting down");
+    };
     let limit = collector.config.max_batch_bytes;
     let encoding = req
         .headers()
