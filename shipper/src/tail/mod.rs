@@ -29,6 +29,8 @@ type FileKey = (u64, u64);
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// How long an idle tailer lets wake-ups gather before acting on them.
+const COALESCE: Duration = Duration::from_millis(25);
 /// Events arriving faster than this cause at most one scan per interval.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 
@@ -103,6 +105,10 @@ pub struct Tailer {
     watch: Option<Watch>,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Open files with bytes to read (or to check): reading touches only these, so 1,000 quiet
+    /// files cost nothing between their own writes.
+    dirty: HashSet<FileKey>,
+    last_timers: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
     stats: Arc<TailStats>,
@@ -143,6 +149,8 @@ impl Tailer {
             watch,
             stop,
             buf: vec![0u8; READ_CHUNK],
+            dirty: HashSet::new(),
+            last_timers: Instant::now(),
             last_scan: None,
             scan_requested: true,
             stats,
@@ -166,7 +174,12 @@ impl Tailer {
             if !worked {
                 let wait = self.idle_wait();
                 match self.wakes.recv_timeout(wait) {
-                    Ok(w) => self.on_wake(w),
+                    Ok(w) => {
+                        self.on_wake(w);
+                        // Let a burst of wake-ups gather: a thousand files each writing a line
+                        // a second then cost tens of rounds a second, not a thousand.
+                        std::thread::sleep(COALESCE);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                 }
@@ -220,6 +233,7 @@ impl Tailer {
                 Some(k) => {
                     if let Some(t) = self.open.get_mut(k) {
                         t.dirty = true;
+                        self.dirty.insert(*k);
                     }
                 }
                 None => self.scan_requested = true,
@@ -375,6 +389,7 @@ impl Tailer {
                 t.released_at = Some(now);
             }
             t.dirty = true;
+            self.dirty.insert(t.key);
         }
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
@@ -769,6 +784,7 @@ impl Tailer {
             alerted_too_large: row.alerted_too_large,
         };
         self.by_path.insert(f.path.clone(), key);
+        self.dirty.insert(key);
         self.open.insert(key, t);
         self.stats
             .open_files
@@ -794,21 +810,20 @@ impl Tailer {
     // ---------------------------------------------------------------- reading
 
     fn read_dirty(&mut self) -> Option<bool> {
-        let keys: Vec<FileKey> = self
-            .open
-            .iter()
-            .filter(|(_, t)| t.dirty)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<FileKey> = self.dirty.iter().copied().collect();
         let mut worked = false;
         for key in keys {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
             let Some(mut t) = self.open.remove(&key) else {
+                self.dirty.remove(&key);
                 continue;
             };
             let outcome = self.read_turn(&mut t);
+            if !matches!(outcome, Outcome::Progress) {
+                self.dirty.remove(&key);
+            }
             match outcome {
                 Outcome::Progress => {
                     worked = true;
@@ -911,9 +926,6 @@ impl Tailer {
                 Ok(md) if md.len() < t.framer.position() => return Outcome::Truncated,
                 Ok(md) => t.size = md.len(),
                 Err(e) => return Outcome::Failed(e),
-            }
-            if rewritten(t) {
-                return Outcome::Truncated;
             }
         }
         let source = self.cfg.sources[t.source].clone();
@@ -1032,8 +1044,31 @@ impl Tailer {
 
     fn check_timers(&mut self) {
         let rotate_wait = self.cfg.discovery.rotate_wait;
-        let keys: Vec<FileKey> = self.open.keys().copied().collect();
-        for key in keys {
+        // Timers are in seconds (multiline_timeout, rotate_wait): a tenth of a second is precise
+        // enough, and spares a pass over every open file on every write.
+        if self.last_timers.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_timers = Instant::now();
+        let due: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, t)| {
+                let timeout = self.cfg.sources[t.source]
+                    .framing
+                    .multiline
+                    .as_ref()
+                    .map(|m| m.timeout);
+                let flush = timeout
+                    .is_some_and(|to| t.framer.has_pending_record() && t.last_data.elapsed() >= to);
+                let close = t
+                    .released_at
+                    .is_some_and(|since| t.at_eof && !t.dirty && since.elapsed() >= rotate_wait);
+                flush || close
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
             let Some(mut t) = self.open.remove(&key) else {
                 continue;
             };
@@ -1120,6 +1155,7 @@ impl Tailer {
     }
 
     fn forget(&mut self, t: &Tracked) {
+        self.dirty.remove(&t.key);
         if self.by_path.get(&t.path) == Some(&t.key) {
             self.by_path.remove(&t.path);
         }
