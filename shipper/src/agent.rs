@@ -47,6 +47,13 @@ pub struct ShipStats {
     pub sink_retries: AtomicU64,
     /// Unix seconds of the last successful delivery.
     pub last_ok: AtomicU64,
+    /// Unix seconds since the sink has been failing; 0 while it works.
+    pub failing_since: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Why the last commit failed, while commits fail (the store is unwritable).
+    pub store_error: Mutex<Option<String>>,
+    /// Seconds from a batch's first record to its acknowledgement.
+    pub latency: crate::status::LatencyRecorder,
 }
 
 /// Holds the state dir's lock for as long as it lives.
@@ -148,7 +155,9 @@ pub fn ship_loop(
                 Ok(()) => {
                     if failing_since.take().is_some() {
                         tracing::info!(sink = %sink.describe(), "sink recovered");
+                        stats.failing_since.store(0, Ordering::Relaxed);
                     }
+                    stats.latency.record(batch.created.elapsed().as_secs_f64());
                     commit(store, &batch, stats);
                     if let Some(back) = &recycle {
                         let _ = back.try_send(batch);
@@ -157,8 +166,14 @@ pub fn ship_loop(
                 }
                 Err(e) => {
                     stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = stats.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
+                        stats
+                            .failing_since
+                            .store(crate::store::now_secs() as u64, Ordering::Relaxed);
                         tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
                         let alert = Alert {
                             kind: "sink_error",
@@ -190,10 +205,18 @@ fn commit(store: &Mutex<Store>, batch: &Batch, stats: &ShipStats) {
     let checkpoints = batch.checkpoints();
     for attempt in 0..5 {
         match store.lock().expect("store lock").commit(&checkpoints) {
-            Ok(()) => break,
+            Ok(()) => {
+                if let Ok(mut err) = stats.store_error.lock() {
+                    *err = None;
+                }
+                break;
+            }
             // Delivered but not committed: at worst these records are sent again after a restart.
             Err(e) if attempt == 4 => {
-                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart")
+                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart");
+                if let Ok(mut err) = stats.store_error.lock() {
+                    *err = Some(e.to_string());
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }

@@ -94,6 +94,10 @@ impl Batch {
     }
 
     pub fn add_stream(&mut self, meta: StreamMeta, checkpoint: Checkpoint) -> u32 {
+        if self.streams.is_empty() {
+            // max_wait counts from the batch's first content, not from when it was made.
+            self.created = Instant::now();
+        }
         self.streams.push(BatchStream { meta, checkpoint });
         (self.streams.len() - 1) as u32
     }

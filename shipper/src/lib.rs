@@ -24,5 +24,6 @@ pub mod read;
 pub mod record;
 pub mod signals;
 pub mod sink;
+pub mod status;
 pub mod store;
 pub mod tail;

@@ -43,6 +43,13 @@ pub struct Config {
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
+    pub monitor: MonitorConfig,
+}
+
+/// The HTTP monitoring endpoint: off unless `[monitor] listen` is set.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +281,40 @@ impl Config {
             d
         };
 
+        let monitor = {
+            let empty = toml::Table::new();
+            let t = top.table("monitor", &mut issues).unwrap_or(&empty);
+            let mut r = TableReader::new("monitor", t);
+            let listen = r.string("listen", &mut issues).and_then(|l| {
+                match l.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        issues.push(ConfigIssue {
+                            key: "monitor.listen".into(),
+                            message: format!(
+                                "{l:?} is not an address such as \"127.0.0.1:5066\": {e}"
+                            ),
+                        });
+                        None
+                    }
+                }
+            });
+            // Anything but loopback exposes the agent's paths and alerts: it must be asked for.
+            let public = r
+                .boolean("allow_non_loopback", &mut issues)
+                .unwrap_or(false);
+            if let Some(a) = listen {
+                if !a.ip().is_loopback() && !public {
+                    issues.push(ConfigIssue {
+                        key: "monitor.listen".into(),
+                        message: format!("{a} is not a loopback address; set monitor.allow_non_loopback = true to serve it"),
+                    });
+                }
+            }
+            r.finish(&mut issues);
+            MonitorConfig { listen }
+        };
+
         top.finish(&mut issues);
         if !issues.is_empty() {
             return Err(ConfigError::Invalid {
@@ -289,6 +330,7 @@ impl Config {
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,
+            monitor,
         })
     }
 
@@ -607,6 +649,33 @@ type = "carrier-pigeon"
     fn syntax_errors_name_the_file() {
         let err = Config::parse(Path::new("/x/agent.toml"), "sources = [").unwrap_err();
         assert!(err.to_string().contains("/x/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_monitor_stays_on_loopback_unless_asked() {
+        let base = "[sources.a]\npaths=['x']\n[sink]\ntype='stdout'\n";
+        let c = Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='127.0.0.1:5066'\n"),
+        )
+        .unwrap();
+        assert_eq!(c.monitor.listen.unwrap().port(), 5066);
+        let err = Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='0.0.0.0:5066'\n"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("monitor.listen"), "{err}");
+        assert!(Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='0.0.0.0:5066'\nallow_non_loopback=true\n")
+        )
+        .is_ok());
+        assert!(Config::parse(Path::new("/c.toml"), base)
+            .unwrap()
+            .monitor
+            .listen
+            .is_none());
     }
 
     #[test]
