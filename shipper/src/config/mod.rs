@@ -4,6 +4,7 @@
 //! key, so an operator fixes a file once rather than once per error.
 
 mod expand;
+pub mod layers;
 mod reader;
 pub mod units;
 
@@ -44,6 +45,9 @@ pub struct Config {
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
     pub monitor: MonitorConfig,
+    /// Packs enabled (names looked up in `pack_dirs`, or paths).
+    pub packs: Vec<String>,
+    pub pack_dirs: Vec<PathBuf>,
 }
 
 /// The HTTP monitoring endpoint: off unless `[monitor] listen` is set.
@@ -67,6 +71,9 @@ pub struct Source {
     pub fingerprint_bytes: usize,
     pub max_file_bytes: u64,
     pub detect_compression: bool,
+    /// Everything that decides how the source is read, rendered once: a reload restarts the
+    /// source's streams only when this changes.
+    pub signature: String,
 }
 
 /// How bytes become records.
@@ -158,13 +165,9 @@ impl Overridable {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, with the sources of the packs it enables.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(path, &text)
+        layers::Layers::load(path)?.resolve()
     }
 
     /// Validates config text as if it were the file at `path`.
@@ -194,6 +197,11 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
+        let packs = top.strings("packs", &mut issues).unwrap_or_default();
+        let pack_dirs = top
+            .strings("pack_dirs", &mut issues)
+            .map(|v| v.iter().map(|d| base.join(d)).collect())
+            .unwrap_or_else(|| vec![base.join("packs")]);
         let state_dir = base.join(
             top.string("state_dir", &mut issues)
                 .unwrap_or_else(|| "state".into()),
@@ -331,6 +339,8 @@ impl Config {
             batch,
             discovery,
             monitor,
+            packs,
+            pack_dirs,
         })
     }
 
@@ -351,11 +361,11 @@ fn read_source(
     if name.is_empty()
         || !name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         issues.push(ConfigIssue {
             key: key.into(),
-            message: "source names use letters, digits, '_', '-' and '.'".into(),
+            message: "source names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
         });
     }
     let mut r = TableReader::new(key, table);
@@ -465,7 +475,13 @@ fn read_source(
     if issues.len() != before {
         return None;
     }
+    let signature = format!(
+        "{paths:?} {exclude:?} {delimiter:?} {max_record_bytes} {fingerprint_bytes} {max_file_bytes} {:?} {:?}",
+        o.detect_compression,
+        multiline.as_ref().map(|m| (format!("{:?}", m.mode), m.timeout)),
+    );
     Some(Source {
+        signature,
         name: name.to_string(),
         paths,
         exclude,
