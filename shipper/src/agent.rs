@@ -2,8 +2,10 @@
 //! shipping loop sends each batch to the sink and, once acknowledged, commits its offsets.
 
 use crate::batch::Batch;
-use crate::config::Config;
+use crate::config::layers::Layers;
+use crate::control::{self, server::Controller};
 use crate::sink::{self, Sink, SinkError};
+use crate::status::Live;
 use crate::store::{Alert, Store, StoreError};
 use crate::tail::{TailStats, Tailer};
 use crossbeam_channel::Receiver;
@@ -30,6 +32,13 @@ pub enum AgentError {
         "state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir"
     )]
     Locked { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot lock state dir {path}: {source}")]
     Lock {
         path: PathBuf,
@@ -100,18 +109,34 @@ pub struct Running {
     pub ship: Arc<ShipStats>,
 }
 
-/// Runs the agent until `stop` is set; returns after the batch in flight is committed.
-pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+/// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
+/// after the batch in flight is committed.
+pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+    let cfg = layers.resolve()?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     raise_fd_limit();
     let store = Store::open(&cfg.state_dir)?;
     store.set_meta("host_id", &cfg.host_id)?;
     let store = Arc::new(Mutex::new(store));
     let sink = sink::build(&cfg.sink)?;
+    let control = control::server::bind(&cfg.state_dir).map_err(|source| AgentError::Control {
+        path: control::socket_path(&cfg.state_dir),
+        source,
+    })?;
+    let pid_file = cfg.state_dir.join("agent.pid");
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
     let running = Running {
         tail: Arc::new(TailStats::default()),
         ship: Arc::new(ShipStats::default()),
+    };
+    let live = Live {
+        tail: running.tail.clone(),
+        ship: running.ship.clone(),
+        started_at: crate::store::now_secs(),
+        sink_kind: sink::kind(&cfg.sink).to_string(),
+        sink_description: sink.describe(),
+        pack_sources: layers.pack_source_names(),
     };
     let cfg = Arc::new(cfg);
     // A rendezvous: one batch being sent while the next is built, no more, so memory stays
@@ -119,6 +144,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
     // Delivered batches go back to the tailer to be filled again.
     let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
+    let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
+    let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
     let mut tailer = Tailer::new(
         cfg.clone(),
         store.clone(),
@@ -127,14 +154,51 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         running.tail.clone(),
     )?;
     tailer.recycle_from(back_rx);
-    let tail_thread = std::thread::Builder::new()
-        .name("tail".into())
-        .spawn(move || tailer.run())
-        .expect("spawn tail thread");
-    ship_loop(rx, sink, &store, &stop, &running.ship, Some(back_tx));
+    tailer.configs_from(cfg_rx);
+    let controller = Arc::new(Controller::new(
+        layers,
+        cfg.clone(),
+        live,
+        cfg_tx,
+        sink_tx,
+        stop.clone(),
+        store.clone(),
+    ));
+    let helpers = [
+        spawn("control", {
+            let (c, s) = (controller.clone(), stop.clone());
+            move || control::server::serve(control, c, s)
+        }),
+        spawn("config-watch", {
+            let (c, s) = (controller.clone(), stop.clone());
+            move || control::server::watch_config(c, s)
+        }),
+    ];
+    let tail_thread = spawn("tail", move || tailer.run());
+    ship_loop(
+        rx,
+        sink,
+        &store,
+        &stop,
+        &running.ship,
+        Some(back_tx),
+        Some(sink_rx),
+    );
     let _ = tail_thread.join();
+    stop.store(true, Ordering::SeqCst);
+    for h in helpers {
+        let _ = h.join();
+    }
+    let _ = std::fs::remove_file(&pid_file);
     tracing::info!("log-sensor stopped; offsets committed");
     Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn thread")
 }
 
 /// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
@@ -145,9 +209,30 @@ pub fn ship_loop(
     stop: &AtomicBool,
     stats: &ShipStats,
     recycle: Option<crossbeam_channel::Sender<Batch>>,
+    sinks: Option<Receiver<crate::config::SinkConfig>>,
 ) {
     let mut failing_since: Option<Instant> = None;
     while let Ok(batch) = rx.recv() {
+        // A reload that changed the sink takes effect between batches.
+        while let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
+            match sink::build(&new) {
+                Ok(s) => {
+                    tracing::info!(sink = %s.describe(), "sink replaced");
+                    sink = s;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new sink cannot start; keeping the old one");
+                    let alert = Alert {
+                        kind: "config_error",
+                        source: None,
+                        stream: None,
+                        path: None,
+                        detail: e.to_string(),
+                    };
+                    let _ = store.lock().expect("store lock").add_alert(&alert);
+                }
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
         loop {

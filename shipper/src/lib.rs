@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod batch;
 pub mod config;
+pub mod control;
 pub mod discover;
 pub mod fingerprint;
 pub mod frame;

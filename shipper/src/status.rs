@@ -163,6 +163,7 @@ impl LatencyRecorder {
 }
 
 /// Everything a status is made from, shared by the agent's threads.
+#[derive(Clone)]
 pub struct Live {
     pub tail: std::sync::Arc<TailStats>,
     pub ship: std::sync::Arc<ShipStats>,

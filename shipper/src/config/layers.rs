@@ -372,15 +372,38 @@ pub fn parse_value(text: &str) -> Value {
     }
 }
 
-/// A value in TOML syntax.
+/// A value in TOML syntax, on one line (`"\n"`, not a multi-line string).
 pub fn render(v: &Value) -> String {
-    let mut t = Table::new();
-    t.insert("v".into(), v.clone());
-    let s = toml::to_string(&t).unwrap_or_default();
-    s.trim()
-        .strip_prefix("v = ")
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{v}"))
+    match v {
+        Value::String(s) => {
+            let mut out = String::with_capacity(s.len() + 2);
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                        out.push_str(&format!("\\u{:04X}", c as u32))
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(render).collect::<Vec<_>>().join(", ")),
+        Value::Table(t) => format!(
+            "{{ {} }}",
+            t.iter()
+                .map(|(k, v)| format!("{k} = {}", render(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn flatten(prefix: &str, t: &Table, out: &mut Vec<(String, Value)>) {
@@ -626,7 +649,14 @@ mod tests {
         );
         assert_eq!(parse_value("web-01"), Value::String("web-01".into()));
         assert_eq!(parse_value("\"5s\""), Value::String("5s".into()));
-        assert_eq!(render(&Value::String("x\"y".into())), "'x\"y'");
+        assert_eq!(render(&Value::String("x\"y\n".into())), "\"x\\\"y\\n\"");
+        for v in [
+            Value::String("a\\b\t\"c\u{1}".into()),
+            parse_value("[\"a\", 1, true]"),
+            parse_value("{ x = 1 }"),
+        ] {
+            assert_eq!(parse_value(&render(&v)), v, "{}", render(&v));
+        }
     }
 
     #[test]

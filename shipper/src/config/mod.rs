@@ -170,6 +170,19 @@ impl Config {
         layers::Layers::load(path)?.resolve()
     }
 
+    /// Where the store is, even when the rest of the file is invalid (an operator looking into
+    /// the store's alerts to learn why is exactly who has a broken file).
+    pub fn state_dir_lenient(path: &Path) -> Option<PathBuf> {
+        let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+        let base = absolute(path).parent()?.to_path_buf();
+        let dir = match table.get("state_dir") {
+            Some(toml::Value::String(s)) => expand::expand(s).ok()?,
+            Some(_) => return None,
+            None => "state".into(),
+        };
+        Some(base.join(dir))
+    }
+
     /// Validates config text as if it were the file at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let table: toml::Table =

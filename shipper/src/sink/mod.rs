@@ -28,6 +28,22 @@ pub fn wants_ndjson(cfg: &SinkConfig) -> bool {
     matches!(cfg, SinkConfig::File { .. } | SinkConfig::Stdout)
 }
 
+/// The sink's kind as configured (`file`, `stdout`, …).
+pub fn kind(cfg: &SinkConfig) -> &'static str {
+    match cfg {
+        SinkConfig::File { .. } => "file",
+        SinkConfig::Stdout => "stdout",
+    }
+}
+
+/// The sink as status pages name it.
+pub fn describe(cfg: &SinkConfig) -> String {
+    match cfg {
+        SinkConfig::File { path, .. } => format!("file {}", path.display()),
+        SinkConfig::Stdout => "stdout".into(),
+    }
+}
+
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),

@@ -100,6 +100,8 @@ pub struct Tailer {
     tx: Sender<Batch>,
     /// Delivered batches coming back for reuse.
     recycled: Option<Receiver<Batch>>,
+    /// New configs from reloads and temporary overrides.
+    configs: Option<Receiver<Arc<Config>>>,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
@@ -144,6 +146,7 @@ impl Tailer {
             generation: 0,
             tx,
             recycled: None,
+            configs: None,
             wakes,
             overflow,
             watch,
@@ -157,6 +160,43 @@ impl Tailer {
             cfg,
             store,
         })
+    }
+
+    /// Take new configs from `rx` (reloads) between rounds.
+    pub fn configs_from(&mut self, rx: Receiver<Arc<Config>>) {
+        self.configs = Some(rx);
+    }
+
+    /// Switches to a new config. A source removed stops; a source whose settings changed stops
+    /// and is picked up again by the next scan with the new settings; offsets are kept, so
+    /// nothing is read twice or skipped.
+    pub fn apply_config(&mut self, new: Arc<Config>) {
+        let old = std::mem::replace(&mut self.cfg, new);
+        let keys: Vec<FileKey> = self.open.keys().copied().collect();
+        for key in keys {
+            let t = &self.open[&key];
+            let was = &old.sources[t.source];
+            let now = self.cfg.sources.iter().position(|s| s.name == was.name);
+            match now {
+                Some(i) if self.cfg.sources[i].signature == was.signature => {
+                    if let Some(t) = self.open.get_mut(&key) {
+                        t.source = i;
+                    }
+                }
+                _ => {
+                    let t = self.open.remove(&key).expect("key from the map");
+                    tracing::info!(stream = %t.id, source = %was.name, "source removed or changed; stream stops here");
+                    self.close_quietly(t);
+                }
+            }
+        }
+        if old.host_id != self.cfg.host_id {
+            // Records already read keep the host they were read under.
+            self.ship();
+            self.batch.host = self.cfg.host_id.as_str().into();
+        }
+        self.deferred.clear();
+        self.last_scan = None;
     }
 
     /// Reuse delivered batches that come back on `rx`.
@@ -191,6 +231,9 @@ impl Tailer {
     /// One round: wake-ups, a scan when due, reading, timers, and a batch handed over when due.
     /// Returns whether any bytes were read, or None when the shipping side is gone.
     pub fn tick(&mut self) -> Option<bool> {
+        while let Some(cfg) = self.configs.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.apply_config(cfg);
+        }
         self.drain_wakes();
         let due = match self.last_scan {
             None => true,
