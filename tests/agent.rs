@@ -700,3 +700,48 @@ max_file_bytes = "1KiB""#,
         .unwrap()
         .contains("max_file_bytes"));
 }
+
+#[test]
+fn the_osquery_outbox_is_shipped_and_emptied_only_after_acknowledgement() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    let agent = env.start();
+    wait_for("agent up", PATIENCE, || env.p("state/store.db").exists());
+    // The extension's logger creates the outbox later, while the agent runs.
+    let outbox = rusqlite::Connection::open(env.p("state/osquery-outbox.db")).unwrap();
+    outbox
+        .execute_batch(include_str!("../sql/outbox.sql"))
+        .unwrap();
+    let docs: Vec<String> = (0..50).map(|i| format!(r#"{{"name":"pack_health_lag","hostIdentifier":"h","columns":{{"n":"{i}"}},"action":"added"}}"#)).collect();
+    for d in &docs {
+        outbox.execute("INSERT INTO outbox(time, kind, name, record) VALUES (1, 'result', 'pack_health_lag', ?1)", [d]).unwrap();
+    }
+    env.wait_msgs(&agent, &docs);
+    let rec = env
+        .records()
+        .into_iter()
+        .find(|r| r["msg"] == docs[0].as_str())
+        .unwrap();
+    assert_eq!(rec["source"], "osquery");
+    assert_eq!(rec["stream"], "pack_health_lag");
+    wait_for("the outbox emptied", PATIENCE, || {
+        outbox
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            == 0
+    });
+    // Stop the agent: rows queued meanwhile wait in the outbox and go at the next start.
+    let mut agent = agent;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    outbox.execute("INSERT INTO outbox(time, kind, name, record) VALUES (2, 'status', 'osquery_status', '{\"s\":1}')", []).unwrap();
+    let agent = env.start();
+    env.wait_msgs(&agent, &["{\"s\":1}".to_string()]);
+    assert_eq!(
+        env.records()
+            .iter()
+            .filter(|r| r["source"] == "osquery")
+            .count(),
+        51,
+        "each row once"
+    );
+}

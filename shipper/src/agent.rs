@@ -183,6 +183,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         &running.ship,
         Some(back_tx),
         Some(sink_rx),
+        Some(&cfg.state_dir),
     );
     let _ = tail_thread.join();
     stop.store(true, Ordering::SeqCst);
@@ -210,6 +211,7 @@ pub fn ship_loop(
     stats: &ShipStats,
     recycle: Option<crossbeam_channel::Sender<Batch>>,
     sinks: Option<Receiver<crate::config::SinkConfig>>,
+    state_dir: Option<&Path>,
 ) {
     let mut failing_since: Option<Instant> = None;
     while let Ok(batch) = rx.recv() {
@@ -244,6 +246,12 @@ pub fn ship_loop(
                     }
                     stats.latency.record(batch.created.elapsed().as_secs_f64());
                     commit(store, &batch, stats);
+                    if let (Some(upto), Some(dir)) = (batch.outbox_upto, state_dir) {
+                        // Delivered; if the delete fails the rows are sent again later.
+                        if let Err(e) = crate::outbox::ack(dir, upto) {
+                            tracing::warn!(error = %e, "cannot remove shipped rows from the osquery outbox");
+                        }
+                    }
                     if let Some(back) = &recycle {
                         let _ = back.try_send(batch);
                     }

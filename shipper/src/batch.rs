@@ -57,6 +57,8 @@ pub struct Batch {
     /// The records as NDJSON, made on the tailer's thread when the sink wants NDJSON, so the
     /// shipping thread only writes: the two threads then share the work on two cores.
     ndjson: Option<Vec<u8>>,
+    /// The highest osquery outbox row in this batch: deleted from the outbox once acknowledged.
+    pub outbox_upto: Option<i64>,
 }
 
 impl Batch {
@@ -69,6 +71,7 @@ impl Batch {
             created: Instant::now(),
             generation,
             ndjson: None,
+            outbox_upto: None,
         }
     }
 
@@ -86,7 +89,7 @@ impl Batch {
 
     /// Nothing to send and nothing to commit.
     pub fn is_idle(&self) -> bool {
-        self.records.is_empty() && self.streams.is_empty()
+        self.records.is_empty() && self.streams.is_empty() && self.outbox_upto.is_none()
     }
 
     pub fn data_bytes(&self) -> usize {
@@ -157,6 +160,7 @@ impl Batch {
         }
         self.created = Instant::now();
         self.generation = generation;
+        self.outbox_upto = None;
         self
     }
 

@@ -29,6 +29,8 @@ type FileKey = (u64, u64);
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// How often the osquery outbox is looked at (osquery logs every few seconds at most).
+const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// How long an idle tailer lets wake-ups gather before acting on them.
 const COALESCE: Duration = Duration::from_millis(25);
 /// Events arriving faster than this cause at most one scan per interval.
@@ -102,6 +104,9 @@ pub struct Tailer {
     recycled: Option<Receiver<Batch>>,
     /// New configs from reloads and temporary overrides.
     configs: Option<Receiver<Arc<Config>>>,
+    /// What osquery logged through the extension, once it has made its outbox.
+    outbox: Option<crate::outbox::Outbox>,
+    last_outbox_poll: Instant,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
@@ -147,6 +152,8 @@ impl Tailer {
             tx,
             recycled: None,
             configs: None,
+            outbox: None,
+            last_outbox_poll: Instant::now() - OUTBOX_POLL,
             wakes,
             overflow,
             watch,
@@ -248,6 +255,7 @@ impl Tailer {
         }
         let worked = self.read_dirty()?;
         self.check_timers();
+        self.poll_outbox();
         if self.batch_due() && !self.ship() {
             return None;
         }
@@ -262,6 +270,49 @@ impl Tailer {
     /// Hands over the batch being built, due or not.
     pub fn flush(&mut self) -> bool {
         self.ship()
+    }
+
+    fn poll_outbox(&mut self) {
+        if self.last_outbox_poll.elapsed() < OUTBOX_POLL {
+            return;
+        }
+        self.last_outbox_poll = Instant::now();
+        if self.outbox.is_none() {
+            match crate::outbox::Outbox::open(&self.cfg.state_dir) {
+                Ok(o) => self.outbox = o,
+                Err(e) => {
+                    let path = crate::outbox::path(&self.cfg.state_dir);
+                    if self.alerted_paths.insert(path.clone()) {
+                        self.alert(
+                            "read_error",
+                            Some(crate::outbox::SOURCE),
+                            None,
+                            Some(&path),
+                            e.to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        let room = self.cfg.batch.max_records.saturating_sub(self.batch.len());
+        let Some(ob) = self.outbox.as_mut() else {
+            return;
+        };
+        if room == 0 {
+            return;
+        }
+        match ob.fill(&mut self.batch, room, now_ms()) {
+            Ok(n) => {
+                self.stats
+                    .records_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Reopened at the next poll; rows not acknowledged stay in the outbox.
+                tracing::warn!(error = %e, "cannot read the osquery outbox");
+                self.outbox = None;
+            }
+        }
     }
 
     fn drain_wakes(&mut self) {
