@@ -29,6 +29,8 @@ type FileKey = (u64, u64);
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// Streams whose file was let go are forgotten this long after they last moved.
+const FORGET_AFTER_SECS: i64 = 14 * 86_400;
 /// How often the osquery outbox is looked at (osquery logs every few seconds at most).
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// How long an idle tailer lets wake-ups gather before acting on them.
@@ -116,6 +118,7 @@ pub struct Tailer {
     /// files cost nothing between their own writes.
     dirty: HashSet<FileKey>,
     last_timers: Instant,
+    last_prune: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
     stats: Arc<TailStats>,
@@ -129,7 +132,14 @@ impl Tailer {
         stop: Arc<AtomicBool>,
         stats: Arc<TailStats>,
     ) -> Result<Tailer, crate::store::StoreError> {
-        let rows = store.lock().expect("store lock").load_streams()?;
+        let rows = {
+            let st = store.lock().expect("store lock");
+            let pruned = st.prune_streams(FORGET_AFTER_SECS)?;
+            if pruned > 0 {
+                tracing::info!(pruned, "forgot streams let go more than 14 days ago");
+            }
+            st.load_streams()?
+        };
         let (wake_tx, wakes) = crossbeam_channel::bounded(4096);
         let overflow = Arc::new(AtomicBool::new(false));
         let watch = match Watch::new(wake_tx, overflow.clone()) {
@@ -161,6 +171,7 @@ impl Tailer {
             buf: vec![0u8; READ_CHUNK],
             dirty: HashSet::new(),
             last_timers: Instant::now(),
+            last_prune: Instant::now(),
             last_scan: None,
             scan_requested: true,
             stats,
@@ -423,6 +434,7 @@ impl Tailer {
     fn scan(&mut self) {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         self.scan_requested = false;
+        self.prune();
         self.last_scan = Some(Instant::now());
         let (found, problems) = discover::scan(&self.cfg.sources);
         for p in problems {
@@ -493,6 +505,33 @@ impl Tailer {
         if let Some(w) = &mut self.watch {
             w.update(&self.cfg.sources, symlink_dirs);
         }
+    }
+
+    /// Once an hour, forget streams let go long ago, in the store and here.
+    fn prune(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let kept = {
+            let st = self.store.lock().expect("store lock");
+            match st
+                .prune_streams(FORGET_AFTER_SECS)
+                .and_then(|_| st.load_streams())
+            {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| r.stream)
+                    .collect::<HashSet<String>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune old streams");
+                    return;
+                }
+            }
+        };
+        let open: HashSet<String> = self.open.values().map(|t| t.id.clone()).collect();
+        self.registry
+            .retain(|id| kept.contains(id) || open.contains(id));
     }
 
     /// An open file found again, maybe under a new name (rename rotation within the globs).
