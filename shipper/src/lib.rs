@@ -19,6 +19,7 @@ pub mod config;
 pub mod discover;
 pub mod fingerprint;
 pub mod frame;
+pub mod monitor;
 pub mod query;
 pub mod read;
 pub mod record;
