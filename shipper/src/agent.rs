@@ -35,6 +35,11 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
+    Monitor {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Counters of the shipping side.
@@ -114,6 +119,30 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         ship: Arc::new(ShipStats::default()),
     };
     let cfg = Arc::new(cfg);
+    // Bound before the tailer starts, so a taken port fails the start instead of leaving the
+    // agent silently unmonitored. The handle stops and joins the monitor when dropped, also
+    // when `run` returns early with an error.
+    let _monitor = match cfg.monitor.listen {
+        Some(addr) => {
+            let fail = |source| AgentError::Monitor { addr, source };
+            let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+            let live = crate::status::Live {
+                tail: running.tail.clone(),
+                ship: running.ship.clone(),
+                started_at: crate::store::now_secs(),
+                // The first word of the description ("file /x", "stdout"), so new sink kinds
+                // need no change here.
+                sink_kind: sink.describe().split(' ').next().unwrap_or("").to_string(),
+                sink_description: sink.describe(),
+                pack_sources: vec![],
+            };
+            let cfg = cfg.clone();
+            let status = Arc::new(move || crate::status::Status::collect(&cfg, &live));
+            tracing::info!(%addr, "monitor listening");
+            Some(crate::monitor::Handle::spawn(listener, status).map_err(fail)?)
+        }
+        None => None,
+    };
     // A rendezvous: one batch being sent while the next is built, no more, so memory stays
     // bounded (two batches) when the sink is slow and the two threads still overlap.
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
