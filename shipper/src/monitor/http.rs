@@ -273,8 +273,11 @@ impl Response {
         for (n, v) in &self.headers {
             let _ = write!(out, "{n}: {v}\r\n");
         }
-        // Every answer is live data: a cached one would show a stale agent.
-        out.extend_from_slice(b"Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+        // Every answer is live data: a cached one would show a stale agent. nosniff keeps a
+        // browser from reading an error that echoes the request as anything but text.
+        out.extend_from_slice(
+            b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        );
         if !head_only {
             out.extend_from_slice(&self.body);
         }

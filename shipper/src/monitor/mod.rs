@@ -179,8 +179,7 @@ pub fn route(req: &Request, status: &(dyn Fn() -> Status + Send + Sync)) -> Resp
     }
     match req.path.as_str() {
         "/" => Response::new(200, "text/html; charset=utf-8", page::PAGE)
-            .with_header("Content-Security-Policy", page::CONTENT_SECURITY_POLICY)
-            .with_header("X-Content-Type-Options", "nosniff"),
+            .with_header("Content-Security-Policy", page::CONTENT_SECURITY_POLICY),
         "/metrics" => Response::new(200, metrics::CONTENT_TYPE, metrics::render(&status())),
         "/api/v1/status" => match serde_json::to_vec(&status()) {
             Ok(body) => Response::new(200, "application/json", body),
