@@ -20,6 +20,7 @@ pub mod control;
 pub mod discover;
 pub mod fingerprint;
 pub mod frame;
+pub mod monitor;
 pub mod outbox;
 pub mod query;
 pub mod read;
