@@ -206,6 +206,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     );
     let _ = tail_thread.join();
     stop.store(true, Ordering::SeqCst);
+    control::server::wake(&cfg.state_dir);
     for h in helpers {
         let _ = h.join();
     }
