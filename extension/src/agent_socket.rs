@@ -71,6 +71,11 @@ pub enum AgentSocketError {
     Closed(PathBuf),
     #[error("the control socket {path} answered something that is not a response: {detail}")]
     Garbled { path: PathBuf, detail: String },
+    #[error(
+        "an earlier request on the control socket {0} got no proper answer, so later answers \
+         on that connection cannot be matched to their requests"
+    )]
+    OutOfStep(PathBuf),
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -145,6 +150,9 @@ pub struct AgentClient {
     /// Bytes read past the last answer's newline (the agent answers one line per request, so
     /// this stays empty unless it misbehaves; kept so one answer is never mistaken for another).
     pending: Vec<u8>,
+    /// Set when an exchange failed midway: a late answer to it could arrive later and be taken
+    /// for the answer to the next request, so the connection is not used again.
+    out_of_step: bool,
 }
 
 impl AgentClient {
@@ -172,12 +180,22 @@ impl AgentClient {
             stream,
             timeouts,
             pending: Vec::new(),
+            out_of_step: false,
         })
     }
 
     /// Sends one request and waits at most `timeouts.answer` for its answer line. An `ok: false`
     /// answer is returned as it is: a refusal is the agent's word, not a socket failure.
     pub fn request(&mut self, req: &Request) -> Result<Response, AgentSocketError> {
+        if self.out_of_step {
+            return Err(AgentSocketError::OutOfStep(self.path.clone()));
+        }
+        let result = self.exchange(req);
+        self.out_of_step = result.is_err();
+        result
+    }
+
+    fn exchange(&mut self, req: &Request) -> Result<Response, AgentSocketError> {
         let deadline = Instant::now() + self.timeouts.answer;
         let mut line = serde_json::to_vec(req).expect("a request of strings serialises");
         line.push(b'\n');

@@ -67,8 +67,8 @@ impl AgentSource {
 
     /// One change request; `what` words the failure ("setting KEY").
     fn change(&self, req: &Request, what: &str) -> Result<(), Refused> {
-        // A panic while holding the lock cannot leave the client half-used in a way a later
-        // request would misread (each answer is a whole line), so a poisoned lock is taken over.
+        // A poisoned lock is taken over: the client itself records whether its connection is
+        // still in step (`AgentSocketError::OutOfStep`), which is all a later request needs.
         let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
         match client.request(req) {
             Ok(resp) if resp.ok => Ok(()),
