@@ -103,9 +103,19 @@ impl Standin {
             .unwrap_or_else(|e| panic!("stand-in command {c} failed: {e}"))
     }
 
+    /// Waits for the registration, then for the extension's own socket to answer: the extension
+    /// learns its uuid from the registration and only then binds `<socket>.<uuid>`, so a call
+    /// made the moment registration is seen can find no socket yet (osquery's watcher tolerates
+    /// one failed ping for the same reason). Without this wait the first call of a test failed
+    /// now and then on a loaded machine with "Could not connect to … em.sock.<uuid>".
     fn wait_registered(&mut self) -> i64 {
         let r = self.cmd(json!({"cmd": "wait_registered", "name": "log_sensor", "timeout": 60}));
-        r["uuid"].as_i64().unwrap()
+        let uuid = r["uuid"].as_i64().unwrap();
+        poll("the extension's socket to answer a ping", || {
+            let ping = self.try_cmd(json!({"cmd": "ping", "uuid": uuid})).ok()?;
+            (ping["code"] == 0).then_some(())
+        });
+        uuid
     }
 
     fn generate(&mut self, uuid: i64, table: &str, constraints: Value) -> Vec<Value> {
