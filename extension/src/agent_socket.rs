@@ -145,7 +145,9 @@ pub struct WireEntry {
 pub struct AgentClient {
     /// For error messages.
     path: PathBuf,
+    /// Kept across requests so a table write needs no second connect after its `list`.
     stream: UnixStream,
+    /// The bounds on every wait, so a wedged agent costs a table call seconds at most.
     timeouts: Timeouts,
     /// Bytes read past the last answer's newline (the agent answers one line per request, so
     /// this stays empty unless it misbehaves; kept so one answer is never mistaken for another).
