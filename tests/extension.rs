@@ -1620,3 +1620,55 @@ fn the_install_script_makes_a_file_osquery_will_autoload() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sticky bit"));
 }
+
+/// The whole way: osquery's logger call → the extension's outbox → the agent → its sink.
+#[test]
+fn what_osquery_logs_reaches_the_agents_sink_through_the_outbox() {
+    let fx = Fixture::new();
+    // Records go to a file here, so the test reads what the agent shipped.
+    let mut text = std::fs::read_to_string(fx.config()).unwrap();
+    text.push_str(
+        "\n[batch]\nmax_wait = \"100ms\"\n[sink]\ntype = \"file\"\npath = \"state/out.ndjson\"\n",
+    );
+    std::fs::write(fx.config(), text).unwrap();
+    let agent = Agent::start(&fx);
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    core.cmd(json!({"cmd": "logger_init", "uuid": uuid}));
+    let ev = core.cmd(
+        json!({"cmd": "log_results", "uuid": uuid, "name": "pack_nginx_errors", "mode": "event",
+        "added": [{"line": "a"}, {"line": "b"}], "removed": [{"line": "old"}]}),
+    );
+    for call in ev["calls"].as_array().unwrap() {
+        assert_eq!(call["code"], 0, "{call}");
+    }
+    let docs: Vec<String> = ev["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(docs.len(), 3);
+    let out = fx.state().join("out.ndjson");
+    let shipped = poll("osquery's results in the agent's sink", || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let recs: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r: &Value| r["source"] == "osquery")
+            .collect();
+        (recs.len() >= docs.len()).then_some(recs)
+    });
+    for (rec, doc) in shipped.iter().zip(&docs) {
+        assert_eq!(
+            rec["msg"].as_str().unwrap(),
+            doc,
+            "byte for byte, in order:\n{}",
+            agent.log()
+        );
+        assert_eq!(rec["stream"], "pack_nginx_errors");
+        assert_eq!(rec["host"], "test-host");
+    }
+    poll("the outbox emptied after acknowledgement", || {
+        (outbox_rows(&fx).is_empty()).then_some(())
+    });
+}
