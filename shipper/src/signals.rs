@@ -27,7 +27,10 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
             // SAFETY: waits on a valid set for one of its signals.
             let rc = unsafe { libc::sigwait(&set, &mut sig) };
             if rc == 0 {
-                tracing::info!(signal = sig, "stop requested; finishing the batch in flight");
+                tracing::info!(
+                    signal = sig,
+                    "stop requested; finishing the batch in flight"
+                );
                 flag.store(true, Ordering::SeqCst);
             }
         })
