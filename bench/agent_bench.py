@@ -98,7 +98,7 @@ def throughput(args):
     out = args.out or os.path.join(wd, "state", "out.ndjson")
     if os.path.exists(out):
         os.remove(out)
-    p = start_agent(args.bin, wd, '[sources.bench]\npaths = ["logs/input.log"]', out=out, sync=not args.no_sync)
+    p = start_agent(args.bin, wd, '[sources.bench]\npaths = ["logs/input.log"]', extra=args.extra.replace("\\n", "\n"), out=out, sync=not args.no_sync)
     while committed(wd)[0] < real:
         if p.poll() is not None:
             sys.exit(f"agent exited early: see {wd}/agent.err")
@@ -165,6 +165,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--out", help="the file sink's path (default: in the work dir; /dev/shm/x takes the disk out)")
     ap.add_argument("--no-sync", action="store_true", help="file sink without fdatasync")
+    ap.add_argument("--extra", default="", help='more config, e.g. \'[batch]\\nmax_bytes = "1MiB"\'')
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} missing: cargo build --release -p log-sensor")

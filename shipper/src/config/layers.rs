@@ -54,7 +54,7 @@ detect_compression = true
 multiline_timeout = "5s"
 [batch]
 max_records = 16384
-max_bytes = "2MiB"
+max_bytes = "1MiB"
 max_wait = "1s"
 [discovery]
 rescan_interval = "10s"

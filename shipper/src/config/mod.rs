@@ -271,7 +271,7 @@ impl Config {
             let mut r = TableReader::new("batch", t);
             let b = BatchConfig {
                 max_records: r.size("max_records", &mut issues).unwrap_or(16384) as usize,
-                max_bytes: r.size("max_bytes", &mut issues).unwrap_or(2 << 20) as usize,
+                max_bytes: r.size("max_bytes", &mut issues).unwrap_or(1 << 20) as usize,
                 max_wait: r
                     .duration("max_wait", &mut issues)
                     .unwrap_or(Duration::from_secs(1)),

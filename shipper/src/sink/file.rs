@@ -42,14 +42,14 @@ impl Sink for FileSink {
         if batch.is_empty() {
             return Ok(());
         }
-        self.buf.clear();
-        batch.write_ndjson(&mut self.buf);
         let name = self.describe();
         let fail = |e: std::io::Error| SinkError::Failed {
             sink: name.clone(),
             message: e.to_string(),
         };
-        self.file.write_all(&self.buf).map_err(fail)?;
+        // Encoded on the tailer's thread already; this thread only writes.
+        let bytes = batch.ndjson(&mut self.buf);
+        self.file.write_all(bytes).map_err(fail)?;
         if self.sync {
             self.file.sync_data().map_err(fail)?;
         }
