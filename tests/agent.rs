@@ -790,5 +790,8 @@ max_file_bytes = "1KiB""#,
     env.wait_msgs(&agent, &b);
     let alerts = env.query("SELECT stream, detail FROM alerts WHERE kind = 'file_too_large'");
     assert_eq!(alerts.len(), 1, "once per stream: {alerts:?}");
-    assert!(alerts[0]["detail"].as_str().unwrap().contains("max_file_bytes"));
+    assert!(alerts[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("max_file_bytes"));
 }

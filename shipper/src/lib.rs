@@ -11,12 +11,14 @@
 //! - [`sink`]: where batches go; one file per kind.
 //! - [`store`]: the SQLite store, the only code that touches the database.
 //! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
+//! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains.
 //! - [`query`]: read-only SQL over the store for `log-sensor query`.
 
 pub mod agent;
 pub mod batch;
 pub mod config;
 pub mod discover;
+pub mod enroll;
 pub mod fingerprint;
 pub mod frame;
 pub mod query;
@@ -26,3 +28,4 @@ pub mod signals;
 pub mod sink;
 pub mod store;
 pub mod tail;
+pub mod tls;

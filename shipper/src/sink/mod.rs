@@ -1,8 +1,10 @@
 //! Where batches go. A sink returns Ok only once the destination has the batch: that return is
 //! the acknowledgement after which offsets are committed.
 
+pub mod collector;
 mod file;
 mod stdout;
+pub mod syslog;
 
 pub use file::FileSink;
 pub use stdout::StdoutSink;
@@ -27,5 +29,7 @@ pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),
         SinkConfig::Stdout => Box::new(StdoutSink::new()),
+        SinkConfig::Collector(opts) => Box::new(collector::CollectorSink::open(opts)?),
+        SinkConfig::Syslog(opts) => Box::new(syslog::SyslogSink::open(opts)?),
     })
 }
