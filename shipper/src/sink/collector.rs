@@ -677,4 +677,49 @@ mod tests {
         assert!(Url::parse("https://x:99999").is_err());
         assert!(Url::parse("https://x/v1/ingest").is_err());
     }
+
+    fn parse(sink: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(
+            Path::new("/etc/ls/agent.toml"),
+            &format!("state_dir = \"/var/lib/ls\"\n[sink]\n{sink}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_defaults_to_the_enrolled_files_and_gzip() {
+        let c = parse("type = \"collector\"\nurl = \"https://c.example:8443\"").unwrap();
+        let crate::config::SinkConfig::Collector(o) = c.sink else {
+            panic!("not a collector sink")
+        };
+        assert_eq!(o.files.cert, Path::new("/var/lib/ls/tls/cert.pem"));
+        assert_eq!(o.files.key, Path::new("/var/lib/ls/tls/key.pem"));
+        assert_eq!(o.files.ca, Path::new("/var/lib/ls/tls/ca.pem"));
+        assert!(o.gzip);
+        assert!((o.renew_at - 2.0 / 3.0).abs() < 1e-9);
+        let c = parse("type = \"collector\"\nurl = \"https://c:1\"\ncompression = \"none\"\nca = \"ca.pem\"\nrenew_at = 0.5").unwrap();
+        let crate::config::SinkConfig::Collector(o) = c.sink else {
+            panic!("not a collector sink")
+        };
+        assert!(!o.gzip);
+        assert_eq!(o.files.ca, Path::new("/etc/ls/ca.pem"));
+        assert_eq!(o.renew_at, 0.5);
+    }
+
+    #[test]
+    fn config_errors_name_their_keys() {
+        let e = parse("type = \"collector\"\nurl = \"http://x\"\ncompression = \"zstd\"\nrenew_at = 1.5\nbogus = 1").unwrap_err();
+        for key in [
+            "sink.url",
+            "sink.compression",
+            "sink.renew_at",
+            "sink.bogus",
+        ] {
+            assert!(e.contains(key), "{key} missing in {e}");
+        }
+        let e = parse("type = \"collector\"").unwrap_err();
+        assert!(e.contains("sink.url: required"), "{e}");
+        let e = parse("type = \"file\"\npath = \"x\"\nrenew_at = 0.5").unwrap_err();
+        assert!(e.contains("sink.renew_at"), "{e}");
+    }
 }

@@ -525,4 +525,46 @@ mod tests {
         assert!(split_address("host").is_err());
         assert!(split_address("host:x").is_err());
     }
+
+    fn parse(sink: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(
+            std::path::Path::new("/etc/ls/agent.toml"),
+            &format!("[sink]\n{sink}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config() {
+        let c = parse(
+            "type = \"syslog\"\naddress = \"relay:6514\"\nca = \"ca.pem\"\nfacility = \"local3\"",
+        )
+        .unwrap();
+        let crate::config::SinkConfig::Syslog(o) = c.sink else {
+            panic!("not a syslog sink")
+        };
+        let t = o.tls.unwrap();
+        assert_eq!(t.ca, std::path::Path::new("/etc/ls/ca.pem"));
+        assert_eq!(t.server_name, "relay");
+        assert!(t.identity.is_none());
+        assert_eq!((o.facility, o.app_name.as_str()), (19, "log-sensor"));
+        let c = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false").unwrap();
+        assert!(matches!(
+            c.sink,
+            crate::config::SinkConfig::Syslog(SyslogOptions { tls: None, .. })
+        ));
+        let e = parse("type = \"syslog\"\naddress = \"relay\"\ncert = \"c.pem\"\nfacility = \"nope\"\napp_name = \"a b\"").unwrap_err();
+        for key in [
+            "sink.address",
+            "sink.ca",
+            "sink.key",
+            "sink.facility",
+            "sink.app_name",
+        ] {
+            assert!(e.contains(key), "{key} missing in {e}");
+        }
+        let e = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false\nca = \"x\"")
+            .unwrap_err();
+        assert!(e.contains("sink.tls"), "{e}");
+    }
 }
