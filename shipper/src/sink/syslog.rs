@@ -210,21 +210,18 @@ impl SyslogSink {
         s.sock
             .set_read_timeout(Some(VERDICT_WAIT))
             .map_err(|e| e.to_string())?;
+        let refused = "the receiver closed the connection right after the TLS handshake \
+                       (it refused our client certificate, or accepts no client from here)";
         let mut scratch = [0u8; 512];
         match s.read(&mut scratch) {
-            Ok(0) => {
-                return Err(
-                    "the receiver closed the connection right after the TLS handshake \
-                     (it refused our client certificate, or accepts no client from here)"
-                        .into(),
-                )
-            }
+            Ok(0) => return Err(refused.into()),
             Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
             Err(e) => {
                 return Err(tls_failure(
                     "the receiver ended the connection after the TLS handshake",
