@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The collector answers after its fsync; a slow disk under a 4 MiB batch stays well inside this.
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// The collector answers after its fsync; a slow disk under a 4 MiB batch stays well inside this,
+/// and a stopping agent (which cannot interrupt a request) waits at most this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The collector closes connections idle for 75 s; ours are retired before that, so a request
 /// never races the server's close.
 const MAX_IDLE: Duration = Duration::from_secs(60);

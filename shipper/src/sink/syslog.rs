@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A receiver applying backpressure is waited for; one stuck this long is given up on (the batch
-/// is re-sent on a new connection).
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// is re-sent on a new connection). A stopping agent waits at most this long for a stuck write.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a TLS handshake, how long a refusal of our certificate is waited for before data flows.
 const VERDICT_WAIT: Duration = Duration::from_millis(1000);
 /// Frames are written in pieces of about this size: memory stays flat whatever the batch.
