@@ -11,7 +11,7 @@
              collector acknowledged everything), CPU-seconds and peak RSS of both processes.
 
 Usage:
-  cargo build --release -p log-sensor -p log-sensor-collector --example shipping_receiver
+  cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver
   python3 bench/shipping_bench.py [syslog|collector|all] [--lines 2000000]
           [--workdir /var/tmp/log-sensor-shipbench] [--target target]
 
@@ -158,7 +158,7 @@ def main():
     args.receiver = os.path.join(rel, "examples", "shipping_receiver")
     for b in (args.bin, args.collector, args.receiver):
         if not os.path.exists(b):
-            sys.exit(f"{b} missing: cargo build --release -p log-sensor -p log-sensor-collector "
+            sys.exit(f"{b} missing: cargo build --release -p log-sensor -p log-sensor-collector --bins "
                      f"--example shipping_receiver")
     os.makedirs(args.workdir, exist_ok=True)
     log = os.path.join(args.workdir, "input.log")

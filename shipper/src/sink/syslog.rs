@@ -2,8 +2,9 @@
 //! or plain TCP, for the rsyslog and syslog-ng relays fleets already run.
 //!
 //! Each record is one message:
-//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - - [logsensor@32473 host=… source=… stream=… path=…
-//! offset=… len=… part=…] MSG`. 32473 is the private enterprise number RFC 5612 reserves for
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - - [logsensor@32473 source=… stream=… path=… offset=…
+//! part=…] MSG`, plus `host=` when HOSTNAME had to be altered to fit RFC 5424, and `len=` (the
+//! original length) on `head` / `tail` parts of an over-long record. 32473 is the private enterprise number RFC 5612 reserves for
 //! documentation; the SD-ID names this agent's parameters without claiming a registered number.
 //! MSG is the record's bytes when they are UTF-8 (no BOM: receivers print a BOM as junk), and
 //! otherwise their standard base64 with `enc="base64"` added to the structured data, so no
@@ -12,8 +13,8 @@
 //! RFC 5425 has no acknowledgement, so Ok here means (see README, "The syslog sink's
 //! guarantee"): every byte was written, the receiver's TCP stack acknowledged all of them (our
 //! send queue is empty), and afterwards the connection was still open (no EOF, reset or TLS
-//! alert). A fresh TLS connection additionally waits `VERDICT_WAIT` after its handshake before
-//! the first byte of data: with TLS 1.3 a receiver that refuses our certificate (rsyslog's
+//! alert). A fresh TLS connection additionally waits for a refusal after its handshake (250 ms
+//! plus twice the handshake's duration) before the first byte of data: with TLS 1.3 a receiver that refuses our certificate (rsyslog's
 //! `x509/name`) does so only after the client already believes the handshake done.
 
 use super::{Sink, SinkError};
@@ -33,8 +34,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A receiver applying backpressure is waited for; one stuck this long is given up on (the batch
 /// is re-sent on a new connection). A stopping agent waits at most this long for a stuck write.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// After a TLS handshake, how long a refusal of our certificate is waited for before data flows.
-const VERDICT_WAIT: Duration = Duration::from_millis(1000);
+/// After a TLS handshake, how long a refusal of our certificate is waited for before data flows:
+/// this floor plus twice the handshake's own duration (about four round trips, so a distant relay
+/// gets the time its refusal needs to travel back), capped.
+const VERDICT_FLOOR: Duration = Duration::from_millis(250);
+const VERDICT_CAP: Duration = Duration::from_secs(5);
 /// Frames are written in pieces of about this size: memory stays flat whatever the batch.
 const CHUNK: usize = 256 * 1024;
 /// informational: log lines carry their own level in the text; the relay should not guess one.
@@ -189,6 +193,7 @@ impl SyslogSink {
             }
         }
         let tcp = tcp.ok_or_else(|| format!("cannot connect: {last}"))?;
+        let started = Instant::now();
         tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
         let (Some(config), Some(t)) = (&self.config, &self.opts.tls) else {
@@ -206,9 +211,10 @@ impl SyslogSink {
                 .map_err(|e| tls_failure("TLS handshake failed", &e))?;
         }
         // The receiver's verdict on our certificate: rsyslog checks it after the handshake and
-        // closes with an alert. Silence for VERDICT_WAIT is taken as acceptance.
+        // closes with an alert. Silence for this long is taken as acceptance.
+        let verdict = (VERDICT_FLOOR + started.elapsed() * 2).min(VERDICT_CAP);
         s.sock
-            .set_read_timeout(Some(VERDICT_WAIT))
+            .set_read_timeout(Some(verdict))
             .map_err(|e| e.to_string())?;
         let refused = "the receiver closed the connection right after the TLS handshake \
                        (it refused our client certificate, or accepts no client from here)";
@@ -257,9 +263,14 @@ impl SyslogSink {
                     p.extend_from_slice(host.as_bytes());
                     p.push(b' ');
                     p.extend_from_slice(self.opts.app_name.as_bytes());
-                    p.extend_from_slice(b" - - [logsensor@32473 host=\"");
-                    sd_escape(&mut p, rec.host.as_bytes());
-                    p.extend_from_slice(b"\" source=\"");
+                    p.extend_from_slice(b" - - [logsensor@32473");
+                    // HOSTNAME carries the host unless it had to be altered to fit the header.
+                    if host != rec.host {
+                        p.extend_from_slice(b" host=\"");
+                        sd_escape(&mut p, rec.host.as_bytes());
+                        p.push(b'"');
+                    }
+                    p.extend_from_slice(b" source=\"");
                     sd_escape(&mut p, rec.stream.source.as_bytes());
                     p.extend_from_slice(b"\" stream=\"");
                     sd_escape(&mut p, rec.stream.id.as_bytes());
@@ -274,8 +285,11 @@ impl SyslogSink {
             m.extend_from_slice(ts.as_bytes());
             m.extend_from_slice(prefix);
             m.extend_from_slice(num.format(rec.offset).as_bytes());
-            m.extend_from_slice(b"\" len=\"");
-            m.extend_from_slice(num.format(rec.len).as_bytes());
+            // A whole record's length is its message's; head and tail parts carry the original.
+            if rec.part != crate::frame::Part::Whole {
+                m.extend_from_slice(b"\" len=\"");
+                m.extend_from_slice(num.format(rec.len).as_bytes());
+            }
             m.extend_from_slice(b"\" part=\"");
             m.extend_from_slice(rec.part.as_str().as_bytes());
             if std::str::from_utf8(rec.bytes).is_ok() {
@@ -318,7 +332,7 @@ impl SyslogSink {
 /// Waits until the receiver's TCP stack has acknowledged every byte we sent.
 fn wait_drained(sock: &TcpStream) -> Result<(), String> {
     let deadline = Instant::now() + IO_TIMEOUT;
-    let mut pause = Duration::from_micros(50);
+    let mut pause = Duration::from_micros(20);
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket descriptor we own.
@@ -339,7 +353,7 @@ fn wait_drained(sock: &TcpStream) -> Result<(), String> {
             ));
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
+        pause = (pause * 2).min(Duration::from_millis(1));
     }
 }
 
