@@ -757,10 +757,13 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
     let pki = Pki::new(&tmp.path().join("pki"));
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "client"), "max_records = 700");
-    // A file name needing SD escaping, and one record that is not UTF-8.
+    // A file name needing SD escaping, one record over max_record_bytes (64 KiB: shipped as its
+    // head and its tail) and one record that is not UTF-8.
     let log = agent.p("logs/we]ird\"name.log");
     let want = lines("syslog", 5000);
     append_lines(&log, &want);
+    let long = format!("long-{}", "x".repeat(69_995));
+    append_lines(&log, std::slice::from_ref(&long));
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -772,24 +775,28 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
         offsets.insert(at, l.clone());
         at += l.len() as u64 + 1;
     }
-    let bin_offset = at;
-    let total = at + b"bin \xff\xfe end\n".len() as u64;
+    let long_offset = at;
+    let tail_offset = at + 70_000 - 65_536;
+    offsets.insert(long_offset, long[..65_536].to_string());
+    offsets.insert(tail_offset, long[70_000 - 65_536..].to_string());
+    let bin_offset = at + 70_001;
+    let total = bin_offset + b"bin \xff\xfe end\n".len() as u64;
+    let expected = want.len() + 3;
 
     let a = agent.start();
     wait_for(
         &format!(
-            "{} messages at rsyslog; agent stderr:\n{}",
-            want.len() + 1,
+            "{expected} messages at rsyslog; agent stderr:\n{}",
             tail(&a.stderr_text())
         ),
         PATIENCE * 2,
-        || rs.received().len() > want.len(),
+        || rs.received().len() >= expected,
     );
     wait_for("every offset committed", PATIENCE, || {
         agent.committed() == total
     });
     let got = rs.received();
-    assert_eq!(got.len(), want.len() + 1, "each record exactly once");
+    assert_eq!(got.len(), expected, "each record exactly once");
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for (host, app, sd, msg) in &got {
         assert_eq!(host, HOST);
@@ -803,9 +810,23 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
             "escaped path in {sd}"
         );
         assert_eq!(sd_param(sd, "stream").map(|s| s.len()), Some(16));
-        assert_eq!(sd_param(sd, "part").as_deref(), Some("whole"));
         let offset: u64 = sd_param(sd, "offset").unwrap().parse().unwrap();
         *seen.entry(offset).or_default() += 1;
+        let part = sd_param(sd, "part").unwrap();
+        if offset == long_offset || offset == tail_offset {
+            assert_eq!(
+                part,
+                if offset == long_offset {
+                    "head"
+                } else {
+                    "tail"
+                }
+            );
+            assert_eq!(sd_param(sd, "len").as_deref(), Some("70000"));
+            assert_eq!(Some(msg), offsets.get(&offset), "{part} of the long record");
+            continue;
+        }
+        assert_eq!(part, "whole");
         if offset == bin_offset {
             assert_eq!(sd_param(sd, "enc").as_deref(), Some("base64"));
             use base64::Engine;
@@ -827,7 +848,7 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
         }
     }
     assert!(seen.values().all(|&n| n == 1));
-    assert_eq!(seen.len(), want.len() + 1);
+    assert_eq!(seen.len(), expected);
 }
 
 #[test]
