@@ -52,11 +52,16 @@ def agent_dir(wd, log, sink, max_wait):
     return os.path.join(wd, "agent.toml")
 
 
-def run_agent(bin_, cfg, wd, size, done_extra=lambda: True):
-    """Starts the agent, waits until every offset is committed; returns (elapsed, cpu, rss)."""
+def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
+    """Starts the agent, waits until every offset is committed; returns (elapsed, cpu, rss).
+    With `profile` (a path), the agent runs under `perf record -g` writing there."""
     err = open(os.path.join(wd, "agent.err"), "w")
     t0 = time.monotonic()
-    p = subprocess.Popen([bin_, "-c", cfg, "run"], stderr=err, stdin=subprocess.DEVNULL)
+    cmd = [bin_, "-c", cfg, "run"]
+    if profile:
+        # perf execs the agent: the pid measured below is the agent's own.
+        cmd = ["perf", "record", "-g", "-o", profile, "--"] + cmd
+    p = subprocess.Popen(cmd, stderr=err, stdin=subprocess.DEVNULL)
     while not done_extra() or committed(wd)[0] < size:
         if p.poll() is not None:
             sys.exit(f"agent exited early: see {wd}/agent.err")
@@ -142,7 +147,18 @@ def collector(args, log, size, n):
                         "--user", "bench", "--password-file", pw, "--ca", os.path.join(cdir, "ca.pem")],
                        check=True, stdout=subprocess.DEVNULL)
         c0 = cpu_seconds(srv.pid)
-        elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size)
+        prof = None
+        if args.profile:
+            # Where the collector's time goes (perf must be allowed here).
+            prof = subprocess.Popen(["perf", "record", "-g", "-o",
+                                     os.path.join(args.workdir, f"collector-{compression}.perf"),
+                                     "-p", str(srv.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, profile=os.path.join(
+            args.workdir, f"agent-{compression}.perf") if args.profile else None)
+        if prof:
+            prof.send_signal(signal.SIGINT)
+            prof.wait(60)
         ccpu, crss = cpu_seconds(srv.pid) - c0, peak_rss_mib(srv.pid)
         srv.send_signal(signal.SIGTERM)
         srv.wait(30)
@@ -164,6 +180,8 @@ def main():
     # The last, partial batch closes max_wait after its first record (the agent's default is 1s),
     # which is part of every figure: pass a shorter one to see the sink's own rate.
     ap.add_argument("--max-wait", default="1s")
+    ap.add_argument("--profile", action="store_true",
+                    help="perf record the collector and the agent into WORKDIR/{collector,agent}-{none,gzip}.perf")
     args = ap.parse_args()
     rel = os.path.join(args.target, "release")
     args.bin = os.path.join(rel, "log-sensor")
