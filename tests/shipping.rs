@@ -159,6 +159,11 @@ impl Agent {
     /// A folder with `logs/` and a config shipping `logs/*.log` to the given `[sink]` body.
     fn new(sink: &str, batch: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        let max_wait = if batch.contains("max_wait") {
+            ""
+        } else {
+            "max_wait = \"100ms\""
+        };
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         std::fs::write(
             dir.path().join("agent.toml"),
@@ -169,7 +174,7 @@ state_dir = "state"
 [sources.app]
 paths = ["logs/*.log"]
 [batch]
-max_wait = "100ms"
+{max_wait}
 {batch}
 [discovery]
 rescan_interval = "500ms"
@@ -362,6 +367,33 @@ fn enrol_then_ship_stores_every_record_exactly_once() {
     wait_for("the offsets to be committed", PATIENCE, || {
         agent.committed() == size
     });
+}
+
+#[test]
+fn a_batch_larger_than_the_collectors_limit_is_sent_in_pieces() {
+    // The collector takes at most 20 MiB per request; one agent batch holds about 45 MiB of
+    // NDJSON. Sent whole it would be refused (413) forever.
+    let mut c = Collector::new(|cfg| {
+        assert!(cfg.contains("max_batch_bytes = 67108864"), "{cfg}");
+        *cfg = cfg.replace("max_batch_bytes = 67108864", "max_batch_bytes = 20971520");
+    });
+    c.start();
+    let agent = Agent::new(
+        &collector_sink(&c, "compression = \"none\""),
+        "max_records = 1000000\nmax_bytes = \"64MiB\"\nmax_wait = \"3s\"",
+    );
+    agent.enroll_ok(&c);
+    let want: Vec<String> = (0..100_000)
+        .map(|i| format!("big batch line {i:07} {}", "q".repeat(180)))
+        .collect();
+    append_lines(&agent.p("logs/app.log"), &want);
+    let a = agent.start();
+    assert_stored_exactly_once(&c, &a, &want);
+    assert!(
+        !a.stderr_text().contains("413"),
+        "{}",
+        tail(&a.stderr_text())
+    );
 }
 
 #[test]

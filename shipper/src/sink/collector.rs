@@ -32,6 +32,9 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// A failed renewal is tried again after this long (the current certificate still works).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Largest NDJSON body per request: well under the collector's default `max_batch_bytes`
+/// (64 MiB, counted after gzip decoding), whatever `batch.max_bytes` is.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// `https://host[:port]`, as the config and `enroll --server` give it.
 #[derive(Debug, Clone)]
@@ -577,53 +580,38 @@ impl CollectorSink {
         Ok(&mut self.conn.as_mut().expect("connected").0)
     }
 
-    fn encode(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        self.body.clear();
-        batch.write_ndjson(&mut self.body);
-        if self.gzip {
-            self.gz.clear();
-            // Level 1: most of gzip's saving on log text at a fraction of its CPU.
-            let mut enc = flate2::write::GzEncoder::new(
-                std::mem::take(&mut self.gz),
-                flate2::Compression::fast(),
-            );
-            enc.write_all(&self.body)
-                .map_err(|e| self.fail(format!("gzip: {e}")))?;
-            self.gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
+    /// Posts one NDJSON body (gzipped when configured) until the collector's 200 acknowledges it.
+    fn post(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
+        if !self.gzip {
+            return self.post_body(ndjson);
         }
-        Ok(())
+        let mut gz = std::mem::take(&mut self.gz);
+        gz.clear();
+        // Level 1: most of gzip's saving on log text at a fraction of its CPU.
+        let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+        enc.write_all(ndjson)
+            .map_err(|e| self.fail(format!("gzip: {e}")))?;
+        let gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
+        let result = self.post_body(&gz);
+        self.gz = gz;
+        result
     }
-}
 
-impl Sink for CollectorSink {
-    fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        if batch.is_empty() {
-            return Ok(());
+    fn post_body(&mut self, body: &[u8]) -> Result<(), SinkError> {
+        let mut headers = vec![("Content-Type", "application/x-ndjson")];
+        if self.gzip {
+            headers.push(("Content-Encoding", "gzip"));
         }
-        self.encode(batch)?;
-        let gzip = self.gzip;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let body = std::mem::take(if gzip { &mut self.gz } else { &mut self.body });
-            let mut headers = vec![("Content-Type", "application/x-ndjson")];
-            if gzip {
-                headers.push(("Content-Encoding", "gzip"));
-            }
-            let result = self.connection().map(|c| {
+            let (result, reused) = {
+                let c = self.connection()?;
                 let reused = c.answered > 0;
-                (c.request("POST", "/v1/ingest", &headers, &body), reused)
-            });
-            *(if gzip { &mut self.gz } else { &mut self.body }) = body;
-            let (result, reused) = result?;
+                (c.request("POST", "/v1/ingest", &headers, body), reused)
+            };
             match result {
-                Ok(resp) if resp.status == 200 => {
-                    if self.body.capacity() > 64 << 20 {
-                        self.body = Vec::new();
-                        self.gz = Vec::new();
-                    }
-                    return Ok(());
-                }
+                Ok(resp) if resp.status == 200 => return Ok(()),
                 Ok(resp) => {
                     self.conn = None;
                     let why = match resp.code().as_deref() {
@@ -632,6 +620,9 @@ impl Sink for CollectorSink {
                         }
                         Some("certificate_expired") => {
                             "our client certificate is EXPIRED; re-enrol with `log-sensor enroll`"
+                        }
+                        Some("host_mismatch") => {
+                            "the config's host_id is not the host our certificate was issued for; re-enrol with `log-sensor enroll`"
                         }
                         _ => "the batch was not acknowledged",
                     };
@@ -656,6 +647,51 @@ impl Sink for CollectorSink {
             }
         }
     }
+}
+
+/// The NDJSON cut at line ends into pieces of at most `max` bytes (a longer line is a piece of
+/// its own), so a large batch never meets the collector's `max_batch_bytes` (413).
+fn pieces(ndjson: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ndjson.len() {
+        let mut end = (start + max).min(ndjson.len());
+        if end < ndjson.len() {
+            end = match ndjson[start..end].iter().rposition(|&b| b == b'\n') {
+                Some(i) => start + i + 1,
+                None => memchr::memchr(b'\n', &ndjson[end..])
+                    .map(|i| end + i + 1)
+                    .unwrap_or(ndjson.len()),
+            };
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+impl Sink for CollectorSink {
+    fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut ndjson = std::mem::take(&mut self.body);
+        ndjson.clear();
+        batch.write_ndjson(&mut ndjson);
+        // In order, each acknowledged before the next: the collector's high-water marks then
+        // make a re-sent piece harmless, and the batch is Ok only once every piece is.
+        let mut result = Ok(());
+        for r in pieces(&ndjson, MAX_REQUEST_BYTES) {
+            result = self.post(&ndjson[r]);
+            if result.is_err() {
+                break;
+            }
+        }
+        if ndjson.capacity() <= 64 << 20 {
+            self.body = ndjson;
+        }
+        result
+    }
 
     fn describe(&self) -> String {
         format!("collector {}", self.shared.url)
@@ -677,6 +713,16 @@ mod tests {
         assert!(Url::parse("http://x").is_err());
         assert!(Url::parse("https://x:99999").is_err());
         assert!(Url::parse("https://x/v1/ingest").is_err());
+    }
+
+    #[test]
+    fn pieces_end_at_line_ends_and_cover_everything() {
+        let text = b"aaaa\nbb\ncccccccccc\nd\n";
+        let p = pieces(text, 6);
+        assert_eq!(p, vec![0..5, 5..8, 8..19, 19..21]);
+        assert_eq!(pieces(text, 1000), vec![0..text.len()]);
+        assert!(pieces(b"", 10).is_empty());
+        assert_eq!(pieces(b"no newline", 3), vec![0..10]);
     }
 
     fn parse(sink: &str) -> Result<crate::config::Config, String> {
