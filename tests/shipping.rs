@@ -884,12 +884,13 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
 }
 
 #[test]
-fn syslog_refused_client_certificate_commits_nothing() {
+fn syslog_refused_client_certificate_commits_nothing_until_a_good_one_is_in_place() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "wrong"), "");
-    append_lines(&agent.p("logs/app.log"), &lines("refused", 50));
+    let want = lines("refused", 50);
+    append_lines(&agent.p("logs/app.log"), &want);
     let a = agent.start();
     wait_for(
         &format!(

@@ -153,6 +153,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError
     Ok(())
 }
 
+/// Identifies a version of some files (mtime, inode, size), so a change on disk is noticed with a
+/// few `stat`s. A missing file stamps as zeros.
+pub type Stamp = Vec<(i64, i64, u64, u64)>;
+
+pub fn stamp(paths: &[&Path]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .map(|m| (m.mtime(), m.mtime_nsec(), m.ino(), m.len()))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A client config rebuilt whenever one of its files changed on disk (a rotated certificate is
+/// used from the next connection on, without a restart).
+pub struct Reloading {
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    current: Option<(Stamp, Arc<ClientConfig>)>,
+}
+
+impl Reloading {
+    pub fn new(ca: PathBuf, identity: Option<(PathBuf, PathBuf)>) -> Reloading {
+        Reloading {
+            ca,
+            identity,
+            current: None,
+        }
+    }
+
+    pub fn get(&mut self) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut paths = vec![self.ca.as_path()];
+        if let Some((c, k)) = &self.identity {
+            paths.extend([c.as_path(), k.as_path()]);
+        }
+        let now = stamp(&paths);
+        match &self.current {
+            Some((s, config)) if *s == now => Ok(config.clone()),
+            _ => {
+                let config = make_config(
+                    ServerTrust::Ca(&self.ca),
+                    self.identity
+                        .as_ref()
+                        .map(|(c, k)| (c.as_path(), k.as_path())),
+                )?;
+                self.current = Some((now, config.clone()));
+                Ok(config)
+            }
+        }
+    }
+}
+
 /// Accepts any server certificate (signatures are still checked, so the handshake is sound; the
 /// server's identity is not). Used only for `enroll --insecure-first-contact`.
 #[derive(Debug)]

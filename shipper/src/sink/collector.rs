@@ -16,8 +16,7 @@ use crate::tls::{self, ServerTrust, TlsError};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -371,22 +370,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Identifies a version of the three files, so a change on disk is noticed with three stats.
-type Stamp = [(i64, i64, u64, u64); 3];
-
-fn stamp(files: &TlsFiles) -> Stamp {
-    let one = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| (m.mtime(), m.mtime_nsec(), m.ino(), m.len()))
-            .unwrap_or_default()
-    };
-    [one(&files.ca), one(&files.cert), one(&files.key)]
-}
-
 /// The client config built from one version of the files, and the certificate's validity.
 struct Identity {
     config: Arc<ClientConfig>,
-    stamp: Stamp,
+    stamp: tls::Stamp,
     not_before: i64,
     not_after: i64,
 }
@@ -406,8 +393,8 @@ impl Shared {
     /// The current client config, re-read if a file changed (renewal, re-enrolment).
     fn identity(&self) -> Result<(Arc<ClientConfig>, i64, i64), TlsError> {
         let mut slot = self.identity.lock().expect("identity lock");
-        let now = stamp(&self.files);
-        if slot.as_ref().map(|i| i.stamp) != Some(now) {
+        let now = tls::stamp(&[&self.files.ca, &self.files.cert, &self.files.key]);
+        if slot.as_ref().map(|i| &i.stamp) != Some(&now) {
             let config = tls::make_config(
                 ServerTrust::Ca(&self.files.ca),
                 Some((&self.files.cert, &self.files.key)),
@@ -701,6 +688,7 @@ impl Sink for CollectorSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn urls() {

@@ -19,15 +19,14 @@
 
 use super::{Sink, SinkError};
 use crate::batch::{Batch, StreamMeta};
-use crate::tls::{self, ServerTrust};
+use crate::tls;
 use base64::Engine;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls::{ClientConnection, StreamOwned};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,7 +134,8 @@ impl Conn {
 
 pub struct SyslogSink {
     opts: SyslogOptions,
-    config: Option<Arc<ClientConfig>>,
+    /// Re-read when the CA, certificate or key change on disk.
+    config: Option<tls::Reloading>,
     conn: Option<Conn>,
     /// Frames waiting to be written (up to about `CHUNK`).
     buf: Vec<u8>,
@@ -146,16 +146,15 @@ pub struct SyslogSink {
 impl SyslogSink {
     pub fn open(opts: &SyslogOptions) -> Result<SyslogSink, SinkError> {
         let config = match &opts.tls {
-            Some(t) => Some(
-                tls::make_config(
-                    ServerTrust::Ca(&t.ca),
-                    t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                )
-                .map_err(|e| SinkError::Failed {
+            Some(t) => {
+                let mut r = tls::Reloading::new(t.ca.clone(), t.identity.clone());
+                // Unreadable files are a start-up error, not a retry loop.
+                r.get().map_err(|e| SinkError::Failed {
                     sink: describe(opts),
                     message: e.to_string(),
-                })?,
-            ),
+                })?;
+                Some(r)
+            }
             None => None,
         };
         Ok(SyslogSink {
@@ -174,7 +173,7 @@ impl SyslogSink {
         }
     }
 
-    fn connect(&self) -> Result<Conn, String> {
+    fn connect(&mut self) -> Result<Conn, String> {
         let addrs: Vec<_> = self
             .opts
             .address
@@ -196,11 +195,12 @@ impl SyslogSink {
         let started = Instant::now();
         tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        let (Some(config), Some(t)) = (&self.config, &self.opts.tls) else {
+        let (Some(config), Some(t)) = (&mut self.config, &self.opts.tls) else {
             return Ok(Conn::Plain(tcp));
         };
+        let config = config.get().map_err(|e| e.to_string())?;
         let name = tls::server_name(&t.server_name).map_err(|e| e.to_string())?;
-        let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
         let mut s = StreamOwned::new(conn, tcp);
         s.sock
             .set_read_timeout(Some(IO_TIMEOUT))
