@@ -99,7 +99,8 @@ def syslog(args, log, size, n):
             return 0, 0
 
     t0 = time.monotonic()
-    elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, lambda: received()[1] >= n)
+    elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, lambda: received()[1] >= n,
+                                  profile=os.path.join(args.workdir, "agent-syslog.perf") if args.profile else None)
     steady = t0 + elapsed - first[0]
     rcpu = cpu_seconds(recv.pid)
     wire, msgs = received()
@@ -181,7 +182,7 @@ def main():
     # which is part of every figure: pass a shorter one to see the sink's own rate.
     ap.add_argument("--max-wait", default="1s")
     ap.add_argument("--profile", action="store_true",
-                    help="perf record the collector and the agent into WORKDIR/{collector,agent}-{none,gzip}.perf")
+                    help="perf record the agent (and the collector) into WORKDIR/*.perf")
     args = ap.parse_args()
     rel = os.path.join(args.target, "release")
     args.bin = os.path.join(rel, "log-sensor")

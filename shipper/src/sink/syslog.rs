@@ -22,7 +22,6 @@ use crate::batch::{Batch, StreamMeta};
 use crate::tls;
 use base64::Engine;
 use rustls::{ClientConnection, StreamOwned};
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
@@ -139,7 +138,7 @@ pub struct SyslogSink {
     conn: Option<Conn>,
     /// Frames waiting to be written (up to about `CHUNK`).
     buf: Vec<u8>,
-    /// One message being built, before its length prefix is known.
+    /// The base64 of a record that is not UTF-8.
     msg: Vec<u8>,
 }
 
@@ -241,12 +240,21 @@ impl SyslogSink {
         Ok(Conn::Tls(Box::new(s)))
     }
 
-    /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes.
+    /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes. The frame is
+    /// assembled in place from its pieces (the length prefix is their sum), so a record's bytes
+    /// are copied once.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), String> {
-        let mut prefixes: HashMap<*const StreamMeta, Vec<u8>> = HashMap::new();
+        // Per stream, the header and SD up to `offset="`; the last one used is checked first
+        // (records of a stream come in runs).
+        let mut prefixes: Vec<(*const StreamMeta, Vec<u8>)> = Vec::new();
+        let mut last = usize::MAX;
         let mut last_ts = i64::MIN;
         let mut ts = String::new();
-        let mut num = itoa::Buffer::new();
+        let (mut num_offset, mut num_len, mut num_frame) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
         let pri = format!("<{}>1 ", self.opts.facility * 8 + SEVERITY);
         let host = header_field(&batch.host, 255);
         self.buf.clear();
@@ -255,62 +263,60 @@ impl SyslogSink {
                 last_ts = rec.ts_ms;
                 ts = crate::record::rfc3339_ms(rec.ts_ms);
             }
-            let prefix = prefixes
-                .entry(rec.stream as *const StreamMeta)
-                .or_insert_with(|| {
-                    let mut p = Vec::with_capacity(200);
-                    p.extend_from_slice(b" ");
-                    p.extend_from_slice(host.as_bytes());
-                    p.push(b' ');
-                    p.extend_from_slice(self.opts.app_name.as_bytes());
-                    p.extend_from_slice(b" - - [logsensor@32473");
-                    // HOSTNAME carries the host unless it had to be altered to fit the header.
-                    if host != rec.host {
-                        p.extend_from_slice(b" host=\"");
-                        sd_escape(&mut p, rec.host.as_bytes());
-                        p.push(b'"');
+            let key = rec.stream as *const StreamMeta;
+            if prefixes.get(last).map(|p| p.0) != Some(key) {
+                last = match prefixes.iter().position(|p| p.0 == key) {
+                    Some(i) => i,
+                    None => {
+                        prefixes.push((key, self.stream_prefix(&host, &rec)));
+                        prefixes.len() - 1
                     }
-                    p.extend_from_slice(b" source=\"");
-                    sd_escape(&mut p, rec.stream.source.as_bytes());
-                    p.extend_from_slice(b"\" stream=\"");
-                    sd_escape(&mut p, rec.stream.id.as_bytes());
-                    p.extend_from_slice(b"\" path=\"");
-                    sd_escape(&mut p, rec.stream.path.as_bytes());
-                    p.extend_from_slice(b"\" offset=\"");
-                    p
-                });
-            let m = &mut self.msg;
-            m.clear();
-            m.extend_from_slice(pri.as_bytes());
-            m.extend_from_slice(ts.as_bytes());
-            m.extend_from_slice(prefix);
-            m.extend_from_slice(num.format(rec.offset).as_bytes());
+                };
+            }
+            let prefix = &prefixes[last].1;
+            let offset = num_offset.format(rec.offset).as_bytes();
             // A whole record's length is its message's; head and tail parts carry the original.
-            if rec.part != crate::frame::Part::Whole {
-                m.extend_from_slice(b"\" len=\"");
-                m.extend_from_slice(num.format(rec.len).as_bytes());
-            }
-            m.extend_from_slice(b"\" part=\"");
-            m.extend_from_slice(rec.part.as_str().as_bytes());
-            if std::str::from_utf8(rec.bytes).is_ok() {
-                m.extend_from_slice(b"\"] ");
-                m.extend_from_slice(rec.bytes);
+            let len: &[u8] = if rec.part == crate::frame::Part::Whole {
+                b""
             } else {
-                m.extend_from_slice(b"\" enc=\"base64\"] ");
-                let start = m.len();
-                m.resize(
-                    start + base64::encoded_len(rec.bytes.len(), true).unwrap_or(0),
-                    0,
-                );
+                num_len.format(rec.len).as_bytes()
+            };
+            let utf8 = std::str::from_utf8(rec.bytes).is_ok();
+            let body: &[u8] = if utf8 {
+                rec.bytes
+            } else {
+                let m = &mut self.msg;
+                m.resize(base64::encoded_len(rec.bytes.len(), true).unwrap_or(0), 0);
                 let n = base64::engine::general_purpose::STANDARD
-                    .encode_slice(rec.bytes, &mut m[start..])
+                    .encode_slice(rec.bytes, &mut m[..])
                     .unwrap_or(0);
-                m.truncate(start + n);
-            }
+                m.truncate(n);
+                m
+            };
+            let enc: &[u8] = if utf8 {
+                b"\"] "
+            } else {
+                b"\" enc=\"base64\"] "
+            };
+            let pieces: [&[u8]; 9] = [
+                pri.as_bytes(),
+                ts.as_bytes(),
+                prefix,
+                offset,
+                if len.is_empty() { b"" } else { b"\" len=\"" },
+                len,
+                b"\" part=\"",
+                rec.part.as_str().as_bytes(),
+                enc,
+            ];
+            let size = pieces.iter().map(|p| p.len()).sum::<usize>() + body.len();
             self.buf
-                .extend_from_slice(num.format(self.msg.len()).as_bytes());
+                .extend_from_slice(num_frame.format(size).as_bytes());
             self.buf.push(b' ');
-            self.buf.extend_from_slice(&self.msg);
+            for p in pieces {
+                self.buf.extend_from_slice(p);
+            }
+            self.buf.extend_from_slice(body);
             if self.buf.len() >= CHUNK {
                 self.write_buf()?;
             }
@@ -318,6 +324,30 @@ impl SyslogSink {
         self.write_buf()?;
         let conn = self.conn.as_mut().ok_or("not connected")?;
         conn.flush().map_err(|e| io_failure("write", &e))
+    }
+
+    /// ` HOSTNAME APP-NAME - - [logsensor@32473 … offset="` for one stream.
+    fn stream_prefix(&self, host: &str, rec: &crate::batch::RecordRef<'_>) -> Vec<u8> {
+        let mut p = Vec::with_capacity(200);
+        p.push(b' ');
+        p.extend_from_slice(host.as_bytes());
+        p.push(b' ');
+        p.extend_from_slice(self.opts.app_name.as_bytes());
+        p.extend_from_slice(b" - - [logsensor@32473");
+        // HOSTNAME carries the host unless it had to be altered to fit the header.
+        if host != rec.host {
+            p.extend_from_slice(b" host=\"");
+            sd_escape(&mut p, rec.host.as_bytes());
+            p.push(b'"');
+        }
+        p.extend_from_slice(b" source=\"");
+        sd_escape(&mut p, rec.stream.source.as_bytes());
+        p.extend_from_slice(b"\" stream=\"");
+        sd_escape(&mut p, rec.stream.id.as_bytes());
+        p.extend_from_slice(b"\" path=\"");
+        sd_escape(&mut p, rec.stream.path.as_bytes());
+        p.extend_from_slice(b"\" offset=\"");
+        p
     }
 
     fn write_buf(&mut self) -> Result<(), String> {
