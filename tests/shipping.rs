@@ -557,6 +557,48 @@ fn revoked_certificate_alerts_commits_nothing_then_reenrolment_delivers() {
 }
 
 #[test]
+fn expired_certificate_is_named_commits_nothing_then_reenrolment_delivers() {
+    let mut c = Collector::new(|_| {});
+    c.start();
+    let agent = Agent::new(&collector_sink(&c, ""), "");
+    agent.enroll_ok(&c);
+    // Our own key, a certificate from the collector's CA that expired in 2020.
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(agent.p("state/tls/key.pem")).unwrap())
+            .unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(c.dir.join("ca.key")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(c.ca()).unwrap(), ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, HOST);
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let expired = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(agent.p("state/tls/cert.pem"), expired.pem()).unwrap();
+
+    let want = lines("expired", 100);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let a = agent.start();
+    wait_for(
+        &format!(
+            "a sink_error alert naming the expiry; agent stderr:\n{}",
+            tail(&a.stderr_text())
+        ),
+        PATIENCE,
+        || agent.alerts().iter().any(|d| d.contains("EXPIRED")),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.committed(), 0, "nothing committed");
+    assert!(c.stored(HOST).is_empty());
+
+    agent.enroll_ok(&c);
+    assert_stored_exactly_once(&c, &a, &want);
+}
+
+#[test]
 fn certificate_is_renewed_at_the_configured_share_of_its_lifetime() {
     // One-day certificates, backdated 5 min by the collector; renewing at 0.0036 of the lifetime
     // (about 312 s after not_before) means a renewal some seconds after each issue.

@@ -137,10 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .context("enrol")?;
             println!(
-                "enrolled host {:?}: certificate serial {} valid until unix time {}\n  key:         {} (0600)\n  certificate: {}\n  CA:          {}",
+                "enrolled host {:?}: certificate serial {} valid until {}\n  key:         {} (0600)\n  certificate: {}\n  CA:          {}",
                 cfg.host_id,
                 done.serial,
-                done.not_after,
+                log_sensor::record::rfc3339_ms(done.not_after.saturating_mul(1000)),
                 done.files.key.display(),
                 done.files.cert.display(),
                 done.files.ca.display()

@@ -556,8 +556,9 @@ impl CollectorSink {
                 .map_err(|e| self.fail(e.to_string()))?;
             if crate::store::now_secs() >= not_after {
                 return Err(self.fail(format!(
-                    "our client certificate {} EXPIRED at unix time {not_after}; re-enrol with `log-sensor enroll` (nothing is committed; the data waits on disk)",
-                    self.shared.files.cert.display()
+                    "our client certificate {} EXPIRED at {}; re-enrol with `log-sensor enroll` (nothing is committed; the data waits on disk)",
+                    self.shared.files.cert.display(),
+                    crate::record::rfc3339_ms(not_after.saturating_mul(1000))
                 )));
             }
             let conn = HttpConn::connect(&self.shared.url, config)
