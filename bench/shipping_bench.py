@@ -41,6 +41,9 @@ def generate(path, n):
             f.write("".join(line(k) for k in range(start, min(n, start + 10000))))
 
 
+BATCH_EXTRA = ""  # more [batch] keys, from --batch
+
+
 def agent_dir(wd, log, sink, max_wait):
     shutil.rmtree(wd, ignore_errors=True)
     os.makedirs(os.path.join(wd, "logs"))
@@ -48,7 +51,7 @@ def agent_dir(wd, log, sink, max_wait):
     with open(os.path.join(wd, "agent.toml"), "w") as f:
         f.write(f'host_id = "bench-host"\nstate_dir = "state"\n'
                 f'[sources.bench]\npaths = ["logs/input.log"]\n[batch]\nmax_wait = "{max_wait}"\n'
-                f'[sink]\n{sink}\n')
+                f'{BATCH_EXTRA}\n[sink]\n{sink}\n')
     return os.path.join(wd, "agent.toml")
 
 
@@ -165,7 +168,7 @@ def collector(args, log, size, n):
         srv.wait(30)
         stored = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cdir, "data"))
                      for f in fs)
-        print(f"collector sink, compression {compression} (batch.max_wait {args.max_wait}): {size / 2**20:.0f} MiB, {n} lines acknowledged "
+        print(f"collector sink, compression {compression} (batch.max_wait {args.max_wait} {BATCH_EXTRA!r}): {size / 2**20:.0f} MiB, {n} lines acknowledged "
               f"in {elapsed:.2f} s = {size / 2**20 / elapsed:.0f} MiB/s of input end to end "
               f"({stored / 2**20:.0f} MiB of NDJSON stored)")
         print(f"  agent CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB; collector CPU {ccpu:.2f} s, "
@@ -181,9 +184,13 @@ def main():
     # The last, partial batch closes max_wait after its first record (the agent's default is 1s),
     # which is part of every figure: pass a shorter one to see the sink's own rate.
     ap.add_argument("--max-wait", default="1s")
+    ap.add_argument("--batch", default="",
+                    help='more [batch] keys for the agent, e.g. "max_records = 65536\\nmax_bytes = \\"16MiB\\""')
     ap.add_argument("--profile", action="store_true",
                     help="perf record the agent (and the collector) into WORKDIR/*.perf")
     args = ap.parse_args()
+    global BATCH_EXTRA
+    BATCH_EXTRA = args.batch.replace("\\n", "\n")
     rel = os.path.join(args.target, "release")
     args.bin = os.path.join(rel, "log-sensor")
     args.collector = os.path.join(rel, "log-sensor-collector")
