@@ -30,6 +30,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE: Duration = Duration::from_secs(60);
 /// A failed renewal is tried again after this long (the current certificate still works).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// At most one renewal this often, even if the clock or `renew_at` says one is due at once.
+const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Largest NDJSON body per request: well under the collector's default `max_batch_bytes`
 /// (64 MiB, counted after gzip decoding), whatever `batch.max_bytes` is.
@@ -476,7 +478,8 @@ fn renewal_loop(shared: Weak<Shared>) {
         }
         match s.renew() {
             Ok(not_after) => {
-                tracing::info!(cert = %s.files.cert.display(), not_after, "client certificate renewed")
+                tracing::info!(cert = %s.files.cert.display(), not_after, "client certificate renewed");
+                next_try = Instant::now() + RENEW_MIN_GAP;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_s = RENEW_RETRY.as_secs(), "certificate renewal failed; the current certificate is still used");
@@ -550,22 +553,29 @@ impl CollectorSink {
         };
         if stale {
             self.conn = None;
-            let (config, _, not_after) = self
+            let (config, _, _) = self
                 .shared
                 .identity()
                 .map_err(|e| self.fail(e.to_string()))?;
-            if crate::store::now_secs() >= not_after {
-                return Err(self.fail(format!(
-                    "our client certificate {} EXPIRED at {}; re-enrol with `log-sensor enroll` (nothing is committed; the data waits on disk)",
-                    self.shared.files.cert.display(),
-                    crate::record::rfc3339_ms(not_after.saturating_mul(1000))
-                )));
-            }
+            // No local refusal of an expired certificate: the collector's clock decides (an agent
+            // whose clock runs ahead must not stop itself); its refusal is explained below.
             let conn = HttpConn::connect(&self.shared.url, config)
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
             self.conn = Some((conn, generation));
         }
         Ok(&mut self.conn.as_mut().expect("connected").0)
+    }
+
+    /// Names the likely cause of a failure when our certificate has expired by our clock.
+    fn expiry_note(&self) -> String {
+        match self.shared.identity() {
+            Ok((_, _, not_after)) if crate::store::now_secs() >= not_after => format!(
+                " (our client certificate {} EXPIRED at {}; re-enrol with `log-sensor enroll`)",
+                self.shared.files.cert.display(),
+                crate::record::rfc3339_ms(not_after.saturating_mul(1000))
+            ),
+            _ => String::new(),
+        }
     }
 
     /// Posts one NDJSON body (gzipped when configured) until the collector's 200 acknowledges it.
@@ -630,7 +640,9 @@ impl CollectorSink {
                 }
                 Err(e) => {
                     self.conn = None;
-                    return Err(self.fail(format!("{e}; nothing is committed")));
+                    return Err(
+                        self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
+                    );
                 }
             }
         }
