@@ -8,107 +8,12 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    /// A folder with `logs/` and a config with short timers (tests wait for outcomes, not times).
-    fn new(sources: &str) -> Env {
-        Self::with_config(&format!(
-            r#"
-host_id = "test-host"
-state_dir = "state"
-[sources.app]
-{sources}
-[batch]
-max_wait = "100ms"
-[discovery]
-rescan_interval = "500ms"
-rotate_wait = "500ms"
-[sink]
-type = "file"
-path = "state/out.ndjson"
-"#
-        ))
-    }
-
-    fn with_config(text: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        std::fs::write(dir.path().join("agent.toml"), text).unwrap();
-        Env { dir }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("log-sensor"));
-        c.arg("-c")
-            .arg(self.p("agent.toml"))
-            .env("LOG_SENSOR_LOG", "debug");
-        c
-    }
-
-    fn start(&self) -> Proc {
-        let mut c = self.cmd();
-        c.arg("run");
-        Proc::spawn("log-sensor", &mut c, &self.p("agent.err"))
-    }
-
-    fn records(&self) -> Vec<Value> {
-        read_ndjson(&self.p("state/out.ndjson"))
-    }
-
-    fn msgs(&self) -> Vec<String> {
-        self.records()
-            .iter()
-            .filter_map(|r| r["msg"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    fn wait_msgs(&self, agent: &Proc, want: &[String]) {
-        let want: HashSet<&String> = want.iter().collect();
-        wait_for(
-            &format!(
-                "{} records; agent stderr tail:\n{}",
-                want.len(),
-                tail(&agent.stderr_text())
-            ),
-            PATIENCE,
-            || {
-                let got: HashSet<String> = self.msgs().into_iter().collect();
-                want.iter().all(|w| got.contains(*w))
-            },
-        );
-    }
-
-    fn query(&self, sql: &str) -> Vec<Value> {
-        let out = self.cmd().args(["query", "--json", sql]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "query failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
+type Env = AgentEnv;
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
@@ -486,16 +391,16 @@ fn permission_denied_is_alerted_then_shipped_once_readable() {
     }
     let agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
     wait_for("a permission_denied alert", PATIENCE, || {
-        env.p("state/store.db").exists()
-            && env
-                .query("SELECT path FROM alerts WHERE kind = 'permission_denied'")
-                .iter()
-                .any(|a| {
+        env.try_query("SELECT path FROM alerts WHERE kind = 'permission_denied'")
+            .map(|rows| {
+                rows.iter().any(|a| {
                     a["path"]
                         .as_str()
                         .map(|p| p.ends_with("secret.log"))
                         .unwrap_or(false)
                 })
+            })
+            .unwrap_or(false)
     });
     assert!(env.msgs().is_empty());
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -794,4 +699,49 @@ max_file_bytes = "1KiB""#,
         .as_str()
         .unwrap()
         .contains("max_file_bytes"));
+}
+
+#[test]
+fn the_osquery_outbox_is_shipped_and_emptied_only_after_acknowledgement() {
+    let env = Env::new(r#"paths = ["logs/*.log"]"#);
+    let agent = env.start();
+    wait_for("agent up", PATIENCE, || env.p("state/store.db").exists());
+    // The extension's logger creates the outbox later, while the agent runs.
+    let outbox = rusqlite::Connection::open(env.p("state/osquery-outbox.db")).unwrap();
+    outbox
+        .execute_batch(include_str!("../sql/outbox.sql"))
+        .unwrap();
+    let docs: Vec<String> = (0..50).map(|i| format!(r#"{{"name":"pack_health_lag","hostIdentifier":"h","columns":{{"n":"{i}"}},"action":"added"}}"#)).collect();
+    for d in &docs {
+        outbox.execute("INSERT INTO outbox(time, kind, name, record) VALUES (1, 'result', 'pack_health_lag', ?1)", [d]).unwrap();
+    }
+    env.wait_msgs(&agent, &docs);
+    let rec = env
+        .records()
+        .into_iter()
+        .find(|r| r["msg"] == docs[0].as_str())
+        .unwrap();
+    assert_eq!(rec["source"], "osquery");
+    assert_eq!(rec["stream"], "pack_health_lag");
+    wait_for("the outbox emptied", PATIENCE, || {
+        outbox
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            == 0
+    });
+    // Stop the agent: rows queued meanwhile wait in the outbox and go at the next start.
+    let mut agent = agent;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    outbox.execute("INSERT INTO outbox(time, kind, name, record) VALUES (2, 'status', 'osquery_status', '{\"s\":1}')", []).unwrap();
+    let agent = env.start();
+    env.wait_msgs(&agent, &["{\"s\":1}".to_string()]);
+    assert_eq!(
+        env.records()
+            .iter()
+            .filter(|r| r["source"] == "osquery")
+            .count(),
+        51,
+        "each row once"
+    );
 }

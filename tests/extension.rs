@@ -285,7 +285,10 @@ fn col<'a>(rows: &'a [Value], key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
+/// An outbox row: kind, name, category, record.
+type OutboxRow = (String, String, Option<String>, String);
+
+fn outbox_rows(fx: &Fixture) -> Vec<OutboxRow> {
     let c = fx.outbox();
     let mut stmt = c
         .prepare("SELECT kind, name, category, record FROM outbox ORDER BY id")
@@ -297,7 +300,7 @@ fn outbox_rows(fx: &Fixture) -> Vec<(String, String, Option<String>, String)> {
 }
 
 /// The outbox rows once the extension has created the outbox (for polling).
-fn outbox_rows_when_ready(fx: &Fixture) -> Option<Vec<(String, String, Option<String>, String)>> {
+fn outbox_rows_when_ready(fx: &Fixture) -> Option<Vec<OutboxRow>> {
     let path = fx.state().join("osquery-outbox.db");
     if !path.exists() {
         return None;
@@ -537,6 +540,12 @@ fn streams_table_applies_equality_and_like_on_path_and_source() {
         json!([["source", 65, "a%"], ["path", 65, "%.gz"]]),
     );
     assert_eq!(col(&both, "stream"), ["s2"]);
+    let glob = core.generate(
+        uuid,
+        "log_sensor_streams",
+        json!([["path", 66, "/var/log/*"]]),
+    );
+    assert_eq!(col(&glob, "stream"), ["s3"]);
     // Operators we do not push down are left to SQLite: all rows come back.
     let gt = core.generate(uuid, "log_sensor_streams", json!([["size", 4, "1000"]]));
     assert_eq!(gt.len(), 3);
@@ -713,6 +722,29 @@ fn config_table_writes_follow_the_writable_table_protocol() {
     let r = core.write(uuid, json!({"action": "delete", "id": 42}));
     assert_eq!(r["status"], "failure", "{r}");
     assert!(r["message"].as_str().unwrap().contains("rowid 42"), "{r}");
+}
+
+#[test]
+fn a_missing_config_is_reported_and_defaults_are_used() {
+    let fx = Fixture::new();
+    let missing = fx.path().join("absent/log-sensor.toml");
+    let mut core = Standin::start(fx.path());
+    let ext = Ext::start(&core.socket, &missing, &[]);
+    let uuid = core.wait_registered();
+    let rows = core.generate(uuid, "log_sensor_config", json!([]));
+    assert!(rows.iter().all(|r| r["origin"] == "default"), "{rows:?}");
+    assert!(rows.iter().any(|r| r["key"] == "host_id"));
+    assert!(core
+        .generate(uuid, "log_sensor_streams", json!([]))
+        .is_empty());
+    let r =
+        core.cmd(json!({"cmd": "log_results", "uuid": uuid, "name": "q", "added": [{"a": "1"}]}));
+    assert_eq!(r["calls"][0]["code"], 0);
+    assert!(
+        fx.path().join("absent/state/osquery-outbox.db").exists(),
+        "state_dir defaults to <config folder>/state"
+    );
+    assert!(ext.log().contains("cannot read"), "{}", ext.log());
 }
 
 // ---------------------------------------------------------------------------------------------

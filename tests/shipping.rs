@@ -594,6 +594,16 @@ fn expired_certificate_is_named_commits_nothing_then_reenrolment_delivers() {
     assert_eq!(agent.committed(), 0, "nothing committed");
     assert!(c.stored(HOST).is_empty());
 
+    // The certificate the collector issued first is still live in its database (only our copy
+    // was swapped), and a host with a live certificate cannot enrol again: revoke it first.
+    let out = agent.enroll(&c);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.revoke(HOST);
     agent.enroll_ok(&c);
     assert_stored_exactly_once(&c, &a, &want);
 }

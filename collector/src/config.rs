@@ -106,6 +106,10 @@ pub struct Config {
     pub overlong_alert_after: u32,
     /// Largest ingest body accepted, after gzip decoding.
     pub max_batch_bytes: u64,
+    /// Batches read and stored at the same time; further ones wait (their
+    /// senders feel TCP back-pressure). Bounds memory to about this many
+    /// times three `max_batch_bytes`.
+    pub max_concurrent_batches: u32,
     pub rate_limit: RateLimit,
 }
 
@@ -116,6 +120,7 @@ impl Default for Config {
             cert_days: 30,
             overlong_alert_after: 10,
             max_batch_bytes: 64 * 1024 * 1024,
+            max_concurrent_batches: 4,
             rate_limit: RateLimit::default(),
         }
     }
@@ -149,6 +154,9 @@ impl Config {
         }
         if self.max_batch_bytes < 1024 {
             return Err(invalid("max_batch_bytes", "must be at least 1024"));
+        }
+        if self.max_concurrent_batches == 0 {
+            return Err(invalid("max_concurrent_batches", "must be at least 1"));
         }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));

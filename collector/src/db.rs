@@ -70,6 +70,9 @@ mod sql {
         "INSERT INTO enrolments (at, kind, username, host_id, serial, source_addr)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
     pub const CERT_STATE: &str = "SELECT revoked_at, username FROM certs WHERE serial = ?1";
+    pub const LIVE_CERT_FOR_HOST: &str = "SELECT serial FROM certs
+         WHERE host_id = ?1 AND revoked_at IS NULL AND not_after > ?2
+         ORDER BY issued_at DESC LIMIT 1";
     pub const REVOKED_SERIALS: &str = "SELECT serial FROM certs WHERE revoked_at IS NOT NULL";
     pub const REVOKE_SERIAL: &str =
         "UPDATE certs SET revoked_at = ?2 WHERE serial = ?1 AND revoked_at IS NULL";
@@ -318,6 +321,15 @@ impl Db {
             Some((Some(_), _)) => CertState::Revoked,
             Some((None, username)) => CertState::Valid { username },
         })
+    }
+
+    /// A certificate of `host_id` that is neither revoked nor expired at
+    /// `now`, if any.
+    pub fn live_cert_for_host(&self, host_id: &str, now: i64) -> Result<Option<String>, DbError> {
+        self.conn()
+            .query_row(sql::LIVE_CERT_FOR_HOST, params![host_id, now], |r| r.get(0))
+            .optional()
+            .map_err(self.err("look up host certificate"))
     }
 
     pub fn revoked_serials(&self) -> Result<HashSet<String>, DbError> {

@@ -66,6 +66,8 @@ pub enum EnrollError {
     BadCredentials,
     #[error("host_id {host_id:?} {problem}")]
     BadHostId { host_id: String, problem: String },
+    #[error("host {host_id:?} already holds a valid certificate ({serial}); renew with it, or revoke it before enrolling again")]
+    AlreadyEnrolled { host_id: String, serial: String },
     #[error("certificate is revoked")]
     Revoked,
     #[error(transparent)]
@@ -80,6 +82,7 @@ impl EnrollError {
             EnrollError::RateLimited => 429,
             EnrollError::BadCredentials => 401,
             EnrollError::BadHostId { .. } | EnrollError::Pki(PkiError::BadCsr(_)) => 400,
+            EnrollError::AlreadyEnrolled { .. } => 409,
             EnrollError::Revoked => 403,
             EnrollError::Pki(_) | EnrollError::Db(_) => 500,
         }
@@ -91,6 +94,7 @@ impl EnrollError {
             EnrollError::BadCredentials => "invalid_credentials",
             EnrollError::BadHostId { .. } => "bad_host_id",
             EnrollError::Pki(PkiError::BadCsr(_)) => "bad_csr",
+            EnrollError::AlreadyEnrolled { .. } => "already_enrolled",
             EnrollError::Revoked => "certificate_revoked",
             EnrollError::Pki(_) | EnrollError::Db(_) => "internal",
         }
@@ -137,6 +141,17 @@ impl Enroller {
             return Err(EnrollError::BadCredentials);
         }
         check_host_id(&req.host_id)?;
+        // Whoever holds a password could otherwise take over a live host's
+        // identity by enrolling its id again.
+        if let Some(serial) = self
+            .db
+            .live_cert_for_host(&req.host_id, crate::pki::unix_now())?
+        {
+            return Err(EnrollError::AlreadyEnrolled {
+                host_id: req.host_id.clone(),
+                serial,
+            });
+        }
         self.issue(&req.csr, &req.host_id, &req.username, "enroll", source)
     }
 

@@ -96,7 +96,25 @@ enum CertsCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // The whole cause chain on one line, without the backtrace anyhow's
+        // Debug form adds when RUST_BACKTRACE is set. Our typed errors
+        // already quote their source, so a cause already in the text is
+        // not repeated.
+        let mut text = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                text = format!("{text}: {cause}");
+            }
+        }
+        eprintln!("log-sensor-collector: {text}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -160,7 +178,11 @@ fn init(layout: &Layout, names: &[String], listen: Option<SocketAddr>) -> Result
     }
     config.create(&layout.config())?;
     Db::create(&layout.db())?;
-    std::fs::create_dir_all(layout.data_dir())
+    // Records may be sensitive: only the collector's user reads them.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(layout.data_dir())
         .with_context(|| format!("creating {}", layout.data_dir().display()))?;
     fsutil::sync_dir(&layout.dir).with_context(|| format!("syncing {}", layout.dir.display()))?;
     println!("CA certificate:     {}", layout.ca_cert().display());
@@ -190,7 +212,27 @@ fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Resu
     Ok(())
 }
 
+/// Each agent connection and each open stream file takes a descriptor;
+/// the usual soft limit of 1024 is far below what a fleet needs, so take
+/// whatever the hard limit allows.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn serve(layout: Layout, listen: Option<SocketAddr>) -> Result<()> {
+    raise_fd_limit();
     let config = Config::load(&layout.config())?;
     let addr = listen.unwrap_or(config.listen);
     let server = server::Server::open(&layout, config)?;

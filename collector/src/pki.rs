@@ -40,8 +40,8 @@ pub enum PkiError {
     Parse { path: PathBuf, source: rcgen::Error },
     #[error("certificate generation: {0}")]
     Generate(rcgen::Error),
-    #[error("invalid server name {name:?}: {source}")]
-    BadName { name: String, source: rcgen::Error },
+    #[error("invalid server name {name:?}: {problem}")]
+    BadName { name: String, problem: String },
     #[error("invalid CSR: {0}")]
     BadCsr(rcgen::Error),
 }
@@ -104,6 +104,14 @@ pub fn init(
     server_key: &Path,
     names: &[String],
 ) -> Result<(), PkiError> {
+    for name in names {
+        // The names agents will connect to: each must be a valid DNS name
+        // or an IP address, checked before anything is written.
+        rustls::pki_types::ServerName::try_from(name.as_str()).map_err(|_| PkiError::BadName {
+            name: name.clone(),
+            problem: "is neither a DNS name nor an IP address".into(),
+        })?;
+    }
     for path in [ca_cert, ca_key, server_cert, server_key] {
         if path.exists() {
             return Err(PkiError::CaExists {
@@ -134,16 +142,15 @@ pub fn init(
     let mut server_params =
         CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
     for name in names {
-        let san =
-            match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.as_str().try_into().map_err(|source| {
-                    PkiError::BadName {
-                        name: name.clone(),
-                        source,
-                    }
-                })?),
-            };
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.as_str().try_into().map_err(|e: rcgen::Error| {
+                PkiError::BadName {
+                    name: name.clone(),
+                    problem: e.to_string(),
+                }
+            })?),
+        };
         server_params.subject_alt_names.push(san);
     }
     let mut dn = DistinguishedName::new();

@@ -73,6 +73,9 @@ pub struct Collector {
     pub alert_log: AlertLog,
     /// Revoked serials as last polled; open connections watch it.
     pub revoked: RevokedSet,
+    /// One permit per batch being read or stored, so a fleet uploading at
+    /// once cannot hold unbounded memory.
+    pub ingest_slots: tokio::sync::Semaphore,
 }
 
 /// A collector ready to serve: shared state, TLS acceptor and the sender
@@ -118,6 +121,7 @@ impl Server {
             u64::from(config.overlong_alert_after),
         )?;
         let alert_log = AlertLog::open(&layout.alerts_log())?;
+        let ingest_slots = tokio::sync::Semaphore::new(config.max_concurrent_batches as usize);
         Ok(Server {
             collector: Arc::new(Collector {
                 config,
@@ -127,6 +131,7 @@ impl Server {
                 metrics,
                 alert_log,
                 revoked,
+                ingest_slots,
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             poll_db: tls_db,
@@ -196,7 +201,12 @@ async fn connection(
     // Dropped when this task ends; `serve` waits for all of them.
     _done: mpsc::Sender<()>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => result,
+        // Nothing is in flight before the handshake: shutdown drops it.
+        _ = shutdown.recv() => return,
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Certificate refusals were counted by the verifier.
@@ -239,7 +249,8 @@ async fn connection(
     let mut revoked = collector.revoked.clone();
     let mut watching = identity.is_some();
     let expiry_of = |id: &PeerIdentity| {
-        let left = (id.not_after - unix_now()).max(0) as u64;
+        // Valid through its notAfter second (RFC 5280), as webpki reads it.
+        let left = (id.not_after + 1 - unix_now()).max(0) as u64;
         tokio::time::Instant::now() + Duration::from_secs(left)
     };
     let mut expiry = identity.as_ref().map(expiry_of);
@@ -266,7 +277,7 @@ async fn connection(
             }
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                 let id = identity.as_ref().expect("an expiry only with an identity");
-                if id.not_after > unix_now() {
+                if id.not_after >= unix_now() {
                     // tokio caps very long sleeps (about two years): re-arm.
                     expiry = Some(expiry_of(id));
                     continue;
@@ -365,7 +376,7 @@ fn authorize<'a>(
     if collector.revoked.borrow().contains(&id.serial) {
         return Err(error(403, "certificate_revoked", "certificate is revoked"));
     }
-    if id.not_after <= unix_now() {
+    if id.not_after < unix_now() {
         return Err(error(403, "certificate_expired", "certificate has expired"));
     }
     Ok(id)
@@ -481,6 +492,10 @@ enum IngestFailure {
 }
 
 async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Incoming>) -> Reply {
+    // Taken before the body is read: waiting senders hold no memory here.
+    let Ok(_slot) = collector.ingest_slots.acquire().await else {
+        return error(503, "shutting_down", "collector is shutting down");
+    };
     let limit = collector.config.max_batch_bytes;
     let encoding = req
         .headers()
@@ -555,5 +570,48 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             }
         }
         Err(reply) => reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` takes its listener and shutdown from the caller: bind port
+    /// 0, serve, stop, and `serve` returns once connections are drained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_when_told_and_drains_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        crate::pki::init(
+            &layout.ca_cert(),
+            &layout.ca_key(),
+            &layout.server_cert(),
+            &layout.server_key(),
+            &["localhost".to_owned()],
+        )
+        .unwrap();
+        Db::create(&layout.db()).unwrap();
+        let server = Server::open(&layout, Config::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, server, async {
+            let _ = stopped.await;
+        }));
+        // A client that connects and never speaks is dropped on shutdown,
+        // not waited for.
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve returned")
+            .unwrap();
+        drop(idle);
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
     }
 }

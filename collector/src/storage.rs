@@ -320,8 +320,12 @@ impl Storage {
                 // acknowledged, so the sender still has it.
                 file.set_len(end)
                     .map_err(io_err(&path, "truncate torn line"))?;
-                file.sync_all().map_err(io_err(&path, "sync"))?;
             }
+            // Lines past the index may still sit only in the page cache (the
+            // process died before its fsync). They now count as stored, and
+            // re-sends of them will be acknowledged as duplicates without a
+            // write, so make them durable first.
+            file.sync_all().map_err(io_err(&path, "sync"))?;
         }
         Ok(StreamState {
             path,
@@ -444,6 +448,28 @@ mod tests {
             )
             .unwrap();
         assert!(o.alerts.is_empty());
+    }
+
+    #[test]
+    fn racing_resends_of_one_stream_store_each_record_once() {
+        // An agent that timed out and re-sent on a second connection while
+        // the first batch was still being written.
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        let lines: Vec<String> = (0..400).map(|i| line("a", i * 10, "whole")).collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let s = &s;
+                let lines = &lines;
+                scope.spawn(move || {
+                    for chunk in lines.chunks(37 + t) {
+                        s.store("h", &batch(chunk)).unwrap();
+                    }
+                });
+            }
+        });
+        let want: Vec<u64> = (0..400).map(|i| i * 10).collect();
+        assert_eq!(offsets(&s.stream_path("h", "a")), want);
     }
 
     #[test]

@@ -113,6 +113,12 @@ pub fn make_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(server_cert)?, load_key(server_key)?)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: a resumed session skips the client
+    // certificate check, so a revoked host could reconnect on a session
+    // from before its revocation. Agents keep connections open, so full
+    // handshakes are rare anyway.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 

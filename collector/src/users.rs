@@ -17,7 +17,7 @@ pub enum PasswordError {
     },
     #[error("password file {path} is empty")]
     EmptyFile { path: PathBuf },
-    #[error("no terminal to prompt on ({source}); use --password-file")]
+    #[error("no terminal to prompt on; use --password-file")]
     NoTty { source: std::io::Error },
     #[error("reading the password from the terminal: {0}")]
     Tty(std::io::Error),

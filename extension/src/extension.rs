@@ -127,7 +127,14 @@ pub fn run(opts: Options, shutdown: Arc<Shutdown>) -> anyhow::Result<i32> {
     drop(manager);
 
     let ext_socket = PathBuf::from(format!("{}.{uuid}", opts.socket.display()));
-    let listener = bind(&ext_socket)?;
+    let listener = match bind(&ext_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            // Registered but unable to serve: take the routes back so osquery does not call us.
+            deregister(&opts.socket, uuid);
+            return Err(e);
+        }
+    };
     tracing::info!(
         "extension {EXTENSION_NAME} registered with uuid {uuid}, serving {}; config {}, state dir {}",
         ext_socket.display(),

@@ -2,8 +2,10 @@
 //! shipping loop sends each batch to the sink and, once acknowledged, commits its offsets.
 
 use crate::batch::Batch;
-use crate::config::Config;
+use crate::config::layers::Layers;
+use crate::control::{self, server::Controller};
 use crate::sink::{self, Sink, SinkError};
+use crate::status::Live;
 use crate::store::{Alert, Store, StoreError};
 use crate::tail::{TailStats, Tailer};
 use crossbeam_channel::Receiver;
@@ -30,6 +32,13 @@ pub enum AgentError {
         "state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir"
     )]
     Locked { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot lock state dir {path}: {source}")]
     Lock {
         path: PathBuf,
@@ -47,6 +56,13 @@ pub struct ShipStats {
     pub sink_retries: AtomicU64,
     /// Unix seconds of the last successful delivery.
     pub last_ok: AtomicU64,
+    /// Unix seconds since the sink has been failing; 0 while it works.
+    pub failing_since: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Why the last commit failed, while commits fail (the store is unwritable).
+    pub store_error: Mutex<Option<String>>,
+    /// Seconds from a batch's first record to its acknowledgement.
+    pub latency: crate::status::LatencyRecorder,
 }
 
 /// Holds the state dir's lock for as long as it lives.
@@ -93,37 +109,97 @@ pub struct Running {
     pub ship: Arc<ShipStats>,
 }
 
-/// Runs the agent until `stop` is set; returns after the batch in flight is committed.
-pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+/// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
+/// after the batch in flight is committed.
+pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+    let cfg = layers.resolve()?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     raise_fd_limit();
     let store = Store::open(&cfg.state_dir)?;
     store.set_meta("host_id", &cfg.host_id)?;
     let store = Arc::new(Mutex::new(store));
     let sink = sink::build(&cfg.sink)?;
+    let control = control::server::bind(&cfg.state_dir).map_err(|source| AgentError::Control {
+        path: control::socket_path(&cfg.state_dir),
+        source,
+    })?;
+    let pid_file = cfg.state_dir.join("agent.pid");
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
     let running = Running {
         tail: Arc::new(TailStats::default()),
         ship: Arc::new(ShipStats::default()),
     };
+    let live = Live {
+        tail: running.tail.clone(),
+        ship: running.ship.clone(),
+        started_at: crate::store::now_secs(),
+        sink_kind: sink::kind(&cfg.sink).to_string(),
+        sink_description: sink.describe(),
+        pack_sources: layers.pack_source_names(),
+    };
     let cfg = Arc::new(cfg);
-    // One batch in the channel and one being built: memory stays bounded when the sink is slow.
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
-    let tailer = Tailer::new(
+    // A rendezvous: one batch being sent while the next is built, no more, so memory stays
+    // bounded (two batches) when the sink is slow and the two threads still overlap.
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
+    // Delivered batches go back to the tailer to be filled again.
+    let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
+    let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
+    let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
+    let mut tailer = Tailer::new(
         cfg.clone(),
         store.clone(),
         tx,
         stop.clone(),
         running.tail.clone(),
     )?;
-    let tail_thread = std::thread::Builder::new()
-        .name("tail".into())
-        .spawn(move || tailer.run())
-        .expect("spawn tail thread");
-    ship_loop(rx, sink, &store, &stop, &running.ship);
+    tailer.recycle_from(back_rx);
+    tailer.configs_from(cfg_rx);
+    let controller = Arc::new(Controller::new(
+        layers,
+        cfg.clone(),
+        live,
+        cfg_tx,
+        sink_tx,
+        stop.clone(),
+        store.clone(),
+    ));
+    let helpers = [
+        spawn("control", {
+            let (c, s) = (controller.clone(), stop.clone());
+            move || control::server::serve(control, c, s)
+        }),
+        spawn("config-watch", {
+            let (c, s) = (controller.clone(), stop.clone());
+            move || control::server::watch_config(c, s)
+        }),
+    ];
+    let tail_thread = spawn("tail", move || tailer.run());
+    ship_loop(
+        rx,
+        sink,
+        &store,
+        &stop,
+        &running.ship,
+        Some(back_tx),
+        Some(sink_rx),
+        Some(&cfg.state_dir),
+    );
     let _ = tail_thread.join();
+    stop.store(true, Ordering::SeqCst);
+    for h in helpers {
+        let _ = h.join();
+    }
+    let _ = std::fs::remove_file(&pid_file);
     tracing::info!("log-sensor stopped; offsets committed");
     Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn thread")
 }
 
 /// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
@@ -133,9 +209,32 @@ pub fn ship_loop(
     store: &Mutex<Store>,
     stop: &AtomicBool,
     stats: &ShipStats,
+    recycle: Option<crossbeam_channel::Sender<Batch>>,
+    sinks: Option<Receiver<crate::config::SinkConfig>>,
+    state_dir: Option<&Path>,
 ) {
     let mut failing_since: Option<Instant> = None;
     while let Ok(batch) = rx.recv() {
+        // A reload that changed the sink takes effect between batches.
+        while let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
+            match sink::build(&new) {
+                Ok(s) => {
+                    tracing::info!(sink = %s.describe(), "sink replaced");
+                    sink = s;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new sink cannot start; keeping the old one");
+                    let alert = Alert {
+                        kind: "config_error",
+                        source: None,
+                        stream: None,
+                        path: None,
+                        detail: e.to_string(),
+                    };
+                    let _ = store.lock().expect("store lock").add_alert(&alert);
+                }
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
         loop {
@@ -143,14 +242,31 @@ pub fn ship_loop(
                 Ok(()) => {
                     if failing_since.take().is_some() {
                         tracing::info!(sink = %sink.describe(), "sink recovered");
+                        stats.failing_since.store(0, Ordering::Relaxed);
                     }
+                    stats.latency.record(batch.created.elapsed().as_secs_f64());
                     commit(store, &batch, stats);
+                    if let (Some(upto), Some(dir)) = (batch.outbox_upto, state_dir) {
+                        // Delivered; if the delete fails the rows are sent again later.
+                        if let Err(e) = crate::outbox::ack(dir, upto) {
+                            tracing::warn!(error = %e, "cannot remove shipped rows from the osquery outbox");
+                        }
+                    }
+                    if let Some(back) = &recycle {
+                        let _ = back.try_send(batch);
+                    }
                     break;
                 }
                 Err(e) => {
                     stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = stats.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
+                        stats
+                            .failing_since
+                            .store(crate::store::now_secs() as u64, Ordering::Relaxed);
                         tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
                         let alert = Alert {
                             kind: "sink_error",
@@ -182,10 +298,18 @@ fn commit(store: &Mutex<Store>, batch: &Batch, stats: &ShipStats) {
     let checkpoints = batch.checkpoints();
     for attempt in 0..5 {
         match store.lock().expect("store lock").commit(&checkpoints) {
-            Ok(()) => break,
+            Ok(()) => {
+                if let Ok(mut err) = stats.store_error.lock() {
+                    *err = None;
+                }
+                break;
+            }
             // Delivered but not committed: at worst these records are sent again after a restart.
             Err(e) if attempt == 4 => {
-                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart")
+                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart");
+                if let Ok(mut err) = stats.store_error.lock() {
+                    *err = Some(e.to_string());
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }

@@ -54,6 +54,11 @@ pub struct Batch {
     pub created: Instant,
     /// Distinguishes batches so a stream knows whether its slot is still valid.
     pub generation: u64,
+    /// The records as NDJSON, made on the tailer's thread when the sink wants NDJSON, so the
+    /// shipping thread only writes: the two threads then share the work on two cores.
+    ndjson: Option<Vec<u8>>,
+    /// The highest osquery outbox row in this batch: deleted from the outbox once acknowledged.
+    pub outbox_upto: Option<i64>,
 }
 
 impl Batch {
@@ -65,7 +70,13 @@ impl Batch {
             data: Vec::new(),
             created: Instant::now(),
             generation,
+            ndjson: None,
+            outbox_upto: None,
         }
+    }
+
+    pub fn reserve(&mut self, data_bytes: usize) {
+        self.data.reserve(data_bytes);
     }
 
     pub fn len(&self) -> usize {
@@ -78,7 +89,7 @@ impl Batch {
 
     /// Nothing to send and nothing to commit.
     pub fn is_idle(&self) -> bool {
-        self.records.is_empty() && self.streams.is_empty()
+        self.records.is_empty() && self.streams.is_empty() && self.outbox_upto.is_none()
     }
 
     pub fn data_bytes(&self) -> usize {
@@ -86,6 +97,10 @@ impl Batch {
     }
 
     pub fn add_stream(&mut self, meta: StreamMeta, checkpoint: Checkpoint) -> u32 {
+        if self.streams.is_empty() {
+            // max_wait counts from the batch's first content, not from when it was made.
+            self.created = Instant::now();
+        }
         self.streams.push(BatchStream { meta, checkpoint });
         (self.streams.len() - 1) as u32
     }
@@ -124,6 +139,41 @@ impl Batch {
 
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
         self.streams.iter().map(|s| s.checkpoint.clone()).collect()
+    }
+
+    /// Encodes the records as NDJSON now, for [`Batch::ndjson`] to hand out later.
+    pub fn encode_ndjson(&mut self) {
+        let mut out = self.ndjson.take().unwrap_or_default();
+        out.clear();
+        self.write_ndjson(&mut out);
+        self.ndjson = Some(out);
+    }
+
+    /// Empties a delivered batch for reuse, keeping its buffers: a steady stream of batches then
+    /// costs no allocation and the heap does not fragment between the two threads.
+    pub fn recycle(mut self, generation: u64) -> Batch {
+        self.streams.clear();
+        self.records.clear();
+        self.data.clear();
+        if let Some(v) = &mut self.ndjson {
+            v.clear();
+        }
+        self.created = Instant::now();
+        self.generation = generation;
+        self.outbox_upto = None;
+        self
+    }
+
+    /// The records as NDJSON: encoded ahead by [`Batch::encode_ndjson`], or now into `scratch`.
+    pub fn ndjson<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.ndjson {
+            Some(v) if !v.is_empty() || self.records.is_empty() => v,
+            _ => {
+                scratch.clear();
+                self.write_ndjson(scratch);
+                scratch
+            }
+        }
     }
 
     /// The records as NDJSON, the format of the file sink and the collector.

@@ -1,10 +1,13 @@
 //! The `log-sensor` command line. anyhow lives here only.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use log_sensor::config::layers::{self, Layers};
 use log_sensor::config::Config;
-use std::path::PathBuf;
+use log_sensor::control::{self, ClientError, Request, Response};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -28,8 +31,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run in the foreground (logs to stderr); SIGTERM/SIGINT finish the batch, commit, exit 0.
+    /// Run in the foreground (logs to stderr; the form for systemd). SIGTERM/SIGINT finish the
+    /// batch in flight, commit, exit 0.
     Run,
+    /// Start in the background (log in <state_dir>/agent.log, pid in <state_dir>/agent.pid).
+    Start,
+    /// Stop the running agent gracefully: finish the batch, commit, exit.
+    Stop,
+    /// Re-read the config file and packs (dropping temporary overrides).
+    Reload,
+    /// Sources, streams, lag, sink state and alerts of the running agent.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config; exit 1 naming the key or file at fault.
     Check,
     /// Read-only SQL against the store, printed as a table.
@@ -60,6 +75,40 @@ enum Command {
         #[arg(long, conflicts_with = "ca")]
         insecure_first_contact: bool,
     },
+    /// Set KEY (a dotted path such as defaults.max_record_bytes) in the running agent until its
+    /// next reload or restart; with --persist, in the config file instead.
+    Set {
+        key: String,
+        value: String,
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Drop a temporary override of KEY (or hide the file's value until the next reload);
+    /// with --persist, remove KEY from the config file.
+    Del {
+        key: String,
+        #[arg(long)]
+        persist: bool,
+    },
+    /// The effective value of KEY and where it comes from (default, file, pack, temporary).
+    Get { key: String },
+    /// Every key under KEY (all keys without one), with value and origin.
+    List { key: Option<String> },
+    /// osquery packs that also switch the agent's sources on.
+    Pack {
+        #[command(subcommand)]
+        action: PackAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackAction {
+    /// Packs found in the pack folders, and which are enabled.
+    List,
+    /// Enable a pack (by name or path): written to the config file, then reloaded.
+    Enable { name: String },
+    /// Disable a pack: removed from the config file, then reloaded.
+    Disable { name: String },
 }
 
 fn main() -> ExitCode {
@@ -82,23 +131,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// LSB's "program is not running" exit code for status.
+const NOT_RUNNING: u8 = 3;
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.clone();
     match cli.command {
         Command::Check => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&path)?;
             println!(
-                "{}: ok ({} source(s), state dir {}, sink {:?})",
-                cli.config.display(),
+                "{}: ok ({} source(s), state dir {}, sink {})",
+                path.display(),
                 cfg.sources.len(),
                 cfg.state_dir.display(),
-                sink_kind(&cfg)
+                log_sensor::sink::describe(&cfg.sink)
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            let cfg = Config::load(&cli.config)?;
+            let layers = Layers::load(&path)?;
             let stop = log_sensor::signals::stop_on_signals();
-            log_sensor::agent::run(cfg, stop)?;
+            log_sensor::agent::run(layers, stop)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Enroll {
@@ -148,19 +201,430 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Query { sql, json } => {
-            let cfg = Config::load(&cli.config)?;
+            let store = match Config::load(&path) {
+                Ok(cfg) => cfg.store_path(),
+                Err(e) => {
+                    match Config::state_dir_lenient(&path) {
+                        Some(dir) => {
+                            eprintln!("log-sensor: warning: {e}\nlog-sensor: querying the store in {} anyway", dir.display());
+                            dir.join("store.db")
+                        }
+                        None => return Err(e.into()),
+                    }
+                }
+            };
             let mut out = std::io::stdout().lock();
-            log_sensor::query::run(&cfg.store_path(), &sql, json, &mut out).context("query")?;
+            log_sensor::query::run(&store, &sql, json, &mut out).context("query")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Start => start(&path),
+        Command::Stop => stop(&path),
+        Command::Reload => {
+            let cfg =
+                Config::load(&path).context("the config file is not valid, nothing reloaded")?;
+            ask(&cfg, "reload", None, None)?;
+            println!("reloaded");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => status(&path, json),
+        Command::Set {
+            key,
+            value,
+            persist,
+        } => change(&path, &key, Some(&value), persist),
+        Command::Del { key, persist } => change(&path, &key, None, persist),
+        Command::Get { key } => show(&path, &key, true),
+        Command::List { key } => show(&path, key.as_deref().unwrap_or(""), false),
+        Command::Pack { action } => pack(&path, action),
+    }
+}
+
+/// One request to the running agent; an `ok: false` answer is an error with its message.
+fn ask(
+    cfg: &Config,
+    cmd: &str,
+    key: Option<&str>,
+    value: Option<&str>,
+) -> anyhow::Result<Response> {
+    let req = Request {
+        cmd: cmd.into(),
+        key: key.map(str::to_string),
+        value: value.map(str::to_string),
+    };
+    let resp = control::call(&cfg.state_dir, &req)?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "refused".into()));
+    }
+    Ok(resp)
+}
+
+fn running(cfg: &Config) -> Option<u32> {
+    let req = Request {
+        cmd: "status".into(),
+        key: None,
+        value: None,
+    };
+    control::call(&cfg.state_dir, &req)
+        .ok()
+        .and_then(|r| r.status.map(|s| s.pid))
+}
+
+fn start(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    if let Some(pid) = running(&cfg) {
+        println!("already running (pid {pid})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+    let log_path = cfg.state_dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("own executable")?);
+    cmd.arg("-c")
+        .arg(&cfg.path)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the agent from our terminal and session.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the agent")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pid) = running(&cfg) {
+            println!("started (pid {pid}); log in {}", log_path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(st) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            bail!(
+                "the agent exited ({st}) while starting; last lines of {}:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not answer on its control socket within 30 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    let Some(pid) = running(&cfg) else {
+        println!("not running");
+        return Ok(ExitCode::SUCCESS);
+    };
+    ask(&cfg, "stop", None, None)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The socket goes away when the agent has committed and exited.
+    while running(&cfg).is_some() || pid_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("pid {pid} is still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("stopped (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    let req = Request {
+        cmd: "status".into(),
+        key: None,
+        value: None,
+    };
+    let resp = match control::call(&cfg.state_dir, &req) {
+        Ok(r) => r,
+        Err(ClientError::NotRunning(_)) => {
+            if json {
+                println!("{}", serde_json::json!({"running": false}));
+            } else {
+                println!(
+                    "log-sensor is not running (state dir {})",
+                    cfg.state_dir.display()
+                );
+            }
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let st = resp.status.context("the agent sent no status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "log-sensor {} on {}: running (pid {}, up {})",
+        st.version,
+        st.host_id,
+        st.pid,
+        human_secs(st.uptime_secs)
+    );
+    println!("config {}  state dir {}", st.config_path, st.state_dir);
+    let last_ok = st
+        .sink
+        .last_ok
+        .map(|t| {
+            format!(
+                ", last delivery {} ago",
+                human_secs(log_sensor::store::now_secs() - t)
+            )
+        })
+        .unwrap_or_default();
+    println!("sink {} ({}{last_ok})", st.sink.description, st.sink.state);
+    if let Some(e) = &st.sink.last_error {
+        if st.sink.state != "ok" {
+            println!("  last error: {e}");
+        }
+    }
+    println!(
+        "health: {}",
+        if st.health.ok {
+            "ok".to_string()
+        } else {
+            format!(
+                "UNHEALTHY: {}",
+                st.health.reason.clone().unwrap_or_default()
+            )
+        }
+    );
+    println!("\nsources:");
+    for s in &st.sources {
+        println!(
+            "  {:<16} {:>4} stream(s)  lag {:>10}  {:>10} records shipped  [{}]",
+            s.name,
+            s.streams,
+            human_bytes(s.lag_bytes),
+            s.records_shipped,
+            s.origin
+        );
+    }
+    println!("\nstreams:");
+    for s in &st.streams {
+        println!(
+            "  {:<10} lag {:>10}  {:>10} records  {}",
+            s.state,
+            human_bytes(s.lag_bytes),
+            s.records,
+            s.path
+        );
+    }
+    if !st.alerts.is_empty() {
+        println!("\nrecent alerts:");
+        for a in st.alerts.iter().take(10) {
+            println!(
+                "  {} {:<22} {} {}",
+                a.time,
+                a.kind,
+                a.path.clone().unwrap_or_default(),
+                a.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b < 1 << 10 => format!("{b} B"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b if b < 1 << 30 => format!("{:.1} MiB", b as f64 / 1048576.0),
+        b => format!("{:.1} GiB", b as f64 / 1073741824.0),
+    }
+}
+
+fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow::Result<ExitCode> {
+    if persist {
+        let parsed = value.map(layers::parse_value);
+        let cfg = layers::persist(path, key, parsed.as_ref())?;
+        match ask(&cfg, "reload", None, None) {
+            Ok(_) => println!(
+                "{} written to {}; the running agent reloaded",
+                key,
+                path.display()
+            ),
+            Err(e)
+                if e.downcast_ref::<ClientError>()
+                    .map(|c| matches!(c, ClientError::NotRunning(_)))
+                    .unwrap_or(false) =>
+            {
+                println!("{} written to {} (no agent running)", key, path.display())
+            }
+            Err(e) => {
+                return Err(e.context("written to the file, but the running agent did not reload"))
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Config::load(path)?;
+    let cmd = if value.is_some() { "set" } else { "del" };
+    let resp = match ask(&cfg, cmd, Some(key), value) {
+        Err(e)
+            if e.downcast_ref::<ClientError>()
+                .map(|c| matches!(c, ClientError::NotRunning(_)))
+                .unwrap_or(false) =>
+        {
+            bail!("no agent is running to take a temporary change; --persist writes the config file instead")
+        }
+        other => other?,
+    };
+    for e in resp.entries.unwrap_or_default() {
+        println!("{} = {}  ({})", e.key, e.value, e.origin);
+    }
+    if value.is_none() {
+        println!("{key}: temporary change dropped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
+    let layers = Layers::load(path)?;
+    let cfg = layers.resolve()?;
+    let cmd = if exact { "get" } else { "list" };
+    let entries: Vec<(String, String, String)> = match ask(&cfg, cmd, Some(key), None) {
+        Ok(resp) => resp
+            .entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.key, e.value, e.origin))
+            .collect(),
+        Err(e)
+            if e.downcast_ref::<ClientError>()
+                .map(|c| matches!(c, ClientError::NotRunning(_)))
+                .unwrap_or(false) =>
+        {
+            eprintln!("(no agent running: values from {})", path.display());
+            layers
+                .entries(key)
+                .into_iter()
+                .filter(|e| !exact || e.key == key)
+                .map(|e| (e.key, e.value, e.origin.as_str().to_string()))
+                .collect()
+        }
+        Err(e) => return Err(e),
+    };
+    if entries.is_empty() {
+        bail!("no key {key:?} (list shows what there is)");
+    }
+    let width = entries.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    for (k, v, o) in entries {
+        println!("{k:<width$} = {v}  ({o})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pack(path: &Path, action: PackAction) -> anyhow::Result<ExitCode> {
+    let layers = Layers::load(path)?;
+    let cfg = layers.resolve()?;
+    let enabled = cfg.packs.clone();
+    let base = cfg.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    match action {
+        PackAction::List => {
+            let available = layers::available_packs(&cfg.pack_dirs);
+            if available.is_empty() {
+                println!(
+                    "no packs in {}",
+                    cfg.pack_dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for (name, p) in available {
+                let on = enabled.iter().any(|e| {
+                    e == &name
+                        || layers::find_pack(e, &cfg.pack_dirs, &base).as_deref()
+                            == Some(p.as_path())
+                });
+                let sources = layers::read_pack_sources(&p)
+                    .map(|t| t.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                println!(
+                    "{} {:<20} {}  sources: {}",
+                    if on { "[on] " } else { "[off]" },
+                    name,
+                    p.display(),
+                    if sources.is_empty() {
+                        "-".into()
+                    } else {
+                        sources
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PackAction::Enable { name } => {
+            let Some(found) = layers::find_pack(&name, &cfg.pack_dirs, &base) else {
+                bail!(
+                    "pack {name:?} not found in {}",
+                    cfg.pack_dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            layers::read_pack_sources(&found).map_err(anyhow::Error::msg)?;
+            if enabled.contains(&name) {
+                println!("pack {name} already enabled");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut list = enabled;
+            list.push(name.clone());
+            write_packs(path, &list, &format!("pack {name} enabled"))
+        }
+        PackAction::Disable { name } => {
+            if !enabled.contains(&name) {
+                println!("pack {name} is not enabled");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list: Vec<String> = enabled.into_iter().filter(|p| p != &name).collect();
+            write_packs(path, &list, &format!("pack {name} disabled"))
         }
     }
 }
 
-fn sink_kind(cfg: &Config) -> &'static str {
-    match cfg.sink {
-        log_sensor::config::SinkConfig::File { .. } => "file",
-        log_sensor::config::SinkConfig::Stdout => "stdout",
-        log_sensor::config::SinkConfig::Collector(_) => "collector",
-        log_sensor::config::SinkConfig::Syslog(_) => "syslog",
+fn write_packs(path: &Path, list: &[String], done: &str) -> anyhow::Result<ExitCode> {
+    let value = toml::Value::Array(list.iter().cloned().map(toml::Value::String).collect());
+    let cfg = layers::persist(path, "packs", Some(&value))?;
+    match ask(&cfg, "reload", None, None) {
+        Ok(_) => println!("{done}; the running agent reloaded"),
+        Err(_) if running(&cfg).is_none() => println!("{done} (no agent running)"),
+        Err(e) => {
+            return Err(e.context(format!(
+                "{done} in the file, but the running agent did not reload"
+            )))
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }

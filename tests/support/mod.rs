@@ -2,6 +2,8 @@
 //! are killed when a test ends, and polling with generous deadlines (never a timed assertion).
 #![allow(dead_code)]
 
+use serde_json::Value;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,4 +167,111 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A temporary folder with `logs/`, a config, and the real agent binary to run on it.
+pub struct AgentEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentEnv {
+    /// A folder with `logs/` and a config with short timers (tests wait for outcomes, not times).
+    pub fn new(sources: &str) -> AgentEnv {
+        Self::with_config(&format!(
+            r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+{sources}
+[batch]
+max_wait = "100ms"
+[discovery]
+rescan_interval = "500ms"
+rotate_wait = "500ms"
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#
+        ))
+    }
+
+    pub fn with_config(text: &str) -> AgentEnv {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("agent.toml"), text).unwrap();
+        AgentEnv { dir }
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("log-sensor"));
+        c.arg("-c")
+            .arg(self.p("agent.toml"))
+            .env("LOG_SENSOR_LOG", "debug");
+        c
+    }
+
+    pub fn start(&self) -> Proc {
+        let mut c = self.cmd();
+        c.arg("run");
+        Proc::spawn("log-sensor", &mut c, &self.p("agent.err"))
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        read_ndjson(&self.p("state/out.ndjson"))
+    }
+
+    pub fn msgs(&self) -> Vec<String> {
+        self.records()
+            .iter()
+            .filter_map(|r| r["msg"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn wait_msgs(&self, agent: &Proc, want: &[String]) {
+        let want: HashSet<&String> = want.iter().collect();
+        wait_for(
+            &format!(
+                "{} records; agent stderr tail:\n{}",
+                want.len(),
+                tail(&agent.stderr_text())
+            ),
+            PATIENCE,
+            || {
+                let got: HashSet<String> = self.msgs().into_iter().collect();
+                want.iter().all(|w| got.contains(*w))
+            },
+        );
+    }
+
+    pub fn query(&self, sql: &str) -> Vec<Value> {
+        self.try_query(sql)
+            .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// For polling: the store may not exist yet, or not have its tables yet.
+    pub fn try_query(&self, sql: &str) -> Result<Vec<Value>, String> {
+        let out = self
+            .cmd()
+            .args(["query", "--json", sql])
+            .env("LOG_SENSOR_LOG", "warn")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect())
+    }
+}
+
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }

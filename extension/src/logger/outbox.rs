@@ -252,6 +252,7 @@ pub fn open(path: &Path) -> Result<Connection, String> {
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
     }
     let conn = Connection::open(path).map_err(|e| err(&e))?;
+    share_with_group(path);
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(&e))?;
     let mode: String = conn
@@ -274,6 +275,25 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| err(&e))?;
     Ok(conn)
+}
+
+/// A state dir shared through its group (`chmod 2770`) means the agent runs as another user of
+/// that group: make the outbox group-writable too (SQLite gives `-wal`/`-shm` the same mode).
+fn share_with_group(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = path.parent() else { return };
+    let dir_shared = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode() & 0o020 != 0)
+        .unwrap_or(false);
+    if let (true, Ok(meta)) = (dir_shared, std::fs::metadata(path)) {
+        let mode = meta.permissions().mode();
+        if mode & 0o060 != 0o060 {
+            let _ = std::fs::set_permissions(
+                path,
+                std::fs::Permissions::from_mode((mode | 0o660) & 0o7777),
+            );
+        }
+    }
 }
 
 /// Whether a table exists (a read-only reader's check).
@@ -485,6 +505,22 @@ mod tests {
             .optional()
             .unwrap();
         assert_eq!(dropped, None);
+    }
+
+    #[test]
+    fn a_group_shared_state_dir_gets_a_group_writable_outbox() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let mut o = Outbox::new(state.join("outbox.db"), 10);
+        o.push(rec(1));
+        let mode = std::fs::metadata(state.join("outbox.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o060, 0o060);
     }
 
     #[test]

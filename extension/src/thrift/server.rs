@@ -131,9 +131,18 @@ fn handle(
             let (mut registry, mut item, mut request) =
                 (String::new(), String::new(), StringMap::new());
             wire::read_struct(i, |i, id, ty| match (id, ty) {
-                (1, TType::String) => Ok(registry = i.read_string()?),
-                (2, TType::String) => Ok(item = i.read_string()?),
-                (3, TType::Map) => Ok(request = wire::read_string_map(i)?),
+                (1, TType::String) => {
+                    registry = i.read_string()?;
+                    Ok(())
+                }
+                (2, TType::String) => {
+                    item = i.read_string()?;
+                    Ok(())
+                }
+                (3, TType::Map) => {
+                    request = wire::read_string_map(i)?;
+                    Ok(())
+                }
                 (_, ty) => i.skip(ty),
             })?;
             i.read_message_end()?;

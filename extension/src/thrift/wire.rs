@@ -85,9 +85,18 @@ impl ExtensionStatus {
     pub fn read(i: &mut dyn TInputProtocol) -> thrift::Result<Self> {
         let mut s = ExtensionStatus::default();
         read_struct(i, |i, id, ty| match (id, ty) {
-            (1, TType::I32) => Ok(s.code = i.read_i32()?),
-            (2, TType::String) => Ok(s.message = i.read_string()?),
-            (3, TType::I64) => Ok(s.uuid = i.read_i64()?),
+            (1, TType::I32) => {
+                s.code = i.read_i32()?;
+                Ok(())
+            }
+            (2, TType::String) => {
+                s.message = i.read_string()?;
+                Ok(())
+            }
+            (3, TType::I64) => {
+                s.uuid = i.read_i64()?;
+                Ok(())
+            }
             (_, ty) => i.skip(ty),
         })?;
         Ok(s)
@@ -110,8 +119,14 @@ impl ExtensionResponse {
     pub fn read(i: &mut dyn TInputProtocol) -> thrift::Result<Self> {
         let mut r = ExtensionResponse::default();
         read_struct(i, |i, id, ty| match (id, ty) {
-            (1, TType::Struct) => Ok(r.status = ExtensionStatus::read(i)?),
-            (2, TType::List) => Ok(r.response = read_rows(i)?),
+            (1, TType::Struct) => {
+                r.status = ExtensionStatus::read(i)?;
+                Ok(())
+            }
+            (2, TType::List) => {
+                r.response = read_rows(i)?;
+                Ok(())
+            }
             (_, ty) => i.skip(ty),
         })?;
         Ok(r)
@@ -138,10 +153,22 @@ impl ExtensionInfo {
     pub fn read(i: &mut dyn TInputProtocol) -> thrift::Result<Self> {
         let mut e = ExtensionInfo::default();
         read_struct(i, |i, id, ty| match (id, ty) {
-            (1, TType::String) => Ok(e.name = i.read_string()?),
-            (2, TType::String) => Ok(e.version = i.read_string()?),
-            (3, TType::String) => Ok(e.sdk_version = i.read_string()?),
-            (4, TType::String) => Ok(e.min_sdk_version = i.read_string()?),
+            (1, TType::String) => {
+                e.name = i.read_string()?;
+                Ok(())
+            }
+            (2, TType::String) => {
+                e.version = i.read_string()?;
+                Ok(())
+            }
+            (3, TType::String) => {
+                e.sdk_version = i.read_string()?;
+                Ok(())
+            }
+            (4, TType::String) => {
+                e.min_sdk_version = i.read_string()?;
+                Ok(())
+            }
             (_, ty) => i.skip(ty),
         })?;
         Ok(e)
@@ -152,9 +179,18 @@ impl OptionInfo {
     pub fn read(i: &mut dyn TInputProtocol) -> thrift::Result<Self> {
         let mut e = OptionInfo::default();
         read_struct(i, |i, id, ty| match (id, ty) {
-            (1, TType::String) => Ok(e.value = i.read_string()?),
-            (2, TType::String) => Ok(e.default_value = i.read_string()?),
-            (3, TType::String) => Ok(e.option_type = i.read_string()?),
+            (1, TType::String) => {
+                e.value = i.read_string()?;
+                Ok(())
+            }
+            (2, TType::String) => {
+                e.default_value = i.read_string()?;
+                Ok(())
+            }
+            (3, TType::String) => {
+                e.option_type = i.read_string()?;
+                Ok(())
+            }
             (_, ty) => i.skip(ty),
         })?;
         Ok(e)

@@ -4,6 +4,7 @@
 //! key, so an operator fixes a file once rather than once per error.
 
 mod expand;
+pub mod layers;
 mod reader;
 pub mod units;
 
@@ -43,6 +44,16 @@ pub struct Config {
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
+    pub monitor: MonitorConfig,
+    /// Packs enabled (names looked up in `pack_dirs`, or paths).
+    pub packs: Vec<String>,
+    pub pack_dirs: Vec<PathBuf>,
+}
+
+/// The HTTP monitoring endpoint: off unless `[monitor] listen` is set.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +71,9 @@ pub struct Source {
     pub fingerprint_bytes: usize,
     pub max_file_bytes: u64,
     pub detect_compression: bool,
+    /// Everything that decides how the source is read, rendered once: a reload restarts the
+    /// source's streams only when this changes.
+    pub signature: String,
 }
 
 /// How bytes become records.
@@ -153,13 +167,22 @@ impl Overridable {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, with the sources of the packs it enables.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(path, &text)
+        layers::Layers::load(path)?.resolve()
+    }
+
+    /// Where the store is, even when the rest of the file is invalid (an operator looking into
+    /// the store's alerts to learn why is exactly who has a broken file).
+    pub fn state_dir_lenient(path: &Path) -> Option<PathBuf> {
+        let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+        let base = absolute(path).parent()?.to_path_buf();
+        let dir = match table.get("state_dir") {
+            Some(toml::Value::String(s)) => expand::expand(s).ok()?,
+            Some(_) => return None,
+            None => "state".into(),
+        };
+        Some(base.join(dir))
     }
 
     /// Validates config text as if it were the file at `path`.
@@ -189,6 +212,11 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
+        let packs = top.strings("packs", &mut issues).unwrap_or_default();
+        let pack_dirs = top
+            .strings("pack_dirs", &mut issues)
+            .map(|v| v.iter().map(|d| base.join(d)).collect())
+            .unwrap_or_else(|| vec![base.join("packs")]);
         let state_dir = base.join(
             top.string("state_dir", &mut issues)
                 .unwrap_or_else(|| "state".into()),
@@ -233,7 +261,7 @@ impl Config {
             let mut r = TableReader::new("batch", t);
             let b = BatchConfig {
                 max_records: r.size("max_records", &mut issues).unwrap_or(16384) as usize,
-                max_bytes: r.size("max_bytes", &mut issues).unwrap_or(4 << 20) as usize,
+                max_bytes: r.size("max_bytes", &mut issues).unwrap_or(2 << 20) as usize,
                 max_wait: r
                     .duration("max_wait", &mut issues)
                     .unwrap_or(Duration::from_secs(1)),
@@ -276,6 +304,40 @@ impl Config {
             d
         };
 
+        let monitor = {
+            let empty = toml::Table::new();
+            let t = top.table("monitor", &mut issues).unwrap_or(&empty);
+            let mut r = TableReader::new("monitor", t);
+            let listen = r.string("listen", &mut issues).and_then(|l| {
+                match l.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        issues.push(ConfigIssue {
+                            key: "monitor.listen".into(),
+                            message: format!(
+                                "{l:?} is not an address such as \"127.0.0.1:5066\": {e}"
+                            ),
+                        });
+                        None
+                    }
+                }
+            });
+            // Anything but loopback exposes the agent's paths and alerts: it must be asked for.
+            let public = r
+                .boolean("allow_non_loopback", &mut issues)
+                .unwrap_or(false);
+            if let Some(a) = listen {
+                if !a.ip().is_loopback() && !public {
+                    issues.push(ConfigIssue {
+                        key: "monitor.listen".into(),
+                        message: format!("{a} is not a loopback address; set monitor.allow_non_loopback = true to serve it"),
+                    });
+                }
+            }
+            r.finish(&mut issues);
+            MonitorConfig { listen }
+        };
+
         top.finish(&mut issues);
         if !issues.is_empty() {
             return Err(ConfigError::Invalid {
@@ -291,6 +353,9 @@ impl Config {
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,
+            monitor,
+            packs,
+            pack_dirs,
         })
     }
 
@@ -311,11 +376,11 @@ fn read_source(
     if name.is_empty()
         || !name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         issues.push(ConfigIssue {
             key: key.into(),
-            message: "source names use letters, digits, '_', '-' and '.'".into(),
+            message: "source names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
         });
     }
     let mut r = TableReader::new(key, table);
@@ -425,7 +490,13 @@ fn read_source(
     if issues.len() != before {
         return None;
     }
+    let signature = format!(
+        "{paths:?} {exclude:?} {delimiter:?} {max_record_bytes} {fingerprint_bytes} {max_file_bytes} {:?} {:?}",
+        o.detect_compression,
+        multiline.as_ref().map(|m| (format!("{:?}", m.mode), m.timeout)),
+    );
     Some(Source {
+        signature,
         name: name.to_string(),
         paths,
         exclude,
@@ -797,6 +868,33 @@ type = "carrier-pigeon"
     fn syntax_errors_name_the_file() {
         let err = Config::parse(Path::new("/x/agent.toml"), "sources = [").unwrap_err();
         assert!(err.to_string().contains("/x/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_monitor_stays_on_loopback_unless_asked() {
+        let base = "[sources.a]\npaths=['x']\n[sink]\ntype='stdout'\n";
+        let c = Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='127.0.0.1:5066'\n"),
+        )
+        .unwrap();
+        assert_eq!(c.monitor.listen.unwrap().port(), 5066);
+        let err = Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='0.0.0.0:5066'\n"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("monitor.listen"), "{err}");
+        assert!(Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nlisten='0.0.0.0:5066'\nallow_non_loopback=true\n")
+        )
+        .is_ok());
+        assert!(Config::parse(Path::new("/c.toml"), base)
+            .unwrap()
+            .monitor
+            .listen
+            .is_none());
     }
 
     #[test]

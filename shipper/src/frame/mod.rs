@@ -162,17 +162,23 @@ impl Framer {
                 self.line_done(start, line, out);
             } else {
                 self.line.push(body);
-                let mut eff = self.line.len();
-                if self.strip_cr {
-                    self.line.last_bytes(1, &mut self.tail_bytes);
-                    if self.tail_bytes == b"\r" {
-                        eff -= 1;
-                    }
-                }
+                let eff = self.accum_line_len();
                 self.finish_accum_line(eff, out);
             }
             rest = after;
         }
+    }
+
+    /// The carried line's length without the CR of a CRLF ending.
+    fn accum_line_len(&mut self) -> u64 {
+        let len = self.line.len();
+        if self.strip_cr {
+            self.line.last_bytes(1, &mut self.tail_bytes);
+            if self.tail_bytes == b"\r" {
+                return len - 1;
+            }
+        }
+        len
     }
 
     fn finish_accum_line(&mut self, eff: u64, out: &mut dyn FnMut(Rec<'_>)) {
@@ -276,13 +282,7 @@ impl Framer {
     /// including a last line without delimiter, goes out.
     pub fn finish(&mut self, out: &mut dyn FnMut(Rec<'_>)) {
         if !self.line.is_empty() {
-            let mut eff = self.line.len();
-            if self.strip_cr {
-                self.line.last_bytes(1, &mut self.tail_bytes);
-                if self.tail_bytes == b"\r" {
-                    eff -= 1;
-                }
-            }
+            let eff = self.accum_line_len();
             self.finish_accum_line(eff, out);
         }
         self.flush_pending_record(out);

@@ -675,20 +675,22 @@ impl Sink for CollectorSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut ndjson = std::mem::take(&mut self.body);
-        ndjson.clear();
-        batch.write_ndjson(&mut ndjson);
+        // Encoded ahead on the tailer's thread (see `sink::wants_ndjson`), so that work overlaps
+        // the collector's handling of the previous batch; `body` is the fallback.
+        let mut scratch = std::mem::take(&mut self.body);
+        scratch.clear();
+        let ndjson = batch.ndjson(&mut scratch);
         // In order, each acknowledged before the next: the collector's high-water marks then
         // make a re-sent piece harmless, and the batch is Ok only once every piece is.
         let mut result = Ok(());
-        for r in pieces(&ndjson, MAX_REQUEST_BYTES) {
+        for r in pieces(ndjson, MAX_REQUEST_BYTES) {
             result = self.post(&ndjson[r]);
             if result.is_err() {
                 break;
             }
         }
-        if ndjson.capacity() <= 64 << 20 {
-            self.body = ndjson;
+        if scratch.capacity() <= 64 << 20 {
+            self.body = scratch;
         }
         result
     }

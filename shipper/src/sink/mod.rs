@@ -25,6 +25,34 @@ pub trait Sink: Send {
     fn describe(&self) -> String;
 }
 
+/// Sinks that send NDJSON as it is: their batches are encoded ahead on the tailer's thread.
+pub fn wants_ndjson(cfg: &SinkConfig) -> bool {
+    matches!(
+        cfg,
+        SinkConfig::File { .. } | SinkConfig::Stdout | SinkConfig::Collector(_)
+    )
+}
+
+/// The sink's kind as configured (`file`, `stdout`, …).
+pub fn kind(cfg: &SinkConfig) -> &'static str {
+    match cfg {
+        SinkConfig::File { .. } => "file",
+        SinkConfig::Stdout => "stdout",
+        SinkConfig::Collector(_) => "collector",
+        SinkConfig::Syslog(_) => "syslog",
+    }
+}
+
+/// The sink as status pages name it.
+pub fn describe(cfg: &SinkConfig) -> String {
+    match cfg {
+        SinkConfig::File { path, .. } => format!("file {}", path.display()),
+        SinkConfig::Stdout => "stdout".into(),
+        SinkConfig::Collector(opts) => format!("collector {}", opts.url),
+        SinkConfig::Syslog(opts) => syslog::describe(opts),
+    }
+}
+
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),

@@ -17,10 +17,9 @@ impl StdoutSink {
 
 impl Sink for StdoutSink {
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        self.buf.clear();
-        batch.write_ndjson(&mut self.buf);
+        let bytes = batch.ndjson(&mut self.buf);
         let mut out = std::io::stdout().lock();
-        out.write_all(&self.buf)
+        out.write_all(bytes)
             .and_then(|_| out.flush())
             .map_err(|e| SinkError::Failed {
                 sink: "stdout".into(),

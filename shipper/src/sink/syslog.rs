@@ -482,7 +482,7 @@ fn sd_escape(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-fn describe(opts: &SyslogOptions) -> String {
+pub fn describe(opts: &SyslogOptions) -> String {
     format!(
         "syslog {}{}",
         if opts.tls.is_some() {

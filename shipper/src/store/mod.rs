@@ -21,6 +21,10 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("store {path} has schema version {found}, newer than this log-sensor understands ({SCHEMA_VERSION}); refusing to start so nothing is overwritten")]
     TooNew { path: PathBuf, found: i64 },
+    #[error(
+        "store {path} has no schema yet (an agent is creating it, or it is not a log-sensor store)"
+    )]
+    NotReady { path: PathBuf },
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
         path: PathBuf,

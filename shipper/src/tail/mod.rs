@@ -29,6 +29,10 @@ type FileKey = (u64, u64);
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// How often the osquery outbox is looked at (osquery logs every few seconds at most).
+const OUTBOX_POLL: Duration = Duration::from_millis(500);
+/// How long an idle tailer lets wake-ups gather before acting on them.
+const COALESCE: Duration = Duration::from_millis(25);
 /// Events arriving faster than this cause at most one scan per interval.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 
@@ -96,11 +100,22 @@ pub struct Tailer {
     batch: Batch,
     generation: u64,
     tx: Sender<Batch>,
+    /// Delivered batches coming back for reuse.
+    recycled: Option<Receiver<Batch>>,
+    /// New configs from reloads and temporary overrides.
+    configs: Option<Receiver<Arc<Config>>>,
+    /// What osquery logged through the extension, once it has made its outbox.
+    outbox: Option<crate::outbox::Outbox>,
+    last_outbox_poll: Instant,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Open files with bytes to read (or to check): reading touches only these, so 1,000 quiet
+    /// files cost nothing between their own writes.
+    dirty: HashSet<FileKey>,
+    last_timers: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
     stats: Arc<TailStats>,
@@ -135,17 +150,65 @@ impl Tailer {
             batch: Batch::new(host, 0),
             generation: 0,
             tx,
+            recycled: None,
+            configs: None,
+            outbox: None,
+            last_outbox_poll: Instant::now() - OUTBOX_POLL,
             wakes,
             overflow,
             watch,
             stop,
             buf: vec![0u8; READ_CHUNK],
+            dirty: HashSet::new(),
+            last_timers: Instant::now(),
             last_scan: None,
             scan_requested: true,
             stats,
             cfg,
             store,
         })
+    }
+
+    /// Take new configs from `rx` (reloads) between rounds.
+    pub fn configs_from(&mut self, rx: Receiver<Arc<Config>>) {
+        self.configs = Some(rx);
+    }
+
+    /// Switches to a new config. A source removed stops; a source whose settings changed stops
+    /// and is picked up again by the next scan with the new settings; offsets are kept, so
+    /// nothing is read twice or skipped.
+    pub fn apply_config(&mut self, new: Arc<Config>) {
+        let old = std::mem::replace(&mut self.cfg, new);
+        let keys: Vec<FileKey> = self.open.keys().copied().collect();
+        for key in keys {
+            let t = &self.open[&key];
+            let was = &old.sources[t.source];
+            let now = self.cfg.sources.iter().position(|s| s.name == was.name);
+            match now {
+                Some(i) if self.cfg.sources[i].signature == was.signature => {
+                    if let Some(t) = self.open.get_mut(&key) {
+                        t.source = i;
+                    }
+                }
+                _ => {
+                    let t = self.open.remove(&key).expect("key from the map");
+                    tracing::info!(stream = %t.id, source = %was.name, "source removed or changed; stream stops here");
+                    self.close_quietly(t);
+                }
+            }
+        }
+        if old.host_id != self.cfg.host_id {
+            // Records already read keep the host they were read under.
+            self.ship();
+            self.batch.host = self.cfg.host_id.as_str().into();
+        }
+        self.deferred.clear();
+        self.last_scan = None;
+    }
+
+    /// Reuse delivered batches that come back on `rx`.
+    pub fn recycle_from(&mut self, rx: Receiver<Batch>) {
+        self.recycled = Some(rx);
     }
 
     /// Runs until `stop` is set, then hands over the last batch and returns.
@@ -158,7 +221,12 @@ impl Tailer {
             if !worked {
                 let wait = self.idle_wait();
                 match self.wakes.recv_timeout(wait) {
-                    Ok(w) => self.on_wake(w),
+                    Ok(w) => {
+                        self.on_wake(w);
+                        // Let a burst of wake-ups gather: a thousand files each writing a line
+                        // a second then cost tens of rounds a second, not a thousand.
+                        std::thread::sleep(COALESCE);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                 }
@@ -170,6 +238,9 @@ impl Tailer {
     /// One round: wake-ups, a scan when due, reading, timers, and a batch handed over when due.
     /// Returns whether any bytes were read, or None when the shipping side is gone.
     pub fn tick(&mut self) -> Option<bool> {
+        while let Some(cfg) = self.configs.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.apply_config(cfg);
+        }
         self.drain_wakes();
         let due = match self.last_scan {
             None => true,
@@ -184,6 +255,7 @@ impl Tailer {
         }
         let worked = self.read_dirty()?;
         self.check_timers();
+        self.poll_outbox();
         if self.batch_due() && !self.ship() {
             return None;
         }
@@ -200,6 +272,49 @@ impl Tailer {
         self.ship()
     }
 
+    fn poll_outbox(&mut self) {
+        if self.last_outbox_poll.elapsed() < OUTBOX_POLL {
+            return;
+        }
+        self.last_outbox_poll = Instant::now();
+        if self.outbox.is_none() {
+            match crate::outbox::Outbox::open(&self.cfg.state_dir) {
+                Ok(o) => self.outbox = o,
+                Err(e) => {
+                    let path = crate::outbox::path(&self.cfg.state_dir);
+                    if self.alerted_paths.insert(path.clone()) {
+                        self.alert(
+                            "read_error",
+                            Some(crate::outbox::SOURCE),
+                            None,
+                            Some(&path),
+                            e.to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        let room = self.cfg.batch.max_records.saturating_sub(self.batch.len());
+        let Some(ob) = self.outbox.as_mut() else {
+            return;
+        };
+        if room == 0 {
+            return;
+        }
+        match ob.fill(&mut self.batch, room, now_ms()) {
+            Ok(n) => {
+                self.stats
+                    .records_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Reopened at the next poll; rows not acknowledged stay in the outbox.
+                tracing::warn!(error = %e, "cannot read the osquery outbox");
+                self.outbox = None;
+            }
+        }
+    }
+
     fn drain_wakes(&mut self) {
         while let Ok(w) = self.wakes.try_recv() {
             self.on_wake(w);
@@ -212,6 +327,7 @@ impl Tailer {
                 Some(k) => {
                     if let Some(t) = self.open.get_mut(k) {
                         t.dirty = true;
+                        self.dirty.insert(*k);
                     }
                 }
                 None => self.scan_requested = true,
@@ -249,10 +365,21 @@ impl Tailer {
     /// Returns false when the shipping thread is gone.
     fn ship(&mut self) -> bool {
         self.generation += 1;
-        let fresh = Batch::new(self.batch.host.clone(), self.generation);
+        let fresh = match self.recycled.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            Some(b) => b.recycle(self.generation),
+            None => {
+                let mut b = Batch::new(self.batch.host.clone(), self.generation);
+                // Sized once for a full batch (it may overrun by one read), never doubled.
+                b.reserve(self.cfg.batch.max_bytes + READ_CHUNK);
+                b
+            }
+        };
         let mut batch = std::mem::replace(&mut self.batch, fresh);
         if batch.is_idle() {
             return true;
+        }
+        if crate::sink::wants_ndjson(&self.cfg.sink) {
+            batch.encode_ndjson();
         }
         loop {
             match self.tx.send_timeout(batch, Duration::from_millis(200)) {
@@ -356,6 +483,7 @@ impl Tailer {
                 t.released_at = Some(now);
             }
             t.dirty = true;
+            self.dirty.insert(t.key);
         }
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
@@ -750,6 +878,7 @@ impl Tailer {
             alerted_too_large: row.alerted_too_large,
         };
         self.by_path.insert(f.path.clone(), key);
+        self.dirty.insert(key);
         self.open.insert(key, t);
         self.stats
             .open_files
@@ -775,21 +904,20 @@ impl Tailer {
     // ---------------------------------------------------------------- reading
 
     fn read_dirty(&mut self) -> Option<bool> {
-        let keys: Vec<FileKey> = self
-            .open
-            .iter()
-            .filter(|(_, t)| t.dirty)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<FileKey> = self.dirty.iter().copied().collect();
         let mut worked = false;
         for key in keys {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
             let Some(mut t) = self.open.remove(&key) else {
+                self.dirty.remove(&key);
                 continue;
             };
             let outcome = self.read_turn(&mut t);
+            if !matches!(outcome, Outcome::Progress) {
+                self.dirty.remove(&key);
+            }
             match outcome {
                 Outcome::Progress => {
                     worked = true;
@@ -892,9 +1020,6 @@ impl Tailer {
                 Ok(md) if md.len() < t.framer.position() => return Outcome::Truncated,
                 Ok(md) => t.size = md.len(),
                 Err(e) => return Outcome::Failed(e),
-            }
-            if rewritten(t) {
-                return Outcome::Truncated;
             }
         }
         let source = self.cfg.sources[t.source].clone();
@@ -1013,8 +1138,31 @@ impl Tailer {
 
     fn check_timers(&mut self) {
         let rotate_wait = self.cfg.discovery.rotate_wait;
-        let keys: Vec<FileKey> = self.open.keys().copied().collect();
-        for key in keys {
+        // Timers are in seconds (multiline_timeout, rotate_wait): a tenth of a second is precise
+        // enough, and spares a pass over every open file on every write.
+        if self.last_timers.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_timers = Instant::now();
+        let due: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, t)| {
+                let timeout = self.cfg.sources[t.source]
+                    .framing
+                    .multiline
+                    .as_ref()
+                    .map(|m| m.timeout);
+                let flush = timeout
+                    .is_some_and(|to| t.framer.has_pending_record() && t.last_data.elapsed() >= to);
+                let close = t
+                    .released_at
+                    .is_some_and(|since| t.at_eof && !t.dirty && since.elapsed() >= rotate_wait);
+                flush || close
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
             let Some(mut t) = self.open.remove(&key) else {
                 continue;
             };
@@ -1101,6 +1249,7 @@ impl Tailer {
     }
 
     fn forget(&mut self, t: &Tracked) {
+        self.dirty.remove(&t.key);
         if self.by_path.get(&t.path) == Some(&t.key) {
             self.by_path.remove(&t.path);
         }

@@ -1,0 +1,823 @@
+//! The config as layers, each key with its origin: built-in defaults, the enabled packs' sources,
+//! the file, and temporary overrides set on the running agent (gone at the next reload).
+//!
+//! `get`, `list`, `set` and `del` work on dotted keys (`defaults.max_record_bytes`,
+//! `sources.app.paths`). Every change is validated exactly as a config file is, by building the
+//! merged table and resolving it into a [`Config`].
+
+use super::{Config, ConfigError, ConfigIssue};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Default,
+    Pack,
+    File,
+    Temporary,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Default => "default",
+            Origin::Pack => "pack",
+            Origin::File => "file",
+            Origin::Temporary => "temporary",
+        }
+    }
+}
+
+/// One effective setting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub key: String,
+    /// The value in TOML syntax (`65536`, `"x"`, `["a", "b"]`).
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// Built-in defaults, as TOML (what `list` shows with origin `default`).
+pub const DEFAULTS: &str = r#"
+state_dir = "state"
+packs = []
+pack_dirs = ["packs"]
+[defaults]
+fingerprint_bytes = 1024
+max_record_bytes = 65536
+max_file_bytes = 4294967296
+delimiter = "\n"
+detect_compression = true
+multiline_timeout = "5s"
+[batch]
+max_records = 16384
+max_bytes = "2MiB"
+max_wait = "1s"
+[discovery]
+rescan_interval = "10s"
+rotate_wait = "5s"
+[sink]
+type = "stdout"
+[monitor]
+allow_non_loopback = false
+"#;
+
+/// Per-source keys a source inherits from `[defaults]`.
+pub const INHERITED: [&str; 8] = [
+    "fingerprint_bytes",
+    "max_record_bytes",
+    "max_file_bytes",
+    "delimiter",
+    "detect_compression",
+    "break_before",
+    "break_after",
+    "multiline_timeout",
+];
+
+/// The sources one enabled pack switches on.
+#[derive(Debug, Clone)]
+pub struct PackSources {
+    pub name: String,
+    pub path: PathBuf,
+    pub sources: Table,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layers {
+    pub path: PathBuf,
+    pub file: Table,
+    pub packs: Vec<PackSources>,
+    /// Dotted key → value, or None for a key deleted for now.
+    pub temporary: BTreeMap<String, Option<Value>>,
+}
+
+impl Layers {
+    /// Reads the file and the packs it enables.
+    pub fn load(path: &Path) -> Result<Layers, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let mut layers = Layers {
+            path: path.to_path_buf(),
+            file,
+            packs: Vec::new(),
+            temporary: BTreeMap::new(),
+        };
+        layers.load_packs()?;
+        Ok(layers)
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        super::absolute(&self.path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// The pack folders and enabled packs as the file (with temporary overrides) names them.
+    fn pack_settings(&self) -> (Vec<String>, Vec<PathBuf>) {
+        let merged = self.merged_without_packs();
+        let strings = |k: &str| -> Option<Vec<String>> {
+            merged.get(k)?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+        };
+        let base = self.base_dir();
+        let dirs = strings("pack_dirs")
+            .map(|d| d.iter().map(|x| base.join(x)).collect())
+            .unwrap_or_else(|| vec![base.join("packs")]);
+        (strings("packs").unwrap_or_default(), dirs)
+    }
+
+    fn load_packs(&mut self) -> Result<(), ConfigError> {
+        let (names, dirs) = self.pack_settings();
+        let mut issues = Vec::new();
+        let mut packs = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let key = format!("packs[{i}]");
+            let Some(path) = find_pack(name, &dirs, &self.base_dir()) else {
+                issues.push(ConfigIssue {
+                    key,
+                    message: format!(
+                        "pack {name:?} not found in {}",
+                        dirs.iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+                continue;
+            };
+            match read_pack_sources(&path) {
+                Ok(sources) => packs.push(PackSources {
+                    name: pack_name(&path),
+                    path,
+                    sources,
+                }),
+                Err(message) => issues.push(ConfigIssue { key, message }),
+            }
+        }
+        // Two packs defining one source would be ambiguous; a file may refine a pack's source.
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for p in &packs {
+            for s in p.sources.keys() {
+                if let Some(other) = owner.insert(s.clone(), p.name.clone()) {
+                    issues.push(ConfigIssue {
+                        key: format!("sources.{s}"),
+                        message: format!("defined by both pack {other} and pack {}", p.name),
+                    });
+                }
+            }
+        }
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                issues,
+            });
+        }
+        self.packs = packs;
+        Ok(())
+    }
+
+    fn merged_without_packs(&self) -> Table {
+        let mut t = self.file.clone();
+        for (k, v) in &self.temporary {
+            let parts: Vec<&str> = k.split('.').collect();
+            match v {
+                Some(v) => set_path(&mut t, &parts, v.clone()),
+                None => {
+                    remove_path(&mut t, &parts);
+                }
+            }
+        }
+        t
+    }
+
+    /// The tables merged: pack sources under the file, temporary overrides on top.
+    pub fn merged(&self) -> Table {
+        let mut t = Table::new();
+        for p in &self.packs {
+            let sources = t
+                .entry("sources")
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(st) = sources {
+                for (name, v) in &p.sources {
+                    st.insert(name.clone(), v.clone());
+                }
+            }
+        }
+        merge_into(&mut t, &self.merged_without_packs());
+        t
+    }
+
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        Config::from_table(&self.path, &self.merged())
+    }
+
+    /// Names of the sources that come from packs (and are not redefined by the file).
+    pub fn pack_source_names(&self) -> Vec<String> {
+        let file_sources = self.file.get("sources").and_then(Value::as_table);
+        self.packs
+            .iter()
+            .flat_map(|p| p.sources.keys().cloned())
+            .filter(|s| file_sources.map(|f| !f.contains_key(s)).unwrap_or(true))
+            .collect()
+    }
+
+    /// The files whose change means a reload: the config file and every enabled pack.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.packs.iter().map(|p| p.path.clone()))
+            .collect()
+    }
+
+    fn origin_of(&self, key: &str) -> Origin {
+        let parts: Vec<&str> = key.split('.').collect();
+        if self.temporary.contains_key(key) {
+            Origin::Temporary
+        } else if get_path(&self.file, &parts).is_some() {
+            Origin::File
+        } else {
+            Origin::Pack
+        }
+    }
+
+    /// Every effective key equal to or under `prefix` ("" for all), with value and origin.
+    pub fn entries(&self, prefix: &str) -> Vec<Entry> {
+        let merged = self.merged();
+        let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut leaves = Vec::new();
+        flatten("", &merged, &mut leaves);
+        for (k, v) in leaves {
+            let origin = self.origin_of(&k);
+            out.insert(
+                k.clone(),
+                Entry {
+                    key: k,
+                    value: render(&v),
+                    origin,
+                },
+            );
+        }
+        let defaults: Table = DEFAULTS.parse().expect("built-in defaults parse");
+        let mut dleaves = Vec::new();
+        flatten("", &defaults, &mut dleaves);
+        dleaves.push(("host_id".into(), Value::String(super::hostname())));
+        for (k, v) in dleaves {
+            out.entry(k.clone()).or_insert(Entry {
+                key: k,
+                value: render(&v),
+                origin: Origin::Default,
+            });
+        }
+        // What each source inherits shows under the source, with the origin of where it came from.
+        if let Some(Value::Table(sources)) = merged.get("sources") {
+            for name in sources.keys() {
+                for k in INHERITED {
+                    let key = format!("sources.{name}.{k}");
+                    if out.contains_key(&key) {
+                        continue;
+                    }
+                    if let Some(e) = out.get(&format!("defaults.{k}")).cloned() {
+                        out.insert(
+                            key.clone(),
+                            Entry {
+                                key,
+                                value: e.value,
+                                origin: e.origin,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        out.into_values()
+            .filter(|e| {
+                prefix.is_empty() || e.key == prefix || e.key.starts_with(&format!("{prefix}."))
+            })
+            .collect()
+    }
+
+    /// Sets a temporary override; refused (and not kept) if the result does not validate.
+    pub fn set_temporary(&mut self, key: &str, value: Value) -> Result<Config, ConfigError> {
+        check_key(&self.path, key)?;
+        let before = self.temporary.insert(key.to_string(), Some(value));
+        self.try_resolve_or_restore(key, before)
+    }
+
+    /// Drops a key for now: a temporary override is removed; a file or pack key is hidden until
+    /// the next reload (its default, if any, shows again).
+    pub fn del_temporary(&mut self, key: &str) -> Result<Config, ConfigError> {
+        check_key(&self.path, key)?;
+        let before = if matches!(self.temporary.get(key), Some(Some(_))) {
+            self.temporary.remove(key)
+        } else {
+            self.temporary.insert(key.to_string(), None)
+        };
+        self.try_resolve_or_restore(key, before)
+    }
+
+    fn try_resolve_or_restore(
+        &mut self,
+        key: &str,
+        before: Option<Option<Value>>,
+    ) -> Result<Config, ConfigError> {
+        let packs_before = self.packs.clone();
+        let result = self.load_packs().and_then(|_| self.resolve());
+        if result.is_err() {
+            match before {
+                Some(v) => self.temporary.insert(key.to_string(), v),
+                None => self.temporary.remove(key),
+            };
+            self.packs = packs_before;
+        }
+        result
+    }
+}
+
+fn check_key(path: &Path, key: &str) -> Result<(), ConfigError> {
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues: vec![ConfigIssue {
+                key: key.to_string(),
+                message: "not a dotted key such as defaults.max_record_bytes".into(),
+            }],
+        });
+    }
+    Ok(())
+}
+
+/// A value as typed on the command line: TOML if it parses (`65536`, `true`, `["a"]`, `"x"`),
+/// otherwise the text as a string (`web-01`).
+pub fn parse_value(text: &str) -> Value {
+    let doc = format!("v = {text}");
+    match doc.parse::<Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(text.to_string())),
+        Err(_) => Value::String(text.to_string()),
+    }
+}
+
+/// A value in TOML syntax, on one line (`"\n"`, not a multi-line string).
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => {
+            let mut out = String::with_capacity(s.len() + 2);
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                        out.push_str(&format!("\\u{:04X}", c as u32))
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(render).collect::<Vec<_>>().join(", ")),
+        Value::Table(t) => format!(
+            "{{ {} }}",
+            t.iter()
+                .map(|(k, v)| format!("{k} = {}", render(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn flatten(prefix: &str, t: &Table, out: &mut Vec<(String, Value)>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Table(sub) => flatten(&key, sub, out),
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+fn merge_into(dst: &mut Table, src: &Table) {
+    for (k, v) in src {
+        match (dst.get_mut(k), v) {
+            (Some(Value::Table(d)), Value::Table(s)) => merge_into(d, s),
+            _ => {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn get_path<'a>(t: &'a Table, parts: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = parts.split_first()?;
+    let v = t.get(*first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    get_path(v.as_table()?, rest)
+}
+
+fn set_path(t: &mut Table, parts: &[&str], value: Value) {
+    let Some((first, rest)) = parts.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        t.insert(first.to_string(), value);
+        return;
+    }
+    let sub = t
+        .entry(first.to_string())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !sub.is_table() {
+        *sub = Value::Table(Table::new());
+    }
+    if let Value::Table(st) = sub {
+        set_path(st, rest, value);
+    }
+}
+
+fn remove_path(t: &mut Table, parts: &[&str]) -> Option<Value> {
+    let (first, rest) = parts.split_first()?;
+    if rest.is_empty() {
+        return t.remove(*first);
+    }
+    remove_path(t.get_mut(*first)?.as_table_mut()?, rest)
+}
+
+pub fn pack_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A pack by name (`health` → `<dir>/health.json`) or by path (relative to the config's folder).
+pub fn find_pack(name: &str, dirs: &[PathBuf], base: &Path) -> Option<PathBuf> {
+    if name.contains('/') || name.ends_with(".json") {
+        let p = base.join(name);
+        return p.is_file().then_some(p);
+    }
+    dirs.iter()
+        .map(|d| d.join(format!("{name}.json")))
+        .find(|p| p.is_file())
+}
+
+/// Every pack in the folders, by name.
+pub fn available_packs(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    let mut out = BTreeMap::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().map(|x| x == "json").unwrap_or(false) {
+                out.entry(pack_name(&p)).or_insert(p);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The `log_sensor.sources` of an osquery pack, as TOML tables.
+pub fn read_pack_sources(path: &Path) -> Result<Table, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read pack {}: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("pack {} is not JSON: {e}", path.display()))?;
+    let Some(section) = json.get("log_sensor") else {
+        return Ok(Table::new());
+    };
+    let Some(sources) = section.get("sources") else {
+        return Ok(Table::new());
+    };
+    match json_to_toml(sources) {
+        Some(Value::Table(t)) => Ok(t),
+        _ => Err(format!(
+            "pack {}: log_sensor.sources must be an object of sources",
+            path.display()
+        )),
+    }
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Float(n.as_f64()?),
+        },
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(a) => Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        serde_json::Value::Object(o) => Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers(text: &str) -> (tempfile::TempDir, Layers) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("packs")).unwrap();
+        std::fs::write(
+            dir.path().join("packs/web.json"),
+            r#"{"queries":{}, "log_sensor": {"sources": {"nginx": {"paths": ["/var/log/nginx/*.log"], "max_record_bytes": 4096}}}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("agent.toml"), text).unwrap();
+        let l = Layers::load(&dir.path().join("agent.toml")).unwrap();
+        (dir, l)
+    }
+
+    fn find<'a>(e: &'a [Entry], k: &str) -> &'a Entry {
+        e.iter()
+            .find(|x| x.key == k)
+            .unwrap_or_else(|| panic!("no {k} in {e:?}"))
+    }
+
+    #[test]
+    fn origins_of_default_file_pack_and_temporary() {
+        let (_d, mut l) = layers("packs = [\"web\"]\n[defaults]\nmax_file_bytes = 1000\n[sources.app]\npaths = [\"a/*.log\"]\n");
+        let e = l.entries("");
+        assert_eq!(
+            find(&e, "defaults.max_record_bytes").origin,
+            Origin::Default
+        );
+        assert_eq!(find(&e, "defaults.max_file_bytes").origin, Origin::File);
+        assert_eq!(find(&e, "sources.nginx.paths").origin, Origin::Pack);
+        assert_eq!(find(&e, "sources.nginx.max_record_bytes").value, "4096");
+        // Inherited values show under the source with the origin they come from.
+        assert_eq!(find(&e, "sources.app.max_file_bytes").origin, Origin::File);
+        assert_eq!(
+            find(&e, "sources.app.max_record_bytes").origin,
+            Origin::Default
+        );
+        let cfg = l
+            .set_temporary("defaults.max_record_bytes", parse_value("131072"))
+            .unwrap();
+        assert_eq!(
+            cfg.sources
+                .iter()
+                .find(|s| s.name == "app")
+                .unwrap()
+                .framing
+                .max_record_bytes,
+            131072
+        );
+        let e = l.entries("defaults.max_record_bytes");
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].value.as_str(), e[0].origin),
+            ("131072", Origin::Temporary)
+        );
+        assert_eq!(l.pack_source_names(), vec!["nginx".to_string()]);
+    }
+
+    #[test]
+    fn a_bad_temporary_value_is_refused_with_the_reason_and_not_kept() {
+        let (_d, mut l) = layers("[sources.app]\npaths = [\"a/*.log\"]\n");
+        let err = l
+            .set_temporary("sources.app.break_before", parse_value("\"(unclosed\""))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sources.app.break_before: bad regex"),
+            "{err}"
+        );
+        assert!(l.temporary.is_empty());
+        let err = l
+            .set_temporary("sources.app.colour", parse_value("blue"))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown key"), "{err}");
+        assert!(l.temporary.is_empty());
+    }
+
+    #[test]
+    fn del_hides_a_file_key_until_reload_and_removes_an_override() {
+        let (_d, mut l) =
+            layers("[defaults]\nmax_record_bytes = 1000\n[sources.app]\npaths = [\"a/*.log\"]\n");
+        l.del_temporary("defaults.max_record_bytes").unwrap();
+        let e = l.entries("defaults.max_record_bytes");
+        assert_eq!(
+            (e[0].value.as_str(), e[0].origin),
+            ("65536", Origin::Default)
+        );
+        l.set_temporary("defaults.max_record_bytes", parse_value("2000"))
+            .unwrap();
+        l.del_temporary("defaults.max_record_bytes").unwrap();
+        assert_eq!(
+            l.entries("defaults.max_record_bytes")[0].origin,
+            Origin::File
+        );
+    }
+
+    #[test]
+    fn values_parse_as_toml_or_as_text() {
+        assert_eq!(parse_value("42"), Value::Integer(42));
+        assert_eq!(parse_value("true"), Value::Boolean(true));
+        assert_eq!(
+            parse_value("[\"a\", \"b\"]"),
+            Value::Array(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(parse_value("web-01"), Value::String("web-01".into()));
+        assert_eq!(parse_value("\"5s\""), Value::String("5s".into()));
+        assert_eq!(render(&Value::String("x\"y\n".into())), "\"x\\\"y\\n\"");
+        for v in [
+            Value::String("a\\b\t\"c\u{1}".into()),
+            parse_value("[\"a\", 1, true]"),
+            parse_value("{ x = 1 }"),
+        ] {
+            assert_eq!(parse_value(&render(&v)), v, "{}", render(&v));
+        }
+    }
+
+    #[test]
+    fn a_missing_pack_names_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent.toml"), "packs = [\"nope\"]\n").unwrap();
+        let err = Layers::load(&dir.path().join("agent.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("packs[0]") && err.to_string().contains("nope"),
+            "{err}"
+        );
+    }
+}
+
+/// Writes `key = value` into the config file itself, keeping its comments and layout, after
+/// checking that the result is a valid config. `None` removes the key.
+pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, ConfigError> {
+    check_key(path, key)?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, parents) = parts.split_last().expect("checked non-empty");
+    let mut table: &mut toml_edit::Table = doc.as_table_mut();
+    for p in parents {
+        let item = table.entry(p).or_insert_with(|| {
+            let mut t = toml_edit::Table::new();
+            t.set_implicit(true);
+            toml_edit::Item::Table(t)
+        });
+        table = match item.as_table_mut() {
+            Some(t) => t,
+            None => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    issues: vec![ConfigIssue {
+                        key: key.to_string(),
+                        message: format!("{p} is not a table in the file"),
+                    }],
+                })
+            }
+        };
+    }
+    match value {
+        Some(v) => {
+            let item: toml_edit::DocumentMut = format!("v = {}", render(v))
+                .parse()
+                .expect("a rendered value parses");
+            let new = item.get("v").cloned().expect("v is set");
+            // Keep the comment that followed the old value on its line.
+            let decor = table
+                .get(last)
+                .and_then(|i| i.as_value())
+                .map(|v| v.decor().clone());
+            table.insert(last, new);
+            if let (Some(decor), Some(v)) =
+                (decor, table.get_mut(last).and_then(|i| i.as_value_mut()))
+            {
+                *v.decor_mut() = decor;
+            }
+        }
+        None => {
+            table.remove(last);
+        }
+    }
+    let new_text = doc.to_string();
+    // Validate exactly as a config file: write beside it, load it with its packs, then swap.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let write = |p: &Path| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p)?;
+        f.write_all(new_text.as_bytes())?;
+        f.sync_all()?;
+        if let Ok(md) = std::fs::metadata(path) {
+            std::fs::set_permissions(p, md.permissions())?;
+        }
+        Ok(())
+    };
+    write(&tmp).map_err(|source| ConfigError::Read {
+        path: tmp.clone(),
+        source,
+    })?;
+    let checked = Layers::load(&tmp).and_then(|l| {
+        let mut l = l;
+        l.path = path.to_path_buf();
+        l.resolve()
+    });
+    match checked {
+        Ok(cfg) => {
+            std::fs::rename(&tmp, path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(cfg)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(match e {
+                ConfigError::Invalid { issues, .. } => ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    issues,
+                },
+                other => other,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use super::*;
+
+    #[test]
+    fn persist_keeps_comments_and_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let text = "# the agent\nstate_dir = \"state\" # where offsets live\n\n[defaults]\nmax_record_bytes = 1000 # small\n\n# app logs\n[sources.app]\npaths = [\"a/*.log\"]\n";
+        std::fs::write(&p, text).unwrap();
+        persist(&p, "defaults.max_record_bytes", Some(&parse_value("2048"))).unwrap();
+        persist(&p, "sources.app.exclude", Some(&parse_value("[\"*.tmp\"]"))).unwrap();
+        let out = std::fs::read_to_string(&p).unwrap();
+        assert!(out.contains("# the agent\n"), "{out}");
+        assert!(
+            out.contains("state_dir = \"state\" # where offsets live"),
+            "{out}"
+        );
+        assert!(out.contains("max_record_bytes = 2048 # small"), "{out}");
+        assert!(out.contains("# app logs\n[sources.app]"), "{out}");
+        assert!(out.contains("exclude = [\"*.tmp\"]"), "{out}");
+        let bad = persist(
+            &p,
+            "defaults.max_record_bytes",
+            Some(&parse_value("\"huge\"")),
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("defaults.max_record_bytes"),
+            "{bad}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            out,
+            "a refused change leaves the file alone"
+        );
+        persist(&p, "defaults.max_record_bytes", None).unwrap();
+        assert!(!std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("max_record_bytes"));
+    }
+}

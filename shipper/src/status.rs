@@ -1,0 +1,368 @@
+//! The running agent's picture of itself: what `status --json`, the control socket's `status`
+//! and the monitor's `/api/v1/status` return, and what `/metrics` and `/healthz` are made from.
+
+use crate::agent::ShipStats;
+use crate::config::Config;
+use crate::store::{now_secs, Store};
+use crate::tail::TailStats;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+
+/// Past this long with a failing sink, the agent reports itself unhealthy.
+pub const SINK_DOWN_UNHEALTHY_SECS: u64 = 60;
+/// How many recent alerts a status carries.
+pub const RECENT_ALERTS: usize = 50;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub host_id: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: i64,
+    pub uptime_secs: i64,
+    pub config_path: String,
+    pub state_dir: String,
+    pub sink: SinkStatus,
+    pub sources: Vec<SourceStatus>,
+    pub streams: Vec<StreamStatus>,
+    pub alerts: Vec<AlertStatus>,
+    pub counters: Counters,
+    pub store: StoreStatus,
+    pub health: Health,
+    /// Batches by seconds from first record to acknowledgement: (upper bound, cumulative count).
+    pub batch_latency: Histogram,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SinkStatus {
+    pub kind: String,
+    pub description: String,
+    /// `ok` or `failing`.
+    pub state: String,
+    pub failing_since: Option<i64>,
+    pub last_ok: Option<i64>,
+    pub errors: u64,
+    pub retries: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceStatus {
+    pub name: String,
+    pub paths: Vec<String>,
+    /// `file` or `pack`.
+    pub origin: String,
+    pub streams: u64,
+    pub records_shipped: u64,
+    pub bytes_shipped: u64,
+    pub bytes_read: u64,
+    pub lag_bytes: u64,
+    pub overlong_records: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamStatus {
+    pub stream: String,
+    pub source: String,
+    pub path: String,
+    pub state: String,
+    pub compressed: bool,
+    pub size: u64,
+    pub read_offset: u64,
+    pub committed_offset: u64,
+    pub lag_bytes: u64,
+    pub records: u64,
+    pub overlong_records: u64,
+    pub last_read: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertStatus {
+    pub time: i64,
+    pub kind: String,
+    pub source: Option<String>,
+    pub stream: Option<String>,
+    pub path: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    pub bytes_read: u64,
+    pub records_read: u64,
+    pub records_shipped: u64,
+    pub bytes_shipped: u64,
+    pub batches: u64,
+    pub overlong_records: u64,
+    pub open_files: u64,
+    pub fingerprint_collisions: u64,
+    pub truncations: u64,
+    pub sink_errors: u64,
+    pub sink_retries: u64,
+    /// Alerts by kind, from the store (all time, not only the recent ones).
+    pub alerts_by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreStatus {
+    pub path: String,
+    /// store.db plus its WAL.
+    pub bytes: u64,
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub ok: bool,
+    /// Why not, when not ok.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Histogram {
+    /// (upper bound in seconds, cumulative count), ascending; the last bound is +Inf (f64::MAX).
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Upper bounds of the batch latency histogram, in seconds.
+pub const LATENCY_BOUNDS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Lock-free latency histogram the shipping loop records into.
+#[derive(Debug, Default)]
+pub struct LatencyRecorder {
+    counts: [std::sync::atomic::AtomicU64; 11],
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyRecorder {
+    pub fn record(&self, secs: f64) {
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Histogram {
+        let mut buckets = Vec::with_capacity(11);
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            buckets.push((LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::MAX), cum));
+        }
+        Histogram {
+            buckets,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: cum,
+        }
+    }
+}
+
+/// Everything a status is made from, shared by the agent's threads.
+#[derive(Clone)]
+pub struct Live {
+    pub tail: std::sync::Arc<TailStats>,
+    pub ship: std::sync::Arc<ShipStats>,
+    pub started_at: i64,
+    pub sink_kind: String,
+    pub sink_description: String,
+    /// Which sources came from packs (the rest are from the file).
+    pub pack_sources: Vec<String>,
+}
+
+impl Status {
+    /// Builds the picture from the live counters and a read-only look at the store.
+    pub fn collect(cfg: &Config, live: &Live) -> Status {
+        let now = now_secs();
+        let ship = &live.ship;
+        let failing_since = match ship.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t as i64),
+        };
+        let last_ok = match ship.last_ok.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t as i64),
+        };
+        let sink = SinkStatus {
+            kind: live.sink_kind.clone(),
+            description: live.sink_description.clone(),
+            state: if failing_since.is_some() {
+                "failing"
+            } else {
+                "ok"
+            }
+            .into(),
+            failing_since,
+            last_ok,
+            errors: ship.sink_errors.load(Ordering::Relaxed),
+            retries: ship.sink_retries.load(Ordering::Relaxed),
+            last_error: ship.last_error.lock().ok().and_then(|e| e.clone()),
+        };
+        let store_path = cfg.store_path();
+        let mut streams = Vec::new();
+        let mut alerts = Vec::new();
+        let mut alerts_by_kind = std::collections::BTreeMap::new();
+        let mut store_problem = None;
+        match Store::open_read_only(&store_path) {
+            Ok(conn) => {
+                let rows = conn
+                    .prepare(
+                        "SELECT stream, source, path, state, compressed, size, read_offset, committed_offset, records,
+                                overlong_records, last_read FROM streams ORDER BY source, path",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map([], |r| {
+                            let size: i64 = r.get(5)?;
+                            let read: i64 = r.get(6)?;
+                            let committed: i64 = r.get(7)?;
+                            let compressed: bool = r.get(4)?;
+                            let lag = if compressed { read - committed } else { size - committed };
+                            Ok(StreamStatus {
+                                stream: r.get(0)?,
+                                source: r.get(1)?,
+                                path: r.get(2)?,
+                                state: r.get(3)?,
+                                compressed,
+                                size: size as u64,
+                                read_offset: read as u64,
+                                committed_offset: committed as u64,
+                                lag_bytes: lag.max(0) as u64,
+                                records: r.get::<_, i64>(8)? as u64,
+                                overlong_records: r.get::<_, i64>(9)? as u64,
+                                last_read: r.get(10)?,
+                            })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                    });
+                match rows {
+                    Ok(r) => streams = r,
+                    Err(e) => store_problem = Some(format!("cannot read streams: {e}")),
+                }
+                if let Ok(mut st) = conn.prepare("SELECT time, kind, source, stream, path, detail FROM alerts ORDER BY id DESC LIMIT ?1") {
+                    if let Ok(rows) = st.query_map([RECENT_ALERTS as i64], |r| {
+                        Ok(AlertStatus { time: r.get(0)?, kind: r.get(1)?, source: r.get(2)?, stream: r.get(3)?, path: r.get(4)?, detail: r.get(5)? })
+                    }) {
+                        alerts = rows.flatten().collect();
+                    }
+                }
+                if let Ok(mut st) = conn.prepare("SELECT kind, count(*) FROM alerts GROUP BY kind")
+                {
+                    if let Ok(rows) = st.query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    }) {
+                        alerts_by_kind = rows.flatten().collect();
+                    }
+                }
+            }
+            Err(e) => store_problem = Some(e.to_string()),
+        }
+        let sources = cfg
+            .sources
+            .iter()
+            .map(|s| {
+                let mine: Vec<&StreamStatus> =
+                    streams.iter().filter(|x| x.source == s.name).collect();
+                SourceStatus {
+                    name: s.name.clone(),
+                    paths: s.paths.clone(),
+                    origin: if live.pack_sources.contains(&s.name) {
+                        "pack"
+                    } else {
+                        "file"
+                    }
+                    .into(),
+                    streams: mine.len() as u64,
+                    records_shipped: mine.iter().map(|x| x.records).sum(),
+                    bytes_shipped: mine.iter().map(|x| x.committed_offset).sum(),
+                    bytes_read: mine.iter().map(|x| x.read_offset).sum(),
+                    lag_bytes: mine.iter().map(|x| x.lag_bytes).sum(),
+                    overlong_records: mine.iter().map(|x| x.overlong_records).sum(),
+                }
+            })
+            .collect();
+        let tail = &live.tail;
+        let counters = Counters {
+            bytes_read: tail.bytes_read.load(Ordering::Relaxed),
+            records_read: tail.records_read.load(Ordering::Relaxed),
+            records_shipped: ship.records.load(Ordering::Relaxed),
+            bytes_shipped: ship.bytes.load(Ordering::Relaxed),
+            batches: ship.batches.load(Ordering::Relaxed),
+            overlong_records: tail.overlong_records.load(Ordering::Relaxed),
+            open_files: tail.open_files.load(Ordering::Relaxed),
+            fingerprint_collisions: tail.fingerprint_collisions.load(Ordering::Relaxed),
+            truncations: tail.truncations.load(Ordering::Relaxed),
+            sink_errors: ship.sink_errors.load(Ordering::Relaxed),
+            sink_retries: ship.sink_retries.load(Ordering::Relaxed),
+            alerts_by_kind,
+        };
+        let bytes = ["store.db", "store.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(cfg.state_dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        let writable = ship
+            .store_error
+            .lock()
+            .map(|e| e.is_none())
+            .unwrap_or(false);
+        let health = if let Some(p) = &store_problem {
+            Health {
+                ok: false,
+                reason: Some(format!("store unreadable: {p}")),
+            }
+        } else if !writable {
+            let e = ship
+                .store_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default();
+            Health {
+                ok: false,
+                reason: Some(format!("store unwritable: {e}")),
+            }
+        } else if let Some(since) =
+            failing_since.filter(|s| now - s >= SINK_DOWN_UNHEALTHY_SECS as i64)
+        {
+            Health {
+                ok: false,
+                reason: Some(format!(
+                    "sink {} failing for {} s: {}",
+                    live.sink_description,
+                    now - since,
+                    sink.last_error.clone().unwrap_or_default()
+                )),
+            }
+        } else {
+            Health {
+                ok: true,
+                reason: None,
+            }
+        };
+        Status {
+            host_id: cfg.host_id.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: live.started_at,
+            uptime_secs: now - live.started_at,
+            config_path: cfg.path.display().to_string(),
+            state_dir: cfg.state_dir.display().to_string(),
+            sink,
+            sources,
+            streams,
+            alerts,
+            counters,
+            store: StoreStatus {
+                path: store_path.display().to_string(),
+                bytes,
+                writable,
+            },
+            health,
+            batch_latency: ship.latency.snapshot(),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! End-to-end tests of operating the agent: background start/stop/status, the control socket,
+//! temporary overrides, --persist, config watching and reload, and packs.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use support::*;
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix} {i:04} {}", "z".repeat(30 + i % 7)))
+        .collect()
+}
+
+fn ls(env: &AgentEnv, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .args(args)
+        .env("LOG_SENSOR_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Starts the agent in the background with `start`; stops it when dropped.
+struct Background<'a>(&'a AgentEnv);
+
+impl<'a> Background<'a> {
+    fn start(env: &'a AgentEnv) -> Background<'a> {
+        let out = ls(env, &["start"]);
+        assert!(
+            out.status.success(),
+            "start failed: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(stdout(&out).contains("started"), "{}", stdout(&out));
+        Background(env)
+    }
+}
+
+impl Drop for Background<'_> {
+    fn drop(&mut self) {
+        let _ = ls(self.0, &["stop"]);
+    }
+}
+
+#[test]
+fn start_status_stop_in_the_background() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let a = lines("bg", 20);
+    append_lines(&env.p("logs/a.log"), &a);
+    let bg = Background::start(&env);
+    let pid: u32 = std::fs::read_to_string(env.p("state/agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let again = ls(&env, &["start"]);
+    assert!(
+        stdout(&again).contains(&format!("already running (pid {pid})")),
+        "{}",
+        stdout(&again)
+    );
+    let sock = env.p("state/control.sock");
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "control socket must be 0600"
+    );
+    wait_for("records shipped", PATIENCE, || env.msgs().len() == 20);
+    let st = ls(&env, &["status"]);
+    let text = stdout(&st);
+    assert!(st.status.success());
+    assert!(
+        text.contains("running (pid") && text.contains("a.log") && text.contains("health: ok"),
+        "{text}"
+    );
+    let js: serde_json::Value =
+        serde_json::from_slice(&ls(&env, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(js["pid"], pid);
+    assert_eq!(js["streams"][0]["records"], 20);
+    let out = ls(&env, &["stop"]);
+    assert!(stdout(&out).contains("stopped"), "{}", stdout(&out));
+    drop(bg);
+    let st = ls(&env, &["status"]);
+    assert_eq!(
+        st.status.code(),
+        Some(3),
+        "status of a stopped agent: LSB 'not running'"
+    );
+    assert!(!env.p("state/agent.pid").exists());
+    assert!(!sock.exists());
+    // Nothing is lost by a stop: all 20 committed.
+    let rows = env.query("SELECT records FROM streams");
+    assert_eq!(rows[0]["records"], 20);
+}
+
+#[test]
+fn a_temporary_override_shows_in_get_and_in_behaviour_and_is_gone_after_reload() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let _bg = Background::start(&env);
+    let out = ls(&env, &["get", "defaults.max_record_bytes"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "defaults.max_record_bytes = 65536  (default)"
+    );
+    let out = ls(&env, &["set", "defaults.max_record_bytes", "16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ls(&env, &["get", "sources.app.max_record_bytes"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "sources.app.max_record_bytes = 16  (temporary)"
+    );
+    // In behaviour: a 40-byte line is now cut into head and tail.
+    append_lines(
+        &env.p("logs/a.log"),
+        &["0123456789012345678901234567890123456789".to_string()],
+    );
+    wait_for("the cut record", PATIENCE, || {
+        env.records().iter().any(|r| r["part"] == "head")
+    });
+    // A bad value is refused with the reason and changes nothing.
+    let bad = ls(&env, &["set", "defaults.max_record_bytes", "lots"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("defaults.max_record_bytes"),
+        "{}",
+        stderr(&bad)
+    );
+    let unknown = ls(&env, &["set", "sources.app.colour", "blue"]);
+    assert!(
+        stderr(&unknown).contains("sources.app.colour: unknown key"),
+        "{}",
+        stderr(&unknown)
+    );
+    let out = ls(&env, &["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ls(&env, &["get", "defaults.max_record_bytes"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "defaults.max_record_bytes = 65536  (default)"
+    );
+    append_lines(
+        &env.p("logs/a.log"),
+        &["after reload this forty byte line is whole".to_string()],
+    );
+    wait_for("the whole record", PATIENCE, || {
+        env.msgs()
+            .contains(&"after reload this forty byte line is whole".to_string())
+    });
+}
+
+#[test]
+fn set_without_an_agent_points_at_persist_and_get_reads_the_file() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let out = ls(&env, &["set", "defaults.max_record_bytes", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--persist"), "{}", stderr(&out));
+    let out = ls(&env, &["get", "discovery.rotate_wait"]);
+    assert!(
+        stdout(&out).contains("discovery.rotate_wait = \"500ms\"  (file)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("no agent running"));
+}
+
+#[test]
+fn persist_writes_the_file_keeping_comments_and_the_agent_follows() {
+    let env = AgentEnv::with_config(
+        r#"# operator's notes: keep this
+state_dir = "state"      # offsets live here
+[sources.app]
+paths = ["logs/*.log"]   # the app
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#,
+    );
+    let _bg = Background::start(&env);
+    let out = ls(
+        &env,
+        &["set", "--persist", "sources.app.exclude", r#"["*.skip"]"#],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(env.p("agent.toml")).unwrap();
+    assert!(
+        text.starts_with("# operator's notes: keep this\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("state_dir = \"state\"      # offsets live here"),
+        "{text}"
+    );
+    assert!(
+        text.contains("paths = [\"logs/*.log\"]   # the app"),
+        "{text}"
+    );
+    assert!(text.contains("exclude = [\"*.skip\"]"), "{text}");
+    let out = ls(&env, &["get", "sources.app.exclude"]);
+    assert!(stdout(&out).contains("(file)"), "{}", stdout(&out));
+    append_lines(&env.p("logs/x.skip"), &["skipped".to_string()]);
+    append_lines(&env.p("logs/y.log"), &["kept".to_string()]);
+    wait_for("kept shipped", PATIENCE, || {
+        env.msgs().contains(&"kept".to_string())
+    });
+    assert!(!env.msgs().contains(&"skipped".to_string()));
+}
+
+#[test]
+fn an_invalid_edit_leaves_the_agent_running_and_alerting_and_a_fix_recovers() {
+    let env = AgentEnv::new(r#"paths = ["logs/a/*.log"]"#);
+    std::fs::create_dir_all(env.p("logs/a")).unwrap();
+    let mut agent = env.start();
+    wait_for("agent up", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    let good = std::fs::read_to_string(env.p("agent.toml")).unwrap();
+    std::fs::write(
+        env.p("agent.toml"),
+        good.replace("[sink]", "[sink]\nbogus_key = 1"),
+    )
+    .unwrap();
+    wait_for("a config_error alert", PATIENCE, || {
+        env.try_query("SELECT detail FROM alerts WHERE kind = 'config_error'")
+            .map(|r| {
+                r.iter().any(|a| {
+                    a["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("sink.bogus_key")
+                })
+            })
+            .unwrap_or(false)
+    });
+    assert!(
+        agent.is_running(),
+        "an invalid edit must not stop the agent"
+    );
+    append_lines(&env.p("logs/a/1.log"), &["still shipping".to_string()]);
+    env.wait_msgs(&agent, &["still shipping".to_string()]);
+    // Fixing the file (and adding a source) recovers without a restart.
+    std::fs::write(
+        env.p("agent.toml"),
+        good.replace("[sink]", "[sources.b]\npaths = [\"logs/b/*.log\"]\n[sink]"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.p("logs/b")).unwrap();
+    append_lines(&env.p("logs/b/1.log"), &["from b".to_string()]);
+    env.wait_msgs(&agent, &["from b".to_string()]);
+    assert!(agent.is_running());
+}
+
+#[test]
+fn a_source_added_by_editing_the_file_ships_without_restart_or_resending() {
+    let env = AgentEnv::new(r#"paths = ["logs/a/*.log"]"#);
+    std::fs::create_dir_all(env.p("logs/a")).unwrap();
+    std::fs::create_dir_all(env.p("logs/b")).unwrap();
+    let a = lines("a", 50);
+    append_lines(&env.p("logs/a/x.log"), &a);
+    let b = lines("b", 30);
+    append_lines(&env.p("logs/b/y.log"), &b);
+    let agent = env.start();
+    env.wait_msgs(&agent, &a);
+    assert!(!env.msgs().contains(&b[0]));
+    let text = std::fs::read_to_string(env.p("agent.toml")).unwrap();
+    std::fs::write(
+        env.p("agent.toml"),
+        text.replace(
+            "[sink]",
+            "[sources.more]\npaths = [\"logs/b/*.log\"]\n[sink]",
+        ),
+    )
+    .unwrap();
+    env.wait_msgs(&agent, &b);
+    let more = lines("a-later", 5);
+    append_lines(&env.p("logs/a/x.log"), &more);
+    env.wait_msgs(&agent, &more);
+    let msgs = env.msgs();
+    for l in a.iter().chain(&b) {
+        assert_eq!(
+            msgs.iter().filter(|m| *m == l).count(),
+            1,
+            "{l} shipped once"
+        );
+    }
+    let src: Vec<String> = env
+        .records()
+        .iter()
+        .filter(|r| r["msg"] == b[0].as_str())
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(src, vec!["more".to_string()]);
+}
+
+#[test]
+fn packs_are_listed_enabled_and_disabled_and_switch_sources() {
+    let env = AgentEnv::new(r#"paths = ["logs/app/*.log"]"#);
+    std::fs::create_dir_all(env.p("packs")).unwrap();
+    std::fs::create_dir_all(env.p("logs/web")).unwrap();
+    let web_log = env.p("logs/web/access.log");
+    std::fs::write(
+        env.p("packs/web.json"),
+        format!(
+            r#"{{"queries": {{"lag": {{"query": "SELECT path, lag_bytes FROM log_sensor_streams;", "interval": 60}}}},
+               "log_sensor": {{"sources": {{"web": {{"paths": ["{}"]}}}}}}}}"#,
+            env.p("logs/web/*.log").display()
+        ),
+    )
+    .unwrap();
+    append_lines(&web_log, &["GET / 200".to_string()]);
+    let agent = env.start();
+    wait_for("agent up", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    let out = ls(&env, &["pack", "list"]);
+    assert!(stdout(&out).contains("[off] web"), "{}", stdout(&out));
+    let out = ls(&env, &["pack", "enable", "web"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("reloaded"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(ls(&env, &["pack", "list"])
+        .stdout
+        .windows(8)
+        .any(|w| w == b"[on]  we"));
+    env.wait_msgs(&agent, &["GET / 200".to_string()]);
+    let out = ls(&env, &["get", "sources.web.paths"]);
+    assert!(stdout(&out).contains("(pack)"), "{}", stdout(&out));
+    let js: serde_json::Value =
+        serde_json::from_slice(&ls(&env, &["status", "--json"]).stdout).unwrap();
+    assert!(
+        js["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "web" && s["origin"] == "pack"),
+        "{js}"
+    );
+    let missing = ls(&env, &["pack", "enable", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("not found"));
+    let out = ls(&env, &["pack", "disable", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = env.msgs().len();
+    append_lines(&web_log, &["GET /after-disable 200".to_string()]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.msgs().len(), before, "a disabled pack's source stops");
+    drop(agent);
+}
+
+#[test]
+fn the_packaged_sample_config_is_valid() {
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/log-sensor.toml");
+    let out = std::process::Command::new(bin("log-sensor"))
+        .arg("-c")
+        .arg(&sample)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/log-sensor.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/log-sensor -c /etc/log-sensor/log-sensor.toml run")
+    );
+}
