@@ -64,7 +64,7 @@ def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
     if profile:
         # perf execs the agent: the pid measured below is the agent's own.
         cmd = ["perf", "record", "-g", "-o", profile, "--"] + cmd
-    p = subprocess.Popen(cmd, stderr=err, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stderr=err, stdin=subprocess.DEVNULL, env=dict(os.environ, LOG_SENSOR_LOG=os.environ.get("LOG_SENSOR_LOG", "info")))
     while not done_extra() or committed(wd)[0] < size:
         if p.poll() is not None:
             sys.exit(f"agent exited early: see {wd}/agent.err")

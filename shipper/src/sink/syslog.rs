@@ -510,10 +510,19 @@ impl Sink for SyslogSink {
             let conn = self.connect().map_err(|m| self.fail(m))?;
             self.conn = Some(conn);
         }
+        let started = Instant::now();
         let delivered = self.write_batch(batch).and_then(|()| {
+            let written = started.elapsed();
             let conn = self.conn.as_mut().ok_or("not connected")?;
             wait_drained(conn.sock())?;
-            check_alive(conn)
+            check_alive(conn)?;
+            tracing::debug!(
+                records = batch.len(),
+                write_ms = written.as_secs_f64() * 1e3,
+                drain_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+                "syslog batch taken by the receiver"
+            );
+            Ok(())
         });
         if self.buf.capacity() > 4 * CHUNK {
             self.buf = Vec::with_capacity(CHUNK + 64 * 1024);
