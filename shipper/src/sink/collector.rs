@@ -499,11 +499,13 @@ pub struct CollectorOptions {
 }
 
 pub struct CollectorSink {
+    /// URL, files and identity, shared with the renewal thread.
     shared: Arc<Shared>,
+    /// `compression = "gzip"`.
     gzip: bool,
     /// The open connection and the certificate generation it was made with.
     conn: Option<(HttpConn, u64)>,
-    /// Reused between batches: the NDJSON and, with gzip, its compressed form.
+    /// Reused between batches: NDJSON when the batch was not encoded ahead, and the gzip form.
     body: Vec<u8>,
     gz: Vec<u8>,
 }
