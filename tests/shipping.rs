@@ -677,8 +677,9 @@ impl Pki {
             (cert.pem(), key.serialize_pem())
         };
         let (ca_pem, issuer) = ca("test syslog CA");
-        let (_, other) = ca("some other CA");
+        let (other_pem, other) = ca("some other CA");
         write_pem(&dir.join("ca.pem"), &ca_pem);
+        write_pem(&dir.join("other-ca.pem"), &other_pem);
         let (c, k) = leaf(
             vec!["localhost".into(), "127.0.0.1".into()],
             "localhost",
@@ -827,9 +828,13 @@ fn sd_param(sd: &str, name: &str) -> Option<String> {
 }
 
 fn syslog_sink(pki: &Pki, port: u16, cert: &str) -> String {
+    syslog_sink_trusting(pki, port, cert, "ca.pem")
+}
+
+fn syslog_sink_trusting(pki: &Pki, port: u16, cert: &str, ca: &str) -> String {
     format!(
         "type = \"syslog\"\naddress = \"127.0.0.1:{port}\"\ntls = true\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\napp_name = \"shipper\"\nfacility = \"local3\"\n",
-        pki.p("ca.pem"),
+        pki.p(ca),
         pki.p(&format!("{cert}.pem")),
         pki.p(&format!("{cert}.key")),
     )
@@ -1024,4 +1029,36 @@ fn syslog_over_plain_tcp_survives_a_receiver_restart() {
     let got = msgs(&rs);
     assert!(got.len() >= all.len());
     assert!(got.iter().all(|m| all.contains(m)), "only our records");
+}
+
+#[test]
+fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let rs = Rsyslog::start(tmp.path(), &pki);
+    let agent = Agent::new(
+        &syslog_sink_trusting(&pki, rs.port, "client", "other-ca.pem"),
+        "",
+    );
+    append_lines(&agent.p("logs/app.log"), &lines("untrusted", 20));
+    let a = agent.start();
+    wait_for(
+        &format!(
+            "a sink_error alert about the server's certificate; agent stderr:\n{}",
+            tail(&a.stderr_text())
+        ),
+        PATIENCE,
+        || {
+            agent
+                .alerts()
+                .iter()
+                .any(|d| d.contains("server's certificate does not verify"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.committed(), 0, "nothing committed");
+    assert!(
+        rs.received().is_empty(),
+        "nothing sent to an unverified server"
+    );
 }
