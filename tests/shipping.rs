@@ -390,7 +390,7 @@ fn a_batch_larger_than_the_collectors_limit_is_sent_in_pieces() {
     let a = agent.start();
     assert_stored_exactly_once(&c, &a, &want);
     assert!(
-        !a.stderr_text().contains("413"),
+        !a.stderr_text().contains("too_large"),
         "{}",
         tail(&a.stderr_text())
     );
