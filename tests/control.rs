@@ -84,10 +84,14 @@ fn start_status_stop_in_the_background() {
         text.contains("running (pid") && text.contains("a.log") && text.contains("health: ok"),
         "{text}"
     );
-    let js: serde_json::Value =
-        serde_json::from_slice(&ls(&env, &["status", "--json"]).stdout).unwrap();
-    assert_eq!(js["pid"], pid);
-    assert_eq!(js["streams"][0]["records"], 20);
+    let status_json = || -> serde_json::Value {
+        serde_json::from_slice(&ls(&env, &["status", "--json"]).stdout).unwrap()
+    };
+    assert_eq!(status_json()["pid"], pid);
+    // Written to the sink comes just before committed: wait for the commit.
+    wait_for("20 records committed", PATIENCE, || {
+        status_json()["streams"][0]["records"] == 20
+    });
     let out = ls(&env, &["stop"]);
     assert!(stdout(&out).contains("stopped"), "{}", stdout(&out));
     drop(bg);

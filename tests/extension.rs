@@ -103,9 +103,19 @@ impl Standin {
             .unwrap_or_else(|e| panic!("stand-in command {c} failed: {e}"))
     }
 
+    /// Waits for the registration, then for the extension's own socket to answer: the extension
+    /// learns its uuid from the registration and only then binds `<socket>.<uuid>`, so a call
+    /// made the moment registration is seen can find no socket yet (osquery's watcher tolerates
+    /// one failed ping for the same reason). Without this wait the first call of a test failed
+    /// now and then on a loaded machine with "Could not connect to … em.sock.<uuid>".
     fn wait_registered(&mut self) -> i64 {
         let r = self.cmd(json!({"cmd": "wait_registered", "name": "log_sensor", "timeout": 60}));
-        r["uuid"].as_i64().unwrap()
+        let uuid = r["uuid"].as_i64().unwrap();
+        poll("the extension's socket to answer a ping", || {
+            let ping = self.try_cmd(json!({"cmd": "ping", "uuid": uuid})).ok()?;
+            (ping["code"] == 0).then_some(())
+        });
+        uuid
     }
 
     fn generate(&mut self, uuid: i64, table: &str, constraints: Value) -> Vec<Value> {
@@ -748,6 +758,413 @@ fn a_missing_config_is_reported_and_defaults_are_used() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// log_sensor_config with the real agent running
+
+/// The agent binary, built next to the extension by `cargo test --workspace`.
+fn agent_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_log-sensor-extension")).with_file_name("log-sensor");
+    assert!(
+        p.exists(),
+        "{} is missing: these tests run the real agent; run `cargo test --workspace` \
+         (or `cargo build -p log-sensor` with the same CARGO_TARGET_DIR) first",
+        p.display()
+    );
+    p
+}
+
+/// The real agent, `log-sensor -c CONFIG run`, on the fixture's config and state dir; killed
+/// when dropped.
+struct Agent {
+    child: Child,
+    config: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    fn start(fx: &Fixture) -> Agent {
+        let stderr = fx.path().join("agent.stderr");
+        let child = Command::new(agent_bin())
+            .arg("-c")
+            .arg(fx.config())
+            .arg("run")
+            .env_remove("LOG_SENSOR_CONFIG")
+            .stdin(Stdio::null())
+            // The fixture's sink is stdout: records are not what these tests look at.
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting log-sensor");
+        let mut agent = Agent {
+            child,
+            config: fx.config(),
+            stderr,
+        };
+        poll("the agent's control socket", || {
+            if let Some(s) = agent.child.try_wait().unwrap() {
+                panic!("the agent exited ({s}) before answering:\n{}", agent.log());
+            }
+            agent.cli(&["status"]).0.then_some(())
+        });
+        agent
+    }
+
+    /// `log-sensor -c CONFIG ARGS…`: success, stdout, stderr.
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(agent_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("LOG_SENSOR_LOG", "warn")
+            .output()
+            .expect("running log-sensor");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What `log-sensor get KEY` prints, e.g. `defaults.max_record_bytes = 100  (file)`.
+    fn get(&self, key: &str) -> String {
+        let (ok, out, err) = self.cli(&["get", key]);
+        assert!(ok, "log-sensor get {key} failed: {err}");
+        assert!(
+            !err.contains("no agent running"),
+            "get {key} did not reach the agent: {err}"
+        );
+        out.trim().to_string()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits for a clean exit (the agent removes its socket on the way out).
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the agent did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // A test that stopped the agent with SIGSTOP must not leave it stopped.
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Agent, stand-in and extension: the start of every test in this section.
+fn started_with_agent(fx: &Fixture) -> (Agent, Standin, Ext, i64) {
+    let agent = Agent::start(fx);
+    let (core, ext, uuid) = started(fx, &[]);
+    (agent, core, ext, uuid)
+}
+
+fn config_rows(core: &mut Standin, uuid: i64) -> Vec<Value> {
+    core.generate(uuid, "log_sensor_config", json!([]))
+}
+
+fn row<'a>(rows: &'a [Value], key: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["key"] == key)
+        .unwrap_or_else(|| panic!("no key {key} in {rows:?}"))
+}
+
+fn rowid_of(rows: &[Value], key: &str) -> i64 {
+    row(rows, key)["rowid"].as_str().unwrap().parse().unwrap()
+}
+
+/// A `json_value_array` in the table's column order, as osquery builds it for a write.
+fn config_values(fx: &Fixture, key: &str, value: Value) -> Value {
+    json!([
+        key,
+        value,
+        null,
+        null,
+        null,
+        fx.config().display().to_string()
+    ])
+}
+
+fn update(
+    core: &mut Standin,
+    uuid: i64,
+    fx: &Fixture,
+    rows: &[Value],
+    key: &str,
+    v: Value,
+) -> Value {
+    let id = rowid_of(rows, key);
+    core.write(
+        uuid,
+        json!({"action": "update", "id": id, "values": config_values(fx, key, v)}),
+    )
+}
+
+#[test]
+fn config_table_shows_the_running_agents_values_with_origins() {
+    let fx = Fixture::new();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let rows = config_rows(&mut core, uuid);
+    assert!(
+        rows.iter().all(|r| r["read_from"] == "agent"),
+        "every row must come from the agent: {rows:?}\n{}",
+        agent.log()
+    );
+    let shown = |k: &str| {
+        let r = row(&rows, k);
+        (r["value"].as_str().unwrap(), r["origin"].as_str().unwrap())
+    };
+    assert_eq!(shown("host_id"), ("test-host", "file"));
+    assert_eq!(shown("defaults.max_record_bytes"), ("100", "file"));
+    assert_eq!(shown("defaults.fingerprint_bytes"), ("1024", "default"));
+    // Only the agent knows what a source inherits, and from where.
+    assert_eq!(shown("sources.app.max_record_bytes"), ("100", "file"));
+    assert_eq!(shown("sources.app.fingerprint_bytes"), ("1024", "default"));
+    assert_eq!(shown("batch.max_wait"), ("1s", "default"));
+    // Shown as the file source shows them: strings bare, arrays as JSON.
+    assert_eq!(
+        shown("sources.app.paths"),
+        (r#"["logs/app/*.log","logs/app/*.log.*.gz"]"#, "file")
+    );
+    assert_eq!(
+        shown("sources.app.break_before"),
+        (r"^\d{4}-\d{2}-\d{2} ", "file")
+    );
+    assert_eq!(shown("defaults.delimiter"), ("\n", "default"));
+    assert_eq!(row(&rows, "state_dir")["writable"], "0");
+    assert_eq!(row(&rows, "host_id")["writable"], "0");
+    assert_eq!(row(&rows, "defaults.max_record_bytes")["writable"], "1");
+    // The table lists what the agent's own CLI lists (keys padded there).
+    let (ok, list, err) = agent.cli(&["list"]);
+    assert!(ok, "{err}");
+    let mut cli_keys: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split(" = ").next().map(str::trim))
+        .collect();
+    cli_keys.sort_unstable();
+    let mut table_keys = col(&rows, "key");
+    table_keys.sort_unstable();
+    assert_eq!(table_keys, cli_keys);
+}
+
+#[test]
+fn an_update_is_a_temporary_override_in_the_agent_until_its_reload() {
+    let fx = Fixture::new();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let key = "defaults.max_record_bytes";
+    let rows = config_rows(&mut core, uuid);
+    let r = update(&mut core, uuid, &fx, &rows, key, json!("131072"));
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(agent.get(key), format!("{key} = 131072  (temporary)"));
+    let rows = config_rows(&mut core, uuid);
+    assert_eq!(row(&rows, key)["value"], "131072");
+    assert_eq!(row(&rows, key)["origin"], "temporary");
+    assert_eq!(
+        row(&rows, "sources.app.max_record_bytes")["value"],
+        "131072"
+    );
+
+    // The agent's reload drops temporary overrides; the table follows.
+    let (ok, out, err) = agent.cli(&["reload"]);
+    assert!(ok, "reload failed: {out}{err}");
+    assert_eq!(agent.get(key), format!("{key} = 100  (file)"));
+    let rows = config_rows(&mut core, uuid);
+    assert_eq!(row(&rows, key)["value"], "100");
+    assert_eq!(row(&rows, key)["origin"], "file");
+}
+
+#[test]
+fn an_insert_sets_and_a_delete_drops_a_temporary_override() {
+    let fx = Fixture::new();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let key = "sources.app.exclude";
+    assert_eq!(agent.get(key), format!(r#"{key} = ["*.tmp"]  (file)"#));
+    // osquery's INSERT INTO log_sensor_config (key, value) VALUES (…): auto_rowid=false, so
+    // the reply carries the rowid the key has in generate.
+    let r = core.write(
+        uuid,
+        json!({"action": "insert", "values": config_values(&fx, key, json!(r#"["*.tmp", "*.bak"]"#))}),
+    );
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(
+        agent.get(key),
+        format!(r#"{key} = ["*.tmp", "*.bak"]  (temporary)"#)
+    );
+    let rows = config_rows(&mut core, uuid);
+    assert_eq!(
+        r["id"].as_str().unwrap().parse::<i64>().unwrap(),
+        rowid_of(&rows, key)
+    );
+    assert_eq!(row(&rows, key)["value"], r#"["*.tmp","*.bak"]"#);
+    assert_eq!(row(&rows, key)["origin"], "temporary");
+
+    // DELETE … WHERE key = …: osquery finds the rowid through generate, then deletes it.
+    let r = core.write(
+        uuid,
+        json!({"action": "delete", "id": rowid_of(&rows, key)}),
+    );
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(agent.get(key), format!(r#"{key} = ["*.tmp"]  (file)"#));
+    let rows = config_rows(&mut core, uuid);
+    assert_eq!(row(&rows, key)["origin"], "file");
+}
+
+#[test]
+fn a_value_the_agent_refuses_fails_with_the_agents_reason() {
+    let fx = Fixture::new();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let key = "defaults.max_record_bytes";
+    let rows = config_rows(&mut core, uuid);
+    let r = update(&mut core, uuid, &fx, &rows, key, json!("lots"));
+    assert_eq!(r["status"], "failure", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the log-sensor agent refused") && msg.contains(&format!("{key}: ")),
+        "the agent's own reason, naming the key: {msg}"
+    );
+    // Nothing changed in the agent.
+    assert_eq!(agent.get(key), format!("{key} = 100  (file)"));
+
+    // Keys fixed for the agent's life stay read-only; renames break the table's constraint.
+    let r = update(
+        &mut core,
+        uuid,
+        &fx,
+        &rows,
+        "state_dir",
+        json!("/elsewhere"),
+    );
+    assert_eq!(r["status"], "readonly", "{r}");
+    let r = update(&mut core, uuid, &fx, &rows, "host_id", json!("other"));
+    assert_eq!(r["status"], "readonly", "{r}");
+    let r = core.write(
+        uuid,
+        json!({"action": "update", "id": rowid_of(&rows, key), "values": config_values(&fx, "defaults.other", json!("1"))}),
+    );
+    assert_eq!(r["status"], "constraint", "{r}");
+    assert!(agent.get("host_id").starts_with("host_id = \"test-host\""));
+}
+
+#[test]
+fn with_the_agent_stopped_the_table_falls_back_to_the_file_and_writes_say_why() {
+    let fx = Fixture::new();
+    let (mut agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let key = "defaults.max_record_bytes";
+    let rows = config_rows(&mut core, uuid);
+    let r = update(&mut core, uuid, &fx, &rows, key, json!("4096"));
+    assert_eq!(r["status"], "success", "{r}");
+
+    agent.stop();
+    let rows = config_rows(&mut core, uuid);
+    assert!(
+        rows.iter().all(|r| r["read_from"] == "config_file"),
+        "{rows:?}"
+    );
+    // The override died with the agent; the file's value shows.
+    assert_eq!(row(&rows, key)["value"], "100");
+    assert_eq!(row(&rows, key)["origin"], "file");
+    let r = update(&mut core, uuid, &fx, &rows, key, json!("4096"));
+    assert_eq!(r["status"], "failure", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no log-sensor agent is running") && msg.contains("control.sock"),
+        "{msg}"
+    );
+    let r = core.write(
+        uuid,
+        json!({"action": "delete", "id": rowid_of(&rows, key)}),
+    );
+    assert_eq!(r["status"], "failure", "{r}");
+}
+
+#[test]
+fn a_killed_agents_socket_left_behind_is_reported_as_no_agent() {
+    let fx = Fixture::new();
+    let (mut agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(
+        fx.state().join("control.sock").exists(),
+        "a killed agent leaves its socket file"
+    );
+    let rows = config_rows(&mut core, uuid);
+    assert!(
+        rows.iter().all(|r| r["read_from"] == "config_file"),
+        "{rows:?}"
+    );
+    let r = update(
+        &mut core,
+        uuid,
+        &fx,
+        &rows,
+        "defaults.max_record_bytes",
+        json!("1"),
+    );
+    assert_eq!(r["status"], "failure", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no log-sensor agent is running") && msg.contains("refuses connections"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_wedged_agent_costs_a_table_call_seconds_not_a_hang() {
+    let fx = Fixture::new();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let rows = config_rows(&mut core, uuid);
+    // Stopped, the agent's socket still takes connections into its backlog but never answers.
+    agent.signal(libc::SIGSTOP);
+    let start = Instant::now();
+    let stalled = config_rows(&mut core, uuid);
+    let took = start.elapsed();
+    assert!(
+        stalled.iter().all(|r| r["read_from"] == "config_file"),
+        "{stalled:?}"
+    );
+    // The answer wait is 3 s; the rest is slack for a loaded machine, far below osquery's
+    // thrift timeout.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let r = update(
+        &mut core,
+        uuid,
+        &fx,
+        &rows,
+        "defaults.max_record_bytes",
+        json!("1"),
+    );
+    assert_eq!(r["status"], "failure", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("did not answer"),
+        "{r}"
+    );
+    agent.signal(libc::SIGCONT);
+    let rows = poll("the agent answering again", || {
+        let rows = config_rows(&mut core, uuid);
+        rows.iter()
+            .all(|r| r["read_from"] == "agent")
+            .then_some(rows)
+    });
+    assert_eq!(row(&rows, "defaults.max_record_bytes")["value"], "100");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Logger
 
 #[test]
@@ -1202,4 +1619,56 @@ fn the_install_script_makes_a_file_osquery_will_autoload() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sticky bit"));
+}
+
+/// The whole way: osquery's logger call → the extension's outbox → the agent → its sink.
+#[test]
+fn what_osquery_logs_reaches_the_agents_sink_through_the_outbox() {
+    let fx = Fixture::new();
+    // Records go to a file here, so the test reads what the agent shipped.
+    let mut text = std::fs::read_to_string(fx.config()).unwrap();
+    text.push_str(
+        "\n[batch]\nmax_wait = \"100ms\"\n[sink]\ntype = \"file\"\npath = \"state/out.ndjson\"\n",
+    );
+    std::fs::write(fx.config(), text).unwrap();
+    let agent = Agent::start(&fx);
+    let (mut core, _ext, uuid) = started(&fx, &[]);
+    core.cmd(json!({"cmd": "logger_init", "uuid": uuid}));
+    let ev = core.cmd(
+        json!({"cmd": "log_results", "uuid": uuid, "name": "pack_nginx_errors", "mode": "event",
+        "added": [{"line": "a"}, {"line": "b"}], "removed": [{"line": "old"}]}),
+    );
+    for call in ev["calls"].as_array().unwrap() {
+        assert_eq!(call["code"], 0, "{call}");
+    }
+    let docs: Vec<String> = ev["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(docs.len(), 3);
+    let out = fx.state().join("out.ndjson");
+    let shipped = poll("osquery's results in the agent's sink", || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let recs: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r: &Value| r["source"] == "osquery")
+            .collect();
+        (recs.len() >= docs.len()).then_some(recs)
+    });
+    for (rec, doc) in shipped.iter().zip(&docs) {
+        assert_eq!(
+            rec["msg"].as_str().unwrap(),
+            doc,
+            "byte for byte, in order:\n{}",
+            agent.log()
+        );
+        assert_eq!(rec["stream"], "pack_nginx_errors");
+        assert_eq!(rec["host"], "test-host");
+    }
+    poll("the outbox emptied after acknowledgement", || {
+        (outbox_rows(&fx).is_empty()).then_some(())
+    });
 }

@@ -99,7 +99,7 @@ impl AgentConfig {
     }
 
     pub fn control_socket(&self) -> PathBuf {
-        self.state_dir.join("control.sock")
+        self.state_dir.join(crate::agent_socket::SOCKET)
     }
 
     /// String arrays such as `packs` and `pack_dirs`, expanded.
@@ -269,24 +269,47 @@ fn flatten_into(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String
         match v {
             toml::Value::Table(t) => flatten_into(&key, t, out),
             toml::Value::String(s) => out.push((key, expand(s).unwrap_or_else(|_| s.clone()))),
-            toml::Value::Array(_) => out.push((key, to_json(v).to_string())),
+            toml::Value::Array(_) => out.push((key, to_json(v, true).to_string())),
             other => out.push((key, other.to_string())),
         }
     }
 }
 
-fn to_json(v: &toml::Value) -> serde_json::Value {
+/// A value as the agent's control socket sends it (TOML text: `65536`, `"text"`, `["a", "b"]`)
+/// shown the way `flatten` shows the file's values — strings bare, arrays and tables as JSON —
+/// so `log_sensor_config.value` means the same whether the agent or the file answered. The agent
+/// has already expanded its strings, so nothing is expanded again. Text that is not TOML is
+/// shown as sent.
+pub fn show_toml_text(text: &str) -> String {
+    match format!("v = {text}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(toml::Value::String(s)) => s,
+            Some(v @ (toml::Value::Array(_) | toml::Value::Table(_))) => {
+                to_json(&v, false).to_string()
+            }
+            Some(other) => other.to_string(),
+            None => text.to_string(),
+        },
+        Err(_) => text.to_string(),
+    }
+}
+
+/// `expand_strings`: whether `${…}` in strings is expanded (the file's raw values) or kept (values the
+/// agent already expanded).
+fn to_json(v: &toml::Value, expand_strings: bool) -> serde_json::Value {
     use serde_json::Value as J;
+    let j = |v: &toml::Value| to_json(v, expand_strings);
     match v {
-        toml::Value::String(s) => J::String(expand(s).unwrap_or_else(|_| s.clone())),
+        toml::Value::String(s) if expand_strings => {
+            J::String(expand(s).unwrap_or_else(|_| s.clone()))
+        }
+        toml::Value::String(s) => J::String(s.clone()),
         toml::Value::Integer(i) => J::from(*i),
         toml::Value::Float(f) => J::from(*f),
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
-        toml::Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
-        toml::Value::Table(t) => {
-            J::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
-        }
+        toml::Value::Array(a) => J::Array(a.iter().map(j).collect()),
+        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), j(v))).collect()),
     }
 }
 
@@ -311,6 +334,21 @@ mod tests {
         assert!(flat.contains(&("defaults.max_record_bytes".into(), "100".into())));
         assert!(flat.contains(&("sources.app.paths".into(), r#"["a/*.log","b"]"#.into())));
         assert!(flat.contains(&("sources.app.break_before".into(), r"^\d".into())));
+    }
+
+    #[test]
+    fn agent_values_show_like_file_values() {
+        assert_eq!(show_toml_text("65536"), "65536");
+        assert_eq!(show_toml_text("true"), "true");
+        assert_eq!(show_toml_text(r#""state""#), "state");
+        assert_eq!(show_toml_text(r#""\n""#), "\n");
+        assert_eq!(show_toml_text(r#""^\\d{4}""#), r"^\d{4}");
+        assert_eq!(
+            show_toml_text(r#"["logs/*.log", "b"]"#),
+            r#"["logs/*.log","b"]"#
+        );
+        assert_eq!(show_toml_text(r#""${hostname}""#), "${hostname}");
+        assert_eq!(show_toml_text("not toml ["), "not toml [");
     }
 
     #[test]

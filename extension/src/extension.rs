@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::agent_config::{self, AgentConfig};
+use crate::agent_socket::Timeouts;
 use crate::logger::heartbeat::{Activity, Heartbeats};
 use crate::logger::outbox::Outbox;
 use crate::logger::{calendar, Logger};
@@ -74,6 +75,7 @@ pub fn run(opts: Options, shutdown: Arc<Shutdown>) -> anyhow::Result<i32> {
         })),
         Box::new(TablePlugin(ConfigTable {
             config: config.clone(),
+            agent_timeouts: Timeouts::default(),
         })),
         Box::new(Logger {
             outbox: outbox.clone(),

@@ -9,13 +9,15 @@
 //!   (columns, routes, the writable-table protocol).
 //! - `logger/`: the `log_sensor` logger — `outbox` (durable bounded queue), `heartbeat`
 //!   (queue-query heartbeats), `calendar` (osquery's time formats).
-//! - `agent_config`: the few agent config facts we need; `config_source`: where
-//!   `log_sensor_config` reads and writes (file today, control socket later).
+//! - `agent_config`: the few agent config facts we need; `agent_socket`: the client for the
+//!   agent's control socket (bounded waits); `config_source/`: where `log_sensor_config` reads
+//!   and writes — `agent` (the running agent) or `file` (no agent answered).
 //! - `store`: read-only access to the agent's store.
 //! - `extension`: startup, registration, the manager watcher and shutdown.
 //! - `shutdown`: the shared stop signal.
 
 pub mod agent_config;
+pub mod agent_socket;
 pub mod config_source;
 pub mod extension;
 pub mod logger;

@@ -44,6 +44,11 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
+    Monitor {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Counters of the shipping side.
@@ -164,6 +169,20 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         stop.clone(),
         store.clone(),
     ));
+    // Bound before the tailer starts, so a taken port fails the start instead of leaving the
+    // agent silently unmonitored. The handle stops and joins the monitor when dropped, also
+    // when `run` returns early with an error. It shows what the control socket shows.
+    let _monitor = match cfg.monitor.listen {
+        Some(addr) => {
+            let fail = |source| AgentError::Monitor { addr, source };
+            let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+            let c = controller.clone();
+            let status = Arc::new(move || c.status());
+            tracing::info!(%addr, "monitor listening");
+            Some(crate::monitor::Handle::spawn(listener, status).map_err(fail)?)
+        }
+        None => None,
+    };
     let helpers = [
         spawn("control", {
             let (c, s) = (controller.clone(), stop.clone());
@@ -187,6 +206,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     );
     let _ = tail_thread.join();
     stop.store(true, Ordering::SeqCst);
+    control::server::wake(&cfg.state_dir);
     for h in helpers {
         let _ = h.join();
     }

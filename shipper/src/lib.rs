@@ -22,6 +22,7 @@ pub mod discover;
 pub mod enroll;
 pub mod fingerprint;
 pub mod frame;
+pub mod monitor;
 pub mod outbox;
 pub mod query;
 pub mod read;

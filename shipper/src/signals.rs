@@ -1,35 +1,38 @@
 //! SIGTERM and SIGINT ask the agent to stop: finish the batch in flight, commit, exit 0.
+//!
+//! The signals are blocked in every thread and taken synchronously by one thread in
+//! `sigwait`, so nothing polls and no handler runs in a random thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Installs the handlers and returns a flag that becomes true on the first signal.
+/// Blocks SIGTERM and SIGINT (call before starting other threads, which inherit the mask) and
+/// returns a flag that becomes true on the first of them.
 pub fn stop_on_signals() -> Arc<AtomicBool> {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: installing a handler that only touches an atomic.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-    }
+    // SAFETY: sigset manipulation on a local set, then masking signals for this thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            if SIGNALLED.load(Ordering::SeqCst) {
-                tracing::info!("stop requested; finishing the batch in flight");
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on a valid set for one of its signals.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                tracing::info!(
+                    signal = sig,
+                    "stop requested; finishing the batch in flight"
+                );
                 flag.store(true, Ordering::SeqCst);
-                return;
             }
-            std::thread::sleep(Duration::from_millis(50));
         })
         .expect("spawn signal thread");
     stop

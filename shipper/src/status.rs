@@ -8,7 +8,8 @@ use crate::tail::TailStats;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
-/// Past this long with a failing sink, the agent reports itself unhealthy.
+/// Past this long with a failing sink, the agent reports itself unhealthy (the default of
+/// `[monitor] unhealthy_after`).
 pub const SINK_DOWN_UNHEALTHY_SECS: u64 = 60;
 /// How many recent alerts a status carries.
 pub const RECENT_ALERTS: usize = 50;
@@ -326,7 +327,7 @@ impl Status {
                 reason: Some(format!("store unwritable: {e}")),
             }
         } else if let Some(since) =
-            failing_since.filter(|s| now - s >= SINK_DOWN_UNHEALTHY_SECS as i64)
+            failing_since.filter(|s| now - s >= cfg.monitor.unhealthy_after.as_secs() as i64)
         {
             Health {
                 ok: false,

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{col, Column, ColumnType::*, QueryContext, Row, Table, WriteReply, WriteRequest};
 use crate::agent_config::AgentConfig;
+use crate::agent_socket::Timeouts;
 use crate::config_source::{self, ConfigSource};
 
 pub const NAME: &str = "log_sensor_config";
@@ -41,6 +42,8 @@ pub const RUNTIME_FIXED_KEYS: &[&str] = &["host_id", "state_dir"];
 pub struct ConfigTable {
     /// Which config file to read, and where the control socket would be.
     pub config: AgentConfig,
+    /// How long a table call waits for the agent before showing the file instead.
+    pub agent_timeouts: Timeouts,
 }
 
 /// The rowid osquery sees for a key: 63 bits of its xxh3 hash.
@@ -50,7 +53,7 @@ pub fn rowid(key: &str) -> i64 {
 
 impl ConfigTable {
     fn source(&self) -> Box<dyn ConfigSource> {
-        config_source::select(&self.config)
+        config_source::select(&self.config, self.agent_timeouts)
     }
 
     fn key_of(&self, source: &dyn ConfigSource, id: i64) -> Result<Option<String>, String> {
@@ -99,7 +102,7 @@ impl Table for ConfigTable {
                     ),
                     ("key".to_string(), e.key),
                     ("value".to_string(), e.value),
-                    ("origin".to_string(), e.origin.to_string()),
+                    ("origin".to_string(), e.origin),
                     ("read_from".to_string(), source.read_from().to_string()),
                     (
                         "config_path".to_string(),

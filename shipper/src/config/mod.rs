@@ -51,9 +51,21 @@ pub struct Config {
 }
 
 /// The HTTP monitoring endpoint: off unless `[monitor] listen` is set.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MonitorConfig {
     pub listen: Option<std::net::SocketAddr>,
+    /// A sink failing this long makes the agent unhealthy (`/healthz` 503, `status` health):
+    /// short outages are retried and are not worth waking anyone for.
+    pub unhealthy_after: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            listen: None,
+            unhealthy_after: Duration::from_secs(crate::status::SINK_DOWN_UNHEALTHY_SECS),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -334,8 +346,21 @@ impl Config {
                     });
                 }
             }
+            let unhealthy_after = r
+                .duration("unhealthy_after", &mut issues)
+                .unwrap_or(Duration::from_secs(crate::status::SINK_DOWN_UNHEALTHY_SECS));
+            // Health is judged in whole seconds of the sink's failure.
+            if unhealthy_after < Duration::from_secs(1) {
+                issues.push(ConfigIssue {
+                    key: "monitor.unhealthy_after".into(),
+                    message: "must be at least 1s".into(),
+                });
+            }
             r.finish(&mut issues);
-            MonitorConfig { listen }
+            MonitorConfig {
+                listen,
+                unhealthy_after,
+            }
         };
 
         top.finish(&mut issues);
@@ -895,6 +920,27 @@ type = "carrier-pigeon"
             .monitor
             .listen
             .is_none());
+    }
+
+    #[test]
+    fn unhealthy_after_defaults_to_a_minute_and_is_checked() {
+        let base = "[sources.a]\npaths=['x']\n[sink]\ntype='stdout'\n";
+        let c = Config::parse(Path::new("/c.toml"), base).unwrap();
+        assert_eq!(c.monitor.unhealthy_after, Duration::from_secs(60));
+        let c = Config::parse(
+            Path::new("/c.toml"),
+            &format!("{base}[monitor]\nunhealthy_after='5s'\n"),
+        )
+        .unwrap();
+        assert_eq!(c.monitor.unhealthy_after, Duration::from_secs(5));
+        for bad in ["'100ms'", "'soon'"] {
+            let err = Config::parse(
+                Path::new("/c.toml"),
+                &format!("{base}[monitor]\nunhealthy_after={bad}\n"),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("monitor.unhealthy_after"), "{err}");
+        }
     }
 
     #[test]

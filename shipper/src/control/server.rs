@@ -241,15 +241,16 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
     }
     let listener = bound?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
-/// Serves the socket until `stop`; one thread per connection, at most [`MAX_CONNECTIONS`].
+/// Serves the socket until `stop` (then [`wake`] unblocks the accept); one thread per
+/// connection, at most [`MAX_CONNECTIONS`].
 pub fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
+            Ok(_) if stop.load(Ordering::Relaxed) => break,
             Ok((stream, _)) => {
                 if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
                     drop(stream);
@@ -302,6 +303,11 @@ fn connection(stream: UnixStream, ctl: &Controller) -> std::io::Result<()> {
     }
 }
 
+/// Unblocks [`serve`]'s accept once `stop` is set.
+pub fn wake(state_dir: &Path) {
+    let _ = UnixStream::connect(super::socket_path(state_dir));
+}
+
 /// Reloads when the config file or an enabled pack changes (checked every second; editors that
 /// replace the file by rename are seen through the inode).
 pub fn watch_config(ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
@@ -318,7 +324,7 @@ pub fn watch_config(ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
     let mut files = ctl.watched();
     let mut seen = version(&files);
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
         let now = version(&files);
         if now != seen {
             // Let a writer finish (an editor saving in several writes) before reading.

@@ -270,6 +270,20 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Forgets streams whose file was let go (rotated away, truncated, archived) and that saw
+    /// nothing for `older_than_secs`: without this the table grows by every rotation forever.
+    /// A live stream is never forgotten, however quiet.
+    pub fn prune_streams(&self, older_than_secs: i64) -> Result<usize, StoreError> {
+        let cutoff = now_secs() - older_than_secs;
+        self.conn
+            .execute(
+                "DELETE FROM streams WHERE state IN ('released', 'truncated', 'done')
+                   AND MAX(COALESCE(last_commit, 0), COALESCE(last_read, 0), first_seen) < ?1",
+                params![cutoff],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn load_streams(&self) -> Result<Vec<StreamRow>, StoreError> {
         let mut stmt = self
             .conn
@@ -500,6 +514,38 @@ mod tests {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("store.db"));
         assert_eq!(std::fs::read(&p).unwrap(), garbage);
+    }
+
+    #[test]
+    fn pruning_forgets_only_old_streams_that_were_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for (id, state) in [
+            ("live", StreamState::Active),
+            ("gone", StreamState::Released),
+            ("archived", StreamState::Done),
+        ] {
+            let mut r = row(id);
+            r.state = state;
+            s.upsert_stream(&r).unwrap();
+        }
+        assert_eq!(
+            s.prune_streams(3600).unwrap(),
+            2,
+            "first_seen = 1 is long ago"
+        );
+        let left: Vec<String> = s
+            .load_streams()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stream)
+            .collect();
+        assert_eq!(left, vec!["live".to_string()]);
+        let mut fresh = row("fresh");
+        fresh.state = StreamState::Released;
+        fresh.first_seen = now_secs();
+        s.upsert_stream(&fresh).unwrap();
+        assert_eq!(s.prune_streams(3600).unwrap(), 0);
     }
 
     #[test]

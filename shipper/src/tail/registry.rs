@@ -47,6 +47,10 @@ impl Registry {
         self.streams.insert(k.row.stream.clone(), k);
     }
 
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.streams.retain(|id, _| keep(id));
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Known> {
         self.streams.values()
     }

@@ -1,0 +1,515 @@
+//! `/metrics`: a [`Status`] in the Prometheus text exposition format, version 0.0.4.
+//!
+//! Per-source series come from the store (all time, as `status` shows them); the unlabelled
+//! totals are this process's counters since it started. Streams get no series of their own: a
+//! host may follow thousands of files, and one series per file would swamp a Prometheus server.
+
+use crate::status::Status;
+use std::fmt::Write;
+
+/// The content type Prometheus asks for and expects back.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every family `render` writes, for the README and the tests: (name, type).
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("log_sensor_build_info", "gauge"),
+    ("log_sensor_healthy", "gauge"),
+    ("log_sensor_uptime_seconds", "gauge"),
+    ("log_sensor_start_time_seconds", "gauge"),
+    ("log_sensor_source_streams", "gauge"),
+    ("log_sensor_source_records_shipped_total", "counter"),
+    ("log_sensor_source_bytes_shipped_total", "counter"),
+    ("log_sensor_source_bytes_read_total", "counter"),
+    ("log_sensor_source_lag_bytes", "gauge"),
+    ("log_sensor_source_overlong_records_total", "counter"),
+    ("log_sensor_lag_bytes", "gauge"),
+    ("log_sensor_records_read_total", "counter"),
+    ("log_sensor_bytes_read_total", "counter"),
+    ("log_sensor_records_shipped_total", "counter"),
+    ("log_sensor_bytes_shipped_total", "counter"),
+    ("log_sensor_batches_total", "counter"),
+    ("log_sensor_overlong_records_total", "counter"),
+    ("log_sensor_open_files", "gauge"),
+    ("log_sensor_fingerprint_collisions_total", "counter"),
+    ("log_sensor_truncations_total", "counter"),
+    ("log_sensor_sink_failing", "gauge"),
+    ("log_sensor_sink_errors_total", "counter"),
+    ("log_sensor_sink_retries_total", "counter"),
+    ("log_sensor_sink_last_success_timestamp_seconds", "gauge"),
+    ("log_sensor_alerts_total", "counter"),
+    ("log_sensor_store_bytes", "gauge"),
+    ("log_sensor_store_writable", "gauge"),
+    ("log_sensor_batch_latency_seconds", "histogram"),
+];
+
+/// Renders the whole exposition.
+pub fn render(s: &Status) -> String {
+    let mut m = Exposition::default();
+
+    m.family(
+        "log_sensor_build_info",
+        "gauge",
+        "Always 1; the labels say which agent this is.",
+    );
+    m.sample(
+        "log_sensor_build_info",
+        &[("version", &s.version), ("host", &s.host_id)],
+        1,
+    );
+    m.single(
+        "log_sensor_healthy",
+        "gauge",
+        "1 while reading and shipping work; 0 when the sink has failed past monitor.unhealthy_after or the store is unwritable (see /healthz for why).",
+        s.health.ok as u64,
+    );
+    m.single(
+        "log_sensor_uptime_seconds",
+        "gauge",
+        "Seconds since the agent started.",
+        s.uptime_secs.max(0) as u64,
+    );
+    m.single(
+        "log_sensor_start_time_seconds",
+        "gauge",
+        "When the agent started, in Unix seconds.",
+        s.started_at.max(0) as u64,
+    );
+
+    type SourceField = fn(&crate::status::SourceStatus) -> u64;
+    let per_source: [(&str, &str, &str, SourceField); 6] = [
+        (
+            "log_sensor_source_streams",
+            "gauge",
+            "Streams (files, and their rotated copies) the source has in the store.",
+            |x| x.streams,
+        ),
+        (
+            "log_sensor_source_records_shipped_total",
+            "counter",
+            "Records of the source acknowledged by the sink and committed, all time.",
+            |x| x.records_shipped,
+        ),
+        (
+            "log_sensor_source_bytes_shipped_total",
+            "counter",
+            "Bytes of the source's streams up to their committed offsets, all time.",
+            |x| x.bytes_shipped,
+        ),
+        (
+            "log_sensor_source_bytes_read_total",
+            "counter",
+            "Bytes of the source's streams read so far, all time.",
+            |x| x.bytes_read,
+        ),
+        (
+            "log_sensor_source_lag_bytes",
+            "gauge",
+            "Bytes written to the source's files but not yet committed.",
+            |x| x.lag_bytes,
+        ),
+        (
+            "log_sensor_source_overlong_records_total",
+            "counter",
+            "Records of the source longer than max_record_bytes (shipped as head and tail), all time.",
+            |x| x.overlong_records,
+        ),
+    ];
+    for (name, kind, help, field) in per_source {
+        m.family(name, kind, help);
+        for src in &s.sources {
+            m.sample(name, &[("source", &src.name)], field(src));
+        }
+    }
+    m.single(
+        "log_sensor_lag_bytes",
+        "gauge",
+        "Bytes written to all followed files but not yet committed.",
+        s.streams.iter().map(|x| x.lag_bytes).sum(),
+    );
+
+    let c = &s.counters;
+    let totals: [(&str, &str, &str, u64); 13] = [
+        (
+            "log_sensor_records_read_total",
+            "counter",
+            "Records framed from the files since the agent started.",
+            c.records_read,
+        ),
+        (
+            "log_sensor_bytes_read_total",
+            "counter",
+            "Bytes read from the files since the agent started.",
+            c.bytes_read,
+        ),
+        (
+            "log_sensor_records_shipped_total",
+            "counter",
+            "Records acknowledged by the sink since the agent started.",
+            c.records_shipped,
+        ),
+        (
+            "log_sensor_bytes_shipped_total",
+            "counter",
+            "Record bytes acknowledged by the sink since the agent started.",
+            c.bytes_shipped,
+        ),
+        (
+            "log_sensor_batches_total",
+            "counter",
+            "Batches acknowledged by the sink since the agent started.",
+            c.batches,
+        ),
+        (
+            "log_sensor_overlong_records_total",
+            "counter",
+            "Records longer than max_record_bytes since the agent started.",
+            c.overlong_records,
+        ),
+        (
+            "log_sensor_open_files",
+            "gauge",
+            "Files the agent holds open.",
+            c.open_files,
+        ),
+        (
+            "log_sensor_fingerprint_collisions_total",
+            "counter",
+            "Live files whose head matched another stream's fingerprint, since the agent started.",
+            c.fingerprint_collisions,
+        ),
+        (
+            "log_sensor_truncations_total",
+            "counter",
+            "Files truncated or rewritten under the reader (read again from 0), since the agent started.",
+            c.truncations,
+        ),
+        (
+            "log_sensor_sink_failing",
+            "gauge",
+            "1 while the sink is failing and batches are being retried.",
+            s.sink.failing_since.is_some() as u64,
+        ),
+        (
+            "log_sensor_sink_errors_total",
+            "counter",
+            "Failed sends to the sink since the agent started.",
+            c.sink_errors,
+        ),
+        (
+            "log_sensor_sink_retries_total",
+            "counter",
+            "Sends to the sink retried after a failure since the agent started.",
+            c.sink_retries,
+        ),
+        (
+            "log_sensor_sink_last_success_timestamp_seconds",
+            "gauge",
+            "When the sink last acknowledged a batch, in Unix seconds (0: not yet).",
+            s.sink.last_ok.unwrap_or(0).max(0) as u64,
+        ),
+    ];
+    for (name, kind, help, value) in totals {
+        m.single(name, kind, help, value);
+    }
+
+    m.family(
+        "log_sensor_alerts_total",
+        "counter",
+        "Alerts raised, by kind, all time (the store's alerts table).",
+    );
+    for (kind, n) in &c.alerts_by_kind {
+        m.sample("log_sensor_alerts_total", &[("kind", kind)], *n);
+    }
+
+    m.single(
+        "log_sensor_store_bytes",
+        "gauge",
+        "Size of the store: store.db and its write-ahead log.",
+        s.store.bytes,
+    );
+    m.single(
+        "log_sensor_store_writable",
+        "gauge",
+        "1 while offsets commit to the store; 0 when commits fail.",
+        s.store.writable as u64,
+    );
+
+    let h = &s.batch_latency;
+    let name = "log_sensor_batch_latency_seconds";
+    m.family(
+        name,
+        "histogram",
+        "Seconds from a batch's first record to the sink's acknowledgement.",
+    );
+    let mut inf_written = false;
+    for &(bound, count) in &h.buckets {
+        let le = if bound >= f64::MAX {
+            inf_written = true;
+            "+Inf".to_string()
+        } else {
+            float(bound)
+        };
+        m.sample_raw(
+            &format!("{name}_bucket"),
+            &[("le", &le)],
+            &count.to_string(),
+        );
+    }
+    // The format requires a +Inf bucket equal to the count, even before the first batch.
+    if !inf_written {
+        m.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count);
+    }
+    m.sample_raw(&format!("{name}_sum"), &[], &float(h.sum));
+    m.sample(&format!("{name}_count"), &[], h.count);
+
+    m.text
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        let mut buf = itoa::Buffer::new();
+        self.sample_raw(name, labels, buf.format(value));
+    }
+
+    fn sample_raw(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+            }
+            self.text.push('}');
+        }
+        self.text.push(' ');
+        self.text.push_str(value);
+        self.text.push('\n');
+    }
+}
+
+/// Label values escape backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text escapes backslash and line feed (a double quote stays as it is).
+pub fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Floats as the format spells them: `+Inf`, `-Inf`, `NaN`, otherwise Go-parsable decimals.
+pub fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::status::*;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn sample_status() -> Status {
+        Status {
+            host_id: "web\"1\"\\".into(),
+            pid: 42,
+            version: "0.1.0".into(),
+            started_at: 1_800_000_000,
+            uptime_secs: 75,
+            config_path: "/etc/log-sensor/log-sensor.toml".into(),
+            state_dir: "/var/lib/log-sensor".into(),
+            sink: SinkStatus {
+                kind: "file".into(),
+                description: "file /tmp/out.ndjson".into(),
+                state: "ok".into(),
+                failing_since: None,
+                last_ok: Some(1_800_000_070),
+                errors: 3,
+                retries: 2,
+                last_error: None,
+            },
+            sources: vec![SourceStatus {
+                name: "app".into(),
+                paths: vec!["/var/log/app/*.log".into()],
+                origin: "file".into(),
+                streams: 2,
+                records_shipped: 1500,
+                bytes_shipped: 90_000,
+                bytes_read: 91_000,
+                lag_bytes: 1000,
+                overlong_records: 1,
+            }],
+            streams: vec![StreamStatus {
+                stream: "4bd99001d40a1ea3".into(),
+                source: "app".into(),
+                path: "/var/log/app/a.log".into(),
+                state: "open".into(),
+                compressed: false,
+                size: 91_000,
+                read_offset: 91_000,
+                committed_offset: 90_000,
+                lag_bytes: 1000,
+                records: 1500,
+                overlong_records: 1,
+                last_read: Some(1_800_000_070),
+            }],
+            alerts: vec![],
+            counters: Counters {
+                bytes_read: 91_000,
+                records_read: 1510,
+                records_shipped: 1500,
+                bytes_shipped: 88_000,
+                batches: 7,
+                overlong_records: 1,
+                open_files: 2,
+                fingerprint_collisions: 0,
+                truncations: 1,
+                sink_errors: 3,
+                sink_retries: 2,
+                alerts_by_kind: BTreeMap::from([
+                    ("sink_error".to_string(), 1),
+                    ("odd \"kind\"\\\nx".to_string(), 2),
+                ]),
+            },
+            store: StoreStatus {
+                path: "/var/lib/log-sensor/store.db".into(),
+                bytes: 65536,
+                writable: true,
+            },
+            health: Health {
+                ok: true,
+                reason: None,
+            },
+            batch_latency: Histogram {
+                buckets: LATENCY_BOUNDS
+                    .iter()
+                    .copied()
+                    .chain([f64::MAX])
+                    .zip([0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7])
+                    .collect(),
+                sum: 1.25,
+                count: 7,
+            },
+        }
+    }
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("line1\nline2"), "line1\\nline2");
+        assert_eq!(escape_label("plain é"), "plain é");
+        assert_eq!(escape_help("a\\b\n\"q\""), "a\\\\b\\n\"q\"");
+    }
+
+    #[test]
+    fn floats_use_the_formats_spellings() {
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(0.005), "0.005");
+        assert_eq!(float(10.0), "10");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_once_and_its_samples_follow_it() {
+        let text = render(&sample_status());
+        let mut typed: Vec<(String, String)> = Vec::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap().to_string();
+                assert!(name.starts_with("log_sensor_"), "{line}");
+                current = Some(name);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().unwrap().to_string();
+                assert_eq!(Some(&name), current.as_ref(), "TYPE right after its HELP");
+                typed.push((name, it.next().unwrap().to_string()));
+            } else {
+                let family = current.as_ref().expect("a sample after a HELP");
+                let sample = line.split(['{', ' ']).next().unwrap();
+                let ok = sample == family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| sample == format!("{family}{s}"));
+                assert!(ok, "{sample} outside its family {family}");
+            }
+        }
+        let want: Vec<(String, String)> = FAMILIES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(typed, want, "FAMILIES lists what render writes, in order");
+    }
+
+    #[test]
+    fn values_and_labels_are_rendered_exactly() {
+        let text = render(&sample_status());
+        for line in [
+            r#"log_sensor_build_info{version="0.1.0",host="web\"1\"\\"} 1"#,
+            r#"log_sensor_source_records_shipped_total{source="app"} 1500"#,
+            r#"log_sensor_source_lag_bytes{source="app"} 1000"#,
+            "log_sensor_lag_bytes 1000",
+            r#"log_sensor_alerts_total{kind="sink_error"} 1"#,
+            r#"log_sensor_alerts_total{kind="odd \"kind\"\\\nx"} 2"#,
+            "log_sensor_healthy 1",
+            "log_sensor_sink_errors_total 3",
+            "log_sensor_truncations_total 1",
+            "log_sensor_store_bytes 65536",
+            r#"log_sensor_batch_latency_seconds_bucket{le="0.005"} 0"#,
+            r#"log_sensor_batch_latency_seconds_bucket{le="10"} 7"#,
+            r#"log_sensor_batch_latency_seconds_bucket{le="+Inf"} 7"#,
+            "log_sensor_batch_latency_seconds_sum 1.25",
+            "log_sensor_batch_latency_seconds_count 7",
+            "log_sensor_uptime_seconds 75",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line}\n{text}"
+            );
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn an_empty_histogram_still_has_its_inf_bucket() {
+        let mut s = sample_status();
+        s.batch_latency = Histogram::default();
+        let text = render(&s);
+        assert!(text.contains("log_sensor_batch_latency_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("log_sensor_batch_latency_seconds_count 0\n"));
+    }
+}

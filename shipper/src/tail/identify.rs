@@ -1,0 +1,556 @@
+//! Which stream a file is: scans find files, and a file no stream has open is identified in
+//! one place, [`Tailer::identify`] — the same file after a restart, a same-head file still open
+//! (a rotation in progress or a shared header), a stream whose file is gone (renamed while we
+//! were away, or its gzip archive), or a new stream.
+
+use super::*;
+
+impl Tailer {
+    pub(super) fn scan(&mut self) {
+        self.stats.scans.fetch_add(1, Ordering::Relaxed);
+        self.scan_requested = false;
+        self.prune();
+        self.last_scan = Some(Instant::now());
+        let (found, problems) = discover::scan(&self.cfg.sources);
+        for p in problems {
+            if self.alerted_paths.insert(p.path.clone()) {
+                let src = self.cfg.sources[p.source].name.clone();
+                self.alert(
+                    "permission_denied",
+                    Some(&src),
+                    None,
+                    Some(&p.path),
+                    format!("cannot list folder: {}", p.error),
+                );
+            }
+        }
+        // Files truncated in place are let go first, so that a copy of them found in this same
+        // scan can continue their stream (copytruncate with the copy among the globs).
+        for f in &found {
+            let key = (f.device, f.inode);
+            let truncated = self
+                .open
+                .get(&key)
+                .map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t)))
+                .unwrap_or(false);
+            if truncated {
+                let t = self.open.remove(&key).expect("checked above");
+                self.truncated(t);
+            }
+        }
+        let mut present: HashSet<FileKey> = HashSet::new();
+        let mut symlink_dirs: Vec<PathBuf> = Vec::new();
+        for f in found {
+            let key = (f.device, f.inode);
+            present.insert(key);
+            if std::fs::symlink_metadata(&f.path)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
+                if let Some(dir) = std::fs::canonicalize(&f.path)
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                {
+                    symlink_dirs.push(dir);
+                }
+            }
+            if self.open.contains_key(&key) {
+                self.seen_again(key, &f);
+                continue;
+            }
+            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns)) {
+                continue;
+            }
+            self.finished.remove(&key);
+            self.adopt(f);
+        }
+        let now = Instant::now();
+        for t in self.open.values_mut() {
+            if !present.contains(&t.key) && t.released_at.is_none() {
+                t.released_at = Some(now);
+            }
+            t.dirty = true;
+            self.dirty.insert(t.key);
+        }
+        self.deferred.retain(|k, _| present.contains(k));
+        self.finished.retain(|k, _| present.contains(k));
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
+        if let Some(w) = &mut self.watch {
+            w.update(&self.cfg.sources, symlink_dirs);
+        }
+    }
+
+    /// Once an hour, forget streams let go long ago, in the store and here.
+    pub(super) fn prune(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let kept = {
+            let st = self.store.lock().expect("store lock");
+            match st
+                .prune_streams(FORGET_AFTER_SECS)
+                .and_then(|_| st.load_streams())
+            {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| r.stream)
+                    .collect::<HashSet<String>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune old streams");
+                    return;
+                }
+            }
+        };
+        let open: HashSet<String> = self.open.values().map(|t| t.id.clone()).collect();
+        self.registry
+            .retain(|id| kept.contains(id) || open.contains(id));
+    }
+
+    /// An open file found again, maybe under a new name (rename rotation within the globs).
+    pub(super) fn seen_again(&mut self, key: FileKey, f: &Found) {
+        let Some(t) = self.open.get_mut(&key) else {
+            return;
+        };
+        t.released_at = None;
+        if t.path != f.path {
+            self.by_path.remove(&t.path);
+            self.by_path.insert(f.path.clone(), key);
+            t.path = f.path.clone();
+            t.meta.path = f.path.display().to_string().into();
+            let id = t.id.clone();
+            let path = t.meta.path.to_string();
+            if let Some(k) = self.registry.get_mut(&id) {
+                k.row.path = path;
+                let row = k.row.clone();
+                self.persist(&row);
+            }
+        }
+    }
+
+    /// Opens a file no stream has open and decides which stream it is.
+    pub(super) fn adopt(&mut self, f: Found) {
+        let source = self.cfg.sources[f.source].clone();
+        let file = match File::open(&f.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                if self.alerted_paths.insert(f.path.clone()) {
+                    let kind = if e.kind() == io::ErrorKind::PermissionDenied {
+                        "permission_denied"
+                    } else {
+                        "read_error"
+                    };
+                    self.alert(
+                        kind,
+                        Some(&source.name),
+                        None,
+                        Some(&f.path),
+                        format!("cannot open: {e}; retrying every scan"),
+                    );
+                }
+                return;
+            }
+        };
+        let md = match file.metadata() {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let key = (md.dev(), md.ino());
+        if self.open.contains_key(&key) {
+            return;
+        }
+        if self.alerted_paths.remove(&f.path) {
+            tracing::info!(path = %f.path.display(), "file readable again");
+        }
+        // The longest N any known stream of this source was fingerprinted with.
+        let n = source.fingerprint_bytes;
+        let head_len = self
+            .registry_fp_lengths(&source.name)
+            .into_iter()
+            .chain(std::iter::once(n))
+            .max()
+            .unwrap_or(n);
+        let head = match fingerprint::read_head(&file, head_len, source.detect_compression) {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // A gzip archive still being written: look again later.
+                self.deferred.entry(key).or_insert_with(Instant::now);
+                return;
+            }
+            Err(e) => {
+                if self.alerted_paths.insert(f.path.clone()) {
+                    self.alert(
+                        "read_error",
+                        Some(&source.name),
+                        None,
+                        Some(&f.path),
+                        format!("cannot read head: {e}"),
+                    );
+                }
+                return;
+            }
+        };
+        match self.identify(&source, &file, key, &head) {
+            Identity::Wait => {}
+            Identity::Finished => {
+                self.finished.insert(key, file_version(&file));
+            }
+            Identity::Existing { id, resume, marker } => {
+                self.start(&f, &source, file, key, &head, Some((id, resume, marker)))
+            }
+            Identity::New { collision_with } => {
+                if let Some(other) = collision_with {
+                    self.stats
+                        .fingerprint_collisions
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.alert(
+                        "fingerprint_collision",
+                        Some(&source.name),
+                        Some(&other),
+                        Some(&f.path),
+                        format!("same first {n} bytes as the open stream {other}; read as a stream of its own"),
+                    );
+                }
+                self.start(&f, &source, file, key, &head, None)
+            }
+        }
+    }
+
+    /// Every N the source's known streams were fingerprinted with: a stream fingerprinted under
+    /// an older `fingerprint_bytes` is still recognised by hashing the head at its own N.
+    pub(super) fn registry_fp_lengths(&self, source: &str) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .registry
+            .iter()
+            .filter(|k| k.row.source == source)
+            .map(|k| k.row.fp_bytes as usize)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Which stream a newly opened file is: the one exhaustive decision.
+    fn identify(
+        &mut self,
+        source: &Source,
+        file: &File,
+        key: FileKey,
+        head: &fingerprint::Head,
+    ) -> Identity {
+        let n = source.fingerprint_bytes;
+        let open_ids: HashSet<&str> = self.open.values().map(|t| t.id.as_str()).collect();
+        let usable = |k: &Known| {
+            !matches!(k.row.state, StreamState::Done | StreamState::Truncated)
+                || (k.row.device, k.row.inode) != key
+        };
+        match head.fingerprint(n) {
+            Fingerprint::Checksum { .. } => {
+                let cands = self.registry.by_fingerprint(&source.name, |m| {
+                    (head.bytes.len() >= m).then(|| fingerprint::hash(&head.bytes[..m]))
+                });
+                // 1. The same file as before (agent restart).
+                if let Some(c) = cands.iter().find(|c| (c.row.device, c.row.inode) == key) {
+                    // An archive read to its end is finished only once that end was committed;
+                    // a crash may have lost the last batch.
+                    if c.row.state == StreamState::Done && c.resume >= c.row.read_offset {
+                        return Identity::Finished;
+                    }
+                    if c.row.state == StreamState::Done {
+                        return self.existing_if_marker_holds(c, file, head.compressed);
+                    }
+                    if usable(c) && !open_ids.contains(c.row.stream.as_str()) {
+                        return self.existing_if_marker_holds(c, file, head.compressed);
+                    }
+                }
+                // 2. A same-head file is still open: a rotation copy or archive in the making, or a
+                //    genuinely different file with a shared header. Wait for the open one to be let
+                //    go; if it stays live past rotate_wait, they are two streams.
+                let open_cands: Vec<&Known> = cands
+                    .iter()
+                    .copied()
+                    .filter(|c| open_ids.contains(c.row.stream.as_str()))
+                    .collect();
+                if !open_cands.is_empty() {
+                    let draining = open_cands.iter().any(|c| {
+                        self.open
+                            .values()
+                            .any(|t| t.id == c.row.stream && t.released_at.is_some())
+                    });
+                    let since = *self.deferred.entry(key).or_insert_with(Instant::now);
+                    if draining || since.elapsed() < self.cfg.discovery.rotate_wait {
+                        return Identity::Wait;
+                    }
+                    self.deferred.remove(&key);
+                    return Identity::New {
+                        collision_with: Some(open_cands[0].row.stream.clone()),
+                    };
+                }
+                // 3. A stream whose file is gone: this file continues it (renamed while we were
+                //    down, or its compressed archive).
+                if let Some(c) = cands.iter().find(|c| usable(c)) {
+                    return self.existing_if_marker_holds(c, file, head.compressed);
+                }
+                Identity::New {
+                    collision_with: None,
+                }
+            }
+            Fingerprint::Provisional => {
+                if let Some(c) = self.registry.provisional_on(&source.name, key.0, key.1) {
+                    if !open_ids.contains(c.row.stream.as_str()) {
+                        let c = c.clone();
+                        return self.existing_if_marker_holds(&c, file, head.compressed);
+                    }
+                }
+                // A short archive of a short stream: match on the bytes before where it stopped.
+                if head.compressed {
+                    let len = head.bytes.len() as u64;
+                    let short: Vec<Known> = self
+                        .registry_iter_source(&source.name)
+                        .filter(|k| {
+                            k.row.fingerprint.is_none()
+                                && k.resume > 0
+                                && k.resume <= len
+                                && k.resume_marker.is_some()
+                        })
+                        .filter(|k| {
+                            !open_ids.contains(k.row.stream.as_str())
+                                && k.row.state != StreamState::Done
+                        })
+                        .cloned()
+                        .collect();
+                    for c in short {
+                        if read::marker_in_chunk(
+                            &head.bytes[..c.resume as usize],
+                            c.resume,
+                            c.resume,
+                        ) == c.resume_marker
+                        {
+                            return Identity::Existing {
+                                id: c.row.stream.clone(),
+                                resume: c.resume,
+                                marker: c.resume_marker,
+                            };
+                        }
+                    }
+                }
+                Identity::New {
+                    collision_with: None,
+                }
+            }
+        }
+    }
+
+    pub(super) fn registry_iter_source<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> impl Iterator<Item = &'a Known> + 'a {
+        self.registry_all().filter(move |k| k.row.source == source)
+    }
+
+    pub(super) fn registry_all(&self) -> impl Iterator<Item = &Known> {
+        self.registry.iter()
+    }
+
+    fn existing_if_marker_holds(&self, c: &Known, file: &File, compressed: bool) -> Identity {
+        match read::verify_marker(file, compressed, c.resume, c.resume_marker) {
+            Ok(true) => Identity::Existing {
+                id: c.row.stream.clone(),
+                resume: c.resume,
+                marker: c.resume_marker,
+            },
+            // Same head, different content before the offset: rewritten, not continued.
+            Ok(false) => Identity::New {
+                collision_with: None,
+            },
+            Err(_) => Identity::Wait,
+        }
+    }
+
+    /// Opens the stream's reader and starts following it.
+    pub(super) fn start(
+        &mut self,
+        f: &Found,
+        source: &Source,
+        file: File,
+        key: FileKey,
+        head: &fingerprint::Head,
+        existing: Option<(String, u64, Option<u64>)>,
+    ) {
+        let n = source.fingerprint_bytes;
+        let fingerprint = match head.fingerprint(n) {
+            Fingerprint::Checksum { hash, .. } => Some(hash),
+            Fingerprint::Provisional => None,
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let reader_file = match file.try_clone() {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        let (id, offset, marker) = match &existing {
+            Some((id, resume, marker)) => (id.clone(), *resume, *marker),
+            None => (new_stream_id(&source.name, key, fingerprint), 0, None),
+        };
+        let (reader, offset, marker, id) =
+            match Reader::open_at(reader_file, head.compressed, offset) {
+                Ok(r) => (r, offset, marker, id),
+                Err(OpenAtError::Short { .. }) if head.compressed => {
+                    // The archive holds nothing past what was shipped.
+                    self.finish_archive_without_reading(&id, f, key, size);
+                    return;
+                }
+                Err(OpenAtError::Short { .. }) => {
+                    // Shorter than what was committed: truncated while we were away. New content.
+                    let Ok(h) = file.try_clone() else { return };
+                    let Ok(r) = Reader::open_at(h, false, 0) else {
+                        return;
+                    };
+                    (r, 0, None, new_stream_id(&source.name, key, fingerprint))
+                }
+                Err(OpenAtError::Io(e)) => {
+                    if self.alerted_paths.insert(f.path.clone()) {
+                        self.alert(
+                            "read_error",
+                            Some(&source.name),
+                            Some(&id),
+                            Some(&f.path),
+                            format!("cannot open at offset {offset}: {e}"),
+                        );
+                    }
+                    return;
+                }
+            };
+        let path_str = f.path.display().to_string();
+        let row = match self.registry.get(&id) {
+            Some(k) if existing.is_some() => {
+                let mut row = k.row.clone();
+                row.path = path_str.clone();
+                row.device = key.0;
+                row.inode = key.1;
+                row.compressed = head.compressed;
+                row.size = size;
+                row.state = StreamState::Active;
+                if row.fingerprint.is_none() && !head.compressed {
+                    if let Some(fp) = fingerprint {
+                        row.fingerprint = Some(fp);
+                        row.fp_bytes = n as u64;
+                    }
+                }
+                row
+            }
+            _ => StreamRow {
+                stream: id.clone(),
+                source: source.name.clone(),
+                fingerprint,
+                fp_bytes: n as u64,
+                path: path_str.clone(),
+                device: key.0,
+                inode: key.1,
+                compressed: head.compressed,
+                size,
+                read_offset: offset,
+                committed_offset: offset,
+                committed_hash: marker,
+                first_seen: now_secs(),
+                state: StreamState::Active,
+                alerted_too_large: false,
+            },
+        };
+        self.persist(&row);
+        let known = Known {
+            resume: offset,
+            resume_marker: marker,
+            row: row.clone(),
+        };
+        self.registry.insert(known);
+        self.deferred.remove(&key);
+        tracing::info!(stream = %id, path = %path_str, offset, compressed = head.compressed, "following");
+        let t = Tracked {
+            id: id.clone(),
+            source: f.source,
+            key,
+            path: f.path.clone(),
+            compressed: head.compressed,
+            file,
+            reader,
+            framer: Framer::new(&source.framing, offset),
+            meta: StreamMeta {
+                id: id.as_str().into(),
+                source: source.name.as_str().into(),
+                fingerprint: row.fingerprint,
+                path: path_str.into(),
+            },
+            fingerprint: row.fingerprint,
+            size,
+            at_eof: false,
+            dirty: true,
+            last_data: Instant::now(),
+            released_at: None,
+            pos_marker: marker,
+            consumed_marker: marker,
+            slot: None,
+            alerted_too_large: row.alerted_too_large,
+        };
+        self.by_path.insert(f.path.clone(), key);
+        self.dirty.insert(key);
+        self.open.insert(key, t);
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn finish_archive_without_reading(
+        &mut self,
+        id: &str,
+        f: &Found,
+        key: FileKey,
+        size: u64,
+    ) {
+        if let Some(k) = self.registry.get_mut(id) {
+            k.row.path = f.path.display().to_string();
+            k.row.device = key.0;
+            k.row.inode = key.1;
+            k.row.compressed = true;
+            k.row.size = size;
+            k.row.state = StreamState::Done;
+            let row = k.row.clone();
+            self.persist(&row);
+        }
+        if let Ok(f) = File::open(&f.path) {
+            self.finished.insert(key, file_version(&f));
+        }
+    }
+}
+
+enum Identity {
+    /// Not now: look again at the next scan.
+    Wait,
+    /// An archive already read to its end.
+    Finished,
+    Existing {
+        id: String,
+        resume: u64,
+        marker: Option<u64>,
+    },
+    New {
+        collision_with: Option<String>,
+    },
+}
+
+/// A fresh stream id: 16 hex digits, unique per host.
+fn new_stream_id(source: &str, key: FileKey, fp: Option<u64>) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!(
+        "{source}\0{}:{}\0{fp:?}\0{nanos}\0{}",
+        key.0,
+        key.1,
+        std::process::id()
+    );
+    format!("{:016x}", fingerprint::hash(seed.as_bytes()))
+}

@@ -1,0 +1,128 @@
+//! Letting go of files: multiline and rotate_wait timers, truncation in place, closing a
+//! drained file, and remembering where each stream stopped.
+
+use super::*;
+
+impl Tailer {
+    pub(super) fn check_timers(&mut self) {
+        let rotate_wait = self.cfg.discovery.rotate_wait;
+        // Timers are in seconds (multiline_timeout, rotate_wait): a tenth of a second is precise
+        // enough, and spares a pass over every open file on every write.
+        if self.last_timers.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_timers = Instant::now();
+        let due: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, t)| {
+                let timeout = self.cfg.sources[t.source]
+                    .framing
+                    .multiline
+                    .as_ref()
+                    .map(|m| m.timeout);
+                let flush = timeout
+                    .is_some_and(|to| t.framer.has_pending_record() && t.last_data.elapsed() >= to);
+                let close = t
+                    .released_at
+                    .is_some_and(|since| t.at_eof && !t.dirty && since.elapsed() >= rotate_wait);
+                flush || close
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(mut t) = self.open.remove(&key) else {
+                continue;
+            };
+            let timeout = self.cfg.sources[t.source]
+                .framing
+                .multiline
+                .as_ref()
+                .map(|m| m.timeout);
+            if let Some(timeout) = timeout {
+                if t.framer.has_pending_record() && t.last_data.elapsed() >= timeout {
+                    let slot = self.slot(&mut t);
+                    let ts = now_ms();
+                    let batch = &mut self.batch;
+                    t.framer
+                        .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+                    self.update_checkpoint(&mut t, &[]);
+                }
+            }
+            let drained = t.at_eof && !t.dirty;
+            if let Some(since) = t.released_at {
+                if drained && since.elapsed() >= rotate_wait {
+                    self.close(t, StreamState::Released);
+                    continue;
+                }
+            }
+            self.open.insert(key, t);
+        }
+    }
+
+    /// The file under an open stream was truncated in place. Complete lines waiting for a
+    /// multiline record go out; a partial last line does not: its rest was written before the
+    /// truncation, so a copy of the file (if the globs find one) continues the stream from the
+    /// start of that line. The file itself, now new content, becomes a new stream.
+    pub(super) fn truncated(&mut self, mut t: Tracked) {
+        self.stats.truncations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream = %t.id, path = %t.path.display(), "truncated in place; its new content is a new stream");
+        let slot = self.slot(&mut t);
+        let ts = now_ms();
+        let batch = &mut self.batch;
+        t.framer
+            .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+        self.update_checkpoint(&mut t, &[]);
+        self.remember(t, StreamState::Truncated);
+    }
+
+    /// Lets go of a file: what is left goes out, the stream is remembered in `state`.
+    pub(super) fn close(&mut self, mut t: Tracked, state: StreamState) {
+        let slot = self.slot(&mut t);
+        let ts = now_ms();
+        let batch = &mut self.batch;
+        t.framer.finish(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
+        self.update_checkpoint(&mut t, &[]);
+        self.remember(t, state);
+    }
+
+    pub(super) fn remember(&mut self, t: Tracked, state: StreamState) {
+        if let Some(k) = self.registry.get_mut(&t.id) {
+            k.resume = t.framer.consumed();
+            k.resume_marker = t.consumed_marker;
+            k.row.read_offset = t.framer.position();
+            k.row.state = state;
+            k.row.size = t.size;
+            let row = k.row.clone();
+            self.persist(&row);
+        }
+        if state == StreamState::Done {
+            self.finished.insert(t.key, file_version(&t.file));
+        }
+        tracing::info!(stream = %t.id, path = %t.path.display(), state = state.as_str(), "closed");
+        self.forget(&t);
+        // Something may have been waiting for this stream to let go.
+        if !self.deferred.is_empty() {
+            self.scan_requested = true;
+        }
+    }
+
+    /// Closes without flushing: it will be reopened at the last record boundary.
+    pub(super) fn close_quietly(&mut self, t: Tracked) {
+        if let Some(k) = self.registry.get_mut(&t.id) {
+            k.resume = t.framer.consumed();
+            k.resume_marker = t.consumed_marker;
+        }
+        self.forget(&t);
+    }
+
+    pub(super) fn forget(&mut self, t: &Tracked) {
+        self.dirty.remove(&t.key);
+        if self.by_path.get(&t.path) == Some(&t.key) {
+            self.by_path.remove(&t.path);
+        }
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
+    }
+}
