@@ -605,13 +605,21 @@ impl CollectorSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = Instant::now();
             let (result, reused) = {
                 let c = self.connection()?;
                 let reused = c.answered > 0;
                 (c.request("POST", "/v1/ingest", &headers, body), reused)
             };
             match result {
-                Ok(resp) if resp.status == 200 => return Ok(()),
+                Ok(resp) if resp.status == 200 => {
+                    tracing::debug!(
+                        bytes = body.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "batch acknowledged by the collector"
+                    );
+                    return Ok(());
+                }
                 Ok(resp) => {
                     self.conn = None;
                     let why = match resp.code().as_deref() {
