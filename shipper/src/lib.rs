@@ -11,6 +11,7 @@
 //! - [`sink`]: where batches go; one file per kind.
 //! - [`store`]: the SQLite store, the only code that touches the database.
 //! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
+//! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains.
 //! - [`query`]: read-only SQL over the store for `log-sensor query`.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod config;
 pub mod control;
 pub mod discover;
+pub mod enroll;
 pub mod fingerprint;
 pub mod frame;
 pub mod monitor;
@@ -30,3 +32,4 @@ pub mod sink;
 pub mod status;
 pub mod store;
 pub mod tail;
+pub mod tls;

@@ -54,6 +54,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Obtain a client certificate from a collector (key made here, 0600) into <state_dir>/tls/.
+    Enroll {
+        /// The collector, `https://host:port`.
+        #[arg(long)]
+        server: String,
+        /// The enrolment account on the collector.
+        #[arg(long)]
+        user: String,
+        /// A file whose first line is the password; without it the password is asked on the
+        /// terminal.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The collector's CA certificate (its `ca.pem`), to check the server before sending the
+        /// password.
+        #[arg(long, required_unless_present = "insecure_first_contact")]
+        ca: Option<PathBuf>,
+        /// Trust whatever server answers, and the CA it returns (trust on first use). The password
+        /// goes to that server unchecked: use only on a network you trust.
+        #[arg(long, conflicts_with = "ca")]
+        insecure_first_contact: bool,
+    },
     /// Set KEY (a dotted path such as defaults.max_record_bytes) in the running agent until its
     /// next reload or restart; with --persist, in the config file instead.
     Set {
@@ -131,6 +152,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let layers = Layers::load(&path)?;
             let stop = log_sensor::signals::stop_on_signals();
             log_sensor::agent::run(layers, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll {
+            server,
+            user,
+            password_file,
+            ca,
+            insecure_first_contact,
+        } => {
+            use log_sensor::enroll::{self, FirstContact};
+            let cfg = Config::load(&cli.config)?;
+            let server = log_sensor::sink::collector::Url::parse(&server)
+                .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+            let trust = match ca {
+                Some(ca) => FirstContact::Ca(ca),
+                None if !insecure_first_contact => {
+                    anyhow::bail!("pass --ca with the collector's ca.pem (or, knowingly, --insecure-first-contact)")
+                }
+                None => {
+                    eprintln!(
+                        "log-sensor: WARNING: --insecure-first-contact: the server at {server} is NOT \
+                         authenticated; the password is sent to whoever answers, and the CA it \
+                         returns is trusted from now on. Pass --ca with the collector's ca.pem instead."
+                    );
+                    FirstContact::Insecure
+                }
+            };
+            let password = enroll::read_password(password_file.as_deref())?;
+            let done = enroll::enroll(&enroll::EnrollOptions {
+                server,
+                user,
+                password,
+                host_id: cfg.host_id.clone(),
+                trust,
+                state_dir: cfg.state_dir.clone(),
+            })
+            .context("enrol")?;
+            println!(
+                "enrolled host {:?}: certificate serial {} valid until {}\n  key:         {} (0600)\n  certificate: {}\n  CA:          {}",
+                cfg.host_id,
+                done.serial,
+                log_sensor::record::rfc3339_ms(done.not_after.saturating_mul(1000)),
+                done.files.key.display(),
+                done.files.cert.display(),
+                done.files.ca.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Query { sql, json } => {

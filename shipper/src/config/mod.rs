@@ -114,6 +114,8 @@ pub enum MultilineMode {
 pub enum SinkConfig {
     File { path: PathBuf, sync: bool },
     Stdout,
+    Collector(crate::sink::collector::CollectorOptions),
+    Syslog(crate::sink::syslog::SyslogOptions),
 }
 
 #[derive(Debug, Clone)]
@@ -261,7 +263,7 @@ impl Config {
         }
 
         let sink = match top.table("sink", &mut issues) {
-            Some(t) => read_sink(t, &base, &mut issues),
+            Some(t) => read_sink(t, &base, &state_dir, &mut issues),
             None => Some(SinkConfig::Stdout),
         };
 
@@ -537,9 +539,40 @@ fn read_source(
     })
 }
 
-fn read_sink(t: &toml::Table, base: &Path, issues: &mut Vec<ConfigIssue>) -> Option<SinkConfig> {
-    let mut r = TableReader::new("sink", t);
+fn read_sink(
+    t: &toml::Table,
+    base: &Path,
+    state_dir: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<SinkConfig> {
+    // The reader has no float accessor; the one float key is taken out here, before the reader
+    // would call it unknown.
+    let mut t = t.clone();
+    let renew_at = match t.remove("renew_at") {
+        None => None,
+        Some(toml::Value::Float(f)) => Some(f),
+        Some(other) => {
+            issues.push(ConfigIssue {
+                key: "sink.renew_at".into(),
+                message: format!("expected a number such as 0.67, found {}", other.type_str()),
+            });
+            None
+        }
+    };
+    let mut r = TableReader::new("sink", &t);
     let kind = r.string("type", issues);
+    if renew_at.is_some() && kind.as_deref() != Some("collector") {
+        issues.push(ConfigIssue {
+            key: "sink.renew_at".into(),
+            message: "only a collector sink renews a certificate".into(),
+        });
+    }
+    let required = |key: &str, kind: &str, issues: &mut Vec<ConfigIssue>| {
+        issues.push(ConfigIssue {
+            key: format!("sink.{key}"),
+            message: format!("required for a {kind} sink"),
+        })
+    };
     let sink = match kind.as_deref() {
         Some("file") => {
             let path = r.string("path", issues);
@@ -550,19 +583,176 @@ fn read_sink(t: &toml::Table, base: &Path, issues: &mut Vec<ConfigIssue>) -> Opt
                     sync,
                 }),
                 None => {
-                    issues.push(ConfigIssue {
-                        key: "sink.path".into(),
-                        message: "required for a file sink".into(),
-                    });
+                    required("path", "file", issues);
                     None
                 }
             }
         }
         Some("stdout") => Some(SinkConfig::Stdout),
+        Some("collector") => {
+            let before = issues.len();
+            let url = r.string("url", issues);
+            let enrolled = crate::enroll::default_files(state_dir);
+            let files = crate::sink::collector::TlsFiles {
+                ca: r
+                    .string("ca", issues)
+                    .map(|p| base.join(p))
+                    .unwrap_or(enrolled.ca),
+                cert: r
+                    .string("cert", issues)
+                    .map(|p| base.join(p))
+                    .unwrap_or(enrolled.cert),
+                key: r
+                    .string("key", issues)
+                    .map(|p| base.join(p))
+                    .unwrap_or(enrolled.key),
+            };
+            let gzip = match r.string("compression", issues).as_deref() {
+                None | Some("gzip") => true,
+                Some("none") => false,
+                Some(other) => {
+                    issues.push(ConfigIssue {
+                        key: "sink.compression".into(),
+                        message: format!("{other:?}: expected \"gzip\" or \"none\""),
+                    });
+                    true
+                }
+            };
+            let renew_at = renew_at.unwrap_or(2.0 / 3.0);
+            if !(renew_at > 0.0 && renew_at < 1.0) {
+                issues.push(ConfigIssue {
+                    key: "sink.renew_at".into(),
+                    message: "a fraction of the certificate's lifetime, above 0 and below 1".into(),
+                });
+            }
+            let url = match url.map(|u| crate::sink::collector::Url::parse(&u)) {
+                Some(Ok(u)) => Some(u),
+                Some(Err(message)) => {
+                    issues.push(ConfigIssue {
+                        key: "sink.url".into(),
+                        message,
+                    });
+                    None
+                }
+                None => {
+                    required("url", "collector", issues);
+                    None
+                }
+            };
+            match url {
+                Some(url) if issues.len() == before => Some(SinkConfig::Collector(
+                    crate::sink::collector::CollectorOptions {
+                        url,
+                        files,
+                        gzip,
+                        renew_at,
+                    },
+                )),
+                _ => None,
+            }
+        }
+        Some("syslog") => {
+            let before = issues.len();
+            let address = r.string("address", issues);
+            let tls = r.boolean("tls", issues).unwrap_or(true);
+            let ca = r.string("ca", issues).map(|p| base.join(p));
+            let cert = r.string("cert", issues).map(|p| base.join(p));
+            let key = r.string("key", issues).map(|p| base.join(p));
+            let server_name = r.string("server_name", issues);
+            let app_name = r
+                .string("app_name", issues)
+                .unwrap_or_else(|| "log-sensor".into());
+            if app_name.is_empty()
+                || app_name.len() > 48
+                || !app_name.bytes().all(|b| (33..=126).contains(&b))
+            {
+                issues.push(ConfigIssue {
+                    key: "sink.app_name".into(),
+                    message: "1 to 48 printable ASCII characters without spaces (RFC 5424)".into(),
+                });
+            }
+            let facility = match r.string("facility", issues) {
+                None => Some(1),
+                Some(f) => {
+                    let code = crate::sink::syslog::facility_code(&f);
+                    if code.is_none() {
+                        issues.push(ConfigIssue {
+                            key: "sink.facility".into(),
+                            message: format!("{f:?}: expected a name such as \"user\", \"daemon\" or \"local0\"…\"local7\""),
+                        });
+                    }
+                    code
+                }
+            };
+            if tls && ca.is_none() {
+                required("ca", "syslog (tls = true)", issues);
+            }
+            if cert.is_some() != key.is_some() {
+                issues.push(ConfigIssue {
+                    key: if cert.is_some() {
+                        "sink.key"
+                    } else {
+                        "sink.cert"
+                    }
+                    .into(),
+                    message: "cert and key go together".into(),
+                });
+            }
+            if !tls && (ca.is_some() || cert.is_some() || server_name.is_some()) {
+                issues.push(ConfigIssue {
+                    key: "sink.tls".into(),
+                    message: "ca, cert, key and server_name need tls = true".into(),
+                });
+            }
+            let host = match address.as_deref().map(crate::sink::syslog::split_address) {
+                Some(Ok(h)) => Some(h),
+                Some(Err(message)) => {
+                    issues.push(ConfigIssue {
+                        key: "sink.address".into(),
+                        message,
+                    });
+                    None
+                }
+                None => {
+                    required("address", "syslog", issues);
+                    None
+                }
+            };
+            if let (true, Some(name)) = (tls, server_name.as_deref().or(host.as_deref())) {
+                if let Err(e) = crate::tls::server_name(name) {
+                    issues.push(ConfigIssue {
+                        key: if server_name.is_some() {
+                            "sink.server_name"
+                        } else {
+                            "sink.address"
+                        }
+                        .into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            match (address, host, facility) {
+                (Some(address), Some(host), Some(facility)) if issues.len() == before => {
+                    Some(SinkConfig::Syslog(crate::sink::syslog::SyslogOptions {
+                        address,
+                        tls: tls.then(|| crate::sink::syslog::SyslogTls {
+                            ca: ca.expect("checked above"),
+                            identity: cert.zip(key),
+                            server_name: server_name.unwrap_or(host),
+                        }),
+                        app_name,
+                        facility,
+                    }))
+                }
+                _ => None,
+            }
+        }
         Some(other) => {
             issues.push(ConfigIssue {
                 key: "sink.type".into(),
-                message: format!("unknown sink type {other:?} (expected \"file\" or \"stdout\")"),
+                message: format!(
+                    "unknown sink type {other:?} (expected \"file\", \"stdout\", \"collector\" or \"syslog\")"
+                ),
             });
             None
         }

@@ -1,8 +1,10 @@
 //! Where batches go. A sink returns Ok only once the destination has the batch: that return is
 //! the acknowledgement after which offsets are committed.
 
+pub mod collector;
 mod file;
 mod stdout;
+pub mod syslog;
 
 pub use file::FileSink;
 pub use stdout::StdoutSink;
@@ -25,7 +27,10 @@ pub trait Sink: Send {
 
 /// Sinks that send NDJSON as it is: their batches are encoded ahead on the tailer's thread.
 pub fn wants_ndjson(cfg: &SinkConfig) -> bool {
-    matches!(cfg, SinkConfig::File { .. } | SinkConfig::Stdout)
+    matches!(
+        cfg,
+        SinkConfig::File { .. } | SinkConfig::Stdout | SinkConfig::Collector(_)
+    )
 }
 
 /// The sink's kind as configured (`file`, `stdout`, …).
@@ -33,6 +38,8 @@ pub fn kind(cfg: &SinkConfig) -> &'static str {
     match cfg {
         SinkConfig::File { .. } => "file",
         SinkConfig::Stdout => "stdout",
+        SinkConfig::Collector(_) => "collector",
+        SinkConfig::Syslog(_) => "syslog",
     }
 }
 
@@ -41,6 +48,8 @@ pub fn describe(cfg: &SinkConfig) -> String {
     match cfg {
         SinkConfig::File { path, .. } => format!("file {}", path.display()),
         SinkConfig::Stdout => "stdout".into(),
+        SinkConfig::Collector(opts) => format!("collector {}", opts.url),
+        SinkConfig::Syslog(opts) => syslog::describe(opts),
     }
 }
 
@@ -48,5 +57,7 @@ pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),
         SinkConfig::Stdout => Box::new(StdoutSink::new()),
+        SinkConfig::Collector(opts) => Box::new(collector::CollectorSink::open(opts)?),
+        SinkConfig::Syslog(opts) => Box::new(syslog::SyslogSink::open(opts)?),
     })
 }

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Shipping benchmarks (release builds), end to end, printing figures (never asserting).
+
+  syslog:    a generated file (default 2,000,000 lines of ~210 bytes, 400 MiB) -> the syslog sink
+             over mutual TLS -> bench/shipping_receiver.rs on loopback, which only counts frames.
+             Reports delivered MiB/s (of input), the agent's CPU-seconds and peak RSS, and the
+             receiver's CPU-seconds.
+  collector: the same file -> the collector sink over mutual TLS -> log-sensor-collector on
+             loopback (which stores every record and fsyncs each batch), with compression off
+             and on. Reports MiB/s end to end (until every offset is committed, i.e. the
+             collector acknowledged everything), CPU-seconds and peak RSS of both processes.
+
+Usage:
+  cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver
+  python3 bench/shipping_bench.py [syslog|collector|all] [--lines 2000000] [--max-wait 1s]
+          [--workdir /var/tmp/log-sensor-shipbench] [--target target]
+
+Both processes share this machine's cores; the figures include the receiver's work.
+"""
+import argparse, os, shutil, signal, sqlite3, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from agent_bench import cpu_seconds, peak_rss_mib, committed, stop  # noqa: E402
+
+
+def line(i):
+    # ~210 bytes, like the issue's workload.
+    return (f"2026-11-26T10:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z INFO [worker-{i % 8}] "
+            f"request id={i:010d} method=GET path=/api/v1/items/{i % 5000} status=200 bytes={i % 9000} "
+            f"latency_ms={i % 250} ua=\"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\"\n")
+
+
+def generate(path, n):
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            if sum(1 for _ in f) == n:
+                return
+    with open(path, "w", buffering=1 << 20) as f:
+        for start in range(0, n, 10000):
+            f.write("".join(line(k) for k in range(start, min(n, start + 10000))))
+
+
+BATCH_EXTRA = ""  # more [batch] keys, from --batch
+
+
+def agent_dir(wd, log, sink, max_wait):
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(os.path.join(wd, "logs"))
+    os.link(log, os.path.join(wd, "logs", "input.log"))
+    with open(os.path.join(wd, "agent.toml"), "w") as f:
+        f.write(f'host_id = "bench-host"\nstate_dir = "state"\n'
+                f'[sources.bench]\npaths = ["logs/input.log"]\n[batch]\nmax_wait = "{max_wait}"\n'
+                f'{BATCH_EXTRA}\n[sink]\n{sink}\n')
+    return os.path.join(wd, "agent.toml")
+
+
+def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
+    """Starts the agent, waits until every offset is committed; returns (elapsed, cpu, rss).
+    With `profile` (a path), the agent runs under `perf record -g` writing there."""
+    err = open(os.path.join(wd, "agent.err"), "w")
+    t0 = time.monotonic()
+    cmd = [bin_, "-c", cfg, "run"]
+    if profile:
+        # perf execs the agent: the pid measured below is the agent's own.
+        cmd = ["perf", "record", "-g", "-o", profile, "--"] + cmd
+    p = subprocess.Popen(cmd, stderr=err, stdin=subprocess.DEVNULL, env=dict(os.environ, LOG_SENSOR_LOG=os.environ.get("LOG_SENSOR_LOG", "info")))
+    while not done_extra() or committed(wd)[0] < size:
+        if p.poll() is not None:
+            sys.exit(f"agent exited early: see {wd}/agent.err")
+        time.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+    stop(p)
+    return elapsed, cpu, rss
+
+
+def syslog(args, log, size, n):
+    wd = os.path.join(args.workdir, "syslog")
+    pki = os.path.join(args.workdir, "pki")
+    subprocess.run([args.receiver, "pki", pki], check=True)
+    stats = os.path.join(args.workdir, "receiver.stats")
+    if os.path.exists(stats):
+        os.remove(stats)
+    port = free_port()
+    recv = subprocess.Popen([args.receiver, "serve", pki, f"127.0.0.1:{port}", stats])
+    time.sleep(0.5)
+    cfg = agent_dir(wd, log, f'type = "syslog"\naddress = "127.0.0.1:{port}"\ntls = true\n'
+                             f'ca = "{pki}/ca.pem"\ncert = "{pki}/client.pem"\nkey = "{pki}/client.key"\n',
+                    args.max_wait)
+
+    first = []  # when the receiver first counted a message (the connection and its TLS verdict done)
+
+    def received():
+        try:
+            with open(stats) as f:
+                b, m, _ = f.read().split()
+                if int(m) > 0 and not first:
+                    first.append(time.monotonic())
+                return int(b), int(m)
+        except (OSError, ValueError):
+            return 0, 0
+
+    t0 = time.monotonic()
+    elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, lambda: received()[1] >= n,
+                                  profile=os.path.join(args.workdir, "agent-syslog.perf") if args.profile else None)
+    steady = t0 + elapsed - first[0]
+    rcpu = cpu_seconds(recv.pid)
+    wire, msgs = received()
+    recv.kill()
+    recv.wait()
+    print(f"syslog sink -> counting TLS receiver (batch.max_wait {args.max_wait}): {size / 2**20:.0f} MiB, {n} lines, {msgs} messages "
+          f"({wire / 2**20:.0f} MiB on the wire, decrypted) in {elapsed:.2f} s")
+    print(f"  {size / 2**20 / elapsed:.0f} MiB/s of input delivered; agent CPU {cpu:.2f} s, "
+          f"peak RSS {rss:.1f} MiB; receiver CPU {rcpu:.2f} s")
+    print(f"  from the first message received to the last commit: {steady:.2f} s = "
+          f"{size / 2**20 / steady:.0f} MiB/s (start-up, the TLS verdict wait and the first batch excluded)")
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def collector(args, log, size, n):
+    base = os.path.join(args.workdir, "collector")
+    for compression in ("none", "gzip"):
+        shutil.rmtree(base, ignore_errors=True)
+        cdir = os.path.join(base, "srv")
+        subprocess.run([args.collector, "init", "--dir", cdir, "--name", "127.0.0.1"], check=True,
+                       stdout=subprocess.DEVNULL)
+        pw = os.path.join(base, "pw")
+        with open(pw, "w") as f:
+            f.write("bench password\n")
+        subprocess.run([args.collector, "user", "add", "--dir", cdir, "bench", "--password-file", pw],
+                       check=True, stdout=subprocess.DEVNULL)
+        port = free_port()
+        cerr = open(os.path.join(base, "collector.err"), "w")
+        srv = subprocess.Popen([args.collector, "serve", "--dir", cdir, "--listen", f"127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=cerr)
+        while not os.path.exists(os.path.join(cdir, "serve.addr")):
+            time.sleep(0.05)
+        wd = os.path.join(base, "agent")
+        cfg = agent_dir(wd, log, f'type = "collector"\nurl = "https://127.0.0.1:{port}"\n'
+                                 f'compression = "{compression}"\n', args.max_wait)
+        subprocess.run([args.bin, "-c", cfg, "enroll", "--server", f"https://127.0.0.1:{port}",
+                        "--user", "bench", "--password-file", pw, "--ca", os.path.join(cdir, "ca.pem")],
+                       check=True, stdout=subprocess.DEVNULL)
+        c0 = cpu_seconds(srv.pid)
+        prof = None
+        if args.profile:
+            # Where the collector's time goes (perf must be allowed here).
+            prof = subprocess.Popen(["perf", "record", "-g", "-o",
+                                     os.path.join(args.workdir, f"collector-{compression}.perf"),
+                                     "-p", str(srv.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, profile=os.path.join(
+            args.workdir, f"agent-{compression}.perf") if args.profile else None)
+        if prof:
+            prof.send_signal(signal.SIGINT)
+            prof.wait(60)
+        ccpu, crss = cpu_seconds(srv.pid) - c0, peak_rss_mib(srv.pid)
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(30)
+        stored = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cdir, "data"))
+                     for f in fs)
+        print(f"collector sink, compression {compression} (batch.max_wait {args.max_wait} {BATCH_EXTRA!r}): {size / 2**20:.0f} MiB, {n} lines acknowledged "
+              f"in {elapsed:.2f} s = {size / 2**20 / elapsed:.0f} MiB/s of input end to end "
+              f"({stored / 2**20:.0f} MiB of NDJSON stored)")
+        print(f"  agent CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB; collector CPU {ccpu:.2f} s, "
+              f"peak RSS {crss:.1f} MiB")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="?", default="all", choices=["syslog", "collector", "all"])
+    ap.add_argument("--target", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
+    ap.add_argument("--workdir", default="/var/tmp/log-sensor-shipbench")
+    ap.add_argument("--lines", type=int, default=2_000_000)
+    # The last, partial batch closes max_wait after its first record (the agent's default is 1s),
+    # which is part of every figure: pass a shorter one to see the sink's own rate.
+    ap.add_argument("--max-wait", default="1s")
+    ap.add_argument("--batch", default="",
+                    help='more [batch] keys for the agent, e.g. "max_records = 65536\\nmax_bytes = \\"16MiB\\""')
+    ap.add_argument("--profile", action="store_true",
+                    help="perf record the agent (and the collector) into WORKDIR/*.perf")
+    args = ap.parse_args()
+    global BATCH_EXTRA
+    BATCH_EXTRA = args.batch.replace("\\n", "\n")
+    rel = os.path.join(args.target, "release")
+    args.bin = os.path.join(rel, "log-sensor")
+    args.collector = os.path.join(rel, "log-sensor-collector")
+    args.receiver = os.path.join(rel, "examples", "shipping_receiver")
+    for b in (args.bin, args.collector, args.receiver):
+        if not os.path.exists(b):
+            sys.exit(f"{b} missing: cargo build --release -p log-sensor -p log-sensor-collector --bins "
+                     f"--example shipping_receiver")
+    os.makedirs(args.workdir, exist_ok=True)
+    log = os.path.join(args.workdir, "input.log")
+    print(f"generating {args.lines} lines ...", flush=True)
+    generate(log, args.lines)
+    size = os.path.getsize(log)
+    subprocess.run(["cat", log], stdout=subprocess.DEVNULL)  # warm the page cache
+    if args.which in ("syslog", "all"):
+        syslog(args, log, size, args.lines)
+    if args.which in ("collector", "all"):
+        collector(args, log, size, args.lines)
+
+
+if __name__ == "__main__":
+    main()

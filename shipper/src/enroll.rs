@@ -1,0 +1,205 @@
+//! `log-sensor enroll`: a key made here (it never leaves the host), a CSR, and the certificate the
+//! collector signs for our `host_id`, stored with the collector's CA under `<state_dir>/tls/`.
+//!
+//! Trust for the enrolment call itself: the collector's server certificate is checked against
+//! `--ca` (its `ca.pem`, copied over by the operator). Without it, only
+//! `--insecure-first-contact` proceeds, trusting whoever answers (and the CA it returns) — the
+//! password would go to that server, so the command says so loudly.
+
+use crate::sink::collector::{HttpConn, TlsFiles, Url};
+use crate::tls::{self, ServerTrust, TlsError};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("enrolment request to {server} failed: {message}")]
+    Request { server: String, message: String },
+    #[error("the collector refused the enrolment ({status}): {reason}")]
+    Refused { status: u16, reason: String },
+    #[error("the collector's reply is not usable: {0}")]
+    Reply(String),
+    #[error("cannot make a key or CSR: {0}")]
+    Key(String),
+    #[error("password: {0}")]
+    Password(String),
+}
+
+/// How the collector's server certificate is checked during enrolment.
+#[derive(Debug, Clone)]
+pub enum FirstContact {
+    /// Against this CA file.
+    Ca(PathBuf),
+    /// Not at all (explicitly requested).
+    Insecure,
+}
+
+pub struct EnrollOptions {
+    pub server: Url,
+    pub user: String,
+    pub password: String,
+    pub host_id: String,
+    pub trust: FirstContact,
+    pub state_dir: PathBuf,
+}
+
+pub struct Enrolled {
+    pub files: TlsFiles,
+    pub serial: String,
+    pub not_after: i64,
+}
+
+/// Where `enroll` stores the identity, and where the collector sink looks by default.
+pub fn default_files(state_dir: &Path) -> TlsFiles {
+    let dir = state_dir.join("tls");
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    }
+}
+
+/// A CSR (PEM) for an existing key; the collector ignores its subject and sets the host id.
+pub fn csr_for(key_pem: &str) -> Result<String, EnrollError> {
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| EnrollError::Key(e.to_string()))?;
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(|e| EnrollError::Key(e.to_string()))
+}
+
+pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
+    let files = default_files(&opts.state_dir);
+    let trust = match &opts.trust {
+        FirstContact::Ca(ca) => ServerTrust::Ca(ca),
+        FirstContact::Insecure => ServerTrust::InsecureFirstContact,
+    };
+    let config = tls::make_config(trust, None)?;
+    let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
+    let key_pem = key.serialize_pem();
+    let csr = csr_for(&key_pem)?;
+    let request_err = |message: String| EnrollError::Request {
+        server: opts.server.to_string(),
+        message,
+    };
+    let mut conn =
+        HttpConn::connect(&opts.server, config).map_err(|e| request_err(e.to_string()))?;
+    let body = serde_json::json!({
+        "username": opts.user,
+        "password": opts.password,
+        "host_id": opts.host_id,
+        "csr": csr,
+    })
+    .to_string();
+    let resp = conn
+        .request(
+            "POST",
+            "/v1/enroll",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .map_err(|e| request_err(e.to_string()))?;
+    drop(body);
+    if resp.status != 200 {
+        return Err(EnrollError::Refused {
+            status: resp.status,
+            reason: resp.reason(),
+        });
+    }
+    let reply: serde_json::Value =
+        serde_json::from_slice(&resp.body).map_err(|e| EnrollError::Reply(e.to_string()))?;
+    let field = |name: &str| {
+        reply[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| EnrollError::Reply(format!("no {name:?}")))
+    };
+    let (cert, ca, serial) = (field("cert")?, field("ca")?, field("serial")?);
+    // The CA first, then the key, then the certificate: a running agent re-reads them when they
+    // change, and the certificate last means it never pairs the new certificate with the old key.
+    tls::write_atomic(&files.ca, ca.as_bytes(), 0o644)?;
+    if let Some(dir) = files.key.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    tls::write_atomic(&files.key, key_pem.as_bytes(), 0o600)?;
+    tls::write_atomic(&files.cert, cert.as_bytes(), 0o644)?;
+    // Proves the stored set works: the returned CA verifies the server we just talked to (for a
+    // first contact without --ca this is the one check there is), and the key matches.
+    let checked = tls::make_config(ServerTrust::Ca(&files.ca), Some((&files.cert, &files.key)))?;
+    let mut check = HttpConn::connect(&opts.server, checked).map_err(|e| {
+        EnrollError::Reply(format!(
+            "the server's certificate does not verify against the CA it returned: {e}"
+        ))
+    })?;
+    let health = check
+        .request("GET", "/healthz", &[], b"")
+        .map_err(|e| request_err(e.to_string()))?;
+    if health.status != 200 {
+        return Err(EnrollError::Reply(format!(
+            "/healthz with the new certificate replied {}",
+            health.status
+        )));
+    }
+    let (_, not_after) = tls::validity(&files.cert)?;
+    Ok(Enrolled {
+        files,
+        serial,
+        not_after,
+    })
+}
+
+/// The password from the first line of `file`, or asked on the terminal with echo off.
+pub fn read_password(file: Option<&Path>) -> Result<String, EnrollError> {
+    let line = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| EnrollError::Password(format!("cannot read {}: {e}", f.display())))?;
+            text.lines().next().unwrap_or("").to_string()
+        }
+        None => prompt_no_echo("Password: ")?,
+    };
+    if line.is_empty() {
+        return Err(EnrollError::Password("empty".into()));
+    }
+    Ok(line)
+}
+
+fn prompt_no_echo(prompt: &str) -> Result<String, EnrollError> {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| {
+            EnrollError::Password(format!("no terminal to ask on ({e}); use --password-file"))
+        })?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios calls on a descriptor we own, with a zeroed struct they fill in.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return Err(EnrollError::Password(
+                "cannot read terminal settings".into(),
+            ));
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        saved
+    };
+    let mut out = &tty;
+    let _ = out.write_all(prompt.as_bytes());
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    // SAFETY: restores the settings read above on the same descriptor.
+    unsafe {
+        libc::tcsetattr(fd, libc::TCSANOW, &saved);
+    }
+    let _ = out.write_all(b"\n");
+    read.map_err(|e| EnrollError::Password(e.to_string()))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}

@@ -1,0 +1,785 @@
+//! The collector sink: batches as NDJSON (gzip by default) in `POST /v1/ingest` over mutual TLS.
+//!
+//! Only the collector's `200` reply acknowledges a batch: with TLS 1.3 a refused client sees its
+//! writes succeed and learns of the refusal on its first read, so a write proves nothing. The
+//! client is blocking (std `TcpStream` + rustls `StreamOwned`) and speaks the little HTTP/1.1 the
+//! collector needs (Content-Length bodies, keep-alive): the sink runs on its own thread, and an
+//! async runtime there would cost memory and buy nothing.
+//!
+//! The certificate is renewed at `renew_at` (two thirds by default) of its lifetime by a thread of
+//! its own, so an idle agent renews too; the files are re-read whenever they change on disk, so a
+//! re-enrolment (`log-sensor enroll`) applies to a running agent without a restart.
+
+use super::{Sink, SinkError};
+use crate::batch::Batch;
+use crate::tls::{self, ServerTrust, TlsError};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The collector answers after its fsync; a slow disk under a 4 MiB batch stays well inside this,
+/// and a stopping agent (which cannot interrupt a request) waits at most this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// The collector closes connections idle for 75 s; ours are retired before that, so a request
+/// never races the server's close.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+/// A failed renewal is tried again after this long (the current certificate still works).
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// At most one renewal this often, even if the clock or `renew_at` says one is due at once.
+const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Largest NDJSON body per request: well under the collector's default `max_batch_bytes`
+/// (64 MiB, counted after gzip decoding), whatever `batch.max_bytes` is.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// `https://host[:port]`, as the config and `enroll --server` give it.
+#[derive(Debug, Clone)]
+pub struct Url {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let rest = s
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{s:?} must start with https://"))?;
+        let authority = rest.split('/').next().unwrap_or("");
+        if rest.len() > authority.len() + 1 {
+            return Err(format!(
+                "{s:?}: give only https://host:port, without a path"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+            ),
+            _ => (authority, 443),
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        tls::server_name(host).map_err(|e| e.to_string())?;
+        Ok(Url {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "https://{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("TLS with {url}: {}", tls::describe(source))]
+    Tls { url: String, source: rustls::Error },
+    #[error("connection to {url} lost: {source}")]
+    Io { url: String, source: std::io::Error },
+    #[error("{url} closed the connection before replying")]
+    Closed { url: String },
+    #[error("{url} sent a malformed HTTP reply: {message}")]
+    Protocol { url: String, message: String },
+}
+
+/// A reply: status and body (bodies here are small JSON documents).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// `code` and `error` of the collector's JSON error body, or the body as text.
+    pub fn reason(&self) -> String {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) if v.get("code").is_some() => format!(
+                "{} ({})",
+                v["code"].as_str().unwrap_or(""),
+                v["error"].as_str().unwrap_or("")
+            ),
+            _ => String::from_utf8_lossy(&self.body)
+                .chars()
+                .take(200)
+                .collect(),
+        }
+    }
+
+    pub fn code(&self) -> Option<String> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_string))
+    }
+}
+
+/// One keep-alive HTTPS connection.
+pub struct HttpConn {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    url: String,
+    host_header: String,
+    /// Bytes read past the previous reply (none with a well-behaved server, but kept honest).
+    rbuf: Vec<u8>,
+    pub last_used: Instant,
+    /// Requests answered on this connection; a failure on a reused one may be the server's idle
+    /// close, worth one immediate retry on a fresh connection.
+    pub answered: u64,
+    /// The server said `Connection: close`.
+    pub closing: bool,
+}
+
+impl HttpConn {
+    pub fn connect(url: &Url, config: Arc<ClientConfig>) -> Result<HttpConn, HttpError> {
+        let name = url.to_string();
+        let connect_err = |message: String| HttpError::Connect {
+            url: name.clone(),
+            message,
+        };
+        let addrs: Vec<_> = (
+            url.host.trim_start_matches('[').trim_end_matches(']'),
+            url.port,
+        )
+            .to_socket_addrs()
+            .map_err(|e| connect_err(format!("cannot resolve: {e}")))?
+            .collect();
+        let mut last = String::from("no address");
+        let mut tcp = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| connect_err(last))?;
+        let io = |source| HttpError::Io {
+            url: name.clone(),
+            source,
+        };
+        tcp.set_nodelay(true).map_err(io)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        let server = tls::server_name(&url.host).map_err(|e| connect_err(e.to_string()))?;
+        let conn = ClientConnection::new(config, server).map_err(|source| HttpError::Tls {
+            url: name.clone(),
+            source,
+        })?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        // The handshake now, so a refused server certificate is reported as such.
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| classify(&name, e))?;
+        }
+        let host_header = if url.port == 443 {
+            url.host.clone()
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
+        Ok(HttpConn {
+            stream,
+            url: name,
+            host_header,
+            rbuf: Vec::new(),
+            last_used: Instant::now(),
+            answered: 0,
+            closing: false,
+        })
+    }
+
+    /// Sends one request and reads its whole reply.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, HttpError> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host_header,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(k);
+            head.push_str(": ");
+            head.push_str(v);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let url = self.url.clone();
+        self.stream
+            .write_all(head.as_bytes())
+            .and_then(|_| self.stream.write_all(body))
+            .and_then(|_| self.stream.flush())
+            .map_err(|e| classify(&url, e))?;
+        let resp = self.read_response()?;
+        self.last_used = Instant::now();
+        self.answered += 1;
+        Ok(resp)
+    }
+
+    fn fill(&mut self) -> Result<usize, HttpError> {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = self
+            .stream
+            .read(&mut tmp)
+            .map_err(|e| classify(&self.url, e))?;
+        self.rbuf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    fn read_response(&mut self) -> Result<Response, HttpError> {
+        let protocol = |url: &str, message: &str| HttpError::Protocol {
+            url: url.to_string(),
+            message: message.to_string(),
+        };
+        let head_end = loop {
+            if let Some(i) = find(&self.rbuf, b"\r\n\r\n") {
+                break i;
+            }
+            if self.rbuf.len() > 64 * 1024 {
+                return Err(protocol(&self.url, "headers too long"));
+            }
+            if self.fill()? == 0 {
+                return Err(HttpError::Closed {
+                    url: self.url.clone(),
+                });
+            }
+        };
+        let head = String::from_utf8_lossy(&self.rbuf[..head_end]).into_owned();
+        self.rbuf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol(&self.url, "bad status line"))?;
+        let mut length = None;
+        let mut chunked = false;
+        for l in lines {
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "connection" => self.closing |= v.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let body = if chunked {
+            self.read_chunked()?
+        } else {
+            let n = length.unwrap_or(0);
+            if n > MAX_RESPONSE_BYTES {
+                return Err(protocol(&self.url, "reply body too large"));
+            }
+            while self.rbuf.len() < n {
+                if self.fill()? == 0 {
+                    return Err(HttpError::Closed {
+                        url: self.url.clone(),
+                    });
+                }
+            }
+            self.rbuf.drain(..n).collect()
+        };
+        Ok(Response { status, body })
+    }
+
+    fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&self.rbuf, b"\r\n") {
+                    break i;
+                }
+                if self.fill()? == 0 {
+                    return Err(HttpError::Closed {
+                        url: self.url.clone(),
+                    });
+                }
+            };
+            let size_text = String::from_utf8_lossy(&self.rbuf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| HttpError::Protocol {
+                    url: self.url.clone(),
+                    message: "bad chunk size".into(),
+                })?;
+            self.rbuf.drain(..line_end + 2);
+            if body.len() + size > MAX_RESPONSE_BYTES {
+                return Err(HttpError::Protocol {
+                    url: self.url.clone(),
+                    message: "reply body too large".into(),
+                });
+            }
+            while self.rbuf.len() < size + 2 {
+                if self.fill()? == 0 {
+                    return Err(HttpError::Closed {
+                        url: self.url.clone(),
+                    });
+                }
+            }
+            body.extend(self.rbuf.drain(..size));
+            self.rbuf.drain(..2);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn classify(url: &str, e: std::io::Error) -> HttpError {
+    match tls::rustls_error(&e) {
+        Some(r) => HttpError::Tls {
+            url: url.to_string(),
+            source: r.clone(),
+        },
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => HttpError::Closed {
+            url: url.to_string(),
+        },
+        None => HttpError::Io {
+            url: url.to_string(),
+            source: e,
+        },
+    }
+}
+
+/// Where the sink's certificate, key and CA live.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The client config built from one version of the files, and the certificate's validity.
+struct Identity {
+    config: Arc<ClientConfig>,
+    stamp: tls::Stamp,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// State the sink and its renewal thread share.
+struct Shared {
+    url: Url,
+    files: TlsFiles,
+    /// Fraction of the certificate's lifetime after which it is renewed.
+    renew_at: f64,
+    identity: Mutex<Option<Identity>>,
+    /// Bumped when a renewal wrote a new certificate, so the sink reconnects with it.
+    generation: AtomicU64,
+}
+
+impl Shared {
+    /// The current client config, re-read if a file changed (renewal, re-enrolment).
+    fn identity(&self) -> Result<(Arc<ClientConfig>, i64, i64), TlsError> {
+        let mut slot = self.identity.lock().expect("identity lock");
+        let now = tls::stamp(&[&self.files.ca, &self.files.cert, &self.files.key]);
+        if slot.as_ref().map(|i| &i.stamp) != Some(&now) {
+            let config = tls::make_config(
+                ServerTrust::Ca(&self.files.ca),
+                Some((&self.files.cert, &self.files.key)),
+            )?;
+            let (not_before, not_after) = tls::validity(&self.files.cert)?;
+            if slot.is_some() {
+                tracing::info!(cert = %self.files.cert.display(), not_after, "client certificate changed on disk; using the new one");
+            }
+            *slot = Some(Identity {
+                config,
+                stamp: now,
+                not_before,
+                not_after,
+            });
+        }
+        let i = slot.as_ref().expect("just loaded");
+        Ok((i.config.clone(), i.not_before, i.not_after))
+    }
+
+    fn renew_due(&self, not_before: i64, not_after: i64) -> i64 {
+        not_before + ((not_after - not_before) as f64 * self.renew_at) as i64
+    }
+
+    /// Asks for a fresh certificate for our key and swaps it in atomically.
+    fn renew(&self) -> Result<i64, String> {
+        let (config, _, _) = self.identity().map_err(|e| e.to_string())?;
+        let key_pem = std::fs::read_to_string(&self.files.key)
+            .map_err(|e| format!("cannot read {}: {e}", self.files.key.display()))?;
+        let csr = crate::enroll::csr_for(&key_pem).map_err(|e| e.to_string())?;
+        let mut conn = HttpConn::connect(&self.url, config).map_err(|e| e.to_string())?;
+        let body = serde_json::json!({ "csr": csr }).to_string();
+        let resp = conn
+            .request(
+                "POST",
+                "/v1/renew",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!(
+                "collector replied {} {}",
+                resp.status,
+                resp.reason()
+            ));
+        }
+        let reply: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("bad renew reply: {e}"))?;
+        let cert = reply["cert"]
+            .as_str()
+            .ok_or("renew reply has no certificate")?;
+        // Checked against our key before it replaces the certificate that works.
+        let tmp_check = self.files.cert.with_extension("renew-check");
+        tls::write_atomic(&tmp_check, cert.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        let checked = tls::make_config(
+            ServerTrust::Ca(&self.files.ca),
+            Some((&tmp_check, &self.files.key)),
+        );
+        let _ = std::fs::remove_file(&tmp_check);
+        checked.map_err(|e| format!("renewed certificate is unusable: {e}"))?;
+        tls::write_atomic(&self.files.cert, cert.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let (_, _, not_after) = self.identity().map_err(|e| e.to_string())?;
+        Ok(not_after)
+    }
+}
+
+/// Renews when due; exits when the sink is gone.
+fn renewal_loop(shared: Weak<Shared>) {
+    let mut next_try = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(s) = shared.upgrade() else { return };
+        let Ok((_, nb, na)) = s.identity() else {
+            continue;
+        };
+        if crate::store::now_secs() < s.renew_due(nb, na) || Instant::now() < next_try {
+            continue;
+        }
+        match s.renew() {
+            Ok(not_after) => {
+                tracing::info!(cert = %s.files.cert.display(), not_after, "client certificate renewed");
+                next_try = Instant::now() + RENEW_MIN_GAP;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = RENEW_RETRY.as_secs(), "certificate renewal failed; the current certificate is still used");
+                next_try = Instant::now() + RENEW_RETRY;
+            }
+        }
+    }
+}
+
+/// Options of a collector sink, from `[sink]`.
+#[derive(Debug, Clone)]
+pub struct CollectorOptions {
+    pub url: Url,
+    pub files: TlsFiles,
+    pub gzip: bool,
+    pub renew_at: f64,
+}
+
+pub struct CollectorSink {
+    /// URL, files and identity, shared with the renewal thread.
+    shared: Arc<Shared>,
+    /// `compression = "gzip"`.
+    gzip: bool,
+    /// The open connection and the certificate generation it was made with.
+    conn: Option<(HttpConn, u64)>,
+    /// Reused between batches: NDJSON when the batch was not encoded ahead, and the gzip form.
+    body: Vec<u8>,
+    gz: Vec<u8>,
+}
+
+impl CollectorSink {
+    pub fn open(opts: &CollectorOptions) -> Result<CollectorSink, SinkError> {
+        let shared = Arc::new(Shared {
+            url: opts.url.clone(),
+            files: opts.files.clone(),
+            renew_at: opts.renew_at,
+            identity: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        });
+        let sink = CollectorSink {
+            shared: shared.clone(),
+            gzip: opts.gzip,
+            conn: None,
+            body: Vec::new(),
+            gz: Vec::new(),
+        };
+        // Missing files are reported at start (not enrolled yet?), rather than as retries.
+        shared.identity().map_err(|e| {
+            sink.fail(format!(
+                "{e} (run `log-sensor enroll` first, or set sink.ca, sink.cert and sink.key)"
+            ))
+        })?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("cert-renewal".into())
+            .spawn(move || renewal_loop(weak))
+            .map_err(|e| sink.fail(format!("cannot start the renewal thread: {e}")))?;
+        Ok(sink)
+    }
+
+    fn fail(&self, message: String) -> SinkError {
+        SinkError::Failed {
+            sink: self.describe(),
+            message,
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut HttpConn, SinkError> {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let stale = match &self.conn {
+            Some((c, g)) => *g != generation || c.closing || c.last_used.elapsed() > MAX_IDLE,
+            None => true,
+        };
+        if stale {
+            self.conn = None;
+            let (config, _, _) = self
+                .shared
+                .identity()
+                .map_err(|e| self.fail(e.to_string()))?;
+            // No local refusal of an expired certificate: the collector's clock decides (an agent
+            // whose clock runs ahead must not stop itself); its refusal is explained below.
+            let conn = HttpConn::connect(&self.shared.url, config)
+                .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
+            self.conn = Some((conn, generation));
+        }
+        Ok(&mut self.conn.as_mut().expect("connected").0)
+    }
+
+    /// Names the likely cause of a failure when our certificate has expired by our clock.
+    fn expiry_note(&self) -> String {
+        match self.shared.identity() {
+            Ok((_, _, not_after)) if crate::store::now_secs() >= not_after => format!(
+                " (our client certificate {} EXPIRED at {}; re-enrol with `log-sensor enroll`)",
+                self.shared.files.cert.display(),
+                crate::record::rfc3339_ms(not_after.saturating_mul(1000))
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// Posts one NDJSON body (gzipped when configured) until the collector's 200 acknowledges it.
+    fn post(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
+        if !self.gzip {
+            return self.post_body(ndjson);
+        }
+        let mut gz = std::mem::take(&mut self.gz);
+        gz.clear();
+        // Level 1: most of gzip's saving on log text at a fraction of its CPU.
+        let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+        enc.write_all(ndjson)
+            .map_err(|e| self.fail(format!("gzip: {e}")))?;
+        let gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
+        let result = self.post_body(&gz);
+        self.gz = gz;
+        result
+    }
+
+    fn post_body(&mut self, body: &[u8]) -> Result<(), SinkError> {
+        let mut headers = vec![("Content-Type", "application/x-ndjson")];
+        if self.gzip {
+            headers.push(("Content-Encoding", "gzip"));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let (result, reused) = {
+                let c = self.connection()?;
+                let reused = c.answered > 0;
+                (c.request("POST", "/v1/ingest", &headers, body), reused)
+            };
+            match result {
+                Ok(resp) if resp.status == 200 => {
+                    tracing::debug!(
+                        bytes = body.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "batch acknowledged by the collector"
+                    );
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    self.conn = None;
+                    let why = match resp.code().as_deref() {
+                        Some("certificate_revoked") => {
+                            "our client certificate is REVOKED; re-enrol with `log-sensor enroll`"
+                        }
+                        Some("certificate_expired") => {
+                            "our client certificate is EXPIRED; re-enrol with `log-sensor enroll`"
+                        }
+                        Some("host_mismatch") => {
+                            "the config's host_id is not the host our certificate was issued for; re-enrol with `log-sensor enroll`"
+                        }
+                        _ => "the batch was not acknowledged",
+                    };
+                    return Err(self.fail(format!(
+                        "collector replied {} {}: {why}; nothing is committed",
+                        resp.status,
+                        resp.reason()
+                    )));
+                }
+                // A reused keep-alive connection the server had already closed: re-sending at
+                // once on a fresh one is safe (the collector drops duplicates) and avoids an
+                // alert for what is routine.
+                Err(HttpError::Closed { .. }) | Err(HttpError::Io { .. })
+                    if reused && attempt == 1 =>
+                {
+                    self.conn = None;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(
+                        self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The NDJSON cut at line ends into pieces of at most `max` bytes (a longer line is a piece of
+/// its own), so a large batch never meets the collector's `max_batch_bytes` (413).
+fn pieces(ndjson: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ndjson.len() {
+        let mut end = (start + max).min(ndjson.len());
+        if end < ndjson.len() {
+            end = match ndjson[start..end].iter().rposition(|&b| b == b'\n') {
+                Some(i) => start + i + 1,
+                None => memchr::memchr(b'\n', &ndjson[end..])
+                    .map(|i| end + i + 1)
+                    .unwrap_or(ndjson.len()),
+            };
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+impl Sink for CollectorSink {
+    fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Encoded ahead on the tailer's thread (see `sink::wants_ndjson`), so that work overlaps
+        // the collector's handling of the previous batch; `body` is the fallback.
+        let mut scratch = std::mem::take(&mut self.body);
+        scratch.clear();
+        let ndjson = batch.ndjson(&mut scratch);
+        // In order, each acknowledged before the next: the collector's high-water marks then
+        // make a re-sent piece harmless, and the batch is Ok only once every piece is.
+        let mut result = Ok(());
+        for r in pieces(ndjson, MAX_REQUEST_BYTES) {
+            result = self.post(&ndjson[r]);
+            if result.is_err() {
+                break;
+            }
+        }
+        if scratch.capacity() <= 64 << 20 {
+            self.body = scratch;
+        }
+        result
+    }
+
+    fn describe(&self) -> String {
+        format!("collector {}", self.shared.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("https://collector.example:8443").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("collector.example", 8443));
+        let u = Url::parse("https://10.0.0.1/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", 443));
+        let u = Url::parse("https://[::1]:9").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("[::1]", 9));
+        assert!(Url::parse("http://x").is_err());
+        assert!(Url::parse("https://x:99999").is_err());
+        assert!(Url::parse("https://x/v1/ingest").is_err());
+    }
+
+    #[test]
+    fn pieces_end_at_line_ends_and_cover_everything() {
+        let text = b"aaaa\nbb\ncccccccccc\nd\n";
+        let p = pieces(text, 6);
+        assert_eq!(p, vec![0..5, 5..8, 8..19, 19..21]);
+        assert_eq!(pieces(text, 1000), vec![0..text.len()]);
+        assert!(pieces(b"", 10).is_empty());
+        assert_eq!(pieces(b"no newline", 3), vec![0..10]);
+    }
+
+    fn parse(sink: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(
+            Path::new("/etc/ls/agent.toml"),
+            &format!("state_dir = \"/var/lib/ls\"\n[sink]\n{sink}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_defaults_to_the_enrolled_files_and_gzip() {
+        let c = parse("type = \"collector\"\nurl = \"https://c.example:8443\"").unwrap();
+        let crate::config::SinkConfig::Collector(o) = c.sink else {
+            panic!("not a collector sink")
+        };
+        assert_eq!(o.files.cert, Path::new("/var/lib/ls/tls/cert.pem"));
+        assert_eq!(o.files.key, Path::new("/var/lib/ls/tls/key.pem"));
+        assert_eq!(o.files.ca, Path::new("/var/lib/ls/tls/ca.pem"));
+        assert!(o.gzip);
+        assert!((o.renew_at - 2.0 / 3.0).abs() < 1e-9);
+        let c = parse("type = \"collector\"\nurl = \"https://c:1\"\ncompression = \"none\"\nca = \"ca.pem\"\nrenew_at = 0.5").unwrap();
+        let crate::config::SinkConfig::Collector(o) = c.sink else {
+            panic!("not a collector sink")
+        };
+        assert!(!o.gzip);
+        assert_eq!(o.files.ca, Path::new("/etc/ls/ca.pem"));
+        assert_eq!(o.renew_at, 0.5);
+    }
+
+    #[test]
+    fn config_errors_name_their_keys() {
+        let e = parse("type = \"collector\"\nurl = \"http://x\"\ncompression = \"zstd\"\nrenew_at = 1.5\nbogus = 1").unwrap_err();
+        for key in [
+            "sink.url",
+            "sink.compression",
+            "sink.renew_at",
+            "sink.bogus",
+        ] {
+            assert!(e.contains(key), "{key} missing in {e}");
+        }
+        let e = parse("type = \"collector\"").unwrap_err();
+        assert!(e.contains("sink.url: required"), "{e}");
+        let e = parse("type = \"file\"\npath = \"x\"\nrenew_at = 0.5").unwrap_err();
+        assert!(e.contains("sink.renew_at"), "{e}");
+    }
+}

@@ -1,0 +1,620 @@
+//! The syslog sink: RFC 5424 messages, RFC 5425 octet-counted framing (`LEN SP MSG`), over TLS
+//! or plain TCP, for the rsyslog and syslog-ng relays fleets already run.
+//!
+//! Each record is one message:
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - - [logsensor@32473 source=… stream=… path=… offset=…
+//! part=…] MSG`, plus `host=` when HOSTNAME had to be altered to fit RFC 5424, and `len=` (the
+//! original length) on `head` / `tail` parts of an over-long record. 32473 is the private enterprise number RFC 5612 reserves for
+//! documentation; the SD-ID names this agent's parameters without claiming a registered number.
+//! MSG is the record's bytes when they are UTF-8 (no BOM: receivers print a BOM as junk), and
+//! otherwise their standard base64 with `enc="base64"` added to the structured data, so no
+//! receiver ever mangles invalid UTF-8 and the bytes can be recovered exactly.
+//!
+//! RFC 5425 has no acknowledgement, so Ok here means (see README, "The syslog sink's
+//! guarantee"): every byte was written, the receiver's TCP stack acknowledged all of them (our
+//! send queue is empty), and afterwards the connection was still open (no EOF, reset or TLS
+//! alert). A fresh TLS connection additionally waits for a refusal after its handshake (250 ms
+//! plus twice the handshake's duration) before the first byte of data: with TLS 1.3 a receiver that refuses our certificate (rsyslog's
+//! `x509/name`) does so only after the client already believes the handshake done.
+
+use super::{Sink, SinkError};
+use crate::batch::{Batch, StreamMeta};
+use crate::tls;
+use base64::Engine;
+use rustls::{ClientConnection, StreamOwned};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A receiver applying backpressure is waited for; one stuck this long is given up on (the batch
+/// is re-sent on a new connection). A stopping agent waits at most this long for a stuck write.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a TLS handshake, how long a refusal of our certificate is waited for before data flows:
+/// this floor plus twice the handshake's own duration (about four round trips, so a distant relay
+/// gets the time its refusal needs to travel back), capped.
+const VERDICT_FLOOR: Duration = Duration::from_millis(250);
+const VERDICT_CAP: Duration = Duration::from_secs(5);
+/// Frames are written in pieces of about this size: memory stays flat whatever the batch.
+const CHUNK: usize = 256 * 1024;
+/// informational: log lines carry their own level in the text; the relay should not guess one.
+const SEVERITY: u8 = 6;
+
+#[derive(Debug, Clone)]
+pub struct SyslogTls {
+    pub ca: PathBuf,
+    /// Our certificate and key, for receivers that authenticate clients.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name the receiver's certificate must carry (defaults to the address's host).
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyslogOptions {
+    /// `host:port`.
+    pub address: String,
+    pub tls: Option<SyslogTls>,
+    pub app_name: String,
+    pub facility: u8,
+}
+
+/// The numeric facility for its RFC 5424 name.
+pub fn facility_code(name: &str) -> Option<u8> {
+    const NAMES: [&str; 16] = [
+        "kern",
+        "user",
+        "mail",
+        "daemon",
+        "auth",
+        "syslog",
+        "lpr",
+        "news",
+        "uucp",
+        "cron",
+        "authpriv",
+        "ftp",
+        "ntp",
+        "security",
+        "console",
+        "solaris-cron",
+    ];
+    if let Some(i) = NAMES.iter().position(|n| *n == name) {
+        return Some(i as u8);
+    }
+    let n: u8 = name.strip_prefix("local")?.parse().ok()?;
+    (n <= 7).then_some(16 + n)
+}
+
+/// The host part of `host:port` (`[v6]:port` too); the port must be there.
+pub fn split_address(address: &str) -> Result<String, String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?}: expected host:port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{address:?}: bad port {port:?}"))?;
+    if host.is_empty() {
+        return Err(format!("{address:?}: no host"));
+    }
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn sock(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(buf),
+            Conn::Tls(s) => s.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+pub struct SyslogSink {
+    opts: SyslogOptions,
+    /// Re-read when the CA, certificate or key change on disk.
+    config: Option<tls::Reloading>,
+    conn: Option<Conn>,
+    /// Frames waiting to be written (up to about `CHUNK`).
+    buf: Vec<u8>,
+    /// The base64 of a record that is not UTF-8.
+    msg: Vec<u8>,
+}
+
+impl SyslogSink {
+    pub fn open(opts: &SyslogOptions) -> Result<SyslogSink, SinkError> {
+        let config = match &opts.tls {
+            Some(t) => {
+                let mut r = tls::Reloading::new(t.ca.clone(), t.identity.clone());
+                // Unreadable files are a start-up error, not a retry loop.
+                r.get().map_err(|e| SinkError::Failed {
+                    sink: describe(opts),
+                    message: e.to_string(),
+                })?;
+                Some(r)
+            }
+            None => None,
+        };
+        Ok(SyslogSink {
+            opts: opts.clone(),
+            config,
+            conn: None,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            msg: Vec::new(),
+        })
+    }
+
+    fn fail(&self, message: String) -> SinkError {
+        SinkError::Failed {
+            sink: self.describe(),
+            message,
+        }
+    }
+
+    fn connect(&mut self) -> Result<Conn, String> {
+        let addrs: Vec<_> = self
+            .opts
+            .address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve: {e}"))?
+            .collect();
+        let mut last = "no address".to_string();
+        let mut tcp = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| format!("cannot connect: {last}"))?;
+        let started = Instant::now();
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let (Some(config), Some(t)) = (&mut self.config, &self.opts.tls) else {
+            return Ok(Conn::Plain(tcp));
+        };
+        let config = config.get().map_err(|e| e.to_string())?;
+        let name = tls::server_name(&t.server_name).map_err(|e| e.to_string())?;
+        let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let mut s = StreamOwned::new(conn, tcp);
+        s.sock
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| tls_failure("TLS handshake failed", &e))?;
+        }
+        // The receiver's verdict on our certificate: rsyslog checks it after the handshake and
+        // closes with an alert. Silence for this long is taken as acceptance.
+        let verdict = (VERDICT_FLOOR + started.elapsed() * 2).min(VERDICT_CAP);
+        s.sock
+            .set_read_timeout(Some(verdict))
+            .map_err(|e| e.to_string())?;
+        let refused = "the receiver closed the connection right after the TLS handshake \
+                       (it refused our client certificate, or accepts no client from here)";
+        let mut scratch = [0u8; 512];
+        match s.read(&mut scratch) {
+            Ok(0) => return Err(refused.into()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
+            Err(e) => {
+                return Err(tls_failure(
+                    "the receiver ended the connection after the TLS handshake",
+                    &e,
+                ))
+            }
+        }
+        s.sock
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(Conn::Tls(Box::new(s)))
+    }
+
+    /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes. The frame is
+    /// assembled in place from its pieces (the length prefix is their sum), so a record's bytes
+    /// are copied once.
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), String> {
+        // Per stream, the header and SD up to `offset="`; the last one used is checked first
+        // (records of a stream come in runs).
+        let mut prefixes: Vec<(*const StreamMeta, Vec<u8>)> = Vec::new();
+        let mut last = usize::MAX;
+        let mut last_ts = i64::MIN;
+        let mut ts = String::new();
+        let (mut num_offset, mut num_len, mut num_frame) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        let pri = format!("<{}>1 ", self.opts.facility * 8 + SEVERITY);
+        let host = header_field(&batch.host, 255);
+        self.buf.clear();
+        for rec in batch.records() {
+            if rec.ts_ms != last_ts {
+                last_ts = rec.ts_ms;
+                ts = crate::record::rfc3339_ms(rec.ts_ms);
+            }
+            let key = rec.stream as *const StreamMeta;
+            if prefixes.get(last).map(|p| p.0) != Some(key) {
+                last = match prefixes.iter().position(|p| p.0 == key) {
+                    Some(i) => i,
+                    None => {
+                        prefixes.push((key, self.stream_prefix(&host, &rec)));
+                        prefixes.len() - 1
+                    }
+                };
+            }
+            let prefix = &prefixes[last].1;
+            let offset = num_offset.format(rec.offset).as_bytes();
+            // A whole record's length is its message's; head and tail parts carry the original.
+            let len: &[u8] = if rec.part == crate::frame::Part::Whole {
+                b""
+            } else {
+                num_len.format(rec.len).as_bytes()
+            };
+            let utf8 = std::str::from_utf8(rec.bytes).is_ok();
+            let body: &[u8] = if utf8 {
+                rec.bytes
+            } else {
+                let m = &mut self.msg;
+                m.resize(base64::encoded_len(rec.bytes.len(), true).unwrap_or(0), 0);
+                let n = base64::engine::general_purpose::STANDARD
+                    .encode_slice(rec.bytes, &mut m[..])
+                    .unwrap_or(0);
+                m.truncate(n);
+                m
+            };
+            let enc: &[u8] = if utf8 {
+                b"\"] "
+            } else {
+                b"\" enc=\"base64\"] "
+            };
+            let pieces: [&[u8]; 9] = [
+                pri.as_bytes(),
+                ts.as_bytes(),
+                prefix,
+                offset,
+                if len.is_empty() { b"" } else { b"\" len=\"" },
+                len,
+                b"\" part=\"",
+                rec.part.as_str().as_bytes(),
+                enc,
+            ];
+            let size = pieces.iter().map(|p| p.len()).sum::<usize>() + body.len();
+            self.buf
+                .extend_from_slice(num_frame.format(size).as_bytes());
+            self.buf.push(b' ');
+            for p in pieces {
+                self.buf.extend_from_slice(p);
+            }
+            self.buf.extend_from_slice(body);
+            if self.buf.len() >= CHUNK {
+                self.write_buf()?;
+            }
+        }
+        self.write_buf()?;
+        let conn = self.conn.as_mut().ok_or("not connected")?;
+        conn.flush().map_err(|e| io_failure("write", &e))
+    }
+
+    /// ` HOSTNAME APP-NAME - - [logsensor@32473 … offset="` for one stream.
+    fn stream_prefix(&self, host: &str, rec: &crate::batch::RecordRef<'_>) -> Vec<u8> {
+        let mut p = Vec::with_capacity(200);
+        p.push(b' ');
+        p.extend_from_slice(host.as_bytes());
+        p.push(b' ');
+        p.extend_from_slice(self.opts.app_name.as_bytes());
+        p.extend_from_slice(b" - - [logsensor@32473");
+        // HOSTNAME carries the host unless it had to be altered to fit the header.
+        if host != rec.host {
+            p.extend_from_slice(b" host=\"");
+            sd_escape(&mut p, rec.host.as_bytes());
+            p.push(b'"');
+        }
+        p.extend_from_slice(b" source=\"");
+        sd_escape(&mut p, rec.stream.source.as_bytes());
+        p.extend_from_slice(b"\" stream=\"");
+        sd_escape(&mut p, rec.stream.id.as_bytes());
+        p.extend_from_slice(b"\" path=\"");
+        sd_escape(&mut p, rec.stream.path.as_bytes());
+        p.extend_from_slice(b"\" offset=\"");
+        p
+    }
+
+    fn write_buf(&mut self) -> Result<(), String> {
+        let conn = self.conn.as_mut().ok_or("not connected")?;
+        conn.write_all(&self.buf)
+            .map_err(|e| io_failure("write", &e))?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Waits until the receiver's TCP stack has acknowledged every byte we sent.
+fn wait_drained(sock: &TcpStream) -> Result<(), String> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket descriptor we own.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 {
+            return Err(format!(
+                "cannot read the send queue: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if queued == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the receiver has not taken {queued} bytes within {}s",
+                IO_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// A non-blocking look at the connection: Ok when it is open, the reason when the receiver
+/// closed it, reset it, or sent a TLS alert. A syslog receiver never sends data, so anything it
+/// sends is a goodbye (or a TLS session ticket, which rustls absorbs).
+fn check_alive(conn: &mut Conn) -> Result<(), String> {
+    conn.sock()
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let result = match conn {
+        Conn::Plain(s) => {
+            let mut scratch = [0u8; 4096];
+            loop {
+                match s.read(&mut scratch) {
+                    Ok(0) => break Err("the receiver closed the connection".to_string()),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
+                    Err(e) => break Err(io_failure("connection check", &e)),
+                }
+            }
+        }
+        Conn::Tls(s) => loop {
+            match s.conn.read_tls(&mut s.sock) {
+                Ok(0) => break Err("the receiver closed the connection".to_string()),
+                Ok(_) => match s.conn.process_new_packets() {
+                    Err(e) => {
+                        break Err(format!(
+                            "the receiver ended the connection: {}",
+                            tls::describe(&e)
+                        ))
+                    }
+                    Ok(state) if state.peer_has_closed() => {
+                        break Err("the receiver closed the TLS session".to_string())
+                    }
+                    Ok(state) => {
+                        let mut scratch = vec![0u8; state.plaintext_bytes_to_read()];
+                        let _ = s.conn.reader().read(&mut scratch);
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(io_failure("connection check", &e)),
+            }
+        },
+    };
+    conn.sock()
+        .set_nonblocking(false)
+        .map_err(|e| e.to_string())?;
+    result
+}
+
+fn io_failure(what: &str, e: &std::io::Error) -> String {
+    match tls::rustls_error(e) {
+        Some(r) => format!("{what}: {}", tls::describe(r)),
+        None => format!("{what}: {e}"),
+    }
+}
+
+fn tls_failure(what: &str, e: &std::io::Error) -> String {
+    match tls::rustls_error(e) {
+        Some(r) => format!("{what}: {}", tls::describe(r)),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => format!(
+            "{what}: the receiver closed the connection (it refused our client certificate, or accepts no client from here)"
+        ),
+        None => format!("{what}: {e}"),
+    }
+}
+
+/// PRINTUSASCII only, at most `max` bytes, `-` when empty (RFC 5424 header fields).
+fn header_field(s: &str, max: usize) -> String {
+    let out: String = s
+        .bytes()
+        .take(max)
+        .map(|b| {
+            if (33..=126).contains(&b) {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out
+    }
+}
+
+/// An SD-PARAM value: `"`, `\` and `]` escaped with a backslash (RFC 5424 §6.3.3).
+fn sd_escape(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        if matches!(b, b'"' | b'\\' | b']') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+pub fn describe(opts: &SyslogOptions) -> String {
+    format!(
+        "syslog {}{}",
+        if opts.tls.is_some() {
+            "tls://"
+        } else {
+            "tcp://"
+        },
+        opts.address
+    )
+}
+
+impl Sink for SyslogSink {
+    fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // A connection the receiver closed while we were idle is replaced before it swallows a
+        // batch (the check rsyslog's own omfwd makes).
+        if let Some(c) = self.conn.as_mut() {
+            if check_alive(c).is_err() {
+                self.conn = None;
+            }
+        }
+        if self.conn.is_none() {
+            let conn = self.connect().map_err(|m| self.fail(m))?;
+            self.conn = Some(conn);
+        }
+        let started = Instant::now();
+        let delivered = self.write_batch(batch).and_then(|()| {
+            let written = started.elapsed();
+            let conn = self.conn.as_mut().ok_or("not connected")?;
+            wait_drained(conn.sock())?;
+            check_alive(conn)?;
+            tracing::debug!(
+                records = batch.len(),
+                write_ms = written.as_secs_f64() * 1e3,
+                drain_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+                "syslog batch taken by the receiver"
+            );
+            Ok(())
+        });
+        if self.buf.capacity() > 4 * CHUNK {
+            self.buf = Vec::with_capacity(CHUNK + 64 * 1024);
+        }
+        delivered.map_err(|m| {
+            self.conn = None;
+            self.fail(format!(
+                "{m}; the batch is not committed and will be re-sent"
+            ))
+        })
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facilities() {
+        assert_eq!(facility_code("kern"), Some(0));
+        assert_eq!(facility_code("user"), Some(1));
+        assert_eq!(facility_code("local0"), Some(16));
+        assert_eq!(facility_code("local7"), Some(23));
+        assert_eq!(facility_code("local8"), None);
+        assert_eq!(facility_code("bogus"), None);
+    }
+
+    #[test]
+    fn sd_values_escape_quote_backslash_bracket() {
+        let mut out = Vec::new();
+        sd_escape(&mut out, br#"a"b\c]d"#);
+        assert_eq!(out, br#"a\"b\\c\]d"#);
+    }
+
+    #[test]
+    fn header_fields_are_printable_ascii() {
+        assert_eq!(header_field("web 01", 255), "web_01");
+        assert_eq!(header_field("", 255), "-");
+        assert_eq!(header_field("été", 255).len(), 5);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(split_address("127.0.0.1:6514").unwrap(), "127.0.0.1");
+        assert_eq!(split_address("[::1]:6514").unwrap(), "::1");
+        assert!(split_address("host").is_err());
+        assert!(split_address("host:x").is_err());
+    }
+
+    fn parse(sink: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(
+            std::path::Path::new("/etc/ls/agent.toml"),
+            &format!("[sink]\n{sink}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config() {
+        let c = parse(
+            "type = \"syslog\"\naddress = \"relay:6514\"\nca = \"ca.pem\"\nfacility = \"local3\"",
+        )
+        .unwrap();
+        let crate::config::SinkConfig::Syslog(o) = c.sink else {
+            panic!("not a syslog sink")
+        };
+        let t = o.tls.unwrap();
+        assert_eq!(t.ca, std::path::Path::new("/etc/ls/ca.pem"));
+        assert_eq!(t.server_name, "relay");
+        assert!(t.identity.is_none());
+        assert_eq!((o.facility, o.app_name.as_str()), (19, "log-sensor"));
+        let c = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false").unwrap();
+        assert!(matches!(
+            c.sink,
+            crate::config::SinkConfig::Syslog(SyslogOptions { tls: None, .. })
+        ));
+        let e = parse("type = \"syslog\"\naddress = \"relay\"\ncert = \"c.pem\"\nfacility = \"nope\"\napp_name = \"a b\"").unwrap_err();
+        for key in [
+            "sink.address",
+            "sink.ca",
+            "sink.key",
+            "sink.facility",
+            "sink.app_name",
+        ] {
+            assert!(e.contains(key), "{key} missing in {e}");
+        }
+        let e = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false\nca = \"x\"")
+            .unwrap_err();
+        assert!(e.contains("sink.tls"), "{e}");
+    }
+}
