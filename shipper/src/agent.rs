@@ -66,6 +66,8 @@ pub struct ShipStats {
     pub last_error: Mutex<Option<String>>,
     /// Why the last commit failed, while commits fail (the store is unwritable).
     pub store_error: Mutex<Option<String>>,
+    /// The shipping thread is waiting for a batch (the tailer may flush early).
+    pub waiting: Arc<AtomicBool>,
     /// Seconds from a batch's first record to its acknowledgement.
     pub latency: crate::status::LatencyRecorder,
 }
@@ -159,6 +161,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         running.tail.clone(),
     )?;
     tailer.recycle_from(back_rx);
+    tailer.sink_idle_flag(running.ship.waiting.clone());
     tailer.configs_from(cfg_rx);
     let controller = Arc::new(Controller::new(
         layers,
@@ -234,7 +237,12 @@ pub fn ship_loop(
     state_dir: Option<&Path>,
 ) {
     let mut failing_since: Option<Instant> = None;
-    while let Ok(batch) = rx.recv() {
+    while let Ok(batch) = {
+        stats.waiting.store(true, Ordering::Relaxed);
+        let b = rx.recv();
+        stats.waiting.store(false, Ordering::Relaxed);
+        b
+    } {
         // A reload that changed the sink takes effect between batches.
         while let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
             match sink::build(&new) {
@@ -279,14 +287,21 @@ pub fn ship_loop(
                 }
                 Err(e) => {
                     stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut last) = stats.last_error.lock() {
-                        *last = Some(e.to_string());
-                    }
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        stats
-                            .failing_since
-                            .store(crate::store::now_secs() as u64, Ordering::Relaxed);
+                    let text = e.to_string();
+                    // One alert per outage, and one more whenever the reason changes (down,
+                    // then up but refusing a revoked certificate): the operator must see both.
+                    let changed = stats.last_error.lock().map(|mut last| {
+                        let changed = last.as_deref() != Some(text.as_str());
+                        *last = Some(text.clone());
+                        changed
+                    });
+                    if failing_since.is_none() || changed.unwrap_or(false) {
+                        if failing_since.is_none() {
+                            failing_since = Some(Instant::now());
+                            stats
+                                .failing_since
+                                .store(crate::store::now_secs() as u64, Ordering::Relaxed);
+                        }
                         tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
                         let alert = Alert {
                             kind: "sink_error",
