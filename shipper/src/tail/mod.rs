@@ -367,7 +367,11 @@ impl Tailer {
         if !self.batch.is_idle() {
             let age = self.batch.created.elapsed();
             let early = self.cfg.batch.max_wait / 5;
-            let next = if age < early { early - age } else { self.cfg.batch.max_wait.saturating_sub(age) };
+            let next = if age < early {
+                early - age
+            } else {
+                self.cfg.batch.max_wait.saturating_sub(age)
+            };
             wait = wait.min(next);
         }
         if self.scan_requested {
@@ -381,7 +385,10 @@ impl Tailer {
     /// batched rather than committed line by line.
     fn early_flush_due(&self) -> bool {
         !self.batch.is_idle()
-            && self.sink_idle.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            && self
+                .sink_idle
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
             && self.batch.created.elapsed() >= self.cfg.batch.max_wait / 5
     }
 
