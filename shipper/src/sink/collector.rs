@@ -153,18 +153,7 @@ impl HttpConn {
             .to_socket_addrs()
             .map_err(|e| connect_err(format!("cannot resolve: {e}")))?
             .collect();
-        let mut last = String::from("no address");
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| connect_err(last))?;
+        let tcp = super::connect_first(addrs, CONNECT_TIMEOUT).map_err(connect_err)?;
         let io = |source| HttpError::Io {
             url: name.clone(),
             source,

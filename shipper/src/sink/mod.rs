@@ -61,3 +61,19 @@ pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         SinkConfig::Syslog(opts) => Box::new(syslog::SyslogSink::open(opts)?),
     })
 }
+
+/// Connects to the first of `addrs` that answers (a name may resolve to several); the error is
+/// the last address's.
+pub(crate) fn connect_first(
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream, String> {
+    let mut last = String::from("no address");
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}

@@ -179,18 +179,8 @@ impl SyslogSink {
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve: {e}"))?
             .collect();
-        let mut last = "no address".to_string();
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| format!("cannot connect: {last}"))?;
+        let tcp = super::connect_first(addrs, CONNECT_TIMEOUT)
+            .map_err(|e| format!("cannot connect: {e}"))?;
         let started = Instant::now();
         tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
