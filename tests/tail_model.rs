@@ -267,6 +267,13 @@ proptest! {
 #[test]
 fn regressions() {
     let cases: Vec<Vec<Op>> = vec![
+        // Truncated and rewritten to the same size with the same last 64 bytes.
+        vec![
+            Op::Append(1, 73),
+            Op::Delete,
+            Op::CopyTruncate,
+            Op::Append(1, 73),
+        ],
         vec![
             Op::Append(3, 10),
             Op::Tick,

@@ -490,6 +490,7 @@ impl Tailer {
             last_data: Instant::now(),
             released_at: None,
             pos_marker: marker,
+            head_check: None,
             consumed_marker: marker,
             slot: None,
             alerted_too_large: row.alerted_too_large,

@@ -75,6 +75,9 @@ struct Tracked {
     released_at: Option<Instant>,
     /// Hash of the bytes before the read position: if they change, the file was rewritten under us.
     pos_marker: Option<u64>,
+    /// Hash of the file's first bytes (up to N) as read: with `pos_marker`, a file truncated and
+    /// written again to the same size is seen even when its last bytes repeat (`ping` lines).
+    head_check: Option<(u64, u64)>,
     /// Hash of the bytes before `framer.consumed()`.
     consumed_marker: Option<u64>,
     /// This stream's entry in the batch being built: (batch generation, slot).
@@ -467,6 +470,22 @@ fn file_version(f: &File) -> (u64, i64) {
 
 /// The bytes before the read position are not the ones read: truncated and written again.
 fn rewritten(t: &Tracked) -> bool {
-    t.pos_marker.is_some()
+    if t.pos_marker.is_some()
         && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.pos_marker
+    {
+        return true;
+    }
+    match t.head_check {
+        Some((len, hash)) => head_hash(&t.file, len) != Some(hash),
+        None => false,
+    }
+}
+
+/// Hash of a plain file's first `len` bytes, if it has that many.
+fn head_hash(file: &File, len: u64) -> Option<u64> {
+    let mut buf = vec![0u8; len as usize];
+    match crate::fingerprint::read_at_most(file, 0, &mut buf) {
+        Ok(n) if n as u64 == len => Some(crate::fingerprint::hash(&buf)),
+        _ => None,
+    }
 }

@@ -212,6 +212,12 @@ impl Tailer {
             Err(e) => return Outcome::Failed(e),
         }
         t.at_eof = true;
+        // Remember how the file starts (up to N bytes), for the same-size rewrite check.
+        let n = self.cfg.sources[t.source].fingerprint_bytes as u64;
+        let want = t.framer.position().min(n);
+        if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
+            t.head_check = super::head_hash(&t.file, want).map(|h| (want, h));
+        }
         Outcome::Eof
     }
 
