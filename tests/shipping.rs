@@ -265,6 +265,18 @@ rescan_interval = "500ms"
             .filter_map(|r| r["detail"].as_str().map(str::to_string))
             .collect()
     }
+
+    /// Waits for a sink_error alert containing `needle` (`what` names it in a timeout).
+    fn wait_alert(&self, running: &Proc, what: &str, needle: &str) {
+        wait_for(
+            &format!(
+                "a sink_error alert {what}; agent stderr:\n{}",
+                tail(&running.stderr_text())
+            ),
+            PATIENCE,
+            || self.alerts().iter().any(|d| d.contains(needle)),
+        );
+    }
 }
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
@@ -529,14 +541,7 @@ fn revoked_certificate_alerts_commits_nothing_then_reenrolment_delivers() {
     c.revoke(HOST);
     let after = lines("after", 300);
     append_lines(&agent.p("logs/app.log"), &after);
-    wait_for(
-        &format!(
-            "a sink_error alert naming the revocation; agent stderr:\n{}",
-            tail(&a.stderr_text())
-        ),
-        PATIENCE,
-        || agent.alerts().iter().any(|d| d.contains("REVOKED")),
-    );
+    agent.wait_alert(&a, "naming the revocation", "REVOKED");
     assert!(
         a.stderr_text().contains("REVOKED"),
         "the log says it too:\n{}",
@@ -582,14 +587,7 @@ fn expired_certificate_is_named_commits_nothing_then_reenrolment_delivers() {
     let want = lines("expired", 100);
     append_lines(&agent.p("logs/app.log"), &want);
     let a = agent.start();
-    wait_for(
-        &format!(
-            "a sink_error alert naming the expiry; agent stderr:\n{}",
-            tail(&a.stderr_text())
-        ),
-        PATIENCE,
-        || agent.alerts().iter().any(|d| d.contains("EXPIRED")),
-    );
+    agent.wait_alert(&a, "naming the expiry", "EXPIRED");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.committed(), 0, "nothing committed");
     assert!(c.stored(HOST).is_empty());
@@ -949,18 +947,10 @@ fn syslog_refused_client_certificate_commits_nothing_until_a_good_one_is_in_plac
     let want = lines("refused", 50);
     append_lines(&agent.p("logs/app.log"), &want);
     let a = agent.start();
-    wait_for(
-        &format!(
-            "a sink_error alert about the refused certificate; agent stderr:\n{}",
-            tail(&a.stderr_text())
-        ),
-        PATIENCE,
-        || {
-            agent
-                .alerts()
-                .iter()
-                .any(|d| d.contains("refused our client certificate"))
-        },
+    agent.wait_alert(
+        &a,
+        "about the refused certificate",
+        "refused our client certificate",
     );
     // Some retries later, still nothing committed and nothing received.
     std::thread::sleep(Duration::from_secs(3));
@@ -1042,18 +1032,10 @@ fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
     );
     append_lines(&agent.p("logs/app.log"), &lines("untrusted", 20));
     let a = agent.start();
-    wait_for(
-        &format!(
-            "a sink_error alert about the server's certificate; agent stderr:\n{}",
-            tail(&a.stderr_text())
-        ),
-        PATIENCE,
-        || {
-            agent
-                .alerts()
-                .iter()
-                .any(|d| d.contains("server's certificate does not verify"))
-        },
+    agent.wait_alert(
+        &a,
+        "about the server's certificate",
+        "server's certificate does not verify",
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.committed(), 0, "nothing committed");
