@@ -55,6 +55,33 @@ fn run(args: &[&str]) -> std::process::Output {
 }
 
 impl Collector {
+    /// A client certificate for `host` signed directly by the collector's own CA (the test owns
+    /// this temporary PKI), with the validity and serial a test needs, bypassing enrolment.
+    fn sign_client_cert(
+        &self,
+        host: &str,
+        serial: Option<&[u8]>,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> (rcgen::Certificate, KeyPair) {
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(
+            &std::fs::read_to_string(self.dir.join("ca.pem")).unwrap(),
+            ca_key,
+        )
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.subject_alt_names = vec![SanType::DnsName(host.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = serial.map(rcgen::SerialNumber::from_slice);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        (params.signed_by(&key, &issuer).unwrap(), key)
+    }
+
     /// `init` plus one user; the collector lives at `ROOT/srv/collector`
     /// so a path escape would be visible as something else under ROOT.
     fn new() -> Collector {
@@ -788,23 +815,13 @@ fn certificate_from_another_ca_is_refused_at_the_handshake() {
 fn expired_certificate_is_refused_at_the_handshake() {
     let mut c = Collector::new();
     c.start();
-    // Signed by the collector's own CA (the test owns this temp PKI), but
-    // already expired.
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(c.dir.join("ca.key")).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(c.dir.join("ca.pem")).unwrap(),
-        ca_key,
-    )
-    .unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "web-01");
-    params.subject_alt_names = vec![SanType::DnsName("web-01".try_into().unwrap())];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    // Signed by the collector's own CA, but already expired.
+    let (cert, key) = c.sign_client_cert(
+        "web-01",
+        None,
+        rcgen::date_time_ymd(2020, 1, 1),
+        rcgen::date_time_ymd(2020, 2, 1),
+    );
     assert_refused(
         &c,
         &Identity::new(&cert.pem(), &key, ""),
@@ -1311,29 +1328,19 @@ fn a_revoked_host_cannot_resume_an_earlier_tls_session() {
 fn an_open_connection_is_closed_when_its_certificate_expires() {
     let mut c = Collector::new();
     c.start();
-    // A certificate from the collector's own CA (the test owns this temp
-    // PKI) that expires in a few seconds, registered as issued.
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(c.dir.join("ca.key")).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(c.dir.join("ca.pem")).unwrap(),
-        ca_key,
-    )
-    .unwrap();
-    let key = KeyPair::generate().unwrap();
+    // A certificate from the collector's own CA that expires in a few seconds, registered as
+    // issued.
     let serial = [0x41u8, 2, 3, 4, 5, 6, 7, 8];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "web-01");
-    params.subject_alt_names = vec![SanType::DnsName("web-01".try_into().unwrap())];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60).unwrap();
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(now + 8).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert, key) = c.sign_client_cert(
+        "web-01",
+        Some(&serial),
+        time::OffsetDateTime::from_unix_timestamp(now - 60).unwrap(),
+        time::OffsetDateTime::from_unix_timestamp(now + 8).unwrap(),
+    );
     let db = rusqlite::Connection::open(c.dir.join("collector.db")).unwrap();
     db.execute(
         "INSERT INTO certs (serial, host_id, username, issued_at, not_after) VALUES (?1, 'web-01', 'alice', ?2, ?3)",

@@ -678,30 +678,34 @@ impl Pki {
         let (other_pem, other) = ca("some other CA");
         write_pem(&dir.join("ca.pem"), &ca_pem);
         write_pem(&dir.join("other-ca.pem"), &other_pem);
-        let (c, k) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            "localhost",
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &issuer,
-        );
-        write_pem(&dir.join("server.pem"), &c);
-        write_pem(&dir.join("server.key"), &k);
-        let (c, k) = leaf(
-            vec![HOST.into()],
-            HOST,
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &issuer,
-        );
-        write_pem(&dir.join("client.pem"), &c);
-        write_pem(&dir.join("client.key"), &k);
-        let (c, k) = leaf(
-            vec![HOST.into()],
-            HOST,
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &other,
-        );
-        write_pem(&dir.join("wrong.pem"), &c);
-        write_pem(&dir.join("wrong.key"), &k);
+        // The receiver's certificate, ours, and one our receiver's CA never signed.
+        for (name, sans, cn, usage, ca) in [
+            (
+                "server",
+                vec!["localhost".into(), "127.0.0.1".into()],
+                "localhost",
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &issuer,
+            ),
+            (
+                "client",
+                vec![HOST.into()],
+                HOST,
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &issuer,
+            ),
+            (
+                "wrong",
+                vec![HOST.into()],
+                HOST,
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &other,
+            ),
+        ] {
+            let (c, k) = leaf(sans, cn, usage, ca);
+            write_pem(&dir.join(format!("{name}.pem")), &c);
+            write_pem(&dir.join(format!("{name}.key")), &k);
+        }
         Pki {
             dir: dir.to_path_buf(),
         }
