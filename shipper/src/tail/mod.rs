@@ -113,6 +113,10 @@ pub struct Tailer {
     /// Set while the shipping thread waits for a batch: a quiet tailer then hands over what it
     /// has without waiting out max_wait (latency at no cost to throughput).
     sink_idle: Option<Arc<AtomicBool>>,
+    /// A full batch was handed over since the tailer last ran out of bytes: it is catching up
+    /// on a backlog, so the remainder at the end goes to an idle sink at once (a trickle never
+    /// fills a batch and keeps the max_wait/5 grouping).
+    backlog: bool,
     /// New configs from reloads and temporary overrides.
     configs: Option<Receiver<Arc<Config>>>,
     /// What osquery logged through the extension, once it has made its outbox.
@@ -171,6 +175,7 @@ impl Tailer {
             tx,
             recycled: None,
             sink_idle: None,
+            backlog: false,
             configs: None,
             outbox: None,
             last_outbox_poll: Instant::now() - OUTBOX_POLL,
@@ -244,8 +249,14 @@ impl Tailer {
                 break;
             }
             let Some(worked) = self.tick() else { return };
-            if !worked && self.early_flush_due() && !self.ship() {
-                return;
+            if !worked && self.batch.is_idle() {
+                self.backlog = false;
+            }
+            if !worked && self.early_flush_due() {
+                self.backlog = false;
+                if !self.ship() {
+                    return;
+                }
             }
             if !worked {
                 let wait = self.idle_wait();
@@ -285,8 +296,11 @@ impl Tailer {
         let worked = self.read_dirty()?;
         self.check_timers();
         self.poll_outbox();
-        if self.batch_due() && !self.ship() {
-            return None;
+        if self.batch_due() {
+            self.backlog |= self.batch_full();
+            if !self.ship() {
+                return None;
+            }
         }
         Some(worked)
     }
@@ -371,7 +385,13 @@ impl Tailer {
             let age = self.batch.created.elapsed();
             let early = self.cfg.batch.max_wait / 5;
             let next = if age < early {
-                early - age
+                // The end of a backlog goes as soon as the sink is free; the sink does not wake
+                // the tailer, so look often (for at most max_wait/5).
+                if self.backlog {
+                    Duration::from_millis(2)
+                } else {
+                    early - age
+                }
             } else {
                 self.cfg.batch.max_wait.saturating_sub(age)
             };
@@ -383,25 +403,28 @@ impl Tailer {
         wait.max(Duration::from_millis(5))
     }
 
-    /// Nothing left to read, the sink waiting, and the batch a fifth of max_wait old: send it
-    /// now. The fifth keeps a trickle of writes (a thousand files each writing a line a second)
-    /// batched rather than committed line by line.
+    /// Nothing left to read, the sink waiting, and the batch the end of a backlog or a fifth of
+    /// max_wait old: send it now. The fifth keeps a trickle of writes (a thousand files each
+    /// writing a line a second) batched rather than committed line by line.
     fn early_flush_due(&self) -> bool {
         !self.batch.is_idle()
             && self
                 .sink_idle
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
-            && self.batch.created.elapsed() >= self.cfg.batch.max_wait / 5
+            && (self.backlog || self.batch.created.elapsed() >= self.cfg.batch.max_wait / 5)
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= self.cfg.batch.max_records
+            || self.batch.data_bytes() >= self.cfg.batch.max_bytes
     }
 
     fn batch_due(&self) -> bool {
         if self.batch.is_idle() {
             return false;
         }
-        self.batch.len() >= self.cfg.batch.max_records
-            || self.batch.data_bytes() >= self.cfg.batch.max_bytes
-            || self.batch.created.elapsed() >= self.cfg.batch.max_wait
+        self.batch_full() || self.batch.created.elapsed() >= self.cfg.batch.max_wait
     }
 
     /// Hands the batch to the shipping thread, waiting while it is busy (backpressure).
