@@ -622,9 +622,12 @@ fn certificate_is_renewed_at_the_configured_share_of_its_lifetime() {
     wait_for(
         &format!("a renewal; agent stderr:\n{}", tail(&a.stderr_text())),
         PATIENCE,
-        || std::fs::read(agent.p("state/tls/cert.pem")).unwrap() != first_cert,
+        // The file is swapped in before the renewal is logged: wait for both.
+        || {
+            std::fs::read(agent.p("state/tls/cert.pem")).unwrap() != first_cert
+                && a.stderr_text().contains("client certificate renewed")
+        },
     );
-    assert!(a.stderr_text().contains("client certificate renewed"));
     let list = c.certs_list();
     assert!(
         list.lines().filter(|l| l.contains(HOST)).count() >= 2,
