@@ -293,7 +293,7 @@ impl Framer {
 fn emit_line(start: u64, line: &LineBytes<'_>, out: &mut dyn FnMut(Rec<'_>)) {
     match line {
         // Empty lines carry nothing; they are consumed, not shipped.
-        LineBytes::Whole(b) if b.is_empty() => {}
+        LineBytes::Whole([]) => {}
         LineBytes::Whole(b) => out(Rec {
             offset: start,
             len: b.len() as u64,

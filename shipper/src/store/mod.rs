@@ -116,6 +116,9 @@ pub struct Alert {
     pub detail: String,
 }
 
+/// An alert as stored: time, kind, path, detail.
+pub type AlertRow = (i64, String, Option<String>, String);
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -414,7 +417,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn alerts(&self) -> Result<Vec<(i64, String, Option<String>, String)>, StoreError> {
+    pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
         let mut st = self
             .conn
             .prepare("SELECT time, kind, path, detail FROM alerts ORDER BY id")
