@@ -354,6 +354,18 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Response> {
+        self.write_request(method, path, headers, body)?;
+        self.read_response()
+    }
+
+    /// Writes a request without reading its reply (requests may be pipelined).
+    fn write_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<()> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
             body.len()
@@ -364,8 +376,7 @@ impl Conn {
         head.push_str("\r\n");
         self.tls.write_all(head.as_bytes())?;
         self.tls.write_all(body)?;
-        self.tls.flush()?;
-        self.read_response()
+        self.tls.flush()
     }
 
     fn read_response(&mut self) -> std::io::Result<Response> {
@@ -858,9 +869,47 @@ fn a_host_cannot_write_as_another() {
         files_under(&c.dir.join("data")).is_empty(),
         "whole batch refused"
     );
-    // The same connection still works for honest batches.
+    // A refusal closes the connection (see the next test); a new one works for honest batches.
+    let mut conn = c.connect(Some(&id));
     let resp = conn.ingest(&batch(&[record("web-01", "s1", 0, "whole")]));
     assert_eq!(resp.status, 200);
+}
+
+/// The agent pipelines its next batch behind the one the collector is storing. If the first is
+/// refused, storing the second would raise the stream's high-water mark over the first's
+/// records, and the re-sent first batch would then be dropped as a duplicate: lost.
+#[test]
+fn a_refused_batch_closes_the_connection_so_the_pipelined_next_is_not_stored() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    let first = vec![record("web-01", "s1", 1, "whole")];
+    let mut refused = first.clone();
+    refused.push("{\"host\":\"web-01\", not json".to_string());
+    let second = batch(&[record("web-01", "s1", 2, "whole")]);
+    let ndjson = [("Content-Type", "application/x-ndjson")];
+    conn.write_request("POST", "/v1/ingest", &ndjson, &batch(&refused))
+        .unwrap();
+    conn.write_request("POST", "/v1/ingest", &ndjson, &second)
+        .unwrap();
+    let resp = conn.read_response().unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        conn.read_response().is_err(),
+        "the batch pipelined behind a refused one was answered"
+    );
+    assert!(
+        files_under(&c.dir.join("data")).is_empty(),
+        "nothing stored"
+    );
+    // Sent again in order, on a new connection: both are stored, once.
+    let mut conn = c.connect(Some(&id));
+    assert_eq!(conn.ingest(&batch(&first)).status, 200);
+    assert_eq!(conn.ingest(&second).status, 200);
+    let files = files_under(&c.dir.join("data"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(offsets(&files[0]), vec![1, 2]);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -346,10 +346,22 @@ async fn route(
             Ok(id) => renew(collector, id, source, req).await,
             Err(reply) => reply,
         },
-        (&Method::POST, "/v1/ingest") => match authorize(collector, identity) {
-            Ok(id) => ingest(collector, id, req).await,
-            Err(reply) => reply,
-        },
+        (&Method::POST, "/v1/ingest") => {
+            let mut reply = match authorize(collector, identity) {
+                Ok(id) => ingest(collector, id, req).await,
+                Err(reply) => reply,
+            };
+            // An agent may have pipelined its next batch behind this one. After a refusal that
+            // batch must not be stored: its records would raise the stream's high-water mark
+            // over the refused ones, which would then count as duplicates when re-sent. So the
+            // connection closes here, unread requests and all.
+            if reply.status() != StatusCode::OK {
+                reply
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            reply
+        }
         (_, "/healthz" | "/metrics" | "/v1/enroll" | "/v1/renew" | "/v1/ingest") => {
             error(405, "method_not_allowed", "method not allowed")
         }
