@@ -8,7 +8,8 @@ use crate::sink::{self, Sink, SinkError};
 use crate::status::Live;
 use crate::store::{Alert, Store, StoreError};
 use crate::tail::{TailStats, Tailer};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
@@ -226,9 +227,15 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHand
 }
 
 /// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
+///
+/// Up to the sink's window of batches are in flight; they are acknowledged, and so committed,
+/// strictly in order. After a failure every batch in flight is sent again, in order, one at a
+/// time, until the sink works again: the receiver's high-water marks make whatever it had
+/// already stored harmless.
+#[allow(clippy::too_many_arguments)]
 pub fn ship_loop(
     rx: Receiver<Batch>,
-    mut sink: Box<dyn Sink>,
+    sink: Box<dyn Sink>,
     store: &Mutex<Store>,
     stop: &AtomicBool,
     stats: &ShipStats,
@@ -236,95 +243,199 @@ pub fn ship_loop(
     sinks: Option<Receiver<crate::config::SinkConfig>>,
     state_dir: Option<&Path>,
 ) {
-    let mut failing_since: Option<Instant> = None;
-    while let Ok(batch) = {
-        stats.waiting.store(true, Ordering::Relaxed);
-        let b = rx.recv();
-        stats.waiting.store(false, Ordering::Relaxed);
-        b
-    } {
-        // A reload that changed the sink takes effect between batches.
-        while let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
-            match sink::build(&new) {
-                Ok(s) => {
-                    tracing::info!(sink = %s.describe(), "sink replaced");
-                    sink = s;
+    let mut s = Shipping {
+        sink,
+        store,
+        stop,
+        stats,
+        recycle,
+        state_dir,
+        failing_since: None,
+    };
+    let mut inflight: VecDeque<Batch> = VecDeque::new();
+    let mut closed = false;
+    loop {
+        // A reload that changed the sink takes effect between batches, with none in flight.
+        if let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
+            if !s.drain(&mut inflight) {
+                return;
+            }
+            s.replace_sink(new);
+            continue;
+        }
+        let next = if closed || inflight.len() >= s.sink.window() {
+            None
+        } else if inflight.is_empty() {
+            stats.waiting.store(true, Ordering::Relaxed);
+            let b = rx.recv();
+            stats.waiting.store(false, Ordering::Relaxed);
+            b.map_err(|_| closed = true).ok()
+        } else {
+            match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    None
+                }
+            }
+        };
+        let result = match next {
+            Some(batch) => {
+                let r = s.sink.submit(&batch);
+                inflight.push_back(batch);
+                r
+            }
+            None if inflight.is_empty() => {
+                if closed {
+                    return;
+                }
+                continue;
+            }
+            None => s.sink.confirm().map(|()| {
+                let batch = inflight.pop_front().expect("a batch in flight");
+                s.acknowledged(batch);
+            }),
+        };
+        if let Err(e) = result {
+            s.failed(&e);
+            if !s.redeliver(&mut inflight) {
+                return;
+            }
+        }
+    }
+}
+
+/// The shipping thread's side of delivery: the sink, where acknowledgements are committed, and
+/// the state of an outage.
+struct Shipping<'a> {
+    sink: Box<dyn Sink>,
+    store: &'a Mutex<Store>,
+    stop: &'a AtomicBool,
+    stats: &'a ShipStats,
+    recycle: Option<crossbeam_channel::Sender<Batch>>,
+    state_dir: Option<&'a Path>,
+    failing_since: Option<Instant>,
+}
+
+impl Shipping<'_> {
+    fn replace_sink(&mut self, new: crate::config::SinkConfig) {
+        match sink::build(&new) {
+            Ok(s) => {
+                tracing::info!(sink = %s.describe(), "sink replaced");
+                self.sink = s;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new sink cannot start; keeping the old one");
+                let alert = Alert {
+                    kind: "config_error",
+                    source: None,
+                    stream: None,
+                    path: None,
+                    detail: e.to_string(),
+                };
+                let _ = self.store.lock().expect("store lock").add_alert(&alert);
+            }
+        }
+    }
+
+    /// Confirms every batch in flight (redelivering after a failure); false when a stopping
+    /// agent gave up.
+    fn drain(&mut self, inflight: &mut VecDeque<Batch>) -> bool {
+        while !inflight.is_empty() {
+            match self.sink.confirm() {
+                Ok(()) => {
+                    let batch = inflight.pop_front().expect("a batch in flight");
+                    self.acknowledged(batch);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "new sink cannot start; keeping the old one");
-                    let alert = Alert {
-                        kind: "config_error",
-                        source: None,
-                        stream: None,
-                        path: None,
-                        detail: e.to_string(),
-                    };
-                    let _ = store.lock().expect("store lock").add_alert(&alert);
+                    self.failed(&e);
+                    return self.redeliver(inflight);
                 }
             }
         }
+        true
+    }
+
+    /// After a failure: each batch in flight, oldest first, is sent alone until acknowledged,
+    /// with backoff between tries. False when a stopping agent gave up (the batches stay
+    /// uncommitted and are read again at the next start).
+    fn redeliver(&mut self, inflight: &mut VecDeque<Batch>) -> bool {
         let mut backoff = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
-        loop {
-            match sink.send(&batch) {
-                Ok(()) => {
-                    if failing_since.take().is_some() {
-                        tracing::info!(sink = %sink.describe(), "sink recovered");
-                        stats.failing_since.store(0, Ordering::Relaxed);
-                    }
-                    stats.latency.record(batch.created.elapsed().as_secs_f64());
-                    commit(store, &batch, stats);
-                    if let (Some(upto), Some(dir)) = (batch.outbox_upto, state_dir) {
-                        // Delivered; if the delete fails the rows are sent again later.
-                        if let Err(e) = crate::outbox::ack(dir, upto) {
-                            tracing::warn!(error = %e, "cannot remove shipped rows from the osquery outbox");
-                        }
-                    }
-                    if let Some(back) = &recycle {
-                        let _ = back.try_send(batch);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                    let text = e.to_string();
-                    // One alert per outage, and one more whenever the reason changes (down,
-                    // then up but refusing a revoked certificate): the operator must see both.
-                    let changed = stats.last_error.lock().map(|mut last| {
-                        let changed = last.as_deref() != Some(text.as_str());
-                        *last = Some(text.clone());
-                        changed
-                    });
-                    if failing_since.is_none() || changed.unwrap_or(false) {
-                        if failing_since.is_none() {
-                            failing_since = Some(Instant::now());
-                            stats
-                                .failing_since
-                                .store(crate::store::now_secs() as u64, Ordering::Relaxed);
-                        }
-                        tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
-                        let alert = Alert {
-                            kind: "sink_error",
-                            source: None,
-                            stream: None,
-                            path: None,
-                            detail: e.to_string(),
-                        };
-                        let _ = store.lock().expect("store lock").add_alert(&alert);
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        let deadline =
-                            *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
-                        if Instant::now() >= deadline {
-                            tracing::warn!("stopping with an unacknowledged batch; it will be read again at the next start");
-                            return;
-                        }
-                    }
-                    stats.sink_retries.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(jitter(backoff));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+        while let Some(batch) = inflight.front() {
+            if self.stop.load(Ordering::Relaxed) {
+                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        batches = inflight.len(),
+                        "stopping with unacknowledged batches; they will be read again at the next start"
+                    );
+                    return false;
                 }
             }
+            self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(jitter(backoff));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            match self.sink.submit(batch).and_then(|()| self.sink.confirm()) {
+                Ok(()) => {
+                    let batch = inflight.pop_front().expect("a batch in flight");
+                    self.acknowledged(batch);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        true
+    }
+
+    fn acknowledged(&mut self, batch: Batch) {
+        if self.failing_since.take().is_some() {
+            tracing::info!(sink = %self.sink.describe(), "sink recovered");
+            self.stats.failing_since.store(0, Ordering::Relaxed);
+        }
+        self.stats
+            .latency
+            .record(batch.created.elapsed().as_secs_f64());
+        commit(self.store, &batch, self.stats);
+        if let (Some(upto), Some(dir)) = (batch.outbox_upto, self.state_dir) {
+            // Delivered; if the delete fails the rows are sent again later.
+            if let Err(e) = crate::outbox::ack(dir, upto) {
+                tracing::warn!(error = %e, "cannot remove shipped rows from the osquery outbox");
+            }
+        }
+        if let Some(back) = &self.recycle {
+            let _ = back.try_send(batch);
+        }
+    }
+
+    /// Counts a failure; alerts once per outage, and again whenever the reason changes (down,
+    /// then up but refusing a revoked certificate): the operator must see both.
+    fn failed(&mut self, e: &SinkError) {
+        let stats = self.stats;
+        stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+        let text = e.to_string();
+        let changed = stats.last_error.lock().map(|mut last| {
+            let changed = last.as_deref() != Some(text.as_str());
+            *last = Some(text.clone());
+            changed
+        });
+        if self.failing_since.is_none() || changed.unwrap_or(false) {
+            if self.failing_since.is_none() {
+                self.failing_since = Some(Instant::now());
+                stats
+                    .failing_since
+                    .store(crate::store::now_secs() as u64, Ordering::Relaxed);
+            }
+            tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
+            let alert = Alert {
+                kind: "sink_error",
+                source: None,
+                stream: None,
+                path: None,
+                detail: text,
+            };
+            let _ = self.store.lock().expect("store lock").add_alert(&alert);
         }
     }
 }
@@ -380,6 +491,168 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::StreamMeta;
+    use crate::frame::{Part, Rec};
+    use crate::store::{Checkpoint, StreamRow, StreamState};
+    use std::sync::Arc;
+
+    /// A receiver behind a pipelined sink, as the collector behaves: it stores batches in the
+    /// order they arrive and drops any at or below its high-water mark; failures are scripted.
+    struct Scripted {
+        window: usize,
+        /// Generations written and not yet confirmed.
+        wire: VecDeque<u64>,
+        stored: Arc<Mutex<Vec<u64>>>,
+        /// (generation, fail on submit?) for each scripted failure, used once.
+        failures: Vec<(u64, bool)>,
+    }
+
+    impl Scripted {
+        fn fail(&mut self, generation: u64, on_submit: bool) -> bool {
+            let hit = self
+                .failures
+                .iter()
+                .position(|f| *f == (generation, on_submit));
+            hit.map(|i| self.failures.remove(i)).is_some()
+        }
+        fn lost(&mut self) -> SinkError {
+            self.wire.clear();
+            SinkError::Failed {
+                sink: "scripted".into(),
+                message: "connection lost".into(),
+            }
+        }
+    }
+
+    impl Sink for Scripted {
+        fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+            self.submit(batch)?;
+            self.confirm()
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        fn window(&self) -> usize {
+            self.window
+        }
+        fn submit(&mut self, batch: &Batch) -> Result<(), SinkError> {
+            if self.fail(batch.generation, true) {
+                return Err(self.lost());
+            }
+            let mut stored = self.stored.lock().unwrap();
+            if stored.last().is_none_or(|&m| batch.generation > m) {
+                stored.push(batch.generation);
+            }
+            self.wire.push_back(batch.generation);
+            Ok(())
+        }
+        fn confirm(&mut self) -> Result<(), SinkError> {
+            let Some(g) = self.wire.pop_front() else {
+                return Ok(());
+            };
+            if self.fail(g, false) {
+                return Err(self.lost());
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(generation: u64) -> Batch {
+        let mut b = Batch::new("h".into(), generation);
+        let meta = StreamMeta {
+            id: "s".into(),
+            source: "app".into(),
+            fingerprint: None,
+            path: "/var/log/app.log".into(),
+        };
+        let slot = b.add_stream(
+            meta,
+            Checkpoint {
+                stream: "s".into(),
+                committed_offset: generation * 10,
+                committed_hash: None,
+                read_offset: generation * 10,
+                size: generation * 10,
+                records: 0,
+                bytes: 0,
+                overlong: 0,
+            },
+        );
+        for i in 0..2 {
+            let rec = Rec {
+                offset: (generation - 1) * 10 + i * 5,
+                len: 4,
+                part: Part::Whole,
+                bytes: b"line",
+            };
+            b.push(slot, &rec, 0);
+        }
+        b
+    }
+
+    /// Eight batches through a window of two, with failures on a confirm and on a submit: every
+    /// batch reaches the receiver, in order, and is committed exactly once.
+    #[test]
+    fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest() {
+        for window in [1, 2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .upsert_stream(&StreamRow {
+                    stream: "s".into(),
+                    source: "app".into(),
+                    fingerprint: None,
+                    fp_bytes: 0,
+                    path: "/var/log/app.log".into(),
+                    device: 1,
+                    inode: 1,
+                    compressed: false,
+                    size: 0,
+                    read_offset: 0,
+                    committed_offset: 0,
+                    committed_hash: None,
+                    first_seen: 0,
+                    state: StreamState::Active,
+                    alerted_too_large: false,
+                })
+                .unwrap();
+            let store = Mutex::new(store);
+            let stored = Arc::new(Mutex::new(Vec::new()));
+            let sink = Scripted {
+                window,
+                wire: VecDeque::new(),
+                stored: stored.clone(),
+                failures: vec![(3, false), (5, true), (6, false), (6, false)],
+            };
+            let (tx, rx) = crossbeam_channel::unbounded();
+            for g in 1..=8 {
+                tx.send(batch(g)).unwrap();
+            }
+            drop(tx);
+            let stats = ShipStats::default();
+            let stop = AtomicBool::new(false);
+            ship_loop(rx, Box::new(sink), &store, &stop, &stats, None, None, None);
+            assert_eq!(
+                *stored.lock().unwrap(),
+                (1..=8).collect::<Vec<_>>(),
+                "window {window}"
+            );
+            let store = store.lock().unwrap();
+            assert_eq!(
+                store.stream_offsets("s").unwrap(),
+                Some((80, 16)),
+                "window {window}: the last offset, and each batch's records counted once"
+            );
+            assert_eq!(stats.batches.load(Ordering::Relaxed), 8);
+            assert!(stats.sink_errors.load(Ordering::Relaxed) >= 4);
+            assert!(store.alerts().unwrap().iter().any(|a| a.1 == "sink_error"));
         }
     }
 }

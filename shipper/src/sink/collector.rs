@@ -14,6 +14,7 @@ use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::tls::{self, ServerTrust, TlsError};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -132,9 +133,6 @@ pub struct HttpConn {
     /// Bytes read past the previous reply (none with a well-behaved server, but kept honest).
     rbuf: Vec<u8>,
     pub last_used: Instant,
-    /// Requests answered on this connection; a failure on a reused one may be the server's idle
-    /// close, worth one immediate retry on a fresh connection.
-    pub answered: u64,
     /// The server said `Connection: close`.
     pub closing: bool,
 }
@@ -185,7 +183,6 @@ impl HttpConn {
             host_header,
             rbuf: Vec::new(),
             last_used: Instant::now(),
-            answered: 0,
             closing: false,
         })
     }
@@ -198,6 +195,19 @@ impl HttpConn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, HttpError> {
+        self.write_request(method, path, headers, body)?;
+        self.read_response()
+    }
+
+    /// Writes one request without waiting for its reply: requests may be pipelined (RFC 9112
+    /// section 9.3.2), their replies then come back in order through [`HttpConn::read_response`].
+    pub fn write_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HttpError> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
             self.host_header,
@@ -216,10 +226,27 @@ impl HttpConn {
             .and_then(|_| self.stream.write_all(body))
             .and_then(|_| self.stream.flush())
             .map_err(|e| classify(&url, e))?;
-        let resp = self.read_response()?;
         self.last_used = Instant::now();
-        self.answered += 1;
-        Ok(resp)
+        Ok(())
+    }
+
+    /// Err with the reason when the server has closed the connection (an idle timeout, a
+    /// restart) or sent something unasked: checked before an idle connection is used again, so a
+    /// routine close costs a reconnect rather than a failed batch.
+    fn peer_check(&mut self) -> Result<(), String> {
+        if !self.rbuf.is_empty() {
+            return Err("the collector sent data nobody asked for".into());
+        }
+        self.stream
+            .sock
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let result = super::tls_peer_check(&mut self.stream);
+        self.stream
+            .sock
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())?;
+        result
     }
 
     fn fill(&mut self) -> Result<usize, HttpError> {
@@ -232,7 +259,8 @@ impl HttpConn {
         Ok(n)
     }
 
-    fn read_response(&mut self) -> Result<Response, HttpError> {
+    /// Reads the reply to the oldest request written and not yet answered.
+    pub fn read_response(&mut self) -> Result<Response, HttpError> {
         let protocol = |url: &str, message: &str| HttpError::Protocol {
             url: url.to_string(),
             message: message.to_string(),
@@ -494,10 +522,16 @@ pub struct CollectorSink {
     gzip: bool,
     /// The open connection and the certificate generation it was made with.
     conn: Option<(HttpConn, u64)>,
+    /// Replies owed on `conn`, per batch submitted and not yet confirmed, oldest first.
+    pending: VecDeque<usize>,
     /// Reused between batches: NDJSON when the batch was not encoded ahead, and the gzip form.
     body: Vec<u8>,
     gz: Vec<u8>,
 }
+
+/// Batches in flight: one being stored by the collector while the next one travels. More would
+/// only queue in the collector (it handles a connection's requests in order) and cost memory.
+const WINDOW: usize = 2;
 
 impl CollectorSink {
     pub fn open(opts: &CollectorOptions) -> Result<CollectorSink, SinkError> {
@@ -512,6 +546,7 @@ impl CollectorSink {
             shared: shared.clone(),
             gzip: opts.gzip,
             conn: None,
+            pending: VecDeque::new(),
             body: Vec::new(),
             gz: Vec::new(),
         };
@@ -536,10 +571,25 @@ impl CollectorSink {
         }
     }
 
+    /// Forgets the connection and everything in flight on it (the caller sends it again).
+    fn lost(&mut self) {
+        self.conn = None;
+        self.pending.clear();
+    }
+
+    /// The connection to write the next request on: the open one while replies are owed on it
+    /// (requests are answered in order on one connection, which keeps the collector's
+    /// high-water marks in step); otherwise the open one if still good, or a new one.
     fn connection(&mut self) -> Result<&mut HttpConn, SinkError> {
         let generation = self.shared.generation.load(Ordering::SeqCst);
-        let stale = match &self.conn {
-            Some((c, g)) => *g != generation || c.closing || c.last_used.elapsed() > MAX_IDLE,
+        let stale = match &mut self.conn {
+            _ if !self.pending.is_empty() => false,
+            Some((c, g)) => {
+                *g != generation
+                    || c.closing
+                    || c.last_used.elapsed() > MAX_IDLE
+                    || c.peer_check().is_err()
+            }
             None => true,
         };
         if stale {
@@ -554,7 +604,10 @@ impl CollectorSink {
                 .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
             self.conn = Some((conn, generation));
         }
-        Ok(&mut self.conn.as_mut().expect("connected").0)
+        if self.conn.is_none() {
+            return Err(self.fail("connection lost; nothing is committed".into()));
+        }
+        Ok(&mut self.conn.as_mut().expect("checked above").0)
     }
 
     /// Names the likely cause of a failure when our certificate has expired by our clock.
@@ -569,80 +622,89 @@ impl CollectorSink {
         }
     }
 
-    /// Posts one NDJSON body (gzipped when configured) until the collector's 200 acknowledges it.
-    fn post(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
-        if !self.gzip {
-            return self.post_body(ndjson);
-        }
+    /// Writes one NDJSON piece (gzipped when configured) as a `POST /v1/ingest`.
+    fn write_piece(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
         let mut gz = std::mem::take(&mut self.gz);
-        gz.clear();
-        // Level 1: most of gzip's saving on log text at a fraction of its CPU.
-        let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
-        enc.write_all(ndjson)
-            .map_err(|e| self.fail(format!("gzip: {e}")))?;
-        let gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
-        let result = self.post_body(&gz);
-        self.gz = gz;
-        result
-    }
-
-    fn post_body(&mut self, body: &[u8]) -> Result<(), SinkError> {
+        let body: &[u8] = if self.gzip {
+            gz.clear();
+            // Level 1: most of gzip's saving on log text at a fraction of its CPU.
+            let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+            enc.write_all(ndjson)
+                .map_err(|e| self.fail(format!("gzip: {e}")))?;
+            gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
+            &gz
+        } else {
+            ndjson
+        };
         let mut headers = vec![("Content-Type", "application/x-ndjson")];
         if self.gzip {
             headers.push(("Content-Encoding", "gzip"));
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let (result, reused) = {
-                let c = self.connection()?;
-                let reused = c.answered > 0;
-                (c.request("POST", "/v1/ingest", &headers, body), reused)
-            };
-            match result {
-                Ok(resp) if resp.status == 200 => {
-                    tracing::debug!(
-                        bytes = body.len(),
-                        ms = started.elapsed().as_secs_f64() * 1e3,
-                        "batch acknowledged by the collector"
-                    );
-                    return Ok(());
+        let result = self
+            .connection()
+            .map(|c| c.write_request("POST", "/v1/ingest", &headers, body));
+        self.gz = gz;
+        match result? {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A refusal of an earlier request closes the connection under this write: its
+                // reply, if it made it here, says why better than the broken pipe does.
+                let refusal = match (&mut self.conn, self.pending.is_empty()) {
+                    (Some((c, _)), false) => match c.read_response() {
+                        Ok(resp) if resp.status != 200 => Some(self.refused(&resp)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                self.lost();
+                Err(refusal.unwrap_or_else(|| {
+                    self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
+                }))
+            }
+        }
+    }
+
+    /// The error for a reply other than 200.
+    fn refused(&self, resp: &Response) -> SinkError {
+        let why = match resp.code().as_deref() {
+            Some("certificate_revoked") => {
+                "our client certificate is REVOKED; re-enrol with `log-sensor enroll`"
+            }
+            Some("certificate_expired") => {
+                "our client certificate is EXPIRED; re-enrol with `log-sensor enroll`"
+            }
+            Some("host_mismatch") => {
+                "the config's host_id is not the host our certificate was issued for; re-enrol with `log-sensor enroll`"
+            }
+            _ => "the batch was not acknowledged",
+        };
+        self.fail(format!(
+            "collector replied {} {}: {why}; nothing is committed",
+            resp.status,
+            resp.reason()
+        ))
+    }
+
+    /// Reads one reply; Ok only for the collector's 200.
+    fn read_ack(&mut self) -> Result<(), SinkError> {
+        let result = match &mut self.conn {
+            Some((c, _)) => c.read_response(),
+            None => return Err(self.fail("connection lost; nothing is committed".into())),
+        };
+        match result {
+            Ok(resp) if resp.status == 200 => {
+                if let Some((c, _)) = &mut self.conn {
+                    c.last_used = Instant::now();
                 }
-                Ok(resp) => {
-                    self.conn = None;
-                    let why = match resp.code().as_deref() {
-                        Some("certificate_revoked") => {
-                            "our client certificate is REVOKED; re-enrol with `log-sensor enroll`"
-                        }
-                        Some("certificate_expired") => {
-                            "our client certificate is EXPIRED; re-enrol with `log-sensor enroll`"
-                        }
-                        Some("host_mismatch") => {
-                            "the config's host_id is not the host our certificate was issued for; re-enrol with `log-sensor enroll`"
-                        }
-                        _ => "the batch was not acknowledged",
-                    };
-                    return Err(self.fail(format!(
-                        "collector replied {} {}: {why}; nothing is committed",
-                        resp.status,
-                        resp.reason()
-                    )));
-                }
-                // A reused keep-alive connection the server had already closed: re-sending at
-                // once on a fresh one is safe (the collector drops duplicates) and avoids an
-                // alert for what is routine.
-                Err(HttpError::Closed { .. }) | Err(HttpError::Io { .. })
-                    if reused && attempt == 1 =>
-                {
-                    self.conn = None;
-                }
-                Err(e) => {
-                    self.conn = None;
-                    return Err(
-                        self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
-                    );
-                }
+                Ok(())
+            }
+            Ok(resp) => {
+                self.lost();
+                Err(self.refused(&resp))
+            }
+            Err(e) => {
+                self.lost();
+                Err(self.fail(format!("{e}{}; nothing is committed", self.expiry_note())))
             }
         }
     }
@@ -671,7 +733,17 @@ fn pieces(ndjson: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
 
 impl Sink for CollectorSink {
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.submit(batch)?;
+        self.confirm()
+    }
+
+    fn window(&self) -> usize {
+        WINDOW
+    }
+
+    fn submit(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if batch.is_empty() {
+            self.pending.push_back(0);
             return Ok(());
         }
         // Encoded ahead on the tailer's thread (see `sink::wants_ndjson`), so that work overlaps
@@ -679,19 +751,36 @@ impl Sink for CollectorSink {
         let mut scratch = std::mem::take(&mut self.body);
         scratch.clear();
         let ndjson = batch.ndjson(&mut scratch);
-        // In order, each acknowledged before the next: the collector's high-water marks then
-        // make a re-sent piece harmless, and the batch is Ok only once every piece is.
+        // In order on one connection, each piece a request: the collector answers them in
+        // order, so its high-water marks make a re-sent piece harmless, and the batch is
+        // acknowledged only once every piece is.
         let mut result = Ok(());
+        let mut requests = 0;
         for r in pieces(ndjson, MAX_REQUEST_BYTES) {
-            result = self.post(&ndjson[r]);
+            result = self.write_piece(&ndjson[r]);
             if result.is_err() {
                 break;
             }
+            requests += 1;
         }
         if scratch.capacity() <= 64 << 20 {
             self.body = scratch;
         }
+        if result.is_ok() {
+            self.pending.push_back(requests);
+        }
         result
+    }
+
+    fn confirm(&mut self) -> Result<(), SinkError> {
+        let Some(requests) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        for _ in 0..requests {
+            self.read_ack()?;
+        }
+        tracing::debug!(requests, "batch acknowledged by the collector");
+        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -23,6 +23,24 @@ pub trait Sink: Send {
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError>;
     /// A short description for logs and status ("file /var/lib/x.ndjson").
     fn describe(&self) -> String;
+
+    /// How many batches may be in flight at once: submitted, not yet confirmed. A sink whose
+    /// acknowledgement is a round trip (the collector) keeps the next batch on the wire while
+    /// the previous one is being stored.
+    fn window(&self) -> usize {
+        1
+    }
+    /// Starts delivering `batch`, after the batches already in flight. With a window of 1 this
+    /// is [`Sink::send`]: the batch is acknowledged when it returns.
+    fn submit(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.send(batch)
+    }
+    /// Waits for the acknowledgement of the oldest batch in flight; Ok means acknowledged.
+    /// After an error from `submit` or `confirm`, nothing is in flight any more: the caller
+    /// sends the unacknowledged batches again, in order.
+    fn confirm(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Sinks that send NDJSON as it is: their batches are encoded ahead on the tailer's thread.
@@ -76,4 +94,41 @@ pub(crate) fn connect_first(
         }
     }
     Err(last)
+}
+
+/// A non-blocking look at a TLS connection whose peer has nothing to say between our writes:
+/// Ok while it is open, the reason when the peer closed it, reset it or sent a TLS alert.
+/// Whatever plaintext arrived (a session ticket is absorbed by rustls; none else is expected)
+/// is discarded. The socket must be non-blocking for the call.
+pub(crate) fn tls_peer_check(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+) -> Result<(), String> {
+    use std::io::Read;
+    loop {
+        match s.conn.read_tls(&mut s.sock) {
+            Ok(0) => return Err("the receiver closed the connection".to_string()),
+            Ok(_) => match s.conn.process_new_packets() {
+                Err(e) => {
+                    return Err(format!(
+                        "the receiver ended the connection: {}",
+                        crate::tls::describe(&e)
+                    ))
+                }
+                Ok(state) if state.peer_has_closed() => {
+                    return Err("the receiver closed the TLS session".to_string())
+                }
+                Ok(state) => {
+                    let mut scratch = vec![0u8; state.plaintext_bytes_to_read()];
+                    let _ = s.conn.reader().read(&mut scratch);
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => {
+                return Err(match crate::tls::rustls_error(&e) {
+                    Some(r) => format!("connection check: {}", crate::tls::describe(r)),
+                    None => format!("connection check: {e}"),
+                })
+            }
+        }
+    }
 }

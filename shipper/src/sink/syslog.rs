@@ -396,28 +396,7 @@ fn check_alive(conn: &mut Conn) -> Result<(), String> {
                 }
             }
         }
-        Conn::Tls(s) => loop {
-            match s.conn.read_tls(&mut s.sock) {
-                Ok(0) => break Err("the receiver closed the connection".to_string()),
-                Ok(_) => match s.conn.process_new_packets() {
-                    Err(e) => {
-                        break Err(format!(
-                            "the receiver ended the connection: {}",
-                            tls::describe(&e)
-                        ))
-                    }
-                    Ok(state) if state.peer_has_closed() => {
-                        break Err("the receiver closed the TLS session".to_string())
-                    }
-                    Ok(state) => {
-                        let mut scratch = vec![0u8; state.plaintext_bytes_to_read()];
-                        let _ = s.conn.reader().read(&mut scratch);
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) => break Err(io_failure("connection check", &e)),
-            }
-        },
+        Conn::Tls(s) => super::tls_peer_check(s),
     };
     conn.sock()
         .set_nonblocking(false)
