@@ -296,11 +296,8 @@ impl Tailer {
         let worked = self.read_dirty()?;
         self.check_timers();
         self.poll_outbox();
-        if self.batch_due() {
-            self.backlog |= self.batch_full();
-            if !self.ship() {
-                return None;
-            }
+        if self.batch_due() && !self.ship() {
+            return None;
         }
         Some(worked)
     }
@@ -430,6 +427,7 @@ impl Tailer {
     /// Hands the batch to the shipping thread, waiting while it is busy (backpressure).
     /// Returns false when the shipping thread is gone.
     fn ship(&mut self) -> bool {
+        self.backlog |= self.batch_full();
         self.generation += 1;
         let fresh = match self.recycled.as_ref().and_then(|rx| rx.try_recv().ok()) {
             Some(b) => b.recycle(self.generation),
