@@ -21,11 +21,12 @@ use super::{Sink, SinkError};
 use crate::batch::{Batch, StreamMeta};
 use crate::tls;
 use base64::Engine;
-use rustls::{ClientConnection, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,6 +137,9 @@ pub struct SyslogSink {
     /// Re-read when the CA, certificate or key change on disk.
     config: Option<tls::Reloading>,
     conn: Option<Conn>,
+    /// The first connection, made on a thread of its own from the start: its handshake and
+    /// verdict wait overlap the agent's start-up instead of delaying the first batch.
+    ahead: Option<std::sync::mpsc::Receiver<Result<Conn, String>>>,
     /// Frames waiting to be written (up to about `CHUNK`).
     buf: Vec<u8>,
     /// The base64 of a record that is not UTF-8.
@@ -156,13 +160,29 @@ impl SyslogSink {
             }
             None => None,
         };
-        Ok(SyslogSink {
+        let mut sink = SyslogSink {
             opts: opts.clone(),
             config,
             conn: None,
+            ahead: None,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),
             msg: Vec::new(),
-        })
+        };
+        let config = match &mut sink.config {
+            Some(r) => r.get().ok(),
+            None => None,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let opts = opts.clone();
+        let spawned = std::thread::Builder::new()
+            .name("syslog-connect".into())
+            .spawn(move || {
+                let _ = tx.send(connect(&opts, config));
+            });
+        if spawned.is_ok() {
+            sink.ahead = Some(rx);
+        }
+        Ok(sink)
     }
 
     fn fail(&self, message: String) -> SinkError {
@@ -172,62 +192,13 @@ impl SyslogSink {
         }
     }
 
+    /// A new connection with the current TLS files.
     fn connect(&mut self) -> Result<Conn, String> {
-        let addrs: Vec<_> = self
-            .opts
-            .address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve: {e}"))?
-            .collect();
-        let tcp = super::connect_first(addrs, CONNECT_TIMEOUT)
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let started = Instant::now();
-        tcp.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        let (Some(config), Some(t)) = (&mut self.config, &self.opts.tls) else {
-            return Ok(Conn::Plain(tcp));
+        let config = match &mut self.config {
+            Some(r) => Some(r.get().map_err(|e| e.to_string())?),
+            None => None,
         };
-        let config = config.get().map_err(|e| e.to_string())?;
-        let name = tls::server_name(&t.server_name).map_err(|e| e.to_string())?;
-        let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-        let mut s = StreamOwned::new(conn, tcp);
-        s.sock
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        while s.conn.is_handshaking() {
-            s.conn
-                .complete_io(&mut s.sock)
-                .map_err(|e| tls_failure("TLS handshake failed", &e))?;
-        }
-        // The receiver's verdict on our certificate: rsyslog checks it after the handshake and
-        // closes with an alert. Silence for this long is taken as acceptance.
-        let verdict = (VERDICT_FLOOR + started.elapsed() * 2).min(VERDICT_CAP);
-        s.sock
-            .set_read_timeout(Some(verdict))
-            .map_err(|e| e.to_string())?;
-        let refused = "the receiver closed the connection right after the TLS handshake \
-                       (it refused our client certificate, or accepts no client from here)";
-        let mut scratch = [0u8; 512];
-        match s.read(&mut scratch) {
-            Ok(0) => return Err(refused.into()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
-            Err(e) => {
-                return Err(tls_failure(
-                    "the receiver ended the connection after the TLS handshake",
-                    &e,
-                ))
-            }
-        }
-        s.sock
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        Ok(Conn::Tls(Box::new(s)))
+        connect(&self.opts, config)
     }
 
     /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes. The frame is
@@ -347,6 +318,64 @@ impl SyslogSink {
         self.buf.clear();
         Ok(())
     }
+}
+
+/// Connects (TLS when `config` is given), then, over TLS, waits out the receiver's verdict on
+/// our certificate.
+fn connect(opts: &SyslogOptions, config: Option<Arc<ClientConfig>>) -> Result<Conn, String> {
+    let addrs: Vec<_> = opts
+        .address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .collect();
+    let tcp =
+        super::connect_first(addrs, CONNECT_TIMEOUT).map_err(|e| format!("cannot connect: {e}"))?;
+    let started = Instant::now();
+    tcp.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let (Some(config), Some(t)) = (config, &opts.tls) else {
+        return Ok(Conn::Plain(tcp));
+    };
+    let name = tls::server_name(&t.server_name).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut s = StreamOwned::new(conn, tcp);
+    s.sock
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .map_err(|e| tls_failure("TLS handshake failed", &e))?;
+    }
+    // The receiver's verdict on our certificate: rsyslog checks it after the handshake and
+    // closes with an alert. Silence for this long is taken as acceptance.
+    let verdict = (VERDICT_FLOOR + started.elapsed() * 2).min(VERDICT_CAP);
+    s.sock
+        .set_read_timeout(Some(verdict))
+        .map_err(|e| e.to_string())?;
+    let refused = "the receiver closed the connection right after the TLS handshake \
+                   (it refused our client certificate, or accepts no client from here)";
+    let mut scratch = [0u8; 512];
+    match s.read(&mut scratch) {
+        Ok(0) => return Err(refused.into()),
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
+        Err(e) => {
+            return Err(tls_failure(
+                "the receiver ended the connection after the TLS handshake",
+                &e,
+            ))
+        }
+    }
+    s.sock
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok(Conn::Tls(Box::new(s)))
 }
 
 /// Waits until the receiver's TCP stack has acknowledged every byte we sent.
@@ -476,7 +505,16 @@ impl Sink for SyslogSink {
             }
         }
         if self.conn.is_none() {
-            let conn = self.connect().map_err(|m| self.fail(m))?;
+            let first = self.ahead.take().and_then(|rx| rx.recv().ok());
+            let conn = match first {
+                Some(Ok(mut c)) => match check_alive(&mut c) {
+                    // Checked again: it may have idled since it was made.
+                    Ok(()) => c,
+                    Err(_) => self.connect().map_err(|m| self.fail(m))?,
+                },
+                Some(Err(m)) => return Err(self.fail(m)),
+                None => self.connect().map_err(|m| self.fail(m))?,
+            };
             self.conn = Some(conn);
         }
         let started = Instant::now();
