@@ -1,6 +1,9 @@
 //! Turning an ingest body into a checked batch: gzip decoding, NDJSON
 //! parsing of the agent's record format, and the rule that a host writes
 //! only as itself. Nothing here touches disk.
+//!
+//! Lines are read by [`scan`] when they are plain enough for it to be sure,
+//! and by serde_json otherwise; both give the same [`WireRecord`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,6 +13,8 @@ use std::ops::Range;
 use serde::Deserialize;
 
 use crate::names::{self, IdError};
+
+mod scan;
 
 /// Which piece of the original record a wire record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -22,7 +27,7 @@ pub enum Part {
 
 /// The fields the collector acts on; everything else in the line is kept
 /// verbatim because the line itself is what gets stored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct WireRecord<'a> {
     #[serde(borrow)]
     host: Cow<'a, str>,
@@ -152,28 +157,31 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
     let mut streams: Vec<StreamRecords> = Vec::new();
     let mut by_stream: HashMap<String, usize> = HashMap::new();
     let mut record_count = 0;
+    let mut text = Utf8Stretch::new(&body);
     let mut start = 0;
     let mut line_no = 0;
     while start < body.len() {
         line_no += 1;
-        let end = memchr_newline(&body[start..]).map_or(body.len(), |i| start + i);
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
         let mut range = start..end;
         start = end + 1;
         if body[range.clone()].ends_with(b"\r") {
             range.end -= 1;
         }
-        let text = &body[range.clone()];
-        let Some(first) = text.iter().position(|b| !b.is_ascii_whitespace()) else {
+        let line = &body[range.clone()];
+        let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
             continue;
         };
-        if text[first] != b'{' {
+        if line[first] != b'{' {
             return Err(IngestError::NotObject { line: line_no });
         }
-        let rec: WireRecord<'_> =
-            serde_json::from_slice(text).map_err(|source| IngestError::Json {
+        let rec = match text.get(range.clone()).and_then(scan::wire_record) {
+            Some(rec) => rec,
+            None => serde_json::from_slice(line).map_err(|source| IngestError::Json {
                 line: line_no,
                 source,
-            })?;
+            })?,
+        };
         if rec.host != cert_host {
             return Err(IngestError::HostMismatch {
                 line: line_no,
@@ -211,8 +219,45 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
     })
 }
 
-fn memchr_newline(s: &[u8]) -> Option<usize> {
-    s.iter().position(|b| *b == b'\n')
+/// The body as text, for [`scan`]: checked with one `from_utf8` over the
+/// whole body (fast) rather than line by line. A line holding a byte that
+/// is not UTF-8 gets `None` and goes to serde_json, which decides about it
+/// as it always did; checking resumes at the next line asked for.
+struct Utf8Stretch<'a> {
+    body: &'a [u8],
+    /// Where `valid` starts in `body`.
+    from: usize,
+    /// The longest valid UTF-8 from `from` on.
+    valid: &'a str,
+}
+
+impl<'a> Utf8Stretch<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Utf8Stretch {
+            body,
+            from: 0,
+            valid: "",
+        }
+    }
+
+    /// The line at `range`, if it is all UTF-8. Ranges must come in order
+    /// and start at line starts, which are char boundaries when the bytes
+    /// before them are UTF-8 (a newline is ASCII).
+    fn get(&mut self, range: Range<usize>) -> Option<&'a str> {
+        if range.start >= self.from + self.valid.len() {
+            // Past the bad byte (or first call): check from this line on.
+            // Each byte is checked at most twice, so a hostile body with many
+            // bad lines costs no more than a clean one.
+            let rest = &self.body[range.start..];
+            self.from = range.start;
+            self.valid = match std::str::from_utf8(rest) {
+                Ok(s) => s,
+                Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
+            };
+        }
+        self.valid
+            .get(range.start - self.from..range.end - self.from)
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +318,157 @@ mod tests {
             parse_batch(body.into_bytes(), "h"),
             Err(IngestError::BadId { .. })
         ));
+    }
+
+    #[test]
+    fn utf8_is_checked_once_and_resumes_after_a_bad_line() {
+        let body = b"ab\n\xff\xc3\n\xc3\xa9\n{\xe6\x97\n";
+        let mut t = Utf8Stretch::new(body);
+        assert_eq!(t.get(0..2), Some("ab"));
+        assert_eq!(t.get(3..5), None);
+        assert_eq!(t.get(6..8), Some("é"));
+        assert_eq!(t.get(9..12), None);
+    }
+
+    #[test]
+    fn a_line_with_bad_utf8_in_a_skipped_field_is_kept_as_before() {
+        // serde_json does not check the UTF-8 of values it skips; the fast
+        // path must not start refusing such lines.
+        let mut body = rec("h", "a", 0, "whole").into_bytes();
+        let msg = body.windows(5).position(|w| w == b"hello").unwrap();
+        body.splice(msg..msg, *b"\xff");
+        body.push(b'\n');
+        body.extend_from_slice(rec("h", "a", 9, "whole").as_bytes());
+        let batch = parse_batch(body, "h").unwrap();
+        assert_eq!(batch.record_count, 2);
+    }
+
+    /// `parse_batch` as it was before the fast path: serde_json for every
+    /// line. The model the property test below compares with.
+    fn parse_with_serde_only(
+        body: &[u8],
+        cert_host: &str,
+    ) -> Result<(Vec<StreamRecords>, usize), IngestError> {
+        let mut streams: Vec<StreamRecords> = Vec::new();
+        let mut count = 0;
+        let mut start = 0;
+        let mut line_no = 0;
+        while start < body.len() {
+            line_no += 1;
+            let end = body[start..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(body.len(), |i| start + i);
+            let mut range = start..end;
+            start = end + 1;
+            if body[range.clone()].ends_with(b"\r") {
+                range.end -= 1;
+            }
+            let text = &body[range.clone()];
+            let Some(first) = text.iter().position(|b| !b.is_ascii_whitespace()) else {
+                continue;
+            };
+            if text[first] != b'{' {
+                return Err(IngestError::NotObject { line: line_no });
+            }
+            let rec: WireRecord<'_> =
+                serde_json::from_slice(text).map_err(|source| IngestError::Json {
+                    line: line_no,
+                    source,
+                })?;
+            if rec.host != cert_host {
+                return Err(IngestError::HostMismatch {
+                    line: line_no,
+                    record: rec.host.into_owned(),
+                    cert: cert_host.to_owned(),
+                });
+            }
+            names::check_id(&rec.stream).map_err(|source| IngestError::BadId {
+                line: line_no,
+                field: "stream",
+                source,
+            })?;
+            let record = Record {
+                offset: rec.offset,
+                part: rec.part,
+                line: range,
+            };
+            match streams.iter_mut().find(|s| s.stream == rec.stream) {
+                Some(s) => s.records.push(record),
+                None => streams.push(StreamRecords {
+                    stream: rec.stream.into_owned(),
+                    records: vec![record],
+                }),
+            }
+            count += 1;
+        }
+        Ok((streams, count))
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A body line: an agent record (any message, sometimes another host
+        /// or a bad stream id), maybe with a byte changed or inserted.
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let host = prop_oneof![8 => Just("h"), 1 => Just("other"), 1 => Just("h\\u0000")];
+            let stream = prop_oneof![4 => Just("a".to_owned()), 4 => Just("b".to_owned()), 1 => Just(String::new()), 1 => "[a-z]{79,82}"];
+            let msg = any::<String>().prop_map(|m| serde_json::to_string(&m).unwrap());
+            let edit = prop_oneof![
+                6 => Just(None),
+                1 => (any::<proptest::sample::Index>(), any::<u8>()).prop_map(Some),
+                1 => (any::<proptest::sample::Index>(), prop_oneof![Just(0xffu8), Just(0xc3), Just(b'"'), Just(b'\\'), Just(1)]).prop_map(Some),
+            ];
+            (host, stream, any::<u32>(), msg, edit, any::<bool>()).prop_map(
+                |(host, stream, offset, msg, edit, replace)| {
+                    let mut b = format!(
+                        r#"{{"host":"{host}","stream":"{stream}","offset":{offset},"part":"whole","msg":{msg}}}"#
+                    )
+                    .into_bytes();
+                    if let Some((at, x)) = edit {
+                        let at = at.index(b.len());
+                        if replace {
+                            b[at] = x;
+                        } else {
+                            b.insert(at, x);
+                        }
+                    }
+                    b
+                },
+            )
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let sep = prop_oneof![6 => Just(&b"\n"[..]), 1 => Just(&b"\r\n"[..]), 1 => Just(&b"\n \n"[..])];
+            (
+                proptest::collection::vec((line(), sep), 0..6),
+                any::<bool>(),
+            )
+                .prop_map(|(lines, last_newline)| {
+                    let mut body = Vec::new();
+                    for (line, sep) in &lines {
+                        body.extend_from_slice(line);
+                        body.extend_from_slice(sep);
+                    }
+                    if !last_newline && body.ends_with(b"\n") {
+                        body.pop();
+                    }
+                    body
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 5_000, ..ProptestConfig::default() })]
+            #[test]
+            fn parse_batch_agrees_with_serde_only(body in body()) {
+                let want = parse_with_serde_only(&body, "h").map_err(|e| e.to_string());
+                let got = parse_batch(body.clone(), "h")
+                    .map(|b| (b.streams, b.record_count))
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
+            }
+        }
     }
 
     #[test]
