@@ -156,6 +156,9 @@ pub fn decode_body(
 pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError> {
     let mut streams: Vec<StreamRecords> = Vec::new();
     let mut by_stream: HashMap<String, usize> = HashMap::new();
+    // Batches hold one stream or a few, in runs: checking the last one
+    // first saves hashing the id on every line.
+    let mut last_stream = 0;
     let mut record_count = 0;
     let mut text = Utf8Stretch::new(&body);
     let mut start = 0;
@@ -194,17 +197,21 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
             field: "stream",
             source,
         })?;
-        let idx = match by_stream.get(rec.stream.as_ref()) {
-            Some(i) => *i,
-            None => {
-                streams.push(StreamRecords {
-                    stream: rec.stream.clone().into_owned(),
-                    records: Vec::new(),
-                });
-                by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
-                streams.len() - 1
-            }
+        let idx = match streams.get(last_stream) {
+            Some(s) if s.stream == rec.stream => last_stream,
+            _ => match by_stream.get(rec.stream.as_ref()) {
+                Some(i) => *i,
+                None => {
+                    streams.push(StreamRecords {
+                        stream: rec.stream.clone().into_owned(),
+                        records: Vec::new(),
+                    });
+                    by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
+                    streams.len() - 1
+                }
+            },
         };
+        last_stream = idx;
         streams[idx].records.push(Record {
             offset: rec.offset,
             part: rec.part,
