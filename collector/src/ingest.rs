@@ -160,7 +160,6 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
     // first saves hashing the id on every line.
     let mut last_stream = 0;
     let mut record_count = 0;
-    let mut text = Utf8Stretch::new(&body);
     let mut start = 0;
     let mut line_no = 0;
     while start < body.len() {
@@ -178,7 +177,7 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
         if line[first] != b'{' {
             return Err(IngestError::NotObject { line: line_no });
         }
-        let rec = match text.get(range.clone()).and_then(scan::wire_record) {
+        let rec = match scan::wire_record(line) {
             Some(rec) => rec,
             None => serde_json::from_slice(line).map_err(|source| IngestError::Json {
                 line: line_no,
@@ -224,47 +223,6 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
         streams,
         record_count,
     })
-}
-
-/// The body as text, for [`scan`]: checked with one `from_utf8` over the
-/// whole body (fast) rather than line by line. A line holding a byte that
-/// is not UTF-8 gets `None` and goes to serde_json, which decides about it
-/// as it always did; checking resumes at the next line asked for.
-struct Utf8Stretch<'a> {
-    body: &'a [u8],
-    /// Where `valid` starts in `body`.
-    from: usize,
-    /// The longest valid UTF-8 from `from` on.
-    valid: &'a str,
-}
-
-impl<'a> Utf8Stretch<'a> {
-    fn new(body: &'a [u8]) -> Self {
-        Utf8Stretch {
-            body,
-            from: 0,
-            valid: "",
-        }
-    }
-
-    /// The line at `range`, if it is all UTF-8. Ranges must come in order
-    /// and start at line starts, which are char boundaries when the bytes
-    /// before them are UTF-8 (a newline is ASCII).
-    fn get(&mut self, range: Range<usize>) -> Option<&'a str> {
-        if range.start >= self.from + self.valid.len() {
-            // Past the bad byte (or first call): check from this line on.
-            // Each byte is checked at most twice, so a hostile body with many
-            // bad lines costs no more than a clean one.
-            let rest = &self.body[range.start..];
-            self.from = range.start;
-            self.valid = match std::str::from_utf8(rest) {
-                Ok(s) => s,
-                Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
-            };
-        }
-        self.valid
-            .get(range.start - self.from..range.end - self.from)
-    }
 }
 
 #[cfg(test)]
@@ -325,16 +283,6 @@ mod tests {
             parse_batch(body.into_bytes(), "h"),
             Err(IngestError::BadId { .. })
         ));
-    }
-
-    #[test]
-    fn utf8_is_checked_once_and_resumes_after_a_bad_line() {
-        let body = b"ab\n\xff\xc3\n\xc3\xa9\n{\xe6\x97\n";
-        let mut t = Utf8Stretch::new(body);
-        assert_eq!(t.get(0..2), Some("ab"));
-        assert_eq!(t.get(3..5), None);
-        assert_eq!(t.get(6..8), Some("é"));
-        assert_eq!(t.get(9..12), None);
     }
 
     #[test]

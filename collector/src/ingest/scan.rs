@@ -13,17 +13,20 @@
 //! always gave. The one rule: `Some` only for a line serde_json reads into
 //! the same [`WireRecord`]; the property test below holds us to it.
 //!
-//! The line comes as `&str`: serde_json refuses invalid UTF-8 in keys and in
-//! the values it keeps (but not in the values it skips), so a line that is
-//! not UTF-8 is never read here.
+//! UTF-8: serde_json refuses invalid UTF-8 in keys and in the values it
+//! keeps, but not in the values it skips. Here a line must be UTF-8 all
+//! through, or it goes to serde_json. Outside strings only ASCII is
+//! accepted, so checking each string is checking the line; the scan notes
+//! whether a string has a byte above 0x7f, and only such strings are
+//! checked again with `from_utf8`. Log lines are mostly ASCII, so most of
+//! a body is read once instead of twice.
 
 use std::borrow::Cow;
 
 use super::{Part, WireRecord};
 
 /// The record's fields, or `None` when the line must go to serde_json.
-pub(super) fn wire_record(line: &str) -> Option<WireRecord<'_>> {
-    let b = line.as_bytes();
+pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -48,10 +51,10 @@ pub(super) fn wire_record(line: &str) -> Option<WireRecord<'_>> {
         }
         i = skip_ws(b, i + 1);
         i = match key {
-            b"host" => set_once(&mut host, plain_string(line, i)?)?,
-            b"stream" => set_once(&mut stream, plain_string(line, i)?)?,
+            b"host" => set_once(&mut host, plain_string(b, i)?)?,
+            b"stream" => set_once(&mut stream, plain_string(b, i)?)?,
             b"part" => {
-                let (s, next) = plain_string(line, i)?;
+                let (s, next) = plain_string(b, i)?;
                 let p = match s {
                     "whole" => Part::Whole,
                     "head" => Part::Head,
@@ -101,17 +104,15 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// A string value without escapes at `i` (its opening quote), borrowed
 /// from the line, and the index after its closing quote.
-fn plain_string(line: &str, i: usize) -> Option<(&str, usize)> {
-    let b = line.as_bytes();
+fn plain_string(b: &[u8], i: usize) -> Option<(&str, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let end = find_special(b, i + 1)?;
+    let end = find_special(b, i + 1)?.at;
     if b[end] != b'"' {
         return None;
     }
-    // Both ends sit next to an ASCII quote, so they are char boundaries.
-    Some((line.get(i + 1..end)?, end + 1))
+    Some((std::str::from_utf8(&b[i + 1..end]).ok()?, end + 1))
 }
 
 /// A `u64` exactly as serde_json accepts one: `0` or digits without a
@@ -144,14 +145,20 @@ struct StringEnd {
 }
 
 /// Checks a string whose contents start at `i` as serde_json does for a
-/// value it skips: no raw control bytes, escapes only `\" \\ \/ \b \f \n
-/// \r \t \uXXXX`.
-fn string_end(b: &[u8], mut i: usize) -> Option<StringEnd> {
-    let mut escaped = false;
+/// value it skips (no raw control bytes, escapes only `\" \\ \/ \b \f \n
+/// \r \t \uXXXX`), and that it is UTF-8.
+fn string_end(b: &[u8], start: usize) -> Option<StringEnd> {
+    let (mut i, mut escaped, mut non_ascii) = (start, false, false);
     loop {
-        i = find_special(b, i)?;
+        let run = find_special(b, i)?;
+        (i, non_ascii) = (run.at, non_ascii | run.non_ascii);
         match b[i] {
-            b'"' => return Some(StringEnd { quote: i, escaped }),
+            b'"' => {
+                if non_ascii {
+                    std::str::from_utf8(&b[start..i]).ok()?;
+                }
+                return Some(StringEnd { quote: i, escaped });
+            }
             b'\\' => {
                 escaped = true;
                 i += match *b.get(i + 1)? {
@@ -217,32 +224,50 @@ fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
-/// The index of the first byte at or after `i` that ends a run of plain
-/// string bytes: `"`, `\` or a control byte below 0x20.
+/// Where a run of plain string bytes ended.
+struct Run {
+    /// The `"`, `\` or control byte below 0x20 that ended it.
+    at: usize,
+    /// Whether the run may hold a byte above 0x7f; false only when it
+    /// certainly does not.
+    non_ascii: bool,
+}
+
+/// Finds the first byte at or after `i` that ends a run of plain string
+/// bytes: `"`, `\` or a control byte below 0x20.
 ///
 /// Eight bytes at a time (SWAR): the byte-wise tests below flag every byte
 /// that matches, and may also flag bytes *above* a match (a borrow carries
 /// upwards), never below one; so the lowest flag, read little-endian, is
 /// the first match.
-fn find_special(b: &[u8], mut i: usize) -> Option<usize> {
+fn find_special(b: &[u8], mut i: usize) -> Option<Run> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut seen = 0;
     while let Some(chunk) = b.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        seen |= w;
         let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
         let found = below_space
             | zero_bytes(w ^ (ONES * u64::from(b'"')))
             | zero_bytes(w ^ (ONES * u64::from(b'\\')));
         if found != 0 {
-            return Some(i + found.trailing_zeros() as usize / 8);
+            return Some(Run {
+                at: i + found.trailing_zeros() as usize / 8,
+                non_ascii: seen & HIGH != 0,
+            });
         }
         i += 8;
     }
-    b.get(i..)?
+    let rest = b.get(i..)?;
+    let p = rest
         .iter()
-        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
-        .map(|p| i + p)
+        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
+    Some(Run {
+        at: i + p,
+        non_ascii: seen & HIGH != 0 || !rest[..p].is_ascii(),
+    })
 }
 
 #[cfg(test)]
@@ -264,10 +289,7 @@ mod tests {
     /// The one rule, for one line: the fast path defers, or it agrees with
     /// serde_json.
     fn agrees(line: &[u8]) -> Result<(), TestCaseError> {
-        let Ok(text) = std::str::from_utf8(line) else {
-            return Ok(());
-        };
-        if let Some(fast) = wire_record(text) {
+        if let Some(fast) = wire_record(line) {
             let slow = serde_json::from_slice::<WireRecord<'_>>(line);
             prop_assert!(
                 slow.is_ok(),
@@ -290,7 +312,7 @@ mod tests {
             (agent_line(0, "head", r#""msg_b64":"/wBvaw==""#), Part::Head),
             (agent_line(u64::MAX, "tail", r#""msg":"""#), Part::Tail),
         ] {
-            let fast = wire_record(&line).expect("agent lines take the fast path");
+            let fast = wire_record(line.as_bytes()).expect("agent lines take the fast path");
             assert_eq!(fast, serde(line.as_bytes()).unwrap());
             assert_eq!(fast.part, part);
             assert!(matches!(fast.host, Cow::Borrowed("bench-host")));
@@ -301,10 +323,10 @@ mod tests {
     fn whitespace_and_key_order_are_fine() {
         let line =
             " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[],\"host\":\"h\"} \r";
-        assert_eq!(wire_record(line), None, "a nested value defers");
+        assert_eq!(wire_record(line.as_bytes()), None, "a nested value defers");
         let line = " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":-0.5e+3,\"host\":\"h\"} \r";
-        assert_eq!(wire_record(line), serde(line.as_bytes()));
-        assert!(wire_record(line).is_some());
+        assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
+        assert!(wire_record(line.as_bytes()).is_some());
     }
 
     /// Lines serde_json refuses or reads differently; each must defer.
@@ -342,9 +364,35 @@ mod tests {
             "{}".to_owned(),
         ];
         for line in &cases {
-            assert_eq!(wire_record(line), None, "{line}");
+            assert_eq!(wire_record(line.as_bytes()), None, "{line}");
             agrees(line.as_bytes()).unwrap();
         }
+    }
+
+    #[test]
+    fn defers_lines_that_are_not_utf8() {
+        let base = agent_line(5, "whole", r#""msg":"caf\u00e9 é""#);
+        for (from, to) in [
+            // serde_json refuses these: a key and a kept value.
+            (&b"\"path\""[..], &b"\"p\xffth\""[..]),
+            (b"bench-host", b"bench-h\xc3st"),
+            // serde_json takes this one (it never decodes `msg`), and
+            // still gets it: the fast path reads only lines that are
+            // UTF-8 all through.
+            ("é".as_bytes(), b"\xe9"),
+        ] {
+            let at = base.find(std::str::from_utf8(from).unwrap()).unwrap();
+            let mut line = base.as_bytes().to_vec();
+            line.splice(at..at + from.len(), to.iter().copied());
+            assert_eq!(
+                wire_record(&line),
+                None,
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+            agrees(&line).unwrap();
+        }
+        assert!(wire_record(base.as_bytes()).is_some());
     }
 
     #[test]
@@ -361,11 +409,13 @@ mod tests {
                     if at + 1 < len {
                         v[at + 1] = b'"';
                     }
-                    assert_eq!(find_special(&v, 0), Some(at), "{v:?}");
+                    let run = find_special(&v, 0).unwrap();
+                    assert_eq!(run.at, at, "{v:?}");
+                    assert!(run.non_ascii || v[..at].is_ascii(), "{v:?}");
                 }
             }
             let plain: Vec<u8> = (0..len).map(|k| [b'a', 0x20, 0xff][k % 3]).collect();
-            assert_eq!(find_special(&plain, 0), None);
+            assert!(find_special(&plain, 0).is_none());
         }
     }
 
@@ -567,7 +617,7 @@ mod tests {
         fn agent_lines_with_any_message_agree(offset in any::<u64>(), msg in any::<String>(), part in prop_oneof![Just("whole"), Just("head"), Just("tail")]) {
             let field = format!("\"msg\":{}", serde_json::to_string(&msg).unwrap());
             let line = agent_line(offset, part, &field);
-            prop_assert!(wire_record(&line).is_some(), "{}", line);
+            prop_assert!(wire_record(line.as_bytes()).is_some(), "{}", line);
             agrees(line.as_bytes())?;
         }
     }
