@@ -135,7 +135,7 @@ pub fn decode_body(
     let out = match encoding.map(str::trim) {
         None | Some("") | Some("identity") => body,
         Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
-            let mut out = Vec::with_capacity(body.len() * 4);
+            let mut out = Vec::with_capacity(gzip_size_hint(&body, limit));
             flate2::read::MultiGzDecoder::new(&body[..])
                 .take(limit + 1)
                 .read_to_end(&mut out)
@@ -148,6 +148,21 @@ pub fn decode_body(
         return Err(IngestError::TooLarge { limit });
     }
     Ok(out)
+}
+
+/// How much room to make for a gzip body once decoded. Log lines compress
+/// ten to twenty times, so a guess from the compressed size left the
+/// buffer to double (and copy) several times. The gzip trailer ends with
+/// the last member's decoded size (mod 4 GiB); it comes from the peer, so
+/// it is only a first allocation, capped by `limit`, and a wrong one (a
+/// lie, several members) costs a regrowth, never a wrong result.
+fn gzip_size_hint(body: &[u8], limit: u64) -> usize {
+    let announced = match body.len().checked_sub(4) {
+        Some(at) => u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]),
+        None => 0,
+    };
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    (announced as usize).max(body.len()).min(cap)
 }
 
 /// Parses NDJSON records, grouping them by stream, and refuses the whole
@@ -444,5 +459,22 @@ mod tests {
             decode_body(vec![1, 2], Some("br"), 10),
             Err(IngestError::Encoding(_))
         ));
+    }
+
+    #[test]
+    fn gzip_room_comes_from_the_trailer_within_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&vec![b'a'; 5000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gzip_size_hint(&gz, 1 << 20), 5000);
+        assert_eq!(gzip_size_hint(&gz, 4000), 4001, "capped by the limit");
+        assert_eq!(
+            gzip_size_hint(&[0; 100], 1 << 20),
+            100,
+            "never below the body"
+        );
+        assert_eq!(gzip_size_hint(&[0xff; 8], 1 << 20), (1 << 20) + 1, "a lie");
+        assert_eq!(gzip_size_hint(&[1, 2, 3], 1 << 20), 3);
     }
 }
