@@ -2,8 +2,8 @@
 //! parsing of the agent's record format, and the rule that a host writes
 //! only as itself. Nothing here touches disk.
 //!
-//! Lines are read by [`scan`] when they are plain enough for it to be sure,
-//! and by serde_json otherwise; both give the same [`WireRecord`].
+//! Lines are read by `scan` when they are plain enough for it to be sure,
+//! and by serde_json otherwise; both give the same `WireRecord`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
