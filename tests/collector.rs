@@ -913,6 +913,43 @@ fn a_refused_batch_closes_the_connection_so_the_pipelined_next_is_not_stored() {
 }
 
 #[test]
+fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
+    let mut c = Collector::with_config(|cfg| {
+        assert!(cfg.contains("max_batch_bytes = 67108864"), "{cfg}");
+        *cfg = cfg.replace("max_batch_bytes = 67108864", "max_batch_bytes = 1024");
+    });
+    c.start();
+    let id = c.enroll("web-01");
+    // Blank lines pad a body to an exact size; parsing skips them.
+    let sized = |len: usize| {
+        let mut body = batch(&[record("web-01", "s1", 0, "whole")]);
+        body.resize(len, b'\n');
+        body
+    };
+    let resp = c.connect(Some(&id)).ingest(&sized(1024));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = c.connect(Some(&id)).ingest(&sized(1025));
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "too_large");
+    assert_eq!(resp.json()["error"], "body larger than 1024 bytes");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&sized(1025)).unwrap();
+    let resp = c.connect(Some(&id)).request(
+        "POST",
+        "/v1/ingest",
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "too_large");
+    assert_eq!(
+        resp.json()["error"],
+        "body is larger than 1024 bytes once decoded"
+    );
+    assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![0]);
+}
+
+#[test]
 fn traversal_host_and_stream_ids_stay_inside_data() {
     let mut c = Collector::new();
     c.start();

@@ -1,6 +1,9 @@
 //! Turning an ingest body into a checked batch: gzip decoding, NDJSON
 //! parsing of the agent's record format, and the rule that a host writes
 //! only as itself. Nothing here touches disk.
+//!
+//! Lines are read by `scan` when they are plain enough for it to be sure,
+//! and by serde_json otherwise; both give the same `WireRecord`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,6 +13,8 @@ use std::ops::Range;
 use serde::Deserialize;
 
 use crate::names::{self, IdError};
+
+mod scan;
 
 /// Which piece of the original record a wire record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -22,7 +27,7 @@ pub enum Part {
 
 /// The fields the collector acts on; everything else in the line is kept
 /// verbatim because the line itself is what gets stored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct WireRecord<'a> {
     #[serde(borrow)]
     host: Cow<'a, str>,
@@ -130,7 +135,7 @@ pub fn decode_body(
     let out = match encoding.map(str::trim) {
         None | Some("") | Some("identity") => body,
         Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
-            let mut out = Vec::with_capacity(body.len() * 4);
+            let mut out = Vec::with_capacity(gzip_size_hint(&body, limit));
             flate2::read::MultiGzDecoder::new(&body[..])
                 .take(limit + 1)
                 .read_to_end(&mut out)
@@ -145,35 +150,55 @@ pub fn decode_body(
     Ok(out)
 }
 
+/// How much room to make for a gzip body once decoded. Log lines compress
+/// ten to twenty times, so a guess from the compressed size left the
+/// buffer to double (and copy) several times. The gzip trailer ends with
+/// the last member's decoded size (mod 4 GiB); it comes from the peer, so
+/// it is only a first allocation, capped by `limit`, and a wrong one (a
+/// lie, several members) costs a regrowth, never a wrong result.
+fn gzip_size_hint(body: &[u8], limit: u64) -> usize {
+    let announced = match body.len().checked_sub(4) {
+        Some(at) => u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]),
+        None => 0,
+    };
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    (announced as usize).max(body.len()).min(cap)
+}
+
 /// Parses NDJSON records, grouping them by stream, and refuses the whole
 /// batch if any record is malformed or claims a host other than
 /// `cert_host`.
 pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError> {
     let mut streams: Vec<StreamRecords> = Vec::new();
     let mut by_stream: HashMap<String, usize> = HashMap::new();
+    // Batches hold one stream or a few, in runs: checking the last one
+    // first saves hashing the id on every line.
+    let mut last_stream = 0;
     let mut record_count = 0;
     let mut start = 0;
     let mut line_no = 0;
     while start < body.len() {
         line_no += 1;
-        let end = memchr_newline(&body[start..]).map_or(body.len(), |i| start + i);
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
         let mut range = start..end;
         start = end + 1;
         if body[range.clone()].ends_with(b"\r") {
             range.end -= 1;
         }
-        let text = &body[range.clone()];
-        let Some(first) = text.iter().position(|b| !b.is_ascii_whitespace()) else {
+        let line = &body[range.clone()];
+        let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
             continue;
         };
-        if text[first] != b'{' {
+        if line[first] != b'{' {
             return Err(IngestError::NotObject { line: line_no });
         }
-        let rec: WireRecord<'_> =
-            serde_json::from_slice(text).map_err(|source| IngestError::Json {
+        let rec = match scan::wire_record(line) {
+            Some(rec) => rec,
+            None => serde_json::from_slice(line).map_err(|source| IngestError::Json {
                 line: line_no,
                 source,
-            })?;
+            })?,
+        };
         if rec.host != cert_host {
             return Err(IngestError::HostMismatch {
                 line: line_no,
@@ -186,17 +211,21 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
             field: "stream",
             source,
         })?;
-        let idx = match by_stream.get(rec.stream.as_ref()) {
-            Some(i) => *i,
-            None => {
-                streams.push(StreamRecords {
-                    stream: rec.stream.clone().into_owned(),
-                    records: Vec::new(),
-                });
-                by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
-                streams.len() - 1
-            }
+        let idx = match streams.get(last_stream) {
+            Some(s) if s.stream == rec.stream => last_stream,
+            _ => match by_stream.get(rec.stream.as_ref()) {
+                Some(i) => *i,
+                None => {
+                    streams.push(StreamRecords {
+                        stream: rec.stream.clone().into_owned(),
+                        records: Vec::new(),
+                    });
+                    by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
+                    streams.len() - 1
+                }
+            },
         };
+        last_stream = idx;
         streams[idx].records.push(Record {
             offset: rec.offset,
             part: rec.part,
@@ -209,10 +238,6 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
         streams,
         record_count,
     })
-}
-
-fn memchr_newline(s: &[u8]) -> Option<usize> {
-    s.iter().position(|b| *b == b'\n')
 }
 
 #[cfg(test)]
@@ -276,6 +301,147 @@ mod tests {
     }
 
     #[test]
+    fn a_line_with_bad_utf8_in_a_skipped_field_is_kept_as_before() {
+        // serde_json does not check the UTF-8 of values it skips; the fast
+        // path must not start refusing such lines.
+        let mut body = rec("h", "a", 0, "whole").into_bytes();
+        let msg = body.windows(5).position(|w| w == b"hello").unwrap();
+        body.splice(msg..msg, *b"\xff");
+        body.push(b'\n');
+        body.extend_from_slice(rec("h", "a", 9, "whole").as_bytes());
+        let batch = parse_batch(body, "h").unwrap();
+        assert_eq!(batch.record_count, 2);
+    }
+
+    /// `parse_batch` as it was before the fast path: serde_json for every
+    /// line. The model the property test below compares with.
+    fn parse_with_serde_only(
+        body: &[u8],
+        cert_host: &str,
+    ) -> Result<(Vec<StreamRecords>, usize), IngestError> {
+        let mut streams: Vec<StreamRecords> = Vec::new();
+        let mut count = 0;
+        let mut start = 0;
+        let mut line_no = 0;
+        while start < body.len() {
+            line_no += 1;
+            let end = body[start..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(body.len(), |i| start + i);
+            let mut range = start..end;
+            start = end + 1;
+            if body[range.clone()].ends_with(b"\r") {
+                range.end -= 1;
+            }
+            let text = &body[range.clone()];
+            let Some(first) = text.iter().position(|b| !b.is_ascii_whitespace()) else {
+                continue;
+            };
+            if text[first] != b'{' {
+                return Err(IngestError::NotObject { line: line_no });
+            }
+            let rec: WireRecord<'_> =
+                serde_json::from_slice(text).map_err(|source| IngestError::Json {
+                    line: line_no,
+                    source,
+                })?;
+            if rec.host != cert_host {
+                return Err(IngestError::HostMismatch {
+                    line: line_no,
+                    record: rec.host.into_owned(),
+                    cert: cert_host.to_owned(),
+                });
+            }
+            names::check_id(&rec.stream).map_err(|source| IngestError::BadId {
+                line: line_no,
+                field: "stream",
+                source,
+            })?;
+            let record = Record {
+                offset: rec.offset,
+                part: rec.part,
+                line: range,
+            };
+            match streams.iter_mut().find(|s| s.stream == rec.stream) {
+                Some(s) => s.records.push(record),
+                None => streams.push(StreamRecords {
+                    stream: rec.stream.into_owned(),
+                    records: vec![record],
+                }),
+            }
+            count += 1;
+        }
+        Ok((streams, count))
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A body line: an agent record (any message, sometimes another host
+        /// or a bad stream id), maybe with a byte changed or inserted.
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let host = prop_oneof![8 => Just("h"), 1 => Just("other"), 1 => Just("h\\u0000")];
+            let stream = prop_oneof![4 => Just("a".to_owned()), 4 => Just("b".to_owned()), 1 => Just(String::new()), 1 => "[a-z]{79,82}"];
+            let msg = any::<String>().prop_map(|m| serde_json::to_string(&m).unwrap());
+            let edit = prop_oneof![
+                6 => Just(None),
+                1 => (any::<proptest::sample::Index>(), any::<u8>()).prop_map(Some),
+                1 => (any::<proptest::sample::Index>(), prop_oneof![Just(0xffu8), Just(0xc3), Just(b'"'), Just(b'\\'), Just(1)]).prop_map(Some),
+            ];
+            (host, stream, any::<u32>(), msg, edit, any::<bool>()).prop_map(
+                |(host, stream, offset, msg, edit, replace)| {
+                    let mut b = format!(
+                        r#"{{"host":"{host}","stream":"{stream}","offset":{offset},"part":"whole","msg":{msg}}}"#
+                    )
+                    .into_bytes();
+                    if let Some((at, x)) = edit {
+                        let at = at.index(b.len());
+                        if replace {
+                            b[at] = x;
+                        } else {
+                            b.insert(at, x);
+                        }
+                    }
+                    b
+                },
+            )
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let sep = prop_oneof![6 => Just(&b"\n"[..]), 1 => Just(&b"\r\n"[..]), 1 => Just(&b"\n \n"[..])];
+            (
+                proptest::collection::vec((line(), sep), 0..6),
+                any::<bool>(),
+            )
+                .prop_map(|(lines, last_newline)| {
+                    let mut body = Vec::new();
+                    for (line, sep) in &lines {
+                        body.extend_from_slice(line);
+                        body.extend_from_slice(sep);
+                    }
+                    if !last_newline && body.ends_with(b"\n") {
+                        body.pop();
+                    }
+                    body
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 5_000, ..ProptestConfig::default() })]
+            #[test]
+            fn parse_batch_agrees_with_serde_only(body in body()) {
+                let want = parse_with_serde_only(&body, "h").map_err(|e| e.to_string());
+                let got = parse_batch(body.clone(), "h")
+                    .map(|b| (b.streams, b.record_count))
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
+    #[test]
     fn gzip_is_decoded_and_bounded() {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -293,5 +459,22 @@ mod tests {
             decode_body(vec![1, 2], Some("br"), 10),
             Err(IngestError::Encoding(_))
         ));
+    }
+
+    #[test]
+    fn gzip_room_comes_from_the_trailer_within_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&vec![b'a'; 5000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gzip_size_hint(&gz, 1 << 20), 5000);
+        assert_eq!(gzip_size_hint(&gz, 4000), 4001, "capped by the limit");
+        assert_eq!(
+            gzip_size_hint(&[0; 100], 1 << 20),
+            100,
+            "never below the body"
+        );
+        assert_eq!(gzip_size_hint(&[0xff; 8], 1 << 20), (1 << 20) + 1, "a lie");
+        assert_eq!(gzip_size_hint(&[1, 2, 3], 1 << 20), 3);
     }
 }

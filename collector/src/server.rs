@@ -394,16 +394,32 @@ fn authorize<'a>(
     Ok(id)
 }
 
+/// Reads a whole body into one `Vec`, sized up front from Content-Length
+/// (which `Limited` caps at `limit`), so each frame is copied once.
+/// Collecting the frames, then flattening them into `Bytes` and into a
+/// `Vec`, copied an ingest body up to twice more.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => Ok(Vec::from(body.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            413,
-            "too_large",
-            format!("body larger than {limit} bytes"),
-        )),
-        Err(e) => Err(error(400, "bad_body", format!("reading body: {e}"))),
+    let mut body = Limited::new(req.into_body(), limit);
+    let expected = hyper::body::Body::size_hint(&body).lower();
+    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(limit).min(limit));
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    out.extend_from_slice(data);
+                }
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(error(
+                    413,
+                    "too_large",
+                    format!("body larger than {limit} bytes"),
+                ))
+            }
+            Err(e) => return Err(error(400, "bad_body", format!("reading body: {e}"))),
+        }
     }
+    Ok(out)
 }
 
 /// Runs blocking work (argon2, fsync) off the async workers.

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +27,9 @@ use crate::fsutil;
 use crate::ingest::{Batch, Part};
 use crate::names::encode_component;
 use crate::pki::unix_now;
+
+mod append;
+use append::Append;
 
 /// Open stream files kept beyond this many are closed when idle.
 const MAX_OPEN_STREAMS: usize = 1024;
@@ -134,21 +137,20 @@ impl Storage {
         let mut marks: Vec<(&str, StreamIndex)> = Vec::new();
         // Held until the index is committed so the states are not evicted.
         let mut held = Vec::new();
-        let mut buf = Vec::new();
+        let mut new_lines = Append::new(&batch.body);
         for sr in &batch.streams {
             let state = self.state(host, &sr.stream)?;
             let mut st = lock(&state);
             let mut mark = st.mark;
             let mut streak = st.streak;
             let mut alerts = std::mem::take(&mut st.pending_alerts);
-            buf.clear();
+            new_lines.clear();
             for r in &sr.records {
                 if mark.is_some_and(|m| r.offset <= m) {
                     outcome.duplicates += 1;
                     continue;
                 }
-                buf.extend_from_slice(batch.line(r));
-                buf.push(b'\n');
+                new_lines.push_line(r.line.clone());
                 mark = Some(r.offset);
                 outcome.stored += 1;
                 if streak.observe(r.part, self.alert_after) {
@@ -161,11 +163,13 @@ impl Storage {
                     ));
                 }
             }
-            if buf.is_empty() && alerts.is_empty() {
+            if new_lines.is_empty() && alerts.is_empty() {
                 continue;
             }
-            if !buf.is_empty() {
-                let written = st.file.write_all(&buf).and_then(|_| st.file.sync_data());
+            if !new_lines.is_empty() {
+                let written = new_lines
+                    .write_all_to(&mut st.file)
+                    .and_then(|_| st.file.sync_data());
                 if let Err(source) = written {
                     let path = st.path.clone();
                     drop(st);
@@ -179,10 +183,10 @@ impl Storage {
                     });
                 }
             }
-            st.len += buf.len() as u64;
+            st.len += new_lines.len();
             st.mark = mark;
             st.streak = streak;
-            outcome.bytes_written += buf.len() as u64;
+            outcome.bytes_written += new_lines.len();
             outcome.alerts.extend(alerts);
             if let Some(high_water) = mark {
                 marks.push((
@@ -342,6 +346,7 @@ impl Storage {
 mod tests {
     use super::*;
     use crate::ingest::parse_batch;
+    use std::io::Write;
 
     fn line(stream: &str, offset: u64, part: &str) -> String {
         format!(
@@ -390,6 +395,44 @@ mod tests {
         let o = s.store("h", &b2).unwrap();
         assert_eq!((o.stored, o.duplicates), (1, 2));
         assert_eq!(offsets(&s.stream_path("h", "a")), vec![0, 10, 20]);
+    }
+
+    #[test]
+    fn stored_bytes_are_each_new_line_and_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        s.store("h", &batch(&[line("a", 10, "whole")])).unwrap();
+        // CRLF endings, a blank line, two streams interleaved, a re-sent
+        // record between two new ones, and no newline at the end.
+        let body = format!(
+            "{}\r\n{}\n\n{}\n{}\n{}\r\n{}\n{}",
+            line("a", 5, "whole"),
+            line("a", 11, "whole"),
+            line("b", 0, "whole"),
+            line("a", 12, "whole"),
+            line("b", 1, "head"),
+            line("a", 12, "whole"),
+            line("a", 13, "tail"),
+        );
+        let o = s
+            .store("h", &parse_batch(body.into_bytes(), "h").unwrap())
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates), (5, 2));
+        let a =
+            [10, 11, 12, 13].map(|o| line("a", o, if o == 13 { "tail" } else { "whole" }) + "\n");
+        let b = [line("b", 0, "whole") + "\n", line("b", 1, "head") + "\n"];
+        assert_eq!(
+            std::fs::read_to_string(s.stream_path("h", "a")).unwrap(),
+            a.concat()
+        );
+        assert_eq!(
+            std::fs::read_to_string(s.stream_path("h", "b")).unwrap(),
+            b.concat()
+        );
+        assert_eq!(
+            o.bytes_written as usize,
+            a[1..].concat().len() + b.concat().len()
+        );
     }
 
     #[test]
@@ -495,6 +538,7 @@ mod model {
     use super::*;
     use crate::ingest::parse_batch;
     use proptest::prelude::*;
+    use std::io::Write;
 
     const STREAMS: [&str; 2] = ["a", "../b"];
     const ALERT_AFTER: u64 = 3;

@@ -1,0 +1,171 @@
+//! Times the collector's ingest stages on generated agent-format NDJSON,
+//! without TLS or HTTP in the way: `decode_body` (gzip), `parse_batch` and
+//! `Storage::store` (into a temporary folder on /dev/shm, so the fsyncs are
+//! nearly free and the figures show CPU, not the disk).
+//!
+//! ```text
+//! cargo build --release -p log-sensor-collector --example ingest_bench
+//! target/release/examples/ingest_bench [--mb 200] [--batch-mib 16] [--rounds 3] [--dir /dev/shm]
+//! ```
+//!
+//! Each stage runs on one thread, so wall time is CPU time. Figures are MB
+//! (10^6 bytes) of decoded NDJSON per second; the best round is printed
+//! with the others in brackets.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log_sensor_collector::db::Db;
+use log_sensor_collector::ingest::{decode_body, parse_batch, Batch};
+use log_sensor_collector::storage::Storage;
+
+const HOST: &str = "bench-host";
+const STREAM: &str = "3f2a9c0d4e5b6a71";
+
+struct Args {
+    mb: usize,
+    batch_mib: usize,
+    rounds: usize,
+    dir: PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mb: 200,
+        batch_mib: 16,
+        rounds: 3,
+        dir: PathBuf::from("/dev/shm"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} wants a value"));
+        match flag.as_str() {
+            "--mb" => a.mb = value.parse().expect("--mb N"),
+            "--batch-mib" => a.batch_mib = value.parse().expect("--batch-mib N"),
+            "--rounds" => a.rounds = value.parse().expect("--rounds N"),
+            "--dir" => a.dir = PathBuf::from(value),
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    a
+}
+
+/// One record as the agent writes it: the ~210-byte access-log message of
+/// `bench/shipping_bench.py` (its quotes escaped), ~470 bytes in all.
+fn record(out: &mut Vec<u8>, i: u64, offset: u64) -> u64 {
+    let msg = format!(
+        "2026-11-26T10:{:02}:{:02}.{:03}Z INFO [worker-{}] request id={i:010} method=GET path=/api/v1/items/{} status=200 bytes={} latency_ms={} ua=\\\"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\\\"",
+        i / 60000 % 60,
+        i / 1000 % 60,
+        i % 1000,
+        i % 8,
+        i % 5000,
+        i % 9000,
+        i % 250,
+    );
+    let len = msg.len() as u64 - 2;
+    write!(
+        out,
+        r#"{{"host":"{HOST}","source":"bench","stream":"{STREAM}","fingerprint":"00000000deadbeef","path":"/var/tmp/log-sensor-shipbench/logs/input.log","offset":{offset},"len":{len},"part":"whole","ts":"2026-11-26T10:00:00.000Z","msg":"{msg}"}}"#
+    )
+    .expect("writing to a Vec");
+    out.push(b'\n');
+    len + 1
+}
+
+/// Bodies of about `batch` bytes each, `total` bytes in all.
+fn bodies(total: usize, batch: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut i, mut offset, mut made) = (0u64, 0u64, 0usize);
+    while made < total {
+        let mut body = Vec::with_capacity(batch + 1024);
+        while body.len() < batch && made + body.len() < total {
+            offset += record(&mut body, i, offset);
+            i += 1;
+        }
+        made += body.len();
+        out.push(body);
+    }
+    out
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(body).expect("gzip into a Vec");
+    enc.finish().expect("gzip into a Vec")
+}
+
+/// Prints the best of `secs` as MB/s of `bytes`.
+fn report(stage: &str, bytes: usize, secs: &[f64]) {
+    let rate = |s: f64| bytes as f64 / 1e6 / s;
+    let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let all: Vec<String> = secs.iter().map(|s| format!("{:.0}", rate(*s))).collect();
+    println!(
+        "{stage:<24} {:>7.0} MB/s  {:>6.3} s  [{}]",
+        rate(best),
+        best,
+        all.join(" ")
+    );
+}
+
+fn main() {
+    let a = args();
+    let batch = a.batch_mib << 20;
+    let plain = bodies(a.mb * 1_000_000, batch);
+    let bytes: usize = plain.iter().map(Vec::len).sum();
+    let lines: usize = plain
+        .iter()
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .sum();
+    println!(
+        "{} bodies, {bytes} bytes, {lines} lines of {} bytes on average",
+        plain.len(),
+        bytes / lines.max(1)
+    );
+    let gz: Vec<Vec<u8>> = plain.iter().map(|b| gzip(b)).collect();
+    let gz_bytes: usize = gz.iter().map(Vec::len).sum();
+    println!("gzip (fast): {gz_bytes} bytes");
+
+    let (mut t_gunzip, mut t_parse, mut t_store) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        let input = gz.clone();
+        let t = Instant::now();
+        for body in input {
+            let decoded = decode_body(body, Some("gzip"), 64 << 20).expect("gzip decodes");
+            std::hint::black_box(decoded);
+        }
+        t_gunzip.push(t.elapsed().as_secs_f64());
+
+        let input = plain.clone();
+        let t = Instant::now();
+        let batches: Vec<Batch> = input
+            .into_iter()
+            .map(|body| parse_batch(body, HOST).expect("bench lines parse"))
+            .collect();
+        t_parse.push(t.elapsed().as_secs_f64());
+
+        let dir = tempfile::Builder::new()
+            .prefix("ingest_bench")
+            .tempdir_in(&a.dir)
+            .expect("temporary folder");
+        let db = Arc::new(Db::create(&dir.path().join("c.db")).expect("index"));
+        let storage = Storage::new(dir.path().join("data"), db, 10).expect("storage");
+        let t = Instant::now();
+        for b in &batches {
+            let o = storage.store(HOST, b).expect("store");
+            assert_eq!(o.stored, b.record_count);
+        }
+        t_store.push(t.elapsed().as_secs_f64());
+        let stored = std::fs::metadata(storage.stream_path(HOST, STREAM))
+            .expect("stream file")
+            .len();
+        assert_eq!(stored as usize, bytes, "every line stored once");
+    }
+    report("decode_body (gzip)", bytes, &t_gunzip);
+    report("parse_batch", bytes, &t_parse);
+    report("Storage::store", bytes, &t_store);
+    let sum = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    report("parse + store", bytes, &[sum(&t_parse) + sum(&t_store)]);
+}

@@ -1,0 +1,624 @@
+//! The ingest hot path: reading the four fields the collector acts on from
+//! a line without serde_json, for lines plain enough that the answer is
+//! certain.
+//!
+//! serde_json was most of `parse_batch`'s time: it scans every byte of the
+//! fields it then throws away (`msg` above all) one at a time. Here strings
+//! are scanned eight bytes at a time, and only what the agent writes is
+//! understood: one flat object of strings, numbers, `true`, `false` and
+//! `null`. Everything else (a nested value, an escape in a key or in
+//! `host`/`stream`/`part`, a repeated field, an `offset` that is not a plain
+//! `u64`, a missing field, stray bytes) returns `None`, and the caller
+//! parses that line with serde_json, which gives the value or the error it
+//! always gave. The one rule: `Some` only for a line serde_json reads into
+//! the same [`WireRecord`]; the property test below holds us to it.
+//!
+//! UTF-8: serde_json refuses invalid UTF-8 in keys and in the values it
+//! keeps, but not in the values it skips. Here a line must be UTF-8 all
+//! through, or it goes to serde_json. Outside strings only ASCII is
+//! accepted, so checking each string is checking the line; the scan notes
+//! whether a string has a byte above 0x7f, and only such strings are
+//! checked again with `from_utf8`. Log lines are mostly ASCII, so most of
+//! a body is read once instead of twice.
+
+use std::borrow::Cow;
+
+use super::{Part, WireRecord};
+
+/// The record's fields, or `None` when the line must go to serde_json.
+pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let (mut host, mut stream, mut offset, mut part) = (None, None, None, None);
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            // Includes `{}` and a trailing comma; serde_json says which.
+            return None;
+        }
+        let key_end = string_end(b, i + 1)?;
+        if key_end.escaped {
+            // `"ho\u0073t"` is `host` to serde_json; leave such keys to it.
+            return None;
+        }
+        let key = &b[i + 1..key_end.quote];
+        i = skip_ws(b, key_end.quote + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        i = match key {
+            b"host" => set_once(&mut host, plain_string(b, i)?)?,
+            b"stream" => set_once(&mut stream, plain_string(b, i)?)?,
+            b"part" => {
+                let (s, next) = plain_string(b, i)?;
+                let p = match s {
+                    "whole" => Part::Whole,
+                    "head" => Part::Head,
+                    "tail" => Part::Tail,
+                    _ => return None,
+                };
+                set_once(&mut part, (p, next))?
+            }
+            b"offset" => set_once(&mut offset, plain_u64(b, i)?)?,
+            _ => skip_flat_value(b, i)?,
+        };
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    if skip_ws(b, i + 1) != b.len() {
+        return None;
+    }
+    Some(WireRecord {
+        host: Cow::Borrowed(host?),
+        stream: Cow::Borrowed(stream?),
+        offset: offset?,
+        part: part?,
+    })
+}
+
+/// Stores a field's value, refusing a second one (serde's "duplicate
+/// field" error); returns where the value ended.
+fn set_once<T>(slot: &mut Option<T>, (value, next): (T, usize)) -> Option<usize> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value);
+    Some(next)
+}
+
+/// Skips JSON whitespace, exactly serde_json's set (a form feed is not one).
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\r' | b'\n') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// A string value without escapes at `i` (its opening quote), borrowed
+/// from the line, and the index after its closing quote.
+fn plain_string(b: &[u8], i: usize) -> Option<(&str, usize)> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let end = find_special(b, i + 1)?.at;
+    if b[end] != b'"' {
+        return None;
+    }
+    Some((std::str::from_utf8(&b[i + 1..end]).ok()?, end + 1))
+}
+
+/// A `u64` exactly as serde_json accepts one: `0` or digits without a
+/// leading zero, no sign, fraction or exponent, and no overflow (serde_json
+/// turns those into floats, which a `u64` refuses).
+fn plain_u64(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
+    let first = *b.get(i)?;
+    if !first.is_ascii_digit() {
+        return None;
+    }
+    let mut n = u64::from(first - b'0');
+    i += 1;
+    while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+        if first == b'0' {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        i += 1;
+    }
+    // A fraction or exponent that follows is refused by the caller's check
+    // for `,` or `}`.
+    Some((n, i))
+}
+
+/// Where a skipped string ended: the index of its closing quote, and
+/// whether it held an escape.
+struct StringEnd {
+    quote: usize,
+    escaped: bool,
+}
+
+/// Checks a string whose contents start at `i` as serde_json does for a
+/// value it skips (no raw control bytes, escapes only `\" \\ \/ \b \f \n
+/// \r \t \uXXXX`), and that it is UTF-8.
+fn string_end(b: &[u8], start: usize) -> Option<StringEnd> {
+    let (mut i, mut escaped, mut non_ascii) = (start, false, false);
+    loop {
+        let run = find_special(b, i)?;
+        (i, non_ascii) = (run.at, non_ascii | run.non_ascii);
+        match b[i] {
+            b'"' => {
+                if non_ascii {
+                    std::str::from_utf8(&b[start..i]).ok()?;
+                }
+                return Some(StringEnd { quote: i, escaped });
+            }
+            b'\\' => {
+                escaped = true;
+                i += match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                    b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => 6,
+                    _ => return None,
+                };
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Skips a value that is not nested: a string, a number, `true`, `false`
+/// or `null`; returns the index after it.
+fn skip_flat_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => Some(string_end(b, i + 1)?.quote + 1),
+        b'-' | b'0'..=b'9' => skip_number(b, i),
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        _ => None,
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    b[i..].starts_with(word).then_some(i + word.len())
+}
+
+/// Skips a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`),
+/// the grammar serde_json checks even for numbers it skips.
+fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| i + b[i..].iter().take_while(|d| d.is_ascii_digit()).count();
+    if b[i] == b'-' {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    // A digit right after a leading `0` is serde_json's "invalid number";
+    // the caller's check for `,` or `}` refuses it.
+    Some(i)
+}
+
+/// Where a run of plain string bytes ended.
+struct Run {
+    /// The `"`, `\` or control byte below 0x20 that ended it.
+    at: usize,
+    /// Whether the run may hold a byte above 0x7f; false only when it
+    /// certainly does not.
+    non_ascii: bool,
+}
+
+/// Finds the first byte at or after `i` that ends a run of plain string
+/// bytes: `"`, `\` or a control byte below 0x20.
+///
+/// Eight bytes at a time (SWAR): the byte-wise tests below flag every byte
+/// that matches, and may also flag bytes *above* a match (a borrow carries
+/// upwards), never below one; so the lowest flag, read little-endian, is
+/// the first match.
+fn find_special(b: &[u8], mut i: usize) -> Option<Run> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut seen = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        seen |= w;
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let found = below_space
+            | zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return Some(Run {
+                at: i + found.trailing_zeros() as usize / 8,
+                non_ascii: seen & HIGH != 0,
+            });
+        }
+        i += 8;
+    }
+    let rest = b.get(i..)?;
+    let p = rest
+        .iter()
+        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
+    Some(Run {
+        at: i + p,
+        non_ascii: seen & HIGH != 0 || !rest[..p].is_ascii(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A line exactly as the agent writes it.
+    fn agent_line(offset: u64, part: &str, msg_field: &str) -> String {
+        format!(
+            r#"{{"host":"bench-host","source":"bench","stream":"3f2a9c0d4e5b6a71","fingerprint":"00000000deadbeef","path":"/x/input.log","offset":{offset},"len":210,"part":"{part}","ts":"2026-11-26T10:00:00.000Z",{msg_field}}}"#
+        )
+    }
+
+    fn serde(line: &[u8]) -> Option<WireRecord<'_>> {
+        serde_json::from_slice(line).ok()
+    }
+
+    /// The one rule, for one line: the fast path defers, or it agrees with
+    /// serde_json.
+    fn agrees(line: &[u8]) -> Result<(), TestCaseError> {
+        if let Some(fast) = wire_record(line) {
+            let slow = serde_json::from_slice::<WireRecord<'_>>(line);
+            prop_assert!(
+                slow.is_ok(),
+                "fast path accepted what serde_json refuses ({:?}): {:?}",
+                slow.err(),
+                String::from_utf8_lossy(line)
+            );
+            prop_assert_eq!(fast, slow.unwrap(), "{:?}", String::from_utf8_lossy(line));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reads_agent_lines() {
+        for (line, part) in [
+            (
+                agent_line(123, "whole", r#""msg":"GET \"/\" 200\tok é漢🙂 \u00e9\/""#),
+                Part::Whole,
+            ),
+            (agent_line(0, "head", r#""msg_b64":"/wBvaw==""#), Part::Head),
+            (agent_line(u64::MAX, "tail", r#""msg":"""#), Part::Tail),
+        ] {
+            let fast = wire_record(line.as_bytes()).expect("agent lines take the fast path");
+            assert_eq!(fast, serde(line.as_bytes()).unwrap());
+            assert_eq!(fast.part, part);
+            assert!(matches!(fast.host, Cow::Borrowed("bench-host")));
+        }
+    }
+
+    #[test]
+    fn whitespace_and_key_order_are_fine() {
+        let line =
+            " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[],\"host\":\"h\"} \r";
+        assert_eq!(wire_record(line.as_bytes()), None, "a nested value defers");
+        let line = " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":-0.5e+3,\"host\":\"h\"} \r";
+        assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
+        assert!(wire_record(line.as_bytes()).is_some());
+    }
+
+    /// Lines serde_json refuses or reads differently; each must defer.
+    #[test]
+    fn defers_whatever_is_not_plain() {
+        let base = agent_line(5, "whole", r#""msg":"m""#);
+        let cases = [
+            base.replace(r#""host":"bench-host""#, r#""host":"bench\u002dhost""#),
+            base.replace(r#""host""#, r#""ho\u0073t""#),
+            base.replace(r#""stream":"3f2a9c0d4e5b6a71""#, r#""stream":"3f\n""#),
+            base.replace(r#""offset":5"#, r#""offset":05"#),
+            base.replace(r#""offset":5"#, r#""offset":-5"#),
+            base.replace(r#""offset":5"#, r#""offset":5.0"#),
+            base.replace(r#""offset":5"#, r#""offset":5e0"#),
+            base.replace(r#""offset":5"#, r#""offset":18446744073709551616"#),
+            base.replace(r#""offset":5"#, r#""offset":"5""#),
+            base.replace(r#""part":"whole""#, r#""part":"Whole""#),
+            base.replace(r#""part":"whole""#, r#""part":{"whole":null}"#),
+            base.replace(r#""len":210"#, r#""len":0210"#),
+            base.replace(r#""len":210"#, r#""len":1."#),
+            base.replace(r#""len":210"#, r#""len":tru"#),
+            base.replace(r#""msg":"m""#, r#""msg":"a\x""#),
+            base.replace(r#""msg":"m""#, r#""msg":"\u12""#),
+            base.replace(r#""msg":"m""#, r#""msg":"\u123""#),
+            base.replace(r#""msg":"m""#, r#""msg":"\u00g0""#),
+            base.replace(r#""msg":"m""#, r#""msg":"\U0041""#),
+            base.replace(r#""msg":"m""#, "\"msg\":\"tab\there\""),
+            base.replace(r#""len":210,"#, r#""offset":6,"#),
+            base.replace(r#""len":210,"#, r#""len":210,,"#),
+            base.replace('}', ",}"),
+            base.replace('}', "}x"),
+            base[..base.len() - 1].to_owned(),
+            format!("\x0c{base}"),
+            format!("[{base}]"),
+            "{}".to_owned(),
+        ];
+        for line in &cases {
+            assert_eq!(wire_record(line.as_bytes()), None, "{line}");
+            agrees(line.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn defers_lines_that_are_not_utf8() {
+        let base = agent_line(5, "whole", r#""msg":"caf\u00e9 é""#);
+        for (from, to) in [
+            // serde_json refuses these: a key and a kept value.
+            (&b"\"path\""[..], &b"\"p\xffth\""[..]),
+            (b"bench-host", b"bench-h\xc3st"),
+            // serde_json takes this one (it never decodes `msg`), and
+            // still gets it: the fast path reads only lines that are
+            // UTF-8 all through.
+            ("é".as_bytes(), b"\xe9"),
+        ] {
+            let at = base.find(std::str::from_utf8(from).unwrap()).unwrap();
+            let mut line = base.as_bytes().to_vec();
+            line.splice(at..at + from.len(), to.iter().copied());
+            assert_eq!(
+                wire_record(&line),
+                None,
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+            agrees(&line).unwrap();
+        }
+        assert!(wire_record(base.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn find_special_finds_the_first_in_every_position() {
+        for len in 0..20 {
+            for at in 0..len {
+                for special in [b'"', b'\\', 0, 0x1f] {
+                    let mut v = vec![b'a'; len];
+                    // Bytes that look close to the specials but are not.
+                    for (k, x) in v.iter_mut().enumerate() {
+                        *x = [b'a', 0x20, 0x80, 0xff, b'#', b']', 0xa0, 0x9f][k % 8];
+                    }
+                    v[at] = special;
+                    if at + 1 < len {
+                        v[at + 1] = b'"';
+                    }
+                    let run = find_special(&v, 0).unwrap();
+                    assert_eq!(run.at, at, "{v:?}");
+                    assert!(run.non_ascii || v[..at].is_ascii(), "{v:?}");
+                }
+            }
+            let plain: Vec<u8> = (0..len).map(|k| [b'a', 0x20, 0xff][k % 3]).collect();
+            assert!(find_special(&plain, 0).is_none());
+        }
+    }
+
+    /// A value for an unknown key: mostly flat, sometimes nested or broken.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            4 => any::<i64>().prop_map(|n| n.to_string()),
+            4 => any::<f64>().prop_map(|f| serde_json::to_string(&f).unwrap()),
+            1 => Just("true".to_owned()),
+            1 => Just("false".to_owned()),
+            1 => Just("null".to_owned()),
+            1 => Just("[1,{\"host\":\"x\"}]".to_owned()),
+            1 => Just("{\"offset\":1}".to_owned()),
+            1 => Just("\"\\ud800\"".to_owned()),
+            1 => Just("\"\\uD83D\\uDE00\"".to_owned()),
+            2 => "[-+.0-9eE]{1,6}",
+        ]
+    }
+
+    /// A string for a field the collector keeps: usually plain, sometimes
+    /// with escapes, control bytes or odd characters.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => "[a-z0-9-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            1 => any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            1 => "[a-z\\\\\"\u{1}\u{7f}é/u0-9]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn offset() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => any::<u64>().prop_map(|n| n.to_string()),
+            4 => (0..100u64).prop_map(|n| n.to_string()),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|f| serde_json::to_string(&f).unwrap()),
+            1 => Just("18446744073709551616".to_owned()),
+            1 => "0[0-9]{1,3}|[0-9]{1,3}[.eE][0-9]?|\"[0-9]+\"",
+        ]
+    }
+
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop_oneof![Just("whole"), Just("head"), Just("tail")].prop_map(|p| format!("\"{p}\"")),
+            1 => prop_oneof![Just("\"Whole\""), Just("\"wh\\u006fle\""), Just("{\"head\":null}"), Just("null")].prop_map(str::to_owned),
+        ]
+    }
+
+    /// A line: the agent's fields, shuffled, maybe one dropped, with
+    /// unknown (or repeated) keys and odd whitespace, then mutated at the
+    /// byte level.
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let known = (text(), text(), offset(), part()).prop_map(|(h, s, o, p)| {
+            vec![
+                ("host".to_owned(), h),
+                ("stream".to_owned(), s),
+                ("offset".to_owned(), o),
+                ("part".to_owned(), p),
+            ]
+        });
+        let unknown = proptest::collection::vec(
+            (
+                prop_oneof![
+                    6 => Just("msg".to_owned()),
+                    6 => Just("path".to_owned()),
+                    6 => "[a-z_]{0,6}",
+                    1 => Just("ho\\u0073t".to_owned()),
+                    1 => Just("offset".to_owned()),
+                    1 => Just("host".to_owned()),
+                ],
+                value(),
+            ),
+            0..4,
+        );
+        let fields = (
+            known,
+            unknown,
+            any::<proptest::sample::Index>(),
+            proptest::bool::weighted(0.1),
+        )
+            .prop_map(|(mut fields, unknown, drop, drop_one)| {
+                if drop_one {
+                    fields.remove(drop.index(fields.len()));
+                }
+                fields.extend(unknown);
+                fields
+            })
+            .prop_shuffle();
+        let ws = prop_oneof![
+            40 => Just(""),
+            2 => Just(" "),
+            1 => Just("\t"),
+            1 => Just("\r"),
+            1 => Just("\n"),
+            1 => Just("\x0c"),
+        ];
+        (
+            fields,
+            proptest::collection::vec(ws, 7),
+            prop_oneof![
+                2 => Just(Vec::new()),
+                1 => proptest::collection::vec(mutation(), 1..3),
+            ],
+        )
+            .prop_map(|(fields, ws, mutations)| {
+                let mut s = format!("{}{{", ws[0]);
+                for (k, (key, value)) in fields.iter().enumerate() {
+                    if k > 0 {
+                        s.push_str(ws[1]);
+                        s.push(',');
+                    }
+                    s += &format!("{}\"{key}\"{}:{}{value}", ws[2], ws[3], ws[4]);
+                }
+                s += &format!("{}}}{}", ws[5], ws[6]);
+                let mut bytes = s.into_bytes();
+                for m in mutations {
+                    m.apply(&mut bytes);
+                }
+                bytes
+            })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(proptest::sample::Index, u8),
+        Truncate(proptest::sample::Index),
+        Insert(proptest::sample::Index, &'static [u8]),
+        Delete(proptest::sample::Index),
+    }
+
+    impl Mutation {
+        fn apply(&self, b: &mut Vec<u8>) {
+            if b.is_empty() {
+                return;
+            }
+            match self {
+                Mutation::Flip(at, x) => {
+                    let at = at.index(b.len());
+                    b[at] = *x;
+                }
+                Mutation::Truncate(at) => b.truncate(at.index(b.len())),
+                Mutation::Insert(at, what) => {
+                    let at = at.index(b.len() + 1);
+                    b.splice(at..at, what.iter().copied());
+                }
+                Mutation::Delete(at) => {
+                    b.remove(at.index(b.len()));
+                }
+            }
+        }
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        use proptest::sample::Index;
+        let snippet = prop_oneof![
+            Just(&b"\\"[..]),
+            Just(&b"\""[..]),
+            Just(&b"\\u00"[..]),
+            Just(&b"\\u00e9"[..]),
+            Just(&b"\\u12"[..]),
+            Just(&b"\\u0g"[..]),
+            Just(&b"\\x"[..]),
+            Just(&b"\\ud83d"[..]),
+            Just(&b"\x01"[..]),
+            Just(&b"\x7f"[..]),
+            Just(&b"\xff"[..]),
+            Just(&b"\xc3"[..]),
+            Just(&b"\xc3\xa9"[..]),
+            Just(&b"{"[..]),
+            Just(&b"}"[..]),
+            Just(&b"["[..]),
+            Just(&b","[..]),
+            Just(&b":"[..]),
+            Just(&b" "[..]),
+            Just(&b"0"[..]),
+            Just(&b"-"[..]),
+            Just(&b"."[..]),
+            Just(&b"e"[..]),
+            Just(&b"\"host\":\"h\","[..]),
+            Just(&b"\"offset\":1,"[..]),
+        ];
+        prop_oneof![
+            (any::<Index>(), any::<u8>()).prop_map(|(i, x)| Mutation::Flip(i, x)),
+            any::<Index>().prop_map(Mutation::Truncate),
+            (any::<Index>(), snippet).prop_map(|(i, s)| Mutation::Insert(i, s)),
+            any::<Index>().prop_map(Mutation::Delete),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn defers_or_agrees_with_serde(line in line()) {
+            agrees(&line)?;
+        }
+
+        #[test]
+        fn agent_lines_with_any_message_agree(offset in any::<u64>(), msg in any::<String>(), part in prop_oneof![Just("whole"), Just("head"), Just("tail")]) {
+            let field = format!("\"msg\":{}", serde_json::to_string(&msg).unwrap());
+            let line = agent_line(offset, part, &field);
+            prop_assert!(wire_record(line.as_bytes()).is_some(), "{}", line);
+            agrees(line.as_bytes())?;
+        }
+    }
+}
