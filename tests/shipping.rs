@@ -492,6 +492,104 @@ fn agent_against_a_stopped_collector_delivers_everything_once_it_starts() {
     assert_stored_exactly_once(&c, &a, &want);
 }
 
+/// A TCP relay in front of the collector that can go silent: while it is, bytes in both
+/// directions are read and dropped, which is what a cut cable or a firewall that drops packets
+/// looks like to the agent (no reset, no close, nothing).
+struct Relay {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = silent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (from, into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let s = s.clone();
+                    std::thread::spawn(move || Relay::pump(from, into, &s));
+                }
+            }
+        });
+        Relay { port, silent }
+    }
+
+    fn pump(
+        mut from: std::net::TcpStream,
+        mut into: std::net::TcpStream,
+        silent: &std::sync::atomic::AtomicBool,
+    ) {
+        use std::io::{Read, Write};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                Ok(_) if silent.load(std::sync::atomic::Ordering::SeqCst) => {}
+                Ok(n) => {
+                    if into.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The network goes silent under an open keep-alive connection (the collector neither replies
+/// nor closes): the agent names the silence after `sink.timeout`, commits nothing meanwhile,
+/// and delivers everything exactly once when the network comes back.
+#[test]
+fn a_silent_network_is_named_after_the_timeout_and_loses_nothing() {
+    let mut c = Collector::new(|_| {});
+    c.start();
+    let relay = Relay::start(c.port);
+    let agent = Agent::new(
+        &format!(
+            "type = \"collector\"\nurl = \"https://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
+            relay.port
+        ),
+        "max_records = 500",
+    );
+    agent.enroll_ok(&c);
+    let before = lines("before", 2000);
+    append_lines(&agent.p("logs/app.log"), &before);
+    let a = agent.start();
+    assert_stored_exactly_once(&c, &a, &before);
+    let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
+    wait_for("the first lines committed", PATIENCE, || {
+        agent.committed() == size
+    });
+
+    relay.set_silent(true);
+    let during = lines("during", 3000);
+    append_lines(&agent.p("logs/app.log"), &during);
+    agent.wait_alert(&a, "naming the silence", "no answer from");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.committed(), size, "nothing committed while silent");
+    assert_eq!(c.stored(HOST).len(), before.len());
+
+    relay.set_silent(false);
+    let all: Vec<String> = before.iter().chain(during.iter()).cloned().collect();
+    assert_stored_exactly_once(&c, &a, &all);
+}
+
 #[test]
 fn collector_kill9_mid_batch_then_restart_stores_every_record_exactly_once() {
     let mut c = Collector::new(|_| {});

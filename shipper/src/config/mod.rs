@@ -618,6 +618,15 @@ fn read_sink(
                     true
                 }
             };
+            let timeout = r
+                .duration("timeout", issues)
+                .unwrap_or(crate::sink::collector::IO_TIMEOUT);
+            if timeout.is_zero() {
+                issues.push(ConfigIssue {
+                    key: "sink.timeout".into(),
+                    message: "must be above zero".into(),
+                });
+            }
             let renew_at = renew_at.unwrap_or(2.0 / 3.0);
             if !(renew_at > 0.0 && renew_at < 1.0) {
                 issues.push(ConfigIssue {
@@ -646,6 +655,7 @@ fn read_sink(
                         files,
                         gzip,
                         renew_at,
+                        timeout,
                     },
                 )),
                 _ => None,

@@ -23,9 +23,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The collector answers after its fsync; a slow disk under a 4 MiB batch stays well inside this,
-/// and a stopping agent (which cannot interrupt a request) waits at most this long.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request may go unanswered by default (`sink.timeout`): the collector answers after
+/// its fsync, and a slow disk under a 4 MiB batch stays well inside this. A silent network cut is
+/// noticed after this long, and a stopping agent (which cannot interrupt a request) waits at most
+/// this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The collector closes connections idle for 75 s; ours are retired before that, so a request
 /// never races the server's close.
 const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -91,6 +93,8 @@ pub enum HttpError {
     Io { url: String, source: std::io::Error },
     #[error("{url} closed the connection before replying")]
     Closed { url: String },
+    #[error("no answer from {url} within {secs}s (sink.timeout): the network or the collector went silent")]
+    Silent { url: String, secs: f64 },
     #[error("{url} sent a malformed HTTP reply: {message}")]
     Protocol { url: String, message: String },
 }
@@ -132,6 +136,8 @@ pub struct HttpConn {
     host_header: String,
     /// Bytes read past the previous reply (none with a well-behaved server, but kept honest).
     rbuf: Vec<u8>,
+    /// For each read and write.
+    timeout: Duration,
     pub last_used: Instant,
     /// The server said `Connection: close`.
     pub closing: bool,
@@ -139,6 +145,15 @@ pub struct HttpConn {
 
 impl HttpConn {
     pub fn connect(url: &Url, config: Arc<ClientConfig>) -> Result<HttpConn, HttpError> {
+        Self::connect_with(url, config, IO_TIMEOUT)
+    }
+
+    /// Connects with `timeout` for each read and write (the handshake's included).
+    pub fn connect_with(
+        url: &Url,
+        config: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Result<HttpConn, HttpError> {
         let name = url.to_string();
         let connect_err = |message: String| HttpError::Connect {
             url: name.clone(),
@@ -157,8 +172,8 @@ impl HttpConn {
             source,
         };
         tcp.set_nodelay(true).map_err(io)?;
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-        tcp.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        tcp.set_read_timeout(Some(timeout)).map_err(io)?;
+        tcp.set_write_timeout(Some(timeout)).map_err(io)?;
         let server = tls::server_name(&url.host).map_err(|e| connect_err(e.to_string()))?;
         let conn = ClientConnection::new(config, server).map_err(|source| HttpError::Tls {
             url: name.clone(),
@@ -170,7 +185,7 @@ impl HttpConn {
             stream
                 .conn
                 .complete_io(&mut stream.sock)
-                .map_err(|e| classify(&name, e))?;
+                .map_err(|e| classify(&name, e, timeout))?;
         }
         let host_header = if url.port == 443 {
             url.host.clone()
@@ -182,6 +197,7 @@ impl HttpConn {
             url: name,
             host_header,
             rbuf: Vec::new(),
+            timeout,
             last_used: Instant::now(),
             closing: false,
         })
@@ -225,7 +241,7 @@ impl HttpConn {
             .write_all(head.as_bytes())
             .and_then(|_| self.stream.write_all(body))
             .and_then(|_| self.stream.flush())
-            .map_err(|e| classify(&url, e))?;
+            .map_err(|e| classify(&url, e, self.timeout))?;
         self.last_used = Instant::now();
         Ok(())
     }
@@ -254,7 +270,7 @@ impl HttpConn {
         let n = self
             .stream
             .read(&mut tmp)
-            .map_err(|e| classify(&self.url, e))?;
+            .map_err(|e| classify(&self.url, e, self.timeout))?;
         self.rbuf.extend_from_slice(&tmp[..n]);
         Ok(n)
     }
@@ -365,7 +381,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn classify(url: &str, e: std::io::Error) -> HttpError {
+fn classify(url: &str, e: std::io::Error, timeout: Duration) -> HttpError {
     match tls::rustls_error(&e) {
         Some(r) => HttpError::Tls {
             url: url.to_string(),
@@ -374,6 +390,18 @@ fn classify(url: &str, e: std::io::Error) -> HttpError {
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => HttpError::Closed {
             url: url.to_string(),
         },
+        // A blocking socket's timeout (EAGAIN): nothing came back at all, which a cable cut, a
+        // firewall dropping packets or a stuck collector all look like.
+        None if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) =>
+        {
+            HttpError::Silent {
+                url: url.to_string(),
+                secs: timeout.as_secs_f64(),
+            }
+        }
         None => HttpError::Io {
             url: url.to_string(),
             source: e,
@@ -513,6 +541,8 @@ pub struct CollectorOptions {
     pub files: TlsFiles,
     pub gzip: bool,
     pub renew_at: f64,
+    /// For each read and write of a request (`sink.timeout`).
+    pub timeout: Duration,
 }
 
 pub struct CollectorSink {
@@ -520,6 +550,8 @@ pub struct CollectorSink {
     shared: Arc<Shared>,
     /// `compression = "gzip"`.
     gzip: bool,
+    /// `sink.timeout`.
+    timeout: Duration,
     /// The open connection and the certificate generation it was made with.
     conn: Option<(HttpConn, u64)>,
     /// Replies owed on `conn`, per batch submitted and not yet confirmed, oldest first.
@@ -545,6 +577,7 @@ impl CollectorSink {
         let sink = CollectorSink {
             shared: shared.clone(),
             gzip: opts.gzip,
+            timeout: opts.timeout,
             conn: None,
             pending: VecDeque::new(),
             body: Vec::new(),
@@ -600,7 +633,7 @@ impl CollectorSink {
                 .map_err(|e| self.fail(e.to_string()))?;
             // No local refusal of an expired certificate: the collector's clock decides (an agent
             // whose clock runs ahead must not stop itself); its refusal is explained below.
-            let conn = HttpConn::connect(&self.shared.url, config)
+            let conn = HttpConn::connect_with(&self.shared.url, config, self.timeout)
                 .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
             self.conn = Some((conn, generation));
         }
@@ -835,6 +868,7 @@ mod tests {
         assert_eq!(o.files.ca, Path::new("/var/lib/ls/tls/ca.pem"));
         assert!(o.gzip);
         assert!((o.renew_at - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(o.timeout, Duration::from_secs(60));
         let c = parse("type = \"collector\"\nurl = \"https://c:1\"\ncompression = \"none\"\nca = \"ca.pem\"\nrenew_at = 0.5").unwrap();
         let crate::config::SinkConfig::Collector(o) = c.sink else {
             panic!("not a collector sink")
@@ -846,12 +880,13 @@ mod tests {
 
     #[test]
     fn config_errors_name_their_keys() {
-        let e = parse("type = \"collector\"\nurl = \"http://x\"\ncompression = \"zstd\"\nrenew_at = 1.5\nbogus = 1").unwrap_err();
+        let e = parse("type = \"collector\"\nurl = \"http://x\"\ncompression = \"zstd\"\nrenew_at = 1.5\nbogus = 1\ntimeout = \"0s\"").unwrap_err();
         for key in [
             "sink.url",
             "sink.compression",
             "sink.renew_at",
             "sink.bogus",
+            "sink.timeout",
         ] {
             assert!(e.contains(key), "{key} missing in {e}");
         }
