@@ -93,6 +93,8 @@ pub enum IngestError {
     Encoding(String),
     #[error("line {line}: not a JSON object")]
     NotObject { line: usize },
+    #[error("line {line}: not UTF-8 at byte {at} (bytes that are not text go in `msg_b64`)")]
+    NotUtf8 { line: usize, at: usize },
     #[error("line {line}: {source}")]
     Json {
         line: usize,
@@ -194,10 +196,20 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
         }
         let rec = match scan::wire_record(line) {
             Some(rec) => rec,
-            None => serde_json::from_slice(line).map_err(|source| IngestError::Json {
-                line: line_no,
-                source,
-            })?,
+            None => {
+                // serde_json checks UTF-8 only where it decodes (keys, host, stream, part), not
+                // in the values it skips; a stored line must be JSON, and JSON is UTF-8.
+                if let Err(e) = std::str::from_utf8(line) {
+                    return Err(IngestError::NotUtf8 {
+                        line: line_no,
+                        at: e.valid_up_to(),
+                    });
+                }
+                serde_json::from_slice(line).map_err(|source| IngestError::Json {
+                    line: line_no,
+                    source,
+                })?
+            }
         };
         if rec.host != cert_host {
             return Err(IngestError::HostMismatch {
@@ -291,6 +303,12 @@ mod tests {
     fn malformed_lines_name_the_line() {
         let err = parse_batch(b"{\"host\":\"h\"}\n".to_vec(), "h").unwrap_err();
         assert!(err.to_string().starts_with("line 1:"), "{err}");
+        let mut bad = rec("h", "a", 0, "whole").into_bytes();
+        let at = bad.len() - 20;
+        bad[at] = 0xff;
+        let err = parse_batch(bad, "h").unwrap_err();
+        assert!(matches!(err, IngestError::NotUtf8 { line: 1, .. }), "{err}");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
         let err = parse_batch(b"[1]\n".to_vec(), "h").unwrap_err();
         assert!(matches!(err, IngestError::NotObject { line: 1 }));
         let body = rec("h", "", 0, "whole");
@@ -301,20 +319,22 @@ mod tests {
     }
 
     #[test]
-    fn a_line_with_bad_utf8_in_a_skipped_field_is_kept_as_before() {
-        // serde_json does not check the UTF-8 of values it skips; the fast
-        // path must not start refusing such lines.
+    fn a_line_with_bad_utf8_in_a_skipped_field_is_refused() {
+        // serde_json does not check the UTF-8 of values it skips; a stored
+        // line must still be JSON, which is UTF-8.
         let mut body = rec("h", "a", 0, "whole").into_bytes();
-        let msg = body.windows(5).position(|w| w == b"hello").unwrap();
-        body.splice(msg..msg, *b"\xff");
         body.push(b'\n');
-        body.extend_from_slice(rec("h", "a", 9, "whole").as_bytes());
-        let batch = parse_batch(body, "h").unwrap();
-        assert_eq!(batch.record_count, 2);
+        let second = rec("h", "a", 9, "whole").into_bytes();
+        let msg = body.len() + second.windows(5).position(|w| w == b"hello").unwrap();
+        body.extend_from_slice(&second);
+        body.splice(msg..msg, *b"\xff");
+        let err = parse_batch(body, "h").unwrap_err();
+        assert!(matches!(err, IngestError::NotUtf8 { line: 2, .. }), "{err}");
     }
 
-    /// `parse_batch` as it was before the fast path: serde_json for every
-    /// line. The model the property test below compares with.
+    /// `parse_batch` without the fast path: a whole-line UTF-8 check, then
+    /// serde_json for every line. The model the property test below compares
+    /// with.
     fn parse_with_serde_only(
         body: &[u8],
         cert_host: &str,
@@ -340,6 +360,12 @@ mod tests {
             };
             if text[first] != b'{' {
                 return Err(IngestError::NotObject { line: line_no });
+            }
+            if let Err(e) = std::str::from_utf8(text) {
+                return Err(IngestError::NotUtf8 {
+                    line: line_no,
+                    at: e.valid_up_to(),
+                });
             }
             let rec: WireRecord<'_> =
                 serde_json::from_slice(text).map_err(|source| IngestError::Json {
