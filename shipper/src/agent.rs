@@ -327,16 +327,22 @@ impl Shipping<'_> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "new sink cannot start; keeping the old one");
-                let alert = Alert {
-                    kind: "config_error",
-                    source: None,
-                    stream: None,
-                    path: None,
-                    detail: e.to_string(),
-                };
-                let _ = self.store.lock().expect("store lock").add_alert(&alert);
+                self.alert("config_error", e.to_string());
             }
         }
+    }
+
+    /// An alert about the sink (no source, stream or path); one that cannot be stored is
+    /// already in the log.
+    fn alert(&self, kind: &'static str, detail: String) {
+        let alert = Alert {
+            kind,
+            source: None,
+            stream: None,
+            path: None,
+            detail,
+        };
+        let _ = self.store.lock().expect("store lock").add_alert(&alert);
     }
 
     /// Confirms every batch in flight (redelivering after a failure); false when a stopping
@@ -428,14 +434,7 @@ impl Shipping<'_> {
                     .store(crate::store::now_secs() as u64, Ordering::Relaxed);
             }
             tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
-            let alert = Alert {
-                kind: "sink_error",
-                source: None,
-                stream: None,
-                path: None,
-                detail: text,
-            };
-            let _ = self.store.lock().expect("store lock").add_alert(&alert);
+            self.alert("sink_error", text);
         }
     }
 }
