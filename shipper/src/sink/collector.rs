@@ -681,8 +681,10 @@ impl CollectorSink {
             Ok(()) => Ok(()),
             Err(e) => {
                 // A refusal of an earlier request closes the connection under this write: its
-                // reply, if it made it here, says why better than the broken pipe does.
-                let refusal = match (&mut self.conn, self.pending.is_empty()) {
+                // reply, if it made it here, says why better than the broken pipe does. (Not
+                // after a timeout: a silent peer would only make us wait a second time.)
+                let silent = matches!(e, HttpError::Silent { .. });
+                let refusal = match (&mut self.conn, self.pending.is_empty() || silent) {
                     (Some((c, _)), false) => match c.read_response() {
                         Ok(resp) if resp.status != 200 => Some(self.refused(&resp)),
                         _ => None,
