@@ -417,6 +417,25 @@ impl Conn {
             .expect("request")
     }
 
+    /// Waits up to `DEADLINE` for the server to close this connection
+    /// (EOF or an error), without our sending anything; `when` names the
+    /// event in the failure.
+    fn assert_closed_by_server(&mut self, when: &str) {
+        self.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = [0u8; 64];
+        match self.tls.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("unexpected {n} bytes on a connection the server should close"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "connection not closed within {DEADLINE:?} {when}"
+            ),
+        }
+    }
+
     fn post_json(&mut self, path: &str, body: &Value) -> Response {
         self.request(
             "POST",
@@ -731,19 +750,7 @@ fn revoked_certificate_refused_on_new_connections_and_cut_on_open_ones() {
 
     // The open connection is closed by the server, without us sending
     // anything.
-    open.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut buf = [0u8; 64];
-    match open.tls.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("unexpected {n} bytes on a revoked connection"),
-        Err(e) => assert!(
-            !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "connection not cut within {DEADLINE:?}"
-        ),
-    }
+    open.assert_closed_by_server("after the revoke");
     // Half a second is the design (the poll interval); only the generous
     // read timeout above is asserted, so a loaded machine does not flake.
     eprintln!(
@@ -1439,19 +1446,7 @@ fn an_open_connection_is_closed_when_its_certificate_expires() {
     assert_eq!(resp.status, 200, "{}", resp.text());
 
     // Without sending anything, the server closes the connection at expiry.
-    conn.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut buf = [0u8; 64];
-    match conn.tls.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("unexpected {n} bytes"),
-        Err(e) => assert!(
-            !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "connection not closed within {DEADLINE:?} of expiry"
-        ),
-    }
+    conn.assert_closed_by_server("of expiry");
     // A certificate is valid through its notAfter second; from the next
     // one on, new handshakes are refused.
     poll(|| {

@@ -266,6 +266,15 @@ rescan_interval = "500ms"
             .collect()
     }
 
+    /// Waits until everything in `logs/app.log` is committed; returns its size.
+    fn wait_all_committed(&self) -> u64 {
+        let size = std::fs::metadata(self.p("logs/app.log")).unwrap().len();
+        wait_for("every offset committed", PATIENCE, || {
+            self.committed() == size
+        });
+        size
+    }
+
     /// Waits for a sink_error alert containing `needle` (`what` names it in a timeout).
     fn wait_alert(&self, running: &Proc, what: &str, needle: &str) {
         wait_for(
@@ -375,10 +384,7 @@ fn enrol_then_ship_stores_every_record_exactly_once() {
     assert_stored_exactly_once(&c, &a, &want);
     assert!(!a.stderr_text().contains(PASSWORD));
     // Committed only what the collector acknowledged: by now, all of it.
-    let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
-    wait_for("the offsets to be committed", PATIENCE, || {
-        agent.committed() == size
-    });
+    agent.wait_all_committed();
 }
 
 #[test]
@@ -572,10 +578,7 @@ fn a_silent_network_is_named_after_the_timeout_and_loses_nothing() {
     append_lines(&agent.p("logs/app.log"), &before);
     let a = agent.start();
     assert_stored_exactly_once(&c, &a, &before);
-    let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
-    wait_for("the first lines committed", PATIENCE, || {
-        agent.committed() == size
-    });
+    let size = agent.wait_all_committed();
 
     relay.set_silent(true);
     let during = lines("during", 3000);
@@ -631,10 +634,7 @@ fn revoked_certificate_alerts_commits_nothing_then_reenrolment_delivers() {
     append_lines(&agent.p("logs/app.log"), &before);
     let a = agent.start();
     assert_stored_exactly_once(&c, &a, &before);
-    let committed_before = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
-    wait_for("the first lines committed", PATIENCE, || {
-        agent.committed() == committed_before
-    });
+    let committed_before = agent.wait_all_committed();
 
     c.revoke(HOST);
     let after = lines("after", 300);
@@ -1084,10 +1084,7 @@ fn syslog_over_plain_tcp_survives_a_receiver_restart() {
     wait_for("the first lines at rsyslog", PATIENCE, || {
         msgs(&rs).len() >= first.len()
     });
-    let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
-    wait_for("the first lines committed", PATIENCE, || {
-        agent.committed() == size
-    });
+    let size = agent.wait_all_committed();
 
     rs.stop();
     let second = lines("plain-second", 300);
