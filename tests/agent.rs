@@ -561,28 +561,7 @@ type = "file"
 
 #[test]
 fn the_example_config_from_the_issue_works_as_written() {
-    let env = Env::with_config(
-        r#"
-host_id = "${hostname}"          # default: the hostname
-state_dir = "state"
-
-[defaults]                       # every source inherits these; a source may override any
-fingerprint_bytes = 1024
-max_record_bytes = 65536
-max_file_bytes = 4294967296
-delimiter = "\n"
-detect_compression = true
-
-[sources.app]
-paths = ["logs/app/*.log", "logs/app/*.log.*.gz"]
-exclude = ["*.tmp"]
-break_before = '^\d{4}-\d{2}-\d{2} '
-
-[sink]
-type = "file"
-path = "state/out.ndjson"
-"#,
-    );
+    let env = Env::with_config(include_str!("../examples/issue-example.toml"));
     std::fs::create_dir_all(env.p("logs/app")).unwrap();
     std::fs::write(
         env.p("logs/app/a.log"),

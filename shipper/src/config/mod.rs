@@ -817,26 +817,8 @@ fn absolute_pattern(base: &Path, pattern: &str) -> String {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = r#"
-host_id = "${hostname}"          # default: the hostname
-state_dir = "state"
-
-[defaults]                       # every source inherits these; a source may override any
-fingerprint_bytes = 1024
-max_record_bytes = 65536
-max_file_bytes = 4294967296
-delimiter = "\n"
-detect_compression = true
-
-[sources.app]
-paths = ["logs/app/*.log", "logs/app/*.log.*.gz"]
-exclude = ["*.tmp"]
-break_before = '^\d{4}-\d{2}-\d{2} '
-
-[sink]
-type = "file"
-path = "state/out.ndjson"
-"#;
+    /// The example config of the data-path issue, as written (the end-to-end test runs it too).
+    const EXAMPLE: &str = include_str!("../../../examples/issue-example.toml");
 
     #[test]
     fn the_issue_example_loads_as_written() {
