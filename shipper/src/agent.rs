@@ -579,9 +579,7 @@ mod tests {
                 committed_hash: None,
                 read_offset: generation * 10,
                 size: generation * 10,
-                records: 0,
-                bytes: 0,
-                overlong: 0,
+                ..Checkpoint::default()
             },
         );
         for i in 0..2 {

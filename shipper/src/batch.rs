@@ -242,13 +242,7 @@ mod tests {
         };
         let cp = Checkpoint {
             stream: "00ff".into(),
-            committed_offset: 0,
-            committed_hash: None,
-            read_offset: 0,
-            size: 0,
-            records: 0,
-            bytes: 0,
-            overlong: 0,
+            ..Checkpoint::default()
         };
         let slot = b.add_stream(meta, cp);
         b.push(

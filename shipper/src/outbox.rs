@@ -111,13 +111,7 @@ impl Outbox {
             let slot = *slots.entry(name.clone()).or_insert_with(|| {
                 let cp = Checkpoint {
                     stream: name.clone(),
-                    committed_offset: 0,
-                    committed_hash: None,
-                    read_offset: 0,
-                    size: 0,
-                    records: 0,
-                    bytes: 0,
-                    overlong: 0,
+                    ..Checkpoint::default()
                 };
                 batch.add_stream(meta, cp)
             });

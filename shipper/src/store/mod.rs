@@ -95,7 +95,7 @@ pub struct StreamRow {
 }
 
 /// What one acknowledged batch did to one stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
     pub stream: String,
     pub committed_offset: u64,

@@ -84,9 +84,7 @@ impl Tailer {
             committed_hash: t.consumed_marker,
             read_offset: t.framer.position(),
             size: t.size,
-            records: 0,
-            bytes: 0,
-            overlong: 0,
+            ..Checkpoint::default()
         };
         let s = self.batch.add_stream(t.meta.clone(), cp);
         t.slot = Some((self.batch.generation, s));
