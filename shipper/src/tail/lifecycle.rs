@@ -41,12 +41,7 @@ impl Tailer {
                 .map(|m| m.timeout);
             if let Some(timeout) = timeout {
                 if t.framer.has_pending_record() && t.last_data.elapsed() >= timeout {
-                    let slot = self.slot(&mut t);
-                    let ts = now_ms();
-                    let batch = &mut self.batch;
-                    t.framer
-                        .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
-                    self.update_checkpoint(&mut t, &[]);
+                    self.flush_framer(&mut t, false);
                 }
             }
             let drained = t.at_eof && !t.dirty;
@@ -67,23 +62,30 @@ impl Tailer {
     pub(super) fn truncated(&mut self, mut t: Tracked) {
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %t.id, path = %t.path.display(), "truncated in place; its new content is a new stream");
-        let slot = self.slot(&mut t);
-        let ts = now_ms();
-        let batch = &mut self.batch;
-        t.framer
-            .flush_pending_record(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
-        self.update_checkpoint(&mut t, &[]);
+        self.flush_framer(&mut t, false);
         self.remember(t, StreamState::Truncated);
     }
 
     /// Lets go of a file: what is left goes out, the stream is remembered in `state`.
     pub(super) fn close(&mut self, mut t: Tracked, state: StreamState) {
-        let slot = self.slot(&mut t);
+        self.flush_framer(&mut t, true);
+        self.remember(t, state);
+    }
+
+    /// Hands what the framer holds back to the batch and moves the stream's checkpoint: the
+    /// record waiting for its multiline continuation, or with `finish` everything, a partial
+    /// last line included.
+    fn flush_framer(&mut self, t: &mut Tracked, finish: bool) {
+        let slot = self.slot(t);
         let ts = now_ms();
         let batch = &mut self.batch;
-        t.framer.finish(&mut |r: Rec<'_>| batch.push(slot, &r, ts));
-        self.update_checkpoint(&mut t, &[]);
-        self.remember(t, state);
+        let mut push = |r: Rec<'_>| batch.push(slot, &r, ts);
+        if finish {
+            t.framer.finish(&mut push);
+        } else {
+            t.framer.flush_pending_record(&mut push);
+        }
+        self.update_checkpoint(t, &[]);
     }
 
     pub(super) fn remember(&mut self, t: Tracked, state: StreamState) {
