@@ -23,6 +23,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
 
 
+def thread_cpu(pid):
+    """CPU-seconds per thread name (threads of one name summed): which stage is the limit."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = head.split("(", 1)[1]
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK
+    return out
+
+
 def peak_rss_mib(pid, key="VmHWM"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

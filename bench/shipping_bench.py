@@ -21,7 +21,7 @@ import argparse, os, shutil, signal, sqlite3, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from agent_bench import cpu_seconds, peak_rss_mib, committed, stop  # noqa: E402
+from agent_bench import cpu_seconds, peak_rss_mib, thread_cpu, committed, stop  # noqa: E402
 
 
 def line(i):
@@ -71,6 +71,9 @@ def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
         time.sleep(0.02)
     elapsed = time.monotonic() - t0
     cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+    threads = thread_cpu(p.pid)
+    print("  agent CPU by thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+                                                 if v > 0), flush=True)
     stop(p)
     return elapsed, cpu, rss
 

@@ -100,8 +100,8 @@ pub(crate) fn connect_first(
 /// Ok while it is open, the reason when the peer closed it, reset it or sent a TLS alert.
 /// Whatever plaintext arrived (a session ticket is absorbed by rustls; none else is expected)
 /// is discarded. The socket must be non-blocking for the call.
-pub(crate) fn tls_peer_check(
-    s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+pub(crate) fn tls_peer_check<S: std::io::Read + std::io::Write>(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, S>,
 ) -> Result<(), String> {
     use std::io::Read;
     loop {
