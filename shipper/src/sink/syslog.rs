@@ -397,34 +397,80 @@ fn connect(opts: &SyslogOptions, config: Option<Arc<ClientConfig>>) -> Result<Co
     // The receiver's verdict on our certificate: rsyslog checks it after the handshake and
     // closes with an alert. Silence for this long is taken as acceptance.
     let verdict = (VERDICT_FLOOR + started.elapsed() * 2).min(VERDICT_CAP);
-    s.sock
-        .sock
-        .set_read_timeout(Some(verdict))
-        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        handshake_ms = started.elapsed().as_secs_f64() * 1e3,
+        verdict_ms = verdict.as_secs_f64() * 1e3,
+        "TLS handshake done; waiting for the receiver's verdict on our certificate"
+    );
     let refused = "the receiver closed the connection right after the TLS handshake \
                    (it refused our client certificate, or accepts no client from here)";
-    let mut scratch = [0u8; 512];
-    match s.read(&mut scratch) {
-        Ok(0) => return Err(refused.into()),
-        Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
-        Err(e) => {
-            return Err(tls_failure(
-                "the receiver ended the connection after the TLS handshake",
-                &e,
-            ))
+    // poll(2) keeps to the wait as told; a socket read timeout is rounded up to the kernel's
+    // tick, which added 10-20 ms here.
+    let deadline = Instant::now() + verdict;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !readable_within(&s.sock.sock, left)? {
+            break;
+        }
+        // Something arrived: a goodbye, or a TLS session ticket that rustls absorbs (the read
+        // then finds no plaintext and the wait goes on).
+        s.sock
+            .sock
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let mut scratch = [0u8; 512];
+        let read = s.read(&mut scratch);
+        s.sock
+            .sock
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())?;
+        match read {
+            Ok(0) => return Err(refused.into()),
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused.into()),
+            Err(e) => {
+                return Err(tls_failure(
+                    "the receiver ended the connection after the TLS handshake",
+                    &e,
+                ))
+            }
         }
     }
     s.sock
         .sock
         .set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
+    tracing::debug!("no refusal from the receiver: data may flow");
     Ok(Conn::Tls(Box::new(s)))
+}
+
+/// Whether `sock` has something to read (data, EOF or an error) within `wait`.
+fn readable_within(sock: &TcpStream, wait: Duration) -> Result<bool, String> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: one pollfd, for a socket we own, valid for the call.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                // Counted as readable: the caller's read sees the truth, within what is left.
+                Ok(true)
+            } else {
+                Err(format!("waiting for the receiver's verdict: {e}"))
+            }
+        }
+    }
 }
 
 /// Waits until the receiver's TCP stack has acknowledged every byte up to `upto` (a count of
@@ -654,10 +700,120 @@ impl Sink for SyslogSink {
 mod tests {
     use super::*;
 
+    /// A TLS receiver on loopback that checks our certificate, sends its TLS 1.3 session
+    /// tickets at once (data arrives during the verdict wait that is no refusal), then either
+    /// closes after `refuse_after` (a refusal decided after the handshake) or keeps reading.
+    fn receiver(dir: &std::path::Path, refuse_after: Option<Duration>) -> SyslogOptions {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let (c, k) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (server_cert, server_key) = leaf("127.0.0.1");
+        let client = leaf("host-a");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in tls::load_certs(&dir.join("ca.pem")).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    tls::load_certs(&server_cert).unwrap(),
+                    tls::load_key(&server_key).unwrap(),
+                )
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(config).unwrap();
+            let mut s = StreamOwned::new(conn, tcp);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).unwrap();
+            }
+            // The tickets go out now, before any refusal.
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut s.sock).unwrap();
+            }
+            match refuse_after {
+                Some(after) => std::thread::sleep(after),
+                None => {
+                    let mut buf = [0u8; 4096];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                }
+            }
+        });
+        SyslogOptions {
+            address,
+            tls: Some(SyslogTls {
+                ca: dir.join("ca.pem"),
+                identity: Some(client),
+                server_name: "127.0.0.1".into(),
+            }),
+            app_name: "log-sensor".into(),
+            facility: 1,
+        }
+    }
+
+    fn config_for(opts: &SyslogOptions) -> Arc<ClientConfig> {
+        let t = opts.tls.as_ref().unwrap();
+        tls::Reloading::new(t.ca.clone(), t.identity.clone())
+            .get()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_during_the_verdict_wait_is_named_and_session_tickets_are_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = receiver(dir.path(), Some(Duration::from_millis(100)));
+        let err = connect(&opts, Some(config_for(&opts)))
+            .err()
+            .expect("refused");
+        assert!(err.contains("refused our client certificate"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let opts = receiver(dir.path(), None);
+        let started = Instant::now();
+        let conn = connect(&opts, Some(config_for(&opts)));
+        assert!(conn.is_ok(), "{:?}", conn.err());
+        assert!(
+            started.elapsed() >= VERDICT_FLOOR,
+            "data may flow only after the verdict wait"
+        );
+    }
+
     fn queued(sock: &TcpStream) -> i32 {
         let mut n: libc::c_int = 0;
         // SAFETY: TIOCOUTQ writes one int for a socket we own.
-        assert_eq!(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) }, 0);
+        assert_eq!(
+            unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) },
+            0
+        );
         n
     }
 
