@@ -131,7 +131,7 @@ def free_port():
 
 def collector(args, log, size, n):
     base = os.path.join(args.workdir, "collector")
-    for compression in ("none", "gzip"):
+    for compression in args.compression.split(","):
         shutil.rmtree(base, ignore_errors=True)
         cdir = os.path.join(base, "srv")
         subprocess.run([args.collector, "init", "--dir", cdir, "--name", "127.0.0.1"], check=True,
@@ -189,6 +189,8 @@ def main():
     ap.add_argument("--max-wait", default="1s")
     ap.add_argument("--batch", default="",
                     help='more [batch] keys for the agent, e.g. "max_records = 65536\\nmax_bytes = \\"16MiB\\""')
+    ap.add_argument("--compression", default="none,gzip",
+                    help="the collector sink's compressions to measure, comma-separated")
     ap.add_argument("--profile", action="store_true",
                     help="perf record the agent (and the collector) into WORKDIR/*.perf")
     args = ap.parse_args()
