@@ -956,6 +956,49 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
     assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![0]);
 }
 
+/// The collector parses a body while it arrives; a body the client stops
+/// sending halfway (its complete lines already parsed) must leave nothing
+/// stored, and the whole batch sent again is stored once.
+#[test]
+fn a_body_cut_short_stores_nothing_and_the_batch_sent_again_is_stored_once() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let lines: Vec<String> = (0..4000)
+        .map(|i| record("web-01", "s1", i * 200, "whole"))
+        .collect();
+    let body = batch(&lines);
+    {
+        let mut conn = c.connect(Some(&id));
+        let head = format!(
+            "POST /v1/ingest HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.tls.write_all(head.as_bytes()).unwrap();
+        // Well past the first pieces the collector parses, cut at a line end.
+        let half = body[..body.len() * 2 / 3]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .unwrap()
+            + 1;
+        conn.tls.write_all(&body[..half]).unwrap();
+        conn.tls.flush().unwrap();
+    } // dropped: the connection closes mid-body
+    poll(|| {
+        (metric(&c.metrics(), "log_sensor_collector_batches_refused_total") >= 1.0).then_some(())
+    });
+    let s1 = c.data_file("web-01", "s1");
+    assert!(
+        offsets(&s1).is_empty(),
+        "nothing of a cut body may be stored"
+    );
+    let resp = c.connect(Some(&id)).ingest(&body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["stored"].as_u64(), Some(4000));
+    let expected: Vec<u64> = (0..4000).map(|i| i * 200).collect();
+    assert_eq!(offsets(&s1), expected);
+}
+
 #[test]
 fn traversal_host_and_stream_ids_stay_inside_data() {
     let mut c = Collector::new();

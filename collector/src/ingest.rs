@@ -91,6 +91,8 @@ pub enum IngestError {
     TooLarge { limit: u64 },
     #[error("unsupported Content-Encoding {0:?} (use gzip or none)")]
     Encoding(String),
+    #[error("the body ended before its end")]
+    Cut,
     #[error("line {line}: not a JSON object")]
     NotObject { line: usize },
     #[error("line {line}: not UTF-8 at byte {at} (bytes that are not text go in `msg_b64`)")]
@@ -127,129 +129,194 @@ impl IngestError {
     }
 }
 
-/// Decodes the body per `Content-Encoding`, refusing more than `limit`
-/// decoded bytes.
-pub fn decode_body(
-    body: Vec<u8>,
-    encoding: Option<&str>,
-    limit: u64,
-) -> Result<Vec<u8>, IngestError> {
-    let out = match encoding.map(str::trim) {
-        None | Some("") | Some("identity") => body,
-        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
-            let mut out = Vec::with_capacity(gzip_size_hint(&body, limit));
-            flate2::read::MultiGzDecoder::new(&body[..])
-                .take(limit + 1)
-                .read_to_end(&mut out)
-                .map_err(IngestError::Gzip)?;
-            out
-        }
-        Some(other) => return Err(IngestError::Encoding(other.to_owned())),
-    };
-    if out.len() as u64 > limit {
-        return Err(IngestError::TooLarge { limit });
-    }
-    Ok(out)
-}
-
-/// How much room to make for a gzip body once decoded. Log lines compress
-/// ten to twenty times, so a guess from the compressed size left the
-/// buffer to double (and copy) several times. The gzip trailer ends with
-/// the last member's decoded size (mod 4 GiB); it comes from the peer, so
-/// it is only a first allocation, capped by `limit`, and a wrong one (a
-/// lie, several members) costs a regrowth, never a wrong result.
-fn gzip_size_hint(body: &[u8], limit: u64) -> usize {
-    let announced = match body.len().checked_sub(4) {
-        Some(at) => u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]),
-        None => 0,
-    };
-    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
-    (announced as usize).max(body.len()).min(cap)
-}
-
 /// Parses NDJSON records, grouping them by stream, and refuses the whole
 /// batch if any record is malformed or claims a host other than
 /// `cert_host`.
 pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError> {
-    let mut streams: Vec<StreamRecords> = Vec::new();
-    let mut by_stream: HashMap<String, usize> = HashMap::new();
+    BatchParser::new(cert_host).finish(body)
+}
+
+/// Decodes (per `Content-Encoding`) and parses a body while it is still
+/// arriving through `src`: each piece of up to `PIECE` decoded bytes is
+/// parsed as soon as it is read, so parsing overlaps receiving and
+/// decrypting instead of following them. At most `limit` decoded bytes;
+/// `hint` is the room made up front. Nothing is stored here, so a body
+/// refused at its last line leaves no trace.
+pub fn read_batch(
+    src: impl Read,
+    encoding: Option<&str>,
+    limit: u64,
+    hint: usize,
+    cert_host: &str,
+) -> Result<Batch, IngestError> {
+    read_batch_in_pieces(src, encoding, limit, hint, cert_host, 256 * 1024)
+}
+
+fn read_batch_in_pieces(
+    src: impl Read,
+    encoding: Option<&str>,
+    limit: u64,
+    hint: usize,
+    cert_host: &str,
+    piece: u64,
+) -> Result<Batch, IngestError> {
+    let gzip = match encoding.map(str::trim) {
+        None | Some("") | Some("identity") => false,
+        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => true,
+        Some(other) => return Err(IngestError::Encoding(other.to_owned())),
+    };
+    let mut src: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(src))
+    } else {
+        Box::new(src)
+    };
+    let mut parser = BatchParser::new(cert_host);
+    let mut body = Vec::with_capacity(hint.min(usize::try_from(limit + 1).unwrap_or(usize::MAX)));
+    loop {
+        let room = (limit + 1).saturating_sub(body.len() as u64).min(piece);
+        let n = (&mut src).take(room).read_to_end(&mut body).map_err(|e| {
+            match e.get_ref().and_then(|r| r.downcast_ref::<BodyCut>()) {
+                Some(_) => IngestError::Cut,
+                None if gzip => IngestError::Gzip(e),
+                None => IngestError::Cut,
+            }
+        })?;
+        if body.len() as u64 > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        if n == 0 {
+            return parser.finish(body);
+        }
+        parser.feed(&body)?;
+    }
+}
+
+/// What a body source returns when the body stopped before its end (the
+/// connection failed, or the body was refused while it was read).
+#[derive(Debug, thiserror::Error)]
+#[error("the body ended before its end")]
+pub struct BodyCut;
+
+/// Parses a body line by line as it grows: `feed` reads the complete lines
+/// not read yet, `finish` the last one, and hands over the batch.
+pub struct BatchParser<'h> {
+    cert_host: &'h str,
+    streams: Vec<StreamRecords>,
+    by_stream: HashMap<String, usize>,
     // Batches hold one stream or a few, in runs: checking the last one
     // first saves hashing the id on every line.
-    let mut last_stream = 0;
-    let mut record_count = 0;
-    let mut start = 0;
-    let mut line_no = 0;
-    while start < body.len() {
-        line_no += 1;
-        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
-        let mut range = start..end;
-        start = end + 1;
-        if body[range.clone()].ends_with(b"\r") {
-            range.end -= 1;
+    last_stream: usize,
+    record_count: usize,
+    /// Where the next line starts.
+    start: usize,
+    line_no: usize,
+}
+
+impl<'h> BatchParser<'h> {
+    pub fn new(cert_host: &'h str) -> BatchParser<'h> {
+        BatchParser {
+            cert_host,
+            streams: Vec::new(),
+            by_stream: HashMap::new(),
+            last_stream: 0,
+            record_count: 0,
+            start: 0,
+            line_no: 0,
         }
-        let line = &body[range.clone()];
-        let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
-            continue;
-        };
-        if line[first] != b'{' {
-            return Err(IngestError::NotObject { line: line_no });
-        }
-        let rec = match scan::wire_record(line) {
-            Some(rec) => rec,
-            None => {
-                // serde_json checks UTF-8 only where it decodes (keys, host, stream, part), not
-                // in the values it skips; a stored line must be JSON, and JSON is UTF-8.
-                if let Err(e) = std::str::from_utf8(line) {
-                    return Err(IngestError::NotUtf8 {
-                        line: line_no,
-                        at: e.valid_up_to(),
-                    });
-                }
-                serde_json::from_slice(line).map_err(|source| IngestError::Json {
-                    line: line_no,
-                    source,
-                })?
-            }
-        };
-        if rec.host != cert_host {
-            return Err(IngestError::HostMismatch {
-                line: line_no,
-                record: rec.host.into_owned(),
-                cert: cert_host.to_owned(),
-            });
-        }
-        names::check_id(&rec.stream).map_err(|source| IngestError::BadId {
-            line: line_no,
-            field: "stream",
-            source,
-        })?;
-        let idx = match streams.get(last_stream) {
-            Some(s) if s.stream == rec.stream => last_stream,
-            _ => match by_stream.get(rec.stream.as_ref()) {
-                Some(i) => *i,
-                None => {
-                    streams.push(StreamRecords {
-                        stream: rec.stream.clone().into_owned(),
-                        records: Vec::new(),
-                    });
-                    by_stream.insert(rec.stream.into_owned(), streams.len() - 1);
-                    streams.len() - 1
-                }
-            },
-        };
-        last_stream = idx;
-        streams[idx].records.push(Record {
-            offset: rec.offset,
-            part: rec.part,
-            line: range,
-        });
-        record_count += 1;
     }
-    Ok(Batch {
-        body,
-        streams,
-        record_count,
-    })
+
+    /// Parses the lines of `body` (the body so far) that end in a newline
+    /// and were not parsed yet.
+    pub fn feed(&mut self, body: &[u8]) -> Result<(), IngestError> {
+        match memchr::memrchr(b'\n', &body[self.start.min(body.len())..]) {
+            Some(i) => self.parse(body, self.start + i + 1),
+            None => Ok(()),
+        }
+    }
+
+    /// Parses what is left of the whole body and returns the batch.
+    pub fn finish(mut self, body: Vec<u8>) -> Result<Batch, IngestError> {
+        self.parse(&body, body.len())?;
+        Ok(Batch {
+            body,
+            streams: self.streams,
+            record_count: self.record_count,
+        })
+    }
+
+    fn parse(&mut self, body: &[u8], upto: usize) -> Result<(), IngestError> {
+        while self.start < upto {
+            self.line_no += 1;
+            let line_no = self.line_no;
+            let start = self.start;
+            let end = memchr::memchr(b'\n', &body[start..upto]).map_or(upto, |i| start + i);
+            let mut range = start..end;
+            self.start = end + 1;
+            if body[range.clone()].ends_with(b"\r") {
+                range.end -= 1;
+            }
+            let line = &body[range.clone()];
+            let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
+                continue;
+            };
+            if line[first] != b'{' {
+                return Err(IngestError::NotObject { line: line_no });
+            }
+            let rec = match scan::wire_record(line) {
+                Some(rec) => rec,
+                None => {
+                    // serde_json checks UTF-8 only where it decodes (keys, host, stream, part), not
+                    // in the values it skips; a stored line must be JSON, and JSON is UTF-8.
+                    if let Err(e) = std::str::from_utf8(line) {
+                        return Err(IngestError::NotUtf8 {
+                            line: line_no,
+                            at: e.valid_up_to(),
+                        });
+                    }
+                    serde_json::from_slice(line).map_err(|source| IngestError::Json {
+                        line: line_no,
+                        source,
+                    })?
+                }
+            };
+            if rec.host != self.cert_host {
+                return Err(IngestError::HostMismatch {
+                    line: line_no,
+                    record: rec.host.into_owned(),
+                    cert: self.cert_host.to_owned(),
+                });
+            }
+            names::check_id(&rec.stream).map_err(|source| IngestError::BadId {
+                line: line_no,
+                field: "stream",
+                source,
+            })?;
+            let streams = &mut self.streams;
+            let idx = match streams.get(self.last_stream) {
+                Some(s) if s.stream == rec.stream => self.last_stream,
+                _ => match self.by_stream.get(rec.stream.as_ref()) {
+                    Some(i) => *i,
+                    None => {
+                        streams.push(StreamRecords {
+                            stream: rec.stream.clone().into_owned(),
+                            records: Vec::new(),
+                        });
+                        self.by_stream
+                            .insert(rec.stream.into_owned(), streams.len() - 1);
+                        streams.len() - 1
+                    }
+                },
+            };
+            self.last_stream = idx;
+            streams[idx].records.push(Record {
+                offset: rec.offset,
+                part: rec.part,
+                line: range,
+            });
+            self.record_count += 1;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -457,6 +524,20 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig { cases: 5_000, ..ProptestConfig::default() })]
             #[test]
+            fn read_in_any_pieces_agrees_with_parse_batch(
+                body in body(),
+                sizes in proptest::collection::vec(1usize..600, 1..8),
+                piece in 1u64..700,
+                gz in any::<bool>(),
+            ) {
+                let want = parse_batch(body.clone(), "h").map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
+                let wire = if gz { gzip(&body) } else { body.clone() };
+                let src = Chunky { data: &wire, sizes, next: 0 };
+                let got = read_batch_in_pieces(src, gz.then_some("gzip"), 1 << 20, 0, "h", piece).map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
+                prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
+            }
+
+            #[test]
             fn parse_batch_agrees_with_serde_only(body in body()) {
                 let want = parse_with_serde_only(&body, "h").map_err(|e| e.to_string());
                 let got = parse_batch(body.clone(), "h")
@@ -467,40 +548,90 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gzip_is_decoded_and_bounded() {
+    /// Hands out `data` in the sizes given, again and again, like a body
+    /// arriving in TLS records of any size.
+    struct Chunky<'a> {
+        data: &'a [u8],
+        sizes: Vec<usize>,
+        next: usize,
+    }
+
+    impl Read for Chunky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let want = self.sizes[self.next % self.sizes.len()].max(1);
+            self.next += 1;
+            let n = want.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&vec![b'a'; 5000]).unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(
-            decode_body(gz.clone(), Some("gzip"), 5000).unwrap().len(),
-            5000
-        );
-        assert!(matches!(
-            decode_body(gz, Some("gzip"), 4999),
-            Err(IngestError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            decode_body(vec![1, 2], Some("br"), 10),
-            Err(IngestError::Encoding(_))
-        ));
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn lines(n: u64) -> Vec<u8> {
+        (0..n)
+            .map(|i| rec("h", "a", i, "whole") + "\n")
+            .collect::<String>()
+            .into_bytes()
     }
 
     #[test]
-    fn gzip_room_comes_from_the_trailer_within_the_limit() {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&vec![b'a'; 5000]).unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(gzip_size_hint(&gz, 1 << 20), 5000);
-        assert_eq!(gzip_size_hint(&gz, 4000), 4001, "capped by the limit");
-        assert_eq!(
-            gzip_size_hint(&[0; 100], 1 << 20),
-            100,
-            "never below the body"
-        );
-        assert_eq!(gzip_size_hint(&[0xff; 8], 1 << 20), (1 << 20) + 1, "a lie");
-        assert_eq!(gzip_size_hint(&[1, 2, 3], 1 << 20), 3);
+    fn gzip_is_decoded_and_bounded() {
+        let plain = lines(40);
+        let gz = gzip(&plain);
+        let whole = |limit| read_batch(&gz[..], Some("gzip"), limit, 0, "h");
+        let batch = whole(plain.len() as u64).unwrap();
+        assert_eq!((batch.record_count, batch.body), (40, plain.clone()));
+        assert!(matches!(
+            whole(plain.len() as u64 - 1),
+            Err(IngestError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_batch(&plain[..], None, plain.len() as u64 - 1, 0, "h"),
+            Err(IngestError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_batch(&[1u8, 2][..], Some("br"), 10, 0, "h"),
+            Err(IngestError::Encoding(_))
+        ));
+        let truncated = &gz[..gz.len() - 10];
+        assert!(matches!(
+            read_batch(truncated, Some("gzip"), 1 << 20, 0, "h"),
+            Err(IngestError::Gzip(_))
+        ));
+    }
+
+    /// A body whose source fails (the connection broke, or the pump
+    /// refused it) is never a batch, whatever came before.
+    #[test]
+    fn a_body_cut_short_is_no_batch() {
+        struct Cut<'a>(&'a [u8]);
+        impl Read for Cut<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other(BodyCut));
+                }
+                let n = self.0.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let plain = lines(3);
+        assert!(matches!(
+            read_batch(Cut(&plain), None, 1 << 20, 0, "h"),
+            Err(IngestError::Cut)
+        ));
+        let gz = gzip(&plain);
+        assert!(matches!(
+            read_batch(Cut(&gz), Some("gzip"), 1 << 20, 0, "h"),
+            Err(IngestError::Cut)
+        ));
     }
 }

@@ -31,7 +31,7 @@ use crate::alerts::AlertLog;
 use crate::config::{Config, Layout};
 use crate::db::{CertState, Db};
 use crate::enroll::{EnrollError, EnrollRequest, Enroller, RenewRequest};
-use crate::ingest::{decode_body, parse_batch, IngestError};
+use crate::ingest::{read_batch, BodyCut, IngestError};
 use crate::metrics::{Metrics, RefusedReason};
 use crate::pki::{unix_now, Ca};
 use crate::ratelimit::Limiter;
@@ -394,10 +394,9 @@ fn authorize<'a>(
     Ok(id)
 }
 
-/// Reads a whole body into one `Vec`, sized up front from Content-Length
-/// (which `Limited` caps at `limit`), so each frame is copied once.
-/// Collecting the frames, then flattening them into `Bytes` and into a
-/// `Vec`, copied an ingest body up to twice more.
+/// Reads a whole (small) body into one `Vec`, sized up front from
+/// Content-Length (which `Limited` caps at `limit`), so each frame is
+/// copied once.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
     let mut body = Limited::new(req.into_body(), limit);
     let expected = hyper::body::Body::size_hint(&body).lower();
@@ -409,17 +408,110 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Repl
                     out.extend_from_slice(data);
                 }
             }
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(error(
-                    413,
-                    "too_large",
-                    format!("body larger than {limit} bytes"),
-                ))
-            }
-            Err(e) => return Err(error(400, "bad_body", format!("reading body: {e}"))),
+            Err(e) => return Err(body_error(e, limit as u64)),
         }
     }
     Ok(out)
+}
+
+fn body_error(e: Box<dyn std::error::Error + Send + Sync>, limit: u64) -> Reply {
+    if e.is::<http_body_util::LengthLimitError>() {
+        error(413, "too_large", format!("body larger than {limit} bytes"))
+    } else {
+        error(400, "bad_body", format!("reading body: {e}"))
+    }
+}
+
+/// A piece of an ingest body on its way to the worker parsing it; `End`
+/// says the body arrived whole (without it the worker stores nothing).
+enum Piece {
+    Data(Vec<Bytes>),
+    End,
+}
+
+/// Hands the body's frames to the worker in pieces of at least this much:
+/// a wake-up per TLS record would cost more than the parsing it overlaps.
+const PIECE: usize = 256 * 1024;
+
+/// Reads the body and hands it over. Err is the reply when the body was too
+/// large or broken; Ok also when the worker stopped taking it (its result
+/// says why).
+async fn pump_body(
+    mut body: Limited<Incoming>,
+    limit: u64,
+    tx: mpsc::Sender<Piece>,
+) -> Result<(), Reply> {
+    let mut group = Vec::new();
+    let mut size = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    size += data.len();
+                    group.push(data);
+                    if size >= PIECE {
+                        size = 0;
+                        if tx
+                            .send(Piece::Data(std::mem::take(&mut group)))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(body_error(e, limit)),
+        }
+    }
+    if !group.is_empty() && tx.send(Piece::Data(group)).await.is_err() {
+        return Ok(());
+    }
+    let _ = tx.send(Piece::End).await;
+    Ok(())
+}
+
+/// The worker's side of the body: `Read` over the pieces as they come.
+struct Pieces {
+    rx: mpsc::Receiver<Piece>,
+    queue: std::collections::VecDeque<Bytes>,
+    ended: bool,
+}
+
+impl Pieces {
+    fn new(rx: mpsc::Receiver<Piece>) -> Pieces {
+        Pieces {
+            rx,
+            queue: Default::default(),
+            ended: false,
+        }
+    }
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(front) = self.queue.front_mut() {
+                let n = front.len().min(buf.len());
+                buf[..n].copy_from_slice(&front[..n]);
+                bytes::Buf::advance(front, n);
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Piece::Data(pieces)) => self
+                    .queue
+                    .extend(pieces.into_iter().filter(|b| !b.is_empty())),
+                Some(Piece::End) => self.ended = true,
+                None => return Err(std::io::Error::other(BodyCut)),
+            }
+        }
+    }
 }
 
 /// Runs blocking work (argon2, fsync) off the async workers.
@@ -529,35 +621,48 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
         .headers()
         .get(CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let body = match read_body(req, limit as usize).await {
-        Ok(b) => b,
-        Err(reply) => {
-            collector.metrics.batches_refused.fetch_add(1, Relaxed);
-            return reply;
-        }
-    };
+    // The body is read here and parsed on a blocking thread as it
+    // arrives; the room for it comes from Content-Length (capped by
+    // `Limited`), times a typical ratio when it is gzip.
+    let body = Limited::new(req.into_body(), limit as usize);
+    let announced = hyper::body::Body::size_hint(&body).lower();
+    let gzip = encoding
+        .as_deref()
+        .is_some_and(|e| e.to_ascii_lowercase().contains("gzip"));
+    let hint =
+        usize::try_from(announced.saturating_mul(if gzip { 12 } else { 1 })).unwrap_or(usize::MAX);
+    let (tx, rx) = mpsc::channel(4);
     let c = Arc::clone(collector);
     let (serial, host) = (id.serial.clone(), id.host.clone());
-    let result = blocking(move || -> Result<(usize, usize, crate::storage::StoreOutcome), IngestFailure> {
-        // The cached revoked set may be half a second old; the database
-        // is not.
-        if c.db.cert_state(&serial)? == CertState::Revoked {
-            return Err(IngestFailure::Revoked);
-        }
-        let decoded = decode_body(body, encoding.as_deref(), limit)?;
-        let bytes = decoded.len();
-        let batch = parse_batch(decoded, &host)?;
-        let outcome = c.storage.store(&host, &batch)?;
-        for alert in &outcome.alerts {
-            c.metrics.alerts.fetch_add(1, Relaxed);
-            tracing::warn!(host = %alert.host_id, stream = %alert.stream, offset = alert.at_offset, count = alert.count, "over-length streak");
-            if let Err(e) = c.alert_log.write(alert) {
-                tracing::error!(error = %e, "cannot write alert");
+    let work = tokio::task::spawn_blocking(
+        move || -> Result<(usize, usize, crate::storage::StoreOutcome), IngestFailure> {
+            // The cached revoked set may be half a second old; the database
+            // is not.
+            if c.db.cert_state(&serial)? == CertState::Revoked {
+                return Err(IngestFailure::Revoked);
             }
-        }
-        Ok((batch.record_count, bytes, outcome))
-    })
-    .await;
+            let batch = read_batch(Pieces::new(rx), encoding.as_deref(), limit, hint, &host)?;
+            let bytes = batch.body.len();
+            let outcome = c.storage.store(&host, &batch)?;
+            for alert in &outcome.alerts {
+                c.metrics.alerts.fetch_add(1, Relaxed);
+                tracing::warn!(host = %alert.host_id, stream = %alert.stream, offset = alert.at_offset, count = alert.count, "over-length streak");
+                if let Err(e) = c.alert_log.write(alert) {
+                    tracing::error!(error = %e, "cannot write alert");
+                }
+            }
+            Ok((batch.record_count, bytes, outcome))
+        },
+    );
+    let pumped = pump_body(body, limit, tx).await;
+    let result = work
+        .await
+        .map_err(|e| error(500, "internal", format!("worker failed: {e}")));
+    if let Err(reply) = pumped {
+        // The worker saw the body cut short and stored nothing.
+        collector.metrics.batches_refused.fetch_add(1, Relaxed);
+        return reply;
+    }
     let m = &collector.metrics;
     match result {
         Ok(Ok((records, bytes, outcome))) => {
