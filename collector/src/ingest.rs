@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -143,7 +143,7 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
 /// `hint` is the room made up front. Nothing is stored here, so a body
 /// refused at its last line leaves no trace.
 pub fn read_batch(
-    src: impl Read,
+    src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
     hint: usize,
@@ -153,7 +153,7 @@ pub fn read_batch(
 }
 
 fn read_batch_in_pieces(
-    src: impl Read,
+    src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
     hint: usize,
@@ -165,22 +165,43 @@ fn read_batch_in_pieces(
         Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => true,
         Some(other) => return Err(IngestError::Encoding(other.to_owned())),
     };
-    let mut src: Box<dyn Read + '_> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(src))
-    } else {
-        Box::new(src)
+    let failed = |e: std::io::Error| match e.get_ref().and_then(|r| r.downcast_ref::<BodyCut>()) {
+        Some(_) => IngestError::Cut,
+        None if gzip => IngestError::Gzip(e),
+        None => IngestError::Cut,
     };
     let mut parser = BatchParser::new(cert_host);
     let mut body = Vec::with_capacity(hint.min(usize::try_from(limit + 1).unwrap_or(usize::MAX)));
+    enum Decode<R: BufRead> {
+        Plain(R),
+        Gzip(flate2::bufread::MultiGzDecoder<R>),
+    }
+    let mut src = if gzip {
+        Decode::Gzip(flate2::bufread::MultiGzDecoder::new(src))
+    } else {
+        Decode::Plain(src)
+    };
     loop {
         let room = (limit + 1).saturating_sub(body.len() as u64).min(piece);
-        let n = (&mut src).take(room).read_to_end(&mut body).map_err(|e| {
-            match e.get_ref().and_then(|r| r.downcast_ref::<BodyCut>()) {
-                Some(_) => IngestError::Cut,
-                None if gzip => IngestError::Gzip(e),
-                None => IngestError::Cut,
+        let n = match &mut src {
+            Decode::Gzip(d) => d.take(room).read_to_end(&mut body).map_err(failed)?,
+            // Plain bodies are appended straight from the source's buffers:
+            // `read_to_end` would zero the room first.
+            Decode::Plain(src) => {
+                let (mut n, room) = (0, room as usize);
+                while n < room {
+                    let chunk = src.fill_buf().map_err(failed)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let take = chunk.len().min(room - n);
+                    body.extend_from_slice(&chunk[..take]);
+                    src.consume(take);
+                    n += take;
+                }
+                n
             }
-        })?;
+        };
         if body.len() as u64 > limit {
             return Err(IngestError::TooLarge { limit });
         }
@@ -532,7 +553,7 @@ mod tests {
             ) {
                 let want = parse_batch(body.clone(), "h").map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
                 let wire = if gz { gzip(&body) } else { body.clone() };
-                let src = Chunky { data: &wire, sizes, next: 0 };
+                let src = std::io::BufReader::with_capacity(97, Chunky { data: &wire, sizes, next: 0 });
                 let got = read_batch_in_pieces(src, gz.then_some("gzip"), 1 << 20, 0, "h", piece).map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
                 prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
             }
@@ -625,12 +646,18 @@ mod tests {
         }
         let plain = lines(3);
         assert!(matches!(
-            read_batch(Cut(&plain), None, 1 << 20, 0, "h"),
+            read_batch(std::io::BufReader::new(Cut(&plain)), None, 1 << 20, 0, "h"),
             Err(IngestError::Cut)
         ));
         let gz = gzip(&plain);
         assert!(matches!(
-            read_batch(Cut(&gz), Some("gzip"), 1 << 20, 0, "h"),
+            read_batch(
+                std::io::BufReader::new(Cut(&gz)),
+                Some("gzip"),
+                1 << 20,
+                0,
+                "h"
+            ),
             Err(IngestError::Cut)
         ));
     }

@@ -488,21 +488,9 @@ impl Pieces {
     }
 }
 
-impl std::io::Read for Pieces {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if let Some(front) = self.queue.front_mut() {
-                let n = front.len().min(buf.len());
-                buf[..n].copy_from_slice(&front[..n]);
-                bytes::Buf::advance(front, n);
-                if front.is_empty() {
-                    self.queue.pop_front();
-                }
-                return Ok(n);
-            }
-            if self.ended {
-                return Ok(0);
-            }
+impl std::io::BufRead for Pieces {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.queue.is_empty() && !self.ended {
             match self.rx.blocking_recv() {
                 Some(Piece::Data(pieces)) => self
                     .queue
@@ -511,6 +499,27 @@ impl std::io::Read for Pieces {
                 None => return Err(std::io::Error::other(BodyCut)),
             }
         }
+        Ok(self.queue.front().map_or(&[][..], |b| &b[..]))
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Some(front) = self.queue.front_mut() {
+            bytes::Buf::advance(front, n);
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+        }
+    }
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let chunk = self.fill_buf()?;
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
