@@ -999,6 +999,79 @@ fn a_body_cut_short_stores_nothing_and_the_batch_sent_again_is_stored_once() {
     assert_eq!(offsets(&s1), expected);
 }
 
+/// Sends an ingest request's head and the first bytes of its body, then
+/// nothing more: a stalled network, or a hostile host holding a slot.
+fn stall_ingest(conn: &mut Conn, line: &str) {
+    let head = format!(
+        "POST /v1/ingest HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        line.len() + 1000
+    );
+    conn.tls.write_all(head.as_bytes()).unwrap();
+    conn.tls.write_all(line.as_bytes()).unwrap();
+    conn.tls.flush().unwrap();
+}
+
+fn set_config(cfg: &mut String, key: &str, from: &str, to: &str) {
+    let (old, new) = (format!("{key} = {from}"), format!("{key} = {to}"));
+    assert!(cfg.contains(&old), "{old} not in {cfg}");
+    *cfg = cfg.replace(&old, &new);
+}
+
+/// One host stalling as many bodies as the collector reads at once must
+/// not stop another host's batches: a host has its own share of the slots.
+#[test]
+fn a_host_stalling_its_bodies_cannot_take_every_slot() {
+    let mut c = Collector::with_config(|cfg| {
+        // Long enough that only the per-host share can let web-02 through.
+        set_config(cfg, "body_timeout_secs", "30", "600");
+    });
+    c.start();
+    let (a, b) = (c.enroll("web-01"), c.enroll("web-02"));
+    let line = record("web-01", "s1", 0, "whole") + "\n";
+    let mut stalled: Vec<Conn> = (0..4).map(|_| c.connect(Some(&a))).collect();
+    for conn in &mut stalled {
+        stall_ingest(conn, &line);
+    }
+    // web-01's bodies hold every slot they can get before web-02 asks.
+    poll(|| {
+        (metric(&c.metrics(), "log_sensor_collector_batches_in_progress") >= 2.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let resp = c
+        .connect(Some(&b))
+        .ingest(&batch(&[record("web-02", "s1", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(offsets(&c.data_file("web-02", "s1")), vec![0]);
+    assert!(offsets(&c.data_file("web-01", "s1")).is_empty());
+}
+
+/// A body that stops arriving is cut after `body_timeout_secs` with a 408
+/// naming the setting, its slot is freed for the next batch, and nothing of
+/// it is stored.
+#[test]
+fn a_stalled_body_is_cut_and_frees_its_slot() {
+    let mut c = Collector::with_config(|cfg| {
+        set_config(cfg, "body_timeout_secs", "30", "1");
+        set_config(cfg, "max_concurrent_batches", "4", "1");
+    });
+    c.start();
+    let id = c.enroll("web-01");
+    let mut stalled = c.connect(Some(&id));
+    stall_ingest(&mut stalled, &(record("web-01", "s1", 0, "whole") + "\n"));
+    // Waits for the only slot, which the stalled body holds until it is cut.
+    let resp = c
+        .connect(Some(&id))
+        .ingest(&batch(&[record("web-01", "s1", 200, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let cut = stalled
+        .read_response()
+        .expect("a reply to the stalled body");
+    assert_eq!(cut.status, 408);
+    assert!(cut.text().contains("body_timeout_secs"), "{}", cut.text());
+    stalled.assert_closed_by_server("after a 408");
+    assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![200]);
+}
+
 #[test]
 fn traversal_host_and_stream_ids_stay_inside_data() {
     let mut c = Collector::new();

@@ -110,6 +110,14 @@ pub struct Config {
     /// senders feel TCP back-pressure). Bounds memory to about this many
     /// times three `max_batch_bytes`.
     pub max_concurrent_batches: u32,
+    /// Batches one host may have being read or stored at once; its further
+    /// ones wait. One host (stuck, or hostile) can then never hold every
+    /// slot and stall the fleet.
+    pub max_batches_per_host: u32,
+    /// A body that stops arriving for this long is cut (408) and its slot
+    /// freed: a silent network or a client trickling nothing holds no slot
+    /// for longer.
+    pub body_timeout_secs: u64,
     pub rate_limit: RateLimit,
 }
 
@@ -121,6 +129,8 @@ impl Default for Config {
             overlong_alert_after: 10,
             max_batch_bytes: 64 * 1024 * 1024,
             max_concurrent_batches: 4,
+            max_batches_per_host: 2,
+            body_timeout_secs: 30,
             rate_limit: RateLimit::default(),
         }
     }
@@ -157,6 +167,12 @@ impl Config {
         }
         if self.max_concurrent_batches == 0 {
             return Err(invalid("max_concurrent_batches", "must be at least 1"));
+        }
+        if self.max_batches_per_host == 0 {
+            return Err(invalid("max_batches_per_host", "must be at least 1"));
+        }
+        if self.body_timeout_secs == 0 {
+            return Err(invalid("body_timeout_secs", "must be at least 1"));
         }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub enrol_rate_limited: AtomicU64,
     pub alerts: AtomicU64,
     pub connections_cut: AtomicU64,
+    /// A gauge: ingest batches holding a slot (being read or stored).
+    pub batches_in_progress: AtomicU64,
 }
 
 impl Metrics {
@@ -129,6 +131,13 @@ impl Metrics {
             "connections_cut_total",
             "Open connections closed after revocation or expiry.",
             &self.connections_cut,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP log_sensor_collector_batches_in_progress Ingest batches being read or stored now.\n\
+             # TYPE log_sensor_collector_batches_in_progress gauge\n\
+             log_sensor_collector_batches_in_progress {}",
+            self.batches_in_progress.load(Relaxed)
         );
         let _ = writeln!(out, "# HELP log_sensor_collector_refused_handshakes_total TLS handshakes refused, by reason.");
         let _ = writeln!(

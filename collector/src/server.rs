@@ -6,7 +6,7 @@
 //! every connection is told to finish (idle ones close at once), then
 //! `serve` waits for the last one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +76,23 @@ pub struct Collector {
     /// One permit per batch being read or stored, so a fleet uploading at
     /// once cannot hold unbounded memory.
     pub ingest_slots: tokio::sync::Semaphore,
+    /// Per host, `max_batches_per_host` permits, taken before a global slot.
+    host_slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Collector {
+    /// The host's own ingest permits; hosts with none in use are forgotten
+    /// once many are known.
+    fn host_slots(&self, host: &str) -> Arc<tokio::sync::Semaphore> {
+        let per_host = self.config.max_batches_per_host as usize;
+        let mut map = self.host_slots.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 1024 && !map.contains_key(host) {
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < per_host);
+        }
+        map.entry(host.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_host)))
+            .clone()
+    }
 }
 
 /// A collector ready to serve: shared state, TLS acceptor and the sender
@@ -132,6 +149,7 @@ impl Server {
                 alert_log,
                 revoked,
                 ingest_slots,
+                host_slots: Default::default(),
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             poll_db: tls_db,
@@ -422,6 +440,22 @@ fn body_error(e: Box<dyn std::error::Error + Send + Sync>, limit: u64) -> Reply 
     }
 }
 
+/// Counts a batch in `batches_in_progress` while it lives.
+struct InProgress(Arc<Metrics>);
+
+impl InProgress {
+    fn count(metrics: &Arc<Metrics>) -> InProgress {
+        metrics.batches_in_progress.fetch_add(1, Relaxed);
+        InProgress(Arc::clone(metrics))
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.batches_in_progress.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A piece of an ingest body on its way to the worker parsing it; `End`
 /// says the body arrived whole (without it the worker stores nothing).
 enum Piece {
@@ -434,16 +468,25 @@ enum Piece {
 const PIECE: usize = 256 * 1024;
 
 /// Reads the body and hands it over. Err is the reply when the body was too
-/// large or broken; Ok also when the worker stopped taking it (its result
-/// says why).
+/// large, broken, or stopped arriving for `stall`; Ok also when the worker
+/// stopped taking it (its result says why).
 async fn pump_body(
     mut body: Limited<Incoming>,
     limit: u64,
+    stall: Duration,
     tx: mpsc::Sender<Piece>,
 ) -> Result<(), Reply> {
     let mut group = Vec::new();
     let mut size = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(error(
+                408,
+                "body_timeout",
+                format!("no body bytes for {}s (body_timeout_secs)", stall.as_secs()),
+            ));
+        };
+        let Some(frame) = next else { break };
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
@@ -622,9 +665,15 @@ enum IngestFailure {
 
 async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Incoming>) -> Reply {
     // Taken before the body is read: waiting senders hold no memory here.
+    // The host's own permit first, so a host waiting on itself holds no
+    // global slot.
+    let Ok(_host_slot) = collector.host_slots(&id.host).acquire_owned().await else {
+        return error(503, "shutting_down", "collector is shutting down");
+    };
     let Ok(_slot) = collector.ingest_slots.acquire().await else {
         return error(503, "shutting_down", "collector is shutting down");
     };
+    let _in_progress = InProgress::count(&collector.metrics);
     let limit = collector.config.max_batch_bytes;
     let encoding = req
         .headers()
@@ -663,7 +712,8 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             Ok((batch.record_count, bytes, outcome))
         },
     );
-    let pumped = pump_body(body, limit, tx).await;
+    let stall = Duration::from_secs(collector.config.body_timeout_secs);
+    let pumped = pump_body(body, limit, stall, tx).await;
     let result = work
         .await
         .map_err(|e| error(500, "internal", format!("worker failed: {e}")));
