@@ -1070,6 +1070,18 @@ fn a_stalled_body_is_cut_and_frees_its_slot() {
     assert!(cut.text().contains("body_timeout_secs"), "{}", cut.text());
     stalled.assert_closed_by_server("after a 408");
     assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![200]);
+
+    // The same for an enrolment, which needs no certificate: a stranger
+    // trickling nothing is cut as soon.
+    let mut stranger = c.connect(None);
+    let head = "POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n{";
+    stranger.tls.write_all(head.as_bytes()).unwrap();
+    stranger.tls.flush().unwrap();
+    let cut = stranger
+        .read_response()
+        .expect("a reply to the stalled enrolment");
+    assert_eq!(cut.status, 408, "{}", cut.text());
+    stranger.assert_closed_by_server("after a 408");
 }
 
 #[test]

@@ -415,28 +415,56 @@ fn authorize<'a>(
 /// Reads a whole (small) body into one `Vec`, sized up front from
 /// Content-Length (which `Limited` caps at `limit`), so each frame is
 /// copied once.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, Reply> {
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    stall: Duration,
+) -> Result<Vec<u8>, Reply> {
     let mut body = Limited::new(req.into_body(), limit);
     let expected = hyper::body::Body::size_hint(&body).lower();
     let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(limit).min(limit));
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    out.extend_from_slice(data);
-                }
-            }
-            Err(e) => return Err(body_error(e, limit as u64)),
-        }
+    while let Some(data) = next_data(&mut body, limit as u64, stall).await? {
+        out.extend_from_slice(&data);
     }
     Ok(out)
 }
 
-fn body_error(e: Box<dyn std::error::Error + Send + Sync>, limit: u64) -> Reply {
-    if e.is::<http_body_util::LengthLimitError>() {
-        error(413, "too_large", format!("body larger than {limit} bytes"))
-    } else {
-        error(400, "bad_body", format!("reading body: {e}"))
+/// The body's next bytes, None at its end; the reply when it is too large,
+/// broken, or silent for `stall` (`body_timeout_secs`: a client trickling
+/// nothing holds no task, slot or descriptor for longer).
+async fn next_data(
+    body: &mut Limited<Incoming>,
+    limit: u64,
+    stall: Duration,
+) -> Result<Option<Bytes>, Reply> {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+            let mut reply = error(
+                408,
+                "body_timeout",
+                format!("no body bytes for {}s (body_timeout_secs)", stall.as_secs()),
+            );
+            reply
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Err(reply);
+        };
+        match next {
+            None => return Ok(None),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(error(
+                    413,
+                    "too_large",
+                    format!("body larger than {limit} bytes"),
+                ))
+            }
+            Some(Err(e)) => return Err(error(400, "bad_body", format!("reading body: {e}"))),
+        }
     }
 }
 
@@ -478,33 +506,18 @@ async fn pump_body(
 ) -> Result<(), Reply> {
     let mut group = Vec::new();
     let mut size = 0;
-    loop {
-        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
-            return Err(error(
-                408,
-                "body_timeout",
-                format!("no body bytes for {}s (body_timeout_secs)", stall.as_secs()),
-            ));
-        };
-        let Some(frame) = next else { break };
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    size += data.len();
-                    group.push(data);
-                    if size >= PIECE {
-                        size = 0;
-                        if tx
-                            .send(Piece::Data(std::mem::take(&mut group)))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                    }
-                }
+    while let Some(data) = next_data(&mut body, limit, stall).await? {
+        size += data.len();
+        group.push(data);
+        if size >= PIECE {
+            size = 0;
+            if tx
+                .send(Piece::Data(std::mem::take(&mut group)))
+                .await
+                .is_err()
+            {
+                return Ok(());
             }
-            Err(e) => return Err(body_error(e, limit)),
         }
     }
     if !group.is_empty() && tx.send(Piece::Data(group)).await.is_err() {
@@ -595,7 +608,8 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
 }
 
 async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incoming>) -> Reply {
-    let body = match read_body(req, MAX_SMALL_BODY).await {
+    let stall = Duration::from_secs(collector.config.body_timeout_secs);
+    let body = match read_body(req, MAX_SMALL_BODY, stall).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
@@ -620,7 +634,8 @@ async fn renew(
     source: IpAddr,
     req: Request<Incoming>,
 ) -> Reply {
-    let body = match read_body(req, MAX_SMALL_BODY).await {
+    let stall = Duration::from_secs(collector.config.body_timeout_secs);
+    let body = match read_body(req, MAX_SMALL_BODY, stall).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
