@@ -876,10 +876,20 @@ fn a_host_cannot_write_as_another() {
         files_under(&c.dir.join("data")).is_empty(),
         "whole batch refused"
     );
+    // A body long enough that its first pieces are written before the
+    // impostor line at its end is parsed: they are cut back off.
+    let mut lines: Vec<String> = (0..4000)
+        .map(|i| record("web-01", "s1", i * 200, "whole"))
+        .collect();
+    lines.push(record("db-01", "s1", 0, "whole"));
+    let resp = c.connect(Some(&id)).ingest(&batch(&lines));
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert!(offsets(&c.data_file("web-01", "s1")).is_empty());
     // A refusal closes the connection (see the next test); a new one works for honest batches.
     let mut conn = c.connect(Some(&id));
     let resp = conn.ingest(&batch(&[record("web-01", "s1", 0, "whole")]));
     assert_eq!(resp.status, 200);
+    assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![0]);
 }
 
 /// The agent pipelines its next batch behind the one the collector is storing. If the first is

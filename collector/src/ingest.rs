@@ -77,10 +77,15 @@ impl Batch {
 
     /// The `path` field of a record, if it has one.
     pub fn path_of(&self, r: &Record) -> Option<String> {
-        serde_json::from_slice::<PathOnly<'_>>(self.line(r))
-            .ok()
-            .and_then(|p| p.path.map(Cow::into_owned))
+        path_of_line(self.line(r))
     }
+}
+
+/// The `path` field of a record's line, if it has one.
+pub fn path_of_line(line: &[u8]) -> Option<String> {
+    serde_json::from_slice::<PathOnly<'_>>(line)
+        .ok()
+        .and_then(|p| p.path.map(Cow::into_owned))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,21 +154,37 @@ pub fn read_batch(
     hint: usize,
     cert_host: &str,
 ) -> Result<Batch, IngestError> {
-    read_batch_in_pieces(src, encoding, limit, hint, cert_host, 256 * 1024)
+    read_batch_with(src, encoding, limit, hint, cert_host, |_, _| Ok(()))
 }
 
-fn read_batch_in_pieces(
+/// [`read_batch`], handing the records parsed so far to `parsed` after
+/// each piece (the body so far, and each stream's records so far, whose
+/// lists only grow), so they can be written while the rest arrives. The
+/// returned batch's records were not all handed over yet.
+pub fn read_batch_with<E: From<IngestError>>(
+    src: impl BufRead,
+    encoding: Option<&str>,
+    limit: u64,
+    hint: usize,
+    cert_host: &str,
+    parsed: impl FnMut(&[u8], &[StreamRecords]) -> Result<(), E>,
+) -> Result<Batch, E> {
+    read_batch_in_pieces(src, encoding, limit, hint, cert_host, 256 * 1024, parsed)
+}
+
+fn read_batch_in_pieces<E: From<IngestError>>(
     src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
     hint: usize,
     cert_host: &str,
     piece: u64,
-) -> Result<Batch, IngestError> {
+    mut parsed: impl FnMut(&[u8], &[StreamRecords]) -> Result<(), E>,
+) -> Result<Batch, E> {
     let gzip = match encoding.map(str::trim) {
         None | Some("") | Some("identity") => false,
         Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => true,
-        Some(other) => return Err(IngestError::Encoding(other.to_owned())),
+        Some(other) => return Err(IngestError::Encoding(other.to_owned()).into()),
     };
     let failed = |e: std::io::Error| match e.get_ref().and_then(|r| r.downcast_ref::<BodyCut>()) {
         Some(_) => IngestError::Cut,
@@ -203,12 +224,13 @@ fn read_batch_in_pieces(
             }
         };
         if body.len() as u64 > limit {
-            return Err(IngestError::TooLarge { limit });
+            return Err(IngestError::TooLarge { limit }.into());
         }
         if n == 0 {
-            return parser.finish(body);
+            return Ok(parser.finish(body)?);
         }
         parser.feed(&body)?;
+        parsed(&body, &parser.streams)?;
     }
 }
 
@@ -554,7 +576,18 @@ mod tests {
                 let want = parse_batch(body.clone(), "h").map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
                 let wire = if gz { gzip(&body) } else { body.clone() };
                 let src = std::io::BufReader::with_capacity(97, Chunky { data: &wire, sizes, next: 0 });
-                let got = read_batch_in_pieces(src, gz.then_some("gzip"), 1 << 20, 0, "h", piece).map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
+                // The records handed over piece by piece only ever grow, and
+                // they are the final batch's first records.
+                let mut seen: Vec<usize> = Vec::new();
+                let got = read_batch_in_pieces(src, gz.then_some("gzip"), 1 << 20, 0, "h", piece, |_, streams: &[StreamRecords]| {
+                    for (i, sr) in streams.iter().enumerate() {
+                        match seen.get_mut(i) {
+                            Some(n) => { assert!(sr.records.len() >= *n); *n = sr.records.len(); }
+                            None => seen.push(sr.records.len()),
+                        }
+                    }
+                    Ok::<(), IngestError>(())
+                }).map(|b| (b.streams, b.record_count, b.body)).map_err(|e| e.to_string());
                 prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
             }
 

@@ -31,7 +31,7 @@ use crate::alerts::AlertLog;
 use crate::config::{Config, Layout};
 use crate::db::{CertState, Db};
 use crate::enroll::{EnrollError, EnrollRequest, Enroller, RenewRequest};
-use crate::ingest::{read_batch, BodyCut, IngestError};
+use crate::ingest::{read_batch_with, BodyCut, IngestError};
 use crate::metrics::{Metrics, RefusedReason};
 use crate::pki::{unix_now, Ca};
 use crate::ratelimit::Limiter;
@@ -714,9 +714,21 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             if c.db.cert_state(&serial)? == CertState::Revoked {
                 return Err(IngestFailure::Revoked);
             }
-            let batch = read_batch(Pieces::new(rx), encoding.as_deref(), limit, hint, &host)?;
+            // Records are written as their pieces are parsed, and cut back
+            // off if the body fails later; durable and indexed only at the
+            // commit.
+            let mut writing = c.storage.begin(&host);
+            let batch = read_batch_with(
+                Pieces::new(rx),
+                encoding.as_deref(),
+                limit,
+                hint,
+                &host,
+                |body, streams| writing.append(body, streams).map_err(IngestFailure::from),
+            )?;
+            writing.append(&batch.body, &batch.streams)?;
             let bytes = batch.body.len();
-            let outcome = c.storage.store(&host, &batch)?;
+            let outcome = writing.commit()?;
             for alert in &outcome.alerts {
                 c.metrics.alerts.fetch_add(1, Relaxed);
                 tracing::warn!(host = %alert.host_id, stream = %alert.stream, offset = alert.at_offset, count = alert.count, "over-length streak");

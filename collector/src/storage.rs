@@ -3,8 +3,10 @@
 //! the SQLite index.
 //!
 //! Crash safety rests on one order and one rule:
-//! * order: append the batch's lines, fsync the file, then move the index
-//!   in one transaction, then acknowledge;
+//! * order: append the batch's lines (as its body arrives, see
+//!   [`Writing`]), fsync the file, then move the index in one transaction,
+//!   then acknowledge; a batch refused or cut short is cut back off the
+//!   files;
 //! * rule: the file is the truth. The first time a stream is touched after
 //!   a start, its state is rebuilt from the index *and* the file: lines
 //!   past the indexed length (written, but the process died before the
@@ -13,18 +15,19 @@
 //!   acknowledged, and offsets at or below the mark are dropped, so every
 //!   record ends up stored exactly once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::Deserialize;
 
 use crate::alerts::Streak;
 use crate::db::{AlertRow, Db, DbError, StreamIndex};
 use crate::fsutil;
-use crate::ingest::{Batch, Part};
+use crate::ingest::{Batch, Part, StreamRecords};
 use crate::names::encode_component;
 use crate::pki::unix_now;
 
@@ -98,6 +101,11 @@ pub struct Storage {
     /// Streams touched since start; each behind its own lock so different
     /// streams are written in parallel.
     streams: Mutex<HashMap<Key, Arc<Mutex<StreamState>>>>,
+    /// Hosts with a batch being written: one at a time per host, so a
+    /// batch's lines are never interleaved with another's and can be cut
+    /// back off if it fails.
+    busy: Mutex<HashSet<String>>,
+    idle: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,6 +127,8 @@ impl Storage {
             db,
             alert_after,
             streams: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            idle: Condvar::new(),
         })
     }
 
@@ -133,81 +143,27 @@ impl Storage {
     /// then the index moves; records at or below a stream's mark are
     /// counted as duplicates. Returns only once everything is durable.
     pub fn store(&self, host: &str, batch: &Batch) -> Result<StoreOutcome, StorageError> {
-        let mut outcome = StoreOutcome::default();
-        let mut marks: Vec<(&str, StreamIndex)> = Vec::new();
-        // Held until the index is committed so the states are not evicted.
-        let mut held = Vec::new();
-        let mut new_lines = Append::new(&batch.body);
-        for sr in &batch.streams {
-            let state = self.state(host, &sr.stream)?;
-            let mut st = lock(&state);
-            let mut mark = st.mark;
-            let mut streak = st.streak;
-            let mut alerts = std::mem::take(&mut st.pending_alerts);
-            new_lines.clear();
-            for r in &sr.records {
-                if mark.is_some_and(|m| r.offset <= m) {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                new_lines.push_line(r.line.clone());
-                mark = Some(r.offset);
-                outcome.stored += 1;
-                if streak.observe(r.part, self.alert_after) {
-                    alerts.push(self.alert(
-                        host,
-                        &sr.stream,
-                        batch.path_of(r),
-                        r.offset,
-                        streak.count,
-                    ));
-                }
-            }
-            if new_lines.is_empty() && alerts.is_empty() {
-                continue;
-            }
-            if !new_lines.is_empty() {
-                let written = new_lines
-                    .write_all_to(&mut st.file)
-                    .and_then(|_| st.file.sync_data());
-                if let Err(source) = written {
-                    let path = st.path.clone();
-                    drop(st);
-                    // The file may now end in a torn line: forget the state
-                    // so the next touch recovers from the file.
-                    lock(&self.streams).remove(&(host.to_owned(), sr.stream.clone()));
-                    return Err(StorageError::Io {
-                        path,
-                        op: "append",
-                        source,
-                    });
-                }
-            }
-            st.len += new_lines.len();
-            st.mark = mark;
-            st.streak = streak;
-            outcome.bytes_written += new_lines.len();
-            outcome.alerts.extend(alerts);
-            if let Some(high_water) = mark {
-                marks.push((
-                    sr.stream.as_str(),
-                    StreamIndex {
-                        high_water,
-                        file_len: st.len,
-                        streak: streak.count,
-                        streak_alerted: streak.alerted,
-                    },
-                ));
-            }
-            drop(st);
-            held.push(state);
+        let mut writing = self.begin(host);
+        writing.append(&batch.body, &batch.streams)?;
+        writing.commit()
+    }
+
+    /// Starts writing a batch of `host`, once the host's previous one is
+    /// done.
+    pub fn begin(&self, host: &str) -> Writing<'_> {
+        let mut busy = lock(&self.busy);
+        while busy.contains(host) {
+            busy = self.idle.wait(busy).unwrap_or_else(|p| p.into_inner());
         }
-        if !marks.is_empty() || !outcome.alerts.is_empty() {
-            self.db
-                .commit_batch(host, &marks, &outcome.alerts, unix_now())?;
+        busy.insert(host.to_owned());
+        Writing {
+            storage: self,
+            host: host.to_owned(),
+            open: Vec::new(),
+            stored: 0,
+            duplicates: 0,
+            done: false,
         }
-        drop(held);
-        Ok(outcome)
     }
 
     fn alert(
@@ -342,11 +298,203 @@ impl Storage {
     }
 }
 
+/// A batch being stored while its body is still arriving: [`append`]
+/// writes the records parsed so far to their streams' files (and starts
+/// their writeback, so the final fsync has little left to wait for);
+/// [`commit`] makes them durable and moves the index. Dropped without a
+/// commit (the body was refused or cut short), it cuts every file back to
+/// where the batch began: nothing of it stays stored.
+///
+/// [`append`]: Writing::append
+/// [`commit`]: Writing::commit
+pub struct Writing<'s> {
+    storage: &'s Storage,
+    host: String,
+    /// The streams this batch touched, in order.
+    open: Vec<Open>,
+    stored: usize,
+    duplicates: usize,
+    done: bool,
+}
+
+/// One stream's share of the batch so far.
+struct Open {
+    stream: String,
+    state: Arc<Mutex<StreamState>>,
+    /// The file's length before this batch.
+    start_len: u64,
+    len: u64,
+    mark: Option<u64>,
+    streak: Streak,
+    /// Alerts recovery found (raised with this batch, or put back if it
+    /// fails), then the batch's own.
+    pending: Vec<AlertRow>,
+    alerts: Vec<AlertRow>,
+    /// Of the stream's records in the batch, how many were seen.
+    seen: usize,
+    /// Where the last writeback started.
+    kicked: u64,
+}
+
+impl Writing<'_> {
+    /// Writes the records of `streams` not seen yet (their lists only grow
+    /// between calls); `body` is the body so far.
+    pub fn append(&mut self, body: &[u8], streams: &[StreamRecords]) -> Result<(), StorageError> {
+        let storage = self.storage;
+        let mut lines = Append::new(body);
+        for (i, sr) in streams.iter().enumerate() {
+            if self.open.len() <= i {
+                let state = storage.state(&self.host, &sr.stream)?;
+                let mut st = lock(&state);
+                self.open.push(Open {
+                    stream: sr.stream.clone(),
+                    start_len: st.len,
+                    len: st.len,
+                    mark: st.mark,
+                    streak: st.streak,
+                    pending: std::mem::take(&mut st.pending_alerts),
+                    alerts: Vec::new(),
+                    seen: 0,
+                    kicked: st.len,
+                    state: Arc::clone(&state),
+                });
+            }
+            let o = &mut self.open[i];
+            lines.clear();
+            for r in &sr.records[o.seen..] {
+                if o.mark.is_some_and(|m| r.offset <= m) {
+                    self.duplicates += 1;
+                    continue;
+                }
+                self.stored += 1;
+                lines.push_line(r.line.clone());
+                o.mark = Some(r.offset);
+                if o.streak.observe(r.part, storage.alert_after) {
+                    let path = crate::ingest::path_of_line(&body[r.line.clone()]);
+                    o.alerts.push(storage.alert(
+                        &self.host,
+                        &sr.stream,
+                        path,
+                        r.offset,
+                        o.streak.count,
+                    ));
+                }
+            }
+            o.seen = sr.records.len();
+            if lines.is_empty() {
+                continue;
+            }
+            let mut st = lock(&o.state);
+            lines
+                .write_all_to(&mut st.file)
+                .map_err(io_err(&st.path, "append"))?;
+            o.len += lines.len();
+            // Start writing these pages out now, while the rest of the body
+            // arrives; the commit's fdatasync then waits for less.
+            if o.len - o.kicked >= 1 << 20 {
+                start_writeback(&st.file, o.kicked, o.len - o.kicked);
+                o.kicked = o.len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the batch durable and moves the index: the acknowledgement may
+    /// go out when this returns Ok.
+    pub fn commit(mut self) -> Result<StoreOutcome, StorageError> {
+        let mut outcome = StoreOutcome {
+            stored: self.stored,
+            duplicates: self.duplicates,
+            ..StoreOutcome::default()
+        };
+        for o in &self.open {
+            if o.len > o.start_len {
+                let st = lock(&o.state);
+                st.file.sync_data().map_err(io_err(&st.path, "sync"))?;
+            }
+        }
+        // Durable now: from here on the lines stay, whatever happens to the
+        // index (recovery reads lines past it).
+        self.done = true;
+        let mut marks: Vec<(&str, StreamIndex)> = Vec::new();
+        for o in &mut self.open {
+            let mut st = lock(&o.state);
+            st.len = o.len;
+            st.mark = o.mark;
+            st.streak = o.streak;
+            let alerts = o.pending.len() + o.alerts.len();
+            if o.len == o.start_len && alerts == 0 {
+                continue;
+            }
+            outcome.bytes_written += o.len - o.start_len;
+            outcome.alerts.append(&mut o.pending);
+            outcome.alerts.append(&mut o.alerts);
+            if let Some(high_water) = o.mark {
+                marks.push((
+                    o.stream.as_str(),
+                    StreamIndex {
+                        high_water,
+                        file_len: o.len,
+                        streak: o.streak.count,
+                        streak_alerted: o.streak.alerted,
+                    },
+                ));
+            }
+        }
+        if !marks.is_empty() || !outcome.alerts.is_empty() {
+            self.storage
+                .db
+                .commit_batch(&self.host, &marks, &outcome.alerts, unix_now())?;
+        }
+        Ok(outcome)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            for o in self.open.drain(..) {
+                let mut st = lock(&o.state);
+                st.pending_alerts = o.pending;
+                if o.len == o.start_len {
+                    continue;
+                }
+                if let Err(e) = st.file.set_len(o.start_len) {
+                    // The lines stay: forget the state, so the next touch
+                    // recovers from the file (they are well-formed lines of
+                    // this host's, counted as stored, their re-sends as
+                    // duplicates).
+                    tracing::error!(path = %st.path.display(), error = %e, "cannot cut a failed batch off its stream file");
+                    drop(st);
+                    lock(&self.storage.streams).remove(&(self.host.clone(), o.stream.clone()));
+                }
+            }
+        }
+        lock(&self.storage.busy).remove(&self.host);
+        self.storage.idle.notify_all();
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes from `from` to disk, without
+/// waiting (a hint: failure only means the fsync does it all).
+fn start_writeback(file: &File, from: u64, len: u64) {
+    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingest::parse_batch;
     use std::io::Write;
+    use std::time::Duration;
 
     fn line(stream: &str, offset: u64, part: &str) -> String {
         format!(
@@ -395,6 +543,61 @@ mod tests {
         let o = s.store("h", &b2).unwrap();
         assert_eq!((o.stored, o.duplicates), (1, 2));
         assert_eq!(offsets(&s.stream_path("h", "a")), vec![0, 10, 20]);
+    }
+
+    /// A batch written while its body arrived and then dropped (refused or
+    /// cut short) leaves the files, marks and streaks as they were: sent
+    /// again, all of it is new, stored once, and its alert is raised then.
+    #[test]
+    fn a_batch_not_committed_is_cut_back_off_and_stored_whole_when_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        s.store("h", &batch(&[line("a", 0, "whole")])).unwrap();
+        let path = s.stream_path("h", "a");
+        let before = std::fs::read(&path).unwrap();
+        // Three over-length parts: alert_after is 3 in `setup`.
+        let second = batch(&[
+            line("a", 10, "head"),
+            line("a", 20, "tail"),
+            line("b", 0, "whole"),
+            line("a", 30, "head"),
+        ]);
+        {
+            let mut w = s.begin("h");
+            w.append(&second.body, &second.streams).unwrap();
+            assert!(std::fs::read(&path).unwrap().len() > before.len());
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(offsets(&s.stream_path("h", "b")).is_empty());
+        let o = s.store("h", &second).unwrap();
+        assert_eq!((o.stored, o.duplicates, o.alerts.len()), (4, 0, 1));
+        assert_eq!(offsets(&path), vec![0, 10, 20, 30]);
+        assert_eq!(offsets(&s.stream_path("h", "b")), vec![0]);
+    }
+
+    /// One host writes one batch at a time: a second waits for the first
+    /// to commit or be dropped, so their lines never interleave.
+    #[test]
+    fn a_hosts_second_batch_waits_for_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, s) = setup(dir.path());
+        let s = Arc::new(s);
+        let first = s.begin("h");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let w = s.begin("h");
+                tx.send(()).unwrap();
+                drop(w);
+            })
+        };
+        // Another host is not held up.
+        drop(s.begin("other"));
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        waiter.join().unwrap();
     }
 
     #[test]
@@ -562,6 +765,13 @@ mod model {
         DieMidLine {
             stream: usize,
         },
+        /// The batch is written as its body arrives, then refused or cut
+        /// short before its commit.
+        SendThenFail {
+            stream: usize,
+            back: u8,
+            len: u8,
+        },
         Restart,
     }
 
@@ -571,6 +781,8 @@ mod model {
             1 => (0..2usize, 0..6u8, 1..12u8)
                 .prop_map(|(stream, back, len)| Op::SendThenDieBeforeIndex { stream, back, len }),
             1 => (0..2usize).prop_map(|stream| Op::DieMidLine { stream }),
+            1 => (0..2usize, 0..6u8, 1..12u8)
+                .prop_map(|(stream, back, len)| Op::SendThenFail { stream, back, len }),
             1 => Just(Op::Restart),
         ]
     }
@@ -681,6 +893,11 @@ mod model {
                             f.write_all(&next.as_bytes()[..next.len() / 2]).unwrap();
                         }
                         store = open(dir.path());
+                    }
+                    Op::SendThenFail { stream, back, len } => {
+                        let from = held[stream].saturating_sub(u64::from(back));
+                        let batch = parse_batch(body(STREAMS[stream], from, from + u64::from(len)), "h").unwrap();
+                        store.begin("h").append(&batch.body, &batch.streams).unwrap();
                     }
                     Op::Restart => {
                         drop(store);
