@@ -25,8 +25,8 @@ pub trait Sink: Send {
     fn describe(&self) -> String;
 
     /// How many batches may be in flight at once: submitted, not yet confirmed. A sink whose
-    /// acknowledgement is a round trip (the collector) keeps the next batch on the wire while
-    /// the previous one is being stored.
+    /// acknowledgement is a round trip keeps the next batch on the wire meanwhile: the
+    /// collector's reply after storing, the syslog relay's TCP acknowledgement.
     fn window(&self) -> usize {
         1
     }
