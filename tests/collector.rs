@@ -1094,6 +1094,37 @@ fn a_stalled_body_is_cut_and_frees_its_slot() {
     stranger.assert_closed_by_server("after a 408");
 }
 
+/// Connections from one address past `max_connections_per_address` are
+/// closed as they arrive (before any TLS work); other addresses are not
+/// affected, and a place freed is taken again.
+#[test]
+fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let mut c = Collector::with_config(|cfg| {
+        set_config(cfg, "max_connections_per_address", "256", "2");
+    });
+    c.start();
+    let ca = c.dir.join("ca.pem");
+    let first = c.connect(None);
+    let second = c.connect(None);
+    let third = Conn::try_open(c.addr(), &ca, None);
+    assert!(
+        third.is_err(),
+        "a third connection from 127.0.0.1 must be refused"
+    );
+    // Another address still gets in (and reads the counters: the two held
+    // connections and its own are open).
+    let metrics = || {
+        c.connect_from("127.0.0.2", None)
+            .request("GET", "/metrics", &[], b"")
+            .text()
+    };
+    assert!(metric(&metrics(), "log_sensor_collector_connections_refused_total") >= 1.0);
+    poll(|| (metric(&metrics(), "log_sensor_collector_connections_open") == 3.0).then_some(()));
+    drop(first);
+    poll(|| Conn::try_open(c.addr(), &ca, None).ok());
+    drop(second);
+}
+
 #[test]
 fn traversal_host_and_stream_ids_stay_inside_data() {
     let mut c = Collector::new();

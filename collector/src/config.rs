@@ -118,6 +118,11 @@ pub struct Config {
     /// freed: a silent network or a client trickling nothing holds no slot
     /// for longer.
     pub body_timeout_secs: u64,
+    /// Connections open at once; further ones are closed as they arrive.
+    pub max_connections: u32,
+    /// Of those, from one source address (generous: hosts behind one NAT
+    /// share it). A stranger opening connections cannot take them all.
+    pub max_connections_per_address: u32,
     pub rate_limit: RateLimit,
 }
 
@@ -131,6 +136,8 @@ impl Default for Config {
             max_concurrent_batches: 4,
             max_batches_per_host: 2,
             body_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_address: 256,
             rate_limit: RateLimit::default(),
         }
     }
@@ -173,6 +180,12 @@ impl Config {
         }
         if self.body_timeout_secs == 0 {
             return Err(invalid("body_timeout_secs", "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid("max_connections_per_address", "must be at least 1"));
         }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));

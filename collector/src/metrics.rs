@@ -54,6 +54,9 @@ pub struct Metrics {
     pub connections_cut: AtomicU64,
     /// A gauge: ingest batches holding a slot (being read or stored).
     pub batches_in_progress: AtomicU64,
+    /// A gauge: client connections open.
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -132,12 +135,21 @@ impl Metrics {
             "Open connections closed after revocation or expiry.",
             &self.connections_cut,
         );
+        counter(
+            "connections_refused_total",
+            "Connections closed on arrival: max_connections or max_connections_per_address reached.",
+            &self.connections_refused,
+        );
         let _ = writeln!(
             out,
             "# HELP log_sensor_collector_batches_in_progress Ingest batches being read or stored now.\n\
              # TYPE log_sensor_collector_batches_in_progress gauge\n\
-             log_sensor_collector_batches_in_progress {}",
-            self.batches_in_progress.load(Relaxed)
+             log_sensor_collector_batches_in_progress {}\n\
+             # HELP log_sensor_collector_connections_open Client connections open now.\n\
+             # TYPE log_sensor_collector_connections_open gauge\n\
+             log_sensor_collector_connections_open {}",
+            self.batches_in_progress.load(Relaxed),
+            self.connections_open.load(Relaxed)
         );
         let _ = writeln!(out, "# HELP log_sensor_collector_refused_handshakes_total TLS handshakes refused, by reason.");
         let _ = writeln!(

@@ -168,10 +168,18 @@ pub async fn serve(listener: TcpListener, server: Server, shutdown: impl Future<
         notify.subscribe(),
     ));
     tokio::pin!(shutdown);
+    let open = Arc::new(OpenConnections::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Closed on arrival past the limits: before the handshake, so a
+                    // stranger's flood costs no TLS work and no lasting descriptor.
+                    let Some(held) = open.admit(&server.collector, peer.ip()) else {
+                        server.collector.metrics.connections_refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, "connection refused: connection limit reached");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     tokio::spawn(connection(
                         Arc::clone(&server.collector),
@@ -179,7 +187,7 @@ pub async fn serve(listener: TcpListener, server: Server, shutdown: impl Future<
                         tcp,
                         peer,
                         notify.subscribe(),
-                        done_tx.clone(),
+                        (done_tx.clone(), held),
                     ));
                 }
                 Err(e) => {
@@ -203,6 +211,61 @@ pub async fn serve(listener: TcpListener, server: Server, shutdown: impl Future<
     let _ = poller.await;
 }
 
+/// Connections open, in all and per source address.
+#[derive(Default)]
+struct OpenConnections {
+    per_address: std::sync::Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A connection's place under the limits, given back when dropped.
+struct Admitted {
+    open: Arc<OpenConnections>,
+    collector: Arc<Collector>,
+    from: IpAddr,
+}
+
+impl OpenConnections {
+    /// A place for a connection from `from`, or None past `max_connections`
+    /// or `max_connections_per_address`.
+    fn admit(self: &Arc<Self>, collector: &Arc<Collector>, from: IpAddr) -> Option<Admitted> {
+        let config = &collector.config;
+        let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let total = collector.metrics.connections_open.load(Relaxed);
+        let here = map.get(&from).copied().unwrap_or(0);
+        if total >= u64::from(config.max_connections) || here >= config.max_connections_per_address
+        {
+            return None;
+        }
+        map.insert(from, here + 1);
+        collector.metrics.connections_open.fetch_add(1, Relaxed);
+        Some(Admitted {
+            open: Arc::clone(self),
+            collector: Arc::clone(collector),
+            from,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut map = self
+            .open
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.from) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.from);
+            }
+        }
+        self.collector
+            .metrics
+            .connections_open
+            .fetch_sub(1, Relaxed);
+    }
+}
+
 fn is_certificate_error(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -216,8 +279,9 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut shutdown: broadcast::Receiver<()>,
-    // Dropped when this task ends; `serve` waits for all of them.
-    _done: mpsc::Sender<()>,
+    // Dropped when this task ends: `serve` waits for all of them, and the
+    // connection's place under the limits is given back.
+    _done: (mpsc::Sender<()>, Admitted),
 ) {
     let handshake = tokio::select! {
         result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => result,
