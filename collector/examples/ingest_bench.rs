@@ -133,7 +133,7 @@ fn main() {
         let input = gz.clone();
         let t = Instant::now();
         for body in input {
-            let batch = read_batch(&body[..], Some("gzip"), 64 << 20, body.len() * 12, HOST)
+            let batch = read_batch(&body[..], Some("gzip"), 64 << 20, body.len() as u64, HOST)
                 .expect("gzip bodies read");
             std::hint::black_box(batch);
         }

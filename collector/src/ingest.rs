@@ -142,19 +142,20 @@ pub fn parse_batch(body: Vec<u8>, cert_host: &str) -> Result<Batch, IngestError>
 }
 
 /// Decodes (per `Content-Encoding`) and parses a body while it is still
-/// arriving through `src`: each piece of up to `PIECE` decoded bytes is
+/// arriving through `src`: each piece of up to 256 KiB of decoded bytes is
 /// parsed as soon as it is read, so parsing overlaps receiving and
-/// decrypting instead of following them. At most `limit` decoded bytes;
-/// `hint` is the room made up front. Nothing is stored here, so a body
-/// refused at its last line leaves no trace.
+/// decrypting instead of following them. At most `limit` decoded bytes.
+/// `sent` is the body's length as sent (Content-Length, 0 if unknown): the
+/// room made up front, times a typical ratio for gzip. Nothing is stored
+/// here, so a body refused at its last line leaves no trace.
 pub fn read_batch(
     src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
-    hint: usize,
+    sent: u64,
     cert_host: &str,
 ) -> Result<Batch, IngestError> {
-    read_batch_with(src, encoding, limit, hint, cert_host, |_, _| Ok(()))
+    read_batch_with(src, encoding, limit, sent, cert_host, |_, _| Ok(()))
 }
 
 /// [`read_batch`], handing the records parsed so far to `parsed` after
@@ -165,18 +166,18 @@ pub fn read_batch_with<E: From<IngestError>>(
     src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
-    hint: usize,
+    sent: u64,
     cert_host: &str,
     parsed: impl FnMut(&[u8], &[StreamRecords]) -> Result<(), E>,
 ) -> Result<Batch, E> {
-    read_batch_in_pieces(src, encoding, limit, hint, cert_host, 256 * 1024, parsed)
+    read_batch_in_pieces(src, encoding, limit, sent, cert_host, 256 * 1024, parsed)
 }
 
 fn read_batch_in_pieces<E: From<IngestError>>(
     src: impl BufRead,
     encoding: Option<&str>,
     limit: u64,
-    hint: usize,
+    sent: u64,
     cert_host: &str,
     piece: u64,
     mut parsed: impl FnMut(&[u8], &[StreamRecords]) -> Result<(), E>,
@@ -192,7 +193,12 @@ fn read_batch_in_pieces<E: From<IngestError>>(
         None => IngestError::Cut,
     };
     let mut parser = BatchParser::new(cert_host);
-    let mut body = Vec::with_capacity(hint.min(usize::try_from(limit + 1).unwrap_or(usize::MAX)));
+    // Log lines compress ten to twenty times; a room too small only costs
+    // a regrowth, and the limit caps what a peer's Content-Length can ask.
+    let room = sent
+        .saturating_mul(if gzip { 12 } else { 1 })
+        .min(limit + 1);
+    let mut body = Vec::with_capacity(usize::try_from(room).unwrap_or(usize::MAX));
     enum Decode<R: BufRead> {
         Plain(R),
         Gzip(flate2::bufread::MultiGzDecoder<R>),

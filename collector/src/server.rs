@@ -758,16 +758,9 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
         .headers()
         .get(CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    // The body is read here and parsed on a blocking thread as it
-    // arrives; the room for it comes from Content-Length (capped by
-    // `Limited`), times a typical ratio when it is gzip.
+    // The body is read here and parsed on a blocking thread as it arrives.
     let body = Limited::new(req.into_body(), limit as usize);
-    let announced = hyper::body::Body::size_hint(&body).lower();
-    let gzip = encoding
-        .as_deref()
-        .is_some_and(|e| e.to_ascii_lowercase().contains("gzip"));
-    let hint =
-        usize::try_from(announced.saturating_mul(if gzip { 12 } else { 1 })).unwrap_or(usize::MAX);
+    let sent = hyper::body::Body::size_hint(&body).lower();
     let (tx, rx) = mpsc::channel(4);
     let c = Arc::clone(collector);
     let (serial, host) = (id.serial.clone(), id.host.clone());
@@ -786,7 +779,7 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
                 Pieces::new(rx),
                 encoding.as_deref(),
                 limit,
-                hint,
+                sent,
                 &host,
                 |body, streams| writing.append(body, streams).map_err(IngestFailure::from),
             )?;
