@@ -309,8 +309,52 @@ fn regressions() {
             Op::Compress,
             Op::CopyTruncate,
         ],
+        // A short file copied and truncated, then rotated and compressed before the tailer
+        // looked again: found by CI.
+        vec![
+            Op::Append(1, 0),
+            Op::Delete,
+            Op::CopyTruncate,
+            Op::Append(1, 2),
+            Op::Rotate,
+            Op::Compress,
+        ],
     ];
     for ops in cases {
         check(&ops).unwrap();
     }
+}
+
+/// A file truncated, written again past the old position and deleted before the tailer looked:
+/// its new content exists only behind the handle the tailer holds, and is read from there whole
+/// (not from the old position, which would cut a record in two).
+#[test]
+fn truncated_rewritten_and_deleted_unseen_is_read_whole_from_the_held_handle() {
+    let mut h = Harness::new();
+    h.apply(&Op::Append(2, 3));
+    h.pump();
+    let path = h.p("app.log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let line = format!("R{}", "y".repeat(60));
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    h.written.push(line.clone());
+    std::fs::remove_file(&path).unwrap();
+    h.pump();
+    assert!(
+        h.delivered.contains(&line),
+        "the rewritten line was never delivered: {:?}",
+        h.delivered
+    );
+    let written: HashSet<&str> = h.written.iter().map(String::as_str).collect();
+    let invented: Vec<&String> = h
+        .delivered
+        .iter()
+        .filter(|d| !written.contains(d.as_str()))
+        .collect();
+    assert!(invented.is_empty(), "records never written: {invented:?}");
 }

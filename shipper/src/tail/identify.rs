@@ -116,7 +116,9 @@ impl Tailer {
         };
         t.released_at = None;
         if t.path != f.path {
-            self.by_path.remove(&t.path);
+            if self.by_path.get(&t.path) == Some(&key) {
+                self.by_path.remove(&t.path);
+            }
             self.by_path.insert(f.path.clone(), key);
             t.path = f.path.clone();
             t.meta.path = f.path.display().to_string().into();
@@ -132,7 +134,6 @@ impl Tailer {
 
     /// Opens a file no stream has open and decides which stream it is.
     pub(super) fn adopt(&mut self, f: Found) {
-        let source = self.cfg.sources[f.source].clone();
         let file = match File::open(&f.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
@@ -143,9 +144,10 @@ impl Tailer {
                     } else {
                         "read_error"
                     };
+                    let src = self.cfg.sources[f.source].name.clone();
                     self.alert(
                         kind,
-                        Some(&source.name),
+                        Some(&src),
                         None,
                         Some(&f.path),
                         format!("cannot open: {e}; retrying every scan"),
@@ -154,6 +156,13 @@ impl Tailer {
                 return;
             }
         };
+        self.adopt_file(f.source, f.path, file);
+    }
+
+    /// Decides which stream an opened file is and starts following it. `path` is where it was
+    /// found; the handle, not the path, is what is read.
+    pub(super) fn adopt_file(&mut self, source_ix: usize, path: PathBuf, file: File) {
+        let source = self.cfg.sources[source_ix].clone();
         let md = match file.metadata() {
             Ok(m) => m,
             Err(_) => return,
@@ -162,6 +171,14 @@ impl Tailer {
         if self.open.contains_key(&key) {
             return;
         }
+        let f = Found {
+            source: source_ix,
+            path,
+            device: key.0,
+            inode: key.1,
+            size: md.len(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        };
         if self.alerted_paths.remove(&f.path) {
             tracing::info!(path = %f.path.display(), "file readable again");
         }
@@ -495,7 +512,14 @@ impl Tailer {
             slot: None,
             alerted_too_large: row.alerted_too_large,
         };
-        self.by_path.insert(f.path.clone(), key);
+        // The path names this file only if nothing else took it since (a stream continued on
+        // a handle whose file was deleted keeps its old path for the record, not for events).
+        let named_here = std::fs::metadata(&f.path)
+            .map(|m| (m.dev(), m.ino()) == key)
+            .unwrap_or(false);
+        if named_here || !self.by_path.contains_key(&f.path) {
+            self.by_path.insert(f.path.clone(), key);
+        }
         self.dirty.insert(key);
         self.open.insert(key, t);
         self.stats

@@ -34,18 +34,14 @@ impl Tailer {
                     }
                 }
                 Outcome::Truncated => {
+                    // The file's new content is a new stream, read from the handle we hold: by
+                    // now it may be deleted or renamed out of the globs, its path another file.
                     let path = t.path.clone();
                     let source = t.source;
+                    let handle = t.file.try_clone();
                     self.truncated(t);
-                    if let Ok(md) = std::fs::metadata(&path) {
-                        self.adopt(Found {
-                            source,
-                            path,
-                            device: md.dev(),
-                            inode: md.ino(),
-                            size: md.len(),
-                            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                        });
+                    if let Ok(file) = handle {
+                        self.adopt_file(source, path, file);
                     }
                 }
                 Outcome::Failed(e) => {
@@ -114,9 +110,13 @@ impl Tailer {
 
     pub(super) fn read_turn(&mut self, t: &mut Tracked) -> Outcome {
         // Before reading on from an earlier end: is the content before our position unchanged?
+        // Truncated and written again past our position before we looked (copytruncate then
+        // new lines) is caught by the bytes before the position, not by the size.
         if t.at_eof && !t.compressed {
             match std::fs::File::metadata(&t.file) {
-                Ok(md) if md.len() < t.framer.position() => return Outcome::Truncated,
+                Ok(md) if md.len() < t.framer.position() || super::rewritten(t) => {
+                    return Outcome::Truncated
+                }
                 Ok(md) => t.size = md.len(),
                 Err(e) => return Outcome::Failed(e),
             }
