@@ -31,6 +31,9 @@ struct RecordMeta {
     ts_ms: i64,
     start: u32,
     end: u32,
+    /// Checked once, as the record is framed on the tailer's thread: the sink's thread is the
+    /// busier one.
+    utf8: bool,
 }
 
 /// A record as sinks see it.
@@ -43,6 +46,8 @@ pub struct RecordRef<'a> {
     pub part: Part,
     pub ts_ms: i64,
     pub bytes: &'a [u8],
+    /// The bytes are valid UTF-8 (else sinks carry them in base64).
+    pub utf8: bool,
 }
 
 #[derive(Debug)]
@@ -116,6 +121,7 @@ impl Batch {
             ts_ms,
             start,
             end: self.data.len() as u32,
+            utf8: std::str::from_utf8(rec.bytes).is_ok(),
         });
         let c = &mut self.streams[slot as usize].checkpoint;
         c.records += 1;
@@ -134,6 +140,7 @@ impl Batch {
             part: m.part,
             ts_ms: m.ts_ms,
             bytes: &self.data[m.start as usize..m.end as usize],
+            utf8: m.utf8,
         })
     }
 
@@ -221,7 +228,7 @@ impl Batch {
             out.extend_from_slice(b"\",\"ts\":\"");
             out.extend_from_slice(ts.as_bytes());
             out.extend_from_slice(b"\",");
-            record::msg_field(out, &self.data[m.start as usize..m.end as usize]);
+            record::msg_field(out, &self.data[m.start as usize..m.end as usize], m.utf8);
             out.extend_from_slice(b"}\n");
         }
     }

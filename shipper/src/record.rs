@@ -66,14 +66,15 @@ fn needs_escape(w: u64) -> bool {
     below_space || has_zero(w ^ (ONES * b'"' as u64)) || has_zero(w ^ (ONES * b'\\' as u64))
 }
 
-/// Appends `"key":"value"` for a message: `msg` when UTF-8, else `msg_b64`.
-pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(_) => {
+/// Appends `"key":"value"` for a message: `msg` when UTF-8 (`utf8`, as checked when the
+/// record was framed), else `msg_b64`.
+pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
+    match utf8 {
+        true => {
             out.extend_from_slice(b"\"msg\":\"");
             escape_into(out, bytes);
         }
-        Err(_) => {
+        false => {
             out.extend_from_slice(b"\"msg_b64\":\"");
             let start = out.len();
             let enc_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
@@ -159,7 +160,7 @@ mod tests {
     #[test]
     fn non_utf8_goes_to_msg_b64() {
         let mut out = b"{".to_vec();
-        msg_field(&mut out, b"\xff\x00ok");
+        msg_field(&mut out, b"\xff\x00ok", false);
         out.push(b'}');
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["msg_b64"], "/wBvaw==");

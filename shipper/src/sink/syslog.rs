@@ -284,7 +284,7 @@ impl SyslogSink {
             } else {
                 num_len.format(rec.len).as_bytes()
             };
-            let utf8 = std::str::from_utf8(rec.bytes).is_ok();
+            let utf8 = rec.utf8;
             let body: &[u8] = if utf8 {
                 rec.bytes
             } else {
