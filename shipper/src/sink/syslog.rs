@@ -383,7 +383,10 @@ fn connect(opts: &SyslogOptions, config: Option<Arc<ClientConfig>>) -> Result<Co
         return Ok(Conn::Plain(tcp));
     };
     let name = tls::server_name(&t.server_name).map_err(|e| e.to_string())?;
-    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    // rustls encrypts at most its buffer limit (64 KiB by default) a call: a whole chunk at
+    // once makes one writev of its records instead of four.
+    conn.set_buffer_limit(Some(CHUNK));
     let mut s = StreamOwned::new(conn, tcp);
     s.sock
         .sock
