@@ -40,8 +40,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// gets the time its refusal needs to travel back), capped.
 const VERDICT_FLOOR: Duration = Duration::from_millis(250);
 const VERDICT_CAP: Duration = Duration::from_secs(5);
-/// Frames are written in pieces of about this size: memory stays flat whatever the batch.
-const CHUNK: usize = 256 * 1024;
+/// Frames are written in pieces of about this size: memory stays flat whatever the batch
+/// (this buffer and rustls's ciphertext of it). 1 MiB rather than 256 KiB: 4.7% more MiB/s
+/// over 11 interleaved pairs of the syslog bench, for 2 MiB more RSS.
+const CHUNK: usize = 1024 * 1024;
 /// informational: log lines carry their own level in the text; the relay should not guess one.
 const SEVERITY: u8 = 6;
 
