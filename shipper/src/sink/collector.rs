@@ -175,10 +175,13 @@ impl HttpConn {
         tcp.set_read_timeout(Some(timeout)).map_err(io)?;
         tcp.set_write_timeout(Some(timeout)).map_err(io)?;
         let server = tls::server_name(&url.host).map_err(|e| connect_err(e.to_string()))?;
-        let conn = ClientConnection::new(config, server).map_err(|source| HttpError::Tls {
+        let mut conn = ClientConnection::new(config, server).map_err(|source| HttpError::Tls {
             url: name.clone(),
             source,
         })?;
+        // rustls encrypts at most its buffer limit a call (64 KiB by default): a batch's body
+        // then goes out in 1 MiB rounds rather than 64 KiB ones.
+        conn.set_buffer_limit(Some(1 << 20));
         let mut stream = StreamOwned::new(conn, tcp);
         // The handshake now, so a refused server certificate is reported as such.
         while stream.conn.is_handshaking() {
