@@ -88,6 +88,32 @@ def committed(workdir):
         return 0, 0
 
 
+class CommittedPoll:
+    """The sum of committed offsets in the agent's store, over one kept read-only connection."""
+
+    def __init__(self, wd):
+        self.db = os.path.join(wd, "state", "store.db")
+        self.conn = None
+
+    def offsets(self):
+        try:
+            if self.conn is None:
+                if not os.path.exists(self.db):
+                    return 0
+                self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+            return self.conn.execute("SELECT COALESCE(SUM(committed_offset),0) FROM streams").fetchone()[0]
+        except sqlite3.Error:
+            # Not yet created by the agent (no table): look again.
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            return 0
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+
+
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:

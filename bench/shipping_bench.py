@@ -17,11 +17,11 @@ Usage:
 
 Both processes share this machine's cores; the figures include the receiver's work.
 """
-import argparse, os, shutil, signal, sqlite3, subprocess, sys, time
+import argparse, os, shutil, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from agent_bench import cpu_seconds, peak_rss_mib, thread_cpu, stop  # noqa: E402
+from agent_bench import CommittedPoll, cpu_seconds, peak_rss_mib, thread_cpu, stop  # noqa: E402
 
 
 def line(i):
@@ -81,32 +81,6 @@ def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
                                                  if v > 0), flush=True)
     stop(p)
     return elapsed, cpu, rss
-
-
-class CommittedPoll:
-    """The sum of committed offsets in the agent's store, over one kept read-only connection."""
-
-    def __init__(self, wd):
-        self.db = os.path.join(wd, "state", "store.db")
-        self.conn = None
-
-    def offsets(self):
-        try:
-            if self.conn is None:
-                if not os.path.exists(self.db):
-                    return 0
-                self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-            return self.conn.execute("SELECT COALESCE(SUM(committed_offset),0) FROM streams").fetchone()[0]
-        except sqlite3.Error:
-            # Not yet created by the agent (no table): look again.
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
-            return 0
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
 
 
 def syslog(args, log, size, n):
