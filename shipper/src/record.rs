@@ -69,23 +69,25 @@ fn needs_escape(w: u64) -> bool {
 /// Appends `"key":"value"` for a message: `msg` when UTF-8 (`utf8`, as checked when the
 /// record was framed), else `msg_b64`.
 pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
-    match utf8 {
-        true => {
-            out.extend_from_slice(b"\"msg\":\"");
-            escape_into(out, bytes);
-        }
-        false => {
-            out.extend_from_slice(b"\"msg_b64\":\"");
-            let start = out.len();
-            let enc_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
-            out.resize(start + enc_len, 0);
-            let n = base64::engine::general_purpose::STANDARD
-                .encode_slice(bytes, &mut out[start..])
-                .unwrap_or(0);
-            out.truncate(start + n);
-        }
+    if utf8 {
+        out.extend_from_slice(b"\"msg\":\"");
+        escape_into(out, bytes);
+    } else {
+        out.extend_from_slice(b"\"msg_b64\":\"");
+        base64_into(out, bytes);
     }
     out.push(b'"');
+}
+
+/// Appends `bytes` in standard base64 (how both sinks carry a message that is not UTF-8).
+pub fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    let enc_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + enc_len, 0);
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + n);
 }
 
 /// RFC 3339 in UTC with milliseconds, from unix milliseconds.

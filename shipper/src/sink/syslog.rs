@@ -21,7 +21,6 @@
 use super::{Sink, SinkError};
 use crate::batch::{Batch, StreamMeta};
 use crate::tls;
-use base64::Engine;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
@@ -290,13 +289,9 @@ impl SyslogSink {
             let body: &[u8] = if utf8 {
                 rec.bytes
             } else {
-                let m = &mut self.msg;
-                m.resize(base64::encoded_len(rec.bytes.len(), true).unwrap_or(0), 0);
-                let n = base64::engine::general_purpose::STANDARD
-                    .encode_slice(rec.bytes, &mut m[..])
-                    .unwrap_or(0);
-                m.truncate(n);
-                m
+                self.msg.clear();
+                crate::record::base64_into(&mut self.msg, rec.bytes);
+                &self.msg
             };
             let enc: &[u8] = if utf8 {
                 b"\"] "
