@@ -11,6 +11,9 @@
 -- or of osqueryd; a power loss may take the last commits.
 -- Ids only grow (AUTOINCREMENT), but have gaps: the extension drops the oldest rows when the
 -- outbox is full (counted in counters.dropped_full, raised in alerts).
+-- outbox_size (below) is kept by triggers, so every writer -- the extension's inserts and drops,
+-- the agent's DELETE, an operator's sqlite3 -- keeps it exact without code of its own. Writers
+-- must not use REPLACE on outbox: its implicit deletes fire no trigger.
 
 -- Records waiting to be shipped.
 CREATE TABLE IF NOT EXISTS outbox (
@@ -53,3 +56,25 @@ CREATE TABLE IF NOT EXISTS alerts (
   detail     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(time);
+
+-- How many rows outbox holds, so the extension's cap check on every logger call reads one row
+-- instead of counting the table (a count or a MIN+MAX aggregate is a full scan in SQLite: its
+-- min/max shortcut applies only to a lone MIN() or MAX()). Added to version 1 without a version
+-- bump: it is additive, and an extension that predates it still opens the file and keeps the
+-- count right through the triggers.
+CREATE TABLE IF NOT EXISTS outbox_size (
+  id    INTEGER PRIMARY KEY CHECK (id = 1), -- a single row
+  rows  INTEGER NOT NULL                    -- = SELECT COUNT(*) FROM outbox
+);
+CREATE TRIGGER IF NOT EXISTS outbox_size_insert AFTER INSERT ON outbox
+BEGIN
+  UPDATE outbox_size SET rows = rows + 1 WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS outbox_size_delete AFTER DELETE ON outbox
+BEGIN
+  UPDATE outbox_size SET rows = rows - 1 WHERE id = 1;
+END;
+-- Counted once each time the extension opens the outbox, in the same write transaction as the
+-- statements above, so no delete of the agent's falls between the count and the triggers; this
+-- also fills it in for an outbox made before outbox_size existed, and repairs any drift.
+INSERT OR REPLACE INTO outbox_size (id, rows) SELECT 1, COUNT(*) FROM outbox;

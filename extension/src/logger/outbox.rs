@@ -251,7 +251,7 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
     }
-    let conn = Connection::open(path).map_err(|e| err(&e))?;
+    let mut conn = Connection::open(path).map_err(|e| err(&e))?;
     share_with_group(path);
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(&e))?;
@@ -263,7 +263,12 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| err(&e))?;
-    let version: i64 = conn
+    // One write transaction: the schema's outbox_size count and its triggers must come into
+    // being with no delete of the agent's in between, or the count would drift.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| err(&e))?;
+    let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| err(&e))?;
     if version > SCHEMA_VERSION {
@@ -271,9 +276,10 @@ pub fn open(path: &Path) -> Result<Connection, String> {
             "schema version {version} is newer than this extension's {SCHEMA_VERSION}"
         )));
     }
-    conn.execute_batch(OUTBOX_SQL).map_err(|e| err(&e))?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    tx.execute_batch(OUTBOX_SQL).map_err(|e| err(&e))?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| err(&e))?;
+    tx.commit().map_err(|e| err(&e))?;
     Ok(conn)
 }
 
@@ -321,18 +327,11 @@ fn insert(tx: &Transaction<'_>, rec: &Record, max_rows: u64, path: &Path) -> rus
         ],
     )?;
     bump(tx, "queued", 1)?;
-    // The id span bounds the count from above and costs two b-tree lookups; the exact count is
-    // taken only when the span says the outbox may be full (the agent may delete out of order).
-    let span: i64 = tx.query_row(
-        "SELECT IFNULL(MAX(id) - MIN(id) + 1, 0) FROM outbox",
-        [],
-        |r| r.get(0),
-    )?;
-    let pending: i64 = if span > max_rows as i64 {
-        tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?
-    } else {
-        span
-    };
+    // Kept by the schema's triggers in this same transaction: one row read, whatever the
+    // outbox holds and whoever deleted from it (issue #10 item 7).
+    let pending: i64 = tx.query_row("SELECT rows FROM outbox_size WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
     let excess = pending - max_rows as i64;
     if excess > 0 {
         tx.execute(
@@ -429,6 +428,9 @@ fn raise(tx: &Transaction<'_>, kind: &str, n: i64, detail: &str) -> rusqlite::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod size_tests;
 
 #[cfg(test)]
 mod tests {
