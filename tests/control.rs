@@ -390,3 +390,26 @@ fn the_packaged_sample_config_is_valid() {
         unit.contains("ExecStart=/usr/local/bin/log-sensor -c /etc/log-sensor/log-sensor.toml run")
     );
 }
+
+#[test]
+fn sigterm_stops_the_agent_after_its_control_socket_was_removed() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let before = lines("before-rm", 20);
+    append_lines(&env.p("logs/a.log"), &before);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &before);
+    // A tmp cleaner or an operator removes the socket file under the running agent.
+    std::fs::remove_file(env.p("state/control.sock")).unwrap();
+    let after = lines("after-rm", 5);
+    append_lines(&env.p("logs/a.log"), &after);
+    env.wait_msgs(&agent, &after);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.wait_exit(PATIENCE),
+        Some(0),
+        "SIGTERM must end the agent with 0 although control.sock is gone; stderr:\n{}",
+        tail(&agent.stderr_text())
+    );
+    let rows = env.query("SELECT records FROM streams");
+    assert_eq!(rows[0]["records"], 25, "every shipped record committed");
+}
