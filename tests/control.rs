@@ -568,3 +568,74 @@ fn another_users_stop_is_refused_as_permission_denied_not_answered_not_running()
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn the_cli_sees_changes_and_stops_the_agent_while_its_config_file_does_not_parse() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let before = lines("good-config", 10);
+    append_lines(&env.p("logs/a.log"), &before);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &before);
+    // An operator's bad edit: the file is no longer TOML.
+    let good = std::fs::read_to_string(env.p("agent.toml")).unwrap();
+    std::fs::write(
+        env.p("agent.toml"),
+        good.replace("[sink]", "[sink\nthis line is not toml"),
+    )
+    .unwrap();
+    let warned = |o: &std::process::Output| {
+        let e = stderr(o);
+        assert!(
+            e.contains("warning")
+                && e.contains(&env.p("agent.toml").display().to_string())
+                && e.contains("not valid TOML"),
+            "the warning names the file and its error: {e}"
+        );
+    };
+    let ok = |args: &[&str]| {
+        let out = ls(&env, args);
+        assert!(
+            out.status.success(),
+            "{args:?} with an invalid file: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        warned(&out);
+        stdout(&out)
+    };
+    let text = ok(&["status"]);
+    assert!(
+        text.contains(&format!("running (pid {},", agent.pid())),
+        "{text}"
+    );
+    let js: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
+    assert_eq!(js["pid"], agent.pid());
+    assert_eq!(
+        ok(&["get", "defaults.max_record_bytes"]).trim(),
+        "defaults.max_record_bytes = 65536  (default)"
+    );
+    assert!(ok(&["list", "sources.app"]).contains("sources.app.paths"));
+    assert!(ok(&["set", "defaults.max_record_bytes", "1000"]).contains("1000  (temporary)"));
+    assert!(ok(&["del", "defaults.max_record_bytes"]).contains("temporary change dropped"));
+    // Reloading an invalid file is refused, saying why; the agent keeps its config and ships.
+    let out = ls(&env, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("nothing reloaded") && stderr(&out).contains("not valid TOML"),
+        "{}",
+        stderr(&out)
+    );
+    let after = lines("still-running", 5);
+    append_lines(&env.p("logs/a.log"), &after);
+    env.wait_msgs(&agent, &after);
+    let (out, err, code) = stop_child(&env, &mut agent);
+    assert!(
+        out.contains(&format!("stopped (pid {})", agent.pid())),
+        "{out}"
+    );
+    assert!(err.contains("not valid TOML"), "stop warns too: {err}");
+    assert_eq!(code, Some(0));
+    let out = ls(&env, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "not running: {}", stderr(&out));
+    warned(&out);
+}
