@@ -83,10 +83,11 @@ pub enum ClientError {
     /// Every connection slot is taken; the agent answered before reading the request.
     #[error("the agent's control socket {path} is busy ({detail})")]
     Busy { path: PathBuf, detail: String },
-    #[error("control socket {path}: {source}")]
+    // Not a `source`: the message already says it, and `{:#}` would print it twice.
+    #[error("control socket {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("control socket {path} answered something that is not a response: {detail}")]
     Garbled { path: PathBuf, detail: String },
@@ -100,9 +101,9 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// answer is [`ClientError::Busy`]: the request was not read, so sending it again is safe.
 pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(state_dir);
-    let io = |source| ClientError::Io {
+    let io = |error| ClientError::Io {
         path: path.clone(),
-        source,
+        error,
     };
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,

@@ -261,8 +261,8 @@ pub struct Waker(Arc<UnixStream>);
 
 impl Waker {
     pub fn wake(&self) {
-        // One byte is enough; the pipe is never drained, so a second wake cannot block (the
-        // write end is non-blocking) and `serve` sees it readable until it returns.
+        // One byte is enough: nothing ever reads it, so `serve` sees its end readable until it
+        // returns, and a second wake cannot block (this end is non-blocking).
         let _ = (&*self.0).write(&[1]);
     }
 }
