@@ -401,15 +401,13 @@ fn the_packaged_sample_config_is_valid() {
 #[test]
 fn sigterm_stops_the_agent_after_its_control_socket_was_removed() {
     let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
-    let before = lines("before-rm", 20);
-    append_lines(&env.p("logs/a.log"), &before);
+    let shipped = lines("before-rm", 20);
+    append_lines(&env.p("logs/a.log"), &shipped);
     let mut agent = env.start();
-    env.wait_msgs(&agent, &before);
-    // A tmp cleaner or an operator removes the socket file under the running agent.
+    env.wait_msgs(&agent, &shipped);
+    // A tmp cleaner or an operator removes the socket file under the running agent; SIGTERM
+    // follows at once, before the agent binds the socket again.
     std::fs::remove_file(env.p("state/control.sock")).unwrap();
-    let after = lines("after-rm", 5);
-    append_lines(&env.p("logs/a.log"), &after);
-    env.wait_msgs(&agent, &after);
     agent.signal(libc::SIGTERM);
     assert_eq!(
         agent.wait_exit(PATIENCE),
@@ -418,7 +416,35 @@ fn sigterm_stops_the_agent_after_its_control_socket_was_removed() {
         tail(&agent.stderr_text())
     );
     let rows = env.query("SELECT records FROM streams");
-    assert_eq!(rows[0]["records"], 25, "every shipped record committed");
+    assert_eq!(rows[0]["records"], 20, "every shipped record committed");
+}
+
+#[test]
+fn a_deleted_control_socket_is_bound_again_so_the_cli_still_reaches_the_agent() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let mut agent = env.start();
+    wait_for("agent up", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    let sock = env.p("state/control.sock");
+    std::fs::remove_file(&sock).unwrap();
+    wait_for("the control socket bound again", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.p("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".c"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
+    let (out, _, code) = stop_child(&env, &mut agent);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(code, Some(0));
 }
 
 /// `log-sensor stop` for an agent that is this test's child, reaping it meanwhile (stop waits

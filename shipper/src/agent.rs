@@ -192,8 +192,8 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     };
     let helpers = [
         spawn("control", {
-            let (c, s) = (controller.clone(), stop.clone());
-            move || control::server::serve(control, c, s)
+            let c = controller.clone();
+            move || control::server::serve(control, c)
         }),
         spawn("config-watch", {
             let (c, s) = (controller.clone(), stop.clone());

@@ -9,7 +9,7 @@ use crate::store::{Alert, Store};
 use crossbeam_channel::Sender;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,10 +238,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// A client that does not read its answer must not hold a slot either.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle [`serve`] checks that the socket file is still there. Rare, because it is
+/// a wake-up of an idle agent; often enough that a deleted socket is back before an operator has
+/// finished wondering why the CLI says "not running".
+const SOCKET_CHECK: Duration = Duration::from_secs(5);
 
 /// The bound control socket, and the pipe that tells [`serve`] to return.
 pub struct Listener {
     socket: UnixListener,
+    /// Where it is bound, to bind it again if the file is deleted (see [`Listener::restore`]).
+    path: PathBuf,
     /// Readable once [`Waker::wake`] wrote to its other end: shutdown never goes through the
     /// socket's path, which a tmp cleaner or an operator may have removed.
     wake_rx: UnixStream,
@@ -249,6 +255,27 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Binds the socket again when its file was deleted (a tmp cleaner, an operator): otherwise
+    /// the running agent is unreachable and every CLI call says "not running" until a restart.
+    /// Whatever else is at the path is left alone.
+    fn restore(&mut self) {
+        let gone = matches!(std::fs::symlink_metadata(&self.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if !gone {
+            return;
+        }
+        let path = self.path.display();
+        match bind_socket(&self.path) {
+            Ok(socket) => {
+                self.socket = socket;
+                tracing::warn!(%path, "the control socket was deleted; bound it again");
+            }
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "the control socket was deleted and cannot be bound again")
+            }
+        }
+    }
+
     /// The handle that makes [`serve`] return (take it before handing the listener to a thread).
     pub fn waker(&self) -> Waker {
         Waker(self.wake_tx.clone())
@@ -271,29 +298,44 @@ impl Waker {
 pub fn bind(state_dir: &Path) -> std::io::Result<Listener> {
     let path = super::socket_path(state_dir);
     let _ = std::fs::remove_file(&path);
-    // Created 0600 from the start: no moment where another user could connect.
-    // SAFETY: umask only swaps the process's file mode mask; restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&path);
-    unsafe {
-        libc::umask(old);
-    }
-    let socket = bound?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    // Non-blocking so that a connection gone between poll and accept costs nothing.
-    socket.set_nonblocking(true)?;
+    let socket = bind_socket(&path)?;
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     Ok(Listener {
         socket,
+        path,
         wake_rx,
         wake_tx: Arc::new(wake_tx),
     })
 }
 
-/// Serves the socket until its [`Waker`] is woken (the agent sets `stop` first); one thread per
-/// connection, at most [`MAX_CONNECTIONS`].
-pub fn serve(listener: Listener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
+/// Binds a listener at `path`, mode 0600 from its first moment there: it is bound inside a fresh
+/// 0700 folder, given its mode, then renamed into place. No umask change, which is process-wide
+/// and would race with the files other threads create when the socket is bound again.
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    // Names no longer than `control.sock` (a pid has at most 7 digits): a socket path has a
+    // length limit, and the staged one must fit wherever the final one does.
+    let private = parent.join(format!(".c{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|socket| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(socket)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    let socket = bound?;
+    // Non-blocking so that a connection gone between poll and accept costs nothing.
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Serves the socket until its [`Waker`] is woken; one thread per connection, at most
+/// [`MAX_CONNECTIONS`]. The waker is the only way out, so that shutdown has one mechanism, and
+/// it does not go through the socket file.
+pub fn serve(mut listener: Listener, ctl: Arc<Controller>) {
     let slots = Arc::new(Slots::default());
     let mut fds = [
         libc::pollfd {
@@ -307,9 +349,17 @@ pub fn serve(listener: Listener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
             revents: 0,
         },
     ];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: two valid pollfds owned by this frame; no timeout: the waker ends the wait.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    loop {
+        fds[0].fd = listener.socket.as_raw_fd();
+        // SAFETY: two valid pollfds owned by this frame. The waker ends the wait at shutdown;
+        // the timeout is only for `restore`.
+        let rc = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                SOCKET_CHECK.as_millis() as libc::c_int,
+            )
+        };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -320,6 +370,10 @@ pub fn serve(listener: Listener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
         }
         if fds[1].revents != 0 {
             break;
+        }
+        if rc == 0 {
+            listener.restore();
+            continue;
         }
         match listener.socket.accept() {
             Ok((stream, _)) => match slots.take(SLOT_WAIT) {
@@ -347,11 +401,7 @@ pub fn serve(listener: Listener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
             }
         }
     }
-    if let Ok(addr) = listener.socket.local_addr() {
-        if let Some(p) = addr.as_pathname() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    let _ = std::fs::remove_file(&listener.path);
 }
 
 /// Counts the connections being served; a slot is given back when its guard drops.
