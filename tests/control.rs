@@ -4,9 +4,16 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
+
+/// The agent serves this many control connections at once (`control::server::MAX_CONNECTIONS`).
+const CONTROL_SLOTS: usize = 16;
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
@@ -389,4 +396,272 @@ fn the_packaged_sample_config_is_valid() {
     assert!(
         unit.contains("ExecStart=/usr/local/bin/log-sensor -c /etc/log-sensor/log-sensor.toml run")
     );
+}
+
+#[test]
+fn sigterm_stops_the_agent_after_its_control_socket_was_removed() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let shipped = lines("before-rm", 20);
+    append_lines(&env.p("logs/a.log"), &shipped);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &shipped);
+    // A tmp cleaner or an operator removes the socket file under the running agent; SIGTERM
+    // follows at once, before the agent binds the socket again.
+    std::fs::remove_file(env.p("state/control.sock")).unwrap();
+    agent.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.wait_exit(PATIENCE),
+        Some(0),
+        "SIGTERM must end the agent with 0 although control.sock is gone; stderr:\n{}",
+        tail(&agent.stderr_text())
+    );
+    let rows = env.query("SELECT records FROM streams");
+    assert_eq!(rows[0]["records"], 20, "every shipped record committed");
+}
+
+#[test]
+fn a_deleted_control_socket_is_bound_again_so_the_cli_still_reaches_the_agent() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let mut agent = env.start();
+    wait_for("agent up", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    let sock = env.p("state/control.sock");
+    std::fs::remove_file(&sock).unwrap();
+    wait_for("the control socket bound again", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.p("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".c"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
+    let (out, _, code) = stop_child(&env, &mut agent);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(code, Some(0));
+}
+
+/// `log-sensor stop` for an agent that is this test's child, reaping it meanwhile (stop waits
+/// for the pid to be gone, and an unreaped child stays a zombie). Returns the CLI's stdout and
+/// stderr and the agent's exit code.
+fn stop_child(env: &AgentEnv, agent: &mut Proc) -> (String, String, Option<i32>) {
+    let mut cmd = env.cmd();
+    cmd.args(["stop"])
+        .env("LOG_SENSOR_LOG", "warn")
+        .stdout(std::fs::File::create(env.p("stop.out")).unwrap());
+    let mut cli = Proc::spawn("log-sensor stop", &mut cmd, &env.p("stop.err"));
+    let code = agent.wait_exit(PATIENCE);
+    let cli_code = cli.wait_exit(PATIENCE);
+    let out = std::fs::read_to_string(env.p("stop.out")).unwrap();
+    assert_eq!(cli_code, Some(0), "stop: {out}{}", cli.stderr_text());
+    (out, cli.stderr_text(), code)
+}
+
+/// One request on an open control connection, and its answer line.
+fn exchange(c: &mut UnixStream, req: &str) -> std::io::Result<serde_json::Value> {
+    c.write_all(format!("{req}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&*c).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| std::io::Error::other(format!("{e}: {line:?}")))
+}
+
+#[test]
+fn idle_control_connections_are_cut_and_a_cli_call_waits_its_turn() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let _bg = Background::start(&env);
+    // Connections that never send a byte take every slot (they are accepted before the CLI's).
+    let idle: Vec<UnixStream> = (0..CONTROL_SLOTS)
+        .map(|_| UnixStream::connect(env.p("state/control.sock")).unwrap())
+        .collect();
+    let out = ls(&env, &["status"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("running (pid"),
+        "status behind {CONTROL_SLOTS} idle connections: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // The agent closed them; a read ends (EOF or reset) instead of waiting.
+    for mut c in idle {
+        c.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0, "an idle connection got data"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_full_control_socket_answers_busy_and_the_cli_says_so_then_gets_its_turn() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let _bg = Background::start(&env);
+    let sock = env.p("state/control.sock");
+    // Clients that keep their slot by asking well within the agent's idle cut.
+    let release = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let holders: Vec<_> = (0..CONTROL_SLOTS)
+        .map(|_| {
+            let (sock, release, ready) = (sock.clone(), release.clone(), ready_tx.clone());
+            std::thread::spawn(move || {
+                let mut c = UnixStream::connect(&sock).unwrap();
+                while !release.load(Ordering::SeqCst) {
+                    let answer = exchange(&mut c, r#"{"cmd":"get","key":"host_id"}"#).unwrap();
+                    assert_eq!(answer["ok"], true, "{answer}");
+                    let _ = ready.send(());
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..CONTROL_SLOTS {
+        ready_rx
+            .recv_timeout(PATIENCE)
+            .expect("every holder answered");
+    }
+    // One more connection is told why, instead of being reset unread.
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    extra.set_read_timeout(Some(PATIENCE)).unwrap();
+    let answer = exchange(&mut extra, r#"{"cmd":"status"}"#).unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap_or("").starts_with("busy"),
+        "{answer}"
+    );
+    // The CLI says it waits for a turn, and gets one when a slot frees.
+    let mut cmd = env.cmd();
+    cmd.args(["status"])
+        .env("LOG_SENSOR_LOG", "warn")
+        .stdout(std::fs::File::create(env.p("cli.out")).unwrap());
+    let mut cli = Proc::spawn("log-sensor status", &mut cmd, &env.p("cli.err"));
+    wait_for("the CLI to say the socket is busy", PATIENCE, || {
+        cli.stderr_text().contains("is busy")
+    });
+    release.store(true, Ordering::SeqCst);
+    for h in holders {
+        h.join().unwrap();
+    }
+    assert_eq!(cli.wait_exit(PATIENCE), Some(0), "{}", cli.stderr_text());
+    let out = std::fs::read_to_string(env.p("cli.out")).unwrap();
+    assert!(out.contains("running (pid"), "{out}");
+}
+
+#[test]
+fn another_users_stop_is_refused_as_permission_denied_not_answered_not_running() {
+    if !is_root() {
+        eprintln!("skipped: only root can run the CLI as another user");
+        return;
+    }
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    // nobody may traverse to the config and the state dir: only the socket's 0600 stops it.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut agent = env.start();
+    wait_for("agent up", PATIENCE, || {
+        ls(&env, &["status"]).status.success()
+    });
+    let as_nobody = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.args(args).env("LOG_SENSOR_LOG", "warn");
+        std::os::unix::process::CommandExt::uid(&mut c, NOBODY);
+        std::os::unix::process::CommandExt::gid(&mut c, NOBODY);
+        c.output().unwrap()
+    };
+    for args in [&["stop"][..], &["status"], &["start"]] {
+        let out = as_nobody(args);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?} as nobody: exit 4 (insufficient privilege); {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("permission denied")
+                && stderr(&out).contains("control.sock")
+                && !stdout(&out).contains("not running"),
+            "{args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    assert!(agent.is_running(), "another user must not stop the agent");
+    let (out, _, code) = stop_child(&env, &mut agent);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn the_cli_sees_changes_and_stops_the_agent_while_its_config_file_does_not_parse() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let before = lines("good-config", 10);
+    append_lines(&env.p("logs/a.log"), &before);
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &before);
+    // An operator's bad edit: the file is no longer TOML.
+    let good = std::fs::read_to_string(env.p("agent.toml")).unwrap();
+    std::fs::write(
+        env.p("agent.toml"),
+        good.replace("[sink]", "[sink\nthis line is not toml"),
+    )
+    .unwrap();
+    let warned = |o: &std::process::Output| {
+        let e = stderr(o);
+        assert!(
+            e.contains("warning")
+                && e.contains(&env.p("agent.toml").display().to_string())
+                && e.contains("not valid TOML"),
+            "the warning names the file and its error: {e}"
+        );
+    };
+    let ok = |args: &[&str]| {
+        let out = ls(&env, args);
+        assert!(
+            out.status.success(),
+            "{args:?} with an invalid file: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        warned(&out);
+        stdout(&out)
+    };
+    let text = ok(&["status"]);
+    assert!(
+        text.contains(&format!("running (pid {},", agent.pid())),
+        "{text}"
+    );
+    let js: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
+    assert_eq!(js["pid"], agent.pid());
+    assert_eq!(
+        ok(&["get", "defaults.max_record_bytes"]).trim(),
+        "defaults.max_record_bytes = 65536  (default)"
+    );
+    assert!(ok(&["list", "sources.app"]).contains("sources.app.paths"));
+    assert!(ok(&["set", "defaults.max_record_bytes", "1000"]).contains("1000  (temporary)"));
+    assert!(ok(&["del", "defaults.max_record_bytes"]).contains("temporary change dropped"));
+    // Reloading an invalid file is refused, saying why; the agent keeps its config and ships.
+    let out = ls(&env, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("nothing reloaded") && stderr(&out).contains("not valid TOML"),
+        "{}",
+        stderr(&out)
+    );
+    let after = lines("still-running", 5);
+    append_lines(&env.p("logs/a.log"), &after);
+    env.wait_msgs(&agent, &after);
+    let (out, err, code) = stop_child(&env, &mut agent);
+    assert!(
+        out.contains(&format!("stopped (pid {})", agent.pid())),
+        "{out}"
+    );
+    assert!(err.contains("not valid TOML"), "stop warns too: {err}");
+    assert_eq!(code, Some(0));
+    let out = ls(&env, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "not running: {}", stderr(&out));
+    warned(&out);
 }

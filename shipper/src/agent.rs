@@ -131,6 +131,9 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         path: control::socket_path(&cfg.state_dir),
         source,
     })?;
+    // Taken before the listener moves to its thread: shutdown wakes it through this, never
+    // through the socket's path, which someone may have deleted.
+    let control_waker = control.waker();
     let pid_file = cfg.state_dir.join("agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
@@ -189,8 +192,8 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     };
     let helpers = [
         spawn("control", {
-            let (c, s) = (controller.clone(), stop.clone());
-            move || control::server::serve(control, c, s)
+            let c = controller.clone();
+            move || control::server::serve(control, c)
         }),
         spawn("config-watch", {
             let (c, s) = (controller.clone(), stop.clone());
@@ -210,7 +213,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     );
     let _ = tail_thread.join();
     stop.store(true, Ordering::SeqCst);
-    control::server::wake(&cfg.state_dir);
+    control_waker.wake();
     for h in helpers {
         let _ = h.join();
     }

@@ -1,10 +1,13 @@
 //! The `log-sensor` command line. anyhow lives here only.
 
+mod cli;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use cli::reach::{self, Agent, EXIT_NOT_RUNNING};
 use log_sensor::config::layers::{self, Layers};
 use log_sensor::config::Config;
-use log_sensor::control::{self, ClientError, Request, Response};
+use log_sensor::control::{ClientError, Request};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -126,13 +129,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("log-sensor: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(reach::exit_code(&e))
         }
     }
 }
-
-/// LSB's "program is not running" exit code for status.
-const NOT_RUNNING: u8 = 3;
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone();
@@ -220,9 +220,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start => start(&path),
         Command::Stop => stop(&path),
         Command::Reload => {
-            let cfg =
-                Config::load(&path).context("the config file is not valid, nothing reloaded")?;
-            ask(&cfg, "reload", None, None)?;
+            // Refused here, before the agent is asked: it would refuse too and keep its config.
+            let cfg = Config::load(&path).context(
+                "the config file is not valid, nothing reloaded (a running agent keeps its config)",
+            )?;
+            Agent::of(cfg).ask("reload", None, None)?;
             println!("reloaded");
             Ok(ExitCode::SUCCESS)
         }
@@ -239,42 +241,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One request to the running agent; an `ok: false` answer is an error with its message.
-fn ask(
-    cfg: &Config,
-    cmd: &str,
-    key: Option<&str>,
-    value: Option<&str>,
-) -> anyhow::Result<Response> {
-    let req = Request {
-        cmd: cmd.into(),
-        key: key.map(str::to_string),
-        value: value.map(str::to_string),
-    };
-    let resp = control::call(&cfg.state_dir, &req)?;
-    if !resp.ok {
-        bail!("{}", resp.error.unwrap_or_else(|| "refused".into()));
-    }
-    Ok(resp)
-}
-
-fn running(cfg: &Config) -> Option<u32> {
-    let req = Request {
-        cmd: "status".into(),
-        key: None,
-        value: None,
-    };
-    control::call(&cfg.state_dir, &req)
-        .ok()
-        .and_then(|r| r.status.map(|s| s.pid))
-}
-
 fn start(path: &Path) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(path)?;
-    if let Some(pid) = running(&cfg) {
+    let agent = Agent::locate(path)?;
+    if let Some(pid) = agent.running()? {
+        agent.warn_if_invalid();
         println!("already running (pid {pid})");
         return Ok(ExitCode::SUCCESS);
     }
+    let cfg = agent.config?;
+    let agent = Agent::of(cfg.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
     let log_path = cfg.state_dir.join("agent.log");
@@ -300,7 +275,7 @@ fn start(path: &Path) -> anyhow::Result<ExitCode> {
     let mut child = cmd.spawn().context("cannot start the agent")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(pid) = running(&cfg) {
+        if let Some(pid) = agent.running()? {
             println!("started (pid {pid}); log in {}", log_path.display());
             return Ok(ExitCode::SUCCESS);
         }
@@ -324,15 +299,17 @@ fn start(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn stop(path: &Path) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(path)?;
-    let Some(pid) = running(&cfg) else {
+    let agent = Agent::locate(path)?;
+    agent.warn_if_invalid();
+    let Some(pid) = agent.running()? else {
         println!("not running");
         return Ok(ExitCode::SUCCESS);
     };
-    ask(&cfg, "stop", None, None)?;
+    agent.ask("stop", None, None)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    // The socket goes away when the agent has committed and exited.
-    while running(&cfg).is_some() || pid_alive(pid) {
+    // The socket goes away when the agent has committed and exited; until then any answer but
+    // "not running" (an error while it shuts down included) means it is still there.
+    while !matches!(agent.running(), Ok(None)) || pid_alive(pid) {
         if Instant::now() > deadline {
             bail!("pid {pid} is still running after 60 s");
         }
@@ -348,13 +325,14 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(path)?;
+    let agent = Agent::locate(path)?;
+    agent.warn_if_invalid();
     let req = Request {
         cmd: "status".into(),
         key: None,
         value: None,
     };
-    let resp = match control::call(&cfg.state_dir, &req) {
+    let resp = match agent.call(&req) {
         Ok(r) => r,
         Err(ClientError::NotRunning(_)) => {
             if json {
@@ -362,10 +340,10 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             } else {
                 println!(
                     "log-sensor is not running (state dir {})",
-                    cfg.state_dir.display()
+                    agent.state_dir.display()
                 );
             }
-            return Ok(ExitCode::from(NOT_RUNNING));
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
         }
         Err(e) => return Err(e.into()),
     };
@@ -466,17 +444,13 @@ fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow:
     if persist {
         let parsed = value.map(layers::parse_value);
         let cfg = layers::persist(path, key, parsed.as_ref())?;
-        match ask(&cfg, "reload", None, None) {
+        match Agent::of(cfg).ask("reload", None, None) {
             Ok(_) => println!(
                 "{} written to {}; the running agent reloaded",
                 key,
                 path.display()
             ),
-            Err(e)
-                if e.downcast_ref::<ClientError>()
-                    .map(|c| matches!(c, ClientError::NotRunning(_)))
-                    .unwrap_or(false) =>
-            {
+            Err(e) if reach::is_not_running(&e) => {
                 println!("{} written to {} (no agent running)", key, path.display())
             }
             Err(e) => {
@@ -485,14 +459,11 @@ fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow:
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = Config::load(path)?;
+    let agent = Agent::locate(path)?;
+    agent.warn_if_invalid();
     let cmd = if value.is_some() { "set" } else { "del" };
-    let resp = match ask(&cfg, cmd, Some(key), value) {
-        Err(e)
-            if e.downcast_ref::<ClientError>()
-                .map(|c| matches!(c, ClientError::NotRunning(_)))
-                .unwrap_or(false) =>
-        {
+    let resp = match agent.ask(cmd, Some(key), value) {
+        Err(e) if reach::is_not_running(&e) => {
             bail!("no agent is running to take a temporary change; --persist writes the config file instead")
         }
         other => other?,
@@ -507,21 +478,21 @@ fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow:
 }
 
 fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
-    let layers = Layers::load(path)?;
-    let cfg = layers.resolve()?;
+    let agent = Agent::locate(path)?;
     let cmd = if exact { "get" } else { "list" };
-    let entries: Vec<(String, String, String)> = match ask(&cfg, cmd, Some(key), None) {
-        Ok(resp) => resp
-            .entries
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.key, e.value, e.origin))
-            .collect(),
-        Err(e)
-            if e.downcast_ref::<ClientError>()
-                .map(|c| matches!(c, ClientError::NotRunning(_)))
-                .unwrap_or(false) =>
-        {
+    let entries: Vec<(String, String, String)> = match agent.ask(cmd, Some(key), None) {
+        Ok(resp) => {
+            agent.warn_if_invalid();
+            resp.entries
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.key, e.value, e.origin))
+                .collect()
+        }
+        Err(e) if reach::is_not_running(&e) => {
+            // No agent: the file is all there is, and an invalid one is the error.
+            let layers = Layers::load(path)?;
+            layers.resolve()?;
             eprintln!("(no agent running: values from {})", path.display());
             layers
                 .entries(key)
@@ -617,9 +588,9 @@ fn pack(path: &Path, action: PackAction) -> anyhow::Result<ExitCode> {
 fn write_packs(path: &Path, list: &[String], done: &str) -> anyhow::Result<ExitCode> {
     let value = toml::Value::Array(list.iter().cloned().map(toml::Value::String).collect());
     let cfg = layers::persist(path, "packs", Some(&value))?;
-    match ask(&cfg, "reload", None, None) {
+    match Agent::of(cfg).ask("reload", None, None) {
         Ok(_) => println!("{done}; the running agent reloaded"),
-        Err(_) if running(&cfg).is_none() => println!("{done} (no agent running)"),
+        Err(e) if reach::is_not_running(&e) => println!("{done} (no agent running)"),
         Err(e) => {
             return Err(e.context(format!(
                 "{done} in the file, but the running agent did not reload"

@@ -184,15 +184,17 @@ impl Config {
         layers::Layers::load(path)?.resolve()
     }
 
-    /// Where the store is, even when the rest of the file is invalid (an operator looking into
-    /// the store's alerts to learn why is exactly who has a broken file).
+    /// Where the store and the control socket are, even when the rest of the file is invalid,
+    /// even when it is not TOML at all past its top-level keys (an operator looking into the
+    /// store's alerts, or at and stopping the agent that still runs, is exactly who has a broken
+    /// file).
     pub fn state_dir_lenient(path: &Path) -> Option<PathBuf> {
-        let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+        let text = std::fs::read_to_string(path).ok()?;
         let base = absolute(path).parent()?.to_path_buf();
-        let dir = match table.get("state_dir") {
-            Some(toml::Value::String(s)) => expand::expand(s).ok()?,
-            Some(_) => return None,
-            None => "state".into(),
+        let dir = match reader::top_level(&text, "state_dir") {
+            reader::TopLevel::Found(toml::Value::String(s)) => expand::expand(&s).ok()?,
+            reader::TopLevel::Absent => "state".into(),
+            _ => return None,
         };
         Some(base.join(dir))
     }

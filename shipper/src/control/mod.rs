@@ -11,6 +11,11 @@
 //! {"cmd":"del","key":"…"}                           -> {"ok":true,"entries":[…]} | {"ok":false,"error":"…"}
 //! ```
 //!
+//! A connection must send each request line within a few seconds
+//! ([`server::IDLE_TIMEOUT`]) of its accept or of the previous answer, or it is closed. When
+//! [`server::MAX_CONNECTIONS`] connections are already served, a new one is answered
+//! `{"ok":false,"error":"busy: …"}` before any request is read, then closed: retry later.
+//!
 //! `value` is TOML (`65536`, `true`, `["a","b"]`, `"text"`), or plain text taken as a string.
 //! `set` and `del` are temporary: they change the running agent until its next reload or restart.
 
@@ -20,6 +25,7 @@ use crate::config::layers::Entry;
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,10 +74,20 @@ impl From<&Entry> for EntryWire {
 pub enum ClientError {
     #[error("no agent is running on {0} (is it started?)")]
     NotRunning(PathBuf),
-    #[error("control socket {path}: {source}")]
+    /// The socket is 0600: another user (not root) cannot tell whether the agent runs.
+    #[error(
+        "permission denied on the control socket {path} (mode 0600, owned by uid {owner}): \
+         run this as the agent's user or as root"
+    )]
+    PermissionDenied { path: PathBuf, owner: String },
+    /// Every connection slot is taken; the agent answered before reading the request.
+    #[error("the agent's control socket {path} is busy ({detail})")]
+    Busy { path: PathBuf, detail: String },
+    // Not a `source`: the message already says it, and `{:#}` would print it twice.
+    #[error("control socket {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("control socket {path} answered something that is not a response: {detail}")]
     Garbled { path: PathBuf, detail: String },
@@ -81,12 +97,13 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET)
 }
 
-/// Sends one request to the agent whose state dir this is and returns its answer.
+/// Sends one request to the agent whose state dir this is and returns its answer. A `busy`
+/// answer is [`ClientError::Busy`]: the request was not read, so sending it again is safe.
 pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(state_dir);
-    let io = |source| ClientError::Io {
+    let io = |error| ClientError::Io {
         path: path.clone(),
-        source,
+        error,
     };
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -98,6 +115,12 @@ pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
         {
             return Err(ClientError::NotRunning(path));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let owner = std::fs::metadata(&path)
+                .map(|m| m.uid().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            return Err(ClientError::PermissionDenied { path, owner });
+        }
         Err(e) => return Err(io(e)),
     };
     stream
@@ -105,11 +128,28 @@ pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
         .map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("a request serialises");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    // A busy agent may answer and close before it reads our line; its answer still counts.
+    let sent = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
-    serde_json::from_str(&answer).map_err(|e| ClientError::Garbled {
-        path: path.clone(),
-        detail: e.to_string(),
-    })
+    let read = BufReader::new(&stream).read_line(&mut answer);
+    let resp: Response = match (serde_json::from_str(&answer), sent, read) {
+        (Ok(resp), _, _) => resp,
+        (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => return Err(io(e)),
+        (Err(e), Ok(()), Ok(_)) => {
+            return Err(ClientError::Garbled {
+                path: path.clone(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    match &resp.error {
+        Some(e) if !resp.ok && e.starts_with("busy") => Err(ClientError::Busy {
+            path,
+            detail: e
+                .trim_start_matches("busy")
+                .trim_start_matches([':', ' '])
+                .to_string(),
+        }),
+        _ => Ok(resp),
+    }
 }

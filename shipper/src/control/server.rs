@@ -7,16 +7,15 @@ use crate::config::{Config, SinkConfig};
 use crate::status::{Live, Status};
 use crate::store::{Alert, Store};
 use crossbeam_channel::Sender;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16;
 /// A request line longer than this is refused (nothing legitimate comes close).
 const MAX_REQUEST: u64 = 64 << 10;
 
@@ -228,84 +227,320 @@ fn fail(e: String) -> Response {
     }
 }
 
-/// Binds the socket (any old one is stale: the caller holds the state dir's lock), 0600.
-pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
-    let path = super::socket_path(state_dir);
-    let _ = std::fs::remove_file(&path);
-    // Created 0600 from the start: no moment where another user could connect.
-    // SAFETY: umask only swaps the process's file mode mask; restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&path);
-    unsafe {
-        libc::umask(old);
-    }
-    let listener = bound?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+/// Connections served at once. One more waits up to [`SLOT_WAIT`] for a slot, then is answered
+/// `busy` and closed: a client then knows to retry, instead of reading "connection reset".
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may take to send a whole request line, counted from its accept or from
+/// the previous answer. Legitimate clients (the CLI, the extension) send at once, so a few seconds
+/// is plenty; past it the connection is cut, so idle or trickling clients cannot keep the slots.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection over [`MAX_CONNECTIONS`] waits for a slot before it is answered `busy`.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// A client that does not read its answer must not hold a slot either.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle [`serve`] checks that the socket file is still there. Rare, because it is
+/// a wake-up of an idle agent; often enough that a deleted socket is back before an operator has
+/// finished wondering why the CLI says "not running".
+const SOCKET_CHECK: Duration = Duration::from_secs(5);
+
+/// The bound control socket, and the pipe that tells [`serve`] to return.
+pub struct Listener {
+    socket: UnixListener,
+    /// Where it is bound, to bind it again if the file is deleted (see [`Listener::restore`]).
+    path: PathBuf,
+    /// Readable once [`Waker::wake`] wrote to its other end: shutdown never goes through the
+    /// socket's path, which a tmp cleaner or an operator may have removed.
+    wake_rx: UnixStream,
+    wake_tx: Arc<UnixStream>,
 }
 
-/// Serves the socket until `stop` (then [`wake`] unblocks the accept); one thread per
-/// connection, at most [`MAX_CONNECTIONS`].
-pub fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok(_) if stop.load(Ordering::Relaxed) => break,
-            Ok((stream, _)) => {
-                if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    drop(stream);
-                    continue;
+impl Listener {
+    /// Binds the socket again when its file was deleted (a tmp cleaner, an operator): otherwise
+    /// the running agent is unreachable and every CLI call says "not running" until a restart.
+    /// Whatever else is at the path is left alone.
+    fn restore(&mut self) {
+        let gone = matches!(std::fs::symlink_metadata(&self.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if !gone {
+            return;
+        }
+        let path = self.path.display();
+        match bind_socket(&self.path) {
+            Ok(socket) => {
+                self.socket = socket;
+                tracing::warn!(%path, "the control socket was deleted; bound it again");
+            }
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "the control socket was deleted and cannot be bound again")
+            }
+        }
+    }
+
+    /// The handle that makes [`serve`] return (take it before handing the listener to a thread).
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake_tx.clone())
+    }
+}
+
+/// Makes [`serve`] return, whatever became of the socket file.
+#[derive(Clone)]
+pub struct Waker(Arc<UnixStream>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // One byte is enough: nothing ever reads it, so `serve` sees its end readable until it
+        // returns, and a second wake cannot block (this end is non-blocking).
+        let _ = (&*self.0).write(&[1]);
+    }
+}
+
+/// Binds the socket (any old one is stale: the caller holds the state dir's lock), 0600.
+pub fn bind(state_dir: &Path) -> std::io::Result<Listener> {
+    let path = super::socket_path(state_dir);
+    let _ = std::fs::remove_file(&path);
+    let socket = bind_socket(&path)?;
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    Ok(Listener {
+        socket,
+        path,
+        wake_rx,
+        wake_tx: Arc::new(wake_tx),
+    })
+}
+
+/// Binds a listener at `path`, mode 0600 from its first moment there: it is bound inside a fresh
+/// 0700 folder, given its mode, then renamed into place. No umask change, which is process-wide
+/// and would race with the files other threads create when the socket is bound again.
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    // Names no longer than `control.sock` (a pid has at most 7 digits): a socket path has a
+    // length limit, and the staged one must fit wherever the final one does.
+    let private = parent.join(format!(".c{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|socket| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(socket)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    let socket = bound?;
+    // Non-blocking so that a connection gone between poll and accept costs nothing.
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Serves the socket until its [`Waker`] is woken; one thread per connection, at most
+/// [`MAX_CONNECTIONS`]. The waker is the only way out, so that shutdown has one mechanism, and
+/// it does not go through the socket file.
+pub fn serve(mut listener: Listener, ctl: Arc<Controller>) {
+    let slots = Arc::new(Slots::default());
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: listener.wake_rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        fds[0].fd = listener.socket.as_raw_fd();
+        // SAFETY: two valid pollfds owned by this frame. The waker ends the wait at shutdown;
+        // the timeout is only for `restore`.
+        let rc = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                SOCKET_CHECK.as_millis() as libc::c_int,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "control socket poll failed");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            continue;
+        }
+        if fds[1].revents != 0 {
+            break;
+        }
+        if rc == 0 {
+            listener.restore();
+            continue;
+        }
+        match listener.socket.accept() {
+            Ok((stream, _)) => match slots.take(SLOT_WAIT) {
+                Some(slot) => {
+                    let ctl = ctl.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("control".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                if let Err(e) = connection(stream, &ctl) {
+                                    tracing::debug!(error = %e, "control connection ended");
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot start a control connection thread");
+                    }
                 }
-                active.fetch_add(1, Ordering::Relaxed);
-                let ctl = ctl.clone();
-                let active = active.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control".into())
-                    .spawn(move || {
-                        let _ = connection(stream, &ctl);
-                        active.fetch_sub(1, Ordering::Relaxed);
-                    });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+                None => refuse_busy(stream),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
-    if let Ok(addr) = listener.local_addr() {
-        if let Some(p) = addr.as_pathname() {
-            let _ = std::fs::remove_file(p);
+    let _ = std::fs::remove_file(&listener.path);
+}
+
+/// Counts the connections being served; a slot is given back when its guard drops.
+#[derive(Default)]
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// A free slot, waiting up to `wait` for one.
+    fn take(self: &Arc<Self>, wait: Duration) -> Option<Slot> {
+        let used = self.used.lock().expect("slots lock");
+        let (mut used, _) = self
+            .freed
+            .wait_timeout_while(used, wait, |n| *n >= MAX_CONNECTIONS)
+            .expect("slots lock");
+        if *used >= MAX_CONNECTIONS {
+            return None;
+        }
+        *used += 1;
+        Some(Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.used.lock().expect("slots lock") -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Answers a connection over the limit without reading it: `busy`, then close.
+fn refuse_busy(stream: UnixStream) {
+    tracing::warn!(
+        max = MAX_CONNECTIONS,
+        "control socket busy: a connection was refused"
+    );
+    let resp = fail(format!(
+        "busy: the agent already serves {MAX_CONNECTIONS} control connections; try again"
+    ));
+    let mut out = serde_json::to_vec(&resp).expect("a response serialises");
+    out.push(b'\n');
+    // The accept thread must not block here: whatever the client already sent is drained (a Unix
+    // socket closed with unread data resets the peer, which would hide the answer), then the
+    // answer goes out with a short write timeout.
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match (&stream).read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = (&stream).write_all(&out);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// What one attempt to read a request line gave.
+enum Incoming {
+    Line(Vec<u8>),
+    /// The client closed, or took longer than [`IDLE_TIMEOUT`] to send a whole line.
+    Gone,
+    TooLong,
+}
+
+/// Reads one request line within `deadline`, however the client trickles it.
+fn read_request(
+    reader: &mut BufReader<UnixStream>,
+    deadline: Instant,
+) -> std::io::Result<Incoming> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Incoming::Gone);
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Incoming::Gone)
+            }
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(Incoming::Gone);
+        }
+        let (taken, done) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..taken]);
+        reader.consume(taken);
+        if line.len() as u64 > MAX_REQUEST {
+            return Ok(Incoming::TooLong);
+        }
+        if done {
+            return Ok(Incoming::Line(line));
         }
     }
 }
 
 fn connection(stream: UnixStream, ctl: &Controller) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(std::io::Read::take(stream, MAX_REQUEST));
-    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let resp = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(req) => ctl.handle(&req),
-            Err(e) => fail(format!("not a request: {e}")),
+        // An over-long request is answered, then the connection closed: the rest of that line
+        // would otherwise be read as further requests.
+        let (resp, last) = match read_request(&mut reader, Instant::now() + IDLE_TIMEOUT)? {
+            Incoming::Gone => return Ok(()),
+            Incoming::TooLong => (
+                fail(format!("request longer than {MAX_REQUEST} bytes")),
+                true,
+            ),
+            Incoming::Line(line) => match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => (ctl.handle(&req), false),
+                Err(e) => (fail(format!("not a request: {e}")), false),
+            },
         };
         let mut out = serde_json::to_vec(&resp).expect("a response serialises");
         out.push(b'\n');
         writer.write_all(&out)?;
+        if last {
+            return Ok(());
+        }
     }
-}
-
-/// Unblocks [`serve`]'s accept once `stop` is set.
-pub fn wake(state_dir: &Path) {
-    let _ = UnixStream::connect(super::socket_path(state_dir));
 }
 
 /// Reloads when the config file or an enabled pack changes (checked every second; editors that

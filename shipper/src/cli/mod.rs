@@ -1,0 +1,6 @@
+//! Pieces of the `log-sensor` command line that are more than argument handling.
+//!
+//! - [`reach`]: finding the running agent (even when the config file is invalid), asking it,
+//!   and the exit code each way of failing gives.
+
+pub mod reach;
