@@ -3,6 +3,8 @@
 
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -725,4 +727,85 @@ fn the_osquery_outbox_is_shipped_and_emptied_only_after_acknowledgement() {
         51,
         "each row once"
     );
+}
+
+#[test]
+fn a_file_sink_on_a_full_disk_keeps_every_line_whole() {
+    // The sink's folder is a 64 KiB tmpfs: the first batch (~700 KB of NDJSON) is cut short by
+    // ENOSPC part-way through a line, then refused; space comes back while the agent retries.
+    let fs = tmpfs::Tmpfs::new(64 << 10);
+    let out = fs.path().join("out.ndjson");
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "{}"
+"#,
+        out.display()
+    ));
+    let all = lines("full", 3000);
+    append_lines(&env.p("logs/app.log"), &all);
+    let agent = env.start();
+    wait_for("a sink_error alert for the full disk", PATIENCE, || {
+        env.try_query("SELECT detail FROM alerts WHERE kind = 'sink_error'")
+            .is_ok_and(|a| !a.is_empty())
+    });
+    fs.resize(16 << 20);
+    wait_for(
+        &format!(
+            "every record in the sink; agent stderr:\n{}",
+            tail(&agent.stderr_text())
+        ),
+        PATIENCE,
+        || read_ndjson(&out).len() >= all.len(),
+    );
+    let text = std::fs::read(&out).unwrap();
+    assert!(text.ends_with(b"\n"));
+    let torn: Vec<String> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && serde_json::from_slice::<Value>(l).is_err())
+        .map(|l| String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned())
+        .collect();
+    assert!(torn.is_empty(), "lines that are not JSON: {torn:?}");
+    let counts = count_by_msg(&read_ndjson(&out));
+    assert_eq!(counts.len(), all.len());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "a failed batch is cut off, not kept beside its retry"
+    );
+}
+
+#[test]
+fn a_line_torn_by_a_crash_is_cut_off_the_sink_file_at_start() {
+    // A kill -9 or power loss in the middle of a write leaves a batch's head without its end;
+    // that batch was never acknowledged, so it comes again and the fragment must not stay.
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    std::fs::create_dir_all(env.p("state")).unwrap();
+    let kept = "{\"msg\":\"earlier 1\"}\n{\"msg\":\"earlier 2\"}\n";
+    std::fs::write(
+        env.p("state/out.ndjson"),
+        format!("{kept}{{\"host\":\"test-host\",\"msg\":\"half"),
+    )
+    .unwrap();
+    let all = lines("after the crash", 20);
+    append_lines(&env.p("logs/app.log"), &all);
+    let _agent = env.start();
+    wait_for("the 20 records committed", PATIENCE, || {
+        env.try_query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")
+            .is_ok_and(|r| r[0]["n"] == 20)
+    });
+    let text = std::fs::read_to_string(env.p("state/out.ndjson")).unwrap();
+    assert!(text.starts_with(kept), "whole lines stay: {text:.200}");
+    for l in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(l).is_ok(),
+            "not JSON: {l:.200}"
+        );
+    }
+    assert_eq!(text.lines().count(), 2 + all.len());
 }
