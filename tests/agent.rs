@@ -809,3 +809,51 @@ fn a_line_torn_by_a_crash_is_cut_off_the_sink_file_at_start() {
     }
     assert_eq!(text.lines().count(), 2 + all.len());
 }
+
+#[test]
+fn an_empty_store_is_refused_and_only_a_missing_one_starts_afresh() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let all = lines("once", 50);
+    append_lines(&env.p("logs/app.log"), &all);
+    let (db, wal) = (env.p("state/store.db"), env.p("state/store.db-wal"));
+    let refused = |what: &str| {
+        let mut agent = env.start();
+        assert_eq!(agent.wait_exit(PATIENCE), Some(1), "{what}");
+        let err = agent.stderr_text();
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains("refusing to start afresh"),
+            "{what}: {err}"
+        );
+        err
+    };
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &all);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let shipped = std::fs::read(env.p("state/out.ndjson")).unwrap();
+    // Truncated while the agent was stopped (a botched restore): beside its lock, no WAL.
+    std::fs::File::create(&db).unwrap();
+    assert!(refused("an empty store").contains("empty (0 bytes)"));
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+    assert_eq!(std::fs::read(env.p("state/out.ndjson")).unwrap(), shipped);
+    // Only a state dir without a store starts afresh (and so ships the file again).
+    std::fs::remove_file(&db).unwrap();
+    let mut agent = env.start();
+    wait_for("the file shipped again", PATIENCE, || {
+        env.records().len() == 2 * all.len()
+    });
+    // Killed, so its WAL stays; then the store is emptied, then removed, beside that WAL.
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(PATIENCE);
+    let wal_bytes = std::fs::read(&wal).expect("a WAL left by kill -9");
+    std::fs::File::create(&db).unwrap();
+    assert!(refused("an empty store beside a WAL").contains("store.db-wal"));
+    std::fs::remove_file(&db).unwrap();
+    assert!(refused("a WAL without its store").contains("missing"));
+    assert!(!db.exists());
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        wal_bytes,
+        "the WAL is untouched"
+    );
+}

@@ -3,6 +3,9 @@
 //! One row per stream and an alerts table (schema in `sql/schema.sql`). WAL lets the osquery
 //! extension and `log-sensor query` read while the agent writes. Offsets only move in
 //! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch.
+//! [`create`] decides whether a state dir starts afresh.
+
+mod create;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -25,6 +28,13 @@ pub enum StoreError {
         "store {path} has no schema yet (an agent is creating it, or it is not a log-sensor store)"
     )]
     NotReady { path: PathBuf },
+    #[error("store {path} is {what}; refusing to start afresh over it, which would ship every file again from its start. Restore it from a backup, or move it (and its -wal) aside to start afresh (its offsets would be lost)")]
+    Lost { path: PathBuf, what: String },
+    #[error("cannot inspect store {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -140,14 +150,26 @@ fn unhex(v: Option<String>) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `state_dir`, checks it and migrates it.
+    /// Opens the store in `state_dir`, creating it only when there is none, checks it and
+    /// migrates it.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
         let path = state_dir.join("store.db");
-        let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
+        match create::inspect(&path)? {
+            create::Found::Nothing => create::create(&path)?,
+            create::Found::Database => {}
+        }
+        // Without CREATE: a store that vanished since is an error, not a new empty database.
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(&path, e))?;
         let mut store = Store { conn, path };
         store.prepare()?;
         Ok(store)
@@ -242,22 +264,10 @@ impl Store {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
             .map_err(|e| self.err(e))?;
-        // Migrations run in one transaction each; version 0 -> 1 creates the schema.
+        // Migrations run in one transaction each; version 0 -> 1 creates the schema (in a
+        // store made by an older log-sensor that stopped before writing it).
         if version < 1 {
-            let tx = self
-                .conn
-                .transaction()
-                .map_err(|e| classify(&self.path, e))?;
-            tx.execute_batch(SCHEMA)
-                .map_err(|e| classify(&self.path, e))?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?1)",
-                params![now_secs().to_string()],
-            )
-            .map_err(|e| classify(&self.path, e))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
-                .map_err(|e| classify(&self.path, e))?;
-            tx.commit().map_err(|e| classify(&self.path, e))?;
+            create::migrate(&mut self.conn).map_err(|e| classify(&self.path, e))?;
         }
         self.conn.execute_batch(VIEWS).map_err(|e| self.err(e))?;
         Ok(())
