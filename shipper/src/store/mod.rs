@@ -2,11 +2,14 @@
 //!
 //! One row per stream and an alerts table (schema in `sql/schema.sql`). WAL lets the osquery
 //! extension and `log-sensor query` read while the agent writes. Offsets only move in
-//! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch.
+//! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch; a
+//! commit or stream row the database refused (a full disk) is owed, not dropped ([`pending`]).
 //! [`create`] decides whether a state dir starts afresh.
 
 mod create;
+mod pending;
 
+use pending::Pending;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -132,6 +135,8 @@ pub type AlertRow = (i64, String, Option<String>, String);
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Rows and checkpoints the database refused, written with the next commit.
+    pending: Pending,
 }
 
 pub fn now_secs() -> i64 {
@@ -170,7 +175,11 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(&path, e))?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            pending: Pending::default(),
+        };
         store.prepare()?;
         Ok(store)
     }
@@ -326,75 +335,55 @@ impl Store {
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Inserts a new stream or rewrites its identity columns (never its committed offset).
-    pub fn upsert_stream(&self, s: &StreamRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO streams(stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,
-                                     read_offset, committed_offset, committed_hash, first_seen, state, alerted_too_large)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT(stream) DO UPDATE SET fingerprint = excluded.fingerprint, fp_bytes = excluded.fp_bytes,
-                     path = excluded.path, device = excluded.device, inode = excluded.inode,
-                     compressed = excluded.compressed, size = excluded.size, state = excluded.state,
-                     read_offset = MAX(read_offset, excluded.read_offset),
-                     alerted_too_large = excluded.alerted_too_large",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    s.stream,
-                    s.source,
-                    hex(s.fingerprint),
-                    s.fp_bytes as i64,
-                    s.path,
-                    s.device as i64,
-                    s.inode as i64,
-                    s.compressed,
-                    s.size as i64,
-                    s.read_offset as i64,
-                    s.committed_offset as i64,
-                    hex(s.committed_hash),
-                    s.first_seen,
-                    s.state.as_str(),
-                    s.alerted_too_large,
-                ])
-            })
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Moves offsets and counters for an acknowledged batch, all in one transaction.
-    pub fn commit(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
-        let now = now_secs();
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "UPDATE streams SET committed_offset = ?2, committed_hash = ?3,
-                        read_offset = MAX(read_offset, ?4), size = ?5, records = records + ?6, bytes = bytes + ?7,
-                        overlong_records = overlong_records + ?8, last_commit = ?9, last_read = ?9
-                     WHERE stream = ?1",
-                )
-                .map_err(|e| classify(&path, e))?;
-            for c in checkpoints {
-                st.execute(params![
-                    c.stream,
-                    c.committed_offset as i64,
-                    hex(c.committed_hash),
-                    c.read_offset as i64,
-                    c.size as i64,
-                    c.records as i64,
-                    c.bytes as i64,
-                    c.overlong as i64,
-                    now
-                ])
-                .map_err(|e| classify(&path, e))?;
+        let mut rows = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        // What the agent knows of a stream, also when the database refused to take it yet.
+        for owed in self.pending.rows.values() {
+            match rows.iter_mut().find(|r| r.stream == owed.stream) {
+                Some(r) => *r = owed.clone(),
+                None => rows.push(owed.clone()),
             }
         }
-        tx.commit().map_err(|e| classify(&path, e))
+        Ok(rows)
+    }
+
+    /// Inserts a new stream or rewrites its identity columns (never its committed offset). A
+    /// row the database refuses is kept and written with the next commit, before the offsets
+    /// that need it.
+    pub fn upsert_stream(&mut self, s: &StreamRow) -> Result<(), StoreError> {
+        match upsert(&self.conn, s) {
+            Ok(()) => {
+                self.pending.rows.remove(&s.stream);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.rows.insert(s.stream.clone(), s.clone());
+                Err(self.err(e))
+            }
+        }
+    }
+
+    /// Moves offsets and counters for an acknowledged batch, in one transaction with whatever
+    /// earlier writes the database refused. When it fails nothing is lost: the checkpoints are
+    /// owed and go with the next commit (or [`Store::commit_owed`]).
+    pub fn commit(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+        for c in checkpoints {
+            self.pending.add_checkpoint(c);
+        }
+        write_owed(&mut self.conn, &self.pending).map_err(|e| classify(&self.path, e))?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Retries the writes the database refused, with no new batch to commit.
+    pub fn commit_owed(&mut self) -> Result<(), StoreError> {
+        self.commit(&[])
+    }
+
+    /// Some acknowledged offset or stream row is not in the database yet.
+    pub fn owes_writes(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Records how far reading got, without moving the committed offset (lag shows in the tables).
@@ -448,6 +437,70 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))
     }
+}
+
+fn upsert(conn: &Connection, s: &StreamRow) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO streams(stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,
+                             read_offset, committed_offset, committed_hash, first_seen, state, alerted_too_large)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT(stream) DO UPDATE SET fingerprint = excluded.fingerprint, fp_bytes = excluded.fp_bytes,
+             path = excluded.path, device = excluded.device, inode = excluded.inode,
+             compressed = excluded.compressed, size = excluded.size, state = excluded.state,
+             read_offset = MAX(read_offset, excluded.read_offset),
+             alerted_too_large = excluded.alerted_too_large",
+    )?
+    .execute(params![
+        s.stream,
+        s.source,
+        hex(s.fingerprint),
+        s.fp_bytes as i64,
+        s.path,
+        s.device as i64,
+        s.inode as i64,
+        s.compressed,
+        s.size as i64,
+        s.read_offset as i64,
+        s.committed_offset as i64,
+        hex(s.committed_hash),
+        s.first_seen,
+        s.state.as_str(),
+        s.alerted_too_large,
+    ])
+    .map(|_| ())
+}
+
+/// The owed stream rows first, then the checkpoints (an osquery result name has no row; its
+/// update changes nothing). Whatever failed before is in `owed`, so no commit can succeed while
+/// an earlier one is still refused: health cannot flap to ok on a commit with less to write.
+fn write_owed(conn: &mut Connection, owed: &Pending) -> rusqlite::Result<()> {
+    let now = now_secs();
+    let tx = conn.transaction()?;
+    for row in owed.rows.values() {
+        upsert(&tx, row)?;
+    }
+    {
+        let mut st = tx.prepare_cached(
+            "UPDATE streams SET committed_offset = ?2, committed_hash = ?3,
+                read_offset = MAX(read_offset, ?4), size = ?5, records = records + ?6, bytes = bytes + ?7,
+                overlong_records = overlong_records + ?8, last_commit = ?9, last_read = ?9
+             WHERE stream = ?1",
+        )?;
+        for c in owed.checkpoints.values() {
+            st.execute(params![
+                c.stream,
+                c.committed_offset as i64,
+                hex(c.committed_hash),
+                c.read_offset as i64,
+                c.size as i64,
+                c.records as i64,
+                c.bytes as i64,
+                c.overlong as i64,
+                now
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -518,6 +571,49 @@ mod tests {
     }
 
     #[test]
+    fn writes_the_database_refused_go_with_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.conn.busy_timeout(Duration::from_millis(10)).unwrap();
+        // Another writer holds the database: every write of ours is refused, as on a full disk.
+        let other = Connection::open(dir.path().join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(s.upsert_stream(&row("new")).is_err());
+        assert_eq!(
+            s.load_streams().unwrap()[0].stream,
+            "new",
+            "known, if not stored"
+        );
+        let cp = |off, records| Checkpoint {
+            stream: "new".into(),
+            committed_offset: off,
+            read_offset: off,
+            size: off,
+            records,
+            ..Checkpoint::default()
+        };
+        assert!(s.commit(&[cp(10, 1)]).is_err());
+        assert!(s.commit(&[cp(30, 2)]).is_err());
+        assert!(s.owes_writes());
+        other.execute_batch("COMMIT").unwrap();
+        s.commit_owed().unwrap();
+        assert!(!s.owes_writes());
+        let reader = Store::open_read_only(&dir.path().join("store.db")).unwrap();
+        let (off, records): (i64, i64) = reader
+            .query_row(
+                "SELECT committed_offset, records FROM streams WHERE stream = 'new'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (off, records),
+            (30, 3),
+            "the row, the last offset, every record counted"
+        );
+    }
+
+    #[test]
     fn refuses_a_file_that_is_not_a_database_and_leaves_it_alone() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("store.db");
@@ -532,7 +628,7 @@ mod tests {
     #[test]
     fn pruning_forgets_only_old_streams_that_were_let_go() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
         for (id, state) in [
             ("live", StreamState::Active),
             ("gone", StreamState::Released),
