@@ -857,3 +857,40 @@ fn an_empty_store_is_refused_and_only_a_missing_one_starts_afresh() {
         "the WAL is untouched"
     );
 }
+
+#[test]
+fn a_first_start_on_a_full_disk_leaves_no_store_behind() {
+    // A state dir with room for the lock but not for a store's schema.
+    let fs = tmpfs::Tmpfs::new(16 << 10);
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "{}"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+"#,
+        fs.path().display()
+    ));
+    let all = lines("first", 20);
+    append_lines(&env.p("logs/app.log"), &all);
+    let mut agent = env.start();
+    assert_eq!(agent.wait_exit(PATIENCE), Some(1));
+    let err = agent.stderr_text();
+    assert!(err.contains("store.db.new"), "{err}");
+    assert!(
+        !fs.path().join("store.db").exists(),
+        "a store cut short would be refused at every later start"
+    );
+    fs.resize(4 << 20);
+    let agent = env.start();
+    let out = env.p("out.ndjson");
+    wait_for(
+        &format!("the records; stderr:\n{}", tail(&agent.stderr_text())),
+        PATIENCE,
+        || read_ndjson(&out).len() == all.len(),
+    );
+}

@@ -83,7 +83,10 @@ pub(super) fn create(path: &Path) -> Result<(), StoreError> {
         path: tmp.clone(),
         source,
     };
-    let io = inspect_err(&tmp);
+    let io = |source| StoreError::Create {
+        path: tmp.clone(),
+        source,
+    };
     // Left by a start that failed half-way; nothing refers to it.
     for stale in [tmp.clone(), tmp.with_extension("new-journal")] {
         match std::fs::remove_file(&stale) {
@@ -104,7 +107,10 @@ pub(super) fn create(path: &Path) -> Result<(), StoreError> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(inspect_err(path))?;
+            .map_err(|source| StoreError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }
