@@ -131,8 +131,24 @@ impl Sink for FileSink {
     }
 }
 
-/// The length up to the end of the file's last whole line, when the file ends in a torn one.
+/// How every line this sink writes starts.
+const RECORD_START: &[u8] = b"{\"host\":\"";
+
+/// The length up to the end of the file's last whole line, when the file ends in a torn record
+/// of ours. A last line that does not start like one is not ours to cut (the sink was pointed
+/// at a file that held something else): it is left alone.
 fn whole_lines_len(file: &File) -> std::io::Result<Option<u64>> {
+    let Some(whole) = last_line_start(file)? else {
+        return Ok(None);
+    };
+    let len = file.metadata()?.len();
+    let mut head = vec![0u8; RECORD_START.len().min((len - whole) as usize)];
+    file.read_exact_at(&mut head, whole)?;
+    Ok(RECORD_START.starts_with(&head).then_some(whole))
+}
+
+/// Where the file's last line starts, when that line has no end.
+fn last_line_start(file: &File) -> std::io::Result<Option<u64>> {
     let len = file.metadata()?.len();
     let mut end = len;
     let mut chunk = vec![0u8; 64 << 10];
@@ -154,15 +170,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn whole_lines_len_finds_the_end_of_the_last_whole_line() {
+    fn whole_lines_len_finds_where_a_torn_record_starts() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let cases: [(&[u8], Option<u64>); 5] = [
+        let cases: [(&[u8], Option<u64>); 7] = [
             (b"", None),
             (b"{}\n{}\n", None),
-            (b"{}\n{\"a", Some(3)),
-            (b"torn", Some(0)),
+            (b"{}\n{\"host\":\"h\",\"ms", Some(3)),
+            (b"{}\n{\"ho", Some(3)),
+            (b"{\"host\":\"h", Some(0)),
             (b"\n", None),
+            // Not a record of ours: someone else's file, left whole.
+            (b"{}\nplain text without an end", None),
         ];
         for (text, want) in cases {
             std::fs::write(&p, text).unwrap();
@@ -170,7 +189,7 @@ mod tests {
             assert_eq!(whole_lines_len(&f).unwrap(), want, "{text:?}");
         }
         // A torn line longer than one read.
-        let mut long = b"{}\n".to_vec();
+        let mut long = b"{}\n{\"host\":\"".to_vec();
         long.extend(vec![b'x'; 200_000]);
         std::fs::write(&p, &long).unwrap();
         assert_eq!(whole_lines_len(&File::open(&p).unwrap()).unwrap(), Some(3));
