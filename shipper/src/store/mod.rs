@@ -3,8 +3,8 @@
 //! One row per stream and an alerts table (schema in `sql/schema.sql`). WAL lets the osquery
 //! extension and `log-sensor query` read while the agent writes. Offsets only move in
 //! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch; a
-//! commit or stream row the database refused (a full disk) is owed, not dropped ([`pending`]).
-//! [`create`] decides whether a state dir starts afresh.
+//! commit or stream row the database refused (a full disk) is owed, not dropped (`pending.rs`).
+//! `create.rs` decides whether a state dir starts afresh.
 
 mod create;
 mod pending;
@@ -528,7 +528,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
 mod tests {
     use super::*;
 
-    fn row(id: &str) -> StreamRow {
+    pub(super) fn row(id: &str) -> StreamRow {
         StreamRow {
             stream: id.into(),
             source: "app".into(),
@@ -573,49 +573,6 @@ mod tests {
         // An identity rewrite never moves the committed offset back.
         s.upsert_stream(&row("a")).unwrap();
         assert_eq!(s.load_streams().unwrap()[0].committed_offset, 50);
-    }
-
-    #[test]
-    fn writes_the_database_refused_go_with_the_next_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
-        s.conn.busy_timeout(Duration::from_millis(10)).unwrap();
-        // Another writer holds the database: every write of ours is refused, as on a full disk.
-        let other = Connection::open(dir.path().join("store.db")).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        assert!(s.upsert_stream(&row("new")).is_err());
-        assert_eq!(
-            s.load_streams().unwrap()[0].stream,
-            "new",
-            "known, if not stored"
-        );
-        let cp = |off, records| Checkpoint {
-            stream: "new".into(),
-            committed_offset: off,
-            read_offset: off,
-            size: off,
-            records,
-            ..Checkpoint::default()
-        };
-        assert!(s.commit(&[cp(10, 1)]).is_err());
-        assert!(s.commit(&[cp(30, 2)]).is_err());
-        assert!(s.owes_writes());
-        other.execute_batch("COMMIT").unwrap();
-        s.commit_owed().unwrap();
-        assert!(!s.owes_writes());
-        let reader = Store::open_read_only(&dir.path().join("store.db")).unwrap();
-        let (off, records): (i64, i64) = reader
-            .query_row(
-                "SELECT committed_offset, records FROM streams WHERE stream = 'new'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        assert_eq!(
-            (off, records),
-            (30, 3),
-            "the row, the last offset, every record counted"
-        );
     }
 
     #[test]

@@ -46,6 +46,52 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{tests::row, Store};
+    use rusqlite::Connection;
+    use std::time::Duration;
+
+    #[test]
+    fn writes_the_database_refused_go_with_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.conn.busy_timeout(Duration::from_millis(10)).unwrap();
+        // Another writer holds the database: every write of ours is refused, as on a full disk.
+        let other = Connection::open(dir.path().join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(s.upsert_stream(&row("new")).is_err());
+        assert_eq!(
+            s.load_streams().unwrap()[0].stream,
+            "new",
+            "known, if not stored"
+        );
+        let cp = |off, records| Checkpoint {
+            stream: "new".into(),
+            committed_offset: off,
+            read_offset: off,
+            size: off,
+            records,
+            ..Checkpoint::default()
+        };
+        assert!(s.commit(&[cp(10, 1)]).is_err());
+        assert!(s.commit(&[cp(30, 2)]).is_err());
+        assert!(s.owes_writes());
+        other.execute_batch("COMMIT").unwrap();
+        s.commit_owed().unwrap();
+        assert!(!s.owes_writes());
+        let reader = Store::open_read_only(&dir.path().join("store.db")).unwrap();
+        let (off, records): (i64, i64) = reader
+            .query_row(
+                "SELECT committed_offset, records FROM streams WHERE stream = 'new'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (off, records),
+            (30, 3),
+            "the row, the last offset, every record counted"
+        );
+    }
 
     #[test]
     fn a_later_checkpoint_moves_the_position_and_adds_its_counts() {
