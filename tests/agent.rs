@@ -894,3 +894,61 @@ path = "out.ndjson"
         || read_ndjson(&out).len() == all.len(),
     );
 }
+
+#[test]
+fn a_start_with_the_store_on_a_full_disk_says_so_and_starts_once_there_is_room() {
+    // SQLite needs room for store.db-shm before it reads anything: the start must say that the
+    // disk is full, name the store, and leave it fit for the next start.
+    let fs = tmpfs::Tmpfs::new(4 << 20);
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "{}"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+"#,
+        fs.path().display()
+    ));
+    // Past fingerprint_bytes from the start: a smaller file that grows past it while the agent
+    // is stopped is shipped again from 0, a tailer matter this test is not about.
+    let first = lines("before", 100);
+    append_lines(&env.p("logs/app.log"), &first);
+    let out = env.p("out.ndjson");
+    let mut agent = env.start();
+    wait_for("the first records", PATIENCE, || {
+        read_ndjson(&out).len() == first.len()
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let ballast = fs.fill();
+    let mut agent = env.start();
+    assert_eq!(agent.wait_exit(PATIENCE), Some(1));
+    let err = agent.stderr_text();
+    let db = fs.path().join("store.db");
+    assert!(
+        err.contains(&format!(
+            "store {} cannot be written: its disk is full",
+            db.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(ballast).unwrap();
+    let then = lines("after", 30);
+    append_lines(&env.p("logs/app.log"), &then);
+    let agent = env.start();
+    let all = [first.clone(), then.clone()].concat();
+    wait_for(
+        &format!("the rest; stderr:\n{}", tail(&agent.stderr_text())),
+        PATIENCE,
+        || {
+            let got = count_by_msg(&read_ndjson(&out));
+            all.iter().all(|l| got.contains_key(l))
+        },
+    );
+    let counts = count_by_msg(&read_ndjson(&out));
+    assert!(counts.values().all(|&c| c == 1));
+}

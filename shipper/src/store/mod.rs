@@ -33,6 +33,8 @@ pub enum StoreError {
     NotReady { path: PathBuf },
     #[error("store {path} is {what}; refusing to start afresh over it, which would ship every file again from its start. Restore it from a backup, or move it (and its -wal) aside to start afresh (its offsets would be lost)")]
     Lost { path: PathBuf, what: String },
+    #[error("store {path} cannot be written: its disk is full ({detail})")]
+    Full { path: PathBuf, detail: String },
     #[error("cannot inspect store {path}: {source}")]
     Inspect {
         path: PathBuf,
@@ -513,6 +515,13 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, msg) = &e {
         if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) {
             return StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: msg.clone().unwrap_or_else(|| f.to_string()),
+            };
+        }
+        // SQLite says "disk I/O error (4874)" when it cannot give store.db-shm its pages.
+        if f.code == ErrorCode::DiskFull || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE {
+            return StoreError::Full {
                 path: path.to_path_buf(),
                 detail: msg.clone().unwrap_or_else(|| f.to_string()),
             };
