@@ -3,6 +3,8 @@
 
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -725,4 +727,228 @@ fn the_osquery_outbox_is_shipped_and_emptied_only_after_acknowledgement() {
         51,
         "each row once"
     );
+}
+
+#[test]
+fn a_file_sink_on_a_full_disk_keeps_every_line_whole() {
+    // The sink's folder is a 64 KiB tmpfs: the first batch (~700 KB of NDJSON) is cut short by
+    // ENOSPC part-way through a line, then refused; space comes back while the agent retries.
+    let fs = tmpfs::Tmpfs::new(64 << 10);
+    let out = fs.path().join("out.ndjson");
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "{}"
+"#,
+        out.display()
+    ));
+    let all = lines("full", 3000);
+    append_lines(&env.p("logs/app.log"), &all);
+    let agent = env.start();
+    wait_for("a sink_error alert for the full disk", PATIENCE, || {
+        env.try_query("SELECT detail FROM alerts WHERE kind = 'sink_error'")
+            .is_ok_and(|a| !a.is_empty())
+    });
+    fs.resize(16 << 20);
+    wait_for(
+        &format!(
+            "every record in the sink; agent stderr:\n{}",
+            tail(&agent.stderr_text())
+        ),
+        PATIENCE,
+        || read_ndjson(&out).len() >= all.len(),
+    );
+    let text = std::fs::read(&out).unwrap();
+    assert!(text.ends_with(b"\n"));
+    let torn: Vec<String> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && serde_json::from_slice::<Value>(l).is_err())
+        .map(|l| String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned())
+        .collect();
+    assert!(torn.is_empty(), "lines that are not JSON: {torn:?}");
+    let counts = count_by_msg(&read_ndjson(&out));
+    assert_eq!(counts.len(), all.len());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "a failed batch is cut off, not kept beside its retry"
+    );
+}
+
+#[test]
+fn a_line_torn_by_a_crash_is_cut_off_the_sink_file_at_start() {
+    // A kill -9 or power loss in the middle of a write leaves a batch's head without its end;
+    // that batch was never acknowledged, so it comes again and the fragment must not stay.
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    std::fs::create_dir_all(env.p("state")).unwrap();
+    let kept = "{\"msg\":\"earlier 1\"}\n{\"msg\":\"earlier 2\"}\n";
+    std::fs::write(
+        env.p("state/out.ndjson"),
+        format!("{kept}{{\"host\":\"test-host\",\"msg\":\"half"),
+    )
+    .unwrap();
+    let all = lines("after the crash", 20);
+    append_lines(&env.p("logs/app.log"), &all);
+    let _agent = env.start();
+    wait_for("the 20 records committed", PATIENCE, || {
+        env.try_query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")
+            .is_ok_and(|r| r[0]["n"] == 20)
+    });
+    let text = std::fs::read_to_string(env.p("state/out.ndjson")).unwrap();
+    assert!(text.starts_with(kept), "whole lines stay: {text:.200}");
+    for l in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(l).is_ok(),
+            "not JSON: {l:.200}"
+        );
+    }
+    assert_eq!(text.lines().count(), 2 + all.len());
+}
+
+#[test]
+fn an_empty_store_is_refused_and_only_a_missing_one_starts_afresh() {
+    let env = Env::new(r#"paths = ["logs/app.log"]"#);
+    let all = lines("once", 50);
+    append_lines(&env.p("logs/app.log"), &all);
+    let (db, wal) = (env.p("state/store.db"), env.p("state/store.db-wal"));
+    let refused = |what: &str| {
+        let mut agent = env.start();
+        assert_eq!(agent.wait_exit(PATIENCE), Some(1), "{what}");
+        let err = agent.stderr_text();
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains("refusing to start afresh"),
+            "{what}: {err}"
+        );
+        err
+    };
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &all);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let shipped = std::fs::read(env.p("state/out.ndjson")).unwrap();
+    // Truncated while the agent was stopped (a botched restore): beside its lock, no WAL.
+    std::fs::File::create(&db).unwrap();
+    assert!(refused("an empty store").contains("empty (0 bytes)"));
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+    assert_eq!(std::fs::read(env.p("state/out.ndjson")).unwrap(), shipped);
+    // Only a state dir without a store starts afresh (and so ships the file again).
+    std::fs::remove_file(&db).unwrap();
+    let mut agent = env.start();
+    wait_for("the file shipped again", PATIENCE, || {
+        env.records().len() == 2 * all.len()
+    });
+    // Killed, so its WAL stays; then the store is emptied, then removed, beside that WAL.
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(PATIENCE);
+    let wal_bytes = std::fs::read(&wal).expect("a WAL left by kill -9");
+    std::fs::File::create(&db).unwrap();
+    assert!(refused("an empty store beside a WAL").contains("store.db-wal"));
+    std::fs::remove_file(&db).unwrap();
+    assert!(refused("a WAL without its store").contains("missing"));
+    assert!(!db.exists());
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        wal_bytes,
+        "the WAL is untouched"
+    );
+}
+
+#[test]
+fn a_first_start_on_a_full_disk_leaves_no_store_behind() {
+    // A state dir with room for the lock but not for a store's schema.
+    let fs = tmpfs::Tmpfs::new(16 << 10);
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "{}"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+"#,
+        fs.path().display()
+    ));
+    let all = lines("first", 20);
+    append_lines(&env.p("logs/app.log"), &all);
+    let mut agent = env.start();
+    assert_eq!(agent.wait_exit(PATIENCE), Some(1));
+    let err = agent.stderr_text();
+    assert!(err.contains("store.db.new"), "{err}");
+    assert!(
+        !fs.path().join("store.db").exists(),
+        "a store cut short would be refused at every later start"
+    );
+    fs.resize(4 << 20);
+    let agent = env.start();
+    let out = env.p("out.ndjson");
+    wait_for(
+        &format!("the records; stderr:\n{}", tail(&agent.stderr_text())),
+        PATIENCE,
+        || read_ndjson(&out).len() == all.len(),
+    );
+}
+
+#[test]
+fn a_start_with_the_store_on_a_full_disk_says_so_and_starts_once_there_is_room() {
+    // SQLite needs room for store.db-shm before it reads anything: the start must say that the
+    // disk is full, name the store, and leave it fit for the next start.
+    let fs = tmpfs::Tmpfs::new(4 << 20);
+    let env = Env::with_config(&format!(
+        r#"
+state_dir = "{}"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+"#,
+        fs.path().display()
+    ));
+    // Past fingerprint_bytes from the start: a smaller file that grows past it while the agent
+    // is stopped is shipped again from 0, a tailer matter this test is not about.
+    let first = lines("before", 100);
+    append_lines(&env.p("logs/app.log"), &first);
+    let out = env.p("out.ndjson");
+    let mut agent = env.start();
+    wait_for("the first records", PATIENCE, || {
+        read_ndjson(&out).len() == first.len()
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let ballast = fs.fill();
+    let mut agent = env.start();
+    assert_eq!(agent.wait_exit(PATIENCE), Some(1));
+    let err = agent.stderr_text();
+    let db = fs.path().join("store.db");
+    assert!(
+        err.contains(&format!(
+            "store {} cannot be written: its disk is full",
+            db.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(ballast).unwrap();
+    let then = lines("after", 30);
+    append_lines(&env.p("logs/app.log"), &then);
+    let agent = env.start();
+    let all = [first.clone(), then.clone()].concat();
+    wait_for(
+        &format!("the rest; stderr:\n{}", tail(&agent.stderr_text())),
+        PATIENCE,
+        || {
+            let got = count_by_msg(&read_ndjson(&out));
+            all.iter().all(|l| got.contains_key(l))
+        },
+    );
+    let counts = count_by_msg(&read_ndjson(&out));
+    assert!(counts.values().all(|&c| c == 1));
 }

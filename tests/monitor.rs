@@ -5,6 +5,8 @@
 
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use log_sensor::status::Status;
 use serde_json::Value;
@@ -558,4 +560,131 @@ fn a_taken_monitor_port_fails_the_start_naming_the_address() {
     );
     assert!(err.contains("monitor.listen"), "{err}");
     drop(taken);
+}
+
+/// The messages in an NDJSON file.
+fn msgs_in(path: &Path) -> Vec<String> {
+    read_ndjson(path)
+        .iter()
+        .filter_map(|r| r["msg"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_store_that_cannot_grow_stays_unhealthy_until_it_commits_and_loses_no_position() {
+    // Only the state dir is on a small tmpfs; the sink has room. A ballast file takes the
+    // tmpfs's last byte, so every transaction that has something to write gets ENOSPC.
+    let fs = tmpfs::Tmpfs::new(4 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (a_log, b_log) = (logs.join("a.log"), logs.join("b.log"));
+    let mut want: Vec<String> = (0..200)
+        .map(|i| format!("a before the disk filled {i}"))
+        .collect();
+    append_lines(&a_log, &want);
+    let config = format!(
+        r#"
+state_dir = "{}"
+[sources.app]
+paths = ["logs/*.log"]
+[batch]
+max_wait = "100ms"
+[discovery]
+rescan_interval = "500ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+sync = false
+"#,
+        fs.path().display()
+    );
+    let mut m = Monitored::start(dir, &config, "");
+    let out = m.p("out.ndjson");
+    wait_for("a.log committed", PATIENCE, || {
+        status(m.port).sources[0].records_shipped == 200
+    });
+    let ballast = fs.fill();
+    // b.log appears while the store is full: its row cannot be written yet. a.log, which has
+    // one, grows too.
+    let b: Vec<String> = (0..500)
+        .map(|i| format!("b found while full {i}"))
+        .collect();
+    append_lines(&b_log, &b);
+    want.extend(b);
+    let a = "a as the disk filled".to_string();
+    append_lines(&a_log, std::slice::from_ref(&a));
+    want.push(a);
+    let healthz = |m: &Monitored| {
+        let h = get(m.port, "/healthz");
+        (h.status, h.text())
+    };
+    wait_for("/healthz to say the store is unwritable", PATIENCE, || {
+        let (code, text) = healthz(&m);
+        code == 503 && text.contains("store unwritable")
+    });
+    // Records keep being delivered while their commits fail, b.log's alone (a stream without a
+    // row) or with a.log's: every sample until the space comes back says unwritable.
+    for round in 0..6 {
+        let mut new = vec![format!("b while full {round}")];
+        append_lines(&b_log, &new);
+        if round % 2 == 1 {
+            let a = format!("a while full {round}");
+            append_lines(&a_log, std::slice::from_ref(&a));
+            new.push(a);
+        }
+        want.extend(new.iter().cloned());
+        wait_for(&format!("round {round} delivered"), PATIENCE, || {
+            let (code, text) = healthz(&m);
+            assert!(
+                code == 503 && text.contains("store unwritable"),
+                "round {round}: /healthz answered {code} {text:?} while no commit can be written"
+            );
+            let got = msgs_in(&out);
+            new.iter().all(|n| got.contains(n))
+        });
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    // Nothing new is read: what was delivered meanwhile is committed once the store can grow.
+    let b_size = std::fs::metadata(&b_log).unwrap().len();
+    wait_for(
+        &format!(
+            "b.log's offset committed; stderr:\n{}",
+            tail(&m.agent.stderr_text())
+        ),
+        PATIENCE,
+        || {
+            let s = status(m.port);
+            s.health.ok
+                && s.streams
+                    .iter()
+                    .any(|x| x.path.ends_with("b.log") && x.committed_offset == b_size)
+        },
+    );
+    assert_eq!(get(m.port, "/healthz").status, 200);
+    m.agent.signal(libc::SIGTERM);
+    assert_eq!(m.agent.wait_exit(PATIENCE), Some(0));
+    let m = Monitored::start(m.dir, &config, "");
+    let last = "b after the restart".to_string();
+    append_lines(&b_log, std::slice::from_ref(&last));
+    want.push(last.clone());
+    wait_for("the line written after the restart", PATIENCE, || {
+        msgs_in(&out).contains(&last)
+    });
+    let mut counts = std::collections::HashMap::new();
+    for g in msgs_in(&out) {
+        *counts.entry(g).or_insert(0) += 1;
+    }
+    let resent: Vec<&String> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(g, _)| g)
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "sent again after a clean restart: {} records, e.g. {:?}",
+        resent.len(),
+        resent.first()
+    );
+    assert_eq!(counts.len(), want.len(), "every record delivered");
 }

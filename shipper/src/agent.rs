@@ -2,13 +2,14 @@
 //! shipping loop sends each batch to the sink and, once acknowledged, commits its offsets.
 
 use crate::batch::Batch;
+use crate::commit::Committer;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
 use crate::sink::{self, Sink, SinkError};
 use crate::status::Live;
 use crate::store::{Alert, Store, StoreError};
 use crate::tail::{TailStats, Tailer};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvError, RecvTimeoutError, TryRecvError};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -249,12 +250,24 @@ pub fn ship_loop(
     let mut s = Shipping {
         sink,
         store,
+        committer: Committer::new(store, stats),
         stop,
         stats,
         recycle,
         state_dir,
         failing_since: None,
     };
+    deliver(&mut s, rx, sinks);
+    s.committer.finish();
+}
+
+/// The loop of [`ship_loop`]; returns when the tailer is done, or a stopping agent gave up.
+fn deliver(
+    s: &mut Shipping,
+    rx: Receiver<Batch>,
+    sinks: Option<Receiver<crate::config::SinkConfig>>,
+) {
+    let stats = s.stats;
     let mut inflight: VecDeque<Batch> = VecDeque::new();
     let mut closed = false;
     loop {
@@ -270,7 +283,7 @@ pub fn ship_loop(
             None
         } else if inflight.is_empty() {
             stats.waiting.store(true, Ordering::Relaxed);
-            let b = rx.recv();
+            let b = s.wait_for_batch(&rx);
             stats.waiting.store(false, Ordering::Relaxed);
             b.map_err(|_| closed = true).ok()
         } else {
@@ -314,6 +327,7 @@ pub fn ship_loop(
 struct Shipping<'a> {
     sink: Box<dyn Sink>,
     store: &'a Mutex<Store>,
+    committer: Committer<'a>,
     stop: &'a AtomicBool,
     stats: &'a ShipStats,
     recycle: Option<crossbeam_channel::Sender<Batch>>,
@@ -322,6 +336,20 @@ struct Shipping<'a> {
 }
 
 impl Shipping<'_> {
+    /// Blocks for the next batch, retrying owed commits meanwhile; Err once the tailer is gone.
+    fn wait_for_batch(&mut self, rx: &Receiver<Batch>) -> Result<Batch, RecvError> {
+        loop {
+            let Some(wait) = self.committer.retry_in() else {
+                return rx.recv();
+            };
+            match rx.recv_timeout(wait) {
+                Ok(b) => return Ok(b),
+                Err(RecvTimeoutError::Timeout) => self.committer.retry(),
+                Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
+            }
+        }
+    }
+
     fn replace_sink(&mut self, new: crate::config::SinkConfig) {
         match sink::build(&new) {
             Ok(s) => {
@@ -406,7 +434,18 @@ impl Shipping<'_> {
         self.stats
             .latency
             .record(batch.created.elapsed().as_secs_f64());
-        commit(self.store, &batch, self.stats);
+        self.committer.batch(&batch);
+        let stats = self.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
+        stats
+            .last_ok
+            .store(crate::store::now_secs() as u64, Ordering::Relaxed);
         if let (Some(upto), Some(dir)) = (batch.outbox_upto, self.state_dir) {
             // Delivered; if the delete fails the rows are sent again later.
             if let Err(e) = crate::outbox::ack(dir, upto) {
@@ -440,38 +479,6 @@ impl Shipping<'_> {
             self.alert("sink_error", text);
         }
     }
-}
-
-fn commit(store: &Mutex<Store>, batch: &Batch, stats: &ShipStats) {
-    let checkpoints = batch.checkpoints();
-    for attempt in 0..5 {
-        match store.lock().expect("store lock").commit(&checkpoints) {
-            Ok(()) => {
-                if let Ok(mut err) = stats.store_error.lock() {
-                    *err = None;
-                }
-                break;
-            }
-            // Delivered but not committed: at worst these records are sent again after a restart.
-            Err(e) if attempt == 4 => {
-                tracing::error!(error = %e, "cannot commit offsets; records may be re-sent after a restart");
-                if let Ok(mut err) = stats.store_error.lock() {
-                    *err = Some(e.to_string());
-                }
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats
-        .records
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    stats
-        .bytes
-        .fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
-    stats
-        .last_ok
-        .store(crate::store::now_secs() as u64, Ordering::Relaxed);
 }
 
 /// Up to 25% off, so a fleet that lost its sink together does not retry together.
@@ -603,7 +610,7 @@ mod tests {
     fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest() {
         for window in [1, 2, 3] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path()).unwrap();
+            let mut store = Store::open(dir.path()).unwrap();
             store
                 .upsert_stream(&StreamRow {
                     stream: "s".into(),

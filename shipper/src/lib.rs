@@ -11,11 +11,13 @@
 //! - [`sink`]: where batches go; one file per kind.
 //! - [`store`]: the SQLite store, the only code that touches the database.
 //! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
+//! - [`commit`]: acknowledged offsets into the store; a refused commit is owed and retried.
 //! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains.
 //! - [`query`]: read-only SQL over the store for `log-sensor query`.
 
 pub mod agent;
 pub mod batch;
+pub mod commit;
 pub mod config;
 pub mod control;
 pub mod discover;

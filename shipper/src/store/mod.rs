@@ -2,8 +2,14 @@
 //!
 //! One row per stream and an alerts table (schema in `sql/schema.sql`). WAL lets the osquery
 //! extension and `log-sensor query` read while the agent writes. Offsets only move in
-//! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch.
+//! [`Store::commit`], which the shipping thread calls after the sink acknowledged a batch; a
+//! commit or stream row the database refused (a full disk) is owed, not dropped (`pending.rs`).
+//! `create.rs` decides whether a state dir starts afresh.
 
+mod create;
+mod pending;
+
+use pending::Pending;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +31,20 @@ pub enum StoreError {
         "store {path} has no schema yet (an agent is creating it, or it is not a log-sensor store)"
     )]
     NotReady { path: PathBuf },
+    #[error("store {path} is {what}; refusing to start afresh over it, which would ship every file again from its start. Restore it from a backup, or move it (and its -wal) aside to start afresh (its offsets would be lost)")]
+    Lost { path: PathBuf, what: String },
+    #[error("store {path} cannot be written: its disk is full ({detail})")]
+    Full { path: PathBuf, detail: String },
+    #[error("cannot inspect store {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create store {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -122,6 +142,8 @@ pub type AlertRow = (i64, String, Option<String>, String);
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Rows and checkpoints the database refused, written with the next commit.
+    pending: Pending,
 }
 
 pub fn now_secs() -> i64 {
@@ -140,15 +162,31 @@ fn unhex(v: Option<String>) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `state_dir`, checks it and migrates it.
+    /// Opens the store in `state_dir`, creating it only when there is none, checks it and
+    /// migrates it.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
         let path = state_dir.join("store.db");
-        let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        let mut store = Store { conn, path };
+        match create::inspect(&path)? {
+            create::Found::Nothing => create::create(&path)?,
+            create::Found::Database => {}
+        }
+        // Without CREATE: a store that vanished since is an error, not a new empty database.
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(&path, e))?;
+        let mut store = Store {
+            conn,
+            path,
+            pending: Pending::default(),
+        };
         store.prepare()?;
         Ok(store)
     }
@@ -242,22 +280,10 @@ impl Store {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
             .map_err(|e| self.err(e))?;
-        // Migrations run in one transaction each; version 0 -> 1 creates the schema.
+        // Migrations run in one transaction each; version 0 -> 1 creates the schema (in a
+        // store made by an older log-sensor that stopped before writing it).
         if version < 1 {
-            let tx = self
-                .conn
-                .transaction()
-                .map_err(|e| classify(&self.path, e))?;
-            tx.execute_batch(SCHEMA)
-                .map_err(|e| classify(&self.path, e))?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?1)",
-                params![now_secs().to_string()],
-            )
-            .map_err(|e| classify(&self.path, e))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
-                .map_err(|e| classify(&self.path, e))?;
-            tx.commit().map_err(|e| classify(&self.path, e))?;
+            create::migrate(&mut self.conn).map_err(|e| classify(&self.path, e))?;
         }
         self.conn.execute_batch(VIEWS).map_err(|e| self.err(e))?;
         Ok(())
@@ -316,75 +342,55 @@ impl Store {
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Inserts a new stream or rewrites its identity columns (never its committed offset).
-    pub fn upsert_stream(&self, s: &StreamRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO streams(stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,
-                                     read_offset, committed_offset, committed_hash, first_seen, state, alerted_too_large)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT(stream) DO UPDATE SET fingerprint = excluded.fingerprint, fp_bytes = excluded.fp_bytes,
-                     path = excluded.path, device = excluded.device, inode = excluded.inode,
-                     compressed = excluded.compressed, size = excluded.size, state = excluded.state,
-                     read_offset = MAX(read_offset, excluded.read_offset),
-                     alerted_too_large = excluded.alerted_too_large",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    s.stream,
-                    s.source,
-                    hex(s.fingerprint),
-                    s.fp_bytes as i64,
-                    s.path,
-                    s.device as i64,
-                    s.inode as i64,
-                    s.compressed,
-                    s.size as i64,
-                    s.read_offset as i64,
-                    s.committed_offset as i64,
-                    hex(s.committed_hash),
-                    s.first_seen,
-                    s.state.as_str(),
-                    s.alerted_too_large,
-                ])
-            })
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Moves offsets and counters for an acknowledged batch, all in one transaction.
-    pub fn commit(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
-        let now = now_secs();
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "UPDATE streams SET committed_offset = ?2, committed_hash = ?3,
-                        read_offset = MAX(read_offset, ?4), size = ?5, records = records + ?6, bytes = bytes + ?7,
-                        overlong_records = overlong_records + ?8, last_commit = ?9, last_read = ?9
-                     WHERE stream = ?1",
-                )
-                .map_err(|e| classify(&path, e))?;
-            for c in checkpoints {
-                st.execute(params![
-                    c.stream,
-                    c.committed_offset as i64,
-                    hex(c.committed_hash),
-                    c.read_offset as i64,
-                    c.size as i64,
-                    c.records as i64,
-                    c.bytes as i64,
-                    c.overlong as i64,
-                    now
-                ])
-                .map_err(|e| classify(&path, e))?;
+        let mut rows = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        // What the agent knows of a stream, also when the database refused to take it yet.
+        for owed in self.pending.rows.values() {
+            match rows.iter_mut().find(|r| r.stream == owed.stream) {
+                Some(r) => *r = owed.clone(),
+                None => rows.push(owed.clone()),
             }
         }
-        tx.commit().map_err(|e| classify(&path, e))
+        Ok(rows)
+    }
+
+    /// Inserts a new stream or rewrites its identity columns (never its committed offset). A
+    /// row the database refuses is kept and written with the next commit, before the offsets
+    /// that need it.
+    pub fn upsert_stream(&mut self, s: &StreamRow) -> Result<(), StoreError> {
+        match upsert(&self.conn, s) {
+            Ok(()) => {
+                self.pending.rows.remove(&s.stream);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.rows.insert(s.stream.clone(), s.clone());
+                Err(self.err(e))
+            }
+        }
+    }
+
+    /// Moves offsets and counters for an acknowledged batch, in one transaction with whatever
+    /// earlier writes the database refused. When it fails nothing is lost: the checkpoints are
+    /// owed and go with the next commit (or [`Store::commit_owed`]).
+    pub fn commit(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+        for c in checkpoints {
+            self.pending.add_checkpoint(c);
+        }
+        write_owed(&mut self.conn, &self.pending).map_err(|e| classify(&self.path, e))?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Retries the writes the database refused, with no new batch to commit.
+    pub fn commit_owed(&mut self) -> Result<(), StoreError> {
+        self.commit(&[])
+    }
+
+    /// Some acknowledged offset or stream row is not in the database yet.
+    pub fn owes_writes(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Records how far reading got, without moving the committed offset (lag shows in the tables).
@@ -440,11 +446,82 @@ impl Store {
     }
 }
 
+fn upsert(conn: &Connection, s: &StreamRow) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO streams(stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,
+                             read_offset, committed_offset, committed_hash, first_seen, state, alerted_too_large)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT(stream) DO UPDATE SET fingerprint = excluded.fingerprint, fp_bytes = excluded.fp_bytes,
+             path = excluded.path, device = excluded.device, inode = excluded.inode,
+             compressed = excluded.compressed, size = excluded.size, state = excluded.state,
+             read_offset = MAX(read_offset, excluded.read_offset),
+             alerted_too_large = excluded.alerted_too_large",
+    )?
+    .execute(params![
+        s.stream,
+        s.source,
+        hex(s.fingerprint),
+        s.fp_bytes as i64,
+        s.path,
+        s.device as i64,
+        s.inode as i64,
+        s.compressed,
+        s.size as i64,
+        s.read_offset as i64,
+        s.committed_offset as i64,
+        hex(s.committed_hash),
+        s.first_seen,
+        s.state.as_str(),
+        s.alerted_too_large,
+    ])
+    .map(|_| ())
+}
+
+/// The owed stream rows first, then the checkpoints (an osquery result name has no row; its
+/// update changes nothing). Whatever failed before is in `owed`, so no commit can succeed while
+/// an earlier one is still refused: health cannot flap to ok on a commit with less to write.
+fn write_owed(conn: &mut Connection, owed: &Pending) -> rusqlite::Result<()> {
+    let now = now_secs();
+    let tx = conn.transaction()?;
+    for row in owed.rows.values() {
+        upsert(&tx, row)?;
+    }
+    {
+        let mut st = tx.prepare_cached(
+            "UPDATE streams SET committed_offset = ?2, committed_hash = ?3,
+                read_offset = MAX(read_offset, ?4), size = ?5, records = records + ?6, bytes = bytes + ?7,
+                overlong_records = overlong_records + ?8, last_commit = ?9, last_read = ?9
+             WHERE stream = ?1",
+        )?;
+        for c in owed.checkpoints.values() {
+            st.execute(params![
+                c.stream,
+                c.committed_offset as i64,
+                hex(c.committed_hash),
+                c.read_offset as i64,
+                c.size as i64,
+                c.records as i64,
+                c.bytes as i64,
+                c.overlong as i64,
+                now
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     if let rusqlite::Error::SqliteFailure(f, msg) = &e {
         if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) {
             return StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: msg.clone().unwrap_or_else(|| f.to_string()),
+            };
+        }
+        // SQLite says "disk I/O error (4874)" when it cannot give store.db-shm its pages.
+        if f.code == ErrorCode::DiskFull || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE {
+            return StoreError::Full {
                 path: path.to_path_buf(),
                 detail: msg.clone().unwrap_or_else(|| f.to_string()),
             };
@@ -460,7 +537,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
 mod tests {
     use super::*;
 
-    fn row(id: &str) -> StreamRow {
+    pub(super) fn row(id: &str) -> StreamRow {
         StreamRow {
             stream: id.into(),
             source: "app".into(),
@@ -522,7 +599,7 @@ mod tests {
     #[test]
     fn pruning_forgets_only_old_streams_that_were_let_go() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
         for (id, state) in [
             ("live", StreamState::Active),
             ("gone", StreamState::Released),
