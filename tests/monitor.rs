@@ -664,7 +664,8 @@ sync = false
     assert_eq!(get(m.port, "/healthz").status, 200);
     m.agent.signal(libc::SIGTERM);
     assert_eq!(m.agent.wait_exit(PATIENCE), Some(0));
-    let m = Monitored::start(m.dir, &config, "");
+    // Held to the end: dropping it would kill the restarted agent before the checks.
+    let _restarted = Monitored::start(m.dir, &config, "");
     let last = "b after the restart".to_string();
     append_lines(&b_log, std::slice::from_ref(&last));
     want.push(last.clone());
