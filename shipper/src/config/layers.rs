@@ -5,6 +5,8 @@
 //! `sources.app.paths`). Every change is validated exactly as a config file is, by building the
 //! merged table and resolving it into a [`Config`].
 
+use super::packs::Pack;
+pub use super::packs::{available_packs, find_pack, pack_name};
 use super::{Config, ConfigError, ConfigIssue};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -92,26 +94,46 @@ pub struct Layers {
     pub packs: Vec<PackSources>,
     /// Dotted key → value, or None for a key deleted for now.
     pub temporary: BTreeMap<String, Option<Value>>,
+    /// The file is a `.j2` template: its values were rendered, and its `vars.toml` is watched.
+    pub templated: bool,
+}
+
+/// The config file's text as TOML: a `.j2` file is rendered first, and one that fails to render
+/// is an error as a whole (a half-rendered config never runs).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    if super::template::is_template(path) {
+        return Ok(super::template::render_file(path)?);
+    }
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Layers {
     /// Reads the file and the packs it enables.
     pub fn load(path: &Path) -> Result<Layers, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let templated = super::template::is_template(path);
+        let text = read_text(path)?;
         let file: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: if templated {
+                    format!(
+                        "{e} (in the rendered text: `log-sensor -c {} render` shows it)",
+                        path.display()
+                    )
+                } else {
+                    e.to_string()
+                },
             })?;
         let mut layers = Layers {
             path: path.to_path_buf(),
             file,
             packs: Vec::new(),
             temporary: BTreeMap::new(),
+            templated,
         };
         layers.load_packs()?;
         Ok(layers)
@@ -145,6 +167,8 @@ impl Layers {
         let (names, dirs) = self.pack_settings();
         let mut issues = Vec::new();
         let mut packs = Vec::new();
+        // Facts, environment and vars.toml are read once, and only when a pack is enabled.
+        let mut ctx = None;
         for (i, name) in names.iter().enumerate() {
             let key = format!("packs[{i}]");
             let Some(path) = find_pack(name, &dirs, &self.base_dir()) else {
@@ -160,11 +184,21 @@ impl Layers {
                 });
                 continue;
             };
-            match read_pack_sources(&path) {
-                Ok(sources) => packs.push(PackSources {
+            let placed = Pack::read(&path).and_then(|p| {
+                let ctx =
+                    ctx.get_or_insert_with(|| super::template::Context::for_template(&self.path));
+                match ctx {
+                    Ok(ctx) => p.place(ctx),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            match placed {
+                // A pack that does not apply here adds nothing: one fleet-wide list of packs
+                // serves every kind of host (`pack enable` is where "not here" is refused).
+                Ok(placed) => packs.push(PackSources {
                     name: pack_name(&path),
                     path,
-                    sources,
+                    sources: placed.sources,
                 }),
                 Err(message) => issues.push(ConfigIssue { key, message }),
             }
@@ -238,7 +272,11 @@ impl Layers {
 
     /// The files whose change means a reload: the config file and every enabled pack.
     pub fn watched_files(&self) -> Vec<PathBuf> {
+        let vars = self
+            .templated
+            .then(|| super::template::vars_path(&self.path));
         std::iter::once(self.path.clone())
+            .chain(vars)
             .chain(self.packs.iter().map(|p| p.path.clone()))
             .collect()
     }
@@ -465,79 +503,6 @@ fn remove_path(t: &mut Table, parts: &[&str]) -> Option<Value> {
         return t.remove(*first);
     }
     remove_path(t.get_mut(*first)?.as_table_mut()?, rest)
-}
-
-pub fn pack_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// A pack by name (`health` → `<dir>/health.json`) or by path (relative to the config's folder).
-pub fn find_pack(name: &str, dirs: &[PathBuf], base: &Path) -> Option<PathBuf> {
-    if name.contains('/') || name.ends_with(".json") {
-        let p = base.join(name);
-        return p.is_file().then_some(p);
-    }
-    dirs.iter()
-        .map(|d| d.join(format!("{name}.json")))
-        .find(|p| p.is_file())
-}
-
-/// Every pack in the folders, by name.
-pub fn available_packs(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
-    let mut out = BTreeMap::new();
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().map(|x| x == "json").unwrap_or(false) {
-                out.entry(pack_name(&p)).or_insert(p);
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// The `log_sensor.sources` of an osquery pack, as TOML tables.
-pub fn read_pack_sources(path: &Path) -> Result<Table, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read pack {}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("pack {} is not JSON: {e}", path.display()))?;
-    let Some(section) = json.get("log_sensor") else {
-        return Ok(Table::new());
-    };
-    let Some(sources) = section.get("sources") else {
-        return Ok(Table::new());
-    };
-    match json_to_toml(sources) {
-        Some(Value::Table(t)) => Ok(t),
-        _ => Err(format!(
-            "pack {}: log_sensor.sources must be an object of sources",
-            path.display()
-        )),
-    }
-}
-
-fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
-    Some(match v {
-        serde_json::Value::Null => return None,
-        serde_json::Value::Bool(b) => Value::Boolean(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => Value::Float(n.as_f64()?),
-        },
-        serde_json::Value::String(s) => Value::String(s.clone()),
-        serde_json::Value::Array(a) => Value::Array(a.iter().filter_map(json_to_toml).collect()),
-        serde_json::Value::Object(o) => Value::Table(
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
-                .collect(),
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 
 mod expand;
 pub mod layers;
+pub mod packs;
 mod reader;
+pub mod template;
 pub mod units;
 
 pub use expand::hostname;
@@ -27,6 +29,9 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
+    /// A `.j2` config that did not render: nothing of it is used.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
     #[error("config file {path} has {} error(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         path: PathBuf,
@@ -187,7 +192,7 @@ impl Config {
     /// Where the store is, even when the rest of the file is invalid (an operator looking into
     /// the store's alerts to learn why is exactly who has a broken file).
     pub fn state_dir_lenient(path: &Path) -> Option<PathBuf> {
-        let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+        let table: toml::Table = layers::read_text(path).ok()?.parse().ok()?;
         let base = absolute(path).parent()?.to_path_buf();
         let dir = match table.get("state_dir") {
             Some(toml::Value::String(s)) => expand::expand(s).ok()?,
