@@ -19,6 +19,9 @@ pub enum Origin {
     Default,
     Pack,
     File,
+    /// `--cert`/`--key` given to this process (kept across reloads, unlike a temporary override).
+    #[serde(rename = "command_line")]
+    CommandLine,
     Temporary,
 }
 
@@ -28,6 +31,7 @@ impl Origin {
             Origin::Default => "default",
             Origin::Pack => "pack",
             Origin::File => "file",
+            Origin::CommandLine => "command_line",
             Origin::Temporary => "temporary",
         }
     }
@@ -96,6 +100,8 @@ pub struct Layers {
     pub temporary: BTreeMap<String, Option<Value>>,
     /// The file is a `.j2` template: its values were rendered, and its `vars.toml` is watched.
     pub templated: bool,
+    /// Keys the command line sets over the file's (`--cert`, `--key`); re-applied on reload.
+    pub command_line: Table,
 }
 
 /// The config file's text as TOML: a `.j2` file is rendered first, and one that fails to render
@@ -113,6 +119,16 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
 impl Layers {
     /// Reads the file and the packs it enables.
     pub fn load(path: &Path) -> Result<Layers, ConfigError> {
+        Layers::load_with(path, Table::new())
+    }
+
+    /// Reads the file again for a reload, keeping what the command line set.
+    pub fn reread(&self) -> Result<Layers, ConfigError> {
+        Layers::load_with(&self.path, self.command_line.clone())
+    }
+
+    /// Reads the file with `command_line` keys over it.
+    pub fn load_with(path: &Path, command_line: Table) -> Result<Layers, ConfigError> {
         let templated = super::template::is_template(path);
         let text = read_text(path)?;
         let file: Table = text
@@ -134,6 +150,7 @@ impl Layers {
             packs: Vec::new(),
             temporary: BTreeMap::new(),
             templated,
+            command_line,
         };
         layers.load_packs()?;
         Ok(layers)
@@ -227,6 +244,7 @@ impl Layers {
 
     fn merged_without_packs(&self) -> Table {
         let mut t = self.file.clone();
+        merge_into(&mut t, &self.command_line);
         for (k, v) in &self.temporary {
             let parts: Vec<&str> = k.split('.').collect();
             match v {
@@ -285,6 +303,8 @@ impl Layers {
         let parts: Vec<&str> = key.split('.').collect();
         if self.temporary.contains_key(key) {
             Origin::Temporary
+        } else if get_path(&self.command_line, &parts).is_some() {
+            Origin::CommandLine
         } else if get_path(&self.file, &parts).is_some() {
             Origin::File
         } else {
@@ -644,13 +664,28 @@ pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, 
         path: path.to_path_buf(),
         source,
     })?;
-    let mut doc: toml_edit::DocumentMut =
-        text.parse()
-            .map_err(|e: toml_edit::TomlError| ConfigError::Syntax {
+    let templated = super::template::is_template(path);
+    let parsed: Result<toml_edit::DocumentMut, _> = text.parse();
+    let mut doc = match parsed {
+        Ok(doc) => doc,
+        Err(_) if templated => {
+            return Err(not_literal(
+                path,
+                key,
+                "its {% %} blocks make the template itself not TOML, so no key in it can be edited in place",
+            ))
+        }
+        Err(e) => {
+            return Err(ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
+            })
+        }
+    };
     let parts: Vec<&str> = key.split('.').collect();
+    if templated {
+        literal_in_template(path, &doc, key, &parts)?;
+    }
     let (last, parents) = parts.split_last().expect("checked non-empty");
     let mut table: &mut toml_edit::Table = doc.as_table_mut();
     for p in parents {
@@ -697,12 +732,18 @@ pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, 
     let new_text = doc.to_string();
     // Validate exactly as a config file: write beside it, load it with its packs, then swap.
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A template is checked as one: rendered with the vars.toml beside it (same folder).
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.tmp{}",
         path.file_name()
             .map(|f| f.to_string_lossy())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        if templated {
+            super::template::SUFFIX
+        } else {
+            ""
+        }
     ));
     let write = |p: &Path| -> std::io::Result<()> {
         use std::io::Write;
@@ -742,6 +783,54 @@ pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, 
             })
         }
     }
+}
+
+fn not_literal(path: &Path, key: &str, why: &str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        issues: vec![ConfigIssue {
+            key: key.to_string(),
+            message: format!(
+                "not written: {} is a template and {why}; edit the template (or its {}) instead",
+                path.display(),
+                super::template::VARS_FILE
+            ),
+        }],
+    }
+}
+
+/// `set --persist` may edit a template only where the template holds the key's value as plain
+/// TOML: the template must parse as TOML as it stands (no `{% %}` blocks, which could repeat or
+/// hide the key), the key must be written in it, and its value must hold no `{{ }}`, `{% %}` or
+/// `{# #}` (a value the template computes on each host cannot be replaced by one value).
+fn literal_in_template(
+    path: &Path,
+    doc: &toml_edit::DocumentMut,
+    key: &str,
+    parts: &[&str],
+) -> Result<(), ConfigError> {
+    let mut item = doc.as_item();
+    for p in parts {
+        item = match item.get(p) {
+            Some(i) => i,
+            None => {
+                return Err(not_literal(
+                    path,
+                    key,
+                    "the key is not written in it as a literal (adding keys to a template is left to its author)",
+                ))
+            }
+        };
+    }
+    let text = item.to_string();
+    if ["{{", "{%", "{#"].iter().any(|m| text.contains(m)) {
+        return Err(not_literal(
+            path,
+            key,
+            &format!("the value ({}) is computed by the template", text.trim()),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -784,5 +873,50 @@ mod persist_tests {
         assert!(!std::fs::read_to_string(&p)
             .unwrap()
             .contains("max_record_bytes"));
+    }
+
+    #[test]
+    fn persist_edits_a_template_only_where_a_key_is_a_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml.j2");
+        std::fs::write(dir.path().join("vars.toml"), "app = \"/srv/app\"\n").unwrap();
+        let text = "host_id = \"{{ host.hostname }}\"\n[defaults]\nmax_record_bytes = 1000\n[sources.app]\npaths = [\"{{ vars.app }}/*.log\"]\n";
+        std::fs::write(&p, text).unwrap();
+        let cfg = persist(&p, "defaults.max_record_bytes", Some(&parse_value("2048"))).unwrap();
+        assert_eq!(cfg.sources[0].paths, vec!["/srv/app/*.log".to_string()]);
+        let out = std::fs::read_to_string(&p).unwrap();
+        assert!(out.contains("max_record_bytes = 2048"), "{out}");
+        assert!(
+            out.contains("{{ vars.app }}"),
+            "the template stays a template: {out}"
+        );
+        for (key, why) in [
+            ("sources.app.paths", "computed by the template"),
+            ("host_id", "computed by the template"),
+            ("defaults.max_file_bytes", "not written in it as a literal"),
+        ] {
+            let e = persist(&p, key, Some(&parse_value("[\"/x\"]"))).unwrap_err();
+            assert!(
+                e.to_string().contains(why) && e.to_string().contains(key),
+                "{key}: {e}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            out,
+            "refusals leave it alone"
+        );
+        std::fs::write(
+            &p,
+            "{% if true %}\n[defaults]\nmax_record_bytes = 1000\n{% endif %}\n",
+        )
+        .unwrap();
+        let e = persist(&p, "defaults.max_record_bytes", Some(&parse_value("5"))).unwrap_err();
+        assert!(e.to_string().contains("blocks"), "{e}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp")));
     }
 }
