@@ -19,8 +19,6 @@ const PACKAGES: [&str; 3] = [
     "log-sensor-collector",
     "log-sensor-osquery-extension",
 ];
-/// The cargo package each Debian package is built from.
-const CRATES: [&str; 3] = ["log-sensor", "log-sensor-collector", "log-sensor-extension"];
 const CONFIG: &str = "/etc/log-sensor/log-sensor.toml";
 const EXT: &str = "/usr/lib/log-sensor/log_sensor.ext";
 const LOAD: &str = "/etc/osquery/extensions.load";
@@ -105,51 +103,38 @@ impl Drop for Installed {
     }
 }
 
-/// Stripped copies of the test build's binaries, where both packagers look for release
-/// binaries (`<target dir>/release/`): no release build, small packages, quick dpkg.
-fn stage_binaries(scratch: &Path) -> PathBuf {
-    let target = scratch.join("target");
-    std::fs::create_dir_all(target.join("release")).unwrap();
-    for b in ["log-sensor", "log-sensor-collector", "log-sensor-extension"] {
-        run(
-            "strip",
-            Command::new("strip")
-                .arg("-o")
-                .arg(target.join("release").join(b))
-                .arg(bin(b)),
-        );
-    }
-    target
-}
-
-fn build_debs(target: &Path, out: &Path, version: &str) -> Vec<PathBuf> {
-    std::fs::create_dir_all(out).unwrap();
-    CRATES
-        .iter()
-        .map(|krate| {
-            let o = run(
-                "cargo deb",
-                Command::new(env!("CARGO"))
-                    .current_dir(workspace())
-                    .env("CARGO_TARGET_DIR", target)
-                    .args([
-                        "deb",
-                        "-p",
-                        krate,
-                        "--no-build",
-                        "--no-strip",
-                        "--fast",
-                        "-q",
-                    ])
-                    .args(["--deb-version", version, "-o"])
-                    .arg(out),
-            );
-            let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            let p = PathBuf::from(path.lines().last().unwrap_or_default());
-            assert!(p.is_file(), "cargo deb printed no package: {}", text(&o));
-            p
-        })
-        .collect()
+/// The packages of one version, built by the README's command from the binaries this test
+/// build made (no release build).
+fn build_packages(out: &Path, version: &str, rpm: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let bins = bin("log-sensor").parent().unwrap().to_path_buf();
+    run(
+        "packaging/build.sh",
+        Command::new(workspace().join("packaging/build.sh"))
+            .arg("--binaries")
+            .arg(&bins)
+            .args(["--version", version, "--fast"])
+            .args(if rpm { &[][..] } else { &["--deb-only"][..] })
+            .arg("--out")
+            .arg(out),
+    );
+    let find = |ext: &str| -> Vec<PathBuf> {
+        PACKAGES
+            .iter()
+            .map(|p| {
+                std::fs::read_dir(out)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|f| {
+                        let n = f.file_name().unwrap().to_string_lossy().into_owned();
+                        n.ends_with(ext)
+                            && (n.starts_with(&format!("{p}_")) || n.starts_with(&format!("{p}-0")))
+                    })
+                    .unwrap_or_else(|| panic!("no {ext} of {p} in {}", out.display()))
+            })
+            .collect()
+    };
+    (find(".deb"), if rpm { find(".rpm") } else { Vec::new() })
 }
 
 fn install(debs: &[PathBuf]) -> Output {
@@ -305,35 +290,14 @@ fn perms(mode: u32) -> String {
     s
 }
 
-fn check_rpms(target: &Path, out: &Path) {
+fn check_rpms(rpms: &[PathBuf]) {
     let mut files = BTreeMap::new();
     let mut scripts = String::new();
-    for (krate, package) in CRATES.iter().zip(PACKAGES) {
-        let o = run(
-            "cargo generate-rpm",
-            Command::new(env!("CARGO"))
-                .current_dir(workspace())
-                .args(["generate-rpm", "-p", krate, "--payload-compress", "none"])
-                .arg("--target-dir")
-                .arg(target)
-                .arg("-o")
-                .arg(out),
-        );
-        let rpm = std::fs::read_dir(out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{package}-0"))
-            })
-            .unwrap_or_else(|| panic!("no rpm for {krate}: {}", text(&o)));
-        files.extend(rpm_files(&rpm));
+    for rpm in rpms {
+        files.extend(rpm_files(rpm));
         let s = run(
             "rpm --scripts",
-            Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm),
+            Command::new("rpm").args(["-qp", "--scripts"]).arg(rpm),
         );
         scripts.push_str(&text(&s));
     }
@@ -375,9 +339,9 @@ fn packages_install_upgrade_and_purge_leaving_the_host_as_it_should() {
         "the packaging test installs into this machine: run it as root"
     );
     let scratch = tempfile::tempdir().unwrap();
-    let target = stage_binaries(scratch.path());
-    let v1 = build_debs(&target, &scratch.path().join("v1"), "0.1.0-1");
-    let v2 = build_debs(&target, &scratch.path().join("v2"), "0.1.0-2");
+    let (v1, rpms) = build_packages(&scratch.path().join("v1"), "0.1.0-1", true);
+    let (v2, _) = build_packages(&scratch.path().join("v2"), "0.1.0-2", false);
+    check_rpms(&rpms);
 
     let guard = Installed::new();
     // An operator's own extension: installing and purging ours must leave its line alone.
@@ -510,6 +474,4 @@ fn packages_install_upgrade_and_purge_leaving_the_host_as_it_should() {
         .unwrap();
     assert!(o.status.success(), "the system user stays");
     drop(guard);
-
-    check_rpms(&target, &scratch.path().join("rpm"));
 }
