@@ -271,3 +271,56 @@ fn get_cert_is_enroll_and_refuses_a_password_on_the_command_line() {
     );
     assert!(out(&o).contains("--ca"), "{}", out(&o));
 }
+
+/// The README's command table is the man page: every command and global option `--help` lists
+/// is in it, and so is every command's alias.
+#[test]
+fn the_readme_documents_every_command_help_lists() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let start = readme
+        .find("## Command line")
+        .expect("a Command line section");
+    let table = &readme[start..start + readme[start..].find("\n### ").unwrap()];
+    let help = Command::new(bin("log-sensor"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 14, "{commands:?}");
+    for c in commands {
+        assert!(
+            table.contains(&format!("`log-sensor -c CONFIG {c}"))
+                || table.contains(&format!("/ `{c}"))
+                || table.contains(&format!("`… {c}")),
+            "`{c}` is in --help but not in the README's command table"
+        );
+    }
+    for alias in help.lines().filter_map(|l| l.split("[alias: ").nth(1)) {
+        let alias = alias.trim_end_matches(']');
+        assert!(
+            table.contains(&format!("`{alias}`")),
+            "alias {alias} undocumented"
+        );
+    }
+    for opt in ["--cert FILE", "--key FILE", "-c CONFIG"] {
+        assert!(table.contains(opt), "{opt} undocumented");
+        assert!(
+            help.contains(opt.split(' ').next().unwrap()),
+            "{opt} not in --help"
+        );
+    }
+}
