@@ -440,8 +440,19 @@ fn packages_install_upgrade_and_purge_leaving_the_host_as_it_should() {
     check_installed_paths();
     assert!(Path::new(&format!("{COLLECTOR_DIR}/collector.db")).exists());
     assert_eq!(load_lines(), ["/opt/other/other.ext", EXT], "listed once");
-    // The upgraded agent opens the same store and resumes where it was: the old line is not
-    // shipped again, the new one is.
+    // The store survived with its committed offset, and the upgraded agent resumes from it:
+    // the old line is not shipped again, the new one is.
+    let committed = agent(&[
+        "query",
+        "--json",
+        "SELECT committed_offset FROM streams WHERE source = 'pkgtest'",
+    ]);
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        text(&committed).contains(&format!("\"committed_offset\":{size}")),
+        "the store after the upgrade: {}",
+        text(&committed)
+    );
     ship_one(&log, "packaging-marker-after-upgrade");
     assert_eq!(shipped("packaging-marker-before-upgrade"), 1);
 
