@@ -270,7 +270,7 @@ mod tests {
     fn facts(os: &str, id: &str, version: &str, like: &[&str]) -> Facts {
         Facts {
             hostname: "h".into(),
-            fqdn: "h.example".into(),
+            fqdn: Some("h.example".into()),
             os: os.into(),
             distro_id: id.into(),
             distro_version: version.into(),

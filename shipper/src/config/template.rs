@@ -16,10 +16,11 @@
 //! The same engine renders the string values of a pack's sources and evaluates their `when`
 //! conditions (see [`super::packs`]).
 
-use minijinja::value::{Value, ValueKind};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// The suffix that makes a config file a template.
 pub const SUFFIX: &str = ".j2";
@@ -52,7 +53,9 @@ pub fn is_template(path: &Path) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     pub hostname: String,
-    pub fqdn: String,
+    /// `None`: asked of the resolver only when a template uses `host.fqdn` (a resolver that
+    /// hangs must not stall every render and reload of configs that never ask).
+    pub fqdn: Option<String>,
     /// osquery's platform names: `linux`, `darwin`, `windows`, `freebsd`.
     pub os: String,
     /// `ID` of `/etc/os-release` (`debian`, `ubuntu`, `rhel`, `rocky`); empty where there is none.
@@ -83,7 +86,7 @@ impl Facts {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         Facts {
-            fqdn: fqdn(&hostname).unwrap_or_else(|| hostname.clone()),
+            fqdn: None,
             hostname,
             os: osquery_os(std::env::consts::OS).to_string(),
             distro_id: get("ID"),
@@ -99,24 +102,69 @@ impl Facts {
 
     /// The facts as the template's `host` variable.
     pub fn to_value(&self) -> Value {
-        let mut m: BTreeMap<&str, Value> = BTreeMap::new();
-        m.insert("hostname", Value::from(self.hostname.as_str()));
-        m.insert("fqdn", Value::from(self.fqdn.as_str()));
-        m.insert("os", Value::from(self.os.as_str()));
-        m.insert("distro_id", Value::from(self.distro_id.as_str()));
-        m.insert("distro_version", Value::from(self.distro_version.as_str()));
-        m.insert(
-            "distro_like",
-            Value::from(
-                self.distro_like
+        Value::from_object(HostObject {
+            facts: self.clone(),
+            fqdn: OnceLock::new(),
+        })
+    }
+}
+
+/// `host` in a template: the facts, with `fqdn` resolved on first use.
+#[derive(Debug)]
+struct HostObject {
+    facts: Facts,
+    fqdn: OnceLock<String>,
+}
+
+impl HostObject {
+    const KEYS: &'static [&'static str] = &[
+        "hostname",
+        "fqdn",
+        "os",
+        "distro_id",
+        "distro_version",
+        "distro_like",
+        "arch",
+        "machine_id",
+    ];
+}
+
+impl Object for HostObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let f = &self.facts;
+        Some(match key.as_str()? {
+            "hostname" => Value::from(f.hostname.as_str()),
+            "fqdn" => Value::from(
+                self.fqdn
+                    .get_or_init(|| {
+                        f.fqdn
+                            .clone()
+                            .or_else(|| fqdn(&f.hostname))
+                            .unwrap_or_else(|| f.hostname.clone())
+                    })
+                    .as_str(),
+            ),
+            "os" => Value::from(f.os.as_str()),
+            "distro_id" => Value::from(f.distro_id.as_str()),
+            "distro_version" => Value::from(f.distro_version.as_str()),
+            "distro_like" => Value::from(
+                f.distro_like
                     .iter()
                     .map(|s| Value::from(s.as_str()))
                     .collect::<Vec<_>>(),
             ),
-        );
-        m.insert("arch", Value::from(self.arch.as_str()));
-        m.insert("machine_id", Value::from(self.machine_id.as_str()));
-        Value::from(m)
+            "arch" => Value::from(f.arch.as_str()),
+            "machine_id" => Value::from(f.machine_id.as_str()),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(Self::KEYS)
     }
 }
 
@@ -187,7 +235,15 @@ impl Context {
     pub fn for_template(template: &Path) -> Result<Context, TemplateError> {
         Ok(Context {
             host: Facts::of_this_host(),
-            env: std::env::vars().collect(),
+            // vars() would panic on a variable that is not UTF-8; such a value is shown lossily.
+            env: std::env::vars_os()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect(),
             vars: read_vars(&vars_path(template))?,
         })
     }
@@ -340,7 +396,7 @@ mod tests {
     pub fn debian() -> Facts {
         Facts {
             hostname: "web-01".into(),
-            fqdn: "web-01.example.net".into(),
+            fqdn: Some("web-01.example.net".into()),
             os: "linux".into(),
             distro_id: "debian".into(),
             distro_version: "12".into(),
@@ -414,6 +470,14 @@ mod tests {
         assert_eq!(osquery_os("macos"), "darwin");
         let here = Facts::of_this_host();
         assert_eq!(here.hostname, super::super::hostname());
-        assert!(!here.fqdn.is_empty());
+        let here = Context {
+            host: here,
+            env: BTreeMap::new(),
+            vars: toml::Table::new(),
+        };
+        let fqdn = render(p, "{{ host.fqdn }}", &here).unwrap();
+        assert!(fqdn.starts_with(&super::super::hostname()), "{fqdn}");
+        let keys = render(p, "{{ host | list | join(',') }}", &here).unwrap();
+        assert_eq!(keys, HostObject::KEYS.join(","));
     }
 }
