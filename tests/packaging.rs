@@ -326,6 +326,8 @@ fn check_rpms(rpms: &[PathBuf]) {
         "log-sensor-collector init --dir /var/lib/log-sensor-collector",
         "grep -vxF \"$ext\" \"$load\"",
         "rm -rf /var/lib/log-sensor",
+        "rmdir /usr/lib/log-sensor",
+        "rmdir /usr/share/log-sensor/packs /usr/share/log-sensor /etc/log-sensor",
         "[ -d /run/systemd/system ]",
     ] {
         assert!(scripts.contains(want), "no {want:?} in the rpm scripts:\n{scripts}");
