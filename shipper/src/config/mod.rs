@@ -6,6 +6,7 @@
 mod expand;
 pub mod layers;
 pub mod packs;
+mod persist;
 mod reader;
 pub mod template;
 pub mod units;
