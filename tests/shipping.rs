@@ -1170,6 +1170,22 @@ fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cert.pem"), "{err}");
 
+    // Without a running agent, get reads the file with the flags over it.
+    let out = agent
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["get", "sink.key"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(key.to_str().unwrap()) && shown.contains("(command_line)"),
+        "{shown}"
+    );
+
     let want = lines("with-cert", 50);
     append_lines(&agent.p("logs/app.log"), &want);
     let out = agent

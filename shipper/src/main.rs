@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use log_sensor::config::layers::{self, Layers};
+use log_sensor::config::layers;
 use log_sensor::config::Config;
 use log_sensor::control::{self, ClientError, Request, Response};
 use std::path::{Path, PathBuf};
@@ -280,8 +280,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             persist,
         } => change(&path, &key, Some(&value), persist),
         Command::Del { key, persist } => change(&path, &key, None, persist),
-        Command::Get { key } => show(&path, &key, true),
-        Command::List { key } => show(&path, key.as_deref().unwrap_or(""), false),
+        Command::Get { key } => show(&path, &cert, &key, true),
+        Command::List { key } => show(&path, &cert, key.as_deref().unwrap_or(""), false),
         Command::Pack { action } => pack(&path, action),
     }
 }
@@ -554,8 +554,13 @@ fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
-    let layers = Layers::load(path)?;
+fn show(
+    path: &Path,
+    cert: &cert_args::CertArgs,
+    key: &str,
+    exact: bool,
+) -> anyhow::Result<ExitCode> {
+    let layers = cert.load(path)?;
     let cfg = layers.resolve()?;
     let cmd = if exact { "get" } else { "list" };
     let entries: Vec<(String, String, String)> = match ask(&cfg, cmd, Some(key), None) {
