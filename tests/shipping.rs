@@ -1233,6 +1233,25 @@ fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
         "nothing enrolled here"
     );
 
+    // A key others can read is refused, naming the file and the fix.
+    let open_key = agent.p("open-key.pem");
+    std::fs::copy(&key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&open_key)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("open-key.pem") && err.contains("0644"),
+        "{err}"
+    );
+
     // A sink without client certificates says so rather than ignoring the flags.
     let plain = Agent::new("type = \"file\"\npath = \"state/out.ndjson\"", "");
     let out = plain

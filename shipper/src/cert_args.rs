@@ -25,7 +25,9 @@ impl CertArgs {
         let pair = match (cert, key) {
             (Some(c), Some(k)) => {
                 let cwd = std::env::current_dir().context("current folder")?;
-                Some((cwd.join(c), cwd.join(k)))
+                let key = cwd.join(k);
+                check_key_mode(&key)?;
+                Some((cwd.join(c), key))
             }
             (None, None) => None,
             _ => bail!("--cert and --key go together"),
@@ -73,4 +75,23 @@ impl CertArgs {
             None => Vec::new(),
         }
     }
+}
+
+/// A private key others can read is refused, as ssh refuses one: it is already not secret.
+fn check_key_mode(key: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)
+        .with_context(|| format!("--key {}", key.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "--key {} is readable or writable by others (mode {:04o}); a private key must be \
+             0600: chmod 0600 {}",
+            key.display(),
+            mode & 0o7777,
+            key.display()
+        );
+    }
+    Ok(())
 }
