@@ -393,9 +393,7 @@ fn the_packaged_sample_config_is_valid() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/log-sensor.service"),
     )
     .unwrap();
-    assert!(
-        unit.contains("ExecStart=/usr/local/bin/log-sensor -c /etc/log-sensor/log-sensor.toml run")
-    );
+    assert!(unit.contains("ExecStart=/usr/bin/log-sensor -c /etc/log-sensor/log-sensor.toml run"));
 }
 
 #[test]

@@ -2,6 +2,9 @@
 # Installs what the end-to-end tests need and is safe to run again:
 #   - Debian packages: rsyslog with its GnuTLS driver (the syslog sink is proven against it),
 #     and chromium (the monitor's page is rendered in a real headless browser);
+#     rpm (rpm -qp checks the .rpm packages), systemd (systemd-analyze verify checks the units),
+#     binutils (strip), adduser (the collector package's system user);
+#   - the packagers, pinned: cargo-deb and cargo-generate-rpm (tests/packaging.rs);
 #   - a Python venv at .venv with osquery's published bindings (the stand-in extension manager)
 #     and prometheus-client (its parser checks the monitor's /metrics).
 set -euo pipefail
@@ -12,11 +15,25 @@ command -v rsyslogd >/dev/null 2>&1 || apt_pkgs+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_pkgs+=(rsyslog-gnutls)
 command -v certtool >/dev/null 2>&1 || apt_pkgs+=(gnutls-bin)
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+command -v rpm >/dev/null 2>&1 || apt_pkgs+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || apt_pkgs+=(systemd)
+command -v strip >/dev/null 2>&1 || apt_pkgs+=(binutils)
+command -v adduser >/dev/null 2>&1 || apt_pkgs+=(adduser)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${apt_pkgs[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
 fi
+
+# Pinned so a packager's new release cannot change the packages under the tests.
+cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0' || {
+  echo "setup: installing cargo-deb 3.8.0"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
+}
+cargo generate-rpm --version 2>/dev/null | grep -qx 'cargo-generate-rpm 0.21.1' || {
+  echo "setup: installing cargo-generate-rpm 0.21.1"
+  cargo install --locked --quiet cargo-generate-rpm --version 0.21.1
+}
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import osquery, thrift, prometheus_client' 2>/dev/null; then
   echo "setup: creating .venv"

@@ -1146,3 +1146,126 @@ fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
         "nothing sent to an unverified server"
     );
 }
+
+// ------------------------------------------------------------------ --cert / --key
+
+/// The seed's `--cert`: an agent that never enrolled ships with a certificate and key obtained
+/// elsewhere (here, by another agent's enrolment), named on its command line; `start` passes
+/// them on to the background agent, and a reload keeps them.
+#[test]
+fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
+    let mut c = Collector::new(|_| {});
+    c.start();
+    let issued = Agent::new(&collector_sink(&c, ""), "");
+    issued.enroll_ok(&c);
+    let ca = c.ca().display().to_string();
+    let agent = Agent::new(&collector_sink(&c, &format!("ca = {ca:?}")), "");
+    let (cert, key) = (
+        issued.p("state/tls/cert.pem"),
+        issued.p("state/tls/key.pem"),
+    );
+
+    // Without the flags it has no identity: the sink names the missing enrolled certificate.
+    let out = agent.cmd().arg("start").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cert.pem"), "{err}");
+
+    // Without a running agent, get reads the file with the flags over it.
+    let out = agent
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["get", "sink.key"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(key.to_str().unwrap()) && shown.contains("(command_line)"),
+        "{shown}"
+    );
+
+    let want = lines("with-cert", 50);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let out = agent
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("start")
+        .env("LOG_SENSOR_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stop = || {
+        let _ = agent.cmd().arg("stop").output();
+    };
+    wait_for("records stored with the --cert identity", PATIENCE, || {
+        c.stored(HOST).len() >= want.len()
+    });
+    // Kept across a reload: the origin says where the value comes from.
+    let out = agent.cmd().arg("reload").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = agent.cmd().args(["get", "sink.cert"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(cert.to_str().unwrap()) && listed.contains("command_line"),
+        "{listed}"
+    );
+    let more = lines("after-reload", 5);
+    append_lines(&agent.p("logs/app.log"), &more);
+    wait_for("records after the reload", PATIENCE, || {
+        c.stored(HOST).len() >= want.len() + more.len()
+    });
+    stop();
+    assert!(
+        !agent.p("state/tls/cert.pem").exists(),
+        "nothing enrolled here"
+    );
+
+    // A key others can read is refused, naming the file and the fix.
+    let open_key = agent.p("open-key.pem");
+    std::fs::copy(&key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&open_key)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("open-key.pem") && err.contains("0644"),
+        "{err}"
+    );
+
+    // A sink without client certificates says so rather than ignoring the flags.
+    let plain = Agent::new("type = \"file\"\npath = \"state/out.ndjson\"", "");
+    let out = plain
+        .cmd()
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--cert") && err.contains("\"file\""),
+        "{err}"
+    );
+}

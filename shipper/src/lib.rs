@@ -1,7 +1,9 @@
 //! log-sensor: tails log files into a SQLite offset store and ships every record at least once.
 //!
 //! The modules follow the data path:
-//! - [`config`]: TOML → a validated [`config::Config`], every error at once with its key.
+//! - [`config`]: TOML (or a `.j2` template of it, [`config::template`]) → a validated
+//!   [`config::Config`], every error at once with its key; packs and where they apply in
+//!   [`config::packs`].
 //! - [`discover`]: globs, scans and inotify wake-ups find the files (the scan is the truth).
 //! - [`fingerprint`]: a stream's identity from the hash of its head (gzip decompressed first).
 //! - [`read`]: opening a file at an offset, plain or gzip, and checking the bytes before it.

@@ -5,12 +5,15 @@ mod cli;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use cli::reach::{self, Agent, EXIT_NOT_RUNNING};
-use log_sensor::config::layers::{self, Layers};
+use log_sensor::config::layers;
 use log_sensor::config::Config;
 use log_sensor::control::{ClientError, Request};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+mod cert_args;
+mod pack_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,23 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// A client certificate (PEM) for the sink instead of the enrolled one (or sink.cert);
+    /// needs --key. Kept across reloads.
+    #[arg(
+        long = "cert",
+        global = true,
+        requires = "client_key",
+        value_name = "FILE"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM, mode 0600) of --cert.
+    #[arg(
+        long = "key",
+        global = true,
+        requires = "client_cert",
+        value_name = "FILE"
+    )]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +70,8 @@ enum Command {
     },
     /// Validate the config; exit 1 naming the key or file at fault.
     Check,
+    /// Print the config file as the agent reads it: a `.j2` template rendered for this host.
+    Render,
     /// Read-only SQL against the store, printed as a table.
     Query {
         sql: String,
@@ -58,20 +80,25 @@ enum Command {
         json: bool,
     },
     /// Obtain a client certificate from a collector (key made here, 0600) into <state_dir>/tls/.
+    #[command(visible_alias = "get_cert")]
     Enroll {
         /// The collector, `https://host:port`.
-        #[arg(long)]
-        server: String,
+        #[arg(long, required_unless_present = "password")]
+        server: Option<String>,
         /// The enrolment account on the collector.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "password")]
+        user: Option<String>,
+        /// Refused: a password on the command line is readable by every user of the host while
+        /// the command runs. Use --password-file.
+        #[arg(value_name = "PASSWORD")]
+        password: Option<String>,
         /// A file whose first line is the password; without it the password is asked on the
         /// terminal.
         #[arg(long)]
         password_file: Option<PathBuf>,
         /// The collector's CA certificate (its `ca.pem`), to check the server before sending the
         /// password.
-        #[arg(long, required_unless_present = "insecure_first_contact")]
+        #[arg(long, required_unless_present_any = ["insecure_first_contact", "password"])]
         ca: Option<PathBuf>,
         /// Trust whatever server answers, and the CA it returns (trust on first use). The password
         /// goes to that server unchecked: use only on a network you trust.
@@ -106,9 +133,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PackAction {
-    /// Packs found in the pack folders, and which are enabled.
+    /// Packs found in the pack folders, which are enabled, and whether each applies on this host
+    /// with the sources it adds here.
     List,
-    /// Enable a pack (by name or path): written to the config file, then reloaded.
+    /// Enable a pack (by name or path): written to the config file, then reloaded. A pack that
+    /// does not apply on this host is refused with the reason.
     Enable { name: String },
     /// Disable a pack: removed from the config file, then reloaded.
     Disable { name: String },
@@ -136,9 +165,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone();
+    let cert = cert_args::CertArgs::new(cli.client_cert.clone(), cli.client_key.clone())?;
     match cli.command {
         Command::Check => {
-            let cfg = Config::load(&path)?;
+            let cfg = cert.load(&path)?.resolve()?;
             println!(
                 "{}: ok ({} source(s), state dir {}, sink {})",
                 path.display(),
@@ -148,8 +178,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Render => {
+            print!("{}", layers::read_text(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run => {
-            let layers = Layers::load(&path)?;
+            let layers = cert.load(&path)?;
             let stop = log_sensor::signals::stop_on_signals();
             log_sensor::agent::run(layers, stop)?;
             Ok(ExitCode::SUCCESS)
@@ -157,11 +191,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enroll {
             server,
             user,
+            password: Some(_),
+            ..
+        } => {
+            let _ = (server, user);
+            bail!("{}", cert_args::PASSWORD_ARGUMENT_REFUSED)
+        }
+        Command::Enroll {
+            server,
+            user,
+            password: None,
             password_file,
             ca,
             insecure_first_contact,
         } => {
             use log_sensor::enroll::{self, FirstContact};
+            let (Some(server), Some(user)) = (server, user) else {
+                bail!("enroll needs --server and --user");
+            };
             let cfg = Config::load(&cli.config)?;
             let server = log_sensor::sink::collector::Url::parse(&server)
                 .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
@@ -217,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_sensor::query::run(&store, &sql, json, &mut out).context("query")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Start => start(&path),
+        Command::Start => start(&path, &cert),
         Command::Stop => stop(&path),
         Command::Reload => {
             // Refused here, before the agent is asked: it would refuse too and keep its config.
@@ -235,20 +282,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             persist,
         } => change(&path, &key, Some(&value), persist),
         Command::Del { key, persist } => change(&path, &key, None, persist),
-        Command::Get { key } => show(&path, &key, true),
-        Command::List { key } => show(&path, key.as_deref().unwrap_or(""), false),
+        Command::Get { key } => show(&path, &cert, &key, true),
+        Command::List { key } => show(&path, &cert, key.as_deref().unwrap_or(""), false),
         Command::Pack { action } => pack(&path, action),
     }
 }
 
-fn start(path: &Path) -> anyhow::Result<ExitCode> {
+fn start(path: &Path, cert: &cert_args::CertArgs) -> anyhow::Result<ExitCode> {
     let agent = Agent::locate(path)?;
     if let Some(pid) = agent.running()? {
         agent.warn_if_invalid();
         println!("already running (pid {pid})");
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = agent.config?;
+    // The flags are checked as the agent will check them, so a bad --cert fails here, not in
+    // the background.
+    let cfg = cert.load(path)?.resolve()?;
     let agent = Agent::of(cfg.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
@@ -261,6 +310,7 @@ fn start(path: &Path) -> anyhow::Result<ExitCode> {
     let mut cmd = std::process::Command::new(std::env::current_exe().context("own executable")?);
     cmd.arg("-c")
         .arg(&cfg.path)
+        .args(cert.args())
         .arg("run")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -477,7 +527,12 @@ fn change(path: &Path, key: &str, value: Option<&str>, persist: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
+fn show(
+    path: &Path,
+    cert: &cert_args::CertArgs,
+    key: &str,
+    exact: bool,
+) -> anyhow::Result<ExitCode> {
     let agent = Agent::locate(path)?;
     let cmd = if exact { "get" } else { "list" };
     let entries: Vec<(String, String, String)> = match agent.ask(cmd, Some(key), None) {
@@ -491,7 +546,7 @@ fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
         }
         Err(e) if reach::is_not_running(&e) => {
             // No agent: the file is all there is, and an invalid one is the error.
-            let layers = Layers::load(path)?;
+            let layers = cert.load(path)?;
             layers.resolve()?;
             eprintln!("(no agent running: values from {})", path.display());
             layers
@@ -514,75 +569,12 @@ fn show(path: &Path, key: &str, exact: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn pack(path: &Path, action: PackAction) -> anyhow::Result<ExitCode> {
-    let layers = Layers::load(path)?;
-    let cfg = layers.resolve()?;
-    let enabled = cfg.packs.clone();
-    let base = cfg.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match action {
-        PackAction::List => {
-            let available = layers::available_packs(&cfg.pack_dirs);
-            if available.is_empty() {
-                println!(
-                    "no packs in {}",
-                    cfg.pack_dirs
-                        .iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            for (name, p) in available {
-                let on = enabled.iter().any(|e| {
-                    e == &name
-                        || layers::find_pack(e, &cfg.pack_dirs, &base).as_deref()
-                            == Some(p.as_path())
-                });
-                let sources = layers::read_pack_sources(&p)
-                    .map(|t| t.keys().cloned().collect::<Vec<_>>().join(", "))
-                    .unwrap_or_else(|e| format!("unreadable: {e}"));
-                println!(
-                    "{} {:<20} {}  sources: {}",
-                    if on { "[on] " } else { "[off]" },
-                    name,
-                    p.display(),
-                    if sources.is_empty() {
-                        "-".into()
-                    } else {
-                        sources
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        PackAction::Enable { name } => {
-            let Some(found) = layers::find_pack(&name, &cfg.pack_dirs, &base) else {
-                bail!(
-                    "pack {name:?} not found in {}",
-                    cfg.pack_dirs
-                        .iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            };
-            layers::read_pack_sources(&found).map_err(anyhow::Error::msg)?;
-            if enabled.contains(&name) {
-                println!("pack {name} already enabled");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut list = enabled;
-            list.push(name.clone());
-            write_packs(path, &list, &format!("pack {name} enabled"))
-        }
-        PackAction::Disable { name } => {
-            if !enabled.contains(&name) {
-                println!("pack {name} is not enabled");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let list: Vec<String> = enabled.into_iter().filter(|p| p != &name).collect();
-            write_packs(path, &list, &format!("pack {name} disabled"))
-        }
-    }
+    let action = match action {
+        PackAction::List => pack_cmd::Action::List,
+        PackAction::Enable { name } => pack_cmd::Action::Enable(name),
+        PackAction::Disable { name } => pack_cmd::Action::Disable(name),
+    };
+    pack_cmd::run(path, action, write_packs)
 }
 
 fn write_packs(path: &Path, list: &[String], done: &str) -> anyhow::Result<ExitCode> {

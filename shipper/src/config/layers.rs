@@ -5,6 +5,9 @@
 //! `sources.app.paths`). Every change is validated exactly as a config file is, by building the
 //! merged table and resolving it into a [`Config`].
 
+use super::packs::Pack;
+pub use super::packs::{available_packs, find_pack, pack_name};
+pub use super::persist::persist;
 use super::{Config, ConfigError, ConfigIssue};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -17,6 +20,9 @@ pub enum Origin {
     Default,
     Pack,
     File,
+    /// `--cert`/`--key` given to this process (kept across reloads, unlike a temporary override).
+    #[serde(rename = "command_line")]
+    CommandLine,
     Temporary,
 }
 
@@ -26,6 +32,7 @@ impl Origin {
             Origin::Default => "default",
             Origin::Pack => "pack",
             Origin::File => "file",
+            Origin::CommandLine => "command_line",
             Origin::Temporary => "temporary",
         }
     }
@@ -92,26 +99,59 @@ pub struct Layers {
     pub packs: Vec<PackSources>,
     /// Dotted key → value, or None for a key deleted for now.
     pub temporary: BTreeMap<String, Option<Value>>,
+    /// The file is a `.j2` template: its values were rendered, and its `vars.toml` is watched.
+    pub templated: bool,
+    /// Keys the command line sets over the file's (`--cert`, `--key`); re-applied on reload.
+    pub command_line: Table,
+}
+
+/// The config file's text as TOML: a `.j2` file is rendered first, and one that fails to render
+/// is an error as a whole (a half-rendered config never runs).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    if super::template::is_template(path) {
+        return Ok(super::template::render_file(path)?);
+    }
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Layers {
     /// Reads the file and the packs it enables.
     pub fn load(path: &Path) -> Result<Layers, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        Layers::load_with(path, Table::new())
+    }
+
+    /// Reads the file again for a reload, keeping what the command line set.
+    pub fn reread(&self) -> Result<Layers, ConfigError> {
+        Layers::load_with(&self.path, self.command_line.clone())
+    }
+
+    /// Reads the file with `command_line` keys over it.
+    pub fn load_with(path: &Path, command_line: Table) -> Result<Layers, ConfigError> {
+        let templated = super::template::is_template(path);
+        let text = read_text(path)?;
         let file: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: if templated {
+                    format!(
+                        "{e} (in the rendered text: `log-sensor -c {} render` shows it)",
+                        path.display()
+                    )
+                } else {
+                    e.to_string()
+                },
             })?;
         let mut layers = Layers {
             path: path.to_path_buf(),
             file,
             packs: Vec::new(),
             temporary: BTreeMap::new(),
+            templated,
+            command_line,
         };
         layers.load_packs()?;
         Ok(layers)
@@ -145,6 +185,8 @@ impl Layers {
         let (names, dirs) = self.pack_settings();
         let mut issues = Vec::new();
         let mut packs = Vec::new();
+        // Facts, environment and vars.toml are read once, and only when a pack is enabled.
+        let mut ctx = None;
         for (i, name) in names.iter().enumerate() {
             let key = format!("packs[{i}]");
             let Some(path) = find_pack(name, &dirs, &self.base_dir()) else {
@@ -160,11 +202,21 @@ impl Layers {
                 });
                 continue;
             };
-            match read_pack_sources(&path) {
-                Ok(sources) => packs.push(PackSources {
+            let placed = Pack::read(&path).and_then(|p| {
+                let ctx =
+                    ctx.get_or_insert_with(|| super::template::Context::for_template(&self.path));
+                match ctx {
+                    Ok(ctx) => p.place(ctx),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            match placed {
+                // A pack that does not apply here adds nothing: one fleet-wide list of packs
+                // serves every kind of host (`pack enable` is where "not here" is refused).
+                Ok(placed) => packs.push(PackSources {
                     name: pack_name(&path),
                     path,
-                    sources,
+                    sources: placed.sources,
                 }),
                 Err(message) => issues.push(ConfigIssue { key, message }),
             }
@@ -193,6 +245,7 @@ impl Layers {
 
     fn merged_without_packs(&self) -> Table {
         let mut t = self.file.clone();
+        merge_into(&mut t, &self.command_line);
         for (k, v) in &self.temporary {
             let parts: Vec<&str> = k.split('.').collect();
             match v {
@@ -238,7 +291,11 @@ impl Layers {
 
     /// The files whose change means a reload: the config file and every enabled pack.
     pub fn watched_files(&self) -> Vec<PathBuf> {
+        let vars = self
+            .templated
+            .then(|| super::template::vars_path(&self.path));
         std::iter::once(self.path.clone())
+            .chain(vars)
             .chain(self.packs.iter().map(|p| p.path.clone()))
             .collect()
     }
@@ -247,6 +304,8 @@ impl Layers {
         let parts: Vec<&str> = key.split('.').collect();
         if self.temporary.contains_key(key) {
             Origin::Temporary
+        } else if get_path(&self.command_line, &parts).is_some() {
+            Origin::CommandLine
         } else if get_path(&self.file, &parts).is_some() {
             Origin::File
         } else {
@@ -347,7 +406,7 @@ impl Layers {
     }
 }
 
-fn check_key(path: &Path, key: &str) -> Result<(), ConfigError> {
+pub(super) fn check_key(path: &Path, key: &str) -> Result<(), ConfigError> {
     if key.is_empty() || key.split('.').any(str::is_empty) {
         return Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -465,79 +524,6 @@ fn remove_path(t: &mut Table, parts: &[&str]) -> Option<Value> {
         return t.remove(*first);
     }
     remove_path(t.get_mut(*first)?.as_table_mut()?, rest)
-}
-
-pub fn pack_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// A pack by name (`health` → `<dir>/health.json`) or by path (relative to the config's folder).
-pub fn find_pack(name: &str, dirs: &[PathBuf], base: &Path) -> Option<PathBuf> {
-    if name.contains('/') || name.ends_with(".json") {
-        let p = base.join(name);
-        return p.is_file().then_some(p);
-    }
-    dirs.iter()
-        .map(|d| d.join(format!("{name}.json")))
-        .find(|p| p.is_file())
-}
-
-/// Every pack in the folders, by name.
-pub fn available_packs(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
-    let mut out = BTreeMap::new();
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().map(|x| x == "json").unwrap_or(false) {
-                out.entry(pack_name(&p)).or_insert(p);
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// The `log_sensor.sources` of an osquery pack, as TOML tables.
-pub fn read_pack_sources(path: &Path) -> Result<Table, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read pack {}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("pack {} is not JSON: {e}", path.display()))?;
-    let Some(section) = json.get("log_sensor") else {
-        return Ok(Table::new());
-    };
-    let Some(sources) = section.get("sources") else {
-        return Ok(Table::new());
-    };
-    match json_to_toml(sources) {
-        Some(Value::Table(t)) => Ok(t),
-        _ => Err(format!(
-            "pack {}: log_sensor.sources must be an object of sources",
-            path.display()
-        )),
-    }
-}
-
-fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
-    Some(match v {
-        serde_json::Value::Null => return None,
-        serde_json::Value::Bool(b) => Value::Boolean(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => Value::Float(n.as_f64()?),
-        },
-        serde_json::Value::String(s) => Value::String(s.clone()),
-        serde_json::Value::Array(a) => Value::Array(a.iter().filter_map(json_to_toml).collect()),
-        serde_json::Value::Object(o) => Value::Table(
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
-                .collect(),
-        ),
-    })
 }
 
 #[cfg(test)]
@@ -668,156 +654,5 @@ mod tests {
             err.to_string().contains("packs[0]") && err.to_string().contains("nope"),
             "{err}"
         );
-    }
-}
-
-/// Writes `key = value` into the config file itself, keeping its comments and layout, after
-/// checking that the result is a valid config. `None` removes the key.
-pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, ConfigError> {
-    check_key(path, key)?;
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut doc: toml_edit::DocumentMut =
-        text.parse()
-            .map_err(|e: toml_edit::TomlError| ConfigError::Syntax {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-    let parts: Vec<&str> = key.split('.').collect();
-    let (last, parents) = parts.split_last().expect("checked non-empty");
-    let mut table: &mut toml_edit::Table = doc.as_table_mut();
-    for p in parents {
-        let item = table.entry(p).or_insert_with(|| {
-            let mut t = toml_edit::Table::new();
-            t.set_implicit(true);
-            toml_edit::Item::Table(t)
-        });
-        table = match item.as_table_mut() {
-            Some(t) => t,
-            None => {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    issues: vec![ConfigIssue {
-                        key: key.to_string(),
-                        message: format!("{p} is not a table in the file"),
-                    }],
-                })
-            }
-        };
-    }
-    match value {
-        Some(v) => {
-            let item: toml_edit::DocumentMut = format!("v = {}", render(v))
-                .parse()
-                .expect("a rendered value parses");
-            let new = item.get("v").cloned().expect("v is set");
-            // Keep the comment that followed the old value on its line.
-            let decor = table
-                .get(last)
-                .and_then(|i| i.as_value())
-                .map(|v| v.decor().clone());
-            table.insert(last, new);
-            if let (Some(decor), Some(v)) =
-                (decor, table.get_mut(last).and_then(|i| i.as_value_mut()))
-            {
-                *v.decor_mut() = decor;
-            }
-        }
-        None => {
-            table.remove(last);
-        }
-    }
-    let new_text = doc.to_string();
-    // Validate exactly as a config file: write beside it, load it with its packs, then swap.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let write = |p: &Path| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(p)?;
-        f.write_all(new_text.as_bytes())?;
-        f.sync_all()?;
-        if let Ok(md) = std::fs::metadata(path) {
-            std::fs::set_permissions(p, md.permissions())?;
-        }
-        Ok(())
-    };
-    write(&tmp).map_err(|source| ConfigError::Read {
-        path: tmp.clone(),
-        source,
-    })?;
-    let checked = Layers::load(&tmp).and_then(|l| {
-        let mut l = l;
-        l.path = path.to_path_buf();
-        l.resolve()
-    });
-    match checked {
-        Ok(cfg) => {
-            std::fs::rename(&tmp, path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            Ok(cfg)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(match e {
-                ConfigError::Invalid { issues, .. } => ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    issues,
-                },
-                other => other,
-            })
-        }
-    }
-}
-
-#[cfg(test)]
-mod persist_tests {
-    use super::*;
-
-    #[test]
-    fn persist_keeps_comments_and_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("agent.toml");
-        let text = "# the agent\nstate_dir = \"state\" # where offsets live\n\n[defaults]\nmax_record_bytes = 1000 # small\n\n# app logs\n[sources.app]\npaths = [\"a/*.log\"]\n";
-        std::fs::write(&p, text).unwrap();
-        persist(&p, "defaults.max_record_bytes", Some(&parse_value("2048"))).unwrap();
-        persist(&p, "sources.app.exclude", Some(&parse_value("[\"*.tmp\"]"))).unwrap();
-        let out = std::fs::read_to_string(&p).unwrap();
-        assert!(out.contains("# the agent\n"), "{out}");
-        assert!(
-            out.contains("state_dir = \"state\" # where offsets live"),
-            "{out}"
-        );
-        assert!(out.contains("max_record_bytes = 2048 # small"), "{out}");
-        assert!(out.contains("# app logs\n[sources.app]"), "{out}");
-        assert!(out.contains("exclude = [\"*.tmp\"]"), "{out}");
-        let bad = persist(
-            &p,
-            "defaults.max_record_bytes",
-            Some(&parse_value("\"huge\"")),
-        )
-        .unwrap_err();
-        assert!(
-            bad.to_string().contains("defaults.max_record_bytes"),
-            "{bad}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            out,
-            "a refused change leaves the file alone"
-        );
-        persist(&p, "defaults.max_record_bytes", None).unwrap();
-        assert!(!std::fs::read_to_string(&p)
-            .unwrap()
-            .contains("max_record_bytes"));
     }
 }

@@ -5,7 +5,10 @@
 
 mod expand;
 pub mod layers;
+pub mod packs;
+mod persist;
 mod reader;
+pub mod template;
 pub mod units;
 
 pub use expand::hostname;
@@ -27,6 +30,9 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
+    /// A `.j2` config that did not render: nothing of it is used.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
     #[error("config file {path} has {} error(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         path: PathBuf,
@@ -189,7 +195,11 @@ impl Config {
     /// store's alerts, or at and stopping the agent that still runs, is exactly who has a broken
     /// file).
     pub fn state_dir_lenient(path: &Path) -> Option<PathBuf> {
-        let text = std::fs::read_to_string(path).ok()?;
+        // A template is rendered first; one that does not render may still hold a literal
+        // `state_dir` line, so its raw text is read as the last resort.
+        let text = layers::read_text(path)
+            .ok()
+            .or_else(|| std::fs::read_to_string(path).ok())?;
         let base = absolute(path).parent()?.to_path_buf();
         let dir = match reader::top_level(&text, "state_dir") {
             reader::TopLevel::Found(toml::Value::String(s)) => expand::expand(&s).ok()?,

@@ -78,7 +78,9 @@ impl Controller {
     /// the running config in place and raises an alert naming the error.
     pub fn reload(&self) -> Result<(), String> {
         let path = self.config().path.clone();
-        let loaded = Layers::load(&path).and_then(|l| l.resolve().map(|c| (l, c)));
+        // Re-read with what the command line set (`--cert`), which a reload keeps.
+        let reread = self.layers.lock().expect("layers lock").reread();
+        let loaded = reread.and_then(|l| l.resolve().map(|c| (l, c)));
         match loaded {
             Ok((layers, cfg)) => {
                 let mut guard = self.layers.lock().expect("layers lock");
