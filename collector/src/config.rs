@@ -123,6 +123,9 @@ pub struct Config {
     /// Of those, from one source address (generous: hosts behind one NAT
     /// share it). A stranger opening connections cannot take them all.
     pub max_connections_per_address: u32,
+    /// Password checks (argon2id, 19 MiB each) running at once; further
+    /// enrolments wait a few seconds for one, then get 429 `busy`.
+    pub max_password_checks: u32,
     pub rate_limit: RateLimit,
 }
 
@@ -138,6 +141,7 @@ impl Default for Config {
             body_timeout_secs: 30,
             max_connections: 4096,
             max_connections_per_address: 256,
+            max_password_checks: 2,
             rate_limit: RateLimit::default(),
         }
     }
@@ -187,6 +191,12 @@ impl Config {
         if self.max_connections_per_address == 0 {
             return Err(invalid("max_connections_per_address", "must be at least 1"));
         }
+        if self.max_password_checks == 0 || self.max_password_checks > 64 {
+            return Err(invalid(
+                "max_password_checks",
+                "must be between 1 and 64 (each check holds 19 MiB)",
+            ));
+        }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));
         }
@@ -235,5 +245,8 @@ mod tests {
         std::fs::write(&path, "cert_days = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("cert_days"), "{err}");
+        std::fs::write(&path, "max_password_checks = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_password_checks"), "{err}");
     }
 }

@@ -38,6 +38,7 @@ use crate::ratelimit::Limiter;
 use crate::revoke::watch_revocations;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
+use crate::verify::Verifier;
 
 /// Largest enrol or renew body (a CSR is about a kilobyte).
 const MAX_SMALL_BODY: usize = 64 * 1024;
@@ -130,6 +131,7 @@ impl Server {
                 config.rate_limit.max_failures,
                 Duration::from_secs(config.rate_limit.window_secs),
             ),
+            verifier: Verifier::new(config.max_password_checks, Arc::clone(&metrics)),
             cert_days: config.cert_days,
         };
         let storage = Storage::new(
@@ -655,6 +657,9 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
         EnrollError::RateLimited => {
             collector.metrics.enrol_rate_limited.fetch_add(1, Relaxed);
         }
+        EnrollError::Busy => {
+            collector.metrics.enrol_busy.fetch_add(1, Relaxed);
+        }
         EnrollError::BadCredentials => {
             collector.metrics.enrol_failures.fetch_add(1, Relaxed);
         }
@@ -662,11 +667,15 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
         _ => {}
     }
     let mut reply = error(e.status(), e.code(), &e);
-    if e.status() == 429 {
-        reply.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            collector.config.rate_limit.window_secs.into(),
-        );
+    let retry_after = match e {
+        EnrollError::RateLimited => Some(collector.config.rate_limit.window_secs),
+        EnrollError::Busy => Some(2),
+        _ => None,
+    };
+    if let Some(secs) = retry_after {
+        reply
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, secs.into());
     }
     reply
 }
@@ -681,8 +690,12 @@ async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incomin
         Ok(r) => r,
         Err(e) => return error(400, "bad_json", format!("enrol request: {e}")),
     };
+    let admitted = match collector.enroller.admit(source, &request.username).await {
+        Ok(a) => a,
+        Err(e) => return enroll_error(collector, e),
+    };
     let c = Arc::clone(collector);
-    match blocking(move || c.enroller.enroll(&request, source)).await {
+    match blocking(move || c.enroller.enroll(admitted, &request, source)).await {
         Ok(Ok(reply)) => {
             collector.metrics.enrolments.fetch_add(1, Relaxed);
             json(200, &reply)
