@@ -1774,3 +1774,80 @@ fn simultaneous_enrolments_of_one_host_issue_one_certificate() {
         assert_eq!(certs, 1, "trial {trial}");
     }
 }
+
+/// Writes `byte` every 200 ms on `conn` until the server answers or closes
+/// it; fails if it has not within `DEADLINE`.
+fn trickle_until_answered(conn: &mut Conn, byte: u8, what: &str) {
+    conn.tls
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        match conn.tls.sock.peek(&mut [0u8; 1]) {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: still held after {DEADLINE:?} of trickling"
+        );
+        if conn
+            .tls
+            .write_all(&[byte])
+            .and_then(|_| conn.tls.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    conn.tls.sock.set_read_timeout(Some(DEADLINE)).unwrap();
+}
+
+/// Issue #10.8: an enrolment whose body trickled a byte a second was still
+/// held after 81 s, since `body_timeout_secs` only cuts a body that stops.
+/// A request without a certificate must arrive whole, headers and body,
+/// within `unauthenticated_timeout_secs`.
+#[test]
+fn a_trickling_stranger_is_cut_at_the_total_deadline() {
+    let mut c = Collector::with_config(|cfg| {
+        set_config(cfg, "unauthenticated_timeout_secs", "10", "2");
+    });
+    c.start();
+    let mut body = c.connect(None);
+    let head = "POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\n\r\n{";
+    body.tls.write_all(head.as_bytes()).unwrap();
+    trickle_until_answered(&mut body, b' ', "a trickling enrolment body");
+    let cut = body.read_response().expect("a reply to the trickled body");
+    assert_eq!(cut.status, 408, "{}", cut.text());
+    assert_eq!(cut.json()["code"], "request_timeout");
+    assert!(
+        cut.text().contains("unauthenticated_timeout_secs"),
+        "{}",
+        cut.text()
+    );
+    body.assert_closed_by_server("after a 408");
+
+    // Headers trickled a line at a time never end, so the connection is
+    // closed when the same deadline passes.
+    let mut headers = c.connect(None);
+    headers
+        .tls
+        .write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    trickle_until_answered(&mut headers, b'x', "trickling headers");
+    // An agent with a certificate keeps its connection across the same
+    // pause (its idle limit is 75 s).
+    let id = c.enroll("web-01");
+    let mut agent = c.connect(Some(&id));
+    let first = agent.ingest(&batch(&[record("web-01", "s1", 0, "whole")]));
+    assert_eq!(first.status, 200, "{}", first.text());
+    std::thread::sleep(Duration::from_secs(3));
+    let second = agent.ingest(&batch(&[record("web-01", "s1", 10, "whole")]));
+    assert_eq!(second.status, 200, "{}", second.text());
+}

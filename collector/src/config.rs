@@ -123,6 +123,12 @@ pub struct Config {
     /// Of those, from one source address (generous: hosts behind one NAT
     /// share it). A stranger opening connections cannot take them all.
     pub max_connections_per_address: u32,
+    /// A request on a connection without a client certificate (and every
+    /// enrolment) must arrive whole within this: its headers within this
+    /// of the connection being ready, its body within this of its headers.
+    /// `body_timeout_secs` alone only cuts a body that stops, not one
+    /// trickling a byte a second.
+    pub unauthenticated_timeout_secs: u64,
     /// Password checks (argon2id, 19 MiB each) running at once; further
     /// enrolments wait a few seconds for one, then get 429 `busy`.
     pub max_password_checks: u32,
@@ -141,6 +147,7 @@ impl Default for Config {
             body_timeout_secs: 30,
             max_connections: 4096,
             max_connections_per_address: 256,
+            unauthenticated_timeout_secs: 10,
             max_password_checks: 2,
             rate_limit: RateLimit::default(),
         }
@@ -190,6 +197,12 @@ impl Config {
         }
         if self.max_connections_per_address == 0 {
             return Err(invalid("max_connections_per_address", "must be at least 1"));
+        }
+        if self.unauthenticated_timeout_secs == 0 {
+            return Err(invalid(
+                "unauthenticated_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if self.max_password_checks == 0 || self.max_password_checks > 64 {
             return Err(invalid(
@@ -245,6 +258,9 @@ mod tests {
         std::fs::write(&path, "cert_days = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("cert_days"), "{err}");
+        std::fs::write(&path, "unauthenticated_timeout_secs = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unauthenticated_timeout_secs"), "{err}");
         std::fs::write(&path, "max_password_checks = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_password_checks"), "{err}");

@@ -324,10 +324,16 @@ async fn connection(
     };
     // hyper's header read timeout also runs while a keep-alive connection
     // idles between requests, so it bounds both a client trickling headers
-    // and an idle agent connection.
+    // and an idle agent connection. A stranger (no certificate) gets
+    // `unauthenticated_timeout_secs` for it: it has only enrolments and
+    // scrapes to send, and must not hold a connection for long.
+    let header_timeout = match &identity {
+        Some(_) => IDLE_TIMEOUT,
+        None => Duration::from_secs(collector.config.unauthenticated_timeout_secs),
+    };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(IDLE_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let mut revoked = collector.revoked.clone();
@@ -682,7 +688,7 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
 
 async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incoming>) -> Reply {
     let stall = Duration::from_secs(collector.config.body_timeout_secs);
-    let body = match read_body(req, MAX_SMALL_BODY, stall).await {
+    let body = match read_unauthenticated_body(collector, req, stall).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
@@ -702,6 +708,36 @@ async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incomin
         }
         Ok(Err(e)) => enroll_error(collector, e),
         Err(reply) => reply,
+    }
+}
+
+/// [`read_body`] for a request anyone may send: the whole body must arrive
+/// within `unauthenticated_timeout_secs` of its headers, however steadily
+/// it trickles (a byte a second never trips `body_timeout_secs`).
+async fn read_unauthenticated_body(
+    collector: &Collector,
+    req: Request<Incoming>,
+    stall: Duration,
+) -> Result<Vec<u8>, Reply> {
+    let total = collector.config.unauthenticated_timeout_secs;
+    match tokio::time::timeout(
+        Duration::from_secs(total),
+        read_body(req, MAX_SMALL_BODY, stall),
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(_) => {
+            let mut reply = error(
+                408,
+                "request_timeout",
+                format!("request body not complete within {total}s (unauthenticated_timeout_secs)"),
+            );
+            reply
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(reply)
+        }
     }
 }
 
