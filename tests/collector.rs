@@ -1851,3 +1851,93 @@ fn a_trickling_stranger_is_cut_at_the_total_deadline() {
     let second = agent.ingest(&batch(&[record("web-01", "s1", 10, "whole")]));
     assert_eq!(second.status, 200, "{}", second.text());
 }
+
+// ------------------------------------------------ streams and descriptors
+
+/// Issue #10.3: one batch carrying 16,384 new stream ids was stored (16,406
+/// descriptors held), and when two such failed they left 19,978 empty
+/// files. A batch creating more than `max_new_streams_per_batch` streams is
+/// refused, naming the limit, and takes away every file it created.
+#[test]
+fn a_batch_naming_too_many_new_streams_is_refused_and_leaves_no_file() {
+    let mut c = Collector::with_config(|cfg| {
+        set_config(cfg, "max_new_streams_per_batch", "1024", "50");
+    });
+    c.start();
+    let id = c.enroll("web-01");
+    let first = c
+        .connect(Some(&id))
+        .ingest(&batch(&[record("web-01", "s0", 0, "whole")]));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let data = c.dir.join("data");
+    let before = files_under(&data);
+    // Small enough (under 256 KiB) to be read whole before it is refused.
+    let many: Vec<String> = std::iter::once(record("web-01", "s0", 200, "whole"))
+        .chain((0..300).map(|i| record("web-01", &format!("new-{i}"), 0, "whole")))
+        .collect();
+    let resp = c.connect(Some(&id)).ingest(&batch(&many));
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "too_many_new_streams");
+    assert!(
+        resp.text().contains("50") && resp.text().contains("max_new_streams_per_batch"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(files_under(&data), before, "no file left behind");
+    assert_eq!(offsets(&c.data_file("web-01", "s0")), vec![0]);
+    // Sent in batches under the limit, they all get in.
+    for chunk in many.chunks(50) {
+        let resp = c.connect(Some(&id)).ingest(&batch(chunk));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    assert_eq!(files_under(&data).len(), 301);
+    assert_eq!(offsets(&c.data_file("web-01", "s0")), vec![0, 200]);
+}
+
+/// Stream files the collector process has open now.
+fn open_files_under(pid: u32, dir: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Issue #10.3: streams written over time, more of them than
+/// `max_open_stream_files`, more even in one batch: every record is stored
+/// once, and the collector never holds more stream files open than the cap
+/// (the least recently used is closed, and reopened when next written).
+#[test]
+fn many_streams_over_time_are_stored_through_a_few_open_files() {
+    let mut c = Collector::with_config(|cfg| {
+        set_config(cfg, "max_open_stream_files", "1024", "16");
+    });
+    c.start();
+    let id = c.enroll("web-01");
+    let pid = c.child.as_ref().unwrap().id();
+    let data = c.dir.join("data");
+    let mut conn = c.connect(Some(&id));
+    let mut most_open = 0;
+    for round in 0..3u64 {
+        for b in 0..10 {
+            let lines: Vec<String> = (0..20)
+                .map(|k| record("web-01", &format!("s{}", b * 20 + k), round * 200, "whole"))
+                .collect();
+            let resp = conn.ingest(&batch(&lines));
+            assert_eq!(resp.status, 200, "round {round} batch {b}: {}", resp.text());
+            most_open = most_open.max(open_files_under(pid, &data));
+        }
+    }
+    assert!(
+        most_open <= 16,
+        "{most_open} stream files open at once (max_open_stream_files = 16)"
+    );
+    assert!(most_open > 0, "the count sees the collector's files");
+    for n in 0..200 {
+        assert_eq!(
+            offsets(&c.data_file("web-01", &format!("s{n}"))),
+            vec![0, 200, 400],
+            "stream s{n}"
+        );
+    }
+}

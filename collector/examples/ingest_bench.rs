@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use log_sensor_collector::db::Db;
 use log_sensor_collector::ingest::{parse_batch, read_batch, Batch};
-use log_sensor_collector::storage::Storage;
+use log_sensor_collector::storage::{Storage, StorageLimits};
 
 const HOST: &str = "bench-host";
 const STREAM: &str = "3f2a9c0d4e5b6a71";
@@ -152,7 +152,8 @@ fn main() {
             .tempdir_in(&a.dir)
             .expect("temporary folder");
         let db = Arc::new(Db::create(&dir.path().join("c.db")).expect("index"));
-        let storage = Storage::new(dir.path().join("data"), db, 10).expect("storage");
+        let storage = Storage::new(dir.path().join("data"), db, 10, StorageLimits::default())
+            .expect("storage");
         let t = Instant::now();
         for b in &batches {
             let o = storage.store(HOST, b).expect("store");

@@ -132,6 +132,13 @@ pub struct Config {
     /// Password checks (argon2id, 19 MiB each) running at once; further
     /// enrolments wait a few seconds for one, then get 429 `busy`.
     pub max_password_checks: u32,
+    /// Stream files kept open at once; past this the least recently used
+    /// is closed, and reopened when its stream is next written.
+    pub max_open_stream_files: u32,
+    /// Streams one batch may create (streams of its host without a file
+    /// yet); a batch creating more is refused (400 `too_many_new_streams`)
+    /// and leaves no file behind.
+    pub max_new_streams_per_batch: u32,
     pub rate_limit: RateLimit,
 }
 
@@ -149,6 +156,8 @@ impl Default for Config {
             max_connections_per_address: 256,
             unauthenticated_timeout_secs: 10,
             max_password_checks: 2,
+            max_open_stream_files: 1024,
+            max_new_streams_per_batch: 1024,
             rate_limit: RateLimit::default(),
         }
     }
@@ -210,6 +219,12 @@ impl Config {
                 "must be between 1 and 64 (each check holds 19 MiB)",
             ));
         }
+        if self.max_open_stream_files < 16 {
+            return Err(invalid("max_open_stream_files", "must be at least 16"));
+        }
+        if self.max_new_streams_per_batch == 0 {
+            return Err(invalid("max_new_streams_per_batch", "must be at least 1"));
+        }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));
         }
@@ -261,6 +276,9 @@ mod tests {
         std::fs::write(&path, "unauthenticated_timeout_secs = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("unauthenticated_timeout_secs"), "{err}");
+        std::fs::write(&path, "max_open_stream_files = 2\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_open_stream_files"), "{err}");
         std::fs::write(&path, "max_password_checks = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_password_checks"), "{err}");

@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, RefusedReason};
 use crate::pki::{unix_now, Ca};
 use crate::ratelimit::Limiter;
 use crate::revoke::watch_revocations;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, StorageLimits};
 use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
 use crate::verify::Verifier;
 
@@ -138,6 +138,10 @@ impl Server {
             layout.data_dir(),
             Arc::clone(&db),
             u64::from(config.overlong_alert_after),
+            StorageLimits {
+                max_open_files: config.max_open_stream_files as usize,
+                max_new_streams_per_batch: config.max_new_streams_per_batch as usize,
+            },
         )?;
         let alert_log = AlertLog::open(&layout.alerts_log())?;
         let ingest_slots = tokio::sync::Semaphore::new(config.max_concurrent_batches as usize);
@@ -877,6 +881,10 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             match e {
                 IngestFailure::Revoked => {
                     error(403, "certificate_revoked", "certificate is revoked")
+                }
+                IngestFailure::Storage(e @ StorageError::TooManyNewStreams { .. }) => {
+                    tracing::info!(host = %id.host, error = %e, "batch refused");
+                    error(400, "too_many_new_streams", e)
                 }
                 IngestFailure::Ingest(e) => {
                     let code = match e.status() {
