@@ -1,5 +1,5 @@
 //! The stream files kept open, at most `max_open_stream_files` of them:
-//! past that the least recently used is closed, and reopened when its
+//! at the cap the least recently used are closed, and reopened when their
 //! stream is next written. One batch naming 16,384 streams once held as
 //! many descriptors, and two such batches left every other host's ingest
 //! failing with "Too many open files".
@@ -69,8 +69,8 @@ impl OpenFiles {
         Ok(self.insert(id, file))
     }
 
-    /// Keeps `file` (just opened) as the stream's, closing the least
-    /// recently used past the cap.
+    /// Keeps `file` (just opened) as the stream's; at the cap, the least
+    /// recently used eighth is closed first.
     pub(super) fn insert(&self, id: StreamId, file: File) -> Arc<File> {
         let file = Arc::new(file);
         let mut closed = Vec::new();
@@ -78,16 +78,20 @@ impl OpenFiles {
             let mut inner = self.inner();
             inner.tick += 1;
             let tick = inner.tick;
-            // A linear scan, but only when a file is opened with the cache
-            // full, which costs an open(2) anyway; a hit stays one lookup.
-            while inner.files.len() >= self.max && !inner.files.contains_key(&id) {
-                let oldest = inner
+            if inner.files.len() >= self.max && !inner.files.contains_key(&id) {
+                // The oldest eighth goes at once: finding them is a pass
+                // over the cache, paid once per eighth of it instead of at
+                // every open while more streams are written than it holds.
+                let mut by_age: Vec<(u64, StreamId)> = inner
                     .files
                     .iter()
-                    .min_by_key(|(_, (used, _))| *used)
-                    .map(|(id, _)| *id)
-                    .expect("a full cache has entries");
-                closed.extend(inner.files.remove(&oldest));
+                    .map(|(id, (used, _))| (*used, *id))
+                    .collect();
+                let evict = (self.max / 8).max(1).min(by_age.len());
+                by_age.select_nth_unstable(evict - 1);
+                for (_, old) in &by_age[..evict] {
+                    closed.extend(inner.files.remove(old));
+                }
             }
             if let Some((_, old)) = inner.files.insert(id, (tick, Arc::clone(&file))) {
                 closed.push((0, old));
