@@ -1699,17 +1699,24 @@ fn concurrent_wrong_passwords_are_limited_and_checked_a_few_at_a_time() {
     assert_eq!(metric(&m, "log_sensor_collector_enrol_failures_total"), 5.0);
     assert_eq!(metric(&m, "log_sensor_collector_password_checks_peak"), 1.0);
 
-    // Twenty tries the limits all let through (four fresh addresses, five
-    // names each, none of them known): still one check at a time.
-    let spread = enrol_burst(&c, 20, |i| {
+    // Eight tries the limits all let through (two fresh addresses, four
+    // names each, none of them known): still one check at a time. On a
+    // slow machine some may give up waiting for the one slot (429 busy).
+    let spread = enrol_burst(&c, 8, |i| {
         (
-            format!("127.0.0.{}", 10 + i / 5),
+            format!("127.0.0.{}", 10 + i / 4),
             format!("nobody-{i}"),
             "nope".into(),
             "web-01".into(),
         )
     });
-    assert_eq!(count(&spread, 401), 20, "{spread:?}");
+    assert!(
+        spread
+            .iter()
+            .all(|(s, code)| *s == 401 || (*s == 429 && code == "busy")),
+        "{spread:?}"
+    );
+    assert!(count(&spread, 401) >= 2, "{spread:?}");
     let m = c.metrics();
     assert_eq!(metric(&m, "log_sensor_collector_password_checks_peak"), 1.0);
     assert_eq!(metric(&m, "log_sensor_collector_password_checks"), 0.0);
