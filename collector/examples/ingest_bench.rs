@@ -6,7 +6,12 @@
 //! ```text
 //! cargo build --release -p log-sensor-collector --example ingest_bench
 //! target/release/examples/ingest_bench [--mb 200] [--batch-mib 16] [--rounds 3] [--dir /dev/shm]
+//!     [--streams 1]
 //! ```
+//!
+//! `--streams N` spreads the records over N streams round-robin (so every
+//! batch writes to all of them; past `max_open_stream_files`, 1024, the
+//! store keeps closing and reopening files).
 //!
 //! Each stage runs on one thread, so wall time is CPU time. Figures are MB
 //! (10^6 bytes) of decoded NDJSON per second; the best round is printed
@@ -19,7 +24,7 @@ use std::time::Instant;
 
 use log_sensor_collector::db::Db;
 use log_sensor_collector::ingest::{parse_batch, read_batch, Batch};
-use log_sensor_collector::storage::Storage;
+use log_sensor_collector::storage::{Storage, StorageLimits};
 
 const HOST: &str = "bench-host";
 const STREAM: &str = "3f2a9c0d4e5b6a71";
@@ -29,6 +34,7 @@ struct Args {
     batch_mib: usize,
     rounds: usize,
     dir: PathBuf,
+    streams: u64,
 }
 
 fn args() -> Args {
@@ -37,6 +43,7 @@ fn args() -> Args {
         batch_mib: 16,
         rounds: 3,
         dir: PathBuf::from("/dev/shm"),
+        streams: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +53,7 @@ fn args() -> Args {
             "--batch-mib" => a.batch_mib = value.parse().expect("--batch-mib N"),
             "--rounds" => a.rounds = value.parse().expect("--rounds N"),
             "--dir" => a.dir = PathBuf::from(value),
+            "--streams" => a.streams = value.parse().expect("--streams N"),
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -54,7 +62,7 @@ fn args() -> Args {
 
 /// One record as the agent writes it: the ~210-byte access-log message of
 /// `bench/shipping_bench.py` (its quotes escaped), ~470 bytes in all.
-fn record(out: &mut Vec<u8>, i: u64, offset: u64) -> u64 {
+fn record(out: &mut Vec<u8>, i: u64, offset: u64, streams: u64) -> u64 {
     let msg = format!(
         "2026-11-26T10:{:02}:{:02}.{:03}Z INFO [worker-{}] request id={i:010} method=GET path=/api/v1/items/{} status=200 bytes={} latency_ms={} ua=\\\"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\\\"",
         i / 60000 % 60,
@@ -68,21 +76,30 @@ fn record(out: &mut Vec<u8>, i: u64, offset: u64) -> u64 {
     let len = msg.len() as u64 - 2;
     write!(
         out,
-        r#"{{"host":"{HOST}","source":"bench","stream":"{STREAM}","fingerprint":"00000000deadbeef","path":"/var/tmp/log-sensor-shipbench/logs/input.log","offset":{offset},"len":{len},"part":"whole","ts":"2026-11-26T10:00:00.000Z","msg":"{msg}"}}"#
+        r#"{{"host":"{HOST}","source":"bench","stream":"{}","fingerprint":"00000000deadbeef","path":"/var/tmp/log-sensor-shipbench/logs/input.log","offset":{offset},"len":{len},"part":"whole","ts":"2026-11-26T10:00:00.000Z","msg":"{msg}"}}"#,
+        stream_name(i % streams, streams)
     )
     .expect("writing to a Vec");
     out.push(b'\n');
     len + 1
 }
 
+/// The id of stream `n` of `streams`.
+fn stream_name(n: u64, streams: u64) -> String {
+    match streams {
+        1 => STREAM.to_owned(),
+        _ => format!("{STREAM}-{n}"),
+    }
+}
+
 /// Bodies of about `batch` bytes each, `total` bytes in all.
-fn bodies(total: usize, batch: usize) -> Vec<Vec<u8>> {
+fn bodies(total: usize, batch: usize, streams: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let (mut i, mut offset, mut made) = (0u64, 0u64, 0usize);
     while made < total {
         let mut body = Vec::with_capacity(batch + 1024);
         while body.len() < batch && made + body.len() < total {
-            offset += record(&mut body, i, offset);
+            offset += record(&mut body, i, offset, streams);
             i += 1;
         }
         made += body.len();
@@ -113,7 +130,7 @@ fn report(stage: &str, bytes: usize, secs: &[f64]) {
 fn main() {
     let a = args();
     let batch = a.batch_mib << 20;
-    let plain = bodies(a.mb * 1_000_000, batch);
+    let plain = bodies(a.mb * 1_000_000, batch, a.streams);
     let bytes: usize = plain.iter().map(Vec::len).sum();
     let lines: usize = plain
         .iter()
@@ -152,16 +169,25 @@ fn main() {
             .tempdir_in(&a.dir)
             .expect("temporary folder");
         let db = Arc::new(Db::create(&dir.path().join("c.db")).expect("index"));
-        let storage = Storage::new(dir.path().join("data"), db, 10).expect("storage");
+        // The default open-file cap; no cap on new streams, which a
+        // many-stream run creates all in its first batch.
+        let limits = StorageLimits {
+            max_new_streams_per_batch: usize::MAX,
+            ..StorageLimits::default()
+        };
+        let storage = Storage::new(dir.path().join("data"), db, 10, limits).expect("storage");
         let t = Instant::now();
         for b in &batches {
             let o = storage.store(HOST, b).expect("store");
             assert_eq!(o.stored, b.record_count);
         }
         t_store.push(t.elapsed().as_secs_f64());
-        let stored = std::fs::metadata(storage.stream_path(HOST, STREAM))
-            .expect("stream file")
-            .len();
+        let stored: u64 = (0..a.streams)
+            .map(|n| {
+                let path = storage.stream_path(HOST, &stream_name(n, a.streams));
+                std::fs::metadata(path).expect("stream file").len()
+            })
+            .sum();
         assert_eq!(stored as usize, bytes, "every line stored once");
     }
     report("read_batch, gzip (gunzip + parse)", bytes, &t_gunzip);

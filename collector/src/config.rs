@@ -123,6 +123,22 @@ pub struct Config {
     /// Of those, from one source address (generous: hosts behind one NAT
     /// share it). A stranger opening connections cannot take them all.
     pub max_connections_per_address: u32,
+    /// A request on a connection without a client certificate (and every
+    /// enrolment) must arrive whole within this: its headers within this
+    /// of the connection being ready, its body within this of its headers.
+    /// `body_timeout_secs` alone only cuts a body that stops, not one
+    /// trickling a byte a second.
+    pub unauthenticated_timeout_secs: u64,
+    /// Password checks (argon2id, 19 MiB each) running at once; further
+    /// enrolments wait a few seconds for one, then get 429 `busy`.
+    pub max_password_checks: u32,
+    /// Stream files kept open at once; past this the least recently used
+    /// is closed, and reopened when its stream is next written.
+    pub max_open_stream_files: u32,
+    /// Streams one batch may create (streams of its host without a file
+    /// yet); a batch creating more is refused (400 `too_many_new_streams`)
+    /// and leaves no file behind.
+    pub max_new_streams_per_batch: u32,
     pub rate_limit: RateLimit,
 }
 
@@ -138,6 +154,10 @@ impl Default for Config {
             body_timeout_secs: 30,
             max_connections: 4096,
             max_connections_per_address: 256,
+            unauthenticated_timeout_secs: 10,
+            max_password_checks: 2,
+            max_open_stream_files: 1024,
+            max_new_streams_per_batch: 1024,
             rate_limit: RateLimit::default(),
         }
     }
@@ -187,6 +207,24 @@ impl Config {
         if self.max_connections_per_address == 0 {
             return Err(invalid("max_connections_per_address", "must be at least 1"));
         }
+        if self.unauthenticated_timeout_secs == 0 {
+            return Err(invalid(
+                "unauthenticated_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.max_password_checks == 0 || self.max_password_checks > 64 {
+            return Err(invalid(
+                "max_password_checks",
+                "must be between 1 and 64 (each check holds 19 MiB)",
+            ));
+        }
+        if self.max_open_stream_files < 16 {
+            return Err(invalid("max_open_stream_files", "must be at least 16"));
+        }
+        if self.max_new_streams_per_batch == 0 {
+            return Err(invalid("max_new_streams_per_batch", "must be at least 1"));
+        }
         if self.rate_limit.max_failures == 0 {
             return Err(invalid("rate_limit.max_failures", "must be at least 1"));
         }
@@ -235,5 +273,14 @@ mod tests {
         std::fs::write(&path, "cert_days = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("cert_days"), "{err}");
+        std::fs::write(&path, "unauthenticated_timeout_secs = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unauthenticated_timeout_secs"), "{err}");
+        std::fs::write(&path, "max_open_stream_files = 2\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_open_stream_files"), "{err}");
+        std::fs::write(&path, "max_password_checks = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_password_checks"), "{err}");
     }
 }

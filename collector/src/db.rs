@@ -296,6 +296,37 @@ impl Db {
     pub fn record_issued(&self, issued: &Issued<'_>) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("begin"))?;
+        self.insert_issued(&tx, issued)?;
+        tx.commit().map_err(self.err("commit"))
+    }
+
+    /// Records a first enrolment of its host, unless the host already has
+    /// a live certificate: then nothing is written and that certificate's
+    /// serial is returned. The check and the insert are one `IMMEDIATE`
+    /// transaction, so of two enrolments of one host at once (here or in
+    /// another process) exactly one is recorded.
+    pub fn record_enrolment(&self, issued: &Issued<'_>) -> Result<Option<String>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err("begin"))?;
+        let live: Option<String> = tx
+            .query_row(
+                sql::LIVE_CERT_FOR_HOST,
+                params![issued.host_id, crate::pki::unix_now()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("look up host certificate"))?;
+        if live.is_some() {
+            return Ok(live);
+        }
+        self.insert_issued(&tx, issued)?;
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(None)
+    }
+
+    fn insert_issued(&self, tx: &Connection, issued: &Issued<'_>) -> Result<(), DbError> {
         tx.execute(
             sql::INSERT_CERT,
             params![
@@ -319,7 +350,7 @@ impl Db {
             ],
         )
         .map_err(self.err("insert enrolment"))?;
-        tx.commit().map_err(self.err("commit"))
+        Ok(())
     }
 
     pub fn cert_state(&self, serial: &str) -> Result<CertState, DbError> {
@@ -530,6 +561,25 @@ mod tests {
             db.revoke("nope", 7),
             Err(DbError::NothingToRevoke { .. })
         ));
+    }
+
+    #[test]
+    fn a_host_with_a_live_certificate_is_not_enrolled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(&dir.path().join("c.db")).unwrap();
+        let now = crate::pki::unix_now();
+        let live = |serial| Issued {
+            not_after: now + 100,
+            ..issued(serial, "web")
+        };
+        assert_eq!(db.record_enrolment(&live("aa01")).unwrap(), None);
+        assert_eq!(
+            db.record_enrolment(&live("aa02")).unwrap().as_deref(),
+            Some("aa01")
+        );
+        assert_eq!(db.cert_state("aa02").unwrap(), CertState::Unknown);
+        db.revoke("web", now).unwrap();
+        assert_eq!(db.record_enrolment(&live("aa03")).unwrap(), None);
     }
 
     #[test]

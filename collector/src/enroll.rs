@@ -4,15 +4,16 @@
 //! when.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::db::{CertState, Db, DbError, Issued};
 use crate::names;
 use crate::pki::{Ca, PkiError};
-use crate::ratelimit::Limiter;
-use crate::users::verify_password;
+use crate::ratelimit::{Limiter, Refusal, Try};
+use crate::verify::{Slot, Verifier};
 
 /// Body of `POST /v1/enroll`.
 #[derive(Deserialize)]
@@ -61,6 +62,8 @@ pub struct CertReply {
 pub enum EnrollError {
     #[error("too many failed attempts; try again later")]
     RateLimited,
+    #[error("too many enrolments are being checked at once; try again in a few seconds")]
+    Busy,
     /// Deliberately one message for unknown user and wrong password.
     #[error("invalid credentials")]
     BadCredentials,
@@ -79,7 +82,7 @@ pub enum EnrollError {
 impl EnrollError {
     pub fn status(&self) -> u16 {
         match self {
-            EnrollError::RateLimited => 429,
+            EnrollError::RateLimited | EnrollError::Busy => 429,
             EnrollError::BadCredentials => 401,
             EnrollError::BadHostId { .. } | EnrollError::Pki(PkiError::BadCsr(_)) => 400,
             EnrollError::AlreadyEnrolled { .. } => 409,
@@ -91,6 +94,7 @@ impl EnrollError {
     pub fn code(&self) -> &'static str {
         match self {
             EnrollError::RateLimited => "rate_limited",
+            EnrollError::Busy => "busy",
             EnrollError::BadCredentials => "invalid_credentials",
             EnrollError::BadHostId { .. } => "bad_host_id",
             EnrollError::Pki(PkiError::BadCsr(_)) => "bad_csr",
@@ -115,43 +119,67 @@ pub fn check_host_id(host_id: &str) -> Result<(), EnrollError> {
     Ok(())
 }
 
+/// How long an enrolment waits for room under the failure limit (tries in
+/// flight fill it) or for a password check slot before it gets 429 `busy`:
+/// long enough for a fleet enrolling with one account at once to get
+/// through a few checks at a time, short enough that waiting holds little.
+const ADMIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Signs CSRs for enrolled users and renewing hosts.
 pub struct Enroller {
     pub db: std::sync::Arc<Db>,
     pub ca: Ca,
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
+    /// Bounds the argon2 checks running at once.
+    pub verifier: Verifier,
     /// Lifetime of issued certificates.
     pub cert_days: u32,
 }
 
+/// An enrolment counted under the limits and holding a check slot.
+pub struct Admitted {
+    attempt: Try,
+    slot: Slot,
+}
+
 impl Enroller {
+    /// Counts the try before its password is checked (so tries sent at once
+    /// are limited like tries sent in turn), then takes a check slot.
+    pub async fn admit(&self, source: IpAddr, username: &str) -> Result<Admitted, EnrollError> {
+        let started = tokio::time::Instant::now();
+        let attempt = self
+            .limiter
+            .admit(source, username, ADMIT_WAIT)
+            .await
+            .map_err(|r| match r {
+                Refusal::Limited => EnrollError::RateLimited,
+                Refusal::Busy => EnrollError::Busy,
+            })?;
+        let left = ADMIT_WAIT.saturating_sub(started.elapsed());
+        let slot = self.verifier.slot(left).await.ok_or(EnrollError::Busy)?;
+        Ok(Admitted { attempt, slot })
+    }
+
     /// Blocking (argon2 takes tens of milliseconds): call from a blocking
     /// thread.
-    pub fn enroll(&self, req: &EnrollRequest, source: IpAddr) -> Result<CertReply, EnrollError> {
-        if self
-            .limiter
-            .is_limited(source, &req.username, Instant::now())
-        {
-            return Err(EnrollError::RateLimited);
-        }
+    pub fn enroll(
+        &self,
+        admitted: Admitted,
+        req: &EnrollRequest,
+        source: IpAddr,
+    ) -> Result<CertReply, EnrollError> {
+        let Admitted { attempt, slot } = admitted;
         let stored = self.db.user_hash(&req.username)?;
-        if !verify_password(&req.password, stored.as_deref()) {
-            self.limiter
-                .record_failure(source, &req.username, Instant::now());
+        if !slot.verify(&req.password, stored.as_deref()) {
+            attempt.failed();
             return Err(EnrollError::BadCredentials);
         }
+        attempt.succeeded();
         check_host_id(&req.host_id)?;
         // Whoever holds a password could otherwise take over a live host's
-        // identity by enrolling its id again.
-        if let Some(serial) = self
-            .db
-            .live_cert_for_host(&req.host_id, crate::pki::unix_now())?
-        {
-            return Err(EnrollError::AlreadyEnrolled {
-                host_id: req.host_id.clone(),
-                serial,
-            });
-        }
+        // identity by enrolling its id again. Checked where the certificate
+        // is recorded, in the same transaction as its insert: two
+        // enrolments of one id at once would both pass a check made before.
         self.issue(&req.csr, &req.host_id, &req.username, "enroll", source)
     }
 
@@ -179,7 +207,7 @@ impl Enroller {
         source: IpAddr,
     ) -> Result<CertReply, EnrollError> {
         let cert = self.ca.sign_client(csr, host_id, self.cert_days)?;
-        self.db.record_issued(&Issued {
+        let issued = Issued {
             serial: &cert.serial,
             host_id,
             username,
@@ -187,7 +215,18 @@ impl Enroller {
             not_after: cert.not_after,
             kind,
             source_addr: &source.to_string(),
-        })?;
+        };
+        if kind == "renew" {
+            // A renewal adds a certificate beside the live one on purpose.
+            self.db.record_issued(&issued)?;
+        } else if let Some(serial) = self.db.record_enrolment(&issued)? {
+            // Another enrolment of this id won the race; this certificate
+            // was never recorded, so it is refused at any handshake.
+            return Err(EnrollError::AlreadyEnrolled {
+                host_id: host_id.to_owned(),
+                serial,
+            });
+        }
         tracing::info!(kind, host_id, username, serial = %cert.serial, %source, "issued client certificate");
         Ok(CertReply {
             host_id: host_id.to_owned(),

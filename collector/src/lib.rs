@@ -9,7 +9,10 @@
 //!   verifier, a peer's identity from its certificate.
 //! * `revoke`    — `revoke` in the database; the poller that lets open
 //!   connections see it.
-//! * `ratelimit` — failed-enrolment limits per address and per user.
+//! * `ratelimit` — failed-enrolment limits per address and per user,
+//!   counting tries in flight.
+//! * `verify`    — password checks bounded in number, and their memory
+//!   returned after a burst.
 //! * `enroll`    — `/v1/enroll` and `/v1/renew`.
 //! * `ingest`    — an ingest body to a checked batch (gzip, NDJSON, host).
 //! * `names`     — host and stream ids to safe file names.
@@ -34,5 +37,6 @@ pub mod server;
 pub mod storage;
 pub mod tls;
 pub mod users;
+pub mod verify;
 
 pub use server::{serve, Server};

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub renewals: AtomicU64,
     pub enrol_failures: AtomicU64,
     pub enrol_rate_limited: AtomicU64,
+    /// Enrolments refused because no room or no password check came free
+    /// in time (429 `busy`).
+    pub enrol_busy: AtomicU64,
+    /// A gauge: argon2 password checks running now.
+    pub password_checks: AtomicU64,
+    /// A gauge: the most password checks that ever ran at once (bounded by
+    /// `max_password_checks`; shows the bound holds under a burst).
+    pub password_checks_peak: AtomicU64,
     pub alerts: AtomicU64,
     pub connections_cut: AtomicU64,
     /// A gauge: ingest batches holding a slot (being read or stored).
@@ -126,6 +134,11 @@ impl Metrics {
             &self.enrol_rate_limited,
         );
         counter(
+            "enrol_busy_total",
+            "Enrolments refused because password checks stayed busy.",
+            &self.enrol_busy,
+        );
+        counter(
             "alerts_total",
             "Over-length streak alerts raised.",
             &self.alerts,
@@ -147,9 +160,17 @@ impl Metrics {
              log_sensor_collector_batches_in_progress {}\n\
              # HELP log_sensor_collector_connections_open Client connections open now.\n\
              # TYPE log_sensor_collector_connections_open gauge\n\
-             log_sensor_collector_connections_open {}",
+             log_sensor_collector_connections_open {}\n\
+             # HELP log_sensor_collector_password_checks Password checks (argon2id) running now.\n\
+             # TYPE log_sensor_collector_password_checks gauge\n\
+             log_sensor_collector_password_checks {}\n\
+             # HELP log_sensor_collector_password_checks_peak Most password checks that ran at once since the start.\n\
+             # TYPE log_sensor_collector_password_checks_peak gauge\n\
+             log_sensor_collector_password_checks_peak {}",
             self.batches_in_progress.load(Relaxed),
-            self.connections_open.load(Relaxed)
+            self.connections_open.load(Relaxed),
+            self.password_checks.load(Relaxed),
+            self.password_checks_peak.load(Relaxed)
         );
         let _ = writeln!(out, "# HELP log_sensor_collector_refused_handshakes_total TLS handshakes refused, by reason.");
         let _ = writeln!(

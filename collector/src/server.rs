@@ -36,8 +36,9 @@ use crate::metrics::{Metrics, RefusedReason};
 use crate::pki::{unix_now, Ca};
 use crate::ratelimit::Limiter;
 use crate::revoke::watch_revocations;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, StorageLimits};
 use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
+use crate::verify::Verifier;
 
 /// Largest enrol or renew body (a CSR is about a kilobyte).
 const MAX_SMALL_BODY: usize = 64 * 1024;
@@ -130,12 +131,17 @@ impl Server {
                 config.rate_limit.max_failures,
                 Duration::from_secs(config.rate_limit.window_secs),
             ),
+            verifier: Verifier::new(config.max_password_checks, Arc::clone(&metrics)),
             cert_days: config.cert_days,
         };
         let storage = Storage::new(
             layout.data_dir(),
             Arc::clone(&db),
             u64::from(config.overlong_alert_after),
+            StorageLimits {
+                max_open_files: config.max_open_stream_files as usize,
+                max_new_streams_per_batch: config.max_new_streams_per_batch as usize,
+            },
         )?;
         let alert_log = AlertLog::open(&layout.alerts_log())?;
         let ingest_slots = tokio::sync::Semaphore::new(config.max_concurrent_batches as usize);
@@ -322,10 +328,16 @@ async fn connection(
     };
     // hyper's header read timeout also runs while a keep-alive connection
     // idles between requests, so it bounds both a client trickling headers
-    // and an idle agent connection.
+    // and an idle agent connection. A stranger (no certificate) gets
+    // `unauthenticated_timeout_secs` for it: it has only enrolments and
+    // scrapes to send, and must not hold a connection for long.
+    let header_timeout = match &identity {
+        Some(_) => IDLE_TIMEOUT,
+        None => Duration::from_secs(collector.config.unauthenticated_timeout_secs),
+    };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(IDLE_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let mut revoked = collector.revoked.clone();
@@ -655,6 +667,9 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
         EnrollError::RateLimited => {
             collector.metrics.enrol_rate_limited.fetch_add(1, Relaxed);
         }
+        EnrollError::Busy => {
+            collector.metrics.enrol_busy.fetch_add(1, Relaxed);
+        }
         EnrollError::BadCredentials => {
             collector.metrics.enrol_failures.fetch_add(1, Relaxed);
         }
@@ -662,18 +677,22 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
         _ => {}
     }
     let mut reply = error(e.status(), e.code(), &e);
-    if e.status() == 429 {
-        reply.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            collector.config.rate_limit.window_secs.into(),
-        );
+    let retry_after = match e {
+        EnrollError::RateLimited => Some(collector.config.rate_limit.window_secs),
+        EnrollError::Busy => Some(2),
+        _ => None,
+    };
+    if let Some(secs) = retry_after {
+        reply
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, secs.into());
     }
     reply
 }
 
 async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incoming>) -> Reply {
     let stall = Duration::from_secs(collector.config.body_timeout_secs);
-    let body = match read_body(req, MAX_SMALL_BODY, stall).await {
+    let body = match read_unauthenticated_body(collector, req, stall).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
@@ -681,14 +700,48 @@ async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incomin
         Ok(r) => r,
         Err(e) => return error(400, "bad_json", format!("enrol request: {e}")),
     };
+    let admitted = match collector.enroller.admit(source, &request.username).await {
+        Ok(a) => a,
+        Err(e) => return enroll_error(collector, e),
+    };
     let c = Arc::clone(collector);
-    match blocking(move || c.enroller.enroll(&request, source)).await {
+    match blocking(move || c.enroller.enroll(admitted, &request, source)).await {
         Ok(Ok(reply)) => {
             collector.metrics.enrolments.fetch_add(1, Relaxed);
             json(200, &reply)
         }
         Ok(Err(e)) => enroll_error(collector, e),
         Err(reply) => reply,
+    }
+}
+
+/// [`read_body`] for a request anyone may send: the whole body must arrive
+/// within `unauthenticated_timeout_secs` of its headers, however steadily
+/// it trickles (a byte a second never trips `body_timeout_secs`).
+async fn read_unauthenticated_body(
+    collector: &Collector,
+    req: Request<Incoming>,
+    stall: Duration,
+) -> Result<Vec<u8>, Reply> {
+    let total = collector.config.unauthenticated_timeout_secs;
+    match tokio::time::timeout(
+        Duration::from_secs(total),
+        read_body(req, MAX_SMALL_BODY, stall),
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(_) => {
+            let mut reply = error(
+                408,
+                "request_timeout",
+                format!("request body not complete within {total}s (unauthenticated_timeout_secs)"),
+            );
+            reply
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(reply)
+        }
     }
 }
 
@@ -828,6 +881,10 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
             match e {
                 IngestFailure::Revoked => {
                     error(403, "certificate_revoked", "certificate is revoked")
+                }
+                IngestFailure::Storage(e @ StorageError::TooManyNewStreams { .. }) => {
+                    tracing::info!(host = %id.host, error = %e, "batch refused");
+                    error(400, "too_many_new_streams", e)
                 }
                 IngestFailure::Ingest(e) => {
                     let code = match e.status() {

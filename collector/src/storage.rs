@@ -32,10 +32,32 @@ use crate::names::encode_component;
 use crate::pki::unix_now;
 
 mod append;
+mod open_files;
 use append::Append;
+use open_files::{OpenFiles, StreamId};
 
-/// Open stream files kept beyond this many are closed when idle.
-const MAX_OPEN_STREAMS: usize = 1024;
+/// Stream states kept in memory beyond this many are forgotten when idle
+/// (and recovered from the index and file when next touched). Memory only:
+/// open files have their own cap.
+const MAX_CACHED_STREAMS: usize = 8192;
+
+/// The limits [`Storage`] enforces (`collector.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct StorageLimits {
+    /// `max_open_stream_files`.
+    pub max_open_files: usize,
+    /// `max_new_streams_per_batch`.
+    pub max_new_streams_per_batch: usize,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        StorageLimits {
+            max_open_files: 1024,
+            max_new_streams_per_batch: 1024,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -51,6 +73,8 @@ pub enum StorageError {
         at: u64,
         source: serde_json::Error,
     },
+    #[error("the batch creates more than {limit} new streams for host {host:?} (max_new_streams_per_batch); nothing of it is stored: send the streams over several batches")]
+    TooManyNewStreams { host: String, limit: usize },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -78,9 +102,9 @@ pub struct StoreOutcome {
 /// A stream's live state, valid only while its file is consistent with it.
 #[derive(Debug)]
 struct StreamState {
+    /// Its file's key in [`Storage::files`].
+    id: StreamId,
     path: PathBuf,
-    /// Opened for append; every write goes to the end.
-    file: File,
     /// Length of the file, always at a line boundary.
     len: u64,
     /// Offset of the last stored record; `None` for an empty stream.
@@ -92,15 +116,31 @@ struct StreamState {
 
 type Key = (String, String);
 
+/// The stream states in memory.
+#[derive(Default)]
+struct Streams {
+    by_key: HashMap<Key, Arc<Mutex<StreamState>>>,
+    /// Gives each state loaded its own [`StreamId`].
+    next_id: StreamId,
+    /// Idle states are forgotten when the map reaches this size; doubled
+    /// past the states in use, so a batch holding many cannot make every
+    /// lookup scan them all.
+    prune_at: usize,
+}
+
 /// The store for all hosts and streams.
 pub struct Storage {
     data_dir: PathBuf,
     db: Arc<Db>,
     /// `overlong_alert_after` from the config.
     alert_after: u64,
+    limits: StorageLimits,
     /// Streams touched since start; each behind its own lock so different
     /// streams are written in parallel.
-    streams: Mutex<HashMap<Key, Arc<Mutex<StreamState>>>>,
+    streams: Mutex<Streams>,
+    /// The stream files open now, at most `max_open_files`; every write,
+    /// sync and cut goes through it.
+    files: OpenFiles,
     /// Hosts with a batch being written: one at a time per host, so a
     /// batch's lines are never interleaved with another's and can be cut
     /// back off if it fails.
@@ -120,13 +160,23 @@ struct Stored {
 }
 
 impl Storage {
-    pub fn new(data_dir: PathBuf, db: Arc<Db>, alert_after: u64) -> Result<Storage, StorageError> {
+    pub fn new(
+        data_dir: PathBuf,
+        db: Arc<Db>,
+        alert_after: u64,
+        limits: StorageLimits,
+    ) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir, "create"))?;
         Ok(Storage {
             data_dir,
             db,
             alert_after,
-            streams: Mutex::new(HashMap::new()),
+            limits,
+            streams: Mutex::new(Streams {
+                prune_at: MAX_CACHED_STREAMS,
+                ..Streams::default()
+            }),
+            files: OpenFiles::new(limits.max_open_files),
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
         })
@@ -160,6 +210,7 @@ impl Storage {
             storage: self,
             host: host.to_owned(),
             open: Vec::new(),
+            created: 0,
             stored: 0,
             duplicates: 0,
             done: false,
@@ -185,21 +236,46 @@ impl Storage {
         }
     }
 
-    /// The live state of a stream, recovering it on first touch.
-    fn state(&self, host: &str, stream: &str) -> Result<Arc<Mutex<StreamState>>, StorageError> {
+    /// The live state of a stream, recovering it on first touch, and
+    /// whether its file was created now (only when `may_create`).
+    fn state(
+        &self,
+        host: &str,
+        stream: &str,
+        may_create: bool,
+    ) -> Result<(Arc<Mutex<StreamState>>, bool), StorageError> {
         let key = (host.to_owned(), stream.to_owned());
         let mut map = lock(&self.streams);
-        if let Some(s) = map.get(&key) {
-            return Ok(Arc::clone(s));
+        if let Some(s) = map.by_key.get(&key) {
+            return Ok((Arc::clone(s), false));
         }
-        if map.len() >= MAX_OPEN_STREAMS {
-            map.retain(|_, s| Arc::strong_count(s) > 1);
+        if map.by_key.len() >= map.prune_at {
+            let files = &self.files;
+            map.by_key.retain(|_, s| {
+                // Held only by the map (which is locked): nobody can be
+                // using it, or start to.
+                let idle = Arc::strong_count(s) == 1;
+                if idle {
+                    files.close(lock(s).id);
+                }
+                !idle
+            });
+            map.prune_at = MAX_CACHED_STREAMS.max(2 * map.by_key.len());
         }
         let index = self.db.stream_index(host, stream)?;
-        let state = self.recover(host, stream, index)?;
+        map.next_id += 1;
+        let (state, created) = self.recover(host, stream, index, map.next_id, may_create)?;
         let state = Arc::new(Mutex::new(state));
-        map.insert(key, Arc::clone(&state));
-        Ok(state)
+        map.by_key.insert(key, Arc::clone(&state));
+        Ok((state, created))
+    }
+
+    /// Forgets a stream whose file a failed batch removed.
+    fn forget(&self, host: &str, stream: &str) {
+        let key = (host.to_owned(), stream.to_owned());
+        if let Some(s) = lock(&self.streams).by_key.remove(&key) {
+            self.files.close(lock(&s).id);
+        }
     }
 
     fn recover(
@@ -207,14 +283,22 @@ impl Storage {
         host: &str,
         stream: &str,
         index: Option<StreamIndex>,
-    ) -> Result<StreamState, StorageError> {
+        id: StreamId,
+        may_create: bool,
+    ) -> Result<(StreamState, bool), StorageError> {
         let path = self.stream_path(host, stream);
+        let existed = path.exists();
+        if !existed && !may_create {
+            return Err(StorageError::TooManyNewStreams {
+                host: host.to_owned(),
+                limit: self.limits.max_new_streams_per_batch,
+            });
+        }
         let host_dir = path.parent().expect("stream files live in a host folder");
         if !host_dir.exists() {
             std::fs::create_dir_all(host_dir).map_err(io_err(host_dir, "create"))?;
             fsutil::sync_dir(&self.data_dir).map_err(io_err(&self.data_dir, "sync"))?;
         }
-        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -287,14 +371,16 @@ impl Storage {
             // write, so make them durable first.
             file.sync_all().map_err(io_err(&path, "sync"))?;
         }
-        Ok(StreamState {
+        self.files.insert(id, file);
+        let state = StreamState {
+            id,
             path,
-            file,
             len: end,
             mark,
             streak,
             pending_alerts,
-        })
+        };
+        Ok((state, !existed))
     }
 }
 
@@ -312,6 +398,8 @@ pub struct Writing<'s> {
     host: String,
     /// The streams this batch touched, in order.
     open: Vec<Open>,
+    /// Of those, how many have a file this batch created.
+    created: usize,
     stored: usize,
     duplicates: usize,
     done: bool,
@@ -321,6 +409,8 @@ pub struct Writing<'s> {
 struct Open {
     stream: String,
     state: Arc<Mutex<StreamState>>,
+    /// The file did not exist before this batch: a failure removes it.
+    created: bool,
     /// The file's length before this batch.
     start_len: u64,
     len: u64,
@@ -344,10 +434,13 @@ impl Writing<'_> {
         let mut lines = Append::new(body);
         for (i, sr) in streams.iter().enumerate() {
             if self.open.len() <= i {
-                let state = storage.state(&self.host, &sr.stream)?;
+                let may_create = self.created < storage.limits.max_new_streams_per_batch;
+                let (state, created) = storage.state(&self.host, &sr.stream, may_create)?;
+                self.created += usize::from(created);
                 let mut st = lock(&state);
                 self.open.push(Open {
                     stream: sr.stream.clone(),
+                    created,
                     start_len: st.len,
                     len: st.len,
                     mark: st.mark,
@@ -384,15 +477,19 @@ impl Writing<'_> {
             if lines.is_empty() {
                 continue;
             }
-            let mut st = lock(&o.state);
+            let st = lock(&o.state);
+            let file = storage
+                .files
+                .get(st.id, &st.path)
+                .map_err(io_err(&st.path, "open"))?;
             lines
-                .write_all_to(&mut st.file)
+                .write_all_to(&mut &*file)
                 .map_err(io_err(&st.path, "append"))?;
             o.len += lines.len();
             // Start writing these pages out now, while the rest of the body
             // arrives; the commit's fdatasync then waits for less.
             if o.len - o.kicked >= 1 << 20 {
-                start_writeback(&st.file, o.kicked, o.len - o.kicked);
+                start_writeback(&file, o.kicked, o.len - o.kicked);
                 o.kicked = o.len;
             }
         }
@@ -410,7 +507,12 @@ impl Writing<'_> {
         for o in &self.open {
             if o.len > o.start_len {
                 let st = lock(&o.state);
-                st.file.sync_data().map_err(io_err(&st.path, "sync"))?;
+                let file = self
+                    .storage
+                    .files
+                    .get(st.id, &st.path)
+                    .map_err(io_err(&st.path, "open"))?;
+                file.sync_data().map_err(io_err(&st.path, "sync"))?;
             }
         }
         // Durable now: from here on the lines stay, whatever happens to the
@@ -453,21 +555,49 @@ impl Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         if !self.done {
+            let storage = self.storage;
+            let mut removed_any = false;
             for o in self.open.drain(..) {
                 let mut st = lock(&o.state);
                 st.pending_alerts = o.pending;
+                if o.created {
+                    // The batch made this file: take it away again, so a
+                    // refused batch (one naming thousands of streams, say)
+                    // leaves no empty files behind.
+                    storage.files.close(st.id);
+                    match std::fs::remove_file(&st.path) {
+                        Ok(()) => {
+                            drop(st);
+                            storage.forget(&self.host, &o.stream);
+                            removed_any = true;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %st.path.display(), error = %e, "cannot remove the stream file of a failed batch");
+                        }
+                    }
+                }
                 if o.len == o.start_len {
                     continue;
                 }
-                if let Err(e) = st.file.set_len(o.start_len) {
+                let cut = storage
+                    .files
+                    .get(st.id, &st.path)
+                    .and_then(|f| f.set_len(o.start_len));
+                if let Err(e) = cut {
                     // The lines stay: forget the state, so the next touch
                     // recovers from the file (they are well-formed lines of
                     // this host's, counted as stored, their re-sends as
                     // duplicates).
                     tracing::error!(path = %st.path.display(), error = %e, "cannot cut a failed batch off its stream file");
                     drop(st);
-                    lock(&self.storage.streams).remove(&(self.host.clone(), o.stream.clone()));
+                    storage.forget(&self.host, &o.stream);
                 }
+            }
+            if removed_any {
+                // The host's folder too, if the batch made it (removing a
+                // folder that still has files fails, and is meant to).
+                let _ = std::fs::remove_dir(storage.data_dir.join(encode_component(&self.host)));
             }
         }
         lock(&self.storage.busy).remove(&self.host);
@@ -508,7 +638,11 @@ mod tests {
 
     fn setup(dir: &Path) -> (Arc<Db>, Storage) {
         let db = Arc::new(Db::create(&dir.join("c.db")).unwrap());
-        let s = Storage::new(dir.join("data"), Arc::clone(&db), 3).unwrap();
+        let limits = StorageLimits {
+            max_open_files: 2,
+            max_new_streams_per_batch: 3,
+        };
+        let s = Storage::new(dir.join("data"), Arc::clone(&db), 3, limits).unwrap();
         (db, s)
     }
 
@@ -568,7 +702,10 @@ mod tests {
             assert!(std::fs::read(&path).unwrap().len() > before.len());
         }
         assert_eq!(std::fs::read(&path).unwrap(), before);
-        assert!(offsets(&s.stream_path("h", "b")).is_empty());
+        assert!(
+            !s.stream_path("h", "b").exists(),
+            "the file the batch created is gone"
+        );
         let o = s.store("h", &second).unwrap();
         assert_eq!((o.stored, o.duplicates, o.alerts.len()), (4, 0, 1));
         assert_eq!(offsets(&path), vec![0, 10, 20, 30]);
@@ -718,6 +855,42 @@ mod tests {
         assert_eq!(offsets(&s.stream_path("h", "a")), want);
     }
 
+    /// Issue #10.3: one batch naming 16,384 new streams held as many
+    /// descriptors and left empty files behind when it failed.
+    #[test]
+    fn a_batch_creating_too_many_streams_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // At most three new streams a batch and two open files.
+        let (_db, s) = setup(dir.path());
+        s.store("h", &batch(&[line("a", 0, "whole")])).unwrap();
+        let names = ["a", "b", "c", "d", "e"];
+        let many: Vec<String> = names.iter().map(|n| line(n, 10, "whole")).collect();
+        let err = s.store("h", &batch(&many)).unwrap_err();
+        assert!(
+            matches!(err, StorageError::TooManyNewStreams { limit: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("max_new_streams_per_batch"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(s.stream_path("h", "a").parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a.ndjson"]);
+        assert_eq!(offsets(&s.stream_path("h", "a")), vec![0]);
+        // In two batches they all get in, through two open files.
+        s.store("h", &batch(&many[..4])).unwrap();
+        let o = s.store("h", &batch(&many)).unwrap();
+        assert_eq!((o.stored, o.duplicates), (1, 4));
+        assert_eq!(offsets(&s.stream_path("h", "a")), vec![0, 10]);
+        for n in &names[1..] {
+            assert_eq!(offsets(&s.stream_path("h", n)), vec![10], "stream {n}");
+        }
+        assert!(s.files.open_count() <= 2);
+    }
+
     #[test]
     fn hostile_ids_stay_inside_data() {
         let dir = tempfile::tempdir().unwrap();
@@ -824,7 +997,13 @@ mod model {
 
     fn open(dir: &Path) -> Storage {
         let db = Arc::new(Db::create(&dir.join("c.db")).unwrap());
-        Storage::new(dir.join("data"), db, ALERT_AFTER).unwrap()
+        // One open file for two streams: every switch closes one and
+        // reopens the other, mid-batch and across crashes.
+        let limits = StorageLimits {
+            max_open_files: 1,
+            ..StorageLimits::default()
+        };
+        Storage::new(dir.join("data"), db, ALERT_AFTER, limits).unwrap()
     }
 
     fn set_index(dir: &Path, stream: &str, index: Option<StreamIndex>) {
@@ -914,6 +1093,9 @@ mod model {
                         .collect();
                     let want: Vec<u64> = (0..held[s]).map(|i| i * 10).collect();
                     prop_assert_eq!(offsets, want);
+                    // A stream nothing was stored in has no file: a failed
+                    // batch takes away the files it created.
+                    prop_assert!(held[s] > 0 || !path.exists(), "{} left behind", path.display());
                 }
             }
             // Touch every stream once more (a pure re-send) so alerts found
