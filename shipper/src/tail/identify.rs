@@ -38,11 +38,10 @@ impl Tailer {
                 self.truncated(t);
             }
         }
-        let mut present: HashSet<FileKey> = HashSet::new();
+        let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
             let key = (f.device, f.inode);
-            present.insert(key);
             if std::fs::symlink_metadata(&f.path)
                 .map(|m| m.file_type().is_symlink())
                 .unwrap_or(false)
@@ -58,10 +57,13 @@ impl Tailer {
                 self.seen_again(key, &f);
                 continue;
             }
-            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns)) {
+            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns))
+                || self.refused.get(&key) == Some(&(f.size, f.mtime_ns))
+            {
                 continue;
             }
             self.finished.remove(&key);
+            self.refused.remove(&key);
             self.adopt(f);
         }
         let now = Instant::now();
@@ -74,6 +76,7 @@ impl Tailer {
         }
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
+        self.refused.retain(|k, _| present.contains(k));
         self.stats
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);
@@ -190,14 +193,29 @@ impl Tailer {
             .chain(std::iter::once(n))
             .max()
             .unwrap_or(n);
-        let head = match fingerprint::read_head(&file, head_len, source.detect_compression) {
+        let decoding = fingerprint::Decoding::for_path(source.detect_compression, &f.path);
+        let head = match fingerprint::read_head(&file, head_len, decoding) {
             Ok(h) => h,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            // Looked at again when it has bytes: the wake-up of its first write asks for a scan.
+            Err(HeadError::Empty) => return,
+            Err(HeadError::GzipIncomplete) => {
                 // A gzip archive still being written: look again later.
                 self.deferred.entry(key).or_insert_with(Instant::now);
                 return;
             }
-            Err(e) => {
+            Err(e @ (HeadError::NotGzip | HeadError::CorruptGzip(_))) => {
+                // Never shipped as text; skipped while it stays as it is, alerted once.
+                self.refused.insert(key, file_version(&file));
+                self.alert(
+                    "read_error",
+                    Some(&source.name),
+                    None,
+                    Some(&f.path),
+                    format!("{e}; not read"),
+                );
+                return;
+            }
+            Err(HeadError::Io(e)) => {
                 if self.alerted_paths.insert(f.path.clone()) {
                     self.alert(
                         "read_error",
@@ -426,6 +444,11 @@ impl Tailer {
                         return;
                     };
                     (r, 0, None, new_stream_id(&source.name, key, fingerprint))
+                }
+                Err(OpenAtError::Incomplete { .. }) => {
+                    // A gzip archive still being written: look again later.
+                    self.deferred.entry(key).or_insert_with(Instant::now);
+                    return;
                 }
                 Err(OpenAtError::Io(e)) => {
                     if self.alerted_paths.insert(f.path.clone()) {

@@ -11,7 +11,7 @@ mod registry;
 use crate::batch::{Batch, StreamMeta};
 use crate::config::{Config, Source};
 use crate::discover::{self, watch::Wake, watch::Watch, Found};
-use crate::fingerprint::{self, Fingerprint};
+use crate::fingerprint::{self, Fingerprint, HeadError};
 use crate::frame::{Framer, Rec};
 use crate::read::{self, OpenAtError, Reader};
 use crate::record::now_ms;
@@ -103,6 +103,9 @@ pub struct Tailer {
     /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
     /// stays (a new file reusing the inode differs in size or mtime).
     finished: HashMap<FileKey, (u64, i64)>,
+    /// Files that are not what they say (named `.gz` but not gzip, or corrupt gzip), with the
+    /// (size, mtime) they had: alerted once, and looked at again only when they change.
+    refused: HashMap<FileKey, (u64, i64)>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
     batch: Batch,
@@ -169,6 +172,7 @@ impl Tailer {
             by_path: HashMap::new(),
             deferred: HashMap::new(),
             finished: HashMap::new(),
+            refused: HashMap::new(),
             alerted_paths: HashSet::new(),
             batch: Batch::new(host, 0),
             generation: 0,

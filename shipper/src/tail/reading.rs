@@ -221,7 +221,11 @@ impl Tailer {
 
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     pub(super) fn promote(&mut self, t: &mut Tracked, source: &Source) {
-        let Ok(head) = fingerprint::read_head(&t.file, source.fingerprint_bytes, false) else {
+        let Ok(head) = fingerprint::read_head(
+            &t.file,
+            source.fingerprint_bytes,
+            fingerprint::Decoding::Raw,
+        ) else {
             return;
         };
         let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else {
