@@ -39,6 +39,9 @@ impl Tailer {
             }
         }
         let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
+        // Before the files the globs match are identified: a left-behind stream found draining
+        // makes a same-head newcomer (its archive in the making) wait for it.
+        self.reclaim_left_behind(&present);
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
             let key = (f.device, f.inode);
@@ -507,6 +510,7 @@ impl Tailer {
         };
         self.registry.insert(known);
         self.deferred.remove(&key);
+        self.looked_for.remove(&id);
         tracing::info!(stream = %id, path = %path_str, offset, compressed = head.compressed, "following");
         let t = Tracked {
             id: id.clone(),

@@ -1,11 +1,13 @@
 //! The tailer: one loop that follows every stream through growth, rotation, truncation,
 //! compression and deletion, framing what it reads into batches for the shipping thread.
 //!
-//! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`].
+//! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`]; a
+//! stream's file found again outside the globs by its inode is confirmed in `reclaim`.
 
 mod identify;
 mod lifecycle;
 mod reading;
+mod reclaim;
 mod registry;
 
 use crate::batch::{Batch, StreamMeta};
@@ -106,6 +108,9 @@ pub struct Tailer {
     /// Files that are not what they say (named `.gz` but not gzip, or corrupt gzip), with the
     /// (size, mtime) they had: alerted once, and looked at again only when they change.
     refused: HashMap<FileKey, (u64, i64)>,
+    /// Streams left behind (see `reclaim`) already looked for since they were last open: one
+    /// folder listing per stream, not one a scan.
+    looked_for: HashSet<String>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
     batch: Batch,
@@ -173,6 +178,7 @@ impl Tailer {
             deferred: HashMap::new(),
             finished: HashMap::new(),
             refused: HashMap::new(),
+            looked_for: HashSet::new(),
             alerted_paths: HashSet::new(),
             batch: Batch::new(host, 0),
             generation: 0,
