@@ -60,6 +60,15 @@ impl Tailer {
                 self.seen_again(key, &f);
                 continue;
             }
+            if let Some(size) = self.gzip_pending.get_mut(&key) {
+                if *size != f.size {
+                    // Still growing: gzip is still writing it. Its writes wake scans anyway;
+                    // the one after its last write is what sees it stable.
+                    *size = f.size;
+                    self.scan_requested = true;
+                    continue;
+                }
+            }
             if self.finished.get(&key) == Some(&(f.size, f.mtime_ns))
                 || self.refused.get(&key) == Some(&(f.size, f.mtime_ns))
             {
@@ -80,6 +89,7 @@ impl Tailer {
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
         self.refused.retain(|k, _| present.contains(k));
+        self.gzip_pending.retain(|k, _| present.contains(k));
         self.stats
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);
@@ -202,8 +212,9 @@ impl Tailer {
             // Looked at again when it has bytes: the wake-up of its first write asks for a scan.
             Err(HeadError::Empty) => return,
             Err(HeadError::GzipIncomplete) => {
-                // A gzip archive still being written: look again later.
+                // A gzip archive still being written: look again once it stops growing.
                 self.deferred.entry(key).or_insert_with(Instant::now);
+                self.gzip_pending.insert(key, md.len());
                 return;
             }
             Err(e @ (HeadError::NotGzip | HeadError::CorruptGzip(_))) => {
@@ -232,6 +243,11 @@ impl Tailer {
             }
         };
         match self.identify(&source, &file, key, &head) {
+            // An archive that must wait (its bytes before the offset still being written, or a
+            // same-head stream still draining) is looked at again once its size is stable.
+            Identity::Wait if head.compressed => {
+                self.gzip_pending.insert(key, md.len());
+            }
             Identity::Wait => {}
             Identity::Finished => {
                 self.finished.insert(key, file_version(&file));
@@ -449,8 +465,9 @@ impl Tailer {
                     (r, 0, None, new_stream_id(&source.name, key, fingerprint))
                 }
                 Err(OpenAtError::Incomplete { .. }) => {
-                    // A gzip archive still being written: look again later.
+                    // A gzip archive still being written: look again once it stops growing.
                     self.deferred.entry(key).or_insert_with(Instant::now);
+                    self.gzip_pending.insert(key, size);
                     return;
                 }
                 Err(OpenAtError::Io(e)) => {
@@ -510,6 +527,7 @@ impl Tailer {
         };
         self.registry.insert(known);
         self.deferred.remove(&key);
+        self.gzip_pending.remove(&key);
         self.looked_for.remove(&id);
         tracing::info!(stream = %id, path = %path_str, offset, compressed = head.compressed, "following");
         let t = Tracked {

@@ -105,6 +105,10 @@ pub struct Tailer {
     /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
     /// stays (a new file reusing the inode differs in size or mtime).
     finished: HashMap<FileKey, (u64, i64)>,
+    /// gzip archives found still being written, with the size they had then: looked at again
+    /// once their size stops changing. Each look decompresses from the start, so looking at every
+    /// write (`logrotate` compressing a 1 GiB log) would cost time quadratic in its size.
+    gzip_pending: HashMap<FileKey, u64>,
     /// Files that are not what they say (named `.gz` but not gzip, or corrupt gzip), with the
     /// (size, mtime) they had: alerted once, and looked at again only when they change.
     refused: HashMap<FileKey, (u64, i64)>,
@@ -177,6 +181,7 @@ impl Tailer {
             by_path: HashMap::new(),
             deferred: HashMap::new(),
             finished: HashMap::new(),
+            gzip_pending: HashMap::new(),
             refused: HashMap::new(),
             looked_for: HashSet::new(),
             alerted_paths: HashSet::new(),
