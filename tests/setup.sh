@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need and is safe to run again:
 #   - Debian packages: rsyslog with its GnuTLS driver (the syslog sink is proven against it),
-#     and chromium (the monitor's page is rendered in a real headless browser);
+#     chromium (the monitor's page is rendered in a real headless browser), logrotate
+#     (rotation is tested with the real thing, compress and delaycompress included),
 #     rpm (rpm -qp checks the .rpm packages), systemd (systemd-analyze verify checks the units),
 #     binutils (strip), adduser (the collector package's system user);
 #   - the packagers, pinned: cargo-deb and cargo-generate-rpm (tests/packaging.rs);
@@ -15,6 +16,7 @@ command -v rsyslogd >/dev/null 2>&1 || apt_pkgs+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_pkgs+=(rsyslog-gnutls)
 command -v certtool >/dev/null 2>&1 || apt_pkgs+=(gnutls-bin)
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+[ -x /usr/sbin/logrotate ] || command -v logrotate >/dev/null 2>&1 || apt_pkgs+=(logrotate)
 command -v rpm >/dev/null 2>&1 || apt_pkgs+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || apt_pkgs+=(systemd)
 command -v strip >/dev/null 2>&1 || apt_pkgs+=(binutils)

@@ -21,6 +21,9 @@ pub enum OpenAtError {
     /// The (decompressed) file ends before the offset.
     #[error("file ends at {end}, before offset {offset}")]
     Short { end: u64, offset: u64 },
+    /// A gzip file still being written ends before the offset: wait for it, it is not short.
+    #[error("gzip file still being written ends before offset {offset}")]
+    Incomplete { offset: u64 },
 }
 
 impl Reader {
@@ -39,7 +42,13 @@ impl Reader {
             64 << 10,
             file,
         )));
-        let skipped = io::copy(&mut (&mut *dec).take(offset), &mut io::sink())?;
+        let skipped = match io::copy(&mut (&mut *dec).take(offset), &mut io::sink()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(OpenAtError::Incomplete { offset })
+            }
+            Err(e) => return Err(e.into()),
+        };
         if skipped < offset {
             return Err(OpenAtError::Short {
                 end: skipped,
@@ -120,6 +129,7 @@ pub fn verify_marker(
             Ok(hash(&buf) == expected)
         }
         Err(OpenAtError::Short { .. }) => Ok(false),
+        Err(OpenAtError::Incomplete { .. }) => Err(io::ErrorKind::UnexpectedEof.into()),
         Err(OpenAtError::Io(e)) => Err(e),
     }
 }

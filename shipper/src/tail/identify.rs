@@ -38,11 +38,13 @@ impl Tailer {
                 self.truncated(t);
             }
         }
-        let mut present: HashSet<FileKey> = HashSet::new();
+        let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
+        // Before the files the globs match are identified: a left-behind stream found draining
+        // makes a same-head newcomer (its archive in the making) wait for it.
+        self.reclaim_left_behind(&present);
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
             let key = (f.device, f.inode);
-            present.insert(key);
             if std::fs::symlink_metadata(&f.path)
                 .map(|m| m.file_type().is_symlink())
                 .unwrap_or(false)
@@ -58,10 +60,22 @@ impl Tailer {
                 self.seen_again(key, &f);
                 continue;
             }
-            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns)) {
+            if let Some(size) = self.gzip_pending.get_mut(&key) {
+                if *size != f.size {
+                    // Still growing: gzip is still writing it. Its writes wake scans anyway;
+                    // the one after its last write is what sees it stable.
+                    *size = f.size;
+                    self.scan_requested = true;
+                    continue;
+                }
+            }
+            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns))
+                || self.refused.get(&key) == Some(&(f.size, f.mtime_ns))
+            {
                 continue;
             }
             self.finished.remove(&key);
+            self.refused.remove(&key);
             self.adopt(f);
         }
         let now = Instant::now();
@@ -74,6 +88,8 @@ impl Tailer {
         }
         self.deferred.retain(|k, _| present.contains(k));
         self.finished.retain(|k, _| present.contains(k));
+        self.refused.retain(|k, _| present.contains(k));
+        self.gzip_pending.retain(|k, _| present.contains(k));
         self.stats
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);
@@ -190,14 +206,30 @@ impl Tailer {
             .chain(std::iter::once(n))
             .max()
             .unwrap_or(n);
-        let head = match fingerprint::read_head(&file, head_len, source.detect_compression) {
+        let decoding = fingerprint::Decoding::for_path(source.detect_compression, &f.path);
+        let head = match fingerprint::read_head(&file, head_len, decoding) {
             Ok(h) => h,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                // A gzip archive still being written: look again later.
+            // Looked at again when it has bytes: the wake-up of its first write asks for a scan.
+            Err(HeadError::Empty) => return,
+            Err(HeadError::GzipIncomplete) => {
+                // A gzip archive still being written: look again once it stops growing.
                 self.deferred.entry(key).or_insert_with(Instant::now);
+                self.gzip_pending.insert(key, md.len());
                 return;
             }
-            Err(e) => {
+            Err(e @ (HeadError::NotGzip | HeadError::CorruptGzip(_))) => {
+                // Never shipped as text; skipped while it stays as it is, alerted once.
+                self.refused.insert(key, file_version(&file));
+                self.alert(
+                    "read_error",
+                    Some(&source.name),
+                    None,
+                    Some(&f.path),
+                    format!("{e}; not read"),
+                );
+                return;
+            }
+            Err(HeadError::Io(e)) => {
                 if self.alerted_paths.insert(f.path.clone()) {
                     self.alert(
                         "read_error",
@@ -211,6 +243,11 @@ impl Tailer {
             }
         };
         match self.identify(&source, &file, key, &head) {
+            // An archive that must wait (its bytes before the offset still being written, or a
+            // same-head stream still draining) is looked at again once its size is stable.
+            Identity::Wait if head.compressed => {
+                self.gzip_pending.insert(key, md.len());
+            }
             Identity::Wait => {}
             Identity::Finished => {
                 self.finished.insert(key, file_version(&file));
@@ -427,6 +464,12 @@ impl Tailer {
                     };
                     (r, 0, None, new_stream_id(&source.name, key, fingerprint))
                 }
+                Err(OpenAtError::Incomplete { .. }) => {
+                    // A gzip archive still being written: look again once it stops growing.
+                    self.deferred.entry(key).or_insert_with(Instant::now);
+                    self.gzip_pending.insert(key, size);
+                    return;
+                }
                 Err(OpenAtError::Io(e)) => {
                     if self.alerted_paths.insert(f.path.clone()) {
                         self.alert(
@@ -484,6 +527,8 @@ impl Tailer {
         };
         self.registry.insert(known);
         self.deferred.remove(&key);
+        self.gzip_pending.remove(&key);
+        self.looked_for.remove(&id);
         tracing::info!(stream = %id, path = %path_str, offset, compressed = head.compressed, "following");
         let t = Tracked {
             id: id.clone(),

@@ -1,17 +1,19 @@
 //! The tailer: one loop that follows every stream through growth, rotation, truncation,
 //! compression and deletion, framing what it reads into batches for the shipping thread.
 //!
-//! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`].
+//! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`]; a
+//! stream's file found again outside the globs by its inode is confirmed in `reclaim`.
 
 mod identify;
 mod lifecycle;
 mod reading;
+mod reclaim;
 mod registry;
 
 use crate::batch::{Batch, StreamMeta};
 use crate::config::{Config, Source};
 use crate::discover::{self, watch::Wake, watch::Watch, Found};
-use crate::fingerprint::{self, Fingerprint};
+use crate::fingerprint::{self, Fingerprint, HeadError};
 use crate::frame::{Framer, Rec};
 use crate::read::{self, OpenAtError, Reader};
 use crate::record::now_ms;
@@ -103,6 +105,16 @@ pub struct Tailer {
     /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
     /// stays (a new file reusing the inode differs in size or mtime).
     finished: HashMap<FileKey, (u64, i64)>,
+    /// gzip archives found still being written, with the size they had then: looked at again
+    /// once their size stops changing. Each look decompresses from the start, so looking at every
+    /// write (`logrotate` compressing a 1 GiB log) would cost time quadratic in its size.
+    gzip_pending: HashMap<FileKey, u64>,
+    /// Files that are not what they say (named `.gz` but not gzip, or corrupt gzip), with the
+    /// (size, mtime) they had: alerted once, and looked at again only when they change.
+    refused: HashMap<FileKey, (u64, i64)>,
+    /// Streams left behind (see `reclaim`) already looked for since they were last open: one
+    /// folder listing per stream, not one a scan.
+    looked_for: HashSet<String>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
     batch: Batch,
@@ -169,6 +181,9 @@ impl Tailer {
             by_path: HashMap::new(),
             deferred: HashMap::new(),
             finished: HashMap::new(),
+            gzip_pending: HashMap::new(),
+            refused: HashMap::new(),
+            looked_for: HashSet::new(),
             alerted_paths: HashSet::new(),
             batch: Batch::new(host, 0),
             generation: 0,

@@ -47,7 +47,10 @@ impl Tailer {
                 Outcome::Failed(e) => {
                     let src = self.cfg.sources[t.source].name.clone();
                     if t.compressed && e.kind() == io::ErrorKind::UnexpectedEof {
-                        // Archive still being written: reopen at the last record boundary later.
+                        // Archive still being written: reopen at the last record boundary once
+                        // it stops growing.
+                        let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+                        self.gzip_pending.insert(key, size);
                         self.close_quietly(t);
                     } else {
                         self.alert(
@@ -221,7 +224,11 @@ impl Tailer {
 
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     pub(super) fn promote(&mut self, t: &mut Tracked, source: &Source) {
-        let Ok(head) = fingerprint::read_head(&t.file, source.fingerprint_bytes, false) else {
+        let Ok(head) = fingerprint::read_head(
+            &t.file,
+            source.fingerprint_bytes,
+            fingerprint::Decoding::Raw,
+        ) else {
             return;
         };
         let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else {

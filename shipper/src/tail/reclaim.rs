@@ -1,0 +1,178 @@
+//! Streams left behind: the store says a stream was being read (or that its last batch may have
+//! been lost), no glob matches its file now, and no handle holds it. Typically the agent was down
+//! (kill -9, a reboot) while `logrotate` renamed `app.log` to `app.log.1`, and the globs name
+//! only `app.log`: the rotated file still holds the stream's unread tail.
+//!
+//! Such a file is looked for in the stream's old folder by device and inode, confirmed by the
+//! fingerprint and by the hash of the bytes before the resume offset (an inode is reused once its
+//! file is deleted), then drained to its end and let go, as a live rename is drained. Fluent Bit
+//! looks files up by inode alone and so lets a reused inode inherit an old offset; the two hashes
+//! are what keeps that from happening here.
+
+use super::*;
+use std::os::unix::fs::DirEntryExt;
+
+/// What looking for a left-behind stream's file came to.
+enum Search {
+    /// Found and confirmed: draining.
+    Draining,
+    /// Neither in its folder nor anywhere a glob matches: let go.
+    Gone(&'static str),
+    /// Not decidable now (a gzip archive still being written): look again at the next scan.
+    NotNow,
+}
+
+impl Tailer {
+    /// Looks for the file of every stream left behind. `present` holds every file the globs
+    /// match now; a stream whose file is among them is identified by the scan as usual.
+    pub(super) fn reclaim_left_behind(&mut self, present: &HashSet<FileKey>) {
+        let open_ids: HashSet<&str> = self.open.values().map(|t| t.id.as_str()).collect();
+        let left: Vec<Known> = self
+            .registry
+            .iter()
+            .filter(|k| {
+                let unfinished = match k.row.state {
+                    StreamState::Active => true,
+                    // Let go, but a crash may have lost the batch that held its last records.
+                    StreamState::Released | StreamState::Done => k.resume < k.row.read_offset,
+                    StreamState::Truncated | StreamState::Unreadable => false,
+                };
+                unfinished
+                    && !open_ids.contains(k.row.stream.as_str())
+                    && !present.contains(&(k.row.device, k.row.inode))
+                    && !self.looked_for.contains(&k.row.stream)
+            })
+            .cloned()
+            .collect();
+        for k in left {
+            // A source removed from the config stops its streams where they are.
+            let Some(source) = self.cfg.sources.iter().position(|s| s.name == k.row.source) else {
+                continue;
+            };
+            self.looked_for.insert(k.row.stream.clone());
+            match self.reclaim(source, &k) {
+                Search::Draining => {}
+                Search::NotNow => {
+                    self.looked_for.remove(&k.row.stream);
+                }
+                Search::Gone(why) => {
+                    tracing::info!(stream = %k.row.stream, path = %k.row.path, offset = k.resume, "{why}; let go");
+                    if k.row.state == StreamState::Active {
+                        if let Some(k) = self.registry.get_mut(&k.row.stream) {
+                            // Released: a same-head file the globs find later (its .gz)
+                            // still continues it.
+                            k.row.state = StreamState::Released;
+                            let row = k.row.clone();
+                            self.persist(&row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reclaim(&mut self, source_ix: usize, k: &Known) -> Search {
+        let key = (k.row.device, k.row.inode);
+        let old = PathBuf::from(&k.row.path);
+        let Some(folder) = old.parent() else {
+            return Search::Gone("its path has no folder");
+        };
+        let Some((path, file)) = find_by_inode(folder, key) else {
+            return Search::Gone("its file is not in its folder any more");
+        };
+        // A short stream with nothing committed has neither fingerprint nor marker: only a
+        // rotated name (`app.log.1`, `app.log-20261201`) says that its inode was not reused.
+        if k.row.fingerprint.is_none() && k.resume_marker.is_none() && !rotated_name(&old, &path) {
+            return Search::Gone("nothing confirms that the file on its inode is the stream's");
+        }
+        let source = self.cfg.sources[source_ix].clone();
+        let head_len = (k.row.fp_bytes as usize).max(source.fingerprint_bytes);
+        let decoding = fingerprint::Decoding::for_path(source.detect_compression, &path);
+        let head = match fingerprint::read_head(&file, head_len, decoding) {
+            Ok(h) => h,
+            Err(HeadError::GzipIncomplete) => return Search::NotNow,
+            Err(_) => return Search::Gone("the file on its inode is not the stream's"),
+        };
+        if head.compressed != k.row.compressed {
+            return Search::Gone("the file on its inode is not the stream's");
+        }
+        if let Some(fp) = k.row.fingerprint {
+            let n = k.row.fp_bytes as usize;
+            if head.bytes.len() < n || fingerprint::hash(&head.bytes[..n]) != fp {
+                return Search::Gone("the file on its inode has another fingerprint");
+            }
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if !head.compressed && size < k.resume {
+            return Search::Gone("the file on its inode is shorter than the stream's offset");
+        }
+        match read::verify_marker(&file, head.compressed, k.resume, k.resume_marker) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Search::Gone("the file on its inode has other bytes before the offset")
+            }
+            Err(_) => return Search::NotNow,
+        }
+        let md = match file.metadata() {
+            Ok(m) => m,
+            Err(_) => return Search::NotNow,
+        };
+        let f = Found {
+            source: source_ix,
+            path: path.clone(),
+            device: key.0,
+            inode: key.1,
+            size: md.len(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        };
+        tracing::info!(stream = %k.row.stream, path = %path.display(), offset = k.resume, "found outside the globs by its inode; draining it");
+        self.start(
+            &f,
+            &source,
+            file,
+            key,
+            &head,
+            Some((k.row.stream.clone(), k.resume, k.resume_marker)),
+        );
+        match self.open.get_mut(&key) {
+            Some(t) => {
+                // No glob matches it: drained, then closed rotate_wait from now.
+                t.released_at = Some(Instant::now());
+                Search::Draining
+            }
+            // A gzip archive still being written: again at the next scan.
+            None if self.deferred.contains_key(&key) => Search::NotNow,
+            // Found to hold nothing more (an archive read to its end), or not openable (alerted).
+            None => Search::Draining,
+        }
+    }
+}
+
+/// The file in `folder` with this (device, inode), opened. The inode in the folder entry spares
+/// a stat per file; the handle's own stat confirms it (the entry may have changed since).
+fn find_by_inode(folder: &Path, key: FileKey) -> Option<(PathBuf, File)> {
+    let entries = std::fs::read_dir(folder).ok()?;
+    for e in entries.flatten() {
+        if e.ino() != key.1 {
+            continue;
+        }
+        let path = e.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        match file.metadata() {
+            Ok(md) if md.is_file() && (md.dev(), md.ino()) == key => return Some((path, file)),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Is `found` named like a rotation of `old` (its name followed by a suffix, as `logrotate`
+/// names them with or without `dateext`)?
+fn rotated_name(old: &Path, found: &Path) -> bool {
+    match (old.file_name(), found.file_name()) {
+        (Some(o), Some(f)) => f.as_encoded_bytes().starts_with(o.as_encoded_bytes()),
+        _ => false,
+    }
+}
