@@ -43,9 +43,8 @@ pub(super) struct Slots {
     parked: HashMap<FileKey, Parked>,
     /// Parked files by path, so an inotify event on one reopens it.
     parked_paths: HashMap<PathBuf, FileKey>,
-    /// Files waiting for a slot, oldest first; `queued` keeps one entry per file.
-    waiting: VecDeque<Found>,
-    queued: HashSet<FileKey>,
+    /// Files waiting for a slot.
+    waiting: Waiting,
     /// Since when files wait with every slot taken.
     held_back_since: Option<Instant>,
     last_alert: Option<Instant>,
@@ -54,6 +53,60 @@ pub(super) struct Slots {
     pub(super) held_total: usize,
     pub(super) held_budget: usize,
     pub(super) last_partial_log: Option<Instant>,
+}
+
+/// Files waiting for a slot, in two queues taken from in turn, oldest first in each: files that
+/// grew while parked (a line just written, waiting to ship), and files not read yet (found by a
+/// scan, or yielding their turn). Neither then starves the other: a file written while 100,000
+/// new files queue is reopened within a round or two, not behind them.
+#[derive(Default)]
+struct Waiting {
+    grown: VecDeque<Found>,
+    fresh: VecDeque<Found>,
+    /// One entry per file across both queues.
+    queued: HashSet<FileKey>,
+    grown_next: bool,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.grown.len() + self.fresh.len()
+    }
+
+    fn push(&mut self, f: Found, grown: bool) {
+        if !self.queued.insert((f.device, f.inode)) {
+            return;
+        }
+        if grown {
+            self.grown.push_back(f);
+        } else {
+            self.fresh.push_back(f);
+        }
+    }
+
+    fn take_grown(&self) -> bool {
+        !self.grown.is_empty() && (self.grown_next || self.fresh.is_empty())
+    }
+
+    fn front(&self) -> Option<&Found> {
+        if self.take_grown() {
+            self.grown.front()
+        } else {
+            self.fresh.front()
+        }
+    }
+
+    fn pop(&mut self) -> Option<Found> {
+        let grown = self.take_grown();
+        let f = if grown {
+            self.grown.pop_front()
+        } else {
+            self.fresh.pop_front()
+        }?;
+        self.grown_next = !grown;
+        self.queued.remove(&(f.device, f.inode));
+        Some(f)
+    }
 }
 
 struct Parked {
@@ -123,8 +176,7 @@ impl Slots {
             close_inactive: cfg.discovery.close_inactive,
             parked: HashMap::new(),
             parked_paths: HashMap::new(),
-            waiting: VecDeque::new(),
-            queued: HashSet::new(),
+            waiting: Waiting::default(),
             held_back_since: None,
             last_alert: None,
             last_idle_check: Instant::now(),
@@ -158,11 +210,15 @@ impl Tailer {
 
     /// A file to open once a slot is free.
     pub(super) fn queue_adoption(&mut self, f: Found) {
-        let key = (f.device, f.inode);
-        if self.open.contains_key(&key) || !self.slots.queued.insert(key) {
+        self.queue(f, false);
+    }
+
+    /// `grown`: a parked file that changed, taken in turn with files not read yet.
+    fn queue(&mut self, f: Found, grown: bool) {
+        if self.open.contains_key(&(f.device, f.inode)) {
             return;
         }
-        self.slots.waiting.push_back(f);
+        self.slots.waiting.push(f, grown);
     }
 
     /// A scan found `f`: if it is parked, reopen it when it changed. Returns whether it was.
@@ -172,7 +228,7 @@ impl Tailer {
             return false;
         };
         if p.version != (f.size, f.mtime_ns) || p.path != f.path {
-            self.queue_adoption(f.clone());
+            self.queue(f.clone(), true);
         }
         true
     }
@@ -205,7 +261,7 @@ impl Tailer {
             size: 0,
             mtime_ns: 0,
         };
-        self.queue_adoption(f);
+        self.queue(f, true);
         true
     }
 
@@ -217,8 +273,7 @@ impl Tailer {
             }
             let key = (f.device, f.inode);
             if self.open.contains_key(&key) {
-                self.slots.waiting.pop_front();
-                self.slots.queued.remove(&key);
+                self.slots.waiting.pop();
                 continue;
             }
             if self.open.len() >= self.slots.max_open {
@@ -228,8 +283,7 @@ impl Tailer {
                 }
                 continue;
             }
-            let f = self.slots.waiting.pop_front().expect("front exists");
-            self.slots.queued.remove(&key);
+            let f = self.slots.waiting.pop().expect("front exists");
             if let Some(p) = self.slots.parked.remove(&key) {
                 if self.slots.parked_paths.get(&p.path) == Some(&key) {
                     self.slots.parked_paths.remove(&p.path);
@@ -364,6 +418,37 @@ impl Tailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn found(inode: u64) -> Found {
+        Found {
+            source: 0,
+            path: PathBuf::from(format!("/logs/{inode}.log")),
+            device: 1,
+            inode,
+            size: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    /// A file that grew while parked is reopened within a turn or two, however many new files
+    /// queue ahead of it; new files still get every other turn.
+    #[test]
+    fn grown_files_take_turns_with_new_ones() {
+        let mut w = Waiting::default();
+        for i in 0..1000 {
+            w.push(found(i), false);
+        }
+        w.push(found(5000), true);
+        w.push(found(5001), true);
+        w.push(found(5001), true);
+        w.push(found(3), false);
+        assert_eq!(w.len(), 1002);
+        let order: Vec<u64> = (0..5).map(|_| w.pop().unwrap().inode).collect();
+        assert_eq!(order, vec![0, 5000, 1, 5001, 2]);
+        assert_eq!(w.len(), 997);
+        while w.pop().is_some() {}
+        assert!(w.queued.is_empty());
+    }
 
     #[test]
     fn budget_leaves_headroom_below_the_limit() {
