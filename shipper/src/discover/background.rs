@@ -2,9 +2,10 @@
 //! never holds back reading: the tailer asks for a scan and picks the result up when it is
 //! ready, reading on meanwhile.
 
-use super::{scan, Found, ScanProblem};
+use super::{scan_full, Found, ScanProblem};
 use crate::config::Config;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What one scan found, under the config it was made with: a reload in between makes it stale
@@ -13,6 +14,7 @@ pub struct Scanned {
     pub cfg: Arc<Config>,
     pub found: Vec<Found>,
     pub problems: Vec<ScanProblem>,
+    pub dirs: Vec<PathBuf>,
 }
 
 pub struct Scanner {
@@ -30,12 +32,13 @@ impl Scanner {
             .name("scan".into())
             .spawn(move || {
                 for cfg in rx {
-                    let (found, problems) = scan(&cfg.sources);
+                    let s = scan_full(&cfg.sources);
                     if tx
                         .send(Scanned {
                             cfg,
-                            found,
-                            problems,
+                            found: s.found,
+                            problems: s.problems,
+                            dirs: s.dirs,
                         })
                         .is_err()
                     {

@@ -55,15 +55,28 @@ pub fn glob_base(pattern: &str) -> (PathBuf, Option<usize>) {
     (parent, Some(1))
 }
 
-/// Every file the sources match now. A file matched by two sources goes to the first.
-pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
-    let (found, problems, _) = scan_counted(sources);
-    (found, problems)
+/// What one scan saw.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    pub problems: Vec<ScanProblem>,
+    /// Every folder walked, once per identity: what inotify should watch.
+    pub dirs: Vec<PathBuf>,
+    /// Folder entries looked at (what the scan cost).
+    pub entries: u64,
 }
 
-/// [`scan`], and how many folder entries it looked at (what a scan costs).
-pub fn scan_counted(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>, u64) {
+/// Every file the sources match now. A file matched by two sources goes to the first.
+pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
+    let s = scan_full(sources);
+    (s.found, s.problems)
+}
+
+/// [`scan`], with the folders walked and the count of entries looked at.
+pub fn scan_full(sources: &[Source]) -> Scan {
     let mut entries = 0u64;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut dir_ids: HashSet<(u64, u64)> = HashSet::new();
     let mut found = Vec::new();
     let mut problems = Vec::new();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -73,6 +86,11 @@ pub fn scan_counted(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>, u64) {
             let (base, depth) = glob_base(pattern);
             if !base.is_dir() {
                 continue;
+            }
+            if let Ok(md) = std::fs::metadata(&base) {
+                if dir_ids.insert((md.dev(), md.ino())) {
+                    dirs.push(base.clone());
+                }
             }
             let mut walker = walkdir::WalkDir::new(&base).follow_links(true).min_depth(1);
             if let Some(d) = depth {
@@ -89,7 +107,15 @@ pub fn scan_counted(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>, u64) {
                     return true;
                 }
                 match e.metadata() {
-                    Ok(md) => walked.insert((md.dev(), md.ino(), e.depth(), e.file_name().into())),
+                    Ok(md) => {
+                        // Folders at the depth limit are listed, not walked: nothing to watch.
+                        if depth.is_none_or(|d| e.depth() < d)
+                            && dir_ids.insert((md.dev(), md.ino()))
+                        {
+                            dirs.push(e.path().to_path_buf());
+                        }
+                        walked.insert((md.dev(), md.ino(), e.depth(), e.file_name().into()))
+                    }
                     Err(_) => true,
                 }
             });
@@ -143,7 +169,12 @@ pub fn scan_counted(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>, u64) {
             }
         }
     }
-    (found, problems, entries)
+    Scan {
+        found,
+        problems,
+        dirs,
+        entries,
+    }
 }
 
 pub fn is_excluded(source: &Source, path: &Path) -> bool {
@@ -260,9 +291,16 @@ paths = ["real/l0/**/*.log"]
 type = "stdout"
 "#;
         let cfg = Config::parse(&d.join("c.toml"), text).unwrap();
-        let (found, problems, entries) = scan_counted(&cfg.sources);
+        let Scan {
+            found,
+            problems,
+            dirs,
+            entries,
+        } = scan_full(&cfg.sources);
         assert!(problems.is_empty());
         assert_eq!(found.len(), 1, "{found:?}");
+        // One watch per folder, not one per path to it.
+        assert_eq!(dirs.len(), levels + 1, "{dirs:?}");
         assert!(found[0].path.ends_with("x.log"));
         // Each level is walked at most twice (once per link name): a handful of entries per
         // level, where one walk per path would look at 2^13 entries.

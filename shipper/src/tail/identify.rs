@@ -8,8 +8,9 @@ use super::*;
 impl Tailer {
     pub(super) fn scan(&mut self) {
         self.scan_started();
-        let (found, problems) = discover::scan(&self.cfg.sources);
-        self.apply_scan(found, problems);
+        let s = discover::scan_full(&self.cfg.sources);
+        self.scan_dirs = s.dirs;
+        self.apply_scan(s.found, s.problems);
         self.admit(None);
     }
 
@@ -92,7 +93,8 @@ impl Tailer {
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);
         if let Some(w) = &mut self.watch {
-            w.update(&self.cfg.sources, symlink_dirs);
+            let walked = std::mem::take(&mut self.scan_dirs);
+            w.update(&self.cfg.sources, symlink_dirs.into_iter().chain(walked));
         }
     }
 

@@ -161,6 +161,8 @@ pub struct Tailer {
     scan_requested: bool,
     /// Scans off this thread once `run` starts (tests stepping `tick` scan in line).
     scanner: Option<discover::background::Scanner>,
+    /// The folders the last scan walked, for inotify to watch.
+    scan_dirs: Vec<PathBuf>,
     /// Which files hold the open slots, and those waiting for one.
     slots: Slots,
     stats: Arc<TailStats>,
@@ -219,6 +221,7 @@ impl Tailer {
             last_scan: None,
             scan_requested: true,
             scanner: None,
+            scan_dirs: Vec::new(),
             slots: Slots::new(&cfg),
             stats,
             cfg,

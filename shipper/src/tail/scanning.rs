@@ -22,6 +22,7 @@ impl Tailer {
             return;
         };
         if Arc::ptr_eq(&done.cfg, &self.cfg) {
+            self.scan_dirs = done.dirs;
             self.apply_scan(done.found, done.problems);
         } else {
             self.last_scan = None;
