@@ -178,7 +178,8 @@ impl Tailer {
     /// Decides which stream an opened file is and starts following it. `path` is where it was
     /// found; the handle, not the path, is what is read.
     pub(super) fn adopt_file(&mut self, source_ix: usize, path: PathBuf, file: File) {
-        let source = self.cfg.sources[source_ix].clone();
+        let cfg = self.cfg.clone();
+        let source = &cfg.sources[source_ix];
         let md = match file.metadata() {
             Ok(m) => m,
             Err(_) => return,

@@ -123,7 +123,9 @@ impl Tailer {
                 Err(e) => return Outcome::Failed(e),
             }
         }
-        let source = self.cfg.sources[t.source].clone();
+        // The config's Arc, not a copy of the source (three glob sets): this runs per read.
+        let cfg = self.cfg.clone();
+        let source = &cfg.sources[t.source];
         let mut buf = std::mem::take(&mut self.buf);
         let mut outcome = Outcome::Progress;
         let mut reads = 0;
