@@ -31,6 +31,8 @@ const RESERVED_FDS: u64 = 128;
 /// Without `max_open_files`, at most this many open at once however high the limit: each open
 /// stream also holds read buffers, and 16,384 covers the busiest hosts seen.
 const DEFAULT_MAX_OPEN: u64 = 16_384;
+/// Passes over the open files to make room, per round.
+const MAX_ROOM_PASSES: usize = 4;
 /// The same alert at most this often while work stays held back.
 const ALERT_GAP: Duration = Duration::from_secs(600);
 
@@ -267,6 +269,8 @@ impl Tailer {
 
     /// Opens waiting files while slots are free (making room by parking), until `deadline`.
     pub(super) fn admit(&mut self, deadline: Option<Instant>) {
+        // Each pass to make room looks at every open file: a few per round, not one per file.
+        let mut passes = 0;
         while let Some(f) = self.slots.waiting.front() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
@@ -277,6 +281,10 @@ impl Tailer {
                 continue;
             }
             if self.open.len() >= self.slots.max_open {
+                if passes == MAX_ROOM_PASSES {
+                    return;
+                }
+                passes += 1;
                 if self.make_room() == 0 {
                     self.held_back();
                     return;
@@ -311,10 +319,12 @@ impl Tailer {
             .collect();
         let requeue = idle.is_empty();
         if requeue {
+            // Only files with a backlog: one at its end but marked to be looked at (every
+            // scan marks all) is caught up once read, and then parks without a reopen.
             idle = self
                 .open
                 .values()
-                .filter(|t| yieldable(t) && t.opened_at.elapsed() >= FAIR_SLICE)
+                .filter(|t| yieldable(t) && !t.at_eof && t.opened_at.elapsed() >= FAIR_SLICE)
                 .map(|t| (t.opened_at, t.key))
                 .collect();
         }
