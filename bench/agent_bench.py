@@ -4,14 +4,24 @@
   throughput: a generated log of ~200-byte lines (default 1 GiB) is shipped from scratch; reports
               lines/s, MiB/s of input, CPU seconds and peak RSS of the agent.
   many-files: 1,000 files each growing by one line a second; reports the agent's steady CPU use
-              (% of one core) over the measuring window, and its RSS.
+              (% of one core) over the measuring window, its RSS and the descriptors it holds.
+  many-small: --files files of two lines each under one glob (100,000 for the issue's case), plus
+              a one-file source listed first whose file gets a line a second: the time until every
+              record is committed, the agent's CPU, peak RSS (and per file) and peak descriptors,
+              and how long the other source's lines waited meanwhile (scans must not hold back
+              reading). Then --restart: the agent is stopped, one line appended to the last
+              file, and the time until the restarted agent has committed it is reported.
+  symlinks:   a chain of --depth folders with two links each to the next (2^depth paths to one
+              file) under a ** glob, plus the one-file source: CPU over --seconds and how long
+              that source's lines waited.
 
-Usage: cargo build --release -p log-sensor && python3 bench/agent_bench.py [throughput|many-files|all]
-       [--size-mib 1024] [--files 1000] [--seconds 60] [--workdir /var/tmp/log-sensor-bench]
+Usage: cargo build --release -p log-sensor && python3 bench/agent_bench.py
+       [throughput|many-files|many-small|symlinks|all] [--size-mib 1024] [--files 1000]
+       [--seconds 60] [--nofile N] [--timeout S] [--restart] [--workdir /var/tmp/log-sensor-bench]
 
 Figures are printed, never asserted: this machine is shared and noisy.
 """
-import argparse, os, shutil, signal, sqlite3, subprocess, sys, time
+import argparse, os, resource, shutil, signal, sqlite3, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK = os.sysconf("SC_CLK_TCK")
@@ -66,13 +76,30 @@ def generate(path, size):
     return n
 
 
-def start_agent(bin_, workdir, sources, extra="", out="state/out.ndjson", sync=True):
+def start_agent(bin_, workdir, sources, extra="", out="state/out.ndjson", sync=True, nofile=None):
     cfg = os.path.join(workdir, "agent.toml")
     with open(cfg, "w") as f:
         f.write(f'state_dir = "state"\n{sources}\n{extra}\n[sink]\ntype = "file"\npath = "{out}"\n'
                 f'sync = {"true" if sync else "false"}\n')
-    err = open(os.path.join(workdir, "agent.err"), "w")
-    return subprocess.Popen([bin_, "-c", cfg, "run"], stderr=err, stdin=subprocess.DEVNULL)
+    err = open(os.path.join(workdir, "agent.err"), "a")
+    # The agent's open files limit, soft and hard (the issue's report: 20,000).
+    pre = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
+    return subprocess.Popen([bin_, "-c", cfg, "run"], stderr=err, stdin=subprocess.DEVNULL,
+                            preexec_fn=pre)
+
+
+def fd_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def raise_own_fd_limit(n):
+    """This script keeps every benchmark file open: it needs the descriptors too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(max(soft, n), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def committed(workdir):
@@ -157,6 +184,7 @@ def throughput(args):
 
 
 def many_files(args):
+    raise_own_fd_limit(args.files + 256)
     wd = os.path.join(args.workdir, "many")
     shutil.rmtree(wd, ignore_errors=True)
     os.makedirs(os.path.join(wd, "logs"))
@@ -166,9 +194,13 @@ def many_files(args):
         f = open(path, "a", buffering=1)
         f.write(line(i))
         fds.append(f)
-    p = start_agent(args.bin, wd, '[sources.many]\npaths = ["logs/*.log"]')
+    p = start_agent(args.bin, wd, '[sources.many]\npaths = ["logs/*.log"]', nofile=args.nofile)
+    t_found = time.monotonic()
     while committed(wd)[1] < args.files:
+        if p.poll() is not None:
+            sys.exit(f"agent exited early: see {wd}/agent.err")
         time.sleep(0.2)
+    print(f"  all {args.files} files followed after {time.monotonic() - t_found:.1f} s")
     print(f"many-files: following {args.files} files; each grows by one line a second for {args.seconds} s")
     warm = 5
     c0 = None
@@ -187,23 +219,172 @@ def many_files(args):
             i += 1
         time.sleep(0.001)
     c1, t1 = cpu_seconds(p.pid), time.monotonic()
-    rss = peak_rss_mib(p.pid)
+    rss, fds_now = peak_rss_mib(p.pid), fd_count(p.pid)
     time.sleep(2)
     stop(p)
     print(f"  agent CPU {c1 - c0:.2f} s over {t1 - t0:.1f} s = {(c1 - c0) / (t1 - t0) * 100:.2f}% of one core, "
-          f"peak RSS {rss:.1f} MiB, {i} lines written")
+          f"peak RSS {rss:.1f} MiB ({rss * 1024 / args.files:.1f} KiB per file), {fds_now} descriptors, "
+          f"{i} lines written")
     for f in fds:
         f.close()
 
 
+def canary_sources(wd):
+    """A one-file source listed first: its lines show whether anything holds back reading."""
+    os.makedirs(os.path.join(wd, "canary"), exist_ok=True)
+    return '[sources.canary]\npaths = ["canary/c.log"]\n'
+
+
+class Canary:
+    """Writes a line a second to canary/c.log and records how long each took to be committed."""
+
+    def __init__(self, wd):
+        self.path = os.path.join(wd, "canary", "c.log")
+        self.f = open(self.path, "a", buffering=1)
+        self.db = CommittedPoll(wd)
+        self.pending = []  # (end offset, time written)
+        self.waits = []
+        self.last = 0.0
+
+    def step(self):
+        now = time.monotonic()
+        if now - self.last >= 1.0:
+            self.last = now
+            self.f.write(line(int(now * 1000)))
+            self.pending.append((self.f.tell(), now))
+        if self.pending:
+            try:
+                c = self.db.conn or (self.db.offsets() and self.db.conn)
+                got = c.execute("SELECT COALESCE(MAX(committed_offset),0) FROM streams WHERE path LIKE ?",
+                                ("%/canary/c.log",)).fetchone()[0] if c else 0
+            except sqlite3.Error:
+                got = 0
+            while self.pending and got >= self.pending[0][0]:
+                self.waits.append(now - self.pending[0][1])
+                self.pending.pop(0)
+
+    def report(self):
+        now = time.monotonic()
+        waits = sorted(self.waits + [now - t for _, t in self.pending])
+        if not waits:
+            return "no canary lines"
+        med = waits[len(waits) // 2]
+        return (f"other source's lines waited median {med:.2f} s, max {waits[-1]:.2f} s "
+                f"({len(self.waits)} committed, {len(self.pending)} still waiting)")
+
+
+def total_committed(wd):
+    db = os.path.join(wd, "state", "store.db")
+    try:
+        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        row = c.execute("SELECT COALESCE(SUM(committed_offset),0), COUNT(*) FROM streams "
+                        "WHERE path NOT LIKE '%/canary/%'").fetchone()
+        c.close()
+        return row
+    except sqlite3.Error:
+        return 0, 0
+
+
+def many_small(args):
+    wd = os.path.join(args.workdir, "small")
+    shutil.rmtree(os.path.join(wd, "state"), ignore_errors=True)
+    shutil.rmtree(os.path.join(wd, "canary"), ignore_errors=True)
+    logs = os.path.join(wd, "logs")
+    os.makedirs(logs, exist_ok=True)
+    existing = len(os.listdir(logs))
+    if existing != args.files:
+        shutil.rmtree(logs)
+        os.makedirs(logs)
+        print(f"writing {args.files} files of two lines ...", flush=True)
+        for i in range(args.files):
+            with open(os.path.join(logs, f"f{i:06d}.log"), "w") as f:
+                f.write(line(2 * i) + line(2 * i + 1))
+    total = sum(os.path.getsize(os.path.join(logs, n)) for n in os.listdir(logs))
+    sources = canary_sources(wd) + '[sources.small]\npaths = ["logs/*.log"]'
+    canary = Canary(wd)
+    t0 = time.monotonic()
+    p = start_agent(args.bin, wd, sources, nofile=args.nofile)
+    peak_fds, done_at, seen = 0, None, (0, 0)
+    while time.monotonic() - t0 < args.timeout:
+        if p.poll() is not None:
+            sys.exit(f"agent exited early: see {wd}/agent.err")
+        peak_fds = max(peak_fds, fd_count(p.pid))
+        canary.step()
+        seen = total_committed(wd)
+        if seen[0] >= total:
+            done_at = time.monotonic() - t0
+            break
+        time.sleep(0.1)
+    cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+    state = (f"all {2 * args.files} records committed in {done_at:.1f} s" if done_at is not None else
+             f"after {args.timeout} s only {seen[0]} of {total} bytes committed, {seen[1]} streams")
+    print(f"many-small: {args.files} files x 2 lines (limit {args.nofile or 'inherited'}): {state}")
+    print(f"  agent CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB ({rss * 1024 / args.files:.2f} KiB per file), "
+          f"peak descriptors {peak_fds}; {canary.report()}")
+    if args.restart and done_at is not None:
+        stop(p)
+        last = os.path.join(logs, f"f{args.files - 1:06d}.log")
+        with open(last, "a") as f:
+            f.write(line(10 ** 9))
+        want = os.path.getsize(last)
+        t1 = time.monotonic()
+        p = start_agent(args.bin, wd, sources, nofile=args.nofile)
+        poll = CommittedPoll(wd)
+        got_at = None
+        while time.monotonic() - t1 < args.timeout:
+            try:
+                c = poll.conn or (poll.offsets() and poll.conn)
+                got = c.execute("SELECT committed_offset FROM streams WHERE path = ?",
+                                (last,)).fetchone() if c else None
+            except sqlite3.Error:
+                got = None
+            if got and got[0] >= want:
+                got_at = time.monotonic() - t1
+                break
+            time.sleep(0.05)
+        cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+        state = f"the new line committed {got_at:.2f} s after start" if got_at is not None else "not committed"
+        print(f"  restart over {args.files + 1} streams: {state}; CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB")
+    stop(p)
+
+
+def symlinks(args):
+    wd = os.path.join(args.workdir, "links")
+    shutil.rmtree(wd, ignore_errors=True)
+    for i in range(args.depth + 1):
+        os.makedirs(os.path.join(wd, "tree", f"l{i}"))
+    for i in range(args.depth):
+        for name in ("a", "b"):
+            os.symlink(os.path.join(wd, "tree", f"l{i + 1}"), os.path.join(wd, "tree", f"l{i}", name))
+    with open(os.path.join(wd, "tree", f"l{args.depth}", "x.log"), "w") as f:
+        f.write(line(0))
+    sources = canary_sources(wd) + '[sources.links]\npaths = ["tree/l0/**/*.log"]'
+    canary = Canary(wd)
+    p = start_agent(args.bin, wd, sources, nofile=args.nofile)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < args.seconds:
+        canary.step()
+        time.sleep(0.05)
+    cpu, rss = cpu_seconds(p.pid), peak_rss_mib(p.pid)
+    el = time.monotonic() - t0
+    stop(p)
+    print(f"symlinks: 2^{args.depth} paths to one file for {el:.0f} s: agent CPU {cpu:.2f} s "
+          f"({cpu / el * 100:.0f}% of one core), peak RSS {rss:.1f} MiB; {canary.report()}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", nargs="?", default="all", choices=["throughput", "many-files", "all"])
+    ap.add_argument("which", nargs="?", default="all",
+                    choices=["throughput", "many-files", "many-small", "symlinks", "all"])
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "log-sensor"))
     ap.add_argument("--workdir", default="/var/tmp/log-sensor-bench")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--nofile", type=int, help="the agent's open files limit (soft and hard)")
+    ap.add_argument("--timeout", type=int, default=120, help="many-small: give up after this long")
+    ap.add_argument("--restart", action="store_true", help="many-small: then time a restart")
+    ap.add_argument("--depth", type=int, default=16, help="symlinks: levels of two links")
     ap.add_argument("--out", help="the file sink's path (default: in the work dir; /dev/shm/x takes the disk out)")
     ap.add_argument("--no-sync", action="store_true", help="file sink without fdatasync")
     ap.add_argument("--extra", default="", help='more config, e.g. \'[batch]\\nmax_bytes = "1MiB"\'')
@@ -215,6 +396,10 @@ def main():
         throughput(args)
     if args.which in ("many-files", "all"):
         many_files(args)
+    if args.which == "many-small":
+        many_small(args)
+    if args.which == "symlinks":
+        symlinks(args)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ max_wait = "1s"
 [discovery]
 rescan_interval = "10s"
 rotate_wait = "5s"
+close_inactive = "5m"
+max_partial_bytes = "64MiB"
 [sink]
 type = "stdout"
 [monitor]

@@ -137,6 +137,13 @@ pub struct DiscoveryConfig {
     pub rescan_interval: Duration,
     /// How long a renamed or deleted file stays open to be drained before it is closed.
     pub rotate_wait: Duration,
+    /// Files held open at most (unset: derived from the open files limit).
+    pub max_open_files: Option<u64>,
+    /// A caught-up file with no new bytes this long has its descriptor closed until it
+    /// changes (`None`: never).
+    pub close_inactive: Option<Duration>,
+    /// Memory for records not yet complete (partial lines), all open files together.
+    pub max_partial_bytes: u64,
 }
 
 pub const DEFAULT_FINGERPRINT_BYTES: u64 = 1024;
@@ -317,7 +324,20 @@ impl Config {
                 rotate_wait: r
                     .duration("rotate_wait", &mut issues)
                     .unwrap_or(Duration::from_secs(5)),
+                max_open_files: r.size("max_open_files", &mut issues),
+                close_inactive: match r.duration("close_inactive", &mut issues) {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => Some(Duration::from_secs(300)),
+                },
+                max_partial_bytes: r.size("max_partial_bytes", &mut issues).unwrap_or(64 << 20),
             };
+            if d.max_open_files == Some(0) {
+                issues.push(ConfigIssue {
+                    key: "discovery.max_open_files".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
             if d.rescan_interval < Duration::from_millis(100) {
                 issues.push(ConfigIssue {
                     key: "discovery.rescan_interval".into(),

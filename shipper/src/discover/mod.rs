@@ -2,6 +2,7 @@
 //! followed (a file's identity is its target's). inotify only wakes the tailer up ([`watch`]);
 //! the scan decides which files exist.
 
+pub mod background;
 pub mod watch;
 
 use crate::config::Source;
@@ -54,8 +55,28 @@ pub fn glob_base(pattern: &str) -> (PathBuf, Option<usize>) {
     (parent, Some(1))
 }
 
+/// What one scan saw.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    pub problems: Vec<ScanProblem>,
+    /// Every folder walked, once per identity: what inotify should watch.
+    pub dirs: Vec<PathBuf>,
+    /// Folder entries looked at (what the scan cost).
+    pub entries: u64,
+}
+
 /// Every file the sources match now. A file matched by two sources goes to the first.
 pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
+    let s = scan_full(sources);
+    (s.found, s.problems)
+}
+
+/// [`scan`], with the folders walked and the count of entries looked at.
+pub fn scan_full(sources: &[Source]) -> Scan {
+    let mut entries = 0u64;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut dir_ids: HashSet<(u64, u64)> = HashSet::new();
     let mut found = Vec::new();
     let mut problems = Vec::new();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -66,11 +87,40 @@ pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
             if !base.is_dir() {
                 continue;
             }
+            if let Ok(md) = std::fs::metadata(&base) {
+                if dir_ids.insert((md.dev(), md.ino())) {
+                    dirs.push(base.clone());
+                }
+            }
             let mut walker = walkdir::WalkDir::new(&base).follow_links(true).min_depth(1);
             if let Some(d) = depth {
                 walker = walker.max_depth(d);
             }
+            // Symlinked folders leading to one folder would be walked once per path to it,
+            // and paths multiply with depth (two links per level: 2^depth walks). A folder is
+            // walked once per (identity, depth, name): the depth, because a shallower visit
+            // reaches deeper under max_depth; the name, because a glob may match one name of
+            // a folder and not another.
+            let mut walked: HashSet<(u64, u64, usize, std::ffi::OsString)> = HashSet::new();
+            let walker = walker.into_iter().filter_entry(|e| {
+                if !e.file_type().is_dir() {
+                    return true;
+                }
+                match e.metadata() {
+                    Ok(md) => {
+                        // Folders at the depth limit are listed, not walked: nothing to watch.
+                        if depth.is_none_or(|d| e.depth() < d)
+                            && dir_ids.insert((md.dev(), md.ino()))
+                        {
+                            dirs.push(e.path().to_path_buf());
+                        }
+                        walked.insert((md.dev(), md.ino(), e.depth(), e.file_name().into()))
+                    }
+                    Err(_) => true,
+                }
+            });
             for entry in walker {
+                entries += 1;
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
@@ -119,7 +169,12 @@ pub fn scan(sources: &[Source]) -> (Vec<Found>, Vec<ScanProblem>) {
             }
         }
     }
-    (found, problems)
+    Scan {
+        found,
+        problems,
+        dirs,
+        entries,
+    }
 }
 
 pub fn is_excluded(source: &Source, path: &Path) -> bool {
@@ -207,5 +262,48 @@ type = "stdout"
         let link = found.iter().find(|f| f.path.ends_with("link.log")).unwrap();
         let target = std::fs::metadata(d.join("elsewhere/target.log")).unwrap();
         assert_eq!((link.device, link.inode), (target.dev(), target.ino()));
+    }
+
+    /// Two symlinks per level to the next folder: 2^12 paths lead to the one file at the
+    /// bottom. Each folder is walked a bounded number of times, not once per path.
+    #[test]
+    fn symlink_fan_out_stays_linear() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let levels = 12;
+        for i in 0..=levels {
+            std::fs::create_dir_all(d.join(format!("real/l{i}"))).unwrap();
+        }
+        for i in 0..levels {
+            for name in ["a", "b"] {
+                std::os::unix::fs::symlink(
+                    d.join(format!("real/l{}", i + 1)),
+                    d.join(format!("real/l{i}/{name}")),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(d.join(format!("real/l{levels}/x.log")), b"x\n").unwrap();
+        let text = r#"
+[sources.deep]
+paths = ["real/l0/**/*.log"]
+[sink]
+type = "stdout"
+"#;
+        let cfg = Config::parse(&d.join("c.toml"), text).unwrap();
+        let Scan {
+            found,
+            problems,
+            dirs,
+            entries,
+        } = scan_full(&cfg.sources);
+        assert!(problems.is_empty());
+        assert_eq!(found.len(), 1, "{found:?}");
+        // One watch per folder, not one per path to it.
+        assert_eq!(dirs.len(), levels + 1, "{dirs:?}");
+        assert!(found[0].path.ends_with("x.log"));
+        // Each level is walked at most twice (once per link name): a handful of entries per
+        // level, where one walk per path would look at 2^13 entries.
+        assert!(entries <= 6 * levels as u64, "{entries} entries looked at");
     }
 }

@@ -26,8 +26,13 @@ pub struct Watch {
 impl Watch {
     /// Wake-ups go to `tx`; when it is full, `overflow` asks for a rescan instead, so a stalled
     /// tailer never lets events pile up in memory.
+    ///
+    /// Every folder is watched on its own, as the scan lists them (once per identity), never
+    /// with notify's recursive mode: that walks the tree itself following symlinks, once per
+    /// path, and symlinked folders multiply paths with depth (2^16 paths to one folder held
+    /// the tail thread for seconds at each scan).
     pub fn new(tx: Sender<Wake>, overflow: Arc<AtomicBool>) -> notify::Result<Watch> {
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let handler = move |res: notify::Result<notify::Event>| {
             let wakes: Vec<Wake> = match res {
                 Ok(ev) => match ev.kind {
                     EventKind::Modify(notify::event::ModifyKind::Data(_))
@@ -46,7 +51,11 @@ impl Watch {
                     Err(TrySendError::Disconnected(_)) => return,
                 }
             }
-        })?;
+        };
+        let watcher = RecommendedWatcher::new(
+            handler,
+            notify::Config::default().with_follow_symlinks(false),
+        )?;
         Ok(Watch {
             watcher,
             watched: BTreeMap::new(),
@@ -54,19 +63,15 @@ impl Watch {
     }
 
     /// Watches what the sources need now: each glob's base folder (or, while it does not exist,
-    /// its nearest existing ancestor, to see it created) and the folders of symlink targets.
+    /// its nearest existing ancestor, to see it created), the folders the scan walked below it,
+    /// and the folders of symlink targets.
     pub fn update(&mut self, sources: &[Source], extra_dirs: impl IntoIterator<Item = PathBuf>) {
         let mut want: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
         for s in sources {
             for p in &s.paths {
-                let (base, depth) = glob_base(p);
-                let mode = if depth == Some(1) {
-                    RecursiveMode::NonRecursive
-                } else {
-                    RecursiveMode::Recursive
-                };
+                let (base, _) = glob_base(p);
                 if base.is_dir() {
-                    upgrade(&mut want, base, mode);
+                    upgrade(&mut want, base, RecursiveMode::NonRecursive);
                 } else if let Some(anc) = base.ancestors().find(|a| a.is_dir()) {
                     upgrade(&mut want, anc.to_path_buf(), RecursiveMode::NonRecursive);
                 }

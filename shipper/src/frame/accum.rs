@@ -64,6 +64,19 @@ impl Accum {
         }
     }
 
+    /// Heap bytes this accumulator holds (its buffers' capacity, used or not).
+    pub fn held(&self) -> usize {
+        self.buf.capacity() + self.ring.capacity()
+    }
+
+    /// Gives the buffers back while no record is being kept.
+    pub fn shrink(&mut self) {
+        if self.len == 0 {
+            self.buf = Vec::new();
+            self.ring = Vec::new();
+        }
+    }
+
     fn ring_mode(&self) -> bool {
         self.cut
     }

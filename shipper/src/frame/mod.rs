@@ -100,6 +100,32 @@ impl Framer {
         self.consumed
     }
 
+    /// Heap bytes held for records not yet complete (a partial line, a multiline record, their
+    /// scratch space): what the tailer's total budget for partial lines counts.
+    pub fn held_bytes(&self) -> usize {
+        self.line.held()
+            + self.record.held()
+            + self.scratch.capacity()
+            + self.scratch2.capacity()
+            + self.tail_bytes.capacity()
+    }
+
+    /// Bytes are kept for a record not yet complete (a partial line, a multiline record).
+    pub fn has_partial(&self) -> bool {
+        !self.line.is_empty() || self.record_open
+    }
+
+    /// Gives back buffers kept for reuse that hold nothing now.
+    pub fn shrink(&mut self) {
+        self.line.shrink();
+        if !self.record_open {
+            self.record.shrink();
+        }
+        self.scratch = Vec::new();
+        self.scratch2 = Vec::new();
+        self.tail_bytes = Vec::new();
+    }
+
     /// A multiline record is waiting for its next line (or for the timeout).
     pub fn has_pending_record(&self) -> bool {
         self.record_open

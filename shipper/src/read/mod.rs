@@ -58,6 +58,15 @@ impl Reader {
         Ok(Reader::Gzip(dec))
     }
 
+    /// The handle being read, for fstat and pread (which leave the read position alone): a
+    /// stream then holds one descriptor, not two.
+    pub fn file(&self) -> &File {
+        match self {
+            Reader::Plain(f) => f,
+            Reader::Gzip(d) => d.get_ref().get_ref(),
+        }
+    }
+
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let r = match self {

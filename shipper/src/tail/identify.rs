@@ -7,11 +7,22 @@ use super::*;
 
 impl Tailer {
     pub(super) fn scan(&mut self) {
+        self.scan_started();
+        let s = discover::scan_full(&self.cfg.sources);
+        self.scan_dirs = s.dirs;
+        self.apply_scan(s.found, s.problems);
+        self.admit(None);
+    }
+
+    pub(super) fn scan_started(&mut self) {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         self.scan_requested = false;
         self.prune();
         self.last_scan = Some(Instant::now());
-        let (found, problems) = discover::scan(&self.cfg.sources);
+    }
+
+    /// Acts on what a scan found; files to open are queued for a slot ([`Tailer::admit`]).
+    pub(super) fn apply_scan(&mut self, found: Vec<Found>, problems: Vec<discover::ScanProblem>) {
         for p in problems {
             if self.alerted_paths.insert(p.path.clone()) {
                 let src = self.cfg.sources[p.source].name.clone();
@@ -69,6 +80,9 @@ impl Tailer {
                     continue;
                 }
             }
+            if self.parked_found(&f) {
+                continue;
+            }
             if self.finished.get(&key) == Some(&(f.size, f.mtime_ns))
                 || self.refused.get(&key) == Some(&(f.size, f.mtime_ns))
             {
@@ -76,8 +90,9 @@ impl Tailer {
             }
             self.finished.remove(&key);
             self.refused.remove(&key);
-            self.adopt(f);
+            self.queue_adoption(f);
         }
+        self.parked_missing(&present);
         let now = Instant::now();
         for t in self.open.values_mut() {
             if !present.contains(&t.key) && t.released_at.is_none() {
@@ -94,7 +109,8 @@ impl Tailer {
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);
         if let Some(w) = &mut self.watch {
-            w.update(&self.cfg.sources, symlink_dirs);
+            let walked = std::mem::take(&mut self.scan_dirs);
+            w.update(&self.cfg.sources, symlink_dirs.into_iter().chain(walked));
         }
     }
 
@@ -178,7 +194,8 @@ impl Tailer {
     /// Decides which stream an opened file is and starts following it. `path` is where it was
     /// found; the handle, not the path, is what is read.
     pub(super) fn adopt_file(&mut self, source_ix: usize, path: PathBuf, file: File) {
-        let source = self.cfg.sources[source_ix].clone();
+        let cfg = self.cfg.clone();
+        let source = &cfg.sources[source_ix];
         let md = match file.metadata() {
             Ok(m) => m,
             Err(_) => return,
@@ -276,15 +293,7 @@ impl Tailer {
     /// Every N the source's known streams were fingerprinted with: a stream fingerprinted under
     /// an older `fingerprint_bytes` is still recognised by hashing the head at its own N.
     pub(super) fn registry_fp_lengths(&self, source: &str) -> Vec<usize> {
-        let mut v: Vec<usize> = self
-            .registry
-            .iter()
-            .filter(|k| k.row.source == source)
-            .map(|k| k.row.fp_bytes as usize)
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        self.registry.fp_lengths(source)
     }
 
     /// Which stream a newly opened file is: the one exhaustive decision.
@@ -296,7 +305,6 @@ impl Tailer {
         head: &fingerprint::Head,
     ) -> Identity {
         let n = source.fingerprint_bytes;
-        let open_ids: HashSet<&str> = self.open.values().map(|t| t.id.as_str()).collect();
         let usable = |k: &Known| {
             !matches!(k.row.state, StreamState::Done | StreamState::Truncated)
                 || (k.row.device, k.row.inode) != key
@@ -316,7 +324,7 @@ impl Tailer {
                     if c.row.state == StreamState::Done {
                         return self.existing_if_marker_holds(c, file, head.compressed);
                     }
-                    if usable(c) && !open_ids.contains(c.row.stream.as_str()) {
+                    if usable(c) && self.open_stream(&c.row.stream).is_none() {
                         return self.existing_if_marker_holds(c, file, head.compressed);
                     }
                 }
@@ -326,13 +334,12 @@ impl Tailer {
                 let open_cands: Vec<&Known> = cands
                     .iter()
                     .copied()
-                    .filter(|c| open_ids.contains(c.row.stream.as_str()))
+                    .filter(|c| self.open_stream(&c.row.stream).is_some())
                     .collect();
                 if !open_cands.is_empty() {
                     let draining = open_cands.iter().any(|c| {
-                        self.open
-                            .values()
-                            .any(|t| t.id == c.row.stream && t.released_at.is_some())
+                        self.open_stream(&c.row.stream)
+                            .is_some_and(|t| t.released_at.is_some())
                     });
                     let since = *self.deferred.entry(key).or_insert_with(Instant::now);
                     if draining || since.elapsed() < self.cfg.discovery.rotate_wait {
@@ -354,7 +361,7 @@ impl Tailer {
             }
             Fingerprint::Provisional => {
                 if let Some(c) = self.registry.provisional_on(&source.name, key.0, key.1) {
-                    if !open_ids.contains(c.row.stream.as_str()) {
+                    if self.open_stream(&c.row.stream).is_none() {
                         let c = c.clone();
                         return self.existing_if_marker_holds(&c, file, head.compressed);
                     }
@@ -371,7 +378,7 @@ impl Tailer {
                                 && k.resume_marker.is_some()
                         })
                         .filter(|k| {
-                            !open_ids.contains(k.row.stream.as_str())
+                            self.open_stream(&k.row.stream).is_none()
                                 && k.row.state != StreamState::Done
                         })
                         .cloned()
@@ -440,49 +447,45 @@ impl Tailer {
             Fingerprint::Provisional => None,
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let reader_file = match file.try_clone() {
-            Ok(h) => h,
-            Err(_) => return,
-        };
         let (id, offset, marker) = match &existing {
-            Some((id, resume, marker)) => (id.clone(), *resume, *marker),
-            None => (new_stream_id(&source.name, key, fingerprint), 0, None),
+            Some((id, resume, marker)) if head.compressed || size >= *resume => {
+                (id.clone(), *resume, *marker)
+            }
+            // Shorter than what was committed: truncated while we were away. New content.
+            // Decided before the reader takes the file: the stream holds one descriptor.
+            _ => (new_stream_id(&source.name, key, fingerprint), 0, None),
         };
-        let (reader, offset, marker, id) =
-            match Reader::open_at(reader_file, head.compressed, offset) {
-                Ok(r) => (r, offset, marker, id),
-                Err(OpenAtError::Short { .. }) if head.compressed => {
-                    // The archive holds nothing past what was shipped.
-                    self.finish_archive_without_reading(&id, f, key, size);
-                    return;
+        let (reader, offset, marker, id) = match Reader::open_at(file, head.compressed, offset) {
+            Ok(r) => (r, offset, marker, id),
+            Err(OpenAtError::Short { .. }) if head.compressed => {
+                // The archive holds nothing past what was shipped.
+                self.finish_archive_without_reading(&id, f, key, size);
+                return;
+            }
+            Err(OpenAtError::Short { .. }) => {
+                // Truncated between the fstat above and now: the next scan sees it anew.
+                self.scan_requested = true;
+                return;
+            }
+            Err(OpenAtError::Incomplete { .. }) => {
+                // A gzip archive still being written: look again once it stops growing.
+                self.deferred.entry(key).or_insert_with(Instant::now);
+                self.gzip_pending.insert(key, size);
+                return;
+            }
+            Err(OpenAtError::Io(e)) => {
+                if self.alerted_paths.insert(f.path.clone()) {
+                    self.alert(
+                        "read_error",
+                        Some(&source.name),
+                        Some(&id),
+                        Some(&f.path),
+                        format!("cannot open at offset {offset}: {e}"),
+                    );
                 }
-                Err(OpenAtError::Short { .. }) => {
-                    // Shorter than what was committed: truncated while we were away. New content.
-                    let Ok(h) = file.try_clone() else { return };
-                    let Ok(r) = Reader::open_at(h, false, 0) else {
-                        return;
-                    };
-                    (r, 0, None, new_stream_id(&source.name, key, fingerprint))
-                }
-                Err(OpenAtError::Incomplete { .. }) => {
-                    // A gzip archive still being written: look again once it stops growing.
-                    self.deferred.entry(key).or_insert_with(Instant::now);
-                    self.gzip_pending.insert(key, size);
-                    return;
-                }
-                Err(OpenAtError::Io(e)) => {
-                    if self.alerted_paths.insert(f.path.clone()) {
-                        self.alert(
-                            "read_error",
-                            Some(&source.name),
-                            Some(&id),
-                            Some(&f.path),
-                            format!("cannot open at offset {offset}: {e}"),
-                        );
-                    }
-                    return;
-                }
-            };
+                return;
+            }
+        };
         let path_str = f.path.display().to_string();
         let row = match self.registry.get(&id) {
             Some(k) if existing.is_some() => {
@@ -536,7 +539,6 @@ impl Tailer {
             key,
             path: f.path.clone(),
             compressed: head.compressed,
-            file,
             reader,
             framer: Framer::new(&source.framing, offset),
             meta: StreamMeta {
@@ -556,6 +558,8 @@ impl Tailer {
             consumed_marker: marker,
             slot: None,
             alerted_too_large: row.alerted_too_large,
+            opened_at: Instant::now(),
+            held: 0,
         };
         // The path names this file only if nothing else took it since (a stream continued on
         // a handle whose file was deleted keeps its old path for the record, not for events).

@@ -99,7 +99,7 @@ impl Tailer {
             self.persist(&row);
         }
         if state == StreamState::Done {
-            self.finished.insert(t.key, file_version(&t.file));
+            self.finished.insert(t.key, file_version(t.file()));
         }
         tracing::info!(stream = %t.id, path = %t.path.display(), state = state.as_str(), "closed");
         self.forget(&t);
@@ -119,6 +119,7 @@ impl Tailer {
     }
 
     pub(super) fn forget(&mut self, t: &Tracked) {
+        self.slots.held_total = self.slots.held_total.saturating_sub(t.held);
         self.dirty.remove(&t.key);
         if self.by_path.get(&t.path) == Some(&t.key) {
             self.by_path.remove(&t.path);

@@ -6,9 +6,12 @@
 
 mod identify;
 mod lifecycle;
+mod memory;
 mod reading;
 mod reclaim;
 mod registry;
+mod scanning;
+mod slots;
 
 use crate::batch::{Batch, StreamMeta};
 use crate::config::{Config, Source};
@@ -20,6 +23,7 @@ use crate::record::now_ms;
 use crate::store::{now_secs, Alert, Checkpoint, Store, StreamRow, StreamState};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use registry::{Known, Registry};
+use slots::Slots;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -42,6 +46,11 @@ const OUTBOX_POLL: Duration = Duration::from_millis(500);
 const COALESCE: Duration = Duration::from_millis(25);
 /// Events arriving faster than this cause at most one scan per interval.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
+/// Opening newly found files takes at most this long per round, so reading goes on while
+/// 100,000 files are adopted.
+const ADMIT_SLICE: Duration = Duration::from_millis(50);
+/// How often a running background scan is looked for while idle.
+const SCAN_POLL: Duration = Duration::from_millis(20);
 
 /// Counters the tailer keeps for status pages and metrics.
 #[derive(Debug, Default)]
@@ -54,6 +63,12 @@ pub struct TailStats {
     pub truncations: AtomicU64,
     pub scans: AtomicU64,
     pub alerts: AtomicU64,
+    /// Followed files whose descriptor is closed until they change (idle, or making room).
+    pub parked_files: AtomicU64,
+    /// Times files had to wait because every open slot was taken.
+    pub held_back: AtomicU64,
+    /// Streams parked to keep the memory of partial lines under its total budget.
+    pub partial_parks: AtomicU64,
 }
 
 /// A stream whose file is open.
@@ -63,8 +78,8 @@ struct Tracked {
     key: FileKey,
     path: PathBuf,
     compressed: bool,
-    /// For fstat and pread (markers, promotion); `reader` has its own handle.
-    file: File,
+    /// The stream's one descriptor; fstat and pread (markers, promotion) go through
+    /// [`Tracked::file`].
     reader: Reader,
     framer: Framer,
     meta: StreamMeta,
@@ -85,6 +100,16 @@ struct Tracked {
     /// This stream's entry in the batch being built: (batch generation, slot).
     slot: Option<(u64, u32)>,
     alerted_too_large: bool,
+    /// When it took its open slot: with many files waiting, the longest held slot goes first.
+    opened_at: Instant,
+    /// Bytes its framer held at the last count ([`memory`]).
+    held: usize,
+}
+
+impl Tracked {
+    fn file(&self) -> &File {
+        self.reader.file()
+    }
 }
 
 enum Outcome {
@@ -146,6 +171,12 @@ pub struct Tailer {
     last_prune: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
+    /// Scans off this thread once `run` starts (tests stepping `tick` scan in line).
+    scanner: Option<discover::background::Scanner>,
+    /// The folders the last scan walked, for inotify to watch.
+    scan_dirs: Vec<PathBuf>,
+    /// Which files hold the open slots, and those waiting for one.
+    slots: Slots,
     stats: Arc<TailStats>,
 }
 
@@ -204,6 +235,9 @@ impl Tailer {
             last_prune: Instant::now(),
             last_scan: None,
             scan_requested: true,
+            scanner: None,
+            scan_dirs: Vec::new(),
+            slots: Slots::new(&cfg),
             stats,
             cfg,
             store,
@@ -249,6 +283,7 @@ impl Tailer {
             self.batch.host = self.cfg.host_id.as_str().into();
         }
         self.deferred.clear();
+        self.slots.configure(&self.cfg);
         self.last_scan = None;
     }
 
@@ -259,11 +294,17 @@ impl Tailer {
 
     /// Runs until `stop` is set, then hands over the last batch and returns.
     pub fn run(mut self) {
+        match discover::background::Scanner::spawn() {
+            Ok(s) => self.scanner = Some(s),
+            Err(e) => tracing::warn!(error = %e, "cannot start the scan thread; scanning in line"),
+        }
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
             let Some(worked) = self.tick() else { return };
+            // Files waiting for a free slot are opened next round, not after a wait.
+            let worked = worked || self.slots_to_fill();
             if !worked && self.batch.is_idle() {
                 self.backlog = false;
             }
@@ -297,19 +338,24 @@ impl Tailer {
             self.apply_config(cfg);
         }
         self.drain_wakes();
-        let due = match self.last_scan {
-            None => true,
-            Some(t) => {
-                t.elapsed() >= self.cfg.discovery.rescan_interval
-                    || (self.scan_requested && t.elapsed() >= MIN_SCAN_GAP)
-                    || self.overflow.swap(false, Ordering::Relaxed)
-            }
-        };
+        let in_flight = self.scanner.as_ref().is_some_and(|s| s.in_flight());
+        let due = !in_flight
+            && match self.last_scan {
+                None => true,
+                Some(t) => {
+                    t.elapsed() >= self.cfg.discovery.rescan_interval
+                        || (self.scan_requested && t.elapsed() >= MIN_SCAN_GAP)
+                        || self.overflow.swap(false, Ordering::Relaxed)
+                }
+            };
         if due {
-            self.scan();
+            self.scan_or_request();
         }
+        self.scanned();
+        self.admit(Some(Instant::now() + ADMIT_SLICE));
         let worked = self.read_dirty()?;
         self.check_timers();
+        self.park_inactive();
         self.poll_outbox();
         if self.batch_due() && !self.ship() {
             return None;
@@ -385,7 +431,11 @@ impl Tailer {
                         self.dirty.insert(*k);
                     }
                 }
-                None => self.scan_requested = true,
+                None => {
+                    if !self.parked_woken(&p) {
+                        self.scan_requested = true
+                    }
+                }
             },
             Wake::Rescan => self.scan_requested = true,
         }
@@ -411,6 +461,9 @@ impl Tailer {
         }
         if self.scan_requested {
             wait = wait.min(MIN_SCAN_GAP);
+        }
+        if self.scanner.as_ref().is_some_and(|s| s.in_flight()) {
+            wait = wait.min(SCAN_POLL);
         }
         wait.max(Duration::from_millis(5))
     }
@@ -507,12 +560,15 @@ fn file_version(f: &File) -> (u64, i64) {
 /// The bytes before the read position are not the ones read: truncated and written again.
 fn rewritten(t: &Tracked) -> bool {
     if t.pos_marker.is_some()
-        && read::marker_at(&t.file, t.framer.position()).ok().flatten() != t.pos_marker
+        && read::marker_at(t.file(), t.framer.position())
+            .ok()
+            .flatten()
+            != t.pos_marker
     {
         return true;
     }
     match t.head_check {
-        Some((len, hash)) => head_hash(&t.file, len) != Some(hash),
+        Some((len, hash)) => head_hash(t.file(), len) != Some(hash),
         None => false,
     }
 }

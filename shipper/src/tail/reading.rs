@@ -16,6 +16,7 @@ impl Tailer {
                 continue;
             };
             let outcome = self.read_turn(&mut t);
+            self.account_held(&mut t);
             if !matches!(outcome, Outcome::Progress) {
                 self.dirty.remove(&key);
             }
@@ -38,7 +39,7 @@ impl Tailer {
                     // now it may be deleted or renamed out of the globs, its path another file.
                     let path = t.path.clone();
                     let source = t.source;
-                    let handle = t.file.try_clone();
+                    let handle = t.file().try_clone();
                     self.truncated(t);
                     if let Ok(file) = handle {
                         self.adopt_file(source, path, file);
@@ -49,7 +50,7 @@ impl Tailer {
                     if t.compressed && e.kind() == io::ErrorKind::UnexpectedEof {
                         // Archive still being written: reopen at the last record boundary once
                         // it stops growing.
-                        let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+                        let size = t.file().metadata().map(|m| m.len()).unwrap_or(0);
                         self.gzip_pending.insert(key, size);
                         self.close_quietly(t);
                     } else {
@@ -64,6 +65,7 @@ impl Tailer {
                     }
                 }
             }
+            self.enforce_held_budget();
             if self.batch_due() && !self.ship() {
                 return None;
             }
@@ -101,7 +103,7 @@ impl Tailer {
                     if t.compressed {
                         None
                     } else {
-                        read::marker_at(&t.file, consumed).ok().flatten()
+                        read::marker_at(t.file(), consumed).ok().flatten()
                     }
                 });
         }
@@ -116,7 +118,7 @@ impl Tailer {
         // Truncated and written again past our position before we looked (copytruncate then
         // new lines) is caught by the bytes before the position, not by the size.
         if t.at_eof && !t.compressed {
-            match std::fs::File::metadata(&t.file) {
+            match std::fs::File::metadata(t.file()) {
                 Ok(md) if md.len() < t.framer.position() || super::rewritten(t) => {
                     return Outcome::Truncated
                 }
@@ -124,10 +126,14 @@ impl Tailer {
                 Err(e) => return Outcome::Failed(e),
             }
         }
-        let source = self.cfg.sources[t.source].clone();
+        // The config's Arc, not a copy of the source (three glob sets): this runs per read.
+        let cfg = self.cfg.clone();
+        let source = &cfg.sources[t.source];
         let mut buf = std::mem::take(&mut self.buf);
         let mut outcome = Outcome::Progress;
-        for _ in 0..READS_PER_TURN {
+        let mut reads = 0;
+        while !self.turn_over(t, reads) {
+            reads += 1;
             let n = match t.reader.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
@@ -153,7 +159,9 @@ impl Tailer {
             {
                 t.pos_marker = Some(m);
             } else if !t.compressed {
-                t.pos_marker = read::marker_at(&t.file, t.framer.position()).ok().flatten();
+                t.pos_marker = read::marker_at(t.file(), t.framer.position())
+                    .ok()
+                    .flatten();
             }
             self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             if !t.compressed {
@@ -207,7 +215,7 @@ impl Tailer {
             t.at_eof = true;
             return Outcome::Eof;
         }
-        match t.file.metadata() {
+        match t.file().metadata() {
             Ok(md) if md.len() < t.framer.position() => return Outcome::Truncated,
             Ok(md) => t.size = md.len(),
             Err(e) => return Outcome::Failed(e),
@@ -217,7 +225,7 @@ impl Tailer {
         let n = self.cfg.sources[t.source].fingerprint_bytes as u64;
         let want = t.framer.position().min(n);
         if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
-            t.head_check = super::head_hash(&t.file, want).map(|h| (want, h));
+            t.head_check = super::head_hash(t.file(), want).map(|h| (want, h));
         }
         Outcome::Eof
     }
@@ -225,7 +233,7 @@ impl Tailer {
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     pub(super) fn promote(&mut self, t: &mut Tracked, source: &Source) {
         let Ok(head) = fingerprint::read_head(
-            &t.file,
+            t.file(),
             source.fingerprint_bytes,
             fingerprint::Decoding::Raw,
         ) else {
