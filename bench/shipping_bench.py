@@ -18,7 +18,7 @@ Usage:
   cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver \
       --example tls_ceiling
   python3 bench/shipping_bench.py [syslog|collector|all] [--lines 2000000] [--max-wait 1s]
-          [--rounds 5] [--structured-data full,minimal,none]
+          [--rounds 5] [--structured-data full,minimal,none] [--baseline OTHER_AGENT_BINARY]
           [--workdir /var/tmp/log-sensor-shipbench] [--target target]
 
 Both processes share this machine's cores; the figures include the receiver's work.
@@ -134,9 +134,11 @@ def syslog(args, log, size, n):
                     wire=wire)
 
     def agent(sd):
+        # "baseline": another build (--baseline), e.g. the one before structured_data, as it was.
+        choice = "" if sd == "baseline" else f'structured_data = "{sd}"\n'
         cfg = agent_dir(wd, log, f'type = "syslog"\naddress = "127.0.0.1:{port}"\ntls = true\n'
                                  f'ca = "{pki}/ca.pem"\ncert = "{pki}/client.pem"\nkey = "{pki}/client.key"\n'
-                                 f'structured_data = "{sd}"\n', args.max_wait)
+                                 f'{choice}', args.max_wait)
         b0, m0 = received()
         first = []  # when the receiver first counted a message (the connection and its TLS verdict done)
 
@@ -147,7 +149,7 @@ def syslog(args, log, size, n):
             return m >= n
 
         t0 = time.monotonic()
-        elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, done,
+        elapsed, cpu, rss = run_agent(args.baseline if sd == "baseline" else args.bin, cfg, wd, size, done,
                                       profile=os.path.join(args.workdir, f"agent-syslog-{sd}.perf")
                                       if args.profile else None)
         b, m = received()
@@ -155,7 +157,7 @@ def syslog(args, log, size, n):
             sys.exit(f"{sd}: {m - m0} messages for {n} lines")
         return dict(elapsed=elapsed, steady=t0 + elapsed - first[0], cpu=cpu, rss=rss, wire=b - b0)
 
-    contenders = ["ceiling"] + args.structured_data.split(",")
+    contenders = ["ceiling"] + args.structured_data.split(",") + (["baseline"] if args.baseline else [])
     results = {c: [] for c in contenders}
     mib = size / 2**20
     print(f"syslog: {mib:.0f} MiB, {n} lines -> counting TLS receiver; batch.max_wait {args.max_wait}; "
@@ -266,6 +268,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="syslog: interleaved rounds")
     ap.add_argument("--structured-data", default="full,minimal,none",
                     help="syslog: the agent's [sink] structured_data choices to measure, comma-separated")
+    ap.add_argument("--baseline", help="syslog: another agent binary measured in the same rounds with the "
+                                       "sink's defaults (e.g. the build before a change)")
     ap.add_argument("--compression", default="none,gzip",
                     help="the collector sink's compressions to measure, comma-separated")
     ap.add_argument("--profile", action="store_true",
