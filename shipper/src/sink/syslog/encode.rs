@@ -5,10 +5,11 @@
 //!   offset=… part=…] MSG`, plus `host=` when HOSTNAME had to be altered to fit RFC 5424, and
 //!   `len=` (the original length) on `head` / `tail` parts of an over-long record.
 //! - `minimal`: `[logsensor@32473 stream=… offset=…]`, what a receiver needs to de-duplicate
-//!   re-sent records: (stream, offset) is unique, a tail part's offset being where its bytes start
-//!   in the file, so `part` is not needed for that; it is kept (with `len=`) on the rare head and
-//!   tail parts only, so a receiver can still tell a message was cut. `source` and `path` are
-//!   left out: they are the stream's and cost ~60 bytes a message.
+//!   re-sent records: (host, stream, offset) is unique, a tail part's offset being where its bytes
+//!   start in the file, so `part` is not needed for that; it is kept (with `len=`) on the rare
+//!   head and tail parts only, so a receiver can still tell a message was cut, and `host=` too
+//!   when HOSTNAME had to be altered. `source` and `path` are left out: they are the stream's and
+//!   cost ~60 bytes a message.
 //! - `none`: no structured data (`-`), a plain syslog message like rsyslog's own imfile sends.
 //!
 //! In every choice a record that is not UTF-8 goes as its standard base64 with `enc="base64"`
@@ -176,21 +177,22 @@ impl<'a> Encoder<'a> {
         p.push(b' ');
         p.extend_from_slice(self.app_name.as_bytes());
         p.extend_from_slice(b" - - ");
-        match self.sd {
-            StructuredData::None => return p,
-            StructuredData::Minimal => p.extend_from_slice(b"[logsensor@32473"),
-            StructuredData::Full => {
-                p.extend_from_slice(b"[logsensor@32473");
-                // HOSTNAME carries the host unless it had to be altered to fit the header.
-                if self.host != rec.host {
-                    p.extend_from_slice(b" host=\"");
-                    sd_escape(&mut p, rec.host.as_bytes());
-                    p.push(b'"');
-                }
-                p.extend_from_slice(b" source=\"");
-                sd_escape(&mut p, rec.stream.source.as_bytes());
-                p.push(b'"');
-            }
+        if self.sd == StructuredData::None {
+            return p;
+        }
+        p.extend_from_slice(b"[logsensor@32473");
+        // HOSTNAME carries the host unless it had to be altered to fit the header. Minimal keeps
+        // it too: stream ids are unique per host, so (host, stream, offset) is the key a
+        // receiver de-duplicates on, and two altered ids could read alike.
+        if self.host != rec.host {
+            p.extend_from_slice(b" host=\"");
+            sd_escape(&mut p, rec.host.as_bytes());
+            p.push(b'"');
+        }
+        if self.sd == StructuredData::Full {
+            p.extend_from_slice(b" source=\"");
+            sd_escape(&mut p, rec.stream.source.as_bytes());
+            p.push(b'"');
         }
         p.extend_from_slice(b" stream=\"");
         sd_escape(&mut p, rec.stream.id.as_bytes());
@@ -335,9 +337,15 @@ mod tests {
 
     #[test]
     fn minimal_carries_stream_and_offset_and_names_only_cut_parts() {
+        let plain = frames(StructuredData::Minimal, "web-1");
+        assert!(
+            plain[0].ends_with(" web-1 shipper - - [logsensor@32473 stream=\"0123456789abcdef\" offset=\"42\"] hello"),
+            "{}",
+            plain[0]
+        );
         let f = frames(StructuredData::Minimal, "web 1");
         check_lengths(&f);
-        let h = "<158>1 2026-11-26T15:37:50.123Z web_1 shipper - - [logsensor@32473 stream=\"0123456789abcdef\"";
+        let h = "<158>1 2026-11-26T15:37:50.123Z web_1 shipper - - [logsensor@32473 host=\"web 1\" stream=\"0123456789abcdef\"";
         assert_eq!(msg(&f[0]), format!("{h} offset=\"42\"] hello"));
         assert_eq!(
             msg(&f[1]),
