@@ -3,16 +3,22 @@
 
   syslog:    a generated file (default 2,000,000 lines of ~210 bytes, 400 MiB) -> the syslog sink
              over mutual TLS -> bench/shipping_receiver.rs on loopback, which only counts frames.
-             Reports delivered MiB/s (of input), the agent's CPU-seconds and peak RSS, and the
-             receiver's CPU-seconds.
+             Interleaved rounds (--rounds) of the ceiling (bench/tls_ceiling.rs: the same file
+             read in 1 MiB buffers, encrypted and sent raw to the same receiver) and the agent with
+             each [sink] structured_data choice (--structured-data full,minimal,none). Reports
+             MiB/s of input from start to the last commit (for the ceiling: to the receiver's
+             close), its share of the same round's ceiling, CPU-seconds, peak RSS, bytes on the
+             wire, and the load average.
   collector: the same file -> the collector sink over mutual TLS -> log-sensor-collector on
              loopback (which stores every record and fsyncs each batch), with compression off
              and on. Reports MiB/s end to end (until every offset is committed, i.e. the
              collector acknowledged everything), CPU-seconds and peak RSS of both processes.
 
 Usage:
-  cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver
+  cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver \
+      --example tls_ceiling
   python3 bench/shipping_bench.py [syslog|collector|all] [--lines 2000000] [--max-wait 1s]
+          [--rounds 5] [--structured-data full,minimal,none] [--baseline OTHER_AGENT_BINARY]
           [--workdir /var/tmp/log-sensor-shipbench] [--target target]
 
 Both processes share this machine's cores; the figures include the receiver's work.
@@ -83,7 +89,14 @@ def run_agent(bin_, cfg, wd, size, done_extra=lambda: True, profile=None):
     return elapsed, cpu, rss
 
 
+def load():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def syslog(args, log, size, n):
+    """Interleaved rounds, each sending the same file once per contender to the same receiver:
+    the TLS ceiling (bench/tls_ceiling.rs) and the agent with each structured_data choice."""
     wd = os.path.join(args.workdir, "syslog")
     pki = os.path.join(args.workdir, "pki")
     subprocess.run([args.receiver, "pki", pki], check=True)
@@ -93,36 +106,94 @@ def syslog(args, log, size, n):
     port = free_port()
     recv = subprocess.Popen([args.receiver, "serve", pki, f"127.0.0.1:{port}", stats])
     time.sleep(0.5)
-    cfg = agent_dir(wd, log, f'type = "syslog"\naddress = "127.0.0.1:{port}"\ntls = true\n'
-                             f'ca = "{pki}/ca.pem"\ncert = "{pki}/client.pem"\nkey = "{pki}/client.key"\n',
-                    args.max_wait)
-
-    first = []  # when the receiver first counted a message (the connection and its TLS verdict done)
 
     def received():
         try:
             with open(stats) as f:
                 b, m, _ = f.read().split()
-                if int(m) > 0 and not first:
-                    first.append(time.monotonic())
                 return int(b), int(m)
         except (OSError, ValueError):
             return 0, 0
 
-    t0 = time.monotonic()
-    elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, lambda: received()[1] >= n,
-                                  profile=os.path.join(args.workdir, "agent-syslog.perf") if args.profile else None)
-    steady = t0 + elapsed - first[0]
+    def ceiling():
+        b0 = received()[0]
+        t0 = time.monotonic()
+        p = subprocess.Popen([args.ceiling, log, f"127.0.0.1:{port}", f"{pki}/ca.pem", f"{pki}/client.pem",
+                              f"{pki}/client.key"], stdout=subprocess.PIPE, text=True)
+        out = p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        elapsed = time.monotonic() - t0
+        if status != 0:
+            sys.exit("tls_ceiling failed")
+        handshake, send = (float(x) for x in out.split())
+        # The receiver's stats file is rewritten every 5 ms: wait for the last bytes to show.
+        while received()[0] - b0 < size:
+            time.sleep(0.002)
+        wire = received()[0] - b0
+        return dict(elapsed=elapsed, steady=send, cpu=ru.ru_utime + ru.ru_stime, rss=ru.ru_maxrss / 1024,
+                    wire=wire)
+
+    def agent(sd):
+        # "baseline": another build (--baseline), e.g. the one before structured_data, as it was.
+        choice = "" if sd == "baseline" else f'structured_data = "{sd}"\n'
+        cfg = agent_dir(wd, log, f'type = "syslog"\naddress = "127.0.0.1:{port}"\ntls = true\n'
+                                 f'ca = "{pki}/ca.pem"\ncert = "{pki}/client.pem"\nkey = "{pki}/client.key"\n'
+                                 f'{choice}', args.max_wait)
+        b0, m0 = received()
+        first = []  # when the receiver first counted a message (the connection and its TLS verdict done)
+
+        def done():
+            m = received()[1] - m0
+            if m > 0 and not first:
+                first.append(time.monotonic())
+            return m >= n
+
+        t0 = time.monotonic()
+        elapsed, cpu, rss = run_agent(args.baseline if sd == "baseline" else args.bin, cfg, wd, size, done,
+                                      profile=os.path.join(args.workdir, f"agent-syslog-{sd}.perf")
+                                      if args.profile else None)
+        b, m = received()
+        if m - m0 != n:
+            sys.exit(f"{sd}: {m - m0} messages for {n} lines")
+        return dict(elapsed=elapsed, steady=t0 + elapsed - first[0], cpu=cpu, rss=rss, wire=b - b0)
+
+    contenders = ["ceiling"] + args.structured_data.split(",") + (["baseline"] if args.baseline else [])
+    results = {c: [] for c in contenders}
+    mib = size / 2**20
+    print(f"syslog: {mib:.0f} MiB, {n} lines -> counting TLS receiver; batch.max_wait {args.max_wait}; "
+          f"{args.rounds} rounds of {', '.join(contenders)} (order rotated each round)", flush=True)
+    for r in range(args.rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        print(f"round {r + 1}: load {load()}", flush=True)
+        for c in order:
+            res = ceiling() if c == "ceiling" else agent(c)
+            res["load"] = load()
+            results[c].append(res)
+            print(f"  {c:8} {mib / res['elapsed']:5.0f} MiB/s of input ({mib / res['steady']:.0f} steady), "
+                  f"CPU {res['cpu']:.2f} s, peak RSS {res['rss']:.1f} MiB, {res['wire'] / 1e6:.0f} MB on the wire "
+                  f"(decrypted); load {res['load']}", flush=True)
     rcpu = cpu_seconds(recv.pid)
-    wire, msgs = received()
     recv.kill()
     recv.wait()
-    print(f"syslog sink -> counting TLS receiver (batch.max_wait {args.max_wait}): {size / 2**20:.0f} MiB, {n} lines, {msgs} messages "
-          f"({wire / 2**20:.0f} MiB on the wire, decrypted) in {elapsed:.2f} s")
-    print(f"  {size / 2**20 / elapsed:.0f} MiB/s of input delivered; agent CPU {cpu:.2f} s, "
-          f"peak RSS {rss:.1f} MiB; receiver CPU {rcpu:.2f} s")
-    print(f"  from the first message received to the last commit: {steady:.2f} s = "
-          f"{size / 2**20 / steady:.0f} MiB/s (start-up, the TLS verdict wait and the first batch excluded)")
+
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    ceil = [mib / x["elapsed"] for x in results["ceiling"]]
+    print(f"summary over {args.rounds} rounds (median, min-max); share = of the same round's ceiling; "
+          f"receiver CPU {rcpu:.2f} s in all; load at the end {load()}")
+    for c in contenders:
+        rates = [mib / x["elapsed"] for x in results[c]]
+        steady = [mib / x["steady"] for x in results[c]]
+        share = [a / b for a, b in zip(rates, ceil)]
+        cpu = [x["cpu"] for x in results[c]]
+        rss = [x["rss"] for x in results[c]]
+        wire = results[c][0]["wire"]
+        print(f"  {c:8} {med(rates):4.0f} MiB/s ({min(rates):.0f}-{max(rates):.0f}), share {med(share):.2f} "
+              f"({min(share):.2f}-{max(share):.2f}); steady {med(steady):.0f} MiB/s; CPU {med(cpu):.2f} s "
+              f"({min(cpu):.2f}-{max(cpu):.2f}); peak RSS {med(rss):.1f} MiB; {wire / 1e6:.0f} MB on the wire "
+              f"= {(wire - size) / n:.0f} bytes a line over the input")
 
 
 def free_port():
@@ -194,6 +265,11 @@ def main():
     ap.add_argument("--max-wait", default="1s")
     ap.add_argument("--batch", default="",
                     help='more [batch] keys for the agent, e.g. "max_records = 65536\\nmax_bytes = \\"16MiB\\""')
+    ap.add_argument("--rounds", type=int, default=5, help="syslog: interleaved rounds")
+    ap.add_argument("--structured-data", default="full,minimal,none",
+                    help="syslog: the agent's [sink] structured_data choices to measure, comma-separated")
+    ap.add_argument("--baseline", help="syslog: another agent binary measured in the same rounds with the "
+                                       "sink's defaults (e.g. the build before a change)")
     ap.add_argument("--compression", default="none,gzip",
                     help="the collector sink's compressions to measure, comma-separated")
     ap.add_argument("--profile", action="store_true",
@@ -205,10 +281,13 @@ def main():
     args.bin = os.path.join(rel, "log-sensor")
     args.collector = os.path.join(rel, "log-sensor-collector")
     args.receiver = os.path.join(rel, "examples", "shipping_receiver")
-    for b in (args.bin, args.collector, args.receiver):
+    args.ceiling = os.path.join(rel, "examples", "tls_ceiling")
+    need = {"syslog": (args.bin, args.receiver, args.ceiling), "collector": (args.bin, args.collector),
+            "all": (args.bin, args.collector, args.receiver, args.ceiling)}[args.which]
+    for b in need:
         if not os.path.exists(b):
             sys.exit(f"{b} missing: cargo build --release -p log-sensor -p log-sensor-collector --bins "
-                     f"--example shipping_receiver")
+                     f"--example shipping_receiver --example tls_ceiling")
     os.makedirs(args.workdir, exist_ok=True)
     log = os.path.join(args.workdir, "input.log")
     print(f"generating {args.lines} lines ...", flush=True)

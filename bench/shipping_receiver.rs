@@ -6,7 +6,8 @@
 //!       writes ca.pem, server.pem/.key (localhost, 127.0.0.1) and client.pem/.key (CN bench-host)
 //!   shipping_receiver serve DIR ADDR STATS_FILE
 //!       listens on ADDR (mTLS: clients need a certificate from DIR/ca.pem), and rewrites
-//!       STATS_FILE every 5 ms with "bytes messages connections\n"; runs until killed.
+//!       STATS_FILE every 5 ms with "bytes messages connections\n"; runs until killed. A
+//!       connection is closed once its peer has closed (TLS close_notify or EOF).
 //!
 //! Built by `cargo build --release -p log-sensor --example shipping_receiver`.
 
@@ -123,17 +124,22 @@ fn serve(dir: &Path, addr: &str, stats: &str) {
     }
 }
 
-/// Counts frames: `LEN SP` then LEN bytes skipped, across read boundaries.
+/// Counts frames: `LEN SP` then LEN bytes skipped, across read boundaries. A stream that is not
+/// octet-counted (bench/tls_ceiling.rs sends the raw file) is read to its end, its bytes counted.
 fn count(mut s: impl Read) {
     let mut buf = vec![0u8; 256 * 1024];
     let mut len: usize = 0;
     let mut skip: usize = 0;
+    let mut framed = true;
     loop {
         let n = match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        if !framed {
+            continue;
+        }
         let mut i = 0;
         let mut done = 0u64;
         while i < n {
@@ -155,7 +161,10 @@ fn count(mut s: impl Read) {
                         done += 1;
                     }
                 }
-                _ => return, // not octet-counted: stop counting this connection
+                _ => {
+                    framed = false;
+                    break;
+                }
             }
             i += 1;
         }

@@ -903,6 +903,9 @@ input(type="imtcp" port="{port}" ruleset="r")
             .filter_map(|l| {
                 let mut it = l.splitn(3, '|');
                 let (h, a, rest) = (it.next()?, it.next()?, it.next()?);
+                if let Some(msg) = rest.strip_prefix("-|") {
+                    return Some((h.to_string(), a.to_string(), "-".into(), msg.to_string()));
+                }
                 // The SD ends at the first unescaped `]` followed by `|`.
                 let end = rest.find("]|")?;
                 Some((
@@ -1041,6 +1044,124 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
     }
     assert!(seen.values().all(|&n| n == 1));
     assert_eq!(seen.len(), expected);
+}
+
+/// Each `structured_data` choice is parsed by rsyslog as valid RFC 5424, and carries what it
+/// promises: `full` every parameter, `minimal` stream and offset (plus part and len on the parts
+/// of a cut record, enc on one that is not UTF-8), `none` no structured data but enc's marker.
+#[test]
+fn syslog_structured_data_choices_each_reach_a_real_rsyslog_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let rs = Rsyslog::start(tmp.path(), &pki);
+    // The app name says which choice a message was sent with.
+    let choices = ["full", "minimal", "none"];
+    let agents: Vec<Agent> = choices
+        .iter()
+        .map(|c| {
+            let sink = syslog_sink(&pki, rs.port, "client").replace(
+                "app_name = \"shipper\"",
+                &format!("app_name = \"{c}\"\nstructured_data = \"{c}\""),
+            );
+            Agent::new(&sink, "")
+        })
+        .collect();
+    let want = lines("sd", 300);
+    let long = format!("long-{}", "y".repeat(69_995));
+    let bin = b"bin \xff\xfe end\n";
+    // (offset, part, message rsyslog must show) for every record, in file order.
+    let mut expected: Vec<(u64, &str, String)> = Vec::new();
+    let mut at = 0u64;
+    for l in &want {
+        expected.push((at, "whole", l.clone()));
+        at += l.len() as u64 + 1;
+    }
+    expected.push((at, "head", long[..65_536].to_string()));
+    expected.push((
+        at + 70_000 - 65_536,
+        "tail",
+        long[70_000 - 65_536..].to_string(),
+    ));
+    at += 70_001;
+    use base64::Engine;
+    let bin_b64 = base64::engine::general_purpose::STANDARD.encode(&bin[..bin.len() - 1]);
+    expected.push((at, "whole", bin_b64.clone()));
+    let total = at + bin.len() as u64;
+    for agent in &agents {
+        let log = agent.p("logs/app.log");
+        append_lines(&log, &want);
+        append_lines(&log, std::slice::from_ref(&long));
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(bin).unwrap();
+    }
+    let running: Vec<Proc> = agents.iter().map(|a| a.start()).collect();
+    wait_for(
+        &format!(
+            "{} messages at rsyslog; the none agent's stderr:\n{}",
+            expected.len() * 3,
+            tail(&running[2].stderr_text())
+        ),
+        PATIENCE * 2,
+        || rs.received().len() >= expected.len() * 3,
+    );
+    for agent in &agents {
+        wait_for("every offset committed", PATIENCE, || {
+            agent.committed() == total
+        });
+    }
+    let got = rs.received();
+    assert_eq!(got.len(), expected.len() * 3, "each record exactly once");
+    for choice in choices {
+        let mine: Vec<_> = got.iter().filter(|(_, app, _, _)| app == choice).collect();
+        assert_eq!(mine.len(), expected.len(), "{choice}: one message a record");
+        // One stream a file, one connection an agent: messages arrive in file order.
+        for ((host, _, sd, msg), (offset, part, text)) in mine.iter().zip(&expected) {
+            assert_eq!(host, HOST);
+            assert_eq!(msg, text, "{choice}: the message at offset {offset}");
+            let base64 = *text == bin_b64;
+            if choice == "none" {
+                let marker = if base64 {
+                    "[logsensor@32473 enc=\"base64\"]"
+                } else {
+                    "-"
+                };
+                assert_eq!(sd, marker, "none: no structured data at {offset}");
+                continue;
+            }
+            assert_eq!(
+                sd_param(sd, "offset").and_then(|o| o.parse().ok()),
+                Some(*offset),
+                "{choice}: {sd}"
+            );
+            assert_eq!(sd_param(sd, "stream").map(|s| s.len()), Some(16), "{sd}");
+            assert_eq!(
+                sd_param(sd, "enc").as_deref(),
+                base64.then_some("base64"),
+                "{sd}"
+            );
+            let cut = *part != "whole";
+            assert_eq!(
+                sd_param(sd, "len").as_deref(),
+                cut.then_some("70000"),
+                "{sd}"
+            );
+            if choice == "full" {
+                assert_eq!(sd_param(sd, "part").as_deref(), Some(*part), "{sd}");
+                assert_eq!(sd_param(sd, "source").as_deref(), Some("app"), "{sd}");
+                assert!(sd_param(sd, "path").is_some(), "{sd}");
+            } else {
+                assert_eq!(
+                    sd_param(sd, "part").as_deref(),
+                    cut.then_some(*part),
+                    "{sd}"
+                );
+                assert_eq!(sd_param(sd, "source"), None, "minimal: {sd}");
+                assert_eq!(sd_param(sd, "path"), None, "minimal: {sd}");
+            }
+        }
+    }
+    drop(running);
 }
 
 #[test]

@@ -726,6 +726,16 @@ fn read_sink(
                     code
                 }
             };
+            let structured_data = match r.string("structured_data", issues) {
+                None => crate::sink::syslog::StructuredData::Full,
+                Some(s) => crate::sink::syslog::StructuredData::parse(&s).unwrap_or_else(|| {
+                    issues.push(ConfigIssue {
+                        key: "sink.structured_data".into(),
+                        message: format!("{s:?}: expected \"full\", \"minimal\" or \"none\""),
+                    });
+                    crate::sink::syslog::StructuredData::Full
+                }),
+            };
             if tls && ca.is_none() {
                 required("ca", "syslog (tls = true)", issues);
             }
@@ -784,6 +794,7 @@ fn read_sink(
                         }),
                         app_name,
                         facility,
+                        structured_data,
                     }))
                 }
                 _ => None,

@@ -1,14 +1,8 @@
 //! The syslog sink: RFC 5424 messages, RFC 5425 octet-counted framing (`LEN SP MSG`), over TLS
 //! or plain TCP, for the rsyslog and syslog-ng relays fleets already run.
 //!
-//! Each record is one message:
-//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - - [logsensor@32473 source=… stream=… path=… offset=…
-//! part=…] MSG`, plus `host=` when HOSTNAME had to be altered to fit RFC 5424, and `len=` (the
-//! original length) on `head` / `tail` parts of an over-long record. 32473 is the private enterprise number RFC 5612 reserves for
-//! documentation; the SD-ID names this agent's parameters without claiming a registered number.
-//! MSG is the record's bytes when they are UTF-8 (no BOM: receivers print a BOM as junk), and
-//! otherwise their standard base64 with `enc="base64"` added to the structured data, so no
-//! receiver ever mangles invalid UTF-8 and the bytes can be recovered exactly.
+//! Each record is one message (`encode`: the header, and the structured data the operator
+//! chose).
 //!
 //! RFC 5425 has no acknowledgement, so a batch is confirmed (see README, "The syslog sink's
 //! guarantee") once every byte was written, the receiver's TCP stack acknowledged all of them up
@@ -18,9 +12,14 @@
 //! plus twice the handshake's duration) before the first byte of data: with TLS 1.3 a receiver that refuses our certificate (rsyslog's
 //! `x509/name`) does so only after the client already believes the handshake done.
 
+mod encode;
+
+pub use encode::StructuredData;
+
 use super::{Sink, SinkError};
-use crate::batch::{Batch, StreamMeta};
+use crate::batch::Batch;
 use crate::tls;
+use encode::Encoder;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
@@ -43,8 +42,6 @@ const VERDICT_CAP: Duration = Duration::from_secs(5);
 /// (this buffer and rustls's ciphertext of it). 1 MiB rather than 256 KiB: 4.7% more MiB/s
 /// over 11 interleaved pairs of the syslog bench, for 2 MiB more RSS.
 const CHUNK: usize = 1024 * 1024;
-/// informational: log lines carry their own level in the text; the relay should not guess one.
-const SEVERITY: u8 = 6;
 
 #[derive(Debug, Clone)]
 pub struct SyslogTls {
@@ -62,6 +59,8 @@ pub struct SyslogOptions {
     pub tls: Option<SyslogTls>,
     pub app_name: String,
     pub facility: u8,
+    /// Which structured-data parameters each message carries.
+    pub structured_data: StructuredData,
 }
 
 /// The numeric facility for its RFC 5424 name.
@@ -244,119 +243,33 @@ impl SyslogSink {
         connect(&self.opts, config)
     }
 
-    /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes. The frame is
-    /// assembled in place from its pieces (the length prefix is their sum), so a record's bytes
-    /// are copied once.
+    /// Appends one frame per record to `buf`, writing it out every `CHUNK` bytes.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), String> {
-        // Per stream, the header and SD up to `offset="`; the last one used is checked first
-        // (records of a stream come in runs).
-        let mut prefixes: Vec<(*const StreamMeta, Vec<u8>)> = Vec::new();
-        let mut last = usize::MAX;
-        let mut last_ts = i64::MIN;
-        let mut ts = String::new();
-        let (mut num_offset, mut num_len, mut num_frame) = (
-            itoa::Buffer::new(),
-            itoa::Buffer::new(),
-            itoa::Buffer::new(),
+        let mut enc = Encoder::new(
+            self.opts.structured_data,
+            self.opts.facility,
+            &batch.host,
+            &self.opts.app_name,
         );
-        let pri = format!("<{}>1 ", self.opts.facility * 8 + SEVERITY);
-        let host = header_field(&batch.host, 255);
         self.buf.clear();
         for rec in batch.records() {
-            if rec.ts_ms != last_ts {
-                last_ts = rec.ts_ms;
-                ts = crate::record::rfc3339_ms(rec.ts_ms);
-            }
-            let key = rec.stream as *const StreamMeta;
-            if prefixes.get(last).map(|p| p.0) != Some(key) {
-                last = match prefixes.iter().position(|p| p.0 == key) {
-                    Some(i) => i,
-                    None => {
-                        prefixes.push((key, self.stream_prefix(&host, &rec)));
-                        prefixes.len() - 1
-                    }
-                };
-            }
-            let prefix = &prefixes[last].1;
-            let offset = num_offset.format(rec.offset).as_bytes();
-            // A whole record's length is its message's; head and tail parts carry the original.
-            let len: &[u8] = if rec.part == crate::frame::Part::Whole {
-                b""
-            } else {
-                num_len.format(rec.len).as_bytes()
-            };
-            let utf8 = rec.utf8;
-            let body: &[u8] = if utf8 {
-                rec.bytes
-            } else {
-                self.msg.clear();
-                crate::record::base64_into(&mut self.msg, rec.bytes);
-                &self.msg
-            };
-            let enc: &[u8] = if utf8 {
-                b"\"] "
-            } else {
-                b"\" enc=\"base64\"] "
-            };
-            let pieces: [&[u8]; 9] = [
-                pri.as_bytes(),
-                ts.as_bytes(),
-                prefix,
-                offset,
-                if len.is_empty() { b"" } else { b"\" len=\"" },
-                len,
-                b"\" part=\"",
-                rec.part.as_str().as_bytes(),
-                enc,
-            ];
-            let size = pieces.iter().map(|p| p.len()).sum::<usize>() + body.len();
-            self.buf
-                .extend_from_slice(num_frame.format(size).as_bytes());
-            self.buf.push(b' ');
-            for p in pieces {
-                self.buf.extend_from_slice(p);
-            }
-            self.buf.extend_from_slice(body);
+            enc.append(&mut self.buf, &rec, &mut self.msg);
             if self.buf.len() >= CHUNK {
-                self.write_buf()?;
+                write_buf(&mut self.conn, &mut self.buf)?;
             }
         }
-        self.write_buf()?;
+        write_buf(&mut self.conn, &mut self.buf)?;
         let conn = self.conn.as_mut().ok_or("not connected")?;
         conn.flush().map_err(|e| io_failure("write", &e))
     }
+}
 
-    /// ` HOSTNAME APP-NAME - - [logsensor@32473 … offset="` for one stream.
-    fn stream_prefix(&self, host: &str, rec: &crate::batch::RecordRef<'_>) -> Vec<u8> {
-        let mut p = Vec::with_capacity(200);
-        p.push(b' ');
-        p.extend_from_slice(host.as_bytes());
-        p.push(b' ');
-        p.extend_from_slice(self.opts.app_name.as_bytes());
-        p.extend_from_slice(b" - - [logsensor@32473");
-        // HOSTNAME carries the host unless it had to be altered to fit the header.
-        if host != rec.host {
-            p.extend_from_slice(b" host=\"");
-            sd_escape(&mut p, rec.host.as_bytes());
-            p.push(b'"');
-        }
-        p.extend_from_slice(b" source=\"");
-        sd_escape(&mut p, rec.stream.source.as_bytes());
-        p.extend_from_slice(b"\" stream=\"");
-        sd_escape(&mut p, rec.stream.id.as_bytes());
-        p.extend_from_slice(b"\" path=\"");
-        sd_escape(&mut p, rec.stream.path.as_bytes());
-        p.extend_from_slice(b"\" offset=\"");
-        p
-    }
-
-    fn write_buf(&mut self) -> Result<(), String> {
-        let conn = self.conn.as_mut().ok_or("not connected")?;
-        conn.write_all(&self.buf)
-            .map_err(|e| io_failure("write", &e))?;
-        self.buf.clear();
-        Ok(())
-    }
+/// Hands `buf` to the connection and empties it.
+fn write_buf(conn: &mut Option<Conn>, buf: &mut Vec<u8>) -> Result<(), String> {
+    let conn = conn.as_mut().ok_or("not connected")?;
+    conn.write_all(buf).map_err(|e| io_failure("write", &e))?;
+    buf.clear();
+    Ok(())
 }
 
 /// Connects (TLS when `config` is given), then, over TLS, waits out the receiver's verdict on
@@ -547,36 +460,6 @@ fn tls_failure(what: &str, e: &std::io::Error) -> String {
             "{what}: the receiver closed the connection (it refused our client certificate, or accepts no client from here)"
         ),
         None => format!("{what}: {e}"),
-    }
-}
-
-/// PRINTUSASCII only, at most `max` bytes, `-` when empty (RFC 5424 header fields).
-fn header_field(s: &str, max: usize) -> String {
-    let out: String = s
-        .bytes()
-        .take(max)
-        .map(|b| {
-            if (33..=126).contains(&b) {
-                b as char
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.is_empty() {
-        "-".into()
-    } else {
-        out
-    }
-}
-
-/// An SD-PARAM value: `"`, `\` and `]` escaped with a backslash (RFC 5424 §6.3.3).
-fn sd_escape(out: &mut Vec<u8>, s: &[u8]) {
-    for &b in s {
-        if matches!(b, b'"' | b'\\' | b']') {
-            out.push(b'\\');
-        }
-        out.push(b);
     }
 }
 
@@ -777,6 +660,7 @@ mod tests {
             }),
             app_name: "log-sensor".into(),
             facility: 1,
+            structured_data: StructuredData::Full,
         }
     }
 
@@ -886,20 +770,6 @@ mod tests {
     }
 
     #[test]
-    fn sd_values_escape_quote_backslash_bracket() {
-        let mut out = Vec::new();
-        sd_escape(&mut out, br#"a"b\c]d"#);
-        assert_eq!(out, br#"a\"b\\c\]d"#);
-    }
-
-    #[test]
-    fn header_fields_are_printable_ascii() {
-        assert_eq!(header_field("web 01", 255), "web_01");
-        assert_eq!(header_field("", 255), "-");
-        assert_eq!(header_field("été", 255).len(), 5);
-    }
-
-    #[test]
     fn addresses() {
         assert_eq!(split_address("127.0.0.1:6514").unwrap(), "127.0.0.1");
         assert_eq!(split_address("[::1]:6514").unwrap(), "::1");
@@ -929,18 +799,34 @@ mod tests {
         assert_eq!(t.server_name, "relay");
         assert!(t.identity.is_none());
         assert_eq!((o.facility, o.app_name.as_str()), (19, "log-sensor"));
+        assert_eq!(o.structured_data, StructuredData::Full, "the default");
+        for (name, sd) in [
+            ("full", StructuredData::Full),
+            ("minimal", StructuredData::Minimal),
+            ("none", StructuredData::None),
+        ] {
+            let c = parse(&format!(
+                "type = \"syslog\"\naddress = \"relay:514\"\ntls = false\nstructured_data = \"{name}\""
+            ))
+            .unwrap();
+            let crate::config::SinkConfig::Syslog(o) = c.sink else {
+                panic!("not a syslog sink")
+            };
+            assert_eq!(o.structured_data, sd);
+        }
         let c = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false").unwrap();
         assert!(matches!(
             c.sink,
             crate::config::SinkConfig::Syslog(SyslogOptions { tls: None, .. })
         ));
-        let e = parse("type = \"syslog\"\naddress = \"relay\"\ncert = \"c.pem\"\nfacility = \"nope\"\napp_name = \"a b\"").unwrap_err();
+        let e = parse("type = \"syslog\"\naddress = \"relay\"\ncert = \"c.pem\"\nfacility = \"nope\"\napp_name = \"a b\"\nstructured_data = \"lean\"").unwrap_err();
         for key in [
             "sink.address",
             "sink.ca",
             "sink.key",
             "sink.facility",
             "sink.app_name",
+            "sink.structured_data",
         ] {
             assert!(e.contains(key), "{key} missing in {e}");
         }
