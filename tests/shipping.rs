@@ -1269,3 +1269,77 @@ fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------------------ the collector's limits
+
+/// Issue #10 follow-up: an agent that just found thousands of small files sends batches naming
+/// thousands of new streams. The collector refuses a request creating more than
+/// `max_new_streams_per_batch` (400 `too_many_new_streams`), and the sink used to send the same
+/// batch again forever: shipping stopped for good. Now every request names at most 1024
+/// streams (the collector's default), and a collector configured lower says its limit in the
+/// refusal, which the sink adopts. Returns the agent's stderr.
+fn many_small_files_reach_a_collector_limiting_new_streams_to(limit: Option<u32>) -> String {
+    const FILES: usize = 3000;
+    let mut c = Collector::new(|cfg| {
+        if let Some(n) = limit {
+            let default = "max_new_streams_per_batch = 1024";
+            assert!(cfg.contains(default), "{cfg}");
+            *cfg = cfg.replace(default, &format!("max_new_streams_per_batch = {n}"));
+        }
+    });
+    c.start();
+    // Long enough a wait that a batch holds every file found by one scan.
+    let agent = Agent::new(&collector_sink(&c, ""), "max_wait = \"2s\"");
+    agent.enroll_ok(&c);
+    let mut want = Vec::with_capacity(FILES);
+    let mut size = 0;
+    for i in 0..FILES {
+        let line = format!("small file {i:05} says hello");
+        size += line.len() as u64 + 1;
+        std::fs::write(agent.p(&format!("logs/f{i:05}.log")), format!("{line}\n")).unwrap();
+        want.push(line);
+    }
+    let a = agent.start();
+    assert_stored_exactly_once(&c, &a, &want);
+    wait_for(
+        &format!(
+            "every offset committed; agent stderr:\n{}",
+            tail(&a.stderr_text())
+        ),
+        PATIENCE,
+        || agent.committed() == size,
+    );
+    let streams = std::fs::read_dir(c.dir.join("data").join(HOST))
+        .unwrap()
+        .count();
+    assert_eq!(streams, FILES, "one stream file per log file");
+    a.stderr_text()
+}
+
+#[test]
+fn thousands_of_new_files_reach_a_collector_whose_new_stream_limit_is_lower() {
+    let stderr = many_small_files_reach_a_collector_limiting_new_streams_to(Some(100));
+    // The sink adopted the collector's limit from its reply, once.
+    assert_eq!(
+        stderr.matches("requests now carry at most").count(),
+        1,
+        "{}",
+        tail(&stderr)
+    );
+    assert!(
+        stderr.contains("streams_per_request=100"),
+        "{}",
+        tail(&stderr)
+    );
+}
+
+#[test]
+fn thousands_of_new_files_reach_a_collector_with_the_default_new_stream_limit() {
+    let stderr = many_small_files_reach_a_collector_limiting_new_streams_to(None);
+    // Cut at the collector's default from the start: never refused.
+    assert!(
+        !stderr.contains("too_many_new_streams"),
+        "{}",
+        tail(&stderr)
+    );
+}
