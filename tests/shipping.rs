@@ -1343,3 +1343,120 @@ fn thousands_of_new_files_reach_a_collector_with_the_default_new_stream_limit() 
         tail(&stderr)
     );
 }
+
+/// A fleet enrolling at once against a collector checking one password at a time: those that
+/// wait longer than the collector allows for the check (5 s) are answered 429 `busy` with
+/// `Retry-After`, which `log-sensor enroll` used to report as a failure. Now it waits and asks
+/// again, and every host gets its certificate.
+#[test]
+fn a_fleet_enrolling_at_once_waits_out_a_busy_collector() {
+    const HOSTS: usize = 20;
+    let mut c = Collector::new(|cfg| {
+        let default = "max_password_checks = 2";
+        assert!(cfg.contains(default), "{cfg}");
+        *cfg = cfg.replace(default, "max_password_checks = 1");
+        // Successes from one address must not wait for room under the failure limit.
+        *cfg = cfg.replace("max_failures = 5", "max_failures = 50");
+    });
+    c.start();
+    let agents: Vec<Agent> = (0..HOSTS)
+        .map(|i| {
+            let a = Agent::new(&collector_sink(&c, ""), "");
+            let cfg = std::fs::read_to_string(a.p("agent.toml")).unwrap();
+            let cfg = cfg.replace(
+                &format!("host_id = \"{HOST}\""),
+                &format!("host_id = \"fleet-{i}\""),
+            );
+            std::fs::write(a.p("agent.toml"), cfg).unwrap();
+            std::fs::write(a.p("pw"), format!("{PASSWORD}\n")).unwrap();
+            a
+        })
+        .collect();
+    let running: Vec<std::process::Child> = agents
+        .iter()
+        .map(|a| {
+            a.cmd()
+                .args([
+                    "enroll",
+                    "--server",
+                    &c.url(),
+                    "--user",
+                    USER,
+                    "--password-file",
+                ])
+                .arg(a.p("pw"))
+                .arg("--ca")
+                .arg(c.ca())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // A password check takes a fraction of a second here, so the queue alone may drain in time.
+    // Once the first certificate is issued the others are queued behind the one check; a
+    // collector stalled past its 5 s wait (a paused VM, swapping) then answers them busy.
+    let collector = c.proc.as_ref().unwrap();
+    wait_for("the first certificate", PATIENCE, || {
+        collector
+            .stderr_text()
+            .contains("issued client certificate")
+    });
+    collector.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    collector.signal(libc::SIGCONT);
+    let mut waited = 0;
+    for (i, child) in running.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fleet-{i}: {}", tail(&stderr));
+        assert!(agents[i].p("state/tls/cert.pem").exists(), "fleet-{i}");
+        waited += stderr.matches("(429 busy); trying again in").count();
+        assert!(!stderr.contains(PASSWORD), "fleet-{i}");
+    }
+    assert!(waited > 0, "no enrolment was answered busy");
+    let list = c.certs_list();
+    for i in 0..HOSTS {
+        assert!(list.contains(&format!("fleet-{i}")), "{list}");
+    }
+}
+
+/// A `rate_limited` 429 is about failed passwords: asking again would only extend it, so
+/// `log-sensor enroll` stops at once and says what it means.
+#[test]
+fn enroll_reports_a_rate_limit_at_once_without_retrying() {
+    let mut c = Collector::new(|cfg| {
+        *cfg = cfg.replace("max_failures = 5", "max_failures = 1");
+    });
+    c.start();
+    let agent = Agent::new(&collector_sink(&c, ""), "");
+    let enroll_with = |password: &str| {
+        std::fs::write(agent.p("pw"), format!("{password}\n")).unwrap();
+        agent
+            .cmd()
+            .args([
+                "enroll",
+                "--server",
+                &c.url(),
+                "--user",
+                USER,
+                "--password-file",
+            ])
+            .arg(agent.p("pw"))
+            .arg("--ca")
+            .arg(c.ca())
+            .output()
+            .unwrap()
+    };
+    let wrong = enroll_with("wrong");
+    assert!(!wrong.status.success());
+    let limited = enroll_with(PASSWORD);
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert!(!limited.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("429 rate_limited") && stderr.contains("Retry-After"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("trying again in"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}

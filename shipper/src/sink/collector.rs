@@ -107,6 +107,8 @@ pub enum HttpError {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After` in seconds (the collector sends no HTTP-date form).
+    pub retry_after: Option<u64>,
 }
 
 impl Response {
@@ -317,6 +319,7 @@ impl HttpConn {
             .ok_or_else(|| protocol(&self.url, "bad status line"))?;
         let mut length = None;
         let mut chunked = false;
+        let mut retry_after = None;
         for l in lines {
             let Some((k, v)) = l.split_once(':') else {
                 continue;
@@ -326,6 +329,7 @@ impl HttpConn {
                 "content-length" => length = v.parse::<usize>().ok(),
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                 "connection" => self.closing |= v.eq_ignore_ascii_case("close"),
+                "retry-after" => retry_after = v.parse::<u64>().ok(),
                 _ => {}
             }
         }
@@ -345,7 +349,11 @@ impl HttpConn {
             }
             self.rbuf.drain(..n).collect()
         };
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
