@@ -1885,6 +1885,8 @@ fn a_batch_naming_too_many_new_streams_is_refused_and_leaves_no_file() {
     let resp = c.connect(Some(&id)).ingest(&batch(&many));
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert_eq!(resp.json()["code"], "too_many_new_streams");
+    // The limit as a number, for the agent to adopt without parsing the message.
+    assert_eq!(resp.json()["limit"], 50, "{}", resp.text());
     assert!(
         resp.text().contains("50") && resp.text().contains("max_new_streams_per_batch"),
         "{}",

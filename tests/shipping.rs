@@ -1390,3 +1390,194 @@ fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------------------ the collector's limits
+
+/// Issue #10 follow-up: an agent that just found thousands of small files sends batches naming
+/// thousands of new streams. The collector refuses a request creating more than
+/// `max_new_streams_per_batch` (400 `too_many_new_streams`), and the sink used to send the same
+/// batch again forever: shipping stopped for good. Now every request names at most 1024
+/// streams (the collector's default), and a collector configured lower says its limit in the
+/// refusal, which the sink adopts. Returns the agent's stderr.
+fn many_small_files_reach_a_collector_limiting_new_streams_to(limit: Option<u32>) -> String {
+    const FILES: usize = 3000;
+    let mut c = Collector::new(|cfg| {
+        if let Some(n) = limit {
+            let default = "max_new_streams_per_batch = 1024";
+            assert!(cfg.contains(default), "{cfg}");
+            *cfg = cfg.replace(default, &format!("max_new_streams_per_batch = {n}"));
+        }
+    });
+    c.start();
+    // Long enough a wait that a batch holds every file found by one scan.
+    let agent = Agent::new(&collector_sink(&c, ""), "max_wait = \"2s\"");
+    agent.enroll_ok(&c);
+    let mut want = Vec::with_capacity(FILES);
+    let mut size = 0;
+    for i in 0..FILES {
+        let line = format!("small file {i:05} says hello");
+        size += line.len() as u64 + 1;
+        std::fs::write(agent.p(&format!("logs/f{i:05}.log")), format!("{line}\n")).unwrap();
+        want.push(line);
+    }
+    let a = agent.start();
+    assert_stored_exactly_once(&c, &a, &want);
+    wait_for(
+        &format!(
+            "every offset committed; agent stderr:\n{}",
+            tail(&a.stderr_text())
+        ),
+        PATIENCE,
+        || agent.committed() == size,
+    );
+    let streams = std::fs::read_dir(c.dir.join("data").join(HOST))
+        .unwrap()
+        .count();
+    assert_eq!(streams, FILES, "one stream file per log file");
+    a.stderr_text()
+}
+
+#[test]
+fn thousands_of_new_files_reach_a_collector_whose_new_stream_limit_is_lower() {
+    let stderr = many_small_files_reach_a_collector_limiting_new_streams_to(Some(100));
+    // The sink adopted the collector's limit from its reply, once.
+    assert_eq!(
+        stderr.matches("requests now carry at most").count(),
+        1,
+        "{}",
+        tail(&stderr)
+    );
+    assert!(
+        stderr.contains("streams_per_request=100"),
+        "{}",
+        tail(&stderr)
+    );
+}
+
+#[test]
+fn thousands_of_new_files_reach_a_collector_with_the_default_new_stream_limit() {
+    let stderr = many_small_files_reach_a_collector_limiting_new_streams_to(None);
+    // Cut at the collector's default from the start: never refused.
+    assert!(
+        !stderr.contains("too_many_new_streams"),
+        "{}",
+        tail(&stderr)
+    );
+}
+
+/// A fleet enrolling at once against a collector checking one password at a time: those that
+/// wait longer than the collector allows for the check (5 s) are answered 429 `busy` with
+/// `Retry-After`, which `log-sensor enroll` used to report as a failure. Now it waits and asks
+/// again, and every host gets its certificate.
+#[test]
+fn a_fleet_enrolling_at_once_waits_out_a_busy_collector() {
+    const HOSTS: usize = 20;
+    let mut c = Collector::new(|cfg| {
+        let default = "max_password_checks = 2";
+        assert!(cfg.contains(default), "{cfg}");
+        *cfg = cfg.replace(default, "max_password_checks = 1");
+        // Successes from one address must not wait for room under the failure limit.
+        *cfg = cfg.replace("max_failures = 5", "max_failures = 50");
+    });
+    c.start();
+    let agents: Vec<Agent> = (0..HOSTS)
+        .map(|i| {
+            let a = Agent::new(&collector_sink(&c, ""), "");
+            let cfg = std::fs::read_to_string(a.p("agent.toml")).unwrap();
+            let cfg = cfg.replace(
+                &format!("host_id = \"{HOST}\""),
+                &format!("host_id = \"fleet-{i}\""),
+            );
+            std::fs::write(a.p("agent.toml"), cfg).unwrap();
+            std::fs::write(a.p("pw"), format!("{PASSWORD}\n")).unwrap();
+            a
+        })
+        .collect();
+    let running: Vec<std::process::Child> = agents
+        .iter()
+        .map(|a| {
+            a.cmd()
+                .args([
+                    "enroll",
+                    "--server",
+                    &c.url(),
+                    "--user",
+                    USER,
+                    "--password-file",
+                ])
+                .arg(a.p("pw"))
+                .arg("--ca")
+                .arg(c.ca())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // A password check takes a fraction of a second here, so the queue alone may drain in time.
+    // Once the first certificate is issued the others are queued behind the one check; a
+    // collector stalled past its 5 s wait (a paused VM, swapping) then answers them busy.
+    let collector = c.proc.as_ref().unwrap();
+    wait_for("the first certificate", PATIENCE, || {
+        collector
+            .stderr_text()
+            .contains("issued client certificate")
+    });
+    collector.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    collector.signal(libc::SIGCONT);
+    let mut waited = 0;
+    for (i, child) in running.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fleet-{i}: {}", tail(&stderr));
+        assert!(agents[i].p("state/tls/cert.pem").exists(), "fleet-{i}");
+        waited += stderr.matches("(429 busy); trying again in").count();
+        assert!(!stderr.contains(PASSWORD), "fleet-{i}");
+    }
+    assert!(waited > 0, "no enrolment was answered busy");
+    let list = c.certs_list();
+    for i in 0..HOSTS {
+        assert!(list.contains(&format!("fleet-{i}")), "{list}");
+    }
+}
+
+/// A `rate_limited` 429 is about failed passwords: asking again would only extend it, so
+/// `log-sensor enroll` stops at once and says what it means.
+#[test]
+fn enroll_reports_a_rate_limit_at_once_without_retrying() {
+    let mut c = Collector::new(|cfg| {
+        *cfg = cfg.replace("max_failures = 5", "max_failures = 1");
+    });
+    c.start();
+    let agent = Agent::new(&collector_sink(&c, ""), "");
+    let enroll_with = |password: &str| {
+        std::fs::write(agent.p("pw"), format!("{password}\n")).unwrap();
+        agent
+            .cmd()
+            .args([
+                "enroll",
+                "--server",
+                &c.url(),
+                "--user",
+                USER,
+                "--password-file",
+            ])
+            .arg(agent.p("pw"))
+            .arg("--ca")
+            .arg(c.ca())
+            .output()
+            .unwrap()
+    };
+    let wrong = enroll_with("wrong");
+    assert!(!wrong.status.success());
+    let limited = enroll_with(PASSWORD);
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert!(!limited.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("429 rate_limited") && stderr.contains("Retry-After"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("trying again in"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}

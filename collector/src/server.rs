@@ -394,6 +394,10 @@ type Reply = Response<Full<Bytes>>;
 struct ErrorBody<'a> {
     error: String,
     code: &'a str,
+    /// The limit a refusal is about, as a number an agent can adapt to (`too_many_new_streams`:
+    /// `max_new_streams_per_batch`), so it need not parse the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
 }
 
 fn json<T: Serialize>(status: u16, body: &T) -> Reply {
@@ -411,6 +415,7 @@ fn error(status: u16, code: &str, message: impl ToString) -> Reply {
         &ErrorBody {
             error: message.to_string(),
             code,
+            limit: None,
         },
     )
 }
@@ -882,9 +887,16 @@ async fn ingest(collector: &Arc<Collector>, id: &PeerIdentity, req: Request<Inco
                 IngestFailure::Revoked => {
                     error(403, "certificate_revoked", "certificate is revoked")
                 }
-                IngestFailure::Storage(e @ StorageError::TooManyNewStreams { .. }) => {
+                IngestFailure::Storage(e @ StorageError::TooManyNewStreams { limit, .. }) => {
                     tracing::info!(host = %id.host, error = %e, "batch refused");
-                    error(400, "too_many_new_streams", e)
+                    json(
+                        400,
+                        &ErrorBody {
+                            error: e.to_string(),
+                            code: "too_many_new_streams",
+                            limit: Some(limit),
+                        },
+                    )
                 }
                 IngestFailure::Ingest(e) => {
                     let code = match e.status() {

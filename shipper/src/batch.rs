@@ -144,6 +144,12 @@ impl Batch {
         })
     }
 
+    /// Each record's stream slot (an index into `streams`), in record order: the NDJSON has one
+    /// line per record in this order, so a sink can cut it by streams without parsing it.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.records.iter().map(|m| m.stream)
+    }
+
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
         self.streams.iter().map(|s| s.checkpoint.clone()).collect()
     }

@@ -10,6 +10,14 @@ use crate::sink::collector::{HttpConn, TlsFiles, Url};
 use crate::tls::{self, ServerTrust, TlsError};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Tries while the collector answers 429 `busy` (all its password checks taken, as when a fleet
+/// enrols at once), and the bounds on each wait whatever `Retry-After` says: the fleet gets
+/// through a few checks at a time, and a collector that stays busy is reported within a minute.
+const BUSY_TRIES: u32 = 6;
+const BUSY_WAIT_DEFAULT: Duration = Duration::from_secs(2);
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -19,12 +27,40 @@ pub enum EnrollError {
     Request { server: String, message: String },
     #[error("the collector refused the enrolment ({status}): {reason}")]
     Refused { status: u16, reason: String },
+    #[error("the collector refuses enrolments from this address or for user {user:?} for now: too many failed tries (429 rate_limited); check the password and try again in {} (Retry-After)", wait_text(*retry_after))]
+    RateLimited {
+        user: String,
+        retry_after: Option<u64>,
+    },
+    #[error("the collector stayed busy checking other enrolments' passwords (429 busy) through {tries} tries over {waited_secs}s; try again later, or raise max_password_checks on the collector")]
+    Busy { tries: u32, waited_secs: u64 },
     #[error("the collector's reply is not usable: {0}")]
     Reply(String),
     #[error("cannot make a key or CSR: {0}")]
     Key(String),
     #[error("password: {0}")]
     Password(String),
+}
+
+fn wait_text(secs: Option<u64>) -> String {
+    match secs {
+        Some(s) => format!("{s}s"),
+        None => "a few minutes".into(),
+    }
+}
+
+/// The pause before asking again after a 429 `busy`: the collector's `Retry-After`, bounded,
+/// plus up to half again so a fleet refused together does not come back together.
+fn busy_wait(retry_after: Option<u64>) -> Duration {
+    let base = retry_after
+        .map(Duration::from_secs)
+        .unwrap_or(BUSY_WAIT_DEFAULT)
+        .clamp(Duration::from_millis(100), BUSY_WAIT_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64((nanos % 1000) as f64 / 2000.0)
 }
 
 /// How the collector's server certificate is checked during enrolment.
@@ -70,7 +106,8 @@ pub fn csr_for(key_pem: &str) -> Result<String, EnrollError> {
         .map_err(|e| EnrollError::Key(e.to_string()))
 }
 
-pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
+/// Enrols; `notice` is told of each wait while the collector is busy (the CLI prints it).
+pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, EnrollError> {
     let files = default_files(&opts.state_dir);
     let trust = match &opts.trust {
         FirstContact::Ca(ca) => ServerTrust::Ca(ca),
@@ -84,8 +121,6 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
         server: opts.server.to_string(),
         message,
     };
-    let mut conn =
-        HttpConn::connect(&opts.server, config).map_err(|e| request_err(e.to_string()))?;
     let body = serde_json::json!({
         "username": opts.user,
         "password": opts.password,
@@ -93,21 +128,57 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
         "csr": csr,
     })
     .to_string();
-    let resp = conn
-        .request(
-            "POST",
-            "/v1/enroll",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .map_err(|e| request_err(e.to_string()))?;
+    let mut waited = Duration::ZERO;
+    let mut tries = 0;
+    let resp = loop {
+        tries += 1;
+        // A fresh connection each try: the collector may close one it answered 429.
+        let mut conn = HttpConn::connect(&opts.server, config.clone())
+            .map_err(|e| request_err(e.to_string()))?;
+        let resp = conn
+            .request(
+                "POST",
+                "/v1/enroll",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .map_err(|e| request_err(e.to_string()))?;
+        // Only `busy` is worth waiting out: it says nothing about our password. A
+        // `rate_limited` refusal counts failures, and trying again would only extend it.
+        match (resp.status, resp.code().as_deref()) {
+            (429, Some("busy")) if tries < BUSY_TRIES => {
+                let wait = busy_wait(resp.retry_after);
+                notice(&format!(
+                    "the collector at {} is busy checking other enrolments' passwords (429 busy); trying again in {:.1}s (try {} of {BUSY_TRIES})",
+                    opts.server,
+                    wait.as_secs_f64(),
+                    tries + 1
+                ));
+                std::thread::sleep(wait);
+                waited += wait;
+            }
+            (429, Some("busy")) => {
+                return Err(EnrollError::Busy {
+                    tries,
+                    waited_secs: waited.as_secs(),
+                })
+            }
+            (429, Some("rate_limited")) => {
+                return Err(EnrollError::RateLimited {
+                    user: opts.user.clone(),
+                    retry_after: resp.retry_after,
+                })
+            }
+            (200, _) => break resp,
+            _ => {
+                return Err(EnrollError::Refused {
+                    status: resp.status,
+                    reason: resp.reason(),
+                })
+            }
+        }
+    };
     drop(body);
-    if resp.status != 200 {
-        return Err(EnrollError::Refused {
-            status: resp.status,
-            reason: resp.reason(),
-        });
-    }
     let reply: serde_json::Value =
         serde_json::from_slice(&resp.body).map_err(|e| EnrollError::Reply(e.to_string()))?;
     let field = |name: &str| {

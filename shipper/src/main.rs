@@ -227,14 +227,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let password = enroll::read_password(password_file.as_deref())?;
-            let done = enroll::enroll(&enroll::EnrollOptions {
-                server,
-                user,
-                password,
-                host_id: cfg.host_id.clone(),
-                trust,
-                state_dir: cfg.state_dir.clone(),
-            })
+            let done = enroll::enroll(
+                &enroll::EnrollOptions {
+                    server,
+                    user,
+                    password,
+                    host_id: cfg.host_id.clone(),
+                    trust,
+                    state_dir: cfg.state_dir.clone(),
+                },
+                &|msg| eprintln!("log-sensor: {msg}"),
+            )
             .context("enrol")?;
             println!(
                 "enrolled host {:?}: certificate serial {} valid until {}\n  key:         {} (0600)\n  certificate: {}\n  CA:          {}",

@@ -10,6 +10,8 @@
 //! its own, so an idle agent renews too; the files are re-read whenever they change on disk, so a
 //! re-enrolment (`log-sensor enroll`) applies to a running agent without a restart.
 
+mod requests;
+
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::tls::{self, ServerTrust, TlsError};
@@ -36,9 +38,10 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// At most one renewal this often, even if the clock or `renew_at` says one is due at once.
 const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
-/// Largest NDJSON body per request: well under the collector's default `max_batch_bytes`
-/// (64 MiB, counted after gzip decoding), whatever `batch.max_bytes` is.
-const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Replies owed on the connection before the next request waits for one: a batch cut into
+/// thousands of small requests (a low stream cap) would otherwise fill the collector's send
+/// buffer with unread replies, stop it reading, and stall both sides until the timeout.
+const MAX_OWED: usize = 16;
 
 /// `https://host[:port]`, as the config and `enroll --server` give it.
 #[derive(Debug, Clone)]
@@ -104,6 +107,8 @@ pub enum HttpError {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After` in seconds (the collector sends no HTTP-date form).
+    pub retry_after: Option<u64>,
 }
 
 impl Response {
@@ -126,6 +131,13 @@ impl Response {
         serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
             .and_then(|v| v["code"].as_str().map(str::to_string))
+    }
+
+    /// A number field of the JSON body (the `limit` of a `too_many_new_streams` refusal).
+    pub fn number(&self, field: &str) -> Option<u64> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v[field].as_u64())
     }
 }
 
@@ -307,6 +319,7 @@ impl HttpConn {
             .ok_or_else(|| protocol(&self.url, "bad status line"))?;
         let mut length = None;
         let mut chunked = false;
+        let mut retry_after = None;
         for l in lines {
             let Some((k, v)) = l.split_once(':') else {
                 continue;
@@ -316,6 +329,7 @@ impl HttpConn {
                 "content-length" => length = v.parse::<usize>().ok(),
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                 "connection" => self.closing |= v.eq_ignore_ascii_case("close"),
+                "retry-after" => retry_after = v.parse::<u64>().ok(),
                 _ => {}
             }
         }
@@ -335,7 +349,11 @@ impl HttpConn {
             }
             self.rbuf.drain(..n).collect()
         };
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
@@ -559,6 +577,10 @@ pub struct CollectorSink {
     conn: Option<(HttpConn, u64)>,
     /// Replies owed on `conn`, per batch submitted and not yet confirmed, oldest first.
     pending: VecDeque<usize>,
+    /// Replies already read (all 200) for the oldest of `pending`, to bound those owed.
+    read_ahead: usize,
+    /// Distinct streams per request, lowered when the collector's limit is lower.
+    streams: requests::StreamCap,
     /// Reused between batches: NDJSON when the batch was not encoded ahead, and the gzip form.
     body: Vec<u8>,
     gz: Vec<u8>,
@@ -583,6 +605,8 @@ impl CollectorSink {
             timeout: opts.timeout,
             conn: None,
             pending: VecDeque::new(),
+            read_ahead: 0,
+            streams: requests::StreamCap::new(),
             body: Vec::new(),
             gz: Vec::new(),
         };
@@ -611,6 +635,7 @@ impl CollectorSink {
     fn lost(&mut self) {
         self.conn = None;
         self.pending.clear();
+        self.read_ahead = 0;
     }
 
     /// The connection to write the next request on: the open one while replies are owed on it
@@ -703,8 +728,24 @@ impl CollectorSink {
     }
 
     /// The error for a reply other than 200.
-    fn refused(&self, resp: &Response) -> SinkError {
+    fn refused(&mut self, resp: &Response) -> SinkError {
+        let cap_note;
         let why = match resp.code().as_deref() {
+            Some("too_many_new_streams") => {
+                let limit = resp.number("limit");
+                if let Some(cap) = self.streams.lower(limit) {
+                    tracing::warn!(
+                        limit = ?limit,
+                        streams_per_request = cap,
+                        "the collector refused a request naming more new streams than its max_new_streams_per_batch; requests now carry at most this many streams each, and the batch is sent again"
+                    );
+                }
+                cap_note = format!(
+                    "the batch is sent again in requests of at most {} streams",
+                    self.streams.get()
+                );
+                &cap_note
+            }
             Some("certificate_revoked") => {
                 "our client certificate is REVOKED; re-enrol with `log-sensor enroll`"
             }
@@ -748,27 +789,6 @@ impl CollectorSink {
     }
 }
 
-/// The NDJSON cut at line ends into pieces of at most `max` bytes (a longer line is a piece of
-/// its own), so a large batch never meets the collector's `max_batch_bytes` (413).
-fn pieces(ndjson: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < ndjson.len() {
-        let mut end = (start + max).min(ndjson.len());
-        if end < ndjson.len() {
-            end = match ndjson[start..end].iter().rposition(|&b| b == b'\n') {
-                Some(i) => start + i + 1,
-                None => memchr::memchr(b'\n', &ndjson[end..])
-                    .map(|i| end + i + 1)
-                    .unwrap_or(ndjson.len()),
-            };
-        }
-        out.push(start..end);
-        start = end;
-    }
-    out
-}
-
 impl Sink for CollectorSink {
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.submit(batch)?;
@@ -794,7 +814,21 @@ impl Sink for CollectorSink {
         // acknowledged only once every piece is.
         let mut result = Ok(());
         let mut requests = 0;
-        for r in pieces(ndjson, MAX_REQUEST_BYTES) {
+        let cut = requests::cut(
+            ndjson,
+            batch,
+            requests::MAX_REQUEST_BYTES,
+            self.streams.get(),
+        );
+        for r in cut {
+            let owed = self.pending.iter().sum::<usize>() + requests - self.read_ahead;
+            if owed >= MAX_OWED {
+                result = self.read_ack();
+                if result.is_err() {
+                    break;
+                }
+                self.read_ahead += 1;
+            }
             result = self.write_piece(&ndjson[r]);
             if result.is_err() {
                 break;
@@ -814,7 +848,9 @@ impl Sink for CollectorSink {
         let Some(requests) = self.pending.pop_front() else {
             return Ok(());
         };
-        for _ in 0..requests {
+        let early = self.read_ahead.min(requests);
+        self.read_ahead -= early;
+        for _ in early..requests {
             self.read_ack()?;
         }
         tracing::debug!(requests, "batch acknowledged by the collector");
@@ -842,16 +878,6 @@ mod tests {
         assert!(Url::parse("http://x").is_err());
         assert!(Url::parse("https://x:99999").is_err());
         assert!(Url::parse("https://x/v1/ingest").is_err());
-    }
-
-    #[test]
-    fn pieces_end_at_line_ends_and_cover_everything() {
-        let text = b"aaaa\nbb\ncccccccccc\nd\n";
-        let p = pieces(text, 6);
-        assert_eq!(p, vec![0..5, 5..8, 8..19, 19..21]);
-        assert_eq!(pieces(text, 1000), vec![0..text.len()]);
-        assert!(pieces(b"", 10).is_empty());
-        assert_eq!(pieces(b"no newline", 3), vec![0..10]);
     }
 
     fn parse(sink: &str) -> Result<crate::config::Config, String> {
