@@ -215,3 +215,48 @@ fn partial_lines_are_bounded_in_total_and_arrive_whole() {
         "nothing else shipped"
     );
 }
+
+/// Where the idle-file close (this file's work) meets the reclaim of streams rotated out of the
+/// globs (`tail/reclaim.rs`): a file closed for idleness, renamed away from the only path the
+/// globs name and then written to by a writer that still holds it, is found again in its folder
+/// by device and inode and drained, as a live rename is.
+#[test]
+fn an_idle_closed_file_rotated_out_of_the_globs_is_still_drained() {
+    let env = AgentEnv::with_config(
+        &config_with("", "close_inactive = \"1s\"")
+            .replace(r#"paths = ["logs/*.log"]"#, r#"paths = ["logs/app.log"]"#),
+    );
+    let live = env.p("logs/app.log");
+    let first = lines(
+        "before the rotation, padded past the fingerprint length",
+        40,
+    );
+    append_lines(&live, &first);
+    let agent = env.start();
+    env.wait_msgs(&agent, &first);
+    let logs = env.p("logs");
+    wait_for("app.log closed for idleness", PATIENCE, || {
+        fds_under(agent.pid(), &logs) == 0
+    });
+    let rotated = env.p("logs/app.log.1");
+    std::fs::rename(&live, &rotated).unwrap();
+    let late = lines(
+        "written to the rotated file by a writer that had not reopened",
+        5,
+    );
+    append_lines(&rotated, &late);
+    let new = lines(
+        "the new live file, padded past the fingerprint length as well",
+        20,
+    );
+    append_lines(&live, &new);
+    let mut want = first.clone();
+    want.extend(late);
+    want.extend(new);
+    env.wait_msgs(&agent, &want);
+    let counts = count_by_msg(&env);
+    for m in &want {
+        assert_eq!(counts.get(m), Some(&1), "{m:?} shipped once");
+    }
+    assert_eq!(counts.len(), want.len(), "nothing else shipped");
+}
