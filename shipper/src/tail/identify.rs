@@ -1,8 +1,10 @@
 //! Which stream a file is: scans find files, and a file no stream has open is identified in
-//! one place, [`Tailer::identify`] — the same file after a restart, a same-head file still open
+//! one place, [`Tailer::identify`] — the same file after a restart (also one short when last seen
+//! and grown past N since, `provisional`), a same-head file still open
 //! (a rotation in progress or a shared header), a stream whose file is gone (renamed while we
 //! were away, or its gzip archive), or a new stream.
 
+use super::provisional::Provisional;
 use super::*;
 
 impl Tailer {
@@ -326,6 +328,17 @@ impl Tailer {
                     }
                     if usable(c) && self.open_stream(&c.row.stream).is_none() {
                         return self.existing_if_marker_holds(c, file, head.compressed);
+                    }
+                }
+                // 1b. The same file, short when last seen and grown past N while we were down.
+                if !head.compressed {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    match self.provisional_grown(source, file, key, size) {
+                        Provisional::Continue { id, resume, marker } => {
+                            return Identity::Existing { id, resume, marker }
+                        }
+                        Provisional::NotNow => return Identity::Wait,
+                        Provisional::NotThis => {}
                     }
                 }
                 // 2. A same-head file is still open: a rotation copy or archive in the making, or a
