@@ -326,8 +326,8 @@ mod tests {
         r.insert(row("c", "web", Some(7), 512, (1, 12)));
         assert_eq!(r.provisional_on("app", 1, 10).unwrap().row.stream, "a");
         assert!(r.provisional_on("web", 1, 10).is_none());
-        assert_eq!(ids(r.provisional("app")), vec!["a"]);
         let ids = |v: Vec<&Known>| v.iter().map(|k| k.row.stream.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(r.provisional("app")), vec!["a"]);
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["b"]);
         assert_eq!(
             ids(r.by_fingerprint("web", |n| (n == 512).then_some(7))),
