@@ -423,3 +423,111 @@ fn a_gz_named_file_that_is_not_gzip_is_alerted_and_not_shipped() {
     let alerts = env.query("SELECT kind FROM alerts WHERE path LIKE '%b.log.1.gz'");
     assert_eq!(alerts.len(), 1, "one alert, not one a scan: {alerts:?}");
 }
+
+// A file shorter than N (1024) when the agent stops, grown past N before it starts again: it was
+// read again from 0 as a new stream, its short head shipped twice. It continues its provisional
+// stream (same device and inode, same bytes before the committed offset).
+
+fn short_lines() -> Vec<String> {
+    (1..=5).map(|i| format!("line {i} small")).collect()
+}
+
+fn growing_lines() -> Vec<String> {
+    (6..=60)
+        .map(|i| format!("line {i} growing past the fingerprint length of 1024 bytes ......"))
+        .collect()
+}
+
+/// Ships the short file, waits until its end is committed, and stops the agent with `sig`.
+fn ship_short_then_stop(env: &AgentEnv, sig: i32) {
+    let log = env.p("logs/app.log");
+    append_lines(&log, &short_lines());
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &short_lines());
+    let size = std::fs::metadata(&log).unwrap().len();
+    wait_for("the short file's end committed", PATIENCE, || {
+        env.try_query("SELECT committed_offset FROM streams")
+            .map(|r| r.len() == 1 && r[0]["committed_offset"].as_u64() == Some(size))
+            .unwrap_or(false)
+    });
+    agent.signal(sig);
+    agent.wait_exit(PATIENCE);
+}
+
+fn count(env: &AgentEnv) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for msg in env.msgs() {
+        *m.entry(msg).or_insert(0) += 1;
+    }
+    m
+}
+
+fn grown_while_down_continues_its_stream(sig: i32) {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    ship_short_then_stop(&env, sig);
+    append_lines(&env.p("logs/app.log"), &growing_lines());
+    let mut agent = env.start();
+    let all = [short_lines(), growing_lines()].concat();
+    env.wait_msgs(&agent, &all);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let counts = count(&env);
+    let written: HashSet<&String> = all.iter().collect();
+    for (msg, n) in &counts {
+        assert!(written.contains(msg), "never written: {msg}");
+        // Its end was committed before the stop: even kill -9 lost nothing in flight.
+        assert_eq!(*n, 1, "shipped {n} times: {msg}");
+    }
+    let rows = env.query("SELECT stream, fingerprint, committed_offset, size FROM streams");
+    assert_eq!(rows.len(), 1, "one stream for one file: {rows:?}");
+    assert!(rows[0]["fingerprint"].is_string(), "promoted: {rows:?}");
+    assert_eq!(rows[0]["committed_offset"], rows[0]["size"]);
+    let streams: HashSet<String> = env
+        .records()
+        .iter()
+        .map(|r| r["stream"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streams.len(), 1, "every record of one stream: {streams:?}");
+}
+
+#[test]
+fn a_short_file_grown_past_n_while_stopped_continues_its_stream() {
+    grown_while_down_continues_its_stream(libc::SIGTERM);
+}
+
+#[test]
+fn a_short_file_grown_past_n_after_kill_9_continues_its_stream() {
+    grown_while_down_continues_its_stream(libc::SIGKILL);
+}
+
+/// The same inode with other content (rewritten in place while down, as a deleted file's inode
+/// is reused): its bytes before the committed offset differ, so it is a new stream read whole.
+#[test]
+fn a_short_files_inode_with_other_content_past_n_is_a_new_stream() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    ship_short_then_stop(&env, libc::SIGTERM);
+    let log = env.p("logs/app.log");
+    let ino = std::fs::metadata(&log).unwrap().ino();
+    let other: Vec<String> = (1..=40)
+        .map(|i| format!("other content {i:03} on the same inode, longer than the old offset"))
+        .collect();
+    overwrite(&log, &other);
+    assert_eq!(std::fs::metadata(&log).unwrap().ino(), ino, "same inode");
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &[short_lines(), other.clone()].concat());
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let counts = count(&env);
+    let written: HashSet<String> = [short_lines(), other].concat().into_iter().collect();
+    for (msg, n) in &counts {
+        assert!(written.contains(msg), "never written (a cut line?): {msg}");
+        assert_eq!(*n, 1, "shipped {n} times: {msg}");
+    }
+    assert_eq!(counts.len(), written.len(), "every line shipped");
+    let rows = env.query("SELECT stream FROM streams");
+    assert_eq!(
+        rows.len(),
+        2,
+        "the old short stream and a new one: {rows:?}"
+    );
+}

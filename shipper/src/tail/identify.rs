@@ -1,8 +1,10 @@
 //! Which stream a file is: scans find files, and a file no stream has open is identified in
-//! one place, [`Tailer::identify`] — the same file after a restart, a same-head file still open
+//! one place, [`Tailer::identify`] — the same file after a restart (also one short when last seen
+//! and grown past N since, `provisional`), a same-head file still open
 //! (a rotation in progress or a shared header), a stream whose file is gone (renamed while we
 //! were away, or its gzip archive), or a new stream.
 
+use super::provisional::Provisional;
 use super::*;
 
 impl Tailer {
@@ -328,6 +330,17 @@ impl Tailer {
                         return self.existing_if_marker_holds(c, file, head.compressed);
                     }
                 }
+                // 1b. The same file, short when last seen and grown past N while we were down.
+                if !head.compressed {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    match self.provisional_of(source, file, key, false, size) {
+                        Provisional::Continue { id, resume, marker } => {
+                            return Identity::Existing { id, resume, marker }
+                        }
+                        Provisional::NotNow => return Identity::Wait,
+                        Provisional::NotThis | Provisional::Finished => {}
+                    }
+                }
                 // 2. A same-head file is still open: a rotation copy or archive in the making, or a
                 //    genuinely different file with a shared header. Wait for the open one to be let
                 //    go; if it stays live past rotate_wait, they are two streams.
@@ -355,47 +368,49 @@ impl Tailer {
                 if let Some(c) = cands.iter().find(|c| usable(c)) {
                     return self.existing_if_marker_holds(c, file, head.compressed);
                 }
+                // 4. The archive of a stream still short when last read.
+                if head.compressed {
+                    match self.short_archive_of(source, key, head) {
+                        Provisional::Continue { id, resume, marker } => {
+                            return Identity::Existing { id, resume, marker }
+                        }
+                        Provisional::NotNow => return Identity::Wait,
+                        Provisional::NotThis | Provisional::Finished => {}
+                    }
+                }
                 Identity::New {
                     collision_with: None,
                 }
             }
             Fingerprint::Provisional => {
-                if let Some(c) = self.registry.provisional_on(&source.name, key.0, key.1) {
-                    if self.open_stream(&c.row.stream).is_none() {
-                        let c = c.clone();
-                        return self.existing_if_marker_holds(&c, file, head.compressed);
+                if head.compressed {
+                    match self.short_archive_seen(source, file, key) {
+                        Provisional::Continue { id, resume, marker } => {
+                            return Identity::Existing { id, resume, marker }
+                        }
+                        Provisional::Finished => return Identity::Finished,
+                        Provisional::NotNow => return Identity::Wait,
+                        Provisional::NotThis => {}
                     }
+                }
+                // Other bytes on its inode (reused) are not the end of it: a short archive may
+                // still continue another short stream.
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                match self.provisional_of(source, file, key, head.compressed, size) {
+                    Provisional::Continue { id, resume, marker } => {
+                        return Identity::Existing { id, resume, marker }
+                    }
+                    Provisional::NotNow => return Identity::Wait,
+                    Provisional::NotThis | Provisional::Finished => {}
                 }
                 // A short archive of a short stream: match on the bytes before where it stopped.
                 if head.compressed {
-                    let len = head.bytes.len() as u64;
-                    let short: Vec<Known> = self
-                        .registry_iter_source(&source.name)
-                        .filter(|k| {
-                            k.row.fingerprint.is_none()
-                                && k.resume > 0
-                                && k.resume <= len
-                                && k.resume_marker.is_some()
-                        })
-                        .filter(|k| {
-                            self.open_stream(&k.row.stream).is_none()
-                                && k.row.state != StreamState::Done
-                        })
-                        .cloned()
-                        .collect();
-                    for c in short {
-                        if read::marker_in_chunk(
-                            &head.bytes[..c.resume as usize],
-                            c.resume,
-                            c.resume,
-                        ) == c.resume_marker
-                        {
-                            return Identity::Existing {
-                                id: c.row.stream.clone(),
-                                resume: c.resume,
-                                marker: c.resume_marker,
-                            };
+                    match self.short_archive_of(source, key, head) {
+                        Provisional::Continue { id, resume, marker } => {
+                            return Identity::Existing { id, resume, marker }
                         }
+                        Provisional::NotNow => return Identity::Wait,
+                        Provisional::NotThis | Provisional::Finished => {}
                     }
                 }
                 Identity::New {
@@ -496,7 +511,10 @@ impl Tailer {
                 row.compressed = head.compressed;
                 row.size = size;
                 row.state = StreamState::Active;
-                if row.fingerprint.is_none() && !head.compressed {
+                // A short stream continued by a file now N bytes long gains its fingerprint, as
+                // promotion gives it while reading; an archive's too (its head is decoded), or
+                // after a restart it has nothing to be found by but its stream's old inode.
+                if row.fingerprint.is_none() {
                     if let Some(fp) = fingerprint {
                         row.fingerprint = Some(fp);
                         row.fp_bytes = n as u64;

@@ -7,6 +7,7 @@
 mod identify;
 mod lifecycle;
 mod memory;
+mod provisional;
 mod reading;
 mod reclaim;
 mod registry;

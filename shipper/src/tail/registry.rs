@@ -8,7 +8,7 @@
 
 use crate::store::{StreamRow, StreamState};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Debug, Clone)]
 pub struct Known {
@@ -52,6 +52,9 @@ struct Index {
     by_file: HashMap<(u64, u64), Vec<String>>,
     /// source → every fp_bytes its streams were fingerprinted with, and how many streams each.
     lengths: HashMap<u64, BTreeMap<u64, usize>>,
+    /// source → its provisional streams (no fingerprint yet), for short archives, which have
+    /// nothing else to be found by.
+    provisional: HashMap<u64, BTreeSet<String>>,
 }
 
 impl Index {
@@ -61,6 +64,11 @@ impl Index {
                 .entry((k.source, k.fp_bytes, fp))
                 .or_default()
                 .push(id.to_string());
+        } else {
+            self.provisional
+                .entry(k.source)
+                .or_default()
+                .insert(id.to_string());
         }
         self.by_file.entry(k.file).or_default().push(id.to_string());
         *self
@@ -82,6 +90,11 @@ impl Index {
         }
         if let Some(fp) = k.fingerprint {
             drop_id(&mut self.by_fp, (k.source, k.fp_bytes, fp), id);
+        } else if let Some(p) = self.provisional.get_mut(&k.source) {
+            p.remove(id);
+            if p.is_empty() {
+                self.provisional.remove(&k.source);
+            }
         }
         drop_id(&mut self.by_file, k.file, id);
         if let Some(l) = self.lengths.get_mut(&k.source) {
@@ -248,6 +261,19 @@ impl Registry {
             .collect()
     }
 
+    /// Every provisional (still short) stream of `source`, in id order.
+    pub fn provisional(&self, source: &str) -> Vec<&Known> {
+        let index = self.index();
+        index
+            .provisional
+            .get(&source_key(source))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.streams.get(id))
+            .filter(|k| k.row.source == source && k.row.fingerprint.is_none())
+            .collect()
+    }
+
     /// Provisional (still short) streams of `source` on this device and inode.
     pub fn provisional_on(&self, source: &str, device: u64, inode: u64) -> Option<&Known> {
         // The smallest id when several match, so the choice does not depend on hash order.
@@ -301,6 +327,7 @@ mod tests {
         assert_eq!(r.provisional_on("app", 1, 10).unwrap().row.stream, "a");
         assert!(r.provisional_on("web", 1, 10).is_none());
         let ids = |v: Vec<&Known>| v.iter().map(|k| k.row.stream.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(r.provisional("app")), vec!["a"]);
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["b"]);
         assert_eq!(
             ids(r.by_fingerprint("web", |n| (n == 512).then_some(7))),
@@ -312,6 +339,7 @@ mod tests {
             k.row.fp_bytes = 2048;
         }
         assert!(r.provisional_on("app", 1, 10).is_none());
+        assert!(r.provisional("app").is_empty());
         assert_eq!(r.fp_lengths("app"), vec![1024, 2048]);
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["a", "b"]);
         if let Some(k) = r.get_mut("a") {
@@ -322,6 +350,7 @@ mod tests {
         // Replacement and pruning drop the old keys.
         r.insert(row("b", "app", None, 1024, (1, 11)));
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["a"]);
+        assert_eq!(ids(r.provisional("app")), vec!["b"]);
         r.retain(|id| id != "a");
         assert!(r.by_fingerprint("app", |_| Some(7)).is_empty());
         assert_eq!(r.fp_lengths("app"), vec![1024]);
