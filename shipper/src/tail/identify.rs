@@ -420,17 +420,6 @@ impl Tailer {
         }
     }
 
-    pub(super) fn registry_iter_source<'a>(
-        &'a self,
-        source: &'a str,
-    ) -> impl Iterator<Item = &'a Known> + 'a {
-        self.registry_all().filter(move |k| k.row.source == source)
-    }
-
-    pub(super) fn registry_all(&self) -> impl Iterator<Item = &Known> {
-        self.registry.iter()
-    }
-
     fn existing_if_marker_holds(&self, c: &Known, file: &File, compressed: bool) -> Identity {
         match read::verify_marker(file, compressed, c.resume, c.resume_marker) {
             Ok(true) => Identity::Existing {
