@@ -204,9 +204,8 @@ fn run(s: Scenario) {
     eprintln!("{total} lines written, {rotations} rotations, {kills} kills");
     assert!(rotations >= 4, "only {rotations} rotations");
 
-    let mut missing: Vec<u64> = Vec::new();
     let deadline = Instant::now() + PATIENCE;
-    loop {
+    let missing: Vec<u64> = loop {
         let recs = env.records();
         let (got, invented) = check_records(&recs, total);
         assert!(
@@ -215,15 +214,12 @@ fn run(s: Scenario) {
             invented.len(),
             &invented[..invented.len().min(3)]
         );
-        missing = (0..total).filter(|s| !got.contains(s)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            break;
+        let missing: Vec<u64> = (0..total).filter(|s| !got.contains(s)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
         }
         thread::sleep(Duration::from_millis(200));
-    }
+    };
     if !missing.is_empty() {
         let files: Vec<String> = std::fs::read_dir(env.p("logs"))
             .unwrap()
