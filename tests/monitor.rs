@@ -689,3 +689,61 @@ sync = false
     );
     assert_eq!(counts.len(), want.len(), "every record delivered");
 }
+
+/// The many-files counters reach status and /metrics: with more files than open slots, files
+/// wait for a slot (held back), and files idle past close_inactive give their descriptor back
+/// (parked), all shown as they move.
+#[test]
+fn held_back_and_parked_files_show_in_status_and_metrics() {
+    const FILES: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let mut want = 0;
+    for f in 0..FILES {
+        let lines: Vec<String> = (0..20).map(|i| format!("file {f} line {i}")).collect();
+        want += lines.len() as u64;
+        append_lines(&dir.path().join(format!("logs/f{f}.log")), &lines);
+    }
+    let config = r#"
+host_id = "monitor-test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/*.log"]
+[batch]
+max_wait = "100ms"
+[discovery]
+rescan_interval = "500ms"
+rotate_wait = "500ms"
+max_open_files = 2
+close_inactive = "1s"
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#;
+    let mut m = Monitored::start(dir, config, "");
+    wait_for(
+        &format!(
+            "every line shipped, files held back, all {FILES} parked; agent stderr:\n{}",
+            m.agent.stderr_text()
+        ),
+        PATIENCE,
+        || {
+            let c = status(m.port).counters;
+            c.records_shipped == want && c.held_back > 0 && c.parked_files == FILES as u64
+        },
+    );
+    let families = parse_metrics(&get(m.port, "/metrics").text());
+    let value = |name: &str| sample(&families, name, &[]).unwrap_or_else(|| panic!("no {name}"));
+    assert!(value("log_sensor_held_back_total") >= 1.0);
+    assert_eq!(value("log_sensor_parked_files"), FILES as f64);
+    assert_eq!(value("log_sensor_open_files"), 0.0);
+    assert_eq!(value("log_sensor_partial_parks_total"), 0.0);
+
+    // A parked file written again is reopened and its new line ships.
+    append_lines(&m.p("logs/f0.log"), &["file 0 again".to_string()]);
+    wait_for("the new line shipped", PATIENCE, || {
+        status(m.port).counters.records_shipped == want + 1
+    });
+    m.agent.signal(libc::SIGTERM);
+    assert_eq!(m.agent.wait_exit(PATIENCE), Some(0));
+}

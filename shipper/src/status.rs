@@ -98,6 +98,16 @@ pub struct Counters {
     pub open_files: u64,
     pub fingerprint_collisions: u64,
     pub truncations: u64,
+    /// Followed files whose descriptor is closed until they change (close_inactive, or making
+    /// room under max_open_files). Default: an older agent's status has none.
+    #[serde(default)]
+    pub parked_files: u64,
+    /// Times files had to wait because every open-file slot was taken.
+    #[serde(default)]
+    pub held_back: u64,
+    /// Streams parked to keep partial lines under discovery.max_partial_bytes.
+    #[serde(default)]
+    pub partial_parks: u64,
     pub sink_errors: u64,
     pub sink_retries: u64,
     /// Alerts by kind, from the store (all time, not only the recent ones).
@@ -296,6 +306,9 @@ impl Status {
             open_files: tail.open_files.load(Ordering::Relaxed),
             fingerprint_collisions: tail.fingerprint_collisions.load(Ordering::Relaxed),
             truncations: tail.truncations.load(Ordering::Relaxed),
+            parked_files: tail.parked_files.load(Ordering::Relaxed),
+            held_back: tail.held_back.load(Ordering::Relaxed),
+            partial_parks: tail.partial_parks.load(Ordering::Relaxed),
             sink_errors: ship.sink_errors.load(Ordering::Relaxed),
             sink_retries: ship.sink_retries.load(Ordering::Relaxed),
             alerts_by_kind,

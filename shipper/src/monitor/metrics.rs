@@ -32,6 +32,9 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("log_sensor_open_files", "gauge"),
     ("log_sensor_fingerprint_collisions_total", "counter"),
     ("log_sensor_truncations_total", "counter"),
+    ("log_sensor_parked_files", "gauge"),
+    ("log_sensor_held_back_total", "counter"),
+    ("log_sensor_partial_parks_total", "counter"),
     ("log_sensor_sink_failing", "gauge"),
     ("log_sensor_sink_errors_total", "counter"),
     ("log_sensor_sink_retries_total", "counter"),
@@ -128,7 +131,7 @@ pub fn render(s: &Status) -> String {
     );
 
     let c = &s.counters;
-    let totals: [(&str, &str, &str, u64); 13] = [
+    let totals: [(&str, &str, &str, u64); 16] = [
         (
             "log_sensor_records_read_total",
             "counter",
@@ -182,6 +185,24 @@ pub fn render(s: &Status) -> String {
             "counter",
             "Files truncated or rewritten under the reader (read again from 0), since the agent started.",
             c.truncations,
+        ),
+        (
+            "log_sensor_parked_files",
+            "gauge",
+            "Followed files whose descriptor is closed until they change (close_inactive, or room made under max_open_files).",
+            c.parked_files,
+        ),
+        (
+            "log_sensor_held_back_total",
+            "counter",
+            "Times files had to wait because every open-file slot was taken, since the agent started.",
+            c.held_back,
+        ),
+        (
+            "log_sensor_partial_parks_total",
+            "counter",
+            "Streams parked to keep partial lines under discovery.max_partial_bytes, since the agent started.",
+            c.partial_parks,
         ),
         (
             "log_sensor_sink_failing",
@@ -397,6 +418,9 @@ pub(crate) mod tests {
                 open_files: 2,
                 fingerprint_collisions: 0,
                 truncations: 1,
+                parked_files: 4,
+                held_back: 5,
+                partial_parks: 6,
                 sink_errors: 3,
                 sink_retries: 2,
                 alerts_by_kind: BTreeMap::from([
@@ -488,6 +512,9 @@ pub(crate) mod tests {
             "log_sensor_healthy 1",
             "log_sensor_sink_errors_total 3",
             "log_sensor_truncations_total 1",
+            "log_sensor_parked_files 4",
+            "log_sensor_held_back_total 5",
+            "log_sensor_partial_parks_total 6",
             "log_sensor_store_bytes 65536",
             r#"log_sensor_batch_latency_seconds_bucket{le="0.005"} 0"#,
             r#"log_sensor_batch_latency_seconds_bucket{le="10"} 7"#,

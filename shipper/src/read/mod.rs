@@ -1,16 +1,22 @@
-//! Reading a stream's file from an offset: plain files seek, gzip archives decompress and skip.
+//! Reading a stream's file from an offset: plain files by pread from our own offset, gzip archives decompress and skip.
 //! Also the guard on resumed offsets: the hash of the bytes just before an offset.
 
 use crate::fingerprint::{hash, read_at_most, GZIP_MAGIC};
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 /// Bytes before an offset that its guard hash covers.
 pub const MARKER_BYTES: u64 = 64;
 
 pub enum Reader {
-    Plain(File),
+    /// A plain file read with pread from our own position, so a resumed read can fetch the
+    /// guard bytes before the position and the new bytes in one call ([`Reader::read_from`]).
+    Plain {
+        file: File,
+        offset: u64,
+    },
     Gzip(Box<MultiGzDecoder<BufReader<File>>>),
 }
 
@@ -34,8 +40,7 @@ impl Reader {
             if end < offset {
                 return Err(OpenAtError::Short { end, offset });
             }
-            file.seek(SeekFrom::Start(offset))?;
-            return Ok(Reader::Plain(file));
+            return Ok(Reader::Plain { file, offset });
         }
         file.seek(SeekFrom::Start(0))?;
         let mut dec = Box::new(MultiGzDecoder::new(BufReader::with_capacity(
@@ -62,15 +67,44 @@ impl Reader {
     /// stream then holds one descriptor, not two.
     pub fn file(&self) -> &File {
         match self {
-            Reader::Plain(f) => f,
+            Reader::Plain { file, .. } => file,
             Reader::Gzip(d) => d.get_ref().get_ref(),
+        }
+    }
+
+    /// Plain files: one pread from `from` into `buf`, leaving the read position alone. Fewer
+    /// than `buf.len()` bytes only at the end of the file (a regular file reads short nowhere
+    /// else). Archives cannot be read at an offset.
+    pub fn read_at(&self, from: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Reader::Plain { file, .. } = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a compressed stream is only read forward",
+            ));
+        };
+        loop {
+            match file.read_at(buf, from) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Plain files: what [`Reader::read_at`] returned up to `to` was taken; reading goes on
+    /// from there.
+    pub fn taken_to(&mut self, to: u64) {
+        if let Reader::Plain { offset, .. } = self {
+            *offset = (*offset).max(to);
         }
     }
 
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let r = match self {
-                Reader::Plain(f) => f.read(buf),
+                Reader::Plain { file, offset } => file.read_at(buf, *offset).map(|n| {
+                    *offset += n as u64;
+                    n
+                }),
                 Reader::Gzip(d) => d.read(buf),
             };
             match r {

@@ -43,6 +43,9 @@ const READS_PER_TURN: usize = 16;
 const FORGET_AFTER_SECS: i64 = 14 * 86_400;
 /// How often the osquery outbox is looked at (osquery logs every few seconds at most).
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
+/// A file resumed at or below this position is read again from its head: the one pread then
+/// also brings the head its rewrite check hashes (a few KiB copied cost less than a syscall).
+const RESUME_FROM_HEAD: u64 = 4096;
 /// How long an idle tailer lets wake-ups gather before acting on them.
 const COALESCE: Duration = Duration::from_millis(25);
 /// Events arriving faster than this cause at most one scan per interval.

@@ -114,25 +114,20 @@ impl Tailer {
     }
 
     pub(super) fn read_turn(&mut self, t: &mut Tracked) -> Outcome {
-        // Before reading on from an earlier end: is the content before our position unchanged?
-        // Truncated and written again past our position before we looked (copytruncate then
-        // new lines) is caught by the bytes before the position, not by the size.
-        if t.at_eof && !t.compressed {
-            match std::fs::File::metadata(t.file()) {
-                Ok(md) if md.len() < t.framer.position() || super::rewritten(t) => {
-                    return Outcome::Truncated
-                }
-                Ok(md) => t.size = md.len(),
-                Err(e) => return Outcome::Failed(e),
-            }
-        }
         // The config's Arc, not a copy of the source (three glob sets): this runs per read.
         let cfg = self.cfg.clone();
         let source = &cfg.sources[t.source];
         let mut buf = std::mem::take(&mut self.buf);
         let mut outcome = Outcome::Progress;
         let mut reads = 0;
-        while !self.turn_over(t, reads) {
+        if t.at_eof && !t.compressed {
+            reads = 1;
+            if let Some(o) = self.resume(t, &mut buf, source) {
+                outcome = o;
+                reads = usize::MAX;
+            }
+        }
+        while reads != usize::MAX && !self.turn_over(t, reads) {
             reads += 1;
             let n = match t.reader.read(&mut buf) {
                 Ok(n) => n,
@@ -145,31 +140,13 @@ impl Tailer {
                 outcome = self.at_end(t);
                 break;
             }
-            t.at_eof = false;
-            t.last_data = Instant::now();
-            if t.fingerprint.is_none()
-                && !t.compressed
-                && t.framer.position() + n as u64 >= source.fingerprint_bytes as u64
-            {
-                self.promote(t, &source);
+            self.take_chunk(t, &buf[..n], 0, source);
+            if !t.compressed && n < buf.len() {
+                // A regular file reads short only at its end: no second read to see 0, no fstat.
+                outcome = self.at_short_end(t, None);
+                break;
             }
-            let chunk = &buf[..n];
-            self.frame_chunk(t, chunk);
-            if let Some(m) = read::marker_in_chunk(chunk, t.framer.position(), t.framer.position())
-            {
-                t.pos_marker = Some(m);
-            } else if !t.compressed {
-                t.pos_marker = read::marker_at(t.file(), t.framer.position())
-                    .ok()
-                    .flatten();
-            }
-            self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-            if !t.compressed {
-                t.size = t.size.max(t.framer.position());
-            }
-            if self.batch.len() >= self.cfg.batch.max_records
-                || self.batch.data_bytes() >= self.cfg.batch.max_bytes
-            {
+            if self.batch_full() {
                 break;
             }
         }
@@ -195,19 +172,91 @@ impl Tailer {
         outcome
     }
 
-    pub(super) fn frame_chunk(&mut self, t: &mut Tracked, chunk: &[u8]) {
+    /// Reading on from an earlier end of a plain file, in one pread where it can. Before reading
+    /// on, the content before our position must be unchanged: truncated and written again past
+    /// our position before we looked (copytruncate then new lines, `45aa8a8`) is caught by the
+    /// hash of the 64 bytes before the position and of the file's head, not by the size. The
+    /// pread starts at those 64 bytes (or at the head, for a position within
+    /// [`RESUME_FROM_HEAD`]), so the call that fetches the new bytes also returns the bytes that
+    /// guard them; a short read is the end of the file, so no fstat is needed either. Returns
+    /// the turn's outcome when the turn ends here, None when the buffer filled and reading goes
+    /// on.
+    fn resume(&mut self, t: &mut Tracked, buf: &mut [u8], source: &Source) -> Option<Outcome> {
+        let pos = t.framer.position();
+        let k = pos.min(read::MARKER_BYTES);
+        let from = if pos <= RESUME_FROM_HEAD { 0 } else { pos - k };
+        let got = match t.reader.read_at(from, buf) {
+            Ok(n) => n,
+            Err(e) => return Some(Outcome::Failed(e)),
+        };
+        if from + (got as u64) < pos {
+            return Some(Outcome::Truncated);
+        }
+        let at = (pos - from) as usize;
+        let before = (k > 0).then(|| crate::fingerprint::hash(&buf[at - k as usize..at]));
+        if t.pos_marker.is_some() && before != t.pos_marker {
+            return Some(Outcome::Truncated);
+        }
+        if let Some((len, hash)) = t.head_check {
+            let head = if from == 0 {
+                // len <= pos <= got: the head is in what was just read.
+                Some(crate::fingerprint::hash(&buf[..len as usize]))
+            } else {
+                super::head_hash(t.file(), len)
+            };
+            if head != Some(hash) {
+                return Some(Outcome::Truncated);
+            }
+        }
+        t.reader.taken_to(from + got as u64);
+        if got > at {
+            self.take_chunk(t, &buf[..got], at, source);
+        }
+        if got < buf.len() {
+            let head = (from == 0).then_some(&buf[..got]);
+            return Some(self.at_short_end(t, head));
+        }
+        None
+    }
+
+    /// New bytes `window[start..]` (the window ends at the bytes just read, and may begin with
+    /// bytes before them, which spare a pread for the markers).
+    fn take_chunk(&mut self, t: &mut Tracked, window: &[u8], start: usize, source: &Source) {
+        let n = window.len() - start;
+        t.at_eof = false;
+        t.last_data = Instant::now();
+        if t.fingerprint.is_none()
+            && !t.compressed
+            && t.framer.position() + n as u64 >= source.fingerprint_bytes as u64
+        {
+            self.promote(t, source);
+        }
+        self.frame_chunk(t, window, start);
+        let pos = t.framer.position();
+        if let Some(m) = read::marker_in_chunk(window, pos, pos) {
+            t.pos_marker = Some(m);
+        } else if !t.compressed {
+            t.pos_marker = read::marker_at(t.file(), pos).ok().flatten();
+        }
+        self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        if !t.compressed {
+            t.size = t.size.max(pos);
+        }
+    }
+
+    pub(super) fn frame_chunk(&mut self, t: &mut Tracked, window: &[u8], start: usize) {
         let slot = self.slot(t);
         let ts = now_ms();
         let batch = &mut self.batch;
         let stats = &self.stats;
-        t.framer.push(chunk, &mut |r: Rec<'_>| {
+        t.framer.push(&window[start..], &mut |r: Rec<'_>| {
             stats.records_read.fetch_add(1, Ordering::Relaxed);
             if r.part == crate::frame::Part::Head {
                 stats.overlong_records.fetch_add(1, Ordering::Relaxed);
             }
             batch.push(slot, &r, ts);
         });
-        self.update_checkpoint(t, chunk);
+        self.update_checkpoint(t, window);
     }
 
     pub(super) fn at_end(&mut self, t: &mut Tracked) -> Outcome {
@@ -226,6 +275,25 @@ impl Tailer {
         let want = t.framer.position().min(n);
         if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
             t.head_check = super::head_hash(t.file(), want).map(|h| (want, h));
+        }
+        Outcome::Eof
+    }
+
+    /// A plain file read short: that was its end (its size then is our position). Truncation
+    /// after this read is caught when reading resumes. `head` is the file's bytes from 0, when
+    /// the read began there.
+    pub(super) fn at_short_end(&mut self, t: &mut Tracked, head: Option<&[u8]>) -> Outcome {
+        t.at_eof = true;
+        t.size = t.framer.position();
+        let n = self.cfg.sources[t.source].fingerprint_bytes as u64;
+        let want = t.framer.position().min(n);
+        if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
+            t.head_check = match head {
+                Some(h) if h.len() as u64 >= want => {
+                    Some((want, crate::fingerprint::hash(&h[..want as usize])))
+                }
+                _ => super::head_hash(t.file(), want).map(|h| (want, h)),
+            };
         }
         Outcome::Eof
     }

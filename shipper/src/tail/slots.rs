@@ -245,6 +245,7 @@ impl Tailer {
             }
             keep
         });
+        self.count_parked();
     }
 
     /// inotify says `path` changed: if a parked file is there, reopen it.
@@ -296,6 +297,7 @@ impl Tailer {
                 if self.slots.parked_paths.get(&p.path) == Some(&key) {
                     self.slots.parked_paths.remove(&p.path);
                 }
+                self.count_parked();
             }
             self.adopt(f);
         }
@@ -369,6 +371,11 @@ impl Tailer {
                 },
             );
         }
+        self.count_parked();
+    }
+
+    /// The parked-files gauge, after the parked set changed.
+    fn count_parked(&self) {
         self.stats
             .parked_files
             .store(self.slots.parked.len() as u64, Ordering::Relaxed);
