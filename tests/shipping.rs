@@ -206,23 +206,27 @@ rescan_interval = "500ms"
         Proc::spawn("log-sensor", &mut c, &self.p(&format!("agent-{n}.err")))
     }
 
-    fn enroll(&self, c: &Collector) -> std::process::Output {
+    /// `log-sensor enroll` against `c` as USER, the password in a file as an operator keeps it.
+    fn enroll_cmd(&self, c: &Collector, password: &str) -> Command {
         let pw = self.p("pw");
-        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-        self.cmd()
-            .args([
-                "enroll",
-                "--server",
-                &c.url(),
-                "--user",
-                USER,
-                "--password-file",
-            ])
-            .arg(&pw)
-            .arg("--ca")
-            .arg(c.ca())
-            .output()
-            .unwrap()
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        let mut cmd = self.cmd();
+        cmd.args([
+            "enroll",
+            "--server",
+            &c.url(),
+            "--user",
+            USER,
+            "--password-file",
+        ])
+        .arg(&pw)
+        .arg("--ca")
+        .arg(c.ca());
+        cmd
+    }
+
+    fn enroll(&self, c: &Collector) -> std::process::Output {
+        self.enroll_cmd(c, PASSWORD).output().unwrap()
     }
 
     fn enroll_ok(&self, c: &Collector) -> String {
@@ -1489,25 +1493,13 @@ fn a_fleet_enrolling_at_once_waits_out_a_busy_collector() {
                 &format!("host_id = \"fleet-{i}\""),
             );
             std::fs::write(a.p("agent.toml"), cfg).unwrap();
-            std::fs::write(a.p("pw"), format!("{PASSWORD}\n")).unwrap();
             a
         })
         .collect();
     let running: Vec<std::process::Child> = agents
         .iter()
         .map(|a| {
-            a.cmd()
-                .args([
-                    "enroll",
-                    "--server",
-                    &c.url(),
-                    "--user",
-                    USER,
-                    "--password-file",
-                ])
-                .arg(a.p("pw"))
-                .arg("--ca")
-                .arg(c.ca())
+            a.enroll_cmd(&c, PASSWORD)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -1551,24 +1543,7 @@ fn enroll_reports_a_rate_limit_at_once_without_retrying() {
     });
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "");
-    let enroll_with = |password: &str| {
-        std::fs::write(agent.p("pw"), format!("{password}\n")).unwrap();
-        agent
-            .cmd()
-            .args([
-                "enroll",
-                "--server",
-                &c.url(),
-                "--user",
-                USER,
-                "--password-file",
-            ])
-            .arg(agent.p("pw"))
-            .arg("--ca")
-            .arg(c.ca())
-            .output()
-            .unwrap()
-    };
+    let enroll_with = |password: &str| agent.enroll_cmd(&c, password).output().unwrap();
     let wrong = enroll_with("wrong");
     assert!(!wrong.status.success());
     let limited = enroll_with(PASSWORD);
