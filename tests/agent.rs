@@ -858,11 +858,9 @@ fn an_empty_store_is_refused_and_only_a_missing_one_starts_afresh() {
     );
 }
 
-#[test]
-fn a_first_start_on_a_full_disk_leaves_no_store_behind() {
-    // A state dir with room for the lock but not for a store's schema.
-    let fs = tmpfs::Tmpfs::new(16 << 10);
-    let env = Env::with_config(&format!(
+/// One file source into a file sink, with the state dir (and so the store) on `fs`.
+fn state_on(fs: &tmpfs::Tmpfs) -> String {
+    format!(
         r#"
 state_dir = "{}"
 [sources.app]
@@ -874,7 +872,14 @@ type = "file"
 path = "out.ndjson"
 "#,
         fs.path().display()
-    ));
+    )
+}
+
+#[test]
+fn a_first_start_on_a_full_disk_leaves_no_store_behind() {
+    // A state dir with room for the lock but not for a store's schema.
+    let fs = tmpfs::Tmpfs::new(16 << 10);
+    let env = Env::with_config(&state_on(&fs));
     let all = lines("first", 20);
     append_lines(&env.p("logs/app.log"), &all);
     let mut agent = env.start();
@@ -900,21 +905,9 @@ fn a_start_with_the_store_on_a_full_disk_says_so_and_starts_once_there_is_room()
     // SQLite needs room for store.db-shm before it reads anything: the start must say that the
     // disk is full, name the store, and leave it fit for the next start.
     let fs = tmpfs::Tmpfs::new(4 << 20);
-    let env = Env::with_config(&format!(
-        r#"
-state_dir = "{}"
-[sources.app]
-paths = ["logs/app.log"]
-[batch]
-max_wait = "100ms"
-[sink]
-type = "file"
-path = "out.ndjson"
-"#,
-        fs.path().display()
-    ));
-    // Past fingerprint_bytes from the start: a smaller file that grows past it while the agent
-    // is stopped is shipped again from 0, a tailer matter this test is not about.
+    let env = Env::with_config(&state_on(&fs));
+    // Past fingerprint_bytes from the start, so the restart resumes by fingerprint; resuming a
+    // short stream grown while stopped is tests/rotation.rs's matter, not this test's.
     let first = lines("before", 100);
     append_lines(&env.p("logs/app.log"), &first);
     let out = env.p("out.ndjson");

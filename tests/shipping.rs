@@ -452,22 +452,7 @@ fn insecure_first_contact_works_and_says_so_loudly() {
     );
 
     // A wrong password is refused with the collector's reason, and stores nothing new.
-    std::fs::write(&pw, "wrong\n").unwrap();
-    let out = agent
-        .cmd()
-        .args([
-            "enroll",
-            "--server",
-            &c.url(),
-            "--user",
-            USER,
-            "--password-file",
-        ])
-        .arg(&pw)
-        .arg("--ca")
-        .arg(c.ca())
-        .output()
-        .unwrap();
+    let out = agent.enroll_cmd(&c, "wrong").output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid_credentials"), "{stderr}");
