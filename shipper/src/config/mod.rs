@@ -3,6 +3,7 @@
 //! Every problem in a file is reported in one pass (see [`ConfigError`]), each naming its dotted
 //! key, so an operator fixes a file once rather than once per error.
 
+mod dotted;
 mod expand;
 pub mod layers;
 pub mod packs;
