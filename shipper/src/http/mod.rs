@@ -7,6 +7,8 @@
 //! own: an async runtime there would cost memory and buy nothing.
 
 mod response;
+#[cfg(test)]
+mod tests;
 
 pub use response::Response;
 
