@@ -81,3 +81,32 @@ pub fn run(
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_text(dir: &Path, sql: &str, json: bool) -> String {
+        let mut out = Vec::new();
+        run(&dir.join("store.db"), sql, json, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_table_has_its_header_even_without_rows_and_json_is_one_object_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::store::Store::open(dir.path()).unwrap());
+        assert_eq!(
+            run_text(dir.path(), "SELECT stream FROM streams", false),
+            "stream\n------\n"
+        );
+        assert_eq!(
+            run_text(dir.path(), "SELECT 1 AS n, 'a' AS s, NULL AS z", false),
+            "n | s | z\n--+---+-----\n1 | a | NULL\n"
+        );
+        assert_eq!(
+            run_text(dir.path(), "SELECT 1 AS n, x'00' AS b", true),
+            "{\"b\":\"<1 bytes>\",\"n\":1}\n"
+        );
+    }
+}
