@@ -1,7 +1,7 @@
 //! `[sources.*]` and `[defaults]`: the files to tail and how their bytes become records.
 //!
-//! Every source is read through [`read_sources`], one table at a time; a new kind of source is a
-//! new reader beside [`read_source`], picked by the table's keys.
+//! Every `[sources.NAME]` table goes through [`read_sources`], which checks it is a table and
+//! hands it to the reader of its keys ([`read_source`] for files): one place to add another kind.
 
 use super::reader::TableReader;
 use super::{normalize, ConfigIssue};

@@ -8,7 +8,7 @@ mod collector;
 mod syslog;
 
 pub use collector::{CollectorOptions, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT};
-pub use syslog::{facility_code, split_address, StructuredData, SyslogOptions, SyslogTls};
+pub use syslog::{StructuredData, SyslogOptions, SyslogTls};
 
 use super::reader::TableReader;
 use super::ConfigIssue;

@@ -45,7 +45,7 @@ impl StructuredData {
 }
 
 /// The numeric facility for its RFC 5424 name.
-pub fn facility_code(name: &str) -> Option<u8> {
+fn facility_code(name: &str) -> Option<u8> {
     const NAMES: [&str; 16] = [
         "kern",
         "user",
@@ -72,7 +72,7 @@ pub fn facility_code(name: &str) -> Option<u8> {
 }
 
 /// The host part of `host:port` (`[v6]:port` too); the port must be there.
-pub fn split_address(address: &str) -> Result<String, String> {
+fn split_address(address: &str) -> Result<String, String> {
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| format!("{address:?}: expected host:port"))?;

@@ -2,7 +2,7 @@
 //! or plain TCP, for the rsyslog and syslog-ng relays fleets already run.
 //!
 //! Each record is one message (`encode`: the header, and the structured data the operator
-//! chose).
+//! chose); `conn` owns the connection and the checks a confirmation rests on.
 //!
 //! RFC 5425 has no acknowledgement, so a batch is confirmed (see README, "The syslog sink's
 //! guarantee") once every byte was written, the receiver's TCP stack acknowledged all of them up
