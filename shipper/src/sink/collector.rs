@@ -20,8 +20,8 @@ use crate::http::{HttpConn, HttpError, Response};
 use certificate::{renewal_loop, Shared};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The collector closes connections idle for 75 s; ours are retired before that, so a request
@@ -58,13 +58,7 @@ const WINDOW: usize = 2;
 
 impl CollectorSink {
     pub fn open(opts: &CollectorOptions) -> Result<CollectorSink, SinkError> {
-        let shared = Arc::new(Shared {
-            url: opts.url.clone(),
-            files: opts.files.clone(),
-            renew_at: opts.renew_at,
-            identity: Mutex::new(None),
-            generation: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(opts));
         let sink = CollectorSink {
             shared: shared.clone(),
             gzip: opts.gzip,

@@ -2,7 +2,7 @@
 //! (so a re-enrolment applies to a running agent without a restart), and renewed at `renew_at`
 //! of its lifetime by a thread of its own, so an idle agent renews too.
 
-use crate::config::{TlsFiles, Url};
+use crate::config::{CollectorOptions, TlsFiles, Url};
 use crate::http::HttpConn;
 use crate::tls::{self, ServerTrust, TlsError};
 use rustls::ClientConfig;
@@ -16,7 +16,7 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
 
 /// The client config built from one version of the files, and the certificate's validity.
-pub(super) struct Identity {
+struct Identity {
     config: Arc<ClientConfig>,
     stamp: tls::Stamp,
     not_before: i64,
@@ -28,13 +28,24 @@ pub(super) struct Shared {
     pub(super) url: Url,
     pub(super) files: TlsFiles,
     /// Fraction of the certificate's lifetime after which it is renewed.
-    pub(super) renew_at: f64,
-    pub(super) identity: Mutex<Option<Identity>>,
+    renew_at: f64,
+    identity: Mutex<Option<Identity>>,
     /// Bumped when a renewal wrote a new certificate, so the sink reconnects with it.
     pub(super) generation: AtomicU64,
 }
 
 impl Shared {
+    /// Nothing loaded yet: the first [`Shared::identity`] reads the files.
+    pub(super) fn new(opts: &CollectorOptions) -> Shared {
+        Shared {
+            url: opts.url.clone(),
+            files: opts.files.clone(),
+            renew_at: opts.renew_at,
+            identity: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
     /// The current client config, re-read if a file changed (renewal, re-enrolment).
     pub(super) fn identity(&self) -> Result<(Arc<ClientConfig>, i64, i64), TlsError> {
         let mut slot = self.identity.lock().expect("identity lock");
