@@ -6,7 +6,9 @@
 //! `--insecure-first-contact` proceeds, trusting whoever answers (and the CA it returns) — the
 //! password would go to that server, so the command says so loudly.
 
-use crate::sink::collector::{HttpConn, TlsFiles, Url};
+use crate::config::{TlsFiles, Url};
+use crate::http::HttpConn;
+use crate::identity::{self, KeyError};
 use crate::tls::{self, ServerTrust, TlsError};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -36,8 +38,8 @@ pub enum EnrollError {
     Busy { tries: u32, waited_secs: u64 },
     #[error("the collector's reply is not usable: {0}")]
     Reply(String),
-    #[error("cannot make a key or CSR: {0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("password: {0}")]
     Password(String),
 }
@@ -87,36 +89,16 @@ pub struct Enrolled {
     pub not_after: i64,
 }
 
-/// Where `enroll` stores the identity, and where the collector sink looks by default.
-pub fn default_files(state_dir: &Path) -> TlsFiles {
-    let dir = state_dir.join("tls");
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    }
-}
-
-/// A CSR (PEM) for an existing key; the collector ignores its subject and sets the host id.
-pub fn csr_for(key_pem: &str) -> Result<String, EnrollError> {
-    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| EnrollError::Key(e.to_string()))?;
-    rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|csr| csr.pem())
-        .map_err(|e| EnrollError::Key(e.to_string()))
-}
-
 /// Enrols; `notice` is told of each wait while the collector is busy (the CLI prints it).
 pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, EnrollError> {
-    let files = default_files(&opts.state_dir);
+    let files = TlsFiles::enrolled(&opts.state_dir);
     let trust = match &opts.trust {
         FirstContact::Ca(ca) => ServerTrust::Ca(ca),
         FirstContact::Insecure => ServerTrust::InsecureFirstContact,
     };
     let config = tls::make_config(trust, None)?;
-    let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
-    let key_pem = key.serialize_pem();
-    let csr = csr_for(&key_pem)?;
+    let key_pem = identity::new_key()?;
+    let csr = identity::csr_for(&key_pem)?;
     let request_err = |message: String| EnrollError::Request {
         server: opts.server.to_string(),
         message,

@@ -3,7 +3,8 @@
 //! The modules follow the data path:
 //! - [`config`]: TOML (or a `.j2` template of it, [`config::template`]) → a validated
 //!   [`config::Config`], every error at once with its key; packs and where they apply in
-//!   [`config::packs`].
+//!   [`config::packs`]. The bottom layer: plain data and its validation, importing no other
+//!   module (each sink's options are here, so `sink` imports `config`, never the reverse).
 //! - [`discover`]: globs, scans and inotify wake-ups find the files (the scan is the truth).
 //! - [`fingerprint`]: a stream's identity from the hash of its head (gzip decompressed first).
 //! - [`read`]: opening a file at an offset, plain or gzip, and checking the bytes before it.
@@ -15,7 +16,10 @@
 //! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
 //! - [`commit`]: acknowledged offsets into the store; a refused commit is owed and retried.
 //! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains.
-//! - [`query`]: read-only SQL over the store for `log-sensor query`.
+//! - [`identity`]: the client key and its CSR, made by enrolment and asked again at renewal.
+//! - [`http`]: the blocking HTTP/1.1 client over TLS that the collector sink and `enroll` use;
+//!   [`net`]: what every client connection shares (first address that answers, TLS goodbyes).
+//! - [`query`]: presents `log-sensor query`'s rows; the read-only SQL runs in [`store::query`].
 
 pub mod agent;
 pub mod batch;
@@ -26,7 +30,10 @@ pub mod discover;
 pub mod enroll;
 pub mod fingerprint;
 pub mod frame;
+pub mod http;
+pub mod identity;
 pub mod monitor;
+pub mod net;
 pub mod outbox;
 pub mod query;
 pub mod read;

@@ -210,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("enroll needs --server and --user");
             };
             let cfg = Config::load(&cli.config)?;
-            let server = log_sensor::sink::collector::Url::parse(&server)
+            let server = log_sensor::config::Url::parse(&server)
                 .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
             let trust = match ca {
                 Some(ca) => FirstContact::Ca(ca),

@@ -1,18 +1,14 @@
-//! `log-sensor query "SQL"`: read-only SQL against the store, as a table or JSON lines.
+//! `log-sensor query "SQL"`: the rows of read-only SQL against the store (run by
+//! [`crate::store::query`]), as a table or JSON lines.
 
-use crate::store::{Store, StoreError};
-use rusqlite::types::ValueRef;
+use crate::store::query::{self as store_query, Cell};
 use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("no store at {0} (has the agent run yet?)")]
-    NoStore(std::path::PathBuf),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("query failed: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Store(#[from] store_query::QueryError),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -23,44 +19,37 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<usize, QueryError> {
-    if !store_path.exists() {
-        return Err(QueryError::NoStore(store_path.to_path_buf()));
-    }
-    let conn = Store::open_read_only(store_path)?;
-    let mut stmt = conn.prepare(sql)?;
-    let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-    let mut rows = stmt.query([])?;
     let mut table: Vec<Vec<String>> = Vec::new();
-    let mut count = 0;
-    while let Some(row) = rows.next()? {
-        count += 1;
+    let (names, count) = store_query::each_row(store_path, sql, |columns, cells| {
         if json {
             let mut obj = serde_json::Map::new();
-            for (i, n) in names.iter().enumerate() {
-                let v = match row.get_ref(i)? {
-                    ValueRef::Null => serde_json::Value::Null,
-                    ValueRef::Integer(x) => x.into(),
-                    ValueRef::Real(x) => x.into(),
-                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
-                    ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
+            for (n, c) in columns.iter().zip(cells) {
+                let v = match c {
+                    Cell::Null => serde_json::Value::Null,
+                    Cell::Integer(x) => (*x).into(),
+                    Cell::Real(x) => (*x).into(),
+                    Cell::Text(t) => t.clone().into(),
+                    Cell::Blob(len) => format!("<{len} bytes>").into(),
                 };
                 obj.insert(n.clone(), v);
             }
             writeln!(out, "{}", serde_json::Value::Object(obj))?;
         } else {
-            let mut cells = Vec::with_capacity(names.len());
-            for i in 0..names.len() {
-                cells.push(match row.get_ref(i)? {
-                    ValueRef::Null => "NULL".to_string(),
-                    ValueRef::Integer(x) => x.to_string(),
-                    ValueRef::Real(x) => x.to_string(),
-                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
-                });
-            }
-            table.push(cells);
+            table.push(
+                cells
+                    .iter()
+                    .map(|c| match c {
+                        Cell::Null => "NULL".to_string(),
+                        Cell::Integer(x) => x.to_string(),
+                        Cell::Real(x) => x.to_string(),
+                        Cell::Text(t) => t.clone(),
+                        Cell::Blob(len) => format!("<{len} bytes>"),
+                    })
+                    .collect(),
+            );
         }
-    }
+        Ok::<(), QueryError>(())
+    })?;
     if !json {
         let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
         for r in &table {
@@ -91,4 +80,33 @@ pub fn run(
         }
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_text(dir: &Path, sql: &str, json: bool) -> String {
+        let mut out = Vec::new();
+        run(&dir.join("store.db"), sql, json, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_table_has_its_header_even_without_rows_and_json_is_one_object_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::store::Store::open(dir.path()).unwrap());
+        assert_eq!(
+            run_text(dir.path(), "SELECT stream FROM streams", false),
+            "stream\n------\n"
+        );
+        assert_eq!(
+            run_text(dir.path(), "SELECT 1 AS n, 'a' AS s, NULL AS z", false),
+            "n | s | z\n--+---+-----\n1 | a | NULL\n"
+        );
+        assert_eq!(
+            run_text(dir.path(), "SELECT 1 AS n, x'00' AS b", true),
+            "{\"b\":\"<1 bytes>\",\"n\":1}\n"
+        );
+    }
 }

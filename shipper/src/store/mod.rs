@@ -8,6 +8,7 @@
 
 mod create;
 mod pending;
+pub mod query;
 
 use pending::Pending;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};

@@ -25,29 +25,11 @@
 //! assembled from its pieces (the per-stream part made once a batch), then copied once.
 
 use crate::batch::{RecordRef, StreamMeta};
+use crate::config::StructuredData;
 use crate::frame::Part;
 
 /// informational: log lines carry their own level in the text; the relay should not guess one.
 const SEVERITY: u8 = 6;
-
-/// Which structured-data parameters each message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StructuredData {
-    Full,
-    Minimal,
-    None,
-}
-
-impl StructuredData {
-    pub fn parse(s: &str) -> Option<StructuredData> {
-        match s {
-            "full" => Some(StructuredData::Full),
-            "minimal" => Some(StructuredData::Minimal),
-            "none" => Some(StructuredData::None),
-            _ => None,
-        }
-    }
-}
 
 /// Frames the records of one batch. Holds what repeats from record to record: the header and
 /// SD up to `offset="` per stream (the last used is checked first: records of a stream come in
@@ -382,16 +364,5 @@ mod tests {
         assert_eq!(header_field("web 01", 255), "web_01");
         assert_eq!(header_field("", 255), "-");
         assert_eq!(header_field("été", 255).len(), 5);
-    }
-
-    #[test]
-    fn structured_data_names() {
-        assert_eq!(StructuredData::parse("full"), Some(StructuredData::Full));
-        assert_eq!(
-            StructuredData::parse("minimal"),
-            Some(StructuredData::Minimal)
-        );
-        assert_eq!(StructuredData::parse("none"), Some(StructuredData::None));
-        assert_eq!(StructuredData::parse("Full"), None);
     }
 }

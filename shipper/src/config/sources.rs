@@ -1,0 +1,298 @@
+//! `[sources.*]` and `[defaults]`: the files to tail and how their bytes become records.
+//!
+//! Every `[sources.NAME]` table goes through [`read_sources`], which checks it is a table and
+//! hands it to the reader of its keys ([`read_source`] for files): one place to add another kind.
+
+use super::reader::TableReader;
+use super::{normalize, ConfigIssue};
+use globset::{GlobSet, GlobSetBuilder};
+use regex::bytes::Regex;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    /// Absolute glob patterns, as written (after making them absolute).
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub include_set: GlobSet,
+    /// Matched against the whole path.
+    pub exclude_paths: GlobSet,
+    /// Patterns without a `/`, matched against the file name alone (`*.tmp`).
+    pub exclude_names: GlobSet,
+    pub framing: Framing,
+    pub fingerprint_bytes: usize,
+    pub max_file_bytes: u64,
+    pub detect_compression: bool,
+    /// Everything that decides how the source is read, rendered once: a reload restarts the
+    /// source's streams only when this changes.
+    pub signature: String,
+}
+
+/// How bytes become records.
+#[derive(Debug, Clone)]
+pub struct Framing {
+    pub delimiter: Vec<u8>,
+    pub max_record_bytes: usize,
+    pub multiline: Option<Multiline>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Multiline {
+    pub mode: MultilineMode,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum MultilineMode {
+    /// A line matching starts a new record (Java stack traces: a timestamp starts each event).
+    BreakBefore(Regex),
+    /// A line matching ends the current record.
+    BreakAfter(Regex),
+}
+
+pub const DEFAULT_FINGERPRINT_BYTES: u64 = 1024;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 65536;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+
+/// Per-source settings that `[defaults]` supplies and a source may override.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Overridable {
+    fingerprint_bytes: Option<u64>,
+    max_record_bytes: Option<u64>,
+    max_file_bytes: Option<u64>,
+    delimiter: Option<String>,
+    detect_compression: Option<bool>,
+    break_before: Option<String>,
+    break_after: Option<String>,
+    multiline_timeout: Option<Duration>,
+}
+
+impl Overridable {
+    fn read(r: &mut TableReader, issues: &mut Vec<ConfigIssue>) -> Self {
+        Overridable {
+            fingerprint_bytes: r.size("fingerprint_bytes", issues),
+            max_record_bytes: r.size("max_record_bytes", issues),
+            max_file_bytes: r.size("max_file_bytes", issues),
+            delimiter: r.string("delimiter", issues),
+            detect_compression: r.boolean("detect_compression", issues),
+            break_before: r.string("break_before", issues),
+            break_after: r.string("break_after", issues),
+            multiline_timeout: r.duration("multiline_timeout", issues),
+        }
+    }
+
+    fn or(self, d: &Overridable) -> Overridable {
+        Overridable {
+            fingerprint_bytes: self.fingerprint_bytes.or(d.fingerprint_bytes),
+            max_record_bytes: self.max_record_bytes.or(d.max_record_bytes),
+            max_file_bytes: self.max_file_bytes.or(d.max_file_bytes),
+            delimiter: self.delimiter.or_else(|| d.delimiter.clone()),
+            detect_compression: self.detect_compression.or(d.detect_compression),
+            break_before: self.break_before.or_else(|| d.break_before.clone()),
+            break_after: self.break_after.or_else(|| d.break_after.clone()),
+            multiline_timeout: self.multiline_timeout.or(d.multiline_timeout),
+        }
+    }
+}
+
+/// `[defaults]`: what every source inherits unless it sets its own.
+pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>) -> Overridable {
+    match top.table("defaults", issues) {
+        Some(t) => {
+            let mut r = TableReader::new("defaults", t);
+            let d = Overridable::read(&mut r, issues);
+            r.finish(issues);
+            d
+        }
+        None => Overridable::default(),
+    }
+}
+
+/// Every `[sources.NAME]`, in name order; a source with an error is left out (its issues say why).
+pub(super) fn read_sources(
+    top: &mut TableReader,
+    defaults: &Overridable,
+    base: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<Source> {
+    let mut sources = Vec::new();
+    if let Some(t) = top.table("sources", issues) {
+        let named: BTreeMap<&String, &toml::Value> = t.iter().collect();
+        for (name, value) in named {
+            let key = format!("sources.{name}");
+            let Some(st) = value.as_table() else {
+                issues.push(ConfigIssue {
+                    key,
+                    message: "expected a table".into(),
+                });
+                continue;
+            };
+            if let Some(s) = read_source(name, &key, st, defaults, base, issues) {
+                sources.push(s);
+            }
+        }
+    }
+    sources
+}
+
+fn read_source(
+    name: &str,
+    key: &str,
+    table: &toml::Table,
+    defaults: &Overridable,
+    base: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Source> {
+    let before = issues.len();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        issues.push(ConfigIssue {
+            key: key.into(),
+            message: "source names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
+        });
+    }
+    let mut r = TableReader::new(key, table);
+    let paths = r.strings("paths", issues).unwrap_or_default();
+    let exclude = r.strings("exclude", issues).unwrap_or_default();
+    let o = Overridable::read(&mut r, issues).or(defaults);
+    r.finish(issues);
+    if paths.is_empty() {
+        issues.push(ConfigIssue {
+            key: format!("{key}.paths"),
+            message: "at least one path glob is required".into(),
+        });
+    }
+
+    let paths: Vec<String> = paths.iter().map(|p| absolute_pattern(base, p)).collect();
+    let mut include = GlobSetBuilder::new();
+    for (i, p) in paths.iter().enumerate() {
+        match globset::GlobBuilder::new(p).literal_separator(true).build() {
+            Ok(g) => {
+                include.add(g);
+            }
+            Err(e) => issues.push(ConfigIssue {
+                key: format!("{key}.paths[{i}]"),
+                message: format!("bad glob: {e}"),
+            }),
+        }
+    }
+    let mut ex_paths = GlobSetBuilder::new();
+    let mut ex_names = GlobSetBuilder::new();
+    for (i, p) in exclude.iter().enumerate() {
+        let (pattern, set) = if p.contains('/') {
+            (absolute_pattern(base, p), &mut ex_paths)
+        } else {
+            (p.clone(), &mut ex_names)
+        };
+        match globset::GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .build()
+        {
+            Ok(g) => {
+                set.add(g);
+            }
+            Err(e) => issues.push(ConfigIssue {
+                key: format!("{key}.exclude[{i}]"),
+                message: format!("bad glob: {e}"),
+            }),
+        }
+    }
+
+    let fingerprint_bytes = o.fingerprint_bytes.unwrap_or(DEFAULT_FINGERPRINT_BYTES);
+    if !(16..=1 << 20).contains(&fingerprint_bytes) {
+        issues.push(ConfigIssue {
+            key: format!("{key}.fingerprint_bytes"),
+            message: format!("{fingerprint_bytes} is out of range (16 to 1MiB)"),
+        });
+    }
+    let max_record_bytes = o.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+    if !(16..=64 << 20).contains(&max_record_bytes) {
+        issues.push(ConfigIssue {
+            key: format!("{key}.max_record_bytes"),
+            message: format!("{max_record_bytes} is out of range (16 to 64MiB)"),
+        });
+    }
+    let max_file_bytes = o.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES);
+    if max_file_bytes == 0 {
+        issues.push(ConfigIssue {
+            key: format!("{key}.max_file_bytes"),
+            message: "must be above 0".into(),
+        });
+    }
+    let delimiter = o.delimiter.unwrap_or_else(|| "\n".into()).into_bytes();
+    if delimiter.is_empty() || delimiter.len() > 16 {
+        issues.push(ConfigIssue {
+            key: format!("{key}.delimiter"),
+            message: "must be 1 to 16 bytes".into(),
+        });
+    }
+    let timeout = o.multiline_timeout.unwrap_or(Duration::from_secs(5));
+    let compile = |pat: &str, which: &str, issues: &mut Vec<ConfigIssue>| match Regex::new(pat) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            issues.push(ConfigIssue {
+                key: format!("{key}.{which}"),
+                message: format!("bad regex: {e}"),
+            });
+            None
+        }
+    };
+    let multiline = match (&o.break_before, &o.break_after) {
+        (Some(_), Some(_)) => {
+            issues.push(ConfigIssue {
+                key: format!("{key}.break_after"),
+                message: "break_before and break_after cannot both be set".into(),
+            });
+            None
+        }
+        (Some(p), None) => compile(p, "break_before", issues).map(|r| Multiline {
+            mode: MultilineMode::BreakBefore(r),
+            timeout,
+        }),
+        (None, Some(p)) => compile(p, "break_after", issues).map(|r| Multiline {
+            mode: MultilineMode::BreakAfter(r),
+            timeout,
+        }),
+        (None, None) => None,
+    };
+    if issues.len() != before {
+        return None;
+    }
+    let signature = format!(
+        "{paths:?} {exclude:?} {delimiter:?} {max_record_bytes} {fingerprint_bytes} {max_file_bytes} {:?} {:?}",
+        o.detect_compression,
+        multiline.as_ref().map(|m| (format!("{:?}", m.mode), m.timeout)),
+    );
+    Some(Source {
+        signature,
+        name: name.to_string(),
+        paths,
+        exclude,
+        include_set: include.build().ok()?,
+        exclude_paths: ex_paths.build().ok()?,
+        exclude_names: ex_names.build().ok()?,
+        framing: Framing {
+            delimiter,
+            max_record_bytes: max_record_bytes as usize,
+            multiline,
+        },
+        fingerprint_bytes: fingerprint_bytes as usize,
+        max_file_bytes,
+        detect_compression: o.detect_compression.unwrap_or(true),
+    })
+}
+
+fn absolute_pattern(base: &Path, pattern: &str) -> String {
+    let p = if pattern.starts_with('/') {
+        PathBuf::from(pattern)
+    } else {
+        base.join(pattern)
+    };
+    normalize(&p).to_string_lossy().into_owned()
+}

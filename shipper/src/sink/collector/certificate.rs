@@ -1,0 +1,144 @@
+//! The client certificate the sink connects with: the files re-read whenever they change on disk
+//! (so a re-enrolment applies to a running agent without a restart), and renewed at `renew_at`
+//! of its lifetime by a thread of its own, so an idle agent renews too.
+
+use crate::config::{CollectorOptions, TlsFiles, Url};
+use crate::http::HttpConn;
+use crate::tls::{self, ServerTrust, TlsError};
+use rustls::ClientConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A failed renewal is tried again after this long (the current certificate still works).
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// At most one renewal this often, even if the clock or `renew_at` says one is due at once.
+const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// The client config built from one version of the files, and the certificate's validity.
+struct Identity {
+    config: Arc<ClientConfig>,
+    stamp: tls::Stamp,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// State the sink and its renewal thread share.
+pub(super) struct Shared {
+    pub(super) url: Url,
+    pub(super) files: TlsFiles,
+    /// Fraction of the certificate's lifetime after which it is renewed.
+    renew_at: f64,
+    identity: Mutex<Option<Identity>>,
+    /// Bumped when a renewal wrote a new certificate, so the sink reconnects with it.
+    pub(super) generation: AtomicU64,
+}
+
+impl Shared {
+    /// Nothing loaded yet: the first [`Shared::identity`] reads the files.
+    pub(super) fn new(opts: &CollectorOptions) -> Shared {
+        Shared {
+            url: opts.url.clone(),
+            files: opts.files.clone(),
+            renew_at: opts.renew_at,
+            identity: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The current client config, re-read if a file changed (renewal, re-enrolment).
+    pub(super) fn identity(&self) -> Result<(Arc<ClientConfig>, i64, i64), TlsError> {
+        let mut slot = self.identity.lock().expect("identity lock");
+        let now = tls::stamp(&[&self.files.ca, &self.files.cert, &self.files.key]);
+        if slot.as_ref().map(|i| &i.stamp) != Some(&now) {
+            let config = tls::make_config(
+                ServerTrust::Ca(&self.files.ca),
+                Some((&self.files.cert, &self.files.key)),
+            )?;
+            let (not_before, not_after) = tls::validity(&self.files.cert)?;
+            if slot.is_some() {
+                tracing::info!(cert = %self.files.cert.display(), not_after, "client certificate changed on disk; using the new one");
+            }
+            *slot = Some(Identity {
+                config,
+                stamp: now,
+                not_before,
+                not_after,
+            });
+        }
+        let i = slot.as_ref().expect("just loaded");
+        Ok((i.config.clone(), i.not_before, i.not_after))
+    }
+
+    fn renew_due(&self, not_before: i64, not_after: i64) -> i64 {
+        not_before + ((not_after - not_before) as f64 * self.renew_at) as i64
+    }
+
+    /// Asks for a fresh certificate for our key and swaps it in atomically.
+    fn renew(&self) -> Result<i64, String> {
+        let (config, _, _) = self.identity().map_err(|e| e.to_string())?;
+        let key_pem = std::fs::read_to_string(&self.files.key)
+            .map_err(|e| format!("cannot read {}: {e}", self.files.key.display()))?;
+        let csr = crate::identity::csr_for(&key_pem).map_err(|e| e.to_string())?;
+        let mut conn = HttpConn::connect(&self.url, config).map_err(|e| e.to_string())?;
+        let body = serde_json::json!({ "csr": csr }).to_string();
+        let resp = conn
+            .request(
+                "POST",
+                "/v1/renew",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!(
+                "collector replied {} {}",
+                resp.status,
+                resp.reason()
+            ));
+        }
+        let reply: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("bad renew reply: {e}"))?;
+        let cert = reply["cert"]
+            .as_str()
+            .ok_or("renew reply has no certificate")?;
+        // Checked against our key before it replaces the certificate that works.
+        let tmp_check = self.files.cert.with_extension("renew-check");
+        tls::write_atomic(&tmp_check, cert.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        let checked = tls::make_config(
+            ServerTrust::Ca(&self.files.ca),
+            Some((&tmp_check, &self.files.key)),
+        );
+        let _ = std::fs::remove_file(&tmp_check);
+        checked.map_err(|e| format!("renewed certificate is unusable: {e}"))?;
+        tls::write_atomic(&self.files.cert, cert.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let (_, _, not_after) = self.identity().map_err(|e| e.to_string())?;
+        Ok(not_after)
+    }
+}
+
+/// Renews when due; exits when the sink is gone.
+pub(super) fn renewal_loop(shared: Weak<Shared>) {
+    let mut next_try = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(s) = shared.upgrade() else { return };
+        let Ok((_, nb, na)) = s.identity() else {
+            continue;
+        };
+        if crate::store::now_secs() < s.renew_due(nb, na) || Instant::now() < next_try {
+            continue;
+        }
+        match s.renew() {
+            Ok(not_after) => {
+                tracing::info!(cert = %s.files.cert.display(), not_after, "client certificate renewed");
+                next_try = Instant::now() + RENEW_MIN_GAP;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = RENEW_RETRY.as_secs(), "certificate renewal failed; the current certificate is still used");
+                next_try = Instant::now() + RENEW_RETRY;
+            }
+        }
+    }
+}
