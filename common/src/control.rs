@@ -72,7 +72,8 @@ pub struct Response<S> {
     /// taken and the request was not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // No `default`: serde would then ask `S: Default`; a missing Option is None anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Vec<Entry>>,

@@ -417,7 +417,7 @@ impl Config {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.state_dir.join("store.db")
+        log_sensor_common::state_dir::store(&self.state_dir)
     }
 }
 
