@@ -2,6 +2,7 @@
 //! osquery extension) share, written once so they cannot drift apart. It depends on none of them.
 //!
 //! Layout, by what each module owns:
+//! - [`agent_defaults`]: where the agent's config is, and the defaults an operator is shown.
 //! - [`record`]: the NDJSON record format — [`record::Part`], the field names, JSON string
 //!   escaping, `msg`/`msg_b64`, RFC 3339 time stamps.
 //! - [`enroll`]: the bodies of the collector's `/v1/enroll` and `/v1/renew`.
@@ -13,6 +14,7 @@
 //! - [`fsutil`]: atomic and create-only file writes.
 //! - [`clock`]: wall-clock time as unix seconds and milliseconds.
 
+pub mod agent_defaults;
 pub mod clock;
 pub mod control;
 pub mod enroll;

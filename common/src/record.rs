@@ -85,6 +85,7 @@ impl Part {
 ///
 /// Log lines rarely need escaping, so runs of plain bytes are found eight at a time (SWAR) and
 /// copied whole; this loop was the agent's hottest spot when it went byte by byte.
+#[inline]
 pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
@@ -143,6 +144,7 @@ fn needs_escape(w: u64) -> bool {
 
 /// Appends `"key":"value"` for a message: `msg` when UTF-8 (`utf8`, as checked when the
 /// record was framed), else `msg_b64`.
+#[inline]
 pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
     if utf8 {
         out.extend_from_slice(b"\"msg\":\"");
@@ -155,6 +157,7 @@ pub fn msg_field(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
 }
 
 /// Appends `bytes` in standard base64 (how both sinks carry a message that is not UTF-8).
+#[inline]
 pub fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     let enc_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);

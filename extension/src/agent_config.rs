@@ -6,21 +6,9 @@
 use log_sensor_common::{packs, state_dir};
 use std::path::{Path, PathBuf};
 
-/// Where the config is looked up when neither `--config` nor the environment names it.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/log-sensor/log-sensor.toml";
-/// The environment variable naming the config (autoloaded extensions get no flags of ours).
-pub const CONFIG_ENV: &str = "LOG_SENSOR_CONFIG";
-
-/// The agent's documented defaults, shown with origin `default` in `log_sensor_config` for the
-/// keys the file does not set. `host_id` defaults to the host name (added at load time).
-pub const DOCUMENTED_DEFAULTS: &[(&str, &str)] = &[
-    ("state_dir", "state"),
-    ("defaults.fingerprint_bytes", "1024"),
-    ("defaults.max_record_bytes", "65536"),
-    ("defaults.max_file_bytes", "4294967296"),
-    ("defaults.delimiter", "\n"),
-    ("defaults.detect_compression", "true"),
-];
+/// Where the config is looked up when neither `--config` nor the environment names it, and that
+/// environment variable: the agent's own.
+pub use log_sensor_common::agent_defaults::{CONFIG_ENV, CONFIG_PATH as DEFAULT_CONFIG_PATH};
 
 /// The agent config as the extension sees it.
 #[derive(Debug, Clone)]
@@ -58,7 +46,7 @@ impl AgentConfig {
             Err(e) => (None, Some(format!("cannot read {}: {e}", path.display()))),
         };
         let mut host_id = hostname();
-        let mut state_dir = String::from("state");
+        let mut state_dir = String::from(log_sensor_common::agent_defaults::STATE_DIR);
         if let Some(t) = &table {
             for (key, slot) in [("host_id", &mut host_id), ("state_dir", &mut state_dir)] {
                 match t.get(key) {

@@ -26,8 +26,8 @@ struct Cli {
     #[arg(
         short = 'c',
         long = "config",
-        env = "LOG_SENSOR_CONFIG",
-        default_value = "/etc/log-sensor/log-sensor.toml",
+        env = log_sensor_common::agent_defaults::CONFIG_ENV,
+        default_value = log_sensor_common::agent_defaults::CONFIG_PATH,
         global = true
     )]
     config: PathBuf,

@@ -146,9 +146,9 @@ pub struct DiscoveryConfig {
     pub max_partial_bytes: u64,
 }
 
-pub const DEFAULT_FINGERPRINT_BYTES: u64 = 1024;
-pub const DEFAULT_MAX_RECORD_BYTES: u64 = 65536;
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+pub const DEFAULT_FINGERPRINT_BYTES: u64 = log_sensor_common::agent_defaults::FINGERPRINT_BYTES;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = log_sensor_common::agent_defaults::MAX_RECORD_BYTES;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = log_sensor_common::agent_defaults::MAX_FILE_BYTES;
 
 /// Per-source settings that `[defaults]` supplies and a source may override.
 #[derive(Debug, Clone, Default)]
@@ -210,7 +210,7 @@ impl Config {
         let base = absolute(path).parent()?.to_path_buf();
         let dir = match reader::top_level(&text, "state_dir") {
             reader::TopLevel::Found(toml::Value::String(s)) => expand::expand(&s).ok()?,
-            reader::TopLevel::Absent => "state".into(),
+            reader::TopLevel::Absent => log_sensor_common::agent_defaults::STATE_DIR.into(),
             _ => return None,
         };
         Some(base.join(dir))
@@ -250,7 +250,7 @@ impl Config {
             .unwrap_or_else(|| vec![base.join("packs")]);
         let state_dir = base.join(
             top.string("state_dir", &mut issues)
-                .unwrap_or_else(|| "state".into()),
+                .unwrap_or_else(|| log_sensor_common::agent_defaults::STATE_DIR.into()),
         );
 
         let defaults = match top.table("defaults", &mut issues) {
@@ -508,7 +508,10 @@ fn read_source(
             message: "must be above 0".into(),
         });
     }
-    let delimiter = o.delimiter.unwrap_or_else(|| "\n".into()).into_bytes();
+    let delimiter = o
+        .delimiter
+        .unwrap_or_else(|| log_sensor_common::agent_defaults::DELIMITER.into())
+        .into_bytes();
     if delimiter.is_empty() || delimiter.len() > 16 {
         issues.push(ConfigIssue {
             key: format!("{key}.delimiter"),
@@ -567,7 +570,9 @@ fn read_source(
         },
         fingerprint_bytes: fingerprint_bytes as usize,
         max_file_bytes,
-        detect_compression: o.detect_compression.unwrap_or(true),
+        detect_compression: o
+            .detect_compression
+            .unwrap_or(log_sensor_common::agent_defaults::DETECT_COMPRESSION),
     })
 }
 
