@@ -68,6 +68,7 @@ mod tests {
             e.contains("unknown variable ${nope}") && e.contains("\"a${nope}\""),
             "{e}"
         );
+        assert!(e.contains("(known: ${hostname}, ${env:NAME})"), "{e}");
         let e = expand("${env:LOG_SENSOR_COMMON_SURELY_UNSET}").unwrap_err();
         assert!(
             e.contains("LOG_SENSOR_COMMON_SURELY_UNSET is not set"),

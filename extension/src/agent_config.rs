@@ -296,6 +296,40 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_variable_reads_as_the_agent_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "host_id = \"${nope}\"\n").unwrap();
+        let problem = AgentConfig::load(&p).problem.unwrap();
+        // The agent's own words, list of known variables included.
+        assert!(
+            problem.contains("key host_id: unknown variable ${nope}")
+                && problem.contains("(known: ${hostname}, ${env:NAME})"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn enabled_packs_are_found_as_the_agent_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("packs");
+        std::fs::create_dir_all(&packs).unwrap();
+        std::fs::write(packs.join("web.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("mine.json"), "{}").unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "packs = [\"web\", \"mine.json\", \"gone\", \"./gone.json\"]\n",
+        )
+        .unwrap();
+        // A path to no file is no pack, as a name in no folder is not (the agent refuses both).
+        assert_eq!(
+            AgentConfig::load(&p).enabled_pack_files(),
+            [packs.join("web.json"), dir.path().join("mine.json")]
+        );
+    }
+
+    #[test]
     fn state_dir_is_relative_to_the_config_folder() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
