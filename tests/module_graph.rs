@@ -82,7 +82,8 @@ fn lex(src: &str) -> Vec<Token> {
         } else if c == '\'' {
             // A char literal ('a', '\n', '\u{1F600}', '\'') or a lifetime/label ('a).
             if at(i + 1) == '\\' {
-                i += 2;
+                // Past the quote, the backslash and the escaped char ('\'' and '\\' included).
+                i += 3;
                 while i < b.len() && b[i] != '\'' {
                     i += 1;
                 }
@@ -693,6 +694,9 @@ fn comments_strings_and_attributes_name_nothing() {
         const R: &str = r#"crate::i "# ;
         const B: &[u8] = b"crate::j";
         const C: char = '"';
+        const Q: [u8; 3] = [b'\'', b'\\', b'"'];
+        const U: char = '\u{1F600}';
+        const QC: [char; 2] = ['\'','"'];
         #[doc = "crate::k"]
         fn f<'a>(x: &'a str) -> &'a str { x }
         use crate::real;
