@@ -258,13 +258,14 @@ break_before = '^\d{4}-\d{2}-\d{2} '
         Connection::open(self.state().join("osquery-outbox.db")).unwrap()
     }
 
-    /// A store made from sql/schema.sql, as the agent would leave it.
+    /// A store made from sql/schema.sql and sql/views.sql, as the agent would leave it.
     fn make_store(&self) {
         std::fs::create_dir_all(self.state()).unwrap();
         let c = Connection::open(self.state().join("store.db")).unwrap();
         c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .unwrap();
         c.execute_batch(include_str!("../sql/schema.sql")).unwrap();
+        c.execute_batch(include_str!("../sql/views.sql")).unwrap();
         c.execute_batch(
             "INSERT INTO meta VALUES ('host_id', 'store-host');
              INSERT INTO streams (stream, source, fingerprint, fp_bytes, path, device, inode, compressed, size,

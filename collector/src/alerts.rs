@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::db::AlertRow;
-use crate::ingest::Part;
+use log_sensor_common::record::Part;
 
 /// A stream's current run of over-length parts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

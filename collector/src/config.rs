@@ -241,7 +241,7 @@ impl Config {
             "# log-sensor-collector configuration, written by `init`.\n\
              # `serve --listen` overrides `listen`.\n{text}"
         );
-        crate::fsutil::write_new(path, text.as_bytes(), 0o644).map_err(|source| {
+        log_sensor_common::fsutil::write_new(path, text.as_bytes(), 0o644).map_err(|source| {
             ConfigError::Write {
                 path: path.to_owned(),
                 source,

@@ -313,7 +313,7 @@ impl Db {
         let live: Option<String> = tx
             .query_row(
                 sql::LIVE_CERT_FOR_HOST,
-                params![issued.host_id, crate::pki::unix_now()],
+                params![issued.host_id, log_sensor_common::clock::now_secs()],
                 |r| r.get(0),
             )
             .optional()
@@ -567,7 +567,7 @@ mod tests {
     fn a_host_with_a_live_certificate_is_not_enrolled_again() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::create(&dir.path().join("c.db")).unwrap();
-        let now = crate::pki::unix_now();
+        let now = log_sensor_common::clock::now_secs();
         let live = |serial| Issued {
             not_after: now + 100,
             ..issued(serial, "web")

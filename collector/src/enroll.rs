@@ -7,56 +7,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::db::{CertState, Db, DbError, Issued};
 use crate::names;
 use crate::pki::{Ca, PkiError};
 use crate::ratelimit::{Limiter, Refusal, Try};
 use crate::verify::{Slot, Verifier};
 
-/// Body of `POST /v1/enroll`.
-#[derive(Deserialize)]
-pub struct EnrollRequest {
-    pub username: String,
-    pub password: String,
-    pub host_id: String,
-    /// PKCS#10 request, PEM.
-    pub csr: String,
-}
-
-impl std::fmt::Debug for EnrollRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The password never reaches a log line.
-        f.debug_struct("EnrollRequest")
-            .field("username", &self.username)
-            .field("host_id", &self.host_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Body of `POST /v1/renew`.
-#[derive(Debug, Deserialize)]
-pub struct RenewRequest {
-    pub csr: String,
-}
-
-/// Reply to enrol and renew.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CertReply {
-    pub host_id: String,
-    /// Lower-case hex; what `revoke` and `certs list` use.
-    pub serial: String,
-    /// The new client certificate, PEM.
-    pub cert: String,
-    /// The collector's CA certificate, PEM: the agent's trust anchor.
-    pub ca: String,
-    /// Issue time, unix seconds (the certificate is valid from five
-    /// minutes earlier, for clock skew).
-    pub issued_at: i64,
-    /// Expiry, unix seconds; renew at about two thirds of the lifetime.
-    pub not_after: i64,
-}
+/// The request and reply bodies, as the agent sends and reads them.
+pub use log_sensor_common::enroll::{CertReply, EnrollRequest, RenewRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -16,14 +16,8 @@ use crate::names::{self, IdError};
 
 mod scan;
 
-/// Which piece of the original record a wire record carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Part {
-    Whole,
-    Head,
-    Tail,
-}
+/// Which piece of the original record a wire record carries: the agent's own type.
+pub use log_sensor_common::record::Part;
 
 /// The fields the collector acts on; everything else in the line is kept
 /// verbatim because the line itself is what gets stored.

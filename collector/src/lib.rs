@@ -26,7 +26,6 @@ pub mod alerts;
 pub mod config;
 pub mod db;
 pub mod enroll;
-pub mod fsutil;
 pub mod ingest;
 pub mod metrics;
 pub mod names;

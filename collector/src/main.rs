@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use log_sensor_collector::config::{Config, Layout};
 use log_sensor_collector::db::Db;
-use log_sensor_collector::{fsutil, pki, revoke, server, users};
+use log_sensor_collector::{pki, revoke, server, users};
+use log_sensor_common::clock::now_secs;
+use log_sensor_common::fsutil;
 
 #[derive(Parser)]
 #[command(
@@ -207,7 +209,7 @@ fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Resu
         None => users::password_from_tty(name)?,
     };
     let hash = users::hash_password(&password)?;
-    db.add_user(name, &hash, pki::unix_now())?;
+    db.add_user(name, &hash, now_secs())?;
     println!("added user {name}");
     Ok(())
 }
@@ -245,7 +247,7 @@ fn serve(layout: Layout, listen: Option<SocketAddr>) -> Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        fsutil::replace(&layout.serve_addr(), format!("{bound}\n").as_bytes())
+        fsutil::write_atomic(&layout.serve_addr(), format!("{bound}\n").as_bytes(), 0o644)
             .with_context(|| format!("writing {}", layout.serve_addr().display()))?;
         println!("listening on {bound}");
         tracing::info!(%bound, "collector listening");
@@ -266,7 +268,7 @@ async fn shutdown_signal() {
 
 fn certs_list(layout: &Layout) -> Result<()> {
     let db = Db::open(&layout.db())?;
-    let now = pki::unix_now();
+    let now = now_secs();
     let fmt = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
             .ok()

@@ -4,7 +4,7 @@
 //! Only CSRs are signed: a host's private key never leaves the host.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 use rcgen::{
@@ -13,7 +13,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::fsutil;
+use log_sensor_common::clock::now_secs as unix_now;
+use log_sensor_common::fsutil;
 
 /// Lifetime of the CA certificate.
 const CA_DAYS: u64 = 3650;
@@ -69,13 +70,6 @@ impl std::fmt::Debug for Ca {
         // Never print key material.
         f.debug_struct("Ca").finish_non_exhaustive()
     }
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn at(unix: i64) -> OffsetDateTime {

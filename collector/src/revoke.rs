@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use crate::db::{CertRow, Db, DbError};
-use crate::pki::unix_now;
+use log_sensor_common::clock::now_secs as unix_now;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 

@@ -33,12 +33,13 @@ use crate::db::{CertState, Db};
 use crate::enroll::{EnrollError, EnrollRequest, Enroller, RenewRequest};
 use crate::ingest::{read_batch_with, BodyCut, IngestError};
 use crate::metrics::{Metrics, RefusedReason};
-use crate::pki::{unix_now, Ca};
+use crate::pki::Ca;
 use crate::ratelimit::Limiter;
 use crate::revoke::watch_revocations;
 use crate::storage::{Storage, StorageError, StorageLimits};
 use crate::tls::{make_server_config, PeerIdentity, RevokedSet};
 use crate::verify::Verifier;
+use log_sensor_common::clock::now_secs as unix_now;
 
 /// Largest enrol or renew body (a CSR is about a kilobyte).
 const MAX_SMALL_BODY: usize = 64 * 1024;

@@ -26,10 +26,10 @@ use serde::Deserialize;
 
 use crate::alerts::Streak;
 use crate::db::{AlertRow, Db, DbError, StreamIndex};
-use crate::fsutil;
 use crate::ingest::{Batch, Part, StreamRecords};
 use crate::names::encode_component;
-use crate::pki::unix_now;
+use log_sensor_common::clock::now_secs as unix_now;
+use log_sensor_common::fsutil;
 
 mod append;
 mod open_files;

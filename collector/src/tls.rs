@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use log_sensor_common::pem::{load_certs, load_key};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
@@ -24,16 +25,8 @@ use crate::pki::hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: no {what} found")]
-    Empty {
-        path: std::path::PathBuf,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Pem(#[from] log_sensor_common::pem::PemError),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
@@ -44,42 +37,6 @@ pub enum TlsError {
 /// [`crate::revoke::watch_revocations`]; connections subscribe to it to
 /// cut themselves when their certificate appears.
 pub type RevokedSet = watch::Receiver<Arc<HashSet<String>>>;
-
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let certs = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            path: path.to_owned(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Empty {
-            path: path.to_owned(),
-            what: "private key",
-        })
-}
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -3,23 +3,12 @@
 //! reported and replaced by defaults, because an extension that refuses to start would take the
 //! logger plugin away from osqueryd.
 
+use log_sensor_common::{packs, state_dir};
 use std::path::{Path, PathBuf};
 
-/// Where the config is looked up when neither `--config` nor the environment names it.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/log-sensor/log-sensor.toml";
-/// The environment variable naming the config (autoloaded extensions get no flags of ours).
-pub const CONFIG_ENV: &str = "LOG_SENSOR_CONFIG";
-
-/// The agent's documented defaults, shown with origin `default` in `log_sensor_config` for the
-/// keys the file does not set. `host_id` defaults to the host name (added at load time).
-pub const DOCUMENTED_DEFAULTS: &[(&str, &str)] = &[
-    ("state_dir", "state"),
-    ("defaults.fingerprint_bytes", "1024"),
-    ("defaults.max_record_bytes", "65536"),
-    ("defaults.max_file_bytes", "4294967296"),
-    ("defaults.delimiter", "\n"),
-    ("defaults.detect_compression", "true"),
-];
+/// Where the config is looked up when neither `--config` nor the environment names it, and that
+/// environment variable: the agent's own.
+pub use log_sensor_common::agent_defaults::{CONFIG_ENV, CONFIG_PATH as DEFAULT_CONFIG_PATH};
 
 /// The agent config as the extension sees it.
 #[derive(Debug, Clone)]
@@ -57,7 +46,7 @@ impl AgentConfig {
             Err(e) => (None, Some(format!("cannot read {}: {e}", path.display()))),
         };
         let mut host_id = hostname();
-        let mut state_dir = String::from("state");
+        let mut state_dir = String::from(log_sensor_common::agent_defaults::STATE_DIR);
         if let Some(t) = &table {
             for (key, slot) in [("host_id", &mut host_id), ("state_dir", &mut state_dir)] {
                 match t.get(key) {
@@ -91,15 +80,15 @@ impl AgentConfig {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.state_dir.join("store.db")
+        state_dir::store(&self.state_dir)
     }
 
     pub fn outbox_path(&self) -> PathBuf {
-        self.state_dir.join("osquery-outbox.db")
+        state_dir::osquery_outbox(&self.state_dir)
     }
 
     pub fn control_socket(&self) -> PathBuf {
-        self.state_dir.join(crate::agent_socket::SOCKET)
+        state_dir::control_socket(&self.state_dir)
     }
 
     /// String arrays such as `packs` and `pack_dirs`, expanded.
@@ -127,21 +116,14 @@ impl AgentConfig {
         dirs
     }
 
-    /// The packs the agent has enabled (`packs`): a name is looked up in the pack folders, a
-    /// path is taken relative to the config's folder.
+    /// The packs the agent has enabled (`packs`), found as the agent finds them: a name in the
+    /// pack folders, a path relative to the config's folder; one that does not exist is left
+    /// out (the agent refuses such a config, and names the entry).
     pub fn enabled_pack_files(&self) -> Vec<PathBuf> {
-        let dirs = self.pack_dirs();
+        let (dirs, base) = (self.pack_dirs(), self.base_dir());
         self.strings("packs")
             .iter()
-            .filter_map(|entry| {
-                if entry.contains('/') || entry.ends_with(".json") {
-                    Some(resolve(&self.path, Path::new(entry)))
-                } else {
-                    dirs.iter()
-                        .map(|d| d.join(format!("{entry}.json")))
-                        .find(|p| p.exists())
-                }
-            })
+            .filter_map(|entry| packs::find_pack(entry, &dirs, &base))
             .collect()
     }
 
@@ -210,46 +192,8 @@ pub fn resolve(config_path: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Expands `${hostname}` and `${env:NAME}` the way the agent does.
-pub fn expand(value: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated \"${{\" in {value:?}"))?;
-        let name = &after[..end];
-        if name == "hostname" {
-            out.push_str(&hostname());
-        } else if let Some(var) = name.strip_prefix("env:") {
-            let v = std::env::var(var).map_err(|_| {
-                format!("environment variable {var} is not set (used in {value:?})")
-            })?;
-            out.push_str(&v);
-        } else {
-            return Err(format!("unknown variable ${{{name}}} in {value:?}"));
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// The machine's host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates or truncates.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        if len > 0 {
-            return String::from_utf8_lossy(&buf[..len]).into_owned();
-        }
-    }
-    "localhost".to_string()
-}
+/// `${hostname}` and `${env:NAME}` exactly as the agent expands them.
+pub use log_sensor_common::expand::{expand, hostname};
 
 /// Flattens a TOML table into dotted keys; arrays and arrays of tables become JSON text, strings
 /// are expanded as the agent expands them (an unexpandable one is shown as written).
@@ -349,6 +293,40 @@ mod tests {
         );
         assert_eq!(show_toml_text(r#""${hostname}""#), "${hostname}");
         assert_eq!(show_toml_text("not toml ["), "not toml [");
+    }
+
+    #[test]
+    fn a_bad_variable_reads_as_the_agent_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "host_id = \"${nope}\"\n").unwrap();
+        let problem = AgentConfig::load(&p).problem.unwrap();
+        // The agent's own words, list of known variables included.
+        assert!(
+            problem.contains("key host_id: unknown variable ${nope}")
+                && problem.contains("(known: ${hostname}, ${env:NAME})"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn enabled_packs_are_found_as_the_agent_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("packs");
+        std::fs::create_dir_all(&packs).unwrap();
+        std::fs::write(packs.join("web.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("mine.json"), "{}").unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "packs = [\"web\", \"mine.json\", \"gone\", \"./gone.json\"]\n",
+        )
+        .unwrap();
+        // A path to no file is no pack, as a name in no folder is not (the agent refuses both).
+        assert_eq!(
+            AgentConfig::load(&p).enabled_pack_files(),
+            [packs.join("web.json"), dir.path().join("mine.json")]
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! line each way, as documented in `shipper/src/control/mod.rs`.
 //!
 //! The extension does not depend on the shipper crate (it would pull the whole agent into
-//! osqueryd's process tree), so the few wire types are mirrored here; serde ignores the fields we
-//! do not read (`status`), so a newer agent still parses.
+//! osqueryd's process tree); the wire types come from the crate both share, and serde ignores the
+//! fields we do not read (`status`), so a newer agent still parses.
 //!
 //! Every wait is bounded: osqueryd calls a table synchronously, and a wedged agent must cost a
 //! query a few seconds at most, never hang it. Connecting has its own timeout because a Unix
@@ -15,11 +15,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
-
-/// The socket's file name in the state dir.
-pub const SOCKET: &str = "control.sock";
 
 /// The longest answer we accept; `list ""` is a few kilobytes, so anything near this is garbage
 /// and must not grow without bound in osqueryd's extension.
@@ -83,63 +78,12 @@ pub enum AgentSocketError {
     },
 }
 
-/// A request line (`shipper::control::Request`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Request<'a> {
-    pub cmd: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<&'a str>,
-}
+/// The wire types are the agent's own (`log_sensor_common::control`); `status` is not read here,
+/// so it is skipped whatever the agent puts in it.
+pub use log_sensor_common::control::{Entry, Request};
 
-impl<'a> Request<'a> {
-    /// Every effective key (`list` with the empty prefix).
-    pub fn list_all() -> Request<'static> {
-        Request {
-            cmd: "list",
-            key: Some(""),
-            value: None,
-        }
-    }
-
-    pub fn set(key: &'a str, value: &'a str) -> Request<'a> {
-        Request {
-            cmd: "set",
-            key: Some(key),
-            value: Some(value),
-        }
-    }
-
-    pub fn del(key: &'a str) -> Request<'a> {
-        Request {
-            cmd: "del",
-            key: Some(key),
-            value: None,
-        }
-    }
-}
-
-/// An answer line (`shipper::control::Response`), the parts the extension reads.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Response {
-    pub ok: bool,
-    /// Why the agent refused, when `ok` is false.
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub entries: Option<Vec<WireEntry>>,
-}
-
-/// One effective setting as the agent sends it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct WireEntry {
-    pub key: String,
-    /// TOML syntax (`65536`, `"text"`, `["a", "b"]`).
-    pub value: String,
-    /// `default`, `file`, `pack` or `temporary`.
-    pub origin: String,
-}
+/// An answer line, without the agent's status report.
+pub type Response = log_sensor_common::control::Response<serde::de::IgnoredAny>;
 
 /// One connection to the agent; several requests may go over it, one at a time.
 pub struct AgentClient {
@@ -342,6 +286,7 @@ fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log_sensor_common::state_dir::CONTROL_SOCKET as SOCKET;
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
 
@@ -441,7 +386,7 @@ mod tests {
         assert!(r.ok);
         assert_eq!(
             r.entries.unwrap(),
-            [WireEntry {
+            [Entry {
                 key: "a.b".into(),
                 value: "1".into(),
                 origin: "file".into()

@@ -4,7 +4,11 @@
 //! (osquery `osquery/core/plugins/plugin.h`) and the broadcast the extension registers with
 //! (`ExtensionRegistry` in osquery.thrift).
 
-use crate::thrift::wire::{ExtensionRegistry, ExtensionResponse, ExtensionStatus, StringMap};
+use crate::thrift::server::Dispatch;
+use crate::thrift::wire::{ExtensionRegistry, ExtensionResponse, StringMap};
+
+/// The answers every plugin gives; they are the protocol's, re-exported for the plugins.
+pub use crate::thrift::wire::{failure, success};
 
 /// A plugin served by this extension.
 pub trait Plugin: Send + Sync {
@@ -39,8 +43,10 @@ impl Plugins {
         }
         reg
     }
+}
 
-    pub fn call(&self, registry: &str, item: &str, request: &StringMap) -> ExtensionResponse {
+impl Dispatch for Plugins {
+    fn call(&self, registry: &str, item: &str, request: &StringMap) -> ExtensionResponse {
         match self
             .plugins
             .iter()
@@ -51,25 +57,5 @@ impl Plugins {
                 "log_sensor extension has no {registry} plugin named {item:?}"
             )),
         }
-    }
-}
-
-/// `status.code = 0` with rows.
-pub fn success(rows: Vec<StringMap>) -> ExtensionResponse {
-    ExtensionResponse {
-        status: ExtensionStatus::success("OK", 0),
-        response: rows,
-    }
-}
-
-/// `status.code = 1` with a message: osquery turns it into an SQL error or a logged failure.
-pub fn failure(message: impl Into<String>) -> ExtensionResponse {
-    ExtensionResponse {
-        status: ExtensionStatus {
-            code: 1,
-            message: message.into(),
-            uuid: 0,
-        },
-        response: Vec::new(),
     }
 }

@@ -85,7 +85,7 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join("agent.lock");
+    let path = dir.join(log_sensor_common::state_dir::LOCK);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -135,7 +135,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     // Taken before the listener moves to its thread: shutdown wakes it through this, never
     // through the socket's path, which someone may have deleted.
     let control_waker = control.waker();
-    let pid_file = cfg.state_dir.join("agent.pid");
+    let pid_file = cfg.state_dir.join(log_sensor_common::state_dir::PID);
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
     let running = Running {

@@ -103,13 +103,13 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
         server: opts.server.to_string(),
         message,
     };
-    let body = serde_json::json!({
-        "username": opts.user,
-        "password": opts.password,
-        "host_id": opts.host_id,
-        "csr": csr,
+    let body = serde_json::to_string(&log_sensor_common::enroll::EnrollRequest {
+        username: opts.user.clone(),
+        password: opts.password.clone(),
+        host_id: opts.host_id.clone(),
+        csr,
     })
-    .to_string();
+    .expect("strings serialise");
     let mut waited = Duration::ZERO;
     let mut tries = 0;
     let resp = loop {
@@ -120,7 +120,7 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
         let resp = conn
             .request(
                 "POST",
-                "/v1/enroll",
+                log_sensor_common::enroll::ENROLL_PATH,
                 &[("Content-Type", "application/json")],
                 body.as_bytes(),
             )
@@ -161,15 +161,9 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
         }
     };
     drop(body);
-    let reply: serde_json::Value =
+    let reply: log_sensor_common::enroll::CertReply =
         serde_json::from_slice(&resp.body).map_err(|e| EnrollError::Reply(e.to_string()))?;
-    let field = |name: &str| {
-        reply[name]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| EnrollError::Reply(format!("no {name:?}")))
-    };
-    let (cert, ca, serial) = (field("cert")?, field("ca")?, field("serial")?);
+    let (cert, ca, serial) = (reply.cert, reply.ca, reply.serial);
     // The CA first, then the key, then the certificate: a running agent re-reads them when they
     // change, and the certificate last means it never pairs the new certificate with the old key.
     tls::write_atomic(&files.ca, ca.as_bytes(), 0o644)?;

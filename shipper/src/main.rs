@@ -26,8 +26,8 @@ struct Cli {
     #[arg(
         short = 'c',
         long = "config",
-        env = "LOG_SENSOR_CONFIG",
-        default_value = "/etc/log-sensor/log-sensor.toml",
+        env = log_sensor_common::agent_defaults::CONFIG_ENV,
+        default_value = log_sensor_common::agent_defaults::CONFIG_PATH,
         global = true
     )]
     config: PathBuf,
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match Config::state_dir_lenient(&path) {
                         Some(dir) => {
                             eprintln!("log-sensor: warning: {e}\nlog-sensor: querying the store in {} anyway", dir.display());
-                            dir.join("store.db")
+                            log_sensor_common::state_dir::store(&dir)
                         }
                         None => return Err(e.into()),
                     }
@@ -304,7 +304,7 @@ fn start(path: &Path, cert: &cert_args::CertArgs) -> anyhow::Result<ExitCode> {
     let agent = Agent::of(cfg.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
-    let log_path = cfg.state_dir.join("agent.log");
+    let log_path = cfg.state_dir.join(log_sensor_common::state_dir::LOG);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

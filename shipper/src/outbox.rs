@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const FILE: &str = "osquery-outbox.db";
+pub const FILE: &str = log_sensor_common::state_dir::OSQUERY_OUTBOX;
 pub const SOURCE: &str = "osquery";
 
 #[derive(Debug, thiserror::Error)]

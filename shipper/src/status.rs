@@ -223,7 +223,7 @@ impl Status {
                 let rows = conn
                     .prepare(
                         "SELECT stream, source, path, state, compressed, size, read_offset, committed_offset, records,
-                                overlong_records, last_read FROM streams ORDER BY source, path",
+                                overlong_records, last_read, lag_bytes FROM stream_lag ORDER BY source, path",
                     )
                     .and_then(|mut st| {
                         st.query_map([], |r| {
@@ -231,7 +231,7 @@ impl Status {
                             let read: i64 = r.get(6)?;
                             let committed: i64 = r.get(7)?;
                             let compressed: bool = r.get(4)?;
-                            let lag = if compressed { read - committed } else { size - committed };
+                            let lag: i64 = r.get(11)?;
                             Ok(StreamStatus {
                                 stream: r.get(0)?,
                                 source: r.get(1)?,
@@ -313,7 +313,8 @@ impl Status {
             sink_retries: ship.sink_retries.load(Ordering::Relaxed),
             alerts_by_kind,
         };
-        let bytes = ["store.db", "store.db-wal"]
+        let store = log_sensor_common::state_dir::STORE;
+        let bytes = [store.to_string(), format!("{store}-wal")]
             .iter()
             .filter_map(|f| std::fs::metadata(cfg.state_dir.join(f)).ok())
             .map(|m| m.len())

@@ -4,11 +4,8 @@
 //! rustls with the ring provider only (no aws-lc): the whole workspace is pinned that way.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,26 +38,18 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let load = |message: String| TlsError::Load {
-        what: "certificates",
-        path: path.to_path_buf(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| load(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| load(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(load("no PEM certificate in the file".into()));
-    }
-    Ok(certs)
+    log_sensor_common::pem::load_certs(path).map_err(|e| TlsError::Load {
+        what: e.what,
+        path: e.path,
+        message: e.message,
+    })
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Load {
-        what: "a private key",
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    log_sensor_common::pem::load_key(path).map_err(|e| TlsError::Load {
+        what: e.what,
+        path: e.path,
+        message: e.message,
     })
 }
 
@@ -124,33 +113,10 @@ pub fn validity(cert: &Path) -> Result<(i64, i64), TlsError> {
 /// Writes through a temp file and a rename, so a reader (the running agent) sees the old file or
 /// the new one, never half of one. Keys are written 0600 from their first byte.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let fail = |source| TlsError::Write {
+    log_sensor_common::fsutil::write_atomic(path, bytes, mode).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// Identifies a version of some files (mtime, inode, size), so a change on disk is noticed with a

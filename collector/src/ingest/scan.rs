@@ -24,6 +24,7 @@
 use std::borrow::Cow;
 
 use super::{Part, WireRecord};
+use log_sensor_common::record::field;
 
 /// The record's fields, or `None` when the line must go to serde_json.
 pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
@@ -50,20 +51,15 @@ pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
             return None;
         }
         i = skip_ws(b, i + 1);
+        // The record format's names (guards, since a `&str` constant is no byte pattern).
         i = match key {
-            b"host" => set_once(&mut host, plain_string(b, i)?)?,
-            b"stream" => set_once(&mut stream, plain_string(b, i)?)?,
-            b"part" => {
+            k if k == field::HOST.as_bytes() => set_once(&mut host, plain_string(b, i)?)?,
+            k if k == field::STREAM.as_bytes() => set_once(&mut stream, plain_string(b, i)?)?,
+            k if k == field::PART.as_bytes() => {
                 let (s, next) = plain_string(b, i)?;
-                let p = match s {
-                    "whole" => Part::Whole,
-                    "head" => Part::Head,
-                    "tail" => Part::Tail,
-                    _ => return None,
-                };
-                set_once(&mut part, (p, next))?
+                set_once(&mut part, (Part::parse(s)?, next))?
             }
-            b"offset" => set_once(&mut offset, plain_u64(b, i)?)?,
+            k if k == field::OFFSET.as_bytes() => set_once(&mut offset, plain_u64(b, i)?)?,
             _ => skip_flat_value(b, i)?,
         };
         i = skip_ws(b, i);

@@ -3,7 +3,7 @@
 //! agent did not answer, because a temporary override only exists in a running agent.
 
 use super::{ConfigEntry, ConfigSource, Refused, Unanswered};
-use crate::agent_config::{self, AgentConfig, DOCUMENTED_DEFAULTS};
+use crate::agent_config::{self, AgentConfig};
 
 pub struct FileSource {
     /// Re-read on every request, so an edited file shows at once.
@@ -61,7 +61,8 @@ impl ConfigSource for FileSource {
             }
         }
         let defaults = std::iter::once(("host_id", agent_config::hostname()))
-            .chain(DOCUMENTED_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())));
+            // The agent's defaults, shown with origin `default` for the keys the file does not set.
+            .chain(log_sensor_common::agent_defaults::documented());
         for (key, value) in defaults {
             if !out.iter().any(|e| e.key == key) {
                 out.push(ConfigEntry {

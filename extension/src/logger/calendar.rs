@@ -2,14 +2,7 @@
 //! `asctime()` of UTC, trimmed, plus " UTC" (osquery `osquery/utils/system/time.cpp`,
 //! `toAsciiTime`), e.g. `Thu Nov 26 15:43:03 2026 UTC`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use log_sensor_common::clock::now_secs as unix_now;
 
 pub fn ascii_time(unix: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];

@@ -50,13 +50,12 @@ pub const COLUMNS: &[Column] = &[
     col("inode", BigInt, "Inode of the current file"),
 ];
 
-/// Same lag formula as `stream_lag` in `sql/views.sql`.
+/// From the `stream_lag` view (`sql/views.sql`), which the agent creates when it opens its store:
+/// the lag formula lives there only.
 const SELECT: &str = "SELECT source, path, stream, fingerprint, state, compressed, size, \
-    read_offset, committed_offset, \
-    CASE WHEN compressed = 1 THEN read_offset - committed_offset \
-         ELSE MAX(size - committed_offset, 0) END AS lag_bytes, \
+    read_offset, committed_offset, lag_bytes, \
     records, overlong_records, first_seen, last_read, device, inode \
-    FROM streams WHERE 1 = 1";
+    FROM stream_lag WHERE 1 = 1";
 
 pub struct Streams {
     /// Where the store and the fallback host id come from.

@@ -22,8 +22,14 @@ use thrift::protocol::{
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
 use super::wire::{self, ExtensionResponse, ExtensionStatus, StringMap};
-use crate::plugin::Plugins;
 use crate::shutdown::{Reason, Shutdown};
+
+/// What `Extension.call` is handed to: the extension's plugins. A trait here, implemented above
+/// (`plugin::Plugins`), so the protocol layer does not import the plugins it serves.
+pub trait Dispatch: Send + Sync {
+    /// Handles one call to the plugin `item` of registry `registry` (`table`, `logger`, ...).
+    fn call(&self, registry: &str, item: &str, request: &StringMap) -> ExtensionResponse;
+}
 
 /// Calls being handled right now; shutdown waits for them so a logger write is never cut.
 #[derive(Default)]
@@ -42,7 +48,7 @@ impl InFlight {
 /// Accepts connections until shutdown; each connection is served on its own thread.
 pub fn serve(
     listener: UnixListener,
-    plugins: Arc<Plugins>,
+    plugins: Arc<dyn Dispatch>,
     uuid: i64,
     shutdown: Arc<Shutdown>,
     in_flight: Arc<InFlight>,
@@ -58,7 +64,7 @@ pub fn serve(
                     .name("ext-conn".into())
                     .spawn(move || {
                         if let Err(e) =
-                            serve_connection(stream, &plugins, uuid, &shutdown, &in_flight)
+                            serve_connection(stream, &*plugins, uuid, &shutdown, &in_flight)
                         {
                             tracing::debug!("extension connection ended: {e}");
                         }
@@ -88,7 +94,7 @@ fn wait_readable(listener: &UnixListener, timeout: Duration) {
 
 fn serve_connection(
     stream: UnixStream,
-    plugins: &Plugins,
+    plugins: &dyn Dispatch,
     uuid: i64,
     shutdown: &Shutdown,
     in_flight: &InFlight,
@@ -116,7 +122,7 @@ fn handle(
     msg: &TMessageIdentifier,
     i: &mut dyn TInputProtocol,
     o: &mut dyn TOutputProtocol,
-    plugins: &Plugins,
+    plugins: &dyn Dispatch,
     uuid: i64,
     shutdown: &Shutdown,
 ) -> thrift::Result<()> {
@@ -153,11 +159,9 @@ fn handle(
                 Ok(r) => r,
                 Err(_) if registry == "logger" => {
                     tracing::error!("the logger plugin {item} panicked; answering success to keep osqueryd running");
-                    crate::plugin::success(Vec::new())
+                    wire::success(Vec::new())
                 }
-                Err(_) => {
-                    crate::plugin::failure(format!("{registry} plugin {item} failed internally"))
-                }
+                Err(_) => wire::failure(format!("{registry} plugin {item} failed internally")),
             };
             response.status.uuid = uuid;
             reply(o, msg, |o| response.write(o))

@@ -58,6 +58,26 @@ pub struct OptionInfo {
 /// `ExtensionRegistry = map<registry, map<plugin, list<map<string,string>>>>`.
 pub type ExtensionRegistry = BTreeMap<String, BTreeMap<String, Vec<StringMap>>>;
 
+/// `status.code = 0` with rows.
+pub fn success(rows: Vec<StringMap>) -> ExtensionResponse {
+    ExtensionResponse {
+        status: ExtensionStatus::success("OK", 0),
+        response: rows,
+    }
+}
+
+/// `status.code = 1` with a message: osquery turns it into an SQL error or a logged failure.
+pub fn failure(message: impl Into<String>) -> ExtensionResponse {
+    ExtensionResponse {
+        status: ExtensionStatus {
+            code: 1,
+            message: message.into(),
+            uuid: 0,
+        },
+        response: Vec::new(),
+    }
+}
+
 impl ExtensionStatus {
     pub fn success(message: impl Into<String>, uuid: i64) -> Self {
         ExtensionStatus {

@@ -127,7 +127,7 @@ impl Config {
         let base = absolute(path).parent()?.to_path_buf();
         let dir = match reader::top_level(&text, "state_dir") {
             reader::TopLevel::Found(toml::Value::String(s)) => expand::expand(&s).ok()?,
-            reader::TopLevel::Absent => "state".into(),
+            reader::TopLevel::Absent => log_sensor_common::agent_defaults::STATE_DIR.into(),
             _ => return None,
         };
         Some(base.join(dir))
@@ -167,7 +167,7 @@ impl Config {
             .unwrap_or_else(|| vec![base.join("packs")]);
         let state_dir = base.join(
             top.string("state_dir", &mut issues)
-                .unwrap_or_else(|| "state".into()),
+                .unwrap_or_else(|| log_sensor_common::agent_defaults::STATE_DIR.into()),
         );
 
         let defaults = sources::read_defaults(&mut top, &mut issues);
@@ -309,7 +309,7 @@ impl Config {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.state_dir.join("store.db")
+        log_sensor_common::state_dir::store(&self.state_dir)
     }
 }
 fn absolute(path: &Path) -> PathBuf {

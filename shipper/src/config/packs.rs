@@ -41,39 +41,8 @@ pub struct Placed {
     pub skipped: Vec<(String, String)>,
 }
 
-pub fn pack_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// A pack by name (`health` → `<dir>/health.json`) or by path (relative to the config's folder).
-pub fn find_pack(name: &str, dirs: &[PathBuf], base: &Path) -> Option<PathBuf> {
-    if name.contains('/') || name.ends_with(".json") {
-        let p = base.join(name);
-        return p.is_file().then_some(p);
-    }
-    dirs.iter()
-        .map(|d| d.join(format!("{name}.json")))
-        .find(|p| p.is_file())
-}
-
-/// Every pack in the folders, by name.
-pub fn available_packs(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
-    let mut out = BTreeMap::new();
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().map(|x| x == "json").unwrap_or(false) {
-                out.entry(pack_name(&p)).or_insert(p);
-            }
-        }
-    }
-    out.into_iter().collect()
-}
+/// Found as the osquery extension finds them (`log_sensor_common::packs`).
+pub use log_sensor_common::packs::{available_packs, find_pack, pack_name};
 
 impl Pack {
     pub fn read(path: &Path) -> Result<Pack, String> {

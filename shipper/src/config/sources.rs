@@ -53,9 +53,9 @@ pub enum MultilineMode {
     BreakAfter(Regex),
 }
 
-pub const DEFAULT_FINGERPRINT_BYTES: u64 = 1024;
-pub const DEFAULT_MAX_RECORD_BYTES: u64 = 65536;
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+pub const DEFAULT_FINGERPRINT_BYTES: u64 = log_sensor_common::agent_defaults::FINGERPRINT_BYTES;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = log_sensor_common::agent_defaults::MAX_RECORD_BYTES;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = log_sensor_common::agent_defaults::MAX_FILE_BYTES;
 
 /// Per-source settings that `[defaults]` supplies and a source may override.
 #[derive(Debug, Clone, Default)]
@@ -225,7 +225,10 @@ fn read_source(
             message: "must be above 0".into(),
         });
     }
-    let delimiter = o.delimiter.unwrap_or_else(|| "\n".into()).into_bytes();
+    let delimiter = o
+        .delimiter
+        .unwrap_or_else(|| log_sensor_common::agent_defaults::DELIMITER.into())
+        .into_bytes();
     if delimiter.is_empty() || delimiter.len() > 16 {
         issues.push(ConfigIssue {
             key: format!("{key}.delimiter"),
@@ -284,7 +287,9 @@ fn read_source(
         },
         fingerprint_bytes: fingerprint_bytes as usize,
         max_file_bytes,
-        detect_compression: o.detect_compression.unwrap_or(true),
+        detect_compression: o
+            .detect_compression
+            .unwrap_or(log_sensor_common::agent_defaults::DETECT_COMPRESSION),
     })
 }
 

@@ -23,42 +23,21 @@ pub mod server;
 
 use crate::config::layers::Entry;
 use crate::status::Status;
-use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const SOCKET: &str = "control.sock";
+pub const SOCKET: &str = log_sensor_common::state_dir::CONTROL_SOCKET;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Request {
-    pub cmd: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
+/// The wire types are shared with the osquery extension, a client of this socket.
+pub use log_sensor_common::control::Request;
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Box<Status>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entries: Option<Vec<EntryWire>>,
-}
+pub type Response = log_sensor_common::control::Response<Box<Status>>;
 
 /// An [`Entry`] on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EntryWire {
-    pub key: String,
-    pub value: String,
-    pub origin: String,
-}
+pub use log_sensor_common::control::Entry as EntryWire;
 
 impl From<&Entry> for EntryWire {
     fn from(e: &Entry) -> Self {
@@ -94,7 +73,7 @@ pub enum ClientError {
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET)
+    log_sensor_common::state_dir::control_socket(state_dir)
 }
 
 /// Sends one request to the agent whose state dir this is and returns its answer. A `busy`

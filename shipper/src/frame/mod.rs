@@ -10,22 +10,7 @@ use crate::config::{Framing, MultilineMode};
 use accum::{Accum, Content, SLACK};
 use memchr::memmem;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Whole,
-    Head,
-    Tail,
-}
-
-impl Part {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Part::Whole => "whole",
-            Part::Head => "head",
-            Part::Tail => "tail",
-        }
-    }
-}
+pub use log_sensor_common::record::Part;
 
 /// One record, or one part of an over-long one.
 #[derive(Debug, PartialEq, Eq)]

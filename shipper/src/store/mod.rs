@@ -147,12 +147,7 @@ pub struct Store {
     pending: Pending,
 }
 
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use log_sensor_common::clock::now_secs;
 
 fn hex(v: Option<u64>) -> Option<String> {
     v.map(|v| format!("{v:016x}"))
@@ -170,7 +165,7 @@ impl Store {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        let path = state_dir.join("store.db");
+        let path = log_sensor_common::state_dir::store(state_dir);
         match create::inspect(&path)? {
             create::Found::Nothing => create::create(&path)?,
             create::Found::Database => {}

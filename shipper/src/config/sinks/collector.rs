@@ -66,12 +66,8 @@ impl TlsFiles {
     /// Where `log-sensor enroll` stores the identity, and where the collector sink looks by
     /// default: a fact of the state dir's layout, like `store.db`.
     pub fn enrolled(state_dir: &Path) -> TlsFiles {
-        let dir = state_dir.join("tls");
-        TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        }
+        let (ca, cert, key) = log_sensor_common::state_dir::tls_files(state_dir);
+        TlsFiles { ca, cert, key }
     }
 }
 

@@ -81,11 +81,12 @@ impl Shared {
             .map_err(|e| format!("cannot read {}: {e}", self.files.key.display()))?;
         let csr = crate::identity::csr_for(&key_pem).map_err(|e| e.to_string())?;
         let mut conn = HttpConn::connect(&self.url, config).map_err(|e| e.to_string())?;
-        let body = serde_json::json!({ "csr": csr }).to_string();
+        let body = serde_json::to_string(&log_sensor_common::enroll::RenewRequest { csr })
+            .expect("strings serialise");
         let resp = conn
             .request(
                 "POST",
-                "/v1/renew",
+                log_sensor_common::enroll::RENEW_PATH,
                 &[("Content-Type", "application/json")],
                 body.as_bytes(),
             )
@@ -97,11 +98,9 @@ impl Shared {
                 resp.reason()
             ));
         }
-        let reply: serde_json::Value =
+        let reply: log_sensor_common::enroll::CertReply =
             serde_json::from_slice(&resp.body).map_err(|e| format!("bad renew reply: {e}"))?;
-        let cert = reply["cert"]
-            .as_str()
-            .ok_or("renew reply has no certificate")?;
+        let cert = reply.cert;
         // Checked against our key before it replaces the certificate that works.
         let tmp_check = self.files.cert.with_extension("renew-check");
         tls::write_atomic(&tmp_check, cert.as_bytes(), 0o644).map_err(|e| e.to_string())?;

@@ -1,0 +1,93 @@
+//! Durable file writes: state and identity files are replaced whole (a reader, such as the
+//! running agent re-reading its certificate, sees the old file or the new one, never half), and
+//! keys are private from their first byte rather than chmod-ed afterwards.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes` through a sibling temp file (created with `mode`), an fsync and
+/// a rename, then syncs the folder so the rename survives a crash. Creates the folder if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent(path);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    // A temp file left by a crash would make create_new fail, and it is ours to drop.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    // Best effort: the data is safe already; only the rename's durability is at stake.
+    let _ = sync_dir(&dir);
+    Ok(())
+}
+
+/// Creates `path` with `mode` (never replacing an existing file), writes `bytes` and syncs it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Syncs a folder so a file just created or renamed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_whole_with_the_mode_and_leaves_no_temp_file() {
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join("tls").join("key.pem");
+        write_atomic(&key, b"old", 0o600).unwrap();
+        // A temp file a crash left behind does not block the next write.
+        std::fs::write(t.path().join("tls").join(".key.pem.tmp"), b"junk").unwrap();
+        write_atomic(&key, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), b"new");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(t.path().join("tls"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key.pem"]);
+    }
+
+    #[test]
+    fn write_new_never_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("ca.key");
+        write_new(&p, b"first", 0o600).unwrap();
+        let e = write_new(&p, b"second", 0o600).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+    }
+}

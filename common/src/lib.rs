@@ -1,0 +1,26 @@
+//! What log-sensor's three crates (the agent `log-sensor`, `log-sensor-collector` and the
+//! osquery extension) share, written once so they cannot drift apart. It depends on none of them.
+//!
+//! Layout, by what each module owns:
+//! - [`agent_defaults`]: where the agent's config is, and the defaults an operator is shown.
+//! - [`record`]: the NDJSON record format — [`record::Part`], the field names, JSON string
+//!   escaping, `msg`/`msg_b64`, RFC 3339 time stamps.
+//! - [`enroll`]: the bodies of the collector's `/v1/enroll` and `/v1/renew`.
+//! - [`control`]: the agent's control-socket lines (requests, answers, config entries).
+//! - [`state_dir`]: the file names inside the agent's state dir.
+//! - [`expand`]: `${hostname}` and `${env:NAME}` in config strings.
+//! - [`packs`]: where a pack named in the config is found.
+//! - [`pem`]: certificates and keys from PEM files.
+//! - [`fsutil`]: atomic and create-only file writes.
+//! - [`clock`]: wall-clock time as unix seconds and milliseconds.
+
+pub mod agent_defaults;
+pub mod clock;
+pub mod control;
+pub mod enroll;
+pub mod expand;
+pub mod fsutil;
+pub mod packs;
+pub mod pem;
+pub mod record;
+pub mod state_dir;
