@@ -19,7 +19,6 @@
 
 pub mod agent;
 pub mod batch;
-pub mod commit;
 pub mod config;
 pub mod control;
 pub mod discover;
@@ -28,6 +27,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod input;
 pub mod monitor;
+pub mod pipeline;
 pub mod query;
 pub mod read;
 pub mod record;
