@@ -228,3 +228,6 @@ fn raise_fd_limit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
