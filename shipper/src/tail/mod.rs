@@ -1,5 +1,7 @@
-//! The tailer: one loop that follows every stream through growth, rotation, truncation,
-//! compression and deletion, framing what it reads into batches for the shipping thread.
+//! The tailer: the input that follows every file stream through growth, rotation,
+//! truncation, compression and deletion, framing what it reads into the batch the pipeline
+//! lends it for its turn. Each stream's slot carries a store checkpoint: acknowledged, it
+//! commits how far the stream was consumed.
 //!
 //! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`]; a
 //! stream's file found again outside the globs by its inode is confirmed in `reclaim`.
