@@ -5,12 +5,10 @@ use crate::batch::{Batch, StreamMeta};
 use crate::frame::{Part, Rec};
 use crate::sink::{Sink, SinkError};
 use crate::status::ShipStats;
-use crate::store::Store;
-use crate::store::{Checkpoint, StreamRow, StreamState};
+use crate::store::{Checkpoint, Store, StreamRow, StreamState};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A receiver behind a pipelined sink, as the collector behaves: it stores batches in the
 /// order they arrive and drops any at or below its high-water mark; failures are scripted.
@@ -73,7 +71,23 @@ impl Sink for Scripted {
     }
 }
 
-fn batch(generation: u64) -> Batch {
+/// An input's own acknowledgement: says which batch it was in when told.
+#[derive(Debug)]
+struct Logged {
+    generation: u64,
+    log: Arc<Mutex<Vec<u64>>>,
+}
+
+impl crate::batch::Acknowledge for Logged {
+    fn acknowledged(&mut self) -> Result<(), crate::batch::AckError> {
+        self.log.lock().unwrap().push(self.generation);
+        Ok(())
+    }
+}
+
+/// Two records of file stream `s` (a store checkpoint) and one of an input that keeps its own
+/// position (its acknowledgement logs into `acks`).
+fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
     let mut b = Batch::new("h".into(), generation);
     let meta = StreamMeta {
         id: "s".into(),
@@ -105,11 +119,30 @@ fn batch(generation: u64) -> Batch {
         };
         out.push(slot, &rec, 0, None);
     }
+    let own = Logged {
+        generation,
+        log: acks.clone(),
+    };
+    let meta = StreamMeta {
+        id: "q".into(),
+        source: "osquery".into(),
+        fingerprint: None,
+        path: "outbox".into(),
+    };
+    let slot = out.open_stream(meta, crate::batch::Ack::Input(Box::new(own)));
+    let rec = Rec {
+        offset: generation,
+        len: 2,
+        part: Part::Whole,
+        bytes: b"{}",
+    };
+    out.push(slot, &rec, 0, None);
     b
 }
 
 /// Eight batches through a window of two, with failures on a confirm and on a submit: every
-/// batch reaches the receiver, in order, and is committed exactly once.
+/// batch reaches the receiver, in order, and is committed exactly once: its store checkpoint,
+/// and the acknowledgement its other input defined, in batch order.
 #[test]
 fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest() {
     for window in [1, 2, 3] {
@@ -143,8 +176,9 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
             failures: vec![(3, false), (5, true), (6, false), (6, false)],
         };
         let (tx, rx) = crossbeam_channel::unbounded();
+        let acks = Arc::new(Mutex::new(Vec::new()));
         for g in 1..=8 {
-            tx.send(batch(g)).unwrap();
+            tx.send(batch(g, &acks)).unwrap();
         }
         drop(tx);
         let stats = ShipStats::default();
@@ -173,6 +207,11 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
             "window {window}: the last offset, and each batch's records counted once"
         );
         assert_eq!(stats.batches.load(Ordering::Relaxed), 8);
+        assert_eq!(
+            *acks.lock().unwrap(),
+            (1..=8).collect::<Vec<_>>(),
+            "window {window}: each input acknowledgement once, in batch order"
+        );
         assert!(stats.sink_errors.load(Ordering::Relaxed) >= 4);
         assert!(store.alerts().unwrap().iter().any(|a| a.1 == "sink_error"));
     }
