@@ -5,6 +5,7 @@ use crate::batch::Batch;
 use crate::commit::Committer;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
+use crate::input::syslog::SyslogInput;
 use crate::sink::{self, Sink, SinkError};
 use crate::status::{Live, ShipStats, TailStats};
 use crate::store::{Alert, Store, StoreError};
@@ -46,6 +47,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Syslog(#[from] crate::input::syslog::listen::ListenError),
     #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
     Monitor {
         addr: std::net::SocketAddr,
@@ -145,6 +148,10 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         running.tail.clone(),
     )?;
     tailer.recycle_from(back_rx);
+    if !cfg.syslog_sources.is_empty() {
+        let input = SyslogInput::start(&cfg.syslog_sources, &cfg.state_dir, store.clone())?;
+        tailer.add_input(Box::new(input));
+    }
     tailer.sink_idle_flag(running.ship.waiting.clone());
     tailer.configs_from(cfg_rx);
     let controller = Arc::new(Controller::new(

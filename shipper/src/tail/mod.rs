@@ -144,6 +144,9 @@ pub struct Tailer {
     configs: Option<Receiver<Arc<Config>>>,
     /// What osquery logged through the extension.
     outbox: crate::input::osquery::OsqueryInput,
+    /// Inputs with threads of their own (the syslog listeners), given a turn each round until
+    /// the pipeline thread drives every input.
+    inputs: Vec<Box<dyn Input>>,
     /// Every source's transforms, run as records enter the batch.
     transforms: Transforms,
     wakes: Receiver<Wake>,
@@ -215,6 +218,7 @@ impl Tailer {
                 store.clone(),
                 stats.clone(),
             ),
+            inputs: Vec::new(),
             transforms: Transforms::none(),
             wakes,
             overflow,
@@ -347,7 +351,7 @@ impl Tailer {
         let worked = self.read_dirty()?;
         self.check_timers();
         self.park_inactive();
-        self.poll_outbox();
+        let worked = self.poll_outbox() || worked;
         if self.batch_due() && !self.ship() {
             return None;
         }
@@ -364,10 +368,22 @@ impl Tailer {
         self.ship()
     }
 
-    fn poll_outbox(&mut self) {
+    /// Gives the outbox and the other inputs their turn → whether one has more ready.
+    fn poll_outbox(&mut self) -> bool {
         let limits = self.limits();
         let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
         self.outbox.turn(&mut out);
+        let mut busy = false;
+        for i in &mut self.inputs {
+            busy |= i.turn(&mut out) == crate::input::Turn::Busy;
+        }
+        busy
+    }
+
+    /// Adds an input that gets a turn every round (see [`Input`]).
+    pub fn add_input(&mut self, mut input: Box<dyn Input>) {
+        input.start();
+        self.inputs.push(input);
     }
 
     fn limits(&self) -> Limits {

@@ -185,10 +185,13 @@ impl Ctx {
 impl Server {
     /// Binds every listener of `source` (so a port in use is an error now, naming it), opens
     /// their spools and starts the network thread and the writers.
+    /// `start_of` gives each listener's committed spool offset (where an empty spool begins).
     pub fn start(
         source: &SyslogSource,
         state_dir: &Path,
+        start_of: &dyn Fn(&Listener) -> u64,
         events: mpsc::Sender<Event>,
+        bell: crate::input::Bell,
     ) -> Result<Server, ListenError> {
         let name = &source.name;
         let tls = match &source.tls {
@@ -240,12 +243,10 @@ impl Server {
         let mut tasks: Vec<(Arc<Ctx>, Bound, Transport)> = Vec::new();
         for (l, sock, local_addr) in bound {
             let dir = spool_dir(state_dir, name, &l);
-            let spool =
-                Spool::open(&dir, SEGMENT_BYTES, source.spool_max_bytes).map_err(|err| {
-                    ListenError::Spool {
-                        source_name: name.clone(),
-                        err,
-                    }
+            let spool = Spool::open(&dir, start_of(&l), SEGMENT_BYTES, source.spool_max_bytes)
+                .map_err(|err| ListenError::Spool {
+                    source_name: name.clone(),
+                    err,
                 })?;
             let spool_state = spool.state().clone();
             let spool = Arc::new(Mutex::new(spool));
@@ -258,6 +259,7 @@ impl Server {
                 rx,
                 stats.clone(),
                 events.clone(),
+                bell.clone(),
             ));
             let ctx = Arc::new(Ctx {
                 url,
@@ -415,6 +417,7 @@ fn spawn_writer(
     mut rx: tmpsc::Receiver<Vec<u8>>,
     stats: Arc<ListenerStats>,
     events: mpsc::Sender<Event>,
+    bell: crate::input::Bell,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("syslog-spool".into())
@@ -440,6 +443,7 @@ fn spawn_writer(
                     match res {
                         Ok(()) => {
                             alerted = false;
+                            bell.ring();
                             break;
                         }
                         Err(e) => {

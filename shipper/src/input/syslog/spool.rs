@@ -197,8 +197,15 @@ pub struct Spool {
 
 impl Spool {
     /// Opens the spool in `dir` (made 0700 if missing), cutting a torn tail off the newest
-    /// segment. `segment_bytes`: when to start a new segment; `max_bytes`: when it is full.
-    pub fn open(dir: &Path, segment_bytes: u64, max_bytes: u64) -> Result<Spool, SpoolError> {
+    /// segment. An empty spool starts at offset `start` (the store's committed offset), so a
+    /// spool deleted by hand never restarts below what the store says was delivered.
+    /// `segment_bytes`: when to start a new segment; `max_bytes`: when it is full.
+    pub fn open(
+        dir: &Path,
+        start: u64,
+        segment_bytes: u64,
+        max_bytes: u64,
+    ) -> Result<Spool, SpoolError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
             .recursive(true)
@@ -213,7 +220,7 @@ impl Spool {
         }
         let (seg_start, path) = match segs.last() {
             Some((start, p)) => (*start, p.clone()),
-            None => (0, dir.join(segment_name(0))),
+            None => (start, dir.join(segment_name(start))),
         };
         let file = OpenOptions::new()
             .create(true)
@@ -368,6 +375,11 @@ impl SpoolReader {
         }
     }
 
+    /// The spool offset up to which records are durable (and may be read).
+    pub fn durable(&self) -> u64 {
+        self.state.durable.load(Ordering::Acquire)
+    }
+
     /// The offset of the next record to be read.
     pub fn position(&self) -> u64 {
         self.pos
@@ -493,14 +505,14 @@ mod tests {
     #[test]
     fn records_round_trip_across_segments_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 200, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 1 << 30).unwrap();
         write(&mut spool, 0..20);
         assert!(segments(dir.path()).unwrap().len() > 3);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
         assert_eq!(read_all(&mut r), (0..20).map(rec).collect::<Vec<_>>());
         let end = r.position();
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 200, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 1 << 30).unwrap();
         assert_eq!(spool.state().durable.load(Ordering::Relaxed), end);
         write(&mut spool, 20..25);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), end);
@@ -510,7 +522,7 @@ mod tests {
     #[test]
     fn unsynced_records_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         let mut buf = Vec::new();
         rec(1).encode_into(&mut buf);
         spool.append(&buf).unwrap();
@@ -523,7 +535,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_open_and_never_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         write(&mut spool, 0..5);
         let good = spool.state().durable.load(Ordering::Relaxed);
         drop(spool);
@@ -533,7 +545,7 @@ mod tests {
             f.write_all(torn).unwrap();
             // A whole record whose checksum is wrong is damage too.
             drop(f);
-            let spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+            let spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
             assert_eq!(fs::metadata(&seg).unwrap().len(), good);
             assert_eq!(
                 spool.state().torn_bytes.load(Ordering::Relaxed),
@@ -549,14 +561,14 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&buf).unwrap();
         drop(f);
-        Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         assert_eq!(fs::metadata(&seg).unwrap().len(), good);
     }
 
     #[test]
     fn reclaim_deletes_only_committed_whole_segments_and_clears_full() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 200, 600).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 600).unwrap();
         write(&mut spool, 0..20);
         assert!(spool.state().full.load(Ordering::Relaxed));
         let segs = segments(dir.path()).unwrap();
