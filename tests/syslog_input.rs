@@ -177,6 +177,33 @@ path = "state/out.ndjson"
         rows.len() == 3 && rows.iter().all(|r| r["lag_bytes"] == 0)
     });
 
+    // Status shows the listeners and the source; their counters are this run's.
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listeners = st["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 3, "{st}");
+    let l = |scheme: &str| {
+        listeners
+            .iter()
+            .find(|l| l["listen"].as_str().unwrap().starts_with(scheme))
+            .unwrap()
+    };
+    assert_eq!(l("udp")["messages"], 1);
+    assert_eq!(l("tcp")["messages"], 2);
+    assert_eq!(l("tcp")["cut"], 1);
+    assert_eq!(l("tls")["messages"], 1);
+    assert_eq!(l("tls")["source"], "net");
+    let net = st["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "net")
+        .unwrap();
+    assert_eq!(
+        (&net["origin"], &net["streams"]),
+        (&"syslog".into(), &3.into())
+    );
+
     // A restart resumes after what was delivered: nothing again, the next message once.
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(PATIENCE), Some(0));

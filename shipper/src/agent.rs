@@ -124,7 +124,17 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         tail: Arc::new(TailStats::default()),
         ship: Arc::new(ShipStats::default()),
     };
+    // Listening before anything else starts, so a port in use fails the start, naming it.
+    let syslog = match cfg.syslog_sources.is_empty() {
+        true => None,
+        false => Some(SyslogInput::start(
+            &cfg.syslog_sources,
+            &cfg.state_dir,
+            store.clone(),
+        )?),
+    };
     let live = Live {
+        listeners: syslog.as_ref().map(|s| s.counters()).unwrap_or_default(),
         tail: running.tail.clone(),
         ship: running.ship.clone(),
         started_at: crate::store::now_secs(),
@@ -148,8 +158,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         running.tail.clone(),
     )?;
     tailer.recycle_from(back_rx);
-    if !cfg.syslog_sources.is_empty() {
-        let input = SyslogInput::start(&cfg.syslog_sources, &cfg.state_dir, store.clone())?;
+    if let Some(input) = syslog {
         tailer.add_input(Box::new(input));
     }
     tailer.sink_idle_flag(running.ship.waiting.clone());

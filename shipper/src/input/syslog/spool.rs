@@ -116,6 +116,16 @@ pub struct SpoolState {
     pub torn_bytes: AtomicU64,
 }
 
+impl SpoolState {
+    /// Puts the spool's size and fullness where status reads them.
+    pub fn report_to(&self, c: &crate::status::ListenerCounters) {
+        c.set_spool(
+            self.disk_bytes.load(Ordering::Relaxed),
+            self.full.load(Ordering::Relaxed),
+        );
+    }
+}
+
 fn segment_name(start: u64) -> String {
     format!("{start:020}.spool")
 }
@@ -333,6 +343,11 @@ impl Spool {
     /// comes back only for what the sink acknowledged.
     pub fn reclaim(&mut self, committed: u64) -> Result<u64, SpoolError> {
         self.state.committed.store(committed, Ordering::Release);
+        // Everything delivered: start a fresh segment so the written one can go too. Otherwise
+        // a spool smaller than a few segments could be full with nothing left to deliver.
+        if committed >= self.end && self.end > self.seg_start {
+            self.roll()?;
+        }
         let segs = segments(&self.dir)?;
         let mut freed = 0;
         for w in segs.windows(2) {
@@ -586,10 +601,11 @@ mod tests {
         let end = spool.state().durable.load(Ordering::Relaxed);
         spool.reclaim(end).unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(spool.state().disk_bytes.load(Ordering::Relaxed), 0);
         assert!(!spool.state().full.load(Ordering::Relaxed));
         // A reader that starts before what was reclaimed resumes at the oldest segment.
+        write(&mut spool, 20..22);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
-        let got = read_all(&mut r);
-        assert!(!got.is_empty() && got.last() == Some(&rec(19)));
+        assert_eq!(read_all(&mut r), vec![rec(20), rec(21)]);
     }
 }

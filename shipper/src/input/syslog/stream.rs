@@ -123,6 +123,11 @@ impl SyslogInput {
             .flat_map(|(name, s)| s.listeners.iter().map(move |h| (name.as_str(), h)))
     }
 
+    /// Every listener's counters, for status and `/metrics`.
+    pub fn counters(&self) -> Vec<Arc<crate::status::ListenerCounters>> {
+        self.listeners().map(|(_, h)| h.stats.clone()).collect()
+    }
+
     fn handle(&self, ix: usize) -> &ListenerHandle {
         self.listeners()
             .nth(ix)
@@ -219,6 +224,7 @@ impl SyslogInput {
             if let Err(e) = res {
                 tracing::warn!(stream = %id, error = %e, "cannot reclaim spool space");
             }
+            h.spool_state.report_to(&h.stats);
         }
     }
 }
