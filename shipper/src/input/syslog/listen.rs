@@ -162,11 +162,13 @@ impl Ctx {
 impl Server {
     /// Binds every listener of `source` (so a port in use is an error now, naming it), opens
     /// their spools and starts the network thread and the writers.
-    /// `start_of` gives each listener's committed spool offset (where an empty spool begins).
+    /// `start_of` gives each listener's committed spool offset (where an empty spool begins),
+    /// `counters_of` the counters it reports into.
     pub fn start(
         source: &SyslogSource,
         state_dir: &Path,
         start_of: &dyn Fn(&Listener) -> u64,
+        counters_of: &dyn Fn(&Listener) -> Arc<ListenerCounters>,
         events: mpsc::Sender<Event>,
         bell: crate::input::Bell,
     ) -> Result<Server, ListenError> {
@@ -230,11 +232,7 @@ impl Server {
             )?;
             let spool_state = spool.state().clone();
             let spool = Arc::new(Mutex::new(spool));
-            let stats = Arc::new(ListenerCounters::new(
-                name,
-                &l.url(),
-                &super::stream::stream_id(name, &l),
-            ));
+            let stats = counters_of(&l);
             spool_state.report_to(&stats);
             let (tx, rx) = tmpsc::channel(QUEUE);
             let url = l.url();
