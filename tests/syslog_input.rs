@@ -244,6 +244,13 @@ path = "state/out.ndjson"
         )
     };
     let env = AgentEnv::with_config(&config(&format!("\"tcp://127.0.0.1:{tcp}\"")));
+    // check counts it; list shows its keys and none of the file sources' [defaults].
+    let out = env.cmd().arg("check").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source(s)"));
+    let out = env.cmd().args(["list", "sources.net"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("sources.net.listen"), "{listed}");
+    assert!(!listed.contains("fingerprint_bytes"), "{listed}");
     let mut agent = env.start();
     let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
     wait_for("the TCP listener", PATIENCE, || {
