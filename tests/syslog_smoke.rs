@@ -193,6 +193,17 @@ path = "state/out.ndjson"
     assert_eq!(l("tcp")["cut"], 1);
     assert_eq!(l("tls")["messages"], 1);
     assert_eq!(l("tls")["source"], "net");
+    // Everything was acknowledged (the streams above caught up): no lag, and the spools give
+    // their space back once the input sees the commits.
+    wait_for("the spools reclaimed", PATIENCE, || {
+        let out = env.cmd().args(["status", "--json"]).output().unwrap();
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+        st["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["spool_bytes"] == 0 && l["spool_lag_bytes"] == 0)
+    });
     let net = st["sources"]
         .as_array()
         .unwrap()

@@ -148,6 +148,9 @@ impl SyslogInput {
                 // Never before what is still on disk nor past what is there.
                 let from = from.clamp(first, durable.max(first));
                 ensure_row(&self.store, &id, name, h, durable);
+                h.stats
+                    .spool_committed
+                    .store(self.committed(&id).unwrap_or(from), Ordering::Relaxed);
                 counters.push(h.stats.clone());
                 streams.push(SpoolStream {
                     meta: StreamMeta {
@@ -211,6 +214,16 @@ impl SyslogInput {
                 tracing::warn!(stream = %id, error = %e, "cannot reclaim spool space");
             }
             h.spool_state.report_to(&h.stats);
+            h.stats.spool_committed.store(committed, Ordering::Relaxed);
+            // The row's size follows the spool between batches, so stream_lag is current.
+            let (read, size) = (
+                self.streams[i].reader.position(),
+                self.streams[i].reader.durable(),
+            );
+            let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = st.note_read(&id, read, size) {
+                tracing::debug!(stream = %id, error = %e, "cannot note the spool's size");
+            }
         }
     }
 }
