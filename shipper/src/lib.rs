@@ -8,6 +8,8 @@
 //! - [`fingerprint`]: a stream's identity from the hash of its head (gzip decompressed first).
 //! - [`read`]: opening a file at an offset, plain or gzip, and checking the bytes before it.
 //! - [`frame`]: delimiters, multiline joins, head/tail of over-long records.
+//! - [`input`]: inputs other than the tailer; [`input::syslog`] receives syslog from the
+//!   network into a spool in the state dir.
 //! - [`tail`]: the loop that follows every stream through rotation and truncation.
 //! - [`batch`] and [`record`]: records gathered for a sink and their wire format.
 //! - [`sink`]: where batches go; one file per kind.
@@ -26,6 +28,7 @@ pub mod discover;
 pub mod enroll;
 pub mod fingerprint;
 pub mod frame;
+pub mod input;
 pub mod monitor;
 pub mod outbox;
 pub mod query;

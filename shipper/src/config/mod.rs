@@ -8,6 +8,7 @@ pub mod layers;
 pub mod packs;
 mod persist;
 mod reader;
+pub mod syslog;
 pub mod template;
 pub mod units;
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub host_id: String,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// `type = "syslog"` sources (the network input), kept apart from the file sources.
+    pub syslog_sources: Vec<syslog::SyslogSource>,
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
@@ -264,6 +267,7 @@ impl Config {
         };
 
         let mut sources = Vec::new();
+        let mut syslog_sources = Vec::new();
         if let Some(t) = top.table("sources", &mut issues) {
             let named: BTreeMap<&String, &toml::Value> = t.iter().collect();
             for (name, value) in named {
@@ -275,6 +279,10 @@ impl Config {
                     });
                     continue;
                 };
+                if syslog::is_syslog(st) {
+                    syslog_sources.extend(syslog::read(name, &key, st, &base, &mut issues));
+                    continue;
+                }
                 if let Some(s) = read_source(name, &key, st, &defaults, &base, &mut issues) {
                     sources.push(s);
                 }
@@ -407,6 +415,7 @@ impl Config {
             host_id,
             state_dir,
             sources,
+            syslog_sources,
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,
