@@ -6,5 +6,10 @@
 //! commits spool offsets once the sink has acknowledged.
 
 pub mod framing;
+pub mod listen;
 pub mod parse;
+pub mod records;
 pub mod spool;
+
+#[cfg(test)]
+mod tests;

@@ -282,7 +282,14 @@ impl Spool {
             self.roll()?;
         }
         let path = self.dir.join(segment_name(self.seg_start));
-        self.file.write_all(encoded).map_err(io_err(&path))?;
+        if let Err(e) = self.file.write_all(encoded) {
+            // A part written (a full disk) must not stay: a retry would append after it and
+            // leave damage in the middle of the segment.
+            let keep = self.end - self.seg_start;
+            let _ = self.file.set_len(keep);
+            let _ = self.file.seek(SeekFrom::Start(keep));
+            return Err(io_err(&path)(e));
+        }
         self.end += encoded.len() as u64;
         self.state
             .disk_bytes
