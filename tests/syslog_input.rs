@@ -818,8 +818,8 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
 // ------------------------------------------------------------------ a full spool
 
 /// With the sink's disk full and a small spool, the agent stops reading TCP (the bytes wait in
-/// the kernel, the sender is held back) and drops UDP, counting the drops under one alert; when
-/// the sink has room again, every TCP message arrives, in order.
+/// the kernel, the sender is held back) and drops UDP, counted, each listener's episode alerted
+/// once; when the sink has room again, every TCP message arrives once, in order.
 #[test]
 fn a_full_spool_holds_back_tcp_and_drops_udp_with_one_alert() {
     let fs = tmpfs::Tmpfs::new(64 << 10);
@@ -840,37 +840,68 @@ fn a_full_spool_holds_back_tcp_and_drops_udp_with_one_alert() {
         s.write_all(&frames).unwrap();
         s
     });
+    let tcp_url = format!("tcp://127.0.0.1:{}", agent.port);
+    let udp_url = format!("udp://127.0.0.1:{}", agent.port);
+    let spool_alerts = |url: &str| {
+        agent
+            .all_alerts()
+            .iter()
+            .filter(|d| d.contains("spool") && d.contains(url))
+            .count()
+    };
     wait_for(
-        &format!("a spool-full alert; alerts: {:?}", agent.all_alerts()),
+        &format!(
+            "a spool-full alert for TCP; alerts: {:?}",
+            agent.all_alerts()
+        ),
         PATIENCE,
-        || agent.all_alerts().iter().any(|d| d.contains("spool")),
+        || spool_alerts(&tcp_url) > 0,
     );
     wait_for("bytes left unread in the agent's socket", PATIENCE, || {
         unread_by_agent(agent.port, client_port).is_some_and(|n| n > 0)
     });
+    // The UDP listener has a spool of its own: 400 datagrams of 2 KiB overfill it.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..20 {
+    let sent_udp = 400;
+    for i in 0..sent_udp {
         udp.send_to(
-            format!("<14>1 - - - - - - dropped {i}").as_bytes(),
+            rfc5424(&format!("udp {i:03} {pad}")).as_bytes(),
             ("127.0.0.1", agent.port),
         )
         .unwrap();
+        // Paced, so the kernel's socket buffer is not what drops them.
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
     wait_for(
-        &format!("the UDP drops counted in status: {}", agent.status()),
+        &format!("UDP drops counted in status: {}", agent.status()),
         PATIENCE,
-        || agent.status().to_string().contains("drop"),
+        || listener_stat(&agent.status(), &udp_url, "dropped").is_some_and(|n| n > 0),
     );
-    let spool_alerts = agent
-        .all_alerts()
-        .iter()
-        .filter(|d| d.contains("spool"))
-        .count();
+    wait_for(
+        &format!(
+            "a spool-full alert for UDP; alerts: {:?}",
+            agent.all_alerts()
+        ),
+        PATIENCE,
+        || spool_alerts(&udp_url) > 0,
+    );
     assert_eq!(
-        spool_alerts,
+        spool_alerts(&tcp_url),
         1,
         "one alert per episode: {:?}",
         agent.all_alerts()
+    );
+    assert_eq!(
+        spool_alerts(&udp_url),
+        1,
+        "one alert per episode: {:?}",
+        agent.all_alerts()
+    );
+    assert!(
+        agent.msgs().iter().all(|m| !m.starts_with("full-")),
+        "nothing reached the full disk"
     );
 
     std::fs::remove_file(&ballast).unwrap();
@@ -887,6 +918,17 @@ fn a_full_spool_holds_back_tcp_and_drops_udp_with_one_alert() {
     sorted.sort();
     assert_eq!(order, sorted, "in order");
     assert_eq!(order.len(), all.len(), "each once");
+    let dropped = listener_stat(&agent.status(), &udp_url, "dropped").unwrap();
+    let udp_got = agent
+        .msgs()
+        .iter()
+        .filter(|m| m.starts_with("udp "))
+        .count() as u64;
+    assert!(udp_got > 0, "UDP kept what the spool had room for");
+    assert!(
+        udp_got + dropped <= sent_udp,
+        "{udp_got} received + {dropped} dropped of {sent_udp} sent"
+    );
     drop(sock);
 }
 

@@ -563,3 +563,22 @@ impl Capture {
             .collect()
     }
 }
+
+// ------------------------------------------------------------------ what status says
+
+/// The number `key` of the object in `status` that names listener `url` (searched anywhere in
+/// the document, so the test pins what is shown, not where the status layout puts it).
+pub fn listener_stat(status: &Value, url: &str, key: &str) -> Option<u64> {
+    match status {
+        Value::Object(map) => {
+            if map.values().any(|v| v == url) {
+                if let Some(n) = map.get(key).and_then(Value::as_u64) {
+                    return Some(n);
+                }
+            }
+            map.values().find_map(|v| listener_stat(v, url, key))
+        }
+        Value::Array(items) => items.iter().find_map(|v| listener_stat(v, url, key)),
+        _ => None,
+    }
+}
