@@ -14,8 +14,9 @@
 use flate2::{write::GzEncoder, Compression};
 use log_sensor::batch::Batch;
 use log_sensor::config::Config;
+use log_sensor::status::TailStats;
 use log_sensor::store::Store;
-use log_sensor::tail::{TailStats, Tailer};
+use log_sensor::tail::Tailer;
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::io::Write;

@@ -5,17 +5,18 @@ use crate::batch::Batch;
 use crate::commit::Committer;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
+use crate::input::syslog::SyslogInput;
 use crate::sink::{self, Sink, SinkError};
-use crate::status::Live;
+use crate::status::{Live, ShipStats, TailStats};
 use crate::store::{Alert, Store, StoreError};
-use crate::tail::{TailStats, Tailer};
+use crate::tail::Tailer;
 use crossbeam_channel::{Receiver, RecvError, RecvTimeoutError, TryRecvError};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,32 +47,13 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Syslog(#[from] crate::input::syslog::listen::ListenError),
     #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
     Monitor {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Counters of the shipping side.
-#[derive(Debug, Default)]
-pub struct ShipStats {
-    pub batches: AtomicU64,
-    pub records: AtomicU64,
-    pub bytes: AtomicU64,
-    pub sink_errors: AtomicU64,
-    pub sink_retries: AtomicU64,
-    /// Unix seconds of the last successful delivery.
-    pub last_ok: AtomicU64,
-    /// Unix seconds since the sink has been failing; 0 while it works.
-    pub failing_since: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-    /// Why the last commit failed, while commits fail (the store is unwritable).
-    pub store_error: Mutex<Option<String>>,
-    /// The shipping thread is waiting for a batch (the tailer may flush early).
-    pub waiting: Arc<AtomicBool>,
-    /// Seconds from a batch's first record to its acknowledgement.
-    pub latency: crate::status::LatencyRecorder,
 }
 
 /// Holds the state dir's lock for as long as it lives.
@@ -142,7 +124,17 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         tail: Arc::new(TailStats::default()),
         ship: Arc::new(ShipStats::default()),
     };
+    // Listening before anything else starts, so a port in use fails the start, naming it.
+    let syslog = match cfg.syslog_sources.is_empty() {
+        true => None,
+        false => Some(SyslogInput::start(
+            &cfg.syslog_sources,
+            &cfg.state_dir,
+            store.clone(),
+        )?),
+    };
     let live = Live {
+        listeners: syslog.as_ref().map(|s| s.counters()).unwrap_or_default(),
         tail: running.tail.clone(),
         ship: running.ship.clone(),
         started_at: crate::store::now_secs(),
@@ -166,6 +158,9 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         running.tail.clone(),
     )?;
     tailer.recycle_from(back_rx);
+    if let Some(input) = syslog {
+        tailer.add_input(Box::new(input));
+    }
     tailer.sink_idle_flag(running.ship.waiting.clone());
     tailer.configs_from(cfg_rx);
     let controller = Arc::new(Controller::new(
@@ -210,7 +205,6 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         &running.ship,
         Some(back_tx),
         Some(sink_rx),
-        Some(&cfg.state_dir),
     );
     let _ = tail_thread.join();
     stop.store(true, Ordering::SeqCst);
@@ -245,7 +239,6 @@ pub fn ship_loop(
     stats: &ShipStats,
     recycle: Option<crossbeam_channel::Sender<Batch>>,
     sinks: Option<Receiver<crate::config::SinkConfig>>,
-    state_dir: Option<&Path>,
 ) {
     let mut s = Shipping {
         sink,
@@ -254,7 +247,6 @@ pub fn ship_loop(
         stop,
         stats,
         recycle,
-        state_dir,
         failing_since: None,
     };
     deliver(&mut s, rx, sinks);
@@ -331,7 +323,6 @@ struct Shipping<'a> {
     stop: &'a AtomicBool,
     stats: &'a ShipStats,
     recycle: Option<crossbeam_channel::Sender<Batch>>,
-    state_dir: Option<&'a Path>,
     failing_since: Option<Instant>,
 }
 
@@ -426,7 +417,7 @@ impl Shipping<'_> {
         true
     }
 
-    fn acknowledged(&mut self, batch: Batch) {
+    fn acknowledged(&mut self, mut batch: Batch) {
         if self.failing_since.take().is_some() {
             tracing::info!(sink = %self.sink.describe(), "sink recovered");
             self.stats.failing_since.store(0, Ordering::Relaxed);
@@ -434,7 +425,7 @@ impl Shipping<'_> {
         self.stats
             .latency
             .record(batch.created.elapsed().as_secs_f64());
-        self.committer.batch(&batch);
+        self.committer.batch(&mut batch);
         let stats = self.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
@@ -446,12 +437,6 @@ impl Shipping<'_> {
         stats
             .last_ok
             .store(crate::store::now_secs() as u64, Ordering::Relaxed);
-        if let (Some(upto), Some(dir)) = (batch.outbox_upto, self.state_dir) {
-            // Delivered; if the delete fails the rows are sent again later.
-            if let Err(e) = crate::outbox::ack(dir, upto) {
-                tracing::warn!(error = %e, "cannot remove shipped rows from the osquery outbox");
-            }
-        }
         if let Some(back) = &self.recycle {
             let _ = back.try_send(batch);
         }
@@ -581,17 +566,21 @@ mod tests {
             fingerprint: None,
             path: "/var/log/app.log".into(),
         };
-        let slot = b.add_stream(
-            meta,
-            Checkpoint {
-                stream: "s".into(),
-                committed_offset: generation * 10,
-                committed_hash: None,
-                read_offset: generation * 10,
-                size: generation * 10,
-                ..Checkpoint::default()
-            },
-        );
+        let mut none = crate::transform::Transforms::none();
+        let limits = crate::batch::Limits {
+            max_records: 100,
+            max_bytes: 1 << 20,
+        };
+        let mut out = crate::batch::Intake::new(&mut b, &mut none, limits);
+        let cp = Checkpoint {
+            stream: "s".into(),
+            committed_offset: generation * 10,
+            committed_hash: None,
+            read_offset: generation * 10,
+            size: generation * 10,
+            ..Checkpoint::default()
+        };
+        let slot = out.open_stream(meta, crate::batch::Ack::Store(cp));
         for i in 0..2 {
             let rec = Rec {
                 offset: (generation - 1) * 10 + i * 5,
@@ -599,7 +588,7 @@ mod tests {
                 part: Part::Whole,
                 bytes: b"line",
             };
-            b.push(slot, &rec, 0);
+            out.push(slot, &rec, 0, None);
         }
         b
     }
@@ -645,7 +634,7 @@ mod tests {
             drop(tx);
             let stats = ShipStats::default();
             let stop = AtomicBool::new(false);
-            ship_loop(rx, Box::new(sink), &store, &stop, &stats, None, None, None);
+            ship_loop(rx, Box::new(sink), &store, &stop, &stats, None, None);
             assert_eq!(
                 *stored.lock().unwrap(),
                 (1..=8).collect::<Vec<_>>(),

@@ -8,6 +8,7 @@
 
 mod create;
 mod pending;
+pub mod report;
 
 use pending::Pending;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};

@@ -78,8 +78,11 @@ impl Tailer {
     fn flush_framer(&mut self, t: &mut Tracked, finish: bool) {
         let slot = self.slot(t);
         let ts = now_ms();
-        let batch = &mut self.batch;
-        let mut push = |r: Rec<'_>| batch.push(slot, &r, ts);
+        let limits = self.limits();
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
+        let mut push = |r: Rec<'_>| {
+            out.push(slot, &r, ts, None);
+        };
         if finish {
             t.framer.finish(&mut push);
         } else {

@@ -14,14 +14,17 @@ mod registry;
 mod scanning;
 mod slots;
 
-use crate::batch::{Batch, StreamMeta};
+use crate::batch::{Ack, Batch, Intake, Limits, StreamMeta};
 use crate::config::{Config, Source};
 use crate::discover::{self, watch::Wake, watch::Watch, Found};
 use crate::fingerprint::{self, Fingerprint, HeadError};
 use crate::frame::{Framer, Rec};
+use crate::input::Input;
 use crate::read::{self, OpenAtError, Reader};
 use crate::record::now_ms;
+pub use crate::status::TailStats;
 use crate::store::{now_secs, Alert, Checkpoint, Store, StreamRow, StreamState};
+use crate::transform::Transforms;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use registry::{Known, Registry};
 use slots::Slots;
@@ -30,7 +33,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,8 +44,6 @@ const READ_CHUNK: usize = 256 << 10;
 const READS_PER_TURN: usize = 16;
 /// Streams whose file was let go are forgotten this long after they last moved.
 const FORGET_AFTER_SECS: i64 = 14 * 86_400;
-/// How often the osquery outbox is looked at (osquery logs every few seconds at most).
-const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// A file resumed at or below this position is read again from its head: the one pread then
 /// also brings the head its rewrite check hashes (a few KiB copied cost less than a syscall).
 const RESUME_FROM_HEAD: u64 = 4096;
@@ -55,25 +56,6 @@ const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 const ADMIT_SLICE: Duration = Duration::from_millis(50);
 /// How often a running background scan is looked for while idle.
 const SCAN_POLL: Duration = Duration::from_millis(20);
-
-/// Counters the tailer keeps for status pages and metrics.
-#[derive(Debug, Default)]
-pub struct TailStats {
-    pub bytes_read: AtomicU64,
-    pub records_read: AtomicU64,
-    pub overlong_records: AtomicU64,
-    pub open_files: AtomicU64,
-    pub fingerprint_collisions: AtomicU64,
-    pub truncations: AtomicU64,
-    pub scans: AtomicU64,
-    pub alerts: AtomicU64,
-    /// Followed files whose descriptor is closed until they change (idle, or making room).
-    pub parked_files: AtomicU64,
-    /// Times files had to wait because every open slot was taken.
-    pub held_back: AtomicU64,
-    /// Streams parked to keep the memory of partial lines under its total budget.
-    pub partial_parks: AtomicU64,
-}
 
 /// A stream whose file is open.
 struct Tracked {
@@ -160,9 +142,13 @@ pub struct Tailer {
     backlog: bool,
     /// New configs from reloads and temporary overrides.
     configs: Option<Receiver<Arc<Config>>>,
-    /// What osquery logged through the extension, once it has made its outbox.
-    outbox: Option<crate::outbox::Outbox>,
-    last_outbox_poll: Instant,
+    /// What osquery logged through the extension.
+    outbox: crate::input::osquery::OsqueryInput,
+    /// Inputs with threads of their own (the syslog listeners), given a turn each round until
+    /// the pipeline thread drives every input.
+    inputs: Vec<Box<dyn Input>>,
+    /// Every source's transforms, run as records enter the batch.
+    transforms: Transforms,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
@@ -227,8 +213,13 @@ impl Tailer {
             sink_idle: None,
             backlog: false,
             configs: None,
-            outbox: None,
-            last_outbox_poll: Instant::now() - OUTBOX_POLL,
+            outbox: crate::input::osquery::OsqueryInput::new(
+                &cfg.state_dir,
+                store.clone(),
+                stats.clone(),
+            ),
+            inputs: Vec::new(),
+            transforms: Transforms::none(),
             wakes,
             overflow,
             watch,
@@ -360,7 +351,7 @@ impl Tailer {
         let worked = self.read_dirty()?;
         self.check_timers();
         self.park_inactive();
-        self.poll_outbox();
+        let worked = self.poll_outbox() || worked;
         if self.batch_due() && !self.ship() {
             return None;
         }
@@ -377,46 +368,28 @@ impl Tailer {
         self.ship()
     }
 
-    fn poll_outbox(&mut self) {
-        if self.last_outbox_poll.elapsed() < OUTBOX_POLL {
-            return;
+    /// Gives the outbox and the other inputs their turn → whether one has more ready.
+    fn poll_outbox(&mut self) -> bool {
+        let limits = self.limits();
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
+        self.outbox.turn(&mut out);
+        let mut busy = false;
+        for i in &mut self.inputs {
+            busy |= i.turn(&mut out) == crate::input::Turn::Busy;
         }
-        self.last_outbox_poll = Instant::now();
-        if self.outbox.is_none() {
-            match crate::outbox::Outbox::open(&self.cfg.state_dir) {
-                Ok(o) => self.outbox = o,
-                Err(e) => {
-                    let path = crate::outbox::path(&self.cfg.state_dir);
-                    if self.alerted_paths.insert(path.clone()) {
-                        self.alert(
-                            "read_error",
-                            Some(crate::outbox::SOURCE),
-                            None,
-                            Some(&path),
-                            e.to_string(),
-                        );
-                    }
-                }
-            }
-        }
-        let room = self.cfg.batch.max_records.saturating_sub(self.batch.len());
-        let Some(ob) = self.outbox.as_mut() else {
-            return;
-        };
-        if room == 0 {
-            return;
-        }
-        match ob.fill(&mut self.batch, room, now_ms()) {
-            Ok(n) => {
-                self.stats
-                    .records_read
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // Reopened at the next poll; rows not acknowledged stay in the outbox.
-                tracing::warn!(error = %e, "cannot read the osquery outbox");
-                self.outbox = None;
-            }
+        busy
+    }
+
+    /// Adds an input that gets a turn every round (see [`Input`]).
+    pub fn add_input(&mut self, mut input: Box<dyn Input>) {
+        input.start();
+        self.inputs.push(input);
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_records: self.cfg.batch.max_records,
+            max_bytes: self.cfg.batch.max_bytes,
         }
     }
 

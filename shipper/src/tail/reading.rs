@@ -87,7 +87,9 @@ impl Tailer {
             size: t.size,
             ..Checkpoint::default()
         };
-        let s = self.batch.add_stream(t.meta.clone(), cp);
+        let limits = self.limits();
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
+        let s = out.open_stream(t.meta.clone(), Ack::Store(cp));
         t.slot = Some((self.batch.generation, s));
         s
     }
@@ -96,7 +98,9 @@ impl Tailer {
     pub(super) fn update_checkpoint(&mut self, t: &mut Tracked, chunk: &[u8]) {
         let consumed = t.framer.consumed();
         let slot = self.slot(t);
-        let cp = &mut self.batch.streams[slot as usize].checkpoint;
+        let Some(cp) = self.batch.streams[slot as usize].ack.checkpoint_mut() else {
+            unreachable!("a file's slot carries a store checkpoint")
+        };
         if cp.committed_offset != consumed {
             t.consumed_marker = read::marker_in_chunk(chunk, t.framer.position(), consumed)
                 .or_else(|| {
@@ -247,14 +251,15 @@ impl Tailer {
     pub(super) fn frame_chunk(&mut self, t: &mut Tracked, window: &[u8], start: usize) {
         let slot = self.slot(t);
         let ts = now_ms();
-        let batch = &mut self.batch;
+        let limits = self.limits();
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
         let stats = &self.stats;
         t.framer.push(&window[start..], &mut |r: Rec<'_>| {
             stats.records_read.fetch_add(1, Ordering::Relaxed);
             if r.part == crate::frame::Part::Head {
                 stats.overlong_records.fetch_add(1, Ordering::Relaxed);
             }
-            batch.push(slot, &r, ts);
+            out.push(slot, &r, ts, None);
         });
         self.update_checkpoint(t, window);
     }

@@ -13,17 +13,18 @@ use super::framing::{Deframer, Frame};
 use super::records::encode_frame;
 use super::spool::{Spool, SpoolError, SpoolState};
 use crate::config::syslog::{Listener, SyslogSource, Transport};
+use crate::status::ListenerCounters;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc as tmpsc, Semaphore};
 
-/// A spool segment this big is closed and a new one started: reclaiming works per segment, so
-/// this is the granularity at which space comes back.
+/// The largest spool segment: once this big it is closed and a new one started. Reclaiming
+/// works per segment, so this is the granularity at which space comes back.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Encoded batches waiting for a listener's writer: beyond this, connections stop being read.
 const QUEUE: usize = 256;
@@ -57,32 +58,6 @@ pub enum ListenError {
         source_name: String,
         err: std::io::Error,
     },
-}
-
-/// Counters of one listener, read by status and `/metrics`.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections open now (TCP/TLS).
-    pub connections: AtomicU64,
-    pub accepted: AtomicU64,
-    /// Connections closed at once because `max_connections` were open.
-    pub refused: AtomicU64,
-    /// TLS handshakes that failed (no or an unaccepted client certificate, not TLS, timeout).
-    pub tls_failed: AtomicU64,
-    /// Messages spooled (a cut message counts once).
-    pub messages: AtomicU64,
-    /// Bytes received from the network.
-    pub bytes: AtomicU64,
-    /// Messages longer than `max_message_bytes`, spooled as head and tail.
-    pub cut: AtomicU64,
-    /// Connections closed for a bad octet count or binary garbage.
-    pub framing_errors: AtomicU64,
-    /// UDP datagrams dropped because the spool was full.
-    pub dropped: AtomicU64,
-    /// Spool writes that failed (and were retried).
-    pub spool_errors: AtomicU64,
-    /// Set while a full-spool episode is on (so it is alerted once).
-    full_episode: AtomicBool,
 }
 
 /// What the listeners report for the agent to log and alert on; the library itself logs nothing.
@@ -127,7 +102,7 @@ pub struct ListenerHandle {
     pub spool_dir: PathBuf,
     pub spool: Arc<Mutex<Spool>>,
     pub spool_state: Arc<SpoolState>,
-    pub stats: Arc<ListenerStats>,
+    pub stats: Arc<ListenerCounters>,
 }
 
 /// The listeners of one syslog source.
@@ -149,10 +124,12 @@ struct Ctx {
     max_message_bytes: usize,
     queue: tmpsc::Sender<Vec<u8>>,
     state: Arc<SpoolState>,
-    stats: Arc<ListenerStats>,
+    stats: Arc<ListenerCounters>,
     events: mpsc::Sender<Event>,
     alerted: Mutex<HashSet<IpAddr>>,
     conn_full_alerted: AtomicBool,
+    /// Set while a full-spool episode is on (so it is alerted once).
+    full_episode: AtomicBool,
 }
 
 impl Ctx {
@@ -168,7 +145,7 @@ impl Ctx {
     /// Notes the spool's fullness, alerting on the first sight of each episode → full?
     fn spool_full(&self) -> bool {
         let full = self.state.full.load(Ordering::Acquire);
-        let was = self.stats.full_episode.swap(full, Ordering::AcqRel);
+        let was = self.full_episode.swap(full, Ordering::AcqRel);
         if full && !was {
             let _ = self.events.send(Event::SpoolFull {
                 listener: self.url.clone(),
@@ -185,10 +162,13 @@ impl Ctx {
 impl Server {
     /// Binds every listener of `source` (so a port in use is an error now, naming it), opens
     /// their spools and starts the network thread and the writers.
+    /// `start_of` gives each listener's committed spool offset (where an empty spool begins).
     pub fn start(
         source: &SyslogSource,
         state_dir: &Path,
+        start_of: &dyn Fn(&Listener) -> u64,
         events: mpsc::Sender<Event>,
+        bell: crate::input::Bell,
     ) -> Result<Server, ListenError> {
         let name = &source.name;
         let tls = match &source.tls {
@@ -235,21 +215,27 @@ impl Server {
             bound.push((l.clone(), sock, local));
         }
 
+        // Space comes back a segment at a time: a spool holds at least eight.
+        let segment = (source.spool_max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES);
         let mut listeners = Vec::new();
         let mut writers = Vec::new();
         let mut tasks: Vec<(Arc<Ctx>, Bound, Transport)> = Vec::new();
         for (l, sock, local_addr) in bound {
             let dir = spool_dir(state_dir, name, &l);
-            let spool =
-                Spool::open(&dir, SEGMENT_BYTES, source.spool_max_bytes).map_err(|err| {
-                    ListenError::Spool {
-                        source_name: name.clone(),
-                        err,
-                    }
-                })?;
+            let spool = Spool::open(&dir, start_of(&l), segment, source.spool_max_bytes).map_err(
+                |err| ListenError::Spool {
+                    source_name: name.clone(),
+                    err,
+                },
+            )?;
             let spool_state = spool.state().clone();
             let spool = Arc::new(Mutex::new(spool));
-            let stats = Arc::new(ListenerStats::default());
+            let stats = Arc::new(ListenerCounters::new(
+                name,
+                &l.url(),
+                &super::stream::stream_id(name, &l),
+            ));
+            spool_state.report_to(&stats);
             let (tx, rx) = tmpsc::channel(QUEUE);
             let url = l.url();
             writers.push(spawn_writer(
@@ -258,6 +244,7 @@ impl Server {
                 rx,
                 stats.clone(),
                 events.clone(),
+                bell.clone(),
             ));
             let ctx = Arc::new(Ctx {
                 url,
@@ -268,6 +255,7 @@ impl Server {
                 events: events.clone(),
                 alerted: Mutex::new(HashSet::new()),
                 conn_full_alerted: AtomicBool::new(false),
+                full_episode: AtomicBool::new(false),
             });
             tasks.push((ctx, sock, l.transport));
             listeners.push(ListenerHandle {
@@ -413,9 +401,15 @@ fn spawn_writer(
     url: String,
     spool: Arc<Mutex<Spool>>,
     mut rx: tmpsc::Receiver<Vec<u8>>,
-    stats: Arc<ListenerStats>,
+    stats: Arc<ListenerCounters>,
     events: mpsc::Sender<Event>,
+    bell: crate::input::Bell,
 ) -> std::thread::JoinHandle<()> {
+    let state = spool
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .state()
+        .clone();
     std::thread::Builder::new()
         .name("syslog-spool".into())
         .spawn(move || {
@@ -440,6 +434,8 @@ fn spawn_writer(
                     match res {
                         Ok(()) => {
                             alerted = false;
+                            state.report_to(&stats);
+                            bell.ring();
                             break;
                         }
                         Err(e) => {

@@ -10,6 +10,9 @@ pub mod listen;
 pub mod parse;
 pub mod records;
 pub mod spool;
+pub mod stream;
+
+pub use stream::SyslogInput;
 
 #[cfg(test)]
 mod tests;

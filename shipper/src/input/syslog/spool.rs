@@ -116,6 +116,16 @@ pub struct SpoolState {
     pub torn_bytes: AtomicU64,
 }
 
+impl SpoolState {
+    /// Puts the spool's size and fullness where status reads them.
+    pub fn report_to(&self, c: &crate::status::ListenerCounters) {
+        c.set_spool(
+            self.disk_bytes.load(Ordering::Relaxed),
+            self.full.load(Ordering::Relaxed),
+        );
+    }
+}
+
 fn segment_name(start: u64) -> String {
     format!("{start:020}.spool")
 }
@@ -197,8 +207,15 @@ pub struct Spool {
 
 impl Spool {
     /// Opens the spool in `dir` (made 0700 if missing), cutting a torn tail off the newest
-    /// segment. `segment_bytes`: when to start a new segment; `max_bytes`: when it is full.
-    pub fn open(dir: &Path, segment_bytes: u64, max_bytes: u64) -> Result<Spool, SpoolError> {
+    /// segment. An empty spool starts at offset `start` (the store's committed offset), so a
+    /// spool deleted by hand never restarts below what the store says was delivered.
+    /// `segment_bytes`: when to start a new segment; `max_bytes`: when it is full.
+    pub fn open(
+        dir: &Path,
+        start: u64,
+        segment_bytes: u64,
+        max_bytes: u64,
+    ) -> Result<Spool, SpoolError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
             .recursive(true)
@@ -213,7 +230,7 @@ impl Spool {
         }
         let (seg_start, path) = match segs.last() {
             Some((start, p)) => (*start, p.clone()),
-            None => (0, dir.join(segment_name(0))),
+            None => (start, dir.join(segment_name(start))),
         };
         let file = OpenOptions::new()
             .create(true)
@@ -326,6 +343,11 @@ impl Spool {
     /// comes back only for what the sink acknowledged.
     pub fn reclaim(&mut self, committed: u64) -> Result<u64, SpoolError> {
         self.state.committed.store(committed, Ordering::Release);
+        // Everything delivered: start a fresh segment so the written one can go too. Otherwise
+        // a spool smaller than a few segments could be full with nothing left to deliver.
+        if committed >= self.end && self.end > self.seg_start {
+            self.roll()?;
+        }
         let segs = segments(&self.dir)?;
         let mut freed = 0;
         for w in segs.windows(2) {
@@ -366,6 +388,11 @@ impl SpoolReader {
             pos: from,
             payload: Vec::new(),
         }
+    }
+
+    /// The spool offset up to which records are durable (and may be read).
+    pub fn durable(&self) -> u64 {
+        self.state.durable.load(Ordering::Acquire)
     }
 
     /// The offset of the next record to be read.
@@ -493,14 +520,14 @@ mod tests {
     #[test]
     fn records_round_trip_across_segments_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 200, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 1 << 30).unwrap();
         write(&mut spool, 0..20);
         assert!(segments(dir.path()).unwrap().len() > 3);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
         assert_eq!(read_all(&mut r), (0..20).map(rec).collect::<Vec<_>>());
         let end = r.position();
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 200, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 1 << 30).unwrap();
         assert_eq!(spool.state().durable.load(Ordering::Relaxed), end);
         write(&mut spool, 20..25);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), end);
@@ -510,7 +537,7 @@ mod tests {
     #[test]
     fn unsynced_records_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         let mut buf = Vec::new();
         rec(1).encode_into(&mut buf);
         spool.append(&buf).unwrap();
@@ -523,7 +550,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_open_and_never_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         write(&mut spool, 0..5);
         let good = spool.state().durable.load(Ordering::Relaxed);
         drop(spool);
@@ -533,7 +560,7 @@ mod tests {
             f.write_all(torn).unwrap();
             // A whole record whose checksum is wrong is damage too.
             drop(f);
-            let spool = Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+            let spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
             assert_eq!(fs::metadata(&seg).unwrap().len(), good);
             assert_eq!(
                 spool.state().torn_bytes.load(Ordering::Relaxed),
@@ -549,14 +576,14 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&buf).unwrap();
         drop(f);
-        Spool::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();
         assert_eq!(fs::metadata(&seg).unwrap().len(), good);
     }
 
     #[test]
     fn reclaim_deletes_only_committed_whole_segments_and_clears_full() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 200, 600).unwrap();
+        let mut spool = Spool::open(dir.path(), 0, 200, 600).unwrap();
         write(&mut spool, 0..20);
         assert!(spool.state().full.load(Ordering::Relaxed));
         let segs = segments(dir.path()).unwrap();
@@ -574,10 +601,11 @@ mod tests {
         let end = spool.state().durable.load(Ordering::Relaxed);
         spool.reclaim(end).unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(spool.state().disk_bytes.load(Ordering::Relaxed), 0);
         assert!(!spool.state().full.load(Ordering::Relaxed));
         // A reader that starts before what was reclaimed resumes at the oldest segment.
+        write(&mut spool, 20..22);
         let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
-        let got = read_all(&mut r);
-        assert!(!got.is_empty() && got.last() == Some(&rec(19)));
+        assert_eq!(read_all(&mut r), vec![rec(20), rec(21)]);
     }
 }

@@ -123,7 +123,14 @@ fn udp_tcp_and_tls_messages_land_in_their_spools_with_fields() {
         64,
     );
     let (tx, events) = mpsc::channel();
-    let server = Server::start(&src, &dir.path().join("state"), tx).unwrap();
+    let server = Server::start(
+        &src,
+        &dir.path().join("state"),
+        &|_| 0,
+        tx,
+        crate::input::Bell::new(),
+    )
+    .unwrap();
     let [udp, tcp, tls] = &server.listeners[..] else {
         panic!()
     };
@@ -203,7 +210,7 @@ fn garbage_closes_the_connection_not_the_listener_and_stop_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(&[(Transport::Tcp, "127.0.0.1:0")], None, 1024);
     let (tx, events) = mpsc::channel();
-    let server = Server::start(&src, dir.path(), tx).unwrap();
+    let server = Server::start(&src, dir.path(), &|_| 0, tx, crate::input::Bell::new()).unwrap();
     let h = &server.listeners[0];
     for _ in 0..2 {
         let mut t = std::net::TcpStream::connect(h.local_addr).unwrap();
@@ -250,7 +257,7 @@ fn a_full_spool_drops_udp_and_pauses_tcp_until_it_drains() {
         1024,
     );
     let (tx, events) = mpsc::channel();
-    let server = Server::start(&src, dir.path(), tx).unwrap();
+    let server = Server::start(&src, dir.path(), &|_| 0, tx, crate::input::Bell::new()).unwrap();
     let (udp, tcp) = (&server.listeners[0], &server.listeners[1]);
     // As if spool_max_bytes were reached.
     udp.spool_state.full.store(true, Ordering::Release);
