@@ -113,40 +113,21 @@ path = "{out}"
         c
     }
 
-    /// Starts the agent and waits until its TCP and TLS listeners accept. The first start picks
-    /// the ports; a restart keeps them (senders such as rsyslog know where the agent is).
+    /// Starts the agent and waits until status shows its listeners (bound, so connections
+    /// queue). Not by connecting: a probe would hold a connection slot, and a TLS probe would
+    /// use up the alert its peer gets once. The first start picks the ports; a restart keeps
+    /// them (senders such as rsyslog know where the agent is).
     pub fn start(&mut self) -> Proc {
         for attempt in 0..5 {
             if self.port == 0 || attempt > 0 {
                 self.port = free_port();
                 self.tls_port = free_port();
             }
-            self.write_config();
-            let mut c = self.cmd();
-            c.arg("run");
-            let mut p = Proc::spawn("log-sensor", &mut c, &self.p("agent.err"));
-            let deadline = std::time::Instant::now() + PATIENCE;
-            loop {
-                if !p.is_running() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                    && TcpStream::connect(("127.0.0.1", self.tls_port)).is_ok()
-                {
-                    return p;
-                }
-                if std::time::Instant::now() > deadline {
-                    panic!(
-                        "the agent did not listen within {PATIENCE:?}; stderr:\n{}",
-                        tail(&p.stderr_text())
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let err = p.stderr_text();
-            // Only a port taken between choosing it and binding it is worth another try.
-            if !err.contains("in use") {
-                panic!("the agent exited at start; stderr:\n{}", tail(&err));
+            match self.spawn("agent.err") {
+                Ok(p) => return p,
+                // Only a port taken between choosing it and binding it is worth another try.
+                Err(err) if err.contains("in use") => continue,
+                Err(err) => panic!("the agent exited at start; stderr:\n{}", tail(&err)),
             }
         }
         panic!("no free ports after five tries");
@@ -155,19 +136,44 @@ path = "{out}"
     /// The same ports again (after a kill -9).
     pub fn restart(&mut self) -> Proc {
         assert!(self.port != 0);
+        self.spawn("agent2.err")
+            .unwrap_or_else(|err| panic!("the restarted agent exited:\n{}", tail(&err)))
+    }
+
+    fn spawn(&self, stderr: &str) -> Result<Proc, String> {
         self.write_config();
         let mut c = self.cmd();
         c.arg("run");
-        let mut p = Proc::spawn("log-sensor", &mut c, &self.p("agent2.err"));
-        wait_for("the restarted agent to listen", PATIENCE, || {
-            assert!(
-                p.is_running(),
-                "the restarted agent exited:\n{}",
-                p.stderr_text()
-            );
-            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
-        p
+        let mut p = Proc::spawn("log-sensor", &mut c, &self.p(stderr));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if !p.is_running() {
+                return Err(p.stderr_text());
+            }
+            if self.try_status().is_some_and(|st| {
+                self.urls()
+                    .iter()
+                    .all(|u| listener_stat(&st, u, "connections").is_some())
+            }) {
+                return Ok(p);
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "the agent did not listen within {PATIENCE:?}; stderr:\n{}",
+                    tail(&p.stderr_text())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The three listeners as status names them.
+    pub fn urls(&self) -> [String; 3] {
+        [
+            format!("udp://127.0.0.1:{}", self.port),
+            format!("tcp://127.0.0.1:{}", self.port),
+            format!("tls://127.0.0.1:{}", self.tls_port),
+        ]
     }
 
     /// Records of the `net` source.
@@ -248,29 +254,35 @@ path = "{out}"
         .collect()
     }
 
-    /// Every alert as `kind: detail`, for messages when an expected one is missing.
+    /// Every alert as `kind path: detail` (a listener's alerts name it in `path`).
     pub fn all_alerts(&self) -> Vec<String> {
-        self.try_query("SELECT kind, detail FROM alerts ORDER BY id")
+        self.try_query("SELECT kind, path, detail FROM alerts ORDER BY id")
             .unwrap_or_default()
             .iter()
-            .map(|r| format!("{}: {}", r["kind"], r["detail"]))
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                format!("{} {}: {}", s("kind"), s("path"), s("detail"))
+            })
             .collect()
     }
 
     /// `log-sensor status --json`.
     pub fn status(&self) -> Value {
+        self.try_status().expect("status --json answers")
+    }
+
+    /// None while the agent cannot answer yet.
+    pub fn try_status(&self) -> Option<Value> {
         let out = self
             .cmd()
             .args(["status", "--json"])
             .env("LOG_SENSOR_LOG", "warn")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "status --json failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Every file under the state dir, concatenated: the spool, whatever its layout, holds the
@@ -349,13 +361,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn start(dir: &Path, to: u16, how: Forward) -> Forwarder {
-        let dir = dir.join(format!("rsyslog-{to}"));
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        let dir = dir.join(format!("rsyslog-{port}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
         let (global_tls, action) = match how {
             Forward::OctetCounted => (String::new(), r#"TCP_Framing="octet-counted""#.to_string()),
             Forward::Lf => (String::new(), r#"TCP_Framing="traditional""#.to_string()),
@@ -580,5 +592,29 @@ pub fn listener_stat(status: &Value, url: &str, key: &str) -> Option<u64> {
         }
         Value::Array(items) => items.iter().find_map(|v| listener_stat(v, url, key)),
         _ => None,
+    }
+}
+
+/// `wait_for` whose failure message is made at the deadline, so it shows the state then (the
+/// agent's status and log at the moment of giving up, not at the start of the wait).
+pub fn wait_until(what: impl Fn() -> String, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Like [`listener_stat`], for a flag (`spool_full`).
+pub fn listener_stat_bool(status: &Value, url: &str, key: &str) -> bool {
+    match status {
+        Value::Object(map) => {
+            (map.values().any(|v| v == url) && map.get(key) == Some(&Value::Bool(true)))
+                || map.values().any(|v| listener_stat_bool(v, url, key))
+        }
+        Value::Array(items) => items.iter().any(|v| listener_stat_bool(v, url, key)),
+        _ => false,
     }
 }
