@@ -223,3 +223,83 @@ path = "state/out.ndjson"
         "{msgs:?}"
     );
 }
+
+#[test]
+fn a_reload_starts_changed_and_new_listeners_and_bad_input_closes_only_its_connection() {
+    let (tcp, udp) = (free_port(), free_port());
+    let config = |listen: &str| {
+        format!(
+            r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.net]
+type = "syslog"
+listen = [{listen}]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "state/out.ndjson"
+"#
+        )
+    };
+    let env = AgentEnv::with_config(&config(&format!("\"tcp://127.0.0.1:{tcp}\"")));
+    // check counts it; list shows its keys and none of the file sources' [defaults].
+    let out = env.cmd().arg("check").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source(s)"));
+    let out = env.cmd().args(["list", "sources.net"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("sources.net.listen"), "{listed}");
+    assert!(!listed.contains("fingerprint_bytes"), "{listed}");
+    let mut agent = env.start();
+    let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
+    wait_for("the TCP listener", PATIENCE, || {
+        assert!(agent.is_running(), "{}", tail(&agent.stderr_text()));
+        TcpStream::connect(tcp_addr).is_ok()
+    });
+    // Garbage on one connection closes it; the listener and the other connection go on.
+    let mut good = TcpStream::connect(tcp_addr).unwrap();
+    good.write_all(b"<13>before garbage\n").unwrap();
+    let mut bad = TcpStream::connect(tcp_addr).unwrap();
+    bad.write_all(b"<13>ok line\n\x00\x01\x02 binary").unwrap();
+    env.wait_msgs(&agent, &["before garbage".into(), "ok line".into()]);
+    good.write_all(b"<13>after garbage\n").unwrap();
+    env.wait_msgs(&agent, &["after garbage".into()]);
+    wait_for("the framing alert", PATIENCE, || {
+        env.try_query("SELECT kind FROM alerts WHERE kind = 'syslog_framing'")
+            .is_ok_and(|r| r.len() == 1)
+    });
+
+    std::fs::write(
+        env.p("agent.toml"),
+        config(&format!(
+            "\"tcp://127.0.0.1:{tcp}\", \"udp://127.0.0.1:{udp}\""
+        )),
+    )
+    .unwrap();
+    let out = env.cmd().arg("reload").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    wait_for("the new UDP listener's message", PATIENCE, || {
+        u.send_to(b"<13>over new udp", ("127.0.0.1", udp)).unwrap();
+        env.msgs().iter().any(|m| m == "over new udp")
+    });
+    // The source changed, so its TCP listener was restarted: senders reconnect.
+    let mut t = TcpStream::connect(tcp_addr).unwrap();
+    t.write_all(b"<13>tcp after reload\n").unwrap();
+    drop(t);
+    env.wait_msgs(&agent, &["tcp after reload".into()]);
+    let msgs = env.msgs();
+    for m in [
+        "before garbage",
+        "ok line",
+        "after garbage",
+        "tcp after reload",
+    ] {
+        assert_eq!(msgs.iter().filter(|x| *x == m).count(), 1, "{m}: {msgs:?}");
+    }
+}

@@ -21,7 +21,6 @@
 
 pub mod agent;
 pub mod batch;
-pub mod commit;
 pub mod config;
 pub mod control;
 pub mod discover;
@@ -30,6 +29,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod input;
 pub mod monitor;
+pub mod pipeline;
 pub mod query;
 pub mod read;
 pub mod record;

@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: ok ({} source(s), state dir {}, sink {})",
                 path.display(),
-                cfg.sources.len(),
+                cfg.sources.len() + cfg.syslog_sources.len(),
                 cfg.state_dir.display(),
                 log_sensor::sink::describe(&cfg.sink)
             );

@@ -216,7 +216,8 @@ impl Batch {
 
     /// Empties a delivered batch for reuse, keeping its buffers: a steady stream of batches then
     /// costs no allocation and the heap does not fragment between the two threads.
-    pub fn recycle(mut self, generation: u64) -> Batch {
+    pub fn recycle(mut self, generation: u64, host: Arc<str>) -> Batch {
+        self.host = host;
         self.streams.clear();
         self.records.clear();
         self.data.clear();

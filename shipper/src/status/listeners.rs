@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The listeners running now, as status reads them (a reload may change the list).
+pub type ListenerList = Arc<Mutex<Vec<Arc<ListenerCounters>>>>;
 
 /// Live counters of one listener, shared by its threads and the status page.
 #[derive(Debug, Default)]

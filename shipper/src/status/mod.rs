@@ -8,7 +8,7 @@ mod counters;
 mod listeners;
 
 pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
-pub use listeners::{ListenerCounters, ListenerStatus};
+pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
 
 use crate::config::Config;
 use crate::store::{now_secs, report, Store};
@@ -193,7 +193,7 @@ pub struct Live {
     /// Which sources came from packs (the rest are from the file).
     pub pack_sources: Vec<String>,
     /// The syslog listeners' counters.
-    pub listeners: Vec<std::sync::Arc<ListenerCounters>>,
+    pub listeners: ListenerList,
 }
 
 impl Status {
@@ -361,7 +361,10 @@ impl Status {
             },
             health,
             batch_latency: ship.latency.snapshot(),
-            listeners: live.listeners.iter().map(|c| c.snapshot()).collect(),
+            listeners: match live.listeners.lock() {
+                Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
+                Err(_) => Vec::new(),
+            },
         }
     }
 }

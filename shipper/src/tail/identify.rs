@@ -8,11 +8,11 @@ use super::provisional::Provisional;
 use super::*;
 
 impl Tailer {
-    pub(super) fn scan(&mut self) {
+    pub(super) fn scan(&mut self, out: &mut Intake<'_>) {
         self.scan_started();
         let s = discover::scan_full(&self.cfg.sources);
         self.scan_dirs = s.dirs;
-        self.apply_scan(s.found, s.problems);
+        self.apply_scan(s.found, s.problems, out);
         self.admit(None);
     }
 
@@ -24,7 +24,12 @@ impl Tailer {
     }
 
     /// Acts on what a scan found; files to open are queued for a slot ([`Tailer::admit`]).
-    pub(super) fn apply_scan(&mut self, found: Vec<Found>, problems: Vec<discover::ScanProblem>) {
+    pub(super) fn apply_scan(
+        &mut self,
+        found: Vec<Found>,
+        problems: Vec<discover::ScanProblem>,
+        out: &mut Intake<'_>,
+    ) {
         for p in problems {
             if self.alerted_paths.insert(p.path.clone()) {
                 let src = self.cfg.sources[p.source].name.clone();
@@ -48,7 +53,7 @@ impl Tailer {
                 .unwrap_or(false);
             if truncated {
                 let t = self.open.remove(&key).expect("checked above");
-                self.truncated(t);
+                self.truncated(t, out);
             }
         }
         let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Tailer {
-    pub(super) fn scan_or_request(&mut self) {
+    pub(super) fn scan_or_request(&mut self, out: &mut Intake<'_>) {
         let cfg = self.cfg.clone();
         match self.scanner.as_mut() {
             Some(s) => {
@@ -12,18 +12,18 @@ impl Tailer {
                     self.scan_started();
                 }
             }
-            None => self.scan(),
+            None => self.scan(out),
         }
     }
 
     /// Applies a finished background scan, unless a reload made it stale.
-    pub(super) fn scanned(&mut self) {
+    pub(super) fn scanned(&mut self, out: &mut Intake<'_>) {
         let Some(done) = self.scanner.as_mut().and_then(|s| s.take()) else {
             return;
         };
         if Arc::ptr_eq(&done.cfg, &self.cfg) {
             self.scan_dirs = done.dirs;
-            self.apply_scan(done.found, done.problems);
+            self.apply_scan(done.found, done.problems, out);
         } else {
             self.last_scan = None;
         }

@@ -6,8 +6,9 @@
 //! the fsync, which runs on the writer threads so a slow disk never stalls the sockets' reads
 //! beyond the bounded hand-over queue (that queue filling is the TCP backpressure).
 //!
-//! The shutdown follows mini-redis: dropping the runtime ends every task; the writers then
-//! drain what was already framed, fsync it and exit, and [`Server::stop`] waits for them.
+//! The shutdown follows mini-redis, in two steps: every task is told to stop (they stop reading
+//! and hand over what they framed), then [`Server::stop`] waits until the last task is gone
+//! (at most [`STOP_GRACE`]) and the writers have spooled and fsync'd everything.
 
 use super::framing::{Deframer, Frame};
 use super::records::encode_frame;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc as tmpsc, Semaphore};
+use tokio::sync::{mpsc as tmpsc, watch, Semaphore};
 
 /// The largest spool segment: once this big it is closed and a new one started. Reclaiming
 /// works per segment, so this is the granularity at which space comes back.
@@ -31,6 +32,9 @@ const QUEUE: usize = 256;
 /// At most this many peers are remembered for "alert once per peer".
 const ALERTED_PEERS: usize = 4096;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop waits for the tasks to hand over what they framed (a writer retrying a
+/// full disk would otherwise hold the stop forever).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a connection paused by a full spool looks again.
 const FULL_POLL: Duration = Duration::from_millis(50);
 
@@ -108,7 +112,7 @@ pub struct ListenerHandle {
 /// The listeners of one syslog source.
 pub struct Server {
     pub listeners: Vec<ListenerHandle>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<watch::Sender<bool>>,
     net_thread: Option<std::thread::JoinHandle<()>>,
     writers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -130,6 +134,8 @@ struct Ctx {
     conn_full_alerted: AtomicBool,
     /// Set while a full-spool episode is on (so it is alerted once).
     full_episode: AtomicBool,
+    /// Becomes true when the server stops: tasks stop reading and return.
+    stop: watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -162,11 +168,13 @@ impl Ctx {
 impl Server {
     /// Binds every listener of `source` (so a port in use is an error now, naming it), opens
     /// their spools and starts the network thread and the writers.
-    /// `start_of` gives each listener's committed spool offset (where an empty spool begins).
+    /// `start_of` gives each listener's committed spool offset (where an empty spool begins),
+    /// `counters_of` the counters it reports into.
     pub fn start(
         source: &SyslogSource,
         state_dir: &Path,
         start_of: &dyn Fn(&Listener) -> u64,
+        counters_of: &dyn Fn(&Listener) -> Arc<ListenerCounters>,
         events: mpsc::Sender<Event>,
         bell: crate::input::Bell,
     ) -> Result<Server, ListenError> {
@@ -217,6 +225,7 @@ impl Server {
 
         // Space comes back a segment at a time: a spool holds at least eight.
         let segment = (source.spool_max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES);
+        let (stop_tx, stop_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut writers = Vec::new();
         let mut tasks: Vec<(Arc<Ctx>, Bound, Transport)> = Vec::new();
@@ -230,11 +239,7 @@ impl Server {
             )?;
             let spool_state = spool.state().clone();
             let spool = Arc::new(Mutex::new(spool));
-            let stats = Arc::new(ListenerCounters::new(
-                name,
-                &l.url(),
-                &super::stream::stream_id(name, &l),
-            ));
+            let stats = counters_of(&l);
             spool_state.report_to(&stats);
             let (tx, rx) = tmpsc::channel(QUEUE);
             let url = l.url();
@@ -256,6 +261,7 @@ impl Server {
                 alerted: Mutex::new(HashSet::new()),
                 conn_full_alerted: AtomicBool::new(false),
                 full_episode: AtomicBool::new(false),
+                stop: stop_rx.clone(),
             });
             tasks.push((ctx, sock, l.transport));
             listeners.push(ListenerHandle {
@@ -268,7 +274,6 @@ impl Server {
             });
         }
 
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -284,6 +289,7 @@ impl Server {
                 rt.block_on(async move {
                     // One budget of connections for the whole source, TCP and TLS together.
                     let permits = Arc::new(Semaphore::new(max_connections));
+                    let ctxs: Vec<Arc<Ctx>> = tasks.iter().map(|t| t.0.clone()).collect();
                     for (ctx, sock, transport) in tasks {
                         match sock {
                             Bound::Udp(s) => match tokio::net::UdpSocket::from_std(s) {
@@ -309,9 +315,17 @@ impl Server {
                             },
                         }
                     }
-                    let _ = stop_rx.await;
+                    let mut stop = stop_rx;
+                    let _ = stop.wait_for(|s| *s).await;
+                    // Every task holds its listener's context: gone means handed over.
+                    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                    while ctxs.iter().any(|c| Arc::strong_count(c) > 1)
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 });
-                // Dropping the runtime here ends every task and with them the queues' senders.
+                // Dropping the runtime ends what is left, and with it the queues' senders.
                 drop(rt);
             })
             .map_err(|err| ListenError::Runtime {
@@ -333,7 +347,7 @@ impl Server {
 
     fn stop_inner(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(t) = self.net_thread.take() {
             let _ = t.join();
@@ -478,8 +492,13 @@ fn frame_into(
 
 async fn serve_udp(sock: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
     let mut buf = vec![0u8; 65536];
+    let mut stop = ctx.stop.clone();
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (n, peer) = match got {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors and the like: one datagram, not the listener.
@@ -527,8 +546,13 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     max: usize,
 ) {
+    let mut stop = ctx.stop.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let got = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match got {
             Ok(r) => r,
             Err(e) => {
                 // Out of descriptors and the like: wait a little rather than spin.
@@ -586,12 +610,22 @@ fn tls_refused(ctx: &Ctx, peer: SocketAddr, error: String) {
 async fn serve_stream<S: AsyncRead + Unpin>(mut stream: S, peer: SocketAddr, ctx: &Ctx) {
     let mut d = Deframer::new(ctx.max_message_bytes);
     let mut buf = vec![0u8; 16 << 10];
+    let mut stop = ctx.stop.clone();
     loop {
         // A full spool: stop reading, so the kernel's window closes and the sender waits.
         while ctx.spool_full() {
+            if *stop.borrow() {
+                return;
+            }
             tokio::time::sleep(FULL_POLL).await;
         }
-        let n = match stream.read(&mut buf).await {
+        // Stopping: what was framed is handed over already; a frame still open is dropped
+        // with the connection (its sender never finished it).
+        let got = tokio::select! {
+            r = stream.read(&mut buf) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let n = match got {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {

@@ -535,6 +535,16 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_spool_starts_at_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 5000, 1 << 20, 1 << 30).unwrap();
+        write(&mut spool, 0..1);
+        let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
+        let (at, _, rec0) = r.next().unwrap().unwrap();
+        assert_eq!((at, rec0), (5000, rec(0)));
+    }
+
+    #[test]
     fn unsynced_records_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 0, 1 << 20, 1 << 30).unwrap();

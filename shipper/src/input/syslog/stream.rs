@@ -10,10 +10,13 @@ use super::listen::{Event, ListenError, ListenerHandle, Server};
 use super::spool::SpoolReader;
 use crate::batch::{Ack, Intake, Slot, StreamMeta};
 use crate::config::syslog::{Listener, SyslogSource};
+use crate::config::Config;
 use crate::frame::Rec;
 use crate::input::{Bell, Input, Turn};
+use crate::status::{ListenerCounters, ListenerList};
 use crate::store::{Alert, Checkpoint, Store, StreamRow, StreamState};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,11 +42,17 @@ struct SpoolStream {
 
 /// All syslog sources of the config, each with its listeners, spools and streams.
 pub struct SyslogInput {
+    /// The sources as configured now (a reload compares against them).
+    sources: Vec<SyslogSource>,
+    state_dir: PathBuf,
     servers: Vec<(String, Server)>,
     streams: Vec<SpoolStream>,
     store: Arc<Mutex<Store>>,
+    events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     bell: Bell,
+    /// What status shows: one entry per listener, kept across reloads.
+    counters: ListenerList,
     last_reclaim: Instant,
 }
 
@@ -54,22 +63,71 @@ impl SyslogInput {
         sources: &[SyslogSource],
         state_dir: &Path,
         store: Arc<Mutex<Store>>,
+        bell: Bell,
     ) -> Result<SyslogInput, ListenError> {
-        let (tx, events) = mpsc::channel();
-        let bell = Bell::new();
-        let mut servers = Vec::new();
-        let mut streams = Vec::new();
+        let (events_tx, events) = mpsc::channel();
+        let mut input = SyslogInput {
+            sources: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            servers: Vec::new(),
+            streams: Vec::new(),
+            store,
+            events_tx,
+            events,
+            bell,
+            counters: ListenerList::default(),
+            last_reclaim: Instant::now(),
+        };
         for src in sources {
-            let committed = |l: &Listener| -> u64 {
-                let st = store.lock().unwrap_or_else(|p| p.into_inner());
-                match st.stream_offsets(&stream_id(&src.name, l)) {
-                    Ok(Some((off, _))) => off,
-                    _ => 0,
-                }
-            };
-            let server = Server::start(src, state_dir, &committed, tx.clone(), bell.clone())?;
+            let server = input.start_server(src)?;
+            input.servers.push((src.name.clone(), server));
+        }
+        input.sources = sources.to_vec();
+        input.rebuild_streams(&HashMap::new());
+        Ok(input)
+    }
+
+    /// The committed spool offset of a listener's stream, from the store.
+    fn committed(&self, id: &str) -> Option<u64> {
+        let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        st.stream_offsets(id).ok().flatten().map(|(off, _)| off)
+    }
+
+    fn start_server(&self, src: &SyslogSource) -> Result<Server, ListenError> {
+        let committed = |l: &Listener| self.committed(&stream_id(&src.name, l)).unwrap_or(0);
+        // A listener restarted by a reload keeps its counters (they count since the start).
+        let old = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let counters = |l: &Listener| {
+            let id = stream_id(&src.name, l);
+            old.iter()
+                .find(|c| c.stream == id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ListenerCounters::new(&src.name, &l.url(), &id)))
+        };
+        let server = Server::start(
+            src,
+            &self.state_dir,
+            &committed,
+            &counters,
+            self.events_tx.clone(),
+            self.bell.clone(),
+        )?;
+        tracing::info!(source = %src.name, listeners = ?src.listen.iter().map(Listener::url).collect::<Vec<_>>(), "syslog listening");
+        Ok(server)
+    }
+
+    /// One stream per listener of the running servers; a stream read before (`carried`: its
+    /// position and slot) goes on from there, a new one from its committed offset.
+    fn rebuild_streams(&mut self, carried: &HashMap<String, (u64, Option<(u64, Slot)>)>) {
+        let mut streams = Vec::new();
+        let mut counters = Vec::new();
+        for (name, server) in &self.servers {
             for h in &server.listeners {
-                let id = stream_id(&src.name, &h.listener);
+                let id = stream_id(name, &h.listener);
                 let first = h
                     .spool
                     .lock()
@@ -77,43 +135,41 @@ impl SyslogInput {
                     .first_offset()
                     .unwrap_or(0);
                 let durable = h.spool_state.durable.load(Ordering::Acquire);
-                let committed = committed(&h.listener);
-                // Resume after what was delivered; never before what is still on disk nor
-                // past what is there (a spool cut by hand).
-                let from = committed.clamp(first, durable.max(first));
-                if committed > durable {
-                    tracing::warn!(stream = %id, committed, durable, "the spool ends before its committed offset; reading resumes at its end");
-                }
-                ensure_row(&store, &id, &src.name, h, durable);
+                let (from, slot) = match carried.get(&id) {
+                    Some(&(pos, slot)) => (pos, slot),
+                    None => {
+                        let committed = self.committed(&id).unwrap_or(0);
+                        if committed > durable {
+                            tracing::warn!(stream = %id, committed, durable, "the spool ends before its committed offset; reading resumes at its end");
+                        }
+                        (committed, None)
+                    }
+                };
+                // Never before what is still on disk nor past what is there.
+                let from = from.clamp(first, durable.max(first));
+                ensure_row(&self.store, &id, name, h, durable);
+                counters.push(h.stats.clone());
                 streams.push(SpoolStream {
                     meta: StreamMeta {
                         id: id.as_str().into(),
-                        source: src.name.as_str().into(),
+                        source: name.as_str().into(),
                         fingerprint: None,
                         path: h.listener.url().into(),
                     },
                     reader: SpoolReader::new(&h.spool_dir, h.spool_state.clone(), from),
-                    slot: None,
+                    slot,
                     // Streams are pushed in the order `listeners()` yields.
                     handle_ix: streams.len(),
                 });
             }
-            tracing::info!(source = %src.name, listeners = ?src.listen.iter().map(Listener::url).collect::<Vec<_>>(), "syslog listening");
-            servers.push((src.name.clone(), server));
         }
-        Ok(SyslogInput {
-            servers,
-            streams,
-            store,
-            events,
-            bell,
-            last_reclaim: Instant::now(),
-        })
+        self.streams = streams;
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner()) = counters;
     }
 
-    /// Rung whenever a listener made new records durable.
-    pub fn bell(&self) -> Bell {
-        self.bell.clone()
+    /// What status shows of the listeners; follows reloads.
+    pub fn counters(&self) -> ListenerList {
+        self.counters.clone()
     }
 
     /// Every listener, in stream order: for status and metrics.
@@ -121,11 +177,6 @@ impl SyslogInput {
         self.servers
             .iter()
             .flat_map(|(name, s)| s.listeners.iter().map(move |h| (name.as_str(), h)))
-    }
-
-    /// Every listener's counters, for status and `/metrics`.
-    pub fn counters(&self) -> Vec<Arc<crate::status::ListenerCounters>> {
-        self.listeners().map(|(_, h)| h.stats.clone()).collect()
     }
 
     fn handle(&self, ix: usize) -> &ListenerHandle {
@@ -315,5 +366,64 @@ impl Input for SyslogInput {
 
     fn idle_wait(&self) -> Duration {
         POLL
+    }
+
+    /// A source whose options changed is restarted (its connections close; senders reconnect),
+    /// a new one started, a removed one stopped; the others keep their connections. Spools
+    /// stay: a listener that comes back later goes on from its committed offset.
+    fn reconfigure(&mut self, cfg: &Arc<Config>) {
+        let wanted = &cfg.syslog_sources;
+        let same = |a: &SyslogSource| {
+            self.sources
+                .iter()
+                .any(|b| b.name == a.name && b.signature() == a.signature())
+        };
+        if wanted.len() == self.sources.len() && wanted.iter().all(same) {
+            return;
+        }
+        let carried: HashMap<String, (u64, Option<(u64, Slot)>)> = self
+            .streams
+            .iter()
+            .map(|s| (s.meta.id.to_string(), (s.reader.position(), s.slot)))
+            .collect();
+        let mut old: Vec<(String, Server)> = std::mem::take(&mut self.servers);
+        let mut servers = Vec::new();
+        for src in wanted {
+            let kept = same(src)
+                .then(|| old.iter().position(|(n, _)| *n == src.name))
+                .flatten();
+            if let Some(i) = kept {
+                servers.push(old.swap_remove(i));
+                continue;
+            }
+            // The old listeners go first: the new ones may bind the same ports.
+            if let Some(i) = old.iter().position(|(n, _)| *n == src.name) {
+                old.swap_remove(i).1.stop();
+            }
+            match self.start_server(src) {
+                Ok(s) => servers.push((src.name.clone(), s)),
+                Err(e) => {
+                    tracing::error!(error = %e, "syslog source not started");
+                    let a = Alert {
+                        kind: "config_error",
+                        source: Some(src.name.clone()),
+                        stream: None,
+                        path: None,
+                        detail: e.to_string(),
+                    };
+                    let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = st.add_alert(&a) {
+                        tracing::error!(error = %e, "cannot record alert");
+                    }
+                }
+            }
+        }
+        for (name, server) in old {
+            tracing::info!(source = %name, "syslog source removed; its listeners stop");
+            server.stop();
+        }
+        self.servers = servers;
+        self.sources = wanted.clone();
+        self.rebuild_streams(&carried);
     }
 }

@@ -51,6 +51,14 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
+fn counters(l: &Listener) -> Arc<crate::status::ListenerCounters> {
+    Arc::new(crate::status::ListenerCounters::new(
+        "net",
+        &l.url(),
+        "test",
+    ))
+}
+
 fn source(listen: &[(Transport, &str)], tls: Option<SyslogTls>, max: usize) -> SyslogSource {
     SyslogSource {
         name: "net".into(),
@@ -127,6 +135,7 @@ fn udp_tcp_and_tls_messages_land_in_their_spools_with_fields() {
         &src,
         &dir.path().join("state"),
         &|_| 0,
+        &counters,
         tx,
         crate::input::Bell::new(),
     )
@@ -210,7 +219,15 @@ fn garbage_closes_the_connection_not_the_listener_and_stop_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(&[(Transport::Tcp, "127.0.0.1:0")], None, 1024);
     let (tx, events) = mpsc::channel();
-    let server = Server::start(&src, dir.path(), &|_| 0, tx, crate::input::Bell::new()).unwrap();
+    let server = Server::start(
+        &src,
+        dir.path(),
+        &|_| 0,
+        &counters,
+        tx,
+        crate::input::Bell::new(),
+    )
+    .unwrap();
     let h = &server.listeners[0];
     for _ in 0..2 {
         let mut t = std::net::TcpStream::connect(h.local_addr).unwrap();
@@ -257,7 +274,15 @@ fn a_full_spool_drops_udp_and_pauses_tcp_until_it_drains() {
         1024,
     );
     let (tx, events) = mpsc::channel();
-    let server = Server::start(&src, dir.path(), &|_| 0, tx, crate::input::Bell::new()).unwrap();
+    let server = Server::start(
+        &src,
+        dir.path(),
+        &|_| 0,
+        &counters,
+        tx,
+        crate::input::Bell::new(),
+    )
+    .unwrap();
     let (udp, tcp) = (&server.listeners[0], &server.listeners[1]);
     // As if spool_max_bytes were reached.
     udp.spool_state.full.store(true, Ordering::Release);

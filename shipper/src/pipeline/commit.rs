@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// How often owed commits are retried while no batch comes to carry them.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) struct Committer<'a> {
+pub struct Committer<'a> {
     store: &'a Mutex<Store>,
     /// Where the last failure is shown (`store_error`, the health's source).
     stats: &'a ShipStats,
