@@ -193,6 +193,17 @@ path = "state/out.ndjson"
     assert_eq!(l("tcp")["cut"], 1);
     assert_eq!(l("tls")["messages"], 1);
     assert_eq!(l("tls")["source"], "net");
+    // Everything was acknowledged (the streams above caught up): no lag, and the spools give
+    // their space back once the input sees the commits.
+    wait_for("the spools reclaimed", PATIENCE, || {
+        let out = env.cmd().args(["status", "--json"]).output().unwrap();
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+        st["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["spool_bytes"] == 0 && l["spool_lag_bytes"] == 0)
+    });
     let net = st["sources"]
         .as_array()
         .unwrap()
@@ -301,5 +312,90 @@ path = "state/out.ndjson"
         "tcp after reload",
     ] {
         assert_eq!(msgs.iter().filter(|x| *x == m).count(), 1, "{m}: {msgs:?}");
+    }
+}
+
+/// The syslog sink forwards what the syslog input received with its `fields` as structured
+/// data, and a real rsyslog parses it as RFC 5424: the agent's fields in `[fields@32473 …]`,
+/// the sender's own SD element as it arrived, the message intact.
+#[test]
+fn fields_reach_a_real_rsyslog_as_valid_structured_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (udp, rs_port) = (free_port(), free_port());
+    let out = tmp.path().join("received.log");
+    std::fs::create_dir_all(tmp.path().join("work")).unwrap();
+    std::fs::write(
+        tmp.path().join("rsyslog.conf"),
+        format!(
+            r#"global(workDirectory="{work}" maxMessageSize="128k")
+module(load="imtcp")
+template(name="t" type="string" string="%app-name%|%structured-data%|%msg%\n")
+ruleset(name="r") {{ action(type="omfile" file="{out}" template="t") }}
+input(type="imtcp" port="{rs_port}" ruleset="r")
+"#,
+            work = tmp.path().join("work").display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("rsyslogd");
+    cmd.arg("-n")
+        .arg("-f")
+        .arg(tmp.path().join("rsyslog.conf"))
+        .arg("-i")
+        .arg(tmp.path().join("rsyslog.pid"))
+        .stdout(std::process::Stdio::null());
+    let _rs = Proc::spawn("rsyslogd", &mut cmd, &tmp.path().join("rsyslog.err"));
+    wait_for("rsyslog to listen", PATIENCE, || {
+        TcpStream::connect(("127.0.0.1", rs_port)).is_ok()
+    });
+
+    let env = AgentEnv::with_config(&format!(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.net]
+type = "syslog"
+listen = ["udp://127.0.0.1:{udp}", "tcp://127.0.0.1:{udp}"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "syslog"
+address = "127.0.0.1:{rs_port}"
+tls = false
+"#
+    ));
+    let mut agent = env.start();
+    wait_for("the agent to listen", PATIENCE, || {
+        assert!(agent.is_running(), "{}", tail(&agent.stderr_text()));
+        TcpStream::connect(("127.0.0.1", udp)).is_ok()
+    });
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let received = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_for("the message at rsyslog", PATIENCE, || {
+        u.send_to(
+            b"<165>1 2003-10-11T22:14:15.003Z mymachine evntslog - ID47 [ex@32473 iut=\"3\" q=\"a\\]b\"] relayed",
+            ("127.0.0.1", udp),
+        )
+        .unwrap();
+        received().contains("relayed")
+    });
+    let line = received()
+        .lines()
+        .find(|l| l.ends_with("|relayed"))
+        .unwrap_or_else(|| panic!("{}", received()))
+        .to_string();
+    let (_, rest) = line.split_once('|').unwrap();
+    let sd = rest.strip_suffix("|relayed").unwrap();
+    assert!(sd.starts_with("[logsensor@32473 "), "{line}");
+    for want in [
+        "[fields@32473 ",
+        " app_name=\"evntslog\"",
+        " facility=\"local4\"",
+        " msgid=\"ID47\"",
+        " severity=\"notice\"",
+        "[ex@32473 iut=\"3\" q=\"a\\]b\"]",
+    ] {
+        assert!(sd.contains(want), "{want} in {line}");
     }
 }

@@ -345,7 +345,7 @@ type = "stdout"
                 && r.state == log_sensor::store::StreamState::Active
                 && !r.compressed
                 && md.len() >= r.committed_offset
-                && log_sensor::read::verify_marker(
+                && log_sensor::file::open::verify_marker(
                     &file,
                     false,
                     r.committed_offset,

@@ -1,23 +1,36 @@
-//! log-sensor: tails log files into a SQLite offset store and ships every record at least once.
+//! log-sensor: tails log files (and takes what osquery logged) into batches for a sink, and
+//! commits each stream's position in a SQLite store only once the sink has acknowledged it.
 //!
-//! The modules follow the data path:
+//! The modules follow the data path, the wiring at the top:
+//! - [`agent`]: the wiring: the pipeline thread, the shipping thread, the control socket, the
+//!   config watch and the monitor.
+//! - [`pipeline`]: one thread owns the batch being built and gives every input its turn; when a
+//!   batch is handed over; the shipping loop ([`pipeline::ship`]) and the committer that gives
+//!   acknowledgements back ([`pipeline::commit`]).
+//! - [`input`]: the [`input::Input`] trait every input implements, the osquery outbox as one
+//!   ([`input::osquery`]) and the syslog server ([`input::syslog`]: network listeners into a
+//!   spool per listener in the state dir, read back as streams); [`tail`]: the file tailer, the input that follows every stream
+//!   through rotation and truncation; [`discover`]: globs, scans and inotify wake-ups find the
+//!   files (the scan is the truth).
+//! - [`transform`]: the per-source chain every record passes on its way into a batch.
+//! - [`batch`]: records gathered for a sink, the [`batch::Intake`] that is the only way in, and
+//!   the acknowledgement each stream slot carries back to its input ([`batch::Ack`]).
+//! - [`file`]: a log file on disk: its identity from the hash of its head ([`file::head`]) and
+//!   opening it at an offset, plain or gzip ([`file::open`]); [`frame`]: delimiters, multiline
+//!   joins, head/tail of over-long records; [`record`]: the NDJSON record format.
+//! - [`sink`]: where batches go, one file per kind; each sink says which encoding it wants.
+//! - [`store`]: the SQLite store, the only code that touches `store.db`.
+//! - [`status`]: a leaf: the counters the pipeline reports into, and the status built from them
+//!   and the store; [`monitor`] and [`control`] serve it.
 //! - [`config`]: TOML (or a `.j2` template of it, [`config::template`]) → a validated
-//!   [`config::Config`], every error at once with its key; packs and where they apply in
-//!   [`config::packs`].
-//! - [`discover`]: globs, scans and inotify wake-ups find the files (the scan is the truth).
-//! - [`fingerprint`]: a stream's identity from the hash of its head (gzip decompressed first).
-//! - [`read`]: opening a file at an offset, plain or gzip, and checking the bytes before it.
-//! - [`frame`]: delimiters, multiline joins, head/tail of over-long records.
-//! - [`input`]: inputs other than the tailer; [`input::syslog`] receives syslog from the
-//!   network into a spool in the state dir.
-//! - [`tail`]: the loop that follows every stream through rotation and truncation.
-//! - [`batch`] and [`record`]: records gathered for a sink and their wire format.
-//! - [`sink`]: where batches go; one file per kind.
-//! - [`store`]: the SQLite store, the only code that touches the database.
-//! - [`agent`]: wires the threads together: tail → batches → sink → acknowledgement → commit.
-//! - [`commit`]: acknowledged offsets into the store; a refused commit is owed and retried.
+//!   [`config::Config`], every error at once with its key; packs in [`config::packs`].
 //! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains.
-//! - [`query`]: read-only SQL over the store for `log-sensor query`.
+//! - [`query`]: read-only SQL over the store for `log-sensor query`; [`signals`]: SIGTERM and
+//!   SIGINT into the agent's stop flag.
+//!
+//! On the data path imports point down: agent → pipeline → input, tail → transform → batch →
+//! record, frame, file → store, status → config. An input never imports the pipeline or
+//! another input; a sink never imports an input.
 
 pub mod agent;
 pub mod batch;
@@ -25,13 +38,12 @@ pub mod config;
 pub mod control;
 pub mod discover;
 pub mod enroll;
-pub mod fingerprint;
+pub mod file;
 pub mod frame;
 pub mod input;
 pub mod monitor;
 pub mod pipeline;
 pub mod query;
-pub mod read;
 pub mod record;
 pub mod signals;
 pub mod sink;

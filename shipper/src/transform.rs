@@ -1,6 +1,6 @@
 //! Transforms: the one hook between the inputs and the batch being built.
 //!
-//! Every record an input produces goes through [`crate::batch::Intake::push`], and that is the
+//! Every record an input produces goes through `batch::Intake::push`, and that is the
 //! only way into a batch; it runs the chain of the record's source here first. A transform may
 //! change the record's bytes and `fields` or drop the record. A dropped record still moves its
 //! stream's position: the input has consumed it, so the slot's acknowledgement commits past it
@@ -9,8 +9,8 @@
 //!
 //! Today no source configures a transform, and the chain costs one branch per record.
 
-use crate::batch::StreamMeta;
 use crate::frame::Part;
+use crate::record::StreamMeta;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -26,7 +26,7 @@ pub struct Draft<'a> {
     pub part: Part,
     /// The message: what NDJSON carries as `msg` (or `msg_b64`).
     pub bytes: Cow<'a, [u8]>,
-    /// A serialized JSON object (`{…}`), or None; see [`crate::batch::Intake::push`].
+    /// A serialized JSON object (`{…}`), or None; see `batch::Intake::push`.
     pub fields: Option<Cow<'a, [u8]>>,
 }
 

@@ -10,6 +10,7 @@ mod ack;
 mod intake;
 mod ndjson;
 
+pub use crate::record::StreamMeta;
 pub use ack::{Ack, AckError, Acknowledge};
 pub use intake::{Intake, Limits, Slot};
 
@@ -17,15 +18,6 @@ use crate::frame::Part;
 use crate::store::Checkpoint;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What every record of a stream carries besides its own fields.
-#[derive(Debug, Clone)]
-pub struct StreamMeta {
-    pub id: Arc<str>,
-    pub source: Arc<str>,
-    pub fingerprint: Option<u64>,
-    pub path: Arc<str>,
-}
 
 #[derive(Debug)]
 pub struct BatchStream {

@@ -1,5 +1,5 @@
 //! Inputs: where records come from. Every input implements [`Input`]; the pipeline thread
-//! (`crate::pipeline`) owns the batch being built and gives each input a turn in its loop.
+//! (the `pipeline` module) owns the batch being built and gives each input a turn in its loop.
 //!
 //! The contract:
 //! - **A turn never blocks.** [`Input::turn`] does what is ready now (reads files, takes rows,

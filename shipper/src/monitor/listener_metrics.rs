@@ -19,18 +19,19 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("log_sensor_listener_spool_errors_total", "counter"),
     ("log_sensor_listener_spool_bytes", "gauge"),
     ("log_sensor_listener_spool_full", "gauge"),
+    ("log_sensor_listener_spool_lag_bytes", "gauge"),
 ];
 
 type Field = fn(&ListenerStatus) -> u64;
 
-const HELP: [(&str, Field); 12] = [
+const HELP: [(&str, Field); 13] = [
     ("TCP/TLS connections open now.", |l| l.connections),
     (
         "TCP/TLS connections accepted since the agent started.",
         |l| l.accepted,
     ),
     (
-        "Connections closed at once because max_connections were open.",
+        "Connections closed because max_connections were open.",
         |l| l.refused,
     ),
     (
@@ -69,6 +70,9 @@ const HELP: [(&str, Field); 12] = [
         "1 while the spool is full: TCP/TLS reads paused, UDP dropped.",
         |l| l.spool_full as u64,
     ),
+    ("Bytes spooled but not yet acknowledged by the sink.", |l| {
+        l.spool_lag_bytes
+    }),
 ];
 
 pub(super) fn render(m: &mut Exposition, listeners: &[ListenerStatus]) {

@@ -39,6 +39,10 @@ pub struct ListenerCounters {
     pub spool_bytes: AtomicU64,
     /// The spool is at `spool_max_bytes`: reads paused, datagrams dropped.
     pub spool_full: AtomicBool,
+    /// Spool offset up to which messages are durable.
+    pub spool_end: AtomicU64,
+    /// Spool offset up to which the sink has acknowledged (as last committed).
+    pub spool_committed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -58,6 +62,9 @@ pub struct ListenerStatus {
     pub spool_errors: u64,
     pub spool_bytes: u64,
     pub spool_full: bool,
+    /// Spooled but not yet acknowledged by the sink: kept current during a sink outage too,
+    /// when the store's stream row (updated with each batch) stands still.
+    pub spool_lag_bytes: u64,
 }
 
 impl ListenerCounters {
@@ -70,10 +77,11 @@ impl ListenerCounters {
         }
     }
 
-    /// Mirrors the spool's size and fullness (after a write or a reclaim).
-    pub fn set_spool(&self, bytes: u64, full: bool) {
+    /// Mirrors the spool's size, fullness and end (after a write or a reclaim).
+    pub fn set_spool(&self, bytes: u64, full: bool, end: u64) {
         self.spool_bytes.store(bytes, Ordering::Relaxed);
         self.spool_full.store(full, Ordering::Relaxed);
+        self.spool_end.store(end, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> ListenerStatus {
@@ -94,6 +102,26 @@ impl ListenerCounters {
             spool_errors: g(&self.spool_errors),
             spool_bytes: g(&self.spool_bytes),
             spool_full: self.spool_full.load(Ordering::Relaxed),
+            spool_lag_bytes: g(&self.spool_end).saturating_sub(g(&self.spool_committed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_lag_is_what_was_spooled_past_the_committed_offset() {
+        let c = ListenerCounters::new(
+            "net",
+            "udp://127.0.0.1:5514",
+            "syslog:net:udp://127.0.0.1:5514",
+        );
+        c.set_spool(4096, false, 1000);
+        c.spool_committed.store(400, Ordering::Relaxed);
+        assert_eq!(c.snapshot().spool_lag_bytes, 600);
+        c.spool_committed.store(1000, Ordering::Relaxed);
+        assert_eq!(c.snapshot().spool_lag_bytes, 0);
     }
 }

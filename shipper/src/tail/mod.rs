@@ -1,5 +1,7 @@
-//! The tailer: one loop that follows every stream through growth, rotation, truncation,
-//! compression and deletion, framing what it reads into batches for the shipping thread.
+//! The tailer: the input that follows every file stream through growth, rotation,
+//! truncation, compression and deletion, framing what it reads into the batch the pipeline
+//! lends it for its turn. Each stream's slot carries a store checkpoint: acknowledged, it
+//! commits how far the stream was consumed.
 //!
 //! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`]; a
 //! stream's file found again outside the globs by its inode is confirmed in `reclaim`.
@@ -17,10 +19,10 @@ mod slots;
 use crate::batch::{Ack, Intake, StreamMeta};
 use crate::config::{Config, Source};
 use crate::discover::{self, watch::Wake, watch::Watch, Found};
-use crate::fingerprint::{self, Fingerprint, HeadError};
+use crate::file::head::{self, Fingerprint, HeadError};
+use crate::file::open::{self, OpenAtError, Reader};
 use crate::frame::{Framer, Rec};
 use crate::input::{Bell, Input, Turn};
-use crate::read::{self, OpenAtError, Reader};
 use crate::record::now_ms;
 pub use crate::status::TailStats;
 use crate::store::{now_secs, Alert, Checkpoint, Store, StreamRow, StreamState};
@@ -369,7 +371,7 @@ fn file_version(f: &File) -> (u64, i64) {
 /// The bytes before the read position are not the ones read: truncated and written again.
 fn rewritten(t: &Tracked) -> bool {
     if t.pos_marker.is_some()
-        && read::marker_at(t.file(), t.framer.position())
+        && open::marker_at(t.file(), t.framer.position())
             .ok()
             .flatten()
             != t.pos_marker
@@ -385,8 +387,8 @@ fn rewritten(t: &Tracked) -> bool {
 /// Hash of a plain file's first `len` bytes, if it has that many.
 fn head_hash(file: &File, len: u64) -> Option<u64> {
     let mut buf = vec![0u8; len as usize];
-    match crate::fingerprint::read_at_most(file, 0, &mut buf) {
-        Ok(n) if n as u64 == len => Some(crate::fingerprint::hash(&buf)),
+    match crate::file::head::read_at_most(file, 0, &mut buf) {
+        Ok(n) if n as u64 == len => Some(crate::file::head::hash(&buf)),
         _ => None,
     }
 }

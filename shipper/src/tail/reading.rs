@@ -113,12 +113,12 @@ impl Tailer {
             unreachable!("a file's slot carries a store checkpoint")
         };
         if cp.committed_offset != consumed {
-            t.consumed_marker = read::marker_in_chunk(chunk, t.framer.position(), consumed)
+            t.consumed_marker = open::marker_in_chunk(chunk, t.framer.position(), consumed)
                 .or_else(|| {
                     if t.compressed {
                         None
                     } else {
-                        read::marker_at(t.file(), consumed).ok().flatten()
+                        open::marker_at(t.file(), consumed).ok().flatten()
                     }
                 });
         }
@@ -204,7 +204,7 @@ impl Tailer {
         out: &mut Intake<'_>,
     ) -> Option<Outcome> {
         let pos = t.framer.position();
-        let k = pos.min(read::MARKER_BYTES);
+        let k = pos.min(open::MARKER_BYTES);
         let from = if pos <= RESUME_FROM_HEAD { 0 } else { pos - k };
         let got = match t.reader.read_at(from, buf) {
             Ok(n) => n,
@@ -214,14 +214,14 @@ impl Tailer {
             return Some(Outcome::Truncated);
         }
         let at = (pos - from) as usize;
-        let before = (k > 0).then(|| crate::fingerprint::hash(&buf[at - k as usize..at]));
+        let before = (k > 0).then(|| crate::file::head::hash(&buf[at - k as usize..at]));
         if t.pos_marker.is_some() && before != t.pos_marker {
             return Some(Outcome::Truncated);
         }
         if let Some((len, hash)) = t.head_check {
             let head = if from == 0 {
                 // len <= pos <= got: the head is in what was just read.
-                Some(crate::fingerprint::hash(&buf[..len as usize]))
+                Some(crate::file::head::hash(&buf[..len as usize]))
             } else {
                 super::head_hash(t.file(), len)
             };
@@ -261,10 +261,10 @@ impl Tailer {
         }
         self.frame_chunk(t, window, start, out);
         let pos = t.framer.position();
-        if let Some(m) = read::marker_in_chunk(window, pos, pos) {
+        if let Some(m) = open::marker_in_chunk(window, pos, pos) {
             t.pos_marker = Some(m);
         } else if !t.compressed {
-            t.pos_marker = read::marker_at(t.file(), pos).ok().flatten();
+            t.pos_marker = open::marker_at(t.file(), pos).ok().flatten();
         }
         self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         if !t.compressed {
@@ -323,7 +323,7 @@ impl Tailer {
         if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
             t.head_check = match head {
                 Some(h) if h.len() as u64 >= want => {
-                    Some((want, crate::fingerprint::hash(&h[..want as usize])))
+                    Some((want, crate::file::head::hash(&h[..want as usize])))
                 }
                 _ => super::head_hash(t.file(), want).map(|h| (want, h)),
             };
@@ -333,11 +333,8 @@ impl Tailer {
 
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     pub(super) fn promote(&mut self, t: &mut Tracked, source: &Source) {
-        let Ok(head) = fingerprint::read_head(
-            t.file(),
-            source.fingerprint_bytes,
-            fingerprint::Decoding::Raw,
-        ) else {
+        let Ok(head) = head::read_head(t.file(), source.fingerprint_bytes, head::Decoding::Raw)
+        else {
             return;
         };
         let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else {

@@ -1,5 +1,6 @@
-//! The network side: UDP, TCP and TLS listeners on one small tokio runtime, and a writer thread
-//! per listener that appends what they receive to its spool and fsyncs it in groups.
+//! The network side: UDP, TCP and TLS listeners bound and run on one small tokio runtime
+//! ([`super::receive`] serves them), and a writer thread per listener ([`super::writer`]) that
+//! appends what they receive to its spool and fsyncs it in groups.
 //!
 //! Why tokio on one thread: 1,024 mostly idle connections cost a few KiB each as tasks, where
 //! threads would cost a stack each; the work per message (framing, parsing) is small next to
@@ -10,8 +11,6 @@
 //! and hand over what they framed), then [`Server::stop`] waits until the last task is gone
 //! (at most [`STOP_GRACE`]) and the writers have spooled and fsync'd everything.
 
-use super::framing::{Deframer, Frame};
-use super::records::encode_frame;
 use super::spool::{Spool, SpoolError, SpoolState};
 use crate::config::syslog::{Listener, SyslogSource, Transport};
 use crate::status::ListenerCounters;
@@ -21,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc as tmpsc, watch, Semaphore};
 
 /// The largest spool segment: once this big it is closed and a new one started. Reclaiming
@@ -29,14 +27,11 @@ use tokio::sync::{mpsc as tmpsc, watch, Semaphore};
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Encoded batches waiting for a listener's writer: beyond this, connections stop being read.
 const QUEUE: usize = 256;
-/// At most this many peers are remembered for "alert once per peer".
+/// At most this many (peer, problem) pairs are remembered for "alert once per peer".
 const ALERTED_PEERS: usize = 4096;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the tasks to hand over what they framed (a writer retrying a
 /// full disk would otherwise hold the stop forever).
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How often a connection paused by a full spool looks again.
-const FULL_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -123,33 +118,34 @@ pub fn spool_dir(state_dir: &Path, source: &str, l: &Listener) -> PathBuf {
 }
 
 /// What every task of one listener shares.
-struct Ctx {
-    url: String,
-    max_message_bytes: usize,
-    queue: tmpsc::Sender<Vec<u8>>,
-    state: Arc<SpoolState>,
-    stats: Arc<ListenerCounters>,
-    events: mpsc::Sender<Event>,
-    alerted: Mutex<HashSet<IpAddr>>,
-    conn_full_alerted: AtomicBool,
+pub(super) struct Ctx {
+    pub(super) url: String,
+    pub(super) max_message_bytes: usize,
+    pub(super) queue: tmpsc::Sender<Vec<u8>>,
+    pub(super) state: Arc<SpoolState>,
+    pub(super) stats: Arc<ListenerCounters>,
+    pub(super) events: mpsc::Sender<Event>,
+    /// (sender address, what went wrong) already alerted: one alert per peer and problem.
+    pub(super) alerted: Mutex<HashSet<(IpAddr, String)>>,
+    pub(super) conn_full_alerted: AtomicBool,
     /// Set while a full-spool episode is on (so it is alerted once).
-    full_episode: AtomicBool,
+    pub(super) full_episode: AtomicBool,
     /// Becomes true when the server stops: tasks stop reading and return.
-    stop: watch::Receiver<bool>,
+    pub(super) stop: watch::Receiver<bool>,
 }
 
 impl Ctx {
-    /// Should this peer's problem be alerted (the first time for its address)?
-    fn first_for(&self, peer: SocketAddr) -> bool {
+    /// Should this problem of this peer be alerted (the first time for its address)?
+    pub(super) fn first_for(&self, peer: SocketAddr, what: &str) -> bool {
         let mut seen = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= ALERTED_PEERS {
             return false;
         }
-        seen.insert(peer.ip())
+        seen.insert((peer.ip(), what.to_string()))
     }
 
     /// Notes the spool's fullness, alerting on the first sight of each episode → full?
-    fn spool_full(&self) -> bool {
+    pub(super) fn spool_full(&self) -> bool {
         let full = self.state.full.load(Ordering::Acquire);
         let was = self.full_episode.swap(full, Ordering::AcqRel);
         if full && !was {
@@ -224,7 +220,7 @@ impl Server {
         }
 
         // Space comes back a segment at a time: a spool holds at least eight.
-        let segment = (source.spool_max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES);
+        let segment = (source.spool_max_bytes / 8).clamp(8 << 10, SEGMENT_BYTES);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut writers = Vec::new();
@@ -243,7 +239,7 @@ impl Server {
             spool_state.report_to(&stats);
             let (tx, rx) = tmpsc::channel(QUEUE);
             let url = l.url();
-            writers.push(spawn_writer(
+            writers.push(super::writer::spawn_writer(
                 url.clone(),
                 spool.clone(),
                 rx,
@@ -294,7 +290,7 @@ impl Server {
                         match sock {
                             Bound::Udp(s) => match tokio::net::UdpSocket::from_std(s) {
                                 Ok(s) => {
-                                    tokio::spawn(serve_udp(s, ctx));
+                                    tokio::spawn(super::receive::serve_udp(s, ctx));
                                 }
                                 Err(e) => tracing::error!("{}: {e}", ctx.url),
                             },
@@ -303,7 +299,7 @@ impl Server {
                                     let tls = (transport == Transport::Tls)
                                         .then(|| tls.clone())
                                         .flatten();
-                                    tokio::spawn(accept_loop(
+                                    tokio::spawn(super::receive::accept_loop(
                                         s,
                                         ctx,
                                         tls,
@@ -407,259 +403,4 @@ fn tls_acceptor(t: &crate::config::syslog::SyslogTls) -> Result<tokio_rustls::Tl
     .with_single_cert(certs, key)
     .map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The writer: appends each queued group to the spool, fsyncs once per drain of the queue
-/// (group commit: everything that arrived during the previous fsync shares the next one).
-fn spawn_writer(
-    url: String,
-    spool: Arc<Mutex<Spool>>,
-    mut rx: tmpsc::Receiver<Vec<u8>>,
-    stats: Arc<ListenerCounters>,
-    events: mpsc::Sender<Event>,
-    bell: crate::input::Bell,
-) -> std::thread::JoinHandle<()> {
-    let state = spool
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .state()
-        .clone();
-    std::thread::Builder::new()
-        .name("syslog-spool".into())
-        .spawn(move || {
-            let mut group = Vec::with_capacity(1 << 20);
-            let mut alerted = false;
-            while let Some(first) = rx.blocking_recv() {
-                group.clear();
-                group.extend_from_slice(&first);
-                while group.len() < 4 << 20 {
-                    match rx.try_recv() {
-                        Ok(more) => group.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                // A failed write (a full disk) is retried: these messages were received and
-                // nothing else holds them. Meanwhile the queue fills and the sockets wait.
-                loop {
-                    let res = {
-                        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        s.append(&group).and_then(|_| s.sync())
-                    };
-                    match res {
-                        Ok(()) => {
-                            alerted = false;
-                            state.report_to(&stats);
-                            bell.ring();
-                            break;
-                        }
-                        Err(e) => {
-                            stats.spool_errors.fetch_add(1, Ordering::Relaxed);
-                            if !alerted {
-                                alerted = true;
-                                let _ = events.send(Event::SpoolWrite {
-                                    listener: url.clone(),
-                                    error: e.to_string(),
-                                });
-                            }
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                }
-            }
-        })
-        .expect("spawning a thread")
-}
-
-/// Frames `bytes` into `out` (spool form), counting messages; the framing result is returned.
-fn frame_into(
-    d: &mut Deframer,
-    bytes: &[u8],
-    peer: SocketAddr,
-    ctx: &Ctx,
-    out: &mut Vec<u8>,
-) -> Result<(), super::framing::FramingError> {
-    let ts = crate::record::now_ms();
-    let mut n = 0u64;
-    let mut cut = 0u64;
-    let res = d.push(bytes, &mut |f| {
-        n += 1;
-        cut += encode_frame(f, peer, ts, out) as u64;
-    });
-    ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
-    ctx.stats.cut.fetch_add(cut, Ordering::Relaxed);
-    res
-}
-
-async fn serve_udp(sock: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
-    let mut buf = vec![0u8; 65536];
-    let mut stop = ctx.stop.clone();
-    loop {
-        let got = tokio::select! {
-            r = sock.recv_from(&mut buf) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let (n, peer) = match got {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP errors and the like: one datagram, not the listener.
-                tracing::debug!("{}: {e}", ctx.url);
-                continue;
-            }
-        };
-        ctx.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if ctx.spool_full() {
-            ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let mut d = &buf[..n];
-        // One message per datagram; a trailing newline some senders add is no part of it.
-        if let Some(s) = d.strip_suffix(b"\n") {
-            d = s.strip_suffix(b"\r").unwrap_or(s);
-        }
-        if d.is_empty() {
-            continue;
-        }
-        let max = ctx.max_message_bytes;
-        let frame = if d.len() <= max {
-            Frame::Whole(d)
-        } else {
-            Frame::Cut {
-                head: &d[..max],
-                tail: &d[d.len() - max..],
-                len: d.len() as u64,
-            }
-        };
-        let mut out = Vec::with_capacity(d.len() + 128);
-        let cut = encode_frame(frame, peer, crate::record::now_ms(), &mut out);
-        ctx.stats.messages.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.cut.fetch_add(cut as u64, Ordering::Relaxed);
-        if ctx.queue.send(out).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    ctx: Arc<Ctx>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    permits: Arc<Semaphore>,
-    max: usize,
-) {
-    let mut stop = ctx.stop.clone();
-    loop {
-        let got = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let (stream, peer) = match got {
-            Ok(r) => r,
-            Err(e) => {
-                // Out of descriptors and the like: wait a little rather than spin.
-                tracing::warn!("{}: accept: {e}", ctx.url);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
-            if !ctx.conn_full_alerted.swap(true, Ordering::AcqRel) {
-                let _ = ctx.events.send(Event::ConnectionsFull {
-                    listener: ctx.url.clone(),
-                    max,
-                });
-            }
-            drop(stream);
-            continue;
-        };
-        ctx.conn_full_alerted.store(false, Ordering::Release);
-        let _ = stream.set_nodelay(true);
-        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-            match tls {
-                None => serve_stream(stream, peer, &ctx).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => serve_stream(s, peer, &ctx).await,
-                        Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()),
-                        Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()),
-                    }
-                }
-            }
-            ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
-}
-
-fn tls_refused(ctx: &Ctx, peer: SocketAddr, error: String) {
-    ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-    if ctx.first_for(peer) {
-        let _ = ctx.events.send(Event::TlsRefused {
-            listener: ctx.url.clone(),
-            peer,
-            error,
-        });
-    }
-}
-
-async fn serve_stream<S: AsyncRead + Unpin>(mut stream: S, peer: SocketAddr, ctx: &Ctx) {
-    let mut d = Deframer::new(ctx.max_message_bytes);
-    let mut buf = vec![0u8; 16 << 10];
-    let mut stop = ctx.stop.clone();
-    loop {
-        // A full spool: stop reading, so the kernel's window closes and the sender waits.
-        while ctx.spool_full() {
-            if *stop.borrow() {
-                return;
-            }
-            tokio::time::sleep(FULL_POLL).await;
-        }
-        // Stopping: what was framed is handed over already; a frame still open is dropped
-        // with the connection (its sender never finished it).
-        let got = tokio::select! {
-            r = stream.read(&mut buf) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let n = match got {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("{}: {peer}: {e}", ctx.url);
-                break;
-            }
-        };
-        ctx.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let mut out = Vec::new();
-        let res = frame_into(&mut d, &buf[..n], peer, ctx, &mut out);
-        if !out.is_empty() && ctx.queue.send(out).await.is_err() {
-            return;
-        }
-        if let Err(e) = res {
-            ctx.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
-            if ctx.first_for(peer) {
-                let _ = ctx.events.send(Event::FramingError {
-                    listener: ctx.url.clone(),
-                    peer,
-                    error: e.to_string(),
-                });
-            }
-            return;
-        }
-    }
-    let mut out = Vec::new();
-    let ts = crate::record::now_ms();
-    let mut n = 0;
-    d.finish(&mut |f| {
-        n += 1;
-        encode_frame(f, peer, ts, &mut out);
-    });
-    ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
-    if !out.is_empty() {
-        let _ = ctx.queue.send(out).await;
-    }
 }

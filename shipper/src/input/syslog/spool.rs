@@ -122,6 +122,7 @@ impl SpoolState {
         c.set_spool(
             self.disk_bytes.load(Ordering::Relaxed),
             self.full.load(Ordering::Relaxed),
+            self.durable.load(Ordering::Acquire),
         );
     }
 }

@@ -13,6 +13,7 @@
 //! `x509/name`) does so only after the client already believes the handshake done.
 
 mod encode;
+mod fields_sd;
 
 pub use encode::StructuredData;
 

@@ -246,3 +246,6 @@ fn raise_fd_limit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
