@@ -541,6 +541,12 @@ fn an_over_long_message_is_cut_into_head_and_tail() {
             assert!(!m.contains(&format!("END-{tag}")) || p["part"] == "tail");
         }
     }
+    let tcp_url = &agent.urls()[1];
+    assert_eq!(
+        listener_stat(&agent.status(), tcp_url, "cut"),
+        Some(2),
+        "both counted as cut"
+    );
 }
 
 fn part_summary(recs: &[Value]) -> Vec<(String, usize)> {
