@@ -5,9 +5,12 @@
 //! key is committed. Processes are killed when their fixture drops. Tests poll for outcomes with
 //! generous deadlines and never assert timings.
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
+use pki::Pki;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -730,82 +733,6 @@ fn certificate_is_renewed_at_the_configured_share_of_its_lifetime() {
 
 // ------------------------------------------------------------------ syslog to a real rsyslog
 
-/// A test PKI made with rcgen: a CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate for `HOST`, plus a client certificate from a CA rsyslog does not trust.
-struct Pki {
-    dir: PathBuf,
-}
-
-fn write_pem(path: &Path, pem: &str) {
-    std::fs::write(path, pem).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair,
-        };
-        std::fs::create_dir_all(dir).unwrap();
-        let ca = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.distinguished_name.push(DnType::CommonName, name);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let cert = p.self_signed(&key).unwrap();
-            (cert.pem(), Issuer::new(p, key))
-        };
-        let leaf = |names: Vec<String>, cn: &str, usage, issuer: &Issuer<'_, KeyPair>| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(names).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (ca_pem, issuer) = ca("test syslog CA");
-        let (other_pem, other) = ca("some other CA");
-        write_pem(&dir.join("ca.pem"), &ca_pem);
-        write_pem(&dir.join("other-ca.pem"), &other_pem);
-        // The receiver's certificate, ours, and one our receiver's CA never signed.
-        for (name, sans, cn, usage, ca) in [
-            (
-                "server",
-                vec!["localhost".into(), "127.0.0.1".into()],
-                "localhost",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                &issuer,
-            ),
-            (
-                "client",
-                vec![HOST.into()],
-                HOST,
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &issuer,
-            ),
-            (
-                "wrong",
-                vec![HOST.into()],
-                HOST,
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &other,
-            ),
-        ] {
-            let (c, k) = leaf(sans, cn, usage, ca);
-            write_pem(&dir.join(format!("{name}.pem")), &c);
-            write_pem(&dir.join(format!("{name}.key")), &k);
-        }
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
 /// rsyslogd in the foreground with its own config, work directory and pid file, receiving
 /// RFC 5425 over TLS (gtls, x509/name, only `HOST` permitted) on a loopback port, and writing
 /// each message with its structured data to `out`.
@@ -938,7 +865,7 @@ fn syslog_sink_trusting(pki: &Pki, port: u16, cert: &str, ca: &str) -> String {
 #[test]
 fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "client"), "max_records = 700");
     // A file name needing SD escaping, one record over max_record_bytes (64 KiB: shipped as its
@@ -1041,7 +968,7 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
 #[test]
 fn syslog_structured_data_choices_each_reach_a_real_rsyslog_intact() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     // The app name says which choice a message was sent with.
     let choices = ["full", "minimal", "none"];
@@ -1156,7 +1083,7 @@ fn syslog_structured_data_choices_each_reach_a_real_rsyslog_intact() {
 #[test]
 fn syslog_refused_client_certificate_commits_nothing_until_a_good_one_is_in_place() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "wrong"), "");
     let want = lines("refused", 50);
@@ -1236,7 +1163,7 @@ fn syslog_over_plain_tcp_survives_a_receiver_restart() {
 #[test]
 fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(
         &syslog_sink_trusting(&pki, rs.port, "client", "other-ca.pem"),
