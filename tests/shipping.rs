@@ -392,6 +392,183 @@ fn enrol_then_ship_stores_every_record_exactly_once() {
     assert!(!a.stderr_text().contains(PASSWORD));
     // Committed only what the collector acknowledged: by now, all of it.
     agent.wait_all_committed();
+    // The default compression ("auto") moved to lz4 after the collector's first reply said it
+    // reads it; everything above went through that codec but the first batch.
+    let log = a.stderr_text();
+    assert!(
+        log.contains("request bodies now go in the encoding the collector announces")
+            && log.contains("encoding=Lz4"),
+        "{}",
+        tail(&log)
+    );
+}
+
+/// A collector as they were before lz4 (a stand-in: the older binary is not at hand): mutual
+/// TLS, `POST /v1/ingest` with a plain or gzip body acknowledged, any other Content-Encoding
+/// refused with 415, no `Accept-Encoding` in its replies. Counts the lines it got per
+/// encoding.
+struct OldCollector {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl OldCollector {
+    fn start(pki: &Pki) -> OldCollector {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::{Arc, Mutex};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(pki.p("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let certs = CertificateDer::pem_file_iter(pki.p("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.p("server.key")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(BTreeMap::new()));
+        let counts = got.clone();
+        // A thread per connection; they end with the test.
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let (config, counts) = (config.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                    'requests: loop {
+                        let (mut len, mut encoding) = (0usize, String::new());
+                        loop {
+                            let mut line = String::new();
+                            match tls.read_line(&mut line) {
+                                Ok(0) | Err(_) => break 'requests,
+                                Ok(_) => {}
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                match k.to_ascii_lowercase().as_str() {
+                                    "content-length" => len = v.trim().parse().unwrap(),
+                                    "content-encoding" => encoding = v.trim().to_string(),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if tls.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        let plain = match encoding.as_str() {
+                            "" => Some(body),
+                            "gzip" => {
+                                let mut out = Vec::new();
+                                flate2::read::MultiGzDecoder::new(&body[..])
+                                    .read_to_end(&mut out)
+                                    .unwrap();
+                                Some(out)
+                            }
+                            _ => None,
+                        };
+                        let lines = plain
+                            .as_ref()
+                            .map(|p| p.iter().filter(|&&b| b == b'\n').count());
+                        *counts.lock().unwrap().entry(encoding.clone()).or_default() +=
+                            lines.unwrap_or(0);
+                        let (status, reply) = match lines {
+                            Some(n) => (
+                                "200 OK",
+                                format!(r#"{{"records":{n},"stored":{n},"duplicates":0}}"#),
+                            ),
+                            None => (
+                                "415 Unsupported Media Type",
+                                serde_json::json!({
+                                    "error": format!("unsupported Content-Encoding {encoding:?} (use gzip or none)"),
+                                    "code": "unsupported_encoding",
+                                })
+                                .to_string(),
+                            ),
+                        };
+                        let close = if lines.is_some() {
+                            ""
+                        } else {
+                            "Connection: close\r\n"
+                        };
+                        let out = tls.get_mut();
+                        let written = write!(
+                        out,
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{close}Content-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    )
+                    .and_then(|_| out.flush());
+                        if written.is_err() || lines.is_none() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        OldCollector { port, got }
+    }
+
+    fn got(&self) -> BTreeMap<String, usize> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// A new agent against an older collector: with the default compression it never sends lz4
+/// (the collector announces nothing), so everything arrives in gzip; with `compression = "lz4"`
+/// the refusal says what to change.
+#[test]
+fn an_older_collector_gets_gzip_and_an_explicit_lz4_is_named_when_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&root.path().join("pki"));
+    let old = OldCollector::start(&pki);
+    let sink = |extra: &str| {
+        format!(
+            "type = \"collector\"\nurl = \"https://localhost:{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            old.port,
+            pki.p("ca.pem"),
+            pki.p("client.pem"),
+            pki.p("client.key")
+        )
+    };
+    let agent = Agent::new(&sink(""), "max_records = 200");
+    let want = lines("old", 2000);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let a = agent.start();
+    agent.wait_all_committed();
+    let got = old.got();
+    assert_eq!(got.get("gzip"), Some(&want.len()), "{got:?}");
+    assert_eq!(got.len(), 1, "nothing but gzip: {got:?}");
+    drop(a);
+
+    let agent = Agent::new(&sink("compression = \"lz4\""), "");
+    append_lines(&agent.p("logs/app.log"), &want[..10]);
+    let a = agent.start();
+    agent.wait_alert(&a, "naming the refused compression", "sink.compression");
+    let alert = agent.alerts().join("\n");
+    assert!(alert.contains("415"), "{alert}");
+    assert_eq!(agent.committed(), 0, "nothing committed");
 }
 
 #[test]

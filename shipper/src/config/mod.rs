@@ -18,8 +18,8 @@ pub mod units;
 pub use expand::hostname;
 pub use reader::ConfigIssue;
 pub use sinks::{
-    CollectorOptions, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles, Url,
-    DEFAULT_COLLECTOR_TIMEOUT,
+    CollectorOptions, Compression, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles,
+    Url, DEFAULT_COLLECTOR_TIMEOUT,
 };
 pub use sources::{
     Framing, Multiline, MultilineMode, Source, DEFAULT_FINGERPRINT_BYTES, DEFAULT_MAX_FILE_BYTES,
