@@ -541,7 +541,7 @@ impl OldCollector {
 #[test]
 fn an_older_collector_gets_gzip_and_an_explicit_lz4_is_named_when_refused() {
     let root = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&root.path().join("pki"));
+    let pki = Pki::new(&root.path().join("pki"), HOST);
     let old = OldCollector::start(&pki);
     let sink = |extra: &str| {
         format!(
