@@ -9,6 +9,8 @@
 //!
 //! Today no source configures a transform, and the chain costs one branch per record.
 
+pub mod lua;
+
 use crate::frame::Part;
 use crate::record::StreamMeta;
 use std::borrow::Cow;

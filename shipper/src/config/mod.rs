@@ -6,6 +6,7 @@
 mod dotted;
 mod expand;
 pub mod layers;
+pub mod lua;
 pub mod packs;
 mod persist;
 mod reader;

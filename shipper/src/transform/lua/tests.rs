@@ -1,0 +1,1 @@
+//! LuaTransform on records.
