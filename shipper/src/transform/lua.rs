@@ -187,7 +187,10 @@ impl LuaTransform {
             Value::String(s) => s.as_bytes(),
             Value::Nil => return Err(CallError::Script("the record's msg is nil".into())),
             other => {
-                let m = format!("the record's msg is a {}, not a string", other.type_name());
+                let m = format!(
+                    "the record's msg is {}, not a string",
+                    json::a(other.type_name())
+                );
                 return Err(CallError::Script(m));
             }
         };
@@ -197,8 +200,8 @@ impl LuaTransform {
             Value::Table(t) => Some(json::from_lua(&t).map_err(CallError::Script)?),
             other => {
                 let m = format!(
-                    "the record's fields is a {}, not a table",
-                    other.type_name()
+                    "the record's fields is {}, not a table",
+                    json::a(other.type_name())
                 );
                 return Err(CallError::Script(m));
             }

@@ -61,7 +61,7 @@ fn object(t: &Table, path: &mut String, depth: usize) -> Result<Json, String> {
         let key = match &k {
             Value::String(s) => s.to_string_lossy(),
             Value::Integer(i) => i.to_string(),
-            other => return Err(format!("{path} has a {} key", other.type_name())),
+            other => return Err(format!("{path} has {} key", a(other.type_name()))),
         };
         let len = path.len();
         path.push('.');
@@ -106,6 +106,16 @@ fn json(v: &Value, path: &mut String, depth: usize) -> Result<Json, String> {
             ))
         }
     })
+}
+
+/// A Lua type's name with its article, for errors: `an integer`, `a table`.
+pub fn a(type_name: &str) -> String {
+    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {type_name}")
 }
 
 /// `fields` (or none) with `transform_error` set to `error`; an earlier transform's error on
