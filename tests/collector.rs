@@ -730,6 +730,28 @@ fn ingest_stores_records_verbatim_and_resent_batches_once() {
     assert_eq!(resp.status, 401, "{}", resp.text());
 }
 
+/// A record's `fields` (what the syslog input and the scripts' parsers fill) is part of the
+/// record format: the collector takes the object, nested values and all, and stores the line
+/// as the agent wrote it.
+#[test]
+fn a_record_with_fields_is_stored_with_them_as_sent() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    // As the agent writes it: `fields` after `msg`, absent from a record without any.
+    let with = r#"{"host":"web-01","source":"net","stream":"cccc","path":"udp://127.0.0.1:5514","offset":0,"len":5,"part":"whole","ts":"2026-11-26T12:00:00.000Z","msg":"hello","fields":{"facility":"user","severity":"info","hostname":"db-1","structured_data":{"ex@32473":{"k":"v \"q\""}},"peer":"127.0.0.1:40000"}}"#;
+    let without = r#"{"host":"web-01","source":"net","stream":"cccc","path":"udp://127.0.0.1:5514","offset":5,"len":3,"part":"whole","ts":"2026-11-26T12:00:00.000Z","msg":"bye"}"#;
+    let lines = vec![with.to_string(), without.to_string()];
+    let resp = conn.ingest(&batch(&lines));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["stored"], 2);
+    let stored = stored_lines(&c.data_file("web-01", "cccc"));
+    assert_eq!(stored, lines, "stored as sent");
+    let v: Value = serde_json::from_str(&stored[0]).unwrap();
+    assert_eq!(v["fields"]["structured_data"]["ex@32473"]["k"], "v \"q\"");
+}
+
 #[test]
 fn revoked_certificate_refused_on_new_connections_and_cut_on_open_ones() {
     let mut c = Collector::new();

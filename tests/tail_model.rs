@@ -12,16 +12,57 @@
 //! must be found again by its inode in its old folder.
 
 use flate2::{write::GzEncoder, Compression};
-use log_sensor::batch::Batch;
+use log_sensor::batch::{Batch, Intake, Limits};
 use log_sensor::config::Config;
+use log_sensor::input::{Bell, Input, Turn};
+use log_sensor::status::TailStats;
 use log_sensor::store::Store;
-use log_sensor::tail::{TailStats, Tailer};
+use log_sensor::tail::Tailer;
+use log_sensor::transform::Transforms;
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+
+/// The tailer as the pipeline drives it, one turn at a time: the batch being built, handed
+/// over to the harness's sink when full or due, or when flushed. Dropped, it loses what a
+/// killed agent loses.
+struct Stepped {
+    tailer: Tailer,
+    batch: Batch,
+    transforms: Transforms,
+    limits: Limits,
+    max_wait: std::time::Duration,
+    tx: crossbeam_channel::Sender<Batch>,
+}
+
+impl Stepped {
+    fn scan_now(&mut self) {
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, self.limits);
+        self.tailer.scan_now(&mut out);
+    }
+
+    /// One turn; true when the tailer has more to do at once.
+    fn tick(&mut self) -> bool {
+        let mut out = Intake::new(&mut self.batch, &mut self.transforms, self.limits);
+        let busy = self.tailer.turn(&mut out) == Turn::Busy;
+        let full = out.full();
+        if !self.batch.is_idle() && (full || self.batch.created.elapsed() >= self.max_wait) {
+            self.flush();
+        }
+        busy
+    }
+
+    fn flush(&mut self) {
+        let next = Batch::new(self.batch.host.clone(), self.batch.generation + 1);
+        let b = std::mem::replace(&mut self.batch, next);
+        if !b.is_idle() {
+            self.tx.send(b).unwrap();
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -56,7 +97,7 @@ struct Harness {
     dir: tempfile::TempDir,
     cfg: Arc<Config>,
     store: Arc<Mutex<Store>>,
-    tailer: Option<Tailer>,
+    tailer: Option<Stepped>,
     rx: crossbeam_channel::Receiver<Batch>,
     tx: crossbeam_channel::Sender<Batch>,
     written: Vec<String>,
@@ -111,12 +152,22 @@ type = "stdout"
         let t = Tailer::new(
             self.cfg.clone(),
             self.store.clone(),
-            self.tx.clone(),
             Arc::new(AtomicBool::new(false)),
             Arc::new(TailStats::default()),
+            Bell::new(),
         )
         .unwrap();
-        self.tailer = Some(t);
+        self.tailer = Some(Stepped {
+            tailer: t,
+            batch: Batch::new(self.cfg.host_id.as_str().into(), 0),
+            transforms: Transforms::none(),
+            limits: Limits {
+                max_records: self.cfg.batch.max_records,
+                max_bytes: self.cfg.batch.max_bytes,
+            },
+            max_wait: self.cfg.batch.max_wait,
+            tx: self.tx.clone(),
+        });
     }
 
     fn p(&self, name: &str) -> PathBuf {
@@ -141,7 +192,7 @@ type = "stdout"
             let t = self.tailer.as_mut().unwrap();
             t.scan_now();
             for _ in 0..50 {
-                if !t.tick().unwrap() {
+                if !t.tick() {
                     break;
                 }
             }
@@ -239,7 +290,7 @@ type = "stdout"
             Op::Tick => {
                 let t = self.tailer.as_mut().unwrap();
                 t.scan_now();
-                t.tick().unwrap();
+                t.tick();
                 self.deliver();
             }
             Op::Restart => {
@@ -294,7 +345,7 @@ type = "stdout"
                 && r.state == log_sensor::store::StreamState::Active
                 && !r.compressed
                 && md.len() >= r.committed_offset
-                && log_sensor::read::verify_marker(
+                && log_sensor::file::open::verify_marker(
                     &file,
                     false,
                     r.committed_offset,

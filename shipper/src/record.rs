@@ -1,10 +1,21 @@
 //! The record wire format: one JSON object per line.
 //!
-//! `{"host":…,"source":…,"stream":…,"fingerprint":…,"path":…,"offset":…,"len":…,"part":…,"ts":…,"msg":…}`
-//! with `msg_b64` (standard base64) in place of `msg` when the bytes are not UTF-8. Written by
-//! hand rather than through serde: this is the hot path (millions of records a second).
+//! `{"host":…,"source":…,"stream":…,"fingerprint":…,"path":…,"offset":…,"len":…,"part":…,"ts":…,"msg":…,"fields":{…}}`
+//! with `msg_b64` (standard base64) in place of `msg` when the bytes are not UTF-8, and
+//! `fields` only when the record has any. Written by hand rather than through serde: this is
+//! the hot path (millions of records a second).
 
 use base64::Engine;
+use std::sync::Arc;
+
+/// What every record of a stream carries besides its own fields.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    pub id: Arc<str>,
+    pub source: Arc<str>,
+    pub fingerprint: Option<u64>,
+    pub path: Arc<str>,
+}
 
 /// Appends `s` as a JSON string body (without quotes). `s` must be valid UTF-8.
 ///

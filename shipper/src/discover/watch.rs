@@ -25,13 +25,17 @@ pub struct Watch {
 
 impl Watch {
     /// Wake-ups go to `tx`; when it is full, `overflow` asks for a rescan instead, so a stalled
-    /// tailer never lets events pile up in memory.
+    /// tailer never lets events pile up in memory. `ring` wakes the idle pipeline after each.
     ///
     /// Every folder is watched on its own, as the scan lists them (once per identity), never
     /// with notify's recursive mode: that walks the tree itself following symlinks, once per
     /// path, and symlinked folders multiply paths with depth (2^16 paths to one folder held
     /// the tail thread for seconds at each scan).
-    pub fn new(tx: Sender<Wake>, overflow: Arc<AtomicBool>) -> notify::Result<Watch> {
+    pub fn new(
+        tx: Sender<Wake>,
+        overflow: Arc<AtomicBool>,
+        ring: impl Fn() + Send + 'static,
+    ) -> notify::Result<Watch> {
         let handler = move |res: notify::Result<notify::Event>| {
             let wakes: Vec<Wake> = match res {
                 Ok(ev) => match ev.kind {
@@ -44,12 +48,16 @@ impl Watch {
                 },
                 Err(_) => vec![Wake::Rescan],
             };
+            let any = !wakes.is_empty();
             for w in wakes {
                 match tx.try_send(w) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => overflow.store(true, Ordering::Relaxed),
                     Err(TrySendError::Disconnected(_)) => return,
                 }
+            }
+            if any {
+                ring();
             }
         };
         let watcher = RecommendedWatcher::new(

@@ -250,6 +250,10 @@ impl CollectorSink {
 }
 
 impl Sink for CollectorSink {
+    fn encoding(&self) -> super::Encoding {
+        super::Encoding::Ndjson
+    }
+
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.submit(batch)?;
         self.confirm()
@@ -264,7 +268,7 @@ impl Sink for CollectorSink {
             self.pending.push_back(0);
             return Ok(());
         }
-        // Encoded ahead on the tailer's thread (see `sink::wants_ndjson`), so that work overlaps
+        // Encoded ahead on the pipeline's thread (see `Sink::encoding`), so that work overlaps
         // the collector's handling of the previous batch; `body` is the fallback.
         let mut scratch = std::mem::take(&mut self.body);
         scratch.clear();

@@ -96,6 +96,10 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
+    fn encoding(&self) -> super::Encoding {
+        super::Encoding::Ndjson
+    }
+
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());

@@ -18,11 +18,31 @@ pub enum SinkError {
     Failed { sink: String, message: String },
 }
 
+/// The form a sink takes its batches in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The records as NDJSON, as they are ([`Batch::ndjson`]): the pipeline encodes each batch
+    /// ahead on its own thread, so that work overlaps the sink's sending of the previous one.
+    Ndjson,
+    /// The records one by one ([`Batch::records`]): the sink encodes them its own way.
+    Records,
+}
+
+/// A destination for batches.
+///
+/// The acknowledgement is the sink's only say in what is committed: it confirms batches, in
+/// order, and the shipping loop gives each confirmed batch's acknowledgements back to the
+/// inputs (see `crate::batch::ack`). A sink never sees, and cannot commit, an input's position.
 pub trait Sink: Send {
     /// Delivers the batch; Ok means acknowledged.
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError>;
     /// A short description for logs and status ("file /var/lib/x.ndjson").
     fn describe(&self) -> String;
+
+    /// The form this sink wants batches in; asked whenever the sink is (re)built.
+    fn encoding(&self) -> Encoding {
+        Encoding::Records
+    }
 
     /// How many batches may be in flight at once: submitted, not yet confirmed. A sink whose
     /// acknowledgement is a round trip keeps the next batch on the wire meanwhile: the
@@ -41,14 +61,6 @@ pub trait Sink: Send {
     fn confirm(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
-}
-
-/// Sinks that send NDJSON as it is: their batches are encoded ahead on the tailer's thread.
-pub fn wants_ndjson(cfg: &SinkConfig) -> bool {
-    matches!(
-        cfg,
-        SinkConfig::File { .. } | SinkConfig::Stdout | SinkConfig::Collector(_)
-    )
 }
 
 /// The sink's kind as configured (`file`, `stdout`, …).

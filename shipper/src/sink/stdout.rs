@@ -16,6 +16,10 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
+    fn encoding(&self) -> super::Encoding {
+        super::Encoding::Ndjson
+    }
+
     fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let bytes = batch.ndjson(&mut self.buf);
         let mut out = std::io::stdout().lock();

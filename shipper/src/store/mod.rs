@@ -9,6 +9,7 @@
 mod create;
 mod pending;
 pub mod query;
+pub mod report;
 
 use pending::Pending;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};

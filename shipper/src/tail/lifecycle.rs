@@ -4,7 +4,7 @@
 use super::*;
 
 impl Tailer {
-    pub(super) fn check_timers(&mut self) {
+    pub(super) fn check_timers(&mut self, out: &mut Intake<'_>) {
         let rotate_wait = self.cfg.discovery.rotate_wait;
         // Timers are in seconds (multiline_timeout, rotate_wait): a tenth of a second is precise
         // enough, and spares a pass over every open file on every write.
@@ -41,13 +41,13 @@ impl Tailer {
                 .map(|m| m.timeout);
             if let Some(timeout) = timeout {
                 if t.framer.has_pending_record() && t.last_data.elapsed() >= timeout {
-                    self.flush_framer(&mut t, false);
+                    self.flush_framer(&mut t, false, out);
                 }
             }
             let drained = t.at_eof && !t.dirty;
             if let Some(since) = t.released_at {
                 if drained && since.elapsed() >= rotate_wait {
-                    self.close(t, StreamState::Released);
+                    self.close(t, StreamState::Released, out);
                     continue;
                 }
             }
@@ -59,33 +59,34 @@ impl Tailer {
     /// multiline record go out; a partial last line does not: its rest was written before the
     /// truncation, so a copy of the file (if the globs find one) continues the stream from the
     /// start of that line. The file itself, now new content, becomes a new stream.
-    pub(super) fn truncated(&mut self, mut t: Tracked) {
+    pub(super) fn truncated(&mut self, mut t: Tracked, out: &mut Intake<'_>) {
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %t.id, path = %t.path.display(), "truncated in place; its new content is a new stream");
-        self.flush_framer(&mut t, false);
+        self.flush_framer(&mut t, false, out);
         self.remember(t, StreamState::Truncated);
     }
 
     /// Lets go of a file: what is left goes out, the stream is remembered in `state`.
-    pub(super) fn close(&mut self, mut t: Tracked, state: StreamState) {
-        self.flush_framer(&mut t, true);
+    pub(super) fn close(&mut self, mut t: Tracked, state: StreamState, out: &mut Intake<'_>) {
+        self.flush_framer(&mut t, true, out);
         self.remember(t, state);
     }
 
     /// Hands what the framer holds back to the batch and moves the stream's checkpoint: the
     /// record waiting for its multiline continuation, or with `finish` everything, a partial
     /// last line included.
-    fn flush_framer(&mut self, t: &mut Tracked, finish: bool) {
-        let slot = self.slot(t);
+    fn flush_framer(&mut self, t: &mut Tracked, finish: bool, out: &mut Intake<'_>) {
+        let slot = self.slot(t, out);
         let ts = now_ms();
-        let batch = &mut self.batch;
-        let mut push = |r: Rec<'_>| batch.push(slot, &r, ts);
+        let mut push = |r: Rec<'_>| {
+            out.push(slot, &r, ts, None);
+        };
         if finish {
             t.framer.finish(&mut push);
         } else {
             t.framer.flush_pending_record(&mut push);
         }
-        self.update_checkpoint(t, &[]);
+        self.update_checkpoint(t, &[], out);
     }
 
     pub(super) fn remember(&mut self, t: Tracked, state: StreamState) {

@@ -1,5 +1,7 @@
-//! The tailer: one loop that follows every stream through growth, rotation, truncation,
-//! compression and deletion, framing what it reads into batches for the shipping thread.
+//! The tailer: the input that follows every file stream through growth, rotation,
+//! truncation, compression and deletion, framing what it reads into the batch the pipeline
+//! lends it for its turn. Each stream's slot carries a store checkpoint: acknowledged, it
+//! commits how far the stream was consumed.
 //!
 //! Where a newly seen file starts being read is decided in one place, [`Tailer::identify`]; a
 //! stream's file found again outside the globs by its inode is confirmed in `reclaim`.
@@ -14,15 +16,17 @@ mod registry;
 mod scanning;
 mod slots;
 
-use crate::batch::{Batch, StreamMeta};
+use crate::batch::{Ack, Intake, StreamMeta};
 use crate::config::{Config, Source};
 use crate::discover::{self, watch::Wake, watch::Watch, Found};
-use crate::fingerprint::{self, Fingerprint, HeadError};
+use crate::file::head::{self, Fingerprint, HeadError};
+use crate::file::open::{self, OpenAtError, Reader};
 use crate::frame::{Framer, Rec};
-use crate::read::{self, OpenAtError, Reader};
+use crate::input::{Bell, Input, Turn};
 use crate::record::now_ms;
+pub use crate::status::TailStats;
 use crate::store::{now_secs, Alert, Checkpoint, Store, StreamRow, StreamState};
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::Receiver;
 use registry::{Known, Registry};
 use slots::Slots;
 use std::collections::{HashMap, HashSet};
@@ -30,7 +34,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,13 +45,12 @@ const READ_CHUNK: usize = 256 << 10;
 const READS_PER_TURN: usize = 16;
 /// Streams whose file was let go are forgotten this long after they last moved.
 const FORGET_AFTER_SECS: i64 = 14 * 86_400;
-/// How often the osquery outbox is looked at (osquery logs every few seconds at most).
-const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// A file resumed at or below this position is read again from its head: the one pread then
 /// also brings the head its rewrite check hashes (a few KiB copied cost less than a syscall).
 const RESUME_FROM_HEAD: u64 = 4096;
-/// How long an idle tailer lets wake-ups gather before acting on them.
-const COALESCE: Duration = Duration::from_millis(25);
+/// The longest an idle tailer waits for its next turn with no wake-up: a missed inotify
+/// event costs at most this, besides the rescans.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// Events arriving faster than this cause at most one scan per interval.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 /// Opening newly found files takes at most this long per round, so reading goes on while
@@ -55,25 +58,6 @@ const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 const ADMIT_SLICE: Duration = Duration::from_millis(50);
 /// How often a running background scan is looked for while idle.
 const SCAN_POLL: Duration = Duration::from_millis(20);
-
-/// Counters the tailer keeps for status pages and metrics.
-#[derive(Debug, Default)]
-pub struct TailStats {
-    pub bytes_read: AtomicU64,
-    pub records_read: AtomicU64,
-    pub overlong_records: AtomicU64,
-    pub open_files: AtomicU64,
-    pub fingerprint_collisions: AtomicU64,
-    pub truncations: AtomicU64,
-    pub scans: AtomicU64,
-    pub alerts: AtomicU64,
-    /// Followed files whose descriptor is closed until they change (idle, or making room).
-    pub parked_files: AtomicU64,
-    /// Times files had to wait because every open slot was taken.
-    pub held_back: AtomicU64,
-    /// Streams parked to keep the memory of partial lines under its total budget.
-    pub partial_parks: AtomicU64,
-}
 
 /// A stream whose file is open.
 struct Tracked {
@@ -146,23 +130,6 @@ pub struct Tailer {
     looked_for: HashSet<String>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
-    batch: Batch,
-    generation: u64,
-    tx: Sender<Batch>,
-    /// Delivered batches coming back for reuse.
-    recycled: Option<Receiver<Batch>>,
-    /// Set while the shipping thread waits for a batch: a quiet tailer then hands over what it
-    /// has without waiting out max_wait (latency at no cost to throughput).
-    sink_idle: Option<Arc<AtomicBool>>,
-    /// A full batch was handed over since the tailer last ran out of bytes: it is catching up
-    /// on a backlog, so the remainder at the end goes to an idle sink at once (a trickle never
-    /// fills a batch and keeps the max_wait/5 grouping).
-    backlog: bool,
-    /// New configs from reloads and temporary overrides.
-    configs: Option<Receiver<Arc<Config>>>,
-    /// What osquery logged through the extension, once it has made its outbox.
-    outbox: Option<crate::outbox::Outbox>,
-    last_outbox_poll: Instant,
     wakes: Receiver<Wake>,
     overflow: Arc<AtomicBool>,
     watch: Option<Watch>,
@@ -171,11 +138,14 @@ pub struct Tailer {
     /// Open files with bytes to read (or to check): reading touches only these, so 1,000 quiet
     /// files cost nothing between their own writes.
     dirty: HashSet<FileKey>,
+    /// What is left of the current pass over `dirty` after a full batch ended a turn.
+    pass: Vec<FileKey>,
     last_timers: Instant,
     last_prune: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
-    /// Scans off this thread once `run` starts (tests stepping `tick` scan in line).
+    /// Scans off this thread once the pipeline starts the input (tests stepping turns scan
+    /// in line).
     scanner: Option<discover::background::Scanner>,
     /// The folders the last scan walked, for inotify to watch.
     scan_dirs: Vec<PathBuf>,
@@ -188,9 +158,9 @@ impl Tailer {
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Mutex<Store>>,
-        tx: Sender<Batch>,
         stop: Arc<AtomicBool>,
         stats: Arc<TailStats>,
+        bell: Bell,
     ) -> Result<Tailer, crate::store::StoreError> {
         let rows = {
             let st = store.lock().expect("store lock");
@@ -202,14 +172,13 @@ impl Tailer {
         };
         let (wake_tx, wakes) = crossbeam_channel::bounded(4096);
         let overflow = Arc::new(AtomicBool::new(false));
-        let watch = match Watch::new(wake_tx, overflow.clone()) {
+        let watch = match Watch::new(wake_tx, overflow.clone(), move || bell.ring()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable; relying on periodic rescans");
                 None
             }
         };
-        let host: Arc<str> = cfg.host_id.as_str().into();
         Ok(Tailer {
             registry: Registry::load(rows),
             open: HashMap::new(),
@@ -220,21 +189,13 @@ impl Tailer {
             refused: HashMap::new(),
             looked_for: HashSet::new(),
             alerted_paths: HashSet::new(),
-            batch: Batch::new(host, 0),
-            generation: 0,
-            tx,
-            recycled: None,
-            sink_idle: None,
-            backlog: false,
-            configs: None,
-            outbox: None,
-            last_outbox_poll: Instant::now() - OUTBOX_POLL,
             wakes,
             overflow,
             watch,
             stop,
             buf: vec![0u8; READ_CHUNK],
             dirty: HashSet::new(),
+            pass: Vec::new(),
             last_timers: Instant::now(),
             last_prune: Instant::now(),
             last_scan: None,
@@ -246,16 +207,6 @@ impl Tailer {
             cfg,
             store,
         })
-    }
-
-    /// The flag the shipping thread raises while it waits for a batch.
-    pub fn sink_idle_flag(&mut self, flag: Arc<AtomicBool>) {
-        self.sink_idle = Some(flag);
-    }
-
-    /// Take new configs from `rx` (reloads) between rounds.
-    pub fn configs_from(&mut self, rx: Receiver<Arc<Config>>) {
-        self.configs = Some(rx);
     }
 
     /// Switches to a new config. A source removed stops; a source whose settings changed stops
@@ -281,66 +232,14 @@ impl Tailer {
                 }
             }
         }
-        if old.host_id != self.cfg.host_id {
-            // Records already read keep the host they were read under.
-            self.ship();
-            self.batch.host = self.cfg.host_id.as_str().into();
-        }
         self.deferred.clear();
         self.slots.configure(&self.cfg);
         self.last_scan = None;
     }
 
-    /// Reuse delivered batches that come back on `rx`.
-    pub fn recycle_from(&mut self, rx: Receiver<Batch>) {
-        self.recycled = Some(rx);
-    }
-
-    /// Runs until `stop` is set, then hands over the last batch and returns.
-    pub fn run(mut self) {
-        match discover::background::Scanner::spawn() {
-            Ok(s) => self.scanner = Some(s),
-            Err(e) => tracing::warn!(error = %e, "cannot start the scan thread; scanning in line"),
-        }
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let Some(worked) = self.tick() else { return };
-            // Files waiting for a free slot are opened next round, not after a wait.
-            let worked = worked || self.slots_to_fill();
-            if !worked && self.batch.is_idle() {
-                self.backlog = false;
-            }
-            if !worked && self.early_flush_due() {
-                self.backlog = false;
-                if !self.ship() {
-                    return;
-                }
-            }
-            if !worked {
-                let wait = self.idle_wait();
-                match self.wakes.recv_timeout(wait) {
-                    Ok(w) => {
-                        self.on_wake(w);
-                        // Let a burst of wake-ups gather: a thousand files each writing a line
-                        // a second then cost tens of rounds a second, not a thousand.
-                        std::thread::sleep(COALESCE);
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-                }
-            }
-        }
-        self.ship();
-    }
-
-    /// One round: wake-ups, a scan when due, reading, timers, and a batch handed over when due.
-    /// Returns whether any bytes were read, or None when the shipping side is gone.
-    pub fn tick(&mut self) -> Option<bool> {
-        while let Some(cfg) = self.configs.as_ref().and_then(|rx| rx.try_recv().ok()) {
-            self.apply_config(cfg);
-        }
+    /// One turn: wake-ups, a scan when due, reading until the batch is full, timers. Busy when
+    /// bytes were read or files wait for a free slot.
+    fn tail_turn(&mut self, out: &mut Intake<'_>) -> Turn {
         self.drain_wakes();
         let in_flight = self.scanner.as_ref().is_some_and(|s| s.in_flight());
         let due = !in_flight
@@ -353,71 +252,24 @@ impl Tailer {
                 }
             };
         if due {
-            self.scan_or_request();
+            self.scan_or_request(out);
         }
-        self.scanned();
+        self.scanned(out);
         self.admit(Some(Instant::now() + ADMIT_SLICE));
-        let worked = self.read_dirty()?;
-        self.check_timers();
+        let worked = self.read_dirty(out);
+        self.check_timers(out);
         self.park_inactive();
-        self.poll_outbox();
-        if self.batch_due() && !self.ship() {
-            return None;
+        // Files waiting for a free slot are opened next turn, not after a wait.
+        if worked || self.slots_to_fill() {
+            Turn::Busy
+        } else {
+            Turn::Idle
         }
-        Some(worked)
     }
 
     /// Scans now, whatever the interval (tests drive the tailer step by step with this).
-    pub fn scan_now(&mut self) {
-        self.scan();
-    }
-
-    /// Hands over the batch being built, due or not.
-    pub fn flush(&mut self) -> bool {
-        self.ship()
-    }
-
-    fn poll_outbox(&mut self) {
-        if self.last_outbox_poll.elapsed() < OUTBOX_POLL {
-            return;
-        }
-        self.last_outbox_poll = Instant::now();
-        if self.outbox.is_none() {
-            match crate::outbox::Outbox::open(&self.cfg.state_dir) {
-                Ok(o) => self.outbox = o,
-                Err(e) => {
-                    let path = crate::outbox::path(&self.cfg.state_dir);
-                    if self.alerted_paths.insert(path.clone()) {
-                        self.alert(
-                            "read_error",
-                            Some(crate::outbox::SOURCE),
-                            None,
-                            Some(&path),
-                            e.to_string(),
-                        );
-                    }
-                }
-            }
-        }
-        let room = self.cfg.batch.max_records.saturating_sub(self.batch.len());
-        let Some(ob) = self.outbox.as_mut() else {
-            return;
-        };
-        if room == 0 {
-            return;
-        }
-        match ob.fill(&mut self.batch, room, now_ms()) {
-            Ok(n) => {
-                self.stats
-                    .records_read
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // Reopened at the next poll; rows not acknowledged stay in the outbox.
-                tracing::warn!(error = %e, "cannot read the osquery outbox");
-                self.outbox = None;
-            }
-        }
+    pub fn scan_now(&mut self, out: &mut Intake<'_>) {
+        self.scan(out);
     }
 
     fn drain_wakes(&mut self) {
@@ -445,85 +297,15 @@ impl Tailer {
         }
     }
 
-    fn idle_wait(&self) -> Duration {
-        let mut wait = Duration::from_millis(250);
-        if !self.batch.is_idle() {
-            let age = self.batch.created.elapsed();
-            let early = self.cfg.batch.max_wait / 5;
-            let next = if age < early {
-                // The end of a backlog goes as soon as the sink is free; the sink does not wake
-                // the tailer, so look often (for at most max_wait/5).
-                if self.backlog {
-                    Duration::from_millis(2)
-                } else {
-                    early - age
-                }
-            } else {
-                self.cfg.batch.max_wait.saturating_sub(age)
-            };
-            wait = wait.min(next);
-        }
+    fn wait_hint(&self) -> Duration {
+        let mut wait = IDLE_WAIT;
         if self.scan_requested {
             wait = wait.min(MIN_SCAN_GAP);
         }
         if self.scanner.as_ref().is_some_and(|s| s.in_flight()) {
             wait = wait.min(SCAN_POLL);
         }
-        wait.max(Duration::from_millis(5))
-    }
-
-    /// Nothing left to read, the sink waiting, and the batch the end of a backlog or a fifth of
-    /// max_wait old: send it now. The fifth keeps a trickle of writes (a thousand files each
-    /// writing a line a second) batched rather than committed line by line.
-    fn early_flush_due(&self) -> bool {
-        !self.batch.is_idle()
-            && self
-                .sink_idle
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-            && (self.backlog || self.batch.created.elapsed() >= self.cfg.batch.max_wait / 5)
-    }
-
-    fn batch_full(&self) -> bool {
-        self.batch.len() >= self.cfg.batch.max_records
-            || self.batch.data_bytes() >= self.cfg.batch.max_bytes
-    }
-
-    fn batch_due(&self) -> bool {
-        if self.batch.is_idle() {
-            return false;
-        }
-        self.batch_full() || self.batch.created.elapsed() >= self.cfg.batch.max_wait
-    }
-
-    /// Hands the batch to the shipping thread, waiting while it is busy (backpressure).
-    /// Returns false when the shipping thread is gone.
-    fn ship(&mut self) -> bool {
-        self.backlog |= self.batch_full();
-        self.generation += 1;
-        let fresh = match self.recycled.as_ref().and_then(|rx| rx.try_recv().ok()) {
-            Some(b) => b.recycle(self.generation),
-            None => {
-                let mut b = Batch::new(self.batch.host.clone(), self.generation);
-                // Sized once for a full batch (it may overrun by one read), never doubled.
-                b.reserve(self.cfg.batch.max_bytes + READ_CHUNK);
-                b
-            }
-        };
-        let mut batch = std::mem::replace(&mut self.batch, fresh);
-        if batch.is_idle() {
-            return true;
-        }
-        if crate::sink::wants_ndjson(&self.cfg.sink) {
-            batch.encode_ndjson();
-        }
-        loop {
-            match self.tx.send_timeout(batch, Duration::from_millis(200)) {
-                Ok(()) => return true,
-                Err(SendTimeoutError::Timeout(b)) => batch = b,
-                Err(SendTimeoutError::Disconnected(_)) => return false,
-            }
-        }
+        wait
     }
 
     fn alert(
@@ -555,6 +337,31 @@ impl Tailer {
     }
 }
 
+impl Input for Tailer {
+    fn name(&self) -> &str {
+        "files"
+    }
+
+    fn start(&mut self) {
+        match discover::background::Scanner::spawn() {
+            Ok(s) => self.scanner = Some(s),
+            Err(e) => tracing::warn!(error = %e, "cannot start the scan thread; scanning in line"),
+        }
+    }
+
+    fn turn(&mut self, out: &mut Intake<'_>) -> Turn {
+        self.tail_turn(out)
+    }
+
+    fn idle_wait(&self) -> Duration {
+        self.wait_hint()
+    }
+
+    fn reconfigure(&mut self, cfg: &Arc<Config>) {
+        self.apply_config(cfg.clone());
+    }
+}
+
 fn file_version(f: &File) -> (u64, i64) {
     f.metadata()
         .map(|m| (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
@@ -564,7 +371,7 @@ fn file_version(f: &File) -> (u64, i64) {
 /// The bytes before the read position are not the ones read: truncated and written again.
 fn rewritten(t: &Tracked) -> bool {
     if t.pos_marker.is_some()
-        && read::marker_at(t.file(), t.framer.position())
+        && open::marker_at(t.file(), t.framer.position())
             .ok()
             .flatten()
             != t.pos_marker
@@ -580,8 +387,8 @@ fn rewritten(t: &Tracked) -> bool {
 /// Hash of a plain file's first `len` bytes, if it has that many.
 fn head_hash(file: &File, len: u64) -> Option<u64> {
     let mut buf = vec![0u8; len as usize];
-    match crate::fingerprint::read_at_most(file, 0, &mut buf) {
-        Ok(n) if n as u64 == len => Some(crate::fingerprint::hash(&buf)),
+    match crate::file::head::read_at_most(file, 0, &mut buf) {
+        Ok(n) if n as u64 == len => Some(crate::file::head::hash(&buf)),
         _ => None,
     }
 }

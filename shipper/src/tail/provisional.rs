@@ -58,7 +58,7 @@ impl Tailer {
         if unconfirmable(c) {
             return Provisional::NotThis;
         }
-        match read::verify_marker(file, compressed, c.resume, c.resume_marker) {
+        match open::verify_marker(file, compressed, c.resume, c.resume_marker) {
             Ok(true) => Provisional::Continue {
                 id: c.row.stream.clone(),
                 resume: c.resume,
@@ -96,7 +96,7 @@ impl Tailer {
             return Provisional::NotThis;
         }
         // A reused inode holds other bytes before the offset.
-        match read::verify_marker(file, true, c.resume, c.resume_marker) {
+        match open::verify_marker(file, true, c.resume, c.resume_marker) {
             // Finished only once its end was committed: a crash may have lost the last batch.
             Ok(true) if c.resume >= c.row.read_offset => Provisional::Finished,
             Ok(true) => Provisional::Continue {
@@ -117,7 +117,7 @@ impl Tailer {
         &mut self,
         source: &Source,
         key: FileKey,
-        head: &fingerprint::Head,
+        head: &head::Head,
     ) -> Provisional {
         let len = head.bytes.len() as u64;
         let mut waiting_for_open = false;
@@ -142,7 +142,7 @@ impl Tailer {
             if resume == 0 || resume > len || marker.is_none() {
                 continue;
             }
-            if read::marker_in_chunk(&head.bytes[..resume as usize], resume, resume) != marker {
+            if open::marker_in_chunk(&head.bytes[..resume as usize], resume, resume) != marker {
                 continue;
             }
             if self.open_stream(&id).is_some() {

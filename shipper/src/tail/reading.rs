@@ -4,18 +4,26 @@
 use super::*;
 
 impl Tailer {
-    pub(super) fn read_dirty(&mut self) -> Option<bool> {
-        let keys: Vec<FileKey> = self.dirty.iter().copied().collect();
+    /// Gives each stream with bytes to read its bounded turn, until the batch is full. A pass
+    /// cut short by a full batch goes on where it stopped at the next call, so under load every
+    /// file gets its turn, not only the first ones of the set.
+    pub(super) fn read_dirty(&mut self, out: &mut Intake<'_>) -> bool {
+        if self.pass.is_empty() {
+            self.pass = self.dirty.iter().copied().collect();
+        }
         let mut worked = false;
-        for key in keys {
+        while let Some(key) = self.pass.pop() {
             if self.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if !self.dirty.contains(&key) {
+                continue;
             }
             let Some(mut t) = self.open.remove(&key) else {
                 self.dirty.remove(&key);
                 continue;
             };
-            let outcome = self.read_turn(&mut t);
+            let outcome = self.read_turn(&mut t, out);
             self.account_held(&mut t);
             if !matches!(outcome, Outcome::Progress) {
                 self.dirty.remove(&key);
@@ -29,7 +37,7 @@ impl Tailer {
                     t.dirty = false;
                     if t.compressed {
                         // An archive is immutable: at its end it is done.
-                        self.close(t, StreamState::Done);
+                        self.close(t, StreamState::Done, out);
                     } else {
                         self.open.insert(key, t);
                     }
@@ -40,7 +48,7 @@ impl Tailer {
                     let path = t.path.clone();
                     let source = t.source;
                     let handle = t.file().try_clone();
-                    self.truncated(t);
+                    self.truncated(t, out);
                     if let Ok(file) = handle {
                         self.adopt_file(source, path, file);
                     }
@@ -66,16 +74,16 @@ impl Tailer {
                 }
             }
             self.enforce_held_budget();
-            if self.batch_due() && !self.ship() {
-                return None;
+            if out.full() {
+                break;
             }
         }
-        Some(worked)
+        worked
     }
 
-    pub(super) fn slot(&mut self, t: &mut Tracked) -> u32 {
+    pub(super) fn slot(&mut self, t: &mut Tracked, out: &mut Intake<'_>) -> u32 {
         if let Some((g, s)) = t.slot {
-            if g == self.batch.generation {
+            if g == out.generation() {
                 return s;
             }
         }
@@ -87,23 +95,30 @@ impl Tailer {
             size: t.size,
             ..Checkpoint::default()
         };
-        let s = self.batch.add_stream(t.meta.clone(), cp);
-        t.slot = Some((self.batch.generation, s));
+        let s = out.open_stream(t.meta.clone(), Ack::Store(cp));
+        t.slot = Some((out.generation(), s));
         s
     }
 
     /// After framing: what acknowledging this batch will commit for the stream.
-    pub(super) fn update_checkpoint(&mut self, t: &mut Tracked, chunk: &[u8]) {
+    pub(super) fn update_checkpoint(
+        &mut self,
+        t: &mut Tracked,
+        chunk: &[u8],
+        out: &mut Intake<'_>,
+    ) {
         let consumed = t.framer.consumed();
-        let slot = self.slot(t);
-        let cp = &mut self.batch.streams[slot as usize].checkpoint;
+        let slot = self.slot(t, out);
+        let Some(cp) = out.ack_mut(slot).checkpoint_mut() else {
+            unreachable!("a file's slot carries a store checkpoint")
+        };
         if cp.committed_offset != consumed {
-            t.consumed_marker = read::marker_in_chunk(chunk, t.framer.position(), consumed)
+            t.consumed_marker = open::marker_in_chunk(chunk, t.framer.position(), consumed)
                 .or_else(|| {
                     if t.compressed {
                         None
                     } else {
-                        read::marker_at(t.file(), consumed).ok().flatten()
+                        open::marker_at(t.file(), consumed).ok().flatten()
                     }
                 });
         }
@@ -113,7 +128,7 @@ impl Tailer {
         cp.size = t.size;
     }
 
-    pub(super) fn read_turn(&mut self, t: &mut Tracked) -> Outcome {
+    pub(super) fn read_turn(&mut self, t: &mut Tracked, out: &mut Intake<'_>) -> Outcome {
         // The config's Arc, not a copy of the source (three glob sets): this runs per read.
         let cfg = self.cfg.clone();
         let source = &cfg.sources[t.source];
@@ -122,7 +137,7 @@ impl Tailer {
         let mut reads = 0;
         if t.at_eof && !t.compressed {
             reads = 1;
-            if let Some(o) = self.resume(t, &mut buf, source) {
+            if let Some(o) = self.resume(t, &mut buf, source, out) {
                 outcome = o;
                 reads = usize::MAX;
             }
@@ -140,13 +155,13 @@ impl Tailer {
                 outcome = self.at_end(t);
                 break;
             }
-            self.take_chunk(t, &buf[..n], 0, source);
+            self.take_chunk(t, &buf[..n], 0, source, out);
             if !t.compressed && n < buf.len() {
                 // A regular file reads short only at its end: no second read to see 0, no fstat.
                 outcome = self.at_short_end(t, None);
                 break;
             }
-            if self.batch_full() {
+            if out.full() {
                 break;
             }
         }
@@ -181,9 +196,15 @@ impl Tailer {
     /// guard them; a short read is the end of the file, so no fstat is needed either. Returns
     /// the turn's outcome when the turn ends here, None when the buffer filled and reading goes
     /// on.
-    fn resume(&mut self, t: &mut Tracked, buf: &mut [u8], source: &Source) -> Option<Outcome> {
+    fn resume(
+        &mut self,
+        t: &mut Tracked,
+        buf: &mut [u8],
+        source: &Source,
+        out: &mut Intake<'_>,
+    ) -> Option<Outcome> {
         let pos = t.framer.position();
-        let k = pos.min(read::MARKER_BYTES);
+        let k = pos.min(open::MARKER_BYTES);
         let from = if pos <= RESUME_FROM_HEAD { 0 } else { pos - k };
         let got = match t.reader.read_at(from, buf) {
             Ok(n) => n,
@@ -193,14 +214,14 @@ impl Tailer {
             return Some(Outcome::Truncated);
         }
         let at = (pos - from) as usize;
-        let before = (k > 0).then(|| crate::fingerprint::hash(&buf[at - k as usize..at]));
+        let before = (k > 0).then(|| crate::file::head::hash(&buf[at - k as usize..at]));
         if t.pos_marker.is_some() && before != t.pos_marker {
             return Some(Outcome::Truncated);
         }
         if let Some((len, hash)) = t.head_check {
             let head = if from == 0 {
                 // len <= pos <= got: the head is in what was just read.
-                Some(crate::fingerprint::hash(&buf[..len as usize]))
+                Some(crate::file::head::hash(&buf[..len as usize]))
             } else {
                 super::head_hash(t.file(), len)
             };
@@ -210,7 +231,7 @@ impl Tailer {
         }
         t.reader.taken_to(from + got as u64);
         if got > at {
-            self.take_chunk(t, &buf[..got], at, source);
+            self.take_chunk(t, &buf[..got], at, source, out);
         }
         if got < buf.len() {
             let head = (from == 0).then_some(&buf[..got]);
@@ -221,7 +242,14 @@ impl Tailer {
 
     /// New bytes `window[start..]` (the window ends at the bytes just read, and may begin with
     /// bytes before them, which spare a pread for the markers).
-    fn take_chunk(&mut self, t: &mut Tracked, window: &[u8], start: usize, source: &Source) {
+    fn take_chunk(
+        &mut self,
+        t: &mut Tracked,
+        window: &[u8],
+        start: usize,
+        source: &Source,
+        out: &mut Intake<'_>,
+    ) {
         let n = window.len() - start;
         t.at_eof = false;
         t.last_data = Instant::now();
@@ -231,12 +259,12 @@ impl Tailer {
         {
             self.promote(t, source);
         }
-        self.frame_chunk(t, window, start);
+        self.frame_chunk(t, window, start, out);
         let pos = t.framer.position();
-        if let Some(m) = read::marker_in_chunk(window, pos, pos) {
+        if let Some(m) = open::marker_in_chunk(window, pos, pos) {
             t.pos_marker = Some(m);
         } else if !t.compressed {
-            t.pos_marker = read::marker_at(t.file(), pos).ok().flatten();
+            t.pos_marker = open::marker_at(t.file(), pos).ok().flatten();
         }
         self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         if !t.compressed {
@@ -244,19 +272,24 @@ impl Tailer {
         }
     }
 
-    pub(super) fn frame_chunk(&mut self, t: &mut Tracked, window: &[u8], start: usize) {
-        let slot = self.slot(t);
+    pub(super) fn frame_chunk(
+        &mut self,
+        t: &mut Tracked,
+        window: &[u8],
+        start: usize,
+        out: &mut Intake<'_>,
+    ) {
+        let slot = self.slot(t, out);
         let ts = now_ms();
-        let batch = &mut self.batch;
         let stats = &self.stats;
         t.framer.push(&window[start..], &mut |r: Rec<'_>| {
             stats.records_read.fetch_add(1, Ordering::Relaxed);
             if r.part == crate::frame::Part::Head {
                 stats.overlong_records.fetch_add(1, Ordering::Relaxed);
             }
-            batch.push(slot, &r, ts);
+            out.push(slot, &r, ts, None);
         });
-        self.update_checkpoint(t, window);
+        self.update_checkpoint(t, window, out);
     }
 
     pub(super) fn at_end(&mut self, t: &mut Tracked) -> Outcome {
@@ -290,7 +323,7 @@ impl Tailer {
         if want > 0 && t.head_check.map(|(len, _)| len < want).unwrap_or(true) {
             t.head_check = match head {
                 Some(h) if h.len() as u64 >= want => {
-                    Some((want, crate::fingerprint::hash(&h[..want as usize])))
+                    Some((want, crate::file::head::hash(&h[..want as usize])))
                 }
                 _ => super::head_hash(t.file(), want).map(|h| (want, h)),
             };
@@ -300,11 +333,8 @@ impl Tailer {
 
     /// A short file reached N bytes: it gains its fingerprint and keeps its id and offset.
     pub(super) fn promote(&mut self, t: &mut Tracked, source: &Source) {
-        let Ok(head) = fingerprint::read_head(
-            t.file(),
-            source.fingerprint_bytes,
-            fingerprint::Decoding::Raw,
-        ) else {
+        let Ok(head) = head::read_head(t.file(), source.fingerprint_bytes, head::Decoding::Raw)
+        else {
             return;
         };
         let Fingerprint::Checksum { hash, .. } = head.fingerprint(source.fingerprint_bytes) else {

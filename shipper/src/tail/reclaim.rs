@@ -87,8 +87,8 @@ impl Tailer {
         }
         let source = self.cfg.sources[source_ix].clone();
         let head_len = (k.row.fp_bytes as usize).max(source.fingerprint_bytes);
-        let decoding = fingerprint::Decoding::for_path(source.detect_compression, &path);
-        let head = match fingerprint::read_head(&file, head_len, decoding) {
+        let decoding = head::Decoding::for_path(source.detect_compression, &path);
+        let head = match head::read_head(&file, head_len, decoding) {
             Ok(h) => h,
             Err(HeadError::GzipIncomplete) => return Search::NotNow,
             Err(_) => return Search::Gone("the file on its inode is not the stream's"),
@@ -98,7 +98,7 @@ impl Tailer {
         }
         if let Some(fp) = k.row.fingerprint {
             let n = k.row.fp_bytes as usize;
-            if head.bytes.len() < n || fingerprint::hash(&head.bytes[..n]) != fp {
+            if head.bytes.len() < n || head::hash(&head.bytes[..n]) != fp {
                 return Search::Gone("the file on its inode has another fingerprint");
             }
         }
@@ -106,7 +106,7 @@ impl Tailer {
         if !head.compressed && size < k.resume {
             return Search::Gone("the file on its inode is shorter than the stream's offset");
         }
-        match read::verify_marker(&file, head.compressed, k.resume, k.resume_marker) {
+        match open::verify_marker(&file, head.compressed, k.resume, k.resume_marker) {
             Ok(true) => {}
             Ok(false) => {
                 return Search::Gone("the file on its inode has other bytes before the offset")

@@ -41,7 +41,7 @@ impl Keys {
 
 /// Source names hashed: the indexes then hold no copy of the name per stream.
 fn source_key(source: &str) -> u64 {
-    crate::fingerprint::hash(source.as_bytes())
+    crate::file::head::hash(source.as_bytes())
 }
 
 #[derive(Default)]

@@ -1,10 +1,175 @@
-//! When scans run and how their results reach the tailer: on the scan thread once the tailer
-//! runs (so a scan of 100,000 files never holds back reading), in line when a test steps it.
+//! When scans run and what their results do: on the scan thread once the tailer is started
+//! (so a scan of 100,000 files never holds back reading), in line when a test steps it; files
+//! truncated in place let go, files found again renamed, new ones queued to be identified
+//! (`identify`), and old streams pruned.
 
 use super::*;
 
 impl Tailer {
-    pub(super) fn scan_or_request(&mut self) {
+    pub(super) fn scan(&mut self, out: &mut Intake<'_>) {
+        self.scan_started();
+        let s = discover::scan_full(&self.cfg.sources);
+        self.scan_dirs = s.dirs;
+        self.apply_scan(s.found, s.problems, out);
+        self.admit(None);
+    }
+
+    pub(super) fn scan_started(&mut self) {
+        self.stats.scans.fetch_add(1, Ordering::Relaxed);
+        self.scan_requested = false;
+        self.prune();
+        self.last_scan = Some(Instant::now());
+    }
+
+    /// Acts on what a scan found; files to open are queued for a slot ([`Tailer::admit`]).
+    pub(super) fn apply_scan(
+        &mut self,
+        found: Vec<Found>,
+        problems: Vec<discover::ScanProblem>,
+        out: &mut Intake<'_>,
+    ) {
+        for p in problems {
+            if self.alerted_paths.insert(p.path.clone()) {
+                let src = self.cfg.sources[p.source].name.clone();
+                self.alert(
+                    "permission_denied",
+                    Some(&src),
+                    None,
+                    Some(&p.path),
+                    format!("cannot list folder: {}", p.error),
+                );
+            }
+        }
+        // Files truncated in place are let go first, so that a copy of them found in this same
+        // scan can continue their stream (copytruncate with the copy among the globs).
+        for f in &found {
+            let key = (f.device, f.inode);
+            let truncated = self
+                .open
+                .get(&key)
+                .map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t)))
+                .unwrap_or(false);
+            if truncated {
+                let t = self.open.remove(&key).expect("checked above");
+                self.truncated(t, out);
+            }
+        }
+        let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
+        // Before the files the globs match are identified: a left-behind stream found draining
+        // makes a same-head newcomer (its archive in the making) wait for it.
+        self.reclaim_left_behind(&present);
+        let mut symlink_dirs: Vec<PathBuf> = Vec::new();
+        for f in found {
+            let key = (f.device, f.inode);
+            if std::fs::symlink_metadata(&f.path)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
+                if let Some(dir) = std::fs::canonicalize(&f.path)
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                {
+                    symlink_dirs.push(dir);
+                }
+            }
+            if self.open.contains_key(&key) {
+                self.seen_again(key, &f);
+                continue;
+            }
+            if let Some(size) = self.gzip_pending.get_mut(&key) {
+                if *size != f.size {
+                    // Still growing: gzip is still writing it. Its writes wake scans anyway;
+                    // the one after its last write is what sees it stable.
+                    *size = f.size;
+                    self.scan_requested = true;
+                    continue;
+                }
+            }
+            if self.parked_found(&f) {
+                continue;
+            }
+            if self.finished.get(&key) == Some(&(f.size, f.mtime_ns))
+                || self.refused.get(&key) == Some(&(f.size, f.mtime_ns))
+            {
+                continue;
+            }
+            self.finished.remove(&key);
+            self.refused.remove(&key);
+            self.queue_adoption(f);
+        }
+        self.parked_missing(&present);
+        let now = Instant::now();
+        for t in self.open.values_mut() {
+            if !present.contains(&t.key) && t.released_at.is_none() {
+                t.released_at = Some(now);
+            }
+            t.dirty = true;
+            self.dirty.insert(t.key);
+        }
+        self.deferred.retain(|k, _| present.contains(k));
+        self.finished.retain(|k, _| present.contains(k));
+        self.refused.retain(|k, _| present.contains(k));
+        self.gzip_pending.retain(|k, _| present.contains(k));
+        self.stats
+            .open_files
+            .store(self.open.len() as u64, Ordering::Relaxed);
+        if let Some(w) = &mut self.watch {
+            let walked = std::mem::take(&mut self.scan_dirs);
+            w.update(&self.cfg.sources, symlink_dirs.into_iter().chain(walked));
+        }
+    }
+
+    /// Once an hour, forget streams let go long ago, in the store and here.
+    pub(super) fn prune(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let kept = {
+            let st = self.store.lock().expect("store lock");
+            match st
+                .prune_streams(FORGET_AFTER_SECS)
+                .and_then(|_| st.load_streams())
+            {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| r.stream)
+                    .collect::<HashSet<String>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune old streams");
+                    return;
+                }
+            }
+        };
+        let open: HashSet<String> = self.open.values().map(|t| t.id.clone()).collect();
+        self.registry
+            .retain(|id| kept.contains(id) || open.contains(id));
+    }
+
+    /// An open file found again, maybe under a new name (rename rotation within the globs).
+    pub(super) fn seen_again(&mut self, key: FileKey, f: &Found) {
+        let Some(t) = self.open.get_mut(&key) else {
+            return;
+        };
+        t.released_at = None;
+        if t.path != f.path {
+            if self.by_path.get(&t.path) == Some(&key) {
+                self.by_path.remove(&t.path);
+            }
+            self.by_path.insert(f.path.clone(), key);
+            t.path = f.path.clone();
+            t.meta.path = f.path.display().to_string().into();
+            let id = t.id.clone();
+            let path = t.meta.path.to_string();
+            if let Some(k) = self.registry.get_mut(&id) {
+                k.row.path = path;
+                let row = k.row.clone();
+                self.persist(&row);
+            }
+        }
+    }
+
+    pub(super) fn scan_or_request(&mut self, out: &mut Intake<'_>) {
         let cfg = self.cfg.clone();
         match self.scanner.as_mut() {
             Some(s) => {
@@ -12,18 +177,18 @@ impl Tailer {
                     self.scan_started();
                 }
             }
-            None => self.scan(),
+            None => self.scan(out),
         }
     }
 
     /// Applies a finished background scan, unless a reload made it stale.
-    pub(super) fn scanned(&mut self) {
+    pub(super) fn scanned(&mut self, out: &mut Intake<'_>) {
         let Some(done) = self.scanner.as_mut().and_then(|s| s.take()) else {
             return;
         };
         if Arc::ptr_eq(&done.cfg, &self.cfg) {
             self.scan_dirs = done.dirs;
-            self.apply_scan(done.found, done.problems);
+            self.apply_scan(done.found, done.problems, out);
         } else {
             self.last_scan = None;
         }

@@ -154,19 +154,20 @@ mod tests {
     /// A batch of `records` (stream slot, message), each slot its own stream.
     fn batch(nstreams: usize, records: &[(u32, &str)]) -> Batch {
         let mut b = Batch::new("h".into(), 0);
+        let mut out = crate::batch::Intake::plain(&mut b);
         for i in 0..nstreams {
             let id: std::sync::Arc<str> = format!("{i:04x}").into();
-            b.add_stream(
+            out.open_stream(
                 StreamMeta {
                     id: id.clone(),
                     source: "app".into(),
                     fingerprint: None,
                     path: format!("/l/{i}.log").into(),
                 },
-                Checkpoint {
+                crate::batch::Ack::Store(Checkpoint {
                     stream: id.to_string(),
                     ..Checkpoint::default()
-                },
+                }),
             );
         }
         for (n, (slot, msg)) in records.iter().enumerate() {
@@ -176,7 +177,7 @@ mod tests {
                 part: Part::Whole,
                 bytes: msg.as_bytes(),
             };
-            b.push(*slot, &rec, 0);
+            out.push(*slot, &rec, 0, None);
         }
         b
     }

@@ -254,6 +254,7 @@ mod tests {
             ts_ms: TS,
             bytes,
             utf8: std::str::from_utf8(bytes).is_ok(),
+            fields: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reading a stream's file from an offset: plain files by pread from our own offset, gzip archives decompress and skip.
 //! Also the guard on resumed offsets: the hash of the bytes just before an offset.
 
-use crate::fingerprint::{hash, read_at_most, GZIP_MAGIC};
+use super::head::{hash, read_at_most, GZIP_MAGIC};
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};

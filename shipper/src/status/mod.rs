@@ -1,10 +1,15 @@
 //! The running agent's picture of itself: what `status --json`, the control socket's `status`
 //! and the monitor's `/api/v1/status` return, and what `/metrics` and `/healthz` are made from.
+//!
+//! A leaf: the pipeline and its inputs report into the [`counters`] they are given, and the
+//! store answers for what is in `store.db`; this module imports none of them.
 
-use crate::agent::ShipStats;
+mod counters;
+
+pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
+
 use crate::config::Config;
-use crate::store::{now_secs, Store};
-use crate::tail::TailStats;
+use crate::store::{now_secs, report, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
@@ -77,6 +82,28 @@ pub struct StreamStatus {
     pub last_read: Option<i64>,
 }
 
+impl From<report::StreamReport> for StreamStatus {
+    fn from(r: report::StreamReport) -> Self {
+        // A compressed stream's size is its compressed size: its lag is what was read and not
+        // yet acknowledged.
+        let end = if r.compressed { r.read_offset } else { r.size };
+        StreamStatus {
+            lag_bytes: end.saturating_sub(r.committed_offset),
+            stream: r.stream,
+            source: r.source,
+            path: r.path,
+            state: r.state,
+            compressed: r.compressed,
+            size: r.size,
+            read_offset: r.read_offset,
+            committed_offset: r.committed_offset,
+            records: r.records,
+            overlong_records: r.overlong_records,
+            last_read: r.last_read,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlertStatus {
     pub time: i64,
@@ -114,6 +141,19 @@ pub struct Counters {
     pub alerts_by_kind: std::collections::BTreeMap<String, u64>,
 }
 
+impl From<report::AlertReport> for AlertStatus {
+    fn from(r: report::AlertReport) -> Self {
+        AlertStatus {
+            time: r.time,
+            kind: r.kind,
+            source: r.source,
+            stream: r.stream,
+            path: r.path,
+            detail: r.detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoreStatus {
     pub path: String,
@@ -135,42 +175,6 @@ pub struct Histogram {
     pub buckets: Vec<(f64, u64)>,
     pub sum: f64,
     pub count: u64,
-}
-
-/// Upper bounds of the batch latency histogram, in seconds.
-pub const LATENCY_BOUNDS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-
-/// Lock-free latency histogram the shipping loop records into.
-#[derive(Debug, Default)]
-pub struct LatencyRecorder {
-    counts: [std::sync::atomic::AtomicU64; 11],
-    sum_micros: std::sync::atomic::AtomicU64,
-}
-
-impl LatencyRecorder {
-    pub fn record(&self, secs: f64) {
-        let i = LATENCY_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> Histogram {
-        let mut buckets = Vec::with_capacity(11);
-        let mut cum = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cum += c.load(Ordering::Relaxed);
-            buckets.push((LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::MAX), cum));
-        }
-        Histogram {
-            buckets,
-            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            count: cum,
-        }
-    }
 }
 
 /// Everything a status is made from, shared by the agent's threads.
@@ -220,53 +224,15 @@ impl Status {
         let mut store_problem = None;
         match Store::open_read_only(&store_path) {
             Ok(conn) => {
-                let rows = conn
-                    .prepare(
-                        "SELECT stream, source, path, state, compressed, size, read_offset, committed_offset, records,
-                                overlong_records, last_read FROM streams ORDER BY source, path",
-                    )
-                    .and_then(|mut st| {
-                        st.query_map([], |r| {
-                            let size: i64 = r.get(5)?;
-                            let read: i64 = r.get(6)?;
-                            let committed: i64 = r.get(7)?;
-                            let compressed: bool = r.get(4)?;
-                            let lag = if compressed { read - committed } else { size - committed };
-                            Ok(StreamStatus {
-                                stream: r.get(0)?,
-                                source: r.get(1)?,
-                                path: r.get(2)?,
-                                state: r.get(3)?,
-                                compressed,
-                                size: size as u64,
-                                read_offset: read as u64,
-                                committed_offset: committed as u64,
-                                lag_bytes: lag.max(0) as u64,
-                                records: r.get::<_, i64>(8)? as u64,
-                                overlong_records: r.get::<_, i64>(9)? as u64,
-                                last_read: r.get(10)?,
-                            })
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                    });
-                match rows {
-                    Ok(r) => streams = r,
+                match report::streams(&conn) {
+                    Ok(r) => streams = r.into_iter().map(StreamStatus::from).collect(),
                     Err(e) => store_problem = Some(format!("cannot read streams: {e}")),
                 }
-                if let Ok(mut st) = conn.prepare("SELECT time, kind, source, stream, path, detail FROM alerts ORDER BY id DESC LIMIT ?1") {
-                    if let Ok(rows) = st.query_map([RECENT_ALERTS as i64], |r| {
-                        Ok(AlertStatus { time: r.get(0)?, kind: r.get(1)?, source: r.get(2)?, stream: r.get(3)?, path: r.get(4)?, detail: r.get(5)? })
-                    }) {
-                        alerts = rows.flatten().collect();
-                    }
+                if let Ok(r) = report::recent_alerts(&conn, RECENT_ALERTS) {
+                    alerts = r.into_iter().map(AlertStatus::from).collect();
                 }
-                if let Ok(mut st) = conn.prepare("SELECT kind, count(*) FROM alerts GROUP BY kind")
-                {
-                    if let Ok(rows) = st.query_map([], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                    }) {
-                        alerts_by_kind = rows.flatten().collect();
-                    }
+                if let Ok(k) = report::alerts_by_kind(&conn) {
+                    alerts_by_kind = k;
                 }
             }
             Err(e) => store_problem = Some(e.to_string()),

@@ -5,8 +5,8 @@
 //! unwritable" from the first refusal until a commit goes through, whatever is shipped
 //! meanwhile.
 
-use crate::agent::ShipStats;
-use crate::batch::Batch;
+use crate::batch::{Ack, Batch};
+use crate::status::ShipStats;
 use crate::store::Store;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// How often owed commits are retried while no batch comes to carry them.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) struct Committer<'a> {
+pub struct Committer<'a> {
     store: &'a Mutex<Store>,
     /// Where the last failure is shown (`store_error`, the health's source).
     stats: &'a ShipStats,
@@ -33,11 +33,19 @@ impl<'a> Committer<'a> {
         }
     }
 
-    /// Commits an acknowledged batch's offsets (with whatever is owed).
-    pub fn batch(&mut self, batch: &Batch) {
+    /// Gives an acknowledged batch's acknowledgements back: its store checkpoints in one
+    /// transaction (with whatever is owed), then each input's own, in slot order.
+    pub fn batch(&mut self, batch: &mut Batch) {
         let checkpoints = batch.checkpoints();
         let result = self.store.lock().expect("store lock").commit(&checkpoints);
         self.settle(result);
+        for ack in batch.acks_mut() {
+            if let Ack::Input(a) = ack {
+                if let Err(e) = a.acknowledged() {
+                    tracing::warn!(error = %e, "cannot record an acknowledgement; its records will be sent again");
+                }
+            }
+        }
     }
 
     /// How long the shipping thread may wait for a batch before [`Committer::retry`] is due;

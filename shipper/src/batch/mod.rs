@@ -1,25 +1,31 @@
 //! Records gathered for one trip to the sink, with what acknowledging them commits.
+//!
+//! A batch is built on the pipeline thread, one input's turn after another, through an
+//! [`Intake`]: the only way a record enters it, running the source's transforms first. Each
+//! stream slot carries the [`Ack`] its input defined; the shipping thread hands the acks back
+//! once the sink has acknowledged the batch ([`ack`] says in which order). A batch knows no
+//! input by name.
 
-use crate::frame::{Part, Rec};
-use crate::record;
+mod ack;
+mod intake;
+mod ndjson;
+
+pub use crate::record::StreamMeta;
+pub use ack::{Ack, AckError, Acknowledge};
+pub use intake::{Intake, Limits, Slot};
+
+use crate::frame::Part;
 use crate::store::Checkpoint;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What every record of a stream carries besides its own fields.
-#[derive(Debug, Clone)]
-pub struct StreamMeta {
-    pub id: Arc<str>,
-    pub source: Arc<str>,
-    pub fingerprint: Option<u64>,
-    pub path: Arc<str>,
-}
-
 #[derive(Debug)]
 pub struct BatchStream {
     pub meta: StreamMeta,
-    /// Committed when the sink acknowledges this batch.
-    pub checkpoint: Checkpoint,
+    /// Given back to the stream's input when the sink acknowledges this batch.
+    pub ack: Ack,
+    /// The source's transform chain, looked up once per slot rather than once per record.
+    chain: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +37,10 @@ struct RecordMeta {
     ts_ms: i64,
     start: u32,
     end: u32,
-    /// Checked once, as the record is framed on the tailer's thread: the sink's thread is the
+    /// The record's `fields` in `Batch::fields`; an empty range when it has none.
+    fields_start: u32,
+    fields_end: u32,
+    /// Checked once, as the record is framed on the pipeline thread: the sink's thread is the
     /// busier one.
     utf8: bool,
 }
@@ -48,6 +57,8 @@ pub struct RecordRef<'a> {
     pub bytes: &'a [u8],
     /// The bytes are valid UTF-8 (else sinks carry them in base64).
     pub utf8: bool,
+    /// The record's `fields`: one serialized JSON object (`{…}`), or None.
+    pub fields: Option<&'a [u8]>,
 }
 
 #[derive(Debug)]
@@ -56,14 +67,14 @@ pub struct Batch {
     pub streams: Vec<BatchStream>,
     records: Vec<RecordMeta>,
     data: Vec<u8>,
+    /// Every record's `fields`, back to back, pre-encoded: a record without any costs nothing.
+    fields: Vec<u8>,
     pub created: Instant,
     /// Distinguishes batches so a stream knows whether its slot is still valid.
     pub generation: u64,
-    /// The records as NDJSON, made on the tailer's thread when the sink wants NDJSON, so the
+    /// The records as NDJSON, made on the pipeline thread when the sink wants NDJSON, so the
     /// shipping thread only writes: the two threads then share the work on two cores.
     ndjson: Option<Vec<u8>>,
-    /// The highest osquery outbox row in this batch: deleted from the outbox once acknowledged.
-    pub outbox_upto: Option<i64>,
 }
 
 impl Batch {
@@ -73,10 +84,10 @@ impl Batch {
             streams: Vec::new(),
             records: Vec::new(),
             data: Vec::new(),
+            fields: Vec::new(),
             created: Instant::now(),
             generation,
             ndjson: None,
-            outbox_upto: None,
         }
     }
 
@@ -92,42 +103,60 @@ impl Batch {
         self.records.is_empty()
     }
 
-    /// Nothing to send and nothing to commit.
+    /// Nothing to send and nothing to acknowledge.
     pub fn is_idle(&self) -> bool {
-        self.records.is_empty() && self.streams.is_empty() && self.outbox_upto.is_none()
+        self.records.is_empty() && self.streams.is_empty()
     }
 
     pub fn data_bytes(&self) -> usize {
         self.data.len()
     }
 
-    pub fn add_stream(&mut self, meta: StreamMeta, checkpoint: Checkpoint) -> u32 {
+    fn add_stream(&mut self, meta: StreamMeta, ack: Ack, chain: Option<usize>) -> u32 {
         if self.streams.is_empty() {
             // max_wait counts from the batch's first content, not from when it was made.
             self.created = Instant::now();
         }
-        self.streams.push(BatchStream { meta, checkpoint });
+        self.streams.push(BatchStream { meta, ack, chain });
         (self.streams.len() - 1) as u32
     }
 
-    pub fn push(&mut self, slot: u32, rec: &Rec<'_>, ts_ms: i64) {
+    /// Appends a record that passed its transforms (only [`Intake::push`] calls this).
+    #[allow(clippy::too_many_arguments)]
+    fn push_kept(
+        &mut self,
+        slot: u32,
+        offset: u64,
+        len: u64,
+        part: Part,
+        bytes: &[u8],
+        fields: Option<&[u8]>,
+        ts_ms: i64,
+    ) {
         let start = self.data.len() as u32;
-        self.data.extend_from_slice(rec.bytes);
+        self.data.extend_from_slice(bytes);
+        let fields_start = self.fields.len() as u32;
+        if let Some(f) = fields {
+            self.fields.extend_from_slice(f);
+        }
         self.records.push(RecordMeta {
             stream: slot,
-            offset: rec.offset,
-            len: rec.len,
-            part: rec.part,
+            offset,
+            len,
+            part,
             ts_ms,
             start,
             end: self.data.len() as u32,
-            utf8: std::str::from_utf8(rec.bytes).is_ok(),
+            fields_start,
+            fields_end: self.fields.len() as u32,
+            utf8: std::str::from_utf8(bytes).is_ok(),
         });
-        let c = &mut self.streams[slot as usize].checkpoint;
-        c.records += 1;
-        c.bytes += rec.bytes.len() as u64;
-        if rec.part == Part::Head {
-            c.overlong += 1;
+        if let Some(c) = self.streams[slot as usize].ack.checkpoint_mut() {
+            c.records += 1;
+            c.bytes += bytes.len() as u64;
+            if part == Part::Head {
+                c.overlong += 1;
+            }
         }
     }
 
@@ -141,7 +170,13 @@ impl Batch {
             ts_ms: m.ts_ms,
             bytes: &self.data[m.start as usize..m.end as usize],
             utf8: m.utf8,
+            fields: self.fields_of(m),
         })
+    }
+
+    fn fields_of(&self, m: &RecordMeta) -> Option<&[u8]> {
+        (m.fields_end > m.fields_start)
+            .then(|| &self.fields[m.fields_start as usize..m.fields_end as usize])
     }
 
     /// Each record's stream slot (an index into `streams`), in record order: the NDJSON has one
@@ -150,8 +185,17 @@ impl Batch {
         self.records.iter().map(|m| m.stream)
     }
 
+    /// The store checkpoints of the batch's slots, in slot order.
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
-        self.streams.iter().map(|s| s.checkpoint.clone()).collect()
+        self.streams
+            .iter()
+            .filter_map(|s| s.ack.checkpoint().cloned())
+            .collect()
+    }
+
+    /// Every slot's acknowledgement, in slot order, for the committer.
+    pub fn acks_mut(&mut self) -> impl Iterator<Item = &mut Ack> {
+        self.streams.iter_mut().map(|s| &mut s.ack)
     }
 
     /// Encodes the records as NDJSON now, for [`Batch::ndjson`] to hand out later.
@@ -164,16 +208,17 @@ impl Batch {
 
     /// Empties a delivered batch for reuse, keeping its buffers: a steady stream of batches then
     /// costs no allocation and the heap does not fragment between the two threads.
-    pub fn recycle(mut self, generation: u64) -> Batch {
+    pub fn recycle(mut self, generation: u64, host: Arc<str>) -> Batch {
+        self.host = host;
         self.streams.clear();
         self.records.clear();
         self.data.clear();
+        self.fields.clear();
         if let Some(v) = &mut self.ndjson {
             v.clear();
         }
         self.created = Instant::now();
         self.generation = generation;
-        self.outbox_upto = None;
         self
     }
 
@@ -188,61 +233,17 @@ impl Batch {
             }
         }
     }
-
-    /// The records as NDJSON, the format of the file sink and the collector.
-    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
-        let mut prefixes: Vec<Vec<u8>> = Vec::with_capacity(self.streams.len());
-        for s in &self.streams {
-            let mut p = Vec::with_capacity(160);
-            p.extend_from_slice(b"{\"host\":\"");
-            record::escape_into(&mut p, self.host.as_bytes());
-            p.extend_from_slice(b"\",\"source\":\"");
-            record::escape_into(&mut p, s.meta.source.as_bytes());
-            p.extend_from_slice(b"\",\"stream\":\"");
-            p.extend_from_slice(s.meta.id.as_bytes());
-            if let Some(fp) = s.meta.fingerprint {
-                p.extend_from_slice(format!("\",\"fingerprint\":\"{fp:016x}").as_bytes());
-            }
-            p.extend_from_slice(b"\",\"path\":\"");
-            record::escape_into(&mut p, s.meta.path.as_bytes());
-            p.extend_from_slice(b"\",\"offset\":");
-            prefixes.push(p);
-        }
-        // Sized once: the records, each one's prefix and fields (~90 bytes), and a sixteenth for
-        // escapes. Doubling a multi-megabyte buffer would hold two of them at once.
-        let fields: usize = self
-            .records
-            .iter()
-            .map(|m| prefixes[m.stream as usize].len() + 90)
-            .sum();
-        let need = self.data.len() + fields;
-        out.reserve_exact(need + need / 16);
-        let mut last_ts = i64::MIN;
-        let mut ts = String::new();
-        let mut num = itoa::Buffer::new();
-        for m in &self.records {
-            if m.ts_ms != last_ts {
-                last_ts = m.ts_ms;
-                ts = record::rfc3339_ms(m.ts_ms);
-            }
-            out.extend_from_slice(&prefixes[m.stream as usize]);
-            out.extend_from_slice(num.format(m.offset).as_bytes());
-            out.extend_from_slice(b",\"len\":");
-            out.extend_from_slice(num.format(m.len).as_bytes());
-            out.extend_from_slice(b",\"part\":\"");
-            out.extend_from_slice(m.part.as_str().as_bytes());
-            out.extend_from_slice(b"\",\"ts\":\"");
-            out.extend_from_slice(ts.as_bytes());
-            out.extend_from_slice(b"\",");
-            record::msg_field(out, &self.data[m.start as usize..m.end as usize], m.utf8);
-            out.extend_from_slice(b"}\n");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Rec;
+
+    const LIMITS: Limits = Limits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+    };
 
     #[test]
     fn ndjson_lines_parse_with_every_field() {
@@ -257,26 +258,27 @@ mod tests {
             stream: "00ff".into(),
             ..Checkpoint::default()
         };
-        let slot = b.add_stream(meta, cp);
-        b.push(
+        let mut none = crate::transform::Transforms::none();
+        let mut out = Intake::new(&mut b, &mut none, LIMITS);
+        let slot = out.open_stream(meta, Ack::Store(cp));
+        let rec = |offset, len, part, bytes| Rec {
+            offset,
+            len,
+            part,
+            bytes,
+        };
+        out.push(slot, &rec(7, 3, Part::Whole, b"a\"b"), 0, None);
+        out.push(
             slot,
-            &Rec {
-                offset: 7,
-                len: 3,
-                part: Part::Whole,
-                bytes: b"a\"b",
-            },
-            0,
-        );
-        b.push(
-            slot,
-            &Rec {
-                offset: 11,
-                len: 90,
-                part: Part::Head,
-                bytes: b"\xff",
-            },
+            &rec(11, 90, Part::Head, b"\xff"),
             1000,
+            Some(br#"{"facility":"user","n":[1]}"#),
+        );
+        out.push(
+            slot,
+            &rec(101, 1, Part::Whole, b"x"),
+            1000,
+            Some(b"{not json"),
         );
         let mut out = Vec::new();
         b.write_ndjson(&mut out);
@@ -285,7 +287,20 @@ mod tests {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].get("fields").is_none(),
+            "no fields key when a record has none"
+        );
+        assert_eq!(lines[1]["fields"]["facility"], "user");
+        assert_eq!(lines[1]["fields"]["n"][0], 1);
+        assert_eq!(
+            lines[2]["fields"]["fields_invalid"], "{not json",
+            "a bad fields object is kept, named, inside a valid one"
+        );
+        let refs: Vec<_> = b.records().collect();
+        assert_eq!(refs[1].fields, Some(&br#"{"facility":"user","n":[1]}"#[..]));
+        assert_eq!(refs[0].fields, None);
         assert_eq!(lines[0]["host"], "h\"1");
         assert_eq!(lines[0]["fingerprint"], "0000000000000abc");
         assert_eq!(lines[0]["path"], "/var/log/a b.log");

@@ -1,0 +1,233 @@
+//! Wires the agent together: the pipeline thread drives the inputs (files, the osquery
+//! outbox) into batches, the shipping thread sends them to the sink and gives their
+//! acknowledgements back; beside them the control socket, the config watch and the monitor.
+
+use crate::batch::Batch;
+use crate::config::layers::Layers;
+use crate::control::{self, server::Controller};
+use crate::input::{osquery::OsqueryInput, Bell};
+use crate::pipeline::ship::{ship_loop, ShipTo};
+use crate::pipeline::Pipeline;
+use crate::sink::{self, SinkError};
+use crate::status::{Live, ShipStats, TailStats};
+use crate::store::{Store, StoreError};
+use crate::tail::Tailer;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(
+        "state dir {path} is in use by another log-sensor (pid {pid}); one agent per state dir"
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock state dir {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
+    Monitor {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Holds the state dir's lock for as long as it lives.
+pub struct StateLock {
+    _file: File,
+}
+
+/// Takes the state dir for this process; a second agent on it is refused with the holder's pid.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("agent.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| AgentError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(AgentError::Locked {
+            path: dir.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(StateLock { _file: file })
+}
+
+/// The pieces of a running agent that status pages look at.
+pub struct Running {
+    pub tail: Arc<TailStats>,
+    pub ship: Arc<ShipStats>,
+}
+
+/// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
+/// after the batch in flight is committed.
+pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
+    let cfg = layers.resolve()?;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    raise_fd_limit();
+    let store = Store::open(&cfg.state_dir)?;
+    store.set_meta("host_id", &cfg.host_id)?;
+    let store = Arc::new(Mutex::new(store));
+    let sink = sink::build(&cfg.sink)?;
+    let control = control::server::bind(&cfg.state_dir).map_err(|source| AgentError::Control {
+        path: control::socket_path(&cfg.state_dir),
+        source,
+    })?;
+    // Taken before the listener moves to its thread: shutdown wakes it through this, never
+    // through the socket's path, which someone may have deleted.
+    let control_waker = control.waker();
+    let pid_file = cfg.state_dir.join("agent.pid");
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+    tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
+    let running = Running {
+        tail: Arc::new(TailStats::default()),
+        ship: Arc::new(ShipStats::default()),
+    };
+    let live = Live {
+        tail: running.tail.clone(),
+        ship: running.ship.clone(),
+        started_at: crate::store::now_secs(),
+        sink_kind: sink::kind(&cfg.sink).to_string(),
+        sink_description: sink.describe(),
+        pack_sources: layers.pack_source_names(),
+    };
+    let cfg = Arc::new(cfg);
+    // A rendezvous: one batch being sent while the next is built, no more, so memory stays
+    // bounded (two batches) when the sink is slow and the two threads still overlap.
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
+    // Delivered batches go back to the pipeline to be filled again.
+    let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
+    let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
+    let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
+    let bell = Bell::new();
+    let mut pipeline = Pipeline::new(cfg.clone(), tx, stop.clone(), bell.clone());
+    let tailer = Tailer::new(
+        cfg.clone(),
+        store.clone(),
+        stop.clone(),
+        running.tail.clone(),
+        bell,
+    )?;
+    pipeline.input(Box::new(tailer));
+    pipeline.input(Box::new(OsqueryInput::new(
+        &cfg.state_dir,
+        store.clone(),
+        running.tail.clone(),
+    )));
+    pipeline.recycle_from(back_rx);
+    pipeline.sink_idle_flag(running.ship.waiting.clone());
+    pipeline.configs_from(cfg_rx);
+    let wanted = pipeline.wanted();
+    let controller = Arc::new(Controller::new(
+        layers,
+        cfg.clone(),
+        live,
+        cfg_tx,
+        sink_tx,
+        stop.clone(),
+        store.clone(),
+    ));
+    // Bound before the pipeline starts, so a taken port fails the start instead of leaving the
+    // agent silently unmonitored. The handle stops and joins the monitor when dropped, also
+    // when `run` returns early with an error. It shows what the control socket shows.
+    let _monitor = match cfg.monitor.listen {
+        Some(addr) => {
+            let fail = |source| AgentError::Monitor { addr, source };
+            let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+            let c = controller.clone();
+            let status = Arc::new(move || c.status());
+            tracing::info!(%addr, "monitor listening");
+            Some(crate::monitor::Handle::spawn(listener, status).map_err(fail)?)
+        }
+        None => None,
+    };
+    let helpers = [
+        spawn("control", {
+            let c = controller.clone();
+            move || control::server::serve(control, c)
+        }),
+        spawn("config-watch", {
+            let (c, s) = (controller.clone(), stop.clone());
+            move || control::server::watch_config(c, s)
+        }),
+    ];
+    let pipeline_thread = spawn("pipeline", move || pipeline.run());
+    ship_loop(
+        rx,
+        ShipTo {
+            sink,
+            store: &store,
+            stop: &stop,
+            stats: &running.ship,
+            recycle: Some(back_tx),
+            sinks: Some(sink_rx),
+            wanted: Some(wanted),
+        },
+    );
+    let _ = pipeline_thread.join();
+    stop.store(true, Ordering::SeqCst);
+    control_waker.wake();
+    for h in helpers {
+        let _ = h.join();
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("log-sensor stopped; offsets committed");
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn thread")
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain syscalls on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! The counters the running agent's threads report into, read by [`super::Status::collect`].
+//! Plain atomics, so reporting costs the pipeline nothing and status imports none of it.
+
+use super::Histogram;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters the file tailer (and the inputs that read records) keep for status and metrics.
+#[derive(Debug, Default)]
+pub struct TailStats {
+    pub bytes_read: AtomicU64,
+    pub records_read: AtomicU64,
+    pub overlong_records: AtomicU64,
+    pub open_files: AtomicU64,
+    pub fingerprint_collisions: AtomicU64,
+    pub truncations: AtomicU64,
+    pub scans: AtomicU64,
+    pub alerts: AtomicU64,
+    /// Followed files whose descriptor is closed until they change (idle, or making room).
+    pub parked_files: AtomicU64,
+    /// Times files had to wait because every open slot was taken.
+    pub held_back: AtomicU64,
+    /// Streams parked to keep the memory of partial lines under its total budget.
+    pub partial_parks: AtomicU64,
+}
+
+/// Counters of the shipping side.
+#[derive(Debug, Default)]
+pub struct ShipStats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sink_errors: AtomicU64,
+    pub sink_retries: AtomicU64,
+    /// Unix seconds of the last successful delivery.
+    pub last_ok: AtomicU64,
+    /// Unix seconds since the sink has been failing; 0 while it works.
+    pub failing_since: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Why the last commit failed, while commits fail (the store is unwritable).
+    pub store_error: Mutex<Option<String>>,
+    /// The shipping thread is waiting for a batch (the pipeline may hand one over early).
+    pub waiting: Arc<AtomicBool>,
+    /// Seconds from a batch's first record to its acknowledgement.
+    pub latency: LatencyRecorder,
+}
+
+/// Upper bounds of the batch latency histogram, in seconds.
+pub const LATENCY_BOUNDS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Lock-free latency histogram the shipping loop records into.
+#[derive(Debug, Default)]
+pub struct LatencyRecorder {
+    counts: [std::sync::atomic::AtomicU64; 11],
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyRecorder {
+    pub fn record(&self, secs: f64) {
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Histogram {
+        let mut buckets = Vec::with_capacity(11);
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            buckets.push((LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::MAX), cum));
+        }
+        Histogram {
+            buckets,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: cum,
+        }
+    }
+}
