@@ -11,6 +11,7 @@ mod persist;
 mod reader;
 mod sinks;
 mod sources;
+pub mod syslog;
 pub mod template;
 pub mod units;
 
@@ -55,6 +56,8 @@ pub struct Config {
     pub host_id: String,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// `type = "syslog"` sources (the network input), kept apart from the file sources.
+    pub syslog_sources: Vec<syslog::SyslogSource>,
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
@@ -171,7 +174,8 @@ impl Config {
         );
 
         let defaults = sources::read_defaults(&mut top, &mut issues);
-        let sources = sources::read_sources(&mut top, &defaults, &base, &mut issues);
+        let (sources, syslog_sources) =
+            sources::read_sources(&mut top, &defaults, &base, &mut issues);
 
         let sink = match top.table("sink", &mut issues) {
             Some(t) => sinks::read_sink(t, &base, &state_dir, &mut issues),
@@ -299,6 +303,7 @@ impl Config {
             host_id,
             state_dir,
             sources,
+            syslog_sources,
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,

@@ -4,6 +4,7 @@
 //! hands it to the reader of its keys ([`read_source`] for files): one place to add another kind.
 
 use super::reader::TableReader;
+use super::syslog::{self, SyslogSource};
 use super::{normalize, ConfigIssue};
 use globset::{GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
@@ -111,14 +112,16 @@ pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>
     }
 }
 
-/// Every `[sources.NAME]`, in name order; a source with an error is left out (its issues say why).
+/// Every `[sources.NAME]`, in name order: file sources and `type = "syslog"` ones apart; a
+/// source with an error is left out (its issues say why).
 pub(super) fn read_sources(
     top: &mut TableReader,
     defaults: &Overridable,
     base: &Path,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<Source> {
+) -> (Vec<Source>, Vec<SyslogSource>) {
     let mut sources = Vec::new();
+    let mut syslog_sources = Vec::new();
     if let Some(t) = top.table("sources", issues) {
         let named: BTreeMap<&String, &toml::Value> = t.iter().collect();
         for (name, value) in named {
@@ -130,12 +133,16 @@ pub(super) fn read_sources(
                 });
                 continue;
             };
+            if syslog::is_syslog(st) {
+                syslog_sources.extend(syslog::read(name, &key, st, base, issues));
+                continue;
+            }
             if let Some(s) = read_source(name, &key, st, defaults, base, issues) {
                 sources.push(s);
             }
         }
     }
-    sources
+    (sources, syslog_sources)
 }
 
 fn read_source(
