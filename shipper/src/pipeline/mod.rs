@@ -20,7 +20,8 @@ use crate::batch::{Batch, Intake, Limits};
 use crate::config::Config;
 use crate::input::{Bell, Input, Turn};
 use crate::sink::Encoding;
-use crate::transform::{Transform, Transforms};
+use crate::status::TransformList;
+use crate::transform::{build, Transform, Transforms};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -55,6 +56,11 @@ pub struct Pipeline {
     cfg: Arc<Config>,
     inputs: Vec<Box<dyn Input>>,
     transforms: Transforms,
+    /// What `transforms` was built from ([`crate::transform::build::signature`]); None while
+    /// the set is the one given by hand ([`Pipeline::transform`]).
+    transforms_built: Option<String>,
+    /// Where the built transforms report their counters (status reads them).
+    transform_counters: TransformList,
     batch: Batch,
     generation: u64,
     tx: Sender<Batch>,
@@ -82,6 +88,8 @@ impl Pipeline {
             cfg,
             inputs: Vec::new(),
             transforms: Transforms::none(),
+            transforms_built: None,
+            transform_counters: TransformList::default(),
             generation: 0,
             tx,
             recycled: None,
@@ -106,6 +114,28 @@ impl Pipeline {
             self.ship();
         }
         self.transforms.add(source, t);
+    }
+
+    /// Builds every source's chain from the config (`[transforms]`, `sources.X.transforms`),
+    /// reporting into `counters`; a reload that changes them rebuilds them.
+    pub fn build_transforms(&mut self, counters: TransformList) -> Result<(), String> {
+        self.transform_counters = counters;
+        self.rebuild_transforms()
+    }
+
+    fn rebuild_transforms(&mut self) -> Result<(), String> {
+        let sig = build::signature(&self.cfg);
+        if self.transforms_built.as_ref() == Some(&sig) {
+            return Ok(());
+        }
+        let built = build::build(&self.cfg, &self.transform_counters)?;
+        // Slots cache their chain's index: a set changed under a batch would misdirect them.
+        if !self.batch.is_idle() {
+            self.ship();
+        }
+        self.transforms = built;
+        self.transforms_built = Some(sig);
+        Ok(())
     }
 
     /// Reuse delivered batches that come back on `rx`.
@@ -192,6 +222,13 @@ impl Pipeline {
             i.reconfigure(&cfg);
         }
         self.cfg = cfg;
+        if self.transforms_built.is_some() {
+            if let Err(e) = self.rebuild_transforms() {
+                // The config was checked before it came here, so this is a script that loaded
+                // then and not now: records keep going through the chains that run.
+                tracing::error!(error = %e, "transforms not rebuilt, the running ones stay");
+            }
+        }
         true
     }
 

@@ -7,7 +7,7 @@
 
 pub mod framing;
 pub mod listen;
-pub mod parse;
+pub use crate::transform::syslog_parse as parse;
 pub mod records;
 pub mod spool;
 pub mod stream;
