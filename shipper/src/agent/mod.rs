@@ -5,6 +5,7 @@
 use crate::batch::Batch;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
+use crate::input::syslog::SyslogInput;
 use crate::input::{osquery::OsqueryInput, Bell};
 use crate::pipeline::ship::{ship_loop, ShipTo};
 use crate::pipeline::Pipeline;
@@ -41,6 +42,10 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Syslog(#[from] crate::input::syslog::listen::ListenError),
+    #[error("cannot build the transforms: {0}")]
+    Transforms(String),
     #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
     Monitor {
         addr: std::net::SocketAddr,
@@ -116,13 +121,27 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         tail: Arc::new(TailStats::default()),
         ship: Arc::new(ShipStats::default()),
     };
+    // Rung by every input's own threads (inotify, the syslog spool writers).
+    let bell = Bell::new();
+    // Listening before anything else starts, so a port in use fails the start, naming it.
+    let syslog = match cfg.syslog_sources.is_empty() {
+        true => None,
+        false => Some(SyslogInput::start(
+            &cfg.syslog_sources,
+            &cfg.state_dir,
+            store.clone(),
+            bell.clone(),
+        )?),
+    };
     let live = Live {
+        listeners: syslog.as_ref().map(|s| s.counters()).unwrap_or_default(),
         tail: running.tail.clone(),
         ship: running.ship.clone(),
         started_at: crate::store::now_secs(),
         sink_kind: sink::kind(&cfg.sink).to_string(),
         sink_description: sink.describe(),
         pack_sources: layers.pack_source_names(),
+        transforms: Default::default(),
     };
     let cfg = Arc::new(cfg);
     // A rendezvous: one batch being sent while the next is built, no more, so memory stays
@@ -132,8 +151,11 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
     let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
     let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
-    let bell = Bell::new();
     let mut pipeline = Pipeline::new(cfg.clone(), tx, stop.clone(), bell.clone());
+    pipeline.alerts_into(store.clone());
+    pipeline
+        .build_transforms(live.transforms.clone())
+        .map_err(AgentError::Transforms)?;
     let tailer = Tailer::new(
         cfg.clone(),
         store.clone(),
@@ -147,6 +169,9 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         store.clone(),
         running.tail.clone(),
     )));
+    if let Some(input) = syslog {
+        pipeline.input(Box::new(input));
+    }
     pipeline.recycle_from(back_rx);
     pipeline.sink_idle_flag(running.ship.waiting.clone());
     pipeline.configs_from(cfg_rx);

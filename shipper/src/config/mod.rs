@@ -12,7 +12,9 @@ mod persist;
 mod reader;
 mod sinks;
 mod sources;
+pub mod syslog;
 pub mod template;
+pub mod transforms;
 pub mod units;
 
 pub use expand::hostname;
@@ -27,6 +29,7 @@ pub use sources::{
 };
 
 use reader::TableReader;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +59,13 @@ pub struct Config {
     pub host_id: String,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// `type = "syslog"` sources (the network input), kept apart from the file sources.
+    pub syslog_sources: Vec<syslog::SyslogSource>,
+    /// `[transforms.NAME]`, in name order.
+    pub transforms: Vec<transforms::TransformConfig>,
+    /// Source name → the transforms its records pass through, in order (file and syslog
+    /// sources alike; a source without any is absent).
+    pub source_transforms: BTreeMap<String, Vec<String>>,
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
@@ -172,7 +182,16 @@ impl Config {
         );
 
         let defaults = sources::read_defaults(&mut top, &mut issues);
-        let sources = sources::read_sources(&mut top, &defaults, &base, &mut issues);
+        let mut source_transforms = BTreeMap::new();
+        let (mut sources, syslog_sources) = sources::read_sources(
+            &mut top,
+            &defaults,
+            &base,
+            &mut source_transforms,
+            &mut issues,
+        );
+        let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
+        transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
 
         let sink = match top.table("sink", &mut issues) {
             Some(t) => sinks::read_sink(t, &base, &state_dir, &mut issues),
@@ -300,6 +319,9 @@ impl Config {
             host_id,
             state_dir,
             sources,
+            syslog_sources,
+            transforms,
+            source_transforms,
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,

@@ -283,16 +283,18 @@ pub fn render(s: &Status) -> String {
     m.sample_raw(&format!("{name}_sum"), &[], &float(h.sum));
     m.sample(&format!("{name}_count"), &[], h.count);
 
+    super::listener_metrics::render(&mut m, &s.listeners);
+    super::transform_metrics::render(&mut m, &s.transforms);
     m.text
 }
 
 #[derive(Default)]
-struct Exposition {
+pub(super) struct Exposition {
     text: String,
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(super) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
@@ -302,12 +304,12 @@ impl Exposition {
         self.sample(name, &[], value);
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         let mut buf = itoa::Buffer::new();
         self.sample_raw(name, labels, buf.format(value));
     }
 
-    fn sample_raw(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+    pub(super) fn sample_raw(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
@@ -447,6 +449,20 @@ pub(crate) mod tests {
                 sum: 1.25,
                 count: 7,
             },
+            listeners: vec![ListenerStatus {
+                source: "net".into(),
+                listen: "tcp://127.0.0.1:5514".into(),
+                messages: 3,
+                ..Default::default()
+            }],
+            transforms: vec![TransformStatus {
+                name: "access".into(),
+                kind: "regex".into(),
+                records_in: 10,
+                parse_failures: 2,
+                seconds: 0.5,
+                ..Default::default()
+            }],
         }
     }
 
@@ -494,6 +510,8 @@ pub(crate) mod tests {
         }
         let want: Vec<(String, String)> = FAMILIES
             .iter()
+            .chain(super::super::listener_metrics::FAMILIES)
+            .chain(super::super::transform_metrics::FAMILIES)
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         assert_eq!(typed, want, "FAMILIES lists what render writes, in order");
@@ -522,6 +540,9 @@ pub(crate) mod tests {
             "log_sensor_batch_latency_seconds_sum 1.25",
             "log_sensor_batch_latency_seconds_count 7",
             "log_sensor_uptime_seconds 75",
+            r#"log_sensor_transform_records_total{transform="access",type="regex"} 10"#,
+            r#"log_sensor_transform_parse_failures_total{transform="access",type="regex"} 2"#,
+            r#"log_sensor_transform_seconds_total{transform="access",type="regex"} 0.5"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -10,8 +10,10 @@
 //! and a size cap, and is closed after the answer.
 
 pub mod http;
+mod listener_metrics;
 pub mod metrics;
 pub mod page;
+mod transform_metrics;
 
 use crate::status::Status;
 use http::{Request, Response};

@@ -5,8 +5,12 @@
 //! store answers for what is in `store.db`; this module imports none of them.
 
 mod counters;
+mod listeners;
+mod transforms;
 
 pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
+pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
+pub use transforms::{TransformCounters, TransformList, TransformStatus};
 
 use crate::config::Config;
 use crate::store::{now_secs, report, Store};
@@ -37,6 +41,12 @@ pub struct Status {
     pub health: Health,
     /// Batches by seconds from first record to acknowledgement: (upper bound, cumulative count).
     pub batch_latency: Histogram,
+    /// Network listeners (syslog sources), one per `listen` entry.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+    /// Named transforms (`[transforms.NAME]`), in name order.
+    #[serde(default)]
+    pub transforms: Vec<TransformStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,7 +66,7 @@ pub struct SinkStatus {
 pub struct SourceStatus {
     pub name: String,
     pub paths: Vec<String>,
-    /// `file` or `pack`.
+    /// `file`, `pack` or `syslog` (whose `paths` are its listeners).
     pub origin: String,
     pub streams: u64,
     pub records_shipped: u64,
@@ -187,6 +197,10 @@ pub struct Live {
     pub sink_description: String,
     /// Which sources came from packs (the rest are from the file).
     pub pack_sources: Vec<String>,
+    /// The syslog listeners' counters.
+    pub listeners: ListenerList,
+    /// The named transforms' counters.
+    pub transforms: TransformList,
 }
 
 impl Status {
@@ -237,21 +251,32 @@ impl Status {
             }
             Err(e) => store_problem = Some(e.to_string()),
         }
+        let syslog = cfg.syslog_sources.iter().map(|s| {
+            (
+                &s.name,
+                s.listen.iter().map(|l| l.url()).collect(),
+                "syslog",
+            )
+        });
         let sources = cfg
             .sources
             .iter()
             .map(|s| {
+                let origin = if live.pack_sources.contains(&s.name) {
+                    "pack"
+                } else {
+                    "file"
+                };
+                (&s.name, s.paths.clone(), origin)
+            })
+            .chain(syslog)
+            .map(|(name, paths, origin)| {
                 let mine: Vec<&StreamStatus> =
-                    streams.iter().filter(|x| x.source == s.name).collect();
+                    streams.iter().filter(|x| &x.source == name).collect();
                 SourceStatus {
-                    name: s.name.clone(),
-                    paths: s.paths.clone(),
-                    origin: if live.pack_sources.contains(&s.name) {
-                        "pack"
-                    } else {
-                        "file"
-                    }
-                    .into(),
+                    name: name.clone(),
+                    paths,
+                    origin: origin.into(),
                     streams: mine.len() as u64,
                     records_shipped: mine.iter().map(|x| x.records).sum(),
                     bytes_shipped: mine.iter().map(|x| x.committed_offset).sum(),
@@ -343,6 +368,14 @@ impl Status {
             },
             health,
             batch_latency: ship.latency.snapshot(),
+            listeners: match live.listeners.lock() {
+                Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
+                Err(_) => Vec::new(),
+            },
+            transforms: match live.transforms.lock() {
+                Ok(t) => t.iter().map(|c| c.snapshot()).collect(),
+                Err(_) => Vec::new(),
+            },
         }
     }
 }

@@ -14,30 +14,13 @@
 
 mod json;
 
-use super::{Draft, Transform, Verdict};
+use super::{Draft, Fault, Transform, Verdict};
 use crate::config::lua::sandbox::{CallError, Limit, Sandbox};
 use crate::config::lua::LuaOptions;
 use crate::store::{Alert, Store};
 use mlua::{Function, Value};
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-/// What one Lua transform has done, for status and metrics.
-#[derive(Debug, Default)]
-pub struct LuaCounters {
-    /// Records handed to the script.
-    pub records: AtomicU64,
-    /// Records the script returned `nil` for.
-    pub dropped: AtomicU64,
-    /// Calls that failed: the record shipped unchanged with `fields.transform_error`.
-    pub errors: AtomicU64,
-    /// Calls stopped by a limit (counted in `errors` too); each rebuilt the state.
-    pub limits: AtomicU64,
-    /// Time spent in the transform, conversions included.
-    pub nanos: AtomicU64,
-}
 
 /// Lua code (trusted) that turns a call's arguments into the record table, calls the script's
 /// function and hands back what may change. One crossing per record: building the table in Lua
@@ -96,8 +79,8 @@ pub struct LuaTransform {
     opts: LuaOptions,
     host: String,
     loaded: Loaded,
-    counters: Arc<LuaCounters>,
-    /// The last call failed: the next failure belongs to the same streak and raises no alert.
+    /// The last call failed: the next failure belongs to the same streak and raises no alert
+    /// (and [`Transform::fault`] tells the chain's counters).
     failing: bool,
     alerts: Option<Arc<Mutex<Store>>>,
 }
@@ -113,7 +96,6 @@ impl LuaTransform {
             loaded: Loaded::new(opts, &host)?,
             opts: opts.clone(),
             host,
-            counters: Arc::default(),
             failing: false,
             alerts: None,
         })
@@ -135,11 +117,6 @@ impl LuaTransform {
     pub fn alert_into(mut self, store: Arc<Mutex<Store>>) -> LuaTransform {
         self.alerts = Some(store);
         self
-    }
-
-    /// The counters this transform reports into.
-    pub fn counters(&self) -> Arc<LuaCounters> {
-        self.counters.clone()
     }
 
     /// One call of the script on `rec`: Some((msg, fields)) to keep, None to drop.
@@ -214,7 +191,6 @@ impl LuaTransform {
     }
 
     fn failed(&mut self, rec: &mut Draft<'_>, e: &CallError) {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
         let text = format!("{}: {e}", self.name);
         rec.fields = Some(Cow::Owned(json::with_error(rec.fields.as_deref(), &text)));
         if !std::mem::replace(&mut self.failing, true) {
@@ -234,7 +210,6 @@ impl LuaTransform {
             }
         }
         if let CallError::Limit(_) = e {
-            self.counters.limits.fetch_add(1, Ordering::Relaxed);
             // The script loaded before and loads the same way now; should it not, the old
             // state goes on: it answers every call, if only with errors.
             match Loaded::new(&self.opts, &self.host) {
@@ -252,29 +227,29 @@ impl Transform for LuaTransform {
     }
 
     fn apply(&mut self, rec: &mut Draft<'_>) -> Verdict {
-        let started = Instant::now();
-        self.counters.records.fetch_add(1, Ordering::Relaxed);
         let outcome = match self.call(rec) {
             Ok(Some((msg, fields))) => Self::take(rec, msg, fields).map(|()| Verdict::Keep),
             Ok(None) => Ok(Verdict::Drop),
             Err(e) => Err(e),
         };
-        let verdict = match outcome {
+        match outcome {
             Ok(v) => {
                 self.failing = false;
-                if v == Verdict::Drop {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
                 v
             }
             Err(e) => {
                 self.failed(rec, &e);
                 Verdict::Keep
             }
-        };
-        let spent = started.elapsed().as_nanos() as u64;
-        self.counters.nanos.fetch_add(spent, Ordering::Relaxed);
-        verdict
+        }
+    }
+
+    fn fault(&self) -> Fault {
+        if self.failing {
+            Fault::Error
+        } else {
+            Fault::None
+        }
     }
 }
 

@@ -1,0 +1,665 @@
+//! The network side: UDP, TCP and TLS listeners on one small tokio runtime, and a writer thread
+//! per listener that appends what they receive to its spool and fsyncs it in groups.
+//!
+//! Why tokio on one thread: 1,024 mostly idle connections cost a few KiB each as tasks, where
+//! threads would cost a stack each; the work per message (framing, parsing) is small next to
+//! the fsync, which runs on the writer threads so a slow disk never stalls the sockets' reads
+//! beyond the bounded hand-over queue (that queue filling is the TCP backpressure).
+//!
+//! The shutdown follows mini-redis, in two steps: every task is told to stop (they stop reading
+//! and hand over what they framed), then [`Server::stop`] waits until the last task is gone
+//! (at most [`STOP_GRACE`]) and the writers have spooled and fsync'd everything.
+
+use super::framing::{Deframer, Frame};
+use super::records::encode_frame;
+use super::spool::{Spool, SpoolError, SpoolState};
+use crate::config::syslog::{Listener, SyslogSource, Transport};
+use crate::status::ListenerCounters;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc as tmpsc, watch, Semaphore};
+
+/// The largest spool segment: once this big it is closed and a new one started. Reclaiming
+/// works per segment, so this is the granularity at which space comes back.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Encoded batches waiting for a listener's writer: beyond this, connections stop being read.
+const QUEUE: usize = 256;
+/// At most this many peers are remembered for "alert once per peer".
+const ALERTED_PEERS: usize = 4096;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop waits for the tasks to hand over what they framed (a writer retrying a
+/// full disk would otherwise hold the stop forever).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often a connection paused by a full spool looks again.
+const FULL_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("syslog source {source_name}: cannot listen on {url}: {err}")]
+    Bind {
+        source_name: String,
+        url: String,
+        err: std::io::Error,
+    },
+    #[error("syslog source {source_name}: TLS setup for {url}: {message}")]
+    Tls {
+        source_name: String,
+        url: String,
+        message: String,
+    },
+    #[error("syslog source {source_name}: {err}")]
+    Spool {
+        source_name: String,
+        err: SpoolError,
+    },
+    #[error("syslog source {source_name}: cannot start the network thread: {err}")]
+    Runtime {
+        source_name: String,
+        err: std::io::Error,
+    },
+}
+
+/// What the listeners report for the agent to log and alert on; the library itself logs nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// First framing error from this peer's address (later ones are only counted).
+    FramingError {
+        listener: String,
+        peer: SocketAddr,
+        error: String,
+    },
+    /// First failed TLS handshake from this peer's address.
+    TlsRefused {
+        listener: String,
+        peer: SocketAddr,
+        error: String,
+    },
+    /// `max_connections` reached: the first refusal of an episode.
+    ConnectionsFull {
+        listener: String,
+        max: usize,
+    },
+    /// The spool reached `spool_max_bytes`: TCP/TLS paused, UDP dropped, until it drains.
+    SpoolFull {
+        listener: String,
+    },
+    SpoolDrained {
+        listener: String,
+    },
+    /// Writing the spool failed; the write is retried, the connections wait.
+    SpoolWrite {
+        listener: String,
+        error: String,
+    },
+}
+
+/// One running listener: what the input needs to read its spool back and report on it.
+pub struct ListenerHandle {
+    pub listener: Listener,
+    /// The address actually bound (differs from the configured one for port 0).
+    pub local_addr: SocketAddr,
+    pub spool_dir: PathBuf,
+    pub spool: Arc<Mutex<Spool>>,
+    pub spool_state: Arc<SpoolState>,
+    pub stats: Arc<ListenerCounters>,
+}
+
+/// The listeners of one syslog source.
+pub struct Server {
+    pub listeners: Vec<ListenerHandle>,
+    shutdown: Option<watch::Sender<bool>>,
+    net_thread: Option<std::thread::JoinHandle<()>>,
+    writers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Where a listener's spool lives: `<state_dir>/spool/<source>/<transport-ip-port>/`.
+pub fn spool_dir(state_dir: &Path, source: &str, l: &Listener) -> PathBuf {
+    state_dir.join("spool").join(source).join(l.slug())
+}
+
+/// What every task of one listener shares.
+struct Ctx {
+    url: String,
+    max_message_bytes: usize,
+    queue: tmpsc::Sender<Vec<u8>>,
+    state: Arc<SpoolState>,
+    stats: Arc<ListenerCounters>,
+    events: mpsc::Sender<Event>,
+    alerted: Mutex<HashSet<IpAddr>>,
+    conn_full_alerted: AtomicBool,
+    /// Set while a full-spool episode is on (so it is alerted once).
+    full_episode: AtomicBool,
+    /// Becomes true when the server stops: tasks stop reading and return.
+    stop: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    /// Should this peer's problem be alerted (the first time for its address)?
+    fn first_for(&self, peer: SocketAddr) -> bool {
+        let mut seen = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= ALERTED_PEERS {
+            return false;
+        }
+        seen.insert(peer.ip())
+    }
+
+    /// Notes the spool's fullness, alerting on the first sight of each episode → full?
+    fn spool_full(&self) -> bool {
+        let full = self.state.full.load(Ordering::Acquire);
+        let was = self.full_episode.swap(full, Ordering::AcqRel);
+        if full && !was {
+            let _ = self.events.send(Event::SpoolFull {
+                listener: self.url.clone(),
+            });
+        } else if !full && was {
+            let _ = self.events.send(Event::SpoolDrained {
+                listener: self.url.clone(),
+            });
+        }
+        full
+    }
+}
+
+impl Server {
+    /// Binds every listener of `source` (so a port in use is an error now, naming it), opens
+    /// their spools and starts the network thread and the writers.
+    /// `start_of` gives each listener's committed spool offset (where an empty spool begins),
+    /// `counters_of` the counters it reports into.
+    pub fn start(
+        source: &SyslogSource,
+        state_dir: &Path,
+        start_of: &dyn Fn(&Listener) -> u64,
+        counters_of: &dyn Fn(&Listener) -> Arc<ListenerCounters>,
+        events: mpsc::Sender<Event>,
+        bell: crate::input::Bell,
+    ) -> Result<Server, ListenError> {
+        let name = &source.name;
+        let tls = match &source.tls {
+            Some(t) => Some(tls_acceptor(t).map_err(|message| {
+                ListenError::Tls {
+                    source_name: name.clone(),
+                    url: source
+                        .listen
+                        .iter()
+                        .find(|l| l.transport == Transport::Tls)
+                        .map(Listener::url)
+                        .unwrap_or_default(),
+                    message,
+                }
+            })?),
+            None => None,
+        };
+        enum Bound {
+            Udp(std::net::UdpSocket),
+            Tcp(std::net::TcpListener),
+        }
+        let mut bound = Vec::new();
+        for l in &source.listen {
+            let bind_err = |err| ListenError::Bind {
+                source_name: name.clone(),
+                url: l.url(),
+                err,
+            };
+            let (sock, local) = match l.transport {
+                Transport::Udp => {
+                    let s = std::net::UdpSocket::bind(l.addr).map_err(bind_err)?;
+                    grow_receive_buffer(&s);
+                    s.set_nonblocking(true).map_err(bind_err)?;
+                    let a = s.local_addr().map_err(bind_err)?;
+                    (Bound::Udp(s), a)
+                }
+                Transport::Tcp | Transport::Tls => {
+                    let s = std::net::TcpListener::bind(l.addr).map_err(bind_err)?;
+                    s.set_nonblocking(true).map_err(bind_err)?;
+                    let a = s.local_addr().map_err(bind_err)?;
+                    (Bound::Tcp(s), a)
+                }
+            };
+            bound.push((l.clone(), sock, local));
+        }
+
+        // Space comes back a segment at a time: a spool holds at least eight.
+        let segment = (source.spool_max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut listeners = Vec::new();
+        let mut writers = Vec::new();
+        let mut tasks: Vec<(Arc<Ctx>, Bound, Transport)> = Vec::new();
+        for (l, sock, local_addr) in bound {
+            let dir = spool_dir(state_dir, name, &l);
+            let spool = Spool::open(&dir, start_of(&l), segment, source.spool_max_bytes).map_err(
+                |err| ListenError::Spool {
+                    source_name: name.clone(),
+                    err,
+                },
+            )?;
+            let spool_state = spool.state().clone();
+            let spool = Arc::new(Mutex::new(spool));
+            let stats = counters_of(&l);
+            spool_state.report_to(&stats);
+            let (tx, rx) = tmpsc::channel(QUEUE);
+            let url = l.url();
+            writers.push(spawn_writer(
+                url.clone(),
+                spool.clone(),
+                rx,
+                stats.clone(),
+                events.clone(),
+                bell.clone(),
+            ));
+            let ctx = Arc::new(Ctx {
+                url,
+                max_message_bytes: source.max_message_bytes,
+                queue: tx,
+                state: spool_state.clone(),
+                stats: stats.clone(),
+                events: events.clone(),
+                alerted: Mutex::new(HashSet::new()),
+                conn_full_alerted: AtomicBool::new(false),
+                full_episode: AtomicBool::new(false),
+                stop: stop_rx.clone(),
+            });
+            tasks.push((ctx, sock, l.transport));
+            listeners.push(ListenerHandle {
+                listener: l,
+                local_addr,
+                spool_dir: dir,
+                spool,
+                spool_state,
+                stats,
+            });
+        }
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|err| ListenError::Runtime {
+                source_name: name.clone(),
+                err,
+            })?;
+        let max_connections = source.max_connections;
+        let net_thread = std::thread::Builder::new()
+            .name(format!("syslog-{name}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    // One budget of connections for the whole source, TCP and TLS together.
+                    let permits = Arc::new(Semaphore::new(max_connections));
+                    let ctxs: Vec<Arc<Ctx>> = tasks.iter().map(|t| t.0.clone()).collect();
+                    for (ctx, sock, transport) in tasks {
+                        match sock {
+                            Bound::Udp(s) => match tokio::net::UdpSocket::from_std(s) {
+                                Ok(s) => {
+                                    tokio::spawn(serve_udp(s, ctx));
+                                }
+                                Err(e) => tracing::error!("{}: {e}", ctx.url),
+                            },
+                            Bound::Tcp(s) => match tokio::net::TcpListener::from_std(s) {
+                                Ok(s) => {
+                                    let tls = (transport == Transport::Tls)
+                                        .then(|| tls.clone())
+                                        .flatten();
+                                    tokio::spawn(accept_loop(
+                                        s,
+                                        ctx,
+                                        tls,
+                                        permits.clone(),
+                                        max_connections,
+                                    ));
+                                }
+                                Err(e) => tracing::error!("{}: {e}", ctx.url),
+                            },
+                        }
+                    }
+                    let mut stop = stop_rx;
+                    let _ = stop.wait_for(|s| *s).await;
+                    // Every task holds its listener's context: gone means handed over.
+                    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                    while ctxs.iter().any(|c| Arc::strong_count(c) > 1)
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+                // Dropping the runtime ends what is left, and with it the queues' senders.
+                drop(rt);
+            })
+            .map_err(|err| ListenError::Runtime {
+                source_name: name.clone(),
+                err,
+            })?;
+        Ok(Server {
+            listeners,
+            shutdown: Some(stop_tx),
+            net_thread: Some(net_thread),
+            writers,
+        })
+    }
+
+    /// Stops listening; what was already received is spooled and fsync'd before this returns.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.net_thread.take() {
+            let _ = t.join();
+        }
+        for w in self.writers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A bigger kernel buffer rides out bursts while the writer fsyncs (what rsyslog's imudp
+/// `rcvbufSize` is for). Best effort: the kernel caps it at `net.core.rmem_max`.
+fn grow_receive_buffer(s: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: a valid socket descriptor and a c_int option of the right size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn tls_acceptor(t: &crate::config::syslog::SyslogTls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = crate::tls::load_certs(&t.cert).map_err(|e| e.to_string())?;
+    let key = crate::tls::load_key(&t.key).map_err(|e| e.to_string())?;
+    let provider = crate::tls::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match &t.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    }
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The writer: appends each queued group to the spool, fsyncs once per drain of the queue
+/// (group commit: everything that arrived during the previous fsync shares the next one).
+fn spawn_writer(
+    url: String,
+    spool: Arc<Mutex<Spool>>,
+    mut rx: tmpsc::Receiver<Vec<u8>>,
+    stats: Arc<ListenerCounters>,
+    events: mpsc::Sender<Event>,
+    bell: crate::input::Bell,
+) -> std::thread::JoinHandle<()> {
+    let state = spool
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .state()
+        .clone();
+    std::thread::Builder::new()
+        .name("syslog-spool".into())
+        .spawn(move || {
+            let mut group = Vec::with_capacity(1 << 20);
+            let mut alerted = false;
+            while let Some(first) = rx.blocking_recv() {
+                group.clear();
+                group.extend_from_slice(&first);
+                while group.len() < 4 << 20 {
+                    match rx.try_recv() {
+                        Ok(more) => group.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                // A failed write (a full disk) is retried: these messages were received and
+                // nothing else holds them. Meanwhile the queue fills and the sockets wait.
+                loop {
+                    let res = {
+                        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        s.append(&group).and_then(|_| s.sync())
+                    };
+                    match res {
+                        Ok(()) => {
+                            alerted = false;
+                            state.report_to(&stats);
+                            bell.ring();
+                            break;
+                        }
+                        Err(e) => {
+                            stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                            if !alerted {
+                                alerted = true;
+                                let _ = events.send(Event::SpoolWrite {
+                                    listener: url.clone(),
+                                    error: e.to_string(),
+                                });
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning a thread")
+}
+
+/// Frames `bytes` into `out` (spool form), counting messages; the framing result is returned.
+fn frame_into(
+    d: &mut Deframer,
+    bytes: &[u8],
+    peer: SocketAddr,
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+) -> Result<(), super::framing::FramingError> {
+    let ts = crate::record::now_ms();
+    let mut n = 0u64;
+    let mut cut = 0u64;
+    let res = d.push(bytes, &mut |f| {
+        n += 1;
+        cut += encode_frame(f, peer, ts, out) as u64;
+    });
+    ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
+    ctx.stats.cut.fetch_add(cut, Ordering::Relaxed);
+    res
+}
+
+async fn serve_udp(sock: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
+    let mut buf = vec![0u8; 65536];
+    let mut stop = ctx.stop.clone();
+    loop {
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (n, peer) = match got {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors and the like: one datagram, not the listener.
+                tracing::debug!("{}: {e}", ctx.url);
+                continue;
+            }
+        };
+        ctx.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if ctx.spool_full() {
+            ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut d = &buf[..n];
+        // One message per datagram; a trailing newline some senders add is no part of it.
+        if let Some(s) = d.strip_suffix(b"\n") {
+            d = s.strip_suffix(b"\r").unwrap_or(s);
+        }
+        if d.is_empty() {
+            continue;
+        }
+        let max = ctx.max_message_bytes;
+        let frame = if d.len() <= max {
+            Frame::Whole(d)
+        } else {
+            Frame::Cut {
+                head: &d[..max],
+                tail: &d[d.len() - max..],
+                len: d.len() as u64,
+            }
+        };
+        let mut out = Vec::with_capacity(d.len() + 128);
+        let cut = encode_frame(frame, peer, crate::record::now_ms(), &mut out);
+        ctx.stats.messages.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.cut.fetch_add(cut as u64, Ordering::Relaxed);
+        if ctx.queue.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    permits: Arc<Semaphore>,
+    max: usize,
+) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let got = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match got {
+            Ok(r) => r,
+            Err(e) => {
+                // Out of descriptors and the like: wait a little rather than spin.
+                tracing::warn!("{}: accept: {e}", ctx.url);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if !ctx.conn_full_alerted.swap(true, Ordering::AcqRel) {
+                let _ = ctx.events.send(Event::ConnectionsFull {
+                    listener: ctx.url.clone(),
+                    max,
+                });
+            }
+            drop(stream);
+            continue;
+        };
+        ctx.conn_full_alerted.store(false, Ordering::Release);
+        let _ = stream.set_nodelay(true);
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+            match tls {
+                None => serve_stream(stream, peer, &ctx).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => serve_stream(s, peer, &ctx).await,
+                        Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()),
+                        Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()),
+                    }
+                }
+            }
+            ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+fn tls_refused(ctx: &Ctx, peer: SocketAddr, error: String) {
+    ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+    if ctx.first_for(peer) {
+        let _ = ctx.events.send(Event::TlsRefused {
+            listener: ctx.url.clone(),
+            peer,
+            error,
+        });
+    }
+}
+
+async fn serve_stream<S: AsyncRead + Unpin>(mut stream: S, peer: SocketAddr, ctx: &Ctx) {
+    let mut d = Deframer::new(ctx.max_message_bytes);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut stop = ctx.stop.clone();
+    loop {
+        // A full spool: stop reading, so the kernel's window closes and the sender waits.
+        while ctx.spool_full() {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::time::sleep(FULL_POLL).await;
+        }
+        // Stopping: what was framed is handed over already; a frame still open is dropped
+        // with the connection (its sender never finished it).
+        let got = tokio::select! {
+            r = stream.read(&mut buf) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let n = match got {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("{}: {peer}: {e}", ctx.url);
+                break;
+            }
+        };
+        ctx.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let mut out = Vec::new();
+        let res = frame_into(&mut d, &buf[..n], peer, ctx, &mut out);
+        if !out.is_empty() && ctx.queue.send(out).await.is_err() {
+            return;
+        }
+        if let Err(e) = res {
+            ctx.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
+            if ctx.first_for(peer) {
+                let _ = ctx.events.send(Event::FramingError {
+                    listener: ctx.url.clone(),
+                    peer,
+                    error: e.to_string(),
+                });
+            }
+            return;
+        }
+    }
+    let mut out = Vec::new();
+    let ts = crate::record::now_ms();
+    let mut n = 0;
+    d.finish(&mut |f| {
+        n += 1;
+        encode_frame(f, peer, ts, &mut out);
+    });
+    ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
+    if !out.is_empty() {
+        let _ = ctx.queue.send(out).await;
+    }
+}
