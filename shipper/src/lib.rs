@@ -31,7 +31,7 @@
 //! - [`http`]: the blocking HTTP/1.1 client over TLS that the collector sink and `enroll` use;
 //!   [`net`]: what every client connection shares (first address that answers, TLS goodbyes).
 //! - [`query`]: presents `log-sensor query`'s rows; the read-only SQL runs in [`store::query`].
-//!   [`signals`]: SIGTERM and SIGINT into the agent's stop flag.
+//! - [`signals`]: SIGTERM and SIGINT into the agent's stop flag.
 //!
 //! On the data path imports point down: agent → pipeline → input, tail → transform → batch →
 //! record, frame, file → store, status → config. An input never imports the pipeline or

@@ -152,6 +152,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
     let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
     let mut pipeline = Pipeline::new(cfg.clone(), tx, stop.clone(), bell.clone());
+    pipeline.alerts_into(store.clone());
     pipeline
         .build_transforms(live.transforms.clone())
         .map_err(AgentError::Transforms)?;

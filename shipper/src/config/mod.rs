@@ -6,6 +6,7 @@
 mod dotted;
 mod expand;
 pub mod layers;
+pub mod lua;
 pub mod packs;
 mod persist;
 mod reader;
@@ -189,7 +190,7 @@ impl Config {
             &mut source_transforms,
             &mut issues,
         );
-        let transforms = transforms::read_transforms(&mut top, &mut issues);
+        let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
         transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
 
         let sink = match top.table("sink", &mut issues) {

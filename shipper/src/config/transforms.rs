@@ -7,10 +7,12 @@
 //! defined for later); a source listing a name with no table is an error on
 //! `sources.X.transforms`.
 
+use super::lua::{self, LuaOptions};
 use super::reader::{ConfigIssue, TableReader};
 use super::sources::{Framing, Source};
 use regex::bytes::Regex;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// One `[transforms.NAME]` table, checked.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub enum TransformKind {
     Cri,
     /// A Docker json-file line `{"log":"…","stream":"stdout","time":"…"}`.
     Docker,
+    /// A user's script (`config::lua`).
+    Lua(LuaOptions),
 }
 
 /// How a container runtime marks a line that continues in the next one; the framer joins
@@ -57,6 +61,7 @@ impl TransformKind {
             TransformKind::Syslog => "syslog",
             TransformKind::Cri => "cri",
             TransformKind::Docker => "docker",
+            TransformKind::Lua(_) => "lua",
         }
     }
 
@@ -73,6 +78,7 @@ impl TransformKind {
 /// why, and the config is refused).
 pub(super) fn read_transforms(
     top: &mut TableReader,
+    base: &Path,
     issues: &mut Vec<ConfigIssue>,
 ) -> Vec<TransformConfig> {
     let mut out = Vec::new();
@@ -96,6 +102,16 @@ pub(super) fn read_transforms(
             });
             continue;
         };
+        if table.get("type").and_then(|t| t.as_str()) == Some("lua") {
+            match lua::read(name, table, base) {
+                Ok(o) => out.push(TransformConfig {
+                    name: name.clone(),
+                    kind: TransformKind::Lua(o),
+                }),
+                Err(e) => issues.extend(e),
+            }
+            continue;
+        }
         if let Some(kind) = read_one(&key, table, issues) {
             out.push(TransformConfig {
                 name: name.clone(),

@@ -21,10 +21,11 @@ use crate::config::Config;
 use crate::input::{Bell, Input, Turn};
 use crate::sink::Encoding;
 use crate::status::TransformList;
+use crate::store::Store;
 use crate::transform::{build, Transform, Transforms};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long an idle pipeline lets wake-ups gather before acting on them: a thousand files each
@@ -61,6 +62,8 @@ pub struct Pipeline {
     transforms_built: Option<String>,
     /// Where the built transforms report their counters (status reads them).
     transform_counters: TransformList,
+    /// Where a script's failing streak is alerted (the agent's store).
+    alerts: Option<Arc<Mutex<Store>>>,
     batch: Batch,
     generation: u64,
     tx: Sender<Batch>,
@@ -90,6 +93,7 @@ impl Pipeline {
             transforms: Transforms::none(),
             transforms_built: None,
             transform_counters: TransformList::default(),
+            alerts: None,
             generation: 0,
             tx,
             recycled: None,
@@ -116,6 +120,11 @@ impl Pipeline {
         self.transforms.add(source, t);
     }
 
+    /// Alert a transform's failing streaks in `store`.
+    pub fn alerts_into(&mut self, store: Arc<Mutex<Store>>) {
+        self.alerts = Some(store);
+    }
+
     /// Builds every source's chain from the config (`[transforms]`, `sources.X.transforms`),
     /// reporting into `counters`; a reload that changes them rebuilds them.
     pub fn build_transforms(&mut self, counters: TransformList) -> Result<(), String> {
@@ -128,7 +137,7 @@ impl Pipeline {
         if self.transforms_built.as_ref() == Some(&sig) {
             return Ok(());
         }
-        let built = build::build(&self.cfg, &self.transform_counters)?;
+        let built = build::build(&self.cfg, &self.transform_counters, self.alerts.as_ref())?;
         // Slots cache their chain's index: a set changed under a batch would misdirect them.
         if !self.batch.is_idle() {
             self.ship();

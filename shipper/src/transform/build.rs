@@ -5,15 +5,17 @@
 use super::container::{Cri, Docker};
 use super::json::Json;
 use super::logfmt::Logfmt;
+use super::lua::LuaTransform;
 use super::regex::RegexParser;
 use super::syslog::Syslog;
 use super::{Draft, Fault, Transform, Transforms, Verdict};
 use crate::config::transforms::{TransformConfig, TransformKind};
 use crate::config::Config;
 use crate::status::{TransformCounters, TransformList};
+use crate::store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What decides the chains: when a reload leaves it alone, the running transforms (and any
@@ -24,7 +26,12 @@ pub fn signature(cfg: &Config) -> String {
 
 /// Builds every source's chain from `cfg`. On success `list` holds one set of counters per
 /// `[transforms.NAME]` (a name kept across a reload keeps its counts).
-pub fn build(cfg: &Config, list: &TransformList) -> Result<Transforms, String> {
+/// A script's first failure of a streak is an alert in `alerts` (the agent's store).
+pub fn build(
+    cfg: &Config,
+    list: &TransformList,
+    alerts: Option<&Arc<Mutex<Store>>>,
+) -> Result<Transforms, String> {
     let old: BTreeMap<String, Arc<TransformCounters>> = list
         .lock()
         .map(|l| l.iter().map(|c| (c.name.clone(), c.clone())).collect())
@@ -55,7 +62,7 @@ pub fn build(cfg: &Config, list: &TransformList) -> Result<Transforms, String> {
                     "sources.{source}.transforms: unknown transform {name:?}"
                 ));
             };
-            let inner = instance(t).map_err(|e| format!("transforms.{name}: {e}"))?;
+            let inner = instance(t, cfg, alerts).map_err(|e| format!("transforms.{name}: {e}"))?;
             out.add(
                 source,
                 Box::new(Counted {
@@ -73,7 +80,11 @@ pub fn build(cfg: &Config, list: &TransformList) -> Result<Transforms, String> {
 
 /// One source's instance of a transform (each source gets its own, so a script's state is
 /// per source).
-fn instance(t: &TransformConfig) -> Result<Box<dyn Transform>, String> {
+fn instance(
+    t: &TransformConfig,
+    cfg: &Config,
+    alerts: Option<&Arc<Mutex<Store>>>,
+) -> Result<Box<dyn Transform>, String> {
     Ok(match &t.kind {
         TransformKind::Json { message_key } => Box::new(Json::new(message_key.clone())),
         TransformKind::Logfmt { message_key } => Box::new(Logfmt::new(message_key.clone())),
@@ -81,6 +92,13 @@ fn instance(t: &TransformConfig) -> Result<Box<dyn Transform>, String> {
         TransformKind::Syslog => Box::new(Syslog::default()),
         TransformKind::Cri => Box::new(Cri::default()),
         TransformKind::Docker => Box::new(Docker::default()),
+        TransformKind::Lua(o) => {
+            let l = LuaTransform::new(&t.name, o)?.with_host(&cfg.host_id)?;
+            Box::new(match alerts {
+                Some(store) => l.alert_into(store.clone()),
+                None => l,
+            })
+        }
     })
 }
 
@@ -146,7 +164,7 @@ message_key = "msg"
         )
         .unwrap();
         let list = TransformList::default();
-        let mut t = build(&cfg, &list).unwrap();
+        let mut t = build(&cfg, &list, None).unwrap();
         let chain = t.chain_of("app").unwrap();
         let meta = meta();
         // logfmt first makes the message `hello there`, which the regex then reads.
@@ -168,7 +186,7 @@ message_key = "msg"
         );
         assert_eq!((snap[1].records_in, snap[1].parse_failures), (2, 1));
         // Rebuilt (a reload): the counts of a name that stays carry on.
-        build(&cfg, &list).unwrap();
+        build(&cfg, &list, None).unwrap();
         assert_eq!(list.lock().unwrap()[0].snapshot().records_in, 2);
     }
 }

@@ -22,6 +22,8 @@ pub mod regex;
 pub mod syslog;
 pub mod syslog_parse;
 
+pub mod lua;
+
 use crate::frame::Part;
 use crate::record::StreamMeta;
 use std::borrow::Cow;
