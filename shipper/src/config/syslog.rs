@@ -211,12 +211,12 @@ pub fn read(
             format!("{max_connections} is out of range (1 to 1048576)"),
         );
     }
-    // Below a few messages' worth the spool would be full all the time.
-    if spool_max_bytes < 1 << 20 {
+    // Below that the spool would be full all the time.
+    if spool_max_bytes < 64 << 10 {
         fail(
             issues,
             "spool_max_bytes",
-            format!("{spool_max_bytes} is too small (at least 1MiB)"),
+            format!("{spool_max_bytes} is too small (at least 64KiB)"),
         );
     }
     if issues.len() != before {

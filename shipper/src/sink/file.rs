@@ -85,7 +85,7 @@ impl FileSink {
     }
 
     fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
-        // Encoded on the tailer's thread already; this thread only writes.
+        // Encoded on the pipeline's thread already; this thread only writes.
         let bytes = batch.ndjson(&mut self.buf);
         self.file.write_all(bytes)?;
         if self.sync {

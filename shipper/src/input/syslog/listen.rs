@@ -29,9 +29,13 @@ use tokio::sync::{mpsc as tmpsc, watch, Semaphore};
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Encoded batches waiting for a listener's writer: beyond this, connections stop being read.
 const QUEUE: usize = 256;
-/// At most this many peers are remembered for "alert once per peer".
+/// At most this many (peer, problem) pairs are remembered for "alert once per peer".
 const ALERTED_PEERS: usize = 4096;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection over `max_connections` may wait for a slot before it is refused.
+const FULL_GRACE: Duration = Duration::from_millis(500);
+/// Connections of one listener that may wait so at once; more are refused at once.
+const WAITERS: usize = 64;
 /// How long a stop waits for the tasks to hand over what they framed (a writer retrying a
 /// full disk would otherwise hold the stop forever).
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -130,7 +134,8 @@ struct Ctx {
     state: Arc<SpoolState>,
     stats: Arc<ListenerCounters>,
     events: mpsc::Sender<Event>,
-    alerted: Mutex<HashSet<IpAddr>>,
+    /// (sender address, what went wrong) already alerted: one alert per peer and problem.
+    alerted: Mutex<HashSet<(IpAddr, String)>>,
     conn_full_alerted: AtomicBool,
     /// Set while a full-spool episode is on (so it is alerted once).
     full_episode: AtomicBool,
@@ -139,13 +144,13 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Should this peer's problem be alerted (the first time for its address)?
-    fn first_for(&self, peer: SocketAddr) -> bool {
+    /// Should this problem of this peer be alerted (the first time for its address)?
+    fn first_for(&self, peer: SocketAddr, what: &str) -> bool {
         let mut seen = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= ALERTED_PEERS {
             return false;
         }
-        seen.insert(peer.ip())
+        seen.insert((peer.ip(), what.to_string()))
     }
 
     /// Notes the spool's fullness, alerting on the first sight of each episode → full?
@@ -224,7 +229,7 @@ impl Server {
         }
 
         // Space comes back a segment at a time: a spool holds at least eight.
-        let segment = (source.spool_max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES);
+        let segment = (source.spool_max_bytes / 8).clamp(8 << 10, SEGMENT_BYTES);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut writers = Vec::new();
@@ -546,6 +551,7 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     max: usize,
 ) {
+    let waiters = Arc::new(Semaphore::new(WAITERS));
     let mut stop = ctx.stop.clone();
     loop {
         let got = tokio::select! {
@@ -561,23 +567,40 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
-            if !ctx.conn_full_alerted.swap(true, Ordering::AcqRel) {
-                let _ = ctx.events.send(Event::ConnectionsFull {
-                    listener: ctx.url.clone(),
-                    max,
-                });
-            }
-            drop(stream);
-            continue;
+        let permit = permits.clone().try_acquire_owned();
+        if permit.is_ok() {
+            ctx.conn_full_alerted.store(false, Ordering::Release);
+        }
+        // Over the limit: a slot freed a moment later (a sender closing one connection and
+        // opening the next) is used; only one still over after the grace is refused. At most
+        // a few wait, so a flood of connections holds no more descriptors than that.
+        let waiting = match &permit {
+            Ok(_) => None,
+            Err(_) => match waiters.clone().try_acquire_owned() {
+                Ok(w) => Some(w),
+                Err(_) => {
+                    refuse(&ctx, max);
+                    continue;
+                }
+            },
         };
-        ctx.conn_full_alerted.store(false, Ordering::Release);
-        let _ = stream.set_nodelay(true);
-        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let tls = tls.clone();
+        let permits = permits.clone();
         tokio::spawn(async move {
+            let permit = match permit {
+                Ok(p) => p,
+                Err(_) => match tokio::time::timeout(FULL_GRACE, permits.acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        refuse(&ctx, max);
+                        return;
+                    }
+                },
+            };
+            drop(waiting);
+            let _ = stream.set_nodelay(true);
+            ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
             ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
             match tls {
                 None => serve_stream(stream, peer, &ctx).await,
@@ -585,6 +608,12 @@ async fn accept_loop(
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(s)) => serve_stream(s, peer, &ctx).await,
+                        // Closed before saying anything: a port probe or a health check, not
+                        // a TLS client; counted, not alerted.
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("{}: {peer}: closed during the TLS handshake", ctx.url);
+                        }
                         Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()),
                         Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()),
                     }
@@ -596,9 +625,21 @@ async fn accept_loop(
     }
 }
 
+/// A connection over `max_connections`: closed (by dropping it), counted, alerted once per
+/// episode.
+fn refuse(ctx: &Ctx, max: usize) {
+    ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+    if !ctx.conn_full_alerted.swap(true, Ordering::AcqRel) {
+        let _ = ctx.events.send(Event::ConnectionsFull {
+            listener: ctx.url.clone(),
+            max,
+        });
+    }
+}
+
 fn tls_refused(ctx: &Ctx, peer: SocketAddr, error: String) {
     ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-    if ctx.first_for(peer) {
+    if ctx.first_for(peer, &error) {
         let _ = ctx.events.send(Event::TlsRefused {
             listener: ctx.url.clone(),
             peer,
@@ -641,7 +682,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(mut stream: S, peer: SocketAddr, ctx
         }
         if let Err(e) = res {
             ctx.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
-            if ctx.first_for(peer) {
+            if ctx.first_for(peer, "framing") {
                 let _ = ctx.events.send(Event::FramingError {
                     listener: ctx.url.clone(),
                     peer,

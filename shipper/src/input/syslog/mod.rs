@@ -5,6 +5,7 @@
 //! [`spool`] makes the result durable; the input then reads the spool back into batches and
 //! commits spool offsets once the sink has acknowledged.
 
+mod alerts;
 pub mod framing;
 pub mod listen;
 pub use crate::transform::syslog_parse as parse;

@@ -48,8 +48,8 @@ pub struct SyslogInput {
     servers: Vec<(String, Server)>,
     streams: Vec<SpoolStream>,
     store: Arc<Mutex<Store>>,
+    /// Given to every listener; the alerts thread ends when the last one is gone.
     events_tx: mpsc::Sender<Event>,
-    events: mpsc::Receiver<Event>,
     bell: Bell,
     /// What status shows: one entry per listener, kept across reloads.
     counters: ListenerList,
@@ -73,7 +73,6 @@ impl SyslogInput {
             streams: Vec::new(),
             store,
             events_tx,
-            events,
             bell,
             counters: ListenerList::default(),
             last_reclaim: Instant::now(),
@@ -83,6 +82,7 @@ impl SyslogInput {
             input.servers.push((src.name.clone(), server));
         }
         input.sources = sources.to_vec();
+        super::alerts::spawn(events, input.store.clone(), input.counters.clone());
         input.rebuild_streams(&HashMap::new());
         Ok(input)
     }
@@ -186,71 +186,6 @@ impl SyslogInput {
             .expect("stream has a listener")
     }
 
-    /// Logs and records what the listeners reported.
-    fn drain_events(&self) {
-        for e in self.events.try_iter() {
-            let (kind, listener, detail) = match &e {
-                Event::FramingError {
-                    listener,
-                    peer,
-                    error,
-                } => (
-                    "syslog_framing",
-                    listener,
-                    format!("{peer}: {error}; connection closed (later ones from this address are only counted)"),
-                ),
-                Event::TlsRefused {
-                    listener,
-                    peer,
-                    error,
-                } => (
-                    "syslog_tls_refused",
-                    listener,
-                    format!("{peer}: TLS handshake refused: {error}"),
-                ),
-                Event::ConnectionsFull { listener, max } => (
-                    "syslog_connections_full",
-                    listener,
-                    format!("max_connections ({max}) reached: new connections are closed at once"),
-                ),
-                Event::SpoolFull { listener } => (
-                    "syslog_spool_full",
-                    listener,
-                    "spool_max_bytes reached: TCP/TLS reads paused, UDP datagrams dropped, until the sink catches up".to_string(),
-                ),
-                Event::SpoolDrained { listener } => {
-                    tracing::info!(%listener, "syslog spool below spool_max_bytes again: reading resumes");
-                    continue;
-                }
-                Event::SpoolWrite { listener, error } => (
-                    "syslog_spool_write",
-                    listener,
-                    format!("{error}; retried every second, connections wait"),
-                ),
-            };
-            tracing::warn!(%listener, kind, "{detail}");
-            let source = self
-                .listeners()
-                .find(|(_, h)| &h.listener.url() == listener)
-                .map(|(n, _)| n.to_string());
-            let a = Alert {
-                kind,
-                source,
-                stream: None,
-                path: Some(listener.clone()),
-                detail,
-            };
-            if let Err(e) = self
-                .store
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add_alert(&a)
-            {
-                tracing::error!(error = %e, "cannot record alert");
-            }
-        }
-    }
-
     /// Deletes the spool segments the store says were delivered.
     fn reclaim(&mut self) {
         if self.last_reclaim.elapsed() < RECLAIM_EVERY {
@@ -315,7 +250,6 @@ impl Input for SyslogInput {
     }
 
     fn turn(&mut self, out: &mut Intake<'_>) -> Turn {
-        self.drain_events();
         self.reclaim();
         let generation = out.generation();
         for s in &mut self.streams {
