@@ -14,8 +14,9 @@
 //!   through rotation and truncation; [`discover`]: globs, scans and inotify wake-ups find the
 //!   files (the scan is the truth).
 //! - [`transform`]: the per-source chain every record passes on its way into a batch: the
-//!   parsers (json, logfmt, regex, syslog, cri, docker), Lua scripts, and the builder that makes
-//!   the chains from the config ([`transform::build`]).
+//!   parsers (json, logfmt, regex, syslog, cri, docker), Lua scripts ([`transform::lua`], run
+//!   in the sandbox [`config::lua::sandbox`] loads them into), and the builder that makes the
+//!   chains from the config ([`transform::build`]).
 //! - [`batch`]: records gathered for a sink, the [`batch::Intake`] that is the only way in, and
 //!   the acknowledgement each stream slot carries back to its input ([`batch::Ack`]).
 //! - [`file`]: a log file on disk: its identity from the hash of its head ([`file::head`]) and

@@ -8,6 +8,7 @@
 //! and Lua per source as new [`Transform`]s without touching an input.
 //!
 //! The parsers are one file each ([`json`], [`logfmt`], [`regex`], [`syslog`], [`container`]);
+//! A user's script is [`lua`].
 //! [`build`] makes every source's chain from the config, the one place that knows them all.
 //! A parser writes into `fields` ([`fields`]) and passes a line it cannot parse unchanged,
 //! saying so through [`Transform::fault`] so the chain counts it.
@@ -18,11 +19,10 @@ pub mod container;
 pub mod fields;
 pub mod json;
 pub mod logfmt;
+pub mod lua;
 pub mod regex;
 pub mod syslog;
 pub mod syslog_parse;
-
-pub mod lua;
 
 use crate::frame::Part;
 use crate::record::StreamMeta;
