@@ -965,6 +965,34 @@ fn config_table_shows_the_running_agents_values_with_origins() {
 }
 
 #[test]
+fn config_table_shows_transforms_keys_like_any_other() {
+    let fx = Fixture::new();
+    let mut text = std::fs::read_to_string(fx.config()).unwrap();
+    text = text.replace(
+        "[sources.app]\n",
+        "[sources.app]\ntransforms = [\"access\"]\n",
+    );
+    text.push_str("\n[transforms.access]\ntype = \"regex\"\npattern = '^(?P<client>\\S+) '\n");
+    std::fs::write(fx.config(), text).unwrap();
+    let (agent, mut core, _ext, uuid) = started_with_agent(&fx);
+    let rows = config_rows(&mut core, uuid);
+    let shown = |k: &str| {
+        let r = row(&rows, k);
+        (r["value"].as_str().unwrap(), r["origin"].as_str().unwrap())
+    };
+    assert_eq!(shown("transforms.access.type"), ("regex", "file"));
+    assert_eq!(
+        shown("transforms.access.pattern"),
+        (r"^(?P<client>\S+) ", "file")
+    );
+    assert_eq!(shown("sources.app.transforms"), (r#"["access"]"#, "file"));
+    assert_eq!(
+        agent.get("transforms.access.type"),
+        r#"transforms.access.type = "regex"  (file)"#
+    );
+}
+
+#[test]
 fn an_update_is_a_temporary_override_in_the_agent_until_its_reload() {
     let fx = Fixture::new();
     let (agent, mut core, _ext, uuid) = started_with_agent(&fx);

@@ -9,10 +9,14 @@
 //!   acknowledgements back ([`pipeline::commit`]).
 //! - [`input`]: the [`input::Input`] trait every input implements, the osquery outbox as one
 //!   ([`input::osquery`]) and the syslog server ([`input::syslog`]: network listeners into a
-//!   spool per listener in the state dir, read back as streams); [`tail`]: the file tailer, the input that follows every stream
+//!   spool per listener in the state dir, read back as streams); [`tail`]: the file tailer,
+//!   the input that follows every stream
 //!   through rotation and truncation; [`discover`]: globs, scans and inotify wake-ups find the
 //!   files (the scan is the truth).
-//! - [`transform`]: the per-source chain every record passes on its way into a batch.
+//! - [`transform`]: the per-source chain every record passes on its way into a batch: the
+//!   parsers (json, logfmt, regex, syslog, cri, docker), Lua scripts ([`transform::lua`], run
+//!   in the sandbox [`config::lua::sandbox`] loads them into), and the builder that makes the
+//!   chains from the config ([`transform::build`]).
 //! - [`batch`]: records gathered for a sink, the [`batch::Intake`] that is the only way in, and
 //!   the acknowledgement each stream slot carries back to its input ([`batch::Ack`]).
 //! - [`file`]: a log file on disk: its identity from the hash of its head ([`file::head`]) and

@@ -468,6 +468,15 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !st.transforms.is_empty() {
+        println!("\ntransforms:");
+        for t in &st.transforms {
+            println!(
+                "  {:<16} {:<7} {:>10} in  {:>8} dropped  {:>8} unparsed  {:>8} errors  {:.3}s",
+                t.name, t.kind, t.records_in, t.dropped, t.parse_failures, t.errors, t.seconds,
+            );
+        }
+    }
     println!("\nstreams:");
     for s in &st.streams {
         println!(

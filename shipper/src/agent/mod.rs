@@ -44,6 +44,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Syslog(#[from] crate::input::syslog::listen::ListenError),
+    #[error("cannot build the transforms: {0}")]
+    Transforms(String),
     #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
     Monitor {
         addr: std::net::SocketAddr,
@@ -139,6 +141,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         sink_kind: sink::kind(&cfg.sink).to_string(),
         sink_description: sink.describe(),
         pack_sources: layers.pack_source_names(),
+        transforms: Default::default(),
     };
     let cfg = Arc::new(cfg);
     // A rendezvous: one batch being sent while the next is built, no more, so memory stays
@@ -149,6 +152,10 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
     let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
     let mut pipeline = Pipeline::new(cfg.clone(), tx, stop.clone(), bell.clone());
+    pipeline.alerts_into(store.clone());
+    pipeline
+        .build_transforms(live.transforms.clone())
+        .map_err(AgentError::Transforms)?;
     let tailer = Tailer::new(
         cfg.clone(),
         store.clone(),

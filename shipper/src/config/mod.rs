@@ -6,6 +6,7 @@
 mod dotted;
 mod expand;
 pub mod layers;
+pub mod lua;
 pub mod packs;
 mod persist;
 mod reader;
@@ -13,6 +14,7 @@ mod sinks;
 mod sources;
 pub mod syslog;
 pub mod template;
+pub mod transforms;
 pub mod units;
 
 pub use expand::hostname;
@@ -27,6 +29,7 @@ pub use sources::{
 };
 
 use reader::TableReader;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -58,6 +61,11 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// `type = "syslog"` sources (the network input), kept apart from the file sources.
     pub syslog_sources: Vec<syslog::SyslogSource>,
+    /// `[transforms.NAME]`, in name order.
+    pub transforms: Vec<transforms::TransformConfig>,
+    /// Source name → the transforms its records pass through, in order (file and syslog
+    /// sources alike; a source without any is absent).
+    pub source_transforms: BTreeMap<String, Vec<String>>,
     pub sink: SinkConfig,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
@@ -174,8 +182,16 @@ impl Config {
         );
 
         let defaults = sources::read_defaults(&mut top, &mut issues);
-        let (sources, syslog_sources) =
-            sources::read_sources(&mut top, &defaults, &base, &mut issues);
+        let mut source_transforms = BTreeMap::new();
+        let (mut sources, syslog_sources) = sources::read_sources(
+            &mut top,
+            &defaults,
+            &base,
+            &mut source_transforms,
+            &mut issues,
+        );
+        let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
+        transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
 
         let sink = match top.table("sink", &mut issues) {
             Some(t) => sinks::read_sink(t, &base, &state_dir, &mut issues),
@@ -304,6 +320,8 @@ impl Config {
             state_dir,
             sources,
             syslog_sources,
+            transforms,
+            source_transforms,
             sink: sink.expect("no issues means the sink resolved"),
             batch,
             discovery,

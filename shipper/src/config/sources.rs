@@ -4,6 +4,8 @@
 //! hands it to the reader of its keys ([`read_source`] for files): one place to add another kind.
 
 use super::reader::TableReader;
+use super::syslog::{self, SyslogSource};
+use super::transforms::{self, ContainerFormat};
 use super::{normalize, ConfigIssue};
 use globset::{GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
@@ -37,6 +39,9 @@ pub struct Framing {
     pub delimiter: Vec<u8>,
     pub max_record_bytes: usize,
     pub multiline: Option<Multiline>,
+    /// Container runtime partial lines joined into one record (the source's chain has a `cri`
+    /// or `docker` parser).
+    pub container: Option<ContainerFormat>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,13 +116,16 @@ pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>
     }
 }
 
-/// Every `[sources.NAME]`, in name order; a source with an error is left out (its issues say why).
+/// Every `[sources.NAME]`, in name order: file sources and `type = "syslog"` ones apart, and
+/// each source's `transforms` list into `chains`; a source with an error is left out (its
+/// issues say why).
 pub(super) fn read_sources(
     top: &mut TableReader,
     defaults: &Overridable,
     base: &Path,
+    chains: &mut BTreeMap<String, Vec<String>>,
     issues: &mut Vec<ConfigIssue>,
-) -> (Vec<Source>, Vec<super::syslog::SyslogSource>) {
+) -> (Vec<Source>, Vec<SyslogSource>) {
     let mut sources = Vec::new();
     let mut syslog_sources = Vec::new();
     if let Some(t) = top.table("sources", issues) {
@@ -131,8 +139,15 @@ pub(super) fn read_sources(
                 });
                 continue;
             };
-            if super::syslog::is_syslog(st) {
-                syslog_sources.extend(super::syslog::read(name, &key, st, base, issues));
+            let rest = transforms::take_chain(&key, st, issues).map(|(rest, chain)| {
+                if !chain.is_empty() {
+                    chains.insert(name.clone(), chain);
+                }
+                rest
+            });
+            let st = rest.as_ref().unwrap_or(st);
+            if syslog::is_syslog(st) {
+                syslog_sources.extend(syslog::read(name, &key, st, base, issues));
                 continue;
             }
             if let Some(s) = read_source(name, &key, st, defaults, base, issues) {
@@ -289,6 +304,7 @@ fn read_source(
             delimiter,
             max_record_bytes: max_record_bytes as usize,
             multiline,
+            container: None,
         },
         fingerprint_bytes: fingerprint_bytes as usize,
         max_file_bytes,

@@ -1,13 +1,17 @@
 //! Bytes → records: delimiters (multi-byte allowed, CR of CRLF dropped), multiline joins
-//! (break-before / break-after), and over-long records cut into a head part and a tail part.
+//! (break-before / break-after), container runtimes' partial lines ([`container`]), and
+//! over-long records cut into a head part and a tail part.
 //!
 //! The framer also tracks `consumed`: the offset before which every byte belongs to a record
 //! already handed out. That, not the read position, is what may be committed.
 
 mod accum;
+mod container;
 
+use crate::config::transforms::ContainerFormat;
 use crate::config::{Framing, MultilineMode};
 use accum::{Accum, Content, SLACK};
+pub use container::cri_parts;
 use memchr::memmem;
 
 pub use log_sensor_common::record::Part;
@@ -29,6 +33,10 @@ pub struct Framer {
     max: usize,
     strip_cr: bool,
     multiline: Option<MultilineMode>,
+    /// Join a container runtime's partial lines (exclusive with `multiline`).
+    container: Option<ContainerFormat>,
+    /// What closes the container record being joined, added when it goes out.
+    join_suffix: Vec<u8>,
     /// The partial line carried across reads.
     line: Accum,
     line_start: u64,
@@ -64,6 +72,8 @@ impl Framer {
             delim,
             max: framing.max_record_bytes,
             multiline: framing.multiline.as_ref().map(|m| m.mode.clone()),
+            container: framing.container,
+            join_suffix: Vec::new(),
             line: Accum::new(framing.max_record_bytes),
             line_start: start,
             pos: start,
@@ -214,6 +224,10 @@ impl Framer {
     fn line_done(&mut self, start: u64, line: LineBytes<'_>, out: &mut dyn FnMut(Rec<'_>)) {
         let end = self.pos;
         self.line_start = end;
+        if let Some(format) = self.container {
+            self.container_line(format, start, line, out);
+            return;
+        }
         let Some(mode) = &self.multiline else {
             emit_line(start, &line, out);
             self.consumed = end;
@@ -262,6 +276,10 @@ impl Framer {
             return;
         }
         self.record_open = false;
+        if !self.join_suffix.is_empty() {
+            let suffix = std::mem::take(&mut self.join_suffix);
+            self.record.push(&suffix);
+        }
         if self.record.is_empty() {
             // Only empty lines: consumed, nothing to ship.
             return;

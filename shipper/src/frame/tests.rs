@@ -20,6 +20,7 @@ fn framing(delim: &str, max: usize, ml: Option<MultilineMode>) -> Framing {
             mode,
             timeout: Duration::from_secs(5),
         }),
+        container: None,
     }
 }
 

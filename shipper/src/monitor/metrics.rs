@@ -284,6 +284,7 @@ pub fn render(s: &Status) -> String {
     m.sample(&format!("{name}_count"), &[], h.count);
 
     super::listener_metrics::render(&mut m, &s.listeners);
+    super::transform_metrics::render(&mut m, &s.transforms);
     m.text
 }
 
@@ -308,7 +309,7 @@ impl Exposition {
         self.sample_raw(name, labels, buf.format(value));
     }
 
-    fn sample_raw(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+    pub(super) fn sample_raw(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
@@ -454,6 +455,14 @@ pub(crate) mod tests {
                 messages: 3,
                 ..Default::default()
             }],
+            transforms: vec![TransformStatus {
+                name: "access".into(),
+                kind: "regex".into(),
+                records_in: 10,
+                parse_failures: 2,
+                seconds: 0.5,
+                ..Default::default()
+            }],
         }
     }
 
@@ -502,6 +511,7 @@ pub(crate) mod tests {
         let want: Vec<(String, String)> = FAMILIES
             .iter()
             .chain(super::super::listener_metrics::FAMILIES)
+            .chain(super::super::transform_metrics::FAMILIES)
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         assert_eq!(typed, want, "FAMILIES lists what render writes, in order");
@@ -530,6 +540,9 @@ pub(crate) mod tests {
             "log_sensor_batch_latency_seconds_sum 1.25",
             "log_sensor_batch_latency_seconds_count 7",
             "log_sensor_uptime_seconds 75",
+            r#"log_sensor_transform_records_total{transform="access",type="regex"} 10"#,
+            r#"log_sensor_transform_parse_failures_total{transform="access",type="regex"} 2"#,
+            r#"log_sensor_transform_seconds_total{transform="access",type="regex"} 0.5"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

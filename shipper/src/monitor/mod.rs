@@ -13,6 +13,7 @@ pub mod http;
 mod listener_metrics;
 pub mod metrics;
 pub mod page;
+mod transform_metrics;
 
 use crate::status::Status;
 use http::{Request, Response};

@@ -20,10 +20,12 @@ use crate::batch::{Batch, Intake, Limits};
 use crate::config::Config;
 use crate::input::{Bell, Input, Turn};
 use crate::sink::Encoding;
-use crate::transform::{Transform, Transforms};
+use crate::status::TransformList;
+use crate::store::Store;
+use crate::transform::{build, Transform, Transforms};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long an idle pipeline lets wake-ups gather before acting on them: a thousand files each
@@ -55,6 +57,13 @@ pub struct Pipeline {
     cfg: Arc<Config>,
     inputs: Vec<Box<dyn Input>>,
     transforms: Transforms,
+    /// What `transforms` was built from ([`crate::transform::build::signature`]); None while
+    /// the set is the one given by hand ([`Pipeline::transform`]).
+    transforms_built: Option<String>,
+    /// Where the built transforms report their counters (status reads them).
+    transform_counters: TransformList,
+    /// Where a script's failing streak is alerted (the agent's store).
+    alerts: Option<Arc<Mutex<Store>>>,
     batch: Batch,
     generation: u64,
     tx: Sender<Batch>,
@@ -82,6 +91,9 @@ impl Pipeline {
             cfg,
             inputs: Vec::new(),
             transforms: Transforms::none(),
+            transforms_built: None,
+            transform_counters: TransformList::default(),
+            alerts: None,
             generation: 0,
             tx,
             recycled: None,
@@ -106,6 +118,33 @@ impl Pipeline {
             self.ship();
         }
         self.transforms.add(source, t);
+    }
+
+    /// Alert a transform's failing streaks in `store`.
+    pub fn alerts_into(&mut self, store: Arc<Mutex<Store>>) {
+        self.alerts = Some(store);
+    }
+
+    /// Builds every source's chain from the config (`[transforms]`, `sources.X.transforms`),
+    /// reporting into `counters`; a reload that changes them rebuilds them.
+    pub fn build_transforms(&mut self, counters: TransformList) -> Result<(), String> {
+        self.transform_counters = counters;
+        self.rebuild_transforms()
+    }
+
+    fn rebuild_transforms(&mut self) -> Result<(), String> {
+        let sig = build::signature(&self.cfg);
+        if self.transforms_built.as_ref() == Some(&sig) {
+            return Ok(());
+        }
+        let built = build::build(&self.cfg, &self.transform_counters, self.alerts.as_ref())?;
+        // Slots cache their chain's index: a set changed under a batch would misdirect them.
+        if !self.batch.is_idle() {
+            self.ship();
+        }
+        self.transforms = built;
+        self.transforms_built = Some(sig);
+        Ok(())
     }
 
     /// Reuse delivered batches that come back on `rx`.
@@ -192,6 +231,13 @@ impl Pipeline {
             i.reconfigure(&cfg);
         }
         self.cfg = cfg;
+        if self.transforms_built.is_some() {
+            if let Err(e) = self.rebuild_transforms() {
+                // The config was checked before it came here, so this is a script that loaded
+                // then and not now: records keep going through the chains that run.
+                tracing::error!(error = %e, "transforms not rebuilt, the running ones stay");
+            }
+        }
         true
     }
 

@@ -6,9 +6,11 @@
 
 mod counters;
 mod listeners;
+mod transforms;
 
 pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
 pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
+pub use transforms::{TransformCounters, TransformList, TransformStatus};
 
 use crate::config::Config;
 use crate::store::{now_secs, report, Store};
@@ -42,6 +44,9 @@ pub struct Status {
     /// Network listeners (syslog sources), one per `listen` entry.
     #[serde(default)]
     pub listeners: Vec<ListenerStatus>,
+    /// Named transforms (`[transforms.NAME]`), in name order.
+    #[serde(default)]
+    pub transforms: Vec<TransformStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +196,8 @@ pub struct Live {
     pub pack_sources: Vec<String>,
     /// The syslog listeners' counters.
     pub listeners: ListenerList,
+    /// The named transforms' counters.
+    pub transforms: TransformList,
 }
 
 impl Status {
@@ -361,6 +368,10 @@ impl Status {
             batch_latency: ship.latency.snapshot(),
             listeners: match live.listeners.lock() {
                 Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
+                Err(_) => Vec::new(),
+            },
+            transforms: match live.transforms.lock() {
+                Ok(t) => t.iter().map(|c| c.snapshot()).collect(),
                 Err(_) => Vec::new(),
             },
         }

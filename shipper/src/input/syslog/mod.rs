@@ -13,7 +13,7 @@
 mod alerts;
 pub mod framing;
 pub mod listen;
-pub mod parse;
+pub use crate::transform::syslog_parse as parse;
 mod receive;
 pub mod records;
 pub mod spool;

@@ -7,7 +7,22 @@
 //! (it is not counted as shipped). The chain is per source, so the scripts issue adds parsers
 //! and Lua per source as new [`Transform`]s without touching an input.
 //!
-//! Today no source configures a transform, and the chain costs one branch per record.
+//! The parsers are one file each ([`json`], [`logfmt`], [`regex`], [`syslog`], [`container`]);
+//! A user's script is [`lua`].
+//! [`build`] makes every source's chain from the config, the one place that knows them all.
+//! A parser writes into `fields` ([`fields`]) and passes a line it cannot parse unchanged,
+//! saying so through [`Transform::fault`] so the chain counts it.
+//! A source without transforms costs one branch per record.
+
+pub mod build;
+pub mod container;
+pub mod fields;
+pub mod json;
+pub mod logfmt;
+pub mod lua;
+pub mod regex;
+pub mod syslog;
+pub mod syslog_parse;
 
 use crate::frame::Part;
 use crate::record::StreamMeta;
@@ -38,11 +53,27 @@ pub enum Verdict {
     Drop,
 }
 
+/// What went wrong with the last record a transform saw; the record went on unchanged (or,
+/// for an error, with `fields.transform_error`). Only counted: never stops a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// A parser's input was not in its format.
+    Unparsed,
+    /// A script raised an error or broke a limit.
+    Error,
+}
+
 /// One step of a source's chain. Runs on the pipeline thread, for every record of its source.
 pub trait Transform: Send {
     /// For logs and status: what it does (`drop lines matching "^DEBUG"`).
     fn describe(&self) -> String;
     fn apply(&mut self, rec: &mut Draft<'_>) -> Verdict;
+    /// How the last `apply` went, for the per-transform counters.
+    fn fault(&self) -> Fault {
+        Fault::None
+    }
 }
 
 /// Every source's chain of transforms; a source without one is passed through as it is.
@@ -90,5 +121,47 @@ impl Transforms {
             }
         }
         Verdict::Keep
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    pub fn meta() -> StreamMeta {
+        StreamMeta {
+            id: Arc::from("s1"),
+            source: Arc::from("app"),
+            fingerprint: None,
+            path: Arc::from("/var/log/app.log"),
+        }
+    }
+
+    pub fn draft<'a>(meta: &'a StreamMeta, line: &'a [u8]) -> Draft<'a> {
+        Draft {
+            stream: meta,
+            offset: 0,
+            len: line.len() as u64,
+            part: Part::Whole,
+            bytes: Cow::Borrowed(line),
+            fields: None,
+        }
+    }
+
+    pub fn fields_of(d: &Draft<'_>) -> serde_json::Value {
+        serde_json::from_slice(d.fields.as_deref().expect("fields set")).expect("fields are JSON")
+    }
+
+    #[test]
+    fn fields_from_the_input_are_kept_and_a_parser_adds_to_them() {
+        let meta = meta();
+        let mut d = draft(&meta, b"a=1");
+        d.fields = Some(Cow::Borrowed(br#"{"peer":"10.0.0.1:514","a":"old"}"#));
+        let mut t = logfmt::Logfmt::new(None);
+        t.apply(&mut d);
+        let f = fields_of(&d);
+        assert_eq!(f["peer"], "10.0.0.1:514");
+        assert_eq!(f["a"], "1");
     }
 }

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Lua transforms, file -> file sink (release build): what a script costs the agent.
+
+Ships the same generated log of ~200-byte lines (default 1 GiB) from scratch, interleaved
+(none, noop, drop10, none, noop, drop10, ...), through:
+  none:   no transform;
+  noop:   a Lua transform that returns every record as it came;
+  drop10: a Lua script that drops a tenth of the records and adds a field to the rest.
+Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s, peak RSS; then the
+median of each case and the Lua cases' throughput beside the untransformed one.
+
+Usage: cargo build --release -p log-sensor && python3 bench/lua_bench.py
+       [--size-mib 1024] [--rounds 2] [--workdir /dev/shm/log-sensor-lua-bench] [--keep]
+
+Figures are printed, never asserted: this machine is shared and noisy. The work folder is
+removed at the end unless --keep.
+"""
+import argparse, os, shutil, statistics, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import agent_bench as ab  # noqa: E402  (the generator, the agent starter and /proc readers)
+
+NOOP = "function process(rec) return rec end\n"
+# A tenth dropped by a cheap test on the line (its request id's last digit), a field added.
+DROP10 = """function process(rec)
+  if rec.msg:byte(62) == 55 then return nil end
+  rec.fields.env = "prod"
+  return rec
+end
+"""
+
+CASES = {
+    "none": None,
+    "noop": NOOP,
+    "drop10": DROP10,
+}
+
+
+def run(args, case, log, real, n):
+    wd = os.path.join(args.workdir, case)
+    shutil.rmtree(os.path.join(wd, "state"), ignore_errors=True)
+    os.makedirs(os.path.join(wd, "logs"), exist_ok=True)
+    target = os.path.join(wd, "logs", "input.log")
+    if not os.path.exists(target):
+        os.link(log, target)
+    source = '[sources.bench]\npaths = ["logs/input.log"]\n'
+    extra = ""
+    if CASES[case] is not None:
+        with open(os.path.join(wd, "t.lua"), "w") as f:
+            f.write(CASES[case])
+        source += 'transforms = ["t"]\n'
+        extra = '[transforms.t]\ntype = "lua"\npath = "t.lua"\n'
+    out = os.path.join(wd, "state", "out.ndjson")
+    t0 = time.monotonic()
+    p = ab.start_agent(args.bin, wd, source, extra=extra, out=out, sync=False)
+    while ab.committed(wd)[0] < real:
+        if p.poll() is not None:
+            sys.exit(f"agent exited early: see {wd}/agent.err")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    cpu, rss = ab.cpu_seconds(p.pid), ab.peak_rss_mib(p.pid)
+    ab.stop(p)
+    out_lines = 0
+    with open(out, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            out_lines += block.count(b"\n")
+    os.remove(out)
+    r = {"case": case, "secs": elapsed, "rps": n / elapsed, "mibs": real / 2**20 / elapsed,
+         "cpu": cpu, "rss": rss, "out": out_lines}
+    print(f"  {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
+          f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s)  peak RSS {rss:6.1f} MiB  "
+          f"{out_lines} records out", flush=True)
+    return r
+
+
+def main():
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--size-mib", type=int, default=1024)
+    a.add_argument("--rounds", type=int, default=2)
+    a.add_argument("--workdir", default="/dev/shm/log-sensor-lua-bench")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ab.ROOT, "target"))
+    a.add_argument("--bin", default=os.path.join(target, "release", "log-sensor"))
+    a.add_argument("--keep", action="store_true")
+    args = a.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    log = os.path.join(args.workdir, "input.log")
+    print(f"generating {args.size_mib} MiB of ~200-byte lines ...", flush=True)
+    n = ab.generate(log, args.size_mib << 20)
+    real = os.path.getsize(log)
+    print(f"{n} lines, {real / 2**20:.0f} MiB; agent {args.bin}", flush=True)
+    results = []
+    try:
+        for i in range(args.rounds):
+            print(f"round {i + 1}", flush=True)
+            for case in CASES:
+                results.append(run(args, case, log, real, n))
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    print("median of each case:")
+    med = {}
+    for case in CASES:
+        rs = [r for r in results if r["case"] == case]
+        med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
+        m = med[case]
+        print(f"  {case:7s} {m['mibs']:6.1f} MiB/s  {m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  "
+              f"{n / m['cpu']:>11,.0f} rec per CPU-s  peak RSS {m['rss']:6.1f} MiB")
+    for case in ("noop", "drop10"):
+        cost = 1 - med[case]["mibs"] / med["none"]["mibs"]
+        print(f"  {case} costs {cost * 100:.0f}% of the untransformed throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+//! Container runtimes' partial lines joined into one record, in the framer.
+//!
+//! A runtime cuts a long write into several lines (CRI-O / containerd: `TIME STREAM P MSG` …
+//! `TIME STREAM F MSG`; Docker json-file: `{"log":"…"}` lines whose `log` lacks the final `\n`).
+//! Joining happens here, like a multiline record, and not in a transform: the framer's
+//! `consumed` stays at the first part until the last one arrives, so the store never commits
+//! past a part whose record has not shipped. A transform holding parts back could not promise
+//! that (its input would already have moved the acknowledgement past them), and a kill -9
+//! between the parts would lose the first ones. The joined record has the first part's offset
+//! and is written back in the runtime's own format, one complete line (`TIME STREAM F MSG…`,
+//! or a Docker object with the joined `log`), which the `cri` / `docker` transform then parses
+//! like any other line.
+//!
+//! Followed: the CRI log format of kubelet (`pkg/kubelet/kuberuntime/logs`: tags split by `:`,
+//! the first is `P` or `F`) and Fluent Bit's `multiline.parser docker, cri`.
+
+use super::{emit_line, Framer, LineBytes, Rec};
+use crate::config::transforms::ContainerFormat;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// One line of a container log, as far as joining needs it.
+struct Piece<'a> {
+    /// What the joined record starts with (CRI: `TIME STREAM F `; Docker: `{"log":"`).
+    opening: Cow<'a, [u8]>,
+    /// The message bytes to append (Docker: already escaped as JSON string content).
+    msg: Cow<'a, [u8]>,
+    /// What closes the joined record (Docker: the first part's `stream` and `time`).
+    closing: Vec<u8>,
+    /// The line continues in the next one.
+    partial: bool,
+}
+
+#[derive(Deserialize)]
+struct DockerLine<'a> {
+    #[serde(borrow)]
+    log: Cow<'a, str>,
+    #[serde(borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    time: Option<Cow<'a, str>>,
+}
+
+fn split(format: ContainerFormat, line: &[u8]) -> Option<Piece<'_>> {
+    match format {
+        ContainerFormat::Cri => cri(line),
+        ContainerFormat::Docker => docker(line),
+    }
+}
+
+/// `TIME STREAM TAG MSG`: the index where TAG starts, whether it marks a partial line, and
+/// where MSG starts (the end when the line stops after TAG).
+pub fn cri_parts(line: &[u8]) -> Option<(usize, bool, usize)> {
+    let sp1 = line.iter().position(|&c| c == b' ')?;
+    let sp2 = sp1 + 1 + line[sp1 + 1..].iter().position(|&c| c == b' ')?;
+    let tag_start = sp2 + 1;
+    let rest = &line[tag_start..];
+    let tag_len = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
+    let tag = &rest[..tag_len];
+    let first = tag.split(|&c| c == b':').next()?;
+    let partial = match first {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    if sp1 == 0 || !matches!(&line[sp1 + 1..sp2], b"stdout" | b"stderr") {
+        return None;
+    }
+    let msg_start = (tag_start + tag_len + 1).min(line.len());
+    Some((tag_start, partial, msg_start))
+}
+
+fn cri(line: &[u8]) -> Option<Piece<'_>> {
+    let (tag_start, partial, msg_start) = cri_parts(line)?;
+    let mut opening = line[..tag_start].to_vec();
+    opening.extend_from_slice(b"F ");
+    Some(Piece {
+        opening: Cow::Owned(opening),
+        msg: Cow::Borrowed(&line[msg_start..]),
+        closing: Vec::new(),
+        partial,
+    })
+}
+
+fn docker(line: &[u8]) -> Option<Piece<'_>> {
+    let d: DockerLine<'_> = serde_json::from_slice(line).ok()?;
+    let partial = !d.log.ends_with('\n');
+    let escaped = serde_json::to_vec(d.log.as_ref()).ok()?;
+    let mut closing = b"\"".to_vec();
+    for (k, v) in [("stream", &d.stream), ("time", &d.time)] {
+        if let Some(v) = v {
+            closing.extend_from_slice(format!(",\"{k}\":").as_bytes());
+            closing.extend_from_slice(&serde_json::to_vec(v.as_ref()).ok()?);
+        }
+    }
+    closing.push(b'}');
+    Some(Piece {
+        opening: Cow::Borrowed(b"{\"log\":\""),
+        msg: Cow::Owned(escaped[1..escaped.len() - 1].to_vec()),
+        closing,
+        partial,
+    })
+}
+
+impl Framer {
+    /// A complete line `start..self.pos` of a container log: a part is added to the record
+    /// being joined, a line that is no part goes out as it is (after any record it ends).
+    pub(super) fn container_line(
+        &mut self,
+        format: ContainerFormat,
+        start: u64,
+        line: LineBytes<'_>,
+        out: &mut dyn FnMut(Rec<'_>),
+    ) {
+        let end = self.pos;
+        // A line cut for length cannot be read as a part: it ships as head and tail.
+        let piece = match &line {
+            LineBytes::Whole(b) => split(format, b),
+            LineBytes::Cut { .. } => None,
+        };
+        match piece {
+            Some(p) if p.partial || self.record_open => {
+                if !self.record_open {
+                    self.record_start = start;
+                    self.record_open = true;
+                    self.record.push(&p.opening);
+                    self.join_suffix = p.closing;
+                }
+                self.record.push(&p.msg);
+                if !p.partial {
+                    self.flush_record(out);
+                    self.consumed = end;
+                }
+            }
+            _ => {
+                if self.record_open {
+                    // The runtime never finished it (a restart mid-write): what came goes out.
+                    self.flush_record(out);
+                    self.consumed = start;
+                }
+                emit_line(start, &line, out);
+                self.consumed = end;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Framer, Part, Rec};
+    use crate::config::transforms::ContainerFormat;
+    use crate::config::Framing;
+
+    fn framing(format: ContainerFormat, max: usize) -> Framing {
+        Framing {
+            delimiter: b"\n".to_vec(),
+            max_record_bytes: max,
+            multiline: None,
+            container: Some(format),
+        }
+    }
+
+    /// (offset, part, bytes) of every record, and `consumed` after each chunk.
+    fn run(f: &Framing, chunks: &[&[u8]]) -> (Vec<(u64, Part, String)>, Vec<u64>) {
+        let mut fr = Framer::new(f, 0);
+        let mut out = Vec::new();
+        let mut consumed = Vec::new();
+        for c in chunks {
+            fr.push(c, &mut |r: Rec<'_>| {
+                out.push((
+                    r.offset,
+                    r.part,
+                    String::from_utf8_lossy(r.bytes).into_owned(),
+                ))
+            });
+            consumed.push(fr.consumed());
+        }
+        (out, consumed)
+    }
+
+    // containerd's own output for one 40 KiB write cut at 16 KiB (shortened).
+    const CRI_P1: &[u8] = b"2024-03-05T10:11:12.123456789Z stdout P first half, \n";
+    const CRI_P2: &[u8] = b"2024-03-05T10:11:12.123456790Z stdout P second, \n";
+    const CRI_F: &[u8] = b"2024-03-05T10:11:12.123456791Z stdout F end\n";
+    const CRI_WHOLE: &[u8] = b"2024-03-05T10:11:13.000000001Z stderr F plain line\n";
+
+    #[test]
+    fn cri_parts_join_at_the_first_offset_and_hold_consumed_until_the_last() {
+        let f = framing(ContainerFormat::Cri, 65536);
+        let (recs, consumed) = run(&f, &[CRI_WHOLE, CRI_P1, CRI_P2, CRI_F, CRI_WHOLE]);
+        let w = CRI_WHOLE.len() as u64;
+        let joined_end = w + (CRI_P1.len() + CRI_P2.len() + CRI_F.len()) as u64;
+        assert_eq!(
+            recs,
+            vec![
+                (
+                    0,
+                    Part::Whole,
+                    "2024-03-05T10:11:13.000000001Z stderr F plain line".into()
+                ),
+                (
+                    w,
+                    Part::Whole,
+                    "2024-03-05T10:11:12.123456789Z stdout F first half, second, end".into()
+                ),
+                (
+                    joined_end,
+                    Part::Whole,
+                    "2024-03-05T10:11:13.000000001Z stderr F plain line".into()
+                ),
+            ]
+        );
+        // While parts wait, nothing past the first part may be committed.
+        assert_eq!(consumed, vec![w, w, w, joined_end, joined_end + w]);
+    }
+
+    #[test]
+    fn a_cri_record_never_finished_goes_out_before_the_next_line() {
+        let f = framing(ContainerFormat::Cri, 65536);
+        let (recs, consumed) = run(&f, &[CRI_P1, b"not a cri line\n"]);
+        assert_eq!(recs[0].0, 0);
+        assert_eq!(
+            recs[0].2,
+            "2024-03-05T10:11:12.123456789Z stdout F first half, "
+        );
+        assert_eq!(
+            recs[1],
+            (CRI_P1.len() as u64, Part::Whole, "not a cri line".into())
+        );
+        assert_eq!(consumed[1], (CRI_P1.len() + 15) as u64);
+    }
+
+    #[test]
+    fn docker_lines_without_newline_join_into_one_object() {
+        let f = framing(ContainerFormat::Docker, 65536);
+        let a: &[u8] = b"{\"log\":\"GET /a \\\"q\\\" \",\"stream\":\"stdout\",\"time\":\"2024-03-05T10:11:12.1Z\"}\n";
+        let b: &[u8] =
+            b"{\"log\":\"200\\n\",\"stream\":\"stdout\",\"time\":\"2024-03-05T10:11:12.2Z\"}\n";
+        let c: &[u8] =
+            b"{\"log\":\"whole\\n\",\"stream\":\"stderr\",\"time\":\"2024-03-05T10:11:13Z\"}\n";
+        let (recs, consumed) = run(&f, &[a, b, c]);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].0, 0);
+        let v: serde_json::Value = serde_json::from_str(&recs[0].2).unwrap();
+        assert_eq!(v["log"], "GET /a \"q\" 200\n");
+        assert_eq!(v["time"], "2024-03-05T10:11:12.1Z");
+        assert_eq!(v["stream"], "stdout");
+        assert_eq!(recs[1].0, (a.len() + b.len()) as u64);
+        assert_eq!(recs[1].2.as_bytes(), &c[..c.len() - 1]);
+        assert_eq!(
+            consumed,
+            vec![
+                0,
+                (a.len() + b.len()) as u64,
+                (a.len() + b.len() + c.len()) as u64
+            ]
+        );
+    }
+
+    #[test]
+    fn an_overlong_joined_record_is_cut_into_head_and_tail() {
+        let f = framing(ContainerFormat::Cri, 64);
+        let p = format!("2024-03-05T10:11:12Z stdout P {}\n", "a".repeat(25));
+        let l = format!("2024-03-05T10:11:12Z stdout F {}\n", "b".repeat(25));
+        let (recs, _) = run(&f, &[p.as_bytes(), l.as_bytes()]);
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].0, recs[0].1), (0, Part::Head));
+        assert!(recs[0].2.starts_with("2024-03-05T10:11:12Z stdout F aaa"));
+        assert_eq!(recs[1].1, Part::Tail);
+        assert!(recs[1].2.ends_with("bbbb"));
+    }
+}

@@ -1,0 +1,141 @@
+//! A record's `fields` (one JSON object) to a Lua table and back.
+//!
+//! Back to JSON, a table whose keys are exactly 1..n is a list, any other an object (integer
+//! keys as their decimal text); an empty table is an empty object. Anything JSON cannot carry
+//! (a function, a cycle, a float that is not finite) is an error naming the field, so the
+//! record ships unchanged rather than with a guess.
+
+use mlua::{Lua, Table, Value};
+use serde_json::{Map, Number, Value as Json};
+
+/// Nesting a script's fields may have: deeper is taken for a cycle.
+const MAX_DEPTH: usize = 32;
+
+/// `fields` (a serialized JSON object) as a Lua table; not an object: an error.
+pub fn to_lua(lua: &Lua, fields: &[u8]) -> Result<Value, String> {
+    let v: Json =
+        serde_json::from_slice(fields).map_err(|e| format!("the record's fields: {e}"))?;
+    if !v.is_object() {
+        return Err("the record's fields is not a JSON object".into());
+    }
+    value(lua, &v).map_err(|e| format!("the record's fields: {e}"))
+}
+
+fn value(lua: &Lua, v: &Json) -> mlua::Result<Value> {
+    Ok(match v {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::String(lua.create_string(s)?),
+        Json::Array(a) => {
+            let t = lua.create_table_with_capacity(a.len(), 0)?;
+            for (i, item) in a.iter().enumerate() {
+                t.raw_set(i + 1, value(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+        Json::Object(o) => {
+            let t = lua.create_table_with_capacity(0, o.len())?;
+            for (k, item) in o {
+                t.raw_set(k.as_str(), value(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+/// A script's `fields` table as a serialized JSON object.
+pub fn from_lua(t: &Table) -> Result<Vec<u8>, String> {
+    let mut path = String::from("fields");
+    let v = object(t, &mut path, 0)?;
+    Ok(serde_json::to_vec(&v).expect("a JSON value serializes"))
+}
+
+fn object(t: &Table, path: &mut String, depth: usize) -> Result<Json, String> {
+    let mut out = Map::new();
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| format!("{path}: {e}"))?;
+        let key = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            Value::Integer(i) => i.to_string(),
+            other => return Err(format!("{path} has {} key", a(other.type_name()))),
+        };
+        let len = path.len();
+        path.push('.');
+        path.push_str(&key);
+        let j = json(&v, path, depth + 1)?;
+        path.truncate(len);
+        out.insert(key, j);
+    }
+    Ok(Json::Object(out))
+}
+
+fn json(v: &Value, path: &mut String, depth: usize) -> Result<Json, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("{path} is nested over {MAX_DEPTH} deep (a cycle?)"));
+    }
+    Ok(match v {
+        Value::Nil => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Integer(i) => Json::Number((*i).into()),
+        Value::Number(f) => match Number::from_f64(*f) {
+            Some(n) => Json::Number(n),
+            None => return Err(format!("{path} is {f}, which JSON cannot carry")),
+        },
+        Value::String(s) => Json::String(s.to_string_lossy()),
+        Value::Table(t) => {
+            let n = t.raw_len();
+            let is_list = n > 0 && t.pairs::<Value, Value>().count() == n;
+            if !is_list {
+                return object(t, path, depth);
+            }
+            let mut items = Vec::with_capacity(n);
+            for i in 1..=n {
+                let item: Value = t.raw_get(i).map_err(|e| format!("{path}: {e}"))?;
+                items.push(json(&item, path, depth + 1)?);
+            }
+            Json::Array(items)
+        }
+        other => {
+            return Err(format!(
+                "{path} is a {}, which JSON cannot carry",
+                other.type_name()
+            ))
+        }
+    })
+}
+
+/// A Lua type's name with its article, for errors: `an integer`, `a table`.
+pub fn a(type_name: &str) -> String {
+    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {type_name}")
+}
+
+/// `fields` (or none) with `transform_error` set to `error`; an earlier transform's error on
+/// the same record is kept in front of it.
+pub fn with_error(fields: Option<&[u8]>, error: &str) -> Vec<u8> {
+    let mut map = match fields.map(serde_json::from_slice::<Json>) {
+        Some(Ok(Json::Object(m))) => m,
+        None => Map::new(),
+        // Not an object: kept whole beside the error, as the batch would keep it.
+        Some(_) => {
+            let mut m = Map::new();
+            let text = String::from_utf8_lossy(fields.unwrap_or_default()).into_owned();
+            m.insert("fields_invalid".into(), Json::String(text));
+            m
+        }
+    };
+    let text = match map.get("transform_error") {
+        Some(Json::String(before)) => format!("{before}; {error}"),
+        _ => error.to_string(),
+    };
+    map.insert("transform_error".into(), Json::String(text));
+    serde_json::to_vec(&Json::Object(map)).expect("a JSON value serializes")
+}

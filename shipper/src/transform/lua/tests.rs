@@ -1,0 +1,264 @@
+//! LuaTransform on records: what a script may change, what it may not, and what a failure
+//! leaves; and, through a real Intake, that no outcome changes which offsets commit.
+
+use super::*;
+use crate::batch::{Ack, Batch, Intake, Limits};
+use crate::config::lua::{
+    LuaOptions, DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT,
+};
+use crate::frame::{Part, Rec};
+use crate::record::StreamMeta;
+use crate::store::Checkpoint;
+use crate::transform::Transforms;
+use proptest::prelude::*;
+
+fn opts(code: &str) -> LuaOptions {
+    LuaOptions {
+        code: code.into(),
+        origin: "t.lua".into(),
+        function: "process".into(),
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+        instruction_limit: DEFAULT_INSTRUCTION_LIMIT,
+        time_limit: DEFAULT_TIME_LIMIT,
+    }
+}
+
+fn meta() -> StreamMeta {
+    StreamMeta {
+        id: "00ab".into(),
+        source: "app".into(),
+        fingerprint: Some(1),
+        path: "/var/log/app.log".into(),
+    }
+}
+
+/// What became of one record: kept (msg, fields as JSON) or dropped.
+fn apply(
+    t: &mut LuaTransform,
+    msg: &str,
+    fields: Option<&str>,
+    offset: u64,
+) -> Option<(String, Option<serde_json::Value>)> {
+    let m = meta();
+    let mut d = Draft {
+        stream: &m,
+        offset,
+        len: msg.len() as u64 + 1,
+        part: Part::Whole,
+        bytes: Cow::Owned(msg.as_bytes().to_vec()),
+        fields: fields.map(|f| Cow::Owned(f.as_bytes().to_vec())),
+    };
+    let v = t.apply(&mut d);
+    assert_eq!(d.offset, offset, "a script cannot move an offset");
+    match v {
+        Verdict::Drop => None,
+        Verdict::Keep => Some((
+            String::from_utf8(d.bytes.to_vec()).unwrap(),
+            d.fields.map(|f| serde_json::from_slice(&f).unwrap()),
+        )),
+    }
+}
+
+fn lua(code: &str) -> LuaTransform {
+    LuaTransform::new("t", &opts(code))
+        .unwrap()
+        .with_host("h1")
+        .unwrap()
+}
+
+#[test]
+fn the_record_table_has_every_key() {
+    let mut t = lua(r#"function process(r)
+        r.msg = table.concat({r.source, r.path, r.stream, r.offset, r.part, r.host,
+                              type(r.fields)}, "|")
+        return r end"#);
+    let (msg, fields) = apply(&mut t, "x", None, 42).unwrap();
+    assert_eq!(msg, "app|/var/log/app.log|00ab|42|whole|h1|table");
+    assert_eq!(fields, None, "an untouched empty fields table adds none");
+}
+
+#[test]
+fn drop_rewrite_enrich() {
+    let mut t = lua(r#"function process(r)
+        if r.msg:find("DEBUG", 1, true) then return nil end
+        r.msg = r.msg:gsub("token=%w+", "token=***")
+        r.fields.level = r.msg:match("^(%u+)")
+        r.fields.n = (r.fields.n or 0) + 1
+        return r end"#);
+    assert_eq!(apply(&mut t, "DEBUG noise", None, 0), None);
+    let (msg, fields) = apply(
+        &mut t,
+        "INFO token=abc123 ok",
+        Some(r#"{"n":4,"a":[1,"b"]}"#),
+        12,
+    )
+    .unwrap();
+    assert_eq!(msg, "INFO token=*** ok");
+    let f = fields.unwrap();
+    assert_eq!(f["level"], "INFO");
+    assert_eq!(f["n"], 5);
+    assert_eq!(
+        f["a"],
+        serde_json::json!([1, "b"]),
+        "lists come back as lists"
+    );
+    assert_eq!(t.fault(), Fault::None);
+}
+
+#[test]
+fn globals_persist_between_calls() {
+    let mut t = lua("n = 0 function process(r) n = n + 1 r.msg = tostring(n) return r end");
+    for i in 1..=3 {
+        assert_eq!(apply(&mut t, "x", None, i).unwrap().0, i.to_string());
+    }
+}
+
+#[test]
+fn an_error_keeps_the_record_with_transform_error() {
+    let mut t = lua(r#"function process(r)
+        if r.msg == "bad" then error("no good") end
+        r.msg = "changed" return r end"#);
+    let (msg, fields) = apply(&mut t, "bad", Some(r#"{"k":"v"}"#), 5).unwrap();
+    assert_eq!(msg, "bad", "the record ships as it came");
+    let f = fields.unwrap();
+    assert_eq!(f["k"], "v");
+    let e = f["transform_error"].as_str().unwrap();
+    assert!(
+        e.starts_with("t: ") && e.contains("t.lua:2: no good"),
+        "{e}"
+    );
+    assert!(!e.contains("traceback"), "{e}");
+    assert_eq!(t.fault(), Fault::Error, "the chain counts it");
+    assert_eq!(apply(&mut t, "fine", None, 6).unwrap().0, "changed");
+    assert_eq!(t.fault(), Fault::None);
+}
+
+#[test]
+fn what_a_script_returns_wrongly_is_an_error() {
+    for (code, want) in [
+        ("function process(r) return 'x' end", "returned a string"),
+        ("function process(r) r.msg = nil return r end", "msg is nil"),
+        (
+            "function process(r) r.msg = {} return r end",
+            "msg is a table",
+        ),
+        (
+            "function process(r) r.fields.f = print or function() end return r end",
+            "fields.f is a function",
+        ),
+        (
+            "function process(r) r.fields.me = r.fields return r end",
+            "cycle",
+        ),
+        (
+            "function process(r) r.fields.x = 0/0 return r end",
+            "JSON cannot carry",
+        ),
+        (
+            "function process(r) r.fields = 3 return r end",
+            "fields is an integer",
+        ),
+    ] {
+        let mut t = lua(code);
+        let (msg, fields) = apply(&mut t, "m", None, 0).unwrap();
+        assert_eq!(msg, "m");
+        let e = fields.unwrap()["transform_error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{code}: {e}");
+    }
+}
+
+#[test]
+fn a_broken_limit_rebuilds_the_state_and_the_next_record_runs() {
+    let mut t = lua(r#"n = 0
+        function process(r)
+          n = n + 1
+          if r.msg == "loop" then while true do end end
+          if r.msg == "bomb" then local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end end
+          if r.msg == "pattern" then string.rep("a", 2e5):find(".-.-b") end
+          r.msg = tostring(n) return r end"#);
+    assert_eq!(apply(&mut t, "a", None, 0).unwrap().0, "1");
+    assert_eq!(apply(&mut t, "b", None, 1).unwrap().0, "2");
+    for bad in ["loop", "bomb", "pattern"] {
+        let (msg, fields) = apply(&mut t, bad, None, 2).unwrap();
+        assert_eq!(msg, bad);
+        let e = fields.unwrap()["transform_error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("t: "), "{e}");
+    }
+    // loop and bomb broke limits (fresh state, n from 0); the pattern was refused, an error.
+    assert_eq!(apply(&mut t, "c", None, 3).unwrap().0, "2");
+}
+
+#[test]
+fn fields_with_an_earlier_error_keep_it() {
+    let f = json::with_error(Some(br#"{"transform_error":"a: x"}"#), "b: y");
+    let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
+    assert_eq!(v["transform_error"], "a: x; b: y");
+    let f = json::with_error(Some(b"[1]"), "b: y");
+    let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
+    assert_eq!(v["fields_invalid"], "[1]");
+}
+
+/// What each record is told to make the script do.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Keep,
+    Drop,
+    Error,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random keep/drop/error outcomes, through a real Intake as an input drives it: the
+    /// checkpoint that commits is the input's, unchanged by any outcome, and the batch holds
+    /// exactly the kept and failed records, at their own offsets.
+    #[test]
+    fn outcomes_never_change_which_offsets_commit(
+        outcomes in proptest::collection::vec(
+            prop_oneof![Just(Outcome::Keep), Just(Outcome::Drop), Just(Outcome::Error)], 1..60),
+    ) {
+        let script = r#"function process(r)
+            if r.msg:sub(1, 1) == "d" then return nil end
+            if r.msg:sub(1, 1) == "e" then error("asked to") end
+            r.fields.seen = true return r end"#;
+        let mut transforms = Transforms::none();
+        transforms.add("app", Box::new(lua(script)));
+        let mut batch = Batch::new("h1".into(), 0);
+        let limits = Limits { max_records: 1000, max_bytes: 1 << 20 };
+        let mut out = Intake::new(&mut batch, &mut transforms, limits);
+        let cp = Checkpoint { stream: "00ab".into(), ..Checkpoint::default() };
+        let slot = out.open_stream(meta(), Ack::Store(cp));
+        let mut offset = 0u64;
+        let mut expect = Vec::new();
+        for (i, o) in outcomes.iter().enumerate() {
+            let msg = match o {
+                Outcome::Keep => format!("k{i}"),
+                Outcome::Drop => format!("d{i}"),
+                Outcome::Error => format!("e{i}"),
+            };
+            let rec = Rec { offset, len: msg.len() as u64 + 1, part: Part::Whole, bytes: msg.as_bytes() };
+            out.push(slot, &rec, 0, None);
+            // As the tailer does: the stream is consumed past the record, kept or not.
+            offset += rec.len;
+            out.ack_mut(slot).checkpoint_mut().unwrap().committed_offset = offset;
+            if !matches!(o, Outcome::Drop) {
+                expect.push((rec.offset, msg, matches!(o, Outcome::Error)));
+            }
+        }
+        let cps = batch.checkpoints();
+        prop_assert_eq!(cps.len(), 1);
+        prop_assert_eq!(cps[0].committed_offset, offset);
+        prop_assert_eq!(cps[0].records, expect.len() as u64);
+        let got: Vec<_> = batch.records().map(|r| {
+            let f: serde_json::Value = serde_json::from_slice(r.fields.unwrap()).unwrap();
+            (r.offset, String::from_utf8(r.bytes.to_vec()).unwrap(), f.get("transform_error").is_some())
+        }).collect();
+        prop_assert_eq!(got, expect);
+    }
+}
