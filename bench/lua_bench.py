@@ -12,6 +12,11 @@ median of each case and the Lua cases' throughput beside the untransformed one.
 Usage: cargo build --release -p log-sensor && python3 bench/lua_bench.py
        [--size-mib 1024] [--rounds 2] [--workdir /dev/shm/log-sensor-lua-bench] [--keep]
 
+Fluent Bit's filter_lua is not run beside it: Fluent Bit is not in Debian's archive (`apt-cache
+policy fluent-bit` finds nothing), the project's own package repository is not reachable from
+here, and building it from source is a CMake build of a large C tree that the shared 2-core
+machine could not spare in this round.
+
 Figures are printed, never asserted: this machine is shared and noisy. The work folder is
 removed at the end unless --keep.
 """
