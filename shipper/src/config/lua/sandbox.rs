@@ -20,7 +20,8 @@
 //!   for hours), and `table.move`, which loops over any integer range. `string.find`, `match`,
 //!   `gmatch` and `gsub` are replaced by guards that work out the pattern's worst case on this
 //!   subject ([`pattern_cost`]) and refuse, with an error naming the pattern, what could not
-//!   finish within `time_limit`; `table.move` is Lua code, so the hook counts it.
+//!   finish within `time_limit`; `table.move` is Lua code, so the hook counts it;
+//! - finalizers, which Lua runs with hooks off: `setmetatable` refuses a metatable with `__gc`.
 //!
 //! Guarding the patterns was chosen over running the state on a worker thread with a deadline:
 //! a thread stuck in C cannot be stopped, only abandoned, and would keep burning a core for as
@@ -306,7 +307,7 @@ fn harden(lua: &Lua, meter: &Arc<Meter>, time_limit: Duration) -> mlua::Result<(
 }
 
 /// Lua-side guards: `pcall`/`xpcall` that do not swallow a tripped limit, a `table.move` the
-/// hook can count, and a string metatable the script cannot reach to change.
+/// hook can count, a string metatable the script cannot reach to change, and no finalizers.
 const PRELUDE: &str = r#"
 local tripped = ...
 local raw_pcall, raw_xpcall, error = pcall, xpcall, error
@@ -328,6 +329,16 @@ table.move = function(a1, f, e, t, a2)
   return a2
 end
 getmetatable("").__metatable = false
+-- Lua runs finalizers with hooks off (lgc.c GCTM): a looping __gc would hang the state with no
+-- limit to stop it. A finalizer is only ever registered by setmetatable, so refusing __gc there
+-- closes the door (adding __gc to a metatable later registers nothing).
+local raw_setmetatable, rawget, type = setmetatable, rawget, type
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in a transform (finalizers run outside its limits)", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
 "#;
 
 /// Refuses a pattern call whose worst case would not finish within `budget` steps.

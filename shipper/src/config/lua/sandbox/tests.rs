@@ -228,3 +228,38 @@ fn classes_match_as_lua_reads_them() {
     assert!(single_match(b'q', b"[^%d]") && !single_match(b'5', b"[^%d]"));
     assert!(single_match(b'c', b"[a-e]") && !single_match(b'f', b"[a-e]"));
 }
+
+#[test]
+fn an_error_object_whose_tostring_loops_is_still_stopped() {
+    let code = "function process()
+        error(setmetatable({}, {__tostring = function() while true do end end}))
+    end";
+    let r = run(code);
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn a_finalizer_cannot_be_set_because_it_would_run_without_limits() {
+    let code = "function process()
+        local t = setmetatable({}, {__gc = function() while true do end end})
+        t = nil
+        for i = 1, 1e5 do local _ = {i} end
+        return 1
+    end";
+    let m = script_error(code);
+    assert!(m.contains("__gc"), "{m}");
+    // Added to the metatable afterwards, __gc registers no finalizer: Lua's own rule.
+    let code = "function process()
+        local mt = {}
+        local t = setmetatable({}, mt)
+        mt.__gc = function() while true do end end
+        t = nil
+        for i = 1, 1e5 do local _ = {i} end
+        return 1
+    end";
+    assert_eq!(run(code), Ok("1".into()));
+    assert_eq!(
+        run("function process() return getmetatable(setmetatable({}, {x = 1})).x end"),
+        Ok("1".into())
+    );
+}
