@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 use support::*;
 
 /// A config with one file source per `(name, script file, extra keys)`, each source tailing

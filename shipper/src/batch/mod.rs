@@ -9,6 +9,8 @@
 mod ack;
 mod intake;
 mod ndjson;
+#[cfg(test)]
+mod outcomes;
 
 pub use crate::record::StreamMeta;
 pub use ack::{Ack, AckError, Acknowledge};
