@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::db::{CertRow, Db, DbError};
 use crate::pki::unix_now;
+use crate::storage::Store;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -27,7 +28,7 @@ pub fn revoke(db: &Db, target: &str) -> Result<Vec<CertRow>, DbError> {
 
 /// Publishes the revoked set until `shutdown` fires.
 pub async fn watch_revocations(
-    db: Arc<Db>,
+    store: Arc<dyn Store>,
     tx: watch::Sender<Arc<HashSet<String>>>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
@@ -38,8 +39,8 @@ pub async fn watch_revocations(
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
         }
-        let db = Arc::clone(&db);
-        match tokio::task::spawn_blocking(move || db.revoked_serials()).await {
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.revoked_serials()).await {
             Ok(Ok(set)) => {
                 tx.send_if_modified(|current| {
                     if **current == set {
