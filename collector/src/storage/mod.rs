@@ -21,6 +21,7 @@ use crate::ingest::StreamRecords;
 
 mod embedded;
 pub mod files;
+pub mod jetstream;
 
 pub use embedded::Embedded;
 pub use files::{FileStore, FilesError, StorageLimits};
@@ -85,6 +86,8 @@ pub enum StoreError {
     Db(#[from] DbError),
     #[error(transparent)]
     Files(FilesError),
+    #[error(transparent)]
+    JetStream(#[from] jetstream::JetStreamError),
 }
 
 impl From<FilesError> for StoreError {

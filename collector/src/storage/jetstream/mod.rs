@@ -1,0 +1,380 @@
+//! The JetStream backend's records: several collectors on one NATS
+//! cluster, every record stored exactly once whichever collector a batch
+//! reaches (#13). Not reachable from `collector.toml` yet (config refuses
+//! `type = "jetstream"`): accounts, certificates and revocations in KV are
+//! not built.
+//!
+//! One stream, `{prefix}_records`, holds three kinds of subject:
+//! * `{prefix}.rec.{host}.{stream}`: records, several per message (body:
+//!   the agent's NDJSON lines; headers name host, stream and the offsets
+//!   covered);
+//! * `{prefix}.mark.{host}.{stream}`: the stream's high-water mark and
+//!   over-length streak, one message kept per subject (`Nats-Rollup: sub`);
+//! * `{prefix}.alert.{host}.{stream}`: one message per over-length streak.
+//!
+//! Host and stream ids are encoded into single tokens
+//! ([`encode_subject_token`]), so an id holding `.`, `*` or `>` can neither
+//! split a subject nor match another's.
+//!
+//! A batch is one atomic publish (ADR-50) of its new records, its marks
+//! and its alerts, each mark sent with `Nats-Expected-Last-Subject-Sequence`
+//! set to the mark's sequence read before: of two collectors storing the
+//! same records at once, exactly one batch is stored, and the other
+//! re-reads the marks, trims what is now stored, and tries again.
+//!
+//! [`encode_subject_token`]: crate::names::encode_subject_token
+
+use std::collections::HashSet;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use async_nats::Client;
+use serde_json::{json, Value};
+
+use crate::config::JetStreamConfig;
+use crate::names::encode_subject_token;
+
+mod api;
+mod batch;
+#[cfg(test)]
+mod tests;
+
+pub use api::ApiError;
+pub use batch::JsBatch;
+
+/// Oldest server whose atomic batches are atomic: 2.9 accepts the headers
+/// and stores the messages one by one.
+const MIN_VERSION: (u64, u64) = (2, 12);
+/// How long one API call or publish may wait for the cluster; a leader
+/// election takes 4–6 s (reference/nats-jetstream.md).
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room left in a message for its headers under `max_payload`, which
+/// counts them.
+const HEADER_ROOM: usize = 4096;
+/// Messages in one atomic batch: the server's default limit.
+const MAX_BATCH_MESSAGES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("connecting to NATS {servers:?}: {source}")]
+    Connect {
+        servers: Vec<String>,
+        source: async_nats::ConnectError,
+    },
+    #[error("storage.servers: {server:?} is not a NATS server address: {detail}")]
+    BadServer { server: String, detail: String },
+    #[error("reading {path}: {source}")]
+    Secret {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the NATS client's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("NATS server {server} runs {version}; the collector needs {}.{} or newer (older servers store an atomic batch one message at a time)", MIN_VERSION.0, MIN_VERSION.1)]
+    TooOld { server: String, version: String },
+    #[error("stream {stream}: `{setting}` is {found}, the collector needs {wanted} (edit the stream, or delete it to have it created)")]
+    StreamSetting {
+        stream: String,
+        setting: &'static str,
+        found: String,
+        wanted: String,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("host {host:?} stream {stream:?}: record at offset {offset} is {len} bytes, more than fits in one NATS message ({limit}, the server's max_payload less headers)")]
+    RecordTooLarge {
+        host: String,
+        stream: String,
+        offset: u64,
+        len: usize,
+        limit: usize,
+    },
+    #[error("the batch needs {needed} NATS messages, more than the {limit} of one atomic batch; nothing of it is stored: send smaller batches")]
+    BatchTooLarge { needed: usize, limit: usize },
+    #[error("host {host:?}: the batch lost the race for its streams' marks {tries} times in a row; nothing of it is stored, send it again")]
+    Contended { host: String, tries: u32 },
+}
+
+/// Subject and stream names, from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+    /// The stream holding records, marks and alerts.
+    pub stream: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_owned(),
+            stream: format!("{prefix}_records"),
+        }
+    }
+
+    fn subject(&self, kind: &str, host: &str, stream: &str) -> String {
+        format!(
+            "{}.{kind}.{}.{}",
+            self.prefix,
+            encode_subject_token(host),
+            encode_subject_token(stream)
+        )
+    }
+
+    pub fn records(&self, host: &str, stream: &str) -> String {
+        self.subject("rec", host, stream)
+    }
+
+    pub fn mark(&self, host: &str, stream: &str) -> String {
+        self.subject("mark", host, stream)
+    }
+
+    pub fn alert(&self, host: &str, stream: &str) -> String {
+        self.subject("alert", host, stream)
+    }
+
+    /// The stream's settings as the collector creates it.
+    fn stream_config(&self, replicas: u8) -> Value {
+        let p = &self.prefix;
+        json!({
+            "name": self.stream,
+            "subjects": [format!("{p}.rec.>"), format!("{p}.mark.>"), format!("{p}.alert.>")],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": replicas,
+            "discard": "old",
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_age": 0,
+            "allow_atomic": true,
+            "allow_rollup_hdrs": true,
+        })
+    }
+}
+
+/// The records side of the JetStream backend: a connection to the cluster
+/// and the checked stream.
+pub struct JetStream {
+    /// Drives the NATS connection; the store's methods block on it from
+    /// `serve`'s blocking threads.
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    names: Names,
+    /// `overlong_alert_after`.
+    alert_after: u64,
+    /// Largest body of one message: the server's `max_payload` less room
+    /// for headers.
+    max_body: usize,
+    /// Hosts with a batch being stored here: one at a time per host, so a
+    /// collector does not race itself for a host's marks.
+    busy: Mutex<HashSet<String>>,
+    idle: Condvar,
+}
+
+impl std::fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStream")
+            .field("stream", &self.names.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStream {
+    /// Connects and runs the start-up checks: the server is new enough, and
+    /// the stream exists with the settings the collector needs (created
+    /// when absent).
+    pub fn connect(
+        config: &JetStreamConfig,
+        alert_after: u64,
+    ) -> Result<JetStream, JetStreamError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nats")
+            .enable_all()
+            .build()
+            .map_err(JetStreamError::Runtime)?;
+        let names = Names::new(&config.prefix);
+        let (client, max_body) = runtime.block_on(async {
+            let client = connect(config).await?;
+            let info = client.server_info();
+            check_version(&info.server_name, &info.version)?;
+            ensure_stream(&client, &names, config.replicas).await?;
+            Ok::<_, JetStreamError>((client, info.max_payload.saturating_sub(HEADER_ROOM)))
+        })?;
+        Ok(JetStream {
+            runtime,
+            client,
+            names,
+            alert_after,
+            max_body,
+            busy: Mutex::new(HashSet::new()),
+            idle: Condvar::new(),
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Starts storing a batch of `host`, once the host's previous batch on
+    /// this collector is done.
+    pub fn begin(&self, host: &str) -> JsBatch<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(host) {
+            busy = self.idle.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(host.to_owned());
+        JsBatch::new(self, host)
+    }
+
+    fn done(&self, host: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+        self.idle.notify_all();
+    }
+}
+
+async fn connect(config: &JetStreamConfig) -> Result<Client, JetStreamError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("log-sensor-collector")
+        .connection_timeout(API_TIMEOUT)
+        .request_timeout(Some(API_TIMEOUT));
+    if let Some(creds) = &config.creds_file {
+        options =
+            options
+                .credentials_file(creds)
+                .await
+                .map_err(|source| JetStreamError::Secret {
+                    path: creds.clone(),
+                    source,
+                })?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    if config.servers.iter().any(|s| s.starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
+    let servers = config
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| JetStreamError::BadServer {
+                    server: s.clone(),
+                    detail: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    options
+        .connect(servers)
+        .await
+        .map_err(|source| JetStreamError::Connect {
+            servers: config.servers.clone(),
+            source,
+        })
+}
+
+/// Refuses a server older than [`MIN_VERSION`] (or one whose version does
+/// not parse: it cannot be shown to be new enough).
+fn check_version(server: &str, version: &str) -> Result<(), JetStreamError> {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>());
+    let too_old = || JetStreamError::TooOld {
+        server: server.to_owned(),
+        version: version.to_owned(),
+    };
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) if (major, minor) >= MIN_VERSION => Ok(()),
+        _ => Err(too_old()),
+    }
+}
+
+/// Creates the stream when absent; refuses one whose settings would break
+/// exactly-once storage. The settings are read back from the server, so
+/// one that silently drops `allow_atomic` (2.9) is caught here too.
+async fn ensure_stream(client: &Client, names: &Names, replicas: u8) -> Result<(), JetStreamError> {
+    let wanted = names.stream_config(replicas);
+    let info = match api::request(
+        client,
+        "reading the records stream",
+        format!("$JS.API.STREAM.INFO.{}", names.stream),
+        None,
+        bytes::Bytes::new(),
+        API_TIMEOUT,
+    )
+    .await
+    {
+        Ok(info) => info,
+        Err(e) if e.err_code() == Some(api::code::STREAM_NOT_FOUND) => {
+            let body = serde_json::to_vec(&wanted).expect("JSON serialises");
+            api::request(
+                client,
+                "creating the records stream",
+                format!("$JS.API.STREAM.CREATE.{}", names.stream),
+                None,
+                body.into(),
+                API_TIMEOUT,
+            )
+            .await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let found = info.get("config").cloned().unwrap_or(Value::Null);
+    check_settings(&names.stream, &found, &wanted)
+}
+
+/// Compares the settings exactly-once depends on.
+fn check_settings(stream: &str, found: &Value, wanted: &Value) -> Result<(), JetStreamError> {
+    let differs = |setting: &'static str, found: &Value, wanted: &Value| {
+        Err(JetStreamError::StreamSetting {
+            stream: stream.to_owned(),
+            setting,
+            found: found.to_string(),
+            wanted: wanted.to_string(),
+        })
+    };
+    // Absent booleans are false (the server omits them), absent numbers
+    // are the server's defaults for "no limit".
+    let or = |v: Option<&Value>, default: Value| v.cloned().unwrap_or(default);
+    for setting in ["allow_atomic", "allow_rollup_hdrs"] {
+        let f = or(found.get(setting), Value::Bool(false));
+        if f != Value::Bool(true) {
+            return differs(setting, &f, &Value::Bool(true));
+        }
+    }
+    for setting in ["retention", "storage", "num_replicas"] {
+        let f = or(found.get(setting), Value::Null);
+        let w = &wanted[setting];
+        if &f != w {
+            return differs(setting, &f, w);
+        }
+    }
+    // A limit would drop marks with old records, and records would then be
+    // stored again.
+    for (setting, none) in [("max_msgs", -1), ("max_bytes", -1), ("max_age", 0)] {
+        let f = or(found.get(setting), json!(none));
+        if f != json!(none) {
+            return differs(setting, &f, &json!(none));
+        }
+    }
+    let subjects: Vec<&str> = found
+        .get("subjects")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for s in wanted["subjects"].as_array().expect("subjects listed") {
+        if !subjects.contains(&s.as_str().expect("subject is text")) {
+            return differs("subjects", &json!(subjects), &wanted["subjects"]);
+        }
+    }
+    Ok(())
+}
