@@ -47,6 +47,25 @@ pub fn encode_subject_token(id: &str) -> String {
     out
 }
 
+/// The id a token of [`encode_subject_token`] came from; None for a token
+/// that encoding cannot produce.
+pub fn decode_subject_token(token: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(token.len());
+    let mut bytes = token.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'_' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b);
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Why an id cannot name a file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -86,6 +105,14 @@ mod tests {
         // `_` is encoded, so an id that looks like an encoding is not one.
         assert_ne!(encode_subject_token("a.b"), encode_subject_token("a_2Eb"));
         assert_eq!(encode_subject_token("a_2Eb"), "a_5F2Eb");
+        for id in ["a.b", "*>", "é x", "_", "0a1b"] {
+            assert_eq!(
+                decode_subject_token(&encode_subject_token(id)).as_deref(),
+                Some(id)
+            );
+        }
+        assert_eq!(decode_subject_token("a.b"), None);
+        assert_eq!(decode_subject_token("a_2"), None);
     }
 
     fn assert_safe(name: &str) {

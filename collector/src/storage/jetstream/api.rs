@@ -172,3 +172,62 @@ pub async fn last_on_subject(
     };
     Ok(Some((seq, data)))
 }
+
+/// Publishes one message and waits for its acknowledgement; returns the
+/// sequence it was stored at.
+pub async fn publish(
+    client: &Client,
+    what: &str,
+    subject: String,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<u64, ApiError> {
+    let ack = request(client, what, subject, Some(headers), body, timeout).await?;
+    ack.get("seq")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ApiError::BadAnswer {
+            what: what.to_owned(),
+            detail: format!("no seq in {ack}"),
+        })
+}
+
+/// The subjects of `stream` matching `filter` that hold a message, read
+/// from the stream's state page by page.
+pub async fn subjects(
+    client: &Client,
+    stream: &str,
+    filter: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, ApiError> {
+    let what = format!("listing {filter}");
+    let mut out = Vec::new();
+    loop {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "subjects_filter": filter,
+            "offset": out.len(),
+        }))
+        .expect("a JSON object serialises");
+        let info = request(
+            client,
+            &what,
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            None,
+            body.into(),
+            timeout,
+        )
+        .await?;
+        let page: Vec<String> = info["state"]["subjects"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let total = info["total"].as_u64().unwrap_or(0) as usize;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+        if out.len() >= total {
+            return Ok(out);
+        }
+    }
+}

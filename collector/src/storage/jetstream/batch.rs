@@ -60,11 +60,11 @@ pub struct JsBatch<'s> {
     pending: Vec<Pending>,
 }
 
-/// A message of the atomic batch.
-struct Outgoing {
-    subject: String,
-    headers: HeaderMap,
-    body: Bytes,
+/// A message of an atomic batch.
+pub(super) struct Outgoing {
+    pub(super) subject: String,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 /// What one try at the commit would store.
@@ -107,7 +107,7 @@ impl<'s> JsBatch<'s> {
     /// Stores the batch; see the module's introduction.
     pub fn store(self) -> Result<StoreOutcome, JetStreamError> {
         let js = self.js;
-        js.runtime.block_on(async {
+        js.block(async {
             for _ in 0..MAX_TRIES {
                 let marks = self.read_marks().await?;
                 let plan = self.plan(&marks)?;
@@ -289,7 +289,7 @@ fn alert_message(js: &JetStream, alert: &AlertRow) -> Outgoing {
     }
 }
 
-fn is_conflict(e: &ApiError) -> bool {
+pub(super) fn is_conflict(e: &ApiError) -> bool {
     matches!(
         e.err_code(),
         Some(code::WRONG_LAST_SEQUENCE | code::WRONG_LAST_SEQUENCE_CLUSTERED)
@@ -301,7 +301,10 @@ fn is_conflict(e: &ApiError) -> bool {
 /// plainly, the last with `Nats-Batch-Commit` as a request whose answer is
 /// the batch's acknowledgement. A fresh batch id per try, so a try whose
 /// answer was lost can never be completed by the next.
-async fn publish_atomic(js: &JetStream, messages: Vec<Outgoing>) -> Result<(), ApiError> {
+pub(super) async fn publish_atomic(
+    js: &JetStream,
+    messages: Vec<Outgoing>,
+) -> Result<(), ApiError> {
     let id = batch_id();
     let n = messages.len();
     for (i, mut m) in messages.into_iter().enumerate() {

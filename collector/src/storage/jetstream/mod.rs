@@ -32,8 +32,13 @@ use async_nats::Client;
 use serde_json::{json, Value};
 
 use crate::config::JetStreamConfig;
+use crate::db::{CertState, Issued};
 use crate::names::encode_subject_token;
+use crate::storage::{BatchWrite, StoreError};
 
+mod accounts;
+#[cfg(test)]
+mod accounts_tests;
 mod api;
 mod batch;
 #[cfg(test)]
@@ -91,8 +96,14 @@ pub enum JetStreamError {
     },
     #[error("the batch needs {needed} NATS messages, more than the {limit} of one atomic batch; nothing of it is stored: send smaller batches")]
     BatchTooLarge { needed: usize, limit: usize },
-    #[error("host {host:?}: the batch lost the race for its streams' marks {tries} times in a row; nothing of it is stored, send it again")]
+    #[error("{host:?}: the write lost the race for its records {tries} times in a row; nothing of it is stored, try again")]
     Contended { host: String, tries: u32 },
+    #[error("user {name:?} already exists; `user del` it first")]
+    UserExists { name: String },
+    #[error("no user {name:?}")]
+    NoSuchUser { name: String },
+    #[error("no certificate with serial or host id {target:?}")]
+    NothingToRevoke { target: String },
 }
 
 /// Subject and stream names, from the configured prefix.
@@ -101,6 +112,8 @@ pub struct Names {
     prefix: String,
     /// The stream holding records, marks and alerts.
     pub stream: String,
+    /// The stream holding users, certificates, enrolments and revocations.
+    pub accounts: String,
 }
 
 impl Names {
@@ -108,7 +121,13 @@ impl Names {
         Names {
             prefix: prefix.to_owned(),
             stream: format!("{prefix}_records"),
+            accounts: format!("{prefix}_accounts"),
         }
+    }
+
+    /// `{prefix}.{kind}.{id}` on the accounts stream.
+    fn account(&self, kind: &str, id: &str) -> String {
+        format!("{}.{kind}.{}", self.prefix, encode_subject_token(id))
     }
 
     fn subject(&self, kind: &str, host: &str, stream: &str) -> String {
@@ -132,12 +151,39 @@ impl Names {
         self.subject("alert", host, stream)
     }
 
-    /// The stream's settings as the collector creates it.
-    fn stream_config(&self, replicas: u8) -> Value {
+    /// The records stream's settings as the collector creates it.
+    fn records_config(&self, replicas: u8) -> Value {
         let p = &self.prefix;
-        json!({
-            "name": self.stream,
-            "subjects": [format!("{p}.rec.>"), format!("{p}.mark.>"), format!("{p}.alert.>")],
+        stream_config(
+            &self.stream,
+            [
+                format!("{p}.rec.>"),
+                format!("{p}.mark.>"),
+                format!("{p}.alert.>"),
+            ],
+            replicas,
+        )
+    }
+
+    /// The accounts stream's settings as the collector creates it.
+    fn accounts_config(&self, replicas: u8) -> Value {
+        let p = &self.prefix;
+        let kinds = ["user", "cert", "host", "enrol", "revoked"];
+        stream_config(
+            &self.accounts,
+            kinds.map(|k| format!("{p}.{k}.>")),
+            replicas,
+        )
+    }
+}
+
+/// Both streams' settings: kept forever (a limit would drop marks, users
+/// or revocations), atomic batches and per-subject rollups allowed.
+fn stream_config<const N: usize>(name: &str, subjects: [String; N], replicas: u8) -> Value {
+    let subjects = subjects.to_vec();
+    json!({
+            "name": name,
+            "subjects": subjects,
             "retention": "limits",
             "storage": "file",
             "num_replicas": replicas,
@@ -147,8 +193,7 @@ impl Names {
             "max_age": 0,
             "allow_atomic": true,
             "allow_rollup_hdrs": true,
-        })
-    }
+    })
 }
 
 /// The records side of the JetStream backend: a connection to the cluster
@@ -197,7 +242,8 @@ impl JetStream {
             let client = connect(config).await?;
             let info = client.server_info();
             check_version(&info.server_name, &info.version)?;
-            ensure_stream(&client, &names, config.replicas).await?;
+            ensure_stream(&client, &names.records_config(config.replicas)).await?;
+            ensure_stream(&client, &names.accounts_config(config.replicas)).await?;
             Ok::<_, JetStreamError>((client, info.max_payload.saturating_sub(HEADER_ROOM)))
         })?;
         Ok(JetStream {
@@ -213,6 +259,18 @@ impl JetStream {
 
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// Runs `fut` on the client's runtime from blocking code. On a worker of
+    /// `serve`'s own runtime (a TLS handshake's certificate check) the
+    /// worker first hands its other tasks over, so they do not wait.
+    fn block<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.runtime.block_on(fut))
+            }
+            _ => self.runtime.block_on(fut),
+        }
     }
 
     /// Starts storing a batch of `host`, once the host's previous batch on
@@ -301,12 +359,14 @@ fn check_version(server: &str, version: &str) -> Result<(), JetStreamError> {
 /// Creates the stream when absent; refuses one whose settings would break
 /// exactly-once storage. The settings are read back from the server, so
 /// one that silently drops `allow_atomic` (2.9) is caught here too.
-async fn ensure_stream(client: &Client, names: &Names, replicas: u8) -> Result<(), JetStreamError> {
-    let wanted = names.stream_config(replicas);
+async fn ensure_stream(client: &Client, wanted: &Value) -> Result<(), JetStreamError> {
+    let name = wanted["name"]
+        .as_str()
+        .expect("a stream config names its stream");
     let info = match api::request(
         client,
-        "reading the records stream",
-        format!("$JS.API.STREAM.INFO.{}", names.stream),
+        &format!("reading stream {name}"),
+        format!("$JS.API.STREAM.INFO.{name}"),
         None,
         bytes::Bytes::new(),
         API_TIMEOUT,
@@ -315,11 +375,11 @@ async fn ensure_stream(client: &Client, names: &Names, replicas: u8) -> Result<(
     {
         Ok(info) => info,
         Err(e) if e.err_code() == Some(api::code::STREAM_NOT_FOUND) => {
-            let body = serde_json::to_vec(&wanted).expect("JSON serialises");
+            let body = serde_json::to_vec(wanted).expect("JSON serialises");
             api::request(
                 client,
-                "creating the records stream",
-                format!("$JS.API.STREAM.CREATE.{}", names.stream),
+                &format!("creating stream {name}"),
+                format!("$JS.API.STREAM.CREATE.{name}"),
                 None,
                 body.into(),
                 API_TIMEOUT,
@@ -329,7 +389,7 @@ async fn ensure_stream(client: &Client, names: &Names, replicas: u8) -> Result<(
         Err(e) => return Err(e.into()),
     };
     let found = info.get("config").cloned().unwrap_or(Value::Null);
-    check_settings(&names.stream, &found, &wanted)
+    check_settings(name, &found, wanted)
 }
 
 /// Compares the settings exactly-once depends on.
@@ -377,4 +437,30 @@ fn check_settings(stream: &str, found: &Value, wanted: &Value) -> Result<(), Jet
         }
     }
     Ok(())
+}
+
+impl crate::storage::Store for JetStream {
+    fn user_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(JetStream::user_hash(self, name)?)
+    }
+
+    fn record_issued(&self, issued: &Issued<'_>) -> Result<(), StoreError> {
+        Ok(JetStream::record_issued(self, issued)?)
+    }
+
+    fn record_enrolment(&self, issued: &Issued<'_>) -> Result<Option<String>, StoreError> {
+        Ok(JetStream::record_enrolment(self, issued)?)
+    }
+
+    fn cert_state(&self, serial: &str) -> Result<CertState, StoreError> {
+        Ok(JetStream::cert_state(self, serial)?)
+    }
+
+    fn revoked_serials(&self) -> Result<HashSet<String>, StoreError> {
+        Ok(JetStream::revoked_serials(self)?)
+    }
+
+    fn begin(&self, host: &str) -> Result<Box<dyn BatchWrite + '_>, StoreError> {
+        Ok(Box::new(JetStream::begin(self, host)))
+    }
 }

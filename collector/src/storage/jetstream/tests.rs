@@ -16,7 +16,7 @@ use super::*;
 use crate::ingest::parse_batch;
 use crate::storage::{BatchWrite, StoreError, StoreOutcome};
 
-fn nats_server() -> PathBuf {
+pub(super) fn nats_server() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
     assert!(
         bin.exists(),
@@ -35,16 +35,16 @@ fn free_port() -> u16 {
 }
 
 /// One nats-server process.
-struct Node {
-    name: String,
+pub(super) struct Node {
+    pub(super) name: String,
     port: u16,
     config: PathBuf,
     bin: PathBuf,
-    child: Option<Child>,
+    pub(super) child: Option<Child>,
 }
 
 impl Node {
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -60,7 +60,7 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn kill9(&mut self) {
+    pub(super) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -76,13 +76,13 @@ impl Drop for Node {
 
 /// A JetStream cluster of `n` nodes (one: no cluster block), with
 /// `extra` added to every node's config.
-struct Cluster {
+pub(super) struct Cluster {
     _dir: tempfile::TempDir,
-    nodes: Vec<Node>,
+    pub(super) nodes: Vec<Node>,
 }
 
 impl Cluster {
-    fn start(bin: PathBuf, n: usize, extra: &str) -> Cluster {
+    pub(super) fn start(bin: PathBuf, n: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -121,7 +121,7 @@ impl Cluster {
         Cluster { _dir: dir, nodes }
     }
 
-    fn config(&self, nodes: &[usize], replicas: u8) -> JetStreamConfig {
+    pub(super) fn config(&self, nodes: &[usize], replicas: u8) -> JetStreamConfig {
         JetStreamConfig {
             servers: nodes.iter().map(|&i| self.nodes[i].url()).collect(),
             tls_ca: None,
@@ -135,7 +135,7 @@ impl Cluster {
 
     /// Connects once the cluster has a JetStream meta leader and the
     /// stream could be set up; start-up errors before then are retried.
-    fn connect(&self, nodes: &[usize], replicas: u8) -> JetStream {
+    pub(super) fn connect(&self, nodes: &[usize], replicas: u8) -> JetStream {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match JetStream::connect(&self.config(nodes, replicas), 3) {
@@ -313,7 +313,7 @@ fn a_server_that_ignores_atomic_batches_is_refused() {
     let err = runtime
         .block_on(async {
             let client = connect(&config).await.unwrap();
-            ensure_stream(&client, &Names::new("ls"), 1).await
+            ensure_stream(&client, &Names::new("ls").records_config(1)).await
         })
         .unwrap_err();
     assert!(
