@@ -140,7 +140,10 @@ pub struct Config {
     /// and leaves no file behind.
     pub max_new_streams_per_batch: u32,
     pub rate_limit: RateLimit,
-    /// Where accounts, certificates, marks and records live.
+    /// Where accounts, certificates, marks and records live. Left out of
+    /// `init`'s file while it is the default, so the operator adds one
+    /// `[storage]` section to choose the cluster.
+    #[serde(skip_serializing_if = "StorageConfig::is_embedded")]
     pub storage: StorageConfig,
 }
 
@@ -189,6 +192,12 @@ fn default_replicas() -> u8 {
 
 fn default_prefix() -> String {
     "logsensor".to_owned()
+}
+
+impl StorageConfig {
+    fn is_embedded(&self) -> bool {
+        *self == StorageConfig::Embedded
+    }
 }
 
 impl JetStreamConfig {
@@ -321,13 +330,6 @@ impl Config {
         if let StorageConfig::Jetstream(js) = &self.storage {
             js.check()
                 .map_err(|(field, problem)| invalid(field, problem))?;
-            // Refused here, before anything starts, until the backend does
-            // everything `serve` needs (see collector/README.md).
-            return Err(invalid(
-                "storage.type",
-                "= \"jetstream\" is not available in this build (the JetStream backend is \
-                 not finished: see collector/README.md); remove [storage] to use the embedded store",
-            ));
         }
         Ok(())
     }
@@ -382,11 +384,8 @@ mod tests {
         assert!(err.contains("max_password_checks"), "{err}");
     }
 
-    /// Until the JetStream backend is complete, choosing it stops the
-    /// collector at its config, naming the key, rather than starting a
-    /// collector that stores nothing where the operator expects.
     #[test]
-    fn jetstream_storage_is_refused_naming_the_key() {
+    fn jetstream_settings_are_checked_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(
@@ -394,9 +393,11 @@ mod tests {
             "[storage]\ntype = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
         )
         .unwrap();
-        let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("storage.type"), "{err}");
-        assert!(err.contains("not available in this build"), "{err}");
+        let c = Config::load(&path).unwrap();
+        let StorageConfig::Jetstream(js) = c.storage else {
+            panic!("{c:?}")
+        };
+        assert_eq!((js.replicas, js.prefix.as_str()), (3, "logsensor"));
         // Its own settings are checked first, each named.
         for (text, key) in [
             ("servers = []", "storage.servers"),

@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use log_sensor_collector::config::{Config, Layout};
 use log_sensor_collector::db::Db;
+use log_sensor_collector::storage::{self, Store};
 use log_sensor_collector::{fsutil, pki, revoke, server, users};
 
 #[derive(Parser)]
@@ -131,15 +133,15 @@ fn run() -> Result<()> {
                 password_file,
             } => user_add(&Layout::new(dir.dir), &name, password_file),
             UserCommand::Del { dir, name } => {
-                Db::open(&Layout::new(dir.dir).db())?.delete_user(&name)?;
+                open_store(&Layout::new(dir.dir))?.delete_user(&name)?;
                 println!("deleted user {name}");
                 Ok(())
             }
         },
         Command::Serve { dir, listen } => serve(Layout::new(dir.dir), listen),
         Command::Revoke { dir, target } => {
-            let db = Db::open(&Layout::new(dir.dir).db())?;
-            for row in revoke::revoke(&db, &target)? {
+            let store = open_store(&Layout::new(dir.dir))?;
+            for row in revoke::revoke(store.as_ref(), &target)? {
                 println!("revoked {} (host {})", row.serial, row.host_id);
             }
             Ok(())
@@ -201,13 +203,13 @@ fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Resu
     if name.is_empty() {
         bail!("empty user name");
     }
-    let db = Db::open(&layout.db())?;
+    let store = open_store(layout)?;
     let password = match password_file {
         Some(path) => users::password_from_file(&path)?,
         None => users::password_from_tty(name)?,
     };
     let hash = users::hash_password(&password)?;
-    db.add_user(name, &hash, pki::unix_now())?;
+    store.add_user(name, &hash, pki::unix_now())?;
     println!("added user {name}");
     Ok(())
 }
@@ -264,8 +266,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// The store `collector.toml` chooses: the embedded one under `--dir`, or
+/// the JetStream cluster every collector shares.
+fn open_store(layout: &Layout) -> Result<Arc<dyn Store>> {
+    let config = Config::load(&layout.config())?;
+    Ok(storage::open(layout, &config)?)
+}
+
 fn certs_list(layout: &Layout) -> Result<()> {
-    let db = Db::open(&layout.db())?;
+    let store = open_store(layout)?;
     let now = pki::unix_now();
     let fmt = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
@@ -280,7 +289,7 @@ fn certs_list(layout: &Layout) -> Result<()> {
         "{:<32}  {:<24}  {:<12}  {:<20}  {:<20}  STATUS",
         "SERIAL", "HOST", "USER", "ISSUED", "NOT AFTER"
     );
-    for c in db.list_certs()? {
+    for c in store.list_certs()? {
         let status = match c.revoked_at {
             Some(at) => format!("revoked {}", fmt(at)),
             None if c.not_after <= now => "expired".to_owned(),

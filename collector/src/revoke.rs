@@ -1,8 +1,9 @@
-//! Revocation: the `revoke` command's effect on the database, and the
-//! server side that turns it into refused handshakes and cut connections.
+//! Revocation: the `revoke` command's effect on the store, and the server
+//! side that turns it into refused handshakes and cut connections.
 //!
-//! `revoke` runs in its own process and only writes `certs.revoked_at`.
-//! `serve` sees it two ways: the TLS verifier asks the database on every
+//! `revoke` runs in its own process and only writes the store (the
+//! embedded `certs.revoked_at`, or the cluster's accounts stream). Every
+//! `serve` sees it two ways: the TLS verifier asks the store on every
 //! handshake (new connections refused at once), and
 //! [`watch_revocations`] polls the revoked serials every
 //! [`POLL_INTERVAL`] and publishes them, so each open connection whose
@@ -14,16 +15,16 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::db::{CertRow, Db, DbError};
+use crate::db::CertRow;
 use crate::pki::unix_now;
-use crate::storage::Store;
+use crate::storage::{Store, StoreError};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Marks the certificate with serial `target` (hex, colons allowed), or
 /// else every certificate of host `target`, as revoked.
-pub fn revoke(db: &Db, target: &str) -> Result<Vec<CertRow>, DbError> {
-    db.revoke(target, unix_now())
+pub fn revoke(store: &dyn Store, target: &str) -> Result<Vec<CertRow>, StoreError> {
+    store.revoke(target, unix_now())
 }
 
 /// Publishes the revoked set until `shutdown` fires.

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::ratelimit::Limiter;
 use crate::revoke::watch_revocations;
-use crate::storage::{Embedded, Store, StoreError};
+use crate::storage::{Store, StoreError};
 use crate::tls::{make_server_config, RevokedSet};
 use crate::verify::Verifier;
 
@@ -97,9 +97,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the CA, the embedded store and the TLS config from `layout`.
+    /// Loads the CA and the TLS config from `layout`, and opens the store
+    /// `config` chooses.
     pub fn open(layout: &Layout, config: Config) -> Result<Server, OpenError> {
-        let store = Arc::new(Embedded::open(layout, &config)?);
+        let store = crate::storage::open(layout, &config)?;
         Server::with_store(layout, config, store)
     }
 

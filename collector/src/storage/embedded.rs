@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{BatchWrite, FileStore, StorageLimits, Store, StoreError, StoreOutcome};
 use crate::config::{Config, Layout};
-use crate::db::{CertState, Db, Issued};
+use crate::db::{CertRow, CertState, Db, Issued};
 use crate::ingest::StreamRecords;
 
 pub struct Embedded {
@@ -76,6 +76,22 @@ impl Store for Embedded {
 
     fn begin(&self, host: &str) -> Result<Box<dyn BatchWrite + '_>, StoreError> {
         Ok(Box::new(self.files.begin(host)))
+    }
+
+    fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<(), StoreError> {
+        Ok(self.db.add_user(name, password_hash, now)?)
+    }
+
+    fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        Ok(self.db.delete_user(name)?)
+    }
+
+    fn revoke(&self, target: &str, now: i64) -> Result<Vec<CertRow>, StoreError> {
+        Ok(self.db.revoke(target, now)?)
+    }
+
+    fn list_certs(&self) -> Result<Vec<CertRow>, StoreError> {
+        Ok(self.db.list_certs()?)
     }
 }
 

@@ -16,7 +16,10 @@
 
 use std::collections::HashSet;
 
-use crate::db::{AlertRow, CertState, DbError, Issued};
+use std::sync::Arc;
+
+use crate::config::{Config, Layout, StorageConfig};
+use crate::db::{AlertRow, CertRow, CertState, DbError, Issued};
 use crate::ingest::StreamRecords;
 
 mod embedded;
@@ -51,6 +54,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// time: this waits for the host's previous one to be committed or
     /// dropped.
     fn begin(&self, host: &str) -> Result<Box<dyn BatchWrite + '_>, StoreError>;
+
+    // The command line's (`user`, `revoke`, `certs list`).
+
+    /// Adds user `name`; an existing one is an error.
+    fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<(), StoreError>;
+
+    fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Revokes the certificate with serial `target`, or else every
+    /// certificate of host `target`; returns the matching rows after (those
+    /// revoked before included, so a repeat is not an error).
+    fn revoke(&self, target: &str, now: i64) -> Result<Vec<CertRow>, StoreError>;
+
+    fn list_certs(&self) -> Result<Vec<CertRow>, StoreError>;
+}
+
+/// The store `collector.toml` chooses.
+pub fn open(layout: &Layout, config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.storage {
+        StorageConfig::Embedded => Arc::new(Embedded::open(layout, config)?),
+        StorageConfig::Jetstream(js) => Arc::new(jetstream::JetStream::connect(
+            js,
+            u64::from(config.overlong_alert_after),
+        )?),
+    })
 }
 
 /// One batch being stored while its body still arrives. Dropped without

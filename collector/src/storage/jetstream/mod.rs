@@ -32,7 +32,7 @@ use async_nats::Client;
 use serde_json::{json, Value};
 
 use crate::config::JetStreamConfig;
-use crate::db::{CertState, Issued};
+use crate::db::{CertRow, CertState, Issued};
 use crate::names::encode_subject_token;
 use crate::storage::{BatchWrite, StoreError};
 
@@ -200,8 +200,9 @@ fn stream_config<const N: usize>(name: &str, subjects: [String; N], replicas: u8
 /// and the checked stream.
 pub struct JetStream {
     /// Drives the NATS connection; the store's methods block on it from
-    /// `serve`'s blocking threads.
-    runtime: tokio::runtime::Runtime,
+    /// `serve`'s blocking threads. Shut down without waiting when dropped
+    /// (`serve` may drop the store inside its own runtime).
+    runtime: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
     client: Client,
     names: Names,
     /// `overlong_alert_after`.
@@ -213,6 +214,14 @@ pub struct JetStream {
     /// collector does not race itself for a host's marks.
     busy: Mutex<HashSet<String>>,
     idle: Condvar,
+}
+
+impl Drop for JetStream {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here, and never used after.
+        let runtime = unsafe { std::mem::ManuallyDrop::take(&mut self.runtime) };
+        runtime.shutdown_background();
+    }
 }
 
 impl std::fmt::Debug for JetStream {
@@ -247,7 +256,7 @@ impl JetStream {
             Ok::<_, JetStreamError>((client, info.max_payload.saturating_sub(HEADER_ROOM)))
         })?;
         Ok(JetStream {
-            runtime,
+            runtime: std::mem::ManuallyDrop::new(runtime),
             client,
             names,
             alert_after,
@@ -462,5 +471,21 @@ impl crate::storage::Store for JetStream {
 
     fn begin(&self, host: &str) -> Result<Box<dyn BatchWrite + '_>, StoreError> {
         Ok(Box::new(JetStream::begin(self, host)))
+    }
+
+    fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<(), StoreError> {
+        Ok(JetStream::add_user(self, name, password_hash, now)?)
+    }
+
+    fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        Ok(JetStream::delete_user(self, name)?)
+    }
+
+    fn revoke(&self, target: &str, now: i64) -> Result<Vec<CertRow>, StoreError> {
+        Ok(JetStream::revoke(self, target, now)?)
+    }
+
+    fn list_certs(&self) -> Result<Vec<CertRow>, StoreError> {
+        Ok(JetStream::list_certs(self)?)
     }
 }
