@@ -184,6 +184,15 @@ pub struct JetStreamConfig {
     /// several collector fleets can share one cluster.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// How long one read or publish waits for the cluster before the
+    /// request (an ingest, a handshake's check) fails: longer than a leader
+    /// election (4–6 s), short enough that an agent fails over.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_request_timeout_secs() -> u64 {
+    10
 }
 
 fn default_replicas() -> u8 {
@@ -222,6 +231,9 @@ impl JetStreamConfig {
                 "storage.tls_cert",
                 "and storage.tls_key must be given together",
             ));
+        }
+        if self.request_timeout_secs == 0 || self.request_timeout_secs > 60 {
+            return Err(("storage.request_timeout_secs", "must be between 1 and 60"));
         }
         if ![1, 3, 5].contains(&self.replicas) {
             return Err(("storage.replicas", "must be 1, 3 or 5"));

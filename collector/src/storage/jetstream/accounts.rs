@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{self, ApiError};
 use super::batch::{is_conflict, publish_atomic, Outgoing};
-use super::{JetStream, JetStreamError, API_TIMEOUT};
+use super::{JetStream, JetStreamError};
 use crate::db::{CertRow, CertState, Issued};
 use crate::names::decode_subject_token;
 
@@ -99,7 +99,8 @@ impl JetStream {
         &self,
         subject: &str,
     ) -> Result<(u64, Option<T>), JetStreamError> {
-        match api::last_on_subject(&self.client, &self.names.accounts, subject, API_TIMEOUT).await?
+        match api::last_on_subject(&self.client, &self.names.accounts, subject, self.timeout)
+            .await?
         {
             None => Ok((0, None)),
             Some((seq, data)) => {
@@ -170,7 +171,7 @@ impl JetStream {
                     m.subject,
                     m.headers,
                     m.body,
-                    API_TIMEOUT,
+                    self.timeout,
                 )
                 .await
                 {
@@ -281,7 +282,7 @@ impl JetStream {
             + ".>";
         self.block(async {
             let subjects =
-                api::subjects(&self.client, &self.names.accounts, &filter, API_TIMEOUT).await?;
+                api::subjects(&self.client, &self.names.accounts, &filter, self.timeout).await?;
             Ok(subjects
                 .iter()
                 .filter_map(|s| s.rsplit('.').next().and_then(decode_subject_token))
@@ -361,7 +362,7 @@ impl JetStream {
             + ".>";
         self.block(async {
             let subjects =
-                api::subjects(&self.client, &self.names.accounts, &filter, API_TIMEOUT).await?;
+                api::subjects(&self.client, &self.names.accounts, &filter, self.timeout).await?;
             let mut rows: Vec<CertRow> = Vec::new();
             for s in subjects {
                 if let (_, Some(c)) = self.read::<Cert>(&s).await? {

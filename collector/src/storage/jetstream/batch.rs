@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::api::{self, code, ApiError};
-use super::{JetStream, JetStreamError, API_TIMEOUT, MAX_BATCH_MESSAGES};
+use super::{JetStream, JetStreamError, MAX_BATCH_MESSAGES};
 use crate::alerts::Streak;
 use crate::db::AlertRow;
 use crate::ingest::{path_of_line, Part, StreamRecords};
@@ -22,6 +22,10 @@ use crate::storage::{BatchWrite, StoreError, StoreOutcome};
 /// means another collector stored some of these records, so a handful
 /// always suffices unless the same batch is being sent everywhere at once.
 const MAX_TRIES: u32 = 16;
+/// Commits whose answer did not come that are tried again: one covers a
+/// leader election; past that the cluster is down or without quorum, and
+/// the agent (which keeps the batch) is told so.
+const MAX_TIMEOUTS: u32 = 1;
 
 /// Headers on every record message, for consumers: the host and stream
 /// (encoded as in the subject, so no id can inject a header line) and the
@@ -108,6 +112,7 @@ impl<'s> JsBatch<'s> {
     pub fn store(self) -> Result<StoreOutcome, JetStreamError> {
         let js = self.js;
         js.block(async {
+            let mut timeouts = 0;
             for _ in 0..MAX_TRIES {
                 let marks = self.read_marks().await?;
                 let plan = self.plan(&marks)?;
@@ -119,7 +124,11 @@ impl<'s> JsBatch<'s> {
                     // Another collector moved a mark first, or the cluster
                     // did not answer and the batch may or may not be
                     // stored: the marks read next say which records remain.
-                    Err(e) if is_conflict(&e) || matches!(e, ApiError::Timeout { .. }) => {
+                    Err(e @ ApiError::Timeout { .. }) if timeouts < MAX_TIMEOUTS => {
+                        timeouts += 1;
+                        tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
+                    }
+                    Err(e) if is_conflict(&e) => {
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
                     }
                     Err(e) => return Err(e.into()),
@@ -140,7 +149,7 @@ impl<'s> JsBatch<'s> {
         for p in &self.pending {
             let subject = js.names.mark(&self.host, &p.stream);
             let last =
-                api::last_on_subject(&js.client, &js.names.stream, &subject, API_TIMEOUT).await?;
+                api::last_on_subject(&js.client, &js.names.stream, &subject, js.timeout).await?;
             marks.push(match last {
                 None => (0, None),
                 Some((seq, data)) => {
@@ -326,7 +335,7 @@ pub(super) async fn publish_atomic(
                 m.subject,
                 Some(m.headers),
                 m.body,
-                API_TIMEOUT,
+                js.timeout,
             );
             match reply.await {
                 Ok(_) => {}

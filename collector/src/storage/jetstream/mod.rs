@@ -50,9 +50,6 @@ pub use batch::JsBatch;
 /// Oldest server whose atomic batches are atomic: 2.9 accepts the headers
 /// and stores the messages one by one.
 const MIN_VERSION: (u64, u64) = (2, 12);
-/// How long one API call or publish may wait for the cluster; a leader
-/// election takes 4–6 s (reference/nats-jetstream.md).
-const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room left in a message for its headers under `max_payload`, which
 /// counts them.
 const HEADER_ROOM: usize = 4096;
@@ -207,6 +204,8 @@ pub struct JetStream {
     names: Names,
     /// `overlong_alert_after`.
     alert_after: u64,
+    /// `request_timeout_secs`: how long one read or publish waits.
+    timeout: Duration,
     /// Largest body of one message: the server's `max_payload` less room
     /// for headers.
     max_body: usize,
@@ -251,11 +250,13 @@ impl JetStream {
             let client = connect(config).await?;
             let info = client.server_info();
             check_version(&info.server_name, &info.version)?;
-            ensure_stream(&client, &names.records_config(config.replicas)).await?;
-            ensure_stream(&client, &names.accounts_config(config.replicas)).await?;
+            let timeout = Duration::from_secs(config.request_timeout_secs);
+            ensure_stream(&client, &names.records_config(config.replicas), timeout).await?;
+            ensure_stream(&client, &names.accounts_config(config.replicas), timeout).await?;
             Ok::<_, JetStreamError>((client, info.max_payload.saturating_sub(HEADER_ROOM)))
         })?;
         Ok(JetStream {
+            timeout: Duration::from_secs(config.request_timeout_secs),
             runtime: std::mem::ManuallyDrop::new(runtime),
             client,
             names,
@@ -305,8 +306,8 @@ impl JetStream {
 async fn connect(config: &JetStreamConfig) -> Result<Client, JetStreamError> {
     let mut options = async_nats::ConnectOptions::new()
         .name("log-sensor-collector")
-        .connection_timeout(API_TIMEOUT)
-        .request_timeout(Some(API_TIMEOUT));
+        .connection_timeout(Duration::from_secs(config.request_timeout_secs))
+        .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)));
     if let Some(creds) = &config.creds_file {
         options =
             options
@@ -368,7 +369,11 @@ fn check_version(server: &str, version: &str) -> Result<(), JetStreamError> {
 /// Creates the stream when absent; refuses one whose settings would break
 /// exactly-once storage. The settings are read back from the server, so
 /// one that silently drops `allow_atomic` (2.9) is caught here too.
-async fn ensure_stream(client: &Client, wanted: &Value) -> Result<(), JetStreamError> {
+async fn ensure_stream(
+    client: &Client,
+    wanted: &Value,
+    timeout: Duration,
+) -> Result<(), JetStreamError> {
     let name = wanted["name"]
         .as_str()
         .expect("a stream config names its stream");
@@ -378,7 +383,7 @@ async fn ensure_stream(client: &Client, wanted: &Value) -> Result<(), JetStreamE
         format!("$JS.API.STREAM.INFO.{name}"),
         None,
         bytes::Bytes::new(),
-        API_TIMEOUT,
+        timeout,
     )
     .await
     {
@@ -391,7 +396,7 @@ async fn ensure_stream(client: &Client, wanted: &Value) -> Result<(), JetStreamE
                 format!("$JS.API.STREAM.CREATE.{name}"),
                 None,
                 body.into(),
-                API_TIMEOUT,
+                timeout,
             )
             .await?
         }

@@ -60,6 +60,13 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// SIGSTOP or SIGCONT: the node freezes with its sockets open.
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
     pub(super) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -121,6 +128,14 @@ impl Cluster {
         Cluster { _dir: dir, nodes }
     }
 
+    /// Like [`Cluster::config`], waiting at most `secs` for an answer.
+    fn config_waiting(&self, nodes: &[usize], replicas: u8, secs: u64) -> JetStreamConfig {
+        JetStreamConfig {
+            request_timeout_secs: secs,
+            ..self.config(nodes, replicas)
+        }
+    }
+
     pub(super) fn config(&self, nodes: &[usize], replicas: u8) -> JetStreamConfig {
         JetStreamConfig {
             servers: nodes.iter().map(|&i| self.nodes[i].url()).collect(),
@@ -130,6 +145,7 @@ impl Cluster {
             creds_file: None,
             replicas,
             prefix: "ls".to_owned(),
+            request_timeout_secs: 10,
         }
     }
 
@@ -189,7 +205,7 @@ fn messages(js: &JetStream, filter: &str) -> Vec<(String, Vec<u8>)> {
             format!("$JS.API.STREAM.MSG.GET.{}", js.names.stream),
             None,
             body.into(),
-            API_TIMEOUT,
+            js.timeout,
         ));
         let m = match got {
             Ok(v) => v["message"].clone(),
@@ -238,7 +254,7 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
             format!("$JS.API.STREAM.INFO.{}", js.names.stream),
             None,
             Bytes::new(),
-            API_TIMEOUT,
+            js.timeout,
         ))
         .unwrap();
     assert_eq!(info["config"]["allow_atomic"], json!(true), "{info}");
@@ -252,7 +268,7 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
             format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
             None,
             serde_json::to_vec(&config).unwrap().into(),
-            API_TIMEOUT,
+            js.timeout,
         ))
         .unwrap();
     let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
@@ -276,7 +292,7 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
             format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
             None,
             serde_json::to_vec(&config).unwrap().into(),
-            API_TIMEOUT,
+            js.timeout,
         ))
         .unwrap();
     let err = JetStream::connect(&c.config(&[0], 3), 3).unwrap_err();
@@ -313,7 +329,12 @@ fn a_server_that_ignores_atomic_batches_is_refused() {
     let err = runtime
         .block_on(async {
             let client = connect(&config).await.unwrap();
-            ensure_stream(&client, &Names::new("ls").records_config(1)).await
+            ensure_stream(
+                &client,
+                &Names::new("ls").records_config(1),
+                Duration::from_secs(5),
+            )
+            .await
         })
         .unwrap_err();
     assert!(
@@ -457,7 +478,7 @@ fn racing_collectors_store_every_record_once_through_a_leader_kill() {
             format!("$JS.API.STREAM.INFO.{}", js.names.stream),
             None,
             Bytes::new(),
-            API_TIMEOUT,
+            js.timeout,
         ))
         .unwrap();
     let leader = info["cluster"]["leader"].as_str().unwrap().to_owned();
@@ -486,6 +507,37 @@ fn racing_collectors_store_every_record_once_through_a_leader_kill() {
         alerts.load(Ordering::SeqCst) <= 34,
         "an alert reported twice"
     );
+}
+
+/// Two of three nodes frozen (SIGSTOP): no quorum, so nothing is
+/// acknowledged and the agent keeps its batch; once they thaw, the re-sent
+/// batch is stored, and every record is there once.
+#[test]
+fn without_quorum_nothing_is_acknowledged_and_everything_arrives_after() {
+    let c = Cluster::start(nats_server(), 3, "");
+    c.connect(&[0], 3);
+    let js = JetStream::connect(&c.config_waiting(&[0], 3, 2), 3).unwrap();
+    store(&js, &[("s", 0, 5)]).unwrap();
+    c.nodes[1].signal(libc::SIGSTOP);
+    c.nodes[2].signal(libc::SIGSTOP);
+    let refused = store(&js, &[("s", 5, 10)]);
+    assert!(refused.is_err(), "acknowledged without quorum: {refused:?}");
+    eprintln!("without quorum: {}", refused.unwrap_err());
+    c.nodes[1].signal(libc::SIGCONT);
+    c.nodes[2].signal(libc::SIGCONT);
+    // The agent re-sends what was not acknowledged, and more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store(&js, &[("s", 5, 12)]) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("not stored after the nodes thawed: {e}"),
+        }
+    }
+    assert_eq!(stored_offsets(&js, "s"), want(12));
 }
 
 #[test]
