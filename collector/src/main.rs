@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use log_sensor_collector::config::{Config, Layout};
+use log_sensor_collector::config::{Config, Layout, StorageConfig};
 use log_sensor_collector::db::Db;
+use log_sensor_collector::storage::jetstream::JetStream;
 use log_sensor_collector::storage::{self, Store};
 use log_sensor_collector::{fsutil, pki, revoke, server, users};
 
@@ -67,6 +68,19 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Write the records stored in the JetStream cluster to stdout or a
+    /// file, at least once, through a durable consumer (until SIGTERM).
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Append to this file (created 0600) instead of stdout; each write
+        /// is synced before it is acknowledged.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The durable consumer's name: a restart goes on where it left off.
+        #[arg(long, default_value = "export")]
+        consumer: String,
     },
 }
 
@@ -149,6 +163,7 @@ fn run() -> Result<()> {
         Command::Certs {
             command: CertsCommand::List { dir },
         } => certs_list(&Layout::new(dir.dir)),
+        Command::Export { dir, to, consumer } => export(&Layout::new(dir.dir), to, &consumer),
     }
 }
 
@@ -264,6 +279,62 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+fn export(layout: &Layout, to: Option<PathBuf>, consumer: &str) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let config = Config::load(&layout.config())?;
+    let StorageConfig::Jetstream(js) = &config.storage else {
+        bail!(
+            "export reads a JetStream cluster ([storage] type = \"jetstream\"); the embedded \
+             store's records are the files under {}",
+            layout.data_dir().display()
+        );
+    };
+    if consumer.is_empty()
+        || !consumer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("--consumer {consumer:?}: use A-Z, a-z, 0-9, - and _ only");
+    }
+    let cluster = JetStream::connect(js, u64::from(config.overlong_alert_after))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(shutdown_signal());
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let mut write: Box<dyn FnMut(&[u8]) -> std::io::Result<()>> = match to {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Box::new(move |body| {
+                (&file).write_all(body)?;
+                file.sync_data()
+            })
+        }
+        None => Box::new(|body| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(body)?;
+            out.flush()
+        }),
+    };
+    let n = cluster.export(consumer, &mut *write, &stop)?;
+    tracing::info!(messages = n, "export stopped");
+    Ok(())
 }
 
 /// The store `collector.toml` chooses: the embedded one under `--dir`, or

@@ -41,11 +41,13 @@ mod accounts;
 mod accounts_tests;
 mod api;
 mod batch;
+mod export;
 #[cfg(test)]
 mod tests;
 
 pub use api::ApiError;
 pub use batch::JsBatch;
+pub use export::ExportError;
 
 /// Oldest server whose atomic batches are atomic: 2.9 accepts the headers
 /// and stores the messages one by one.

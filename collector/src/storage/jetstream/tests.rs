@@ -540,6 +540,38 @@ fn without_quorum_nothing_is_acknowledged_and_everything_arrives_after() {
     assert_eq!(stored_offsets(&js, "s"), want(12));
 }
 
+/// `export` hands over every record message once acknowledged, and a
+/// second run of the same durable consumer goes on after the last ack.
+#[test]
+fn export_writes_every_record_and_resumes_after_its_last_ack() {
+    use std::sync::atomic::AtomicBool;
+    let c = Cluster::start(nats_server(), 1, "");
+    let js = c.connect(&[0], 1);
+    store(&js, &[("s", 0, 4), ("t", 0, 2)]).unwrap();
+    let run = |want: usize| -> Vec<u64> {
+        let stop = AtomicBool::new(false);
+        let mut lines = Vec::new();
+        let mut out = |body: &[u8]| -> std::io::Result<()> {
+            for l in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                lines.push(
+                    serde_json::from_slice::<Value>(l).unwrap()["offset"]
+                        .as_u64()
+                        .unwrap(),
+                );
+            }
+            if lines.len() >= want {
+                stop.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        };
+        js.export("e", &mut out, &stop).unwrap();
+        lines
+    };
+    assert_eq!(run(6), vec![0, 10, 20, 30, 0, 10]);
+    store(&js, &[("s", 0, 6)]).unwrap();
+    assert_eq!(run(2), vec![40, 50]);
+}
+
 #[test]
 fn versions_before_2_12_are_refused() {
     assert!(check_version("n", "2.9.10").is_err());
