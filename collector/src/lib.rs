@@ -20,7 +20,9 @@
 //! * `storage`   — the `Store` trait: everything `serve` keeps (accounts,
 //!   certificates, revocations, marks, records, alerts), and its backends:
 //!   `embedded` (SQLite plus `files`: append-only per-stream files,
-//!   high-water marks, crash recovery).
+//!   high-water marks, crash recovery) and `jetstream` (a NATS cluster
+//!   shared by several collectors: `batch` for records exactly once,
+//!   `accounts`, `export`, `api` for the JetStream requests).
 //! * `alerts`    — over-length streaks and `alerts.log`.
 //! * `metrics`   — counters and their Prometheus text.
 //! * `server`    — `serve(listener, shutdown)`; `connection` (limits,

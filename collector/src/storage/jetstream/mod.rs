@@ -1,8 +1,7 @@
-//! The JetStream backend's records: several collectors on one NATS
-//! cluster, every record stored exactly once whichever collector a batch
-//! reaches (#13). Not reachable from `collector.toml` yet (config refuses
-//! `type = "jetstream"`): accounts, certificates and revocations in KV are
-//! not built.
+//! The JetStream backend (`[storage] type = "jetstream"`, #13): several
+//! collectors on one NATS cluster, every record stored exactly once
+//! whichever collector a batch reaches; the accounts live there too
+//! (`accounts`), and `export` reads the records back out.
 //!
 //! One stream, `{prefix}_records`, holds three kinds of subject:
 //! * `{prefix}.rec.{host}.{stream}`: records, several per message (body:
