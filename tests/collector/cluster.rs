@@ -252,3 +252,63 @@ fn collectors_on_one_cluster_share_enrolments_marks_and_revocations() {
         "{list}"
     );
 }
+
+/// `serve` refuses to start, naming the problem: Debian's nats-server 2.9
+/// (it stores an atomic batch one message at a time), and a credentials
+/// file that is not there.
+#[test]
+fn serve_refuses_an_old_server_and_a_missing_secret() {
+    let debian = Path::new("/usr/sbin/nats-server");
+    assert!(
+        debian.exists(),
+        "Debian's nats-server is missing: run tests/setup.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _old = KillOnDrop(
+        Command::new(debian)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = dir.path().join("collector");
+    let d = c.to_str().unwrap();
+    run(&["init", "--dir", d, "--name", "localhost"]);
+    let base = std::fs::read_to_string(c.join("collector.toml")).unwrap();
+    let storage =
+        format!("\n[storage]\ntype = \"jetstream\"\nservers = [\"nats://127.0.0.1:{port}\"]\n");
+    let serve = |extra: &str| {
+        std::fs::write(c.join("collector.toml"), format!("{base}{storage}{extra}")).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let out = Command::new(BIN)
+                .args(["serve", "--dir", d, "--listen", "127.0.0.1:0"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "serve started");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            // Until the server listens, the refusal is about connecting.
+            if !err.contains("connecting to NATS") || Instant::now() > deadline {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let err = serve("");
+    assert!(err.contains("2.9.10") && err.contains("2.12"), "{err}");
+    let err = serve("creds_file = \"/nonexistent/collector.creds\"\n");
+    assert!(err.contains("/nonexistent/collector.creds"), "{err}");
+}
+
+/// A process killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
