@@ -312,3 +312,85 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A collector killed -9 while it stores a large batch, the agent's re-send
+/// going to the other collector: every record is in the stream once.
+#[test]
+fn a_collector_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
+    let nats = Nats::start();
+    let mut a = Collector::on_cluster(&nats, 0);
+    let mut b = a.joining(&nats, 1);
+    a.start();
+    b.start();
+    let id = a.enroll("web-01");
+    let all: Vec<String> = (0..5_000u64)
+        .map(|i| record("web-01", "s", i * 200, "whole"))
+        .collect();
+    let big = batch(&all);
+    let sender = {
+        let (addr, ca) = (b.addr(), b.dir.join("ca.pem"));
+        let (certs, key) = (id.certs.clone(), id.key.clone_key());
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let id = Identity {
+                certs,
+                key,
+                serial: String::new(),
+            };
+            Conn::try_open(addr, &ca, Some(&id))
+                .and_then(|mut conn| conn.try_request("POST", "/v1/ingest", &[], &big))
+        })
+    };
+    // Killed once it is working on the batch: reading it, or publishing.
+    poll(|| {
+        let m = b.metrics();
+        (metric(&m, "log_sensor_collector_batches_in_progress") >= 1.0).then_some(())
+    });
+    b.kill9();
+    let first = sender.join().unwrap();
+    // The agent re-sends what was not acknowledged to the other collector.
+    let r = a.connect(Some(&id)).ingest(&big);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = r.json()["stored"].as_u64().unwrap();
+    let dups = r.json()["duplicates"].as_u64().unwrap();
+    assert_eq!(stored + dups, 5_000);
+    if first.is_ok_and(|f| f.status != 200) || stored > 0 {
+        eprintln!(
+            "the killed collector stored {} of the batch",
+            5_000 - stored
+        );
+    }
+    // Its answer lost too, the agent sends it once more: all duplicates.
+    let r = a.connect(Some(&id)).ingest(&big);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["duplicates"], 5_000);
+    // One more record, stored after everything else: once `export` has
+    // written it, it has written all the stream holds before it.
+    let last = record("web-01", "s", 5_000 * 200, "whole");
+    let r = a.connect(Some(&id)).ingest(&batch(&[last]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // What the stream holds, read out through `export`: each offset once.
+    let out = a.root.path().join("export.ndjson");
+    let _export = KillOnDrop(
+        Command::new(BIN)
+            .args(["export", "--dir", a.d(), "--to", out.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let offsets = || -> Vec<u64> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    poll(|| offsets().contains(&(5_000 * 200)).then_some(()));
+    let want: Vec<u64> = (0..=5_000u64).map(|i| i * 200).collect();
+    assert_eq!(offsets(), want);
+}
