@@ -152,7 +152,8 @@ impl Cluster {
     /// Connects once the cluster has a JetStream meta leader and the
     /// stream could be set up; start-up errors before then are retried.
     pub(super) fn connect(&self, nodes: &[usize], replicas: u8) -> JetStream {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A loaded machine has taken over half a minute to form a cluster.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match JetStream::connect(&self.config(nodes, replicas), 3) {
                 Ok(js) => return js,
