@@ -23,6 +23,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{json, Value};
 
+/// Collectors sharing a JetStream cluster (`tests/collector/cluster.rs`).
+#[path = "collector/cluster.rs"]
+mod cluster;
+
 const BIN: &str = env!("CARGO_BIN_EXE_log-sensor-collector");
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery staple";

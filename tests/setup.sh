@@ -5,10 +5,12 @@
 #     chromium (the monitor's page is rendered in a real headless browser), logrotate
 #     (rotation is tested with the real thing, compress and delaycompress included),
 #     rpm (rpm -qp checks the .rpm packages), systemd (systemd-analyze verify checks the units),
-#     binutils (strip), adduser (the collector package's system user);
+#     binutils (strip), adduser (the collector package's system user), nats-server (Debian's
+#     2.9, which the collector's JetStream backend must refuse: it ignores atomic batches);
 #   - the packagers, pinned: cargo-deb and cargo-generate-rpm (tests/packaging.rs);
-#   - a Python venv at .venv with osquery's published bindings (the stand-in extension manager)
-#     and prometheus-client (its parser checks the monitor's /metrics).
+#   - a Python venv at .venv with osquery's published bindings (the stand-in extension manager),
+#     prometheus-client (its parser checks the monitor's /metrics) and the official nats-server
+#     build (.venv/bin/nats-server: the collector's JetStream backend is tested against it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ command -v rpm >/dev/null 2>&1 || apt_pkgs+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || apt_pkgs+=(systemd)
 command -v strip >/dev/null 2>&1 || apt_pkgs+=(binutils)
 command -v adduser >/dev/null 2>&1 || apt_pkgs+=(adduser)
+[ -x /usr/sbin/nats-server ] || apt_pkgs+=(nats-server)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${apt_pkgs[*]}"
   apt-get update -qq
@@ -39,7 +42,8 @@ cargo generate-rpm --version 2>/dev/null | grep -qx 'cargo-generate-rpm 0.21.1' 
   cargo install --locked --quiet cargo-generate-rpm --version 0.21.1
 }
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import osquery, thrift, prometheus_client' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import osquery, thrift, prometheus_client' 2>/dev/null \
+  || ! .venv/bin/nats-server --version 2>/dev/null | grep -qx 'nats-server: v2.15.1'; then
   echo "setup: creating .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt

@@ -1,6 +1,6 @@
 //! Times the collector's ingest stages on generated agent-format NDJSON,
 //! without TLS or HTTP in the way: `read_batch` (gunzip and parse), `parse_batch` and
-//! `Storage::store` (into a temporary folder on /dev/shm, so the fsyncs are
+//! storing through the `Store` trait into the embedded backend (into a temporary folder on /dev/shm, so the fsyncs are
 //! nearly free and the figures show CPU, not the disk).
 //!
 //! ```text
@@ -19,12 +19,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
+use log_sensor_collector::config::{Config, Layout};
 use log_sensor_collector::db::Db;
 use log_sensor_collector::ingest::{parse_batch, read_batch, Batch};
-use log_sensor_collector::storage::{Storage, StorageLimits};
+use log_sensor_collector::storage::{Embedded, Store};
 
 const HOST: &str = "bench-host";
 const STREAM: &str = "3f2a9c0d4e5b6a71";
@@ -168,17 +168,21 @@ fn main() {
             .prefix("ingest_bench")
             .tempdir_in(&a.dir)
             .expect("temporary folder");
-        let db = Arc::new(Db::create(&dir.path().join("c.db")).expect("index"));
+        let layout = Layout::new(dir.path());
+        Db::create(&layout.db()).expect("database");
         // The default open-file cap; no cap on new streams, which a
         // many-stream run creates all in its first batch.
-        let limits = StorageLimits {
-            max_new_streams_per_batch: usize::MAX,
-            ..StorageLimits::default()
+        let config = Config {
+            overlong_alert_after: 10,
+            max_new_streams_per_batch: u32::MAX,
+            ..Config::default()
         };
-        let storage = Storage::new(dir.path().join("data"), db, 10, limits).expect("storage");
+        let storage = Embedded::open(&layout, &config).expect("storage");
         let t = Instant::now();
         for b in &batches {
-            let o = storage.store(HOST, b).expect("store");
+            let mut writing = storage.begin(HOST).expect("begin");
+            writing.append(&b.body, &b.streams).expect("append");
+            let o = writing.commit().expect("store");
             assert_eq!(o.stored, b.record_count);
         }
         t_store.push(t.elapsed().as_secs_f64());
@@ -192,7 +196,7 @@ fn main() {
     }
     report("read_batch, gzip (gunzip + parse)", bytes, &t_gunzip);
     report("parse_batch", bytes, &t_parse);
-    report("Storage::store", bytes, &t_store);
+    report("store (Store trait, embedded)", bytes, &t_store);
     let sum = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
     report("parse + store", bytes, &[sum(&t_parse) + sum(&t_store)]);
 }

@@ -140,6 +140,113 @@ pub struct Config {
     /// and leaves no file behind.
     pub max_new_streams_per_batch: u32,
     pub rate_limit: RateLimit,
+    /// Where accounts, certificates, marks and records live. Left out of
+    /// `init`'s file while it is the default, so the operator adds one
+    /// `[storage]` section to choose the cluster.
+    #[serde(skip_serializing_if = "StorageConfig::is_embedded")]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the embedded store under `--dir` (the default), or a
+/// JetStream cluster shared by several collectors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StorageConfig {
+    /// `collector.db` and `data/` under `--dir`.
+    #[default]
+    Embedded,
+    Jetstream(JetStreamConfig),
+}
+
+/// `[storage] type = "jetstream"`. Secrets are named by file (0600), never
+/// written here: `collector.toml` is world-readable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// `nats://host:port` or `tls://host:port`, one per cluster node the
+    /// collector may connect to.
+    pub servers: Vec<String>,
+    /// CA that signed the servers' certificates (TLS to NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key, when the servers require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT and NKey seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+    /// Replicas of every stream and bucket the collector creates.
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+    /// First token of every subject, and of stream and bucket names, so
+    /// several collector fleets can share one cluster.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How long one read or publish waits for the cluster before the
+    /// request (an ingest, a handshake's check) fails: longer than a leader
+    /// election (4–6 s), short enough that an agent fails over.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_request_timeout_secs() -> u64 {
+    10
+}
+
+fn default_replicas() -> u8 {
+    3
+}
+
+fn default_prefix() -> String {
+    "logsensor".to_owned()
+}
+
+impl StorageConfig {
+    fn is_embedded(&self) -> bool {
+        *self == StorageConfig::Embedded
+    }
+}
+
+impl JetStreamConfig {
+    /// The settings' own rules, whether or not this build can use them.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.servers.is_empty() {
+            return Err(("storage.servers", "must name at least one server"));
+        }
+        let scheme_ok = |s: &str| {
+            ["nats://", "tls://"]
+                .iter()
+                .any(|p| s.strip_prefix(p).is_some_and(|rest| !rest.is_empty()))
+        };
+        if !self.servers.iter().all(|s| scheme_ok(s)) {
+            return Err((
+                "storage.servers",
+                "must be nats://host:port or tls://host:port",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err((
+                "storage.tls_cert",
+                "and storage.tls_key must be given together",
+            ));
+        }
+        if self.request_timeout_secs == 0 || self.request_timeout_secs > 60 {
+            return Err(("storage.request_timeout_secs", "must be between 1 and 60"));
+        }
+        if ![1, 3, 5].contains(&self.replicas) {
+            return Err(("storage.replicas", "must be 1, 3 or 5"));
+        }
+        let token_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.prefix.is_empty() || self.prefix.len() > 32 || !self.prefix.chars().all(token_ok) {
+            return Err((
+                "storage.prefix",
+                "must be 1 to 32 of A-Z, a-z, 0-9, - and _ (it names subjects and streams)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -159,6 +266,7 @@ impl Default for Config {
             max_open_stream_files: 1024,
             max_new_streams_per_batch: 1024,
             rate_limit: RateLimit::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -231,6 +339,10 @@ impl Config {
         if self.rate_limit.window_secs == 0 {
             return Err(invalid("rate_limit.window_secs", "must be at least 1"));
         }
+        if let StorageConfig::Jetstream(js) = &self.storage {
+            js.check()
+                .map_err(|(field, problem)| invalid(field, problem))?;
+        }
         Ok(())
     }
 
@@ -282,5 +394,48 @@ mod tests {
         std::fs::write(&path, "max_password_checks = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_password_checks"), "{err}");
+    }
+
+    #[test]
+    fn jetstream_settings_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ntype = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let StorageConfig::Jetstream(js) = c.storage else {
+            panic!("{c:?}")
+        };
+        assert_eq!((js.replicas, js.prefix.as_str()), (3, "logsensor"));
+        // Its own settings are checked first, each named.
+        for (text, key) in [
+            ("servers = []", "storage.servers"),
+            ("servers = [\"127.0.0.1:4222\"]", "storage.servers"),
+            (
+                "servers = [\"nats://a:1\"]\nreplicas = 2",
+                "storage.replicas",
+            ),
+            (
+                "servers = [\"nats://a:1\"]\nprefix = \"a.b\"",
+                "storage.prefix",
+            ),
+            (
+                "servers = [\"nats://a:1\"]\ntls_cert = \"/c.pem\"",
+                "storage.tls_cert",
+            ),
+        ] {
+            std::fs::write(&path, format!("[storage]\ntype = \"jetstream\"\n{text}\n")).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        std::fs::write(&path, "[storage]\ntype = \"kafka\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("kafka"), "{err}");
+        // The embedded store, named or not, is the default.
+        std::fs::write(&path, "[storage]\ntype = \"embedded\"\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
     }
 }

@@ -7,10 +7,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::{CertState, Db, DbError, Issued};
+use crate::db::{CertState, Issued};
 use crate::names;
 use crate::pki::{Ca, PkiError};
 use crate::ratelimit::{Limiter, Refusal, Try};
+use crate::storage::{Store, StoreError};
 use crate::verify::{Slot, Verifier};
 
 /// The request and reply bodies, as the agent sends and reads them.
@@ -34,7 +35,7 @@ pub enum EnrollError {
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(#[from] StoreError),
 }
 
 impl EnrollError {
@@ -85,7 +86,7 @@ const ADMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Signs CSRs for enrolled users and renewing hosts.
 pub struct Enroller {
-    pub db: std::sync::Arc<Db>,
+    pub db: std::sync::Arc<dyn Store>,
     pub ca: Ca,
     pub limiter: Arc<Limiter>,
     /// Bounds the argon2 checks running at once.

@@ -4,7 +4,8 @@
 //! * `config`    — the `--dir` layout and `collector.toml`.
 //! * `pki`       — the CA: created at `init`, signs host CSRs.
 //! * `users`     — enrolment accounts (argon2id) and password input.
-//! * `db`        — the only code that touches SQLite.
+//! * `db`        — the only code that touches SQLite (the embedded
+//!   backend's accounts, certificates, index and alerts).
 //! * `tls`       — rustls server config, the revocation-aware client
 //!   verifier, a peer's identity from its certificate.
 //! * `revoke`    — `revoke` in the database; the poller that lets open
@@ -16,11 +17,17 @@
 //! * `enroll`    — `/v1/enroll` and `/v1/renew`.
 //! * `ingest`    — an ingest body to a checked batch (gzip, NDJSON, host).
 //! * `names`     — host and stream ids to safe file names.
-//! * `storage`   — append-only per-stream files, high-water marks, crash
-//!   recovery.
+//! * `storage`   — the `Store` trait: everything `serve` keeps (accounts,
+//!   certificates, revocations, marks, records, alerts), and its backends:
+//!   `embedded` (SQLite plus `files`: append-only per-stream files,
+//!   high-water marks, crash recovery) and `jetstream` (a NATS cluster
+//!   shared by several collectors: `batch` for records exactly once,
+//!   `accounts`, `export`, `api` for the JetStream requests).
 //! * `alerts`    — over-length streaks and `alerts.log`.
 //! * `metrics`   — counters and their Prometheus text.
-//! * `server`    — connections, routes, `serve(listener, shutdown)`.
+//! * `server`    — `serve(listener, shutdown)`; `connection` (limits,
+//!   handshake, cutting revoked ones), `routes`, `upload` (`/v1/ingest`),
+//!   `reply` (errors and bounded bodies).
 
 pub mod alerts;
 pub mod config;

@@ -2,12 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use log_sensor_collector::config::{Config, Layout};
+use log_sensor_collector::config::{Config, Layout, StorageConfig};
 use log_sensor_collector::db::Db;
+use log_sensor_collector::storage::jetstream::JetStream;
+use log_sensor_collector::storage::{self, Store};
 use log_sensor_collector::{pki, revoke, server, users};
 use log_sensor_common::clock::now_secs;
 use log_sensor_common::fsutil;
@@ -67,6 +70,19 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Write the records stored in the JetStream cluster to stdout or a
+    /// file, at least once, through a durable consumer (until SIGTERM).
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Append to this file (created 0600) instead of stdout; each write
+        /// is synced before it is acknowledged.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The durable consumer's name: a restart goes on where it left off.
+        #[arg(long, default_value = "export")]
+        consumer: String,
     },
 }
 
@@ -133,15 +149,15 @@ fn run() -> Result<()> {
                 password_file,
             } => user_add(&Layout::new(dir.dir), &name, password_file),
             UserCommand::Del { dir, name } => {
-                Db::open(&Layout::new(dir.dir).db())?.delete_user(&name)?;
+                open_store(&Layout::new(dir.dir))?.delete_user(&name)?;
                 println!("deleted user {name}");
                 Ok(())
             }
         },
         Command::Serve { dir, listen } => serve(Layout::new(dir.dir), listen),
         Command::Revoke { dir, target } => {
-            let db = Db::open(&Layout::new(dir.dir).db())?;
-            for row in revoke::revoke(&db, &target)? {
+            let store = open_store(&Layout::new(dir.dir))?;
+            for row in revoke::revoke(store.as_ref(), &target)? {
                 println!("revoked {} (host {})", row.serial, row.host_id);
             }
             Ok(())
@@ -149,6 +165,7 @@ fn run() -> Result<()> {
         Command::Certs {
             command: CertsCommand::List { dir },
         } => certs_list(&Layout::new(dir.dir)),
+        Command::Export { dir, to, consumer } => export(&Layout::new(dir.dir), to, &consumer),
     }
 }
 
@@ -203,13 +220,13 @@ fn user_add(layout: &Layout, name: &str, password_file: Option<PathBuf>) -> Resu
     if name.is_empty() {
         bail!("empty user name");
     }
-    let db = Db::open(&layout.db())?;
+    let store = open_store(layout)?;
     let password = match password_file {
         Some(path) => users::password_from_file(&path)?,
         None => users::password_from_tty(name)?,
     };
     let hash = users::hash_password(&password)?;
-    db.add_user(name, &hash, now_secs())?;
+    store.add_user(name, &hash, now_secs())?;
     println!("added user {name}");
     Ok(())
 }
@@ -266,8 +283,71 @@ async fn shutdown_signal() {
     }
 }
 
+fn export(layout: &Layout, to: Option<PathBuf>, consumer: &str) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let config = Config::load(&layout.config())?;
+    let StorageConfig::Jetstream(js) = &config.storage else {
+        bail!(
+            "export reads a JetStream cluster ([storage] type = \"jetstream\"); the embedded \
+             store's records are the files under {}",
+            layout.data_dir().display()
+        );
+    };
+    if consumer.is_empty()
+        || !consumer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("--consumer {consumer:?}: use A-Z, a-z, 0-9, - and _ only");
+    }
+    let cluster = JetStream::connect(js, u64::from(config.overlong_alert_after))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(shutdown_signal());
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let mut write: Box<dyn FnMut(&[u8]) -> std::io::Result<()>> = match to {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Box::new(move |body| {
+                (&file).write_all(body)?;
+                file.sync_data()
+            })
+        }
+        None => Box::new(|body| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(body)?;
+            out.flush()
+        }),
+    };
+    let n = cluster.export(consumer, &mut *write, &stop)?;
+    tracing::info!(messages = n, "export stopped");
+    Ok(())
+}
+
+/// The store `collector.toml` chooses: the embedded one under `--dir`, or
+/// the JetStream cluster every collector shares.
+fn open_store(layout: &Layout) -> Result<Arc<dyn Store>> {
+    let config = Config::load(&layout.config())?;
+    Ok(storage::open(layout, &config)?)
+}
+
 fn certs_list(layout: &Layout) -> Result<()> {
-    let db = Db::open(&layout.db())?;
+    let store = open_store(layout)?;
     let now = now_secs();
     let fmt = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
@@ -282,7 +362,7 @@ fn certs_list(layout: &Layout) -> Result<()> {
         "{:<32}  {:<24}  {:<12}  {:<20}  {:<20}  STATUS",
         "SERIAL", "HOST", "USER", "ISSUED", "NOT AFTER"
     );
-    for c in db.list_certs()? {
+    for c in store.list_certs()? {
         let status = match c.revoked_at {
             Some(at) => format!("revoked {}", fmt(at)),
             None if c.not_after <= now => "expired".to_owned(),

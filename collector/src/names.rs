@@ -1,4 +1,4 @@
-//! File names for host and stream ids.
+//! File names and NATS subject tokens for host and stream ids.
 //!
 //! Host ids come from certificates we issued and stream ids come straight
 //! from the wire, so neither may ever pick a path: every byte outside
@@ -28,6 +28,44 @@ pub fn encode_component(id: &str) -> String {
     out
 }
 
+/// Encodes one id into a single NATS subject token.
+///
+/// Ids may hold `.` (the token separator), `*` and `>` (wildcards), spaces
+/// or anything else a certificate or an agent allows, so only
+/// `[A-Za-z0-9-]` passes through and every other byte becomes `_XX` (upper
+/// hex); `_` itself is encoded, so the encoding is injective and two ids
+/// never share a subject. Callers reject empty ids first ([`check_id`]).
+pub fn encode_subject_token(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The id a token of [`encode_subject_token`] came from; None for a token
+/// that encoding cannot produce.
+pub fn decode_subject_token(token: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(token.len());
+    let mut bytes = token.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'_' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b);
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Why an id cannot name a file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -49,6 +87,33 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_tokens_hold_no_separator_or_wildcard_and_never_collide() {
+        for id in [
+            "a.b", "*", ">", "a b", "a_2Eb", "a_b", "é", "x\ty", "..", "$JS",
+        ] {
+            let t = encode_subject_token(id);
+            assert!(!t.is_empty(), "{id:?}");
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id:?} -> {t}"
+            );
+        }
+        assert_eq!(encode_subject_token("web-1.example"), "web-1_2Eexample");
+        // `_` is encoded, so an id that looks like an encoding is not one.
+        assert_ne!(encode_subject_token("a.b"), encode_subject_token("a_2Eb"));
+        assert_eq!(encode_subject_token("a_2Eb"), "a_5F2Eb");
+        for id in ["a.b", "*>", "é x", "_", "0a1b"] {
+            assert_eq!(
+                decode_subject_token(&encode_subject_token(id)).as_deref(),
+                Some(id)
+            );
+        }
+        assert_eq!(decode_subject_token("a.b"), None);
+        assert_eq!(decode_subject_token("a_2"), None);
+    }
 
     fn assert_safe(name: &str) {
         assert!(!name.is_empty());

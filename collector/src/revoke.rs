@@ -1,8 +1,9 @@
-//! Revocation: the `revoke` command's effect on the database, and the
-//! server side that turns it into refused handshakes and cut connections.
+//! Revocation: the `revoke` command's effect on the store, and the server
+//! side that turns it into refused handshakes and cut connections.
 //!
-//! `revoke` runs in its own process and only writes `certs.revoked_at`.
-//! `serve` sees it two ways: the TLS verifier asks the database on every
+//! `revoke` runs in its own process and only writes the store (the
+//! embedded `certs.revoked_at`, or the cluster's accounts stream). Every
+//! `serve` sees it two ways: the TLS verifier asks the store on every
 //! handshake (new connections refused at once), and
 //! [`watch_revocations`] polls the revoked serials every
 //! [`POLL_INTERVAL`] and publishes them, so each open connection whose
@@ -14,20 +15,21 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::db::{CertRow, Db, DbError};
+use crate::db::CertRow;
+use crate::storage::{Store, StoreError};
 use log_sensor_common::clock::now_secs as unix_now;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Marks the certificate with serial `target` (hex, colons allowed), or
 /// else every certificate of host `target`, as revoked.
-pub fn revoke(db: &Db, target: &str) -> Result<Vec<CertRow>, DbError> {
-    db.revoke(target, unix_now())
+pub fn revoke(store: &dyn Store, target: &str) -> Result<Vec<CertRow>, StoreError> {
+    store.revoke(target, unix_now())
 }
 
 /// Publishes the revoked set until `shutdown` fires.
 pub async fn watch_revocations(
-    db: Arc<Db>,
+    store: Arc<dyn Store>,
     tx: watch::Sender<Arc<HashSet<String>>>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
@@ -38,8 +40,8 @@ pub async fn watch_revocations(
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
         }
-        let db = Arc::clone(&db);
-        match tokio::task::spawn_blocking(move || db.revoked_serials()).await {
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.revoked_serials()).await {
             Ok(Ok(set)) => {
                 tx.send_if_modified(|current| {
                     if **current == set {

@@ -19,9 +19,10 @@ use rustls::{
 };
 use tokio::sync::watch;
 
-use crate::db::{CertState, Db};
+use crate::db::CertState;
 use crate::metrics::{Metrics, RefusedReason};
 use crate::pki::hex;
+use crate::storage::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -48,7 +49,7 @@ pub fn make_server_config(
     ca_cert: &Path,
     server_cert: &Path,
     server_key: &Path,
-    db: Arc<Db>,
+    db: Arc<dyn Store>,
     revoked: RevokedSet,
     metrics: Arc<Metrics>,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -88,7 +89,7 @@ pub struct RevocationAwareVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     /// The issued-certificate table (its own connection, so handshakes do
     /// not queue behind ingest commits).
-    db: Arc<Db>,
+    db: Arc<dyn Store>,
     /// Cached revoked serials: checked first, no database trip needed.
     revoked: RevokedSet,
     /// Counts refusals by reason.
