@@ -16,9 +16,10 @@ pub mod units;
 
 pub use expand::hostname;
 pub use reader::ConfigIssue;
+pub use sinks::routes;
 pub use sinks::{
-    CollectorOptions, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles, Url,
-    DEFAULT_COLLECTOR_TIMEOUT,
+    CollectorOptions, NamedSink, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles,
+    Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
 };
 pub use sources::{
     Framing, Multiline, MultilineMode, Source, DEFAULT_FINGERPRINT_BYTES, DEFAULT_MAX_FILE_BYTES,
@@ -55,7 +56,11 @@ pub struct Config {
     pub host_id: String,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
-    pub sink: SinkConfig,
+    /// `[sink]` (named `default`) or every `[sinks.NAME]` in name order; never empty in a valid
+    /// config (no sink table at all: stdout).
+    pub sinks: Vec<NamedSink>,
+    /// `[osquery] sinks`: where the osquery outbox's records go; None: every sink.
+    pub osquery_sinks: Option<Vec<String>>,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
     pub monitor: MonitorConfig,
@@ -173,10 +178,17 @@ impl Config {
         let defaults = sources::read_defaults(&mut top, &mut issues);
         let sources = sources::read_sources(&mut top, &defaults, &base, &mut issues);
 
-        let sink = match top.table("sink", &mut issues) {
-            Some(t) => sinks::read_sink(t, &base, &state_dir, &mut issues),
-            None => Some(SinkConfig::Stdout),
+        let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &mut issues);
+        let osquery_sinks = match top.table("osquery", &mut issues) {
+            Some(t) => {
+                let mut r = TableReader::new("osquery", t);
+                let s = r.strings("sinks", &mut issues);
+                r.finish(&mut issues);
+                s
+            }
+            None => None,
         };
+        routes::check(&sources, osquery_sinks.as_deref(), &sinks, &mut issues);
 
         let batch = {
             let empty = toml::Table::new();
@@ -299,7 +311,8 @@ impl Config {
             host_id,
             state_dir,
             sources,
-            sink: sink.expect("no issues means the sink resolved"),
+            sinks,
+            osquery_sinks,
             batch,
             discovery,
             monitor,
@@ -368,7 +381,7 @@ mod tests {
             })
         ));
         assert!(
-            matches!(&c.sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson"))
+            matches!(&c.sinks[0].sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson"))
         );
     }
 

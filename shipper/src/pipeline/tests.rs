@@ -1,11 +1,13 @@
 //! The pipeline and the shipping loop against real files, a real store and scripted sinks.
 
-use super::ship::{ship_loop, ShipTo};
+use super::fanout::{group_loop, GroupTo};
+use super::ship::{sink_loop, Feed, SinkTo};
 use crate::batch::{Batch, StreamMeta};
 use crate::frame::{Part, Rec};
 use crate::sink::{Sink, SinkError};
 use crate::status::ShipStats;
 use crate::store::{Checkpoint, Store, StreamRow, StreamState};
+use crossbeam_channel::Receiver;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,55 @@ impl Sink for Scripted {
         }
         Ok(())
     }
+}
+
+/// The agent's wiring in small: one group of `sinks`, its batches from `rx`, committed into
+/// `store` once every sink acknowledged them.
+fn ship(
+    rx: Receiver<Batch>,
+    sinks: Vec<Box<dyn Sink>>,
+    store: &Mutex<Store>,
+    commits: &ShipStats,
+    per_sink: &[ShipStats],
+    stop: &AtomicBool,
+) {
+    let (heard_tx, heard) = crossbeam_channel::unbounded();
+    let mut to_sinks = Vec::new();
+    let mut parts = Vec::new();
+    for sink in sinks {
+        let (tx, batches) = crossbeam_channel::unbounded();
+        to_sinks.push(tx);
+        let heard = heard_tx.clone();
+        parts.push((sink, Feed { batches, heard }));
+    }
+    drop(heard_tx);
+    std::thread::scope(|scope| {
+        for ((sink, feed), stats) in parts.into_iter().zip(per_sink) {
+            scope.spawn(move || {
+                sink_loop(SinkTo {
+                    sink,
+                    name: "scripted".into(),
+                    store,
+                    stop,
+                    stats,
+                    feeds: vec![feed],
+                    rebuild: None,
+                })
+            });
+        }
+        group_loop(
+            rx,
+            GroupTo {
+                store,
+                stats: commits,
+                sinks: to_sinks,
+                heard,
+                limit: 4,
+                recycle: None,
+                idle: None,
+            },
+        );
+    });
 }
 
 /// An input's own acknowledgement: says which batch it was in when told.
@@ -182,19 +233,9 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
         }
         drop(tx);
         let stats = ShipStats::default();
+        let sink_stats = [ShipStats::default()];
         let stop = AtomicBool::new(false);
-        ship_loop(
-            rx,
-            ShipTo {
-                sink: Box::new(sink),
-                store: &store,
-                stop: &stop,
-                stats: &stats,
-                recycle: None,
-                sinks: None,
-                wanted: None,
-            },
-        );
+        ship(rx, vec![Box::new(sink)], &store, &stats, &sink_stats, &stop);
         assert_eq!(
             *stored.lock().unwrap(),
             (1..=8).collect::<Vec<_>>(),
@@ -212,7 +253,7 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
             (1..=8).collect::<Vec<_>>(),
             "window {window}: each input acknowledgement once, in batch order"
         );
-        assert!(stats.sink_errors.load(Ordering::Relaxed) >= 4);
+        assert!(sink_stats[0].sink_errors.load(Ordering::Relaxed) >= 4);
         assert!(store.alerts().unwrap().iter().any(|a| a.1 == "sink_error"));
     }
 }
