@@ -1,7 +1,7 @@
 //! Wires the agent together: a pipeline thread per group of sources going to the same sinks
 //! drives the inputs (files, the osquery outbox) into batches, a thread per sink sends them,
 //! and each group's shipping thread commits a batch once all its sinks acknowledged it
-//! ([`routes`]); beside them the control socket, the config watch and the monitor.
+//! (`routes`); beside them the control socket, the config watch and the monitor.
 
 mod routes;
 
@@ -90,12 +90,6 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
     Ok(StateLock { _file: file })
 }
 
-/// The pieces of a running agent that status pages look at.
-pub struct Running {
-    pub tail: Arc<TailStats>,
-    pub ship: Arc<ShipStats>,
-}
-
 /// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
 /// after the batch in flight is committed.
 pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
@@ -116,13 +110,15 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let pid_file = cfg.state_dir.join(log_sensor_common::state_dir::PID);
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(sinks = %sink::describe_all(&cfg.sinks), sources = cfg.sources.len(), groups = routes.groups.len(), store = %cfg.store_path().display(), "log-sensor running");
-    let running = Running {
-        tail: Arc::new(TailStats::default()),
-        ship: Arc::new(ShipStats::default()),
-    };
+    let commits = Arc::new(ShipStats::default());
+    let tails: Vec<Arc<TailStats>> = routes
+        .groups
+        .iter()
+        .map(|_| Arc::new(TailStats::default()))
+        .collect();
     let live = Live {
-        tail: running.tail.clone(),
-        ship: running.ship.clone(),
+        tails: tails.clone(),
+        ship: commits.clone(),
         started_at: crate::store::now_secs(),
         sinks: routes.live(&cfg),
         pack_sources: layers.pack_source_names(),
@@ -134,7 +130,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let mut pipelines = Vec::new();
     let mut group_configs = Vec::new();
     let mut shipping = Vec::new();
-    for g in routes.groups {
+    for (g, tail) in routes.groups.into_iter().zip(tails) {
         let bell = Bell::new();
         let gcfg = Arc::new(routes::for_group(&cfg, &g.group.sinks));
         let mut pipeline = Pipeline::new(gcfg.clone(), g.tx, stop.clone(), bell.clone());
@@ -142,7 +138,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             gcfg.clone(),
             store.clone(),
             stop.clone(),
-            running.tail.clone(),
+            tail.clone(),
             bell,
         )?;
         pipeline.input(Box::new(tailer));
@@ -150,7 +146,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             pipeline.input(Box::new(OsqueryInput::new(
                 &cfg.state_dir,
                 store.clone(),
-                running.tail.clone(),
+                tail.clone(),
             )));
         }
         // Delivered batches go back to the pipeline to be filled again.
@@ -210,7 +206,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             named_scoped(scope, "pipeline", move || p.run());
         }
         for (batches, sinks, heard, limit, recycle, idle) in shipping {
-            let (store, stats) = (&store, &running.ship);
+            let (store, stats) = (&store, &*commits);
             named_scoped(scope, "group", move || {
                 group_loop(
                     batches,

@@ -203,7 +203,8 @@ pub struct Histogram {
 /// Everything a status is made from, shared by the agent's threads.
 #[derive(Clone)]
 pub struct Live {
-    pub tail: std::sync::Arc<TailStats>,
+    /// One per group's pipeline (its tailer and the osquery outbox report into it).
+    pub tails: Vec<std::sync::Arc<TailStats>>,
     /// What was committed (every sink of a batch acknowledged it), and the store's state.
     pub ship: std::sync::Arc<ShipStats>,
     pub started_at: i64,
@@ -325,7 +326,7 @@ impl Status {
                 }
             })
             .collect();
-        let tail = &live.tail;
+        let tail = &TailStats::total(&live.tails);
         let counters = Counters {
             bytes_read: tail.bytes_read.load(Ordering::Relaxed),
             records_read: tail.records_read.load(Ordering::Relaxed),
