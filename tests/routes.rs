@@ -125,11 +125,30 @@ impl Relay {
     }
 }
 
-fn config(relay_port: u16) -> String {
+/// `GET path` from the monitor: (status code, body); None while it does not answer.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+fn config(relay_port: u16, monitor_port: u16) -> String {
     format!(
         r#"
 host_id = "test-host"
 state_dir = "state"
+[monitor]
+listen = "127.0.0.1:{monitor_port}"
+unhealthy_after = "1s"
 [sources.solo]
 paths = ["logs/solo.log"]
 sinks = ["local"]
@@ -163,7 +182,8 @@ fn has_all(got: &[String], want: &[String]) -> bool {
 #[test]
 fn a_stopped_sink_holds_back_only_its_sources_and_gets_everything_once_it_returns() {
     let port = free_port();
-    let env = AgentEnv::with_config(&config(port));
+    let monitor = free_port();
+    let env = AgentEnv::with_config(&config(port, monitor));
     let solo = env.p("logs/solo.log");
     let both = env.p("logs/both.log");
     // 2.4 MB: more than the group may hold out (its sinks' windows and one more batch, each
@@ -201,6 +221,17 @@ fn a_stopped_sink_holds_back_only_its_sources_and_gets_everything_once_it_return
             })
         })
     });
+    wait_for("/healthz 503 naming the relay", PATIENCE, || {
+        get(monitor, "/healthz").is_some_and(|(code, body)| {
+            code == 503 && body.contains("sink relay (syslog tcp://127.0.0.1:")
+        })
+    });
+    let metrics = get(monitor, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains(r#"log_sensor_sink_failing{sink="relay",kind="syslog"} 1"#)
+            && metrics.contains(r#"log_sensor_sink_failing{sink="local",kind="file"} 0"#),
+        "{metrics}"
+    );
     let c = committed(&env, "both").unwrap_or(0);
     assert_eq!(c, 0, "both committed {c} bytes with its relay down");
     let archived = msgs(&env.p("state/archive.ndjson"));
@@ -237,6 +268,9 @@ fn a_stopped_sink_holds_back_only_its_sources_and_gets_everything_once_it_return
     });
     wait_for("both committed to its end", PATIENCE, || {
         all_committed(&env, "both")
+    });
+    wait_for("/healthz 200 again", PATIENCE, || {
+        get(monitor, "/healthz").is_some_and(|(code, _)| code == 200)
     });
     // Nothing of solo went where it is not routed, nor both.
     assert!(!relay.msgs().iter().any(|m| m.starts_with("solo")));
@@ -340,4 +374,69 @@ path = "state/archive.ndjson"
         assert!(!out.status.success(), "{extra}: accepted");
         assert!(err.contains(want), "{extra}: {err}");
     }
+}
+
+fn ls(env: &AgentEnv, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .args(args)
+        .env("LOG_SENSOR_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// `get`/`set` see `sinks.*` keys; a set that changes a sink rebuilds it between batches, one
+/// that would move a source to other sinks is refused with the reason and changes nothing.
+#[test]
+fn a_set_rebuilds_a_named_sink_and_a_route_change_is_refused() {
+    let env = AgentEnv::with_config(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sinks.one]
+type = "file"
+path = "state/one.ndjson"
+[sinks.two]
+type = "file"
+path = "state/two.ndjson"
+"#,
+    );
+    let log = env.p("logs/app.log");
+    let first = lines("app", 0, 20);
+    append_lines(&log, &first);
+    let mut agent = env.start();
+    wait_for("the first lines in two", PATIENCE, || {
+        has_all(&msgs(&env.p("state/two.ndjson")), &first)
+    });
+    let got = ls(&env, &["get", "sinks.two.path"]);
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("state/two.ndjson"),
+        "{got:?}"
+    );
+    let set = ls(&env, &["set", "sinks.two.path", "state/three.ndjson"]);
+    assert!(set.status.success(), "{set:?}");
+    let second = lines("app", 20, 40);
+    append_lines(&log, &second);
+    wait_for("the later lines in the rebuilt sink", PATIENCE, || {
+        has_all(&msgs(&env.p("state/three.ndjson")), &second)
+            && has_all(&msgs(&env.p("state/one.ndjson")), &second)
+    });
+    let refused = ls(&env, &["set", "sources.app.sinks", r#"["one"]"#]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a route change was taken");
+    assert!(
+        err.contains("sources.app.sinks") && err.contains("restart"),
+        "{err}"
+    );
+    let third = lines("app", 40, 60);
+    append_lines(&log, &third);
+    wait_for("still both sinks after the refusal", PATIENCE, || {
+        has_all(&msgs(&env.p("state/three.ndjson")), &third)
+            && has_all(&msgs(&env.p("state/one.ndjson")), &third)
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
 }

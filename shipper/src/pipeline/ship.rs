@@ -103,24 +103,38 @@ impl Feeds {
         None
     }
 
-    /// Blocks for the next batch of any feed; None once every feed is closed.
-    fn wait_next(&mut self) -> Option<(usize, Delivery)> {
+    /// Blocks for the next batch of any feed, or until a rebuild is waiting.
+    fn wait_next(&mut self, rebuild: Option<&Receiver<SinkConfig>>) -> Wake {
         loop {
-            if let Some(d) = self.try_next() {
-                return Some(d);
+            if let Some((feed, d)) = self.try_next() {
+                return Wake::Batch(feed, d);
             }
             if self.all_closed() {
-                return None;
+                return Wake::Closed;
+            }
+            if rebuild.is_some_and(|r| !r.is_empty()) {
+                return Wake::Rebuild;
             }
             let mut sel = Select::new();
-            let ids: Vec<usize> = (0..self.feeds.len()).filter(|&i| self.open[i]).collect();
-            for &i in &ids {
+            for i in (0..self.feeds.len()).filter(|&i| self.open[i]) {
                 sel.recv(&self.feeds[i].batches);
             }
-            // Ready (a batch, or a closed feed); try_next takes it in turn.
+            // An idle sink is rebuilt at once, not with the next batch (which would still go to
+            // the old one).
+            if let Some(r) = rebuild {
+                sel.recv(r);
+            }
+            // Ready (a batch, a closed feed or a rebuild); the checks above take it.
             let _ = sel.ready();
         }
     }
+}
+
+/// What an idle sink woke up for.
+enum Wake {
+    Batch(usize, Delivery),
+    Rebuild,
+    Closed,
 }
 
 /// The loop of [`sink_loop`]; returns when every group is done, or a stopping agent gave up.
@@ -138,9 +152,10 @@ fn deliver(s: &mut Shipping, feeds: &mut Feeds, rebuild: Option<Receiver<SinkCon
         let next = if inflight.len() >= s.sink.window() {
             None
         } else if inflight.is_empty() {
-            match feeds.wait_next() {
-                Some(d) => Some(d),
-                None => return,
+            match feeds.wait_next(rebuild.as_ref()) {
+                Wake::Batch(feed, d) => Some((feed, d)),
+                Wake::Rebuild => continue,
+                Wake::Closed => return,
             }
         } else {
             feeds.try_next()
