@@ -335,3 +335,51 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     d - d.mul_f64((nanos % 1000) as f64 / 4000.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batch;
+    use std::sync::Arc;
+
+    /// A sink shared by two groups takes from them in turn: a backlog in one does not make the
+    /// other wait behind it.
+    #[test]
+    fn groups_sharing_a_sink_are_taken_from_in_turn() {
+        let (busy_tx, busy) = crossbeam_channel::unbounded();
+        let (quiet_tx, quiet) = crossbeam_channel::unbounded();
+        let (heard, _h) = crossbeam_channel::unbounded();
+        for seq in 0..5 {
+            busy_tx
+                .send(Delivery {
+                    seq,
+                    batch: Arc::new(Batch::new("h".into(), seq)),
+                })
+                .unwrap();
+        }
+        quiet_tx
+            .send(Delivery {
+                seq: 0,
+                batch: Arc::new(Batch::new("h".into(), 100)),
+            })
+            .unwrap();
+        let mut feeds = Feeds {
+            feeds: vec![
+                Feed {
+                    batches: busy,
+                    heard: heard.clone(),
+                },
+                Feed {
+                    batches: quiet,
+                    heard,
+                },
+            ],
+            open: vec![true, true],
+            next: 0,
+        };
+        let order: Vec<usize> = std::iter::from_fn(|| feeds.try_next().map(|(f, _)| f)).collect();
+        assert_eq!(order, [0, 1, 0, 0, 0, 0]);
+        drop((busy_tx, quiet_tx));
+        assert!(matches!(feeds.wait_next(None), Wake::Closed));
+    }
+}

@@ -191,6 +191,83 @@ fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
     b
 }
 
+/// A store that knows file stream `s` of source `app`, nothing committed.
+fn store_with_stream(dir: &std::path::Path) -> Store {
+    let mut store = Store::open(dir).unwrap();
+    store
+        .upsert_stream(&StreamRow {
+            stream: "s".into(),
+            source: "app".into(),
+            fingerprint: None,
+            fp_bytes: 0,
+            path: "/var/log/app.log".into(),
+            device: 1,
+            inode: 1,
+            compressed: false,
+            size: 0,
+            read_offset: 0,
+            committed_offset: 0,
+            committed_hash: None,
+            first_seen: 0,
+            state: StreamState::Active,
+            alerted_too_large: false,
+        })
+        .unwrap();
+    store
+}
+
+/// Two sinks, one failing again and again: each gets all eight batches in order, and a
+/// batch's acknowledgements are given back once, in order, only when both have it.
+#[test]
+fn with_two_sinks_a_batch_commits_once_both_have_it_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(store_with_stream(dir.path()));
+    let (healthy, flaky) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(Scripted {
+            window: 2,
+            wire: VecDeque::new(),
+            stored: healthy.clone(),
+            failures: vec![],
+        }),
+        Box::new(Scripted {
+            window: 1,
+            wire: VecDeque::new(),
+            stored: flaky.clone(),
+            failures: vec![(1, true), (1, true), (4, false), (8, true), (8, false)],
+        }),
+    ];
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    for g in 1..=8 {
+        tx.send(batch(g, &acks)).unwrap();
+    }
+    drop(tx);
+    let stats = ShipStats::default();
+    let per_sink = [ShipStats::default(), ShipStats::default()];
+    let stop = AtomicBool::new(false);
+    ship(rx, sinks, &store, &stats, &per_sink, &stop);
+    let all: Vec<u64> = (1..=8).collect();
+    assert_eq!(*healthy.lock().unwrap(), all);
+    assert_eq!(*flaky.lock().unwrap(), all);
+    assert_eq!(
+        *acks.lock().unwrap(),
+        all,
+        "each acknowledgement once, in order"
+    );
+    assert_eq!(
+        store.lock().unwrap().stream_offsets("s").unwrap(),
+        Some((80, 16)),
+        "the last offset, each batch's records counted once"
+    );
+    assert_eq!(stats.batches.load(Ordering::Relaxed), 8);
+    assert_eq!(per_sink[0].sink_errors.load(Ordering::Relaxed), 0);
+    assert!(per_sink[1].sink_errors.load(Ordering::Relaxed) >= 5);
+}
+
 /// Eight batches through a window of two, with failures on a confirm and on a submit: every
 /// batch reaches the receiver, in order, and is committed exactly once: its store checkpoint,
 /// and the acknowledgement its other input defined, in batch order.
@@ -198,27 +275,7 @@ fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
 fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest() {
     for window in [1, 2, 3] {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
-        store
-            .upsert_stream(&StreamRow {
-                stream: "s".into(),
-                source: "app".into(),
-                fingerprint: None,
-                fp_bytes: 0,
-                path: "/var/log/app.log".into(),
-                device: 1,
-                inode: 1,
-                compressed: false,
-                size: 0,
-                read_offset: 0,
-                committed_offset: 0,
-                committed_hash: None,
-                first_seen: 0,
-                state: StreamState::Active,
-                alerted_too_large: false,
-            })
-            .unwrap();
-        let store = Mutex::new(store);
+        let store = Mutex::new(store_with_stream(dir.path()));
         let stored = Arc::new(Mutex::new(Vec::new()));
         let sink = Scripted {
             window,
