@@ -124,15 +124,26 @@ impl Routes {
     }
 }
 
-/// The config a group's pipeline runs with: only the group's sources.
+/// The config a group's pipeline runs with: only the group's sources, and its share of the
+/// agent-wide budgets (`max_open_files`, `max_partial_bytes`), which every group's tailer
+/// would otherwise take whole.
 pub(super) fn for_group(cfg: &Config, sinks: &[usize]) -> Config {
-    let mine: Vec<String> = routes::groups(cfg)
+    let groups = routes::groups(cfg);
+    let reading = groups
+        .iter()
+        .filter(|g| !g.sources.is_empty())
+        .count()
+        .max(1) as u64;
+    let mine: Vec<String> = groups
         .into_iter()
         .find(|g| g.sinks == sinks)
         .map(|g| g.sources)
         .unwrap_or_default();
     let mut c = cfg.clone();
     c.sources.retain(|s| mine.contains(&s.name));
+    let d = &mut c.discovery;
+    d.max_open_files = d.max_open_files.map(|n| (n / reading).max(1));
+    d.max_partial_bytes /= reading;
     c
 }
 
