@@ -10,16 +10,20 @@
              close), its share of the same round's ceiling, CPU-seconds, peak RSS, bytes on the
              wire, and the load average.
   collector: the same file -> the collector sink over mutual TLS -> log-sensor-collector on
-             loopback (which stores every record and fsyncs each batch), with compression off
-             and on. Reports MiB/s end to end (until every offset is committed, i.e. the
-             collector acknowledged everything), CPU-seconds and peak RSS of both processes.
+             loopback (which stores every record and fsyncs each batch before its reply), with
+             each --compression, in interleaved rounds with the TLS ceiling (as above) and, with
+             --baseline-target, another build's agent and collector. The collector's data and the
+             agent's state are under --workdir (/dev/shm for tmpfs). Reports MiB/s end to end
+             (until every offset is committed, i.e. the collector acknowledged everything), its
+             share of the same round's ceiling, CPU-seconds and peak RSS of both processes.
 
 Usage:
   cargo build --release -p log-sensor -p log-sensor-collector --bins --example shipping_receiver \
       --example tls_ceiling
   python3 bench/shipping_bench.py [syslog|collector|all] [--lines 2000000] [--max-wait 1s]
           [--rounds 5] [--structured-data full,minimal,none] [--baseline OTHER_AGENT_BINARY]
-          [--workdir /var/tmp/log-sensor-shipbench] [--target target]
+          [--compression none,default] [--baseline-target OTHER_TARGET_DIR]
+          [--workdir /var/tmp/log-sensor-shipbench] [--target target] [--profile]
 
 Both processes share this machine's cores; the figures include the receiver's work.
 """
@@ -205,53 +209,147 @@ def free_port():
     return port
 
 
-def collector(args, log, size, n):
+class Receiver:
+    """bench/shipping_receiver.rs on loopback with its own PKI: the far end of the TLS ceiling."""
+
+    def __init__(self, args):
+        self.pki = os.path.join(args.workdir, "pki")
+        subprocess.run([args.receiver, "pki", self.pki], check=True)
+        self.stats = os.path.join(args.workdir, "receiver.stats")
+        if os.path.exists(self.stats):
+            os.remove(self.stats)
+        self.port = free_port()
+        self.proc = subprocess.Popen([args.receiver, "serve", self.pki, f"127.0.0.1:{self.port}", self.stats])
+        time.sleep(0.5)
+
+    def received(self):
+        try:
+            with open(self.stats) as f:
+                b, m, _ = f.read().split()
+                return int(b), int(m)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def ceiling(self, args, log, size):
+        """The same file read in 1 MiB buffers, encrypted and sent raw: (elapsed, cpu, rss)."""
+        b0 = self.received()[0]
+        t0 = time.monotonic()
+        pki = self.pki
+        p = subprocess.Popen([args.ceiling, log, f"127.0.0.1:{self.port}", f"{pki}/ca.pem", f"{pki}/client.pem",
+                              f"{pki}/client.key"], stdout=subprocess.PIPE, text=True)
+        p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        elapsed = time.monotonic() - t0
+        if status != 0:
+            sys.exit("tls_ceiling failed")
+        while self.received()[0] - b0 < size:
+            time.sleep(0.002)
+        return elapsed, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def collector_run(args, build, compression, log, size, tag):
+    """One agent -> collector run of `build` ("new": --target, "old": --baseline-target) with
+    [sink] compression (`default`: the key left out). Returns the figures of both processes."""
+    rel = os.path.join(args.target if build == "new" else args.baseline_target, "release")
+    agent_bin, collector_bin = os.path.join(rel, "log-sensor"), os.path.join(rel, "log-sensor-collector")
     base = os.path.join(args.workdir, "collector")
-    for compression in args.compression.split(","):
-        shutil.rmtree(base, ignore_errors=True)
-        cdir = os.path.join(base, "srv")
-        subprocess.run([args.collector, "init", "--dir", cdir, "--name", "127.0.0.1"], check=True,
-                       stdout=subprocess.DEVNULL)
-        pw = os.path.join(base, "pw")
-        with open(pw, "w") as f:
-            f.write("bench password\n")
-        subprocess.run([args.collector, "user", "add", "--dir", cdir, "bench", "--password-file", pw],
-                       check=True, stdout=subprocess.DEVNULL)
-        port = free_port()
-        cerr = open(os.path.join(base, "collector.err"), "w")
-        srv = subprocess.Popen([args.collector, "serve", "--dir", cdir, "--listen", f"127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=cerr)
-        while not os.path.exists(os.path.join(cdir, "serve.addr")):
-            time.sleep(0.05)
-        wd = os.path.join(base, "agent")
-        cfg = agent_dir(wd, log, f'type = "collector"\nurl = "https://127.0.0.1:{port}"\n'
-                                 f'compression = "{compression}"\n', args.max_wait)
-        subprocess.run([args.bin, "-c", cfg, "enroll", "--server", f"https://127.0.0.1:{port}",
-                        "--user", "bench", "--password-file", pw, "--ca", os.path.join(cdir, "ca.pem")],
-                       check=True, stdout=subprocess.DEVNULL)
-        c0 = cpu_seconds(srv.pid)
-        prof = None
-        if args.profile:
-            # Where the collector's time goes (perf must be allowed here).
-            prof = subprocess.Popen(["perf", "record", "-g", "-o",
-                                     os.path.join(args.workdir, f"collector-{compression}.perf"),
-                                     "-p", str(srv.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-        elapsed, cpu, rss = run_agent(args.bin, cfg, wd, size, profile=os.path.join(
-            args.workdir, f"agent-{compression}.perf") if args.profile else None)
-        if prof:
-            prof.send_signal(signal.SIGINT)
-            prof.wait(60)
-        ccpu, crss = cpu_seconds(srv.pid) - c0, peak_rss_mib(srv.pid)
-        srv.send_signal(signal.SIGTERM)
-        srv.wait(30)
-        stored = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cdir, "data"))
-                     for f in fs)
-        print(f"collector sink, compression {compression} (batch.max_wait {args.max_wait} {BATCH_EXTRA!r}): {size / 2**20:.0f} MiB, {n} lines acknowledged "
-              f"in {elapsed:.2f} s = {size / 2**20 / elapsed:.0f} MiB/s of input end to end "
-              f"({stored / 2**20:.0f} MiB of NDJSON stored)")
-        print(f"  agent CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB; collector CPU {ccpu:.2f} s, "
-              f"peak RSS {crss:.1f} MiB")
+    shutil.rmtree(base, ignore_errors=True)
+    cdir = os.path.join(base, "srv")
+    subprocess.run([collector_bin, "init", "--dir", cdir, "--name", "127.0.0.1"], check=True,
+                   stdout=subprocess.DEVNULL)
+    pw = os.path.join(base, "pw")
+    with open(pw, "w") as f:
+        f.write("bench password\n")
+    subprocess.run([collector_bin, "user", "add", "--dir", cdir, "bench", "--password-file", pw],
+                   check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    cerr = open(os.path.join(base, "collector.err"), "w")
+    srv = subprocess.Popen([collector_bin, "serve", "--dir", cdir, "--listen", f"127.0.0.1:{port}"],
+                           stdout=subprocess.DEVNULL, stderr=cerr)
+    while not os.path.exists(os.path.join(cdir, "serve.addr")):
+        time.sleep(0.05)
+    wd = os.path.join(base, "agent")
+    choice = "" if compression == "default" else f'compression = "{compression}"\n'
+    cfg = agent_dir(wd, log, f'type = "collector"\nurl = "https://127.0.0.1:{port}"\n{choice}', args.max_wait)
+    subprocess.run([agent_bin, "-c", cfg, "enroll", "--server", f"https://127.0.0.1:{port}",
+                    "--user", "bench", "--password-file", pw, "--ca", os.path.join(cdir, "ca.pem")],
+                   check=True, stdout=subprocess.DEVNULL)
+    c0 = cpu_seconds(srv.pid)
+    prof = None
+    if args.profile:
+        # Where the collector's time goes (perf must be allowed here).
+        prof = subprocess.Popen(["perf", "record", "-g", "-o", os.path.join(args.workdir, f"collector-{tag}.perf"),
+                                 "-p", str(srv.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    elapsed, cpu, rss = run_agent(agent_bin, cfg, wd, size, profile=os.path.join(
+        args.workdir, f"agent-{tag}.perf") if args.profile else None)
+    if prof:
+        prof.send_signal(signal.SIGINT)
+        prof.wait(60)
+    ccpu, crss = cpu_seconds(srv.pid) - c0, peak_rss_mib(srv.pid)
+    srv.send_signal(signal.SIGTERM)
+    srv.wait(30)
+    stored = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cdir, "data"))
+                 for f in fs)
+    with open(os.path.join(wd, "agent.err")) as f:
+        encodings = sorted({m for m in ("Lz4", "Gzip") if f"encoding={m}" in f.read()})
+    shutil.rmtree(base, ignore_errors=True)
+    return dict(elapsed=elapsed, cpu=cpu, rss=rss, ccpu=ccpu, crss=crss, stored=stored, moved_to=encodings)
+
+
+def collector(args, log, size, n):
+    """Interleaved rounds of the TLS ceiling and agent -> collector, per build and compression."""
+    contenders = ["ceiling"] + [f"new:{c}" for c in args.compression.split(",")]
+    if args.baseline_target:
+        contenders += [f"old:{c}" for c in args.baseline_compression.split(",")]
+    recv = Receiver(args)
+    mib = size / 2**20
+    print(f"collector: {mib:.0f} MiB, {n} lines, data under {args.workdir}; batch.max_wait {args.max_wait} "
+          f"{BATCH_EXTRA!r}; {args.rounds} rounds of {', '.join(contenders)} (order rotated each round)", flush=True)
+    results = {c: [] for c in contenders}
+    ceilings = []
+    for r in range(args.rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        print(f"round {r + 1}: load {load()}", flush=True)
+        for c in order:
+            if c == "ceiling":
+                elapsed, cpu, rss = recv.ceiling(args, log, size)
+                ceilings.append(mib / elapsed)
+                results[c].append(dict(elapsed=elapsed, cpu=cpu, rss=rss, ccpu=0.0, crss=0.0))
+                print(f"  {c:12} {mib / elapsed:5.0f} MiB/s, CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB", flush=True)
+                continue
+            build, compression = c.split(":")
+            res = collector_run(args, build, compression, log, size, f"{build}-{compression}-{r + 1}")
+            results[c].append(res)
+            print(f"  {c:12} {mib / res['elapsed']:5.0f} MiB/s end to end; agent CPU {res['cpu']:.2f} s, "
+                  f"RSS {res['rss']:.1f} MiB; collector CPU {res['ccpu']:.2f} s, RSS {res['crss']:.1f} MiB; "
+                  f"{res['stored'] / 2**20:.0f} MiB stored; encodings moved to {res['moved_to']}; load {load()}",
+                  flush=True)
+    rcpu = cpu_seconds(recv.proc.pid)
+    recv.stop()
+
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    def rng(xs, fmt="{:.0f}"):
+        return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
+
+    print(f"summary over {args.rounds} rounds: median (min-max); share = of the same round's ceiling; "
+          f"receiver CPU {rcpu:.2f} s in all; load at the end {load()}")
+    for c in contenders:
+        rates = [mib / x["elapsed"] for x in results[c]]
+        share = [a / b for a, b in zip(rates, ceilings)]
+        line = f"  {c:12} {rng(rates)} MiB/s, share {rng(share, '{:.2f}')}; CPU {rng([x['cpu'] for x in results[c]], '{:.2f}')} s"
+        line += f", peak RSS {rng([x['rss'] for x in results[c]], '{:.1f}')} MiB"
+        if c != "ceiling":
+            line += (f"; collector CPU {rng([x['ccpu'] for x in results[c]], '{:.2f}')} s, peak RSS "
+                     f"{rng([x['crss'] for x in results[c]], '{:.1f}')} MiB")
+        print(line, flush=True)
 
 
 def main():
@@ -270,8 +368,13 @@ def main():
                     help="syslog: the agent's [sink] structured_data choices to measure, comma-separated")
     ap.add_argument("--baseline", help="syslog: another agent binary measured in the same rounds with the "
                                        "sink's defaults (e.g. the build before a change)")
-    ap.add_argument("--compression", default="none,gzip",
-                    help="the collector sink's compressions to measure, comma-separated")
+    ap.add_argument("--compression", default="none,default",
+                    help="collector: the sink's compressions to measure, comma-separated (none, default, "
+                         "lz4, gzip; default leaves the key out)")
+    ap.add_argument("--baseline-target", help="collector: another build's target dir (e.g. the one before a "
+                                               "change), its agent and collector measured in the same rounds")
+    ap.add_argument("--baseline-compression", default="none,default",
+                    help="collector: the compressions measured with --baseline-target")
     ap.add_argument("--profile", action="store_true",
                     help="perf record the agent (and the collector) into WORKDIR/*.perf")
     args = ap.parse_args()
@@ -282,7 +385,8 @@ def main():
     args.collector = os.path.join(rel, "log-sensor-collector")
     args.receiver = os.path.join(rel, "examples", "shipping_receiver")
     args.ceiling = os.path.join(rel, "examples", "tls_ceiling")
-    need = {"syslog": (args.bin, args.receiver, args.ceiling), "collector": (args.bin, args.collector),
+    need = {"syslog": (args.bin, args.receiver, args.ceiling),
+            "collector": (args.bin, args.collector, args.receiver, args.ceiling),
             "all": (args.bin, args.collector, args.receiver, args.ceiling)}[args.which]
     for b in need:
         if not os.path.exists(b):

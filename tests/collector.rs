@@ -303,10 +303,20 @@ impl Identity {
 
 struct Response {
     status: u16,
+    /// The status line and headers, as sent.
+    head: String,
     body: Vec<u8>,
 }
 
 impl Response {
+    /// A header's value (the first, by case-insensitive name).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -403,7 +413,7 @@ impl Conn {
             .unwrap_or(0);
         let mut body = vec![0; len];
         self.tls.read_exact(&mut body)?;
-        Ok(Response { status, body })
+        Ok(Response { status, head, body })
     }
 
     fn request(
@@ -985,7 +995,87 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
         resp.json()["error"],
         "body is larger than 1024 bytes once decoded"
     );
+    // The same limit for lz4, whose frames can say nothing of their decoded size.
+    let resp = c.connect(Some(&id)).request(
+        "POST",
+        "/v1/ingest",
+        &[("Content-Encoding", "lz4")],
+        &lz4(&sized(1025)),
+    );
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(
+        resp.json()["error"],
+        "body is larger than 1024 bytes once decoded"
+    );
     assert_eq!(offsets(&c.data_file("web-01", "s1")), vec![0]);
+}
+
+/// An LZ4 frame, as the agent sends with `compression = "lz4"` (or `"auto"`, once told).
+fn lz4(data: &[u8]) -> Vec<u8> {
+    let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The codec an agent negotiates: every ingest reply (refusals too) announces what the collector
+/// reads; lz4 bodies are stored like any other, and a corrupt one is refused naming its
+/// encoding, storing nothing. Older agents' bodies (gzip, plain) are read as before (the tests
+/// above).
+#[test]
+fn lz4_bodies_are_stored_announced_and_refused_when_corrupt() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let first: Vec<String> = (0..200)
+        .map(|i| record("web-01", "s1", i * 100, "whole"))
+        .collect();
+    let body = lz4(&batch(&first));
+    let resp =
+        c.connect(Some(&id))
+            .request("POST", "/v1/ingest", &[("Content-Encoding", "lz4")], &body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["stored"], 200);
+    assert_eq!(resp.header("accept-encoding"), Some("lz4, gzip"));
+    let file = c.data_file("web-01", "s1");
+    assert_eq!(stored_lines(&file), first, "stored as sent, once decoded");
+
+    // Cut short and with a byte gone: 400, naming the encoding; nothing of it is stored.
+    let mut more = first.clone();
+    more.push(record("web-01", "s1", 20_000, "whole"));
+    let whole = lz4(&batch(&more));
+    for bad in [&whole[..whole.len() - 7], &whole[4..]] {
+        let resp =
+            c.connect(Some(&id))
+                .request("POST", "/v1/ingest", &[("Content-Encoding", "lz4")], bad);
+        assert_eq!(resp.status, 400, "{}", resp.text());
+        assert_eq!(resp.json()["code"], "bad_batch");
+        let error = resp.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("Content-Encoding: lz4"), "{error}");
+        assert_eq!(resp.header("accept-encoding"), Some("lz4, gzip"));
+    }
+    assert_eq!(stored_lines(&file), first);
+
+    // An encoding it does not read: 415, and what it reads instead.
+    let resp =
+        c.connect(Some(&id))
+            .request("POST", "/v1/ingest", &[("Content-Encoding", "br")], &body);
+    assert_eq!(resp.status, 415, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "unsupported_encoding");
+    assert_eq!(resp.header("accept-encoding"), Some("lz4, gzip"));
+
+    // The whole batch sent again stores the one new record.
+    let resp =
+        c.connect(Some(&id))
+            .request("POST", "/v1/ingest", &[("Content-Encoding", "lz4")], &whole);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        (
+            resp.json()["stored"].as_u64(),
+            resp.json()["duplicates"].as_u64()
+        ),
+        (Some(1), Some(200))
+    );
+    assert_eq!(stored_lines(&file), more);
 }
 
 /// The collector parses a body while it arrives; a body the client stops

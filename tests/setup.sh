@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need and is safe to run again:
-#   - Debian packages: rsyslog with its GnuTLS driver (the syslog sink is proven against it),
+#   - Debian packages: rsyslog with its GnuTLS driver (the syslog sink and the syslog input are
+#     proven against it), bsdutils (util-linux `logger`, a sender of the syslog input's tests),
 #     chromium (the monitor's page is rendered in a real headless browser), logrotate
 #     (rotation is tested with the real thing, compress and delaycompress included),
 #     rpm (rpm -qp checks the .rpm packages), systemd (systemd-analyze verify checks the units),
@@ -15,6 +16,7 @@ apt_pkgs=()
 command -v rsyslogd >/dev/null 2>&1 || apt_pkgs+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_pkgs+=(rsyslog-gnutls)
 command -v certtool >/dev/null 2>&1 || apt_pkgs+=(gnutls-bin)
+command -v logger >/dev/null 2>&1 || apt_pkgs+=(bsdutils)
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
 [ -x /usr/sbin/logrotate ] || command -v logrotate >/dev/null 2>&1 || apt_pkgs+=(logrotate)
 command -v rpm >/dev/null 2>&1 || apt_pkgs+=(rpm)

@@ -5,9 +5,12 @@
 //! key is committed. Processes are killed when their fixture drops. Tests poll for outcomes with
 //! generous deadlines and never assert timings.
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
+use pki::Pki;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -389,6 +392,183 @@ fn enrol_then_ship_stores_every_record_exactly_once() {
     assert!(!a.stderr_text().contains(PASSWORD));
     // Committed only what the collector acknowledged: by now, all of it.
     agent.wait_all_committed();
+    // The default compression ("auto") moved to lz4 after the collector's first reply said it
+    // reads it; everything above went through that codec but the first batch.
+    let log = a.stderr_text();
+    assert!(
+        log.contains("request bodies now go in the encoding the collector announces")
+            && log.contains("encoding=Lz4"),
+        "{}",
+        tail(&log)
+    );
+}
+
+/// A collector as they were before lz4 (a stand-in: the older binary is not at hand): mutual
+/// TLS, `POST /v1/ingest` with a plain or gzip body acknowledged, any other Content-Encoding
+/// refused with 415, no `Accept-Encoding` in its replies. Counts the lines it got per
+/// encoding.
+struct OldCollector {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl OldCollector {
+    fn start(pki: &Pki) -> OldCollector {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::{Arc, Mutex};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(pki.p("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let certs = CertificateDer::pem_file_iter(pki.p("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.p("server.key")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(BTreeMap::new()));
+        let counts = got.clone();
+        // A thread per connection; they end with the test.
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let (config, counts) = (config.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                    'requests: loop {
+                        let (mut len, mut encoding) = (0usize, String::new());
+                        loop {
+                            let mut line = String::new();
+                            match tls.read_line(&mut line) {
+                                Ok(0) | Err(_) => break 'requests,
+                                Ok(_) => {}
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                match k.to_ascii_lowercase().as_str() {
+                                    "content-length" => len = v.trim().parse().unwrap(),
+                                    "content-encoding" => encoding = v.trim().to_string(),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if tls.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        let plain = match encoding.as_str() {
+                            "" => Some(body),
+                            "gzip" => {
+                                let mut out = Vec::new();
+                                flate2::read::MultiGzDecoder::new(&body[..])
+                                    .read_to_end(&mut out)
+                                    .unwrap();
+                                Some(out)
+                            }
+                            _ => None,
+                        };
+                        let lines = plain
+                            .as_ref()
+                            .map(|p| p.iter().filter(|&&b| b == b'\n').count());
+                        *counts.lock().unwrap().entry(encoding.clone()).or_default() +=
+                            lines.unwrap_or(0);
+                        let (status, reply) = match lines {
+                            Some(n) => (
+                                "200 OK",
+                                format!(r#"{{"records":{n},"stored":{n},"duplicates":0}}"#),
+                            ),
+                            None => (
+                                "415 Unsupported Media Type",
+                                serde_json::json!({
+                                    "error": format!("unsupported Content-Encoding {encoding:?} (use gzip or none)"),
+                                    "code": "unsupported_encoding",
+                                })
+                                .to_string(),
+                            ),
+                        };
+                        let close = if lines.is_some() {
+                            ""
+                        } else {
+                            "Connection: close\r\n"
+                        };
+                        let out = tls.get_mut();
+                        let written = write!(
+                        out,
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{close}Content-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    )
+                    .and_then(|_| out.flush());
+                        if written.is_err() || lines.is_none() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        OldCollector { port, got }
+    }
+
+    fn got(&self) -> BTreeMap<String, usize> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// A new agent against an older collector: with the default compression it never sends lz4
+/// (the collector announces nothing), so everything arrives in gzip; with `compression = "lz4"`
+/// the refusal says what to change.
+#[test]
+fn an_older_collector_gets_gzip_and_an_explicit_lz4_is_named_when_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&root.path().join("pki"), HOST);
+    let old = OldCollector::start(&pki);
+    let sink = |extra: &str| {
+        format!(
+            "type = \"collector\"\nurl = \"https://localhost:{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            old.port,
+            pki.p("ca.pem"),
+            pki.p("client.pem"),
+            pki.p("client.key")
+        )
+    };
+    let agent = Agent::new(&sink(""), "max_records = 200");
+    let want = lines("old", 2000);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let a = agent.start();
+    agent.wait_all_committed();
+    let got = old.got();
+    assert_eq!(got.get("gzip"), Some(&want.len()), "{got:?}");
+    assert_eq!(got.len(), 1, "nothing but gzip: {got:?}");
+    drop(a);
+
+    let agent = Agent::new(&sink("compression = \"lz4\""), "");
+    append_lines(&agent.p("logs/app.log"), &want[..10]);
+    let a = agent.start();
+    agent.wait_alert(&a, "naming the refused compression", "sink.compression");
+    let alert = agent.alerts().join("\n");
+    assert!(alert.contains("415"), "{alert}");
+    assert_eq!(agent.committed(), 0, "nothing committed");
 }
 
 #[test]
@@ -730,82 +910,6 @@ fn certificate_is_renewed_at_the_configured_share_of_its_lifetime() {
 
 // ------------------------------------------------------------------ syslog to a real rsyslog
 
-/// A test PKI made with rcgen: a CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate for `HOST`, plus a client certificate from a CA rsyslog does not trust.
-struct Pki {
-    dir: PathBuf,
-}
-
-fn write_pem(path: &Path, pem: &str) {
-    std::fs::write(path, pem).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair,
-        };
-        std::fs::create_dir_all(dir).unwrap();
-        let ca = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.distinguished_name.push(DnType::CommonName, name);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let cert = p.self_signed(&key).unwrap();
-            (cert.pem(), Issuer::new(p, key))
-        };
-        let leaf = |names: Vec<String>, cn: &str, usage, issuer: &Issuer<'_, KeyPair>| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(names).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (ca_pem, issuer) = ca("test syslog CA");
-        let (other_pem, other) = ca("some other CA");
-        write_pem(&dir.join("ca.pem"), &ca_pem);
-        write_pem(&dir.join("other-ca.pem"), &other_pem);
-        // The receiver's certificate, ours, and one our receiver's CA never signed.
-        for (name, sans, cn, usage, ca) in [
-            (
-                "server",
-                vec!["localhost".into(), "127.0.0.1".into()],
-                "localhost",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                &issuer,
-            ),
-            (
-                "client",
-                vec![HOST.into()],
-                HOST,
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &issuer,
-            ),
-            (
-                "wrong",
-                vec![HOST.into()],
-                HOST,
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &other,
-            ),
-        ] {
-            let (c, k) = leaf(sans, cn, usage, ca);
-            write_pem(&dir.join(format!("{name}.pem")), &c);
-            write_pem(&dir.join(format!("{name}.key")), &k);
-        }
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
 /// rsyslogd in the foreground with its own config, work directory and pid file, receiving
 /// RFC 5425 over TLS (gtls, x509/name, only `HOST` permitted) on a loopback port, and writing
 /// each message with its structured data to `out`.
@@ -938,7 +1042,7 @@ fn syslog_sink_trusting(pki: &Pki, port: u16, cert: &str, ca: &str) -> String {
 #[test]
 fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "client"), "max_records = 700");
     // A file name needing SD escaping, one record over max_record_bytes (64 KiB: shipped as its
@@ -1041,7 +1145,7 @@ fn syslog_over_tls_to_a_real_rsyslog_delivers_every_record() {
 #[test]
 fn syslog_structured_data_choices_each_reach_a_real_rsyslog_intact() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     // The app name says which choice a message was sent with.
     let choices = ["full", "minimal", "none"];
@@ -1156,7 +1260,7 @@ fn syslog_structured_data_choices_each_reach_a_real_rsyslog_intact() {
 #[test]
 fn syslog_refused_client_certificate_commits_nothing_until_a_good_one_is_in_place() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(&syslog_sink(&pki, rs.port, "wrong"), "");
     let want = lines("refused", 50);
@@ -1236,7 +1340,7 @@ fn syslog_over_plain_tcp_survives_a_receiver_restart() {
 #[test]
 fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let pki = Pki::new(&tmp.path().join("pki"), HOST);
     let rs = Rsyslog::start(tmp.path(), &pki);
     let agent = Agent::new(
         &syslog_sink_trusting(&pki, rs.port, "client", "other-ca.pem"),

@@ -460,6 +460,11 @@ async fn route(
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            // What the agent may send next (its `compression = "auto"` reads this).
+            reply.headers_mut().insert(
+                hyper::header::ACCEPT_ENCODING,
+                HeaderValue::from_static(crate::ingest::ACCEPTED_ENCODINGS),
+            );
             reply
         }
         (_, "/healthz" | "/metrics" | "/v1/enroll" | "/v1/renew" | "/v1/ingest") => {

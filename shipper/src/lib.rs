@@ -8,8 +8,9 @@
 //!   batch is handed over; a sink's thread ([`pipeline::ship`]); a group's shipping side, which
 //!   commits a batch once every sink of the group acknowledged it ([`pipeline::fanout`]); the
 //!   committer that gives acknowledgements back ([`pipeline::commit`]).
-//! - [`input`]: the [`input::Input`] trait every input implements, and the osquery outbox as
-//!   one ([`input::osquery`]); [`tail`]: the file tailer, the input that follows every stream
+//! - [`input`]: the [`input::Input`] trait every input implements, the osquery outbox as one
+//!   ([`input::osquery`]) and the syslog server ([`input::syslog`]: network listeners into a
+//!   spool per listener in the state dir, read back as streams); [`tail`]: the file tailer, the input that follows every stream
 //!   through rotation and truncation; [`discover`]: globs, scans and inotify wake-ups find the
 //!   files (the scan is the truth).
 //! - [`transform`]: the per-source chain every record passes on its way into a batch.

@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: ok ({} source(s), state dir {}, {})",
                 path.display(),
-                cfg.sources.len(),
+                cfg.sources.len() + cfg.syslog_sources.len(),
                 cfg.state_dir.display(),
                 log_sensor::sink::describe_all(&cfg.sinks)
             );
@@ -453,6 +453,23 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             s.records_shipped,
             s.origin
         );
+    }
+    if !st.listeners.is_empty() {
+        println!("\nlisteners:");
+        for l in &st.listeners {
+            println!(
+                "  {:<28} {:>5} conn  {:>10} msgs  {:>10} in  spool {:>10}{}  dropped {}  framing errors {}  tls refused {}",
+                l.listen,
+                l.connections,
+                l.messages,
+                human_bytes(l.bytes),
+                human_bytes(l.spool_bytes),
+                if l.spool_full { " FULL" } else { "" },
+                l.dropped,
+                l.framing_errors,
+                l.tls_failed,
+            );
+        }
     }
     println!("\nstreams:");
     for s in &st.streams {

@@ -8,6 +8,7 @@ mod routes;
 use crate::batch::Batch;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
+use crate::input::syslog::SyslogInput;
 use crate::input::{osquery::OsqueryInput, Bell};
 use crate::pipeline::fanout::{group_loop, GroupTo};
 use crate::pipeline::ship::{sink_loop, SinkTo};
@@ -45,6 +46,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Syslog(#[from] crate::input::syslog::listen::ListenError),
     #[error("cannot serve the monitor on {addr} (monitor.listen): {source}")]
     Monitor {
         addr: std::net::SocketAddr,
@@ -116,7 +119,28 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         .iter()
         .map(|_| Arc::new(TailStats::default()))
         .collect();
+    // Listening before anything else starts, so a port in use fails the start, naming it: one
+    // syslog input per group that has syslog sources, each with its group's pipeline's bell.
+    let mut syslog = Vec::new();
+    for g in &routes.groups {
+        let bell = Bell::new();
+        let gcfg = routes::for_group(&cfg, &g.group.sinks);
+        let input = match gcfg.syslog_sources.is_empty() {
+            true => None,
+            false => Some(SyslogInput::start(
+                &gcfg.syslog_sources,
+                &cfg.state_dir,
+                store.clone(),
+                bell.clone(),
+            )?),
+        };
+        syslog.push((bell, input));
+    }
     let live = Live {
+        listeners: syslog
+            .iter()
+            .filter_map(|(_, i)| i.as_ref().map(|i| i.counters()))
+            .collect(),
         tails: tails.clone(),
         ship: commits.clone(),
         started_at: crate::store::now_secs(),
@@ -130,8 +154,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let mut pipelines = Vec::new();
     let mut group_configs = Vec::new();
     let mut shipping = Vec::new();
-    for (g, tail) in routes.groups.into_iter().zip(tails) {
-        let bell = Bell::new();
+    for ((g, tail), (bell, syslog)) in routes.groups.into_iter().zip(tails).zip(syslog) {
         let gcfg = Arc::new(routes::for_group(&cfg, &g.group.sinks));
         let mut pipeline = Pipeline::new(gcfg.clone(), g.tx, stop.clone(), bell.clone());
         let tailer = Tailer::new(
@@ -148,6 +171,9 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
                 store.clone(),
                 tail.clone(),
             )));
+        }
+        if let Some(input) = syslog {
+            pipeline.input(Box::new(input));
         }
         // Delivered batches go back to the pipeline to be filled again.
         let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);

@@ -134,13 +134,14 @@ pub(super) fn for_group(cfg: &Config, sinks: &[usize]) -> Config {
         .filter(|g| !g.sources.is_empty())
         .count()
         .max(1) as u64;
-    let mine: Vec<String> = groups
+    let (mine, syslog): (Vec<String>, Vec<String>) = groups
         .into_iter()
         .find(|g| g.sinks == sinks)
-        .map(|g| g.sources)
+        .map(|g| (g.sources, g.syslog_sources))
         .unwrap_or_default();
     let mut c = cfg.clone();
     c.sources.retain(|s| mine.contains(&s.name));
+    c.syslog_sources.retain(|s| syslog.contains(&s.name));
     let d = &mut c.discovery;
     d.max_open_files = d.max_open_files.map(|n| (n / reading).max(1));
     d.max_partial_bytes /= reading;

@@ -347,7 +347,11 @@ impl Layers {
         }
         // What each source inherits shows under the source, with the origin of where it came from.
         if let Some(Value::Table(sources)) = merged.get("sources") {
-            for name in sources.keys() {
+            for (name, source) in sources {
+                // A syslog source inherits nothing from [defaults] (those are file settings).
+                if source.as_table().is_some_and(super::syslog::is_syslog) {
+                    continue;
+                }
                 for k in INHERITED {
                     let key = format!("sources.{name}.{k}");
                     if out.contains_key(&key) {

@@ -11,6 +11,7 @@ mod persist;
 mod reader;
 mod sinks;
 mod sources;
+pub mod syslog;
 pub mod template;
 pub mod units;
 
@@ -18,8 +19,8 @@ pub use expand::hostname;
 pub use reader::ConfigIssue;
 pub use sinks::routes;
 pub use sinks::{
-    CollectorOptions, NamedSink, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles,
-    Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
+    CollectorOptions, Compression, NamedSink, SinkConfig, StructuredData, SyslogOptions, SyslogTls,
+    TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
 };
 pub use sources::{
     Framing, Multiline, MultilineMode, Source, DEFAULT_FINGERPRINT_BYTES, DEFAULT_MAX_FILE_BYTES,
@@ -56,6 +57,8 @@ pub struct Config {
     pub host_id: String,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// `type = "syslog"` sources (the network input), kept apart from the file sources.
+    pub syslog_sources: Vec<syslog::SyslogSource>,
     /// `[sink]` (named `default`) or every `[sinks.NAME]` in name order; never empty in a valid
     /// config (no sink table at all: stdout).
     pub sinks: Vec<NamedSink>,
@@ -176,7 +179,8 @@ impl Config {
         );
 
         let defaults = sources::read_defaults(&mut top, &mut issues);
-        let sources = sources::read_sources(&mut top, &defaults, &base, &mut issues);
+        let (sources, syslog_sources) =
+            sources::read_sources(&mut top, &defaults, &base, &mut issues);
 
         let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &mut issues);
         let osquery_sinks = match top.table("osquery", &mut issues) {
@@ -188,7 +192,13 @@ impl Config {
             }
             None => None,
         };
-        routes::check(&sources, osquery_sinks.as_deref(), &sinks, &mut issues);
+        routes::check(
+            &sources,
+            &syslog_sources,
+            osquery_sinks.as_deref(),
+            &sinks,
+            &mut issues,
+        );
 
         let batch = {
             let empty = toml::Table::new();
@@ -311,6 +321,7 @@ impl Config {
             host_id,
             state_dir,
             sources,
+            syslog_sources,
             sinks,
             osquery_sinks,
             batch,

@@ -120,8 +120,9 @@ pub(super) fn read_sources(
     defaults: &Overridable,
     base: &Path,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<Source> {
+) -> (Vec<Source>, Vec<super::syslog::SyslogSource>) {
     let mut sources = Vec::new();
+    let mut syslog_sources = Vec::new();
     if let Some(t) = top.table("sources", issues) {
         let named: BTreeMap<&String, &toml::Value> = t.iter().collect();
         for (name, value) in named {
@@ -133,12 +134,16 @@ pub(super) fn read_sources(
                 });
                 continue;
             };
+            if super::syslog::is_syslog(st) {
+                syslog_sources.extend(super::syslog::read(name, &key, st, base, issues));
+                continue;
+            }
             if let Some(s) = read_source(name, &key, st, defaults, base, issues) {
                 sources.push(s);
             }
         }
     }
-    sources
+    (sources, syslog_sources)
 }
 
 fn read_source(

@@ -13,6 +13,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// `Retry-After` in seconds (the collector sends no HTTP-date form).
     pub retry_after: Option<u64>,
+    /// `Accept-Encoding`: the request encodings the server announces it accepts (RFC 9110
+    /// section 12.5.3); None from a server that announces none.
+    pub accept_encoding: Option<String>,
 }
 
 impl Response {
@@ -86,6 +89,7 @@ impl HttpConn {
         let mut length = None;
         let mut chunked = false;
         let mut retry_after = None;
+        let mut accept_encoding = None;
         for l in lines {
             let Some((k, v)) = l.split_once(':') else {
                 continue;
@@ -96,6 +100,7 @@ impl HttpConn {
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                 "connection" => self.closing |= v.eq_ignore_ascii_case("close"),
                 "retry-after" => retry_after = v.parse::<u64>().ok(),
+                "accept-encoding" => accept_encoding = Some(v.to_string()),
                 _ => {}
             }
         }
@@ -119,6 +124,7 @@ impl HttpConn {
             status,
             body,
             retry_after,
+            accept_encoding,
         })
     }
 

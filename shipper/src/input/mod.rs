@@ -20,6 +20,7 @@
 //! [`Acknowledge`]: crate::batch::Acknowledge
 
 pub mod osquery;
+pub mod syslog;
 
 use crate::batch::Intake;
 use crate::config::Config;

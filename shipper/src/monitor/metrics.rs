@@ -322,16 +322,17 @@ pub fn render(s: &Status) -> String {
     m.sample_raw(&format!("{name}_sum"), &[], &float(h.sum));
     m.sample(&format!("{name}_count"), &[], h.count);
 
+    super::listener_metrics::render(&mut m, &s.listeners);
     m.text
 }
 
 #[derive(Default)]
-struct Exposition {
+pub(super) struct Exposition {
     text: String,
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(super) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
@@ -341,7 +342,7 @@ impl Exposition {
         self.sample(name, &[], value);
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         let mut buf = itoa::Buffer::new();
         self.sample_raw(name, labels, buf.format(value));
     }
@@ -490,6 +491,12 @@ pub(crate) mod tests {
                 sum: 1.25,
                 count: 7,
             },
+            listeners: vec![ListenerStatus {
+                source: "net".into(),
+                listen: "tcp://127.0.0.1:5514".into(),
+                messages: 3,
+                ..Default::default()
+            }],
         }
     }
 
@@ -537,6 +544,7 @@ pub(crate) mod tests {
         }
         let want: Vec<(String, String)> = FAMILIES
             .iter()
+            .chain(super::super::listener_metrics::FAMILIES)
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         assert_eq!(typed, want, "FAMILIES lists what render writes, in order");

@@ -10,6 +10,7 @@
 //! and a size cap, and is closed after the answer.
 
 pub mod http;
+mod listener_metrics;
 pub mod metrics;
 pub mod page;
 

@@ -1,4 +1,5 @@
-//! The collector sink: batches as NDJSON (gzip by default) in `POST /v1/ingest` over mutual TLS.
+//! The collector sink: batches as NDJSON (lz4 where the collector accepts it, else gzip, by
+//! default: see `encoding`) in `POST /v1/ingest` over mutual TLS.
 //!
 //! Only the collector's `200` reply acknowledges a batch: with TLS 1.3 a refused client sees its
 //! writes succeed and learns of the refusal on its first read, so a write proves nothing. The
@@ -11,6 +12,7 @@
 //! `certificate`).
 
 mod certificate;
+mod encoding;
 mod requests;
 
 use super::{Sink, SinkError};
@@ -18,8 +20,8 @@ use crate::batch::Batch;
 use crate::config::CollectorOptions;
 use crate::http::{HttpConn, HttpError, Response};
 use certificate::{renewal_loop, Shared};
+use encoding::Encoder;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +37,8 @@ const MAX_OWED: usize = 16;
 pub struct CollectorSink {
     /// URL, files and identity, shared with the renewal thread.
     shared: Arc<Shared>,
-    /// `compression = "gzip"`.
-    gzip: bool,
+    /// `sink.compression`, and what the connection's collector accepts.
+    encoder: Encoder,
     /// `sink.timeout`.
     timeout: Duration,
     /// The open connection and the certificate generation it was made with.
@@ -47,9 +49,8 @@ pub struct CollectorSink {
     read_ahead: usize,
     /// Distinct streams per request, lowered when the collector's limit is lower.
     streams: requests::StreamCap,
-    /// Reused between batches: NDJSON when the batch was not encoded ahead, and the gzip form.
+    /// Reused between batches: NDJSON when the batch was not encoded ahead.
     body: Vec<u8>,
-    gz: Vec<u8>,
 }
 
 /// Batches in flight: one being stored by the collector while the next one travels. More would
@@ -61,14 +62,13 @@ impl CollectorSink {
         let shared = Arc::new(Shared::new(opts));
         let sink = CollectorSink {
             shared: shared.clone(),
-            gzip: opts.gzip,
+            encoder: Encoder::new(opts.compression),
             timeout: opts.timeout,
             conn: None,
             pending: VecDeque::new(),
             read_ahead: 0,
             streams: requests::StreamCap::new(),
             body: Vec::new(),
-            gz: Vec::new(),
         };
         // Missing files are reported at start (not enrolled yet?), rather than as retries.
         shared.identity().map_err(|e| {
@@ -124,6 +124,7 @@ impl CollectorSink {
             let conn = HttpConn::connect_with(&self.shared.url, config, self.timeout)
                 .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
             self.conn = Some((conn, generation));
+            self.encoder.reconnected();
         }
         if self.conn.is_none() {
             return Err(self.fail("connection lost; nothing is committed".into()));
@@ -143,29 +144,26 @@ impl CollectorSink {
         }
     }
 
-    /// Writes one NDJSON piece (gzipped when configured) as a `POST /v1/ingest`.
+    /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`.
     fn write_piece(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
-        let mut gz = std::mem::take(&mut self.gz);
-        let body: &[u8] = if self.gzip {
-            gz.clear();
-            // Level 1: most of gzip's saving on log text at a fraction of its CPU.
-            let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
-            enc.write_all(ndjson)
-                .map_err(|e| self.fail(format!("gzip: {e}")))?;
-            gz = enc.finish().map_err(|e| self.fail(format!("gzip: {e}")))?;
-            &gz
-        } else {
-            ndjson
+        // Connected first: a new connection starts over in the encoding every collector reads.
+        self.connection()?;
+        let result = match self.encoder.encode(ndjson) {
+            Ok((body, encoding)) => {
+                let mut headers = vec![("Content-Type", "application/x-ndjson")];
+                if let Some(name) = encoding.header() {
+                    headers.push(("Content-Encoding", name));
+                }
+                let (conn, _) = self.conn.as_mut().expect("connected above");
+                conn.write_request("POST", "/v1/ingest", &headers, body)
+            }
+            Err(e) => {
+                let encoding = self.encoder.current();
+                return Err(self.fail(format!("cannot encode the body as {encoding:?}: {e}")));
+            }
         };
-        let mut headers = vec![("Content-Type", "application/x-ndjson")];
-        if self.gzip {
-            headers.push(("Content-Encoding", "gzip"));
-        }
-        let result = self
-            .connection()
-            .map(|c| c.write_request("POST", "/v1/ingest", &headers, body));
-        self.gz = gz;
-        match result? {
+        self.encoder.shrink(64 << 20);
+        match result {
             Ok(()) => Ok(()),
             Err(e) => {
                 // A refusal of an earlier request closes the connection under this write: its
@@ -174,7 +172,10 @@ impl CollectorSink {
                 let silent = matches!(e, HttpError::Silent { .. });
                 let refusal = match (&mut self.conn, self.pending.is_empty() || silent) {
                     (Some((c, _)), false) => match c.read_response() {
-                        Ok(resp) if resp.status != 200 => Some(self.refused(&resp)),
+                        Ok(resp) if resp.status != 200 => {
+                            self.announced(&resp);
+                            Some(self.refused(&resp))
+                        }
                         _ => None,
                     },
                     _ => None,
@@ -184,6 +185,13 @@ impl CollectorSink {
                     self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
                 }))
             }
+        }
+    }
+
+    /// Takes in what a reply says the collector accepts.
+    fn announced(&mut self, resp: &Response) {
+        if let Some(now) = self.encoder.announced(resp.accept_encoding.as_deref()) {
+            tracing::info!(encoding = ?now, accept_encoding = ?resp.accept_encoding, "request bodies now go in the encoding the collector announces");
         }
     }
 
@@ -215,6 +223,9 @@ impl CollectorSink {
             Some("host_mismatch") => {
                 "the config's host_id is not the host our certificate was issued for; re-enrol with `log-sensor enroll`"
             }
+            Some("unsupported_encoding") => {
+                "the collector does not read this sink.compression (an older collector reads only gzip and none; \"auto\" finds what it reads)"
+            }
             _ => "the batch was not acknowledged",
         };
         self.fail(format!(
@@ -230,6 +241,9 @@ impl CollectorSink {
             Some((c, _)) => c.read_response(),
             None => return Err(self.fail("connection lost; nothing is committed".into())),
         };
+        if let Ok(resp) = &result {
+            self.announced(resp);
+        }
         match result {
             Ok(resp) if resp.status == 200 => {
                 if let Some((c, _)) = &mut self.conn {

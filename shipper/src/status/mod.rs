@@ -5,8 +5,10 @@
 //! store answers for what is in `store.db`; this module imports none of them.
 
 mod counters;
+mod listeners;
 
 pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
+pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
 
 use crate::config::Config;
 use crate::store::{now_secs, report, Store};
@@ -43,6 +45,9 @@ pub struct Status {
     pub health: Health,
     /// Batches by seconds from first record to acknowledgement: (upper bound, cumulative count).
     pub batch_latency: Histogram,
+    /// Network listeners (syslog sources), one per `listen` entry.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,7 +87,7 @@ impl SinkStatus {
 pub struct SourceStatus {
     pub name: String,
     pub paths: Vec<String>,
-    /// `file` or `pack`.
+    /// `file`, `pack` or `syslog` (whose `paths` are its listeners).
     pub origin: String,
     pub streams: u64,
     pub records_shipped: u64,
@@ -212,6 +217,8 @@ pub struct Live {
     pub sinks: Vec<LiveSink>,
     /// Which sources came from packs (the rest are from the file).
     pub pack_sources: Vec<String>,
+    /// The syslog listeners' counters, one list per syslog input (one per group of sinks).
+    pub listeners: Vec<ListenerList>,
 }
 
 /// One sink as the running agent knows it.
@@ -302,21 +309,32 @@ impl Status {
             }
             Err(e) => store_problem = Some(e.to_string()),
         }
+        let syslog = cfg.syslog_sources.iter().map(|s| {
+            (
+                &s.name,
+                s.listen.iter().map(|l| l.url()).collect(),
+                "syslog",
+            )
+        });
         let sources = cfg
             .sources
             .iter()
             .map(|s| {
+                let origin = if live.pack_sources.contains(&s.name) {
+                    "pack"
+                } else {
+                    "file"
+                };
+                (&s.name, s.paths.clone(), origin)
+            })
+            .chain(syslog)
+            .map(|(name, paths, origin)| {
                 let mine: Vec<&StreamStatus> =
-                    streams.iter().filter(|x| x.source == s.name).collect();
+                    streams.iter().filter(|x| &x.source == name).collect();
                 SourceStatus {
-                    name: s.name.clone(),
-                    paths: s.paths.clone(),
-                    origin: if live.pack_sources.contains(&s.name) {
-                        "pack"
-                    } else {
-                        "file"
-                    }
-                    .into(),
+                    name: name.clone(),
+                    paths,
+                    origin: origin.into(),
                     streams: mine.len() as u64,
                     records_shipped: mine.iter().map(|x| x.records).sum(),
                     bytes_shipped: mine.iter().map(|x| x.committed_offset).sum(),
@@ -410,6 +428,14 @@ impl Status {
             },
             health,
             batch_latency: ship.latency.snapshot(),
+            listeners: live
+                .listeners
+                .iter()
+                .flat_map(|list| match list.lock() {
+                    Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
+                    Err(_) => Vec::new(),
+                })
+                .collect(),
         }
     }
 }

@@ -71,12 +71,25 @@ impl TlsFiles {
     }
 }
 
+/// `sink.compression`: how request bodies are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// The default: lz4 once the collector's replies announce that it accepts it, gzip until
+    /// then and with a collector that does not (older ones), so no collector is sent what it
+    /// cannot read.
+    Auto,
+    /// Always lz4 (a collector that does not accept it refuses every batch with 415).
+    Lz4,
+    Gzip,
+    None,
+}
+
 /// Options of a collector sink, from `[sink]`.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
     pub url: Url,
     pub files: TlsFiles,
-    pub gzip: bool,
+    pub compression: Compression,
     pub renew_at: f64,
     /// For each read and write of a request (`sink.timeout`).
     pub timeout: Duration,
@@ -108,15 +121,17 @@ pub(super) fn read(
             .map(|p| base.join(p))
             .unwrap_or(enrolled.key),
     };
-    let gzip = match r.string("compression", issues).as_deref() {
-        None | Some("gzip") => true,
-        Some("none") => false,
+    let compression = match r.string("compression", issues).as_deref() {
+        None | Some("auto") => Compression::Auto,
+        Some("lz4") => Compression::Lz4,
+        Some("gzip") => Compression::Gzip,
+        Some("none") => Compression::None,
         Some(other) => {
             issues.push(ConfigIssue {
                 key: "sink.compression".into(),
-                message: format!("{other:?}: expected \"gzip\" or \"none\""),
+                message: format!("{other:?}: expected \"auto\", \"lz4\", \"gzip\" or \"none\""),
             });
-            true
+            Compression::Auto
         }
     };
     let timeout = r
@@ -153,7 +168,7 @@ pub(super) fn read(
         Some(url) if issues.len() == before => Some(CollectorOptions {
             url,
             files,
-            gzip,
+            compression,
             renew_at,
             timeout,
         }),
@@ -187,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_to_the_enrolled_files_and_gzip() {
+    fn config_defaults_to_the_enrolled_files_and_auto_compression() {
         let c = parse("type = \"collector\"\nurl = \"https://c.example:8443\"").unwrap();
         let crate::config::SinkConfig::Collector(o) = c.sinks[0].sink.clone() else {
             panic!("not a collector sink")
@@ -195,14 +210,14 @@ mod tests {
         assert_eq!(o.files.cert, Path::new("/var/lib/ls/tls/cert.pem"));
         assert_eq!(o.files.key, Path::new("/var/lib/ls/tls/key.pem"));
         assert_eq!(o.files.ca, Path::new("/var/lib/ls/tls/ca.pem"));
-        assert!(o.gzip);
+        assert_eq!(o.compression, Compression::Auto);
         assert!((o.renew_at - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(o.timeout, Duration::from_secs(60));
         let c = parse("type = \"collector\"\nurl = \"https://c:1\"\ncompression = \"none\"\nca = \"ca.pem\"\nrenew_at = 0.5").unwrap();
         let crate::config::SinkConfig::Collector(o) = c.sinks[0].sink.clone() else {
             panic!("not a collector sink")
         };
-        assert!(!o.gzip);
+        assert_eq!(o.compression, Compression::None);
         assert_eq!(o.files.ca, Path::new("/etc/ls/ca.pem"));
         assert_eq!(o.renew_at, 0.5);
     }

@@ -13,7 +13,7 @@ mod collector;
 pub mod routes;
 mod syslog;
 
-pub use collector::{CollectorOptions, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT};
+pub use collector::{CollectorOptions, Compression, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT};
 pub use syslog::{StructuredData, SyslogOptions, SyslogTls};
 
 use super::reader::TableReader;

@@ -8,6 +8,7 @@
 //! down holds back exactly the groups routed to it.
 
 use super::NamedSink;
+use crate::config::syslog::SyslogSource;
 use crate::config::{Config, ConfigIssue, Source};
 use std::collections::BTreeMap;
 
@@ -21,13 +22,17 @@ pub struct Group {
     pub sinks: Vec<usize>,
     /// The file sources of the group, by name.
     pub sources: Vec<String>,
+    /// The syslog (network) sources of the group, by name.
+    pub syslog_sources: Vec<String>,
     /// Whether the osquery outbox goes with this group.
     pub osquery: bool,
 }
 
-/// Each `sources.X.sinks` and `osquery.sinks` names known sinks, at least one.
+/// Each `sources.X.sinks` (file and syslog sources) and `osquery.sinks` names known sinks, at
+/// least one.
 pub(in crate::config) fn check(
     sources: &[Source],
+    syslog_sources: &[SyslogSource],
     osquery: Option<&[String]>,
     sinks: &[NamedSink],
     issues: &mut Vec<ConfigIssue>,
@@ -35,6 +40,11 @@ pub(in crate::config) fn check(
     let named = sources
         .iter()
         .filter_map(|s| Some((format!("sources.{}.sinks", s.name), s.sinks.as_deref()?)))
+        .chain(
+            syslog_sources
+                .iter()
+                .filter_map(|s| Some((format!("sources.{}.sinks", s.name), s.sinks.as_deref()?))),
+        )
         .chain(osquery.map(|o| ("osquery.sinks".to_string(), o)));
     let known: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
     for (key, names) in named {
@@ -74,9 +84,23 @@ pub fn groups(cfg: &Config) -> Vec<Group> {
             .or_insert_with(|| Group {
                 sinks: set,
                 sources: Vec::new(),
+                syslog_sources: Vec::new(),
                 osquery: false,
             })
             .sources
+            .push(s.name.clone());
+    }
+    for s in &cfg.syslog_sources {
+        let set = resolve(s.sinks.as_deref(), &cfg.sinks);
+        by_set
+            .entry(set.clone())
+            .or_insert_with(|| Group {
+                sinks: set,
+                sources: Vec::new(),
+                syslog_sources: Vec::new(),
+                osquery: false,
+            })
+            .syslog_sources
             .push(s.name.clone());
     }
     let set = resolve(cfg.osquery_sinks.as_deref(), &cfg.sinks);
@@ -85,6 +109,7 @@ pub fn groups(cfg: &Config) -> Vec<Group> {
         .or_insert_with(|| Group {
             sinks: set,
             sources: Vec::new(),
+            syslog_sources: Vec::new(),
             osquery: false,
         })
         .osquery = true;
@@ -107,11 +132,16 @@ pub fn unchangeable(old: &Config, new: &Config) -> Option<String> {
     let (before, after) = (groups(old), groups(new));
     let set_of = |gs: &[Group], source: &str| {
         gs.iter()
-            .find(|g| g.sources.iter().any(|s| s == source))
+            .find(|g| {
+                g.sources
+                    .iter()
+                    .chain(&g.syslog_sources)
+                    .any(|s| s == source)
+            })
             .map(|g| g.sinks.clone())
     };
     for g in &after {
-        for s in &g.sources {
+        for s in g.sources.iter().chain(&g.syslog_sources) {
             let moved = match set_of(&before, s) {
                 Some(set) => set != g.sinks,
                 None => !before.iter().any(|b| b.sinks == g.sinks),
@@ -168,6 +198,21 @@ paths = ["/var/log/all.log"]
         assert_eq!(g[1].sinks, [0, 1]);
         assert_eq!(g[1].sources, ["all", "auth"]);
         assert!(g[1].osquery, "the outbox goes to every sink by default");
+    }
+
+    #[test]
+    fn syslog_sources_route_like_file_sources() {
+        let net = "[sources.net]\ntype = \"syslog\"\nlisten = [\"udp://127.0.0.1:5514\"]\n";
+        let c = parse(&format!("{TWO}{net}sinks = [\"archive\"]\n")).unwrap();
+        let g = groups(&c);
+        assert_eq!(g[0].sinks, [0]);
+        assert_eq!(g[0].sources, ["app"]);
+        assert_eq!(g[0].syslog_sources, ["net"]);
+        let e = parse(&format!("{TWO}{net}sinks = [\"nope\"]\n")).unwrap_err();
+        assert!(
+            e.contains("sources.net.sinks: unknown sink \"nope\""),
+            "{e}"
+        );
     }
 
     #[test]

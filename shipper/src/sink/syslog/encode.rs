@@ -12,6 +12,10 @@
 //!   cost ~60 bytes a message.
 //! - `none`: no structured data (`-`), a plain syslog message like rsyslog's own imfile sends.
 //!
+//! With `full`, a record's `fields` (a syslog message's facility, hostname, peer …) follow as
+//! `[fields@32473 …]` and the message's own SD elements as they arrived (`fields_sd`); minimal
+//! and none leave them out, being the lean choices.
+//!
 //! In every choice a record that is not UTF-8 goes as its standard base64 with `enc="base64"`
 //! (with `none`, that parameter alone), so no receiver mangles invalid UTF-8 and the bytes can be
 //! recovered exactly: without the marker base64 could not be told from text. MSG carries no BOM
@@ -48,6 +52,8 @@ pub struct Encoder<'a> {
     num_offset: itoa::Buffer,
     num_len: itoa::Buffer,
     num_frame: itoa::Buffer,
+    /// The SD elements of the record's `fields` (full only; see `fields_sd`).
+    fields_sd: Vec<u8>,
 }
 
 impl<'a> Encoder<'a> {
@@ -64,6 +70,7 @@ impl<'a> Encoder<'a> {
             num_offset: itoa::Buffer::new(),
             num_len: itoa::Buffer::new(),
             num_frame: itoa::Buffer::new(),
+            fields_sd: Vec::new(),
         }
     }
 
@@ -93,7 +100,11 @@ impl<'a> Encoder<'a> {
             scratch
         };
         let whole = rec.part == Part::Whole;
-        let pieces: [&[u8]; 8] = match self.sd {
+        self.fields_sd.clear();
+        if let (StructuredData::Full, Some(f)) = (self.sd, rec.fields) {
+            super::fields_sd::append(&mut self.fields_sd, f);
+        }
+        let pieces: [&[u8]; 9] = match self.sd {
             StructuredData::Full | StructuredData::Minimal => {
                 // Full names every part; minimal only the parts of a record that was cut. A
                 // whole record's length is its message's; head and tail parts carry the original.
@@ -115,11 +126,12 @@ impl<'a> Encoder<'a> {
                         b""
                     },
                     if rec.utf8 {
-                        b"\"] "
+                        b"\"]"
                     } else {
-                        b"\" enc=\"base64\"] "
+                        b"\" enc=\"base64\"]"
                     },
-                    b"",
+                    &self.fields_sd,
+                    b" ",
                 ]
             }
             StructuredData::None => [
@@ -129,6 +141,7 @@ impl<'a> Encoder<'a> {
                 } else {
                     b"[logsensor@32473 enc=\"base64\"] "
                 },
+                b"",
                 b"",
                 b"",
                 b"",
@@ -208,7 +221,7 @@ fn header_field(s: &str, max: usize) -> String {
 }
 
 /// An SD-PARAM value: `"`, `\` and `]` escaped with a backslash (RFC 5424 §6.3.3).
-fn sd_escape(out: &mut Vec<u8>, s: &[u8]) {
+pub(super) fn sd_escape(out: &mut Vec<u8>, s: &[u8]) {
     for &b in s {
         if matches!(b, b'"' | b'\\' | b']') {
             out.push(b'\\');
@@ -287,6 +300,30 @@ mod tests {
 
     fn msg(frame: &str) -> &str {
         frame.split_once(' ').unwrap().1
+    }
+
+    #[test]
+    fn full_carries_the_records_fields_and_the_lean_choices_do_not() {
+        let m = meta();
+        let fields = br#"{"severity":"info","structured_data":{"ex@1":{"k":"v"}}}"#;
+        let mut r = rec("web-1", &m, 42, Part::Whole, b"hello");
+        r.fields = Some(fields);
+        let encode = |sd| {
+            let mut out = Vec::new();
+            Encoder::new(sd, 19, "web-1", "shipper").append(&mut out, &r, &mut Vec::new());
+            String::from_utf8(out).unwrap()
+        };
+        let full = encode(StructuredData::Full);
+        check_lengths(std::slice::from_ref(&full));
+        assert!(
+            full.ends_with(
+                r#"offset="42" part="whole"][fields@32473 severity="info"][ex@1 k="v"] hello"#
+            ),
+            "{full}"
+        );
+        let minimal = encode(StructuredData::Minimal);
+        assert!(minimal.ends_with(r#"offset="42"] hello"#), "{minimal}");
+        assert!(encode(StructuredData::None).ends_with(" - - - hello"));
     }
 
     #[test]

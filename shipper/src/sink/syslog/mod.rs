@@ -14,6 +14,7 @@
 
 mod conn;
 mod encode;
+mod fields_sd;
 
 use super::{Sink, SinkError};
 use crate::batch::Batch;

@@ -1,0 +1,376 @@
+//! The syslog source as an [`Input`]: each listener's spool is one stream, read back into the
+//! batch with its `fields`, committed in `store.db` like a file's offset once the sink has
+//! acknowledged, and reclaimed segment by segment behind the committed offset.
+//!
+//! One stream per listener, not per sending host: UDP senders are spoofable and hosts are
+//! unbounded, so streams per host would let anyone grow `store.db` and the status page without
+//! limit; the sender is in every record's `fields.hostname` / `fields.peer` for SQL instead.
+
+use super::listen::{Event, ListenError, ListenerHandle, Server};
+use super::spool::SpoolReader;
+use crate::batch::{Ack, Intake, Slot, StreamMeta};
+use crate::config::syslog::{Listener, SyslogSource};
+use crate::config::Config;
+use crate::frame::Rec;
+use crate::input::{Bell, Input, Turn};
+use crate::status::{ListenerCounters, ListenerList};
+use crate::store::{Alert, Checkpoint, Store, StreamRow, StreamState};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often committed offsets are read back from the store to reclaim spool space.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
+/// The pipeline's longest sleep while this input is idle (the listeners also ring the bell).
+const POLL: Duration = Duration::from_millis(50);
+
+/// The stream id of a listener's spool: `syslog:<source>:<url>`.
+pub fn stream_id(source: &str, l: &Listener) -> String {
+    format!("syslog:{source}:{}", l.url())
+}
+
+/// One listener's spool as the input reads it.
+struct SpoolStream {
+    meta: StreamMeta,
+    reader: SpoolReader,
+    /// This stream's slot in the batch being built, with that batch's generation.
+    slot: Option<(u64, Slot)>,
+    handle_ix: usize,
+}
+
+/// All syslog sources of the config, each with its listeners, spools and streams.
+pub struct SyslogInput {
+    /// The sources as configured now (a reload compares against them).
+    sources: Vec<SyslogSource>,
+    state_dir: PathBuf,
+    servers: Vec<(String, Server)>,
+    streams: Vec<SpoolStream>,
+    store: Arc<Mutex<Store>>,
+    /// Given to every listener; the alerts thread ends when the last one is gone.
+    events_tx: mpsc::Sender<Event>,
+    bell: Bell,
+    /// What status shows: one entry per listener, kept across reloads.
+    counters: ListenerList,
+    last_reclaim: Instant,
+}
+
+impl SyslogInput {
+    /// Opens the spools, makes sure each has its stream row, and starts listening (a port in
+    /// use fails here, naming the listener).
+    pub fn start(
+        sources: &[SyslogSource],
+        state_dir: &Path,
+        store: Arc<Mutex<Store>>,
+        bell: Bell,
+    ) -> Result<SyslogInput, ListenError> {
+        let (events_tx, events) = mpsc::channel();
+        let mut input = SyslogInput {
+            sources: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            servers: Vec::new(),
+            streams: Vec::new(),
+            store,
+            events_tx,
+            bell,
+            counters: ListenerList::default(),
+            last_reclaim: Instant::now(),
+        };
+        for src in sources {
+            let server = input.start_server(src)?;
+            input.servers.push((src.name.clone(), server));
+        }
+        input.sources = sources.to_vec();
+        super::alerts::spawn(events, input.store.clone(), input.counters.clone());
+        input.rebuild_streams(&HashMap::new());
+        Ok(input)
+    }
+
+    /// The committed spool offset of a listener's stream, from the store.
+    fn committed(&self, id: &str) -> Option<u64> {
+        let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        st.stream_offsets(id).ok().flatten().map(|(off, _)| off)
+    }
+
+    fn start_server(&self, src: &SyslogSource) -> Result<Server, ListenError> {
+        let committed = |l: &Listener| self.committed(&stream_id(&src.name, l)).unwrap_or(0);
+        // A listener restarted by a reload keeps its counters (they count since the start).
+        let old = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let counters = |l: &Listener| {
+            let id = stream_id(&src.name, l);
+            old.iter()
+                .find(|c| c.stream == id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ListenerCounters::new(&src.name, &l.url(), &id)))
+        };
+        let server = Server::start(
+            src,
+            &self.state_dir,
+            &committed,
+            &counters,
+            self.events_tx.clone(),
+            self.bell.clone(),
+        )?;
+        tracing::info!(source = %src.name, listeners = ?src.listen.iter().map(Listener::url).collect::<Vec<_>>(), "syslog listening");
+        Ok(server)
+    }
+
+    /// One stream per listener of the running servers; a stream read before (`carried`: its
+    /// position and slot) goes on from there, a new one from its committed offset.
+    fn rebuild_streams(&mut self, carried: &HashMap<String, (u64, Option<(u64, Slot)>)>) {
+        let mut streams = Vec::new();
+        let mut counters = Vec::new();
+        for (name, server) in &self.servers {
+            for h in &server.listeners {
+                let id = stream_id(name, &h.listener);
+                let first = h
+                    .spool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .first_offset()
+                    .unwrap_or(0);
+                let durable = h.spool_state.durable.load(Ordering::Acquire);
+                let (from, slot) = match carried.get(&id) {
+                    Some(&(pos, slot)) => (pos, slot),
+                    None => {
+                        let committed = self.committed(&id).unwrap_or(0);
+                        if committed > durable {
+                            tracing::warn!(stream = %id, committed, durable, "the spool ends before its committed offset; reading resumes at its end");
+                        }
+                        (committed, None)
+                    }
+                };
+                // Never before what is still on disk nor past what is there.
+                let from = from.clamp(first, durable.max(first));
+                ensure_row(&self.store, &id, name, h, durable);
+                h.stats
+                    .spool_committed
+                    .store(self.committed(&id).unwrap_or(from), Ordering::Relaxed);
+                counters.push(h.stats.clone());
+                streams.push(SpoolStream {
+                    meta: StreamMeta {
+                        id: id.as_str().into(),
+                        source: name.as_str().into(),
+                        fingerprint: None,
+                        path: h.listener.url().into(),
+                    },
+                    reader: SpoolReader::new(&h.spool_dir, h.spool_state.clone(), from),
+                    slot,
+                    // Streams are pushed in the order `listeners()` yields.
+                    handle_ix: streams.len(),
+                });
+            }
+        }
+        self.streams = streams;
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner()) = counters;
+    }
+
+    /// What status shows of the listeners; follows reloads.
+    pub fn counters(&self) -> ListenerList {
+        self.counters.clone()
+    }
+
+    /// Every listener, in stream order: for status and metrics.
+    pub fn listeners(&self) -> impl Iterator<Item = (&str, &ListenerHandle)> {
+        self.servers
+            .iter()
+            .flat_map(|(name, s)| s.listeners.iter().map(move |h| (name.as_str(), h)))
+    }
+
+    fn handle(&self, ix: usize) -> &ListenerHandle {
+        self.listeners()
+            .nth(ix)
+            .map(|(_, h)| h)
+            .expect("stream has a listener")
+    }
+
+    /// Deletes the spool segments the store says were delivered.
+    fn reclaim(&mut self) {
+        if self.last_reclaim.elapsed() < RECLAIM_EVERY {
+            return;
+        }
+        self.last_reclaim = Instant::now();
+        for i in 0..self.streams.len() {
+            let id = self.streams[i].meta.id.to_string();
+            let committed = {
+                let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                match st.stream_offsets(&id) {
+                    Ok(Some((off, _))) => off,
+                    _ => continue,
+                }
+            };
+            let h = self.handle(self.streams[i].handle_ix);
+            let res = h
+                .spool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reclaim(committed);
+            if let Err(e) = res {
+                tracing::warn!(stream = %id, error = %e, "cannot reclaim spool space");
+            }
+            h.spool_state.report_to(&h.stats);
+            h.stats.spool_committed.store(committed, Ordering::Relaxed);
+            // The row's size follows the spool between batches, so stream_lag is current.
+            let (read, size) = (
+                self.streams[i].reader.position(),
+                self.streams[i].reader.durable(),
+            );
+            let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = st.note_read(&id, read, size) {
+                tracing::debug!(stream = %id, error = %e, "cannot note the spool's size");
+            }
+        }
+    }
+}
+
+/// The stream row for a listener's spool, so `log_sensor_streams`, status and lag show it.
+fn ensure_row(store: &Mutex<Store>, id: &str, source: &str, h: &ListenerHandle, size: u64) {
+    let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(st.stream_offsets(id), Ok(Some(_))) {
+        return;
+    }
+    let row = StreamRow {
+        stream: id.to_string(),
+        source: source.to_string(),
+        fingerprint: None,
+        fp_bytes: 0,
+        path: h.listener.url(),
+        device: 0,
+        inode: 0,
+        compressed: false,
+        size,
+        read_offset: 0,
+        committed_offset: 0,
+        committed_hash: None,
+        first_seen: crate::store::now_secs(),
+        state: StreamState::Active,
+        alerted_too_large: false,
+    };
+    if let Err(e) = st.upsert_stream(&row) {
+        // Kept by the store and written before the first commit that needs it.
+        tracing::warn!(stream = %id, error = %e, "cannot record the spool's stream yet");
+    }
+}
+
+impl Input for SyslogInput {
+    fn name(&self) -> &str {
+        "syslog"
+    }
+
+    fn turn(&mut self, out: &mut Intake<'_>) -> Turn {
+        self.reclaim();
+        let generation = out.generation();
+        for s in &mut self.streams {
+            loop {
+                if out.full() {
+                    return Turn::Busy;
+                }
+                let (at, end, rec) = match s.reader.next() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Damage on disk (not a torn tail: those are cut at open). The reader
+                        // has moved past it; say what was skipped.
+                        tracing::error!(stream = %s.meta.id, error = %e, "skipping a damaged spool segment");
+                        continue;
+                    }
+                };
+                let slot = match s.slot {
+                    Some((g, slot)) if g == generation => slot,
+                    _ => {
+                        let slot = out.open_stream(
+                            s.meta.clone(),
+                            Ack::Store(Checkpoint {
+                                stream: s.meta.id.to_string(),
+                                ..Default::default()
+                            }),
+                        );
+                        s.slot = Some((generation, slot));
+                        slot
+                    }
+                };
+                let r = Rec {
+                    offset: at,
+                    len: rec.len,
+                    part: rec.part,
+                    bytes: &rec.msg,
+                };
+                out.push(slot, &r, rec.ts_ms, Some(&rec.fields));
+                if let Some(c) = out.ack_mut(slot).checkpoint_mut() {
+                    c.committed_offset = end;
+                    c.read_offset = end;
+                    c.size = s.reader.durable().max(end);
+                }
+            }
+        }
+        Turn::Idle
+    }
+
+    fn idle_wait(&self) -> Duration {
+        POLL
+    }
+
+    /// A source whose options changed is restarted (its connections close; senders reconnect),
+    /// a new one started, a removed one stopped; the others keep their connections. Spools
+    /// stay: a listener that comes back later goes on from its committed offset.
+    fn reconfigure(&mut self, cfg: &Arc<Config>) {
+        let wanted = &cfg.syslog_sources;
+        let same = |a: &SyslogSource| {
+            self.sources
+                .iter()
+                .any(|b| b.name == a.name && b.signature() == a.signature())
+        };
+        if wanted.len() == self.sources.len() && wanted.iter().all(same) {
+            return;
+        }
+        let carried: HashMap<String, (u64, Option<(u64, Slot)>)> = self
+            .streams
+            .iter()
+            .map(|s| (s.meta.id.to_string(), (s.reader.position(), s.slot)))
+            .collect();
+        let mut old: Vec<(String, Server)> = std::mem::take(&mut self.servers);
+        let mut servers = Vec::new();
+        for src in wanted {
+            let kept = same(src)
+                .then(|| old.iter().position(|(n, _)| *n == src.name))
+                .flatten();
+            if let Some(i) = kept {
+                servers.push(old.swap_remove(i));
+                continue;
+            }
+            // The old listeners go first: the new ones may bind the same ports.
+            if let Some(i) = old.iter().position(|(n, _)| *n == src.name) {
+                old.swap_remove(i).1.stop();
+            }
+            match self.start_server(src) {
+                Ok(s) => servers.push((src.name.clone(), s)),
+                Err(e) => {
+                    tracing::error!(error = %e, "syslog source not started");
+                    let a = Alert {
+                        kind: "config_error",
+                        source: Some(src.name.clone()),
+                        stream: None,
+                        path: None,
+                        detail: e.to_string(),
+                    };
+                    let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = st.add_alert(&a) {
+                        tracing::error!(error = %e, "cannot record alert");
+                    }
+                }
+            }
+        }
+        for (name, server) in old {
+            tracing::info!(source = %name, "syslog source removed; its listeners stop");
+            server.stop();
+        }
+        self.servers = servers;
+        self.sources = wanted.clone();
+        self.rebuild_streams(&carried);
+    }
+}
