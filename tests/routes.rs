@@ -440,3 +440,63 @@ path = "state/two.ndjson"
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(PATIENCE), Some(0));
 }
+
+/// A syslog source routes like a file source: its messages go to the sinks it names only.
+#[test]
+fn a_syslog_source_goes_only_to_its_sinks() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    let env = AgentEnv::with_config(&format!(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+sinks = ["two"]
+[sources.net]
+type = "syslog"
+listen = ["udp://127.0.0.1:{port}"]
+sinks = ["one"]
+[batch]
+max_wait = "100ms"
+[sinks.one]
+type = "file"
+path = "state/one.ndjson"
+[sinks.two]
+type = "file"
+path = "state/two.ndjson"
+"#
+    ));
+    let app = lines("app", 0, 10);
+    append_lines(&env.p("logs/app.log"), &app);
+    let mut agent = env.start();
+    wait_for("app in two", PATIENCE, || {
+        has_all(&msgs(&env.p("state/two.ndjson")), &app)
+    });
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let want = vec!["net-000001-routed".to_string()];
+    // UDP may be dropped before the listener is up: send until it arrives.
+    wait_for(
+        &format!(
+            "the datagram in one; stderr:\n{}",
+            tail(&agent.stderr_text())
+        ),
+        PATIENCE,
+        || {
+            let _ = sender.send_to(
+                b"<13>1 2026-12-02T03:00:00Z host app - - - net-000001-routed",
+                ("127.0.0.1", port),
+            );
+            has_all(&msgs(&env.p("state/one.ndjson")), &want)
+        },
+    );
+    assert!(!msgs(&env.p("state/two.ndjson"))
+        .iter()
+        .any(|m| m.starts_with("net")));
+    assert!(!msgs(&env.p("state/one.ndjson"))
+        .iter()
+        .any(|m| m.starts_with("app")));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+}
