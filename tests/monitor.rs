@@ -372,7 +372,13 @@ fn metrics_parse_with_the_prometheus_parser_and_match_what_was_shipped() {
     assert!(value("log_sensor_alerts_total", &[("kind", "file_too_large")]) >= 1.0);
     assert_eq!(value("log_sensor_open_files", &[]), 2.0);
     assert_eq!(value("log_sensor_healthy", &[]), 1.0);
-    assert_eq!(value("log_sensor_sink_errors_total", &[]), 0.0);
+    assert_eq!(
+        value(
+            "log_sensor_sink_errors_total",
+            &[("sink", "default"), ("kind", "file")]
+        ),
+        0.0
+    );
     assert_eq!(value("log_sensor_store_writable", &[]), 1.0);
     assert!(value("log_sensor_store_bytes", &[]) > 0.0);
     assert_eq!(value("log_sensor_fingerprint_collisions_total", &[]), 0.0);
@@ -518,8 +524,19 @@ sync = false
         sample(&families, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
     };
     assert_eq!(value("log_sensor_healthy", &[]), 0.0);
-    assert_eq!(value("log_sensor_sink_failing", &[]), 1.0);
-    assert!(value("log_sensor_sink_errors_total", &[]) >= 1.0);
+    assert_eq!(
+        value(
+            "log_sensor_sink_failing",
+            &[("sink", "default"), ("kind", "file")]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            "log_sensor_sink_errors_total",
+            &[("sink", "default"), ("kind", "file")]
+        ) >= 1.0
+    );
     assert!(value("log_sensor_alerts_total", &[("kind", "sink_error")]) >= 1.0);
     assert_eq!(
         value(

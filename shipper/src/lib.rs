@@ -2,11 +2,12 @@
 //! commits each stream's position in a SQLite store only once the sink has acknowledged it.
 //!
 //! The modules follow the data path, the wiring at the top:
-//! - [`agent`]: the wiring: the pipeline thread, the shipping thread, the control socket, the
-//!   config watch and the monitor.
+//! - [`agent`]: the wiring: a pipeline per group of sources routed to the same sinks, a thread
+//!   per sink, the control socket, the config watch and the monitor.
 //! - [`pipeline`]: one thread owns the batch being built and gives every input its turn; when a
-//!   batch is handed over; the shipping loop ([`pipeline::ship`]) and the committer that gives
-//!   acknowledgements back ([`pipeline::commit`]).
+//!   batch is handed over; a sink's thread ([`pipeline::ship`]); a group's shipping side, which
+//!   commits a batch once every sink of the group acknowledged it ([`pipeline::fanout`]); the
+//!   committer that gives acknowledgements back ([`pipeline::commit`]).
 //! - [`input`]: the [`input::Input`] trait every input implements, the osquery outbox as one
 //!   ([`input::osquery`]) and the syslog server ([`input::syslog`]: network listeners into a
 //!   spool per listener in the state dir, read back as streams); [`tail`]: the file tailer,
@@ -27,7 +28,8 @@
 //! - [`status`]: a leaf: the counters the pipeline reports into, and the status built from them
 //!   and the store; [`monitor`] and [`control`] serve it.
 //! - [`config`]: TOML (or a `.j2` template of it, [`config::template`]) → a validated
-//!   [`config::Config`], every error at once with its key; packs in [`config::packs`]. The
+//!   [`config::Config`], every error at once with its key; packs in [`config::packs`]; which
+//!   source goes to which sinks in [`config::routes`]. The
 //!   bottom layer: plain data and its validation, importing no other module (each sink's
 //!   options are here, so `sink` imports `config`, never the reverse).
 //! - [`tls`] and [`enroll`]: rustls setup, and the identity `log-sensor enroll` obtains;

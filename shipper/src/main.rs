@@ -170,11 +170,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let cfg = cert.load(&path)?.resolve()?;
             println!(
-                "{}: ok ({} source(s), state dir {}, sink {})",
+                "{}: ok ({} source(s), state dir {}, {})",
                 path.display(),
                 cfg.sources.len() + cfg.syslog_sources.len(),
                 cfg.state_dir.display(),
-                log_sensor::sink::describe(&cfg.sink)
+                log_sensor::sink::describe_all(&cfg.sinks)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -429,6 +429,9 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             println!("  last error: {e}");
         }
     }
+    if st.sinks.len() > 1 {
+        print_sinks(&st.sinks);
+    }
     println!(
         "health: {}",
         if st.health.ok {
@@ -500,6 +503,19 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per named sink, the failing ones with their error.
+fn print_sinks(sinks: &[log_sensor::status::SinkStatus]) {
+    for s in sinks {
+        println!(
+            "  sink {}: {} ({}, {} records delivered, {} errors)",
+            s.name, s.description, s.state, s.records, s.errors
+        );
+        if let (Some(e), false) = (&s.last_error, s.state == "ok") {
+            println!("    last error: {e}");
+        }
+    }
 }
 
 fn human_secs(s: i64) -> String {

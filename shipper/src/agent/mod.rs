@@ -1,15 +1,19 @@
-//! Wires the agent together: the pipeline thread drives the inputs (files, the osquery
-//! outbox) into batches, the shipping thread sends them to the sink and gives their
-//! acknowledgements back; beside them the control socket, the config watch and the monitor.
+//! Wires the agent together: a pipeline thread per group of sources going to the same sinks
+//! drives the inputs (files, the osquery outbox) into batches, a thread per sink sends them,
+//! and each group's shipping thread commits a batch once all its sinks acknowledged it
+//! (`routes`); beside them the control socket, the config watch and the monitor.
+
+mod routes;
 
 use crate::batch::Batch;
 use crate::config::layers::Layers;
 use crate::control::{self, server::Controller};
 use crate::input::syslog::SyslogInput;
 use crate::input::{osquery::OsqueryInput, Bell};
-use crate::pipeline::ship::{ship_loop, ShipTo};
+use crate::pipeline::fanout::{group_loop, GroupTo};
+use crate::pipeline::ship::{sink_loop, SinkTo};
 use crate::pipeline::Pipeline;
-use crate::sink::{self, SinkError};
+use crate::sink::{self, Encoding, SinkError};
 use crate::status::{Live, ShipStats, TailStats};
 use crate::store::{Store, StoreError};
 use crate::tail::Tailer;
@@ -91,12 +95,6 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
     Ok(StateLock { _file: file })
 }
 
-/// The pieces of a running agent that status pages look at.
-pub struct Running {
-    pub tail: Arc<TailStats>,
-    pub ship: Arc<ShipStats>,
-}
-
 /// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
 /// after the batch in flight is committed.
 pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
@@ -106,7 +104,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let store = Store::open(&cfg.state_dir)?;
     store.set_meta("host_id", &cfg.host_id)?;
     let store = Arc::new(Mutex::new(store));
-    let sink = sink::build(&cfg.sink)?;
+    let mut routes = routes::Routes::build(&cfg)?;
     let control = control::server::bind(&cfg.state_dir).map_err(|source| AgentError::Control {
         path: control::socket_path(&cfg.state_dir),
         source,
@@ -116,66 +114,93 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let control_waker = control.waker();
     let pid_file = cfg.state_dir.join(log_sensor_common::state_dir::PID);
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
-    tracing::info!(sink = %sink.describe(), sources = cfg.sources.len(), store = %cfg.store_path().display(), "log-sensor running");
-    let running = Running {
-        tail: Arc::new(TailStats::default()),
-        ship: Arc::new(ShipStats::default()),
-    };
-    // Rung by every input's own threads (inotify, the syslog spool writers).
-    let bell = Bell::new();
-    // Listening before anything else starts, so a port in use fails the start, naming it.
-    let syslog = match cfg.syslog_sources.is_empty() {
-        true => None,
-        false => Some(SyslogInput::start(
-            &cfg.syslog_sources,
-            &cfg.state_dir,
-            store.clone(),
-            bell.clone(),
-        )?),
-    };
+    tracing::info!(sinks = %sink::describe_all(&cfg.sinks), sources = cfg.sources.len(), groups = routes.groups.len(), store = %cfg.store_path().display(), "log-sensor running");
+    let commits = Arc::new(ShipStats::default());
+    let tails: Vec<Arc<TailStats>> = routes
+        .groups
+        .iter()
+        .map(|_| Arc::new(TailStats::default()))
+        .collect();
+    // Listening before anything else starts, so a port in use fails the start, naming it: one
+    // syslog input per group that has syslog sources, each with its group's pipeline's bell.
+    let mut syslog = Vec::new();
+    for g in &routes.groups {
+        let bell = Bell::new();
+        let gcfg = routes::for_group(&cfg, &g.group.sinks);
+        let input = match gcfg.syslog_sources.is_empty() {
+            true => None,
+            false => Some(SyslogInput::start(
+                &gcfg.syslog_sources,
+                &cfg.state_dir,
+                store.clone(),
+                bell.clone(),
+            )?),
+        };
+        syslog.push((bell, input));
+    }
     let live = Live {
-        listeners: syslog.as_ref().map(|s| s.counters()).unwrap_or_default(),
-        tail: running.tail.clone(),
-        ship: running.ship.clone(),
+        listeners: syslog
+            .iter()
+            .filter_map(|(_, i)| i.as_ref().map(|i| i.counters()))
+            .collect(),
+        tails: tails.clone(),
+        ship: commits.clone(),
         started_at: crate::store::now_secs(),
-        sink_kind: sink::kind(&cfg.sink).to_string(),
-        sink_description: sink.describe(),
+        sinks: routes.live(&cfg),
         pack_sources: layers.pack_source_names(),
         transforms: Default::default(),
     };
     let cfg = Arc::new(cfg);
-    // A rendezvous: one batch being sent while the next is built, no more, so memory stays
-    // bounded (two batches) when the sink is slow and the two threads still overlap.
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
-    // Delivered batches go back to the pipeline to be filled again.
-    let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
     let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
     let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
-    let mut pipeline = Pipeline::new(cfg.clone(), tx, stop.clone(), bell.clone());
-    pipeline.alerts_into(store.clone());
-    pipeline
-        .build_transforms(live.transforms.clone())
-        .map_err(AgentError::Transforms)?;
-    let tailer = Tailer::new(
-        cfg.clone(),
-        store.clone(),
-        stop.clone(),
-        running.tail.clone(),
-        bell,
-    )?;
-    pipeline.input(Box::new(tailer));
-    pipeline.input(Box::new(OsqueryInput::new(
-        &cfg.state_dir,
-        store.clone(),
-        running.tail.clone(),
-    )));
-    if let Some(input) = syslog {
-        pipeline.input(Box::new(input));
+    routes.forward_rebuilds(sink_rx);
+    let mut pipelines = Vec::new();
+    let mut group_configs = Vec::new();
+    let mut shipping = Vec::new();
+    for ((g, tail), (bell, syslog)) in routes.groups.into_iter().zip(tails).zip(syslog) {
+        let gcfg = Arc::new(routes::for_group(&cfg, &g.group.sinks));
+        let mut pipeline = Pipeline::new(gcfg.clone(), g.tx, stop.clone(), bell.clone());
+        pipeline.alerts_into(store.clone());
+        pipeline
+            .build_transforms(live.transforms.clone())
+            .map_err(AgentError::Transforms)?;
+        let tailer = Tailer::new(
+            gcfg.clone(),
+            store.clone(),
+            stop.clone(),
+            tail.clone(),
+            bell,
+        )?;
+        pipeline.input(Box::new(tailer));
+        if g.group.osquery {
+            pipeline.input(Box::new(OsqueryInput::new(
+                &cfg.state_dir,
+                store.clone(),
+                tail.clone(),
+            )));
+        }
+        if let Some(input) = syslog {
+            pipeline.input(Box::new(input));
+        }
+        // Delivered batches go back to the pipeline to be filled again.
+        let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
+        pipeline.recycle_from(back_rx);
+        pipeline.sink_idle_flag(g.idle.clone());
+        let (gcfg_tx, gcfg_rx) = crossbeam_channel::unbounded();
+        pipeline.configs_from(gcfg_rx);
+        group_configs.push((g.group.sinks.clone(), gcfg_tx));
+        // Encoded ahead when any of its sinks takes NDJSON; the others read the records.
+        if g.group
+            .sinks
+            .iter()
+            .any(|&i| routes.sinks[i].sink.encoding() == Encoding::Ndjson)
+        {
+            pipeline.wanted().set(Encoding::Ndjson);
+        }
+        pipelines.push(pipeline);
+        shipping.push((g.batches, g.sinks, g.heard, g.limit, Some(back_tx), g.idle));
     }
-    pipeline.recycle_from(back_rx);
-    pipeline.sink_idle_flag(running.ship.waiting.clone());
-    pipeline.configs_from(cfg_rx);
-    let wanted = pipeline.wanted();
+    routes::forward_configs(cfg_rx, group_configs);
     let controller = Arc::new(Controller::new(
         layers,
         cfg.clone(),
@@ -209,20 +234,42 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             move || control::server::watch_config(c, s)
         }),
     ];
-    let pipeline_thread = spawn("pipeline", move || pipeline.run());
-    ship_loop(
-        rx,
-        ShipTo {
-            sink,
-            store: &store,
-            stop: &stop,
-            stats: &running.ship,
-            recycle: Some(back_tx),
-            sinks: Some(sink_rx),
-            wanted: Some(wanted),
-        },
-    );
-    let _ = pipeline_thread.join();
+    std::thread::scope(|scope| {
+        for p in pipelines {
+            named_scoped(scope, "pipeline", move || p.run());
+        }
+        for (batches, sinks, heard, limit, recycle, idle) in shipping {
+            let (store, stats) = (&store, &*commits);
+            named_scoped(scope, "group", move || {
+                group_loop(
+                    batches,
+                    GroupTo {
+                        store,
+                        stats,
+                        sinks,
+                        heard,
+                        limit,
+                        recycle,
+                        idle: Some(idle),
+                    },
+                )
+            });
+        }
+        for s in routes.sinks {
+            let (store, stop) = (&store, &stop);
+            named_scoped(scope, "sink", move || {
+                sink_loop(SinkTo {
+                    sink: s.sink,
+                    name: s.name,
+                    store,
+                    stop,
+                    stats: &s.stats,
+                    feeds: s.feeds,
+                    rebuild: Some(s.rebuild),
+                })
+            });
+        }
+    });
     stop.store(true, Ordering::SeqCst);
     control_waker.wake();
     for h in helpers {
@@ -231,6 +278,17 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("log-sensor stopped; offsets committed");
     Ok(())
+}
+
+fn named_scoped<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() + Send + 'scope,
+) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(scope, f)
+        .expect("spawn thread");
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {

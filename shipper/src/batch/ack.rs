@@ -28,11 +28,12 @@ pub enum Ack {
 
 /// The part of an input that hears that the records of one stream slot were delivered.
 ///
-/// Runs on the shipping thread, not the input's: it must not touch the input's own state
+/// Runs on a shipping thread, not the input's (and is Sync: a batch is shared by the sinks it
+/// goes to): it must not touch the input's own state
 /// except through what it carries (its own database connection, an `Arc`, a channel). Called
 /// at most once per slot, in batch order; an input that sees a later slot acknowledged may rely
 /// on every earlier one of its slots having been acknowledged before.
-pub trait Acknowledge: Send + std::fmt::Debug {
+pub trait Acknowledge: Send + Sync + std::fmt::Debug {
     /// The batch holding this slot is delivered. An error is logged with the input's name and
     /// the slot's records stay unacknowledged at their input (sent again later: at least once).
     fn acknowledged(&mut self) -> Result<(), AckError>;

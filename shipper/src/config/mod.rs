@@ -19,9 +19,10 @@ pub mod units;
 
 pub use expand::hostname;
 pub use reader::ConfigIssue;
+pub use sinks::routes;
 pub use sinks::{
-    CollectorOptions, Compression, SinkConfig, StructuredData, SyslogOptions, SyslogTls, TlsFiles,
-    Url, DEFAULT_COLLECTOR_TIMEOUT,
+    CollectorOptions, Compression, NamedSink, SinkConfig, StructuredData, SyslogOptions, SyslogTls,
+    TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
 };
 pub use sources::{
     Framing, Multiline, MultilineMode, Source, DEFAULT_FINGERPRINT_BYTES, DEFAULT_MAX_FILE_BYTES,
@@ -66,7 +67,11 @@ pub struct Config {
     /// Source name → the transforms its records pass through, in order (file and syslog
     /// sources alike; a source without any is absent).
     pub source_transforms: BTreeMap<String, Vec<String>>,
-    pub sink: SinkConfig,
+    /// `[sink]` (named `default`) or every `[sinks.NAME]` in name order; never empty in a valid
+    /// config (no sink table at all: stdout).
+    pub sinks: Vec<NamedSink>,
+    /// `[osquery] sinks`: where the osquery outbox's records go; None: every sink.
+    pub osquery_sinks: Option<Vec<String>>,
     pub batch: BatchConfig,
     pub discovery: DiscoveryConfig,
     pub monitor: MonitorConfig,
@@ -193,10 +198,23 @@ impl Config {
         let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
         transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
 
-        let sink = match top.table("sink", &mut issues) {
-            Some(t) => sinks::read_sink(t, &base, &state_dir, &mut issues),
-            None => Some(SinkConfig::Stdout),
+        let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &mut issues);
+        let osquery_sinks = match top.table("osquery", &mut issues) {
+            Some(t) => {
+                let mut r = TableReader::new("osquery", t);
+                let s = r.strings("sinks", &mut issues);
+                r.finish(&mut issues);
+                s
+            }
+            None => None,
         };
+        routes::check(
+            &sources,
+            &syslog_sources,
+            osquery_sinks.as_deref(),
+            &sinks,
+            &mut issues,
+        );
 
         let batch = {
             let empty = toml::Table::new();
@@ -322,7 +340,8 @@ impl Config {
             syslog_sources,
             transforms,
             source_transforms,
-            sink: sink.expect("no issues means the sink resolved"),
+            sinks,
+            osquery_sinks,
             batch,
             discovery,
             monitor,
@@ -391,7 +410,7 @@ mod tests {
             })
         ));
         assert!(
-            matches!(&c.sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson"))
+            matches!(&c.sinks[0].sink, SinkConfig::File { path, .. } if path == Path::new("/etc/ls/state/out.ndjson"))
         );
     }
 

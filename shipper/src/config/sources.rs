@@ -31,6 +31,9 @@ pub struct Source {
     /// Everything that decides how the source is read, rendered once: a reload restarts the
     /// source's streams only when this changes.
     pub signature: String,
+    /// The sinks its records go to (`sinks = [...]`, checked against the sinks by
+    /// `sinks::routes`); None: every sink.
+    pub sinks: Option<Vec<String>>,
 }
 
 /// How bytes become records.
@@ -180,6 +183,7 @@ fn read_source(
     let mut r = TableReader::new(key, table);
     let paths = r.strings("paths", issues).unwrap_or_default();
     let exclude = r.strings("exclude", issues).unwrap_or_default();
+    let sinks = r.strings("sinks", issues);
     let o = Overridable::read(&mut r, issues).or(defaults);
     r.finish(issues);
     if paths.is_empty() {
@@ -294,6 +298,7 @@ fn read_source(
     );
     Some(Source {
         signature,
+        sinks,
         name: name.to_string(),
         paths,
         exclude,

@@ -63,6 +63,9 @@ pub struct SyslogSource {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub spool_max_bytes: u64,
+    /// The sinks its records go to (`sinks = [...]`, checked by `sinks::routes`); None: every
+    /// sink.
+    pub sinks: Option<Vec<String>>,
 }
 
 impl SyslogSource {
@@ -107,6 +110,7 @@ pub fn read(
     let mut r = TableReader::new(key, table);
     let _ = r.string("type", issues);
     let urls = r.strings("listen", issues).unwrap_or_default();
+    let sinks = r.strings("sinks", issues);
     let cert = r.string("tls_cert", issues).map(|p| base.join(p));
     let key_path = r.string("tls_key", issues).map(|p| base.join(p));
     let client_ca = r.string("tls_client_ca", issues).map(|p| base.join(p));
@@ -229,6 +233,7 @@ pub fn read(
         max_message_bytes: max_message_bytes as usize,
         max_connections: max_connections as usize,
         spool_max_bytes,
+        sinks,
     })
 }
 

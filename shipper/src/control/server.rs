@@ -3,7 +3,7 @@
 
 use super::{EntryWire, Request, Response};
 use crate::config::layers::{parse_value, Layers};
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, NamedSink};
 use crate::status::{Live, Status};
 use crate::store::{Alert, Store};
 use crossbeam_channel::Sender;
@@ -25,7 +25,7 @@ pub struct Controller {
     current: Mutex<Arc<Config>>,
     live: Mutex<Live>,
     to_tailer: Sender<Arc<Config>>,
-    to_shipper: Sender<SinkConfig>,
+    to_shipper: Sender<NamedSink>,
     stop: Arc<AtomicBool>,
     store: Arc<Mutex<Store>>,
 }
@@ -36,7 +36,7 @@ impl Controller {
         cfg: Arc<Config>,
         live: Live,
         to_tailer: Sender<Arc<Config>>,
-        to_shipper: Sender<SinkConfig>,
+        to_shipper: Sender<NamedSink>,
         stop: Arc<AtomicBool>,
         store: Arc<Mutex<Store>>,
     ) -> Controller {
@@ -110,14 +110,22 @@ impl Controller {
         if cfg.monitor.listen != old.monitor.listen {
             tracing::warn!("monitor.listen changes at the next restart");
         }
+        if let Some(why) = crate::config::routes::unchangeable(&old, &cfg) {
+            return Err(why);
+        }
         let cfg = Arc::new(cfg);
         {
             let mut live = self.live.lock().expect("live lock");
             live.pack_sources = layers.pack_source_names();
-            if format!("{:?}", cfg.sink) != format!("{:?}", old.sink) {
-                live.sink_kind = crate::sink::kind(&cfg.sink).to_string();
-                live.sink_description = crate::sink::describe(&cfg.sink);
-                let _ = self.to_shipper.send(cfg.sink.clone());
+            // The same names in the same order (routes::unchangeable): pairs are one sink.
+            for (i, (new, was)) in cfg.sinks.iter().zip(&old.sinks).enumerate() {
+                if format!("{:?}", new.sink) != format!("{:?}", was.sink) {
+                    if let Some(l) = live.sinks.get_mut(i) {
+                        l.kind = crate::sink::kind(&new.sink).to_string();
+                        l.description = crate::sink::describe(&new.sink);
+                    }
+                    let _ = self.to_shipper.send(new.clone());
+                }
             }
         }
         let _ = self.to_tailer.send(cfg.clone());

@@ -39,11 +39,73 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("log_sensor_sink_errors_total", "counter"),
     ("log_sensor_sink_retries_total", "counter"),
     ("log_sensor_sink_last_success_timestamp_seconds", "gauge"),
+    ("log_sensor_sink_records_total", "counter"),
+    ("log_sensor_sink_batches_total", "counter"),
     ("log_sensor_alerts_total", "counter"),
     ("log_sensor_store_bytes", "gauge"),
     ("log_sensor_store_writable", "gauge"),
     ("log_sensor_batch_latency_seconds", "histogram"),
 ];
+
+/// One sample per sink, labelled `sink` (its name: `default` for `[sink]`) and `kind`.
+fn sinks(m: &mut Exposition, s: &Status) {
+    type Value = fn(&crate::status::SinkStatus) -> u64;
+    let families: [(&str, &str, &str, Value); 6] = [
+        (
+            "log_sensor_sink_failing",
+            "gauge",
+            "1 while the sink is failing and batches are being retried.",
+            |k| k.failing_since.is_some() as u64,
+        ),
+        (
+            "log_sensor_sink_errors_total",
+            "counter",
+            "Failed sends to the sink since the agent started.",
+            |k| k.errors,
+        ),
+        (
+            "log_sensor_sink_retries_total",
+            "counter",
+            "Sends to the sink retried after a failure since the agent started.",
+            |k| k.retries,
+        ),
+        (
+            "log_sensor_sink_last_success_timestamp_seconds",
+            "gauge",
+            "When the sink last acknowledged a batch, in Unix seconds (0: not yet).",
+            |k| k.last_ok.unwrap_or(0).max(0) as u64,
+        ),
+        (
+            "log_sensor_sink_records_total",
+            "counter",
+            "Records the sink acknowledged since the agent started (committed once every sink of their source has them).",
+            |k| k.records,
+        ),
+        (
+            "log_sensor_sink_batches_total",
+            "counter",
+            "Batches the sink acknowledged since the agent started.",
+            |k| k.batches,
+        ),
+    ];
+    // An older status (or a test's) may carry only `sink`.
+    let all: Vec<&crate::status::SinkStatus> = if s.sinks.is_empty() {
+        vec![&s.sink]
+    } else {
+        s.sinks.iter().collect()
+    };
+    for (name, kind, help, value) in families {
+        m.family(name, kind, help);
+        for k in &all {
+            let sink = if k.name.is_empty() {
+                crate::config::DEFAULT_SINK
+            } else {
+                &k.name
+            };
+            m.sample(name, &[("sink", sink), ("kind", &k.kind)], value(k));
+        }
+    }
+}
 
 /// Renders the whole exposition.
 pub fn render(s: &Status) -> String {
@@ -131,7 +193,7 @@ pub fn render(s: &Status) -> String {
     );
 
     let c = &s.counters;
-    let totals: [(&str, &str, &str, u64); 16] = [
+    let totals: [(&str, &str, &str, u64); 12] = [
         (
             "log_sensor_records_read_total",
             "counter",
@@ -204,34 +266,11 @@ pub fn render(s: &Status) -> String {
             "Streams parked to keep partial lines under discovery.max_partial_bytes, since the agent started.",
             c.partial_parks,
         ),
-        (
-            "log_sensor_sink_failing",
-            "gauge",
-            "1 while the sink is failing and batches are being retried.",
-            s.sink.failing_since.is_some() as u64,
-        ),
-        (
-            "log_sensor_sink_errors_total",
-            "counter",
-            "Failed sends to the sink since the agent started.",
-            c.sink_errors,
-        ),
-        (
-            "log_sensor_sink_retries_total",
-            "counter",
-            "Sends to the sink retried after a failure since the agent started.",
-            c.sink_retries,
-        ),
-        (
-            "log_sensor_sink_last_success_timestamp_seconds",
-            "gauge",
-            "When the sink last acknowledged a batch, in Unix seconds (0: not yet).",
-            s.sink.last_ok.unwrap_or(0).max(0) as u64,
-        ),
     ];
     for (name, kind, help, value) in totals {
         m.single(name, kind, help, value);
     }
+    sinks(&mut m, s);
 
     m.family(
         "log_sensor_alerts_total",
@@ -374,7 +413,11 @@ pub(crate) mod tests {
             uptime_secs: 75,
             config_path: "/etc/log-sensor/log-sensor.toml".into(),
             state_dir: "/var/lib/log-sensor".into(),
+            sinks: Vec::new(),
             sink: SinkStatus {
+                name: "default".into(),
+                records: 0,
+                batches: 0,
                 kind: "file".into(),
                 description: "file /tmp/out.ndjson".into(),
                 state: "ok".into(),
@@ -528,7 +571,7 @@ pub(crate) mod tests {
             r#"log_sensor_alerts_total{kind="sink_error"} 1"#,
             r#"log_sensor_alerts_total{kind="odd \"kind\"\\\nx"} 2"#,
             "log_sensor_healthy 1",
-            "log_sensor_sink_errors_total 3",
+            r#"log_sensor_sink_errors_total{sink="default",kind="file"} 3"#,
             "log_sensor_truncations_total 1",
             "log_sensor_parked_files 4",
             "log_sensor_held_back_total 5",

@@ -1,17 +1,20 @@
 //! The pipeline: one thread owns the batch being built and gives every input its turn, records
-//! entering through the source's transforms; full or due batches go to the shipping thread
-//! ([`ship`]), whose acknowledgements go back to the inputs in batch order ([`commit`]).
+//! entering through the source's transforms; full or due batches go to the group's shipping
+//! side ([`fanout`]), which gives each to every sink of the group (one thread per sink,
+//! [`ship`]) and, once all acknowledged it, its acknowledgements back to the inputs in batch
+//! order ([`commit`]). Sources routed to the same sinks are one group, one pipeline.
 //!
 //! ```text
-//!  inputs (files, osquery outbox, …) ──turn──▶ Intake ─transforms─▶ Batch ──▶ ship ──▶ sink
-//!        ▲                                                                      │ ack
-//!        └──────── store checkpoints (one transaction) / input acks ◀── commit ◀┘
+//!  inputs (files, osquery outbox, …) ──turn──▶ Intake ─transforms─▶ Batch ──▶ fanout ─┬▶ ship ▶ sink a
+//!        ▲                                                                            └▶ ship ▶ sink b
+//!        └──── store checkpoints (one transaction) / input acks ◀── commit ◀── all acked ◀┘
 //! ```
 //!
 //! When a batch is handed over is decided here, for all inputs alike: full (`batch.max_records`
 //! / `max_bytes`), `max_wait` old, or early when the sink is idle (see [`Pipeline::run`]).
 
 pub mod commit;
+pub mod fanout;
 pub mod ship;
 #[cfg(test)]
 mod tests;

@@ -1,19 +1,14 @@
-//! The shipping side: each batch to the sink until it is acknowledged, then its
-//! acknowledgements back to the inputs through the [`Committer`]. Nothing here knows an input:
-//! a batch's acknowledgements are data it carries (`crate::batch::ack`).
-//!
-//! Fan-out later: with several sinks, each sink would run this loop over the same batches
-//! (shared, e.g. `Arc<Batch>`), and the committer would take a batch once the last of them has
-//! acknowledged it. Batches keep their order in every sink, so the committer still sees them in
-//! build order; nothing in the acknowledgement changes.
+//! One sink's thread: the batches of every group routed to it, each until the sink acknowledges
+//! it, and the acknowledgement told back to the batch's group ([`super::fanout`]), which
+//! commits once every sink of the group has it. Nothing here knows an input or commits: a
+//! batch's acknowledgements are data it carries (`crate::batch::ack`).
 
-use super::commit::Committer;
-use super::Wanted;
-use crate::batch::Batch;
+use super::fanout::{Delivery, Heard};
+use crate::config::SinkConfig;
 use crate::sink::{self, Sink, SinkError};
 use crate::status::ShipStats;
 use crate::store::{Alert, Store};
-use crossbeam_channel::{Receiver, RecvError, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -24,144 +19,186 @@ use std::time::{Duration, Instant};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What the shipping thread is given besides its batches.
-pub struct ShipTo<'a> {
+/// One group's batches into this sink, and where its acknowledgements go back.
+pub struct Feed {
+    pub batches: Receiver<Delivery>,
+    pub heard: Sender<Heard>,
+}
+
+/// What a sink's thread is given.
+pub struct SinkTo<'a> {
     pub sink: Box<dyn Sink>,
+    /// The sink's name in the config (`default` for `[sink]`), for logs and alerts.
+    pub name: String,
+    /// Where alerts go.
     pub store: &'a Mutex<Store>,
     pub stop: &'a AtomicBool,
+    /// This sink's own counters.
     pub stats: &'a ShipStats,
-    /// Where delivered batches go back to the pipeline to be filled again.
-    pub recycle: Option<crossbeam_channel::Sender<Batch>>,
-    /// Sinks a reload built the config of: replaced between batches.
-    pub sinks: Option<Receiver<crate::config::SinkConfig>>,
-    /// Told the encoding of each sink, for the pipeline to encode batches ahead in.
-    pub wanted: Option<std::sync::Arc<Wanted>>,
+    /// One per group routed to this sink.
+    pub feeds: Vec<Feed>,
+    /// Its config again after a reload changed it: rebuilt between batches.
+    pub rebuild: Option<Receiver<SinkConfig>>,
 }
 
-/// Sends each batch until the sink acknowledges it, then commits; never drops a batch.
+/// Sends each batch until the sink acknowledges it, then tells its group; never drops one.
 ///
-/// Up to the sink's window of batches are in flight; they are acknowledged, and so committed,
-/// strictly in order. After a failure every batch in flight is sent again, in order, one at a
-/// time, until the sink works again: the receiver's high-water marks make whatever it had
-/// already stored harmless.
-pub fn ship_loop(rx: Receiver<Batch>, to: ShipTo<'_>) {
-    if let Some(w) = &to.wanted {
-        w.set(to.sink.encoding());
-    }
+/// Up to the sink's window of batches are in flight; they are acknowledged strictly in the
+/// order they were taken, which keeps each group's batches in their order. After a failure
+/// every batch in flight is sent again, in order, one at a time, until the sink works again:
+/// the receiver's high-water marks make whatever it had already stored harmless. The groups
+/// are taken from in turn, so one with a backlog does not starve another.
+pub fn sink_loop(to: SinkTo<'_>) {
     let mut s = Shipping {
         sink: to.sink,
+        name: to.name,
         store: to.store,
-        committer: Committer::new(to.store, to.stats),
         stop: to.stop,
         stats: to.stats,
-        recycle: to.recycle,
-        wanted: to.wanted,
         failing_since: None,
     };
-    deliver(&mut s, rx, to.sinks);
-    s.committer.finish();
+    let mut feeds = Feeds {
+        open: to.feeds.iter().map(|_| true).collect(),
+        feeds: to.feeds,
+        next: 0,
+    };
+    deliver(&mut s, &mut feeds, to.rebuild);
+    // Whether done or given up: a group still waiting must not wait for this sink any more.
+    for f in &feeds.feeds {
+        let _ = f.heard.send(Heard::Gone);
+    }
 }
 
-/// The loop of [`ship_loop`]; returns when the pipeline is done, or a stopping agent gave up.
-fn deliver(
-    s: &mut Shipping,
-    rx: Receiver<Batch>,
-    sinks: Option<Receiver<crate::config::SinkConfig>>,
-) {
-    let stats = s.stats;
-    let mut inflight: VecDeque<Batch> = VecDeque::new();
-    let mut closed = false;
+/// The groups' feeds, taken from in turn.
+struct Feeds {
+    feeds: Vec<Feed>,
+    /// Not yet closed by its group.
+    open: Vec<bool>,
+    /// The feed looked at first next time.
+    next: usize,
+}
+
+impl Feeds {
+    fn all_closed(&self) -> bool {
+        !self.open.iter().any(|&o| o)
+    }
+
+    /// A batch ready now, from the next feed in turn that has one.
+    fn try_next(&mut self) -> Option<(usize, Delivery)> {
+        let n = self.feeds.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if !self.open[i] {
+                continue;
+            }
+            match self.feeds[i].batches.try_recv() {
+                Ok(d) => {
+                    self.next = (i + 1) % n;
+                    return Some((i, d));
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => self.open[i] = false,
+            }
+        }
+        None
+    }
+
+    /// Blocks for the next batch of any feed, or until a rebuild is waiting.
+    fn wait_next(&mut self, rebuild: Option<&Receiver<SinkConfig>>) -> Wake {
+        loop {
+            if let Some((feed, d)) = self.try_next() {
+                return Wake::Batch(feed, d);
+            }
+            if self.all_closed() {
+                return Wake::Closed;
+            }
+            if rebuild.is_some_and(|r| !r.is_empty()) {
+                return Wake::Rebuild;
+            }
+            let mut sel = Select::new();
+            for i in (0..self.feeds.len()).filter(|&i| self.open[i]) {
+                sel.recv(&self.feeds[i].batches);
+            }
+            // An idle sink is rebuilt at once, not with the next batch (which would still go to
+            // the old one).
+            if let Some(r) = rebuild {
+                sel.recv(r);
+            }
+            // Ready (a batch, a closed feed or a rebuild); the checks above take it.
+            let _ = sel.ready();
+        }
+    }
+}
+
+/// What an idle sink woke up for.
+enum Wake {
+    Batch(usize, Delivery),
+    Rebuild,
+    Closed,
+}
+
+/// The loop of [`sink_loop`]; returns when every group is done, or a stopping agent gave up.
+fn deliver(s: &mut Shipping, feeds: &mut Feeds, rebuild: Option<Receiver<SinkConfig>>) {
+    let mut inflight: VecDeque<(usize, Delivery)> = VecDeque::new();
     loop {
         // A reload that changed the sink takes effect between batches, with none in flight.
-        if let Some(new) = sinks.as_ref().and_then(|r| r.try_recv().ok()) {
-            if !s.drain(&mut inflight) {
+        if let Some(new) = rebuild.as_ref().and_then(|r| r.try_recv().ok()) {
+            if !s.drain(feeds, &mut inflight) {
                 return;
             }
             s.replace_sink(new);
             continue;
         }
-        let next = if closed || inflight.len() >= s.sink.window() {
+        let next = if inflight.len() >= s.sink.window() {
             None
         } else if inflight.is_empty() {
-            stats.waiting.store(true, Ordering::Relaxed);
-            let b = s.wait_for_batch(&rx);
-            stats.waiting.store(false, Ordering::Relaxed);
-            b.map_err(|_| closed = true).ok()
-        } else {
-            match rx.try_recv() {
-                Ok(b) => Some(b),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => {
-                    closed = true;
-                    None
-                }
+            match feeds.wait_next(rebuild.as_ref()) {
+                Wake::Batch(feed, d) => Some((feed, d)),
+                Wake::Rebuild => continue,
+                Wake::Closed => return,
             }
+        } else {
+            feeds.try_next()
         };
         let result = match next {
-            Some(batch) => {
-                let r = s.sink.submit(&batch);
-                inflight.push_back(batch);
+            Some((feed, d)) => {
+                let r = s.sink.submit(&d.batch);
+                inflight.push_back((feed, d));
                 r
             }
-            None if inflight.is_empty() => {
-                if closed {
-                    return;
-                }
-                continue;
-            }
             None => s.sink.confirm().map(|()| {
-                let batch = inflight.pop_front().expect("a batch in flight");
-                s.acknowledged(batch);
+                let (feed, d) = inflight.pop_front().expect("a batch in flight");
+                s.acknowledged(feeds, feed, d);
             }),
         };
         if let Err(e) = result {
             s.failed(&e);
-            if !s.redeliver(&mut inflight) {
+            if !s.redeliver(feeds, &mut inflight) {
                 return;
             }
         }
     }
 }
 
-/// The shipping thread's side of delivery: the sink, where acknowledgements are committed, and
-/// the state of an outage.
+/// The sink's side of delivery: the sink and the state of an outage.
 struct Shipping<'a> {
     sink: Box<dyn Sink>,
+    name: String,
     store: &'a Mutex<Store>,
-    committer: Committer<'a>,
     stop: &'a AtomicBool,
     stats: &'a ShipStats,
-    recycle: Option<crossbeam_channel::Sender<Batch>>,
-    wanted: Option<std::sync::Arc<Wanted>>,
     failing_since: Option<Instant>,
 }
 
 impl Shipping<'_> {
-    /// Blocks for the next batch, retrying owed commits meanwhile; Err once the pipeline is gone.
-    fn wait_for_batch(&mut self, rx: &Receiver<Batch>) -> Result<Batch, RecvError> {
-        loop {
-            let Some(wait) = self.committer.retry_in() else {
-                return rx.recv();
-            };
-            match rx.recv_timeout(wait) {
-                Ok(b) => return Ok(b),
-                Err(RecvTimeoutError::Timeout) => self.committer.retry(),
-                Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
-            }
-        }
-    }
-
-    fn replace_sink(&mut self, new: crate::config::SinkConfig) {
+    fn replace_sink(&mut self, new: SinkConfig) {
         match sink::build(&new) {
             Ok(s) => {
-                tracing::info!(sink = %s.describe(), "sink replaced");
-                if let Some(w) = &self.wanted {
-                    w.set(s.encoding());
-                }
+                tracing::info!(sink = %self.name, describe = %s.describe(), "sink replaced");
                 self.sink = s;
             }
             Err(e) => {
-                tracing::error!(error = %e, "new sink cannot start; keeping the old one");
+                tracing::error!(sink = %self.name, error = %e, "new sink cannot start; keeping the old one");
                 self.alert("config_error", e.to_string());
             }
         }
@@ -182,16 +219,16 @@ impl Shipping<'_> {
 
     /// Confirms every batch in flight (redelivering after a failure); false when a stopping
     /// agent gave up.
-    fn drain(&mut self, inflight: &mut VecDeque<Batch>) -> bool {
+    fn drain(&mut self, feeds: &Feeds, inflight: &mut VecDeque<(usize, Delivery)>) -> bool {
         while !inflight.is_empty() {
             match self.sink.confirm() {
                 Ok(()) => {
-                    let batch = inflight.pop_front().expect("a batch in flight");
-                    self.acknowledged(batch);
+                    let (feed, d) = inflight.pop_front().expect("a batch in flight");
+                    self.acknowledged(feeds, feed, d);
                 }
                 Err(e) => {
                     self.failed(&e);
-                    return self.redeliver(inflight);
+                    return self.redeliver(feeds, inflight);
                 }
             }
         }
@@ -201,14 +238,15 @@ impl Shipping<'_> {
     /// After a failure: each batch in flight, oldest first, is sent alone until acknowledged,
     /// with backoff between tries. False when a stopping agent gave up (the batches stay
     /// uncommitted and are read again at the next start).
-    fn redeliver(&mut self, inflight: &mut VecDeque<Batch>) -> bool {
+    fn redeliver(&mut self, feeds: &Feeds, inflight: &mut VecDeque<(usize, Delivery)>) -> bool {
         let mut backoff = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
-        while let Some(batch) = inflight.front() {
+        while let Some((_, d)) = inflight.front() {
             if self.stop.load(Ordering::Relaxed) {
                 let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
                 if Instant::now() >= deadline {
                     tracing::warn!(
+                        sink = %self.name,
                         batches = inflight.len(),
                         "stopping with unacknowledged batches; they will be read again at the next start"
                     );
@@ -218,10 +256,14 @@ impl Shipping<'_> {
             self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(jitter(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            match self.sink.submit(batch).and_then(|()| self.sink.confirm()) {
+            match self
+                .sink
+                .submit(&d.batch)
+                .and_then(|()| self.sink.confirm())
+            {
                 Ok(()) => {
-                    let batch = inflight.pop_front().expect("a batch in flight");
-                    self.acknowledged(batch);
+                    let (feed, d) = inflight.pop_front().expect("a batch in flight");
+                    self.acknowledged(feeds, feed, d);
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => self.failed(&e),
@@ -230,29 +272,29 @@ impl Shipping<'_> {
         true
     }
 
-    fn acknowledged(&mut self, mut batch: Batch) {
+    fn acknowledged(&mut self, feeds: &Feeds, feed: usize, d: Delivery) {
         if self.failing_since.take().is_some() {
-            tracing::info!(sink = %self.sink.describe(), "sink recovered");
+            tracing::info!(sink = %self.name, describe = %self.sink.describe(), "sink recovered");
             self.stats.failing_since.store(0, Ordering::Relaxed);
         }
-        self.stats
-            .latency
-            .record(batch.created.elapsed().as_secs_f64());
-        self.committer.batch(&mut batch);
         let stats = self.stats;
+        stats
+            .latency
+            .record(d.batch.created.elapsed().as_secs_f64());
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .records
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            .fetch_add(d.batch.len() as u64, Ordering::Relaxed);
         stats
             .bytes
-            .fetch_add(batch.data_bytes() as u64, Ordering::Relaxed);
+            .fetch_add(d.batch.data_bytes() as u64, Ordering::Relaxed);
         stats
             .last_ok
             .store(crate::store::now_secs() as u64, Ordering::Relaxed);
-        if let Some(back) = &self.recycle {
-            let _ = back.try_send(batch);
-        }
+        let seq = d.seq;
+        // Let go of the batch before telling: the group takes it back whole to commit it.
+        drop(d);
+        let _ = feeds.feeds[feed].heard.send(Heard::Delivered(seq));
     }
 
     /// Counts a failure; alerts once per outage, and again whenever the reason changes (down,
@@ -273,8 +315,14 @@ impl Shipping<'_> {
                     .failing_since
                     .store(crate::store::now_secs() as u64, Ordering::Relaxed);
             }
-            tracing::warn!(error = %e, "sink failed; retrying with backoff, nothing is committed meanwhile");
-            self.alert("sink_error", text);
+            tracing::warn!(sink = %self.name, error = %e, "sink failed; retrying with backoff, nothing routed to it is committed meanwhile");
+            // A named sink's alert says which of the sinks it is.
+            let detail = if self.name == crate::config::DEFAULT_SINK {
+                text
+            } else {
+                format!("sinks.{}: {text}", self.name)
+            };
+            self.alert("sink_error", detail);
         }
     }
 }
@@ -286,4 +334,52 @@ fn jitter(d: Duration) -> Duration {
         .map(|t| t.subsec_nanos())
         .unwrap_or(0);
     d - d.mul_f64((nanos % 1000) as f64 / 4000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batch;
+    use std::sync::Arc;
+
+    /// A sink shared by two groups takes from them in turn: a backlog in one does not make the
+    /// other wait behind it.
+    #[test]
+    fn groups_sharing_a_sink_are_taken_from_in_turn() {
+        let (busy_tx, busy) = crossbeam_channel::unbounded();
+        let (quiet_tx, quiet) = crossbeam_channel::unbounded();
+        let (heard, _h) = crossbeam_channel::unbounded();
+        for seq in 0..5 {
+            busy_tx
+                .send(Delivery {
+                    seq,
+                    batch: Arc::new(Batch::new("h".into(), seq)),
+                })
+                .unwrap();
+        }
+        quiet_tx
+            .send(Delivery {
+                seq: 0,
+                batch: Arc::new(Batch::new("h".into(), 100)),
+            })
+            .unwrap();
+        let mut feeds = Feeds {
+            feeds: vec![
+                Feed {
+                    batches: busy,
+                    heard: heard.clone(),
+                },
+                Feed {
+                    batches: quiet,
+                    heard,
+                },
+            ],
+            open: vec![true, true],
+            next: 0,
+        };
+        let order: Vec<usize> = std::iter::from_fn(|| feeds.try_next().map(|(f, _)| f)).collect();
+        assert_eq!(order, [0, 1, 0, 0, 0, 0]);
+        drop((busy_tx, quiet_tx));
+        assert!(matches!(feeds.wait_next(None), Wake::Closed));
+    }
 }

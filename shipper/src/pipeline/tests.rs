@@ -1,11 +1,13 @@
 //! The pipeline and the shipping loop against real files, a real store and scripted sinks.
 
-use super::ship::{ship_loop, ShipTo};
+use super::fanout::{group_loop, GroupTo};
+use super::ship::{sink_loop, Feed, SinkTo};
 use crate::batch::{Batch, StreamMeta};
 use crate::frame::{Part, Rec};
 use crate::sink::{Sink, SinkError};
 use crate::status::ShipStats;
 use crate::store::{Checkpoint, Store, StreamRow, StreamState};
+use crossbeam_channel::Receiver;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,55 @@ impl Sink for Scripted {
         }
         Ok(())
     }
+}
+
+/// The agent's wiring in small: one group of `sinks`, its batches from `rx`, committed into
+/// `store` once every sink acknowledged them.
+fn ship(
+    rx: Receiver<Batch>,
+    sinks: Vec<Box<dyn Sink>>,
+    store: &Mutex<Store>,
+    commits: &ShipStats,
+    per_sink: &[ShipStats],
+    stop: &AtomicBool,
+) {
+    let (heard_tx, heard) = crossbeam_channel::unbounded();
+    let mut to_sinks = Vec::new();
+    let mut parts = Vec::new();
+    for sink in sinks {
+        let (tx, batches) = crossbeam_channel::unbounded();
+        to_sinks.push(tx);
+        let heard = heard_tx.clone();
+        parts.push((sink, Feed { batches, heard }));
+    }
+    drop(heard_tx);
+    std::thread::scope(|scope| {
+        for ((sink, feed), stats) in parts.into_iter().zip(per_sink) {
+            scope.spawn(move || {
+                sink_loop(SinkTo {
+                    sink,
+                    name: "scripted".into(),
+                    store,
+                    stop,
+                    stats,
+                    feeds: vec![feed],
+                    rebuild: None,
+                })
+            });
+        }
+        group_loop(
+            rx,
+            GroupTo {
+                store,
+                stats: commits,
+                sinks: to_sinks,
+                heard,
+                limit: 4,
+                recycle: None,
+                idle: None,
+            },
+        );
+    });
 }
 
 /// An input's own acknowledgement: says which batch it was in when told.
@@ -140,6 +191,83 @@ fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
     b
 }
 
+/// A store that knows file stream `s` of source `app`, nothing committed.
+fn store_with_stream(dir: &std::path::Path) -> Store {
+    let mut store = Store::open(dir).unwrap();
+    store
+        .upsert_stream(&StreamRow {
+            stream: "s".into(),
+            source: "app".into(),
+            fingerprint: None,
+            fp_bytes: 0,
+            path: "/var/log/app.log".into(),
+            device: 1,
+            inode: 1,
+            compressed: false,
+            size: 0,
+            read_offset: 0,
+            committed_offset: 0,
+            committed_hash: None,
+            first_seen: 0,
+            state: StreamState::Active,
+            alerted_too_large: false,
+        })
+        .unwrap();
+    store
+}
+
+/// Two sinks, one failing again and again: each gets all eight batches in order, and a
+/// batch's acknowledgements are given back once, in order, only when both have it.
+#[test]
+fn with_two_sinks_a_batch_commits_once_both_have_it_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(store_with_stream(dir.path()));
+    let (healthy, flaky) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(Scripted {
+            window: 2,
+            wire: VecDeque::new(),
+            stored: healthy.clone(),
+            failures: vec![],
+        }),
+        Box::new(Scripted {
+            window: 1,
+            wire: VecDeque::new(),
+            stored: flaky.clone(),
+            failures: vec![(1, true), (1, true), (4, false), (8, true), (8, false)],
+        }),
+    ];
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    for g in 1..=8 {
+        tx.send(batch(g, &acks)).unwrap();
+    }
+    drop(tx);
+    let stats = ShipStats::default();
+    let per_sink = [ShipStats::default(), ShipStats::default()];
+    let stop = AtomicBool::new(false);
+    ship(rx, sinks, &store, &stats, &per_sink, &stop);
+    let all: Vec<u64> = (1..=8).collect();
+    assert_eq!(*healthy.lock().unwrap(), all);
+    assert_eq!(*flaky.lock().unwrap(), all);
+    assert_eq!(
+        *acks.lock().unwrap(),
+        all,
+        "each acknowledgement once, in order"
+    );
+    assert_eq!(
+        store.lock().unwrap().stream_offsets("s").unwrap(),
+        Some((80, 16)),
+        "the last offset, each batch's records counted once"
+    );
+    assert_eq!(stats.batches.load(Ordering::Relaxed), 8);
+    assert_eq!(per_sink[0].sink_errors.load(Ordering::Relaxed), 0);
+    assert!(per_sink[1].sink_errors.load(Ordering::Relaxed) >= 5);
+}
+
 /// Eight batches through a window of two, with failures on a confirm and on a submit: every
 /// batch reaches the receiver, in order, and is committed exactly once: its store checkpoint,
 /// and the acknowledgement its other input defined, in batch order.
@@ -147,27 +275,7 @@ fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
 fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest() {
     for window in [1, 2, 3] {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
-        store
-            .upsert_stream(&StreamRow {
-                stream: "s".into(),
-                source: "app".into(),
-                fingerprint: None,
-                fp_bytes: 0,
-                path: "/var/log/app.log".into(),
-                device: 1,
-                inode: 1,
-                compressed: false,
-                size: 0,
-                read_offset: 0,
-                committed_offset: 0,
-                committed_hash: None,
-                first_seen: 0,
-                state: StreamState::Active,
-                alerted_too_large: false,
-            })
-            .unwrap();
-        let store = Mutex::new(store);
+        let store = Mutex::new(store_with_stream(dir.path()));
         let stored = Arc::new(Mutex::new(Vec::new()));
         let sink = Scripted {
             window,
@@ -182,19 +290,9 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
         }
         drop(tx);
         let stats = ShipStats::default();
+        let sink_stats = [ShipStats::default()];
         let stop = AtomicBool::new(false);
-        ship_loop(
-            rx,
-            ShipTo {
-                sink: Box::new(sink),
-                store: &store,
-                stop: &stop,
-                stats: &stats,
-                recycle: None,
-                sinks: None,
-                wanted: None,
-            },
-        );
+        ship(rx, vec![Box::new(sink)], &store, &stats, &sink_stats, &stop);
         assert_eq!(
             *stored.lock().unwrap(),
             (1..=8).collect::<Vec<_>>(),
@@ -212,7 +310,7 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
             (1..=8).collect::<Vec<_>>(),
             "window {window}: each input acknowledgement once, in batch order"
         );
-        assert!(stats.sink_errors.load(Ordering::Relaxed) >= 4);
+        assert!(sink_stats[0].sink_errors.load(Ordering::Relaxed) >= 4);
         assert!(store.alerts().unwrap().iter().any(|a| a.1 == "sink_error"));
     }
 }

@@ -10,7 +10,7 @@ pub use file::FileSink;
 pub use stdout::StdoutSink;
 
 use crate::batch::Batch;
-use crate::config::SinkConfig;
+use crate::config::{NamedSink, SinkConfig, DEFAULT_SINK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -80,6 +80,21 @@ pub fn describe(cfg: &SinkConfig) -> String {
         SinkConfig::Stdout => "stdout".into(),
         SinkConfig::Collector(opts) => format!("collector {}", opts.url),
         SinkConfig::Syslog(opts) => syslog::describe(opts),
+    }
+}
+
+/// Every sink as `check` and the start-up line name them: `sink file /x` for the one `[sink]`,
+/// `sinks archive (file /x), central (collector https://…)` for named ones.
+pub fn describe_all(sinks: &[NamedSink]) -> String {
+    match sinks {
+        [one] if one.name == DEFAULT_SINK => format!("sink {}", describe(&one.sink)),
+        _ => {
+            let each: Vec<String> = sinks
+                .iter()
+                .map(|s| format!("{} ({})", s.name, describe(&s.sink)))
+                .collect();
+            format!("sinks {}", each.join(", "))
+        }
     }
 }
 

@@ -24,6 +24,31 @@ pub struct TailStats {
     pub partial_parks: AtomicU64,
 }
 
+impl TailStats {
+    /// Every group's inputs report into their own counters (a gauge such as `open_files` is
+    /// each tailer's own); status shows their sum.
+    pub fn total(all: &[Arc<TailStats>]) -> TailStats {
+        let t = TailStats::default();
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for s in all {
+            add(&t.bytes_read, &s.bytes_read);
+            add(&t.records_read, &s.records_read);
+            add(&t.overlong_records, &s.overlong_records);
+            add(&t.open_files, &s.open_files);
+            add(&t.fingerprint_collisions, &s.fingerprint_collisions);
+            add(&t.truncations, &s.truncations);
+            add(&t.scans, &s.scans);
+            add(&t.alerts, &s.alerts);
+            add(&t.parked_files, &s.parked_files);
+            add(&t.held_back, &s.held_back);
+            add(&t.partial_parks, &s.partial_parks);
+        }
+        t
+    }
+}
+
 /// Counters of the shipping side.
 #[derive(Debug, Default)]
 pub struct ShipStats {

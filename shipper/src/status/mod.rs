@@ -32,7 +32,13 @@ pub struct Status {
     pub uptime_secs: i64,
     pub config_path: String,
     pub state_dir: String,
+    /// The sink that has been failing longest, else the first: the one sink of a `[sink]`
+    /// config, as before routes.
     pub sink: SinkStatus,
+    /// Every sink, in config order (one for a `[sink]` config). Default: an older agent's
+    /// status has only `sink`.
+    #[serde(default)]
+    pub sinks: Vec<SinkStatus>,
     pub sources: Vec<SourceStatus>,
     pub streams: Vec<StreamStatus>,
     pub alerts: Vec<AlertStatus>,
@@ -51,6 +57,9 @@ pub struct Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SinkStatus {
+    /// `default` for `[sink]`, else the NAME of `[sinks.NAME]`.
+    #[serde(default)]
+    pub name: String,
     pub kind: String,
     pub description: String,
     /// `ok` or `failing`.
@@ -60,6 +69,23 @@ pub struct SinkStatus {
     pub errors: u64,
     pub retries: u64,
     pub last_error: Option<String>,
+    /// Records this sink acknowledged since the agent started (committed only once every sink
+    /// of their source acknowledged them).
+    #[serde(default)]
+    pub records: u64,
+    #[serde(default)]
+    pub batches: u64,
+}
+
+impl SinkStatus {
+    /// How health and logs name it: its description alone for the one `[sink]`.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() || self.name == crate::config::DEFAULT_SINK {
+            self.description.clone()
+        } else {
+            format!("{} ({})", self.name, self.description)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,24 +213,34 @@ pub struct Histogram {
 /// Everything a status is made from, shared by the agent's threads.
 #[derive(Clone)]
 pub struct Live {
-    pub tail: std::sync::Arc<TailStats>,
+    /// One per group's pipeline (its tailer and the osquery outbox report into it).
+    pub tails: Vec<std::sync::Arc<TailStats>>,
+    /// What was committed (every sink of a batch acknowledged it), and the store's state.
     pub ship: std::sync::Arc<ShipStats>,
     pub started_at: i64,
-    pub sink_kind: String,
-    pub sink_description: String,
+    /// Each sink's own delivery counters, in config order.
+    pub sinks: Vec<LiveSink>,
     /// Which sources came from packs (the rest are from the file).
     pub pack_sources: Vec<String>,
-    /// The syslog listeners' counters.
-    pub listeners: ListenerList,
+    /// The syslog listeners' counters, one list per syslog input (one per group of sinks).
+    pub listeners: Vec<ListenerList>,
     /// The named transforms' counters.
     pub transforms: TransformList,
 }
 
-impl Status {
-    /// Builds the picture from the live counters and a read-only look at the store.
-    pub fn collect(cfg: &Config, live: &Live) -> Status {
-        let now = now_secs();
-        let ship = &live.ship;
+/// One sink as the running agent knows it.
+#[derive(Clone)]
+pub struct LiveSink {
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    /// Its deliveries, failures and retries (not commits: those are [`Live::ship`]'s).
+    pub stats: std::sync::Arc<ShipStats>,
+}
+
+impl LiveSink {
+    fn status(&self) -> SinkStatus {
+        let ship = &self.stats;
         let failing_since = match ship.failing_since.load(Ordering::Relaxed) {
             0 => None,
             t => Some(t as i64),
@@ -213,9 +249,10 @@ impl Status {
             0 => None,
             t => Some(t as i64),
         };
-        let sink = SinkStatus {
-            kind: live.sink_kind.clone(),
-            description: live.sink_description.clone(),
+        SinkStatus {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            description: self.description.clone(),
             state: if failing_since.is_some() {
                 "failing"
             } else {
@@ -227,7 +264,38 @@ impl Status {
             errors: ship.sink_errors.load(Ordering::Relaxed),
             retries: ship.sink_retries.load(Ordering::Relaxed),
             last_error: ship.last_error.lock().ok().and_then(|e| e.clone()),
-        };
+            records: ship.records.load(Ordering::Relaxed),
+            batches: ship.batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Status {
+    /// Builds the picture from the live counters and a read-only look at the store.
+    pub fn collect(cfg: &Config, live: &Live) -> Status {
+        let now = now_secs();
+        let ship = &live.ship;
+        let sinks: Vec<SinkStatus> = live.sinks.iter().map(LiveSink::status).collect();
+        let sink = sinks
+            .iter()
+            .filter(|s| s.failing_since.is_some())
+            .min_by_key(|s| s.failing_since)
+            .or(sinks.first())
+            .cloned()
+            .unwrap_or_else(|| SinkStatus {
+                name: String::new(),
+                kind: String::new(),
+                description: "none".into(),
+                state: "ok".into(),
+                failing_since: None,
+                last_ok: None,
+                errors: 0,
+                retries: 0,
+                last_error: None,
+                records: 0,
+                batches: 0,
+            });
+        let failing_since = sink.failing_since;
         let store_path = cfg.store_path();
         let mut streams = Vec::new();
         let mut alerts = Vec::new();
@@ -283,7 +351,7 @@ impl Status {
                 }
             })
             .collect();
-        let tail = &live.tail;
+        let tail = &TailStats::total(&live.tails);
         let counters = Counters {
             bytes_read: tail.bytes_read.load(Ordering::Relaxed),
             records_read: tail.records_read.load(Ordering::Relaxed),
@@ -297,8 +365,8 @@ impl Status {
             parked_files: tail.parked_files.load(Ordering::Relaxed),
             held_back: tail.held_back.load(Ordering::Relaxed),
             partial_parks: tail.partial_parks.load(Ordering::Relaxed),
-            sink_errors: ship.sink_errors.load(Ordering::Relaxed),
-            sink_retries: ship.sink_retries.load(Ordering::Relaxed),
+            sink_errors: sinks.iter().map(|s| s.errors).sum(),
+            sink_retries: sinks.iter().map(|s| s.retries).sum(),
             alerts_by_kind,
         };
         let store = log_sensor_common::state_dir::STORE;
@@ -335,7 +403,7 @@ impl Status {
                 ok: false,
                 reason: Some(format!(
                     "sink {} failing for {} s: {}",
-                    live.sink_description,
+                    sink.label(),
                     now - since,
                     sink.last_error.clone().unwrap_or_default()
                 )),
@@ -355,6 +423,7 @@ impl Status {
             config_path: cfg.path.display().to_string(),
             state_dir: cfg.state_dir.display().to_string(),
             sink,
+            sinks,
             sources,
             streams,
             alerts,
@@ -366,10 +435,14 @@ impl Status {
             },
             health,
             batch_latency: ship.latency.snapshot(),
-            listeners: match live.listeners.lock() {
-                Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
-                Err(_) => Vec::new(),
-            },
+            listeners: live
+                .listeners
+                .iter()
+                .flat_map(|list| match list.lock() {
+                    Ok(l) => l.iter().map(|c| c.snapshot()).collect(),
+                    Err(_) => Vec::new(),
+                })
+                .collect(),
             transforms: match live.transforms.lock() {
                 Ok(t) => t.iter().map(|c| c.snapshot()).collect(),
                 Err(_) => Vec::new(),

@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn config_defaults_to_the_enrolled_files_and_auto_compression() {
         let c = parse("type = \"collector\"\nurl = \"https://c.example:8443\"").unwrap();
-        let crate::config::SinkConfig::Collector(o) = c.sink else {
+        let crate::config::SinkConfig::Collector(o) = c.sinks[0].sink.clone() else {
             panic!("not a collector sink")
         };
         assert_eq!(o.files.cert, Path::new("/var/lib/ls/tls/cert.pem"));
@@ -214,7 +214,7 @@ mod tests {
         assert!((o.renew_at - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(o.timeout, Duration::from_secs(60));
         let c = parse("type = \"collector\"\nurl = \"https://c:1\"\ncompression = \"none\"\nca = \"ca.pem\"\nrenew_at = 0.5").unwrap();
-        let crate::config::SinkConfig::Collector(o) = c.sink else {
+        let crate::config::SinkConfig::Collector(o) = c.sinks[0].sink.clone() else {
             panic!("not a collector sink")
         };
         assert_eq!(o.compression, Compression::None);

@@ -1,10 +1,16 @@
-//! `[sink]`: which sink the batches go to, and each kind's options as plain data.
+//! `[sink]` or `[sinks.NAME]`: where the batches go, and each kind's options as plain data.
+//!
+//! `[sink]` is the simple form: one sink, named `default`. `[sinks.NAME]` tables name several,
+//! each exactly like `[sink]`; sources choose among them by name (`routes`). Both at once is an
+//! error: a source without `sinks = [...]` goes to every sink, and a `[sink]` quietly joining
+//! the named ones would double where such sources ship.
 //!
 //! The option types live here, below the sinks that use them, so that reading a config never
 //! needs the code that ships (and `sink` imports `config`, never the reverse). One file per kind
 //! that has options, as in `sink/`.
 
 mod collector;
+pub mod routes;
 mod syslog;
 
 pub use collector::{CollectorOptions, Compression, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT};
@@ -22,7 +28,105 @@ pub enum SinkConfig {
     Syslog(SyslogOptions),
 }
 
-pub(super) fn read_sink(
+/// The name `[sink]` (or no sink table at all: stdout) goes by.
+pub const DEFAULT_SINK: &str = "default";
+
+/// A sink and the name sources route to it by.
+#[derive(Debug, Clone)]
+pub struct NamedSink {
+    pub name: String,
+    pub sink: SinkConfig,
+}
+
+/// `[sink]`, or every `[sinks.NAME]` in name order; none at all is stdout, named `default`.
+/// A sink with an error is left out (its issues say why).
+pub(super) fn read_sinks(
+    top: &mut TableReader,
+    base: &Path,
+    state_dir: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<NamedSink> {
+    let one = top.table("sink", issues);
+    let named = top.table("sinks", issues);
+    match (one, named) {
+        (Some(_), Some(_)) => {
+            issues.push(ConfigIssue {
+                key: "sink".into(),
+                message: "[sink] and [sinks.*] are both set: name every sink under [sinks.NAME] (a [sink] alone is the sink named \"default\")".into(),
+            });
+            Vec::new()
+        }
+        (Some(t), None) => read_sink("sink", t, base, state_dir, issues)
+            .map(|sink| NamedSink {
+                name: DEFAULT_SINK.into(),
+                sink,
+            })
+            .into_iter()
+            .collect(),
+        (None, Some(t)) => {
+            if t.is_empty() {
+                issues.push(ConfigIssue {
+                    key: "sinks".into(),
+                    message: "names no sink: add a [sinks.NAME] table, or remove [sinks]".into(),
+                });
+            }
+            let mut out = Vec::new();
+            let mut names: Vec<&String> = t.keys().collect();
+            names.sort();
+            for name in names {
+                let key = format!("sinks.{name}");
+                if !is_plain_name(name) {
+                    issues.push(ConfigIssue {
+                        key,
+                        message: "sink names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
+                    });
+                    continue;
+                }
+                let Some(st) = t[name].as_table() else {
+                    issues.push(ConfigIssue {
+                        key,
+                        message: "expected a table like [sink]".into(),
+                    });
+                    continue;
+                };
+                if let Some(sink) = read_sink(&key, st, base, state_dir, issues) {
+                    out.push(NamedSink {
+                        name: name.clone(),
+                        sink,
+                    });
+                }
+            }
+            out
+        }
+        (None, None) => vec![NamedSink {
+            name: DEFAULT_SINK.into(),
+            sink: SinkConfig::Stdout,
+        }],
+    }
+}
+
+/// One sink table, its keys named under `prefix` (`sink` or `sinks.NAME`).
+fn read_sink(
+    prefix: &str,
+    t: &toml::Table,
+    base: &Path,
+    state_dir: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<SinkConfig> {
+    // The kinds' readers name their keys `sink.…`; a named sink's are renamed to its table.
+    let first = issues.len();
+    let sink = read_sink_table(t, base, state_dir, issues);
+    if prefix != "sink" {
+        for i in &mut issues[first..] {
+            if let Some(rest) = i.key.strip_prefix("sink") {
+                i.key = format!("{prefix}{rest}");
+            }
+        }
+    }
+    sink
+}
+
+fn read_sink_table(
     t: &toml::Table,
     base: &Path,
     state_dir: &Path,
@@ -89,6 +193,14 @@ pub(super) fn read_sink(
     };
     r.finish(issues);
     sink
+}
+
+/// As source names: a '.' would make dotted keys ambiguous.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A required key that is missing.

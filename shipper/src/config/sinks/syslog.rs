@@ -235,7 +235,7 @@ mod tests {
             "type = \"syslog\"\naddress = \"relay:6514\"\nca = \"ca.pem\"\nfacility = \"local3\"",
         )
         .unwrap();
-        let crate::config::SinkConfig::Syslog(o) = c.sink else {
+        let crate::config::SinkConfig::Syslog(o) = c.sinks[0].sink.clone() else {
             panic!("not a syslog sink")
         };
         let t = o.tls.unwrap();
@@ -253,14 +253,14 @@ mod tests {
                 "type = \"syslog\"\naddress = \"relay:514\"\ntls = false\nstructured_data = \"{name}\""
             ))
             .unwrap();
-            let crate::config::SinkConfig::Syslog(o) = c.sink else {
+            let crate::config::SinkConfig::Syslog(o) = c.sinks[0].sink.clone() else {
                 panic!("not a syslog sink")
             };
             assert_eq!(o.structured_data, sd);
         }
         let c = parse("type = \"syslog\"\naddress = \"relay:514\"\ntls = false").unwrap();
         assert!(matches!(
-            c.sink,
+            c.sinks[0].sink,
             crate::config::SinkConfig::Syslog(SyslogOptions { tls: None, .. })
         ));
         let e = parse("type = \"syslog\"\naddress = \"relay\"\ncert = \"c.pem\"\nfacility = \"nope\"\napp_name = \"a b\"\nstructured_data = \"lean\"").unwrap_err();

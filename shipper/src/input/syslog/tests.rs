@@ -73,6 +73,7 @@ fn source(listen: &[(Transport, &str)], tls: Option<SyslogTls>, max: usize) -> S
         max_message_bytes: max,
         max_connections: 4,
         spool_max_bytes: 1 << 30,
+        sinks: None,
     }
 }
 
