@@ -748,17 +748,19 @@ fn a_short_file_on_a_reused_inode_continues_its_own_stream_not_a_stale_one() {
     assert_eq!(seen.len(), h.written.len(), "delivered {:?}", h.delivered);
 }
 
-/// The agent stopped; `app.log` truncated in place and written again (shorter than the old
-/// offset, longer with another head, shorter than N), then rotated out of the globs
-/// (`paths = ["logs/app.log"]`) before the start. Found on the stream's inode with other content,
-/// the file was let go and its new lines lost.
+/// The agent stopped; `app.log` copied and truncated in place (copytruncate), written again
+/// (shorter than the old offset, longer with another head, shorter than N), then rotated out of
+/// the globs (`paths = ["logs/app.log"]`) before the start. Found on the stream's inode with
+/// other content, the file was let go and its new lines lost. (Without the copy, other content
+/// on the inode is a reused inode's, left alone: `tests/rotation.rs`.)
 #[test]
-fn rewritten_in_place_while_stopped_then_rotated_out_of_the_globs_is_read() {
+fn copytruncated_and_rewritten_while_stopped_then_rotated_out_of_the_globs_is_read() {
     for (n, len) in [(2u8, 3u8), (9, 100), (1, 0)] {
         let mut h = Harness::new(NARROW);
         h.apply(&Op::Append(5, 40));
         h.pump();
         h.tailer = None;
+        std::fs::copy(h.p("app.log"), h.p("app.log.1")).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
             .open(h.p("app.log"))
@@ -775,6 +777,7 @@ fn rewritten_in_place_while_stopped_then_rotated_out_of_the_globs_is_read() {
             h.written.push(line);
         }
         drop(f);
+        h.make_room_for_dot1();
         std::fs::rename(h.p("app.log"), h.p("app.log.1")).unwrap();
         std::fs::File::create(h.p("app.log")).unwrap();
         h.start();

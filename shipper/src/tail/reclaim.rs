@@ -6,9 +6,9 @@
 //! Such a file is looked for in the stream's old folder by device and inode, confirmed by the
 //! fingerprint and by the hash of the bytes before the resume offset (an inode is reused once its
 //! file is deleted), then drained to its end and let go, as a live rename is drained. A file on
-//! the inode with other content under a rotated name of the stream's path was truncated and
-//! written again while nobody looked (copytruncate), then rotated: it is read from 0 as a new
-//! stream, since it sat where the globs match and nobody read it. Fluent Bit
+//! the inode with other content, under a rotated name of the stream's path, beside a copy of the
+//! stream's bytes, was copied and truncated (copytruncate) and written again while nobody
+//! looked, then rotated: it is read from 0 as a new stream. Fluent Bit
 //! looks files up by inode alone and so lets a reused inode inherit an old offset; the two hashes
 //! are what keeps that from happening here.
 
@@ -112,13 +112,18 @@ impl Tailer {
                 tracing::info!(stream = %k.row.stream, path = %path.display(), offset = k.resume, "found outside the globs by its inode; draining it");
                 Some((k.row.stream.clone(), k.resume, k.resume_marker))
             }
-            // Other content on the stream's inode, under a rotated name of its path in its
-            // folder: the file was truncated in place (copytruncate) and written again while
-            // nobody looked, then rotated out of the globs. Whatever inode history led there,
-            // the file sat at a path the globs match, so its content is the source's and was
-            // never read: read from 0 as a new stream (a duplicate at worst, never a loss),
-            // unless a stream already owns that content.
-            Err(why) if !head.compressed && rotated_name(&old, &path) => {
+            // Other content on the stream's inode, under a rotated name of its path, and the
+            // stream's own bytes in another file of its folder: that is the copy copytruncate
+            // made, so the file was truncated in place and written again at the live path while
+            // nobody looked, then rotated out of the globs. Its content is the source's and was
+            // never read: read from 0 as a new stream, unless a stream already owns it. Without
+            // such a copy, other bytes on the inode are taken for a reused inode and left alone
+            // (`tests/rotation.rs`, a file on the old inode with another head is not shipped).
+            Err(why)
+                if !head.compressed
+                    && rotated_name(&old, &path)
+                    && self.copied_away(k, folder, &old, key, &source) =>
+            {
                 if self.open.contains_key(&key) || self.content_owned_elsewhere(k, &file, &head) {
                     return Search::Gone(why);
                 }
@@ -189,6 +194,44 @@ impl Tailer {
                 Ok(c) => c.is_ok(),
                 Err(NotNow) => true,
             })
+    }
+
+    /// Is `k`'s content, up to its resume offset, in another file of `folder` named like a
+    /// rotation of `old` (the copy `copytruncate` makes, perhaps rotated on since)? Only a
+    /// stream whose bytes can be confirmed (a fingerprint, or an offset with its hash) can be
+    /// recognised in a copy.
+    fn copied_away(
+        &self,
+        k: &Known,
+        folder: &Path,
+        old: &Path,
+        inode: FileKey,
+        source: &Source,
+    ) -> bool {
+        if k.row.fingerprint.is_none() && (k.resume == 0 || k.resume_marker.is_none()) {
+            return false;
+        }
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return false;
+        };
+        let head_len = (k.row.fp_bytes as usize).max(source.fingerprint_bytes);
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if e.ino() == inode.1 || !rotated_name(old, &path) {
+                return false;
+            }
+            let Ok(file) = File::open(&path) else {
+                return false;
+            };
+            let decoding = head::Decoding::for_path(source.detect_compression, &path);
+            match head::read_head(&file, head_len, decoding) {
+                Ok(h) => {
+                    h.compressed == k.row.compressed
+                        && matches!(self.continues(k, &file, &h), Ok(Ok(())))
+                }
+                Err(_) => false,
+            }
+        })
     }
 
     /// Marks an active stream let go and persists it. Released: a same-head file the globs
