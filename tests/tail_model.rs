@@ -792,5 +792,28 @@ fn copytruncated_and_rewritten_while_stopped_then_rotated_out_of_the_globs_is_re
             missing.is_empty(),
             "rewrite ({n}, {len}): never delivered: {missing:?}"
         );
+        // As if a crash had lost the old stream's last batch: it is looked for again at every
+        // start, and finds the file its successor was read from. Not read again.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata(h.p("app.log.1")).unwrap().ino();
+            let old = h.p("app.log").display().to_string();
+            let mut store = h.store.lock().unwrap();
+            let rows = store.load_streams().unwrap();
+            let mut k = rows
+                .into_iter()
+                .find(|r| r.inode == ino && r.path == old)
+                .expect("the old stream on the rewritten file's inode");
+            k.read_offset += 10;
+            store.upsert_stream(&k).unwrap();
+        }
+        let before = h.delivered.len();
+        h.apply(&Op::Restart);
+        h.apply(&Op::Restart);
+        assert_eq!(
+            &h.delivered[before..],
+            &[] as &[String],
+            "rewrite ({n}, {len}): read again"
+        );
     }
 }
