@@ -26,6 +26,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+/// Files found on an old inode: copytruncated while down, or reused (`MODEL_CASES=3000`).
+#[path = "tail_model/old_inode.rs"]
+mod old_inode;
+
 /// The tailer as the pipeline drives it, one turn at a time: the batch being built, handed
 /// over to the harness's sink when full or due, or when flushed. Dropped, it loses what a
 /// killed agent loses.

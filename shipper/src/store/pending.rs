@@ -46,7 +46,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{tests::row, Store};
+    use crate::store::{streams::tests::row, Store};
     use rusqlite::Connection;
     use std::time::Duration;
 

@@ -42,30 +42,41 @@ impl Tailer {
         compressed: bool,
         size: u64,
     ) -> Provisional {
-        let Some(c) = self.registry.provisional_on(&source.name, key.0, key.1) else {
-            return Provisional::NotThis;
-        };
-        // Followed already (the same inode under a second name is one open file, so this is a
-        // second claim); or of another decoding: a stream's offsets count the bytes of one
-        // decoding, and a reused inode may hold an archive where a plain file was.
-        if c.row.compressed != compressed || self.open_stream(&c.row.stream).is_some() {
-            return Provisional::NotThis;
+        let mut confirmed: Vec<&Known> = Vec::new();
+        let mut not_now = false;
+        for c in self.registry.provisional_on(&source.name, key.0, key.1) {
+            // Followed already (the same inode under a second name is one open file, so this
+            // is a second claim); or of another decoding: a stream's offsets count the bytes of
+            // one decoding, and a reused inode may hold an archive where a plain file was.
+            if c.row.compressed != compressed || self.open_stream(&c.row.stream).is_some() {
+                continue;
+            }
+            // Shorter than what was committed: truncated while we were away, new content.
+            if (!compressed && c.resume > size) || unconfirmable(c) {
+                continue;
+            }
+            match open::verify_marker(file, compressed, c.resume, c.resume_marker) {
+                Ok(true) => confirmed.push(c),
+                Ok(false) => {}
+                Err(_) => not_now = true,
+            }
         }
-        // Shorter than what was committed: truncated while we were away, new content.
-        if !compressed && c.resume > size {
-            return Provisional::NotThis;
-        }
-        if unconfirmable(c) {
-            return Provisional::NotThis;
-        }
-        match open::verify_marker(file, compressed, c.resume, c.resume_marker) {
-            Ok(true) => Provisional::Continue {
+        // Each confirmed one's bytes before its offset are the file's, so the one furthest
+        // along ships nothing twice and skips nothing unseen; ties go to the smallest id, so
+        // the choice does not depend on hash order.
+        let best = confirmed.into_iter().max_by(|a, b| {
+            a.resume
+                .cmp(&b.resume)
+                .then(b.row.stream.cmp(&a.row.stream))
+        });
+        match best {
+            Some(c) => Provisional::Continue {
                 id: c.row.stream.clone(),
                 resume: c.resume,
                 marker: c.resume_marker,
             },
-            Ok(false) => Provisional::NotThis,
-            Err(_) => Provisional::NotNow,
+            None if not_now => Provisional::NotNow,
+            None => Provisional::NotThis,
         }
     }
 

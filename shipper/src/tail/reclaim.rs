@@ -5,7 +5,10 @@
 //!
 //! Such a file is looked for in the stream's old folder by device and inode, confirmed by the
 //! fingerprint and by the hash of the bytes before the resume offset (an inode is reused once its
-//! file is deleted), then drained to its end and let go, as a live rename is drained. Fluent Bit
+//! file is deleted), then drained to its end and let go, as a live rename is drained. A file on
+//! the inode with other content, under a rotated name of the stream's path, beside a copy of the
+//! stream's bytes, was copied and truncated (copytruncate) and written again while nobody
+//! looked, then rotated: it is read from 0 as a new stream. Fluent Bit
 //! looks files up by inode alone and so lets a reused inode inherit an old offset; the two hashes
 //! are what keeps that from happening here.
 
@@ -57,15 +60,7 @@ impl Tailer {
                 }
                 Search::Gone(why) => {
                     tracing::info!(stream = %k.row.stream, path = %k.row.path, offset = k.resume, "{why}; let go");
-                    if k.row.state == StreamState::Active {
-                        if let Some(k) = self.registry.get_mut(&k.row.stream) {
-                            // Released: a same-head file the globs find later (its .gz)
-                            // still continues it.
-                            k.row.state = StreamState::Released;
-                            let row = k.row.clone();
-                            self.persist(&row);
-                        }
-                    }
+                    self.let_go(&k);
                 }
             }
         }
@@ -96,23 +91,10 @@ impl Tailer {
         if head.compressed != k.row.compressed {
             return Search::Gone("the file on its inode is not the stream's");
         }
-        if let Some(fp) = k.row.fingerprint {
-            let n = k.row.fp_bytes as usize;
-            if head.bytes.len() < n || head::hash(&head.bytes[..n]) != fp {
-                return Search::Gone("the file on its inode has another fingerprint");
-            }
-        }
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if !head.compressed && size < k.resume {
-            return Search::Gone("the file on its inode is shorter than the stream's offset");
-        }
-        match open::verify_marker(&file, head.compressed, k.resume, k.resume_marker) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Search::Gone("the file on its inode has other bytes before the offset")
-            }
-            Err(_) => return Search::NotNow,
-        }
+        let continues = match self.continues(k, &file, &head) {
+            Ok(c) => c,
+            Err(NotNow) => return Search::NotNow,
+        };
         let md = match file.metadata() {
             Ok(m) => m,
             Err(_) => return Search::NotNow,
@@ -125,15 +107,33 @@ impl Tailer {
             size: md.len(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         };
-        tracing::info!(stream = %k.row.stream, path = %path.display(), offset = k.resume, "found outside the globs by its inode; draining it");
-        self.start(
-            &f,
-            &source,
-            file,
-            key,
-            &head,
-            Some((k.row.stream.clone(), k.resume, k.resume_marker)),
-        );
+        let existing = match continues {
+            Ok(()) => {
+                tracing::info!(stream = %k.row.stream, path = %path.display(), offset = k.resume, "found outside the globs by its inode; draining it");
+                Some((k.row.stream.clone(), k.resume, k.resume_marker))
+            }
+            // Other content on the stream's inode, under a rotated name of its path, and the
+            // stream's own bytes in another file of its folder: that is the copy copytruncate
+            // made, so the file was truncated in place and written again at the live path while
+            // nobody looked, then rotated out of the globs. Its content is the source's and was
+            // never read: read from 0 as a new stream, unless a stream already owns it. Without
+            // such a copy, other bytes on the inode are taken for a reused inode and left alone
+            // (`tests/rotation.rs`, a file on the old inode with another head is not shipped).
+            Err(why)
+                if !head.compressed
+                    && rotated_name(&old, &path)
+                    && self.copied_away(k, folder, &old, key, &source) =>
+            {
+                if self.open.contains_key(&key) || self.content_owned_elsewhere(k, &file, &head) {
+                    return Search::Gone(why);
+                }
+                tracing::info!(stream = %k.row.stream, path = %path.display(), "{why}: rewritten while unwatched, then rotated; reading it from 0 as a new stream");
+                self.let_go(k);
+                None
+            }
+            Err(why) => return Search::Gone(why),
+        };
+        self.start(&f, &source, file, key, &head, existing);
         match self.open.get_mut(&key) {
             Some(t) => {
                 // No glob matches it: drained, then closed rotate_wait from now.
@@ -144,6 +144,105 @@ impl Tailer {
             None if self.deferred.contains_key(&key) => Search::NotNow,
             // Found to hold nothing more (an archive read to its end), or not openable (alerted).
             None => Search::Draining,
+        }
+    }
+}
+
+/// The bytes before the offset could not be read now (an archive still being written).
+struct NotNow;
+
+impl Tailer {
+    /// Does `file`, found on `k`'s inode, continue `k`? `Err(why)` inside when it holds other
+    /// content: another fingerprint, shorter than the offset, other bytes before it.
+    fn continues(
+        &self,
+        k: &Known,
+        file: &File,
+        head: &head::Head,
+    ) -> Result<Result<(), &'static str>, NotNow> {
+        if let Some(fp) = k.row.fingerprint {
+            let n = k.row.fp_bytes as usize;
+            if head.bytes.len() < n || head::hash(&head.bytes[..n]) != fp {
+                return Ok(Err("the file on its inode has another fingerprint"));
+            }
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if !head.compressed && size < k.resume {
+            return Ok(Err(
+                "the file on its inode is shorter than the stream's offset",
+            ));
+        }
+        match open::verify_marker(file, head.compressed, k.resume, k.resume_marker) {
+            Ok(true) => Ok(Ok(())),
+            Ok(false) => Ok(Err(
+                "the file on its inode has other bytes before the offset",
+            )),
+            Err(_) => Err(NotNow),
+        }
+    }
+
+    /// Is the content of `file` (on `k`'s inode, not `k`'s) already another known stream's? Then
+    /// that stream resumes it (by the scan, or by its own search here), and reading it again
+    /// from 0 would ship it twice: after a crash lost the last batch of `k`, `k` is looked for
+    /// again at the next start and finds the file its successor was read from.
+    fn content_owned_elsewhere(&self, k: &Known, file: &File, head: &head::Head) -> bool {
+        self.registry
+            .on_file(k.row.device, k.row.inode)
+            .into_iter()
+            .filter(|o| o.row.stream != k.row.stream && o.row.source == k.row.source)
+            .any(|o| match self.continues(o, file, head) {
+                Ok(c) => c.is_ok(),
+                Err(NotNow) => true,
+            })
+    }
+
+    /// Is `k`'s content, up to its resume offset, in another file of `folder` named like a
+    /// rotation of `old` (the copy `copytruncate` makes, perhaps rotated on since)? Only a
+    /// stream whose bytes can be confirmed (a fingerprint, or an offset with its hash) can be
+    /// recognised in a copy.
+    fn copied_away(
+        &self,
+        k: &Known,
+        folder: &Path,
+        old: &Path,
+        inode: FileKey,
+        source: &Source,
+    ) -> bool {
+        if k.row.fingerprint.is_none() && (k.resume == 0 || k.resume_marker.is_none()) {
+            return false;
+        }
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return false;
+        };
+        let head_len = (k.row.fp_bytes as usize).max(source.fingerprint_bytes);
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if e.ino() == inode.1 || !rotated_name(old, &path) {
+                return false;
+            }
+            let Ok(file) = File::open(&path) else {
+                return false;
+            };
+            let decoding = head::Decoding::for_path(source.detect_compression, &path);
+            match head::read_head(&file, head_len, decoding) {
+                Ok(h) => {
+                    h.compressed == k.row.compressed
+                        && matches!(self.continues(k, &file, &h), Ok(Ok(())))
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
+    /// Marks an active stream let go and persists it. Released: a same-head file the globs
+    /// find later (its .gz) still continues it.
+    fn let_go(&mut self, k: &Known) {
+        if k.row.state == StreamState::Active {
+            if let Some(k) = self.registry.get_mut(&k.row.stream) {
+                k.row.state = StreamState::Released;
+                let row = k.row.clone();
+                self.persist(&row);
+            }
         }
     }
 }

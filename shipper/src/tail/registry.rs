@@ -274,17 +274,22 @@ impl Registry {
             .collect()
     }
 
-    /// Provisional (still short) streams of `source` on this device and inode.
-    pub fn provisional_on(&self, source: &str, device: u64, inode: u64) -> Option<&Known> {
-        // The smallest id when several match, so the choice does not depend on hash order.
-        self.on_file(device, inode)
+    /// Provisional (still short) streams of `source` on this device and inode, in id order.
+    /// Several when the inode was reused: a short file let go (rotated away, then deleted)
+    /// leaves its stream on an inode a new short file now owns. Only the bytes before each
+    /// one's offset can tell which the file continues, so all are returned.
+    pub fn provisional_on(&self, source: &str, device: u64, inode: u64) -> Vec<&Known> {
+        let mut out: Vec<&Known> = self
+            .on_file(device, inode)
             .into_iter()
             .filter(|k| {
                 k.row.source == source
                     && k.row.fingerprint.is_none()
                     && !matches!(k.row.state, StreamState::Truncated | StreamState::Done)
             })
-            .min_by(|a, b| a.row.stream.cmp(&b.row.stream))
+            .collect();
+        out.sort_by(|a, b| a.row.stream.cmp(&b.row.stream));
+        out
     }
 }
 
@@ -324,9 +329,9 @@ mod tests {
         r.insert(row("a", "app", None, 1024, (1, 10)));
         r.insert(row("b", "app", Some(7), 1024, (1, 11)));
         r.insert(row("c", "web", Some(7), 512, (1, 12)));
-        assert_eq!(r.provisional_on("app", 1, 10).unwrap().row.stream, "a");
-        assert!(r.provisional_on("web", 1, 10).is_none());
         let ids = |v: Vec<&Known>| v.iter().map(|k| k.row.stream.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(r.provisional_on("app", 1, 10)), vec!["a"]);
+        assert!(r.provisional_on("web", 1, 10).is_empty());
         assert_eq!(ids(r.provisional("app")), vec!["a"]);
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["b"]);
         assert_eq!(
@@ -338,7 +343,7 @@ mod tests {
             k.row.fingerprint = Some(7);
             k.row.fp_bytes = 2048;
         }
-        assert!(r.provisional_on("app", 1, 10).is_none());
+        assert!(r.provisional_on("app", 1, 10).is_empty());
         assert!(r.provisional("app").is_empty());
         assert_eq!(r.fp_lengths("app"), vec![1024, 2048]);
         assert_eq!(ids(r.by_fingerprint("app", |_| Some(7))), vec!["a", "b"]);
