@@ -46,29 +46,8 @@ impl StructuredData {
 
 /// The numeric facility for its RFC 5424 name.
 fn facility_code(name: &str) -> Option<u8> {
-    const NAMES: [&str; 16] = [
-        "kern",
-        "user",
-        "mail",
-        "daemon",
-        "auth",
-        "syslog",
-        "lpr",
-        "news",
-        "uucp",
-        "cron",
-        "authpriv",
-        "ftp",
-        "ntp",
-        "security",
-        "console",
-        "solaris-cron",
-    ];
-    if let Some(i) = NAMES.iter().position(|n| *n == name) {
-        return Some(i as u8);
-    }
-    let n: u8 = name.strip_prefix("local")?.parse().ok()?;
-    (n <= 7).then_some(16 + n)
+    let names = log_sensor_common::record::FACILITIES;
+    names.iter().position(|n| *n == name).map(|i| i as u8)
 }
 
 /// The host part of `host:port` (`[v6]:port` too); the port must be there.
