@@ -161,15 +161,9 @@ pub(super) fn read_sources(
     (sources, syslog_sources)
 }
 
-fn read_source(
-    name: &str,
-    key: &str,
-    table: &toml::Table,
-    defaults: &Overridable,
-    base: &Path,
-    issues: &mut Vec<ConfigIssue>,
-) -> Option<Source> {
-    let before = issues.len();
+/// A source's name, whatever its type: it becomes part of dotted keys, stream ids and (for a
+/// syslog source) a folder of the spool, so only letters, digits, '_' and '-'.
+pub(super) fn check_name(name: &str, key: &str, issues: &mut Vec<ConfigIssue>) {
     if name.is_empty()
         || !name
             .chars()
@@ -180,6 +174,18 @@ fn read_source(
             message: "source names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
         });
     }
+}
+
+fn read_source(
+    name: &str,
+    key: &str,
+    table: &toml::Table,
+    defaults: &Overridable,
+    base: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Source> {
+    let before = issues.len();
+    check_name(name, key, issues);
     let mut r = TableReader::new(key, table);
     let paths = r.strings("paths", issues).unwrap_or_default();
     let exclude = r.strings("exclude", issues).unwrap_or_default();

@@ -96,17 +96,7 @@ pub fn read(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<SyslogSource> {
     let before = issues.len();
-    // The name becomes a folder of the spool and part of stream ids.
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        issues.push(ConfigIssue {
-            key: key.into(),
-            message: "source names use letters, digits, '_' and '-'".into(),
-        });
-    }
+    super::sources::check_name(name, key, issues);
     let mut r = TableReader::new(key, table);
     let _ = r.string("type", issues);
     let urls = r.strings("listen", issues).unwrap_or_default();
