@@ -73,46 +73,36 @@ fn resolve(names: Option<&[String]>, sinks: &[NamedSink]) -> Vec<usize> {
         .collect()
 }
 
+/// The group of a source routed by `names` (None: every sink), made on first use.
+fn group_of<'a>(
+    by_set: &'a mut BTreeMap<Vec<usize>, Group>,
+    names: Option<&[String]>,
+    sinks: &[NamedSink],
+) -> &'a mut Group {
+    let set = resolve(names, sinks);
+    by_set.entry(set.clone()).or_insert_with(|| Group {
+        sinks: set,
+        sources: Vec::new(),
+        syslog_sources: Vec::new(),
+        osquery: false,
+    })
+}
+
 /// The groups of a valid config, in the order of their sink sets. The osquery outbox always
 /// has one (it is read whether or not osquery runs).
 pub fn groups(cfg: &Config) -> Vec<Group> {
     let mut by_set: BTreeMap<Vec<usize>, Group> = BTreeMap::new();
     for s in &cfg.sources {
-        let set = resolve(s.sinks.as_deref(), &cfg.sinks);
-        by_set
-            .entry(set.clone())
-            .or_insert_with(|| Group {
-                sinks: set,
-                sources: Vec::new(),
-                syslog_sources: Vec::new(),
-                osquery: false,
-            })
+        group_of(&mut by_set, s.sinks.as_deref(), &cfg.sinks)
             .sources
             .push(s.name.clone());
     }
     for s in &cfg.syslog_sources {
-        let set = resolve(s.sinks.as_deref(), &cfg.sinks);
-        by_set
-            .entry(set.clone())
-            .or_insert_with(|| Group {
-                sinks: set,
-                sources: Vec::new(),
-                syslog_sources: Vec::new(),
-                osquery: false,
-            })
+        group_of(&mut by_set, s.sinks.as_deref(), &cfg.sinks)
             .syslog_sources
             .push(s.name.clone());
     }
-    let set = resolve(cfg.osquery_sinks.as_deref(), &cfg.sinks);
-    by_set
-        .entry(set.clone())
-        .or_insert_with(|| Group {
-            sinks: set,
-            sources: Vec::new(),
-            syslog_sources: Vec::new(),
-            osquery: false,
-        })
-        .osquery = true;
+    group_of(&mut by_set, cfg.osquery_sinks.as_deref(), &cfg.sinks).osquery = true;
     by_set.into_values().collect()
 }
 
