@@ -7,8 +7,9 @@
 --   ... sink acknowledges ...
 --   DELETE FROM outbox WHERE id <= :acked;
 -- Each row becomes one record with source "osquery", stream = name, msg = record.
--- The extension commits with synchronous=NORMAL (WAL): a row survives a crash of the extension
--- or of osqueryd; a power loss may take the last commits.
+-- The extension commits with synchronous=FULL (WAL): osqueryd hands a result to its logger once
+-- and never again, so a row survives a crash of the extension, of osqueryd and a power loss
+-- (the price is an fsync per logger call; measured in the README's outbox row).
 -- Ids only grow (AUTOINCREMENT), but have gaps: the extension drops the oldest rows when the
 -- outbox is full (counted in counters.dropped_full, raised in alerts).
 -- outbox_size (below) is kept by triggers, so every writer -- the extension's inserts and drops,

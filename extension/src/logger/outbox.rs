@@ -261,6 +261,8 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(err(&format!("journal mode is {mode}, not WAL")));
     }
+    // FULL, not NORMAL: osqueryd gives a result to its logger once, so a commit lost to a power
+    // cut would be lost for good (sql/outbox.sql says the same to other writers).
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| err(&e))?;
     // One write transaction: the schema's outbox_size count and its triggers must come into
