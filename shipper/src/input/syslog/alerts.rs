@@ -76,7 +76,7 @@ fn describe(e: &Event) -> Option<(&'static str, &str, String)> {
             "spool_max_bytes reached: TCP/TLS reads paused, UDP datagrams dropped, until the sink catches up".to_string(),
         ),
         Event::SpoolDrained { listener } => {
-            tracing::info!(%listener, "syslog spool below spool_max_bytes again: reading resumes");
+            tracing::info!(%listener, "syslog spool down to half of spool_max_bytes: the full episode is over");
             return None;
         }
         Event::SpoolWrite { listener, error } => (

@@ -75,22 +75,13 @@ pub enum Event {
         error: String,
     },
     /// `max_connections` reached: the first refusal of an episode.
-    ConnectionsFull {
-        listener: String,
-        max: usize,
-    },
+    ConnectionsFull { listener: String, max: usize },
     /// The spool reached `spool_max_bytes`: TCP/TLS paused, UDP dropped, until it drains.
-    SpoolFull {
-        listener: String,
-    },
-    SpoolDrained {
-        listener: String,
-    },
+    SpoolFull { listener: String },
+    /// The episode is over: the spool is down to half of `spool_max_bytes`.
+    SpoolDrained { listener: String },
     /// Writing the spool failed; the write is retried, the connections wait.
-    SpoolWrite {
-        listener: String,
-        error: String,
-    },
+    SpoolWrite { listener: String, error: String },
 }
 
 /// One running listener: what the input needs to read its spool back and report on it.
@@ -147,18 +138,63 @@ impl Ctx {
     /// Notes the spool's fullness, alerting on the first sight of each episode → full?
     pub(super) fn spool_full(&self) -> bool {
         let full = self.state.full.load(Ordering::Acquire);
-        let was = self.full_episode.swap(full, Ordering::AcqRel);
-        if full && !was {
-            let _ = self.events.send(Event::SpoolFull {
-                listener: self.url.clone(),
+        let low = self.state.low.load(Ordering::Acquire);
+        // One atomic step, as every connection of the listener calls this.
+        let mut change = None;
+        let _ = self
+            .full_episode
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |was| {
+                let (now, c) = full_episode(was, full, low);
+                change = c;
+                (now != was).then_some(now)
             });
-        } else if !full && was {
-            let _ = self.events.send(Event::SpoolDrained {
+        let event = match change {
+            Some(true) => Event::SpoolFull {
                 listener: self.url.clone(),
-            });
-        }
+            },
+            Some(false) => Event::SpoolDrained {
+                listener: self.url.clone(),
+            },
+            None => return full,
+        };
+        let _ = self.events.send(event);
         full
     }
+}
+
+/// A full-spool episode (`was`) given the spool's state → (episode now, Some(new state) when
+/// it starts or ends). It starts at the limit and ends only at half of it: while the sink
+/// catches up the spool drains a segment at a time and refills to the limit each time, which
+/// is one problem for an operator, so one alert.
+fn full_episode(was: bool, full: bool, low: bool) -> (bool, Option<bool>) {
+    match (was, full, low) {
+        (false, true, _) => (true, Some(true)),
+        (true, false, true) => (false, Some(false)),
+        _ => (was, None),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_spool_refilling_while_it_drains_is_one_full_episode() {
+    // At the limit, one segment reclaimed, at the limit again, … then down to half.
+    let steps = [
+        (true, false),
+        (false, false),
+        (true, false),
+        (false, false),
+        (true, false),
+        (false, true),
+        (true, false),
+    ];
+    let mut was = false;
+    let mut changes = Vec::new();
+    for (full, low) in steps {
+        let (now, c) = full_episode(was, full, low);
+        was = now;
+        changes.extend(c);
+    }
+    assert_eq!(changes, [true, false, true]);
 }
 
 impl Server {

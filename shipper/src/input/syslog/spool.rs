@@ -112,6 +112,9 @@ pub struct SpoolState {
     pub disk_bytes: AtomicU64,
     /// Set while `disk_bytes` ≥ the limit: TCP/TLS stop reading, UDP datagrams are dropped.
     pub full: AtomicBool,
+    /// Set while `disk_bytes` ≤ half the limit: a full episode ends only here, so a spool
+    /// refilling to its limit while it drains one segment at a time is one episode, not many.
+    pub low: AtomicBool,
     /// Bytes cut from a torn tail when the spool was opened.
     pub torn_bytes: AtomicU64,
 }
@@ -286,8 +289,13 @@ impl Spool {
     }
 
     fn update_full(&self) {
-        let full = self.state.disk_bytes.load(Ordering::Relaxed) >= self.max_bytes;
-        self.state.full.store(full, Ordering::Release);
+        let disk = self.state.disk_bytes.load(Ordering::Relaxed);
+        self.state
+            .low
+            .store(disk <= self.max_bytes / 2, Ordering::Release);
+        self.state
+            .full
+            .store(disk >= self.max_bytes, Ordering::Release);
     }
 
     /// Writes already-encoded records (see [`SpoolRecord::encode_into`]). Not durable until

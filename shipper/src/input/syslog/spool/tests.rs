@@ -104,8 +104,13 @@ fn a_torn_tail_is_cut_at_open_and_never_read() {
 fn reclaim_deletes_only_committed_whole_segments_and_clears_full() {
     let dir = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(dir.path(), 0, 200, 600).unwrap();
+    assert!(
+        spool.state().low.load(Ordering::Relaxed),
+        "an empty spool is low"
+    );
     write(&mut spool, 0..20);
     assert!(spool.state().full.load(Ordering::Relaxed));
+    assert!(!spool.state().low.load(Ordering::Relaxed));
     let segs = segments(dir.path()).unwrap();
     // Committed into the middle of the third segment: the first two go.
     let committed = segs[2].0 + 1;
@@ -123,6 +128,7 @@ fn reclaim_deletes_only_committed_whole_segments_and_clears_full() {
     assert_eq!(segments(dir.path()).unwrap().len(), 1);
     assert_eq!(spool.state().disk_bytes.load(Ordering::Relaxed), 0);
     assert!(!spool.state().full.load(Ordering::Relaxed));
+    assert!(spool.state().low.load(Ordering::Relaxed));
     // A reader that starts before what was reclaimed resumes at the oldest segment.
     write(&mut spool, 20..22);
     let mut r = SpoolReader::new(dir.path(), spool.state().clone(), 0);
