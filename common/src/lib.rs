@@ -9,7 +9,9 @@
 //! - [`control`]: the agent's control-socket lines (requests, answers, config entries).
 //! - [`state_dir`]: the file names inside the agent's state dir.
 //! - [`expand`]: `${hostname}` and `${env:NAME}` in config strings.
-//! - [`packs`]: where a pack named in the config is found.
+//! - [`packs`]: where a pack named in the config is found, and what it does on a host.
+//! - [`template`]: `.j2` config files and pack values rendered with minijinja.
+//! - [`toml_inline`]: TOML values written on one line.
 //! - [`pem`]: certificates and keys from PEM files.
 //! - [`fsutil`]: atomic and create-only file writes.
 //! - [`clock`]: wall-clock time as unix seconds and milliseconds.
@@ -24,3 +26,5 @@ pub mod packs;
 pub mod pem;
 pub mod record;
 pub mod state_dir;
+pub mod template;
+pub mod toml_inline;

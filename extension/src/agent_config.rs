@@ -3,7 +3,8 @@
 //! reported and replaced by defaults, because an extension that refuses to start would take the
 //! logger plugin away from osqueryd.
 
-use log_sensor_common::{packs, state_dir};
+use log_sensor_common::packs::{self, Pack};
+use log_sensor_common::{state_dir, template};
 use std::path::{Path, PathBuf};
 
 /// Where the config is looked up when neither `--config` nor the environment names it, and that
@@ -38,12 +39,19 @@ pub fn locate(cli: Option<&Path>) -> PathBuf {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> AgentConfig {
-        let (table, mut problem) = match std::fs::read_to_string(path) {
+        // A `.j2` config is rendered first, as the agent renders it: its raw text is no TOML.
+        let text = if template::is_template(path) {
+            template::render_file(path).map_err(|e| e.to_string())
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let (table, mut problem) = match text {
             Ok(text) => match text.parse::<toml::Table>() {
                 Ok(t) => (Some(t), None),
                 Err(e) => (None, Some(format!("cannot parse {}: {e}", path.display()))),
             },
-            Err(e) => (None, Some(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => (None, Some(e)),
         };
         let mut host_id = hostname();
         let mut state_dir = String::from(log_sensor_common::agent_defaults::STATE_DIR);
@@ -151,27 +159,16 @@ impl AgentConfig {
     }
 }
 
-/// The agent sources a pack switches on (`log_sensor.sources`), as dotted keys
-/// `sources.<name>.<key>` with values shown like the config file's.
-pub fn pack_sources(pack: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(pack)
-        .map_err(|e| format!("cannot read pack {}: {e}", pack.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("pack {} is not JSON: {e}", pack.display()))?;
+/// The agent sources a pack switches on (`log_sensor.sources`) on this host, placed as the
+/// agent places them (platform, `when`, templates rendered with the `vars.toml` beside
+/// `config_path`), as dotted keys `sources.<name>.<key>` with values shown like the config
+/// file's. A pack that does not apply here switches nothing on.
+pub fn pack_sources(pack: &Path, config_path: &Path) -> Result<Vec<(String, String)>, String> {
+    let ctx = template::Context::for_template(config_path).map_err(|e| e.to_string())?;
+    let placed = Pack::read(pack)?.place(&ctx)?;
     let mut out = Vec::new();
-    if let Some(sources) = doc
-        .pointer("/log_sensor/sources")
-        .and_then(|v| v.as_object())
-    {
-        for (name, source) in sources {
-            for (key, value) in source.as_object().into_iter().flatten() {
-                let shown = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                out.push((format!("sources.{name}.{key}"), shown));
-            }
-        }
+    if placed.refused.is_none() {
+        flatten_into("sources", &placed.sources, &mut out);
     }
     Ok(out)
 }
@@ -338,5 +335,60 @@ mod tests {
         assert_eq!(c.state_dir, dir.path().join("st"));
         assert_eq!(c.host_id, format!("x-{}", hostname()));
         assert!(c.problem.is_none());
+    }
+
+    /// A `.j2` config names its state dir (and so the store and the outbox) only once rendered:
+    /// read raw, the extension would have written the outbox where no agent reads it.
+    #[test]
+    fn a_template_config_is_rendered_as_the_agent_renders_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vars.toml"), "site = \"paris\"\n").unwrap();
+        let p = dir.path().join("agent.toml.j2");
+        std::fs::write(
+            &p,
+            "state_dir = \"st-{{ vars.site }}\"\nhost_id = \"{{ host.hostname }}-{{ vars.site }}\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&p);
+        assert!(c.problem.is_none(), "{:?}", c.problem);
+        assert_eq!(c.state_dir, dir.path().join("st-paris"));
+        assert_eq!(c.host_id, format!("{}-paris", hostname()));
+        std::fs::write(&p, "state_dir = \"{{ vars.nope }}\"\n").unwrap();
+        let problem = AgentConfig::load(&p).problem.unwrap();
+        assert!(problem.contains("agent.toml.j2 line 1"), "{problem}");
+    }
+
+    /// A pack's sources show as the agent places them on this host: templates rendered, sources
+    /// whose `when` is false left out, placement keys gone, `name` honoured.
+    #[test]
+    fn pack_sources_are_placed_as_the_agent_places_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vars.toml"), "logs = \"/srv/logs\"\n").unwrap();
+        let config = dir.path().join("agent.toml");
+        let pack = dir.path().join("web.json");
+        std::fs::write(
+            &pack,
+            r#"{"log_sensor": {"sources": {
+                "web_a": {"name": "web", "when": "true", "paths": ["{{ vars.logs }}/a.log"]},
+                "never": {"when": "false", "paths": ["/x"]}
+            }}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pack_sources(&pack, &config).unwrap(),
+            [(
+                "sources.web.paths".to_string(),
+                r#"["/srv/logs/a.log"]"#.to_string()
+            )]
+        );
+        std::fs::write(
+            &pack,
+            r#"{"platform": "windows", "log_sensor": {"sources": {"w": {"paths": ["c"]}}}}"#,
+        )
+        .unwrap();
+        assert!(
+            pack_sources(&pack, &config).unwrap().is_empty(),
+            "not on this host"
+        );
     }
 }

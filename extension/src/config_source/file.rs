@@ -45,7 +45,7 @@ impl ConfigSource for FileSource {
         };
         // Sources switched on by the enabled packs, unless the file sets the same key.
         for pack in self.config.enabled_pack_files() {
-            match agent_config::pack_sources(&pack) {
+            match agent_config::pack_sources(&pack, &self.config.path) {
                 Ok(entries) => {
                     for (key, value) in entries {
                         if !out.iter().any(|e| e.key == key) {

@@ -1,6 +1,7 @@
 //! Dotted keys over nested TOML tables (`sources.app.paths`), and values as an operator types
 //! and reads them on one line: what `config get/set/del/list` and the layers work with.
 
+pub use log_sensor_common::toml_inline::render;
 use toml::{Table, Value};
 
 /// A value as typed on the command line: TOML if it parses (`65536`, `true`, `["a"]`, `"x"`),
@@ -12,40 +13,6 @@ pub fn parse_value(text: &str) -> Value {
             .remove("v")
             .unwrap_or_else(|| Value::String(text.to_string())),
         Err(_) => Value::String(text.to_string()),
-    }
-}
-
-/// A value in TOML syntax, on one line (`"\n"`, not a multi-line string).
-pub fn render(v: &Value) -> String {
-    match v {
-        Value::String(s) => {
-            let mut out = String::with_capacity(s.len() + 2);
-            out.push('"');
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                        out.push_str(&format!("\\u{:04X}", c as u32))
-                    }
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-        Value::Array(a) => format!("[{}]", a.iter().map(render).collect::<Vec<_>>().join(", ")),
-        Value::Table(t) => format!(
-            "{{ {} }}",
-            t.iter()
-                .map(|(k, v)| format!("{k} = {}", render(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@ mod reader;
 mod sinks;
 mod sources;
 pub mod syslog;
-pub mod template;
+pub use log_sensor_common::template;
 pub mod transforms;
 pub mod units;
 

@@ -14,7 +14,7 @@
 //! (`paths = {{ vars.app_logs | toml }}`), so a value holding a quote cannot break the file.
 //!
 //! The same engine renders the string values of a pack's sources and evaluates their `when`
-//! conditions (see [`super::packs`]).
+//! conditions (see [`crate::packs`]).
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -74,7 +74,7 @@ pub struct Facts {
 impl Facts {
     /// The facts of the machine this runs on.
     pub fn of_this_host() -> Facts {
-        let hostname = super::hostname();
+        let hostname = crate::expand::hostname();
         let release = std::fs::read_to_string("/etc/os-release")
             .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
             .unwrap_or_default();
@@ -296,7 +296,7 @@ fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.add_filter("toml", |v: Value| -> Result<String, minijinja::Error> {
         value_to_toml(&v)
-            .map(|t| super::layers::render(&t))
+            .map(|t| crate::toml_inline::render(&t))
             .ok_or_else(|| {
                 minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,
@@ -469,14 +469,14 @@ mod tests {
         assert_eq!(r["VERSION_ID"], "9.4");
         assert_eq!(osquery_os("macos"), "darwin");
         let here = Facts::of_this_host();
-        assert_eq!(here.hostname, super::super::hostname());
+        assert_eq!(here.hostname, crate::expand::hostname());
         let here = Context {
             host: here,
             env: BTreeMap::new(),
             vars: toml::Table::new(),
         };
         let fqdn = render(p, "{{ host.fqdn }}", &here).unwrap();
-        assert!(fqdn.starts_with(&super::super::hostname()), "{fqdn}");
+        assert!(fqdn.starts_with(&crate::expand::hostname()), "{fqdn}");
         let keys = render(p, "{{ host | list | join(',') }}", &here).unwrap();
         assert_eq!(keys, HostObject::KEYS.join(","));
     }

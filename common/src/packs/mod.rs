@@ -1,6 +1,11 @@
-//! Where a pack named in the config's `packs` is found: a bare name in the pack folders, a path
-//! (with a `/` or ending in `.json`) relative to the config's folder. The agent places the packs
-//! it finds; the extension reads the same files for their queue queries.
+//! osquery packs that switch the agent's sources on. Here: where a pack named in the config's
+//! `packs` is found (a bare name in the pack folders, a path with a `/` or ending in `.json`
+//! relative to the config's folder); in [`place`]: what a pack does on one host. The agent
+//! places the packs it finds; the extension reads the same files for their queries and shows
+//! the same placed sources when no agent answers.
+
+mod place;
+pub use place::{platform_matches, Pack, Placed, PLACEMENT_KEYS};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
