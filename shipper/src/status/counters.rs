@@ -68,6 +68,18 @@ pub struct ShipStats {
     pub waiting: Arc<AtomicBool>,
     /// Seconds from a batch's first record to its acknowledgement.
     pub latency: LatencyRecorder,
+    /// Where a sink with several destinations sends now, and its failovers
+    /// ([`crate::sink::Destination`]); None for a sink with one.
+    pub destination: Mutex<Option<crate::sink::Destination>>,
+}
+
+impl ShipStats {
+    /// Takes in the sink's destination, after each acknowledgement and failure.
+    pub fn note_destination(&self, now: Option<crate::sink::Destination>) {
+        if let Ok(mut d) = self.destination.lock() {
+            *d = now;
+        }
+    }
 }
 
 /// Upper bounds of the batch latency histogram, in seconds.
