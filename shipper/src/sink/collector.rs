@@ -256,17 +256,27 @@ impl CollectorSink {
             Ok(()) => Ok(()),
             Err(e) => {
                 // A refusal of an earlier request closes the connection under this write: its
-                // reply, if it made it here, says why better than the broken pipe does. (Not
-                // after a timeout: a silent peer would only make us wait a second time.)
+                // reply, if it made it here, says why better than the broken pipe does; so does
+                // a TLS alert refusing our certificate, which TLS 1.3 delivers only after the
+                // handshake seemed to succeed. (Not after a timeout: a silent peer would only
+                // make us wait a second time.)
                 let silent = matches!(e, HttpError::Silent { .. });
-                let refusal = match (&mut self.conn, self.pending.is_empty() || silent) {
-                    (Some((c, _)), false) => match c.read_response() {
-                        Ok(resp) if resp.status != 200 => {
-                            self.announced(&resp);
-                            Some(self.refused(&resp))
-                        }
-                        _ => None,
-                    },
+                let after = match (&mut self.conn, silent) {
+                    (Some((c, _)), false) => Some(c.read_response()),
+                    _ => None,
+                };
+                let refusal = match after {
+                    Some(Ok(resp)) if resp.status != 200 => {
+                        self.announced(&resp);
+                        Some(self.refused(&resp))
+                    }
+                    Some(Err(tls)) if certificate_refusal(&tls).is_some() => {
+                        let note = self.expiry_note();
+                        Some(self.away(
+                            format!("{tls}{note}; nothing is committed"),
+                            certificate_refusal(&tls),
+                        ))
+                    }
                     _ => None,
                 };
                 self.lost();
