@@ -397,3 +397,189 @@ fn a_collector_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let want: Vec<u64> = (0..=5_000u64).map(|i| i * 200).collect();
     assert_eq!(offsets(), want);
 }
+
+/// The agent binary, built beside the collector's (`cargo test --workspace` builds both).
+fn agent_bin() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("log-sensor");
+    assert!(
+        p.exists(),
+        "{} is not built: build the workspace's binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// The real agent, enrolled on collector A and shipping to `urls = [B, A]`, its host id one
+/// whose home is the first URL (B): ingest on another collector than the one that enrolled
+/// it. B is killed -9 while the agent ships; the agent fails over to A with no alert, and the
+/// cluster holds every line once, in offset order, whatever B had stored of the batch it was
+/// killed in (the marks are shared: A stores only what B had not).
+#[test]
+fn the_agent_fails_over_between_collectors_of_one_cluster_and_every_line_is_stored_once() {
+    const HOST: &str = "web.02";
+    let nats = Nats::start();
+    let mut a = Collector::on_cluster(&nats, 0);
+    let mut b = a.joining(&nats, 1);
+    a.start();
+    b.start();
+    let agent = tempfile::tempdir().unwrap();
+    let p = |rel: &str| agent.path().join(rel);
+    std::fs::create_dir_all(p("logs")).unwrap();
+    let url = |c: &Collector| format!("https://127.0.0.1:{}", c.addr().port());
+    std::fs::write(
+        p("agent.toml"),
+        format!(
+            "host_id = \"{HOST}\"\nstate_dir = \"state\"\n\
+             [sources.app]\npaths = [\"logs/*.log\"]\n\
+             [batch]\nmax_wait = \"100ms\"\nmax_records = 1000\n\
+             [discovery]\nrescan_interval = \"500ms\"\n\
+             [sink]\ntype = \"collector\"\nurls = [\"{}\", \"{}\"]\n",
+            url(&b),
+            url(&a)
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(agent_bin())
+            .arg("-c")
+            .arg(p("agent.toml"))
+            .args(args)
+            .env("LOG_SENSOR_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(p("pw"), format!("{PASSWORD}\n")).unwrap();
+    let ca = a.dir.join("ca.pem");
+    let out = cli(&[
+        "enroll",
+        "--server",
+        &url(&a),
+        "--user",
+        USER,
+        "--password-file",
+        p("pw").to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let query = |sql: &str| -> Vec<Value> {
+        let out = cli(&["query", "--json", sql]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let committed = || {
+        query("SELECT COALESCE(SUM(committed_offset), 0) AS n FROM streams")
+            .first()
+            .and_then(|r| r["n"].as_u64())
+            .unwrap_or(0)
+    };
+    let sink = || -> Value {
+        let out = cli(&["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)["sinks"][0].clone()
+    };
+    let lines = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{prefix} line {i:06} {}", "y".repeat(i % 40)))
+            .collect()
+    };
+    let write = |lines: &[String]| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p("logs/app.log"))
+            .unwrap();
+        f.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    };
+    let mut want = lines("before", 20_000);
+    write(&want);
+    let log = std::fs::File::create(p("agent.err")).unwrap();
+    let _agent = KillOnDrop(
+        Command::new(agent_bin())
+            .arg("-c")
+            .arg(p("agent.toml"))
+            .arg("run")
+            .env("LOG_SENSOR_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let agent_log = || std::fs::read_to_string(p("agent.err")).unwrap_or_default();
+    // Mid-stream: something of it acknowledged by B.
+    wait_until("a first commit", || committed() > 0, &agent_log);
+    assert_eq!(sink()["current"], url(&b), "{}", agent_log());
+    b.kill9();
+    let after = lines("after", 10_000);
+    write(&after);
+    want.extend(after);
+    let size = std::fs::metadata(p("logs/app.log")).unwrap().len();
+    wait_until("every line committed", || committed() == size, &agent_log);
+    let st = sink();
+    assert_eq!(st["current"], url(&a), "{st}");
+    assert!(st["failovers"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        query("SELECT detail FROM alerts WHERE kind = 'sink_error'").is_empty(),
+        "a failover to a live collector raises no alert"
+    );
+
+    // What the cluster holds, through `export`: every line once, in offset order.
+    let out = a.root.path().join("export.ndjson");
+    let _export = KillOnDrop(
+        Command::new(BIN)
+            .args(["export", "--dir", a.d(), "--to", out.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let exported = || -> Vec<Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r: &Value| r["host"] == HOST)
+            .collect()
+    };
+    let last = want.last().unwrap().clone();
+    wait_until(
+        "export to reach the last line",
+        || exported().iter().any(|r| r["msg"] == last),
+        &agent_log,
+    );
+    let got = exported();
+    let mut offset = 0;
+    let expected: Vec<(u64, &str)> = want
+        .iter()
+        .map(|l| {
+            let at = offset;
+            offset += l.len() as u64 + 1;
+            (at, l.as_str())
+        })
+        .collect();
+    let got: Vec<(u64, &str)> = got
+        .iter()
+        .map(|r| (r["offset"].as_u64().unwrap(), r["msg"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "each line once");
+    assert!(got == expected, "in offset order, as written");
+}
+
+/// Polls `f` for up to a minute (the agent and the cluster share a loaded machine); fails with
+/// the agent's log.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool, log: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; agent log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
