@@ -77,18 +77,21 @@ urls = [{}]
 
     /// `log-sensor enroll` without --server: the sink's URLs, in the host's order.
     fn enroll(&self, ca: &std::path::Path) -> String {
-        std::fs::write(self.p("pw"), format!("{PASSWORD}\n")).unwrap();
-        let out = self
-            .cmd()
+        let out = self.try_enroll(ca, PASSWORD);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "enroll failed: {stderr}");
+        stderr
+    }
+
+    fn try_enroll(&self, ca: &std::path::Path, password: &str) -> std::process::Output {
+        std::fs::write(self.p("pw"), format!("{password}\n")).unwrap();
+        self.cmd()
             .args(["enroll", "--user", USER, "--password-file"])
             .arg(self.p("pw"))
             .arg("--ca")
             .arg(ca)
             .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "enroll failed: {stderr}");
-        stderr
+            .unwrap()
     }
 
     fn query(&self, sql: &str) -> Vec<Value> {
@@ -278,4 +281,43 @@ fn a_home_collector_killed_mid_stream_fails_over_and_loses_nothing() {
         agent.committed() == size
     });
     assert_eq!(agent.sink_status()["current"], a.url());
+}
+
+/// `enroll` and the certificate renewal go down the host's order past a home collector that
+/// does not answer; a refusal that any collector would make (a wrong password) ends `enroll` at
+/// once, named.
+#[test]
+fn enrolment_and_renewal_move_past_a_home_collector_that_is_down() {
+    // One-day certificates renewed at 0.0036 of their lifetime: some seconds after each issue
+    // (the collector backdates them 5 min).
+    let mut c = Collector::with_config(|cfg| *cfg = cfg.replace("cert_days = 30", "cert_days = 1"));
+    c.start();
+    let down = format!("https://127.0.0.1:{}", collector::free_port());
+    let urls = match log_sensor::config::home_index(HOST, 2) {
+        0 => [down, c.url()],
+        _ => [c.url(), down],
+    };
+    let agent = Agent::new(&urls, "renew_at = 0.0036");
+    let out = agent.try_enroll(&c.ca(), "not the password");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refused the enrolment (401"), "{stderr}");
+    agent.enroll(&c.ca());
+    let first_cert = std::fs::read(agent.p("state/tls/cert.pem")).unwrap();
+    // Idle: the sink never connected, so the renewal asks the home URL first.
+    let running = agent.start();
+    wait_for(
+        &format!("a renewal; agent stderr:\n{}", tail(&running.stderr_text())),
+        PATIENCE,
+        || {
+            std::fs::read(agent.p("state/tls/cert.pem")).unwrap() != first_cert
+                && running.stderr_text().contains("client certificate renewed")
+        },
+    );
+    let list = c.certs_list();
+    assert!(
+        list.lines().filter(|l| l.contains(HOST)).count() >= 2,
+        "the collector issued a renewal:\n{list}"
+    );
+    assert!(!running.stderr_text().contains("renewal failed"));
 }

@@ -45,6 +45,11 @@ pub fn free_port() -> u16 {
 impl Collector {
     /// `init` for localhost and 127.0.0.1, and the account USER with PASSWORD.
     pub fn new() -> Collector {
+        Collector::with_config(|_| {})
+    }
+
+    /// As [`Collector::new`], `collector.toml` edited first.
+    pub fn with_config(edit: impl FnOnce(&mut String)) -> Collector {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("collector");
         run_ok(
@@ -53,6 +58,10 @@ impl Collector {
                 .arg(&dir)
                 .args(["--name", "localhost", "--name", "127.0.0.1"]),
         );
+        let config = dir.join("collector.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        edit(&mut text);
+        std::fs::write(&config, text).unwrap();
         let pw = root.path().join("pw");
         std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
         run_ok(
@@ -119,6 +128,14 @@ impl Collector {
             p.signal(libc::SIGKILL);
             p.wait_exit(PATIENCE);
         }
+    }
+
+    pub fn certs_list(&self) -> String {
+        run_ok(
+            Command::new(collector_bin())
+                .args(["certs", "list", "--dir"])
+                .arg(&self.dir),
+        )
     }
 
     /// Every record stored for `host`, from the collector's data files.
