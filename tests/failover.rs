@@ -321,3 +321,43 @@ fn enrolment_and_renewal_move_past_a_home_collector_that_is_down() {
     );
     assert!(!running.stderr_text().contains("renewal failed"));
 }
+
+/// Every collector down for longer than `alert_after`: one `sink_error` alert for the outage,
+/// however many tries fail over between the URLs meanwhile; nothing committed until one is
+/// back (`shipping.rs` has the delivery after an outage).
+#[test]
+fn an_outage_of_every_collector_is_alerted_once_past_alert_after() {
+    let mut c = Collector::new();
+    c.start();
+    let down = format!("https://127.0.0.1:{}", collector::free_port());
+    let agent = Agent::new(&[c.url(), down], "alert_after = \"300ms\"");
+    agent.enroll(&c.ca());
+    c.kill9();
+    let want = lines("outage", 2_000);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let running = agent.start();
+    let tries_past_the_alert = |min: u64| {
+        let st = agent.sink_status();
+        !agent.sink_alerts().is_empty() && st["failovers"].as_u64().unwrap_or(0) >= min
+    };
+    wait_for("the outage's alert", PATIENCE, || tries_past_the_alert(0));
+    let failovers = agent.sink_status()["failovers"].as_u64().unwrap();
+    wait_for("more failovers after the alert", PATIENCE, || {
+        tries_past_the_alert(failovers + 2)
+    });
+    let alerts = agent.sink_alerts();
+    assert_eq!(alerts.len(), 1, "one alert for the outage: {alerts:?}");
+    assert!(
+        alerts[0].contains("no collector has acknowledged a batch for")
+            && alerts[0].contains("sink.alert_after"),
+        "{alerts:?}"
+    );
+    assert_eq!(
+        agent.committed(),
+        0,
+        "nothing acknowledged, nothing committed"
+    );
+    assert!(running
+        .stderr_text()
+        .contains("collector failed; its batches go to the next collector URL"));
+}
