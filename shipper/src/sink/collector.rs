@@ -136,8 +136,8 @@ impl CollectorSink {
         match lasted {
             _ if alert_refusal => self.fail(format!("{message}{next}")),
             Some(d) => self.fail(format!(
-                "{message}{next}; no collector has acknowledged a batch for {}s (sink.alert_after)",
-                d.as_secs()
+                "{message}{next}; no collector has acknowledged a batch for {:.1}s (sink.alert_after)",
+                d.as_secs_f64()
             )),
             None => SinkError::Unavailable {
                 sink: self.describe(),
