@@ -11,6 +11,7 @@ pub use stdout::StdoutSink;
 
 use crate::batch::Batch;
 use crate::config::{NamedSink, SinkConfig, DEFAULT_SINK};
+pub use crate::status::Destination;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -22,14 +23,6 @@ pub enum SinkError {
     /// lasted long enough to be worth an alert.
     #[error("{sink}: {message}")]
     Unavailable { sink: String, message: String },
-}
-
-/// Where a sink with several destinations sends now (status and metrics show it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    pub url: String,
-    /// Moves to another destination after a failure, since the sink was built.
-    pub failovers: u64,
 }
 
 /// The form a sink takes its batches in.

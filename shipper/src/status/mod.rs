@@ -8,7 +8,7 @@ mod counters;
 mod listeners;
 mod transforms;
 
-pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
+pub use counters::{Destination, LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
 pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
 pub use transforms::{TransformCounters, TransformList, TransformStatus};
 
