@@ -361,3 +361,40 @@ fn an_outage_of_every_collector_is_alerted_once_past_alert_after() {
         .stderr_text()
         .contains("collector failed; its batches go to the next collector URL"));
 }
+
+/// A collector that stops answering for a few seconds (SIGSTOP: what a JetStream leader
+/// election looks like from the agent) costs timed-out tries, counted in status, but no
+/// `sink_error` alert; once it answers again everything arrives once.
+#[test]
+fn a_collector_stalled_for_seconds_raises_no_alert_and_loses_nothing() {
+    let mut c = Collector::new();
+    c.start();
+    let agent = Agent::new(&[c.url()], "timeout = \"1s\"");
+    agent.enroll(&c.ca());
+    let before = lines("before", 1_000);
+    append_lines(&agent.p("logs/app.log"), &before);
+    let running = agent.start();
+    wait_for("the first lines stored", PATIENCE, || {
+        c.stored(HOST).len() == before.len()
+    });
+    let collector = c.proc.as_ref().unwrap();
+    collector.signal(libc::SIGSTOP);
+    let during = lines("during", 3_000);
+    append_lines(&agent.p("logs/app.log"), &during);
+    wait_for(
+        "tries timing out against the stalled collector",
+        PATIENCE,
+        || agent.sink_status()["errors"].as_u64().unwrap_or(0) >= 2,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    collector.signal(libc::SIGCONT);
+    let want: Vec<String> = before.iter().chain(during.iter()).cloned().collect();
+    wait_union(&c, &c, &running, &want);
+    assert_eq!(exactly_once_in(&c, "the stalled one").len(), want.len());
+    assert_eq!(
+        agent.sink_alerts(),
+        Vec::<String>::new(),
+        "a stall is no alert"
+    );
+    assert!(running.stderr_text().contains("no answer from"));
+}
