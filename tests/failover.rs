@@ -244,6 +244,7 @@ fn a_home_collector_killed_mid_stream_fails_over_and_loses_nothing() {
     append_lines(&agent.p("logs/app.log"), &third);
     want.extend(third.iter().cloned());
     wait_union(&a, &b, &running, &want);
+    let mut round = 0;
     wait_for(
         &format!(
             "the agent back on its home collector; stderr tail:\n{}",
@@ -251,7 +252,8 @@ fn a_home_collector_killed_mid_stream_fails_over_and_loses_nothing() {
         ),
         PATIENCE,
         || {
-            let more = lines("fourth", 200);
+            round += 1;
+            let more = lines(&format!("fourth-{round}"), 200);
             append_lines(&agent.p("logs/app.log"), &more);
             want.extend(more);
             std::thread::sleep(std::time::Duration::from_millis(500));
@@ -275,7 +277,8 @@ fn a_home_collector_killed_mid_stream_fails_over_and_loses_nothing() {
     for w in &want {
         assert!(union.contains(w), "{w:?} lost");
     }
-    assert_eq!(union.len(), want.len(), "nothing but the lines written");
+    let written: HashSet<&String> = want.iter().collect();
+    assert_eq!(union, written, "nothing but the lines written");
     let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
     wait_for("every offset committed", PATIENCE, || {
         agent.committed() == size

@@ -182,13 +182,15 @@ impl CollectorSink {
     /// The connection to write the next request on: the open one while replies are owed on it
     /// (requests are answered in order on one connection, which keeps the collector's
     /// high-water marks in step); otherwise the open one if still good, or a new one.
-    fn connection(&mut self) -> Result<&mut HttpConn, SinkError> {
+    /// `batch_start`: the request is a batch's first, so no reply of this batch is owed yet.
+    fn connection(&mut self, batch_start: bool) -> Result<&mut HttpConn, SinkError> {
         let generation = self.shared.generation.load(Ordering::SeqCst);
-        if self.pending.is_empty() {
+        let owed = !batch_start || !self.pending.is_empty();
+        if !owed {
             self.try_failback(generation);
         }
         let stale = match &mut self.conn {
-            _ if !self.pending.is_empty() => false,
+            _ if owed => false,
             Some((c, g)) => {
                 *g != generation
                     || c.closing
@@ -233,10 +235,11 @@ impl CollectorSink {
         }
     }
 
-    /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`.
-    fn write_piece(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
+    /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`;
+    /// `batch_start` for a batch's first piece.
+    fn write_piece(&mut self, ndjson: &[u8], batch_start: bool) -> Result<(), SinkError> {
         // Connected first: a new connection starts over in the encoding every collector reads.
-        self.connection()?;
+        self.connection(batch_start)?;
         let result = match self.encoder.encode(ndjson) {
             Ok((body, encoding)) => {
                 let mut headers = vec![("Content-Type", "application/x-ndjson")];
@@ -434,7 +437,7 @@ impl Sink for CollectorSink {
                 }
                 self.read_ahead += 1;
             }
-            result = self.write_piece(&ndjson[r]);
+            result = self.write_piece(&ndjson[r], requests == 0);
             if result.is_err() {
                 break;
             }
