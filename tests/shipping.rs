@@ -642,8 +642,9 @@ fn insecure_first_contact_works_and_says_so_loudly() {
 fn agent_against_a_stopped_collector_delivers_everything_once_it_starts() {
     let mut c = Collector::new(|_| {});
     c.start();
+    // An outage is alerted once it outlasts sink.alert_after (30 s by default).
     let agent = Agent::new(
-        &collector_sink(&c, "compression = \"none\""),
+        &collector_sink(&c, "compression = \"none\"\nalert_after = \"1s\""),
         "max_records = 500",
     );
     agent.enroll_ok(&c);
@@ -737,7 +738,7 @@ fn a_silent_network_is_named_after_the_timeout_and_loses_nothing() {
     let relay = Relay::start(c.port);
     let agent = Agent::new(
         &format!(
-            "type = \"collector\"\nurl = \"https://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
+            "type = \"collector\"\nurl = \"https://127.0.0.1:{}\"\ntimeout = \"2s\"\nalert_after = \"1s\"\n",
             relay.port
         ),
         "max_records = 500",

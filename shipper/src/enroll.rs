@@ -5,6 +5,12 @@
 //! `--ca` (its `ca.pem`, copied over by the operator). Without it, only
 //! `--insecure-first-contact` proceeds, trusting whoever answers (and the CA it returns) — the
 //! password would go to that server, so the command says so loudly.
+//!
+//! With several collectors (a sink's `urls`, or `--server` given more than once) they are tried
+//! in the host's order, as the sink tries them: the next one when a collector cannot be reached,
+//! times out, fails (5xx) or is busy checking other passwords (429 `busy`); the first refusal
+//! that would be the same everywhere (a wrong password, a rate limit, a host already enrolled)
+//! ends the command at once, so a wrong password is not tried against every collector.
 
 use crate::config::{TlsFiles, Url};
 use crate::http::HttpConn;
@@ -27,6 +33,8 @@ pub enum EnrollError {
     Tls(#[from] TlsError),
     #[error("enrolment request to {server} failed: {message}")]
     Request { server: String, message: String },
+    #[error("no collector took the enrolment: {}", .0.join("; "))]
+    NoCollector(Vec<String>),
     #[error("the collector refused the enrolment ({status}): {reason}")]
     Refused { status: u16, reason: String },
     #[error("the collector refuses enrolments from this address or for user {user:?} for now: too many failed tries (429 rate_limited); check the password and try again in {} (Retry-After)", wait_text(*retry_after))]
@@ -75,7 +83,8 @@ pub enum FirstContact {
 }
 
 pub struct EnrollOptions {
-    pub server: Url,
+    /// The collectors, in the order they are tried (never empty).
+    pub servers: Vec<Url>,
     pub user: String,
     pub password: String,
     pub host_id: String,
@@ -99,10 +108,6 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
     let config = tls::make_config(trust, None)?;
     let key_pem = identity::new_key()?;
     let csr = identity::csr_for(&key_pem)?;
-    let request_err = |message: String| EnrollError::Request {
-        server: opts.server.to_string(),
-        message,
-    };
     let body = serde_json::to_string(&log_sensor_common::enroll::EnrollRequest {
         username: opts.user.clone(),
         password: opts.password.clone(),
@@ -112,51 +117,81 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
     .expect("strings serialise");
     let mut waited = Duration::ZERO;
     let mut tries = 0;
-    let resp = loop {
-        tries += 1;
-        // A fresh connection each try: the collector may close one it answered 429.
-        let mut conn = HttpConn::connect(&opts.server, config.clone())
-            .map_err(|e| request_err(e.to_string()))?;
-        let resp = conn
-            .request(
-                "POST",
-                log_sensor_common::enroll::ENROLL_PATH,
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-            .map_err(|e| request_err(e.to_string()))?;
-        // Only `busy` is worth waiting out: it says nothing about our password. A
-        // `rate_limited` refusal counts failures, and trying again would only extend it.
-        match (resp.status, resp.code().as_deref()) {
-            (429, Some("busy")) if tries < BUSY_TRIES => {
-                let wait = busy_wait(resp.retry_after);
+    let (resp, server) = 'rounds: loop {
+        // One round tries each collector once; a round with one busy collector and none that
+        // took the enrolment waits before the next, as a single busy collector always did.
+        let mut away = Vec::new();
+        let mut busy = None;
+        for server in &opts.servers {
+            tries += 1;
+            // A fresh connection each try: the collector may close one it answered 429.
+            let resp = HttpConn::connect(server, config.clone()).and_then(|mut conn| {
+                conn.request(
+                    "POST",
+                    log_sensor_common::enroll::ENROLL_PATH,
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                )
+            });
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    away.push(EnrollError::Request {
+                        server: server.to_string(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            // Only `busy` is worth waiting out: it says nothing about our password. A
+            // `rate_limited` refusal counts failures, and trying again would only extend it.
+            match (resp.status, resp.code().as_deref()) {
+                (200, _) => break 'rounds (resp, server.clone()),
+                (429, Some("busy")) => busy = Some(resp.retry_after),
+                (429, Some("rate_limited")) => {
+                    return Err(EnrollError::RateLimited {
+                        user: opts.user.clone(),
+                        retry_after: resp.retry_after,
+                    })
+                }
+                (s, _) if s >= 500 => away.push(EnrollError::Request {
+                    server: server.to_string(),
+                    message: format!("the collector replied {s}: {}", resp.reason()),
+                }),
+                _ => {
+                    return Err(EnrollError::Refused {
+                        status: resp.status,
+                        reason: resp.reason(),
+                    })
+                }
+            }
+        }
+        match busy {
+            Some(retry_after) if tries < BUSY_TRIES * opts.servers.len() as u32 => {
+                let wait = busy_wait(retry_after);
                 notice(&format!(
-                    "the collector at {} is busy checking other enrolments' passwords (429 busy); trying again in {:.1}s (try {} of {BUSY_TRIES})",
-                    opts.server,
+                    "{} busy checking other enrolments' passwords (429 busy); trying again in {:.1}s (round {} of {BUSY_TRIES})",
+                    match opts.servers.as_slice() {
+                        [one] => format!("the collector at {one} is"),
+                        _ => "every collector that answered is".into(),
+                    },
                     wait.as_secs_f64(),
-                    tries + 1
+                    tries / opts.servers.len() as u32 + 1
                 ));
                 std::thread::sleep(wait);
                 waited += wait;
             }
-            (429, Some("busy")) => {
+            Some(_) => {
                 return Err(EnrollError::Busy {
                     tries,
                     waited_secs: waited.as_secs(),
                 })
             }
-            (429, Some("rate_limited")) => {
-                return Err(EnrollError::RateLimited {
-                    user: opts.user.clone(),
-                    retry_after: resp.retry_after,
-                })
-            }
-            (200, _) => break resp,
-            _ => {
-                return Err(EnrollError::Refused {
-                    status: resp.status,
-                    reason: resp.reason(),
-                })
+            None if away.len() == 1 => return Err(away.remove(0)),
+            None => {
+                return Err(EnrollError::NoCollector(
+                    away.iter().map(|e| e.to_string()).collect(),
+                ))
             }
         }
     };
@@ -176,7 +211,11 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
     // Proves the stored set works: the returned CA verifies the server we just talked to (for a
     // first contact without --ca this is the one check there is), and the key matches.
     let checked = tls::make_config(ServerTrust::Ca(&files.ca), Some((&files.cert, &files.key)))?;
-    let mut check = HttpConn::connect(&opts.server, checked).map_err(|e| {
+    let request_err = |message: String| EnrollError::Request {
+        server: server.to_string(),
+        message,
+    };
+    let mut check = HttpConn::connect(&server, checked).map_err(|e| {
         EnrollError::Reply(format!(
             "the server's certificate does not verify against the CA it returned: {e}"
         ))
@@ -196,6 +235,34 @@ pub fn enroll(opts: &EnrollOptions, notice: &dyn Fn(&str)) -> Result<Enrolled, E
         serial,
         not_after,
     })
+}
+
+/// The collectors `enroll` tries, in order: `--server` as given (each checked as `sink.url` is),
+/// in this host's order as the sink would try them; without any, the URLs of the config's
+/// collector sink that uses the enrolled identity files (the one whose certificate this makes).
+pub fn servers(given: &[String], cfg: &crate::config::Config) -> Result<Vec<Url>, String> {
+    if !given.is_empty() {
+        let urls = given
+            .iter()
+            .map(|s| Url::parse(s).map_err(|e| format!("--server: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let home = crate::config::home_index(&cfg.host_id, urls.len());
+        let n = urls.len();
+        return Ok((0..n).map(|i| urls[(home + i) % n].clone()).collect());
+    }
+    let enrolled = TlsFiles::enrolled(&cfg.state_dir);
+    cfg.sinks
+        .iter()
+        .find_map(|s| match &s.sink {
+            crate::config::SinkConfig::Collector(o) if o.files.cert == enrolled.cert => {
+                Some(o.in_order())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            "enroll needs --server: the config has no collector sink using the enrolled certificate"
+                .to_string()
+        })
 }
 
 /// The password from the first line of `file`, or asked on the terminal with echo off.

@@ -82,9 +82,10 @@ enum Command {
     /// Obtain a client certificate from a collector (key made here, 0600) into <state_dir>/tls/.
     #[command(visible_alias = "get_cert")]
     Enroll {
-        /// The collector, `https://host:port`.
-        #[arg(long, required_unless_present = "password")]
-        server: Option<String>,
+        /// The collector, `https://host:port`; more than once for several, tried in this host's
+        /// order as the sink tries them. Without it, the URLs of the config's collector sink.
+        #[arg(long)]
+        server: Vec<String>,
         /// The enrolment account on the collector.
         #[arg(long, required_unless_present = "password")]
         user: Option<String>,
@@ -206,12 +207,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             insecure_first_contact,
         } => {
             use log_sensor::enroll::{self, FirstContact};
-            let (Some(server), Some(user)) = (server, user) else {
-                bail!("enroll needs --server and --user");
+            let Some(user) = user else {
+                bail!("enroll needs --user");
             };
             let cfg = Config::load(&cli.config)?;
-            let server = log_sensor::config::Url::parse(&server)
-                .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+            let servers = enroll::servers(&server, &cfg).map_err(|e| anyhow::anyhow!(e))?;
+            let server = servers
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             let trust = match ca {
                 Some(ca) => FirstContact::Ca(ca),
                 None if !insecure_first_contact => {
@@ -229,7 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let password = enroll::read_password(password_file.as_deref())?;
             let done = enroll::enroll(
                 &enroll::EnrollOptions {
-                    server,
+                    servers,
                     user,
                     password,
                     host_id: cfg.host_id.clone(),
@@ -424,6 +429,9 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_default();
     println!("sink {} ({}{last_ok})", st.sink.description, st.sink.state);
+    if let Some(now) = &st.sink.current {
+        println!("  sending to {now} ({} failovers)", st.sink.failovers);
+    }
     if let Some(e) = &st.sink.last_error {
         if st.sink.state != "ok" {
             println!("  last error: {e}");
@@ -512,6 +520,9 @@ fn print_sinks(sinks: &[log_sensor::status::SinkStatus]) {
             "  sink {}: {} ({}, {} records delivered, {} errors)",
             s.name, s.description, s.state, s.records, s.errors
         );
+        if let Some(now) = &s.current {
+            println!("    sending to {now} ({} failovers)", s.failovers);
+        }
         if let (Some(e), false) = (&s.last_error, s.state == "ok") {
             println!("    last error: {e}");
         }

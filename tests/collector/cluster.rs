@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// The real agent against collectors on the cluster (`tests/collector/cluster_agent.rs`).
+#[path = "cluster_agent.rs"]
+mod agent;
+
 fn nats_server() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
     assert!(

@@ -21,8 +21,8 @@ pub use expand::hostname;
 pub use reader::ConfigIssue;
 pub use sinks::routes;
 pub use sinks::{
-    CollectorOptions, Compression, NamedSink, SinkConfig, StructuredData, SyslogOptions, SyslogTls,
-    TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
+    home_index, CollectorOptions, Compression, NamedSink, SinkConfig, StructuredData,
+    SyslogOptions, SyslogTls, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT, DEFAULT_SINK,
 };
 pub use sources::{
     Framing, Multiline, MultilineMode, Source, DEFAULT_FINGERPRINT_BYTES, DEFAULT_MAX_FILE_BYTES,
@@ -198,7 +198,7 @@ impl Config {
         let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
         transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
 
-        let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &mut issues);
+        let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &host_id, &mut issues);
         let osquery_sinks = match top.table("osquery", &mut issues) {
             Some(t) => {
                 let mut r = TableReader::new("osquery", t);

@@ -38,6 +38,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("log_sensor_sink_failing", "gauge"),
     ("log_sensor_sink_errors_total", "counter"),
     ("log_sensor_sink_retries_total", "counter"),
+    ("log_sensor_sink_failovers_total", "counter"),
     ("log_sensor_sink_last_success_timestamp_seconds", "gauge"),
     ("log_sensor_sink_records_total", "counter"),
     ("log_sensor_sink_batches_total", "counter"),
@@ -50,7 +51,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
 /// One sample per sink, labelled `sink` (its name: `default` for `[sink]`) and `kind`.
 fn sinks(m: &mut Exposition, s: &Status) {
     type Value = fn(&crate::status::SinkStatus) -> u64;
-    let families: [(&str, &str, &str, Value); 6] = [
+    let families: [(&str, &str, &str, Value); 7] = [
         (
             "log_sensor_sink_failing",
             "gauge",
@@ -68,6 +69,12 @@ fn sinks(m: &mut Exposition, s: &Status) {
             "counter",
             "Sends to the sink retried after a failure since the agent started.",
             |k| k.retries,
+        ),
+        (
+            "log_sensor_sink_failovers_total",
+            "counter",
+            "Moves of a sink with several URLs to the next one after a failure since the agent started (0 with one URL).",
+            |k| k.failovers,
         ),
         (
             "log_sensor_sink_last_success_timestamp_seconds",
@@ -426,6 +433,8 @@ pub(crate) mod tests {
                 errors: 3,
                 retries: 2,
                 last_error: None,
+                current: None,
+                failovers: 0,
             },
             sources: vec![SourceStatus {
                 name: "app".into(),

@@ -57,6 +57,7 @@ pub fn sink_loop(to: SinkTo<'_>) {
         stats: to.stats,
         failing_since: None,
     };
+    s.stats.note_destination(s.sink.destination());
     let mut feeds = Feeds {
         open: to.feeds.iter().map(|_| true).collect(),
         feeds: to.feeds,
@@ -196,6 +197,7 @@ impl Shipping<'_> {
             Ok(s) => {
                 tracing::info!(sink = %self.name, describe = %s.describe(), "sink replaced");
                 self.sink = s;
+                self.stats.note_destination(self.sink.destination());
             }
             Err(e) => {
                 tracing::error!(sink = %self.name, error = %e, "new sink cannot start; keeping the old one");
@@ -278,6 +280,7 @@ impl Shipping<'_> {
             self.stats.failing_since.store(0, Ordering::Relaxed);
         }
         let stats = self.stats;
+        stats.note_destination(self.sink.destination());
         stats
             .latency
             .record(d.batch.created.elapsed().as_secs_f64());
@@ -298,10 +301,25 @@ impl Shipping<'_> {
     }
 
     /// Counts a failure; alerts once per outage, and again whenever the reason changes (down,
-    /// then up but refusing a revoked certificate): the operator must see both.
+    /// then up but refusing a revoked certificate): the operator must see both. A sink riding
+    /// out an outage (`Unavailable`) decides itself when it is worth the alert.
     fn failed(&mut self, e: &SinkError) {
         let stats = self.stats;
         stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+        stats.note_destination(self.sink.destination());
+        if matches!(e, SinkError::Unavailable { .. }) {
+            if self.failing_since.is_none() {
+                self.failing_since = Some(Instant::now());
+                stats
+                    .failing_since
+                    .store(crate::store::now_secs() as u64, Ordering::Relaxed);
+            }
+            if let Ok(mut last) = stats.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+            tracing::info!(sink = %self.name, error = %e, "sink unavailable; retrying with backoff, nothing routed to it is committed meanwhile");
+            return;
+        }
         let text = e.to_string();
         let changed = stats.last_error.lock().map(|mut last| {
             let changed = last.as_deref() != Some(text.as_str());

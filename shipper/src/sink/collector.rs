@@ -10,9 +10,19 @@
 //! its own, so an idle agent renews too; the files are re-read whenever they change on disk, so a
 //! re-enrolment (`log-sensor enroll`) applies to a running agent without a restart (see
 //! `certificate`).
+//!
+//! With several URLs (`sink.urls`) the sink talks to one collector at a time, starting at the
+//! host's home URL, and moves to the next when one fails for a reason that says nothing about
+//! the batch (see `failover`). Moving is always between batches' tries: whatever was in flight
+//! on the lost connection is unacknowledged and sent again, whole, to the next collector, and
+//! is committed only once that one acknowledges it. The collectors deduplicate by (host,
+//! stream, offset): a JetStream tier stores it once; two embedded collectors each keep their own
+//! marks, so a batch whose reply was lost is stored again by the second (at least once across
+//! them).
 
 mod certificate;
 mod encoding;
+mod failover;
 mod requests;
 
 use super::{Sink, SinkError};
@@ -21,6 +31,7 @@ use crate::config::CollectorOptions;
 use crate::http::{HttpConn, HttpError, Response};
 use certificate::{renewal_loop, Shared};
 use encoding::Encoder;
+use failover::Failover;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +62,10 @@ pub struct CollectorSink {
     streams: requests::StreamCap,
     /// Reused between batches: NDJSON when the batch was not encoded ahead.
     body: Vec<u8>,
+    /// Which URL the next connection goes to, and the outage's alert.
+    failover: Failover,
+    /// `opts.describe()`, for errors and logs.
+    name: String,
 }
 
 /// Batches in flight: one being stored by the collector while the next one travels. More would
@@ -69,6 +84,8 @@ impl CollectorSink {
             read_ahead: 0,
             streams: requests::StreamCap::new(),
             body: Vec::new(),
+            failover: Failover::new(opts.urls.len(), opts.alert_after, opts.failback_after),
+            name: opts.describe(),
         };
         // Missing files are reported at start (not enrolled yet?), rather than as retries.
         shared.identity().map_err(|e| {
@@ -91,6 +108,70 @@ impl CollectorSink {
         }
     }
 
+    /// The URL the next connection goes to.
+    fn url(&self) -> &crate::config::Url {
+        &self.shared.order[self.failover.current()]
+    }
+
+    /// The error for a failure of the current collector that is no reason to stop trying (see
+    /// `failover`): the next URL becomes current. `Unavailable` (counted, not alerted) until the
+    /// outage outlasts `sink.alert_after`; then once `Failed`, which the shipping loop alerts.
+    /// A TLS refusal of a certificate (`refusal`: revoked, expired, an unknown CA) is no stall:
+    /// it is alerted at once, once per outage, however the URLs take turns answering it.
+    fn away(&mut self, message: String, refusal: Option<&'static str>) -> SinkError {
+        let from = self.url().to_string();
+        let now = Instant::now();
+        let lasted = self.failover.failed(now);
+        let alert_refusal = refusal.is_some_and(|r| self.failover.first_refusal(r));
+        self.shared
+            .current
+            .store(self.failover.current(), Ordering::Relaxed);
+        let to = self.url().to_string();
+        let next = if to == from {
+            String::new()
+        } else {
+            tracing::info!(from = %from, to = %to, error = %message, "collector failed; its batches go to the next collector URL");
+            format!("; trying {to} next")
+        };
+        match lasted {
+            _ if alert_refusal => self.fail(format!("{message}{next}")),
+            Some(d) => self.fail(format!(
+                "{message}{next}; no collector has acknowledged a batch for {:.1}s (sink.alert_after)",
+                d.as_secs_f64()
+            )),
+            None => SinkError::Unavailable {
+                sink: self.describe(),
+                message: format!("{message}{next}"),
+            },
+        }
+    }
+
+    /// Away from home and its time has come: a new connection to the home URL, kept if it
+    /// works. Only between batches (nothing owed on the open connection), so a batch's requests
+    /// never straddle two collectors.
+    fn try_failback(&mut self, generation: u64) {
+        if !self.failover.failback_due(Instant::now()) {
+            return;
+        }
+        let Ok((config, _, _)) = self.shared.identity() else {
+            return;
+        };
+        let home = self.shared.order[0].clone();
+        match HttpConn::connect_with(&home, config, self.timeout) {
+            Ok(conn) => {
+                tracing::info!(home = %home, from = %self.url(), "back on this host's home collector");
+                self.failover.failed_back();
+                self.shared.current.store(0, Ordering::Relaxed);
+                self.conn = Some((conn, generation));
+                self.encoder.reconnected();
+            }
+            Err(e) => {
+                self.failover.failback_refused(Instant::now());
+                tracing::info!(home = %home, staying_on = %self.url(), error = %e, "home collector still unreachable");
+            }
+        }
+    }
+
     /// Forgets the connection and everything in flight on it (the caller sends it again).
     fn lost(&mut self) {
         self.conn = None;
@@ -101,10 +182,15 @@ impl CollectorSink {
     /// The connection to write the next request on: the open one while replies are owed on it
     /// (requests are answered in order on one connection, which keeps the collector's
     /// high-water marks in step); otherwise the open one if still good, or a new one.
-    fn connection(&mut self) -> Result<&mut HttpConn, SinkError> {
+    /// `batch_start`: the request is a batch's first, so no reply of this batch is owed yet.
+    fn connection(&mut self, batch_start: bool) -> Result<&mut HttpConn, SinkError> {
         let generation = self.shared.generation.load(Ordering::SeqCst);
+        let owed = !batch_start || !self.pending.is_empty();
+        if !owed {
+            self.try_failback(generation);
+        }
         let stale = match &mut self.conn {
-            _ if !self.pending.is_empty() => false,
+            _ if owed => false,
             Some((c, g)) => {
                 *g != generation
                     || c.closing
@@ -121,8 +207,13 @@ impl CollectorSink {
                 .map_err(|e| self.fail(e.to_string()))?;
             // No local refusal of an expired certificate: the collector's clock decides (an agent
             // whose clock runs ahead must not stop itself); its refusal is explained below.
-            let conn = HttpConn::connect_with(&self.shared.url, config, self.timeout)
-                .map_err(|e| self.fail(format!("{e}{}", self.expiry_note())))?;
+            let conn = match HttpConn::connect_with(self.url(), config, self.timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    let note = self.expiry_note();
+                    return Err(self.away(format!("{e}{note}"), certificate_refusal(&e)));
+                }
+            };
             self.conn = Some((conn, generation));
             self.encoder.reconnected();
         }
@@ -144,10 +235,11 @@ impl CollectorSink {
         }
     }
 
-    /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`.
-    fn write_piece(&mut self, ndjson: &[u8]) -> Result<(), SinkError> {
+    /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`;
+    /// `batch_start` for a batch's first piece.
+    fn write_piece(&mut self, ndjson: &[u8], batch_start: bool) -> Result<(), SinkError> {
         // Connected first: a new connection starts over in the encoding every collector reads.
-        self.connection()?;
+        self.connection(batch_start)?;
         let result = match self.encoder.encode(ndjson) {
             Ok((body, encoding)) => {
                 let mut headers = vec![("Content-Type", "application/x-ndjson")];
@@ -167,23 +259,40 @@ impl CollectorSink {
             Ok(()) => Ok(()),
             Err(e) => {
                 // A refusal of an earlier request closes the connection under this write: its
-                // reply, if it made it here, says why better than the broken pipe does. (Not
-                // after a timeout: a silent peer would only make us wait a second time.)
+                // reply, if it made it here, says why better than the broken pipe does; so does
+                // a TLS alert refusing our certificate, which TLS 1.3 delivers only after the
+                // handshake seemed to succeed. (Not after a timeout: a silent peer would only
+                // make us wait a second time.)
                 let silent = matches!(e, HttpError::Silent { .. });
-                let refusal = match (&mut self.conn, self.pending.is_empty() || silent) {
-                    (Some((c, _)), false) => match c.read_response() {
-                        Ok(resp) if resp.status != 200 => {
-                            self.announced(&resp);
-                            Some(self.refused(&resp))
-                        }
-                        _ => None,
-                    },
+                let after = match (&mut self.conn, silent) {
+                    (Some((c, _)), false) => Some(c.read_response()),
+                    _ => None,
+                };
+                let refusal = match after {
+                    Some(Ok(resp)) if resp.status != 200 => {
+                        self.announced(&resp);
+                        Some(self.refused(&resp))
+                    }
+                    Some(Err(tls)) if certificate_refusal(&tls).is_some() => {
+                        let note = self.expiry_note();
+                        Some(self.away(
+                            format!("{tls}{note}; nothing is committed"),
+                            certificate_refusal(&tls),
+                        ))
+                    }
                     _ => None,
                 };
                 self.lost();
-                Err(refusal.unwrap_or_else(|| {
-                    self.fail(format!("{e}{}; nothing is committed", self.expiry_note()))
-                }))
+                Err(match refusal {
+                    Some(r) => r,
+                    None => {
+                        let note = self.expiry_note();
+                        self.away(
+                            format!("{e}{note}; nothing is committed"),
+                            certificate_refusal(&e),
+                        )
+                    }
+                })
             }
         }
     }
@@ -228,11 +337,19 @@ impl CollectorSink {
             }
             _ => "the batch was not acknowledged",
         };
-        self.fail(format!(
-            "collector replied {} {}: {why}; nothing is committed",
+        let message = format!(
+            "{} replied {} {}: {why}; nothing is committed",
+            self.url(),
             resp.status,
             resp.reason()
-        ))
+        );
+        // Overloaded, or its storage unavailable (a JetStream tier without quorum): another
+        // collector may take the batch. Any other refusal would be the same everywhere.
+        if resp.status >= 500 || resp.status == 429 {
+            self.away(message, None)
+        } else {
+            self.fail(message)
+        }
     }
 
     /// Reads one reply; Ok only for the collector's 200.
@@ -257,9 +374,22 @@ impl CollectorSink {
             }
             Err(e) => {
                 self.lost();
-                Err(self.fail(format!("{e}{}; nothing is committed", self.expiry_note())))
+                let note = self.expiry_note();
+                Err(self.away(
+                    format!("{e}{note}; nothing is committed"),
+                    certificate_refusal(&e),
+                ))
             }
         }
+    }
+}
+
+/// What a TLS failure says about a certificate (ours refused, or the collector's not verified),
+/// if that is what it is: no stall, and worth an alert at once.
+fn certificate_refusal(e: &HttpError) -> Option<&'static str> {
+    match e {
+        HttpError::Tls { source, .. } => crate::tls::explain(source),
+        _ => None,
     }
 }
 
@@ -307,7 +437,7 @@ impl Sink for CollectorSink {
                 }
                 self.read_ahead += 1;
             }
-            result = self.write_piece(&ndjson[r]);
+            result = self.write_piece(&ndjson[r], requests == 0);
             if result.is_err() {
                 break;
             }
@@ -331,11 +461,19 @@ impl Sink for CollectorSink {
         for _ in early..requests {
             self.read_ack()?;
         }
+        self.failover.acknowledged();
         tracing::debug!(requests, "batch acknowledged by the collector");
         Ok(())
     }
 
     fn describe(&self) -> String {
-        format!("collector {}", self.shared.url)
+        self.name.clone()
+    }
+
+    fn destination(&self) -> Option<super::Destination> {
+        (self.shared.order.len() > 1).then(|| super::Destination {
+            url: self.url().to_string(),
+            failovers: self.failover.failovers(),
+        })
     }
 }

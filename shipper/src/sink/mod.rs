@@ -11,11 +11,18 @@ pub use stdout::StdoutSink;
 
 use crate::batch::Batch;
 use crate::config::{NamedSink, SinkConfig, DEFAULT_SINK};
+pub use crate::status::Destination;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{sink}: {message}")]
     Failed { sink: String, message: String },
+    /// The destination did not answer or asked us to wait, and the sink rides it out (a
+    /// collector failing over to the next URL, a leader election): retried and counted like any
+    /// failure, but never alerted. The sink itself returns `Failed` once when such an outage has
+    /// lasted long enough to be worth an alert.
+    #[error("{sink}: {message}")]
+    Unavailable { sink: String, message: String },
 }
 
 /// The form a sink takes its batches in.
@@ -61,6 +68,10 @@ pub trait Sink: Send {
     fn confirm(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+    /// Where the sink sends now, when it has several destinations to choose from.
+    fn destination(&self) -> Option<Destination> {
+        None
+    }
 }
 
 /// The sink's kind as configured (`file`, `stdout`, …).
@@ -78,7 +89,7 @@ pub fn describe(cfg: &SinkConfig) -> String {
     match cfg {
         SinkConfig::File { path, .. } => format!("file {}", path.display()),
         SinkConfig::Stdout => "stdout".into(),
-        SinkConfig::Collector(opts) => format!("collector {}", opts.url),
+        SinkConfig::Collector(opts) => opts.describe(),
         SinkConfig::Syslog(opts) => syslog::describe(opts),
     }
 }

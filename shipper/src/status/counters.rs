@@ -68,6 +68,27 @@ pub struct ShipStats {
     pub waiting: Arc<AtomicBool>,
     /// Seconds from a batch's first record to its acknowledgement.
     pub latency: LatencyRecorder,
+    /// Where a sink with several destinations sends now, and its failovers; None for a sink
+    /// with one.
+    pub destination: Mutex<Option<Destination>>,
+}
+
+/// Where a sink with several destinations sends now (status and metrics show it). Here, with
+/// the counters, so that sinks report it without the status depending on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub url: String,
+    /// Moves to another destination after a failure, since the sink was built.
+    pub failovers: u64,
+}
+
+impl ShipStats {
+    /// Takes in the sink's destination, after each acknowledgement and failure.
+    pub fn note_destination(&self, now: Option<Destination>) {
+        if let Ok(mut d) = self.destination.lock() {
+            *d = now;
+        }
+    }
 }
 
 /// Upper bounds of the batch latency histogram, in seconds.

@@ -8,7 +8,7 @@ mod counters;
 mod listeners;
 mod transforms;
 
-pub use counters::{LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
+pub use counters::{Destination, LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
 pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
 pub use transforms::{TransformCounters, TransformList, TransformStatus};
 
@@ -75,6 +75,12 @@ pub struct SinkStatus {
     pub records: u64,
     #[serde(default)]
     pub batches: u64,
+    /// Where a sink with several URLs sends now (a collector sink's `urls`); None with one.
+    #[serde(default)]
+    pub current: Option<String>,
+    /// Its moves to the next URL after a failure since the agent started.
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 impl SinkStatus {
@@ -249,6 +255,7 @@ impl LiveSink {
             0 => None,
             t => Some(t as i64),
         };
+        let destination = ship.destination.lock().ok().and_then(|d| d.clone());
         SinkStatus {
             name: self.name.clone(),
             kind: self.kind.clone(),
@@ -266,6 +273,8 @@ impl LiveSink {
             last_error: ship.last_error.lock().ok().and_then(|e| e.clone()),
             records: ship.records.load(Ordering::Relaxed),
             batches: ship.batches.load(Ordering::Relaxed),
+            current: destination.as_ref().map(|d| d.url.clone()),
+            failovers: destination.map(|d| d.failovers).unwrap_or(0),
         }
     }
 }
@@ -294,6 +303,8 @@ impl Status {
                 last_error: None,
                 records: 0,
                 batches: 0,
+                current: None,
+                failovers: 0,
             });
         let failing_since = sink.failing_since;
         let store_path = cfg.store_path();

@@ -13,7 +13,9 @@ mod collector;
 pub mod routes;
 mod syslog;
 
-pub use collector::{CollectorOptions, Compression, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT};
+pub use collector::{
+    home_index, CollectorOptions, Compression, TlsFiles, Url, DEFAULT_COLLECTOR_TIMEOUT,
+};
 pub use syslog::{StructuredData, SyslogOptions, SyslogTls};
 
 use super::reader::TableReader;
@@ -39,11 +41,13 @@ pub struct NamedSink {
 }
 
 /// `[sink]`, or every `[sinks.NAME]` in name order; none at all is stdout, named `default`.
-/// A sink with an error is left out (its issues say why).
+/// A sink with an error is left out (its issues say why). `host_id` picks a collector sink's
+/// home URL.
 pub(super) fn read_sinks(
     top: &mut TableReader,
     base: &Path,
     state_dir: &Path,
+    host_id: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Vec<NamedSink> {
     let one = top.table("sink", issues);
@@ -56,7 +60,7 @@ pub(super) fn read_sinks(
             });
             Vec::new()
         }
-        (Some(t), None) => read_sink("sink", t, base, state_dir, issues)
+        (Some(t), None) => read_sink("sink", t, base, state_dir, host_id, issues)
             .map(|sink| NamedSink {
                 name: DEFAULT_SINK.into(),
                 sink,
@@ -89,7 +93,7 @@ pub(super) fn read_sinks(
                     });
                     continue;
                 };
-                if let Some(sink) = read_sink(&key, st, base, state_dir, issues) {
+                if let Some(sink) = read_sink(&key, st, base, state_dir, host_id, issues) {
                     out.push(NamedSink {
                         name: name.clone(),
                         sink,
@@ -111,11 +115,12 @@ fn read_sink(
     t: &toml::Table,
     base: &Path,
     state_dir: &Path,
+    host_id: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<SinkConfig> {
     // The kinds' readers name their keys `sink.…`; a named sink's are renamed to its table.
     let first = issues.len();
-    let sink = read_sink_table(t, base, state_dir, issues);
+    let sink = read_sink_table(t, base, state_dir, host_id, issues);
     if prefix != "sink" {
         for i in &mut issues[first..] {
             if let Some(rest) = i.key.strip_prefix("sink") {
@@ -130,6 +135,7 @@ fn read_sink_table(
     t: &toml::Table,
     base: &Path,
     state_dir: &Path,
+    host_id: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<SinkConfig> {
     // The reader has no float accessor; the one float key is taken out here, before the reader
@@ -170,9 +176,8 @@ fn read_sink_table(
             }
         }
         Some("stdout") => Some(SinkConfig::Stdout),
-        Some("collector") => {
-            collector::read(&mut r, renew_at, base, state_dir, issues).map(SinkConfig::Collector)
-        }
+        Some("collector") => collector::read(&mut r, renew_at, base, state_dir, host_id, issues)
+            .map(SinkConfig::Collector),
         Some("syslog") => syslog::read(&mut r, base, issues).map(SinkConfig::Syslog),
         Some(other) => {
             issues.push(ConfigIssue {

@@ -1,12 +1,14 @@
 //! The client certificate the sink connects with: the files re-read whenever they change on disk
 //! (so a re-enrolment applies to a running agent without a restart), and renewed at `renew_at`
-//! of its lifetime by a thread of its own, so an idle agent renews too.
+//! of its lifetime by a thread of its own, so an idle agent renews too. The renewal asks the
+//! collector the sink is on first, then the others in the host's order: any collector of the
+//! tier signs with the one CA.
 
 use crate::config::{CollectorOptions, TlsFiles, Url};
 use crate::http::HttpConn;
 use crate::tls::{self, ServerTrust, TlsError};
 use rustls::ClientConfig;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,10 @@ struct Identity {
 
 /// State the sink and its renewal thread share.
 pub(super) struct Shared {
-    pub(super) url: Url,
+    /// The collectors in this host's order, home first (`CollectorOptions::in_order`).
+    pub(super) order: Vec<Url>,
+    /// The position in `order` the sink sends to now; renewal asks that collector first.
+    pub(super) current: AtomicUsize,
     pub(super) files: TlsFiles,
     /// Fraction of the certificate's lifetime after which it is renewed.
     renew_at: f64,
@@ -38,7 +43,8 @@ impl Shared {
     /// Nothing loaded yet: the first [`Shared::identity`] reads the files.
     pub(super) fn new(opts: &CollectorOptions) -> Shared {
         Shared {
-            url: opts.url.clone(),
+            order: opts.in_order(),
+            current: AtomicUsize::new(0),
             files: opts.files.clone(),
             renew_at: opts.renew_at,
             identity: Mutex::new(None),
@@ -80,24 +86,26 @@ impl Shared {
         let key_pem = std::fs::read_to_string(&self.files.key)
             .map_err(|e| format!("cannot read {}: {e}", self.files.key.display()))?;
         let csr = crate::identity::csr_for(&key_pem).map_err(|e| e.to_string())?;
-        let mut conn = HttpConn::connect(&self.url, config).map_err(|e| e.to_string())?;
         let body = serde_json::to_string(&log_sensor_common::enroll::RenewRequest { csr })
             .expect("strings serialise");
-        let resp = conn
-            .request(
-                "POST",
-                log_sensor_common::enroll::RENEW_PATH,
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-            .map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!(
-                "collector replied {} {}",
-                resp.status,
-                resp.reason()
-            ));
+        let first = self.current.load(Ordering::Relaxed);
+        let n = self.order.len();
+        let mut failures = Vec::new();
+        let mut reply = None;
+        for url in (0..n).map(|i| &self.order[(first + i) % n]) {
+            match renew_at(url, config.clone(), body.as_bytes()) {
+                Ok(resp) => {
+                    reply = Some(resp);
+                    break;
+                }
+                // A refusal (revoked, unknown host) is the tier's answer, not this collector's.
+                Err(Renewal::Refused(e)) => return Err(format!("{url}: {e}")),
+                Err(Renewal::Away(e)) => failures.push(format!("{url}: {e}")),
+            }
         }
+        let Some(resp) = reply else {
+            return Err(failures.join("; "));
+        };
         let reply: log_sensor_common::enroll::CertReply =
             serde_json::from_slice(&resp.body).map_err(|e| format!("bad renew reply: {e}"))?;
         let cert = reply.cert;
@@ -114,6 +122,43 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let (_, _, not_after) = self.identity().map_err(|e| e.to_string())?;
         Ok(not_after)
+    }
+}
+
+/// Why one collector did not renew.
+enum Renewal {
+    /// Unreachable, timed out, 5xx or 429: the next collector may.
+    Away(String),
+    /// Any other refusal: every collector would say the same.
+    Refused(String),
+}
+
+/// One `POST /v1/renew`; Ok with the collector's 200.
+fn renew_at(
+    url: &Url,
+    config: Arc<ClientConfig>,
+    body: &[u8],
+) -> Result<crate::http::Response, Renewal> {
+    let away = |e: crate::http::HttpError| Renewal::Away(e.to_string());
+    let mut conn = HttpConn::connect(url, config).map_err(away)?;
+    let resp = conn
+        .request(
+            "POST",
+            log_sensor_common::enroll::RENEW_PATH,
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .map_err(away)?;
+    match resp.status {
+        200 => Ok(resp),
+        s => {
+            let text = format!("collector replied {s} {}", resp.reason());
+            Err(if s >= 500 || s == 429 {
+                Renewal::Away(text)
+            } else {
+                Renewal::Refused(text)
+            })
+        }
     }
 }
 
