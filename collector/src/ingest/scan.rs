@@ -5,8 +5,10 @@
 //! serde_json was most of `parse_batch`'s time: it scans every byte of the
 //! fields it then throws away (`msg` above all) one at a time. Here strings
 //! are scanned eight bytes at a time, and only what the agent writes is
-//! understood: one flat object of strings, numbers, `true`, `false` and
-//! `null`. Everything else (a nested value, an escape in a key or in
+//! understood: one object of strings, numbers, `true`, `false` and
+//! `null`, and of nested objects and arrays under the keys the collector
+//! does not read (a record's `fields`, up to [`MAX_DEPTH`] levels).
+//! Everything else (a value nested deeper, an escape in a key or in
 //! `host`/`stream`/`part`, a repeated field, an `offset` that is not a plain
 //! `u64`, a missing field, stray bytes) returns `None`, and the caller
 //! parses that line with serde_json, which gives the value or the error it
@@ -60,7 +62,7 @@ pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
                 set_once(&mut part, (Part::parse(s)?, next))?
             }
             k if k == field::OFFSET.as_bytes() => set_once(&mut offset, plain_u64(b, i)?)?,
-            _ => skip_flat_value(b, i)?,
+            _ => skip_value(b, i)?,
         };
         i = skip_ws(b, i);
         match b.get(i) {
@@ -166,6 +168,78 @@ fn string_end(b: &[u8], start: usize) -> Option<StringEnd> {
             _ => return None,
         }
     }
+}
+
+/// How deep the values the collector skips may nest and still be read
+/// here: a record's `fields` holds an object or two (a syslog message's
+/// `structured_data`), so 64 levels leave room, and the open levels fit one
+/// `u64`. Deeper values go to serde_json, which skips values of any depth.
+const MAX_DEPTH: u32 = 64;
+
+/// Skips any value at `i`, nested or not, as serde_json checks one it
+/// ignores (its `ignore_value`: no trailing commas, keys are strings, no
+/// limit on repeated keys); returns the index after it.
+///
+/// Records with `fields` carry a nested object on every line: without this
+/// they all left the fast path for serde_json.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    // The open levels, innermost in the lowest bit: 1 an object, 0 an array.
+    let (mut open, mut depth) = (0u64, 0u32);
+    loop {
+        // A value starts at `i`.
+        i = skip_ws(b, i);
+        let c = *b.get(i)?;
+        if c == b'{' || c == b'[' {
+            if depth == MAX_DEPTH {
+                return None;
+            }
+            let object = c == b'{';
+            i = skip_ws(b, i + 1);
+            if b.get(i) == Some(if object { &b'}' } else { &b']' }) {
+                i += 1;
+            } else {
+                (open, depth) = (open << 1 | u64::from(object), depth + 1);
+                if object {
+                    i = skip_key(b, i)?;
+                }
+                continue;
+            }
+        } else {
+            i = skip_flat_value(b, i)?;
+        }
+        // A value ended at `i`: close levels until one goes on.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = skip_ws(b, i);
+            let object = open & 1 == 1;
+            match *b.get(i)? {
+                b',' => {
+                    i += 1;
+                    if object {
+                        i = skip_key(b, skip_ws(b, i))?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            i += 1;
+            (open, depth) = (open >> 1, depth - 1);
+        }
+    }
+}
+
+/// Skips `"key":` at `i` (its opening quote) in an object being skipped;
+/// returns the index after the colon.
+fn skip_key(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = skip_ws(b, string_end(b, i + 1)?.quote + 1);
+    (b.get(i) == Some(&b':')).then_some(i + 1)
 }
 
 /// Skips a value that is not nested: a string, a number, `true`, `false`
@@ -315,11 +389,63 @@ mod tests {
         }
     }
 
+    /// A record with `fields` (a syslog input's, a parser's) carries a
+    /// nested object on every line: it stays on the fast path.
+    #[test]
+    fn reads_agent_lines_with_nested_fields() {
+        let fields = r#""fields":{"facility":"local4","severity":"info","structured_data":{"ex@32473":{"iut":"3","k":["a",{"b":null}]}},"peer":"10.0.0.1:514","n":-1.5e3,"ok":true,"e":{},"l":[]}"#;
+        let line = agent_line(9, "whole", &format!(r#""msg":"m",{fields}"#));
+        let fast = wire_record(line.as_bytes()).expect("nested fields take the fast path");
+        assert_eq!(fast, serde(line.as_bytes()).unwrap());
+        // Spacing and the nesting's own errors, as serde_json sees them.
+        for (value, fine) in [
+            (
+                " { \"a\" : [ 1 , { } , [ ] ] , \"b\" : { \"c\" : \"d\" } } ",
+                true,
+            ),
+            (r#"{"a":1,"a":2}"#, true),
+            (r#"[[[[[]]]]]"#, true),
+            (r#"{"a":1,}"#, false),
+            (r#"[1,]"#, false),
+            (r#"[1 2]"#, false),
+            (r#"{"a" 1}"#, false),
+            (r#"{1:2}"#, false),
+            (r#"{"a":1]"#, false),
+            (r#"[1}"#, false),
+            (r#"[01]"#, false),
+            (r#"{"a":[1,{"b":2}}"#, false),
+            (r#"{"a":"\x"}"#, false),
+            (r#"{"a\u0041":"\u00e9"}"#, true),
+        ] {
+            let line = agent_line(9, "whole", &format!(r#""msg":"m","fields":{value}"#));
+            assert_eq!(
+                wire_record(line.as_bytes()).is_some(),
+                fine,
+                "{value}: {:?}",
+                serde(line.as_bytes())
+            );
+            assert_eq!(serde(line.as_bytes()).is_some(), fine, "{value}");
+            agrees(line.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn values_nested_past_max_depth_defer_to_serde() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let line = |n| agent_line(1, "whole", &format!(r#""msg":"m","fields":{}"#, nest(n)));
+        let at_max = line(MAX_DEPTH as usize);
+        assert!(wire_record(at_max.as_bytes()).is_some());
+        agrees(at_max.as_bytes()).unwrap();
+        let deeper = line(MAX_DEPTH as usize + 1);
+        assert_eq!(wire_record(deeper.as_bytes()), None);
+    }
+
     #[test]
     fn whitespace_and_key_order_are_fine() {
         let line =
-            " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[],\"host\":\"h\"} \r";
-        assert_eq!(wire_record(line.as_bytes()), None, "a nested value defers");
+            " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[ ],\"host\":\"h\"} \r";
+        assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
+        assert!(wire_record(line.as_bytes()).is_some());
         let line = " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":-0.5e+3,\"host\":\"h\"} \r";
         assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
         assert!(wire_record(line.as_bytes()).is_some());
@@ -426,10 +552,39 @@ mod tests {
             1 => Just("null".to_owned()),
             1 => Just("[1,{\"host\":\"x\"}]".to_owned()),
             1 => Just("{\"offset\":1}".to_owned()),
+            3 => nested(),
             1 => Just("\"\\ud800\"".to_owned()),
             1 => Just("\"\\uD83D\\uDE00\"".to_owned()),
             2 => "[-+.0-9eE]{1,6}",
         ]
+    }
+
+    /// A nested value (what `fields` holds), sometimes spaced.
+    fn nested() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            any::<i32>().prop_map(|n| n.to_string()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+        ];
+        let ws = || prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\n")];
+        leaf.prop_recursive(5, 48, 4, move |inner| {
+            prop_oneof![
+                (proptest::collection::vec(inner.clone(), 0..4), ws())
+                    .prop_map(|(v, w)| format!("[{w}{}]", v.join(&format!("{w},")))),
+                (
+                    proptest::collection::vec(("[a-z\"\\\\é]{0,4}", inner), 0..4),
+                    ws()
+                )
+                    .prop_map(|(kv, w)| {
+                        let kv: Vec<String> = kv
+                            .iter()
+                            .map(|(k, v)| format!("{}{w}:{v}", serde_json::to_string(k).unwrap()))
+                            .collect();
+                        format!("{{{w}{}{w}}}", kv.join(","))
+                    }),
+            ]
+        })
     }
 
     /// A string for a field the collector keeps: usually plain, sometimes
@@ -540,6 +695,8 @@ mod tests {
         Truncate(proptest::sample::Index),
         Insert(proptest::sample::Index, &'static [u8]),
         Delete(proptest::sample::Index),
+        /// One bracket made the other kind (`[` and `{`, `]` and `}`).
+        Rebracket(proptest::sample::Index),
     }
 
     impl Mutation {
@@ -559,6 +716,16 @@ mod tests {
                 }
                 Mutation::Delete(at) => {
                     b.remove(at.index(b.len()));
+                }
+                Mutation::Rebracket(at) => {
+                    let brackets: Vec<usize> = (0..b.len())
+                        .filter(|&k| matches!(b[k], b'[' | b']' | b'{' | b'}'))
+                        .collect();
+                    if !brackets.is_empty() {
+                        let k = brackets[at.index(brackets.len())];
+                        // `[`/`{` and `]`/`}` differ in one bit.
+                        b[k] ^= b'[' ^ b'{';
+                    }
                 }
             }
         }
@@ -583,6 +750,7 @@ mod tests {
             Just(&b"{"[..]),
             Just(&b"}"[..]),
             Just(&b"["[..]),
+            Just(&b"]"[..]),
             Just(&b","[..]),
             Just(&b":"[..]),
             Just(&b" "[..]),
@@ -598,6 +766,7 @@ mod tests {
             any::<Index>().prop_map(Mutation::Truncate),
             (any::<Index>(), snippet).prop_map(|(i, s)| Mutation::Insert(i, s)),
             any::<Index>().prop_map(Mutation::Delete),
+            any::<Index>().prop_map(Mutation::Rebracket),
         ]
     }
 
@@ -607,6 +776,13 @@ mod tests {
         #[test]
         fn defers_or_agrees_with_serde(line in line()) {
             agrees(&line)?;
+        }
+
+        #[test]
+        fn agent_lines_with_any_fields_take_the_fast_path(fields in nested().prop_map(|v| format!("{{\"x\":{v}}}"))) {
+            let line = agent_line(3, "whole", &format!("\"msg\":\"m\",\"fields\":{fields}"));
+            prop_assert!(wire_record(line.as_bytes()).is_some(), "{}", line);
+            agrees(line.as_bytes())?;
         }
 
         #[test]
