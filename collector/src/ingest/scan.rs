@@ -4,7 +4,7 @@
 //!
 //! serde_json was most of `parse_batch`'s time: it scans every byte of the
 //! fields it then throws away (`msg` above all) one at a time. Here strings
-//! are scanned eight bytes at a time, and only what the agent writes is
+//! are scanned many bytes at a time (`json_text`), and only what the agent writes is
 //! understood: one object of strings, numbers, `true`, `false` and
 //! `null`, and of nested objects and arrays under the keys the collector
 //! does not read (a record's `fields`, up to [`MAX_DEPTH`] levels).
@@ -26,6 +26,7 @@
 use std::borrow::Cow;
 
 use super::{Part, WireRecord};
+use log_sensor_common::json_text::{plain_run, Run};
 use log_sensor_common::record::field;
 
 /// The record's fields, or `None` when the line must go to serde_json.
@@ -294,50 +295,12 @@ fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
-/// Where a run of plain string bytes ended.
-struct Run {
-    /// The `"`, `\` or control byte below 0x20 that ended it.
-    at: usize,
-    /// Whether the run may hold a byte above 0x7f; false only when it
-    /// certainly does not.
-    non_ascii: bool,
-}
-
-/// Finds the first byte at or after `i` that ends a run of plain string
-/// bytes: `"`, `\` or a control byte below 0x20.
-///
-/// Eight bytes at a time (SWAR): the byte-wise tests below flag every byte
-/// that matches, and may also flag bytes *above* a match (a borrow carries
-/// upwards), never below one; so the lowest flag, read little-endian, is
-/// the first match.
-fn find_special(b: &[u8], mut i: usize) -> Option<Run> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut seen = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        seen |= w;
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let found = below_space
-            | zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return Some(Run {
-                at: i + found.trailing_zeros() as usize / 8,
-                non_ascii: seen & HIGH != 0,
-            });
-        }
-        i += 8;
-    }
-    let rest = b.get(i..)?;
-    let p = rest
-        .iter()
-        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
-    Some(Run {
-        at: i + p,
-        non_ascii: seen & HIGH != 0 || !rest[..p].is_ascii(),
-    })
+/// The first `"`, `\\` or control byte at or after `i`, and whether the
+/// bytes before it may be non-ASCII; `None` when the line has none (an
+/// unterminated string).
+fn find_special(b: &[u8], i: usize) -> Option<Run> {
+    let run = plain_run(b, i);
+    (run.at < b.len()).then_some(run)
 }
 
 #[cfg(test)]
