@@ -6,8 +6,14 @@
 //! ```text
 //! cargo build --release -p log-sensor-collector --example ingest_bench
 //! target/release/examples/ingest_bench [--mb 200] [--batch-mib 16] [--rounds 3] [--dir /dev/shm]
-//!     [--streams 1]
+//!     [--streams 1] [--fields | --fields-via-serde]
 //! ```
+//!
+//! `--fields` gives every record a nested `fields` object like a syslog
+//! input's (facility, severity, peer, structured data). `--fields-via-serde`
+//! spells that key `"fi\u0065lds"`, which the line scanner leaves to
+//! serde_json: the same records read the way every record with `fields` was
+//! before the scanner skipped nested values.
 //!
 //! `--streams N` spreads the records over N streams round-robin (so every
 //! batch writes to all of them; past `max_open_stream_files`, 1024, the
@@ -35,6 +41,7 @@ struct Args {
     rounds: usize,
     dir: PathBuf,
     streams: u64,
+    fields: Option<&'static str>,
 }
 
 fn args() -> Args {
@@ -44,9 +51,17 @@ fn args() -> Args {
         rounds: 3,
         dir: PathBuf::from("/dev/shm"),
         streams: 1,
+        fields: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--fields" || flag == "--fields-via-serde" {
+            a.fields = Some(match flag.as_str() {
+                "--fields" => "fields",
+                _ => r"fi\u0065lds",
+            });
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} wants a value"));
         match flag.as_str() {
             "--mb" => a.mb = value.parse().expect("--mb N"),
@@ -62,7 +77,7 @@ fn args() -> Args {
 
 /// One record as the agent writes it: the ~210-byte access-log message of
 /// `bench/shipping_bench.py` (its quotes escaped), ~470 bytes in all.
-fn record(out: &mut Vec<u8>, i: u64, offset: u64, streams: u64) -> u64 {
+fn record(out: &mut Vec<u8>, i: u64, offset: u64, streams: u64, fields: Option<&str>) -> u64 {
     let msg = format!(
         "2026-11-26T10:{:02}:{:02}.{:03}Z INFO [worker-{}] request id={i:010} method=GET path=/api/v1/items/{} status=200 bytes={} latency_ms={} ua=\\\"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\\\"",
         i / 60000 % 60,
@@ -76,10 +91,15 @@ fn record(out: &mut Vec<u8>, i: u64, offset: u64, streams: u64) -> u64 {
     let len = msg.len() as u64 - 2;
     write!(
         out,
-        r#"{{"host":"{HOST}","source":"bench","stream":"{}","fingerprint":"00000000deadbeef","path":"/var/tmp/log-sensor-shipbench/logs/input.log","offset":{offset},"len":{len},"part":"whole","ts":"2026-11-26T10:00:00.000Z","msg":"{msg}"}}"#,
+        r#"{{"host":"{HOST}","source":"bench","stream":"{}","fingerprint":"00000000deadbeef","path":"/var/tmp/log-sensor-shipbench/logs/input.log","offset":{offset},"len":{len},"part":"whole","ts":"2026-11-26T10:00:00.000Z","msg":"{msg}""#,
         stream_name(i % streams, streams)
     )
     .expect("writing to a Vec");
+    if let Some(key) = fields {
+        write!(out, r#","{key}":"#).expect("writing to a Vec");
+        out.extend_from_slice(br#"{"facility":"local4","severity":"info","hostname":"web-1","app_name":"nginx","procid":"812","structured_data":{"origin@32473":{"ip":"10.0.0.7","software":"nginx"}},"peer":"10.0.0.7:51514"}"#);
+    }
+    out.push(b'}');
     out.push(b'\n');
     len + 1
 }
@@ -93,13 +113,13 @@ fn stream_name(n: u64, streams: u64) -> String {
 }
 
 /// Bodies of about `batch` bytes each, `total` bytes in all.
-fn bodies(total: usize, batch: usize, streams: u64) -> Vec<Vec<u8>> {
+fn bodies(total: usize, batch: usize, streams: u64, fields: Option<&str>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let (mut i, mut offset, mut made) = (0u64, 0u64, 0usize);
     while made < total {
         let mut body = Vec::with_capacity(batch + 1024);
         while body.len() < batch && made + body.len() < total {
-            offset += record(&mut body, i, offset, streams);
+            offset += record(&mut body, i, offset, streams, fields);
             i += 1;
         }
         made += body.len();
@@ -130,7 +150,7 @@ fn report(stage: &str, bytes: usize, secs: &[f64]) {
 fn main() {
     let a = args();
     let batch = a.batch_mib << 20;
-    let plain = bodies(a.mb * 1_000_000, batch, a.streams);
+    let plain = bodies(a.mb * 1_000_000, batch, a.streams, a.fields);
     let bytes: usize = plain.iter().map(Vec::len).sum();
     let lines: usize = plain
         .iter()

@@ -5,6 +5,8 @@
 //! - [`agent_defaults`]: where the agent's config is, and the defaults an operator is shown.
 //! - [`record`]: the NDJSON record format — [`record::Part`], the field names, JSON string
 //!   escaping, `msg`/`msg_b64`, RFC 3339 time stamps.
+//! - [`json_text`]: where a run of bytes a JSON string holds as they are ends (the agent's
+//!   escaping and the collector's ingest scanner).
 //! - [`enroll`]: the bodies of the collector's `/v1/enroll` and `/v1/renew`.
 //! - [`control`]: the agent's control-socket lines (requests, answers, config entries).
 //! - [`state_dir`]: the file names inside the agent's state dir.
@@ -22,6 +24,7 @@ pub mod control;
 pub mod enroll;
 pub mod expand;
 pub mod fsutil;
+pub mod json_text;
 pub mod packs;
 pub mod pem;
 pub mod record;

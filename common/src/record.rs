@@ -83,64 +83,35 @@ impl Part {
 
 /// Appends `s` as a JSON string body (without quotes). `s` must be valid UTF-8.
 ///
-/// Log lines rarely need escaping, so runs of plain bytes are found eight at a time (SWAR) and
-/// copied whole; this loop was the agent's hottest spot when it went byte by byte.
+/// Log lines rarely need escaping, so runs of plain bytes are found many at a time
+/// ([`crate::json_text`]) and copied whole; this loop was the agent's hottest spot when it went
+/// byte by byte.
 #[inline]
 pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
-    let mut start = 0;
     let mut i = 0;
-    while i < s.len() {
-        // Skip whole words that hold no byte to escape.
-        while i + 8 <= s.len() {
-            let w = u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-            if needs_escape(w) {
-                break;
-            }
-            i += 8;
-        }
-        if i >= s.len() {
-            break;
-        }
-        let b = s[i];
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&s[start..i]);
+    loop {
+        let run = crate::json_text::plain_run(s, i);
+        out.extend_from_slice(&s[i..run.at]);
+        let Some(&b) = s.get(run.at) else {
+            return;
+        };
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 15) as usize]);
-                i += 1;
-                start = i;
-                continue;
             }
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&s[start..i]);
-        out.extend_from_slice(esc);
-        i += 1;
-        start = i;
+        }
+        i = run.at + 1;
     }
-    out.extend_from_slice(&s[start..]);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Does any byte of `w` need escaping: below 0x20, `"` or `\`?
-#[inline]
-fn needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-    below_space || has_zero(w ^ (ONES * b'"' as u64)) || has_zero(w ^ (ONES * b'\\' as u64))
-}
 
 /// Appends `"key":"value"` for a message: `msg` when UTF-8 (`utf8`, as checked when the
 /// record was framed), else `msg_b64`.

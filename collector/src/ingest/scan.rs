@@ -4,9 +4,11 @@
 //!
 //! serde_json was most of `parse_batch`'s time: it scans every byte of the
 //! fields it then throws away (`msg` above all) one at a time. Here strings
-//! are scanned eight bytes at a time, and only what the agent writes is
-//! understood: one flat object of strings, numbers, `true`, `false` and
-//! `null`. Everything else (a nested value, an escape in a key or in
+//! are scanned many bytes at a time (`json_text`), and only what the agent writes is
+//! understood: one object of strings, numbers, `true`, `false` and
+//! `null`, and of nested objects and arrays under the keys the collector
+//! does not read (a record's `fields`, up to [`MAX_DEPTH`] levels).
+//! Everything else (a value nested deeper, an escape in a key or in
 //! `host`/`stream`/`part`, a repeated field, an `offset` that is not a plain
 //! `u64`, a missing field, stray bytes) returns `None`, and the caller
 //! parses that line with serde_json, which gives the value or the error it
@@ -24,6 +26,7 @@
 use std::borrow::Cow;
 
 use super::{Part, WireRecord};
+use log_sensor_common::json_text::{plain_run, Run};
 use log_sensor_common::record::field;
 
 /// The record's fields, or `None` when the line must go to serde_json.
@@ -60,7 +63,7 @@ pub(super) fn wire_record(b: &[u8]) -> Option<WireRecord<'_>> {
                 set_once(&mut part, (Part::parse(s)?, next))?
             }
             k if k == field::OFFSET.as_bytes() => set_once(&mut offset, plain_u64(b, i)?)?,
-            _ => skip_flat_value(b, i)?,
+            _ => skip_value(b, i)?,
         };
         i = skip_ws(b, i);
         match b.get(i) {
@@ -168,6 +171,78 @@ fn string_end(b: &[u8], start: usize) -> Option<StringEnd> {
     }
 }
 
+/// How deep the values the collector skips may nest and still be read
+/// here: a record's `fields` holds an object or two (a syslog message's
+/// `structured_data`), so 64 levels leave room, and the open levels fit one
+/// `u64`. Deeper values go to serde_json, which skips values of any depth.
+const MAX_DEPTH: u32 = 64;
+
+/// Skips any value at `i`, nested or not, as serde_json checks one it
+/// ignores (its `ignore_value`: no trailing commas, keys are strings, no
+/// limit on repeated keys); returns the index after it.
+///
+/// Records with `fields` carry a nested object on every line: without this
+/// they all left the fast path for serde_json.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    // The open levels, innermost in the lowest bit: 1 an object, 0 an array.
+    let (mut open, mut depth) = (0u64, 0u32);
+    loop {
+        // A value starts at `i`.
+        i = skip_ws(b, i);
+        let c = *b.get(i)?;
+        if c == b'{' || c == b'[' {
+            if depth == MAX_DEPTH {
+                return None;
+            }
+            let object = c == b'{';
+            i = skip_ws(b, i + 1);
+            if b.get(i) == Some(if object { &b'}' } else { &b']' }) {
+                i += 1;
+            } else {
+                (open, depth) = (open << 1 | u64::from(object), depth + 1);
+                if object {
+                    i = skip_key(b, i)?;
+                }
+                continue;
+            }
+        } else {
+            i = skip_flat_value(b, i)?;
+        }
+        // A value ended at `i`: close levels until one goes on.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = skip_ws(b, i);
+            let object = open & 1 == 1;
+            match *b.get(i)? {
+                b',' => {
+                    i += 1;
+                    if object {
+                        i = skip_key(b, skip_ws(b, i))?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            i += 1;
+            (open, depth) = (open >> 1, depth - 1);
+        }
+    }
+}
+
+/// Skips `"key":` at `i` (its opening quote) in an object being skipped;
+/// returns the index after the colon.
+fn skip_key(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = skip_ws(b, string_end(b, i + 1)?.quote + 1);
+    (b.get(i) == Some(&b':')).then_some(i + 1)
+}
+
 /// Skips a value that is not nested: a string, a number, `true`, `false`
 /// or `null`; returns the index after it.
 fn skip_flat_value(b: &[u8], i: usize) -> Option<usize> {
@@ -220,50 +295,12 @@ fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
-/// Where a run of plain string bytes ended.
-struct Run {
-    /// The `"`, `\` or control byte below 0x20 that ended it.
-    at: usize,
-    /// Whether the run may hold a byte above 0x7f; false only when it
-    /// certainly does not.
-    non_ascii: bool,
-}
-
-/// Finds the first byte at or after `i` that ends a run of plain string
-/// bytes: `"`, `\` or a control byte below 0x20.
-///
-/// Eight bytes at a time (SWAR): the byte-wise tests below flag every byte
-/// that matches, and may also flag bytes *above* a match (a borrow carries
-/// upwards), never below one; so the lowest flag, read little-endian, is
-/// the first match.
-fn find_special(b: &[u8], mut i: usize) -> Option<Run> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut seen = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        seen |= w;
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let found = below_space
-            | zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return Some(Run {
-                at: i + found.trailing_zeros() as usize / 8,
-                non_ascii: seen & HIGH != 0,
-            });
-        }
-        i += 8;
-    }
-    let rest = b.get(i..)?;
-    let p = rest
-        .iter()
-        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
-    Some(Run {
-        at: i + p,
-        non_ascii: seen & HIGH != 0 || !rest[..p].is_ascii(),
-    })
+/// The first `"`, `\\` or control byte at or after `i`, and whether the
+/// bytes before it may be non-ASCII; `None` when the line has none (an
+/// unterminated string).
+fn find_special(b: &[u8], i: usize) -> Option<Run> {
+    let run = plain_run(b, i);
+    (run.at < b.len()).then_some(run)
 }
 
 #[cfg(test)]
@@ -315,11 +352,63 @@ mod tests {
         }
     }
 
+    /// A record with `fields` (a syslog input's, a parser's) carries a
+    /// nested object on every line: it stays on the fast path.
+    #[test]
+    fn reads_agent_lines_with_nested_fields() {
+        let fields = r#""fields":{"facility":"local4","severity":"info","structured_data":{"ex@32473":{"iut":"3","k":["a",{"b":null}]}},"peer":"10.0.0.1:514","n":-1.5e3,"ok":true,"e":{},"l":[]}"#;
+        let line = agent_line(9, "whole", &format!(r#""msg":"m",{fields}"#));
+        let fast = wire_record(line.as_bytes()).expect("nested fields take the fast path");
+        assert_eq!(fast, serde(line.as_bytes()).unwrap());
+        // Spacing and the nesting's own errors, as serde_json sees them.
+        for (value, fine) in [
+            (
+                " { \"a\" : [ 1 , { } , [ ] ] , \"b\" : { \"c\" : \"d\" } } ",
+                true,
+            ),
+            (r#"{"a":1,"a":2}"#, true),
+            (r#"[[[[[]]]]]"#, true),
+            (r#"{"a":1,}"#, false),
+            (r#"[1,]"#, false),
+            (r#"[1 2]"#, false),
+            (r#"{"a" 1}"#, false),
+            (r#"{1:2}"#, false),
+            (r#"{"a":1]"#, false),
+            (r#"[1}"#, false),
+            (r#"[01]"#, false),
+            (r#"{"a":[1,{"b":2}}"#, false),
+            (r#"{"a":"\x"}"#, false),
+            (r#"{"a\u0041":"\u00e9"}"#, true),
+        ] {
+            let line = agent_line(9, "whole", &format!(r#""msg":"m","fields":{value}"#));
+            assert_eq!(
+                wire_record(line.as_bytes()).is_some(),
+                fine,
+                "{value}: {:?}",
+                serde(line.as_bytes())
+            );
+            assert_eq!(serde(line.as_bytes()).is_some(), fine, "{value}");
+            agrees(line.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn values_nested_past_max_depth_defer_to_serde() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let line = |n| agent_line(1, "whole", &format!(r#""msg":"m","fields":{}"#, nest(n)));
+        let at_max = line(MAX_DEPTH as usize);
+        assert!(wire_record(at_max.as_bytes()).is_some());
+        agrees(at_max.as_bytes()).unwrap();
+        let deeper = line(MAX_DEPTH as usize + 1);
+        assert_eq!(wire_record(deeper.as_bytes()), None);
+    }
+
     #[test]
     fn whitespace_and_key_order_are_fine() {
         let line =
-            " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[],\"host\":\"h\"} \r";
-        assert_eq!(wire_record(line.as_bytes()), None, "a nested value defers");
+            " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":[ ],\"host\":\"h\"} \r";
+        assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
+        assert!(wire_record(line.as_bytes()).is_some());
         let line = " {\t\"part\" : \"head\" ,\"offset\":7,\r\"stream\":\"s\",\"x\":-0.5e+3,\"host\":\"h\"} \r";
         assert_eq!(wire_record(line.as_bytes()), serde(line.as_bytes()));
         assert!(wire_record(line.as_bytes()).is_some());
@@ -426,10 +515,39 @@ mod tests {
             1 => Just("null".to_owned()),
             1 => Just("[1,{\"host\":\"x\"}]".to_owned()),
             1 => Just("{\"offset\":1}".to_owned()),
+            3 => nested(),
             1 => Just("\"\\ud800\"".to_owned()),
             1 => Just("\"\\uD83D\\uDE00\"".to_owned()),
             2 => "[-+.0-9eE]{1,6}",
         ]
+    }
+
+    /// A nested value (what `fields` holds), sometimes spaced.
+    fn nested() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            any::<i32>().prop_map(|n| n.to_string()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+        ];
+        let ws = || prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\n")];
+        leaf.prop_recursive(5, 48, 4, move |inner| {
+            prop_oneof![
+                (proptest::collection::vec(inner.clone(), 0..4), ws())
+                    .prop_map(|(v, w)| format!("[{w}{}]", v.join(&format!("{w},")))),
+                (
+                    proptest::collection::vec(("[a-z\"\\\\é]{0,4}", inner), 0..4),
+                    ws()
+                )
+                    .prop_map(|(kv, w)| {
+                        let kv: Vec<String> = kv
+                            .iter()
+                            .map(|(k, v)| format!("{}{w}:{v}", serde_json::to_string(k).unwrap()))
+                            .collect();
+                        format!("{{{w}{}{w}}}", kv.join(","))
+                    }),
+            ]
+        })
     }
 
     /// A string for a field the collector keeps: usually plain, sometimes
@@ -540,6 +658,8 @@ mod tests {
         Truncate(proptest::sample::Index),
         Insert(proptest::sample::Index, &'static [u8]),
         Delete(proptest::sample::Index),
+        /// One bracket made the other kind (`[` and `{`, `]` and `}`).
+        Rebracket(proptest::sample::Index),
     }
 
     impl Mutation {
@@ -559,6 +679,16 @@ mod tests {
                 }
                 Mutation::Delete(at) => {
                     b.remove(at.index(b.len()));
+                }
+                Mutation::Rebracket(at) => {
+                    let brackets: Vec<usize> = (0..b.len())
+                        .filter(|&k| matches!(b[k], b'[' | b']' | b'{' | b'}'))
+                        .collect();
+                    if !brackets.is_empty() {
+                        let k = brackets[at.index(brackets.len())];
+                        // `[`/`{` and `]`/`}` differ in one bit.
+                        b[k] ^= b'[' ^ b'{';
+                    }
                 }
             }
         }
@@ -583,6 +713,7 @@ mod tests {
             Just(&b"{"[..]),
             Just(&b"}"[..]),
             Just(&b"["[..]),
+            Just(&b"]"[..]),
             Just(&b","[..]),
             Just(&b":"[..]),
             Just(&b" "[..]),
@@ -598,6 +729,7 @@ mod tests {
             any::<Index>().prop_map(Mutation::Truncate),
             (any::<Index>(), snippet).prop_map(|(i, s)| Mutation::Insert(i, s)),
             any::<Index>().prop_map(Mutation::Delete),
+            any::<Index>().prop_map(Mutation::Rebracket),
         ]
     }
 
@@ -607,6 +739,13 @@ mod tests {
         #[test]
         fn defers_or_agrees_with_serde(line in line()) {
             agrees(&line)?;
+        }
+
+        #[test]
+        fn agent_lines_with_any_fields_take_the_fast_path(fields in nested().prop_map(|v| format!("{{\"x\":{v}}}"))) {
+            let line = agent_line(3, "whole", &format!("\"msg\":\"m\",\"fields\":{fields}"));
+            prop_assert!(wire_record(line.as_bytes()).is_some(), "{}", line);
+            agrees(line.as_bytes())?;
         }
 
         #[test]

@@ -314,3 +314,15 @@ fn pipelined_batches_commit_in_order_once_and_failures_redeliver_from_the_oldest
         assert!(store.alerts().unwrap().iter().any(|a| a.1 == "sink_error"));
     }
 }
+
+/// Only a sink that reads NDJSON has batches encoded ahead; the syslog sink reads records.
+#[test]
+fn batches_are_encoded_ahead_only_once_a_sink_wants_ndjson() {
+    use crate::sink::Encoding;
+    let wanted = super::Wanted::default();
+    assert_eq!(wanted.get(), Encoding::Records);
+    wanted.set(Encoding::Ndjson);
+    assert_eq!(wanted.get(), Encoding::Ndjson);
+    wanted.set(Encoding::Records);
+    assert_eq!(wanted.get(), Encoding::Records);
+}
