@@ -81,6 +81,19 @@ pub async fn request(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<Value, ApiError> {
+    let answer = request_raw(client, what, subject, headers, payload, timeout).await?;
+    parse(what, &answer)
+}
+
+/// Sends `payload` to `subject` and returns the answer's body unread.
+pub async fn request_raw(
+    client: &Client,
+    what: &str,
+    subject: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let mut req = async_nats::Request::new()
         .payload(payload)
         .timeout(Some(timeout));
@@ -100,7 +113,7 @@ pub async fn request(
             }
         }
     })?;
-    parse(what, &reply.payload)
+    Ok(reply.payload)
 }
 
 /// An API answer as JSON, or the JetStream error it carries.

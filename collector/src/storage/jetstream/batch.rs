@@ -119,7 +119,7 @@ impl<'s> JsBatch<'s> {
                 if plan.messages.is_empty() {
                     return Ok(plan.outcome);
                 }
-                match publish_atomic(js, plan.messages).await {
+                match publish_atomic(js, &js.names.stream, plan.messages).await {
                     Ok(()) => return Ok(plan.outcome),
                     // Another collector moved a mark first, or the cluster
                     // did not answer and the batch may or may not be
@@ -308,10 +308,12 @@ pub(super) fn is_conflict(e: &ApiError) -> bool {
 /// Publishes `messages` as one atomic batch (ADR-50): the first as a
 /// request (the server answers when the batch is open), the middle ones
 /// plainly, the last with `Nats-Batch-Commit` as a request whose answer is
-/// the batch's acknowledgement. A fresh batch id per try, so a try whose
-/// answer was lost can never be completed by the next.
+/// the batch's acknowledgement, checked to be `stream`'s for this batch.
+/// A fresh batch id per try, so a try whose answer was lost can never be
+/// completed by the next.
 pub(super) async fn publish_atomic(
     js: &JetStream,
+    stream: &str,
     messages: Vec<Outgoing>,
 ) -> Result<(), ApiError> {
     let id = batch_id();
@@ -329,19 +331,28 @@ pub(super) async fn publish_atomic(
             } else {
                 "opening a batch".to_owned()
             };
-            let reply = api::request(
+            let answer = api::request_raw(
                 &js.client,
                 &what,
                 m.subject,
                 Some(m.headers),
                 m.body,
                 js.timeout,
-            );
-            match reply.await {
-                Ok(_) => {}
-                // The empty answer that opens a batch is not JSON.
-                Err(ApiError::BadAnswer { .. }) if !last => {}
-                Err(e) => return Err(e),
+            )
+            .await?;
+            if last {
+                check_commit_ack(&what, &answer, stream, &id, n)?;
+            } else if !answer.is_empty() {
+                // The server stages an opening message with an empty
+                // answer; anything else is an error, or not the server.
+                api::parse(&what, &answer)?;
+                return Err(ApiError::BadAnswer {
+                    what,
+                    detail: format!(
+                        "expected an empty answer, got {}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                    ),
+                });
             }
         } else {
             js.client
@@ -354,6 +365,45 @@ pub(super) async fn publish_atomic(
         }
     }
     Ok(())
+}
+
+/// The acknowledgement a committed atomic batch gets (the server's
+/// `JSPubAckResponse` with `batch` and `count`, ADR-50).
+#[derive(Deserialize)]
+struct BatchAck {
+    stream: String,
+    seq: u64,
+    batch: String,
+    count: usize,
+}
+
+/// Accepts `answer` only as the acknowledgement of this very batch: a
+/// JetStream error is returned as such, and anything else that is not a
+/// PubAck naming our stream, our batch id and all `count` messages (a
+/// plain PubAck, `{}`, a reply from something that is not the stream) is
+/// refused, since taking it for an acknowledgement would tell the agent
+/// its records are stored when nothing says so.
+pub(super) fn check_commit_ack(
+    what: &str,
+    answer: &[u8],
+    stream: &str,
+    batch: &str,
+    count: usize,
+) -> Result<u64, ApiError> {
+    let value = api::parse(what, answer)?;
+    let bad = |detail: String| ApiError::BadAnswer {
+        what: what.to_owned(),
+        detail,
+    };
+    let ack: BatchAck = serde_json::from_value(value.clone())
+        .map_err(|e| bad(format!("not a batch acknowledgement ({e}): {value}")))?;
+    if ack.stream != stream || ack.batch != batch || ack.count != count || ack.seq == 0 {
+        return Err(bad(format!(
+            "acknowledges stream {:?} batch {:?} of {} messages at seq {}, not stream {stream:?} batch {batch:?} of {count}",
+            ack.stream, ack.batch, ack.count, ack.seq
+        )));
+    }
+    Ok(ack.seq)
 }
 
 fn batch_id() -> String {
