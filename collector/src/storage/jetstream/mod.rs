@@ -42,6 +42,8 @@ mod api;
 mod batch;
 mod export;
 #[cfg(test)]
+mod freeze_tests;
+#[cfg(test)]
 mod tests;
 
 pub use api::ApiError;
