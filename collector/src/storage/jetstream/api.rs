@@ -21,6 +21,10 @@ pub mod code {
     pub const WRONG_LAST_SEQUENCE: u64 = 10071;
     /// `wrong last sequence` as a clustered stream reports some races.
     pub const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
+    /// `atomic publish too many inflight`: the stream has
+    /// `max_inflight_per_stream` atomic batches open (50 by default), or
+    /// the server `max_inflight_total` (1,000).
+    pub const TOO_MANY_OPEN_BATCHES: u64 = 10210;
 }
 
 #[derive(Debug, thiserror::Error)]

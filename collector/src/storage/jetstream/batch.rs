@@ -131,6 +131,13 @@ impl<'s> JsBatch<'s> {
                     Err(e) if is_conflict(&e) => {
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
                     }
+                    // Refused before anything was staged: a limit of the
+                    // moment, which the sender is told to retry after.
+                    Err(e) if e.err_code() == Some(code::TOO_MANY_OPEN_BATCHES) => {
+                        return Err(JetStreamError::TooManyOpenBatches {
+                            stream: js.names.stream.clone(),
+                        })
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
