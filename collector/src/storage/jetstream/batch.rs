@@ -26,6 +26,9 @@ const MAX_TRIES: u32 = 16;
 /// leader election; past that the cluster is down or without quorum, and
 /// the agent (which keeps the batch) is told so.
 const MAX_TIMEOUTS: u32 = 1;
+/// Before re-reading marks that a write still being replicated holds
+/// (error 10164): the milliseconds a commit takes with a quorum.
+const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Headers on every record message, for consumers: the host and stream
 /// (encoded as in the subject, so no id can inject a header line) and the
@@ -113,6 +116,7 @@ impl<'s> JsBatch<'s> {
         let js = self.js;
         js.block(async {
             let mut timeouts = 0;
+            let mut unanswered = None;
             for _ in 0..MAX_TRIES {
                 let marks = self.read_marks().await?;
                 let plan = self.plan(&marks)?;
@@ -127,9 +131,16 @@ impl<'s> JsBatch<'s> {
                     Err(e @ ApiError::Timeout { .. }) if timeouts < MAX_TIMEOUTS => {
                         timeouts += 1;
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
+                        unanswered = Some(e);
                     }
                     Err(e) if is_conflict(&e) => {
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
+                        // A write to one of these marks is still being
+                        // replicated: re-read at once, the marks would be
+                        // the same.
+                        if e.err_code() == Some(code::WRONG_LAST_SEQUENCE_CLUSTERED) {
+                            tokio::time::sleep(IN_FLIGHT_PAUSE).await;
+                        }
                     }
                     // Refused before anything was staged: a limit of the
                     // moment, which the sender is told to retry after.
@@ -140,6 +151,12 @@ impl<'s> JsBatch<'s> {
                     }
                     Err(e) => return Err(e.into()),
                 }
+            }
+            // Our own commit went unanswered and the tries since kept
+            // finding a write in flight: most likely that very commit,
+            // waiting for a quorum. Say so rather than blame a race.
+            if let Some(e) = unanswered {
+                return Err(e.into());
             }
             Err(JetStreamError::Contended {
                 host: self.host.clone(),

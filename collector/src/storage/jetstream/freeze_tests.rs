@@ -11,7 +11,8 @@ use bytes::Bytes;
 
 use super::api;
 use super::tests::{messages, nats_server, store, stored_offsets, want, Cluster, Node};
-use super::JetStream;
+use super::{ApiError, JetStream, JetStreamError};
+use crate::storage::StoreError;
 
 impl Node {
     /// SIGSTOP, returning once the node is frozen (its sockets stay open).
@@ -60,16 +61,34 @@ fn all_threads_stopped(pid: u32) -> bool {
 #[test]
 fn without_quorum_nothing_is_acknowledged_and_everything_arrives_after() {
     let c = Cluster::start(nats_server(), 3, "");
-    c.connect(&[0], 3);
-    let js = JetStream::connect(&c.config_waiting(&[0], 3, 2), 3).unwrap();
+    // The collector talks to the stream's leader, which stays up and
+    // takes the commit: the refusal must say the cluster did not answer,
+    // not that another collector won a race.
+    let probe = c.connect(&[0], 3);
+    let at = c
+        .nodes
+        .iter()
+        .position(|n| n.name == leader(&probe))
+        .unwrap();
+    let js = JetStream::connect(&c.config_waiting(&[at], 3, 2), 3).unwrap();
     store(&js, &[("s", 0, 5)]).unwrap();
-    c.nodes[1].freeze();
-    c.nodes[2].freeze();
+    let others: Vec<usize> = (0..3).filter(|&i| i != at).collect();
+    for &i in &others {
+        c.nodes[i].freeze();
+    }
     let refused = store(&js, &[("s", 5, 10)]);
-    assert!(refused.is_err(), "acknowledged without quorum: {refused:?}");
-    eprintln!("without quorum: {}", refused.unwrap_err());
-    c.nodes[1].thaw();
-    c.nodes[2].thaw();
+    let err = refused.expect_err("acknowledged without quorum");
+    eprintln!("without quorum: {err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::JetStream(JetStreamError::Api(ApiError::Timeout { .. }))
+        ),
+        "{err}"
+    );
+    for &i in &others {
+        c.nodes[i].thaw();
+    }
     // The agent re-sends what was not acknowledged, and more.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
