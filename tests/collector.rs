@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 /// Collectors sharing a JetStream cluster (`tests/collector/cluster.rs`).
 #[path = "collector/cluster.rs"]
 mod cluster;
+/// The cluster misbehaving (`tests/collector/cluster_faults.rs`).
+#[path = "collector/cluster_faults.rs"]
+mod cluster_faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_log-sensor-collector");
 const USER: &str = "alice";

@@ -18,6 +18,7 @@ use super::Collector;
 use crate::db::CertState;
 use crate::ingest::{read_batch_with, BodyCut, IngestError};
 use crate::metrics::Metrics;
+use crate::storage::jetstream::JetStreamError;
 use crate::storage::{StoreError, StoreOutcome};
 use crate::tls::PeerIdentity;
 
@@ -153,6 +154,11 @@ enum IngestFailure {
     Store(#[from] StoreError),
 }
 
+/// `Retry-After` when the cluster has no room for another open batch: a
+/// batch stays open for the milliseconds of its publish, so room comes
+/// back quickly.
+const OPEN_BATCHES_RETRY_SECS: u64 = 1;
+
 pub(super) async fn ingest(
     collector: &Arc<Collector>,
     id: &PeerIdentity,
@@ -254,6 +260,16 @@ pub(super) async fn ingest(
                             limit: Some(limit),
                         },
                     )
+                }
+                IngestFailure::Store(
+                    e @ StoreError::JetStream(JetStreamError::TooManyOpenBatches { .. }),
+                ) => {
+                    tracing::info!(host = %id.host, error = %e, "batch refused for now");
+                    let mut reply = error(503, "too_many_open_batches", e);
+                    reply
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, OPEN_BATCHES_RETRY_SECS.into());
+                    reply
                 }
                 IngestFailure::Ingest(e) => {
                     let code = match e.status() {

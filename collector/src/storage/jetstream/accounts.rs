@@ -259,7 +259,7 @@ impl JetStream {
                         body: Bytes::from(json(&audit)),
                     },
                 ];
-                match publish_atomic(self, messages).await {
+                match publish_atomic(self, &self.names.accounts, messages).await {
                     Ok(()) => return Ok(None),
                     Err(e) if is_conflict(&e) => continue,
                     Err(e) => return Err(e.into()),
@@ -341,7 +341,7 @@ impl JetStream {
                     json(&serde_json::json!({ "at": now })),
                 ),
             ];
-            match publish_atomic(self, messages).await {
+            match publish_atomic(self, &self.names.accounts, messages).await {
                 Ok(()) => return Ok(cert.into()),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(e.into()),

@@ -21,6 +21,10 @@ pub mod code {
     pub const WRONG_LAST_SEQUENCE: u64 = 10071;
     /// `wrong last sequence` as a clustered stream reports some races.
     pub const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
+    /// `atomic publish too many inflight`: the stream has
+    /// `max_inflight_per_stream` atomic batches open (50 by default), or
+    /// the server `max_inflight_total` (1,000).
+    pub const TOO_MANY_OPEN_BATCHES: u64 = 10210;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,19 @@ pub async fn request(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<Value, ApiError> {
+    let answer = request_raw(client, what, subject, headers, payload, timeout).await?;
+    parse(what, &answer)
+}
+
+/// Sends `payload` to `subject` and returns the answer's body unread.
+pub async fn request_raw(
+    client: &Client,
+    what: &str,
+    subject: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let mut req = async_nats::Request::new()
         .payload(payload)
         .timeout(Some(timeout));
@@ -100,7 +117,7 @@ pub async fn request(
             }
         }
     })?;
-    parse(what, &reply.payload)
+    Ok(reply.payload)
 }
 
 /// An API answer as JSON, or the JetStream error it carries.

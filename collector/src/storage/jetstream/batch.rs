@@ -26,6 +26,9 @@ const MAX_TRIES: u32 = 16;
 /// leader election; past that the cluster is down or without quorum, and
 /// the agent (which keeps the batch) is told so.
 const MAX_TIMEOUTS: u32 = 1;
+/// Before re-reading marks that a write still being replicated holds
+/// (error 10164): the milliseconds a commit takes with a quorum.
+const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Headers on every record message, for consumers: the host and stream
 /// (encoded as in the subject, so no id can inject a header line) and the
@@ -113,13 +116,14 @@ impl<'s> JsBatch<'s> {
         let js = self.js;
         js.block(async {
             let mut timeouts = 0;
+            let mut unanswered = None;
             for _ in 0..MAX_TRIES {
                 let marks = self.read_marks().await?;
                 let plan = self.plan(&marks)?;
                 if plan.messages.is_empty() {
                     return Ok(plan.outcome);
                 }
-                match publish_atomic(js, plan.messages).await {
+                match publish_atomic(js, &js.names.stream, plan.messages).await {
                     Ok(()) => return Ok(plan.outcome),
                     // Another collector moved a mark first, or the cluster
                     // did not answer and the batch may or may not be
@@ -127,12 +131,32 @@ impl<'s> JsBatch<'s> {
                     Err(e @ ApiError::Timeout { .. }) if timeouts < MAX_TIMEOUTS => {
                         timeouts += 1;
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
+                        unanswered = Some(e);
                     }
                     Err(e) if is_conflict(&e) => {
                         tracing::debug!(host = %self.host, error = %e, "batch retried after re-reading marks");
+                        // A write to one of these marks is still being
+                        // replicated: re-read at once, the marks would be
+                        // the same.
+                        if e.err_code() == Some(code::WRONG_LAST_SEQUENCE_CLUSTERED) {
+                            tokio::time::sleep(IN_FLIGHT_PAUSE).await;
+                        }
+                    }
+                    // Refused before anything was staged: a limit of the
+                    // moment, which the sender is told to retry after.
+                    Err(e) if e.err_code() == Some(code::TOO_MANY_OPEN_BATCHES) => {
+                        return Err(JetStreamError::TooManyOpenBatches {
+                            stream: js.names.stream.clone(),
+                        })
                     }
                     Err(e) => return Err(e.into()),
                 }
+            }
+            // Our own commit went unanswered and the tries since kept
+            // finding a write in flight: most likely that very commit,
+            // waiting for a quorum. Say so rather than blame a race.
+            if let Some(e) = unanswered {
+                return Err(e.into());
             }
             Err(JetStreamError::Contended {
                 host: self.host.clone(),
@@ -308,10 +332,12 @@ pub(super) fn is_conflict(e: &ApiError) -> bool {
 /// Publishes `messages` as one atomic batch (ADR-50): the first as a
 /// request (the server answers when the batch is open), the middle ones
 /// plainly, the last with `Nats-Batch-Commit` as a request whose answer is
-/// the batch's acknowledgement. A fresh batch id per try, so a try whose
-/// answer was lost can never be completed by the next.
+/// the batch's acknowledgement, checked to be `stream`'s for this batch.
+/// A fresh batch id per try, so a try whose answer was lost can never be
+/// completed by the next.
 pub(super) async fn publish_atomic(
     js: &JetStream,
+    stream: &str,
     messages: Vec<Outgoing>,
 ) -> Result<(), ApiError> {
     let id = batch_id();
@@ -329,19 +355,28 @@ pub(super) async fn publish_atomic(
             } else {
                 "opening a batch".to_owned()
             };
-            let reply = api::request(
+            let answer = api::request_raw(
                 &js.client,
                 &what,
                 m.subject,
                 Some(m.headers),
                 m.body,
                 js.timeout,
-            );
-            match reply.await {
-                Ok(_) => {}
-                // The empty answer that opens a batch is not JSON.
-                Err(ApiError::BadAnswer { .. }) if !last => {}
-                Err(e) => return Err(e),
+            )
+            .await?;
+            if last {
+                check_commit_ack(&what, &answer, stream, &id, n)?;
+            } else if !answer.is_empty() {
+                // The server stages an opening message with an empty
+                // answer; anything else is an error, or not the server.
+                api::parse(&what, &answer)?;
+                return Err(ApiError::BadAnswer {
+                    what,
+                    detail: format!(
+                        "expected an empty answer, got {}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                    ),
+                });
             }
         } else {
             js.client
@@ -354,6 +389,45 @@ pub(super) async fn publish_atomic(
         }
     }
     Ok(())
+}
+
+/// The acknowledgement a committed atomic batch gets (the server's
+/// `JSPubAckResponse` with `batch` and `count`, ADR-50).
+#[derive(Deserialize)]
+struct BatchAck {
+    stream: String,
+    seq: u64,
+    batch: String,
+    count: usize,
+}
+
+/// Accepts `answer` only as the acknowledgement of this very batch: a
+/// JetStream error is returned as such, and anything else that is not a
+/// PubAck naming our stream, our batch id and all `count` messages (a
+/// plain PubAck, `{}`, a reply from something that is not the stream) is
+/// refused, since taking it for an acknowledgement would tell the agent
+/// its records are stored when nothing says so.
+pub(super) fn check_commit_ack(
+    what: &str,
+    answer: &[u8],
+    stream: &str,
+    batch: &str,
+    count: usize,
+) -> Result<u64, ApiError> {
+    let value = api::parse(what, answer)?;
+    let bad = |detail: String| ApiError::BadAnswer {
+        what: what.to_owned(),
+        detail,
+    };
+    let ack: BatchAck = serde_json::from_value(value.clone())
+        .map_err(|e| bad(format!("not a batch acknowledgement ({e}): {value}")))?;
+    if ack.stream != stream || ack.batch != batch || ack.count != count || ack.seq == 0 {
+        return Err(bad(format!(
+            "acknowledges stream {:?} batch {:?} of {} messages at seq {}, not stream {stream:?} batch {batch:?} of {count}",
+            ack.stream, ack.batch, ack.count, ack.seq
+        )));
+    }
+    Ok(ack.seq)
 }
 
 fn batch_id() -> String {

@@ -42,6 +42,8 @@ mod api;
 mod batch;
 mod export;
 #[cfg(test)]
+mod freeze_tests;
+#[cfg(test)]
 mod tests;
 
 pub use api::ApiError;
@@ -94,6 +96,8 @@ pub enum JetStreamError {
     },
     #[error("the batch needs {needed} NATS messages, more than the {limit} of one atomic batch; nothing of it is stored: send smaller batches")]
     BatchTooLarge { needed: usize, limit: usize },
+    #[error("NATS stream {stream}: as many atomic batches are open as the server allows (jetstream.limits.batch.max_inflight_per_stream, 50 by default, or max_inflight_total, 1000); nothing of this batch is stored: send it again shortly")]
+    TooManyOpenBatches { stream: String },
     #[error("{host:?}: the write lost the race for its records {tries} times in a row; nothing of it is stored, try again")]
     Contended { host: String, tries: u32 },
     #[error("user {name:?} already exists; `user del` it first")]
