@@ -31,6 +31,9 @@ fn free_port() -> u16 {
 struct Nats {
     _dir: tempfile::TempDir,
     ports: Vec<u16>,
+    /// Each node's monitoring port (`/jsz` says which node leads a stream).
+    http: Vec<u16>,
+    confs: Vec<PathBuf>,
     nodes: Vec<Child>,
 }
 
@@ -38,11 +41,12 @@ impl Nats {
     fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, c)| format!("\"nats://127.0.0.1:{c}\""))
             .collect();
-        let nodes = ports
+        let confs: Vec<PathBuf> = ports
             .iter()
             .enumerate()
             .map(|(i, (port, cport))| {
@@ -50,28 +54,74 @@ impl Nats {
                 std::fs::write(
                     &conf,
                     format!(
-                        "server_name: n{i}\nlisten: \"127.0.0.1:{port}\"\n\
+                        "server_name: n{i}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{}\"\n\
                          jetstream {{ store_dir: \"{}\" }}\n\
                          cluster {{ name: c, listen: \"127.0.0.1:{cport}\", routes: [{}] }}\n",
+                        http[i],
                         dir.path().join(format!("n{i}")).display(),
                         routes.join(", ")
                     ),
                 )
                 .unwrap();
-                Command::new(nats_server())
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                conf
             })
             .collect();
+        let nodes = confs.iter().map(|c| Nats::spawn(c)).collect();
         Nats {
             _dir: dir,
             ports: ports.iter().map(|(p, _)| *p).collect(),
+            http,
+            confs,
             nodes,
         }
+    }
+
+    fn spawn(conf: &Path) -> Child {
+        Command::new(nats_server())
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+
+    /// Node `i` started again on its own store (after [`Nats::kill9`]).
+    fn restart(&mut self, i: usize) {
+        self.nodes[i] = Nats::spawn(&self.confs[i]);
+    }
+
+    /// Node `i`'s `/jsz` with stream details, None while it does not answer.
+    fn jsz(&self, i: usize) -> Option<Value> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.http[i])).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(b"GET /jsz?streams=true HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    }
+
+    /// The node leading `stream` with every replica current, as node `asked` sees it.
+    fn settled_leader(&self, asked: usize, stream: &str) -> Option<usize> {
+        let jsz = self.jsz(asked)?;
+        let detail = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)?;
+        let cluster = &detail["cluster"];
+        let replicas = cluster["replicas"].as_array()?;
+        if replicas.len() != 2 || !replicas.iter().all(|r| r["current"] == true) {
+            return None;
+        }
+        let leader = cluster["leader"].as_str()?;
+        leader.strip_prefix('n')?.parse().ok()
     }
 
     /// The `[storage]` section naming node `i` only (the client learns

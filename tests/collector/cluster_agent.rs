@@ -285,3 +285,59 @@ fn the_agent_rides_out_a_stalled_cluster_without_an_alert() {
     eprintln!("the sink during the stall: {}", agent.sink());
     agent.assert_exported_once_in_order(&a, &want);
 }
+
+/// Waits until node `asked` reports the records stream led by one node with both other
+/// replicas current, and returns the leader.
+fn settled_leader(nats: &Nats, asked: usize, agent: &Agent) -> usize {
+    let mut leader = None;
+    wait_until(
+        "the records stream to have a leader and two current replicas",
+        || {
+            leader = nats.settled_leader(asked, "t_records");
+            leader.is_some()
+        },
+        &|| agent.log(),
+    );
+    leader.unwrap()
+}
+
+/// The real agent shipping through two collectors while the records stream's leader is
+/// killed -9, restarted, and then a follower is killed -9: each kill mid-stream (lines
+/// written before it still unacknowledged), each followed by progress on the two nodes
+/// left. The agent commits only what the cluster acknowledged, re-sends the rest (perhaps
+/// cut at other boundaries, perhaps to the other collector), and the cluster holds every
+/// line once, in offset order.
+#[test]
+fn the_agent_ships_through_a_leader_and_then_a_follower_killed_9_and_every_line_is_stored_once() {
+    let mut nats = Nats::start();
+    let mut a = Collector::on_cluster(&nats, 0);
+    let mut b = a.joining(&nats, 1);
+    a.start();
+    b.start();
+    let mut agent = Agent::new("web.02", &[url(&b), url(&a)]);
+    agent.enroll_on(&a);
+    let mut want = agent.write("before", 20_000);
+    agent.start();
+    wait_until("a first commit", || agent.committed() > 0, &|| agent.log());
+    let leader = settled_leader(&nats, 2, &agent);
+    eprintln!("killing the stream leader n{leader}");
+    nats.kill9(leader);
+    let at_kill = agent.committed();
+    want.extend(agent.write("leaderless", 10_000));
+    wait_until(
+        "commits after the leader was killed",
+        || agent.committed() > at_kill,
+        &|| agent.log(),
+    );
+    nats.restart(leader);
+    let asked = (leader + 1) % 3;
+    let leader = settled_leader(&nats, asked, &agent);
+    let follower = (leader + 1) % 3;
+    eprintln!("killing the follower n{follower} (leader n{leader})");
+    want.extend(agent.write("follower", 10_000));
+    nats.kill9(follower);
+    agent.wait_all_committed();
+    nats.restart(follower);
+    let reader = if follower == 0 { &b } else { &a };
+    agent.assert_exported_once_in_order(reader, &want);
+}
