@@ -30,7 +30,7 @@
 
 use super::LuaOptions;
 use mlua::{Function, HookTriggers, Lua, MultiValue, StdLib, Table, Value, VmState};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,18 +96,28 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// The per-call budget the hook checks.
+/// The per-call budget the hook checks. A call may run several records of a run (the Lua
+/// transform's driver calls the script once per record): each gets a budget of its own, the
+/// driver saying which one is running in `[1]` of [`Sandbox::record_index`]. The clock is read
+/// only when the hook fires, never per record or per call: a record that ends within
+/// [`HOOK_EVERY`] instructions costs no clock read at all.
 struct Meter {
-    /// Hook firings in this call: instructions / HOOK_EVERY.
+    /// Hook firings for the current record: instructions / HOOK_EVERY.
     ticks: AtomicU64,
     max_ticks: u64,
-    /// Nanoseconds after `epoch` at which this call's time is up.
+    /// Nanoseconds after `epoch` at which the current record's time is up.
     deadline: AtomicU64,
     epoch: Instant,
+    time_limit: Duration,
+    /// The record the hook last saw running; [`NO_RECORD`] after [`Meter::start`], so the first
+    /// firing of every call starts a fresh budget.
+    record: AtomicI64,
     /// 0 while the call runs within its limits, else the Limit as 1 + index; stays set until
     /// the next call so that every hook after a trip raises again.
     tripped: AtomicU8,
 }
+
+const NO_RECORD: i64 = i64::MIN;
 
 impl Meter {
     fn tripped(&self) -> Option<Limit> {
@@ -118,22 +128,28 @@ impl Meter {
         }
     }
 
-    fn start(&self, time: Duration) {
-        let now = self.epoch.elapsed();
-        self.ticks.store(0, Ordering::Relaxed);
-        self.deadline
-            .store((now + time).as_nanos() as u64, Ordering::Relaxed);
+    fn start(&self) {
+        self.record.store(NO_RECORD, Ordering::Relaxed);
         self.tripped.store(0, Ordering::Relaxed);
     }
 
-    fn check(&self) -> Result<(), Limit> {
+    /// One hook firing while record `record` runs. A record's budget starts at the first
+    /// firing inside it, at most HOOK_EVERY instructions late: the same slack the count has.
+    fn check(&self, record: i64) -> Result<(), Limit> {
         if let Some(l) = self.tripped() {
             return Err(l);
+        }
+        let now = self.epoch.elapsed();
+        if self.record.swap(record, Ordering::Relaxed) != record {
+            self.ticks.store(1, Ordering::Relaxed);
+            let deadline = (now + self.time_limit).as_nanos() as u64;
+            self.deadline.store(deadline, Ordering::Relaxed);
+            return Ok(());
         }
         let ticks = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
         let trip = if ticks > self.max_ticks {
             Limit::Instructions
-        } else if self.epoch.elapsed().as_nanos() as u64 > self.deadline.load(Ordering::Relaxed) {
+        } else if now.as_nanos() as u64 > self.deadline.load(Ordering::Relaxed) {
             Limit::Time
         } else {
             return Ok(());
@@ -148,7 +164,8 @@ impl Meter {
 pub struct Sandbox {
     lua: Lua,
     meter: Arc<Meter>,
-    time_limit: Duration,
+    /// `[1]`: which record of a run the current call is on (0: none yet); see [`Meter`].
+    record_index: Table,
 }
 
 impl Sandbox {
@@ -167,15 +184,21 @@ impl Sandbox {
             max_ticks: opts.instruction_limit.div_ceil(HOOK_EVERY as u64).max(1),
             deadline: AtomicU64::new(0),
             epoch: Instant::now(),
+            time_limit: opts.time_limit,
+            record: AtomicI64::new(NO_RECORD),
             tripped: AtomicU8::new(0),
         });
         harden(&lua, &meter, opts.time_limit).map_err(state_err)?;
         lua.set_memory_limit(opts.memory_limit).map_err(state_err)?;
         let m = meter.clone();
+        // Out of the script's reach (no debug library): a script that could write it could
+        // restart its own budget.
+        let record_index = lua.create_table().map_err(state_err)?;
+        let index = record_index.clone();
         // Global, so that the hook holds in every Lua thread, not just the main one.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| match m.check() {
+            move |_, _| match m.check(index.raw_get::<Option<i64>>(1)?.unwrap_or(0)) {
                 Ok(()) => Ok(VmState::Continue),
                 Err(l) => Err(mlua::Error::RuntimeError(format!("broke its {l}"))),
             },
@@ -184,7 +207,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             lua,
             meter,
-            time_limit: opts.time_limit,
+            record_index,
         };
         // "@" makes Lua name the chunk by the path itself: `/etc/…/redact.lua:3: …`.
         let chunk = sandbox
@@ -230,13 +253,33 @@ impl Sandbox {
         &self.lua
     }
 
-    /// Calls `f` under a fresh budget: `instruction_limit`, `time_limit` and the memory limit.
+    /// The table whose `[1]` a call that runs several records sets to the record it is on
+    /// (1, 2, …), so that each gets its own budget. Only trusted code may be given it.
+    pub fn record_index(&self) -> &Table {
+        &self.record_index
+    }
+
+    /// The record (`[1]` of [`Sandbox::record_index`]) the last call was on when it ended: 0
+    /// if it ended before its first.
+    pub fn current_record(&self) -> i64 {
+        self.record_index
+            .raw_get::<Option<i64>>(1)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Calls `f` under a fresh budget: `instruction_limit`, `time_limit` and the memory limit,
+    /// for the whole call or for each record it says it runs ([`Sandbox::record_index`]).
     pub fn call<R: mlua::FromLuaMulti>(
         &self,
         f: &Function,
         args: impl mlua::IntoLuaMulti,
     ) -> Result<R, CallError> {
-        self.meter.start(self.time_limit);
+        self.meter.start();
+        self.record_index
+            .raw_set(1, 0)
+            .map_err(|_| CallError::Limit(Limit::Memory))?;
         let r = f.call::<R>(args);
         // A tripped call failed for its limit, whatever the script made of the error.
         if let Some(l) = self.meter.tripped() {
