@@ -189,6 +189,9 @@ impl Sandbox {
             tripped: AtomicU8::new(0),
         });
         harden(&lua, &meter, opts.time_limit).map_err(state_err)?;
+        // A transform makes a few short-lived tables per record: what generational collection
+        // is for (young objects freed without traversing the script's long-lived globals).
+        lua.gc_gen(0, 0);
         lua.set_memory_limit(opts.memory_limit).map_err(state_err)?;
         let m = meter.clone();
         // Out of the script's reach (no debug library): a script that could write it could

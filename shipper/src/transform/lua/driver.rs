@@ -1,12 +1,12 @@
 //! A run of records handed to the script in one crossing, and what it made of each.
 //!
-//! Crossing from Rust into Lua costs more than a short script: each argument converted,
-//! each value handed back held as a reference. So a run crosses once. Its messages, offsets
-//! and parts go in as one string that a trusted Lua loop (the driver) unpacks record by
-//! record (`string.unpack`, one C call each), calling the script's function for each; only
-//! the records with `fields` get a table built from Rust. The driver writes a code per record
-//! (kept as it came, dropped, message or fields changed) and keeps only what changed, so a
-//! script that returns its record untouched costs no conversion back at all.
+//! Crossing from Rust into Lua costs more than a short script: under a memory limit mlua
+//! pushes every value in a protected call of its own, and holds every value handed back as a
+//! reference. So a run crosses once, as one string: the messages, offsets and parts packed
+//! back to back, which a trusted Lua loop (the driver) unpacks with one `string.unpack` and
+//! then calls the script's function on each record. Only records with `fields` get a table
+//! built from Rust. The driver lists the records that came back dropped or changed, with
+//! what changed, so a script that returns its record untouched costs no conversion back.
 //!
 //! Each record runs under its own budget: the driver tells the sandbox which record it is on
 //! ([`Sandbox::record_index`]). A call that fails stops the run at that record; the caller
@@ -19,35 +19,55 @@ use mlua::{Function, Table, Value};
 
 /// The driver's code: given the script's globals, its function's name and the sandbox's
 /// record index, returns the loop and the tables it shares with Rust. Loaded once per state.
+/// Every instruction here runs under the count hook (Lua 5.4 then traps each one), so the
+/// loop is kept short: upvalues in locals, no C call on the common path but `next`.
 const DRIVER: &str = r#"
 local G, name, index = ...
-local rawget, type, next, error, unpack = rawget, type, next, error, string.unpack
+local rawget, type, next, error, unpack, rep = rawget, type, next, error, string.unpack, string.rep
 local parts = {"whole", "head", "tail"}
-local fields_in, codes, msgs, fields_out = {}, {}, {}, {}
+local fields_in, changed, codes, msgs, fields_out = {}, {}, {}, {}, {}
+local formats = {}
 local function run(blob, n, source, path, stream, host)
+  changed[0] = 0
   local f = rawget(G, name)
   if type(f) ~= "function" then error(name .. " is no longer a function", 0) end
-  local pos, msg, offset, part, has = 1
+  local format = formats[n]
+  if format == nil then
+    format = "<" .. rep("s4", n) .. rep("j", n) .. rep("B", n)
+    formats[n] = format
+  end
+  local all = {unpack(format, blob)}
+  local index, fields_in, changed, codes, msgs, fields_out, parts =
+    index, fields_in, changed, codes, msgs, fields_out, parts
+  local k, n2 = 0, n + n
   for i = 1, n do
     index[1] = i
-    msg, offset, part, has, pos = unpack("<s4jBB", blob, pos)
-    local fields
-    if has == 1 then fields = fields_in[i]; fields_in[i] = nil else fields = {} end
-    local r = f({msg = msg, fields = fields, source = source, path = path, stream = stream,
-                 offset = offset, part = parts[part], host = host})
-    if r == nil then
-      codes[i] = 1
-    elseif type(r) ~= "table" then
-      error(name .. " returned a " .. type(r) .. ", not the record or nil", 0)
-    else
-      local m, fo, c = r.msg, r.fields, 0
-      if m ~= msg then c = 2; msgs[i] = m end
-      if fo ~= fields or has == 1 or next(fields) ~= nil then c = c | 4; fields_out[i] = fo end
-      codes[i] = c
+    local msg, fields, has = all[i], fields_in[i], true
+    if fields == nil then fields, has = {}, false else fields_in[i] = nil end
+    local rec = {msg = msg, fields = fields, source = source, path = path, stream = stream,
+                 offset = all[n + i], part = parts[all[n2 + i]], host = host}
+    local r = f(rec)
+    if r ~= rec then
+      if r == nil then
+        k = k + 1; changed[k] = i; codes[k] = 1; changed[0] = k
+        goto next_record
+      elseif type(r) ~= "table" then
+        error(name .. " returned a " .. type(r) .. ", not the record or nil", 0)
+      end
     end
+    do
+      local m, fo, c = r.msg, r.fields, 0
+      if m ~= msg then c = 2 end
+      if fo ~= fields or has or next(fields) ~= nil then c = c | 4 end
+      if c ~= 0 then
+        k = k + 1; changed[k] = i; codes[k] = c; msgs[k] = m; fields_out[k] = fo
+        changed[0] = k
+      end
+    end
+    ::next_record::
   end
 end
-return run, fields_in, codes, msgs, fields_out
+return run, fields_in, changed, codes, msgs, fields_out
 "#;
 
 /// The codes the driver writes per record.
@@ -70,11 +90,16 @@ pub struct Driver {
     run: Function,
     /// `[i]`: the fields table of the run's record i, for those that have fields.
     fields_in: Table,
+    /// `[0]`: how many records came back dropped or changed; `[j]`: the j-th one's index.
+    changed: Table,
+    /// `[j]`: what came of the j-th changed record (see the codes), its `msg` and `fields`.
     codes: Table,
     msgs: Table,
     fields_out: Table,
-    /// Reused to pack each run.
+    /// Reused to pack each run: messages, then offsets, then parts.
     blob: Vec<u8>,
+    offsets: Vec<u8>,
+    parts: Vec<u8>,
 }
 
 /// How a run ended: `done` records made something; then, unless all did, the next one failed.
@@ -86,17 +111,20 @@ pub struct Ended {
 impl Driver {
     pub fn load(sandbox: &Sandbox, function: &str) -> mlua::Result<Driver> {
         let lua = sandbox.lua();
-        let (run, fields_in, codes, msgs, fields_out) = lua
+        let (run, fields_in, changed, codes, msgs, fields_out) = lua
             .load(DRIVER)
             .set_name("=driver")
             .call((lua.globals(), function, sandbox.record_index().clone()))?;
         Ok(Driver {
             run,
             fields_in,
+            changed,
             codes,
             msgs,
             fields_out,
             blob: Vec::new(),
+            offsets: Vec::new(),
+            parts: Vec::new(),
         })
     }
 
@@ -115,27 +143,26 @@ impl Driver {
         let mut n = run.len();
         let mut failed = None;
         self.blob.clear();
+        self.offsets.clear();
+        self.parts.clear();
         for (i, rec) in run.iter().enumerate() {
-            let has = match &rec.fields {
-                None => 0u8,
-                Some(f) => match json::to_lua(lua, f).and_then(|t| {
+            if let Some(f) = &rec.fields {
+                let set = json::to_lua(lua, f).and_then(|t| {
                     self.fields_in
                         .raw_set(i + 1, t)
                         .map_err(|_| "out of memory".to_string())
-                }) {
-                    Ok(()) => 1,
-                    Err(e) => {
-                        (n, failed) = (i, Some(CallError::Script(e)));
-                        break;
-                    }
-                },
-            };
+                });
+                if let Err(e) = set {
+                    (n, failed) = (i, Some(CallError::Script(e)));
+                    break;
+                }
+            }
             self.blob
                 .extend_from_slice(&(rec.bytes.len() as u32).to_le_bytes());
             self.blob.extend_from_slice(&rec.bytes);
-            self.blob
+            self.offsets
                 .extend_from_slice(&(rec.offset as i64).to_le_bytes());
-            self.blob.extend_from_slice(&[rec.part as u8 + 1, has]);
+            self.parts.push(rec.part as u8 + 1);
         }
         if n == 0 {
             return Ended {
@@ -143,6 +170,8 @@ impl Driver {
                 failed,
             };
         }
+        self.blob.extend_from_slice(&self.offsets);
+        self.blob.extend_from_slice(&self.parts);
         let meta = first.stream;
         let args = (|| {
             Ok::<_, mlua::Error>((
@@ -169,27 +198,45 @@ impl Driver {
                 (on.max(1) as usize).min(n) - 1
             }
         };
-        let made = (1..=done).map(|i| self.made(i)).collect();
-        Ended { done: made, failed }
+        Ended {
+            done: self.made(done),
+            failed,
+        }
     }
 
-    /// What came of record `i` (1-based) of the last run.
-    fn made(&self, i: usize) -> Made {
-        // A code that is not there (the script broke the driver's tables: it cannot reach
-        // them, but the driver keeps no secrets from a broken state) reads as "unchanged".
-        let code: i64 = self
-            .codes
-            .raw_get::<Option<i64>>(i)
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        if code == DROPPED {
-            return Made::Dropped;
+    /// What came of the first `done` records of the last run.
+    fn made(&self, done: usize) -> Vec<Made> {
+        let int = |t: &Table, j: i64| t.raw_get::<Option<i64>>(j).ok().flatten().unwrap_or(0);
+        let mut out = Vec::with_capacity(done);
+        let unchanged = || Made::Kept {
+            msg: None,
+            fields: None,
+        };
+        // What the driver lists is in order; a record it does not list came back as it went.
+        // (Should a script reach and break these tables, which it cannot, a record would
+        // read as unchanged or be refused for what it holds: never more than it gave.)
+        for j in 1..=int(&self.changed, 0) {
+            let i = int(&self.changed, j) as usize;
+            if i <= out.len() || i > done {
+                continue;
+            }
+            while out.len() + 1 < i {
+                out.push(unchanged());
+            }
+            let code = int(&self.codes, j);
+            let get = |t: &Table| t.raw_get::<Value>(j).unwrap_or(Value::Nil);
+            out.push(if code == DROPPED {
+                Made::Dropped
+            } else {
+                Made::Kept {
+                    msg: (code & MSG_CHANGED != 0).then(|| get(&self.msgs)),
+                    fields: (code & FIELDS_CHANGED != 0).then(|| get(&self.fields_out)),
+                }
+            });
         }
-        let get = |t: &Table| t.raw_get::<Value>(i).unwrap_or(Value::Nil);
-        Made::Kept {
-            msg: (code & MSG_CHANGED != 0).then(|| get(&self.msgs)),
-            fields: (code & FIELDS_CHANGED != 0).then(|| get(&self.fields_out)),
+        while out.len() < done {
+            out.push(unchanged());
         }
+        out
     }
 }
