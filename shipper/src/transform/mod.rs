@@ -46,7 +46,8 @@ pub struct Draft<'a> {
     pub part: Part,
     /// The message: what NDJSON carries as `msg` (or `msg_b64`).
     pub bytes: Cow<'a, [u8]>,
-    /// A serialized JSON object (`{…}`), or None; see `batch::Intake::push`.
+    /// A serialized JSON object (`{…}`), or None; see `batch::Intake::push`. The Intake checks
+    /// what an input gives and trusts what a transform makes: write it with a JSON serializer.
     pub fields: Option<Cow<'a, [u8]>>,
 }
 
