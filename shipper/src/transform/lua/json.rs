@@ -60,14 +60,19 @@ pub fn from_lua(t: &Table) -> Result<Vec<u8>, String> {
 
 fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result<(), String> {
     let mut entries: Vec<(String, Value)> = Vec::new();
-    for pair in t.pairs::<Value, Value>() {
-        let (k, v) = pair.map_err(|e| format!("{path}: {e}"))?;
-        let key = match &k {
-            Value::String(s) => s.to_string_lossy(),
-            Value::Integer(i) => i.to_string(),
-            other => return Err(format!("{path} has {} key", a(other.type_name()))),
-        };
-        entries.push((key, v));
+    let mut bad_key = None;
+    // for_each walks the table under one lock; pairs() re-pushes the key at every step.
+    t.for_each::<Value, Value>(|k, v| {
+        match &k {
+            Value::String(s) => entries.push((s.to_string_lossy(), v)),
+            Value::Integer(i) => entries.push((i.to_string(), v)),
+            other => bad_key = bad_key.or(Some(other.type_name())),
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("{path}: {e}"))?;
+    if let Some(kind) = bad_key {
+        return Err(format!("{path} has {} key", a(kind)));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     // `1` and `"1"` are two keys in Lua and one in JSON: the first in order is kept.
@@ -117,7 +122,15 @@ fn json(v: &Value, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result
         }
         Value::Table(t) => {
             let n = t.raw_len();
-            let is_list = n > 0 && t.pairs::<Value, Value>().count() == n;
+            let is_list = n > 0 && {
+                let mut count = 0;
+                t.for_each::<Value, Value>(|_, _| {
+                    count += 1;
+                    Ok(())
+                })
+                .map_err(|e| format!("{path}: {e}"))?;
+                count == n
+            };
             if !is_list {
                 return object(t, out, path, depth);
             }
