@@ -140,10 +140,11 @@ impl LuaTransform {
         let fields = match fields {
             None => Some(rec.fields.take()),
             Some(Value::Nil) => Some(None),
-            Some(Value::Table(t)) if t.is_empty() && rec.fields.is_none() => Some(None),
-            Some(Value::Table(t)) => Some(Some(Cow::Owned(
-                json::from_lua(&t).map_err(CallError::Script)?,
-            ))),
+            Some(Value::Table(t)) => {
+                let json = json::from_lua(&t).map_err(CallError::Script)?;
+                // An empty table where there were no fields adds none.
+                Some((json != b"{}" || rec.fields.is_some()).then_some(Cow::Owned(json)))
+            }
             Some(other) => {
                 let m = format!(
                     "the record's fields is {}, not a table",

@@ -189,9 +189,11 @@ impl Sandbox {
             tripped: AtomicU8::new(0),
         });
         harden(&lua, &meter, opts.time_limit).map_err(state_err)?;
-        // A transform makes a few short-lived tables per record: what generational collection
-        // is for (young objects freed without traversing the script's long-lived globals).
-        lua.gc_gen(0, 0);
+        // A transform makes a few short-lived tables per record. Measured on the Lua bench
+        // (drop a tenth, add a field): incremental collection waiting for the heap to grow
+        // fourfold costs ~5% less CPU than generational or the default pause of 200. The
+        // memory limit still holds: a refused allocation makes Lua collect in full first.
+        lua.gc_inc(400, 200, 0);
         lua.set_memory_limit(opts.memory_limit).map_err(state_err)?;
         let m = meter.clone();
         // Out of the script's reach (no debug library): a script that could write it could
