@@ -11,8 +11,12 @@ Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s, peak RSS;
 median of each case and the Lua cases' throughput beside the untransformed one.
 
 Usage: cargo build --release -p log-sensor && python3 bench/lua_bench.py
-       [--size-mib 1024] [--rounds 2] [--cases none,noop,drop10,match]
-       [--workdir /dev/shm/log-sensor-lua-bench] [--keep]
+       [--bin BIN [--bin OTHER ...]] [--size-mib 1024] [--rounds 2]
+       [--cases none,noop,drop10,match] [--workdir /dev/shm/log-sensor-lua-bench] [--keep]
+
+With several --bin (e.g. a base build and yours), every round runs each case with each build
+in turn (base none, yours none, base noop, yours noop, ...), so load on a shared machine hits
+them alike; medians and ranges are then given per build.
 
 Fluent Bit's filter_lua is not run beside it: Fluent Bit is not in Debian's archive (`apt-cache
 policy fluent-bit` finds nothing), the project's own package repository is not reachable from
@@ -51,7 +55,7 @@ CASES = {
 }
 
 
-def run(args, case, log, real, n):
+def run(args, bin_, case, log, real, n):
     wd = os.path.join(args.workdir, case)
     shutil.rmtree(os.path.join(wd, "state"), ignore_errors=True)
     os.makedirs(os.path.join(wd, "logs"), exist_ok=True)
@@ -67,7 +71,7 @@ def run(args, case, log, real, n):
         extra = '[transforms.t]\ntype = "lua"\npath = "t.lua"\n'
     out = os.path.join(wd, "state", "out.ndjson")
     t0 = time.monotonic()
-    p = ab.start_agent(args.bin, wd, source, extra=extra, out=out, sync=False)
+    p = ab.start_agent(bin_, wd, source, extra=extra, out=out, sync=False)
     while ab.committed(wd)[0] < real:
         if p.poll() is not None:
             sys.exit(f"agent exited early: see {wd}/agent.err")
@@ -80,9 +84,9 @@ def run(args, case, log, real, n):
         for block in iter(lambda: f.read(1 << 24), b""):
             out_lines += block.count(b"\n")
     os.remove(out)
-    r = {"case": case, "secs": elapsed, "rps": n / elapsed, "mibs": real / 2**20 / elapsed,
-         "cpu": cpu, "rss": rss, "out": out_lines}
-    print(f"  {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
+    r = {"bin": bin_, "case": case, "secs": elapsed, "rps": n / elapsed,
+         "mibs": real / 2**20 / elapsed, "cpu": cpu, "rss": rss, "out": out_lines}
+    print(f"  {label(args, bin_):>6s} {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
           f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s)  peak RSS {rss:6.1f} MiB  "
           f"{out_lines} records out", flush=True)
     return r
@@ -94,37 +98,50 @@ def main():
     a.add_argument("--rounds", type=int, default=2)
     a.add_argument("--workdir", default="/dev/shm/log-sensor-lua-bench")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ab.ROOT, "target"))
-    a.add_argument("--bin", default=os.path.join(target, "release", "log-sensor"))
+    a.add_argument("--bin", action="append",
+                   help="agent binary; repeat to interleave builds (default: this tree's release build)")
     a.add_argument("--keep", action="store_true")
     a.add_argument("--cases", default="none,noop,drop10", help="comma-separated, run in this order")
     args = a.parse_args()
+    args.bin = args.bin or [os.path.join(target, "release", "log-sensor")]
     os.makedirs(args.workdir, exist_ok=True)
     log = os.path.join(args.workdir, "input.log")
     print(f"generating {args.size_mib} MiB of ~200-byte lines ...", flush=True)
     n = ab.generate(log, args.size_mib << 20)
     real = os.path.getsize(log)
-    print(f"{n} lines, {real / 2**20:.0f} MiB; agent {args.bin}", flush=True)
+    print(f"{n} lines, {real / 2**20:.0f} MiB", flush=True)
+    for b in args.bin:
+        print(f"  {label(args, b)} = {b}", flush=True)
     results = []
     try:
         for i in range(args.rounds):
             print(f"round {i + 1}", flush=True)
             for case in args.cases.split(","):
-                results.append(run(args, case, log, real, n))
+                for b in args.bin:
+                    results.append(run(args, b, case, log, real, n))
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    print("median of each case:")
-    med = {}
+    print("median [min-max] of each case:")
     cases = args.cases.split(",")
-    for case in cases:
-        rs = [r for r in results if r["case"] == case]
-        med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
-        m = med[case]
-        print(f"  {case:7s} {m['mibs']:6.1f} MiB/s  {m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  "
-              f"{n / m['cpu']:>11,.0f} rec per CPU-s  peak RSS {m['rss']:6.1f} MiB")
-    for case in [c for c in cases if c != "none" and "none" in med]:
-        cost = 1 - med[case]["mibs"] / med["none"]["mibs"]
-        print(f"  {case} costs {cost * 100:.0f}% of the untransformed throughput")
+    for b in args.bin:
+        med = {}
+        for case in cases:
+            rs = [r for r in results if r["case"] == case and r["bin"] == b]
+            med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
+            m = med[case]
+            lo, hi = min(r["mibs"] for r in rs), max(r["mibs"] for r in rs)
+            print(f"  {label(args, b):>6s} {case:7s} {m['mibs']:6.1f} MiB/s [{lo:.1f}-{hi:.1f}]  "
+                  f"{m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  {n / m['cpu']:>11,.0f} rec per CPU-s  "
+                  f"peak RSS {m['rss']:6.1f} MiB")
+        for case in [c for c in cases if c != "none" and "none" in med]:
+            cost = 1 - med[case]["mibs"] / med["none"]["mibs"]
+            print(f"  {label(args, b):>6s} {case} costs {cost * 100:.0f}% of the untransformed throughput")
+
+
+def label(args, bin_):
+    """A short name for a build in the output: bin1, bin2, ... in the order given."""
+    return f"bin{args.bin.index(bin_) + 1}" if len(args.bin) > 1 else "agent"
 
 
 if __name__ == "__main__":

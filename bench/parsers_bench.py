@@ -11,7 +11,11 @@ Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s, peak RSS;
 and each parser's throughput beside its baseline.
 
 Usage: cargo build --release -p log-sensor && python3 bench/parsers_bench.py
-       [--size-mib 1024] [--rounds 2] [--workdir /dev/shm/log-sensor-parsers-bench] [--keep]
+       [--bin BIN [--bin OTHER ...]] [--size-mib 1024] [--rounds 2]
+       [--workdir /dev/shm/log-sensor-parsers-bench] [--keep]
+
+With several --bin (e.g. a base build and yours), every round runs each case with each build
+in turn, so load on a shared machine hits them alike; medians and ranges are given per build.
 
 Figures are printed, never asserted: this machine is shared and noisy. The work folder is
 removed at the end unless --keep.
@@ -57,7 +61,7 @@ CASES = {
 }
 
 
-def run(args, case, logs):
+def run(args, bin_, case, logs):
     kind, extra = CASES[case]
     log, real, n = logs[kind]
     wd = os.path.join(args.workdir, case)
@@ -71,7 +75,7 @@ def run(args, case, logs):
         source += 'transforms = ["t"]\n'
     out = os.path.join(wd, "state", "out.ndjson")
     t0 = time.monotonic()
-    p = ab.start_agent(args.bin, wd, source, extra=extra or "", out=out, sync=False)
+    p = ab.start_agent(bin_, wd, source, extra=extra or "", out=out, sync=False)
     while ab.committed(wd)[0] < real:
         if p.poll() is not None:
             sys.exit(f"agent exited early: see {wd}/agent.err")
@@ -84,9 +88,9 @@ def run(args, case, logs):
     os.remove(out)
     if extra and b'"fields"' not in first:
         sys.exit(f"{case}: the first record has no fields: {first[:300]!r}")
-    r = {"case": case, "secs": elapsed, "rps": n / elapsed, "mibs": real / 2**20 / elapsed,
-         "cpu": cpu, "rss": rss}
-    print(f"  {case:12s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
+    r = {"bin": bin_, "case": case, "secs": elapsed, "rps": n / elapsed,
+         "mibs": real / 2**20 / elapsed, "cpu": cpu, "rss": rss}
+    print(f"  {label(args, bin_):>6s} {case:12s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
           f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s)  peak RSS {rss:6.1f} MiB", flush=True)
     return r
 
@@ -97,9 +101,11 @@ def main():
     a.add_argument("--rounds", type=int, default=2)
     a.add_argument("--workdir", default="/dev/shm/log-sensor-parsers-bench")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ab.ROOT, "target"))
-    a.add_argument("--bin", default=os.path.join(target, "release", "log-sensor"))
+    a.add_argument("--bin", action="append",
+                   help="agent binary; repeat to interleave builds (default: this tree's release build)")
     a.add_argument("--keep", action="store_true")
     args = a.parse_args()
+    args.bin = args.bin or [os.path.join(target, "release", "log-sensor")]
     os.makedirs(args.workdir, exist_ok=True)
     logs = {}
     results = []
@@ -109,25 +115,34 @@ def main():
             n = generate(path, args.size_mib << 20, line)
             logs[kind] = (path, os.path.getsize(path), n)
             print(f"{kind}: {n} lines, {logs[kind][1] / 2**20:.0f} MiB", flush=True)
-        print(f"agent {args.bin}", flush=True)
+        for b in args.bin:
+            print(f"  {label(args, b)} = {b}", flush=True)
         for i in range(args.rounds):
             print(f"round {i + 1}", flush=True)
             for case in CASES:
-                results.append(run(args, case, logs))
+                for b in args.bin:
+                    results.append(run(args, b, case, logs))
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    print("median of each case:")
-    med = {}
-    for case in CASES:
-        rs = [r for r in results if r["case"] == case]
-        med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
-        m = med[case]
-        print(f"  {case:12s} {m['mibs']:6.1f} MiB/s  {m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  "
-              f"peak RSS {m['rss']:6.1f} MiB")
-    for case, base in (("nginx-regex", "nginx-none"), ("json-json", "json-none")):
-        cost = 1 - med[case]["mibs"] / med[base]["mibs"]
-        print(f"  {case} costs {cost * 100:.0f}% of {base}'s throughput")
+    print("median [min-max] of each case:")
+    for b in args.bin:
+        med = {}
+        for case in CASES:
+            rs = [r for r in results if r["case"] == case and r["bin"] == b]
+            med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
+            m = med[case]
+            lo, hi = min(r["mibs"] for r in rs), max(r["mibs"] for r in rs)
+            print(f"  {label(args, b):>6s} {case:12s} {m['mibs']:6.1f} MiB/s [{lo:.1f}-{hi:.1f}]  "
+                  f"{m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  peak RSS {m['rss']:6.1f} MiB")
+        for case, base in (("nginx-regex", "nginx-none"), ("json-json", "json-none")):
+            cost = 1 - med[case]["mibs"] / med[base]["mibs"]
+            print(f"  {label(args, b):>6s} {case} costs {cost * 100:.0f}% of {base}'s throughput")
+
+
+def label(args, bin_):
+    """A short name for a build in the output: bin1, bin2, ... in the order given."""
+    return f"bin{args.bin.index(bin_) + 1}" if len(args.bin) > 1 else "agent"
 
 
 if __name__ == "__main__":

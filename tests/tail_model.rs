@@ -53,6 +53,7 @@ impl Stepped {
         let mut out = Intake::new(&mut self.batch, &mut self.transforms, self.limits);
         let busy = self.tailer.turn(&mut out) == Turn::Busy;
         let full = out.full();
+        drop(out);
         if !self.batch.is_idle() && (full || self.batch.created.elapsed() >= self.max_wait) {
             self.flush();
         }

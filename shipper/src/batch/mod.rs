@@ -282,6 +282,7 @@ mod tests {
             1000,
             Some(b"{not json"),
         );
+        drop(out);
         let mut out = Vec::new();
         b.write_ndjson(&mut out);
         let lines: Vec<serde_json::Value> = out

@@ -317,7 +317,8 @@ mod tests {
         let mut none = Transforms::none();
         // Polled, not waited on: the test's turns come without the interval.
         i.last_poll = None;
-        i.turn(&mut Intake::new(b, &mut none, LIMITS))
+        let turn = i.turn(&mut Intake::new(b, &mut none, LIMITS));
+        turn
     }
 
     #[test]

@@ -217,6 +217,7 @@ impl Pipeline {
             let limits = self.limits();
             let mut out = Intake::new(&mut self.batch, &mut self.transforms, limits);
             busy |= self.inputs[i].turn(&mut out) == Turn::Busy;
+            drop(out);
             if self.batch_due() && !self.ship() {
                 return None;
             }

@@ -188,6 +188,7 @@ fn batch(generation: u64, acks: &Arc<Mutex<Vec<u64>>>) -> Batch {
         bytes: b"{}",
     };
     out.push(slot, &rec, 0, None);
+    drop(out);
     b
 }
 

@@ -2,7 +2,8 @@
 //! returns it (changed or not) or `nil` to drop it.
 //!
 //! The script runs in the sandbox config loaded it in ([`crate::config::lua::sandbox`]), with
-//! its limits on every call. What a script may change is the record's `msg` and `fields`: its
+//! its limits on every call of its function: records cross into Lua in runs ([`driver`]), and
+//! each record of a run has the budget a lone call would have. What a script may change is the record's `msg` and `fields`: its
 //! `offset`, `stream`, `part` and the rest are handed to it but not taken back, so
 //! `(stream, offset)` keeps naming one record of the input (the collector's duplicate check
 //! relies on it) and a script can neither make records nor move offsets.
@@ -12,63 +13,37 @@
 //! the error, counted, and alerted once per failing streak. After a broken limit the state may
 //! be half-way through a change, so it is rebuilt from the script (its globals start again).
 
+mod driver;
 mod json;
 
-use super::{Draft, Fault, Transform, Verdict};
-use crate::config::lua::sandbox::{CallError, Limit, Sandbox};
+use super::{Draft, Fault, Outcome, Transform, Verdict};
+use crate::config::lua::sandbox::{CallError, Sandbox};
 use crate::config::lua::LuaOptions;
 use crate::store::{Alert, Store};
-use mlua::{Function, Value};
+use driver::{Driver, Made};
+use mlua::Value;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
-
-/// Lua code (trusted) that turns a call's arguments into the record table, calls the script's
-/// function and hands back what may change. One crossing per record: building the table in Lua
-/// costs a fraction of setting eight keys from Rust.
-const DRIVER: &str = r#"
-local G, name = ...
-local rawget, type, error = rawget, type, error
-return function(msg, fields, source, path, stream, offset, part, host)
-  local f = rawget(G, name)
-  if type(f) ~= "function" then error(name .. " is no longer a function", 0) end
-  local r = f({msg = msg, fields = fields or {}, source = source, path = path,
-               stream = stream, offset = offset, part = part, host = host})
-  if r == nil then return false end
-  if type(r) ~= "table" then
-    error(name .. " returned a " .. type(r) .. ", not the record or nil", 0)
-  end
-  return true, r.msg, r.fields
-end
-"#;
 
 /// The values tied to one Lua state: rebuilt together with it.
 struct Loaded {
     sandbox: Sandbox,
-    driver: Function,
+    driver: Driver,
     host: mlua::String,
-    /// `whole`, `head`, `tail`, in `Part` order.
-    parts: [mlua::String; 3],
-    /// The last stream's id and its `source`, `path` and `stream` strings: records come in
-    /// runs of one stream, so each string is made once per run.
-    stream: Option<(Arc<str>, [mlua::String; 3])>,
 }
 
 impl Loaded {
     fn new(opts: &LuaOptions, host: &str) -> Result<Loaded, String> {
         let sandbox = Sandbox::load(opts).map_err(|e| e.to_string())?;
-        let lua = sandbox.lua();
-        let s = |v: &str| lua.create_string(v).map_err(|e| e.to_string());
-        let driver: Function = lua
-            .load(DRIVER)
-            .set_name("=driver")
-            .call((lua.globals(), opts.function.as_str()))
+        let driver = Driver::load(&sandbox, &opts.function).map_err(|e| e.to_string())?;
+        let host = sandbox
+            .lua()
+            .create_string(host)
             .map_err(|e| e.to_string())?;
         Ok(Loaded {
-            host: s(host)?,
-            parts: [s("whole")?, s("head")?, s("tail")?],
-            driver,
-            stream: None,
             sandbox,
+            driver,
+            host,
         })
     }
 }
@@ -119,51 +94,42 @@ impl LuaTransform {
         self
     }
 
-    /// One call of the script on `rec`: Some((msg, fields)) to keep, None to drop.
-    fn call(&mut self, rec: &Draft<'_>) -> Result<Option<(Value, Value)>, CallError> {
-        let l = &mut self.loaded;
-        let lua = l.sandbox.lua();
-        let memory = |_| CallError::Limit(Limit::Memory);
-        let meta = rec.stream;
-        let fresh = match &l.stream {
-            Some((id, _)) => !Arc::ptr_eq(id, &meta.id) && **id != *meta.id,
-            None => true,
+    /// One record's outcome, in order: `made` is what the script made of it, or why not.
+    fn settle(&mut self, rec: &mut Draft<'_>, made: Result<Made, CallError>) -> Outcome {
+        let verdict = match made {
+            Ok(Made::Dropped) => Ok(Verdict::Drop),
+            Ok(Made::Kept { msg, fields }) => Self::take(rec, msg, fields).map(|()| Verdict::Keep),
+            Err(e) => Err(e),
         };
-        if fresh {
-            let strings = [
-                lua.create_string(&*meta.source).map_err(memory)?,
-                lua.create_string(&*meta.path).map_err(memory)?,
-                lua.create_string(&*meta.id).map_err(memory)?,
-            ];
-            l.stream = Some((meta.id.clone(), strings));
+        match verdict {
+            Ok(verdict) => {
+                self.failing = false;
+                Outcome {
+                    verdict,
+                    fault: Fault::None,
+                }
+            }
+            Err(e) => {
+                self.failed(rec, &e);
+                Outcome {
+                    verdict: Verdict::Keep,
+                    fault: Fault::Error,
+                }
+            }
         }
-        let [source, path, stream] = &l.stream.as_ref().expect("set above").1;
-        let msg = lua.create_string(&*rec.bytes).map_err(memory)?;
-        let fields = match &rec.fields {
-            Some(f) => json::to_lua(lua, f).map_err(CallError::Script)?,
-            None => Value::Nil,
-        };
-        let part = l.parts[rec.part as usize].clone();
-        let args = (
-            msg,
-            fields,
-            source.clone(),
-            path.clone(),
-            stream.clone(),
-            rec.offset as i64,
-            part,
-            l.host.clone(),
-        );
-        let (keep, msg, fields): (bool, Value, Value) = l.sandbox.call(&l.driver, args)?;
-        Ok(keep.then_some((msg, fields)))
     }
 
-    /// Puts what the script returned into `rec`.
-    fn take(rec: &mut Draft<'_>, msg: Value, fields: Value) -> Result<(), CallError> {
+    /// Puts what the script changed into `rec` (None: that part came back as it went in).
+    fn take(
+        rec: &mut Draft<'_>,
+        msg: Option<Value>,
+        fields: Option<Value>,
+    ) -> Result<(), CallError> {
         let bytes = match &msg {
-            Value::String(s) => s.as_bytes(),
-            Value::Nil => return Err(CallError::Script("the record's msg is nil".into())),
-            other => {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_bytes()),
+            Some(Value::Nil) => return Err(CallError::Script("the record's msg is nil".into())),
+            Some(other) => {
                 let m = format!(
                     "the record's msg is {}, not a string",
                     json::a(other.type_name())
@@ -172,10 +138,14 @@ impl LuaTransform {
             }
         };
         let fields = match fields {
-            Value::Nil => None,
-            Value::Table(t) if t.is_empty() && rec.fields.is_none() => None,
-            Value::Table(t) => Some(json::from_lua(&t).map_err(CallError::Script)?),
-            other => {
+            None => Some(rec.fields.take()),
+            Some(Value::Nil) => Some(None),
+            Some(Value::Table(t)) => {
+                let json = json::from_lua(&t).map_err(CallError::Script)?;
+                // An empty table where there were no fields adds none.
+                Some((json != b"{}" || rec.fields.is_some()).then_some(Cow::Owned(json)))
+            }
+            Some(other) => {
                 let m = format!(
                     "the record's fields is {}, not a table",
                     json::a(other.type_name())
@@ -183,10 +153,12 @@ impl LuaTransform {
                 return Err(CallError::Script(m));
             }
         };
-        if *bytes != *rec.bytes {
-            rec.bytes = Cow::Owned(bytes.to_vec());
+        if let Some(b) = bytes {
+            if *b != *rec.bytes {
+                rec.bytes = Cow::Owned(b.to_vec());
+            }
         }
-        rec.fields = fields.map(Cow::Owned);
+        rec.fields = fields.flatten();
         Ok(())
     }
 
@@ -227,21 +199,9 @@ impl Transform for LuaTransform {
     }
 
     fn apply(&mut self, rec: &mut Draft<'_>) -> Verdict {
-        let outcome = match self.call(rec) {
-            Ok(Some((msg, fields))) => Self::take(rec, msg, fields).map(|()| Verdict::Keep),
-            Ok(None) => Ok(Verdict::Drop),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(v) => {
-                self.failing = false;
-                v
-            }
-            Err(e) => {
-                self.failed(rec, &e);
-                Verdict::Keep
-            }
-        }
+        let mut out = Vec::with_capacity(1);
+        self.apply_run(std::slice::from_mut(rec), &mut out);
+        out[0].verdict
     }
 
     fn fault(&self) -> Fault {
@@ -249,6 +209,30 @@ impl Transform for LuaTransform {
             Fault::Error
         } else {
             Fault::None
+        }
+    }
+
+    /// The run crosses into Lua once ([`driver`]). A record that fails ends that crossing:
+    /// the records before it keep what the script made of them, it ships unchanged with
+    /// `transform_error` (after a broken limit the state is rebuilt, as for a lone call), and
+    /// the rest of the run goes on in a new crossing, each record as if it had been alone.
+    fn apply_run(&mut self, run: &mut [Draft<'_>], out: &mut Vec<Outcome>) {
+        let mut start = 0;
+        while start < run.len() {
+            let l = &mut self.loaded;
+            let ended = l.driver.call(&l.sandbox, &l.host, &run[start..]);
+            let done = ended.done.len();
+            for (rec, made) in run[start..].iter_mut().zip(ended.done) {
+                out.push(self.settle(rec, Ok(made)));
+            }
+            start += done;
+            match ended.failed {
+                Some(e) => {
+                    out.push(self.settle(&mut run[start], Err(e)));
+                    start += 1;
+                }
+                None => break,
+            }
         }
     }
 }

@@ -13,6 +13,10 @@
 //! A parser writes into `fields` ([`fields`]) and passes a line it cannot parse unchanged,
 //! saying so through [`Transform::fault`] so the chain counts it.
 //! A source without transforms costs one branch per record.
+//!
+//! Records reach a chain in [`run`]s: several records of one stream at once, through
+//! [`Transform::apply_run`], so a transform that pays per crossing (Lua) pays once per run.
+//! Every transform sees a run's records in order and decides for each as if alone.
 
 pub mod build;
 pub mod container;
@@ -21,6 +25,7 @@ pub mod json;
 pub mod logfmt;
 pub mod lua;
 pub mod regex;
+pub mod run;
 pub mod syslog;
 pub mod syslog_parse;
 
@@ -41,7 +46,8 @@ pub struct Draft<'a> {
     pub part: Part,
     /// The message: what NDJSON carries as `msg` (or `msg_b64`).
     pub bytes: Cow<'a, [u8]>,
-    /// A serialized JSON object (`{…}`), or None; see `batch::Intake::push`.
+    /// A serialized JSON object (`{…}`), or None; see `batch::Intake::push`. The Intake checks
+    /// what an input gives and trusts what a transform makes: write it with a JSON serializer.
     pub fields: Option<Cow<'a, [u8]>>,
 }
 
@@ -65,6 +71,13 @@ pub enum Fault {
     Error,
 }
 
+/// What a transform made of one record of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub fault: Fault,
+}
+
 /// One step of a source's chain. Runs on the pipeline thread, for every record of its source.
 pub trait Transform: Send {
     /// For logs and status: what it does (`drop lines matching "^DEBUG"`).
@@ -74,6 +87,18 @@ pub trait Transform: Send {
     fn fault(&self) -> Fault {
         Fault::None
     }
+    /// A run of records of one stream, in order: pushes one [`Outcome`] per record onto
+    /// `out`. The same as `apply` on each in turn, which is what it does unless a transform
+    /// can do the run at once for less.
+    fn apply_run(&mut self, run: &mut [Draft<'_>], out: &mut Vec<Outcome>) {
+        for rec in run {
+            let verdict = self.apply(rec);
+            out.push(Outcome {
+                verdict,
+                fault: self.fault(),
+            });
+        }
+    }
 }
 
 /// Every source's chain of transforms; a source without one is passed through as it is.
@@ -82,6 +107,9 @@ pub struct Transforms {
     chains: Vec<Vec<Box<dyn Transform>>>,
     /// Source name → index into `chains`.
     by_source: HashMap<String, usize>,
+    /// The records staged for a chain (see [`run`]); here, beside the chains, so its buffers
+    /// are kept from one batch to the next. Empty between two `batch::Intake`s.
+    run: run::Run,
 }
 
 impl Transforms {
@@ -113,7 +141,8 @@ impl Transforms {
         self.by_source.get(source).copied()
     }
 
-    /// Runs chain `i` over `rec`; the first transform to drop the record ends it.
+    /// Runs chain `i` over `rec` alone; the first transform to drop the record ends it.
+    #[cfg(test)]
     pub(crate) fn run(&mut self, i: usize, rec: &mut Draft<'_>) -> Verdict {
         for t in &mut self.chains[i] {
             if t.apply(rec) == Verdict::Drop {
@@ -121,6 +150,27 @@ impl Transforms {
             }
         }
         Verdict::Keep
+    }
+
+    /// The records staged for a chain.
+    pub(crate) fn staged(&self) -> &run::Run {
+        &self.run
+    }
+
+    /// Stages a record of `slot` for its chain (see [`run::Run::stage`]).
+    pub(crate) fn stage(
+        &mut self,
+        slot: u32,
+        rec: &crate::frame::Rec<'_>,
+        ts_ms: i64,
+        fields: Option<&[u8]>,
+    ) {
+        self.run.stage(slot, rec, ts_ms, fields);
+    }
+
+    /// Runs the staged records through chain `i` (see [`run::Run::drain`]).
+    pub(crate) fn drain(&mut self, i: usize, meta: &StreamMeta, keep: impl FnMut(&Draft<'_>, i64)) {
+        self.run.drain(&mut self.chains[i], meta, keep);
     }
 }
 

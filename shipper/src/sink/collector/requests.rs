@@ -179,6 +179,7 @@ mod tests {
             };
             out.push(*slot, &rec, 0, None);
         }
+        drop(out);
         b
     }
 

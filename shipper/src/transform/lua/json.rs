@@ -47,57 +47,102 @@ fn value(lua: &Lua, v: &Json) -> mlua::Result<Value> {
     })
 }
 
-/// A script's `fields` table as a serialized JSON object.
+/// A script's `fields` table as a serialized JSON object, written straight from the table
+/// (no `serde_json::Value` in between: that map was most of what an added field cost). Keys
+/// come out sorted, as they did through the map, so a record's line does not depend on Lua's
+/// table order.
 pub fn from_lua(t: &Table) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(64);
     let mut path = String::from("fields");
-    let v = object(t, &mut path, 0)?;
-    Ok(serde_json::to_vec(&v).expect("a JSON value serializes"))
+    object(t, &mut out, &mut path, 0)?;
+    Ok(out)
 }
 
-fn object(t: &Table, path: &mut String, depth: usize) -> Result<Json, String> {
-    let mut out = Map::new();
-    for pair in t.pairs::<Value, Value>() {
-        let (k, v) = pair.map_err(|e| format!("{path}: {e}"))?;
-        let key = match &k {
-            Value::String(s) => s.to_string_lossy(),
-            Value::Integer(i) => i.to_string(),
-            other => return Err(format!("{path} has {} key", a(other.type_name()))),
-        };
+fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result<(), String> {
+    let mut entries: Vec<(String, Value)> = Vec::new();
+    let mut bad_key = None;
+    // for_each walks the table under one lock; pairs() re-pushes the key at every step.
+    t.for_each::<Value, Value>(|k, v| {
+        match &k {
+            Value::String(s) => entries.push((s.to_string_lossy(), v)),
+            Value::Integer(i) => entries.push((i.to_string(), v)),
+            other => bad_key = bad_key.or(Some(other.type_name())),
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("{path}: {e}"))?;
+    if let Some(kind) = bad_key {
+        return Err(format!("{path} has {} key", a(kind)));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // `1` and `"1"` are two keys in Lua and one in JSON: the first in order is kept.
+    entries.dedup_by(|b, a| a.0 == b.0);
+    out.push(b'{');
+    for (i, (key, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, key);
+        out.push(b':');
         let len = path.len();
         path.push('.');
-        path.push_str(&key);
-        let j = json(&v, path, depth + 1)?;
+        path.push_str(key);
+        json(v, out, path, depth + 1)?;
         path.truncate(len);
-        out.insert(key, j);
     }
-    Ok(Json::Object(out))
+    out.push(b'}');
+    Ok(())
 }
 
-fn json(v: &Value, path: &mut String, depth: usize) -> Result<Json, String> {
+fn string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn json(v: &Value, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err(format!("{path} is nested over {MAX_DEPTH} deep (a cycle?)"));
     }
-    Ok(match v {
-        Value::Nil => Json::Null,
-        Value::Boolean(b) => Json::Bool(*b),
-        Value::Integer(i) => Json::Number((*i).into()),
+    match v {
+        Value::Nil => out.extend_from_slice(b"null"),
+        Value::Boolean(true) => out.extend_from_slice(b"true"),
+        Value::Boolean(false) => out.extend_from_slice(b"false"),
+        Value::Integer(i) => {
+            serde_json::to_writer(&mut *out, i).expect("writing to a Vec cannot fail")
+        }
         Value::Number(f) => match Number::from_f64(*f) {
-            Some(n) => Json::Number(n),
+            Some(n) => serde_json::to_writer(&mut *out, &n).expect("writing to a Vec cannot fail"),
             None => return Err(format!("{path} is {f}, which JSON cannot carry")),
         },
-        Value::String(s) => Json::String(s.to_string_lossy()),
+        Value::String(s) => {
+            let bytes = s.as_bytes();
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => string(out, text),
+                Err(_) => string(out, &String::from_utf8_lossy(&bytes)),
+            }
+        }
         Value::Table(t) => {
             let n = t.raw_len();
-            let is_list = n > 0 && t.pairs::<Value, Value>().count() == n;
+            let is_list = n > 0 && {
+                let mut count = 0;
+                t.for_each::<Value, Value>(|_, _| {
+                    count += 1;
+                    Ok(())
+                })
+                .map_err(|e| format!("{path}: {e}"))?;
+                count == n
+            };
             if !is_list {
-                return object(t, path, depth);
+                return object(t, out, path, depth);
             }
-            let mut items = Vec::with_capacity(n);
+            out.push(b'[');
             for i in 1..=n {
+                if i > 1 {
+                    out.push(b',');
+                }
                 let item: Value = t.raw_get(i).map_err(|e| format!("{path}: {e}"))?;
-                items.push(json(&item, path, depth + 1)?);
+                json(&item, out, path, depth + 1)?;
             }
-            Json::Array(items)
+            out.push(b']');
         }
         other => {
             return Err(format!(
@@ -105,7 +150,8 @@ fn json(v: &Value, path: &mut String, depth: usize) -> Result<Json, String> {
                 other.type_name()
             ))
         }
-    })
+    }
+    Ok(())
 }
 
 /// A Lua type's name with its article, for errors: `an integer`, `a table`.

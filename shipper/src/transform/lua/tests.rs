@@ -200,3 +200,149 @@ fn fields_with_an_earlier_error_keep_it() {
     let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
     assert_eq!(v["fields_invalid"], "[1]");
 }
+
+/// What became of each record of one run: its outcome, message and fields.
+fn apply_run(
+    t: &mut LuaTransform,
+    msgs: &[&str],
+) -> Vec<(Outcome, String, Option<serde_json::Value>)> {
+    let m = meta();
+    let mut run: Vec<Draft<'_>> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, msg)| Draft {
+            stream: &m,
+            offset: i as u64 * 100,
+            len: msg.len() as u64 + 1,
+            part: Part::Whole,
+            bytes: Cow::Owned(msg.as_bytes().to_vec()),
+            fields: (i % 2 == 0).then(|| Cow::Owned(format!(r#"{{"i":{i}}}"#).into_bytes())),
+        })
+        .collect();
+    let mut out = Vec::new();
+    t.apply_run(&mut run, &mut out);
+    assert_eq!(out.len(), msgs.len(), "one outcome per record");
+    for (i, d) in run.iter().enumerate() {
+        assert_eq!(d.offset, i as u64 * 100, "a script cannot move an offset");
+    }
+    run.iter()
+        .zip(out)
+        .map(|(d, o)| {
+            let f = d
+                .fields
+                .as_ref()
+                .map(|f| serde_json::from_slice(f).unwrap());
+            (o, String::from_utf8(d.bytes.to_vec()).unwrap(), f)
+        })
+        .collect()
+}
+
+fn error_of(f: &Option<serde_json::Value>) -> Option<String> {
+    f.as_ref()?
+        .get("transform_error")
+        .map(|e| e.as_str().unwrap().to_string())
+}
+
+#[test]
+fn an_error_on_one_record_of_a_run_fails_that_record_alone() {
+    let mut t = lua(r#"n = 0
+        function process(r)
+          n = n + 1
+          if r.msg == "bad" then error("no good") end
+          if r.msg == "drop" then return nil end
+          r.msg = r.msg .. n
+          r.fields.n = n
+          return r end"#);
+    let got = apply_run(&mut t, &["a", "b", "bad", "c", "drop", "d", "bad"]);
+    let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    // The state goes on after a script error: n counts every call, the failed ones too.
+    assert_eq!(msgs, ["a1", "b2", "bad", "c4", "drop", "d6", "bad"]);
+    for (i, (o, _, f)) in got.iter().enumerate() {
+        let e = error_of(f);
+        if i == 2 || i == 6 {
+            assert_eq!(o.fault, Fault::Error, "record {i}");
+            assert!(e.unwrap().contains("no good"));
+        } else {
+            assert_eq!(o.fault, Fault::None, "record {i}");
+            assert_eq!(e, None, "record {i}: {f:?}");
+        }
+    }
+    assert_eq!(got[4].0.verdict, Verdict::Drop);
+    assert_eq!(
+        got[2].2.as_ref().unwrap()["i"],
+        2,
+        "its own fields are kept"
+    );
+    assert_eq!(got[0].2, Some(serde_json::json!({"i": 0, "n": 1})));
+    assert_eq!(got[1].2, Some(serde_json::json!({"n": 2})));
+    assert_eq!(t.fault(), Fault::Error, "the last record failed");
+}
+
+#[test]
+fn a_limit_broken_mid_run_keeps_what_came_before_and_reruns_the_rest_in_a_fresh_state() {
+    let mut t = lua(r#"n = 0
+        function process(r)
+          n = n + 1
+          if r.msg == "loop" then while true do end end
+          r.msg = r.msg .. n
+          return r end"#);
+    let got = apply_run(&mut t, &["a", "b", "loop", "c", "d"]);
+    let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    // Before the loop: the old state's results; after it: a fresh state, n from 0 again.
+    assert_eq!(msgs, ["a1", "b2", "loop", "c1", "d2"]);
+    let errors: Vec<bool> = got.iter().map(|g| error_of(&g.2).is_some()).collect();
+    assert_eq!(errors, [false, false, true, false, false]);
+    assert!(error_of(&got[2].2).unwrap().contains("instruction limit"));
+    assert_eq!(t.fault(), Fault::None, "the streak ended with the run");
+}
+
+#[test]
+fn each_record_of_a_run_has_its_own_instruction_budget() {
+    let mut o = opts(
+        r#"function process(r)
+          local x = 0
+          for i = 1, 20000 do x = x + i end
+          r.fields.x = x
+          return r end"#,
+    );
+    // Each record takes about 60,000 instructions: well within the budget, which the run as
+    // a whole (40 records) would break forty times over.
+    o.instruction_limit = 100_000;
+    let mut t = LuaTransform::new("t", &o).unwrap();
+    let msgs: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let msgs: Vec<&str> = msgs.iter().map(|s| s.as_str()).collect();
+    for (i, (o, _, f)) in apply_run(&mut t, &msgs).iter().enumerate() {
+        assert_eq!(o.fault, Fault::None, "record {i}: {f:?}");
+    }
+    // And one record over it still breaks it.
+    let mut o =
+        opts("function process(r) local x = 0 for i = 1, 1e6 do x = x + i end return r end");
+    o.instruction_limit = 100_000;
+    let mut t = LuaTransform::new("t", &o).unwrap();
+    let got = apply_run(&mut t, &["a"]);
+    assert!(error_of(&got[0].2).unwrap().contains("instruction limit"));
+}
+
+#[test]
+fn a_record_whose_fields_are_not_an_object_fails_alone_within_its_run() {
+    let mut t = lua("function process(r) r.msg = r.msg .. '!' return r end");
+    let m = meta();
+    let mut run: Vec<Draft<'_>> = ["a", "b", "c"]
+        .iter()
+        .map(|msg| Draft {
+            stream: &m,
+            offset: 0,
+            len: 2,
+            part: Part::Whole,
+            bytes: Cow::Borrowed(msg.as_bytes()),
+            fields: None,
+        })
+        .collect();
+    run[1].fields = Some(Cow::Borrowed(b"[1,2]"));
+    let mut out = Vec::new();
+    t.apply_run(&mut run, &mut out);
+    let msgs: Vec<&[u8]> = run.iter().map(|d| &*d.bytes).collect();
+    assert_eq!(msgs, [&b"a!"[..], b"b", b"c!"]);
+    let faults: Vec<Fault> = out.iter().map(|o| o.fault).collect();
+    assert_eq!(faults, [Fault::None, Fault::Error, Fault::None]);
+}

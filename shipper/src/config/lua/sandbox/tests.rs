@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::lua::{DEFAULT_INSTRUCTION_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT};
+use std::time::Instant;
 
 fn opts(code: &str) -> LuaOptions {
     LuaOptions {
