@@ -107,21 +107,40 @@ impl Nats {
         serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
     }
 
-    /// The node leading `stream` with every replica current, as node `asked` sees it.
-    fn settled_leader(&self, asked: usize, stream: &str) -> Option<usize> {
-        let jsz = self.jsz(asked)?;
-        let detail = jsz["account_details"]
-            .as_array()?
-            .iter()
-            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
-            .find(|s| s["name"] == stream)?;
-        let cluster = &detail["cluster"];
-        let replicas = cluster["replicas"].as_array()?;
-        if replicas.len() != 2 || !replicas.iter().all(|r| r["current"] == true) {
-            return None;
-        }
-        let leader = cluster["leader"].as_str()?;
-        leader.strip_prefix('n')?.parse().ok()
+    /// The node leading `stream` with both other replicas current, as the first node that
+    /// knows says (a follower's `/jsz` may not list the replicas' state).
+    fn settled_leader(&self, stream: &str) -> Option<usize> {
+        (0..self.nodes.len()).find_map(|i| {
+            let jsz = self.jsz(i)?;
+            let detail = jsz["account_details"]
+                .as_array()?
+                .iter()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                .find(|s| s["name"] == stream)?;
+            let cluster = &detail["cluster"];
+            let replicas = cluster["replicas"].as_array()?;
+            if replicas.len() != 2 || !replicas.iter().all(|r| r["current"] == true) {
+                return None;
+            }
+            cluster["leader"].as_str()?.strip_prefix('n')?.parse().ok()
+        })
+    }
+
+    /// What each node's `/jsz` says of `stream`'s cluster, for a failure message.
+    fn describe(&self, stream: &str) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                let c = self.jsz(i).and_then(|j| {
+                    j["account_details"]
+                        .as_array()?
+                        .iter()
+                        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                        .find(|s| s["name"] == stream)
+                        .map(|d| d["cluster"].clone())
+                });
+                format!("n{i}: {c:?}\n")
+            })
+            .collect()
     }
 
     /// The `[storage]` section naming node `i` only (the client learns

@@ -245,12 +245,51 @@ fn the_agent_fails_over_between_collectors_of_one_cluster_and_every_line_is_stor
     agent.assert_exported_once_in_order(&a, &want);
 }
 
-/// Every node of the cluster stopped (SIGSTOP) for 8 s while the agent ships: what a leader
-/// election is to the agent, both collectors stalling at once, a little longer. Nothing is
-/// committed meanwhile, no `sink_error` alert is raised (the stall is shorter than the sink's
-/// `alert_after`), and once the nodes run again every line is stored once, in offset order.
-#[test]
-fn the_agent_rides_out_a_stalled_cluster_without_an_alert() {
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`). kill(2)
+/// returns before a SIGSTOP takes hold, and on a loaded machine a signalled node's threads
+/// have run on for milliseconds, long enough to replicate a batch.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
+}
+
+/// SIGSTOP to nodes `which`, returning once each is wholly stopped.
+fn freeze(nats: &Nats, which: &[usize], agent: &Agent) {
+    for &i in which {
+        // SAFETY: a signal to a child process of this test.
+        unsafe { libc::kill(nats.nodes[i].id() as i32, libc::SIGSTOP) };
+    }
+    wait_until(
+        "the frozen nodes to stop",
+        || {
+            which
+                .iter()
+                .all(|&i| all_threads_stopped(nats.nodes[i].id()))
+        },
+        &|| agent.log(),
+    );
+}
+
+fn thaw(nats: &Nats, which: &[usize]) {
+    for &i in which {
+        // SAFETY: a signal to a child process of this test.
+        unsafe { libc::kill(nats.nodes[i].id() as i32, libc::SIGCONT) };
+    }
+}
+
+/// Nodes `frozen` stopped (SIGSTOP) for 8 s while the agent ships, then thawed: with two or
+/// three of three frozen there is no quorum, so nothing written meanwhile is committed (a
+/// reply already on its way when the nodes stopped may still land in the first second); no
+/// `sink_error` alert is raised (the stall is shorter than the sink's `alert_after`), and once
+/// the nodes run again every line is stored once, in offset order.
+fn stall_without_quorum(frozen: &[usize]) {
     let nats = Nats::start();
     let mut a = Collector::on_cluster(&nats, 0);
     let mut b = a.joining(&nats, 1);
@@ -261,42 +300,84 @@ fn the_agent_rides_out_a_stalled_cluster_without_an_alert() {
     let mut want = agent.write("before", 2_000);
     agent.start();
     agent.wait_all_committed();
-    let committed = agent.committed();
-    let signal = |sig| {
-        for n in &nats.nodes {
-            // SAFETY: a signal to a child process of this test.
-            unsafe { libc::kill(n.id() as i32, sig) };
-        }
-    };
-    signal(libc::SIGSTOP);
-    let stopped = Instant::now();
+    freeze(&nats, frozen, &agent);
     want.extend(agent.write("during", 5_000));
-    while stopped.elapsed() < Duration::from_secs(8) {
-        assert_eq!(agent.committed(), committed, "committed without a cluster");
+    std::thread::sleep(Duration::from_secs(1));
+    let committed = agent.committed();
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(7) {
+        assert_eq!(agent.committed(), committed, "committed without quorum");
         std::thread::sleep(Duration::from_millis(250));
     }
-    signal(libc::SIGCONT);
+    thaw(&nats, frozen);
     agent.wait_all_committed();
     assert!(
         agent.sink_alerts().is_empty(),
         "a stall shorter than alert_after is no alert: {:?}",
         agent.sink_alerts()
     );
-    eprintln!("the sink during the stall: {}", agent.sink());
+    eprintln!("the sink after the stall: {}", agent.sink());
     agent.assert_exported_once_in_order(&a, &want);
 }
 
-/// Waits until node `asked` reports the records stream led by one node with both other
-/// replicas current, and returns the leader.
-fn settled_leader(nats: &Nats, asked: usize, agent: &Agent) -> usize {
+/// Every node stopped: what a leader election is to the agent, both collectors stalling at
+/// once, a little longer.
+#[test]
+fn the_agent_rides_out_a_stalled_cluster_without_an_alert() {
+    stall_without_quorum(&[0, 1, 2]);
+}
+
+/// Two of three nodes stopped, one of them collector B's: B cannot answer, A's node is up but
+/// without quorum. The agent commits nothing until quorum returns.
+#[test]
+fn without_quorum_the_agent_commits_nothing_and_everything_arrives_after() {
+    stall_without_quorum(&[1, 2]);
+}
+
+/// The records stream's leader frozen for 15 s while the agent ships: the two other nodes
+/// elect a new leader and go on, the agent commits through it, and once the old leader runs
+/// again (and finds itself a follower) every line is stored once, in offset order.
+#[test]
+fn the_stream_leader_frozen_15_s_under_the_agent_loses_and_duplicates_nothing() {
+    let nats = Nats::start();
+    let mut a = Collector::on_cluster(&nats, 0);
+    let mut b = a.joining(&nats, 1);
+    a.start();
+    b.start();
+    let mut agent = Agent::new("web.02", &[url(&b), url(&a)]);
+    agent.enroll_on(&a);
+    let mut want = agent.write("before", 20_000);
+    agent.start();
+    wait_until("a first commit", || agent.committed() > 0, &|| agent.log());
+    let leader = settled_leader(&nats, &agent);
+    eprintln!("freezing the stream leader n{leader} for 15 s");
+    freeze(&nats, &[leader], &agent);
+    let frozen = Instant::now();
+    let at_freeze = agent.committed();
+    want.extend(agent.write("frozen", 10_000));
+    wait_until(
+        "commits while the old leader is frozen",
+        || agent.committed() > at_freeze,
+        &|| agent.log(),
+    );
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(frozen.elapsed()));
+    thaw(&nats, &[leader]);
+    want.extend(agent.write("thawed", 5_000));
+    agent.wait_all_committed();
+    let reader = if leader == 0 { &b } else { &a };
+    agent.assert_exported_once_in_order(reader, &want);
+}
+
+/// Waits until the records stream has a leader and two current replicas; returns the leader.
+fn settled_leader(nats: &Nats, agent: &Agent) -> usize {
     let mut leader = None;
     wait_until(
         "the records stream to have a leader and two current replicas",
         || {
-            leader = nats.settled_leader(asked, "t_records");
+            leader = nats.settled_leader("t_records");
             leader.is_some()
         },
-        &|| agent.log(),
+        &|| format!("{}\n{}", nats.describe("t_records"), agent.log()),
     );
     leader.unwrap()
 }
@@ -319,7 +400,7 @@ fn the_agent_ships_through_a_leader_and_then_a_follower_killed_9_and_every_line_
     let mut want = agent.write("before", 20_000);
     agent.start();
     wait_until("a first commit", || agent.committed() > 0, &|| agent.log());
-    let leader = settled_leader(&nats, 2, &agent);
+    let leader = settled_leader(&nats, &agent);
     eprintln!("killing the stream leader n{leader}");
     nats.kill9(leader);
     let at_kill = agent.committed();
@@ -330,8 +411,7 @@ fn the_agent_ships_through_a_leader_and_then_a_follower_killed_9_and_every_line_
         &|| agent.log(),
     );
     nats.restart(leader);
-    let asked = (leader + 1) % 3;
-    let leader = settled_leader(&nats, asked, &agent);
+    let leader = settled_leader(&nats, &agent);
     let follower = (leader + 1) % 3;
     eprintln!("killing the follower n{follower} (leader n{leader})");
     want.extend(agent.write("follower", 10_000));
