@@ -409,6 +409,7 @@ impl Tailer {
             alerted_too_large: row.alerted_too_large,
             opened_at: Instant::now(),
             held: 0,
+            timer_at: None,
         };
         // The path names this file only if nothing else took it since (a stream continued on
         // a handle whose file was deleted keeps its old path for the record, not for events).

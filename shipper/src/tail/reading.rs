@@ -25,6 +25,7 @@ impl Tailer {
             };
             let outcome = self.read_turn(&mut t, out);
             self.account_held(&mut t);
+            self.arm(&mut t);
             if !matches!(outcome, Outcome::Progress) {
                 self.dirty.remove(&key);
             }

@@ -17,6 +17,8 @@ impl Tailer {
     pub(super) fn scan_started(&mut self) {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         self.scan_requested = false;
+        // A scan started now looks at every file: it covers the events inotify lost.
+        self.overflow = false;
         self.prune();
         self.last_scan = Some(Instant::now());
     }

@@ -22,8 +22,6 @@ use std::collections::VecDeque;
 
 /// An open file with unread bytes keeps its slot at least this long before it yields it.
 const FAIR_SLICE: Duration = Duration::from_secs(1);
-/// How often open files are looked at for `close_inactive`.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Descriptors kept free for everything but followed files: the store (database, WAL and
 /// shared memory), the sink's connections, inotify, the control and monitor sockets, the
 /// osquery outbox, and files opened briefly while identifying.
@@ -40,7 +38,7 @@ pub(super) struct Slots {
     /// Files held open at most.
     pub(super) max_open: usize,
     /// A caught-up file with no new bytes for this long is parked (`None`: never).
-    close_inactive: Option<Duration>,
+    pub(super) close_inactive: Option<Duration>,
     /// Followed files whose descriptor was closed, with the (size, mtime) they had then.
     parked: HashMap<FileKey, Parked>,
     /// Parked files by path, so an inotify event on one reopens it.
@@ -50,7 +48,6 @@ pub(super) struct Slots {
     /// Since when files wait with every slot taken.
     held_back_since: Option<Instant>,
     last_alert: Option<Instant>,
-    last_idle_check: Instant,
     /// What open streams' framers hold in total, and the most they may ([`memory`]).
     pub(super) held_total: usize,
     pub(super) held_budget: usize,
@@ -181,7 +178,6 @@ impl Slots {
             waiting: Waiting::default(),
             held_back_since: None,
             last_alert: None,
-            last_idle_check: Instant::now(),
             held_total: 0,
             held_budget: super::memory::held_budget(cfg),
             last_partial_log: None,
@@ -402,32 +398,6 @@ impl Tailer {
             self.alert("open_files_limit", None, None, None, detail);
         } else {
             tracing::warn!("{detail}");
-        }
-    }
-
-    /// Parks caught-up files that had no new bytes for `close_inactive`.
-    pub(super) fn park_inactive(&mut self) {
-        let Some(inactive) = self.slots.close_inactive else {
-            return;
-        };
-        if self.slots.last_idle_check.elapsed() < IDLE_CHECK {
-            return;
-        }
-        self.slots.last_idle_check = Instant::now();
-        let idle: Vec<FileKey> = self
-            .open
-            .values()
-            .filter(|t| {
-                !t.compressed
-                    && t.released_at.is_none()
-                    && t.at_eof
-                    && !t.dirty
-                    && t.last_data.elapsed() >= inactive
-            })
-            .map(|t| t.key)
-            .collect();
-        for key in idle {
-            self.park(key, false);
         }
     }
 }
