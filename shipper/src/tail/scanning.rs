@@ -49,7 +49,7 @@ impl Tailer {
             let truncated = self
                 .open
                 .get(&key)
-                .map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t)))
+                .map(|t| !t.compressed && (shrunk(t, f.size) || rewritten(t)))
                 .unwrap_or(false);
             if truncated {
                 let t = self.open.remove(&key).expect("checked above");
@@ -200,4 +200,13 @@ impl Tailer {
     pub(super) fn slots_to_fill(&self) -> bool {
         self.slots.waiting_len() > 0 && self.open.len() < self.slots.max_open
     }
+}
+
+/// The file under `t` is now shorter than what was read from it. `seen` is the size the scan
+/// saw, and the scan walks on its own thread while this one reads on: a file growing meanwhile
+/// is read past the size the scan saw before the result is applied. Only the stream's own
+/// descriptor says whether the file really shrank.
+fn shrunk(t: &Tracked, seen: u64) -> bool {
+    let pos = t.framer.position();
+    seen < pos && t.file().metadata().is_ok_and(|m| m.len() < pos)
 }
