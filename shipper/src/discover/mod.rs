@@ -21,6 +21,9 @@ pub struct Found {
     /// Modification time in nanoseconds: with the size, tells a finished archive from a new
     /// file that reuses its inode.
     pub mtime_ns: i64,
+    /// The path is a symlink: its target's folder is watched too. The walk knows it from the
+    /// folder listing, so the tailer needs no lstat per file.
+    pub symlink: bool,
 }
 
 /// A folder that could not be listed (permission denied, I/O error).
@@ -165,6 +168,7 @@ pub fn scan_full(sources: &[Source]) -> Scan {
                     inode: md.ino(),
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    symlink: entry.path_is_symlink(),
                 });
             }
         }

@@ -120,13 +120,14 @@ pub fn marker_at(file: &File, offset: u64) -> io::Result<Option<u64>> {
     if offset == 0 {
         return Ok(None);
     }
-    let k = offset.min(MARKER_BYTES);
-    let mut buf = vec![0u8; k as usize];
-    let got = read_at_most(file, offset - k, &mut buf)?;
-    if got < k as usize {
+    let k = offset.min(MARKER_BYTES) as usize;
+    // On the stack: this runs for every stream a scan or a commit looks at.
+    let mut buf = [0u8; MARKER_BYTES as usize];
+    let got = read_at_most(file, offset - k as u64, &mut buf[..k])?;
+    if got < k {
         return Ok(None);
     }
-    Ok(Some(hash(&buf)))
+    Ok(Some(hash(&buf[..k])))
 }
 
 /// Marker of the bytes before `offset`, when they are in `chunk` (which ends at `chunk_end`).

@@ -55,6 +55,7 @@ impl Tailer {
             inode: key.1,
             size: md.len(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            symlink: false,
         };
         if self.alerted_paths.remove(&f.path) {
             tracing::info!(path = %f.path.display(), "file readable again");

@@ -106,6 +106,7 @@ impl Tailer {
             inode: key.1,
             size: md.len(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            symlink: false,
         };
         let existing = match continues {
             Ok(()) => {

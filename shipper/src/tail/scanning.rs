@@ -43,17 +43,22 @@ impl Tailer {
             }
         }
         // Files truncated in place are let go first, so that a copy of them found in this same
-        // scan can continue their stream (copytruncate with the copy among the globs).
-        for f in &found {
-            let key = (f.device, f.inode);
-            let truncated = self
-                .open
-                .get(&key)
-                .map(|t| !t.compressed && (shrunk(t, f.size) || rewritten(t)))
-                .unwrap_or(false);
-            if truncated {
-                let t = self.open.remove(&key).expect("checked above");
-                self.truncated(t, out);
+        // scan can continue their stream (copytruncate with the copy among the globs). Only a
+        // scan that found a file to identify can hold such a copy; without one, the read every
+        // open file gets after a scan finds a truncation itself (`resume`), and the two preads
+        // per open file per scan are spared (10,000 files: 2,000 preads a second).
+        if found.iter().any(|f| self.to_identify(f)) {
+            for f in &found {
+                let key = (f.device, f.inode);
+                let truncated = self
+                    .open
+                    .get(&key)
+                    .map(|t| !t.compressed && (shrunk(t, f.size) || rewritten(t)))
+                    .unwrap_or(false);
+                if truncated {
+                    let t = self.open.remove(&key).expect("checked above");
+                    self.truncated(t, out);
+                }
             }
         }
         let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
@@ -63,10 +68,7 @@ impl Tailer {
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
             let key = (f.device, f.inode);
-            if std::fs::symlink_metadata(&f.path)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
+            if f.symlink {
                 if let Some(dir) = std::fs::canonicalize(&f.path)
                     .ok()
                     .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -119,6 +121,17 @@ impl Tailer {
             let walked = std::mem::take(&mut self.scan_dirs);
             w.update(&self.cfg.sources, symlink_dirs.into_iter().chain(walked));
         }
+    }
+
+    /// Whether a scan's `f` is a file no stream follows yet, to be identified (not open, not
+    /// parked, not an archive finished or a file refused as it is now).
+    fn to_identify(&self, f: &Found) -> bool {
+        let key = (f.device, f.inode);
+        let version = Some(&(f.size, f.mtime_ns));
+        !self.open.contains_key(&key)
+            && !self.slots.is_parked(key)
+            && self.finished.get(&key) != version
+            && self.refused.get(&key) != version
     }
 
     /// Once an hour, forget streams let go long ago, in the store and here.

@@ -195,6 +195,10 @@ impl Slots {
     pub(super) fn waiting_len(&self) -> usize {
         self.waiting.len()
     }
+
+    pub(super) fn is_parked(&self, key: FileKey) -> bool {
+        self.parked.contains_key(&key)
+    }
 }
 
 impl Tailer {
@@ -259,6 +263,7 @@ impl Tailer {
             inode: key.1,
             size: 0,
             mtime_ns: 0,
+            symlink: false,
         };
         self.queue(f, true);
         true
@@ -351,6 +356,7 @@ impl Tailer {
             inode: key.1,
             size: version.0,
             mtime_ns: version.1,
+            symlink: false,
         };
         tracing::debug!(stream = %t.id, path = %t.path.display(), requeue, "parked: descriptor closed");
         self.close_quietly(t);
@@ -414,6 +420,7 @@ mod tests {
             inode,
             size: 0,
             mtime_ns: 0,
+            symlink: false,
         }
     }
 
