@@ -10,7 +10,7 @@ use super::*;
 impl Tailer {
     /// Opens a file no stream has open and decides which stream it is.
     pub(super) fn adopt(&mut self, f: Found) {
-        let file = match File::open(&f.path) {
+        let file = match open::open_to_follow(&f.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
@@ -417,8 +417,8 @@ impl Tailer {
         let named_here = std::fs::metadata(&f.path)
             .map(|m| (m.dev(), m.ino()) == key)
             .unwrap_or(false);
-        if named_here || !self.by_path.contains_key(&f.path) {
-            self.by_path.insert(f.path.clone(), key);
+        if named_here || !self.by_path.contains_key(f.path.as_os_str()) {
+            self.by_path.insert(f.path.clone().into_os_string(), key);
         }
         self.dirty.insert(key);
         self.open.insert(key, t);

@@ -71,8 +71,8 @@ impl Tailer {
     pub(super) fn forget(&mut self, t: &Tracked) {
         self.slots.held_total = self.slots.held_total.saturating_sub(t.held);
         self.dirty.remove(&t.key);
-        if self.by_path.get(&t.path) == Some(&t.key) {
-            self.by_path.remove(&t.path);
+        if self.by_path.get(t.path.as_os_str()) == Some(&t.key) {
+            self.by_path.remove(t.path.as_os_str());
         }
         self.stats
             .open_files

@@ -39,6 +39,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type FileKey = (u64, u64);
+/// Files by path, keyed by the path's bytes: `Path`'s own hash and equality walk components,
+/// which cost more than the rest of an inotify event's handling. The paths compared are all
+/// built the same way (the walk's joins, and a watched folder joined with an event's name).
+type PathMap = HashMap<std::ffi::OsString, FileKey>;
 
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
@@ -114,7 +118,8 @@ pub struct Tailer {
     store: Arc<Mutex<Store>>,
     registry: Registry,
     open: HashMap<FileKey, Tracked>,
-    by_path: HashMap<PathBuf, FileKey>,
+    /// Open streams by the path their file was found at: an inotify event names a path.
+    by_path: PathMap,
     /// Files whose identity must wait (a same-head file is still open): since when.
     deferred: HashMap<FileKey, Instant>,
     /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
@@ -185,7 +190,7 @@ impl Tailer {
         Ok(Tailer {
             registry: Registry::load(rows),
             open: HashMap::new(),
-            by_path: HashMap::new(),
+            by_path: PathMap::default(),
             deferred: HashMap::new(),
             finished: HashMap::new(),
             gzip_pending: HashMap::new(),
@@ -299,7 +304,7 @@ impl Tailer {
     /// inotify says `path` was written: marks its stream to be read, or queues its parked file
     /// to be reopened. False when no followed file has that path.
     fn written(&mut self, path: &Path) -> bool {
-        if let Some(&k) = self.by_path.get(path) {
+        if let Some(&k) = self.by_path.get(path.as_os_str()) {
             if let Some(t) = self.open.get_mut(&k) {
                 t.dirty = true;
                 self.dirty.insert(k);

@@ -221,7 +221,7 @@ impl Tailer {
             if e.ino() == inode.1 || !rotated_name(old, &path) {
                 return false;
             }
-            let Ok(file) = File::open(&path) else {
+            let Ok(file) = open::open_to_follow(&path) else {
                 return false;
             };
             let decoding = head::Decoding::for_path(source.detect_compression, &path);
@@ -257,7 +257,7 @@ fn find_by_inode(folder: &Path, key: FileKey) -> Option<(PathBuf, File)> {
             continue;
         }
         let path = e.path();
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = open::open_to_follow(&path) else {
             continue;
         };
         match file.metadata() {

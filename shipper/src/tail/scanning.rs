@@ -168,10 +168,10 @@ impl Tailer {
         };
         t.released_at = None;
         if t.path != f.path {
-            if self.by_path.get(&t.path) == Some(&key) {
-                self.by_path.remove(&t.path);
+            if self.by_path.get(t.path.as_os_str()) == Some(&key) {
+                self.by_path.remove(t.path.as_os_str());
             }
-            self.by_path.insert(f.path.clone(), key);
+            self.by_path.insert(f.path.clone().into_os_string(), key);
             t.path = f.path.clone();
             t.meta.path = f.path.display().to_string().into();
             let id = t.id.clone();

@@ -42,7 +42,7 @@ pub(super) struct Slots {
     /// Followed files whose descriptor was closed, with the (size, mtime) they had then.
     parked: HashMap<FileKey, Parked>,
     /// Parked files by path, so an inotify event on one reopens it.
-    parked_paths: HashMap<PathBuf, FileKey>,
+    parked_paths: PathMap,
     /// Files waiting for a slot.
     waiting: Waiting,
     /// Since when files wait with every slot taken.
@@ -174,7 +174,7 @@ impl Slots {
             max_open,
             close_inactive: cfg.discovery.close_inactive,
             parked: HashMap::new(),
-            parked_paths: HashMap::new(),
+            parked_paths: PathMap::default(),
             waiting: Waiting::default(),
             held_back_since: None,
             last_alert: None,
@@ -240,8 +240,8 @@ impl Tailer {
         let slots = &mut self.slots;
         slots.parked.retain(|k, p| {
             let keep = present.contains(k);
-            if !keep && slots.parked_paths.get(&p.path) == Some(k) {
-                slots.parked_paths.remove(&p.path);
+            if !keep && slots.parked_paths.get(p.path.as_os_str()) == Some(k) {
+                slots.parked_paths.remove(p.path.as_os_str());
             }
             keep
         });
@@ -250,7 +250,7 @@ impl Tailer {
 
     /// inotify says `path` changed: if a parked file is there, reopen it.
     pub(super) fn parked_woken(&mut self, path: &Path) -> bool {
-        let Some(&key) = self.slots.parked_paths.get(path) else {
+        let Some(&key) = self.slots.parked_paths.get(path.as_os_str()) else {
             return false;
         };
         let Some(p) = self.slots.parked.get(&key) else {
@@ -295,8 +295,8 @@ impl Tailer {
             }
             let f = self.slots.waiting.pop().expect("front exists");
             if let Some(p) = self.slots.parked.remove(&key) {
-                if self.slots.parked_paths.get(&p.path) == Some(&key) {
-                    self.slots.parked_paths.remove(&p.path);
+                if self.slots.parked_paths.get(p.path.as_os_str()) == Some(&key) {
+                    self.slots.parked_paths.remove(p.path.as_os_str());
                 }
                 self.count_parked();
             }
@@ -363,7 +363,9 @@ impl Tailer {
         if requeue {
             self.queue_adoption(f);
         } else {
-            self.slots.parked_paths.insert(f.path.clone(), key);
+            self.slots
+                .parked_paths
+                .insert(f.path.clone().into_os_string(), key);
             self.slots.parked.insert(
                 key,
                 Parked {
