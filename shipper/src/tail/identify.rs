@@ -421,7 +421,7 @@ impl Tailer {
             self.by_path.insert(f.path.clone().into_os_string(), key);
         }
         self.dirty.insert(key);
-        self.open.insert(key, t);
+        self.open.insert(key, Box::new(t));
         self.stats
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);

@@ -117,7 +117,9 @@ pub struct Tailer {
     cfg: Arc<Config>,
     store: Arc<Mutex<Store>>,
     registry: Registry,
-    open: HashMap<FileKey, Tracked>,
+    /// Boxed: a read takes its stream out of the map and puts it back, and moves a pointer
+    /// rather than the stream's several hundred bytes.
+    open: HashMap<FileKey, Box<Tracked>>,
     /// Open streams by the path their file was found at: an inotify event names a path.
     by_path: PathMap,
     /// Files whose identity must wait (a same-head file is still open): since when.
@@ -236,7 +238,7 @@ impl Tailer {
                 _ => {
                     let t = self.open.remove(&key).expect("key from the map");
                     tracing::info!(stream = %t.id, source = %was.name, "source removed or changed; stream stops here");
-                    self.close_quietly(t);
+                    self.close_quietly(*t);
                 }
             }
         }

@@ -57,7 +57,7 @@ impl Tailer {
                     .unwrap_or(false);
                 if truncated {
                     let t = self.open.remove(&key).expect("checked above");
-                    self.truncated(t, out);
+                    self.truncated(*t, out);
                 }
             }
         }

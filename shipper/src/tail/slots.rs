@@ -207,6 +207,7 @@ impl Tailer {
         let k = self.registry.get(id)?;
         self.open
             .get(&(k.row.device, k.row.inode))
+            .map(|t| &**t)
             .filter(|t| t.id == id)
     }
 
@@ -359,7 +360,7 @@ impl Tailer {
             symlink: false,
         };
         tracing::debug!(stream = %t.id, path = %t.path.display(), requeue, "parked: descriptor closed");
-        self.close_quietly(t);
+        self.close_quietly(*t);
         if requeue {
             self.queue_adoption(f);
         } else {

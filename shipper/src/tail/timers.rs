@@ -108,7 +108,7 @@ impl Tailer {
         let drained = t.at_eof && !t.dirty;
         if let Some(since) = t.released_at {
             if drained && since + self.cfg.discovery.rotate_wait <= now {
-                self.close(t, StreamState::Released, out);
+                self.close(*t, StreamState::Released, out);
                 return;
             }
         }
