@@ -266,6 +266,12 @@ type = "stdout"
         let link = found.iter().find(|f| f.path.ends_with("link.log")).unwrap();
         let target = std::fs::metadata(d.join("elsewhere/target.log")).unwrap();
         assert_eq!((link.device, link.inode), (target.dev(), target.ino()));
+        // The tailer watches a symlink's target folder on this word alone (no lstat of its own).
+        assert!(link.symlink);
+        assert!(found
+            .iter()
+            .filter(|f| f.path != link.path)
+            .all(|f| !f.symlink));
     }
 
     /// Two symlinks per level to the next folder: 2^12 paths lead to the one file at the
