@@ -127,6 +127,20 @@ impl Watch {
                     continue;
                 }
                 let wd = ev.wd.get_watch_descriptor_id();
+                if mask.contains(EventMask::MOVE_SELF) {
+                    // The watch follows the folder to its new name, and events would still be
+                    // read as from the old one; a folder made at the old path (`mv logs
+                    // logs.1; mkdir logs`) would go unwatched. So the watch goes, and the scan
+                    // this asks for watches whatever folders the paths lead to now.
+                    if let Some(f) = self.folders.remove(&wd) {
+                        for p in &f.paths {
+                            self.watched.remove(p);
+                        }
+                        let _ = self.inotify.watches().remove(f.wd);
+                    }
+                    wake(Wake::Rescan);
+                    continue;
+                }
                 if mask.contains(EventMask::IGNORED) {
                     // The kernel dropped the watch (the folder went, or its file system). One we
                     // removed ourselves is no longer in `folders`: nothing changed.
@@ -392,6 +406,31 @@ mod tests {
         assert_eq!(w.watched().count(), 0);
         w.update(&cfg.sources, []);
         assert_eq!(w.watched().collect::<Vec<_>>(), vec![d.to_path_buf()]);
+    }
+
+    /// A watched folder renamed and a new one made at its path: the new one is watched after the
+    /// next update, and writes in it name it, not the renamed one.
+    #[test]
+    fn a_folder_moved_away_and_made_again_is_watched_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let logs = d.join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let mut w = Watch::new().unwrap();
+        w.update(&[], [logs.clone()]);
+        std::fs::rename(&logs, d.join("logs.1")).unwrap();
+        std::fs::create_dir(&logs).unwrap();
+        let (_, rescans, _) = drain_all(&mut w, Path::new("/nowhere"));
+        assert!(rescans >= 1, "the move asks for a scan");
+        w.update(&[], [logs.clone(), d.join("logs.1")]);
+        let a = logs.join("a.log");
+        let mut f = std::fs::File::create(&a).unwrap();
+        drain_all(&mut w, Path::new("/nowhere"));
+        f.write_all(b"x\n").unwrap();
+        std::fs::write(d.join("logs.1/b.log"), b"y\n").unwrap();
+        let (m, _, _) = drain_all(&mut w, &a);
+        assert!(m.contains(&a), "{m:?}");
+        assert!(m.contains(&d.join("logs.1/b.log")), "{m:?}");
     }
 
     /// More events than the kernel queues while nobody reads: the overflow is reported, so the
