@@ -19,9 +19,13 @@ Usage: cargo build --release -p log-sensor && python3 bench/agent_bench.py
        [throughput|many-files|many-small|symlinks|all] [--size-mib 1024] [--files 1000]
        [--seconds 60] [--nofile N] [--timeout S] [--restart] [--workdir /var/tmp/log-sensor-bench]
 
+  --baseline OLD_BIN (many-files, many-small): --rounds rounds of the old build then --bin, in
+              turn, so the machine's load hits both alike; many-files then prints each build's
+              median and range, and the median CPU by thread (pipeline = the tail thread).
+
 Figures are printed, never asserted: this machine is shared and noisy.
 """
-import argparse, os, resource, shutil, signal, sqlite3, subprocess, sys, time
+import argparse, os, resource, shutil, signal, sqlite3, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK = os.sysconf("SC_CLK_TCK")
@@ -183,7 +187,9 @@ def throughput(args):
     os.remove(out)
 
 
-def many_files(args):
+def many_files(args, bin_=None):
+    """Returns (% of one core, peak RSS MiB, {thread: % of one core}) over the window."""
+    bin_ = bin_ or args.bin
     raise_own_fd_limit(args.files + 256)
     wd = os.path.join(args.workdir, "many")
     shutil.rmtree(wd, ignore_errors=True)
@@ -194,7 +200,7 @@ def many_files(args):
         f = open(path, "a", buffering=1)
         f.write(line(i))
         fds.append(f)
-    p = start_agent(args.bin, wd, '[sources.many]\npaths = ["logs/*.log"]', nofile=args.nofile)
+    p = start_agent(bin_, wd, '[sources.many]\npaths = ["logs/*.log"]', nofile=args.nofile)
     t_found = time.monotonic()
     while committed(wd)[1] < args.files:
         if p.poll() is not None:
@@ -211,22 +217,44 @@ def many_files(args):
         if now >= args.seconds + warm:
             break
         if c0 is None and now >= warm:
-            c0, t0 = cpu_seconds(p.pid), time.monotonic()
+            c0, t0, th0 = cpu_seconds(p.pid), time.monotonic(), thread_cpu(p.pid)
         # One line per file per second, spread evenly over the second.
         due = int(now * args.files)
         while i < due:
             fds[i % args.files].write(line(i))
             i += 1
         time.sleep(0.001)
-    c1, t1 = cpu_seconds(p.pid), time.monotonic()
+    c1, t1, th1 = cpu_seconds(p.pid), time.monotonic(), thread_cpu(p.pid)
     rss, fds_now = peak_rss_mib(p.pid), fd_count(p.pid)
     time.sleep(2)
     stop(p)
-    print(f"  agent CPU {c1 - c0:.2f} s over {t1 - t0:.1f} s = {(c1 - c0) / (t1 - t0) * 100:.2f}% of one core, "
+    pct = (c1 - c0) / (t1 - t0) * 100
+    threads = {n: (th1[n] - th0.get(n, 0.0)) / (t1 - t0) * 100 for n in th1}
+    split = ", ".join(f"{n} {v:.1f}%" for n, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    print(f"  {os.path.basename(bin_)}: agent CPU {c1 - c0:.2f} s over {t1 - t0:.1f} s = {pct:.2f}% of one core, "
           f"peak RSS {rss:.1f} MiB ({rss * 1024 / args.files:.1f} KiB per file), {fds_now} descriptors, "
-          f"{i} lines written")
+          f"{i} lines written; by thread: {split}; load {os.getloadavg()[0]:.1f}")
     for f in fds:
         f.close()
+    return pct, rss, threads
+
+
+def interleaved(args, run):
+    """--rounds rounds of --baseline then --bin, so the machine's load hits both alike."""
+    results = {"baseline": [], "bin": []}
+    for r in range(args.rounds):
+        for which, b in (("baseline", args.baseline), ("bin", args.bin)):
+            print(f"round {r + 1}/{args.rounds}, {which} ({b})", flush=True)
+            results[which].append(run(args, b))
+    for which, b in (("baseline", args.baseline), ("bin", args.bin)):
+        pcts = sorted(x[0] for x in results[which])
+        rss = sorted(x[1] for x in results[which])
+        names = sorted({n for x in results[which] for n in x[2]})
+        med = {n: statistics.median(x[2].get(n, 0.0) for x in results[which]) for n in names}
+        split = ", ".join(f"{n} {v:.1f}%" for n, v in sorted(med.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        print(f"{which} {b}: median {statistics.median(pcts):.2f}% of one core "
+              f"(range {pcts[0]:.2f}-{pcts[-1]:.2f}), peak RSS {rss[0]:.1f}-{rss[-1]:.1f} MiB; "
+              f"median by thread: {split}")
 
 
 def canary_sources(wd):
@@ -285,7 +313,8 @@ def total_committed(wd):
         return 0, 0
 
 
-def many_small(args):
+def many_small(args, bin_=None):
+    bin_ = bin_ or args.bin
     wd = os.path.join(args.workdir, "small")
     shutil.rmtree(os.path.join(wd, "state"), ignore_errors=True)
     shutil.rmtree(os.path.join(wd, "canary"), ignore_errors=True)
@@ -303,7 +332,7 @@ def many_small(args):
     sources = canary_sources(wd) + '[sources.small]\npaths = ["logs/*.log"]'
     canary = Canary(wd)
     t0 = time.monotonic()
-    p = start_agent(args.bin, wd, sources, nofile=args.nofile)
+    p = start_agent(bin_, wd, sources, nofile=args.nofile)
     peak_fds, done_at, seen = 0, None, (0, 0)
     while time.monotonic() - t0 < args.timeout:
         if p.poll() is not None:
@@ -328,7 +357,7 @@ def many_small(args):
             f.write(line(10 ** 9))
         want = os.path.getsize(last)
         t1 = time.monotonic()
-        p = start_agent(args.bin, wd, sources, nofile=args.nofile)
+        p = start_agent(bin_, wd, sources, nofile=args.nofile)
         poll = CommittedPoll(wd)
         got_at = None
         while time.monotonic() - t1 < args.timeout:
@@ -388,15 +417,24 @@ def main():
     ap.add_argument("--out", help="the file sink's path (default: in the work dir; /dev/shm/x takes the disk out)")
     ap.add_argument("--no-sync", action="store_true", help="file sink without fdatasync")
     ap.add_argument("--extra", default="", help='more config, e.g. \'[batch]\\nmax_bytes = "1MiB"\'')
+    ap.add_argument("--baseline", help="many-files, many-small: another build, run in turn with --bin")
+    ap.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of each")
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} missing: cargo build --release -p log-sensor")
     os.makedirs(args.workdir, exist_ok=True)
     if args.which in ("throughput", "all"):
         throughput(args)
-    if args.which in ("many-files", "all"):
+    if args.baseline and args.which == "many-files":
+        interleaved(args, many_files)
+    elif args.baseline and args.which == "many-small":
+        for r in range(args.rounds):
+            for b in (args.baseline, args.bin):
+                print(f"round {r + 1}/{args.rounds}: {b}", flush=True)
+                many_small(args, b)
+    elif args.which in ("many-files", "all"):
         many_files(args)
-    if args.which == "many-small":
+    elif args.which == "many-small":
         many_small(args)
     if args.which == "symlinks":
         symlinks(args)

@@ -260,3 +260,123 @@ fn an_idle_closed_file_rotated_out_of_the_globs_is_still_drained() {
     }
     assert_eq!(counts.len(), want.len(), "nothing else shipped");
 }
+
+/// A background scan stats files while the tailer reads on: by the time its result is applied,
+/// a growing file has been read past the size the scan saw. That stale size was taken for a
+/// truncation in place, and the whole file was read again from 0 as a new stream: a third of
+/// the records shipped twice with 10,000 files each growing by a line a second. Here 2,000
+/// quiet files make each scan last while 40 files grow fast under a scan every 100 ms; every
+/// line is shipped once and no stream is closed as truncated.
+#[test]
+fn files_growing_under_the_background_scan_are_not_taken_for_truncated() {
+    use std::io::Write;
+    let env = AgentEnv::with_config(&config_with("", "").replace(
+        r#"rescan_interval = "500ms""#,
+        r#"rescan_interval = "100ms""#,
+    ));
+    let mut want = Vec::new();
+    for i in 0..2000 {
+        let l = format!("quiet {i:04}");
+        append_lines(
+            &env.p(&format!("logs/q{i:04}.log")),
+            std::slice::from_ref(&l),
+        );
+        want.push(l);
+    }
+    let mut files: Vec<std::fs::File> = (0..40)
+        .map(|i| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(env.p(&format!("logs/g{i:02}.log")))
+                .unwrap()
+        })
+        .collect();
+    let agent = env.start();
+    env.wait_msgs(&agent, &want);
+    // The writers' pace, not an assertion: scans come and go while every file grows.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut round = 0;
+    while std::time::Instant::now() < until {
+        for (i, f) in files.iter_mut().enumerate() {
+            let l = format!("g{i:02} growing line {round:05}");
+            writeln!(f, "{l}").unwrap();
+            want.push(l);
+        }
+        round += 1;
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    env.wait_msgs(&agent, &want);
+    let counts = count_by_msg(&env);
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dups.is_empty(), "records shipped twice: {dups:?}");
+    assert_eq!(counts.len(), want.len(), "nothing else shipped");
+    let truncated = env.query("SELECT stream, path FROM streams WHERE state = 'truncated'");
+    assert!(truncated.is_empty(), "taken for truncated: {truncated:?}");
+}
+
+/// The agent stalled (stopped here) while files are written: inotify's queue fills, the kernel
+/// drops what follows and says so (`IN_Q_OVERFLOW`). The line written to `c.log` after the
+/// queue was full has no event; the overflow makes the agent rescan at once and read it, where
+/// otherwise it would wait for the hourly rescan.
+#[test]
+fn writes_whose_events_a_full_inotify_queue_dropped_are_read_after_a_rescan() {
+    let env = AgentEnv::with_config(
+        &config_with("", "").replace(r#"rescan_interval = "500ms""#, r#"rescan_interval = "1h""#),
+    );
+    let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .expect("inotify limits")
+        .trim()
+        .parse()
+        .expect("a number");
+    let (a, b, c) = (
+        env.p("logs/a.log"),
+        env.p("logs/b.log"),
+        env.p("logs/c.log"),
+    );
+    let first: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("{n} before the stall"))
+        .collect();
+    for (p, l) in [&a, &b, &c].into_iter().zip(&first) {
+        append_lines(p, std::slice::from_ref(l));
+    }
+    let agent = env.start();
+    env.wait_msgs(&agent, &first);
+    agent.signal(libc::SIGSTOP);
+    wait_for("the agent stopped", PATIENCE, || {
+        std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    });
+    // Alternating files: the kernel merges an event only into an identical last one.
+    let mut want = Vec::new();
+    {
+        use std::io::Write;
+        let mut fa = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
+        let mut fb = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+        for i in 0..queue + 100 {
+            let l = format!(
+                "{} while stalled {i:06}",
+                if i % 2 == 0 { "a" } else { "b" }
+            );
+            let f = if i % 2 == 0 { &mut fa } else { &mut fb };
+            writeln!(f, "{l}").unwrap();
+            want.push(l);
+        }
+    }
+    let late = "c written after the queue was full".to_string();
+    append_lines(&c, std::slice::from_ref(&late));
+    want.push(late);
+    agent.signal(libc::SIGCONT);
+    env.wait_msgs(&agent, &want);
+    assert!(
+        agent.stderr_text().contains("inotify's queue overflowed"),
+        "the overflow is logged"
+    );
+}

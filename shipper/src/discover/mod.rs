@@ -21,6 +21,9 @@ pub struct Found {
     /// Modification time in nanoseconds: with the size, tells a finished archive from a new
     /// file that reuses its inode.
     pub mtime_ns: i64,
+    /// The path is a symlink: its target's folder is watched too. The walk knows it from the
+    /// folder listing, so the tailer needs no lstat per file.
+    pub symlink: bool,
 }
 
 /// A folder that could not be listed (permission denied, I/O error).
@@ -165,6 +168,7 @@ pub fn scan_full(sources: &[Source]) -> Scan {
                     inode: md.ino(),
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    symlink: entry.path_is_symlink(),
                 });
             }
         }
@@ -262,6 +266,12 @@ type = "stdout"
         let link = found.iter().find(|f| f.path.ends_with("link.log")).unwrap();
         let target = std::fs::metadata(d.join("elsewhere/target.log")).unwrap();
         assert_eq!((link.device, link.inode), (target.dev(), target.ino()));
+        // The tailer watches a symlink's target folder on this word alone (no lstat of its own).
+        assert!(link.symlink);
+        assert!(found
+            .iter()
+            .filter(|f| f.path != link.path)
+            .all(|f| !f.symlink));
     }
 
     /// Two symlinks per level to the next folder: 2^12 paths lead to the one file at the

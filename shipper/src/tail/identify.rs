@@ -10,7 +10,7 @@ use super::*;
 impl Tailer {
     /// Opens a file no stream has open and decides which stream it is.
     pub(super) fn adopt(&mut self, f: Found) {
-        let file = match File::open(&f.path) {
+        let file = match open::open_to_follow(&f.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
@@ -55,6 +55,7 @@ impl Tailer {
             inode: key.1,
             size: md.len(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            symlink: false,
         };
         if self.alerted_paths.remove(&f.path) {
             tracing::info!(path = %f.path.display(), "file readable again");
@@ -409,17 +410,18 @@ impl Tailer {
             alerted_too_large: row.alerted_too_large,
             opened_at: Instant::now(),
             held: 0,
+            timer_at: None,
         };
         // The path names this file only if nothing else took it since (a stream continued on
         // a handle whose file was deleted keeps its old path for the record, not for events).
         let named_here = std::fs::metadata(&f.path)
             .map(|m| (m.dev(), m.ino()) == key)
             .unwrap_or(false);
-        if named_here || !self.by_path.contains_key(&f.path) {
-            self.by_path.insert(f.path.clone(), key);
+        if named_here || !self.by_path.contains_key(f.path.as_os_str()) {
+            self.by_path.insert(f.path.clone().into_os_string(), key);
         }
         self.dirty.insert(key);
-        self.open.insert(key, t);
+        self.open.insert(key, Box::new(t));
         self.stats
             .open_files
             .store(self.open.len() as u64, Ordering::Relaxed);

@@ -1,60 +1,9 @@
-//! Letting go of files: multiline and rotate_wait timers, truncation in place, closing a
-//! drained file, and remembering where each stream stopped.
+//! Letting go of files: truncation in place, closing a drained file, and remembering where
+//! each stream stopped (the timers that call for it are in `timers`).
 
 use super::*;
 
 impl Tailer {
-    pub(super) fn check_timers(&mut self, out: &mut Intake<'_>) {
-        let rotate_wait = self.cfg.discovery.rotate_wait;
-        // Timers are in seconds (multiline_timeout, rotate_wait): a tenth of a second is precise
-        // enough, and spares a pass over every open file on every write.
-        if self.last_timers.elapsed() < Duration::from_millis(100) {
-            return;
-        }
-        self.last_timers = Instant::now();
-        let due: Vec<FileKey> = self
-            .open
-            .iter()
-            .filter(|(_, t)| {
-                let timeout = self.cfg.sources[t.source]
-                    .framing
-                    .multiline
-                    .as_ref()
-                    .map(|m| m.timeout);
-                let flush = timeout
-                    .is_some_and(|to| t.framer.has_pending_record() && t.last_data.elapsed() >= to);
-                let close = t
-                    .released_at
-                    .is_some_and(|since| t.at_eof && !t.dirty && since.elapsed() >= rotate_wait);
-                flush || close
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            let Some(mut t) = self.open.remove(&key) else {
-                continue;
-            };
-            let timeout = self.cfg.sources[t.source]
-                .framing
-                .multiline
-                .as_ref()
-                .map(|m| m.timeout);
-            if let Some(timeout) = timeout {
-                if t.framer.has_pending_record() && t.last_data.elapsed() >= timeout {
-                    self.flush_framer(&mut t, false, out);
-                }
-            }
-            let drained = t.at_eof && !t.dirty;
-            if let Some(since) = t.released_at {
-                if drained && since.elapsed() >= rotate_wait {
-                    self.close(t, StreamState::Released, out);
-                    continue;
-                }
-            }
-            self.open.insert(key, t);
-        }
-    }
-
     /// The file under an open stream was truncated in place. Complete lines waiting for a
     /// multiline record go out; a partial last line does not: its rest was written before the
     /// truncation, so a copy of the file (if the globs find one) continues the stream from the
@@ -75,7 +24,7 @@ impl Tailer {
     /// Hands what the framer holds back to the batch and moves the stream's checkpoint: the
     /// record waiting for its multiline continuation, or with `finish` everything, a partial
     /// last line included.
-    fn flush_framer(&mut self, t: &mut Tracked, finish: bool, out: &mut Intake<'_>) {
+    pub(super) fn flush_framer(&mut self, t: &mut Tracked, finish: bool, out: &mut Intake<'_>) {
         let slot = self.slot(t, out);
         let ts = now_ms();
         let mut push = |r: Rec<'_>| {
@@ -122,8 +71,8 @@ impl Tailer {
     pub(super) fn forget(&mut self, t: &Tracked) {
         self.slots.held_total = self.slots.held_total.saturating_sub(t.held);
         self.dirty.remove(&t.key);
-        if self.by_path.get(&t.path) == Some(&t.key) {
-            self.by_path.remove(&t.path);
+        if self.by_path.get(t.path.as_os_str()) == Some(&t.key) {
+            self.by_path.remove(t.path.as_os_str());
         }
         self.stats
             .open_files

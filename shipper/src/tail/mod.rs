@@ -15,6 +15,7 @@ mod reclaim;
 mod registry;
 mod scanning;
 mod slots;
+mod timers;
 
 use crate::batch::{Ack, Intake, StreamMeta};
 use crate::config::{Config, Source};
@@ -26,7 +27,6 @@ use crate::input::{Bell, Input, Turn};
 use crate::record::now_ms;
 pub use crate::status::TailStats;
 use crate::store::{now_secs, Alert, Checkpoint, Store, StreamRow, StreamState};
-use crossbeam_channel::Receiver;
 use registry::{Known, Registry};
 use slots::Slots;
 use std::collections::{HashMap, HashSet};
@@ -39,6 +39,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type FileKey = (u64, u64);
+/// Files by path, keyed by the path's bytes: `Path`'s own hash and equality walk components,
+/// which cost more than the rest of an inotify event's handling. The paths compared are all
+/// built the same way (the walk's joins, and a watched folder joined with an event's name).
+type PathMap = HashMap<std::ffi::OsString, FileKey>;
 
 const READ_CHUNK: usize = 256 << 10;
 /// Reads per stream per turn, so one busy file cannot starve the others.
@@ -92,6 +96,8 @@ struct Tracked {
     opened_at: Instant,
     /// Bytes its framer held at the last count ([`memory`]).
     held: usize,
+    /// The deadline armed for it in [`timers`], if any.
+    timer_at: Option<Instant>,
 }
 
 impl Tracked {
@@ -111,8 +117,11 @@ pub struct Tailer {
     cfg: Arc<Config>,
     store: Arc<Mutex<Store>>,
     registry: Registry,
-    open: HashMap<FileKey, Tracked>,
-    by_path: HashMap<PathBuf, FileKey>,
+    /// Boxed: a read takes its stream out of the map and puts it back, and moves a pointer
+    /// rather than the stream's several hundred bytes.
+    open: HashMap<FileKey, Box<Tracked>>,
+    /// Open streams by the path their file was found at: an inotify event names a path.
+    by_path: PathMap,
     /// Files whose identity must wait (a same-head file is still open): since when.
     deferred: HashMap<FileKey, Instant>,
     /// Archives read to their end, with the (size, mtime) they had: skipped while the same file
@@ -130,9 +139,11 @@ pub struct Tailer {
     looked_for: HashSet<String>,
     /// Paths already alerted as unreadable, so a permanent denial is one alert, not one a scan.
     alerted_paths: HashSet<PathBuf>,
-    wakes: Receiver<Wake>,
-    overflow: Arc<AtomicBool>,
+    /// inotify's queue overflowed: events were lost, so the next scan starts at once.
+    overflow: bool,
     watch: Option<Watch>,
+    /// Rung by the inotify thread to end the pipeline's idle sleep.
+    bell: Bell,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
     /// Open files with bytes to read (or to check): reading touches only these, so 1,000 quiet
@@ -140,7 +151,8 @@ pub struct Tailer {
     dirty: HashSet<FileKey>,
     /// What is left of the current pass over `dirty` after a full batch ended a turn.
     pass: Vec<FileKey>,
-    last_timers: Instant,
+    /// Multiline, rotate_wait and close_inactive deadlines of the open streams.
+    timers: timers::Timers,
     last_prune: Instant,
     last_scan: Option<Instant>,
     scan_requested: bool,
@@ -170,9 +182,7 @@ impl Tailer {
             }
             st.load_streams()?
         };
-        let (wake_tx, wakes) = crossbeam_channel::bounded(4096);
-        let overflow = Arc::new(AtomicBool::new(false));
-        let watch = match Watch::new(wake_tx, overflow.clone(), move || bell.ring()) {
+        let watch = match Watch::new() {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable; relying on periodic rescans");
@@ -182,21 +192,21 @@ impl Tailer {
         Ok(Tailer {
             registry: Registry::load(rows),
             open: HashMap::new(),
-            by_path: HashMap::new(),
+            by_path: PathMap::default(),
             deferred: HashMap::new(),
             finished: HashMap::new(),
             gzip_pending: HashMap::new(),
             refused: HashMap::new(),
             looked_for: HashSet::new(),
             alerted_paths: HashSet::new(),
-            wakes,
-            overflow,
+            overflow: false,
             watch,
+            bell,
             stop,
             buf: vec![0u8; READ_CHUNK],
             dirty: HashSet::new(),
             pass: Vec::new(),
-            last_timers: Instant::now(),
+            timers: timers::Timers::default(),
             last_prune: Instant::now(),
             last_scan: None,
             scan_requested: true,
@@ -228,12 +238,13 @@ impl Tailer {
                 _ => {
                     let t = self.open.remove(&key).expect("key from the map");
                     tracing::info!(stream = %t.id, source = %was.name, "source removed or changed; stream stops here");
-                    self.close_quietly(t);
+                    self.close_quietly(*t);
                 }
             }
         }
         self.deferred.clear();
         self.slots.configure(&self.cfg);
+        self.rearm_all();
         self.last_scan = None;
     }
 
@@ -248,7 +259,7 @@ impl Tailer {
                 Some(t) => {
                     t.elapsed() >= self.cfg.discovery.rescan_interval
                         || (self.scan_requested && t.elapsed() >= MIN_SCAN_GAP)
-                        || self.overflow.swap(false, Ordering::Relaxed)
+                        || self.overflow
                 }
             };
         if due {
@@ -257,8 +268,7 @@ impl Tailer {
         self.scanned(out);
         self.admit(Some(Instant::now() + ADMIT_SLICE));
         let worked = self.read_dirty(out);
-        self.check_timers(out);
-        self.park_inactive();
+        self.run_timers(out);
         // Files waiting for a free slot are opened next turn, not after a wait.
         if worked || self.slots_to_fill() {
             Turn::Busy
@@ -272,35 +282,47 @@ impl Tailer {
         self.scan(out);
     }
 
+    /// Takes every inotify event queued since the last turn: the files written are marked to
+    /// be read in this turn's one pass over them, however many events each had.
     fn drain_wakes(&mut self) {
-        while let Ok(w) = self.wakes.try_recv() {
-            self.on_wake(w);
-        }
+        let Some(mut watch) = self.watch.take() else {
+            return;
+        };
+        watch.drain(|w| match w {
+            Wake::Modified(path) => self.written(path),
+            Wake::Rescan => {
+                self.scan_requested = true;
+                true
+            }
+            Wake::Overflow => {
+                tracing::info!("inotify's queue overflowed; rescanning every file");
+                self.overflow = true;
+                true
+            }
+        });
+        self.watch = Some(watch);
     }
 
-    fn on_wake(&mut self, w: Wake) {
-        match w {
-            Wake::Modified(p) => match self.by_path.get(&p) {
-                Some(k) => {
-                    if let Some(t) = self.open.get_mut(k) {
-                        t.dirty = true;
-                        self.dirty.insert(*k);
-                    }
-                }
-                None => {
-                    if !self.parked_woken(&p) {
-                        self.scan_requested = true
-                    }
-                }
-            },
-            Wake::Rescan => self.scan_requested = true,
+    /// inotify says `path` was written: marks its stream to be read, or queues its parked file
+    /// to be reopened. False when no followed file has that path.
+    fn written(&mut self, path: &Path) -> bool {
+        if let Some(&k) = self.by_path.get(path.as_os_str()) {
+            if let Some(t) = self.open.get_mut(&k) {
+                t.dirty = true;
+                self.dirty.insert(k);
+                return true;
+            }
         }
+        self.parked_woken(path)
     }
 
     fn wait_hint(&self) -> Duration {
         let mut wait = IDLE_WAIT;
-        if self.scan_requested {
+        if self.scan_requested || self.overflow {
             wait = wait.min(MIN_SCAN_GAP);
+        }
+        if let Some(at) = self.timers.next() {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
         if self.scanner.as_ref().is_some_and(|s| s.in_flight()) {
             wait = wait.min(SCAN_POLL);
@@ -343,6 +365,12 @@ impl Input for Tailer {
     }
 
     fn start(&mut self) {
+        if let Some(w) = &mut self.watch {
+            let bell = self.bell.clone();
+            if let Err(e) = w.ring_with(move || bell.ring()) {
+                tracing::warn!(error = %e, "cannot start the inotify thread; files are read at each turn");
+            }
+        }
         match discover::background::Scanner::spawn() {
             Ok(s) => self.scanner = Some(s),
             Err(e) => tracing::warn!(error = %e, "cannot start the scan thread; scanning in line"),

@@ -25,6 +25,7 @@ impl Tailer {
             };
             let outcome = self.read_turn(&mut t, out);
             self.account_held(&mut t);
+            self.arm(&mut t);
             if !matches!(outcome, Outcome::Progress) {
                 self.dirty.remove(&key);
             }
@@ -37,7 +38,7 @@ impl Tailer {
                     t.dirty = false;
                     if t.compressed {
                         // An archive is immutable: at its end it is done.
-                        self.close(t, StreamState::Done, out);
+                        self.close(*t, StreamState::Done, out);
                     } else {
                         self.open.insert(key, t);
                     }
@@ -48,7 +49,7 @@ impl Tailer {
                     let path = t.path.clone();
                     let source = t.source;
                     let handle = t.file().try_clone();
-                    self.truncated(t, out);
+                    self.truncated(*t, out);
                     if let Ok(file) = handle {
                         self.adopt_file(source, path, file);
                     }
@@ -60,7 +61,7 @@ impl Tailer {
                         // it stops growing.
                         let size = t.file().metadata().map(|m| m.len()).unwrap_or(0);
                         self.gzip_pending.insert(key, size);
-                        self.close_quietly(t);
+                        self.close_quietly(*t);
                     } else {
                         self.alert(
                             "read_error",
@@ -69,7 +70,7 @@ impl Tailer {
                             Some(&t.path),
                             format!("read failed at offset {}: {e}", t.framer.position()),
                         );
-                        self.close_quietly(t);
+                        self.close_quietly(*t);
                     }
                 }
             }

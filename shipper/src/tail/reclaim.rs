@@ -106,6 +106,7 @@ impl Tailer {
             inode: key.1,
             size: md.len(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            symlink: false,
         };
         let existing = match continues {
             Ok(()) => {
@@ -220,7 +221,7 @@ impl Tailer {
             if e.ino() == inode.1 || !rotated_name(old, &path) {
                 return false;
             }
-            let Ok(file) = File::open(&path) else {
+            let Ok(file) = open::open_to_follow(&path) else {
                 return false;
             };
             let decoding = head::Decoding::for_path(source.detect_compression, &path);
@@ -256,7 +257,7 @@ fn find_by_inode(folder: &Path, key: FileKey) -> Option<(PathBuf, File)> {
             continue;
         }
         let path = e.path();
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = open::open_to_follow(&path) else {
             continue;
         };
         match file.metadata() {

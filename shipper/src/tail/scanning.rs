@@ -17,6 +17,8 @@ impl Tailer {
     pub(super) fn scan_started(&mut self) {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         self.scan_requested = false;
+        // A scan started now looks at every file: it covers the events inotify lost.
+        self.overflow = false;
         self.prune();
         self.last_scan = Some(Instant::now());
     }
@@ -41,17 +43,22 @@ impl Tailer {
             }
         }
         // Files truncated in place are let go first, so that a copy of them found in this same
-        // scan can continue their stream (copytruncate with the copy among the globs).
-        for f in &found {
-            let key = (f.device, f.inode);
-            let truncated = self
-                .open
-                .get(&key)
-                .map(|t| !t.compressed && (f.size < t.framer.position() || rewritten(t)))
-                .unwrap_or(false);
-            if truncated {
-                let t = self.open.remove(&key).expect("checked above");
-                self.truncated(t, out);
+        // scan can continue their stream (copytruncate with the copy among the globs). Only a
+        // scan that found a file to identify can hold such a copy; without one, the read every
+        // open file gets after a scan finds a truncation itself (`resume`), and the two preads
+        // per open file per scan are spared (10,000 files: 2,000 preads a second).
+        if found.iter().any(|f| self.to_identify(f)) {
+            for f in &found {
+                let key = (f.device, f.inode);
+                let truncated = self
+                    .open
+                    .get(&key)
+                    .map(|t| !t.compressed && (shrunk(t, f.size) || rewritten(t)))
+                    .unwrap_or(false);
+                if truncated {
+                    let t = self.open.remove(&key).expect("checked above");
+                    self.truncated(*t, out);
+                }
             }
         }
         let present: HashSet<FileKey> = found.iter().map(|f| (f.device, f.inode)).collect();
@@ -61,10 +68,7 @@ impl Tailer {
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
         for f in found {
             let key = (f.device, f.inode);
-            if std::fs::symlink_metadata(&f.path)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
+            if f.symlink {
                 if let Some(dir) = std::fs::canonicalize(&f.path)
                     .ok()
                     .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -119,6 +123,17 @@ impl Tailer {
         }
     }
 
+    /// Whether a scan's `f` is a file no stream follows yet, to be identified (not open, not
+    /// parked, not an archive finished or a file refused as it is now).
+    fn to_identify(&self, f: &Found) -> bool {
+        let key = (f.device, f.inode);
+        let version = Some(&(f.size, f.mtime_ns));
+        !self.open.contains_key(&key)
+            && !self.slots.is_parked(key)
+            && self.finished.get(&key) != version
+            && self.refused.get(&key) != version
+    }
+
     /// Once an hour, forget streams let go long ago, in the store and here.
     pub(super) fn prune(&mut self) {
         if self.last_prune.elapsed() < Duration::from_secs(3600) {
@@ -153,10 +168,10 @@ impl Tailer {
         };
         t.released_at = None;
         if t.path != f.path {
-            if self.by_path.get(&t.path) == Some(&key) {
-                self.by_path.remove(&t.path);
+            if self.by_path.get(t.path.as_os_str()) == Some(&key) {
+                self.by_path.remove(t.path.as_os_str());
             }
-            self.by_path.insert(f.path.clone(), key);
+            self.by_path.insert(f.path.clone().into_os_string(), key);
             t.path = f.path.clone();
             t.meta.path = f.path.display().to_string().into();
             let id = t.id.clone();
@@ -198,4 +213,13 @@ impl Tailer {
     pub(super) fn slots_to_fill(&self) -> bool {
         self.slots.waiting_len() > 0 && self.open.len() < self.slots.max_open
     }
+}
+
+/// The file under `t` is now shorter than what was read from it. `seen` is the size the scan
+/// saw, and the scan walks on its own thread while this one reads on: a file growing meanwhile
+/// is read past the size the scan saw before the result is applied. Only the stream's own
+/// descriptor says whether the file really shrank.
+fn shrunk(t: &Tracked, seen: u64) -> bool {
+    let pos = t.framer.position();
+    seen < pos && t.file().metadata().is_ok_and(|m| m.len() < pos)
 }

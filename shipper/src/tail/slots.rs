@@ -22,8 +22,6 @@ use std::collections::VecDeque;
 
 /// An open file with unread bytes keeps its slot at least this long before it yields it.
 const FAIR_SLICE: Duration = Duration::from_secs(1);
-/// How often open files are looked at for `close_inactive`.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Descriptors kept free for everything but followed files: the store (database, WAL and
 /// shared memory), the sink's connections, inotify, the control and monitor sockets, the
 /// osquery outbox, and files opened briefly while identifying.
@@ -40,17 +38,16 @@ pub(super) struct Slots {
     /// Files held open at most.
     pub(super) max_open: usize,
     /// A caught-up file with no new bytes for this long is parked (`None`: never).
-    close_inactive: Option<Duration>,
+    pub(super) close_inactive: Option<Duration>,
     /// Followed files whose descriptor was closed, with the (size, mtime) they had then.
     parked: HashMap<FileKey, Parked>,
     /// Parked files by path, so an inotify event on one reopens it.
-    parked_paths: HashMap<PathBuf, FileKey>,
+    parked_paths: PathMap,
     /// Files waiting for a slot.
     waiting: Waiting,
     /// Since when files wait with every slot taken.
     held_back_since: Option<Instant>,
     last_alert: Option<Instant>,
-    last_idle_check: Instant,
     /// What open streams' framers hold in total, and the most they may ([`memory`]).
     pub(super) held_total: usize,
     pub(super) held_budget: usize,
@@ -177,11 +174,10 @@ impl Slots {
             max_open,
             close_inactive: cfg.discovery.close_inactive,
             parked: HashMap::new(),
-            parked_paths: HashMap::new(),
+            parked_paths: PathMap::default(),
             waiting: Waiting::default(),
             held_back_since: None,
             last_alert: None,
-            last_idle_check: Instant::now(),
             held_total: 0,
             held_budget: super::memory::held_budget(cfg),
             last_partial_log: None,
@@ -199,6 +195,10 @@ impl Slots {
     pub(super) fn waiting_len(&self) -> usize {
         self.waiting.len()
     }
+
+    pub(super) fn is_parked(&self, key: FileKey) -> bool {
+        self.parked.contains_key(&key)
+    }
 }
 
 impl Tailer {
@@ -207,6 +207,7 @@ impl Tailer {
         let k = self.registry.get(id)?;
         self.open
             .get(&(k.row.device, k.row.inode))
+            .map(|t| &**t)
             .filter(|t| t.id == id)
     }
 
@@ -240,8 +241,8 @@ impl Tailer {
         let slots = &mut self.slots;
         slots.parked.retain(|k, p| {
             let keep = present.contains(k);
-            if !keep && slots.parked_paths.get(&p.path) == Some(k) {
-                slots.parked_paths.remove(&p.path);
+            if !keep && slots.parked_paths.get(p.path.as_os_str()) == Some(k) {
+                slots.parked_paths.remove(p.path.as_os_str());
             }
             keep
         });
@@ -250,7 +251,7 @@ impl Tailer {
 
     /// inotify says `path` changed: if a parked file is there, reopen it.
     pub(super) fn parked_woken(&mut self, path: &Path) -> bool {
-        let Some(&key) = self.slots.parked_paths.get(path) else {
+        let Some(&key) = self.slots.parked_paths.get(path.as_os_str()) else {
             return false;
         };
         let Some(p) = self.slots.parked.get(&key) else {
@@ -263,6 +264,7 @@ impl Tailer {
             inode: key.1,
             size: 0,
             mtime_ns: 0,
+            symlink: false,
         };
         self.queue(f, true);
         true
@@ -294,8 +296,8 @@ impl Tailer {
             }
             let f = self.slots.waiting.pop().expect("front exists");
             if let Some(p) = self.slots.parked.remove(&key) {
-                if self.slots.parked_paths.get(&p.path) == Some(&key) {
-                    self.slots.parked_paths.remove(&p.path);
+                if self.slots.parked_paths.get(p.path.as_os_str()) == Some(&key) {
+                    self.slots.parked_paths.remove(p.path.as_os_str());
                 }
                 self.count_parked();
             }
@@ -355,13 +357,16 @@ impl Tailer {
             inode: key.1,
             size: version.0,
             mtime_ns: version.1,
+            symlink: false,
         };
         tracing::debug!(stream = %t.id, path = %t.path.display(), requeue, "parked: descriptor closed");
-        self.close_quietly(t);
+        self.close_quietly(*t);
         if requeue {
             self.queue_adoption(f);
         } else {
-            self.slots.parked_paths.insert(f.path.clone(), key);
+            self.slots
+                .parked_paths
+                .insert(f.path.clone().into_os_string(), key);
             self.slots.parked.insert(
                 key,
                 Parked {
@@ -404,32 +409,6 @@ impl Tailer {
             tracing::warn!("{detail}");
         }
     }
-
-    /// Parks caught-up files that had no new bytes for `close_inactive`.
-    pub(super) fn park_inactive(&mut self) {
-        let Some(inactive) = self.slots.close_inactive else {
-            return;
-        };
-        if self.slots.last_idle_check.elapsed() < IDLE_CHECK {
-            return;
-        }
-        self.slots.last_idle_check = Instant::now();
-        let idle: Vec<FileKey> = self
-            .open
-            .values()
-            .filter(|t| {
-                !t.compressed
-                    && t.released_at.is_none()
-                    && t.at_eof
-                    && !t.dirty
-                    && t.last_data.elapsed() >= inactive
-            })
-            .map(|t| t.key)
-            .collect();
-        for key in idle {
-            self.park(key, false);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -444,6 +423,7 @@ mod tests {
             inode,
             size: 0,
             mtime_ns: 0,
+            symlink: false,
         }
     }
 
