@@ -161,7 +161,7 @@ impl Agent {
             Command::new(BIN)
                 .args(["export", "--dir", c.d(), "--to", out.to_str().unwrap()])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(self.p("export.err")).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -177,7 +177,16 @@ impl Agent {
         wait_until(
             "export to reach the last line",
             || exported().iter().any(|r| r["msg"] == last),
-            &|| self.log(),
+            &|| {
+                let export = std::fs::read_to_string(self.p("export.err")).unwrap_or_default();
+                let got = exported();
+                format!(
+                    "{}\nexport got {} records of this host, the last {:?}; its log:\n{export}",
+                    self.log(),
+                    got.len(),
+                    got.last().map(|r| r["msg"].clone())
+                )
+            },
         );
         let mut offset = 0;
         let expected: Vec<(u64, &str)> = want

@@ -34,6 +34,13 @@ impl JetStream {
     /// durable consumer `consumer` (created when absent, so a restart goes
     /// on where the last acknowledged message left off). Returns how many
     /// messages were written.
+    ///
+    /// What a node lost or an election causes (no answer, no responders, a
+    /// leadership change) is waited out, as long as it lasts, with one
+    /// warning per kind of failure: export runs as a service, and a service
+    /// that exits on a restart of one NATS node leaves the records to pile
+    /// up. A write that fails, or an answer that says the stream or the
+    /// consumer's configuration is wrong, ends it.
     pub fn export(
         &self,
         consumer: &str,
@@ -50,20 +57,11 @@ impl JetStream {
                     "filter_subject": filter,
                     "deliver_policy": "all",
                     "ack_policy": "explicit",
-                    "ack_wait": 30_000_000_000u64,
+                    "ack_wait": ACK_WAIT.as_nanos() as u64,
                     "max_ack_pending": 1000,
                 },
             });
-            api::request(
-                &self.client,
-                &format!("creating consumer {consumer}"),
-                format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
-                None,
-                serde_json::to_vec(&config).expect("JSON").into(),
-                self.timeout,
-            )
-            .await
-            .map_err(JetStreamError::from)?;
+            let create = serde_json::to_vec(&config).expect("JSON");
             let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}");
             let ask = serde_json::to_vec(&json!({
                 "batch": 1,
@@ -79,17 +77,41 @@ impl JetStream {
                     detail: e.to_string(),
                 })
             })?;
+            let mut trouble = Trouble::default();
             let mut written = 0;
+            // The consumer is (re)made first, and again after an answer
+            // that says it went away.
+            let mut made = false;
             while !stop.load(Ordering::SeqCst) {
-                self.client
+                if !made {
+                    match api::request(
+                        &self.client,
+                        &format!("creating consumer {consumer}"),
+                        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+                        None,
+                        Bytes::from(create.clone()),
+                        self.timeout,
+                    )
+                    .await
+                    {
+                        Ok(_) => made = true,
+                        Err(e) if passing(&e) => {
+                            trouble.wait(&e.to_string()).await;
+                            continue;
+                        }
+                        Err(e) => return Err(JetStreamError::from(e).into()),
+                    }
+                }
+                if let Err(e) = self
+                    .client
                     .publish_with_reply(next.clone(), inbox.clone(), Bytes::from(ask.clone()))
                     .await
-                    .map_err(|source| {
-                        JetStreamError::Api(api::ApiError::Publish {
-                            what: format!("fetching from consumer {consumer}"),
-                            source,
-                        })
-                    })?;
+                {
+                    trouble
+                        .wait(&format!("fetching from consumer {consumer}: {e}"))
+                        .await;
+                    continue;
+                }
                 let msg =
                     match tokio::time::timeout(FETCH_WAIT + self.timeout, replies.next()).await {
                         Ok(Some(m)) => m,
@@ -104,43 +126,102 @@ impl JetStream {
                             .into())
                         }
                     };
-                // 404 (nothing yet) and 408 (the wait expired) are the
-                // empty answers of a pull.
-                if msg
-                    .status
-                    .is_some_and(|s| s.as_u16() == 404 || s.as_u16() == 408)
-                {
-                    continue;
-                }
-                if let Some(status) = msg.status {
-                    return Err(JetStreamError::Api(api::ApiError::JetStream {
-                        what: format!("fetching from consumer {consumer}"),
-                        code: u64::from(status.as_u16()),
-                        err_code: 0,
-                        description: msg.description.unwrap_or_default(),
-                    })
-                    .into());
+                match msg.status.map(|s| s.as_u16()) {
+                    None => {}
+                    // 404 (nothing yet) and 408 (the wait expired) are the
+                    // empty answers of a pull.
+                    Some(404 | 408) => continue,
+                    // 409 (a leadership change, the consumer deleted, a
+                    // server shutting down) and 503 (no responders: the
+                    // consumer's leader is away): made again, or waited for.
+                    Some(code @ (409 | 503)) => {
+                        made = false;
+                        let said = msg.description.unwrap_or_default();
+                        trouble
+                            .wait(&format!("fetching from consumer {consumer}: {code} {said}"))
+                            .await;
+                        continue;
+                    }
+                    Some(code) => {
+                        return Err(JetStreamError::Api(api::ApiError::JetStream {
+                            what: format!("fetching from consumer {consumer}"),
+                            code: u64::from(code),
+                            err_code: 0,
+                            description: msg.description.unwrap_or_default(),
+                        })
+                        .into())
+                    }
                 }
                 out(&msg.payload).map_err(ExportError::Write)?;
-                if let Some(reply) = msg.reply {
-                    // The ack waits for the server's answer, so "written and
-                    // acknowledged" is known before the next fetch.
+                written += 1;
+                trouble.over();
+                let Some(reply) = msg.reply else { continue };
+                // The ack waits for the server's answer, so "written and
+                // acknowledged" is known before the next fetch. One that
+                // gets none is sent again (acknowledging twice is harmless)
+                // until the server would deliver the message anew anyway.
+                let since = std::time::Instant::now();
+                loop {
                     let ack = async_nats::Request::new()
                         .payload(Bytes::from_static(b"+ACK"))
                         .timeout(Some(self.timeout));
-                    self.client
-                        .send_request(reply, ack)
-                        .await
-                        .map_err(|source| {
-                            JetStreamError::Api(api::ApiError::Request {
-                                what: "acknowledging an exported message".to_owned(),
-                                source,
-                            })
-                        })?;
+                    match self.client.send_request(reply.clone(), ack).await {
+                        Ok(_) => break,
+                        Err(e) if since.elapsed() < ACK_WAIT && !stop.load(Ordering::SeqCst) => {
+                            trouble
+                                .wait(&format!("acknowledging an exported message: {e}"))
+                                .await
+                        }
+                        // Unacknowledged, the message comes again: written
+                        // twice, which the lines' host, stream and offset
+                        // let a reader see.
+                        Err(_) => break,
+                    }
                 }
-                written += 1;
             }
             Ok(written)
         })
+    }
+}
+
+/// How long the server waits for an acknowledgement before it delivers a
+/// message again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long export waits before asking again after a failure it waits out.
+const RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// A failure that a node coming back or an election ends: waited out.
+fn passing(e: &api::ApiError) -> bool {
+    match e {
+        api::ApiError::Timeout { .. }
+        | api::ApiError::Request { .. }
+        | api::ApiError::Publish { .. } => true,
+        // 503: `JetStream system temporarily unavailable`, no meta leader.
+        api::ApiError::JetStream { code, .. } => *code == 503,
+        api::ApiError::BadAnswer { .. } => false,
+    }
+}
+
+/// The failure being waited out, so each kind is logged once and its end
+/// once.
+#[derive(Default)]
+struct Trouble {
+    last: Option<String>,
+}
+
+impl Trouble {
+    async fn wait(&mut self, what: &str) {
+        if self.last.as_deref() != Some(what) {
+            tracing::warn!(error = %what, "export waits for the NATS cluster and asks again");
+            self.last = Some(what.to_owned());
+        }
+        tokio::time::sleep(RETRY_WAIT).await;
+    }
+
+    fn over(&mut self) {
+        if self.last.take().is_some() {
+            tracing::info!("export is receiving records again");
+        }
     }
 }

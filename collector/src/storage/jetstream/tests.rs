@@ -618,6 +618,73 @@ fn export_writes_every_record_and_resumes_after_its_last_ack() {
     assert_eq!(run(2), vec![40, 50]);
 }
 
+/// `export` runs as a service: started while its only NATS node is down
+/// (its consumer cannot be made yet), and that node killed -9 again while
+/// it runs, it waits, goes on, and writes what was stored meanwhile.
+#[test]
+fn export_waits_out_its_node_restarting_and_goes_on() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let mut c = Cluster::start(nats_server(), 1, "");
+    drop(c.connect(&[0], 1));
+    // Requests wait 2 s for an answer: the node stays away for longer.
+    let js = Arc::new(JetStream::connect(&c.config_waiting(&[0], 1, 2), 3).unwrap());
+    store(&js, &[("s", 0, 3)]).unwrap();
+    c.nodes[0].kill9();
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let export = {
+        let (js, stop, got) = (Arc::clone(&js), Arc::clone(&stop), Arc::clone(&got));
+        std::thread::spawn(move || {
+            let mut out = |body: &[u8]| -> std::io::Result<()> {
+                for l in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let offset = serde_json::from_slice::<Value>(l).unwrap()["offset"]
+                        .as_u64()
+                        .unwrap();
+                    got.lock().unwrap().push(offset);
+                }
+                Ok(())
+            };
+            js.export("e", &mut out, &stop)
+        })
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.lock().unwrap().len() < n {
+            assert!(!export.is_finished(), "export ended with its node away");
+            assert!(
+                Instant::now() < deadline,
+                "export stalled at {:?}",
+                got.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let restart = |c: &mut Cluster| {
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!export.is_finished(), "export ended with its node away");
+        c.nodes[0].start();
+    };
+    restart(&mut c);
+    wait_for(3);
+    c.nodes[0].kill9();
+    restart(&mut c);
+    // Stored once the node takes writes again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = store(&js, &[("s", 3, 6)]) {
+        assert!(Instant::now() < deadline, "the node did not come back: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for(6);
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        export.join().unwrap().unwrap(),
+        2,
+        "one message per stored batch"
+    );
+    assert_eq!(*got.lock().unwrap(), want(6));
+}
+
 #[test]
 fn versions_before_2_12_are_refused() {
     assert!(check_version("n", "2.9.10").is_err());
