@@ -15,13 +15,13 @@
 
 mod driver;
 mod json;
+mod readback;
 
 use super::{Draft, Fault, Outcome, Transform, Verdict};
 use crate::config::lua::sandbox::{CallError, Sandbox};
 use crate::config::lua::LuaOptions;
 use crate::store::{Alert, Store};
 use driver::{Driver, Made};
-use mlua::Value;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
@@ -122,43 +122,24 @@ impl LuaTransform {
     /// Puts what the script changed into `rec` (None: that part came back as it went in).
     fn take(
         rec: &mut Draft<'_>,
-        msg: Option<Value>,
-        fields: Option<Value>,
+        msg: Option<Result<Vec<u8>, String>>,
+        fields: Option<Result<Option<Vec<u8>>, String>>,
     ) -> Result<(), CallError> {
-        let bytes = match &msg {
-            None => None,
-            Some(Value::String(s)) => Some(s.as_bytes()),
-            Some(Value::Nil) => return Err(CallError::Script("the record's msg is nil".into())),
-            Some(other) => {
-                let m = format!(
-                    "the record's msg is {}, not a string",
-                    json::a(other.type_name())
-                );
-                return Err(CallError::Script(m));
-            }
-        };
+        let msg = msg.transpose().map_err(CallError::Script)?;
         let fields = match fields {
-            None => Some(rec.fields.take()),
-            Some(Value::Nil) => Some(None),
-            Some(Value::Table(t)) => {
-                let json = json::from_lua(&t).map_err(CallError::Script)?;
+            None => rec.fields.take(),
+            Some(f) => match f.map_err(CallError::Script)? {
+                None => None,
                 // An empty table where there were no fields adds none.
-                Some((json != b"{}" || rec.fields.is_some()).then_some(Cow::Owned(json)))
-            }
-            Some(other) => {
-                let m = format!(
-                    "the record's fields is {}, not a table",
-                    json::a(other.type_name())
-                );
-                return Err(CallError::Script(m));
-            }
+                Some(json) => (json != b"{}" || rec.fields.is_some()).then_some(Cow::Owned(json)),
+            },
         };
-        if let Some(b) = bytes {
+        if let Some(b) = msg {
             if *b != *rec.bytes {
-                rec.bytes = Cow::Owned(b.to_vec());
+                rec.bytes = Cow::Owned(b);
             }
         }
-        rec.fields = fields.flatten();
+        rec.fields = fields;
         Ok(())
     }
 

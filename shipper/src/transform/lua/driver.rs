@@ -13,6 +13,7 @@
 //! reads the records before it and decides what comes next ([`super::LuaTransform`]).
 
 use super::json;
+use super::readback::{self, Fields};
 use crate::config::lua::sandbox::{CallError, Limit, Sandbox};
 use crate::transform::Draft;
 use mlua::{Function, Table, Value};
@@ -80,8 +81,10 @@ const FIELDS_CHANGED: i64 = 4;
 pub enum Made {
     Dropped,
     Kept {
-        msg: Option<Value>,
-        fields: Option<Value>,
+        /// The new message, or what the script set it to that is not a string.
+        msg: Option<Result<Vec<u8>, String>>,
+        /// The new fields as JSON (None: set to nil), or why they cannot be.
+        fields: Option<Result<Option<Vec<u8>>, String>>,
     },
 }
 
@@ -199,38 +202,44 @@ impl Driver {
             }
         };
         Ended {
-            done: self.made(done),
+            done: self.made(sandbox, done),
             failed,
         }
     }
 
-    /// What came of the first `done` records of the last run.
-    fn made(&self, done: usize) -> Vec<Made> {
-        let int = |t: &Table, j: i64| t.raw_get::<Option<i64>>(j).ok().flatten().unwrap_or(0);
-        let mut out = Vec::with_capacity(done);
+    /// What came of the first `done` records of the last run, read back in one call.
+    fn made(&self, sandbox: &Sandbox, done: usize) -> Vec<Made> {
         let unchanged = || Made::Kept {
             msg: None,
             fields: None,
         };
+        let tables = (&self.changed, &self.codes, &self.msgs, &self.fields_out);
+        let listed = readback::read(sandbox.lua(), tables, MSG_CHANGED, FIELDS_CHANGED, done)
+            // Only a stack that cannot grow fails here; the records read as unchanged, which
+            // is never more than they gave.
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(done);
         // What the driver lists is in order; a record it does not list came back as it went.
         // (Should a script reach and break these tables, which it cannot, a record would
         // read as unchanged or be refused for what it holds: never more than it gave.)
-        for j in 1..=int(&self.changed, 0) {
-            let i = int(&self.changed, j) as usize;
-            if i <= out.len() || i > done {
+        for (j, l) in listed.into_iter().enumerate() {
+            if l.index <= out.len() {
                 continue;
             }
-            while out.len() + 1 < i {
+            while out.len() + 1 < l.index {
                 out.push(unchanged());
             }
-            let code = int(&self.codes, j);
-            let get = |t: &Table| t.raw_get::<Value>(j).unwrap_or(Value::Nil);
-            out.push(if code == DROPPED {
+            out.push(if l.code == DROPPED {
                 Made::Dropped
             } else {
                 Made::Kept {
-                    msg: (code & MSG_CHANGED != 0).then(|| get(&self.msgs)),
-                    fields: (code & FIELDS_CHANGED != 0).then(|| get(&self.fields_out)),
+                    msg: l.msg.map(|m| {
+                        m.map_err(|kind| match kind {
+                            "nil" => "the record's msg is nil".to_string(),
+                            other => format!("the record's msg is {}, not a string", json::a(other)),
+                        })
+                    }),
+                    fields: l.fields.map(|f| self.fields(j + 1, f)),
                 }
             });
         }
@@ -238,5 +247,26 @@ impl Driver {
             out.push(unchanged());
         }
         out
+    }
+
+    /// A changed `fields` as JSON; a table the quick read left is converted from
+    /// `fields_out[j]`.
+    fn fields(&self, j: usize, f: Fields) -> Result<Option<Vec<u8>>, String> {
+        match f {
+            Fields::Nil => Ok(None),
+            Fields::Json(json) => Ok(Some(json)),
+            Fields::Not(kind) => Err(format!(
+                "the record's fields is {}, not a table",
+                json::a(kind)
+            )),
+            Fields::General => match self.fields_out.raw_get::<Value>(j) {
+                Ok(Value::Table(t)) => json::from_lua(&t).map(Some),
+                Ok(other) => Err(format!(
+                    "the record's fields is {}, not a table",
+                    json::a(other.type_name())
+                )),
+                Err(e) => Err(format!("the record's fields: {e}")),
+            },
+        }
     }
 }

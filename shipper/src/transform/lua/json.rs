@@ -94,7 +94,7 @@ fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Resu
     Ok(())
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 

@@ -346,3 +346,42 @@ fn a_record_whose_fields_are_not_an_object_fails_alone_within_its_run() {
     let faults: Vec<Fault> = out.iter().map(|o| o.fault).collect();
     assert_eq!(faults, [Fault::None, Fault::Error, Fault::None]);
 }
+
+/// The quick read of a flat `fields` table ([`readback`]) writes byte for byte what the
+/// general conversion writes, whatever the values (escapes, bytes that are not UTF-8,
+/// floats, booleans, keys in any order); tables it does not read flat (nested, integer keys,
+/// a key that is not UTF-8) go the general way and come out the same too.
+#[test]
+fn fields_read_back_quickly_are_what_the_general_conversion_writes() {
+    let cases = [
+        r#"{b = "x", a = 1, c = true, d = false, e = 1.5, f = -0.0, g = 2^53, h = 1e-300}"#,
+        r#"{q = 'say "hi"\n\t\\', u = "h\u{e9}llo \u{2713}", bad = "\xff\xfe", ctl = "\0\1\127"}"#,
+        r#"{big = math.maxinteger, small = math.mininteger, zz = "", [""] = 0}"#,
+        r#"{n = {1, 2, {x = 1}}, s = "y", e = {}}"#,
+        r#"{[1] = "a", [2] = "b", c = 3}"#,
+        r#"{["\xff"] = 1, a = 2}"#,
+    ];
+    for case in cases {
+        let mut t = lua(&format!("function process(r) r.fields = {case} return r end"));
+        let m = meta();
+        let mut d = Draft {
+            stream: &m,
+            offset: 0,
+            len: 2,
+            part: Part::Whole,
+            bytes: Cow::Borrowed(b"m"),
+            fields: None,
+        };
+        assert!(matches!(t.apply(&mut d), Verdict::Keep));
+        let got = d.fields.expect("fields set").into_owned();
+        let plain = mlua::Lua::new();
+        let table: mlua::Table = plain.load(format!("return {case}")).eval().unwrap();
+        let want = json::from_lua(&table).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{case}"
+        );
+        assert!(got == want, "{case}: byte for byte");
+    }
+}
