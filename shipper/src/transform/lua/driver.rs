@@ -236,7 +236,9 @@ impl Driver {
                     msg: l.msg.map(|m| {
                         m.map_err(|kind| match kind {
                             "nil" => "the record's msg is nil".to_string(),
-                            other => format!("the record's msg is {}, not a string", json::a(other)),
+                            other => {
+                                format!("the record's msg is {}, not a string", json::a(other))
+                            }
                         })
                     }),
                     fields: l.fields.map(|f| self.fields(j + 1, f)),

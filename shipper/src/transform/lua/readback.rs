@@ -139,15 +139,19 @@ unsafe fn type_name(l: *mut ffi::lua_State, idx: c_int) -> &'static str {
 /// The table at absolute index `t` as a JSON object, keys sorted, when every key is a UTF-8
 /// string and every value a string, a boolean or a finite number; None otherwise.
 unsafe fn flat_json(l: *mut ffi::lua_State, t: c_int) -> Option<Vec<u8>> {
-    let mut entries: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    // Each value's JSON goes into one buffer, its key and place kept beside it; the object is
+    // then written in key order.
+    let mut values = Vec::new();
+    let mut entries: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
     ffi::lua_pushnil(l);
     while ffi::lua_next(l, t) != 0 {
         // The key's bytes stay valid after the pop: the table still holds the key.
-        let key = bytes_at(l, -2).filter(|k| std::str::from_utf8(k).is_ok());
-        let value = key.and_then(|_| value_json(l, -1));
+        let key = bytes_at(l, -2).and_then(|k| std::str::from_utf8(k).ok());
+        let start = values.len();
+        let ok = key.is_some() && value_json(l, -1, &mut values);
         ffi::lua_pop(l, 1);
-        match (key, value) {
-            (Some(k), Some(v)) => entries.push((k, v)),
+        match key {
+            Some(k) if ok => entries.push((k, start..values.len())),
             _ => {
                 ffi::lua_pop(l, 1);
                 return None;
@@ -155,30 +159,33 @@ unsafe fn flat_json(l: *mut ffi::lua_State, t: c_int) -> Option<Vec<u8>> {
         }
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(2 + entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        2 + values.len() + entries.iter().map(|(k, _)| k.len() + 4).sum::<usize>(),
+    );
     out.push(b'{');
     for (i, (k, v)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        super::json::string(&mut out, std::str::from_utf8(k).ok()?);
+        super::json::string(&mut out, k);
         out.push(b':');
-        out.extend_from_slice(v);
+        out.extend_from_slice(&values[v.clone()]);
     }
     out.push(b'}');
     Some(out)
 }
 
-/// A value JSON carries as the general path writes it; None for a table or anything JSON
-/// cannot carry.
-unsafe fn value_json(l: *mut ffi::lua_State, idx: c_int) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+/// Writes a value JSON carries to `out` as the general path writes it; false for a table or
+/// anything JSON cannot carry.
+unsafe fn value_json(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>) -> bool {
     match ffi::lua_type(l, idx) {
         ffi::LUA_TSTRING => {
-            let b = bytes_at(l, idx)?;
+            let Some(b) = bytes_at(l, idx) else {
+                return false;
+            };
             match std::str::from_utf8(b) {
-                Ok(text) => super::json::string(&mut out, text),
-                Err(_) => super::json::string(&mut out, &String::from_utf8_lossy(b)),
+                Ok(text) => super::json::string(out, text),
+                Err(_) => super::json::string(out, &String::from_utf8_lossy(b)),
             }
         }
         ffi::LUA_TBOOLEAN => out.extend_from_slice(if ffi::lua_toboolean(l, idx) != 0 {
@@ -187,18 +194,18 @@ unsafe fn value_json(l: *mut ffi::lua_State, idx: c_int) -> Option<Vec<u8>> {
             b"false"
         }),
         ffi::LUA_TNUMBER => {
+            let mut is = 0;
             if ffi::lua_isinteger(l, idx) != 0 {
-                let mut is = 0;
                 let i = ffi::lua_tointegerx(l, idx, &mut is);
-                serde_json::to_writer(&mut out, &i).ok()?;
-            } else {
-                let mut is = 0;
-                let f = ffi::lua_tonumberx(l, idx, &mut is);
-                let n = serde_json::Number::from_f64(f)?;
-                serde_json::to_writer(&mut out, &n).ok()?;
+                return serde_json::to_writer(&mut *out, &i).is_ok();
             }
+            let f = ffi::lua_tonumberx(l, idx, &mut is);
+            let Some(n) = serde_json::Number::from_f64(f) else {
+                return false;
+            };
+            return serde_json::to_writer(&mut *out, &n).is_ok();
         }
-        _ => return None,
+        _ => return false,
     }
-    Some(out)
+    true
 }

@@ -362,7 +362,9 @@ fn fields_read_back_quickly_are_what_the_general_conversion_writes() {
         r#"{["\xff"] = 1, a = 2}"#,
     ];
     for case in cases {
-        let mut t = lua(&format!("function process(r) r.fields = {case} return r end"));
+        let mut t = lua(&format!(
+            "function process(r) r.fields = {case} return r end"
+        ));
         let m = meta();
         let mut d = Draft {
             stream: &m,
