@@ -201,23 +201,27 @@ impl Driver {
                 (on.max(1) as usize).min(n) - 1
             }
         };
-        Ended {
-            done: self.made(sandbox, done),
-            failed,
+        match self.made(sandbox, done) {
+            Ok(made) => Ended { done: made, failed },
+            // Reading back takes a little of the state's memory. At its limit, reading the
+            // run as unchanged would undo what the script did (a redaction, a drop): the run
+            // fails at its first record as at a broken limit instead (the state is rebuilt
+            // and the rest run again).
+            Err(_) => Ended {
+                done: Vec::new(),
+                failed: Some(CallError::Limit(Limit::Memory)),
+            },
         }
     }
 
     /// What came of the first `done` records of the last run, read back in one call.
-    fn made(&self, sandbox: &Sandbox, done: usize) -> Vec<Made> {
+    fn made(&self, sandbox: &Sandbox, done: usize) -> mlua::Result<Vec<Made>> {
         let unchanged = || Made::Kept {
             msg: None,
             fields: None,
         };
         let tables = (&self.changed, &self.codes, &self.msgs, &self.fields_out);
-        let listed = readback::read(sandbox.lua(), tables, MSG_CHANGED, FIELDS_CHANGED, done)
-            // Only a stack that cannot grow fails here; the records read as unchanged, which
-            // is never more than they gave.
-            .unwrap_or_default();
+        let listed = readback::read(sandbox.lua(), tables, MSG_CHANGED, FIELDS_CHANGED, done)?;
         let mut out = Vec::with_capacity(done);
         // What the driver lists is in order; a record it does not list came back as it went.
         // (Should a script reach and break these tables, which it cannot, a record would
@@ -248,7 +252,7 @@ impl Driver {
         while out.len() < done {
             out.push(unchanged());
         }
-        out
+        Ok(out)
     }
 
     /// A changed `fields` as JSON; a table the quick read left is converted from

@@ -39,7 +39,8 @@ pub enum Fields {
 }
 
 /// Lists what the driver recorded (`changed`, `codes`, `msgs`, `fields_out`: the driver's
-/// tables, see [`super::driver`]) for records up to `done`, in order.
+/// tables, see [`super::driver`]) for records up to `done`, in order. Fails only when the
+/// state has no memory left to grow its stack.
 pub fn read(
     lua: &mlua::Lua,
     tables: (&mlua::Table, &mlua::Table, &mlua::Table, &mlua::Table),
@@ -48,12 +49,14 @@ pub fn read(
     done: usize,
 ) -> mlua::Result<Vec<Listed>> {
     let mut out = Vec::new();
+    let mut room = true;
     // SAFETY: the closure runs with the four tables at stack slots 1-4 and keeps the stack
     // balanced; the C API calls it makes cannot raise (see the module's comment), and every
     // pointer lua_tolstring gives is copied from before the value is popped.
     unsafe {
         lua.exec_raw::<()>(tables, |l| {
             if ffi::lua_checkstack(l, 8) == 0 {
+                room = false;
                 return;
             }
             let k = int_at(l, 1, 0);
@@ -93,6 +96,11 @@ pub fn read(
                 });
             }
         })?;
+    }
+    if !room {
+        return Err(mlua::Error::MemoryError(
+            "no room on the Lua stack to read the run back".into(),
+        ));
     }
     Ok(out)
 }
