@@ -104,8 +104,13 @@ fn the_real_senders_frame_messages_as_these_tests_expect() {
         "bsd",
         "logger-bsd",
     ]);
+    // Each logger is a connection of its own, read by a thread of its own: the last to be
+    // sent need not be the last to arrive.
     wait_for("logger's three messages", PATIENCE, || {
-        String::from_utf8_lossy(&cap.bytes()).contains("logger-bsd")
+        let text = String::from_utf8_lossy(&cap.bytes()).into_owned();
+        ["logger-lf", "logger-oc", "logger-bsd"]
+            .iter()
+            .all(|m| text.contains(m))
     });
     let text = String::from_utf8_lossy(&cap.bytes()).into_owned();
     assert!(
