@@ -5,152 +5,24 @@
 //! key is committed. Processes are killed when their fixture drops. Tests poll for outcomes with
 //! generous deadlines and never assert timings.
 
+#[path = "support/collector.rs"]
+mod collector;
 #[path = "support/pki.rs"]
 mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
+use collector::{free_port, Collector, PASSWORD, USER};
 use pki::Pki;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-const USER: &str = "alice";
-const PASSWORD: &str = "correct horse battery staple";
 const HOST: &str = "web-01";
-
-// ------------------------------------------------------------------ the collector
-
-/// A collector directory (from its own `init`) and, while started, its `serve` process.
-struct Collector {
-    root: tempfile::TempDir,
-    dir: PathBuf,
-    proc: Option<Proc>,
-    /// Fixed once chosen, so a restarted collector is where the agent expects it.
-    port: u16,
-}
-
-fn collector_bin() -> PathBuf {
-    bin("log-sensor-collector")
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Collector {
-    fn new(edit: impl FnOnce(&mut String)) -> Collector {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("collector");
-        run_ok(
-            Command::new(collector_bin())
-                .args(["init", "--dir"])
-                .arg(&dir)
-                .args(["--name", "localhost", "--name", "127.0.0.1"]),
-        );
-        let mut config = std::fs::read_to_string(dir.join("collector.toml")).unwrap();
-        edit(&mut config);
-        std::fs::write(dir.join("collector.toml"), config).unwrap();
-        let pw = root.path().join("pw");
-        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-        run_ok(
-            Command::new(collector_bin())
-                .args(["user", "add", "--dir"])
-                .arg(&dir)
-                .arg(USER)
-                .arg("--password-file")
-                .arg(&pw),
-        );
-        Collector {
-            root,
-            dir,
-            proc: None,
-            port: free_port(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn start(&mut self) {
-        let addr_file = self.dir.join("serve.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(collector_bin());
-        cmd.args(["serve", "--dir"])
-            .arg(&self.dir)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .stdout(std::process::Stdio::null());
-        let n = std::fs::read_dir(self.root.path()).unwrap().count();
-        let log = self.root.path().join(format!("serve-{n}.log"));
-        self.proc = Some(Proc::spawn("collector", &mut cmd, &log));
-        wait_for("the collector to listen", PATIENCE, || {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
-                .is_some()
-        });
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.signal(libc::SIGKILL);
-            p.wait_exit(PATIENCE);
-        }
-    }
-
-    fn revoke(&self, what: &str) {
-        run_ok(
-            Command::new(collector_bin())
-                .args(["revoke", "--dir"])
-                .arg(&self.dir)
-                .arg(what),
-        );
-    }
-
-    fn certs_list(&self) -> String {
-        run_ok(
-            Command::new(collector_bin())
-                .args(["certs", "list", "--dir"])
-                .arg(&self.dir),
-        )
-    }
-
-    /// Every record stored for `host`, from the collector's data files.
-    fn stored(&self, host: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("data").join(host)) {
-            for e in rd.flatten() {
-                out.extend(read_ndjson(&e.path()));
-            }
-        }
-        out
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 // ------------------------------------------------------------------ the agent
 
@@ -346,7 +218,7 @@ fn collector_sink(c: &Collector, extra: &str) -> String {
 
 #[test]
 fn enrol_then_ship_stores_every_record_exactly_once() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "max_records = 300");
 
@@ -575,7 +447,7 @@ fn an_older_collector_gets_gzip_and_an_explicit_lz4_is_named_when_refused() {
 fn a_batch_larger_than_the_collectors_limit_is_sent_in_pieces() {
     // The collector takes at most 20 MiB per request; one agent batch holds about 45 MiB of
     // NDJSON. Sent whole it would be refused (413) forever.
-    let mut c = Collector::new(|cfg| {
+    let mut c = Collector::with_config(|cfg| {
         assert!(cfg.contains("max_batch_bytes = 67108864"), "{cfg}");
         *cfg = cfg.replace("max_batch_bytes = 67108864", "max_batch_bytes = 20971520");
     });
@@ -600,7 +472,7 @@ fn a_batch_larger_than_the_collectors_limit_is_sent_in_pieces() {
 
 #[test]
 fn insecure_first_contact_works_and_says_so_loudly() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "");
     let pw = agent.p("pw");
@@ -640,7 +512,7 @@ fn insecure_first_contact_works_and_says_so_loudly() {
 
 #[test]
 fn agent_against_a_stopped_collector_delivers_everything_once_it_starts() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     // An outage is alerted once it outlasts sink.alert_after (30 s by default).
     let agent = Agent::new(
@@ -733,7 +605,7 @@ impl Relay {
 /// and delivers everything exactly once when the network comes back.
 #[test]
 fn a_silent_network_is_named_after_the_timeout_and_loses_nothing() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let relay = Relay::start(c.port);
     let agent = Agent::new(
@@ -765,7 +637,7 @@ fn a_silent_network_is_named_after_the_timeout_and_loses_nothing() {
 
 #[test]
 fn collector_kill9_mid_batch_then_restart_stores_every_record_exactly_once() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "max_records = 2000");
     agent.enroll_ok(&c);
@@ -796,7 +668,7 @@ fn collector_kill9_mid_batch_then_restart_stores_every_record_exactly_once() {
 
 #[test]
 fn revoked_certificate_alerts_commits_nothing_then_reenrolment_delivers() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "");
     agent.enroll_ok(&c);
@@ -831,7 +703,7 @@ fn revoked_certificate_alerts_commits_nothing_then_reenrolment_delivers() {
 
 #[test]
 fn expired_certificate_is_named_commits_nothing_then_reenrolment_delivers() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let agent = Agent::new(&collector_sink(&c, ""), "");
     agent.enroll_ok(&c);
@@ -878,7 +750,7 @@ fn expired_certificate_is_named_commits_nothing_then_reenrolment_delivers() {
 fn certificate_is_renewed_at_the_configured_share_of_its_lifetime() {
     // One-day certificates, backdated 5 min by the collector; renewing at 0.0036 of the lifetime
     // (about 312 s after not_before) means a renewal some seconds after each issue.
-    let mut c = Collector::new(|cfg| *cfg = cfg.replace("cert_days = 30", "cert_days = 1"));
+    let mut c = Collector::with_config(|cfg| *cfg = cfg.replace("cert_days = 30", "cert_days = 1"));
     c.start();
     let agent = Agent::new(&collector_sink(&c, "renew_at = 0.0036"), "");
     agent.enroll_ok(&c);
@@ -1369,7 +1241,7 @@ fn syslog_receiver_our_ca_does_not_vouch_for_is_refused() {
 /// them on to the background agent, and a reload keeps them.
 #[test]
 fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
-    let mut c = Collector::new(|_| {});
+    let mut c = Collector::new();
     c.start();
     let issued = Agent::new(&collector_sink(&c, ""), "");
     issued.enroll_ok(&c);
@@ -1495,7 +1367,7 @@ fn cert_and_key_on_the_command_line_replace_the_enrolled_identity() {
 /// refusal, which the sink adopts. Returns the agent's stderr.
 fn many_small_files_reach_a_collector_limiting_new_streams_to(limit: Option<u32>) -> String {
     const FILES: usize = 3000;
-    let mut c = Collector::new(|cfg| {
+    let mut c = Collector::with_config(|cfg| {
         if let Some(n) = limit {
             let default = "max_new_streams_per_batch = 1024";
             assert!(cfg.contains(default), "{cfg}");
@@ -1566,7 +1438,7 @@ fn thousands_of_new_files_reach_a_collector_with_the_default_new_stream_limit() 
 #[test]
 fn a_fleet_enrolling_at_once_waits_out_a_busy_collector() {
     const HOSTS: usize = 20;
-    let mut c = Collector::new(|cfg| {
+    let mut c = Collector::with_config(|cfg| {
         let default = "max_password_checks = 2";
         assert!(cfg.contains(default), "{cfg}");
         *cfg = cfg.replace(default, "max_password_checks = 1");
@@ -1628,7 +1500,7 @@ fn a_fleet_enrolling_at_once_waits_out_a_busy_collector() {
 /// `log-sensor enroll` stops at once and says what it means.
 #[test]
 fn enroll_reports_a_rate_limit_at_once_without_retrying() {
-    let mut c = Collector::new(|cfg| {
+    let mut c = Collector::with_config(|cfg| {
         *cfg = cfg.replace("max_failures = 5", "max_failures = 1");
     });
     c.start();

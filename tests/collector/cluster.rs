@@ -9,7 +9,9 @@ use super::*;
 #[path = "cluster_agent.rs"]
 mod agent;
 
-fn nats_server() -> PathBuf {
+/// The official nats-server build tests/setup.sh installs (Debian's 2.9 ignores atomic
+/// batches).
+pub(super) fn nats_server() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
     assert!(
         bin.exists(),
@@ -19,7 +21,7 @@ fn nats_server() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

