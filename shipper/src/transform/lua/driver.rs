@@ -226,7 +226,7 @@ impl Driver {
         // What the driver lists is in order; a record it does not list came back as it went.
         // (Should a script reach and break these tables, which it cannot, a record would
         // read as unchanged or be refused for what it holds: never more than it gave.)
-        for (j, l) in listed.into_iter().enumerate() {
+        for l in listed {
             if l.index <= out.len() {
                 continue;
             }
@@ -245,7 +245,7 @@ impl Driver {
                             }
                         })
                     }),
-                    fields: l.fields.map(|f| self.fields(j + 1, f)),
+                    fields: l.fields.map(|f| self.fields(l.slot, f)),
                 }
             });
         }
@@ -257,7 +257,7 @@ impl Driver {
 
     /// A changed `fields` as JSON; a table the quick read left is converted from
     /// `fields_out[j]`.
-    fn fields(&self, j: usize, f: Fields) -> Result<Option<Vec<u8>>, String> {
+    fn fields(&self, j: i64, f: Fields) -> Result<Option<Vec<u8>>, String> {
         match f {
             Fields::Nil => Ok(None),
             Fields::Json(json) => Ok(Some(json)),

@@ -20,6 +20,8 @@ use std::ffi::c_int;
 pub struct Listed {
     /// The record's index in the run (1-based).
     pub index: usize,
+    /// Its place in the driver's lists (`fields_out[slot]` for [`Fields::General`]).
+    pub slot: i64,
     pub code: i64,
     /// With a changed msg: its bytes, or the type it was set to when not a string.
     pub msg: Option<Result<Vec<u8>, &'static str>>,
@@ -90,6 +92,7 @@ pub fn read(
                 });
                 out.push(Listed {
                     index: index as usize,
+                    slot: j,
                     code,
                     msg,
                     fields,
