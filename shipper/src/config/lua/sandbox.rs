@@ -102,8 +102,6 @@ impl std::fmt::Display for CallError {
 pub struct Sandbox {
     lua: Lua,
     meter: Arc<Meter>,
-    /// `[1]`: which record of a run the current call is on (0: none yet); see [`Meter`].
-    record_index: Table,
 }
 
 impl Sandbox {
@@ -127,24 +125,16 @@ impl Sandbox {
         lua.gc_inc(400, 200, 0);
         lua.set_memory_limit(opts.memory_limit).map_err(state_err)?;
         let m = meter.clone();
-        // Out of the script's reach (no debug library): a script that could write it could
-        // restart its own budget.
-        let record_index = lua.create_table().map_err(state_err)?;
-        let index = record_index.clone();
         // Global, so that the hook holds in every Lua thread, not just the main one.
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| match m.check(index.raw_get::<Option<i64>>(1)?.unwrap_or(0)) {
+            move |_, _| match m.check(m.current()) {
                 Ok(()) => Ok(VmState::Continue),
                 Err(l) => Err(mlua::Error::RuntimeError(format!("broke its {l}"))),
             },
         )
         .map_err(state_err)?;
-        let sandbox = Sandbox {
-            lua,
-            meter,
-            record_index,
-        };
+        let sandbox = Sandbox { lua, meter };
         // "@" makes Lua name the chunk by the path itself: `/etc/…/redact.lua:3: …`.
         let chunk = sandbox
             .lua
@@ -189,34 +179,45 @@ impl Sandbox {
         &self.lua
     }
 
-    /// The table whose `[1]` a call that runs several records sets to the record it is on
-    /// (1, 2, …), so that each gets its own budget. Only trusted code may be given it.
-    pub fn record_index(&self) -> &Table {
-        &self.record_index
-    }
-
-    /// The record (`[1]` of [`Sandbox::record_index`]) the last call was on when it ended: 0
-    /// if it ended before its first.
-    pub fn current_record(&self) -> i64 {
-        self.record_index
-            .raw_get::<Option<i64>>(1)
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+    /// Says that record `record` (1, 2, …) of the current call now runs, so that it starts a
+    /// budget of its own. Out of the script's reach: one that could say it could restart its
+    /// own budget.
+    pub fn running(&self, record: i64) {
+        self.meter.running(record);
     }
 
     /// Calls `f` under a fresh budget: `instruction_limit`, `time_limit` and the memory limit,
-    /// for the whole call or for each record it says it runs ([`Sandbox::record_index`]).
+    /// for the whole call.
     pub fn call<R: mlua::FromLuaMulti>(
         &self,
         f: &Function,
         args: impl mlua::IntoLuaMulti,
     ) -> Result<R, CallError> {
         self.meter.start();
-        self.record_index
-            .raw_set(1, 0)
-            .map_err(|_| CallError::Limit(Limit::Memory))?;
         let r = f.call::<R>(args);
+        self.ended(r)
+    }
+
+    /// Runs `f` on the raw state with `args` pushed (stack slots 1, 2, …), under a fresh
+    /// budget: for the whole call, or for each record `f` says it runs
+    /// ([`Sandbox::running`]). A Lua error raised while `f` runs (the script's, a broken
+    /// limit, memory) ends it and is what this returns.
+    ///
+    /// # Safety
+    /// As for mlua's `exec_raw`: `f` uses the stack within what it checked room for, and no
+    /// frame of its own holds a value that needs dropping across a C API call that may raise
+    /// (the error unwinds past it).
+    pub unsafe fn call_raw(
+        &self,
+        args: impl mlua::IntoLuaMulti,
+        f: impl FnOnce(*mut mlua::ffi::lua_State),
+    ) -> Result<(), CallError> {
+        self.meter.start();
+        let r = self.lua.exec_raw::<()>(args, f);
+        self.ended(r)
+    }
+
+    fn ended<R>(&self, r: mlua::Result<R>) -> Result<R, CallError> {
         // A tripped call failed for its limit, whatever the script made of the error.
         if let Some(l) = self.meter.tripped() {
             return Err(CallError::Limit(l));

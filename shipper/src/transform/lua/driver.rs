@@ -1,80 +1,73 @@
-//! A run of records handed to the script in one crossing, and what it made of each.
+//! A run of records handed to the script in one locked call, and what it made of each.
 //!
-//! Crossing from Rust into Lua costs more than a short script: under a memory limit mlua
-//! pushes every value in a protected call of its own, and holds every value handed back as a
-//! reference. So a run crosses once, as one string: the messages, offsets and parts packed
-//! back to back, which a trusted Lua loop (the driver) unpacks with one `string.unpack` and
-//! then calls the script's function on each record. Only records with `fields` get a table
-//! built from Rust. The driver lists the records that came back dropped or changed, with
-//! what changed, so a script that returns its record untouched costs no conversion back.
+//! The loop over a run is Rust working Lua's C API inside one call into the state: it builds
+//! each record's table, calls the script's function on it and reads back what came of it,
+//! with no Lua code of its own. The instruction limit needs Lua's count hook, and under a
+//! count hook Lua 5.4 traps every instruction of every Lua function: a loop written in Lua
+//! (as this one was) ran its own instructions, building the table and looking at what came
+//! back, under that trap too, which for a script that returns its record was most of the
+//! cost. Here only the script's instructions run under the hook, and only they count against
+//! its budget.
 //!
-//! Each record runs under its own budget: the driver tells the sandbox which record it is on
-//! ([`Sandbox::record_index`]). A call that fails stops the run at that record; the caller
-//! reads the records before it and decides what comes next ([`super::LuaTransform`]).
+//! What came back is read out at once (see [`super::readback`]): a changed message copied as
+//! bytes, a flat `fields` table written straight to JSON; a table that is not flat is kept
+//! in `fields_out[i]` and converted the general way afterwards. Records that come back as
+//! they went cost no conversion at all.
+//!
+//! Errors: a C API call that allocates (a table, a string) may raise a memory error, and the
+//! script's own errors and broken limits are raised through the loop too; each unwinds
+//! (longjmp) to the protected call around it ([`Sandbox::call_raw`]). So no frame of the loop
+//! holds a value that needs dropping across such a call: what it learns goes straight into
+//! the driver's vectors, which live outside it. A raised error ends the run at the record
+//! being built or run, as a script's error does.
+//!
+//! Each record runs under its own budget: the loop tells the sandbox which record it is on
+//! ([`Sandbox::running`]). The caller reads the records before a failure and decides what
+//! comes next ([`super::LuaTransform`]).
 
 use super::json;
-use super::readback::{self, Fields};
+use super::readback::{self, Fields, Scratch};
 use crate::config::lua::sandbox::{CallError, Limit, Sandbox};
 use crate::transform::Draft;
-use mlua::{Function, Table, Value};
+use mlua::{ffi, Table, Value};
+use std::ffi::{c_int, CStr};
 
-/// The driver's code: given the script's globals, its function's name and the sandbox's
-/// record index, returns the loop and the tables it shares with Rust. Loaded once per state.
-/// Every instruction here runs under the count hook (Lua 5.4 then traps each one), so the
-/// loop is kept short: upvalues in locals, no C call on the common path but `next`.
-const DRIVER: &str = r#"
-local G, name, index = ...
-local rawget, type, next, error, unpack, rep = rawget, type, next, error, string.unpack, string.rep
-local parts = {"whole", "head", "tail"}
-local fields_in, changed, codes, msgs, fields_out = {}, {}, {}, {}, {}
-local formats = {}
-local function run(blob, n, source, path, stream, host)
-  changed[0] = 0
-  local f = rawget(G, name)
-  if type(f) ~= "function" then error(name .. " is no longer a function", 0) end
-  local format = formats[n]
-  if format == nil then
-    format = "<" .. rep("s4", n) .. rep("j", n) .. rep("B", n)
-    formats[n] = format
-  end
-  local all = {unpack(format, blob)}
-  local index, fields_in, changed, codes, msgs, fields_out, parts =
-    index, fields_in, changed, codes, msgs, fields_out, parts
-  local k, n2 = 0, n + n
-  for i = 1, n do
-    index[1] = i
-    local msg, fields, has = all[i], fields_in[i], true
-    if fields == nil then fields, has = {}, false else fields_in[i] = nil end
-    local rec = {msg = msg, fields = fields, source = source, path = path, stream = stream,
-                 offset = all[n + i], part = parts[all[n2 + i]], host = host}
-    local r = f(rec)
-    if r ~= rec then
-      if r == nil then
-        k = k + 1; changed[k] = i; codes[k] = 1; changed[0] = k
-        goto next_record
-      elseif type(r) ~= "table" then
-        error(name .. " returned a " .. type(r) .. ", not the record or nil", 0)
-      end
-    end
-    do
-      local m, fo, c = r.msg, r.fields, 0
-      if m ~= msg then c = 2 end
-      if fo ~= fields or has or next(fields) ~= nil then c = c | 4 end
-      if c ~= 0 then
-        k = k + 1; changed[k] = i; codes[k] = c; msgs[k] = m; fields_out[k] = fo
-        changed[0] = k
-      end
-    end
-    ::next_record::
-  end
-end
-return run, fields_in, changed, codes, msgs, fields_out
-"#;
+/// The strings the loop builds records from, made once per state and pushed with each run:
+/// the record's keys, then the names of its parts (in the order of [`crate::frame::Part`]).
+const CONSTS: [&str; 11] = [
+    "msg", "fields", "source", "path", "stream", "offset", "part", "host", "whole", "head", "tail",
+];
 
-/// The codes the driver writes per record.
-const DROPPED: i64 = 1;
-const MSG_CHANGED: i64 = 2;
-const FIELDS_CHANGED: i64 = 4;
+// Stack slots of a run. First the arguments (as `Driver::call` pushes them):
+const GLOBALS: c_int = 1;
+const NAME: c_int = 2;
+const SOURCE: c_int = 3;
+const PATH: c_int = 4;
+const STREAM: c_int = 5;
+const HOST: c_int = 6;
+const FIELDS_IN: c_int = 7;
+const FIELDS_OUT: c_int = 8;
+const CONST_TABLE: c_int = 9;
+// then the constants, unpacked from the last argument (CONSTS[k] at K_MSG + k),
+const K_MSG: c_int = 10;
+const K_FIELDS: c_int = 11;
+const K_SOURCE: c_int = 12;
+const K_PATH: c_int = 13;
+const K_STREAM: c_int = 14;
+const K_OFFSET: c_int = 15;
+const K_PART: c_int = 16;
+const K_HOST: c_int = 17;
+const PART_WHOLE: c_int = 18;
+// then the script's function, looked up once a run,
+const FUNCTION: c_int = 21;
+// and per record: its msg and fields as handed over, its table, what the script returned,
+// and a value read from that.
+const MSG: c_int = 22;
+const FIELDS: c_int = 23;
+const REC: c_int = 24;
+const RETURNED: c_int = 25;
+const VALUE: c_int = 26;
+const SLOTS: c_int = 30;
 
 /// What the script made of one record: dropped, or kept with what changed (None: as it came).
 #[derive(Debug)]
@@ -88,21 +81,33 @@ pub enum Made {
     },
 }
 
-/// The driver loaded into one state: rebuilt with it.
+/// What the loop read back of one record, before a table that is not flat is converted.
+enum Back {
+    Dropped,
+    Kept {
+        msg: Option<Result<Vec<u8>, &'static str>>,
+        fields: Option<Fields>,
+    },
+}
+
+/// Why the loop stopped short without a Lua error.
+enum Stop {
+    Script(String),
+    NoRoom,
+}
+
+/// The driver of one state: rebuilt with it.
 pub struct Driver {
-    run: Function,
+    /// The script's function's name in its globals.
+    function: mlua::String,
     /// `[i]`: the fields table of the run's record i, for those that have fields.
     fields_in: Table,
-    /// `[0]`: how many records came back dropped or changed; `[j]`: the j-th one's index.
-    changed: Table,
-    /// `[j]`: what came of the j-th changed record (see the codes), its `msg` and `fields`.
-    codes: Table,
-    msgs: Table,
+    /// `[i]`: record i's fields when they came back as a table that is not flat.
     fields_out: Table,
-    /// Reused to pack each run: messages, then offsets, then parts.
-    blob: Vec<u8>,
-    offsets: Vec<u8>,
-    parts: Vec<u8>,
+    consts: Table,
+    /// What the last run made of its records, in order; reused.
+    back: Vec<Back>,
+    scratch: Scratch,
 }
 
 /// How a run ended: `done` records made something; then, unless all did, the next one failed.
@@ -114,20 +119,17 @@ pub struct Ended {
 impl Driver {
     pub fn load(sandbox: &Sandbox, function: &str) -> mlua::Result<Driver> {
         let lua = sandbox.lua();
-        let (run, fields_in, changed, codes, msgs, fields_out) = lua
-            .load(DRIVER)
-            .set_name("=driver")
-            .call((lua.globals(), function, sandbox.record_index().clone()))?;
+        let consts = lua.create_table()?;
+        for (k, name) in CONSTS.iter().enumerate() {
+            consts.raw_set(k + 1, *name)?;
+        }
         Ok(Driver {
-            run,
-            fields_in,
-            changed,
-            codes,
-            msgs,
-            fields_out,
-            blob: Vec::new(),
-            offsets: Vec::new(),
-            parts: Vec::new(),
+            function: lua.create_string(function)?,
+            fields_in: lua.create_table()?,
+            fields_out: lua.create_table()?,
+            consts,
+            back: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -141,13 +143,9 @@ impl Driver {
             };
         };
         let lua = sandbox.lua();
-        let memory = |_| CallError::Limit(Limit::Memory);
         // A record whose fields cannot be handed over fails alone: the run goes up to it.
         let mut n = run.len();
         let mut failed = None;
-        self.blob.clear();
-        self.offsets.clear();
-        self.parts.clear();
         for (i, rec) in run.iter().enumerate() {
             if let Some(f) = &rec.fields {
                 let set = json::to_lua(lua, f).and_then(|t| {
@@ -160,12 +158,6 @@ impl Driver {
                     break;
                 }
             }
-            self.blob
-                .extend_from_slice(&(rec.bytes.len() as u32).to_le_bytes());
-            self.blob.extend_from_slice(&rec.bytes);
-            self.offsets
-                .extend_from_slice(&(rec.offset as i64).to_le_bytes());
-            self.parts.push(rec.part as u8 + 1);
         }
         if n == 0 {
             return Ended {
@@ -173,106 +165,212 @@ impl Driver {
                 failed,
             };
         }
-        self.blob.extend_from_slice(&self.offsets);
-        self.blob.extend_from_slice(&self.parts);
         let meta = first.stream;
-        let args = (|| {
-            Ok::<_, mlua::Error>((
-                lua.create_string(&self.blob)?,
-                n as i64,
-                lua.create_string(&*meta.source)?,
-                lua.create_string(&*meta.path)?,
-                lua.create_string(&*meta.id)?,
-                host.clone(),
-            ))
-        })()
-        .map_err(memory);
-        let result = match args {
-            Ok(args) => sandbox
-                .call::<()>(&self.run, args)
-                .map_err(|e| (sandbox.current_record(), e)),
-            Err(e) => Err((0, e)),
+        let args = (
+            lua.globals(),
+            &self.function,
+            &*meta.source,
+            &*meta.path,
+            &*meta.id,
+            host,
+            &self.fields_in,
+            &self.fields_out,
+            &self.consts,
+        );
+        let records = &run[..n];
+        let (back, scratch) = (&mut self.back, &mut self.scratch);
+        back.clear();
+        let mut stop = None;
+        // SAFETY: `run_records` keeps to the slots it checked room for, and holds nothing that
+        // needs dropping across a call that may raise (see the module's comment).
+        let result = unsafe {
+            sandbox.call_raw(args, |l| {
+                run_records(l, sandbox, records, back, scratch, &mut stop)
+            })
         };
-        let done = match result {
-            Ok(()) => n,
-            Err((on, e)) => {
-                // The record it was on failed (the first, if it ended before any began).
-                failed = Some(e);
-                (on.max(1) as usize).min(n) - 1
-            }
-        };
-        match self.made(sandbox, done) {
-            Ok(made) => Ended { done: made, failed },
-            // Reading back takes a little of the state's memory. At its limit, reading the
-            // run as unchanged would undo what the script did (a redaction, a drop): the run
-            // fails at its first record as at a broken limit instead (the state is rebuilt
-            // and the rest run again).
-            Err(_) => Ended {
-                done: Vec::new(),
-                failed: Some(CallError::Limit(Limit::Memory)),
-            },
+        let done = self.back.len();
+        match (result, stop) {
+            (Err(e), _) => failed = Some(e),
+            (Ok(()), Some(Stop::Script(m))) => failed = Some(CallError::Script(m)),
+            (Ok(()), Some(Stop::NoRoom)) => failed = Some(CallError::Limit(Limit::Memory)),
+            (Ok(()), None) => {}
         }
-    }
-
-    /// What came of the first `done` records of the last run, read back in one call.
-    fn made(&self, sandbox: &Sandbox, done: usize) -> mlua::Result<Vec<Made>> {
-        let unchanged = || Made::Kept {
-            msg: None,
-            fields: None,
-        };
-        let tables = (&self.changed, &self.codes, &self.msgs, &self.fields_out);
-        let listed = readback::read(sandbox.lua(), tables, MSG_CHANGED, FIELDS_CHANGED, done)?;
-        let mut out = Vec::with_capacity(done);
-        // What the driver lists is in order; a record it does not list came back as it went.
-        // (Should a script reach and break these tables, which it cannot, a record would
-        // read as unchanged or be refused for what it holds: never more than it gave.)
-        for l in listed {
-            if l.index <= out.len() {
-                continue;
+        // Fields handed over for records the run did not reach: no later run may see them.
+        for (i, rec) in records.iter().enumerate().skip(done) {
+            if rec.fields.is_some() {
+                let _ = self.fields_in.raw_set(i + 1, Value::Nil);
             }
-            while out.len() + 1 < l.index {
-                out.push(unchanged());
-            }
-            out.push(if l.code == DROPPED {
-                Made::Dropped
-            } else {
-                Made::Kept {
-                    msg: l.msg.map(|m| {
-                        m.map_err(|kind| match kind {
-                            "nil" => "the record's msg is nil".to_string(),
-                            other => {
-                                format!("the record's msg is {}, not a string", json::a(other))
-                            }
-                        })
-                    }),
-                    fields: l.fields.map(|f| self.fields(l.slot, f)),
-                }
+        }
+        let mut made = Vec::with_capacity(done);
+        for (i, b) in self.back.drain(..).enumerate() {
+            made.push(match b {
+                Back::Dropped => Made::Dropped,
+                Back::Kept { msg, fields } => Made::Kept {
+                    msg: msg.map(|m| m.map_err(msg_error)),
+                    fields: fields.map(|f| fields_json(&self.fields_out, i as i64 + 1, f)),
+                },
             });
         }
-        while out.len() < done {
-            out.push(unchanged());
-        }
-        Ok(out)
+        Ended { done: made, failed }
     }
+}
 
-    /// A changed `fields` as JSON; a table the quick read left is converted from
-    /// `fields_out[j]`.
-    fn fields(&self, j: i64, f: Fields) -> Result<Option<Vec<u8>>, String> {
-        match f {
-            Fields::Nil => Ok(None),
-            Fields::Json(json) => Ok(Some(json)),
-            Fields::Not(kind) => Err(format!(
-                "the record's fields is {}, not a table",
-                json::a(kind)
-            )),
-            Fields::General => match self.fields_out.raw_get::<Value>(j) {
+/// The loop: runs the script on each record of `run` and says in `back` what came of it,
+/// stopping at the first that fails (a raised error, or one it sets in `stop`).
+///
+/// # Safety
+/// Called by [`Sandbox::call_raw`] with [`Driver::call`]'s arguments at slots 1 to 9. Keeps
+/// to [`SLOTS`] slots, and holds no value that needs dropping across a call that may raise.
+unsafe fn run_records(
+    l: *mut ffi::lua_State,
+    sandbox: &Sandbox,
+    run: &[Draft<'_>],
+    back: &mut Vec<Back>,
+    scratch: &mut Scratch,
+    stop: &mut Option<Stop>,
+) {
+    if ffi::lua_checkstack(l, SLOTS) == 0 {
+        *stop = Some(Stop::NoRoom);
+        return;
+    }
+    for k in 0..CONSTS.len() {
+        ffi::lua_rawgeti(l, CONST_TABLE, k as ffi::lua_Integer + 1);
+    }
+    ffi::lua_pushvalue(l, NAME);
+    ffi::lua_rawget(l, GLOBALS);
+    if ffi::lua_type(l, FUNCTION) != ffi::LUA_TFUNCTION {
+        let name = String::from_utf8_lossy(readback::bytes_at(l, NAME).unwrap_or_default());
+        *stop = Some(Stop::Script(format!("{name} is no longer a function")));
+        return;
+    }
+    for (i, rec) in run.iter().enumerate() {
+        let i = i as ffi::lua_Integer + 1;
+        sandbox.running(i);
+        let has = rec.fields.is_some();
+        ffi::lua_pushlstring(l, rec.bytes.as_ptr().cast(), rec.bytes.len());
+        if has {
+            ffi::lua_rawgeti(l, FIELDS_IN, i);
+            ffi::lua_pushnil(l);
+            ffi::lua_rawseti(l, FIELDS_IN, i);
+        } else {
+            ffi::lua_createtable(l, 0, 0);
+        }
+        ffi::lua_createtable(l, 0, 8);
+        for (key, value) in [
+            (K_MSG, MSG),
+            (K_FIELDS, FIELDS),
+            (K_SOURCE, SOURCE),
+            (K_PATH, PATH),
+            (K_STREAM, STREAM),
+            (K_HOST, HOST),
+            (K_PART, PART_WHOLE + rec.part as c_int),
+        ] {
+            ffi::lua_pushvalue(l, key);
+            ffi::lua_pushvalue(l, value);
+            ffi::lua_rawset(l, REC);
+        }
+        ffi::lua_pushvalue(l, K_OFFSET);
+        ffi::lua_pushinteger(l, rec.offset as ffi::lua_Integer);
+        ffi::lua_rawset(l, REC);
+        ffi::lua_pushvalue(l, FUNCTION);
+        ffi::lua_pushvalue(l, REC);
+        ffi::lua_call(l, 1, 1);
+        match ffi::lua_type(l, RETURNED) {
+            ffi::LUA_TNIL => back.push(Back::Dropped),
+            ffi::LUA_TTABLE => {
+                // Fields first: keeping a table that is not flat may allocate (and so raise),
+                // which must come before any bytes are copied out.
+                ffi::lua_pushvalue(l, K_FIELDS);
+                ffi::lua_rawget(l, RETURNED);
+                let fields = fields_changed(l, has).then(|| read_fields(l, i, scratch));
+                ffi::lua_settop(l, RETURNED);
+                ffi::lua_pushvalue(l, K_MSG);
+                ffi::lua_rawget(l, RETURNED);
+                let msg =
+                    (ffi::lua_rawequal(l, VALUE, MSG) == 0).then(|| {
+                        match readback::bytes_at(l, VALUE) {
+                            Some(b) => Ok(b.to_vec()),
+                            None => Err(readback::type_name(l, VALUE)),
+                        }
+                    });
+                back.push(Back::Kept { msg, fields });
+            }
+            other => {
+                let name = String::from_utf8_lossy(readback::bytes_at(l, NAME).unwrap_or_default());
+                let kind = CStr::from_ptr(ffi::lua_typename(l, other)).to_string_lossy();
+                *stop = Some(Stop::Script(format!(
+                    "{name} returned a {kind}, not the record or nil"
+                )));
+                return;
+            }
+        }
+        ffi::lua_settop(l, FUNCTION);
+    }
+}
+
+/// Whether the fields at [`VALUE`] are not what went in: another value, or the same table
+/// when it had fields (which the script may have changed in place) or is no longer empty.
+unsafe fn fields_changed(l: *mut ffi::lua_State, had: bool) -> bool {
+    if had || ffi::lua_rawequal(l, VALUE, FIELDS) == 0 {
+        return true;
+    }
+    ffi::lua_pushnil(l);
+    if ffi::lua_next(l, FIELDS) != 0 {
+        ffi::lua_pop(l, 2);
+        return true;
+    }
+    false
+}
+
+/// The changed fields at [`VALUE`] of record `i`; a table that is not flat is kept in
+/// `fields_out[i]` for the general conversion (which may raise a memory error).
+unsafe fn read_fields(
+    l: *mut ffi::lua_State,
+    i: ffi::lua_Integer,
+    scratch: &mut Scratch,
+) -> Fields {
+    match ffi::lua_type(l, VALUE) {
+        ffi::LUA_TNIL => Fields::Nil,
+        ffi::LUA_TTABLE => match readback::flat_json(l, VALUE, scratch) {
+            Some(json) => Fields::Json(json),
+            None => {
+                ffi::lua_pushvalue(l, VALUE);
+                ffi::lua_rawseti(l, FIELDS_OUT, i);
+                Fields::General
+            }
+        },
+        _ => Fields::Not(readback::type_name(l, VALUE)),
+    }
+}
+
+fn msg_error(kind: &str) -> String {
+    match kind {
+        "nil" => "the record's msg is nil".to_string(),
+        other => format!("the record's msg is {}, not a string", json::a(other)),
+    }
+}
+
+/// Changed fields as JSON; a table the quick read left is converted from `fields_out[i]`
+/// (and let go of there).
+fn fields_json(fields_out: &Table, i: i64, f: Fields) -> Result<Option<Vec<u8>>, String> {
+    match f {
+        Fields::Nil => Ok(None),
+        Fields::Json(json) => Ok(Some(json)),
+        Fields::Not(kind) => Err(format!(
+            "the record's fields is {}, not a table",
+            json::a(kind)
+        )),
+        Fields::General => {
+            let got = fields_out.raw_get::<Value>(i);
+            let _ = fields_out.raw_set(i, Value::Nil);
+            match got {
                 Ok(Value::Table(t)) => json::from_lua(&t).map(Some),
                 Ok(other) => Err(format!(
                     "the record's fields is {}, not a table",
                     json::a(other.type_name())
                 )),
                 Err(e) => Err(format!("the record's fields: {e}")),
-            },
+            }
         }
     }
 }

@@ -387,3 +387,19 @@ fn fields_read_back_quickly_are_what_the_general_conversion_writes() {
         assert!(got == want, "{case}: byte for byte");
     }
 }
+
+/// A run that fails at a record is run on from the one after it, the records numbered from 1
+/// again: no record may be handed fields the failed crossing left for the record that had
+/// that number then.
+#[test]
+fn records_run_again_after_a_failure_get_their_own_fields() {
+    let mut t = lua(r#"function process(r)
+          if r.msg == "bad" then error("no good") end
+          return r end"#);
+    // Fields on the even records: bad (0) and y (2); x and z have none.
+    let got = apply_run(&mut t, &["bad", "x", "y", "z"]);
+    assert!(error_of(&got[0].2).unwrap().contains("no good"));
+    assert_eq!(got[1].2, None, "x");
+    assert_eq!(got[2].2, Some(serde_json::json!({"i": 2})), "y");
+    assert_eq!(got[3].2, None, "z has no fields, not y's");
+}

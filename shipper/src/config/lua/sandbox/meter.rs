@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// The per-call budget the hook checks. A call may run several records of a run (the Lua
 /// transform's driver calls the script once per record): each gets a budget of its own, the
-/// driver saying which one is running in `[1]` of [`super::Sandbox::record_index`]. The clock
+/// driver saying which one is running ([`Meter::running`]). The clock
 /// is read only when the hook fires, never per record or per call: a record that ends within
 /// [`super::HOOK_EVERY`] instructions costs no clock read at all.
 pub(super) struct Meter {
@@ -18,6 +18,8 @@ pub(super) struct Meter {
     deadline: AtomicU64,
     epoch: Instant,
     time_limit: Duration,
+    /// The record the driver says is running (0: none said).
+    running: AtomicI64,
     /// The record the hook last saw running; [`NO_RECORD`] after [`Meter::start`], so the first
     /// firing of every call starts a fresh budget.
     record: AtomicI64,
@@ -37,6 +39,7 @@ impl Meter {
             deadline: AtomicU64::new(0),
             epoch: Instant::now(),
             time_limit,
+            running: AtomicI64::new(0),
             record: AtomicI64::new(NO_RECORD),
             tripped: AtomicU8::new(0),
         }
@@ -51,8 +54,19 @@ impl Meter {
     }
 
     pub(super) fn start(&self) {
+        self.running.store(0, Ordering::Relaxed);
         self.record.store(NO_RECORD, Ordering::Relaxed);
         self.tripped.store(0, Ordering::Relaxed);
+    }
+
+    /// Says that record `record` (1, 2, …) of the call now runs.
+    pub(super) fn running(&self, record: i64) {
+        self.running.store(record, Ordering::Relaxed);
+    }
+
+    /// The record last said to run: 0 if none was.
+    pub(super) fn current(&self) -> i64 {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// One hook firing while record `record` runs. A record's budget starts at the first
