@@ -7,7 +7,7 @@ Ships the same generated log of ~200-byte lines (default 1 GiB) from scratch, in
   noop:   a Lua transform that returns every record as it came;
   drop10: a Lua script that drops a tenth of the records and adds a field to the rest;
   match:  (with --cases) one guarded string.match per record, what the pattern guard costs.
-Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s, peak RSS; then the
+Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s (and the user part of them), peak RSS; then the
 median of each case and the Lua cases' throughput beside the untransformed one.
 
 Usage: cargo build --release -p log-sensor && python3 bench/lua_bench.py
@@ -77,7 +77,7 @@ def run(args, bin_, case, log, real, n):
             sys.exit(f"agent exited early: see {wd}/agent.err")
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
-    cpu, rss = ab.cpu_seconds(p.pid), ab.peak_rss_mib(p.pid)
+    cpu, user, rss = ab.cpu_seconds(p.pid), ab.user_seconds(p.pid), ab.peak_rss_mib(p.pid)
     ab.stop(p)
     out_lines = 0
     with open(out, "rb") as f:
@@ -85,9 +85,9 @@ def run(args, bin_, case, log, real, n):
             out_lines += block.count(b"\n")
     os.remove(out)
     r = {"bin": bin_, "case": case, "secs": elapsed, "rps": n / elapsed,
-         "mibs": real / 2**20 / elapsed, "cpu": cpu, "rss": rss, "out": out_lines}
+         "mibs": real / 2**20 / elapsed, "cpu": cpu, "user": user, "rss": rss, "out": out_lines}
     print(f"  {label(args, bin_):>6s} {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
-          f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s)  peak RSS {rss:6.1f} MiB  "
+          f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s; user {user:6.2f} s, {n / user:>11,.0f})  peak RSS {rss:6.1f} MiB  "
           f"{out_lines} records out", flush=True)
     return r
 
@@ -128,11 +128,12 @@ def main():
         med = {}
         for case in cases:
             rs = [r for r in results if r["case"] == case and r["bin"] == b]
-            med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "rss")}
+            med[case] = {k: statistics.median(r[k] for r in rs) for k in ("secs", "rps", "mibs", "cpu", "user", "rss")}
             m = med[case]
             lo, hi = min(r["mibs"] for r in rs), max(r["mibs"] for r in rs)
             print(f"  {label(args, b):>6s} {case:7s} {m['mibs']:6.1f} MiB/s [{lo:.1f}-{hi:.1f}]  "
                   f"{m['rps']:>11,.0f} rec/s  CPU {m['cpu']:6.2f} s  {n / m['cpu']:>11,.0f} rec per CPU-s  "
+                  f"(user {m['user']:6.2f} s, {n / m['user']:>11,.0f})  "
                   f"peak RSS {m['rss']:6.1f} MiB")
         for case in [c for c in cases if c != "none" and "none" in med]:
             cost = 1 - med[case]["mibs"] / med["none"]["mibs"]
