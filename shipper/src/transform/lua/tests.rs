@@ -403,3 +403,21 @@ fn records_run_again_after_a_failure_get_their_own_fields() {
     assert_eq!(got[2].2, Some(serde_json::json!({"i": 2})), "y");
     assert_eq!(got[3].2, None, "z has no fields, not y's");
 }
+
+/// Hostile errors raised inside a run's loop end at that record as a lone call's would: an
+/// error object whose `__tostring` never returns is stopped by its limit, and the records
+/// around it keep what the script made of them.
+#[test]
+fn an_error_object_that_loops_in_tostring_fails_only_its_record() {
+    let mut t = lua(r#"function process(r)
+          if r.msg == "bad" then
+            error(setmetatable({}, {__tostring = function() while true do end end}))
+          end
+          r.msg = r.msg .. "!"
+          return r end"#);
+    let got = apply_run(&mut t, &["a", "bad", "c"]);
+    let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(msgs, ["a!", "bad", "c!"]);
+    assert!(error_of(&got[1].2).is_some(), "{:?}", got[1].2);
+    assert_eq!(error_of(&got[2].2), None);
+}
