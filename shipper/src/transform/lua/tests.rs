@@ -421,3 +421,40 @@ fn an_error_object_that_loops_in_tostring_fails_only_its_record() {
     assert!(error_of(&got[1].2).is_some(), "{:?}", got[1].2);
     assert_eq!(error_of(&got[2].2), None);
 }
+
+/// The loop's own allocations (a record's table, its message) can meet the memory limit when
+/// the script has filled its state: the record being built fails as at a broken limit, the
+/// state is rebuilt, and no record is lost.
+#[test]
+fn memory_running_out_in_the_loop_fails_the_record_being_built() {
+    let mut o = opts(
+        r#"function process(r)
+          if r.msg == "fill" then
+            big = {}
+            local i = 0
+            -- Fills the state to its limit; pcall catches the allocation refused at the end.
+            while pcall(function() i = i + 1 big[i] = string.rep("x", 4000) .. i end) do end
+          end
+          -- A long record allocates nothing here: only the loop's handing it over can fail.
+          if #r.msg > 1000 then return r end
+          r.msg = r.msg .. "!"
+          return r end"#,
+    );
+    o.memory_limit = 4 << 20;
+    let mut t = LuaTransform::new("t", &o).unwrap();
+    let long = "y".repeat(64 * 1024);
+    let got = apply_run(&mut t, &["a", "fill", &long, "c"]);
+    let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(msgs[..2], ["a!", "fill!"]);
+    assert_eq!(
+        msgs[2], long,
+        "the record that did not fit ships as it came"
+    );
+    assert!(
+        error_of(&got[2].2).unwrap().contains("memory limit"),
+        "{:?}",
+        got[2].2
+    );
+    assert_eq!(msgs[3], "c!", "the next runs in a fresh state");
+    assert_eq!(error_of(&got[3].2), None);
+}
