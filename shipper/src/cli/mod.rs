@@ -1,6 +1,8 @@
 //! Pieces of the `log-sensor` command line that are more than argument handling.
 //!
 //! - [`reach`]: finding the running agent (even when the config file is invalid), asking it,
-//!   and the exit code each way of failing gives.
+//!   and the exit code each way of failing gives;
+//! - [`status`]: `log-sensor status`, the running agent's state printed.
 
 pub mod reach;
+pub mod status;
