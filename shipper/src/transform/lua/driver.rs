@@ -61,12 +61,13 @@ const PART_WHOLE: c_int = 18;
 // then the script's function, looked up once a run,
 const FUNCTION: c_int = 21;
 // and per record: its msg and fields as handed over, its table, what the script returned,
-// and a value read from that.
+// and the fields and msg read from that.
 const MSG: c_int = 22;
 const FIELDS: c_int = 23;
 const REC: c_int = 24;
 const RETURNED: c_int = 25;
 const VALUE: c_int = 26;
+const MSG_BACK: c_int = 27;
 const SLOTS: c_int = 30;
 
 /// What the script made of one record: dropped, or kept with what changed (None: as it came).
@@ -278,21 +279,20 @@ unsafe fn run_records(
         match ffi::lua_type(l, RETURNED) {
             ffi::LUA_TNIL => back.push(Back::Dropped),
             ffi::LUA_TTABLE => {
-                // Fields first: keeping a table that is not flat may allocate (and so raise),
-                // which must come before any bytes are copied out.
+                // Both read as `r.fields` and `r.msg` read (an `__index` runs, and may raise)
+                // before anything is copied out; then the fields, since keeping a table that
+                // is not flat may allocate (and so raise) too.
                 ffi::lua_pushvalue(l, K_FIELDS);
-                ffi::lua_rawget(l, RETURNED);
-                let fields = fields_changed(l, has).then(|| read_fields(l, i, scratch));
-                ffi::lua_settop(l, RETURNED);
+                ffi::lua_gettable(l, RETURNED);
                 ffi::lua_pushvalue(l, K_MSG);
-                ffi::lua_rawget(l, RETURNED);
-                let msg =
-                    (ffi::lua_rawequal(l, VALUE, MSG) == 0).then(|| {
-                        match readback::bytes_at(l, VALUE) {
-                            Some(b) => Ok(b.to_vec()),
-                            None => Err(readback::type_name(l, VALUE)),
-                        }
-                    });
+                ffi::lua_gettable(l, RETURNED);
+                let fields = fields_changed(l, has).then(|| read_fields(l, i, scratch));
+                let msg = (ffi::lua_rawequal(l, MSG_BACK, MSG) == 0).then(|| {
+                    match readback::bytes_at(l, MSG_BACK) {
+                        Some(b) => Ok(b.to_vec()),
+                        None => Err(readback::type_name(l, MSG_BACK)),
+                    }
+                });
                 back.push(Back::Kept { msg, fields });
             }
             other => {

@@ -458,3 +458,22 @@ fn memory_running_out_in_the_loop_fails_the_record_being_built() {
     assert_eq!(msgs[3], "c!", "the next runs in a fresh state");
     assert_eq!(error_of(&got[3].2), None);
 }
+
+/// What came back is read as the script would read it, `r.msg` and `r.fields`: a returned
+/// table that takes what it lacks from the record through `__index` keeps the record's
+/// fields, and an `__index` that raises fails that record alone.
+#[test]
+fn a_returned_table_is_read_through_its_metatable() {
+    let mut t = lua(r#"function process(r)
+          if r.msg == "bad" then
+            return setmetatable({}, {__index = function() error("no index") end})
+          end
+          return setmetatable({msg = r.msg .. "+"}, {__index = r})
+        end"#);
+    let got = apply_run(&mut t, &["a", "bad", "c"]);
+    let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(msgs, ["a+", "bad", "c+"]);
+    assert_eq!(got[0].2, Some(serde_json::json!({"i": 0})), "fields through __index");
+    assert!(error_of(&got[1].2).unwrap().contains("no index"));
+    assert_eq!(got[2].2, Some(serde_json::json!({"i": 2})));
+}
