@@ -473,7 +473,11 @@ fn a_returned_table_is_read_through_its_metatable() {
     let got = apply_run(&mut t, &["a", "bad", "c"]);
     let msgs: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
     assert_eq!(msgs, ["a+", "bad", "c+"]);
-    assert_eq!(got[0].2, Some(serde_json::json!({"i": 0})), "fields through __index");
+    assert_eq!(
+        got[0].2,
+        Some(serde_json::json!({"i": 0})),
+        "fields through __index"
+    );
     assert!(error_of(&got[1].2).unwrap().contains("no index"));
     assert_eq!(got[2].2, Some(serde_json::json!({"i": 2})));
 }
