@@ -7,8 +7,8 @@ Ships the same generated log of ~200-byte lines (default 1 GiB) from scratch, in
   noop:   a Lua transform that returns every record as it came;
   drop10: a Lua script that drops a tenth of the records and adds a field to the rest;
   match:  (with --cases) one guarded string.match per record, what the pattern guard costs.
-Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s (and the user part of them), peak RSS; then the
-median of each case and the Lua cases' throughput beside the untransformed one.
+Reports per run: wall seconds, records/s, MiB/s of input, agent CPU-s (and the user part of
+them), peak RSS; then the median of each case and the Lua cases' throughput beside the untransformed one.
 
 Usage: cargo build --release -p log-sensor && python3 bench/lua_bench.py
        [--bin BIN [--bin OTHER ...]] [--size-mib 1024] [--rounds 2]

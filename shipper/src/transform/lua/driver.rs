@@ -93,7 +93,10 @@ enum Back {
 
 /// Why the loop stopped short without a Lua error.
 enum Stop {
-    Script(String),
+    /// The script's global of the function's name is no longer a function.
+    NoFunction,
+    /// The script returned a value of this Lua type, neither a record nor nil.
+    Returned(&'static str),
     NoRoom,
 }
 
@@ -190,9 +193,21 @@ impl Driver {
             })
         };
         let done = self.back.len();
+        let name = || self.function.to_string_lossy();
         match (result, stop) {
             (Err(e), _) => failed = Some(e),
-            (Ok(()), Some(Stop::Script(m))) => failed = Some(CallError::Script(m)),
+            (Ok(()), Some(Stop::NoFunction)) => {
+                failed = Some(CallError::Script(format!(
+                    "{} is no longer a function",
+                    name()
+                )))
+            }
+            (Ok(()), Some(Stop::Returned(kind))) => {
+                failed = Some(CallError::Script(format!(
+                    "{} returned a {kind}, not the record or nil",
+                    name()
+                )))
+            }
             (Ok(()), Some(Stop::NoRoom)) => failed = Some(CallError::Limit(Limit::Memory)),
             (Ok(()), None) => {}
         }
@@ -240,8 +255,7 @@ unsafe fn run_records(
     ffi::lua_pushvalue(l, NAME);
     ffi::lua_rawget(l, GLOBALS);
     if ffi::lua_type(l, FUNCTION) != ffi::LUA_TFUNCTION {
-        let name = String::from_utf8_lossy(readback::bytes_at(l, NAME).unwrap_or_default());
-        *stop = Some(Stop::Script(format!("{name} is no longer a function")));
+        *stop = Some(Stop::NoFunction);
         return;
     }
     for (i, rec) in run.iter().enumerate() {
@@ -296,11 +310,9 @@ unsafe fn run_records(
                 back.push(Back::Kept { msg, fields });
             }
             other => {
-                let name = String::from_utf8_lossy(readback::bytes_at(l, NAME).unwrap_or_default());
-                let kind = CStr::from_ptr(ffi::lua_typename(l, other)).to_string_lossy();
-                *stop = Some(Stop::Script(format!(
-                    "{name} returned a {kind}, not the record or nil"
-                )));
+                // Lua's type names are static ASCII strings.
+                let kind = CStr::from_ptr(ffi::lua_typename(l, other));
+                *stop = Some(Stop::Returned(kind.to_str().unwrap_or("value")));
                 return;
             }
         }
