@@ -78,6 +78,7 @@ def run(args, bin_, case, log, real, n):
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
     cpu, user, rss = ab.cpu_seconds(p.pid), ab.user_seconds(p.pid), ab.peak_rss_mib(p.pid)
+    threads = ab.thread_cpu(p.pid)
     ab.stop(p)
     out_lines = 0
     with open(out, "rb") as f:
@@ -89,6 +90,8 @@ def run(args, bin_, case, log, real, n):
     print(f"  {label(args, bin_):>6s} {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
           f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s; user {user:6.2f} s, {n / user:>11,.0f})  peak RSS {rss:6.1f} MiB  "
           f"{out_lines} records out", flush=True)
+    busy = sorted(((t, s) for t, s in threads.items() if s >= 0.05), key=lambda x: -x[1])
+    print("           threads: " + ", ".join(f"{t} {s:.2f} s" for t, s in busy), flush=True)
     return r
 
 
