@@ -16,6 +16,7 @@
 mod driver;
 mod json;
 mod readback;
+mod stamp;
 
 use super::{Draft, Fault, Outcome, Transform, Verdict};
 use crate::config::lua::sandbox::{CallError, Sandbox};

@@ -27,6 +27,7 @@
 
 use super::json;
 use super::readback::{self, Fields, Scratch};
+use super::stamp::Stamp;
 use crate::config::lua::sandbox::{CallError, Limit, Sandbox};
 use crate::transform::Draft;
 use mlua::{ffi, Table, Value};
@@ -58,17 +59,31 @@ const K_OFFSET: c_int = 15;
 const K_PART: c_int = 16;
 const K_HOST: c_int = 17;
 const PART_WHOLE: c_int = 18;
-// then the script's function, looked up once a run,
+// then the script's function, looked up once a run, and the run's template of a record
+// (see [`super::stamp`]),
 const FUNCTION: c_int = 21;
+const TEMPLATE: c_int = 22;
 // and per record: its msg and fields as handed over, its table, what the script returned,
 // and the fields and msg read from that.
-const MSG: c_int = 22;
-const FIELDS: c_int = 23;
-const REC: c_int = 24;
-const RETURNED: c_int = 25;
-const VALUE: c_int = 26;
-const MSG_BACK: c_int = 27;
+const MSG: c_int = 23;
+const FIELDS: c_int = 24;
+const REC: c_int = 25;
+const RETURNED: c_int = 26;
+const VALUE: c_int = 27;
+const MSG_BACK: c_int = 28;
 const SLOTS: c_int = 30;
+
+/// The record's keys and the slots their values are in, in the order a table is built from
+/// them; `offset` (an integer) comes last.
+const KEYED: [(c_int, c_int); 7] = [
+    (K_MSG, MSG),
+    (K_FIELDS, FIELDS),
+    (K_SOURCE, SOURCE),
+    (K_PATH, PATH),
+    (K_STREAM, STREAM),
+    (K_HOST, HOST),
+    (K_PART, PART_WHOLE),
+];
 
 /// What the script made of one record: dropped, or kept with what changed (None: as it came).
 #[derive(Debug)]
@@ -112,6 +127,7 @@ pub struct Driver {
     /// What the last run made of its records, in order; reused.
     back: Vec<Back>,
     scratch: Scratch,
+    stamp: Stamp,
 }
 
 /// How a run ended: `done` records made something; then, unless all did, the next one failed.
@@ -134,6 +150,7 @@ impl Driver {
             consts,
             back: Vec::new(),
             scratch: Scratch::default(),
+            stamp: Stamp::check(lua),
         })
     }
 
@@ -182,14 +199,14 @@ impl Driver {
             &self.consts,
         );
         let records = &run[..n];
-        let (back, scratch) = (&mut self.back, &mut self.scratch);
+        let (back, scratch, stamp) = (&mut self.back, &mut self.scratch, self.stamp);
         back.clear();
         let mut stop = None;
         // SAFETY: `run_records` keeps to the slots it checked room for, and holds nothing that
         // needs dropping across a call that may raise (see the module's comment).
         let result = unsafe {
             sandbox.call_raw(args, |l| {
-                run_records(l, sandbox, records, back, scratch, &mut stop)
+                run_records(l, sandbox, stamp, records, back, scratch, &mut stop)
             })
         };
         let done = self.back.len();
@@ -240,6 +257,7 @@ impl Driver {
 unsafe fn run_records(
     l: *mut ffi::lua_State,
     sandbox: &Sandbox,
+    stamp: Stamp,
     run: &[Draft<'_>],
     back: &mut Vec<Back>,
     scratch: &mut Scratch,
@@ -258,6 +276,19 @@ unsafe fn run_records(
         *stop = Some(Stop::NoFunction);
         return;
     }
+    // The template: this run's record with placeholders where records differ.
+    ffi::lua_createtable(l, 0, 8);
+    for (key, value) in KEYED {
+        ffi::lua_pushvalue(l, key);
+        match value {
+            MSG | FIELDS => ffi::lua_pushboolean(l, 0),
+            _ => ffi::lua_pushvalue(l, value),
+        }
+        ffi::lua_rawset(l, TEMPLATE);
+    }
+    ffi::lua_pushvalue(l, K_OFFSET);
+    ffi::lua_pushinteger(l, 0);
+    ffi::lua_rawset(l, TEMPLATE);
     for (i, rec) in run.iter().enumerate() {
         let i = i as ffi::lua_Integer + 1;
         sandbox.running(i);
@@ -271,17 +302,22 @@ unsafe fn run_records(
             ffi::lua_createtable(l, 0, 0);
         }
         ffi::lua_createtable(l, 0, 8);
-        for (key, value) in [
-            (K_MSG, MSG),
-            (K_FIELDS, FIELDS),
-            (K_SOURCE, SOURCE),
-            (K_PATH, PATH),
-            (K_STREAM, STREAM),
-            (K_HOST, HOST),
-            (K_PART, PART_WHOLE + rec.part as c_int),
-        ] {
+        // Stamped, only what differs from the template is set; else every key.
+        let keys = if stamp.onto(l, REC, TEMPLATE) {
+            &[KEYED[0], KEYED[1], KEYED[6]][..]
+        } else {
+            &KEYED[..]
+        };
+        for &(key, value) in keys {
             ffi::lua_pushvalue(l, key);
-            ffi::lua_pushvalue(l, value);
+            ffi::lua_pushvalue(
+                l,
+                if key == K_PART {
+                    value + rec.part as c_int
+                } else {
+                    value
+                },
+            );
             ffi::lua_rawset(l, REC);
         }
         ffi::lua_pushvalue(l, K_OFFSET);
@@ -316,7 +352,7 @@ unsafe fn run_records(
                 return;
             }
         }
-        ffi::lua_settop(l, FUNCTION);
+        ffi::lua_settop(l, TEMPLATE);
     }
 }
 

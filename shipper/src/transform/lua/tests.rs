@@ -75,6 +75,25 @@ fn the_record_table_has_every_key() {
 }
 
 #[test]
+fn the_record_table_walks_and_grows_like_any_table() {
+    // Records are stamped from a template (stamp.rs): `pairs` sees each key once, and keys
+    // the script adds go in beside them, through a run of several records.
+    let mut t = lua(r#"function process(r)
+        r.extra1, r.extra2 = 1, 2
+        local keys = {}
+        for k in pairs(r) do keys[#keys + 1] = k end
+        table.sort(keys)
+        r.msg = r.msg .. ":" .. table.concat(keys, ",")
+        return r end"#);
+    let got = apply_run(&mut t, &["a", "b", "c"]);
+    for (i, (o, msg, _)) in got.iter().enumerate() {
+        assert!(matches!(o.verdict, Verdict::Keep));
+        let want = "extra1,extra2,fields,host,msg,offset,part,path,source,stream";
+        assert_eq!(msg, &format!("{}:{want}", ["a", "b", "c"][i]));
+    }
+}
+
+#[test]
 fn drop_rewrite_enrich() {
     let mut t = lua(r#"function process(r)
         if r.msg:find("DEBUG", 1, true) then return nil end
