@@ -430,6 +430,15 @@ fn check_settings(stream: &str, found: &Value, wanted: &Value) -> Result<(), Jet
             return differs(setting, &f, &Value::Bool(true));
         }
     }
+    // A stream that does not acknowledge publishes (`no_ack`) would leave every batch
+    // waiting for an answer until it times out, and a sealed one refuses every write: both
+    // are named here, at start-up, rather than as timeouts later.
+    for setting in ["no_ack", "sealed"] {
+        let f = or(found.get(setting), Value::Bool(false));
+        if f != Value::Bool(false) {
+            return differs(setting, &f, &Value::Bool(false));
+        }
+    }
     for setting in ["retention", "storage", "num_replicas"] {
         let f = or(found.get(setting), Value::Null);
         let w = &wanted[setting];

@@ -314,6 +314,29 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
     let err = JetStream::connect(&c.config(&[0], 3), 3).unwrap_err();
     assert!(err.to_string().contains("num_replicas"), "{err}");
     JetStream::connect(&c.config(&[0], 1), 3).unwrap();
+    // A stream set not to acknowledge publishes: every batch would time out.
+    config["no_ack"] = json!(true);
+    js.runtime
+        .block_on(api::request(
+            &js.client,
+            "update",
+            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
+            None,
+            serde_json::to_vec(&config).unwrap().into(),
+            js.timeout,
+        ))
+        .unwrap();
+    let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JetStreamError::StreamSetting {
+                setting: "no_ack",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// Debian's 2.9 accepts the batch headers and `allow_atomic`, and stores a
