@@ -16,26 +16,27 @@ mod support;
 use collector::{Collector, PASSWORD, USER};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Command;
 use support::*;
 
 const HOST: &str = "web-01";
 
 struct Agent {
-    dir: tempfile::TempDir,
+    env: AgentEnv,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentEnv;
+    fn deref(&self) -> &AgentEnv {
+        &self.env
+    }
 }
 
 impl Agent {
     /// Ships `logs/*.log` to the collectors at `urls`, in that configured order.
     fn new(urls: &[String], extra: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            format!(
-                r#"
+        let env = AgentEnv::with_config(&format!(
+            r#"
 host_id = "{HOST}"
 state_dir = "state"
 [sources.app]
@@ -50,29 +51,9 @@ type = "collector"
 urls = [{}]
 {extra}
 "#,
-                urls.join(", ")
-            ),
-        )
-        .unwrap();
-        Agent { dir }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("log-sensor"));
-        c.arg("-c")
-            .arg(self.p("agent.toml"))
-            .env("LOG_SENSOR_LOG", "debug");
-        c
-    }
-
-    fn start(&self) -> Proc {
-        let mut c = self.cmd();
-        c.arg("run");
-        Proc::spawn("log-sensor", &mut c, &self.p("agent.err"))
+            urls.join(", ")
+        ));
+        Agent { env }
     }
 
     /// `log-sensor enroll` without --server: the sink's URLs, in the host's order.
@@ -92,37 +73,6 @@ urls = [{}]
             .arg(ca)
             .output()
             .unwrap()
-    }
-
-    fn query(&self, sql: &str) -> Vec<Value> {
-        let out = self
-            .cmd()
-            .args(["query", "--json", sql])
-            .env("LOG_SENSOR_LOG", "warn")
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Vec::new();
-        }
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn committed(&self) -> u64 {
-        self.query("SELECT COALESCE(SUM(committed_offset), 0) AS n FROM streams")
-            .first()
-            .and_then(|r| r["n"].as_u64())
-            .unwrap_or(0)
-    }
-
-    fn sink_alerts(&self) -> Vec<String> {
-        self.query("SELECT detail FROM alerts WHERE kind = 'sink_error'")
-            .iter()
-            .filter_map(|r| r["detail"].as_str().map(str::to_string))
-            .collect()
     }
 
     /// The running agent's status of its one sink.

@@ -252,6 +252,24 @@ path = "state/out.ndjson"
             .unwrap_or_else(|e| panic!("query failed: {e}"))
     }
 
+    /// The sum of the committed offsets; 0 while there is no store yet (for polling).
+    pub fn committed(&self) -> u64 {
+        self.try_query("SELECT COALESCE(SUM(committed_offset), 0) AS n FROM streams")
+            .unwrap_or_default()
+            .first()
+            .and_then(|r| r["n"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The details of the sink's alerts so far; none while there is no store yet.
+    pub fn sink_alerts(&self) -> Vec<String> {
+        self.try_query("SELECT detail FROM alerts WHERE kind = 'sink_error'")
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["detail"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// For polling: the store may not exist yet, or not have its tables yet.
     pub fn try_query(&self, sql: &str) -> Result<Vec<Value>, String> {
         let out = self
