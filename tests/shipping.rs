@@ -14,7 +14,6 @@ mod support;
 
 use collector::{free_port, Collector, PASSWORD, USER};
 use pki::Pki;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,23 +26,26 @@ const HOST: &str = "web-01";
 // ------------------------------------------------------------------ the agent
 
 struct Agent {
-    dir: tempfile::TempDir,
+    env: AgentEnv,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentEnv;
+    fn deref(&self) -> &AgentEnv {
+        &self.env
+    }
 }
 
 impl Agent {
     /// A folder with `logs/` and a config shipping `logs/*.log` to the given `[sink]` body.
     fn new(sink: &str, batch: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
         let max_wait = if batch.contains("max_wait") {
             ""
         } else {
             "max_wait = \"100ms\""
         };
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            format!(
-                r#"
+        let env = AgentEnv::with_config(&format!(
+            r#"
 host_id = "{HOST}"
 state_dir = "state"
 [sources.app]
@@ -56,24 +58,12 @@ rescan_interval = "500ms"
 [sink]
 {sink}
 "#
-            ),
-        )
-        .unwrap();
-        Agent { dir }
+        ));
+        Agent { env }
     }
 
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("log-sensor"));
-        c.arg("-c")
-            .arg(self.p("agent.toml"))
-            .env("LOG_SENSOR_LOG", "debug");
-        c
-    }
-
+    /// Each start writes a stderr file of its own (agent-N.err), so a restart keeps the
+    /// first run's log.
     fn start(&self) -> Proc {
         let mut c = self.cmd();
         c.arg("run");
@@ -114,37 +104,6 @@ rescan_interval = "500ms"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Rows of a read-only query; none while the agent has not created its store yet.
-    fn query(&self, sql: &str) -> Vec<Value> {
-        let out = self.cmd().args(["query", "--json", sql]).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success()
-            && (stderr.contains("no store") || stderr.contains("no such table"))
-        {
-            return Vec::new();
-        }
-        assert!(out.status.success(), "query failed: {stderr}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn committed(&self) -> u64 {
-        self.query("SELECT COALESCE(SUM(committed_offset), 0) AS n FROM streams")
-            .first()
-            .and_then(|r| r["n"].as_u64())
-            .unwrap_or(0)
-    }
-
-    fn alerts(&self) -> Vec<String> {
-        self.query("SELECT detail FROM alerts WHERE kind = 'sink_error'")
-            .iter()
-            .filter_map(|r| r["detail"].as_str().map(str::to_string))
-            .collect()
-    }
-
     /// Waits until everything in `logs/app.log` is committed; returns its size.
     fn wait_all_committed(&self) -> u64 {
         let size = std::fs::metadata(self.p("logs/app.log")).unwrap().len();
@@ -162,7 +121,7 @@ rescan_interval = "500ms"
                 tail(&running.stderr_text())
             ),
             PATIENCE,
-            || self.alerts().iter().any(|d| d.contains(needle)),
+            || self.sink_alerts().iter().any(|d| d.contains(needle)),
         );
     }
 }
@@ -438,7 +397,7 @@ fn an_older_collector_gets_gzip_and_an_explicit_lz4_is_named_when_refused() {
     append_lines(&agent.p("logs/app.log"), &want[..10]);
     let a = agent.start();
     agent.wait_alert(&a, "naming the refused compression", "sink.compression");
-    let alert = agent.alerts().join("\n");
+    let alert = agent.sink_alerts().join("\n");
     assert!(alert.contains("415"), "{alert}");
     assert_eq!(agent.committed(), 0, "nothing committed");
 }
@@ -526,7 +485,10 @@ fn agent_against_a_stopped_collector_delivers_everything_once_it_starts() {
     append_lines(&agent.p("logs/app.log"), &want);
     let a = agent.start();
     wait_for("the agent to see the collector down", PATIENCE, || {
-        agent.alerts().iter().any(|d| d.contains("cannot connect"))
+        agent
+            .sink_alerts()
+            .iter()
+            .any(|d| d.contains("cannot connect"))
     });
     assert_eq!(
         agent.committed(),
@@ -1182,7 +1144,7 @@ fn syslog_over_plain_tcp_survives_a_receiver_restart() {
             tail(&a.stderr_text())
         ),
         PATIENCE,
-        || !agent.alerts().is_empty(),
+        || !agent.sink_alerts().is_empty(),
     );
     assert_eq!(
         agent.committed(),
