@@ -18,15 +18,18 @@ With several --bin (e.g. a base build and yours), every round runs each case wit
 in turn (base none, yours none, base noop, yours noop, ...), so load on a shared machine hits
 them alike; medians and ranges are then given per build.
 
-Fluent Bit's filter_lua is not run beside it: Fluent Bit is not in Debian's archive (`apt-cache
-policy fluent-bit` finds nothing), the project's own package repository is not reachable from
-here, and building it from source is a CMake build of a large C tree that the shared 2-core
-machine could not spare in this round.
+With --fluent-bit BIN, each round also runs the same cases through Fluent Bit (tail -> filter_lua
+-> file, `Format plain`: one JSON object a line), interleaved after the log-sensor builds; its
+scripts do the same work in its API (FB_CASES). Fluent Bit is not in Debian's archive; build it
+from its source (cmake -DFLB_MINIMAL=On -DFLB_IN_TAIL=On -DFLB_FILTER_LUA=On -DFLB_OUT_FILE=On
+-DFLB_LUAJIT=On -DFLB_SQLDB=Off; its filter_lua runs LuaJIT). It has no store of committed
+offsets, so a run ends when its output holds every record the case keeps (the output is read as
+it grows, so waiting costs little CPU).
 
 Figures are printed, never asserted: this machine is shared and noisy. The work folder is
 removed at the end unless --keep.
 """
-import argparse, os, shutil, statistics, sys, time
+import argparse, os, shutil, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import agent_bench as ab  # noqa: E402  (the generator, the agent starter and /proc readers)
@@ -46,6 +49,24 @@ MATCH = """function process(rec)
   return rec
 end
 """
+
+# The same work through Fluent Bit's filter_lua (record = {log = line}; -1 drops, 0 keeps as
+# is, 1 keeps the changed record).
+FB_CASES = {
+    "none": None,
+    "noop": "function process(tag, ts, record) return 0, ts, record end\n",
+    "drop10": """function process(tag, ts, record)
+  if record.log:byte(62) == 55 then return -1, ts, record end
+  record.env = "prod"
+  return 1, ts, record
+end
+""",
+    "match": """function process(tag, ts, record)
+  record.status = record.log:match("status=(%d+)")
+  return 1, ts, record
+end
+""",
+}
 
 CASES = {
     "none": None,
@@ -95,6 +116,67 @@ def run(args, bin_, case, log, real, n):
     return r
 
 
+def run_fluent_bit(args, case, log, real, n, kept):
+    """One run of Fluent Bit on the case; ends when its output has every kept record."""
+    wd = os.path.join(args.workdir, "fb-" + case)
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    target = os.path.join(wd, "input.log")
+    os.link(log, target)
+    filt = ""
+    if FB_CASES[case] is not None:
+        with open(os.path.join(wd, "t.lua"), "w") as f:
+            f.write(FB_CASES[case])
+        filt = (f"[FILTER]\n    Name lua\n    Match *\n    script {wd}/t.lua\n    call process\n")
+    # Tuned for one big file read from its head: large read buffers, a short flush, no limit on
+    # what it may buffer in memory (the input is bounded).
+    conf = (f"[SERVICE]\n    Flush 0.1\n    Log_Level warn\n\n"
+            f"[INPUT]\n    Name tail\n    Path {target}\n    Read_from_Head On\n"
+            f"    Buffer_Chunk_Size 1M\n    Buffer_Max_Size 4M\n    Refresh_Interval 1\n\n"
+            f"{filt}\n[OUTPUT]\n    Name file\n    Match *\n    Path {wd}\n    File out.json\n"
+            f"    Format plain\n")
+    with open(os.path.join(wd, "fb.conf"), "w") as f:
+        f.write(conf)
+    out = os.path.join(wd, "out.json")
+    err = open(os.path.join(wd, "fb.err"), "w")
+    t0 = time.monotonic()
+    p = subprocess.Popen([args.fluent_bit, "-c", os.path.join(wd, "fb.conf")], stdout=err,
+                         stderr=err, stdin=subprocess.DEVNULL)
+    got, pos = 0, 0
+    want = kept[case]
+    while got < want:
+        if p.poll() is not None:
+            sys.exit(f"fluent-bit exited early: see {wd}/fb.err")
+        if os.path.exists(out):
+            with open(out, "rb") as f:
+                f.seek(pos)
+                block = f.read()
+            pos += len(block)
+            got += block.count(b"\n")
+        if got < want:
+            time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    cpu, user, rss = ab.cpu_seconds(p.pid), ab.user_seconds(p.pid), ab.peak_rss_mib(p.pid)
+    p.kill()
+    p.wait()
+    shutil.rmtree(wd, ignore_errors=True)
+    r = {"bin": "fluent-bit", "case": case, "secs": elapsed, "rps": n / elapsed,
+         "mibs": real / 2**20 / elapsed, "cpu": cpu, "user": user, "rss": rss, "out": got}
+    print(f"  {'fbit':>6s} {case:7s} {elapsed:6.2f} s  {r['rps']:>11,.0f} rec/s  {r['mibs']:6.1f} MiB/s  "
+          f"CPU {cpu:6.2f} s ({n / cpu:>11,.0f} rec per CPU-s; user {user:6.2f} s, {n / user:>11,.0f})  "
+          f"peak RSS {rss:6.1f} MiB  {got} records out", flush=True)
+    return r
+
+
+def kept_counts(log, n):
+    """How many records each case keeps: drop10 drops lines whose 62nd byte is '7'."""
+    dropped = 0
+    with open(log, "rb") as f:
+        for line in f:
+            dropped += len(line) > 61 and line[61] == 55
+    return {"none": n, "noop": n, "drop10": n - dropped, "match": n}
+
+
 def main():
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--size-mib", type=int, default=1024)
@@ -105,6 +187,7 @@ def main():
                    help="agent binary; repeat to interleave builds (default: this tree's release build)")
     a.add_argument("--keep", action="store_true")
     a.add_argument("--cases", default="none,noop,drop10", help="comma-separated, run in this order")
+    a.add_argument("--fluent-bit", help="a fluent-bit binary to run the same cases through, interleaved")
     args = a.parse_args()
     args.bin = args.bin or [os.path.join(target, "release", "log-sensor")]
     os.makedirs(args.workdir, exist_ok=True)
@@ -116,18 +199,21 @@ def main():
     for b in args.bin:
         print(f"  {label(args, b)} = {b}", flush=True)
     results = []
+    kept = kept_counts(log, n) if args.fluent_bit else None
     try:
         for i in range(args.rounds):
             print(f"round {i + 1}", flush=True)
             for case in args.cases.split(","):
                 for b in args.bin:
                     results.append(run(args, b, case, log, real, n))
+                if args.fluent_bit:
+                    results.append(run_fluent_bit(args, case, log, real, n, kept))
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
     print("median [min-max] of each case:")
     cases = args.cases.split(",")
-    for b in args.bin:
+    for b in args.bin + (["fluent-bit"] if args.fluent_bit else []):
         med = {}
         for case in cases:
             rs = [r for r in results if r["case"] == case and r["bin"] == b]
@@ -145,6 +231,8 @@ def main():
 
 def label(args, bin_):
     """A short name for a build in the output: bin1, bin2, ... in the order given."""
+    if bin_ == "fluent-bit":
+        return "fbit"
     return f"bin{args.bin.index(bin_) + 1}" if len(args.bin) > 1 else "agent"
 
 
