@@ -258,6 +258,20 @@ pub(super) fn want(n: u64) -> Vec<u64> {
     (0..n).map(|i| i * 10).collect()
 }
 
+/// Sets the records stream's config to `config`, as an operator editing it would.
+fn update_stream(js: &JetStream, config: &Value) {
+    js.runtime
+        .block_on(api::request(
+            &js.client,
+            "update",
+            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
+            None,
+            serde_json::to_vec(config).unwrap().into(),
+            js.timeout,
+        ))
+        .unwrap();
+}
+
 #[test]
 fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
     let c = Cluster::start(nats_server(), 1, "");
@@ -277,16 +291,7 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
     // An operator adds an age limit: marks would expire with old records.
     let mut config = info["config"].clone();
     config["max_age"] = json!(3_600_000_000_000u64);
-    js.runtime
-        .block_on(api::request(
-            &js.client,
-            "update",
-            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
-            None,
-            serde_json::to_vec(&config).unwrap().into(),
-            js.timeout,
-        ))
-        .unwrap();
+    update_stream(&js, &config);
     let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
     assert!(
         matches!(
@@ -301,31 +306,13 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
     assert!(err.to_string().contains("ls_records"), "{err}");
     // And a different replica count than configured is named too.
     config["max_age"] = json!(0);
-    js.runtime
-        .block_on(api::request(
-            &js.client,
-            "update",
-            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
-            None,
-            serde_json::to_vec(&config).unwrap().into(),
-            js.timeout,
-        ))
-        .unwrap();
+    update_stream(&js, &config);
     let err = JetStream::connect(&c.config(&[0], 3), 3).unwrap_err();
     assert!(err.to_string().contains("num_replicas"), "{err}");
     JetStream::connect(&c.config(&[0], 1), 3).unwrap();
     // A stream set not to acknowledge publishes: every batch would time out.
     config["no_ack"] = json!(true);
-    js.runtime
-        .block_on(api::request(
-            &js.client,
-            "update",
-            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
-            None,
-            serde_json::to_vec(&config).unwrap().into(),
-            js.timeout,
-        ))
-        .unwrap();
+    update_stream(&js, &config);
     let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
     assert!(
         matches!(
@@ -570,16 +557,7 @@ fn an_answer_that_is_not_the_batchs_acknowledgement_is_refused() {
         .unwrap()["config"]
         .clone();
     config["no_ack"] = json!(true);
-    js.runtime
-        .block_on(api::request(
-            &js.client,
-            "update",
-            format!("$JS.API.STREAM.UPDATE.{}", js.names.stream),
-            None,
-            serde_json::to_vec(&config).unwrap().into(),
-            js.timeout,
-        ))
-        .unwrap();
+    update_stream(&js, &config);
     let url = c.nodes[0].url();
     let ready = std::sync::mpsc::channel();
     js.runtime.spawn(async move {
