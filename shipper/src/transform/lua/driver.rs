@@ -73,16 +73,16 @@ const VALUE: c_int = 27;
 const MSG_BACK: c_int = 28;
 const SLOTS: c_int = 30;
 
-/// The record's keys and the slots their values are in, in the order a table is built from
-/// them; `offset` (an integer) comes last.
-const KEYED: [(c_int, c_int); 7] = [
-    (K_MSG, MSG),
-    (K_FIELDS, FIELDS),
+/// A record's keys whose values are its own, and the slots of those values (`part`'s is
+/// the first of the part names, offset by the record's part). A table is built from these,
+/// then [`PER_RUN`], then `offset` (an integer), in that order.
+const PER_RECORD: [(c_int, c_int); 3] = [(K_MSG, MSG), (K_FIELDS, FIELDS), (K_PART, PART_WHOLE)];
+/// The keys whose values are the run's: set once, in the run's template.
+const PER_RUN: [(c_int, c_int); 4] = [
     (K_SOURCE, SOURCE),
     (K_PATH, PATH),
     (K_STREAM, STREAM),
     (K_HOST, HOST),
-    (K_PART, PART_WHOLE),
 ];
 
 /// What the script made of one record: dropped, or kept with what changed (None: as it came).
@@ -278,12 +278,14 @@ unsafe fn run_records(
     }
     // The template: this run's record with placeholders where records differ.
     ffi::lua_createtable(l, 0, 8);
-    for (key, value) in KEYED {
+    for (key, _) in PER_RECORD {
         ffi::lua_pushvalue(l, key);
-        match value {
-            MSG | FIELDS => ffi::lua_pushboolean(l, 0),
-            _ => ffi::lua_pushvalue(l, value),
-        }
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_rawset(l, TEMPLATE);
+    }
+    for (key, value) in PER_RUN {
+        ffi::lua_pushvalue(l, key);
+        ffi::lua_pushvalue(l, value);
         ffi::lua_rawset(l, TEMPLATE);
     }
     ffi::lua_pushvalue(l, K_OFFSET);
@@ -303,22 +305,19 @@ unsafe fn run_records(
         }
         ffi::lua_createtable(l, 0, 8);
         // Stamped, only what differs from the template is set; else every key.
-        let keys = if stamp.onto(l, REC, TEMPLATE) {
-            &[KEYED[0], KEYED[1], KEYED[6]][..]
-        } else {
-            &KEYED[..]
-        };
-        for &(key, value) in keys {
+        let stamped = stamp.onto(l, REC, TEMPLATE);
+        for (key, value) in PER_RECORD {
             ffi::lua_pushvalue(l, key);
-            ffi::lua_pushvalue(
-                l,
-                if key == K_PART {
-                    value + rec.part as c_int
-                } else {
-                    value
-                },
-            );
+            let part = if key == K_PART { rec.part as c_int } else { 0 };
+            ffi::lua_pushvalue(l, value + part);
             ffi::lua_rawset(l, REC);
+        }
+        if !stamped {
+            for (key, value) in PER_RUN {
+                ffi::lua_pushvalue(l, key);
+                ffi::lua_pushvalue(l, value);
+                ffi::lua_rawset(l, REC);
+            }
         }
         ffi::lua_pushvalue(l, K_OFFSET);
         ffi::lua_pushinteger(l, rec.offset as ffi::lua_Integer);
