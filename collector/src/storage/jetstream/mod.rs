@@ -447,8 +447,17 @@ fn check_settings(stream: &str, found: &Value, wanted: &Value) -> Result<(), Jet
         }
     }
     // A limit would drop marks with old records, and records would then be
-    // stored again.
-    for (setting, none) in [("max_msgs", -1), ("max_bytes", -1), ("max_age", 0)] {
+    // stored again. `max_msgs_per_subject` too: a stream's records share one
+    // subject, so a limit there (`nats stream edit --max-msgs-per-subject`,
+    // common on streams used as KV) would silently keep only its newest N
+    // records. The server writes -1 for each of these when none is set
+    // (stream.go, checkStreamCfg).
+    for (setting, none) in [
+        ("max_msgs", -1),
+        ("max_bytes", -1),
+        ("max_age", 0),
+        ("max_msgs_per_subject", -1),
+    ] {
         let f = or(found.get(setting), json!(none));
         if f != json!(none) {
             return differs(setting, &f, &json!(none));

@@ -310,6 +310,24 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
     let err = JetStream::connect(&c.config(&[0], 3), 3).unwrap_err();
     assert!(err.to_string().contains("num_replicas"), "{err}");
     JetStream::connect(&c.config(&[0], 1), 3).unwrap();
+    // A per-subject limit: a stream's records share a subject, and all but
+    // the newest would be dropped.
+    config["max_msgs_per_subject"] = json!(1000);
+    update_stream(&js, &config);
+    let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JetStreamError::StreamSetting {
+                setting: "max_msgs_per_subject",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    config["max_msgs_per_subject"] = json!(-1);
+    update_stream(&js, &config);
+    JetStream::connect(&c.config(&[0], 1), 3).unwrap();
     // A stream set not to acknowledge publishes: every batch would time out.
     config["no_ack"] = json!(true);
     update_stream(&js, &config);
