@@ -288,60 +288,37 @@ fn startup_creates_the_stream_and_refuses_settings_that_break_exactly_once() {
         ))
         .unwrap();
     assert_eq!(info["config"]["allow_atomic"], json!(true), "{info}");
+    // Connecting with `replicas` is refused, naming `setting` and the stream.
+    let refused = |replicas: u8, setting: &str| {
+        let err = JetStream::connect(&c.config(&[0], replicas), 3).unwrap_err();
+        assert!(
+            matches!(&err, JetStreamError::StreamSetting { setting: s, .. } if *s == setting),
+            "{setting}: {err}"
+        );
+        assert!(err.to_string().contains("ls_records"), "{err}");
+    };
     // An operator adds an age limit: marks would expire with old records.
     let mut config = info["config"].clone();
     config["max_age"] = json!(3_600_000_000_000u64);
     update_stream(&js, &config);
-    let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::StreamSetting {
-                setting: "max_age",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("ls_records"), "{err}");
+    refused(1, "max_age");
     // And a different replica count than configured is named too.
     config["max_age"] = json!(0);
     update_stream(&js, &config);
-    let err = JetStream::connect(&c.config(&[0], 3), 3).unwrap_err();
-    assert!(err.to_string().contains("num_replicas"), "{err}");
+    refused(3, "num_replicas");
     JetStream::connect(&c.config(&[0], 1), 3).unwrap();
     // A per-subject limit: a stream's records share a subject, and all but
     // the newest would be dropped.
     config["max_msgs_per_subject"] = json!(1000);
     update_stream(&js, &config);
-    let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::StreamSetting {
-                setting: "max_msgs_per_subject",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    refused(1, "max_msgs_per_subject");
     config["max_msgs_per_subject"] = json!(-1);
     update_stream(&js, &config);
     JetStream::connect(&c.config(&[0], 1), 3).unwrap();
     // A stream set not to acknowledge publishes: every batch would time out.
     config["no_ack"] = json!(true);
     update_stream(&js, &config);
-    let err = JetStream::connect(&c.config(&[0], 1), 3).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::StreamSetting {
-                setting: "no_ack",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    refused(1, "no_ack");
 }
 
 /// Debian's 2.9 accepts the batch headers and `allow_atomic`, and stores a
