@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::names::{self, IdError};
 
+mod lz4_frames;
 mod scan;
 
 /// The `Accept-Encoding` of every ingest reply: the request encodings read here, fastest first.
@@ -217,15 +218,19 @@ fn read_batch_in_pieces<E: From<IngestError>>(
     let room = sent.saturating_mul(ratio).min(limit + 1);
     let mut body = Vec::with_capacity(usize::try_from(room).unwrap_or(usize::MAX));
     // lz4 is read like a plain body: the decoder hands out each decoded
-    // block through `BufRead`, so a block is copied once, into `body`.
+    // block through `BufRead`, so a block is copied once, into `body`. Its
+    // input's frames are followed (`lz4_frames`): the decoder takes a body
+    // cut between blocks for its end, and ends its output at each frame's.
     enum Decode<R: BufRead> {
         Plain(R),
-        Lz4(lz4_flex::frame::FrameDecoder<R>),
+        Lz4(lz4_flex::frame::FrameDecoder<lz4_frames::Frames<R>>),
         Gzip(flate2::bufread::MultiGzDecoder<R>),
     }
     let mut src = match coding {
         Coding::Gzip => Decode::Gzip(flate2::bufread::MultiGzDecoder::new(src)),
-        Coding::Lz4 => Decode::Lz4(lz4_flex::frame::FrameDecoder::new(src)),
+        Coding::Lz4 => Decode::Lz4(lz4_flex::frame::FrameDecoder::new(lz4_frames::Frames::new(
+            src,
+        ))),
         Coding::Identity => Decode::Plain(src),
     };
     loop {
@@ -235,7 +240,19 @@ fn read_batch_in_pieces<E: From<IngestError>>(
             // Plain bodies are appended straight from the source's buffers:
             // `read_to_end` would zero the room first.
             Decode::Plain(src) => append_from(src, &mut body, room as usize).map_err(failed)?,
-            Decode::Lz4(src) => append_from(src, &mut body, room as usize).map_err(failed)?,
+            Decode::Lz4(src) => {
+                let room = room as usize;
+                let mut n = 0;
+                // Each frame's end looks like the body's: go on while frames follow.
+                while n < room {
+                    let got = append_from(src, &mut body, room - n).map_err(failed)?;
+                    n += got;
+                    if got == 0 && !src.get_mut().more().map_err(failed)? {
+                        break;
+                    }
+                }
+                n
+            }
         };
         if body.len() as u64 > limit {
             return Err(IngestError::TooLarge { limit }.into());

@@ -294,9 +294,16 @@ fn lz4_is_decoded_and_bounded() {
         whole(&z, plain.len() as u64 - 1),
         Err(IngestError::TooLarge { .. })
     ));
+    // Cut between two blocks (the end mark gone, or a whole block too), or followed by bytes
+    // that are no frame: the decoder alone took each for a whole body.
+    let last_block = z.len() - 4 - block_size_at_end(&z);
+    let junk_after = [&z[..], b"junk"].concat();
     for bad in [
         &z[..z.len() - 10],
         &z[..z.len() / 2],
+        &z[..z.len() - 4],
+        &z[..last_block],
+        &junk_after[..],
         &b"{\"host\":\"h\"}\n"[..],
     ] {
         let err = whole(bad, 1 << 24).unwrap_err();
@@ -313,6 +320,45 @@ fn lz4_is_decoded_and_bounded() {
     if let Err(err) = whole(&flipped, 1 << 24) {
         assert_eq!(err.status(), 400, "{err}");
     }
+}
+
+/// The size, with its size word, of the last block of a frame without checksums.
+fn block_size_at_end(frame: &[u8]) -> usize {
+    let mut at = 7;
+    let mut last = 0;
+    loop {
+        let word = u32::from_le_bytes(frame[at..at + 4].try_into().unwrap());
+        if word == 0 {
+            return last;
+        }
+        last = 4 + (word & 0x7FFF_FFFF) as usize;
+        at += last;
+    }
+}
+
+/// A frame that ends exactly where a piece of the body does is followed by the next frame's
+/// lines, not taken for the body's end.
+#[test]
+fn an_lz4_frame_ending_at_a_piece_boundary_is_not_the_end() {
+    let plain = lines(2000);
+    let cut = plain[..plain.len() / 2]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let mut two = lz4(&plain[..cut]);
+    two.extend(lz4(&plain[cut..]));
+    let got = read_batch_in_pieces(
+        &two[..],
+        Some("lz4"),
+        1 << 24,
+        0,
+        "h",
+        cut as u64,
+        |_, _| Ok::<_, IngestError>(()),
+    )
+    .unwrap();
+    assert_eq!((got.record_count, got.body), (2000, plain));
 }
 
 fn lines(n: u64) -> Vec<u8> {
