@@ -987,7 +987,22 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
     let resp = c.connect(Some(&id)).ingest(&sized(1025));
     assert_eq!(resp.status, 413, "{}", resp.text());
     assert_eq!(resp.json()["code"], "too_large");
-    assert_eq!(resp.json()["error"], "body larger than 1024 bytes");
+    assert_eq!(
+        resp.json()["error"],
+        "body larger than 1024 bytes (Content-Length 1025)"
+    );
+    // Announced far larger and never sent: refused at once, not after `body_timeout_secs`
+    // (30 s here) as a stalled body would be.
+    let mut conn = c.connect(Some(&id));
+    conn.tls
+        .write_all(
+            b"POST /v1/ingest HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999\r\n\r\n",
+        )
+        .unwrap();
+    conn.tls.flush().unwrap();
+    let resp = conn.read_response().unwrap();
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "too_large");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&sized(1025)).unwrap();
     let resp = c.connect(Some(&id)).request(
@@ -1046,11 +1061,16 @@ fn lz4_bodies_are_stored_announced_and_refused_when_corrupt() {
     let file = c.data_file("web-01", "s1");
     assert_eq!(stored_lines(&file), first, "stored as sent, once decoded");
 
-    // Cut short and with a byte gone: 400, naming the encoding; nothing of it is stored.
+    // Cut short (inside a block, or where a block ends: only the end mark gone) and with its
+    // first bytes gone: 400, naming the encoding; nothing of it is stored.
     let mut more = first.clone();
     more.push(record("web-01", "s1", 20_000, "whole"));
     let whole = lz4(&batch(&more));
-    for bad in [&whole[..whole.len() - 7], &whole[4..]] {
+    for bad in [
+        &whole[..whole.len() - 7],
+        &whole[..whole.len() - 4],
+        &whole[4..],
+    ] {
         let resp =
             c.connect(Some(&id))
                 .request("POST", "/v1/ingest", &[("Content-Encoding", "lz4")], bad);

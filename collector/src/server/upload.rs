@@ -164,6 +164,24 @@ pub(super) async fn ingest(
     id: &PeerIdentity,
     req: Request<Incoming>,
 ) -> Reply {
+    // A body announced larger than the limit is refused before a byte of it is read: reading
+    // on would only hold a slot until the limit was passed (or, for a sender that never sends
+    // it, until `body_timeout_secs`). The rest of it is not read, so the connection closes.
+    let limit = collector.config.max_batch_bytes;
+    let announced = hyper::body::Body::size_hint(req.body()).lower();
+    if announced > limit {
+        collector.metrics.batches_refused.fetch_add(1, Relaxed);
+        let mut reply = error(
+            413,
+            "too_large",
+            format!("body larger than {limit} bytes (Content-Length {announced})"),
+        );
+        reply.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return reply;
+    }
     // Taken before the body is read: waiting senders hold no memory here.
     // The host's own permit first, so a host waiting on itself holds no
     // global slot.
@@ -174,7 +192,6 @@ pub(super) async fn ingest(
         return error(503, "shutting_down", "collector is shutting down");
     };
     let _in_progress = InProgress::count(&collector.metrics);
-    let limit = collector.config.max_batch_bytes;
     let encoding = req
         .headers()
         .get(CONTENT_ENCODING)
