@@ -449,6 +449,24 @@ type = "carrier-pigeon"
     }
 
     #[test]
+    fn a_file_sink_mode_is_octal_text_and_0600_unless_given() {
+        let parse = |mode: &str| {
+            let text = format!("[sources.a]\npaths=['x']\n[sink]\ntype='file'\npath='o'\n{mode}");
+            Config::parse(Path::new("/c.toml"), &text).map(|c| match &c.sinks[0].sink {
+                SinkConfig::File { mode, .. } => *mode,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(parse("").unwrap(), 0o600);
+        assert_eq!(parse("mode = '0640'").unwrap(), 0o640);
+        assert_eq!(parse("mode = '644'").unwrap(), 0o644);
+        for bad in ["mode = 640", "mode = '0999'", "mode = '01777'", "mode = ''"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("sink.mode"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn syntax_errors_name_the_file() {
         let err = Config::parse(Path::new("/x/agent.toml"), "sources = [").unwrap_err();
         assert!(err.to_string().contains("/x/agent.toml"), "{err}");

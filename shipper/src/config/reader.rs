@@ -112,6 +112,28 @@ impl<'a> TableReader<'a> {
         parsed.map_err(|e| self.fail(issues, name, e)).ok()
     }
 
+    /// File permission bits, written as a string of octal digits ("0640"). An integer is
+    /// refused: TOML forgets how it was written, and `mode = 640` (decimal) or `mode = 400`
+    /// (0o620) would be read as bits nobody meant.
+    pub fn mode(&mut self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<u32> {
+        let parsed = match self.raw(name)? {
+            Value::String(s) => {
+                let digits = s.strip_prefix("0o").unwrap_or(s);
+                match u32::from_str_radix(digits, 8) {
+                    Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+                    _ => Err(format!(
+                        "{s:?} is not a file mode: expected octal digits up to \"0777\", such as \"0640\""
+                    )),
+                }
+            }
+            other => Err(format!(
+                "expected a file mode as a string of octal digits such as \"0640\", found {}",
+                other.type_str()
+            )),
+        };
+        parsed.map_err(|e| self.fail(issues, name, e)).ok()
+    }
+
     /// A list of strings; a single string is accepted as a list of one.
     pub fn strings(&mut self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<Vec<String>> {
         let items: Vec<&Value> = match self.raw(name)? {

@@ -25,7 +25,9 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn open(path: &Path, sync: bool) -> Result<FileSink, SinkError> {
+    /// `mode` is given to a file this creates; one that exists keeps the mode its owner chose.
+    pub fn open(path: &Path, sync: bool, mode: u32) -> Result<FileSink, SinkError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let fail = |message: String| SinkError::Failed {
             sink: format!("file {}", path.display()),
             message,
@@ -37,6 +39,7 @@ impl FileSink {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(mode)
             .open(path)
             .map_err(|e| fail(format!("cannot open: {e}")))?;
         let regular = file
@@ -172,6 +175,24 @@ fn last_line_start(file: &File) -> std::io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_file_gets_the_mode_and_an_existing_one_keeps_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = dir.path().join("new.ndjson");
+        FileSink::open(&new, false, 0o600).unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let group = dir.path().join("group.ndjson");
+        FileSink::open(&group, false, 0o640).unwrap();
+        assert_eq!(mode(&group), 0o640);
+        let old = dir.path().join("old.ndjson");
+        std::fs::write(&old, b"").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        FileSink::open(&old, false, 0o600).unwrap();
+        assert_eq!(mode(&old), 0o644);
+    }
 
     #[test]
     fn whole_lines_len_finds_where_a_torn_record_starts() {

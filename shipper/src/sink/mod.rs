@@ -111,7 +111,7 @@ pub fn describe_all(sinks: &[NamedSink]) -> String {
 
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
-        SinkConfig::File { path, sync } => Box::new(FileSink::open(path, *sync)?),
+        SinkConfig::File { path, sync, mode } => Box::new(FileSink::open(path, *sync, *mode)?),
         SinkConfig::Stdout => Box::new(StdoutSink::new()),
         SinkConfig::Collector(opts) => Box::new(collector::CollectorSink::open(opts)?),
         SinkConfig::Syslog(opts) => Box::new(syslog::SyslogSink::open(opts)?),

@@ -24,7 +24,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    File { path: PathBuf, sync: bool },
+    File {
+        path: PathBuf,
+        sync: bool,
+        /// The permission bits a file the sink creates gets; an existing file keeps its own.
+        mode: u32,
+    },
     Stdout,
     Collector(CollectorOptions),
     Syslog(SyslogOptions),
@@ -164,10 +169,14 @@ fn read_sink_table(
         Some("file") => {
             let path = r.string("path", issues);
             let sync = r.boolean("sync", issues).unwrap_or(true);
+            // Filebeat's file output defaults to 0600 too: the sink copies logs such as
+            // auth.log (0640 root:adm) and must not leave them readable by every user.
+            let mode = r.mode("mode", issues).unwrap_or(0o600);
             match path {
                 Some(p) => Some(SinkConfig::File {
                     path: base.join(p),
                     sync,
+                    mode,
                 }),
                 None => {
                     required("path", "file", issues);
