@@ -110,6 +110,11 @@ pub enum DbError {
         op: &'static str,
         source: rusqlite::Error,
     },
+    #[error("database {path}: creating it: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database {path} does not exist; run `log-sensor-collector init` first")]
     Missing { path: PathBuf },
     #[error("user {name:?} already exists; `user del` it first")]
@@ -195,7 +200,24 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Creates the database and its schema (used by `init`).
+    ///
+    /// The file holds password hashes and every host's certificates, so it is
+    /// made 0600 before SQLite opens it (SQLite left to itself creates it
+    /// 0644, readable by all once the directory is, for example one a package
+    /// made 0755). SQLite gives its `-wal` and `-shm` files the database
+    /// file's mode, so those follow.
     pub fn create(path: &Path) -> Result<Db, DbError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| DbError::Create {
+                path: path.to_owned(),
+                source,
+            })?;
         Self::open_with(path, OpenFlags::default())
     }
 
@@ -580,6 +602,22 @@ mod tests {
         assert_eq!(db.cert_state("aa02").unwrap(), CertState::Unknown);
         db.revoke("web", now).unwrap();
         assert_eq!(db.record_enrolment(&live("aa03")).unwrap(), None);
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_readable_by_the_collector_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let db = Db::create(&path).unwrap();
+        db.add_user("alice", "h", 1).unwrap();
+        for name in ["c.db", "c.db-wal", "c.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 
     #[test]
