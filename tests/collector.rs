@@ -603,6 +603,23 @@ fn enrolment_then_wrong_password_then_too_many_tries() {
         "401 must not say which part was wrong"
     );
     assert!(!wrong_password.text().contains("nope"));
+    // Each refused try is one line naming the user and the address (as sshd does for a failed
+    // password); no password, right or wrong, is ever written.
+    let log = c.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("enrolment refused: invalid credentials"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    assert!(
+        refused[0].contains(&format!("username=\"{USER}\"")),
+        "{log}"
+    );
+    assert!(refused[1].contains("username=\"mallory\""), "{log}");
+    assert!(refused.iter().all(|l| l.contains("127.0.0.1")), "{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("nope"), "{log}");
+    // Its stderr is a file here, the journal under systemd: no colour codes in it.
+    assert!(!log.contains('\x1b'), "{log:?}");
 
     // Default: 5 failures per address within the window. Three more from
     // this address (for another name, so the user limit stays clear) reach

@@ -129,13 +129,31 @@ async fn enroll(collector: &Arc<Collector>, source: IpAddr, req: Request<Incomin
         Ok(a) => a,
         Err(e) => return enroll_error(collector, e),
     };
+    // Peer input: cut short, and logged with `?` so that quotes and control characters are
+    // escaped and cannot forge a line of the log.
+    let username: String = request.username.chars().take(64).collect();
     let c = Arc::clone(collector);
     match blocking(move || c.enroller.enroll(admitted, &request, source)).await {
         Ok(Ok(reply)) => {
             collector.metrics.enrolments.fetch_add(1, Relaxed);
             json(200, &reply)
         }
-        Ok(Err(e)) => enroll_error(collector, e),
+        Ok(Err(e)) => {
+            // One line per refused try, as sshd writes for a failed password, so that an
+            // operator (or fail2ban) sees who tried from where; the password never.
+            // Rate-limited tries are not logged one by one: refusing them costs nothing, so a
+            // flood of them would become a flood of lines (they are counted in /metrics).
+            match &e {
+                EnrollError::BadCredentials => {
+                    tracing::warn!(username = ?username, %source, "enrolment refused: invalid credentials")
+                }
+                EnrollError::AlreadyEnrolled { .. } | EnrollError::BadHostId { .. } => {
+                    tracing::warn!(username = ?username, %source, error = %e, "enrolment refused")
+                }
+                _ => {}
+            }
+            enroll_error(collector, e)
+        }
         Err(reply) => reply,
     }
 }
