@@ -14,13 +14,17 @@
 //!   instructions and looks at the clock. Once either is over, the call is *tripped*: every
 //!   later hook raises again, and `pcall`/`xpcall` are wrapped so they pass a tripped error on
 //!   instead of catching it: a script cannot loop around its own limit;
-//! - C functions, where no hook fires: the only ones whose running time is not linear in memory
-//!   the script already holds (and so bounded by `memory_limit`) are the pattern functions,
-//!   whose backtracking is polynomial in the subject (`string.rep('a', 2e5):find('.-.-b')` runs
-//!   for hours), and `table.move`, which loops over any integer range. `string.find`, `match`,
+//! - C functions, where no hook fires: the ones whose running time is not linear in memory the
+//!   script already holds (and so bounded by `memory_limit`) are the pattern functions, whose
+//!   backtracking is polynomial in the subject (`string.rep('a', 2e5):find('.-.-b')` runs for
+//!   hours); `table.move`, which loops over any integer range; `string.rep` of an empty string,
+//!   which counts to any n; `table.insert` and `table.remove`, which shift up to `#t` elements
+//!   (and `#t` can be 2^40 with a __len or a sparse border); and `table.sort` and `table.concat`
+//!   over a table whose metatable gives any length and values from C. `string.find`, `match`,
 //!   `gmatch` and `gsub` are replaced by guards that work out the pattern's worst case on this
 //!   subject ([`pattern_cost`]) and refuse, with an error naming the pattern, what could not
-//!   finish within `time_limit`; `table.move` is Lua code, so the hook counts it;
+//!   finish within `time_limit`; the others are wrapped in Lua ([`PRELUDE`]) so that their
+//!   loops are Lua code, which the hook counts, or their answer is given without the loop;
 //! - finalizers, which Lua runs with hooks off: `setmetatable` refuses a metatable with `__gc`.
 //!
 //! Guarding the patterns was chosen over running the state on a worker thread with a deadline:
@@ -288,9 +292,10 @@ fn harden(lua: &Lua, meter: &Arc<Meter>, time_limit: Duration) -> mlua::Result<(
         .call::<()>(tripped)
 }
 
-/// Lua-side guards: `pcall`/`xpcall` that do not swallow a tripped limit, a `table.move` the
-/// hook can count, a string metatable the script cannot reach to change, and no finalizers.
-const PRELUDE: &str = r#"
+/// Lua-side guards: `pcall`/`xpcall` that do not swallow a tripped limit, table functions whose
+/// loops the hook can count, a `string.rep` that does not count to n for nothing, a string
+/// metatable the script cannot reach to change, and no finalizers.
+const PRELUDE: &str = r##"
 local tripped = ...
 local raw_pcall, raw_xpcall, error = pcall, xpcall, error
 local function pass(ok, ...)
@@ -310,6 +315,86 @@ table.move = function(a1, f, e, t, a2)
   end
   return a2
 end
+-- string.rep of an empty string with an empty separator is "" for any count, yet Lua's own loop
+-- (lstrlib.c str_rep) counts to n in C, allocating nothing: string.rep("", 1e13) ran for hours.
+local raw_rep, tonumber = string.rep, tonumber
+string.rep = function(s, n, sep)
+  if s == "" and (sep == nil or sep == "") then
+    local k = tonumber(n)
+    if k ~= nil and k > 1 then n = 1 end
+  end
+  return raw_rep(s, n, sep)
+end
+-- table.insert and table.remove shift every element up to #t in C (ltablib.c tinsert, tremove),
+-- and #t is no measure of memory: a __len metamethod may say 1e13, and even a plain table's
+-- border can be 2^40 with 41 entries in it (t[2], t[4], ... t[2^40], then t[1], all in its hash
+-- part, where ltable.c's hash_search doubles its way up). So the shifts are
+-- Lua loops here, which the hook counts; what they do is ltablib.c's, step for step.
+local raw_insert, raw_remove, select, type = table.insert, table.remove, select, type
+local tointeger = math.tointeger
+local function position(v, fname)
+  local k = tointeger(v)
+  if k == nil then
+    error(("bad argument #2 to '%s' (number has no integer representation)"):format(fname), 3)
+  end
+  return k
+end
+table.insert = function(t, ...)
+  if type(t) ~= "table" then return raw_insert(t, ...) end
+  local n = select("#", ...)
+  local e = #t + 1
+  if n == 1 then
+    t[e] = ...
+    return
+  elseif n ~= 2 then
+    error("wrong number of arguments to 'insert'", 2)
+  end
+  local pos, v = ...
+  pos = position(pos, "insert")
+  if pos < 1 or pos > e then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+  for i = e, pos + 1, -1 do t[i] = t[i - 1] end
+  t[pos] = v
+end
+table.remove = function(t, pos)
+  if type(t) ~= "table" then return raw_remove(t, pos) end
+  local size = #t
+  if pos == nil then pos = size else pos = position(pos, "remove") end
+  if pos ~= size and (pos < 1 or pos > size + 1) then
+    error("bad argument #2 to 'remove' (position out of bounds)", 2)
+  end
+  local v = t[pos]
+  while pos < size do
+    t[pos] = t[pos + 1]
+    pos = pos + 1
+  end
+  t[pos] = nil
+  return v
+end
+-- table.sort and table.concat loop up to #t in C, reading through __index: on a table with a
+-- metatable (a __len of 2^31 and a C function as __index) nothing bounds them. Such a table is
+-- first copied, by a loop the hook counts, into a plain one, which is what the C code gets.
+local raw_sort, raw_concat, raw_getmetatable = table.sort, table.concat, getmetatable
+local function plain(t, i, j)
+  local copy, n = {}, 0
+  for k = i, j do
+    n = n + 1
+    copy[n] = t[k]
+  end
+  return copy, n
+end
+table.sort = function(t, comp)
+  if type(t) ~= "table" or raw_getmetatable(t) == nil then return raw_sort(t, comp) end
+  local copy, n = plain(t, 1, #t)
+  raw_sort(copy, comp)
+  for k = 1, n do t[k] = copy[k] end
+end
+table.concat = function(t, sep, i, j)
+  if type(t) ~= "table" or raw_getmetatable(t) == nil then return raw_concat(t, sep, i, j) end
+  i = i or 1
+  j = j or #t
+  local copy, n = plain(t, i, j)
+  return raw_concat(copy, sep, 1, n)
+end
 getmetatable("").__metatable = false
 -- Lua runs finalizers with hooks off (lgc.c GCTM): a looping __gc would hang the state with no
 -- limit to stop it. A finalizer is only ever registered by setmetatable, so refusing __gc there
@@ -321,7 +406,7 @@ setmetatable = function(t, mt)
   end
   return raw_setmetatable(t, mt)
 end
-"#;
+"##;
 
 /// Refuses a pattern call whose worst case would not finish within `budget` steps.
 fn guard(name: &str, args: &MultiValue, budget: f64) -> Result<(), String> {

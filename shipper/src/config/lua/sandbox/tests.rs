@@ -264,3 +264,84 @@ fn a_finalizer_cannot_be_set_because_it_would_run_without_limits() {
         Ok("1".into())
     );
 }
+
+#[test]
+fn c_loops_that_memory_does_not_bound_are_stopped_or_skipped() {
+    // Each ran for hours in C, where the hook never fires (found by a probe of the agent).
+    let started = Instant::now();
+    assert_eq!(
+        run("function process() return #string.rep('', 1e13) .. #(''):rep(2^40, '') end"),
+        Ok("00".into())
+    );
+    let huge_len = "setmetatable({}, {__len = function() return 1e13 end})";
+    for code in [
+        format!("function process() table.insert({huge_len}, 1, 'x') end"),
+        format!("function process() table.remove({huge_len}, 1) end"),
+        // A plain table whose border is 2^40 with 41 entries in it (t[1] last, into the hash).
+        "function process()
+            local t = {} for i = 1, 40 do t[1 << i] = i end t[1] = 0
+            assert(#t == 1 << 40)
+            table.insert(t, 1, 'x')
+        end"
+        .into(),
+        "function process()
+            local t = setmetatable({}, {__len = function() return 2^31 - 2 end,
+                                        __index = rawlen, __newindex = rawequal})
+            table.sort(t)
+        end"
+        .into(),
+        "function process()
+            local t = setmetatable({}, {__len = function() return 2^40 end, __index = rawlen})
+            return #table.concat(t, '', 1, 2^40)
+        end"
+        .into(),
+    ] {
+        let r = run(&code);
+        assert!(
+            matches!(
+                r,
+                Err(CallError::Limit(
+                    Limit::Instructions | Limit::Time | Limit::Memory
+                ))
+            ),
+            "{code}: {r:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_wrapped_table_and_string_functions_still_do_what_lua_does() {
+    let v = run("function process()
+        local t = {1, 2, 3}
+        table.insert(t, 4)
+        table.insert(t, 1, 0)
+        table.insert(t, 6, 5)
+        local removed = table.remove(t, 1) .. table.remove(t) .. tostring(table.remove({}))
+        local p = setmetatable({5, 3, 4}, {__index = function() return nil end})
+        table.sort(p)
+        table.sort(t, function(a, b) return a > b end)
+        return table.concat(t, ',') .. '|' .. removed .. '|' .. table.concat(p, ',')
+            .. '|' .. table.concat(p, '-', 2, 3) .. '|' .. ('ab'):rep(3, ',') .. string.rep('', 3)
+            .. '|' .. string.rep('x', 0) .. string.rep('', -1)
+    end");
+    assert_eq!(v, Ok("4,3,2,1|05nil|3,4,5|4-5|ab,ab,ab|".into()));
+    for (code, wanted) in [
+        ("table.insert({}, 3, 'x')", "position out of bounds"),
+        (
+            "table.insert({}, 1, 2, 3)",
+            "wrong number of arguments to 'insert'",
+        ),
+        ("table.remove({1}, 5)", "position out of bounds"),
+        ("table.insert(5, 1)", "table expected"),
+        ("table.insert({}, 1.5, 'x')", "no integer representation"),
+        ("string.rep('', 'many')", "number expected"),
+    ] {
+        let e = script_error(&format!("function process() {code} end"));
+        assert!(e.contains(wanted), "{code}: {e}");
+    }
+}
