@@ -62,7 +62,8 @@ pub fn build(
                     "sources.{source}.transforms: unknown transform {name:?}"
                 ));
             };
-            let inner = instance(t, cfg, alerts).map_err(|e| format!("transforms.{name}: {e}"))?;
+            let inner = instance(t, cfg, record_limit(cfg, source), alerts)
+                .map_err(|e| format!("transforms.{name}: {e}"))?;
             out.add(
                 source,
                 Box::new(Counted {
@@ -80,9 +81,23 @@ pub fn build(
 
 /// One source's instance of a transform (each source gets its own, so a script's state is
 /// per source).
+/// The most message bytes a record of `source` holds as it is read: a file source's
+/// `max_record_bytes`, a syslog source's `max_message_bytes`, the default for the osquery
+/// outbox. A script may not return more (see [`LuaTransform::with_limit`]).
+fn record_limit(cfg: &Config, source: &str) -> usize {
+    if let Some(s) = cfg.sources.iter().find(|s| s.name == source) {
+        return s.framing.max_record_bytes;
+    }
+    if let Some(s) = cfg.syslog_sources.iter().find(|s| s.name == source) {
+        return s.max_message_bytes;
+    }
+    crate::config::DEFAULT_MAX_RECORD_BYTES as usize
+}
+
 fn instance(
     t: &TransformConfig,
     cfg: &Config,
+    record_limit: usize,
     alerts: Option<&Arc<Mutex<Store>>>,
 ) -> Result<Box<dyn Transform>, String> {
     Ok(match &t.kind {
@@ -93,7 +108,9 @@ fn instance(
         TransformKind::Cri => Box::new(Cri::default()),
         TransformKind::Docker => Box::new(Docker::default()),
         TransformKind::Lua(o) => {
-            let l = LuaTransform::new(&t.name, o)?.with_host(&cfg.host_id)?;
+            let l = LuaTransform::new(&t.name, o)?
+                .with_host(&cfg.host_id)?
+                .with_limit(record_limit);
             Box::new(match alerts {
                 Some(store) => l.alert_into(store.clone()),
                 None => l,

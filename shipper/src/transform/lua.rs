@@ -59,6 +59,8 @@ pub struct LuaTransform {
     /// (and [`Transform::fault`] tells the chain's counters).
     failing: bool,
     alerts: Option<Arc<Mutex<Store>>>,
+    /// The most `msg` bytes a returned record may hold (and twice that of `fields`).
+    limit: usize,
 }
 
 impl LuaTransform {
@@ -74,7 +76,18 @@ impl LuaTransform {
             host,
             failing: false,
             alerts: None,
+            limit: crate::config::DEFAULT_MAX_RECORD_BYTES as usize,
         })
+    }
+
+    /// Bounds what a script may return to `max` bytes of `msg` and twice that of `fields` (the
+    /// source's `max_record_bytes`). A record the script grew past it ships as it came, with
+    /// `transform_error`: a record of any size would pass to the sinks whole, where one larger
+    /// than the collector's `max_batch_bytes` is refused at every retry and holds its sources
+    /// back for good, and where every sink holds it in memory.
+    pub fn with_limit(mut self, max: usize) -> LuaTransform {
+        self.limit = max;
+        self
     }
 
     /// The `host` records are given to the script as (the config's `host_id`).
@@ -99,7 +112,9 @@ impl LuaTransform {
     fn settle(&mut self, rec: &mut Draft<'_>, made: Result<Made, CallError>) -> Outcome {
         let verdict = match made {
             Ok(Made::Dropped) => Ok(Verdict::Drop),
-            Ok(Made::Kept { msg, fields }) => Self::take(rec, msg, fields).map(|()| Verdict::Keep),
+            Ok(Made::Kept { msg, fields }) => {
+                Self::take(rec, msg, fields, self.limit).map(|()| Verdict::Keep)
+            }
             Err(e) => Err(e),
         };
         match verdict {
@@ -125,8 +140,24 @@ impl LuaTransform {
         rec: &mut Draft<'_>,
         msg: Option<Result<Vec<u8>, String>>,
         fields: Option<Result<Option<Vec<u8>>, String>>,
+        limit: usize,
     ) -> Result<(), CallError> {
         let msg = msg.transpose().map_err(CallError::Script)?;
+        if let Some(m) = msg.as_ref().filter(|m| m.len() > limit) {
+            return Err(CallError::Script(format!(
+                "returned a msg of {} bytes, over the source's limit of {limit} (max_record_bytes)",
+                m.len()
+            )));
+        }
+        if let Some(Ok(Some(f))) = &fields {
+            if f.len() > 2 * limit {
+                return Err(CallError::Script(format!(
+                    "returned fields of {} bytes, over twice the source's limit of {limit} \
+                     (max_record_bytes)",
+                    f.len()
+                )));
+            }
+        }
         let fields = match fields {
             None => rec.fields.take(),
             Some(f) => match f.map_err(CallError::Script)? {

@@ -130,6 +130,39 @@ fn globals_persist_between_calls() {
 }
 
 #[test]
+fn a_record_grown_past_the_source_limit_ships_as_it_came() {
+    // A record of any size went to the sinks whole: one past the collector's max_batch_bytes
+    // was refused at every retry and held its sources back for good.
+    let mut t = lua(r#"function process(r)
+        if r.msg == "grow" then r.msg = string.rep("x", 1025) end
+        if r.msg == "enrich" then r.fields = {big = string.rep("y", 2000)} end
+        if r.msg == "wide" then r.fields = {big = string.rep("y", 2049)} end
+        r.fields = r.fields or {} r.fields.seen = true
+        return r end"#)
+    .with_limit(1024);
+    for (msg, what) in [("grow", "msg of 1025 bytes"), ("wide", "fields of 20")] {
+        let (out, fields) = apply(&mut t, msg, Some(r#"{"k":"v"}"#), 5).unwrap();
+        assert_eq!(out, msg, "the record ships as it came");
+        let f = fields.unwrap();
+        assert_eq!(f["k"], "v");
+        assert!(f.get("seen").is_none(), "{f}");
+        let e = f["transform_error"].as_str().unwrap();
+        assert!(
+            e.contains(what) && e.contains("1024 (max_record_bytes)"),
+            "{e}"
+        );
+    }
+    // At the limit is fine: a msg of 1024 bytes may come with fields up to twice that.
+    let (out, fields) = apply(&mut t, &"z".repeat(1024), None, 6).unwrap();
+    assert_eq!(out.len(), 1024);
+    assert_eq!(fields.unwrap()["seen"], true);
+    assert_eq!(
+        apply(&mut t, "enrich", None, 7).unwrap().1.unwrap()["seen"],
+        true
+    );
+}
+
+#[test]
 fn an_error_keeps_the_record_with_transform_error() {
     let mut t = lua(r#"function process(r)
         if r.msg == "bad" then error("no good") end
@@ -450,9 +483,11 @@ fn memory_running_out_in_the_loop_fails_the_record_being_built() {
         r#"function process(r)
           if r.msg == "fill" then
             big = {}
-            local i = 0
+            local i, x = 0, string.rep("x", 4000)
             -- Fills the state to its limit; pcall catches the allocation refused at the end.
-            while pcall(function() i = i + 1 big[i] = string.rep("x", 4000) .. i end) do end
+            -- Concatenation, not a call of string.rep (a Lua wrapper): a call may be refused
+            -- the growth of the Lua stack, which would leave the space of a doubling free.
+            while pcall(function() i = i + 1 big[i] = x .. i end) do end
           end
           -- A long record allocates nothing here: only the loop's handing it over can fail.
           if #r.msg > 1000 then return r end
