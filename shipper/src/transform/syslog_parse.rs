@@ -1,10 +1,12 @@
 //! One syslog frame → [`Fields`] and the MSG part: RFC 5424 first, then RFC 3164 (BSD) with its
-//! common variants (no PRI, no hostname, no PID). A frame that is neither keeps every byte in
-//! MSG; `fields` then hold only what is known (the PRI's facility and severity if it had one).
+//! common variants (no PRI, no hostname, no PID, an RFC 3339 stamp in place of the BSD one). A
+//! frame that is neither keeps every byte in MSG; `fields` then hold only what is known (the
+//! PRI's facility and severity if it had one).
 //!
 //! Followed: RFC 5424 §6 (the ABNF, NILVALUE `-`, SD escapes `\"` `\\` `\]`, the optional BOM
 //! before MSG) and rsyslog's `pmrfc3164` for what BSD senders really send (a tag ends at `[`,
-//! `:` or a space; a first word that is a tag means there was no hostname).
+//! `:` or a space; a first word that is a tag means there was no hostname; an RFC 3339 stamp,
+//! as rsyslog's RSYSLOG_FileFormat and RSYSLOG_ForwardFormat write, may stand for `Mmm dd …`).
 
 use std::collections::BTreeMap;
 
@@ -13,8 +15,8 @@ use std::collections::BTreeMap;
 pub struct Fields {
     pub facility: Option<&'static str>,
     pub severity: Option<&'static str>,
-    /// As sent: RFC 3339 for 5424, `Mmm dd hh:mm:ss` for 3164. Not reinterpreted, because a
-    /// 3164 stamp has no year or zone and guessing them would invent data.
+    /// As sent: RFC 3339 for 5424, `Mmm dd hh:mm:ss` or RFC 3339 for 3164. Not reinterpreted,
+    /// because a BSD stamp has no year or zone and guessing them would invent data.
     pub timestamp: Option<String>,
     pub hostname: Option<String>,
     pub app_name: Option<String>,
@@ -232,6 +234,57 @@ fn bsd_timestamp(b: &[u8], at: usize) -> Option<usize> {
     (month_ok && day_ok && time_ok).then_some(at + 15)
 }
 
+/// An RFC 3339 date-time at `at` in place of a BSD stamp, as rsyslog's `pmrfc3164` accepts it:
+/// `YYYY-MM-DDTHH:MM:SS`, optionally `.` and 1 to 9 digits, then `Z` or `±HH:MM`, then a space
+/// or the end → index after the stamp. Field ranges are checked too, so that a message that
+/// merely starts with a date-like word is not taken for a header.
+fn rfc3339_timestamp(b: &[u8], at: usize) -> Option<usize> {
+    let t = b.get(at..)?;
+    let num = |i: usize, n: usize| -> Option<u32> {
+        let d = t.get(i..i + n)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0, |v, &c| v * 10 + u32::from(c - b'0')))
+    };
+    let sep = |i: usize, c: u8| t.get(i) == Some(&c);
+    num(0, 4)?;
+    let (month, day) = (num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':'))
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    if sep(i, b'.') {
+        let digits = t[i + 1..]
+            .iter()
+            .take(10)
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        i += 1 + digits;
+    }
+    match t.get(i)? {
+        b'Z' => i += 1,
+        b'+' | b'-' => {
+            let (off_hour, off_minute) = (num(i + 1, 2)?, num(i + 4, 2)?);
+            if !sep(i + 3, b':') || off_hour > 23 || off_minute > 59 {
+                return None;
+            }
+            i += 6;
+        }
+        _ => return None,
+    }
+    matches!(t.get(i), None | Some(b' ')).then_some(at + i)
+}
+
 /// A BSD tag at `at`: `name[pid]:`, `name[pid]`, or `name:` → (name, pid, index after the tag
 /// and one following space). A word that is none of those is not a tag.
 fn bsd_tag(b: &[u8], at: usize) -> Option<(&[u8], Option<&[u8]>, usize)> {
@@ -267,7 +320,7 @@ fn bsd_tag(b: &[u8], at: usize) -> Option<(&[u8], Option<&[u8]>, usize)> {
 fn rfc3164(b: &[u8], at: usize, base: &Fields) -> Option<Parsed> {
     let mut f = base.clone();
     let mut at = at;
-    if let Some(end) = bsd_timestamp(b, at) {
+    if let Some(end) = bsd_timestamp(b, at).or_else(|| rfc3339_timestamp(b, at)) {
         f.timestamp = Some(text(&b[at..end]));
         at = end;
         if b.get(at) == Some(&b' ') {
@@ -409,6 +462,133 @@ mod tests {
     }
 
     #[test]
+    fn rfc3164_with_rfc3339_stamp_rsyslog_forward_format() {
+        // rsyslog's RSYSLOG_ForwardFormat.
+        let f = b"<13>2026-12-03T10:00:00.123+01:00 host app[5]: forwardformat";
+        let p = parse(f);
+        assert_eq!(p.fields.facility, Some("user"));
+        assert_eq!(p.fields.severity, Some("notice"));
+        assert_eq!(
+            p.fields.timestamp.as_deref(),
+            Some("2026-12-03T10:00:00.123+01:00")
+        );
+        assert_eq!(p.fields.hostname.as_deref(), Some("host"));
+        assert_eq!(p.fields.app_name.as_deref(), Some("app"));
+        assert_eq!(p.fields.procid.as_deref(), Some("5"));
+        assert_eq!(p.fields.msgid, None);
+        assert_eq!(p.fields.structured_data, None);
+        assert_eq!(msg(f, &p), b"forwardformat");
+    }
+
+    #[test]
+    fn rfc3164_with_rfc3339_stamp_rsyslog_file_format() {
+        // A Debian 12 /var/log/syslog line (RSYSLOG_FileFormat): no PRI.
+        let f = b"2026-12-03T10:00:00.123456+00:00 vm systemd[1]: Started foo.service.";
+        let p = parse(f);
+        assert_eq!(p.fields.facility, None);
+        assert_eq!(p.fields.severity, None);
+        assert_eq!(
+            p.fields.timestamp.as_deref(),
+            Some("2026-12-03T10:00:00.123456+00:00")
+        );
+        assert_eq!(p.fields.hostname.as_deref(), Some("vm"));
+        assert_eq!(p.fields.app_name.as_deref(), Some("systemd"));
+        assert_eq!(p.fields.procid.as_deref(), Some("1"));
+        assert_eq!(msg(f, &p), b"Started foo.service.");
+    }
+
+    #[test]
+    fn rfc3164_with_rfc3339_stamp_variants() {
+        // `Z`, with a fraction.
+        let f = b"<86>2026-12-03T10:00:00.5Z web1 sshd[7]: accepted";
+        let p = parse(f);
+        assert_eq!(p.fields.facility, Some("authpriv"));
+        assert_eq!(
+            p.fields.timestamp.as_deref(),
+            Some("2026-12-03T10:00:00.5Z")
+        );
+        assert_eq!(p.fields.hostname.as_deref(), Some("web1"));
+        assert_eq!(p.fields.app_name.as_deref(), Some("sshd"));
+        assert_eq!(p.fields.procid.as_deref(), Some("7"));
+        assert_eq!(msg(f, &p), b"accepted");
+
+        // No fraction, `Z`; nine fraction digits; no fraction with an offset.
+        for (f, ts) in [
+            (
+                &b"2026-12-03T10:00:00Z web1 CRON[12]: job"[..],
+                "2026-12-03T10:00:00Z",
+            ),
+            (
+                &b"2026-12-03T10:00:00.123456789Z web1 CRON[12]: job"[..],
+                "2026-12-03T10:00:00.123456789Z",
+            ),
+            (
+                &b"<78>2026-12-03T10:00:00-05:00 web1 CRON[12]: job"[..],
+                "2026-12-03T10:00:00-05:00",
+            ),
+        ] {
+            let p = parse(f);
+            assert_eq!(p.fields.timestamp.as_deref(), Some(ts), "{f:?}");
+            assert_eq!(p.fields.hostname.as_deref(), Some("web1"), "{f:?}");
+            assert_eq!(p.fields.app_name.as_deref(), Some("CRON"), "{f:?}");
+            assert_eq!(p.fields.procid.as_deref(), Some("12"), "{f:?}");
+            assert_eq!(msg(f, &p), b"job", "{f:?}");
+        }
+
+        // No hostname: the first word after the stamp is a tag.
+        let f = b"<13>2026-12-03T10:00:00Z cron: job done";
+        let p = parse(f);
+        assert_eq!(p.fields.timestamp.as_deref(), Some("2026-12-03T10:00:00Z"));
+        assert_eq!(p.fields.hostname, None);
+        assert_eq!(p.fields.app_name.as_deref(), Some("cron"));
+        assert_eq!(p.fields.procid, None);
+        assert_eq!(msg(f, &p), b"job done");
+
+        // RFC 5424 is still tried first and wins.
+        let f = b"<13>1 2026-12-03T10:00:00Z host app 5 - - m";
+        let p = parse(f);
+        assert_eq!(p.fields.timestamp.as_deref(), Some("2026-12-03T10:00:00Z"));
+        assert_eq!(p.fields.app_name.as_deref(), Some("app"));
+        assert_eq!(p.fields.procid.as_deref(), Some("5"));
+        assert_eq!(msg(f, &p), b"m");
+    }
+
+    #[test]
+    fn date_like_words_are_not_rfc3339_stamps() {
+        for f in [
+            &b"2026-12-03T10:00 host app: x"[..],
+            b"2026-12-03T10:00:00 host app: x",
+            b"2026-12-03 10:00:00Z host app: x",
+            b"2026-12-03t10:00:00Z host app: x",
+            b"2026-12-03T10:00:00z host app: x",
+            b"2026-12-03T10:00:00Zhost app: x",
+            b"2026-12-03T10:00:00. host app: x",
+            b"2026-12-03T10:00:00.1234567890Z host app: x",
+            b"2026-12-03T10:00:00+0100 host app: x",
+            b"2026-12-03T10:00:00+01 host app: x",
+            b"2026-13-03T10:00:00Z host app: x",
+            b"2026-12-00T10:00:00Z host app: x",
+            b"2026-12-03T24:00:00Z host app: x",
+            b"2026-12-03T10:60:00Z host app: x",
+            b"2026-12-03T10:00:61Z host app: x",
+            b"2026-12-03T10:00:00+24:00 host app: x",
+            b"26-12-03T10:00:00Z host app: x",
+        ] {
+            assert_eq!(rfc3339_timestamp(f, 0), None, "{f:?}");
+            // No PRI and no stamp: kept whole, as before.
+            let p = parse(f);
+            assert_eq!(p.fields, Fields::default(), "{f:?}");
+            assert_eq!(msg(f, &p), f, "{f:?}");
+        }
+        // A leap second and the end of the frame right after the stamp are fine.
+        assert_eq!(rfc3339_timestamp(b"2026-12-31T23:59:60Z", 0), Some(20));
+        assert_eq!(
+            rfc3339_timestamp(b"<1>2026-12-31T23:59:60+14:00 h", 3),
+            Some(28)
+        );
+    }
+
+    #[test]
     fn neither_format_is_kept_whole() {
         let f = b"just some text";
         let p = parse(f);
@@ -447,6 +627,18 @@ mod tests {
             let f = &f[..cut.min(f.len())];
             let p = parse(f);
             prop_assert!(p.msg.end == f.len());
+        }
+
+        #[test]
+        fn rfc3339_bsd_prefixes_never_panic(cut in 0usize..80, pri in proptest::bool::ANY) {
+            let f: &[u8] = if pri {
+                b"<13>2026-12-03T10:00:00.123456789+01:00 host app[5]: x"
+            } else {
+                b"2026-12-03T10:00:00.123456789+01:00 host app[5]: x"
+            };
+            let f = &f[..cut.min(f.len())];
+            let p = parse(f);
+            prop_assert!(p.msg.start <= p.msg.end && p.msg.end == f.len());
         }
     }
 }
