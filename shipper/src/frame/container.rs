@@ -11,6 +11,13 @@
 //! or a Docker object with the joined `log`), which the `cri` / `docker` transform then parses
 //! like any other line.
 //!
+//! A runtime writes stdout and stderr into the same file from two writers, so their lines
+//! interleave. Only parts of the open record's own stream join it: a line of the other stream
+//! ends the open record, which goes out as it stands before that line (so records still leave
+//! in offset order and `consumed` never passes a part not yet shipped), and the first stream's
+//! later parts start a new record. Holding the other stream's records back until the open one
+//! completes would keep its parts together, but needs a second record and a queue per file.
+//!
 //! Followed: the CRI log format of kubelet (`pkg/kubelet/kuberuntime/logs`: tags split by `:`,
 //! the first is `P` or `F`) and Fluent Bit's `multiline.parser docker, cri`.
 
@@ -29,6 +36,9 @@ struct Piece<'a> {
     closing: Vec<u8>,
     /// The line continues in the next one.
     partial: bool,
+    /// Which of the runtime's writers the line comes from (CRI: `stdout` / `stderr`; Docker:
+    /// the `,"stream":"…"` that starts `closing` after its `"`, empty without a `stream`).
+    stream: Cow<'a, [u8]>,
 }
 
 #[derive(Deserialize)]
@@ -79,7 +89,15 @@ fn cri(line: &[u8]) -> Option<Piece<'_>> {
         msg: Cow::Borrowed(&line[msg_start..]),
         closing: Vec::new(),
         partial,
+        stream: Cow::Borrowed(cri_stream(line)?),
     })
+}
+
+/// STREAM of a line that starts `TIME STREAM `.
+fn cri_stream(line: &[u8]) -> Option<&[u8]> {
+    let sp1 = line.iter().position(|&c| c == b' ')?;
+    let len = line[sp1 + 1..].iter().position(|&c| c == b' ')?;
+    Some(&line[sp1 + 1..sp1 + 1 + len])
 }
 
 fn docker(line: &[u8]) -> Option<Piece<'_>> {
@@ -87,24 +105,37 @@ fn docker(line: &[u8]) -> Option<Piece<'_>> {
     let partial = !d.log.ends_with('\n');
     let escaped = serde_json::to_vec(d.log.as_ref()).ok()?;
     let mut closing = b"\"".to_vec();
+    let mut stream_end = closing.len();
     for (k, v) in [("stream", &d.stream), ("time", &d.time)] {
         if let Some(v) = v {
             closing.extend_from_slice(format!(",\"{k}\":").as_bytes());
             closing.extend_from_slice(&serde_json::to_vec(v.as_ref()).ok()?);
+            if k == "stream" {
+                stream_end = closing.len();
+            }
         }
     }
+    let stream = closing[1..stream_end].to_vec();
     closing.push(b'}');
     Some(Piece {
         opening: Cow::Borrowed(b"{\"log\":\""),
         msg: Cow::Owned(escaped[1..escaped.len() - 1].to_vec()),
         closing,
         partial,
+        stream: Cow::Owned(stream),
     })
 }
 
 impl Framer {
-    /// A complete line `start..self.pos` of a container log: a part is added to the record
-    /// being joined, a line that is no part goes out as it is (after any record it ends).
+    /// Whether `p` comes from the writer of the record being joined.
+    fn same_stream(&self, p: &Piece<'_>) -> bool {
+        self.join_stream[..] == p.stream[..]
+    }
+
+    /// A complete line `start..self.pos` of a container log: a part of the open record's
+    /// stream is added to it; any other line (one of the other stream, or no part at all) ends
+    /// the open record, which goes out as it stands first. A partial line then starts a
+    /// record, a whole one goes out as it is.
     pub(super) fn container_line(
         &mut self,
         format: ContainerFormat,
@@ -118,6 +149,12 @@ impl Framer {
             LineBytes::Whole(b) => split(format, b),
             LineBytes::Cut { .. } => None,
         };
+        if self.record_open && !piece.as_ref().is_some_and(|p| self.same_stream(p)) {
+            // The runtime never finished it (a restart mid-write), or the other writer's line
+            // came between its parts: what came goes out, before this line.
+            self.flush_record(out);
+            self.consumed = start;
+        }
         match piece {
             Some(p) if p.partial || self.record_open => {
                 if !self.record_open {
@@ -125,6 +162,8 @@ impl Framer {
                     self.record_open = true;
                     self.record.push(&p.opening);
                     self.join_suffix = p.closing;
+                    self.join_stream.clear();
+                    self.join_stream.extend_from_slice(&p.stream);
                 }
                 self.record.push(&p.msg);
                 if !p.partial {
@@ -133,11 +172,6 @@ impl Framer {
                 }
             }
             _ => {
-                if self.record_open {
-                    // The runtime never finished it (a restart mid-write): what came goes out.
-                    self.flush_record(out);
-                    self.consumed = start;
-                }
                 emit_line(start, &line, out);
                 self.consumed = end;
             }
@@ -268,5 +302,188 @@ mod tests {
         assert!(recs[0].2.starts_with("2024-03-05T10:11:12Z stdout F aaa"));
         assert_eq!(recs[1].1, Part::Tail);
         assert!(recs[1].2.ends_with("bbbb"));
+    }
+
+    /// Every record's offset, stream field (CRI: STREAM; Docker: `stream`) and message.
+    fn streams(
+        format: ContainerFormat,
+        recs: &[(u64, Part, String)],
+    ) -> Vec<(u64, String, String)> {
+        recs.iter()
+            .map(|(off, part, b)| {
+                assert_eq!(*part, Part::Whole);
+                let (stream, msg) = match format {
+                    ContainerFormat::Cri => {
+                        let (tag_start, partial, msg_start) =
+                            super::cri_parts(b.as_bytes()).expect("a CRI line");
+                        assert!(!partial, "a joined record is written back as F: {b}");
+                        let stream = super::cri_stream(b.as_bytes()).unwrap();
+                        assert_eq!(tag_start, b.find(" F").unwrap() + 1);
+                        (
+                            String::from_utf8_lossy(stream).into_owned(),
+                            b[msg_start..].to_string(),
+                        )
+                    }
+                    ContainerFormat::Docker => {
+                        let v: serde_json::Value = serde_json::from_str(b).expect("JSON");
+                        (
+                            v["stream"].as_str().unwrap().to_string(),
+                            v["log"].as_str().unwrap().to_string(),
+                        )
+                    }
+                };
+                (*off, stream, msg)
+            })
+            .collect()
+    }
+
+    fn offsets(lines: &[&[u8]]) -> Vec<u64> {
+        let mut at = 0;
+        lines
+            .iter()
+            .map(|l| {
+                let o = at;
+                at += l.len() as u64;
+                o
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cri_line_of_the_other_stream_ends_the_open_record() {
+        let lines: [&[u8]; 4] = [
+            b"2024-01-01T00:00:00.1Z stdout P part1-\n",
+            b"2024-01-01T00:00:00.2Z stderr F err-interleaved\n",
+            b"2024-01-01T00:00:00.3Z stdout P part2-\n",
+            b"2024-01-01T00:00:00.4Z stdout F part3\n",
+        ];
+        let o = offsets(&lines);
+        let f = framing(ContainerFormat::Cri, 65536);
+        let (recs, consumed) = run(&f, &lines);
+        assert_eq!(
+            streams(ContainerFormat::Cri, &recs),
+            vec![
+                (o[0], "stdout".into(), "part1-".into()),
+                (o[1], "stderr".into(), "err-interleaved".into()),
+                (o[2], "stdout".into(), "part2-part3".into()),
+            ]
+        );
+        // The restarted record keeps its first part's time.
+        assert!(recs[2].2.starts_with("2024-01-01T00:00:00.3Z stdout F "));
+        // Never past a part not yet shipped.
+        let end = o[3] + lines[3].len() as u64;
+        assert_eq!(consumed, vec![0, o[2], o[2], end]);
+    }
+
+    #[test]
+    fn a_docker_line_of_the_other_stream_ends_the_open_record() {
+        let lines: [&[u8]; 3] = [
+            br#"{"log":"partA-","stream":"stdout","time":"2024-01-01T00:00:00.1Z"}
+"#,
+            br#"{"log":"stderr-between\n","stream":"stderr","time":"2024-01-01T00:00:00.2Z"}
+"#,
+            br#"{"log":"partB\n","stream":"stdout","time":"2024-01-01T00:00:00.3Z"}
+"#,
+        ];
+        let o = offsets(&lines);
+        let f = framing(ContainerFormat::Docker, 65536);
+        let (recs, consumed) = run(&f, &lines);
+        assert_eq!(
+            streams(ContainerFormat::Docker, &recs),
+            vec![
+                (o[0], "stdout".into(), "partA-".into()),
+                (o[1], "stderr".into(), "stderr-between\n".into()),
+                (o[2], "stdout".into(), "partB\n".into()),
+            ]
+        );
+        let end = o[2] + lines[2].len() as u64;
+        assert_eq!(consumed, vec![0, o[2], end]);
+    }
+
+    #[test]
+    fn a_partial_line_of_the_other_stream_starts_its_own_record() {
+        let cri: [&[u8]; 5] = [
+            b"2024-01-01T00:00:00.1Z stdout P out1-\n",
+            b"2024-01-01T00:00:00.2Z stderr P err1-\n",
+            b"2024-01-01T00:00:00.3Z stderr F err2\n",
+            b"2024-01-01T00:00:00.4Z stdout P out2-\n",
+            b"2024-01-01T00:00:00.5Z stdout F out3\n",
+        ];
+        let o = offsets(&cri);
+        let (recs, consumed) = run(&framing(ContainerFormat::Cri, 65536), &cri);
+        assert_eq!(
+            streams(ContainerFormat::Cri, &recs),
+            vec![
+                (o[0], "stdout".into(), "out1-".into()),
+                (o[1], "stderr".into(), "err1-err2".into()),
+                (o[3], "stdout".into(), "out2-out3".into()),
+            ]
+        );
+        let end = o[4] + cri[4].len() as u64;
+        assert_eq!(consumed, vec![0, o[1], o[3], o[3], end]);
+
+        // Docker, the other stream's part arriving while the first one's waits; no `stream`
+        // at all is a writer of its own too.
+        let docker: [&[u8]; 5] = [
+            br#"{"log":"out1-","stream":"stdout"}
+"#,
+            br#"{"log":"err1-","stream":"stderr"}
+"#,
+            br#"{"log":"err2\n","stream":"stderr"}
+"#,
+            br#"{"log":"none-"}
+"#,
+            br#"{"log":"out2\n","stream":"stdout"}
+"#,
+        ];
+        let o = offsets(&docker);
+        let (recs, _) = run(&framing(ContainerFormat::Docker, 65536), &docker);
+        let got: Vec<(u64, Option<String>, String)> = recs
+            .iter()
+            .map(|(off, _, b)| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                (
+                    *off,
+                    v["stream"].as_str().map(String::from),
+                    v["log"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (o[0], Some("stdout".into()), "out1-".into()),
+                (o[1], Some("stderr".into()), "err1-err2\n".into()),
+                (o[3], None, "none-".into()),
+                (o[4], Some("stdout".into()), "out2\n".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_overlong_record_still_sees_the_other_stream() {
+        // Past max_record_bytes the record is kept as head and ring; its stream still shows.
+        let f = framing(ContainerFormat::Cri, 64);
+        let p = format!("2024-03-05T10:11:12Z stdout P {}\n", "a".repeat(30));
+        let e = "2024-03-05T10:11:12Z stderr F err\n";
+        let l = format!("2024-03-05T10:11:12Z stdout F {}\n", "b".repeat(5));
+        let p = p.as_bytes();
+        let (recs, _) = run(&f, &[p, p, p, e.as_bytes(), l.as_bytes()]);
+        let parts: Vec<(u64, Part)> = recs.iter().map(|r| (r.0, r.1)).collect();
+        let at_e = 3 * p.len() as u64;
+        // The joined record: a 30-byte opening and 90 bytes of message.
+        let tail_off = 30 + 90 - 64;
+        assert_eq!(
+            parts,
+            vec![
+                (0, Part::Head),
+                (tail_off, Part::Tail),
+                (at_e, Part::Whole),
+                (at_e + e.len() as u64, Part::Whole),
+            ]
+        );
+        assert!(recs[1].2.ends_with(&"a".repeat(64)));
+        assert_eq!(recs[2].2, e.trim_end());
+        assert!(recs[3].2.ends_with(" stdout F bbbbb"));
     }
 }

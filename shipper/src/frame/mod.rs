@@ -37,6 +37,9 @@ pub struct Framer {
     container: Option<ContainerFormat>,
     /// What closes the container record being joined, added when it goes out.
     join_suffix: Vec<u8>,
+    /// Which of the runtime's writers (stdout, stderr) the record being joined comes from:
+    /// only its parts join it.
+    join_stream: Vec<u8>,
     /// The partial line carried across reads.
     line: Accum,
     line_start: u64,
@@ -74,6 +77,7 @@ impl Framer {
             multiline: framing.multiline.as_ref().map(|m| m.mode.clone()),
             container: framing.container,
             join_suffix: Vec::new(),
+            join_stream: Vec::new(),
             line: Accum::new(framing.max_record_bytes),
             line_start: start,
             pos: start,
