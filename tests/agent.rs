@@ -454,6 +454,18 @@ fn sigterm_commits_and_exits_zero_and_restart_resends_nothing() {
         505,
         "nothing re-sent after a clean stop"
     );
+    // While it runs, the size a commit writes is the file's, not the one from before the
+    // read it commits (which made `size` trail `committed_offset`, and lag read 0).
+    let c = lines("v", 5);
+    append_lines(&env.p("logs/app.log"), &c);
+    env.wait_msgs(&agent, &c);
+    let file_len = std::fs::metadata(env.p("logs/app.log")).unwrap().len();
+    wait_for("the commit of the new lines", PATIENCE, || {
+        let rows = env.query("SELECT committed_offset, size FROM streams");
+        rows[0]["committed_offset"] == file_len
+    });
+    let rows = env.query("SELECT committed_offset, size FROM streams");
+    assert_eq!(rows[0]["size"], file_len, "{rows:?}");
 }
 
 #[test]

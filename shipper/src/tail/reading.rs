@@ -126,6 +126,12 @@ impl Tailer {
         cp.committed_offset = consumed;
         cp.committed_hash = t.consumed_marker;
         cp.read_offset = t.framer.position();
+        // What was just read is in the file: a size from before this read (the read's own
+        // update of `t.size` comes after framing) made the store's size trail its committed
+        // offset by a read.
+        if !t.compressed {
+            t.size = t.size.max(t.framer.position());
+        }
         cp.size = t.size;
     }
 
