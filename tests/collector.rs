@@ -1717,6 +1717,57 @@ fn sigterm_stops_serve_cleanly_after_answering() {
 }
 
 #[test]
+fn a_second_serve_on_the_same_dir_is_refused_with_the_first_ones_pid() {
+    // Two servers on one folder each checked duplicates against their own view of it: records
+    // were stored twice, and one acknowledged batch was left out of the files.
+    let mut c = Collector::new();
+    c.start();
+    let addr_before = std::fs::read_to_string(c.dir.join("serve.addr")).unwrap();
+    let mut second = Command::new(BIN)
+        .args(["serve", "--dir", c.d(), "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second serve on the same --dir started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    let pid = c.child.as_ref().unwrap().id();
+    assert!(
+        err.contains("in use by another log-sensor-collector serve")
+            && err.contains(&format!("(pid {pid})")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.dir.join("serve.addr")).unwrap(),
+        addr_before,
+        "the refused one must not announce itself"
+    );
+    // The first goes on serving; once it is gone (kill -9 too) the folder is free again.
+    let id = c.enroll("web-01");
+    let mut conn = c.connect(Some(&id));
+    assert_eq!(
+        conn.ingest(&batch(&[record("web-01", "s", 0, "whole")]))
+            .status,
+        200
+    );
+    c.kill9();
+    c.start();
+}
+
+#[test]
 fn a_revoked_host_cannot_resume_an_earlier_tls_session() {
     // A real agent keeps one client config, whose session cache lets later
     // connections resume without sending the certificate again; resumption

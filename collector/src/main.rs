@@ -256,6 +256,19 @@ fn raise_fd_limit() {
 fn serve(layout: Layout, listen: Option<SocketAddr>) -> Result<()> {
     raise_fd_limit();
     let config = Config::load(&layout.config())?;
+    // Two servers on one folder would both append to its stream files and index: each checks
+    // duplicates against its own view, so records were stored twice, and a batch one of them
+    // acknowledged could be left out of the files. `revoke`, `user` and `certs` need no lock:
+    // they go through the database, which serializes them.
+    let _lock = fsutil::lock_dir(&layout.dir, "serve.lock").map_err(|e| match e {
+        fsutil::LockError::Held { pid } => anyhow::anyhow!(
+            "{} is in use by another log-sensor-collector serve (pid {pid}); one per --dir",
+            layout.dir.display()
+        ),
+        fsutil::LockError::Io { path, source } => {
+            anyhow::anyhow!("cannot lock {}: {source}", path.display())
+        }
+    })?;
     let addr = listen.unwrap_or(config.listen);
     let server = server::Server::open(&layout, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

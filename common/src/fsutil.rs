@@ -51,6 +51,61 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// An exclusive lock on a folder, held for as long as this lives (the kernel drops it with the
+/// process, kill -9 included).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why [`lock_dir`] did not take the folder.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; its pid as it wrote it into the lock file.
+    Held { pid: String },
+    /// The lock file could not be opened or locked.
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Takes `dir` for this process through an flock on `dir/name`, into which it writes its pid;
+/// a second taker gets [`LockError::Held`] with the first one's pid. The agent locks its state
+/// dir and the collector its `--dir` this way: two of either on one folder would both write the
+/// same stores.
+pub fn lock_dir(dir: &Path, name: &str) -> Result<DirLock, LockError> {
+    use std::io::{Read, Seek};
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(name);
+    let io_err = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err(e));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(LockError::Held {
+            pid: pid.trim().to_string(),
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(DirLock { _file: file })
+}
+
 fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -17,9 +17,6 @@ use crate::sink::{self, Encoding, SinkError};
 use crate::status::{Live, ShipStats, TailStats};
 use crate::store::{Store, StoreError};
 use crate::tail::Tailer;
-use std::fs::File;
-use std::io::{Read, Seek, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,41 +55,22 @@ pub enum AgentError {
 }
 
 /// Holds the state dir's lock for as long as it lives.
-pub struct StateLock {
-    _file: File,
-}
+pub type StateLock = log_sensor_common::fsutil::DirLock;
 
 /// Takes the state dir for this process; a second agent on it is refused with the holder's pid.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
+    use log_sensor_common::fsutil::{lock_dir, LockError};
     std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(log_sensor_common::state_dir::LOCK);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|source| AgentError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
-        return Err(AgentError::Locked {
+    lock_dir(dir, log_sensor_common::state_dir::LOCK).map_err(|e| match e {
+        LockError::Held { pid } => AgentError::Locked {
             path: dir.to_path_buf(),
-            pid: pid.trim().to_string(),
-        });
-    }
-    let _ = file.set_len(0);
-    let _ = file.rewind();
-    let _ = writeln!(file, "{}", std::process::id());
-    Ok(StateLock { _file: file })
+            pid,
+        },
+        LockError::Io { path, source } => AgentError::Lock { path, source },
+    })
 }
 
 /// Runs the agent until `stop` is set (a signal, or `stop` on the control socket); returns
