@@ -6,7 +6,7 @@
 #     (rotation is tested with the real thing, compress and delaycompress included),
 #     rpm (rpm -qp checks the .rpm packages), systemd (systemd-analyze verify checks the units),
 #     binutils (strip), adduser (the collector package's system user), lz4 (the reference tool
-#     decodes the agent's LZ4 bodies), nats-server (Debian's
+#     decodes the agent's LZ4 bodies), openssl (CSRs as operators make them), nats-server (Debian's
 #     2.9, which the collector's JetStream backend must refuse: it ignores atomic batches);
 #   - the packagers, pinned: cargo-deb and cargo-generate-rpm (tests/packaging.rs);
 #   - a Python venv at .venv with osquery's published bindings (the stand-in extension manager),
@@ -27,6 +27,7 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_pkgs+=(systemd)
 command -v strip >/dev/null 2>&1 || apt_pkgs+=(binutils)
 command -v adduser >/dev/null 2>&1 || apt_pkgs+=(adduser)
 command -v lz4 >/dev/null 2>&1 || apt_pkgs+=(lz4)
+command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
 [ -x /usr/sbin/nats-server ] || apt_pkgs+=(nats-server)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${apt_pkgs[*]}"

@@ -43,7 +43,8 @@ impl EnrollError {
         match self {
             EnrollError::RateLimited | EnrollError::Busy => 429,
             EnrollError::BadCredentials => 401,
-            EnrollError::BadHostId { .. } | EnrollError::Pki(PkiError::BadCsr(_)) => 400,
+            EnrollError::BadHostId { .. }
+            | EnrollError::Pki(PkiError::BadCsr(_) | PkiError::UnsupportedKey) => 400,
             EnrollError::AlreadyEnrolled { .. } => 409,
             EnrollError::Revoked => 403,
             EnrollError::Pki(_) | EnrollError::Db(_) => 500,
@@ -56,7 +57,7 @@ impl EnrollError {
             EnrollError::Busy => "busy",
             EnrollError::BadCredentials => "invalid_credentials",
             EnrollError::BadHostId { .. } => "bad_host_id",
-            EnrollError::Pki(PkiError::BadCsr(_)) => "bad_csr",
+            EnrollError::Pki(PkiError::BadCsr(_) | PkiError::UnsupportedKey) => "bad_csr",
             EnrollError::AlreadyEnrolled { .. } => "already_enrolled",
             EnrollError::Revoked => "certificate_revoked",
             EnrollError::Pki(_) | EnrollError::Db(_) => "internal",

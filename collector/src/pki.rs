@@ -45,6 +45,27 @@ pub enum PkiError {
     BadName { name: String, problem: String },
     #[error("invalid CSR: {0}")]
     BadCsr(rcgen::Error),
+    #[error(
+        "invalid CSR: its key type is not supported (use ECDSA P-256 or P-384, Ed25519 or RSA)"
+    )]
+    UnsupportedKey,
+}
+
+/// The key a CSR asks to be certified, as its SubjectPublicKeyInfo says (algorithm and curve),
+/// not as its signature algorithm suggests: rcgen's CSR reader (0.14.10, `csr.rs` `from_der`)
+/// takes the key's algorithm from the signature's, so a P-384 key signed with SHA-256 (what
+/// `openssl req -new` does by default) was certified as prime256v1 beside a P-384 point, a
+/// certificate no TLS stack loads, and its host could not enrol again until revoked.
+fn csr_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let unparsable = || PkiError::BadCsr(rcgen::Error::CouldNotParseCertificationRequest);
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|_| unparsable())?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|_| unparsable())?;
+    rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+        .map_err(|_| PkiError::UnsupportedKey)
 }
 
 /// A certificate as handed to a host.
@@ -210,8 +231,9 @@ impl Ca {
         host_id: &str,
         days: u32,
     ) -> Result<IssuedCert, PkiError> {
-        let mut csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let key = csr_key(csr_pem)?;
+        // Parsed again by rcgen for what it checks: the CSR's signature, its extensions.
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let now = unix_now();
         let not_after = now + i64::from(days) * 86400;
         let (serial_number, serial) = random_serial();
@@ -228,8 +250,9 @@ impl Ca {
         params.not_after = at(not_after);
         params.serial_number = Some(serial_number);
         params.use_authority_key_identifier_extension = true;
-        csr.params = params;
-        let cert = csr.signed_by(&self.issuer).map_err(PkiError::Generate)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(PkiError::Generate)?;
         Ok(IssuedCert {
             pem: cert.pem(),
             serial,
@@ -243,6 +266,75 @@ impl Ca {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// CSRs as `openssl req` makes them, whose signature hash need not match the key's curve.
+    #[test]
+    fn the_certified_key_is_the_csrs_whatever_hash_signed_it() {
+        use x509_parser::prelude::FromDer;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        init(
+            &p("ca.pem"),
+            &p("ca.key"),
+            &p("s.pem"),
+            &p("s.key"),
+            &["localhost".into()],
+        )
+        .unwrap();
+        let ca = Ca::load(&p("ca.pem"), &p("ca.key")).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (tests/setup.sh installs it)");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let csr = |curve: &str, hash: &str| {
+            let key = format!("{curve}.key");
+            openssl(&["ecparam", "-genkey", "-name", curve, "-noout", "-out", &key]);
+            let mut args = vec![
+                "req", "-new", "-key", &key, "-subj", "/CN=x", "-out", "r.csr",
+            ];
+            if !hash.is_empty() {
+                args.push(hash);
+            }
+            openssl(&args);
+            std::fs::read_to_string(p("r.csr")).unwrap()
+        };
+        let spki = |der: &[u8]| {
+            let (_, c) =
+                x509_parser::certification_request::X509CertificationRequest::from_der(der)
+                    .unwrap();
+            c.certification_request_info.subject_pki.raw.to_vec()
+        };
+        // openssl's default hash for `req -new` is SHA-256, whatever the curve.
+        for (curve, hash) in [
+            ("secp384r1", ""),
+            ("prime256v1", "-sha384"),
+            ("prime256v1", ""),
+        ] {
+            let pem = csr(curve, hash);
+            let issued = ca.sign_client(&pem, "web-01", 1).unwrap();
+            let (_, cert_pem) = x509_parser::pem::parse_x509_pem(issued.pem.as_bytes()).unwrap();
+            let cert = cert_pem.parse_x509().unwrap();
+            let (_, csr_pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            assert_eq!(
+                cert.public_key().raw,
+                &spki(&csr_pem.contents)[..],
+                "{curve} {hash}"
+            );
+            assert!(cert.public_key().parsed().is_ok(), "{curve} {hash}");
+        }
+        let e = ca
+            .sign_client(&csr("secp521r1", ""), "web-01", 1)
+            .unwrap_err();
+        assert!(matches!(e, PkiError::UnsupportedKey), "{e}");
+    }
 
     #[test]
     fn init_then_sign_a_csr() {
