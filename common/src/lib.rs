@@ -14,6 +14,7 @@
 //! - [`packs`]: where a pack named in the config is found, and what it does on a host.
 //! - [`template`]: `.j2` config files and pack values rendered with minijinja.
 //! - [`toml_inline`]: TOML values written on one line.
+//! - [`toml_head`]: a top-level key of a config file that may not parse.
 //! - [`pem`]: certificates and keys from PEM files.
 //! - [`fsutil`]: atomic and create-only file writes.
 //! - [`clock`]: wall-clock time as unix seconds and milliseconds.
@@ -30,4 +31,5 @@ pub mod pem;
 pub mod record;
 pub mod state_dir;
 pub mod template;
+pub mod toml_head;
 pub mod toml_inline;

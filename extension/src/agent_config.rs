@@ -4,7 +4,7 @@
 //! logger plugin away from osqueryd.
 
 use log_sensor_common::packs::{self, Pack};
-use log_sensor_common::{state_dir, template};
+use log_sensor_common::{state_dir, template, toml_head};
 use std::path::{Path, PathBuf};
 
 /// Where the config is looked up when neither `--config` nor the environment names it, and that
@@ -46,18 +46,32 @@ impl AgentConfig {
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
-        let (table, mut problem) = match text {
+        let (table, mut problem) = match &text {
             Ok(text) => match text.parse::<toml::Table>() {
                 Ok(t) => (Some(t), None),
                 Err(e) => (None, Some(format!("cannot parse {}: {e}", path.display()))),
             },
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, Some(e.clone())),
+        };
+        // A file that does not parse still says where the agent keeps its state: the agent
+        // started before the bad edit, and its CLI finds it through these top-level lines, so
+        // the extension must too, or its tables would read an empty store and its logger write
+        // an outbox no agent ships.
+        let top = |key: &str| -> Option<toml::Value> {
+            match (&table, &text) {
+                (Some(t), _) => t.get(key).cloned(),
+                (None, Ok(text)) => match toml_head::top_level(text, key) {
+                    toml_head::TopLevel::Found(v) => Some(v),
+                    _ => None,
+                },
+                (None, Err(_)) => None,
+            }
         };
         let mut host_id = hostname();
         let mut state_dir = String::from(log_sensor_common::agent_defaults::STATE_DIR);
-        if let Some(t) = &table {
+        {
             for (key, slot) in [("host_id", &mut host_id), ("state_dir", &mut state_dir)] {
-                match t.get(key) {
+                match top(key).as_ref() {
                     Some(toml::Value::String(s)) => match expand(s) {
                         Ok(v) => *slot = v,
                         Err(e) => problem = Some(format!("{} key {key}: {e}", path.display())),
@@ -275,6 +289,29 @@ mod tests {
         assert!(flat.contains(&("defaults.max_record_bytes".into(), "100".into())));
         assert!(flat.contains(&("sources.app.paths".into(), r#"["a/*.log","b"]"#.into())));
         assert!(flat.contains(&("sources.app.break_before".into(), r"^\d".into())));
+    }
+
+    #[test]
+    fn a_config_that_does_not_parse_still_gives_its_state_dir_and_host_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "host_id = \"agent-1\"\nstate_dir = \"/var/lib/elsewhere\"\n[sources.a]\npaths = [\"x\"]\noops = \n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&path);
+        assert!(
+            c.problem.as_deref().unwrap().contains("cannot parse"),
+            "{c:?}"
+        );
+        assert!(c.table.is_none());
+        assert_eq!(c.state_dir, Path::new("/var/lib/elsewhere"));
+        assert_eq!(c.host_id, "agent-1");
+        assert_eq!(
+            c.outbox_path(),
+            state_dir::osquery_outbox(Path::new("/var/lib/elsewhere"))
+        );
     }
 
     #[test]
