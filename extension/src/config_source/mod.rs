@@ -46,16 +46,58 @@ pub trait ConfigSource {
 pub fn select(config: &AgentConfig, timeouts: Timeouts) -> Box<dyn ConfigSource> {
     let config = AgentConfig::load(&config.path);
     match AgentSource::open(&config.control_socket(), timeouts) {
-        Ok(agent) => Box::new(agent),
+        Ok(agent) => {
+            answered();
+            Box::new(agent)
+        }
         Err(why) => {
             // No agent is an ordinary state (osquery may run without one); an agent that is
-            // there but does not answer properly is worth a warning.
+            // there but does not answer properly is worth a warning, once for as long as the
+            // reason stays the same: every query of the table comes here, and a pack querying
+            // it every few seconds made a line each time.
+            let text = why.to_string();
             if why.is_not_running() {
-                tracing::debug!("log_sensor_config reads the config file: {why}");
-            } else {
-                tracing::warn!("log_sensor_config reads the config file: {why}");
+                tracing::debug!("log_sensor_config reads the config file: {text}");
+            } else if first_time(&text) {
+                tracing::warn!(
+                    "log_sensor_config reads the config file: {text} (said once until the \
+                     reason changes or the agent answers)"
+                );
             }
             Box::new(FileSource::new(config, why))
         }
+    }
+}
+
+/// The reason last warned about, so that a lasting one is said once.
+static LAST_WARNING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Whether `reason` differs from the last one warned about (and is now that one).
+fn first_time(reason: &str) -> bool {
+    let mut last = LAST_WARNING.lock().unwrap_or_else(|p| p.into_inner());
+    if last.as_deref() == Some(reason) {
+        return false;
+    }
+    *last = Some(reason.to_string());
+    true
+}
+
+/// The agent answered: the next failure is worth a warning again.
+fn answered() {
+    *LAST_WARNING.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{answered, first_time};
+
+    #[test]
+    fn a_lasting_reason_is_warned_about_once() {
+        assert!(first_time("permission denied"));
+        assert!(!first_time("permission denied"));
+        assert!(first_time("did not answer"));
+        assert!(first_time("permission denied"));
+        answered();
+        assert!(first_time("permission denied"));
     }
 }
