@@ -212,6 +212,11 @@ impl Outbox {
         self.memory.push_back(rec);
     }
 
+    /// Records held in memory, not yet in the database.
+    pub fn held(&self) -> usize {
+        self.memory.len()
+    }
+
     /// The open connection, opening it (creating the state dir) when due.
     fn connection(&mut self) -> Option<&mut Connection> {
         if self.conn.is_none() {
@@ -240,6 +245,27 @@ impl Outbox {
             }
         }
         self.conn.as_mut()
+    }
+}
+
+impl Drop for Outbox {
+    /// At shutdown, one more try for what memory holds (the pacing of retries does not apply:
+    /// there is no later), and an error naming how many records are lost if that fails too;
+    /// they went unsaid before.
+    fn drop(&mut self) {
+        if self.memory.is_empty() && self.memory_dropped == 0 {
+            return;
+        }
+        self.last_failure = None;
+        self.write(|_, _, _| Ok(()), None);
+        if !self.memory.is_empty() {
+            tracing::error!(
+                "{} osquery records held in memory are lost: the osquery outbox {} could not be \
+                 written before the extension stopped",
+                self.memory.len(),
+                self.path.display()
+            );
+        }
     }
 }
 
@@ -525,6 +551,26 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o060, 0o060);
+    }
+
+    #[test]
+    fn what_memory_holds_is_written_when_the_outbox_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, "not a dir").unwrap();
+        let mut o = Outbox::new(state.join("outbox.db"), 100);
+        o.push(rec(1));
+        o.push(rec(2));
+        assert_eq!(o.held(), 2);
+        std::fs::remove_file(&state).unwrap();
+        // No wait for the pacing of retries: a stopping extension has no later.
+        let path = o.path().to_path_buf();
+        drop(o);
+        let c = open(&path).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
