@@ -1717,6 +1717,20 @@ fn sigterm_stops_serve_cleanly_after_answering() {
 }
 
 #[test]
+fn a_key_readable_by_other_users_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Collector::new();
+    std::fs::set_permissions(c.dir.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.start();
+    let log = c.log();
+    assert!(
+        log.contains("ca.key is readable by other users (mode 0644): chmod 600 it"),
+        "{log}"
+    );
+    assert!(!log.contains("server.key is readable"), "{log}");
+}
+
+#[test]
 fn a_second_serve_on_the_same_dir_is_refused_with_the_first_ones_pid() {
     // Two servers on one folder each checked duplicates against their own view of it: records
     // were stored twice, and one acknowledged batch was left out of the files.

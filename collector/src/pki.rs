@@ -51,6 +51,22 @@ pub enum PkiError {
     UnsupportedKey,
 }
 
+/// Warns when a private key file can be read by other users than its owner (`init` makes them
+/// 0600; a copy or a restore may not keep that). A warning, not a refusal as sshd's: a
+/// collector that will not start after a restore is an outage of its own.
+pub fn warn_if_exposed(key: &Path, risk: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::metadata(key) {
+        let mode = md.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{} is readable by other users (mode {mode:04o}): chmod 600 it; {risk}",
+                key.display()
+            );
+        }
+    }
+}
+
 /// The key a CSR asks to be certified, as its SubjectPublicKeyInfo says (algorithm and curve),
 /// not as its signature algorithm suggests: rcgen's CSR reader (0.14.10, `csr.rs` `from_der`)
 /// takes the key's algorithm from the signature's, so a P-384 key signed with SHA-256 (what
@@ -209,6 +225,10 @@ fn read(path: &Path) -> Result<String, PkiError> {
 
 impl Ca {
     pub fn load(cert: &Path, key: &Path) -> Result<Ca, PkiError> {
+        warn_if_exposed(
+            key,
+            "whoever reads it can issue certificates every host trusts",
+        );
         let cert_pem = read(cert)?;
         let key_pair = KeyPair::from_pem(&read(key)?).map_err(|source| PkiError::Parse {
             path: key.to_owned(),

@@ -69,7 +69,10 @@ pub fn make_server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(server_cert)?, load_key(server_key)?)?;
+        .with_single_cert(load_certs(server_cert)?, {
+            crate::pki::warn_if_exposed(server_key, "whoever reads it can pose as this collector");
+            load_key(server_key)?
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // No session resumption: a resumed session skips the client
     // certificate check, so a revoked host could reconnect on a session
