@@ -317,6 +317,59 @@ impl Layers {
         }
     }
 
+    /// The defaults of the tables whose keys depend on their `type` (syslog sources, transforms,
+    /// sinks), as dotted keys under each table; the values are the parsers' own defaults.
+    fn typed_defaults(&self, merged: &Table) -> Vec<(String, Value)> {
+        let tables = |k: &str| {
+            merged
+                .get(k)
+                .and_then(Value::as_table)
+                .into_iter()
+                .flatten()
+                .filter_map(|(name, v)| Some((name, v.as_table()?)))
+        };
+        let kind = |t: &Table| t.get("type").and_then(Value::as_str).map(str::to_string);
+        let mut out: Vec<(String, Vec<(&'static str, Value)>)> = Vec::new();
+        for (name, t) in tables("sources") {
+            if super::syslog::is_syslog(t) {
+                out.push((format!("sources.{name}"), super::syslog::defaults()));
+            }
+        }
+        for (name, t) in tables("transforms") {
+            if let Some(k) = kind(t) {
+                out.push((
+                    format!("transforms.{name}"),
+                    super::transforms::defaults(&k),
+                ));
+            }
+        }
+        // A collector sink's files are under the state dir, as `Config::from_table` finds it.
+        let state_dir = self.base_dir().join(
+            merged
+                .get("state_dir")
+                .and_then(Value::as_str)
+                .map(|s| super::expand::expand(s).unwrap_or_else(|_| s.to_string()))
+                .unwrap_or_else(|| log_sensor_common::agent_defaults::STATE_DIR.into()),
+        );
+        let sinks = merged
+            .get("sink")
+            .and_then(Value::as_table)
+            .map(|t| ("sink".to_string(), t))
+            .into_iter()
+            .chain(tables("sinks").map(|(name, t)| (format!("sinks.{name}"), t)));
+        for (prefix, t) in sinks {
+            if let Some(k) = kind(t) {
+                out.push((prefix, super::sinks::defaults(&k, &state_dir)));
+            }
+        }
+        out.into_iter()
+            .flat_map(|(prefix, keys)| {
+                keys.into_iter()
+                    .map(move |(k, v)| (format!("{prefix}.{k}"), v))
+            })
+            .collect()
+    }
+
     /// Every effective key equal to or under `prefix` ("" for all), with value and origin.
     pub fn entries(&self, prefix: &str) -> Vec<Entry> {
         let merged = self.merged();
@@ -338,6 +391,11 @@ impl Layers {
         let mut dleaves = Vec::new();
         flatten("", &defaults, &mut dleaves);
         dleaves.push(("host_id".into(), Value::String(super::hostname())));
+        // `[sinks.*]` replaces `[sink]`: its default would be a sink that is not there.
+        let named_sinks = merged.contains_key("sinks");
+        dleaves.retain(|(k, _)| !(named_sinks && k.starts_with("sink.")));
+        // What each syslog source, transform and sink leaves at the default of its type.
+        dleaves.extend(self.typed_defaults(&merged));
         for (k, v) in dleaves {
             out.entry(k.clone()).or_insert(Entry {
                 key: k,
@@ -524,6 +582,122 @@ mod tests {
             l.entries("defaults.max_record_bytes")[0].origin,
             Origin::File
         );
+    }
+
+    /// A config with a syslog source, transforms and sinks of every type, each with one key
+    /// set; everything else is its type's default.
+    const TYPED: &str = r#"
+[sources.net]
+type = "syslog"
+listen = ["udp://127.0.0.1:5514"]
+max_connections = 10
+transforms = ["lu"]
+[transforms.lu]
+type = "lua"
+source = 'function process(r) return r end'
+time_limit = "2s"
+[transforms.j]
+type = "json"
+[transforms.re]
+type = "regex"
+pattern = '(?P<a>\S+)'
+[sinks.f]
+type = "file"
+path = "out.ndjson"
+[sinks.o]
+type = "stdout"
+[sinks.c]
+type = "collector"
+url = "https://collector.example"
+[sinks.s]
+type = "syslog"
+address = "relay:514"
+tls = false
+"#;
+
+    #[test]
+    fn syslog_sources_transforms_and_sinks_show_their_defaults() {
+        let (d, l) = layers(TYPED);
+        let e = l.entries("");
+        use Origin::{Default, File};
+        is_in(&e, "sources.net.max_connections", "10", File);
+        is_in(&e, "sources.net.max_message_bytes", "65536", Default);
+        is_in(&e, "sources.net.spool_max_bytes", "1073741824", Default);
+        // A syslog source inherits none of [defaults].
+        assert!(!e.iter().any(|x| x.key == "sources.net.max_record_bytes"));
+        is_in(&e, "transforms.lu.time_limit", "\"2s\"", File);
+        is_in(&e, "transforms.lu.function", "\"process\"", Default);
+        is_in(&e, "transforms.lu.memory_limit", "67108864", Default);
+        is_in(&e, "transforms.lu.instruction_limit", "1000000", Default);
+        // Types without defaults add nothing.
+        assert_eq!(l.entries("transforms.j").len(), 1);
+        assert_eq!(l.entries("transforms.re").len(), 2);
+        is_in(&e, "sinks.f.mode", "\"0600\"", Default);
+        is_in(&e, "sinks.f.sync", "true", Default);
+        assert_eq!(l.entries("sinks.o").len(), 1);
+        is_in(&e, "sinks.c.compression", "\"auto\"", Default);
+        is_in(&e, "sinks.c.timeout", "\"60s\"", Default);
+        is_in(&e, "sinks.c.alert_after", "\"30s\"", Default);
+        is_in(&e, "sinks.c.failback_after", "\"5m\"", Default);
+        is_in(
+            &e,
+            "sinks.c.renew_at",
+            &render(&Value::Float(2.0 / 3.0)),
+            Default,
+        );
+        let tls = d.path().join("state/tls");
+        is_in(
+            &e,
+            "sinks.c.ca",
+            &format!("{:?}", tls.join("ca.pem").display().to_string()),
+            Default,
+        );
+        is_in(
+            &e,
+            "sinks.c.key",
+            &format!("{:?}", tls.join("key.pem").display().to_string()),
+            Default,
+        );
+        is_in(&e, "sinks.s.tls", "false", File);
+        is_in(&e, "sinks.s.app_name", "\"log-sensor\"", Default);
+        is_in(&e, "sinks.s.facility", "\"user\"", Default);
+        is_in(&e, "sinks.s.structured_data", "\"full\"", Default);
+        // [sinks.*] replaces [sink]: no default [sink] shows beside them.
+        assert!(l.entries("sink").is_empty(), "{:?}", l.entries("sink"));
+
+        let (_d, l) = layers("[sink]\ntype = \"file\"\npath = \"out\"\n");
+        let e = l.entries("sink");
+        is_in(&e, "sink.mode", "\"0600\"", Default);
+        is_in(&e, "sink.type", "\"file\"", File);
+        let (_d, l) = layers("");
+        assert_eq!(
+            l.entries("sink").len(),
+            1,
+            "the default stdout sink has only its type"
+        );
+    }
+
+    fn is_in(e: &[Entry], k: &str, v: &str, o: Origin) {
+        let x = find(e, k);
+        assert_eq!((x.value.as_str(), x.origin), (v, o), "{k}");
+    }
+
+    #[test]
+    fn every_default_shown_is_a_key_its_parser_takes_at_that_value() {
+        let (_d, mut l) = layers(TYPED);
+        let before = format!("{:?}", l.resolve().unwrap());
+        let defaults: Vec<Entry> = l
+            .entries("")
+            .into_iter()
+            .filter(|e| e.origin == Origin::Default && e.key != "host_id")
+            .collect();
+        assert!(defaults.iter().any(|e| e.key == "sinks.c.renew_at"));
+        for e in &defaults {
+            l.set_temporary(&e.key, parse_value(&e.value))
+                .unwrap_or_else(|err| panic!("{} = {}: {err}", e.key, e.value));
+        }
+        // Written out, the defaults make the same config.
+        assert_eq!(format!("{:?}", l.resolve().unwrap()), before);
     }
 
     #[test]

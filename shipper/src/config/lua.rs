@@ -23,6 +23,18 @@ pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 1_000_000;
 /// Wall time one call may take (`time_limit`), C functions included.
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(1);
 
+/// The keys of a Lua transform that have defaults, with them as a config file would write them
+/// (`get` and `list` show them with origin `default`).
+pub fn defaults() -> Vec<(&'static str, toml::Value)> {
+    use super::units::{duration_value, size_value};
+    vec![
+        ("function", toml::Value::String(DEFAULT_FUNCTION.into())),
+        ("memory_limit", size_value(DEFAULT_MEMORY_LIMIT as u64)),
+        ("instruction_limit", size_value(DEFAULT_INSTRUCTION_LIMIT)),
+        ("time_limit", duration_value(DEFAULT_TIME_LIMIT)),
+    ]
+}
+
 /// A Lua transform's script and limits, as read from the config.
 #[derive(Debug, Clone)]
 pub struct LuaOptions {

@@ -197,8 +197,12 @@ impl Config {
         );
         let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
         transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
+        let transforms = transforms.valid;
 
-        let sinks = sinks::read_sinks(&mut top, &base, &state_dir, &host_id, &mut issues);
+        let sinks::Sinks {
+            valid: sinks,
+            invalid: invalid_sinks,
+        } = sinks::read_sinks(&mut top, &base, &state_dir, &host_id, &mut issues);
         let osquery_sinks = match top.table("osquery", &mut issues) {
             Some(t) => {
                 let mut r = TableReader::new("osquery", t);
@@ -213,6 +217,7 @@ impl Config {
             &syslog_sources,
             osquery_sinks.as_deref(),
             &sinks,
+            &invalid_sinks,
             &mut issues,
         );
 

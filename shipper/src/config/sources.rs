@@ -119,6 +119,9 @@ pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>
     }
 }
 
+/// `type` of a file source, the type a source without `type` has.
+pub const FILE: &str = "file";
+
 /// Every `[sources.NAME]`, in name order: file sources and `type = "syslog"` ones apart, and
 /// each source's `transforms` list into `chains`; a source with an error is left out (its
 /// issues say why).
@@ -149,9 +152,35 @@ pub(super) fn read_sources(
                 rest
             });
             let st = rest.as_ref().unwrap_or(st);
-            if syslog::is_syslog(st) {
-                syslog_sources.extend(syslog::read(name, &key, st, base, issues));
-                continue;
+            match st.get("type") {
+                None => {}
+                Some(toml::Value::String(t)) if t == FILE => {}
+                Some(toml::Value::String(t)) if t == syslog::TYPE => {
+                    syslog_sources.extend(syslog::read(name, &key, st, base, issues));
+                    continue;
+                }
+                // Read as a file source, a mistyped type would only be an unknown key.
+                Some(toml::Value::String(t)) => {
+                    issues.push(ConfigIssue {
+                        key: format!("{key}.type"),
+                        message: format!(
+                            "unknown source type {t:?} (expected {FILE:?} or {:?})",
+                            syslog::TYPE
+                        ),
+                    });
+                    continue;
+                }
+                Some(other) => {
+                    issues.push(ConfigIssue {
+                        key: format!("{key}.type"),
+                        message: format!(
+                            "expected a string ({FILE:?} or {:?}), found {}",
+                            syslog::TYPE,
+                            other.type_str()
+                        ),
+                    });
+                    continue;
+                }
             }
             if let Some(s) = read_source(name, &key, st, defaults, base, issues) {
                 sources.push(s);
@@ -187,6 +216,8 @@ fn read_source(
     let before = issues.len();
     check_name(name, key, issues);
     let mut r = TableReader::new(key, table);
+    // Absent or "file" (`read_sources` sent any other type elsewhere).
+    let _ = r.string("type", issues);
     let paths = r.strings("paths", issues).unwrap_or_default();
     let exclude = r.strings("exclude", issues).unwrap_or_default();
     let sinks = r.strings("sinks", issues);
@@ -332,4 +363,32 @@ fn absolute_pattern(base: &Path, pattern: &str) -> String {
         base.join(pattern)
     };
     normalize(&p).to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/ls/agent.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_mistyped_source_type_names_the_types() {
+        let e = parse("[sources.n3]\ntype = \"sylsog\"\nlisten = [\"udp://127.0.0.1:5514\"]\n")
+            .unwrap_err();
+        assert!(
+            e.contains(
+                "sources.n3.type: unknown source type \"sylsog\" (expected \"file\" or \"syslog\")"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("unknown key"), "{e}");
+        let e = parse("[sources.n3]\ntype = 5\npaths = [\"/x\"]\n").unwrap_err();
+        assert!(e.contains("sources.n3.type: expected a string"), "{e}");
+        // "file" is the type a source without one has.
+        let c = parse("[sources.a]\ntype = \"file\"\npaths = [\"/x\"]\n").unwrap();
+        assert_eq!(c.sources[0].name, "a");
+    }
 }

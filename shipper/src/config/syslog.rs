@@ -82,9 +82,23 @@ impl SyslogSource {
     }
 }
 
+/// `type` of a syslog source.
+pub const TYPE: &str = "syslog";
+
 /// Is this source table a syslog source? (`type` absent or `"file"`: a file source.)
 pub fn is_syslog(table: &toml::Table) -> bool {
-    table.get("type").and_then(|v| v.as_str()) == Some("syslog")
+    table.get("type").and_then(|v| v.as_str()) == Some(TYPE)
+}
+
+/// The keys of a syslog source that have defaults, with them as a config file would write them
+/// (`get` and `list` show them with origin `default`).
+pub fn defaults() -> Vec<(&'static str, toml::Value)> {
+    use super::units::size_value;
+    vec![
+        ("max_message_bytes", size_value(DEFAULT_MAX_MESSAGE_BYTES)),
+        ("max_connections", size_value(DEFAULT_MAX_CONNECTIONS)),
+        ("spool_max_bytes", size_value(DEFAULT_SPOOL_MAX_BYTES)),
+    ]
 }
 
 /// Reads `[sources.NAME]` with `type = "syslog"`; every problem goes to `issues` with its key.

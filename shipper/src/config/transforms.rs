@@ -11,7 +11,7 @@ use super::lua::{self, LuaOptions};
 use super::reader::{ConfigIssue, TableReader};
 use super::sources::{Framing, Source};
 use regex::bytes::Regex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// One `[transforms.NAME]` table, checked.
@@ -74,52 +74,81 @@ impl TransformKind {
     }
 }
 
-/// Every `[transforms.NAME]`, in name order; one with an error is left out (its issues say
-/// why, and the config is refused).
+/// The `[transforms.NAME]` tables: the valid ones, and the names of those left out for an
+/// error (their issues say why, and the config is refused).
+#[derive(Debug, Default)]
+pub(super) struct Transforms {
+    pub valid: Vec<TransformConfig>,
+    pub invalid: BTreeSet<String>,
+}
+
+/// The keys a transform of type `kind` has defaults for, with them as a config file would write
+/// them (`get` and `list` show them with origin `default`); the parsers have none.
+pub(super) fn defaults(kind: &str) -> Vec<(&'static str, toml::Value)> {
+    match kind {
+        "lua" => lua::defaults(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every `[transforms.NAME]`, in name order; one with an error is left out of `valid` (its
+/// issues say why) and named in `invalid`, so a source listing it is not told it is unknown.
 pub(super) fn read_transforms(
     top: &mut TableReader,
     base: &Path,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<TransformConfig> {
-    let mut out = Vec::new();
+) -> Transforms {
+    let mut all = Transforms::default();
     let Some(t) = top.table("transforms", issues) else {
-        return out;
+        return all;
     };
     let named: BTreeMap<&String, &toml::Value> = t.iter().collect();
     for (name, value) in named {
-        let key = format!("transforms.{name}");
-        if !valid_name(name) {
-            issues.push(ConfigIssue {
-                key: key.clone(),
-                message: "transform names use letters, digits, '_' and '-'".into(),
-            });
-            continue;
-        }
-        let Some(table) = value.as_table() else {
-            issues.push(ConfigIssue {
-                key,
-                message: "expected a table".into(),
-            });
-            continue;
-        };
-        if table.get("type").and_then(|t| t.as_str()) == Some("lua") {
-            match lua::read(name, table, base) {
-                Ok(o) => out.push(TransformConfig {
-                    name: name.clone(),
-                    kind: TransformKind::Lua(o),
-                }),
-                Err(e) => issues.extend(e),
-            }
-            continue;
-        }
-        if let Some(kind) = read_one(&key, table, issues) {
-            out.push(TransformConfig {
+        match read_named(name, value, base, issues) {
+            Some(kind) => all.valid.push(TransformConfig {
                 name: name.clone(),
                 kind,
-            });
+            }),
+            None => {
+                all.invalid.insert(name.clone());
+            }
         }
     }
-    out
+    all
+}
+
+/// One `[transforms.NAME]`; None after an issue.
+fn read_named(
+    name: &str,
+    value: &toml::Value,
+    base: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<TransformKind> {
+    let key = format!("transforms.{name}");
+    if !valid_name(name) {
+        issues.push(ConfigIssue {
+            key,
+            message: "transform names use letters, digits, '_' and '-'".into(),
+        });
+        return None;
+    }
+    let Some(table) = value.as_table() else {
+        issues.push(ConfigIssue {
+            key,
+            message: "expected a table".into(),
+        });
+        return None;
+    };
+    if table.get("type").and_then(|t| t.as_str()) == Some("lua") {
+        return match lua::read(name, table, base) {
+            Ok(o) => Some(TransformKind::Lua(o)),
+            Err(e) => {
+                issues.extend(e);
+                None
+            }
+        };
+    }
+    read_one(&key, table, issues)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -210,28 +239,40 @@ pub(super) fn take_chain(
 }
 
 /// Checks every source's chain against the transforms defined, and gives each file source
-/// whose chain parses container logs the framing that joins their partial lines.
+/// whose chain parses container logs the framing that joins their partial lines. A name whose
+/// table is invalid is defined: its own issues are enough (the chain is not checked further).
 pub(super) fn resolve_chains(
     chains: &BTreeMap<String, Vec<String>>,
-    transforms: &[TransformConfig],
+    transforms: &Transforms,
     sources: &mut [Source],
     issues: &mut Vec<ConfigIssue>,
 ) {
-    let by_name: BTreeMap<&str, &TransformConfig> =
-        transforms.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: BTreeMap<&str, &TransformConfig> = transforms
+        .valid
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     for (source, chain) in chains {
         let key = format!("sources.{source}.transforms");
         let mut container: Option<(ContainerFormat, &str)> = None;
         for name in chain {
+            if transforms.invalid.contains(name) {
+                continue;
+            }
             let Some(t) = by_name.get(name.as_str()) else {
+                let defined: BTreeSet<&str> = by_name
+                    .keys()
+                    .copied()
+                    .chain(transforms.invalid.iter().map(String::as_str))
+                    .collect();
                 issues.push(ConfigIssue {
                     key: key.clone(),
                     message: format!(
                         "unknown transform {name:?} (defined: {})",
-                        if by_name.is_empty() {
+                        if defined.is_empty() {
                             "none".to_string()
                         } else {
-                            by_name.keys().copied().collect::<Vec<_>>().join(", ")
+                            defined.into_iter().collect::<Vec<_>>().join(", ")
                         }
                     ),
                 });
@@ -361,6 +402,42 @@ pattern = "x"
         ] {
             assert!(keys.iter().any(|x| x == k), "missing {k} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn a_defined_but_invalid_transform_is_not_also_unknown() {
+        let err = parse(
+            r#"
+[sources.s]
+paths = ["/x.log"]
+transforms = ["bad", "odd", "lu", "name.dot", "nope"]
+[transforms.bad]
+type = "regex"
+pattern = '(?P<a>\S+'
+[transforms.odd]
+type = "xml"
+[transforms.lu]
+type = "lua"
+source = "syntax error here"
+[transforms."name.dot"]
+type = "json"
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let on_chain: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("sources.s.transforms"))
+            .collect();
+        // Only the name that has no table at all is unknown, and the list of what is
+        // defined names the invalid ones too.
+        assert_eq!(
+            on_chain,
+            ["  sources.s.transforms: unknown transform \"nope\" (defined: bad, lu, name.dot, odd)"],
+            "{text}"
+        );
+        assert!(text.contains("transforms.bad.pattern: bad regex"), "{text}");
+        assert!(text.contains("transforms.odd.type"), "{text}");
     }
 
     #[test]

@@ -60,6 +60,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A size as a config file writes it (`list` and `get` show defaults so): a TOML integer.
+pub fn size_value(bytes: u64) -> toml::Value {
+    toml::Value::Integer(i64::try_from(bytes).unwrap_or(i64::MAX))
+}
+
+/// A duration as a config file writes it, in the largest unit that keeps it whole and short:
+/// `"250ms"`, `"60s"`, `"5m"`, `"2h"` (what [`parse_duration`] reads back).
+pub fn duration_value(d: Duration) -> toml::Value {
+    let secs = d.as_secs();
+    let text = if d.subsec_nanos() != 0 {
+        if d.subsec_nanos() % 1_000_000 == 0 {
+            format!("{}ms", d.as_millis())
+        } else {
+            format!("{}s", d.as_secs_f64())
+        }
+    } else if secs > 3600 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs > 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    };
+    toml::Value::String(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +109,25 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn durations_written_back() {
+        for (secs_ms, text) in [
+            (250, "250ms"),
+            (1000, "1s"),
+            (1500, "1500ms"),
+            (60_000, "60s"),
+            (300_000, "5m"),
+            (3_600_000, "60m"),
+            (7_200_000, "2h"),
+            (0, "0s"),
+        ] {
+            let d = Duration::from_millis(secs_ms);
+            let v = duration_value(d);
+            assert_eq!(v.as_str(), Some(text));
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+        assert_eq!(size_value(1 << 30), toml::Value::Integer(1 << 30));
     }
 }

@@ -100,6 +100,31 @@ pub const DEFAULT_ALERT_AFTER: Duration = Duration::from_secs(30);
 /// fleet spreads evenly again soon after a collector returns.
 pub const DEFAULT_FAILBACK_AFTER: Duration = Duration::from_secs(300);
 
+/// `sink.compression` unless set (see [`Compression::Auto`]).
+pub const DEFAULT_COMPRESSION: &str = "auto";
+/// `sink.renew_at`: the share of the certificate's lifetime after which it is renewed.
+pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
+
+/// The keys of a collector sink that have defaults, with them as a config file would write them
+/// (`get` and `list` show them with origin `default`): the enrolled files of `state_dir` among
+/// them.
+pub(super) fn defaults(state_dir: &Path) -> Vec<(&'static str, toml::Value)> {
+    use super::super::units::duration_value;
+    use toml::Value;
+    let path = |p: PathBuf| Value::String(p.display().to_string());
+    let enrolled = TlsFiles::enrolled(state_dir);
+    vec![
+        ("ca", path(enrolled.ca)),
+        ("cert", path(enrolled.cert)),
+        ("key", path(enrolled.key)),
+        ("compression", Value::String(DEFAULT_COMPRESSION.into())),
+        ("renew_at", Value::Float(DEFAULT_RENEW_AT)),
+        ("timeout", duration_value(DEFAULT_COLLECTOR_TIMEOUT)),
+        ("alert_after", duration_value(DEFAULT_ALERT_AFTER)),
+        ("failback_after", duration_value(DEFAULT_FAILBACK_AFTER)),
+    ]
+}
+
 /// Options of a collector sink, from `[sink]`.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
@@ -184,12 +209,15 @@ pub(super) fn read(
             .map(|p| base.join(p))
             .unwrap_or(enrolled.key),
     };
-    let compression = match r.string("compression", issues).as_deref() {
-        None | Some("auto") => Compression::Auto,
-        Some("lz4") => Compression::Lz4,
-        Some("gzip") => Compression::Gzip,
-        Some("none") => Compression::None,
-        Some(other) => {
+    let compression = r
+        .string("compression", issues)
+        .unwrap_or_else(|| DEFAULT_COMPRESSION.into());
+    let compression = match compression.as_str() {
+        "auto" => Compression::Auto,
+        "lz4" => Compression::Lz4,
+        "gzip" => Compression::Gzip,
+        "none" => Compression::None,
+        other => {
             issues.push(ConfigIssue {
                 key: "sink.compression".into(),
                 message: format!("{other:?}: expected \"auto\", \"lz4\", \"gzip\" or \"none\""),
@@ -206,7 +234,7 @@ pub(super) fn read(
             message: "must be above zero".into(),
         });
     }
-    let renew_at = renew_at.unwrap_or(2.0 / 3.0);
+    let renew_at = renew_at.unwrap_or(DEFAULT_RENEW_AT);
     if !(renew_at > 0.0 && renew_at < 1.0) {
         issues.push(ConfigIssue {
             key: "sink.renew_at".into(),

@@ -20,6 +20,7 @@ pub use syslog::{StructuredData, SyslogOptions, SyslogTls};
 
 use super::reader::TableReader;
 use super::ConfigIssue;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,29 @@ pub enum SinkConfig {
     Syslog(SyslogOptions),
 }
 
+/// `sync` of a file sink: fdatasync before acknowledging.
+pub const DEFAULT_FILE_SYNC: bool = true;
+/// `mode` of a file sink: the permission bits of a file it creates. Filebeat's file output
+/// defaults to 0600 too: the sink copies logs such as auth.log (0640 root:adm) and must not
+/// leave them readable by every user.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
+/// The keys a sink of type `kind` has defaults for, with them as a config file would write them
+/// (`get` and `list` show them with origin `default`); `state_dir` is where a collector sink's
+/// enrolled files are.
+pub(super) fn defaults(kind: &str, state_dir: &Path) -> Vec<(&'static str, toml::Value)> {
+    use toml::Value;
+    match kind {
+        "file" => vec![
+            ("sync", Value::Boolean(DEFAULT_FILE_SYNC)),
+            ("mode", Value::String(format!("{DEFAULT_FILE_MODE:04o}"))),
+        ],
+        "collector" => collector::defaults(state_dir),
+        "syslog" => syslog::defaults(),
+        _ => Vec::new(),
+    }
+}
+
 /// The name `[sink]` (or no sink table at all: stdout) goes by.
 pub const DEFAULT_SINK: &str = "default";
 
@@ -45,33 +69,47 @@ pub struct NamedSink {
     pub sink: SinkConfig,
 }
 
+/// The sinks of a config: the valid ones, and the names of those left out for an error (their
+/// issues say why, and the config is refused).
+#[derive(Debug, Default)]
+pub(super) struct Sinks {
+    pub valid: Vec<NamedSink>,
+    pub invalid: BTreeSet<String>,
+}
+
 /// `[sink]`, or every `[sinks.NAME]` in name order; none at all is stdout, named `default`.
-/// A sink with an error is left out (its issues say why). `host_id` picks a collector sink's
-/// home URL.
+/// A sink with an error is left out of `valid` (its issues say why) and named in `invalid`, so
+/// a route naming it is not told it is unknown. `host_id` picks a collector sink's home URL.
 pub(super) fn read_sinks(
     top: &mut TableReader,
     base: &Path,
     state_dir: &Path,
     host_id: &str,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<NamedSink> {
+) -> Sinks {
     let one = top.table("sink", issues);
     let named = top.table("sinks", issues);
-    match (one, named) {
-        (Some(_), Some(_)) => {
+    let mut invalid = BTreeSet::new();
+    let valid = match (one, named) {
+        (Some(_), Some(t)) => {
             issues.push(ConfigIssue {
                 key: "sink".into(),
                 message: "[sink] and [sinks.*] are both set: name every sink under [sinks.NAME] (a [sink] alone is the sink named \"default\")".into(),
             });
+            invalid.insert(DEFAULT_SINK.to_string());
+            invalid.extend(t.keys().cloned());
             Vec::new()
         }
-        (Some(t), None) => read_sink("sink", t, base, state_dir, host_id, issues)
-            .map(|sink| NamedSink {
+        (Some(t), None) => match read_sink("sink", t, base, state_dir, host_id, issues) {
+            Some(sink) => vec![NamedSink {
                 name: DEFAULT_SINK.into(),
                 sink,
-            })
-            .into_iter()
-            .collect(),
+            }],
+            None => {
+                invalid.insert(DEFAULT_SINK.to_string());
+                Vec::new()
+            }
+        },
         (None, Some(t)) => {
             if t.is_empty() {
                 issues.push(ConfigIssue {
@@ -89,6 +127,7 @@ pub(super) fn read_sinks(
                         key,
                         message: "sink names use letters, digits, '_' and '-' (a '.' would make dotted keys ambiguous)".into(),
                     });
+                    invalid.insert(name.clone());
                     continue;
                 }
                 let Some(st) = t[name].as_table() else {
@@ -96,13 +135,17 @@ pub(super) fn read_sinks(
                         key,
                         message: "expected a table like [sink]".into(),
                     });
+                    invalid.insert(name.clone());
                     continue;
                 };
-                if let Some(sink) = read_sink(&key, st, base, state_dir, host_id, issues) {
-                    out.push(NamedSink {
+                match read_sink(&key, st, base, state_dir, host_id, issues) {
+                    Some(sink) => out.push(NamedSink {
                         name: name.clone(),
                         sink,
-                    });
+                    }),
+                    None => {
+                        invalid.insert(name.clone());
+                    }
                 }
             }
             out
@@ -111,7 +154,8 @@ pub(super) fn read_sinks(
             name: DEFAULT_SINK.into(),
             sink: SinkConfig::Stdout,
         }],
-    }
+    };
+    Sinks { valid, invalid }
 }
 
 /// One sink table, its keys named under `prefix` (`sink` or `sinks.NAME`).
@@ -168,10 +212,8 @@ fn read_sink_table(
     let sink = match kind.as_deref() {
         Some("file") => {
             let path = r.string("path", issues);
-            let sync = r.boolean("sync", issues).unwrap_or(true);
-            // Filebeat's file output defaults to 0600 too: the sink copies logs such as
-            // auth.log (0640 root:adm) and must not leave them readable by every user.
-            let mode = r.mode("mode", issues).unwrap_or(0o600);
+            let sync = r.boolean("sync", issues).unwrap_or(DEFAULT_FILE_SYNC);
+            let mode = r.mode("mode", issues).unwrap_or(DEFAULT_FILE_MODE);
             match path {
                 Some(p) => Some(SinkConfig::File {
                     path: base.join(p),

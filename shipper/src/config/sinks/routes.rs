@@ -10,7 +10,7 @@
 use super::NamedSink;
 use crate::config::syslog::SyslogSource;
 use crate::config::{Config, ConfigIssue, Source};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The source name the osquery outbox's records carry.
 pub const OSQUERY: &str = "osquery";
@@ -29,12 +29,14 @@ pub struct Group {
 }
 
 /// Each `sources.X.sinks` (file and syslog sources) and `osquery.sinks` names known sinks, at
-/// least one.
+/// least one. A name in `invalid` is a sink defined with an error: known (its own issues are
+/// enough), though it is not among `sinks`.
 pub(in crate::config) fn check(
     sources: &[Source],
     syslog_sources: &[SyslogSource],
     osquery: Option<&[String]>,
     sinks: &[NamedSink],
+    invalid: &BTreeSet<String>,
     issues: &mut Vec<ConfigIssue>,
 ) {
     let named = sources
@@ -46,7 +48,11 @@ pub(in crate::config) fn check(
                 .filter_map(|s| Some((format!("sources.{}.sinks", s.name), s.sinks.as_deref()?))),
         )
         .chain(osquery.map(|o| ("osquery.sinks".to_string(), o)));
-    let known: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+    let known: BTreeSet<&str> = sinks
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(invalid.iter().map(String::as_str))
+        .collect();
     for (key, names) in named {
         if names.is_empty() {
             issues.push(ConfigIssue {
@@ -56,10 +62,11 @@ pub(in crate::config) fn check(
             continue;
         }
         for n in names {
-            if !known.contains(&n.as_str()) {
+            if !known.contains(n.as_str()) {
+                let all: Vec<&str> = known.iter().copied().collect();
                 issues.push(ConfigIssue {
                     key: key.clone(),
-                    message: format!("unknown sink {n:?} (the sinks are: {})", known.join(", ")),
+                    message: format!("unknown sink {n:?} (the sinks are: {})", all.join(", ")),
                 });
             }
         }
@@ -233,6 +240,35 @@ paths = ["/var/log/all.log"]
         assert!(e.contains("sinks.a.b: sink names use letters"), "{e}");
         let e = parse("[sinks]\n").unwrap_err();
         assert!(e.contains("sinks: names no sink"), "{e}");
+    }
+
+    #[test]
+    fn a_defined_but_invalid_sink_is_not_also_unknown() {
+        let e = parse(&format!(
+            "{TWO}[osquery]\nsinks = [\"archive\", \"broken\"]\n[sinks.broken]\ntype = \"file\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("sinks.broken.path: required"), "{e}");
+        assert!(!e.contains("unknown sink"), "{e}");
+        let e = parse(&format!(
+            "{TWO}[osquery]\nsinks = [\"nope\"]\n[sinks.broken]\ntype = \"file\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "osquery.sinks: unknown sink \"nope\" (the sinks are: archive, broken, central)"
+            ),
+            "{e}"
+        );
+        // An invalid [sink] is the sink named default.
+        let e =
+            parse("[sink]\ntype = \"fil\"\n[sources.a]\npaths = [\"/x\"]\nsinks = [\"default\"]\n")
+                .unwrap_err();
+        assert!(e.contains("sink.type: unknown sink type"), "{e}");
+        assert!(!e.contains("unknown sink \""), "{e}");
+        // With [sink] and [sinks.*] both set, that is the one error.
+        let e = parse(&format!("{TWO}[sink]\ntype = \"stdout\"\n")).unwrap_err();
+        assert!(!e.contains("unknown sink \""), "{e}");
     }
 
     #[test]

@@ -44,6 +44,30 @@ impl StructuredData {
     }
 }
 
+/// `sink.tls` unless set.
+pub const DEFAULT_TLS: bool = true;
+/// `sink.app_name` unless set: the APP-NAME of every message.
+pub const DEFAULT_APP_NAME: &str = "log-sensor";
+/// `sink.facility` unless set.
+pub const DEFAULT_FACILITY: &str = "user";
+/// `sink.structured_data` unless set (see [`StructuredData::parse`]).
+pub const DEFAULT_STRUCTURED_DATA: &str = "full";
+
+/// The keys of a syslog sink that have defaults, with them as a config file would write them
+/// (`get` and `list` show them with origin `default`).
+pub(super) fn defaults() -> Vec<(&'static str, toml::Value)> {
+    use toml::Value;
+    vec![
+        ("tls", Value::Boolean(DEFAULT_TLS)),
+        ("app_name", Value::String(DEFAULT_APP_NAME.into())),
+        ("facility", Value::String(DEFAULT_FACILITY.into())),
+        (
+            "structured_data",
+            Value::String(DEFAULT_STRUCTURED_DATA.into()),
+        ),
+    ]
+}
+
 /// The numeric facility for its RFC 5424 name.
 fn facility_code(name: &str) -> Option<u8> {
     let names = log_sensor_common::record::FACILITIES;
@@ -73,14 +97,14 @@ pub(super) fn read(
 ) -> Option<SyslogOptions> {
     let before = issues.len();
     let address = r.string("address", issues);
-    let tls = r.boolean("tls", issues).unwrap_or(true);
+    let tls = r.boolean("tls", issues).unwrap_or(DEFAULT_TLS);
     let ca = r.string("ca", issues).map(|p| base.join(p));
     let cert = r.string("cert", issues).map(|p| base.join(p));
     let key = r.string("key", issues).map(|p| base.join(p));
     let server_name = r.string("server_name", issues);
     let app_name = r
         .string("app_name", issues)
-        .unwrap_or_else(|| "log-sensor".into());
+        .unwrap_or_else(|| DEFAULT_APP_NAME.into());
     if app_name.is_empty()
         || app_name.len() > 48
         || !app_name.bytes().all(|b| (33..=126).contains(&b))
@@ -90,28 +114,32 @@ pub(super) fn read(
             message: "1 to 48 printable ASCII characters without spaces (RFC 5424)".into(),
         });
     }
-    let facility = match r.string("facility", issues) {
-        None => Some(1),
-        Some(f) => {
-            let code = facility_code(&f);
-            if code.is_none() {
-                issues.push(ConfigIssue {
-                    key: "sink.facility".into(),
-                    message: format!("{f:?}: expected a name such as \"user\", \"daemon\" or \"local0\"…\"local7\""),
-                });
-            }
-            code
+    let facility = {
+        let f = r
+            .string("facility", issues)
+            .unwrap_or_else(|| DEFAULT_FACILITY.into());
+        let code = facility_code(&f);
+        if code.is_none() {
+            issues.push(ConfigIssue {
+                key: "sink.facility".into(),
+                message: format!(
+                    "{f:?}: expected a name such as \"user\", \"daemon\" or \"local0\"…\"local7\""
+                ),
+            });
         }
+        code
     };
-    let structured_data = match r.string("structured_data", issues) {
-        None => StructuredData::Full,
-        Some(s) => StructuredData::parse(&s).unwrap_or_else(|| {
+    let structured_data = {
+        let s = r
+            .string("structured_data", issues)
+            .unwrap_or_else(|| DEFAULT_STRUCTURED_DATA.into());
+        StructuredData::parse(&s).unwrap_or_else(|| {
             issues.push(ConfigIssue {
                 key: "sink.structured_data".into(),
                 message: format!("{s:?}: expected \"full\", \"minimal\" or \"none\""),
             });
             StructuredData::Full
-        }),
+        })
     };
     if tls && ca.is_none() {
         super::required("ca", "syslog (tls = true)", issues);
