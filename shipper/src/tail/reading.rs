@@ -126,9 +126,8 @@ impl Tailer {
         cp.committed_offset = consumed;
         cp.committed_hash = t.consumed_marker;
         cp.read_offset = t.framer.position();
-        // What was just read is in the file: a size from before this read (the read's own
-        // update of `t.size` comes after framing) made the store's size trail its committed
-        // offset by a read.
+        // What was just read is in the file; a size from before this read made the store's
+        // size trail its committed offset by a read.
         if !t.compressed {
             t.size = t.size.max(t.framer.position());
         }
@@ -274,9 +273,6 @@ impl Tailer {
             t.pos_marker = open::marker_at(t.file(), pos).ok().flatten();
         }
         self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        if !t.compressed {
-            t.size = t.size.max(pos);
-        }
     }
 
     pub(super) fn frame_chunk(
