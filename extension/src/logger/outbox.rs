@@ -522,10 +522,7 @@ mod tests {
             .unwrap();
         o.push(rec(3));
         let c = open(o.path()).unwrap();
-        let n: i64 = c
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(rows(&c), 3);
         let dropped: Option<i64> = c
             .query_row(
                 "SELECT value FROM counters WHERE name='dropped_full'",
@@ -553,6 +550,12 @@ mod tests {
         assert_eq!(mode & 0o060, 0o060);
     }
 
+    /// Rows waiting in the outbox.
+    fn rows(c: &Connection) -> i64 {
+        c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn what_memory_holds_is_written_when_the_outbox_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -566,11 +569,7 @@ mod tests {
         // No wait for the pacing of retries: a stopping extension has no later.
         let path = o.path().to_path_buf();
         drop(o);
-        let c = open(&path).unwrap();
-        let n: i64 = c
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(rows(&open(&path).unwrap()), 2);
     }
 
     #[test]
@@ -584,10 +583,6 @@ mod tests {
         std::fs::remove_file(&state).unwrap();
         std::thread::sleep(REOPEN_EVERY);
         o.push(rec(3));
-        let c = open(o.path()).unwrap();
-        let n: i64 = c
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(rows(&open(o.path()).unwrap()), 3);
     }
 }
