@@ -9,7 +9,9 @@
 //! between the parts would lose the first ones. The joined record has the first part's offset
 //! and is written back in the runtime's own format, one complete line (`TIME STREAM F MSG…`,
 //! or a Docker object with the joined `log`), which the `cri` / `docker` transform then parses
-//! like any other line.
+//! like any other line. A joined record longer than `max_record_bytes` is cut into a head and
+//! a tail part that are each written back that way ([`Joined::emit_cut`]), so both carry the
+//! record's `stream` and `time`.
 //!
 //! A runtime writes stdout and stderr into the same file from two writers, so their lines
 //! interleave. Only parts of the open record's own stream join it: a line of the other stream
@@ -21,7 +23,7 @@
 //! Followed: the CRI log format of kubelet (`pkg/kubelet/kuberuntime/logs`: tags split by `:`,
 //! the first is `P` or `F`) and Fluent Bit's `multiline.parser docker, cri`.
 
-use super::{emit_line, Framer, LineBytes, Rec};
+use super::{emit_line, escaped, Framer, LineBytes, Part, Rec};
 use crate::config::transforms::ContainerFormat;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -126,6 +128,67 @@ fn docker(line: &[u8]) -> Option<Piece<'_>> {
     })
 }
 
+/// A joined record as it goes out: `opening`, the message, `closing`, `len` bytes in all.
+pub(super) struct Joined<'a> {
+    pub format: ContainerFormat,
+    pub opening: &'a [u8],
+    pub closing: &'a [u8],
+    pub len: u64,
+}
+
+impl Joined<'_> {
+    /// The joined record longer than `max`, of which `head` and `tail` are the first and last
+    /// `max` bytes, goes out as a head and a tail part that are each a complete line of the
+    /// runtime's format, with the record's own opening and closing around the message bytes
+    /// they keep. Cut out of the joined line as it stands, the tail would start inside the
+    /// message and a Docker head would be unclosed JSON: the `cri` / `docker` transform would
+    /// give them no `fields`, and routing on `fields.stream` would lose them. A part is at
+    /// most `max` bytes, like any record, unless the opening and closing alone are longer (a
+    /// Docker part may be a few bytes shorter: it is cut between JSON escapes). The tail's
+    /// offset is where its message bytes start in the joined record.
+    pub fn emit_cut(
+        &self,
+        start: u64,
+        head: &[u8],
+        tail: &[u8],
+        max: usize,
+        out: &mut dyn FnMut(Rec<'_>),
+    ) {
+        let (open, close) = (self.opening.len(), self.closing.len());
+        let keep = max.saturating_sub(open + close);
+        // The record is longer than `max`, so its message is longer than `keep`: the head
+        // holds its first `keep` bytes after the opening, the tail its last before the closing.
+        let head_msg = &head[open.min(head.len())..];
+        let head_msg = &head_msg[..keep.min(head_msg.len())];
+        let tail_msg = &tail[..tail.len().saturating_sub(close)];
+        let tail_msg = &tail_msg[tail_msg.len().saturating_sub(keep)..];
+        let (head_msg, tail_msg) = match self.format {
+            ContainerFormat::Cri => (head_msg, tail_msg),
+            ContainerFormat::Docker => (
+                &head_msg[..escaped::prefix_end(head_msg)],
+                &tail_msg[escaped::suffix_start(tail_msg)..],
+            ),
+        };
+        let tail_at = self.len - (close + tail_msg.len()) as u64;
+        let mut line = Vec::with_capacity(max.max(open + close));
+        for (offset, part, msg) in [
+            (start, Part::Head, head_msg),
+            (start + tail_at, Part::Tail, tail_msg),
+        ] {
+            line.clear();
+            line.extend_from_slice(self.opening);
+            line.extend_from_slice(msg);
+            line.extend_from_slice(self.closing);
+            out(Rec {
+                offset,
+                len: self.len,
+                part,
+                bytes: &line,
+            });
+        }
+    }
+}
+
 impl Framer {
     /// Whether `p` comes from the writer of the record being joined.
     fn same_stream(&self, p: &Piece<'_>) -> bool {
@@ -161,6 +224,8 @@ impl Framer {
                     self.record_start = start;
                     self.record_open = true;
                     self.record.push(&p.opening);
+                    self.join_opening.clear();
+                    self.join_opening.extend_from_slice(&p.opening);
                     self.join_suffix = p.closing;
                     self.join_stream.clear();
                     self.join_stream.extend_from_slice(&p.stream);
@@ -471,8 +536,9 @@ mod tests {
         let (recs, _) = run(&f, &[p, p, p, e.as_bytes(), l.as_bytes()]);
         let parts: Vec<(u64, Part)> = recs.iter().map(|r| (r.0, r.1)).collect();
         let at_e = 3 * p.len() as u64;
-        // The joined record: a 30-byte opening and 90 bytes of message.
-        let tail_off = 30 + 90 - 64;
+        // The joined record: a 30-byte opening and 90 bytes of message, of which each part
+        // keeps the 34 that fit beside its own opening.
+        let tail_off = 30 + 90 - 34;
         assert_eq!(
             parts,
             vec![
@@ -482,8 +548,198 @@ mod tests {
                 (at_e + e.len() as u64, Part::Whole),
             ]
         );
-        assert!(recs[1].2.ends_with(&"a".repeat(64)));
+        assert_eq!(
+            recs[1].2,
+            format!("2024-03-05T10:11:12Z stdout F {}", "a".repeat(34))
+        );
         assert_eq!(recs[2].2, e.trim_end());
         assert!(recs[3].2.ends_with(" stdout F bbbbb"));
+    }
+
+    /// What the source's `cri` / `docker` transform makes of each record: its part, offset,
+    /// `fields` (None: it could not parse the record) and message.
+    fn transformed(
+        format: ContainerFormat,
+        recs: &[(u64, Part, String)],
+    ) -> Vec<(Part, u64, Option<serde_json::Value>, String)> {
+        use crate::transform::container::{Cri, Docker};
+        use crate::transform::tests::{draft, meta};
+        use crate::transform::{Fault, Transform};
+        let meta = meta();
+        recs.iter()
+            .map(|(off, part, b)| {
+                let mut t: Box<dyn Transform> = match format {
+                    ContainerFormat::Cri => Box::new(Cri::default()),
+                    ContainerFormat::Docker => Box::new(Docker::default()),
+                };
+                let mut d = draft(&meta, b.as_bytes());
+                t.apply(&mut d);
+                let fields = (t.fault() == Fault::None)
+                    .then(|| serde_json::from_slice(d.fields.as_deref().expect("fields")).unwrap());
+                let msg = String::from_utf8(d.bytes.to_vec()).unwrap();
+                (*part, *off, fields, msg)
+            })
+            .collect()
+    }
+
+    /// One write of `msg` as containerd's CRI logger and Docker's json-file driver put it in
+    /// the file: cut every 16 KiB into lines (`P` … `F`; `log` without its `\n` until the
+    /// last), each line with its own time. Docker's JSON is Go's: `<`, `>`, `&` as `\u003c`….
+    fn runtime_lines(format: ContainerFormat, stream: &str, msg: &str) -> Vec<Vec<u8>> {
+        let chunks: Vec<&str> = {
+            let mut v = Vec::new();
+            let mut rest = msg;
+            while rest.len() > 16384 {
+                let mut at = 16384;
+                while !rest.is_char_boundary(at) {
+                    at -= 1;
+                }
+                v.push(&rest[..at]);
+                rest = &rest[at..];
+            }
+            v.push(rest);
+            v
+        };
+        let last = chunks.len() - 1;
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let time = format!("2024-03-05T10:11:12.{:09}Z", 123456789 + i);
+                match format {
+                    ContainerFormat::Cri => {
+                        let tag = if i == last { "F" } else { "P" };
+                        format!("{time} {stream} {tag} {c}\n").into_bytes()
+                    }
+                    ContainerFormat::Docker => {
+                        let log = if i == last {
+                            format!("{c}\n")
+                        } else {
+                            c.to_string()
+                        };
+                        let log = serde_json::to_string(&log)
+                            .unwrap()
+                            .replace('<', "\\u003c")
+                            .replace('>', "\\u003e")
+                            .replace('&', "\\u0026");
+                        format!("{{\"log\":{log},\"stream\":\"{stream}\",\"time\":\"{time}\"}}\n")
+                            .into_bytes()
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// An application's JSON log line of about 100 KiB, with quotes, backslashes, a tab, an
+    /// ANSI colour, `<`/`&` and non-ASCII text for the runtimes to escape.
+    fn big_app_line() -> String {
+        let mut s = String::from("{\"level\":\"error\",\"msg\":\"upstream said\",\"body\":\"");
+        let mut i = 0;
+        while s.len() < 100 << 10 {
+            s.push_str(&format!(
+                "<row id={i} path=\\\"C:\\\\srv\\\\caf\u{e9}\\\" tab=\t \u{1b}[31mred\u{1b}[0m a&b \u{4e2d}> "
+            ));
+            i += 1;
+        }
+        s.push_str("\"}");
+        s
+    }
+
+    #[test]
+    fn both_parts_of_an_overlong_joined_record_carry_its_container_fields() {
+        // A ~100 KiB write at the default max_record_bytes: 7 runtime lines, one record of
+        // about 100 KiB, cut into a head and a tail part.
+        let max = 65536;
+        let msg = big_app_line();
+        for format in [ContainerFormat::Cri, ContainerFormat::Docker] {
+            let lines = runtime_lines(format, "stderr", &msg);
+            assert_eq!(lines.len(), 7);
+            let chunks: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
+            let (recs, _) = run(&framing(format, max), &chunks);
+            let parts = transformed(format, &recs);
+            assert_eq!(parts.len(), 2, "{format:?}: {:?}", &recs);
+            let mut want = serde_json::json!({
+                "stream": "stderr",
+                "time": "2024-03-05T10:11:12.123456789Z",
+            });
+            if format == ContainerFormat::Cri {
+                want["logtag"] = "F".into();
+            }
+            let (head, tail) = (&parts[0], &parts[1]);
+            assert_eq!((head.0, head.1), (Part::Head, 0), "{format:?}");
+            assert_eq!(tail.0, Part::Tail, "{format:?}");
+            assert_eq!(head.2.as_ref(), Some(&want), "{format:?} head");
+            assert_eq!(tail.2.as_ref(), Some(&want), "{format:?} tail");
+            // Each part fills `max`, less what a Docker cut between escapes leaves out.
+            for r in &recs {
+                assert!(
+                    r.2.len() <= max && r.2.len() > max - 6,
+                    "{format:?}: {}",
+                    r.2.len()
+                );
+            }
+            // The head's message starts the write, the tail's ends it (Docker: less its `\n`).
+            assert!(msg.starts_with(&head.3), "{format:?}");
+            assert!(msg.ends_with(&tail.3), "{format:?}");
+            assert!(
+                tail.1 > 0,
+                "{format:?}: head and tail never share an offset"
+            );
+        }
+    }
+
+    #[test]
+    fn a_docker_part_is_cut_between_escapes_wherever_the_cut_falls() {
+        // The message shifted a byte at a time, so the cut falls inside every kind of escape
+        // and character in turn.
+        let max = 512;
+        // Parts that lost bytes to a cut inside an escape or character.
+        let mut short = 0;
+        for pad in 0..24 {
+            let msg = format!(
+                "{}{}",
+                "p".repeat(pad),
+                "\"q\\\" \t\u{1b}[0m \u{e9}\u{4e2d}\u{1f600} <&> ".repeat(60)
+            );
+            let mut lines = Vec::new();
+            for (i, c) in msg
+                .split_inclusive(' ')
+                .collect::<Vec<_>>()
+                .chunks(8)
+                .enumerate()
+            {
+                let text: String = c.concat();
+                let time = format!("2024-03-05T10:11:12.{i:09}Z");
+                let log = serde_json::to_string(&text).unwrap();
+                lines.push(format!(
+                    "{{\"log\":{log},\"stream\":\"stdout\",\"time\":\"{time}\"}}\n"
+                ));
+            }
+            let last = lines
+                .pop()
+                .unwrap()
+                .replacen("\",\"stream\"", "\\n\",\"stream\"", 1);
+            lines.push(last);
+            let chunks: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+            let (recs, _) = run(&framing(ContainerFormat::Docker, max), &chunks);
+            let parts = transformed(ContainerFormat::Docker, &recs);
+            assert_eq!(parts.len(), 2, "pad {pad}");
+            for ((part, _, fields, _), r) in parts.iter().zip(&recs) {
+                let fields = fields
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("pad {pad}: {part:?}"));
+                assert_eq!(fields["stream"], "stdout");
+                assert_eq!(fields["time"], "2024-03-05T10:11:12.000000000Z");
+                assert!(
+                    r.2.len() <= max && r.2.len() > max - 6,
+                    "pad {pad}: {}",
+                    r.2.len()
+                );
+                short += usize::from(r.2.len() < max);
+            }
+            assert!(msg.starts_with(&parts[0].3), "pad {pad}");
+            assert!(msg.ends_with(&parts[1].3), "pad {pad}");
+        }
+        assert!(short > 10, "only {short} cuts fell inside an escape");
     }
 }

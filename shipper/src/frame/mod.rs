@@ -7,6 +7,7 @@
 
 mod accum;
 mod container;
+mod escaped;
 
 use crate::config::transforms::ContainerFormat;
 use crate::config::{Framing, MultilineMode};
@@ -35,6 +36,9 @@ pub struct Framer {
     multiline: Option<MultilineMode>,
     /// Join a container runtime's partial lines (exclusive with `multiline`).
     container: Option<ContainerFormat>,
+    /// What opens the container record being joined (already its first bytes), written again
+    /// before the tail of a record cut for length.
+    join_opening: Vec<u8>,
     /// What closes the container record being joined, added when it goes out.
     join_suffix: Vec<u8>,
     /// Which of the runtime's writers (stdout, stderr) the record being joined comes from:
@@ -76,6 +80,7 @@ impl Framer {
             max: framing.max_record_bytes,
             multiline: framing.multiline.as_ref().map(|m| m.mode.clone()),
             container: framing.container,
+            join_opening: Vec::new(),
             join_suffix: Vec::new(),
             join_stream: Vec::new(),
             line: Accum::new(framing.max_record_bytes),
@@ -280,10 +285,8 @@ impl Framer {
             return;
         }
         self.record_open = false;
-        if !self.join_suffix.is_empty() {
-            let suffix = std::mem::take(&mut self.join_suffix);
-            self.record.push(&suffix);
-        }
+        let suffix = std::mem::take(&mut self.join_suffix);
+        self.record.push(&suffix);
         if self.record.is_empty() {
             // Only empty lines: consumed, nothing to ship.
             return;
@@ -297,7 +300,18 @@ impl Framer {
                 part: Part::Whole,
                 bytes: b,
             }),
-            Content::Cut { head, tail } => emit_cut(self.record_start, head, tail, len, out),
+            Content::Cut { head, tail } => match self.container {
+                Some(format) => {
+                    let joined = container::Joined {
+                        format,
+                        opening: &self.join_opening,
+                        closing: &suffix,
+                        len,
+                    };
+                    joined.emit_cut(self.record_start, head, tail, self.max, out)
+                }
+                None => emit_cut(self.record_start, head, tail, len, out),
+            },
         }
         self.record.clear();
         self.scratch2 = scratch;
