@@ -67,7 +67,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the config; exit 1 naming the key or file at fault.
+    /// Validate the config, and that every sink would start (a collector sink's identity
+    /// enrolled or given); exit 1 naming the key, file or sink at fault.
     Check,
     /// Print the config file as the agent reads it: a `.j2` template rendered for this host.
     Render,
@@ -167,17 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone();
     let cert = cert_args::CertArgs::new(cli.client_cert.clone(), cli.client_key.clone())?;
     match cli.command {
-        Command::Check => {
-            let cfg = cert.load(&path)?.resolve()?;
-            println!(
-                "{}: ok ({} source(s), state dir {}, {})",
-                path.display(),
-                cfg.sources.len() + cfg.syslog_sources.len(),
-                cfg.state_dir.display(),
-                log_sensor::sink::describe_all(&cfg.sinks)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check => cli::check::check(&path, &cert),
         Command::Render => {
             print!("{}", layers::read_text(&path)?);
             Ok(ExitCode::SUCCESS)

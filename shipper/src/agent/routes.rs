@@ -55,7 +55,7 @@ impl Routes {
             let (_, rebuild) = crossbeam_channel::unbounded();
             sinks.push(SinkPart {
                 name: n.name.clone(),
-                sink: sink::build(&n.sink).map_err(|e| named(&n.name, e))?,
+                sink: sink::build(&n.sink).map_err(|e| sink::named(&n.name, e))?,
                 stats: Arc::new(ShipStats::default()),
                 feeds: Vec::new(),
                 rebuild,
@@ -163,15 +163,3 @@ pub(super) fn forward_configs(
     });
 }
 
-/// A sink that cannot start, named as the config names it.
-fn named(name: &str, e: sink::SinkError) -> sink::SinkError {
-    match e {
-        sink::SinkError::Failed { sink, message } if name != crate::config::DEFAULT_SINK => {
-            sink::SinkError::Failed {
-                sink: format!("sinks.{name} ({sink})"),
-                message,
-            }
-        }
-        e => e,
-    }
-}

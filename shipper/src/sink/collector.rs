@@ -68,6 +68,12 @@ pub struct CollectorSink {
     name: String,
 }
 
+/// Why the sink does not start without its identity, and the fix: files that are not there mean
+/// no enrolment yet, which no retry would change.
+fn no_identity(e: &crate::tls::TlsError) -> String {
+    format!("{e} (run `log-sensor enroll` first, or set sink.ca, sink.cert and sink.key)")
+}
+
 /// Batches in flight: one being stored by the collector while the next one travels. More would
 /// only queue in the collector (it handles a connection's requests in order) and cost memory.
 const WINDOW: usize = 2;
@@ -88,17 +94,25 @@ impl CollectorSink {
             name: opts.describe(),
         };
         // Missing files are reported at start (not enrolled yet?), rather than as retries.
-        shared.identity().map_err(|e| {
-            sink.fail(format!(
-                "{e} (run `log-sensor enroll` first, or set sink.ca, sink.cert and sink.key)"
-            ))
-        })?;
+        shared.identity().map_err(|e| sink.fail(no_identity(&e)))?;
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("cert-renewal".into())
             .spawn(move || renewal_loop(weak))
             .map_err(|e| sink.fail(format!("cannot start the renewal thread: {e}")))?;
         Ok(sink)
+    }
+
+    /// Whether [`CollectorSink::open`] would start: the CA, certificate and key it connects with
+    /// load. Reads those files and nothing else, so `log-sensor check` fails where `run` would.
+    pub fn check(opts: &CollectorOptions) -> Result<(), SinkError> {
+        Shared::new(opts)
+            .identity()
+            .map(drop)
+            .map_err(|e| SinkError::Failed {
+                sink: opts.describe(),
+                message: no_identity(&e),
+            })
     }
 
     fn fail(&self, message: String) -> SinkError {

@@ -109,6 +109,28 @@ pub fn describe_all(sinks: &[NamedSink]) -> String {
     }
 }
 
+/// What [`build`] would refuse to start on, found by reading files only (`log-sensor check`):
+/// a collector sink whose CA, certificate or key do not load (not enrolled yet). Named as the
+/// agent names a sink that cannot start: `sinks.NAME (…)` for a named one.
+pub fn check(n: &NamedSink) -> Result<(), SinkError> {
+    let checked = match &n.sink {
+        SinkConfig::Collector(opts) => collector::CollectorSink::check(opts),
+        SinkConfig::File { .. } | SinkConfig::Stdout | SinkConfig::Syslog(_) => Ok(()),
+    };
+    checked.map_err(|e| named(&n.name, e))
+}
+
+/// A sink that cannot start, named as the config names it: `sinks.NAME (…)` for a named one.
+pub fn named(name: &str, e: SinkError) -> SinkError {
+    match e {
+        SinkError::Failed { sink, message } if name != DEFAULT_SINK => SinkError::Failed {
+            sink: format!("sinks.{name} ({sink})"),
+            message,
+        },
+        e => e,
+    }
+}
+
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::File { path, sync, mode } => Box::new(FileSink::open(path, *sync, *mode)?),
