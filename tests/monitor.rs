@@ -486,7 +486,10 @@ fn the_page_renders_live_data_in_headless_chromium() {
 fn healthz_is_503_with_a_reason_once_the_sink_fails_past_unhealthy_after() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let lines: Vec<String> = (0..50).map(|i| format!("doomed line {i}")).collect();
+    // 2 MB: reading it takes several reads, each filling a batch (see max_records below).
+    let lines: Vec<String> = (0..20_000)
+        .map(|i| format!("doomed line {i} {}", "x".repeat(90)))
+        .collect();
     append_lines(&dir.path().join("logs/app.log"), &lines);
     // /dev/full refuses every write with ENOSPC, for root too: a sink that really fails.
     let config = r#"
@@ -495,6 +498,9 @@ state_dir = "state"
 paths = ["logs/app.log"]
 [batch]
 max_wait = "100ms"
+# Each read fills a batch, and a few batches fill the sink's window: the pipeline stops
+# reading, so what is written during the outage stays unread in the file.
+max_records = 5
 [sink]
 type = "file"
 path = "/dev/full"
@@ -549,6 +555,23 @@ sync = false
     wait_for("the whole file to be lag", PATIENCE, || {
         status(m.port).sources[0].lag_bytes == size
     });
+    // And the lag grows with the file while the outage lasts, in the store's own view too.
+    let more: Vec<String> = (0..30)
+        .map(|i| format!("line written during the outage {i}"))
+        .collect();
+    append_lines(&m.p("logs/app.log"), &more);
+    let grown = std::fs::metadata(m.p("logs/app.log")).unwrap().len();
+    wait_for("the lag to follow the file", PATIENCE, || {
+        status(m.port).sources[0].lag_bytes == grown
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_log-sensor"))
+        .arg("-c")
+        .arg(m.p("agent.toml"))
+        .args(["query", "SELECT lag_bytes FROM stream_lag"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&grown.to_string()), "{text}");
 }
 
 #[test]

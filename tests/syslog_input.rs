@@ -929,6 +929,36 @@ fn a_full_spool_holds_back_tcp_and_drops_udp_with_one_alert() {
         agent.msgs().iter().all(|m| !m.starts_with("full-")),
         "nothing reached the full disk"
     );
+    // The stream rows follow the spools while the outage holds the batches: the lag SQL sees
+    // is the spool's, not the one of the last commit.
+    let row_lag = |url: &str| {
+        agent
+            .try_query(&format!(
+                "SELECT lag_bytes FROM stream_lag WHERE stream LIKE '%{url}'"
+            ))
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r["lag_bytes"].as_u64()))
+    };
+    wait_until(
+        || {
+            let st = agent.status();
+            format!(
+                "stream rows with the spools' lag: rows {:?} / {:?}, spools {:?} / {:?}",
+                row_lag(&tcp_url),
+                row_lag(&udp_url),
+                listener_stat(&st, &tcp_url, "spool_lag_bytes"),
+                listener_stat(&st, &udp_url, "spool_lag_bytes"),
+            )
+        },
+        PATIENCE,
+        || {
+            let st = agent.status();
+            [&tcp_url, &udp_url].iter().all(|url| {
+                let spool = listener_stat(&st, url, "spool_lag_bytes");
+                spool.is_some_and(|n| n > 500_000) && row_lag(url) == spool
+            })
+        },
+    );
     // Alerted while it matters: during the outage, not once the sink is back.
     wait_until(
         || {

@@ -163,7 +163,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         // Delivered batches go back to the pipeline to be filled again.
         let (back_tx, back_rx) = crossbeam_channel::bounded::<Batch>(1);
         pipeline.recycle_from(back_rx);
-        pipeline.sink_idle_flag(g.idle.clone());
+        pipeline.outlook(g.outlook.clone());
         let (gcfg_tx, gcfg_rx) = crossbeam_channel::unbounded();
         pipeline.configs_from(gcfg_rx);
         group_configs.push((g.group.sinks.clone(), gcfg_tx));
@@ -176,7 +176,14 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             pipeline.wanted().set(Encoding::Ndjson);
         }
         pipelines.push(pipeline);
-        shipping.push((g.batches, g.sinks, g.heard, g.limit, Some(back_tx), g.idle));
+        shipping.push((
+            g.batches,
+            g.sinks,
+            g.heard,
+            g.limit,
+            Some(back_tx),
+            g.outlook,
+        ));
     }
     routes::forward_configs(cfg_rx, group_configs);
     let controller = Arc::new(Controller::new(
@@ -216,7 +223,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         for p in pipelines {
             named_scoped(scope, "pipeline", move || p.run());
         }
-        for (batches, sinks, heard, limit, recycle, idle) in shipping {
+        for (batches, sinks, heard, limit, recycle, outlook) in shipping {
             let (store, stats) = (&store, &*commits);
             named_scoped(scope, "group", move || {
                 group_loop(
@@ -228,7 +235,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
                         heard,
                         limit,
                         recycle,
-                        idle: Some(idle),
+                        outlook: Some(outlook),
                     },
                 )
             });

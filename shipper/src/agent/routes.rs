@@ -10,12 +10,12 @@
 use crate::batch::Batch;
 use crate::config::routes::{self, Group};
 use crate::config::{Config, NamedSink};
-use crate::pipeline::fanout::{Delivery, Heard};
+use crate::pipeline::fanout::{Delivery, Heard, Outlook};
 use crate::pipeline::ship::Feed;
 use crate::sink::{self, Sink};
 use crate::status::{LiveSink, ShipStats};
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::AtomicBool;
+
 use std::sync::Arc;
 
 /// A sink's thread, before it starts.
@@ -37,8 +37,8 @@ pub(super) struct GroupPart {
     pub sinks: Vec<Sender<Delivery>>,
     pub heard: Receiver<Heard>,
     pub limit: usize,
-    /// Set while nothing of the group is out.
-    pub idle: Arc<AtomicBool>,
+    /// What its pipeline sees of it.
+    pub outlook: Arc<Outlook>,
 }
 
 /// The built sinks and the groups wired to them.
@@ -85,7 +85,7 @@ impl Routes {
                 heard,
                 // The sinks' windows full and one more being sent; past that the pipeline waits.
                 limit: limit + 1,
-                idle: Arc::new(AtomicBool::new(false)),
+                outlook: Arc::default(),
             });
         }
         Ok(Routes { sinks, groups })

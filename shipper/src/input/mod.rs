@@ -51,6 +51,12 @@ pub trait Input: Send {
     /// wants its next turn (a poll interval, a timer due).
     fn idle_wait(&self) -> Duration;
 
+    /// The pipeline has waited a while to hand a batch to a sink that is slow or down, so no
+    /// turn comes until it takes one: keep what the store shows current (how far each stream's
+    /// file or spool has grown) without producing records. Called at most every 200 ms while
+    /// the wait lasts; an input rate-limits its own work.
+    fn stalled(&mut self) {}
+
     /// A reload changed the config; takes effect at the next turn. Whatever the input already
     /// pushed stays in the batch, acknowledged as pushed.
     fn reconfigure(&mut self, _cfg: &Arc<Config>) {}

@@ -18,7 +18,21 @@ use crossbeam_channel::{select, Receiver, Sender};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Past this long out without a commit, the group's oldest batch is held (a sink slow or down):
+/// its pipeline then keeps the store's sizes current ([`crate::input::Input::stalled`]). A
+/// healthy sink acknowledges within milliseconds.
+pub const HELD_AFTER: Duration = Duration::from_secs(1);
+
+/// What a group's pipeline sees of its shipping side, set by [`group_loop`].
+#[derive(Debug, Default)]
+pub struct Outlook {
+    /// Nothing is out: the pipeline may hand over a small batch early.
+    pub idle: AtomicBool,
+    /// The oldest batch out has waited past [`HELD_AFTER`].
+    pub held: AtomicBool,
+}
 
 /// One batch of a group on its way to one of the group's sinks.
 #[derive(Debug)]
@@ -44,6 +58,8 @@ pub struct InOrder {
     sinks: usize,
     /// Oldest first: (seq, batch, sinks that have not acknowledged it yet).
     out: VecDeque<(u64, Arc<Batch>, usize)>,
+    /// Since when the front batch has been waiting: sent, or the one before it committed.
+    front_since: Instant,
     next_seq: u64,
 }
 
@@ -54,6 +70,7 @@ impl InOrder {
             sinks: sinks.max(1),
             out: VecDeque::new(),
             next_seq: 0,
+            front_since: Instant::now(),
         }
     }
 
@@ -62,6 +79,9 @@ impl InOrder {
         let seq = self.next_seq;
         self.next_seq += 1;
         let batch = Arc::new(batch);
+        if self.out.is_empty() {
+            self.front_since = Instant::now();
+        }
         self.out.push_back((seq, batch.clone(), self.sinks));
         Delivery { seq, batch }
     }
@@ -82,7 +102,10 @@ impl InOrder {
         }
         let (seq, batch, owed) = self.out.pop_front().expect("a front batch");
         match Arc::try_unwrap(batch) {
-            Ok(b) => Some(b),
+            Ok(b) => {
+                self.front_since = Instant::now();
+                Some(b)
+            }
             // A sink tells only after dropping its share; should one still hold it, wait.
             Err(batch) => {
                 self.out.push_front((seq, batch, owed));
@@ -93,6 +116,11 @@ impl InOrder {
 
     pub fn len(&self) -> usize {
         self.out.len()
+    }
+
+    /// The oldest batch out has waited past [`HELD_AFTER`] for its sinks.
+    pub fn held(&self) -> bool {
+        !self.out.is_empty() && self.front_since.elapsed() >= HELD_AFTER
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,8 +141,8 @@ pub struct GroupTo<'a> {
     pub limit: usize,
     /// Where committed batches go back to the pipeline to be filled again.
     pub recycle: Option<Sender<Batch>>,
-    /// Raised while nothing is out: the pipeline may hand over a small batch early.
-    pub idle: Option<Arc<AtomicBool>>,
+    /// Where the pipeline sees whether anything is out, and whether it is held.
+    pub outlook: Option<Arc<Outlook>>,
 }
 
 /// Runs until the pipeline is done and everything out is committed, or a sink is gone with
@@ -123,17 +151,19 @@ pub fn group_loop(batches: Receiver<Batch>, to: GroupTo<'_>) {
     let mut committer = Committer::new(to.store, to.stats);
     let mut order = InOrder::new(to.sinks.len());
     let mut closed = false;
-    let set_idle = |idle: bool| {
-        if let Some(f) = &to.idle {
-            f.store(idle, Ordering::Relaxed);
+    let show = |idle: bool, held: bool| {
+        if let Some(o) = &to.outlook {
+            o.idle.store(idle, Ordering::Relaxed);
+            o.held.store(held, Ordering::Relaxed);
         }
     };
     loop {
-        set_idle(order.is_empty());
+        show(order.is_empty(), order.held());
         if closed && order.is_empty() {
             break;
         }
-        let wait = committer.retry_in().unwrap_or(Duration::from_secs(1));
+        // Woken at least every HELD_AFTER, so a held batch shows within two of them.
+        let wait = committer.retry_in().unwrap_or(HELD_AFTER).min(HELD_AFTER);
         let taking = !closed && order.len() < to.limit;
         let never = crossbeam_channel::never();
         let from = if taking { &batches } else { &never };
@@ -176,7 +206,7 @@ pub fn group_loop(batches: Receiver<Batch>, to: GroupTo<'_>) {
             }
         }
     }
-    set_idle(false);
+    show(false, false);
     committer.finish();
 }
 

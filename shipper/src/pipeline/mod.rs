@@ -27,6 +27,7 @@ use crate::status::TransformList;
 use crate::store::Store;
 use crate::transform::{build, Transform, Transforms};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
+use fanout::Outlook;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,9 +81,10 @@ pub struct Pipeline {
     tx: Sender<Batch>,
     /// Delivered batches coming back for reuse.
     recycled: Option<Receiver<Batch>>,
-    /// Set while the shipping thread waits for a batch: a quiet pipeline then hands over what
-    /// it has without waiting out max_wait (latency at no cost to throughput).
-    sink_idle: Option<Arc<AtomicBool>>,
+    /// What the shipping side shows: while nothing is out, a quiet pipeline hands over what it
+    /// has without waiting out max_wait (latency at no cost to throughput); while a batch is
+    /// held, the inputs keep the store's sizes current.
+    outlook: Option<Arc<Outlook>>,
     /// A full batch was handed over since the inputs last ran out of work: they are catching
     /// up on a backlog, so the remainder at the end goes to an idle sink at once (a trickle
     /// never fills a batch and keeps the max_wait/5 grouping).
@@ -108,7 +110,7 @@ impl Pipeline {
             generation: 0,
             tx,
             recycled: None,
-            sink_idle: None,
+            outlook: None,
             backlog: false,
             configs: None,
             wanted: Arc::new(Wanted::default()),
@@ -163,9 +165,9 @@ impl Pipeline {
         self.recycled = Some(rx);
     }
 
-    /// The flag the shipping thread raises while it waits for a batch.
-    pub fn sink_idle_flag(&mut self, flag: Arc<AtomicBool>) {
-        self.sink_idle = Some(flag);
+    /// Where the shipping side says whether it waits for a batch, or on its sinks.
+    pub fn outlook(&mut self, outlook: Arc<Outlook>) {
+        self.outlook = Some(outlook);
     }
 
     /// Take new configs from `rx` (reloads) between rounds.
@@ -212,6 +214,7 @@ impl Pipeline {
                 return None;
             }
         }
+        self.stalled_inputs();
         let mut busy = false;
         for i in 0..self.inputs.len() {
             let limits = self.limits();
@@ -251,6 +254,20 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// A sink slow or down holds the batches out: nothing commits, so the lag the store shows
+    /// would freeze at the last commit while files and spools grow. The inputs note how far.
+    fn stalled_inputs(&mut self) {
+        if self
+            .outlook
+            .as_ref()
+            .is_some_and(|o| o.held.load(Ordering::Relaxed))
+        {
+            for i in &mut self.inputs {
+                i.stalled();
+            }
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -294,9 +311,9 @@ impl Pipeline {
     fn early_flush_due(&self) -> bool {
         !self.batch.is_idle()
             && self
-                .sink_idle
+                .outlook
                 .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
+                .is_some_and(|o| o.idle.load(Ordering::Relaxed))
             && (self.backlog || self.batch.created.elapsed() >= self.cfg.batch.max_wait / 5)
     }
 
@@ -337,7 +354,10 @@ impl Pipeline {
         loop {
             match self.tx.send_timeout(batch, Duration::from_millis(200)) {
                 Ok(()) => return true,
-                Err(SendTimeoutError::Timeout(b)) => batch = b,
+                Err(SendTimeoutError::Timeout(b)) => {
+                    self.stalled_inputs();
+                    batch = b;
+                }
                 Err(SendTimeoutError::Disconnected(_)) => return false,
             }
         }

@@ -116,7 +116,7 @@ fn ship(
                 heard,
                 limit: 4,
                 recycle: None,
-                idle: None,
+                outlook: None,
             },
         );
     });

@@ -191,6 +191,27 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Records how large streams' files have grown while nothing commits (a sink outage), in
+    /// one transaction: the lag the tables show keeps growing with the files. A size only
+    /// grows here, so a size noted earlier than the last commit's cannot lower it.
+    pub fn note_sizes(&mut self, sizes: &[(String, u64)]) -> Result<(), StoreError> {
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let write = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut st =
+                    tx.prepare_cached("UPDATE streams SET size = MAX(size, ?2) WHERE stream = ?1")?;
+                for (stream, size) in sizes {
+                    st.execute(params![stream, *size as i64])?;
+                }
+            }
+            tx.commit()
+        };
+        write(&mut self.conn).map_err(|e| self.err(e))
+    }
+
     pub fn stream_offsets(&self, stream: &str) -> Result<Option<(u64, u64)>, StoreError> {
         self.conn
             .query_row(
@@ -246,7 +267,7 @@ fn write_owed(conn: &mut Connection, owed: &Pending) -> rusqlite::Result<()> {
     {
         let mut st = tx.prepare_cached(
             "UPDATE streams SET committed_offset = ?2, committed_hash = ?3,
-                read_offset = MAX(read_offset, ?4), size = ?5, records = records + ?6, bytes = bytes + ?7,
+                read_offset = MAX(read_offset, ?4), size = MAX(size, ?5), records = records + ?6, bytes = bytes + ?7,
                 overlong_records = overlong_records + ?8, last_commit = ?9, last_read = ?9
              WHERE stream = ?1",
         )?;

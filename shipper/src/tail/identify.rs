@@ -399,6 +399,8 @@ impl Tailer {
             },
             fingerprint: row.fingerprint,
             size,
+            // The row just written has it.
+            noted_size: size,
             at_eof: false,
             dirty: true,
             last_data: Instant::now(),

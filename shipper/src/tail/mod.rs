@@ -15,6 +15,7 @@ mod reclaim;
 mod registry;
 mod scanning;
 mod slots;
+mod stalled;
 mod timers;
 
 use crate::batch::{Ack, Intake, StreamMeta};
@@ -77,6 +78,8 @@ struct Tracked {
     meta: StreamMeta,
     fingerprint: Option<u64>,
     size: u64,
+    /// The size last written to the store while the pipeline was held ([`stalled`]).
+    noted_size: u64,
     at_eof: bool,
     dirty: bool,
     last_data: Instant,
@@ -155,6 +158,8 @@ pub struct Tailer {
     timers: timers::Timers,
     last_prune: Instant,
     last_scan: Option<Instant>,
+    /// When sizes were last noted while a sink outage held the pipeline ([`stalled`]).
+    last_stall_note: Option<Instant>,
     scan_requested: bool,
     /// Scans off this thread once the pipeline starts the input (tests stepping turns scan
     /// in line).
@@ -209,6 +214,7 @@ impl Tailer {
             timers: timers::Timers::default(),
             last_prune: Instant::now(),
             last_scan: None,
+            last_stall_note: None,
             scan_requested: true,
             scanner: None,
             scan_dirs: Vec::new(),
@@ -383,6 +389,10 @@ impl Input for Tailer {
 
     fn idle_wait(&self) -> Duration {
         self.wait_hint()
+    }
+
+    fn stalled(&mut self) {
+        self.note_stalled_sizes();
     }
 
     fn reconfigure(&mut self, cfg: &Arc<Config>) {

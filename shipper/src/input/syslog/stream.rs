@@ -315,6 +315,12 @@ impl Input for SyslogInput {
         POLL
     }
 
+    /// The spools keep filling while a sink outage holds the batches: their rows' sizes follow
+    /// (once a second, with the reclaim that writes them), so the lag shown grows with them.
+    fn stalled(&mut self) {
+        self.reclaim();
+    }
+
     /// A source whose options changed is restarted (its connections close; senders reconnect),
     /// a new one started, a removed one stopped; the others keep their connections. Spools
     /// stay: a listener that comes back later goes on from its committed offset.
