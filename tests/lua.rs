@@ -330,3 +330,34 @@ fn a_script_that_does_not_load_is_a_config_error_and_a_reload_keeps_the_running_
     agent.signal(libc::SIGTERM);
     agent.wait_exit(PATIENCE);
 }
+
+/// The agent watches its scripts as it watches its config: saving an edited script is enough,
+/// with no `reload` and no change to the config file.
+#[test]
+fn an_edited_script_file_alone_is_taken_without_a_reload() {
+    let env = env_with(&[(
+        "app",
+        "function process(rec) rec.fields.v = 1 return rec end\n",
+        "",
+    )]);
+    let script = env.p("scripts/app.lua");
+    let mut agent = env.start();
+    append_lines(&env.p("logs/app.log"), &["one".to_string()]);
+    env.wait_msgs(&agent, &["one".to_string()]);
+    assert_eq!(by_msg(&env, "app")["one"]["fields"]["v"], 1);
+    std::fs::write(
+        &script,
+        "function process(rec) rec.fields.v = 2 return rec end\n",
+    )
+    .unwrap();
+    let mut n = 0;
+    wait_for("a record through the edited script", PATIENCE, || {
+        n += 1;
+        let line = format!("probe {n}");
+        append_lines(&env.p("logs/app.log"), &[line.clone()]);
+        env.wait_msgs(&agent, &[line.clone()]);
+        by_msg(&env, "app")[&line]["fields"]["v"] == 2
+    });
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(PATIENCE);
+}

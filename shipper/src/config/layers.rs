@@ -293,14 +293,17 @@ impl Layers {
             .collect()
     }
 
-    /// The files whose change means a reload: the config file and every enabled pack.
+    /// The files whose change means a reload: the config file, every enabled pack and the Lua
+    /// transforms' script files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let vars = self
             .templated
             .then(|| super::template::vars_path(&self.path));
+        let dir = super::config_dir(&self.path);
         std::iter::once(self.path.clone())
             .chain(vars)
             .chain(self.packs.iter().map(|p| p.path.clone()))
+            .chain(super::lua::script_files(&self.merged(), &dir))
             .collect()
     }
 

@@ -35,6 +35,23 @@ pub fn defaults() -> Vec<(&'static str, toml::Value)> {
     ]
 }
 
+/// The script files the Lua transforms of a config table read (`transforms.NAME.path` where
+/// `type = "lua"`), resolved as [`read`] resolves them: an edited script is a reload, as an
+/// edited config is. Taken from the table, not from a resolved config, so that a script whose
+/// load failed is watched too and fixing it is seen.
+pub fn script_files(table: &toml::Table, config_dir: &Path) -> Vec<std::path::PathBuf> {
+    let Some(transforms) = table.get("transforms").and_then(toml::Value::as_table) else {
+        return Vec::new();
+    };
+    transforms
+        .values()
+        .filter_map(toml::Value::as_table)
+        .filter(|t| t.get("type").and_then(toml::Value::as_str) == Some("lua"))
+        .filter_map(|t| t.get("path").and_then(toml::Value::as_str))
+        .map(|p| config_dir.join(p))
+        .collect()
+}
+
 /// A Lua transform's script and limits, as read from the config.
 #[derive(Debug, Clone)]
 pub struct LuaOptions {

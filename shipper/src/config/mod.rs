@@ -161,11 +161,7 @@ impl Config {
     }
 
     pub fn from_table(path: &Path, table: &toml::Table) -> Result<Config, ConfigError> {
-        let abs = absolute(path);
-        let base = abs
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
+        let base = config_dir(path);
         let mut issues = Vec::new();
         let mut top = TableReader::new("", table);
 
@@ -338,7 +334,7 @@ impl Config {
             });
         }
         Ok(Config {
-            path: abs,
+            path: absolute(path),
             host_id,
             state_dir,
             sources,
@@ -359,6 +355,14 @@ impl Config {
         log_sensor_common::state_dir::store(&self.state_dir)
     }
 }
+/// The folder the config's relative paths are taken from: the config file's own.
+fn config_dir(path: &Path) -> PathBuf {
+    absolute(path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     let p = if path.is_absolute() {
         path.to_path_buf()
