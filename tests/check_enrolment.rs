@@ -1,7 +1,8 @@
-//! `log-sensor check` against `log-sensor run` on configs with a collector sink: where `run`
-//! refuses to start because the sink has no identity (nothing enrolled in `<state_dir>/tls/`, no
-//! `sink.cert`/`sink.key`, no `--cert`/`--key`), `check` fails with `run`'s own message, naming
-//! the sink and `log-sensor enroll`; with an identity enrolled or given, it passes.
+//! `log-sensor check` against `log-sensor run` on configs with a collector or a TLS syslog sink:
+//! where `run` refuses to start because the sink has no identity (nothing enrolled in
+//! `<state_dir>/tls/`, no `sink.cert`/`sink.key`, no `--cert`/`--key`) or its TLS files do not
+//! load, `check` fails with `run`'s own message, naming the sink (and `log-sensor enroll` for a
+//! collector); with an identity enrolled or given, it passes.
 
 #[path = "support/pki.rs"]
 mod pki;
@@ -191,5 +192,31 @@ fn check_passes_a_collector_sink_whose_identity_is_enrolled_or_given() {
             &pki.p("client.key"),
         ],
     );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn check_fails_as_run_does_for_a_syslog_sink_whose_tls_files_do_not_load() {
+    let env = AgentEnv::with_config(&config(
+        r#"
+[sink]
+type = "syslog"
+address = "127.0.0.1:6514"
+tls = true
+ca = "nope/ca.pem"
+"#,
+    ));
+    let out = check(&env, &[]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let said = out.stderr.trim_end();
+    assert!(said.contains("nope/ca.pem"), "{said}");
+    assert_eq!(said, run_refusal(&env), "check says what run says");
+
+    let pki = Pki::new(&env.p("pki"), "web1");
+    let env = AgentEnv::with_config(&config(&format!(
+        "[sink]\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\ntls = true\nca = {:?}\n",
+        pki.p("ca.pem")
+    )));
+    let out = check(&env, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }

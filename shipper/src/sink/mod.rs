@@ -110,12 +110,14 @@ pub fn describe_all(sinks: &[NamedSink]) -> String {
 }
 
 /// What [`build`] would refuse to start on, found by reading files only (`log-sensor check`):
-/// a collector sink whose CA, certificate or key do not load (not enrolled yet). Named as the
+/// a collector sink whose CA, certificate or key do not load (not enrolled yet), a syslog sink
+/// whose TLS files do not. Named as the
 /// agent names a sink that cannot start: `sinks.NAME (…)` for a named one.
 pub fn check(n: &NamedSink) -> Result<(), SinkError> {
     let checked = match &n.sink {
         SinkConfig::Collector(opts) => collector::CollectorSink::check(opts),
-        SinkConfig::File { .. } | SinkConfig::Stdout | SinkConfig::Syslog(_) => Ok(()),
+        SinkConfig::Syslog(opts) => syslog::SyslogSink::check(opts),
+        SinkConfig::File { .. } | SinkConfig::Stdout => Ok(()),
     };
     checked.map_err(|e| named(&n.name, e))
 }

@@ -49,18 +49,7 @@ pub struct SyslogSink {
 
 impl SyslogSink {
     pub fn open(opts: &SyslogOptions) -> Result<SyslogSink, SinkError> {
-        let config = match &opts.tls {
-            Some(t) => {
-                let mut r = tls::Reloading::new(t.ca.clone(), t.identity.clone());
-                // Unreadable files are a start-up error, not a retry loop.
-                r.get().map_err(|e| SinkError::Failed {
-                    sink: describe(opts),
-                    message: e.to_string(),
-                })?;
-                Some(r)
-            }
-            None => None,
-        };
+        let config = Self::tls_files(opts)?;
         let mut sink = SyslogSink {
             opts: opts.clone(),
             config,
@@ -85,6 +74,25 @@ impl SyslogSink {
             sink.ahead = Some(rx);
         }
         Ok(sink)
+    }
+
+    /// Whether [`SyslogSink::open`] would start: its TLS files (if any) load. Reads those files
+    /// and nothing else, so `log-sensor check` fails where `run` would.
+    pub fn check(opts: &SyslogOptions) -> Result<(), SinkError> {
+        Self::tls_files(opts).map(drop)
+    }
+
+    /// The TLS files, loaded once: unreadable ones are a start-up error, not a retry loop.
+    fn tls_files(opts: &SyslogOptions) -> Result<Option<tls::Reloading>, SinkError> {
+        let Some(t) = &opts.tls else {
+            return Ok(None);
+        };
+        let mut r = tls::Reloading::new(t.ca.clone(), t.identity.clone());
+        r.get().map_err(|e| SinkError::Failed {
+            sink: describe(opts),
+            message: e.to_string(),
+        })?;
+        Ok(Some(r))
     }
 
     fn fail(&self, message: String) -> SinkError {
