@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::names::{self, IdError};
 
+mod gzip_members;
 mod lz4_frames;
 mod scan;
 
@@ -92,6 +93,8 @@ pub fn path_of_line(line: &[u8]) -> Option<String> {
 pub enum IngestError {
     #[error("body is not valid gzip (Content-Encoding: gzip): {0}")]
     Gzip(std::io::Error),
+    #[error("body has {len} trailing bytes after the gzip stream (from byte {at}), which do not start another gzip member (Content-Encoding: gzip)")]
+    GzipTrailing { at: u64, len: u64 },
     #[error("body is not a valid LZ4 frame (Content-Encoding: lz4): {0}")]
     Lz4(std::io::Error),
     #[error("body is larger than {limit} bytes once decoded")]
@@ -198,13 +201,22 @@ fn read_batch_in_pieces<E: From<IngestError>>(
         Some(e) if e.eq_ignore_ascii_case("lz4") => Coding::Lz4,
         Some(other) => return Err(IngestError::Encoding(other.to_owned()).into()),
     };
-    let failed = |e: std::io::Error| match e.get_ref().and_then(|r| r.downcast_ref::<BodyCut>()) {
-        Some(_) => IngestError::Cut,
-        None => match coding {
+    let failed = |e: std::io::Error| {
+        let inner = e.get_ref();
+        if inner.is_some_and(|r| r.is::<BodyCut>()) {
+            return IngestError::Cut;
+        }
+        if let Some(t) = inner.and_then(|r| r.downcast_ref::<gzip_members::TrailingBytes>()) {
+            return IngestError::GzipTrailing {
+                at: t.at,
+                len: t.len,
+            };
+        }
+        match coding {
             Coding::Gzip => IngestError::Gzip(e),
             Coding::Lz4 => IngestError::Lz4(e),
             Coding::Identity => IngestError::Cut,
-        },
+        }
     };
     let mut parser = BatchParser::new(cert_host);
     // Log lines compress ten to twenty times with gzip, four to eight with
@@ -220,14 +232,15 @@ fn read_batch_in_pieces<E: From<IngestError>>(
     // lz4 is read like a plain body: the decoder hands out each decoded
     // block through `BufRead`, so a block is copied once, into `body`. Its
     // input's frames are followed (`lz4_frames`): the decoder takes a body
-    // cut between blocks for its end, and ends its output at each frame's.
+    // cut between blocks for its end, and ends its output at each frame's. gzip's members are
+    // followed likewise (`gzip_members`), so bytes after the last one are named, not guessed at.
     enum Decode<R: BufRead> {
         Plain(R),
         Lz4(lz4_flex::frame::FrameDecoder<lz4_frames::Frames<R>>),
-        Gzip(flate2::bufread::MultiGzDecoder<R>),
+        Gzip(gzip_members::Members<R>),
     }
     let mut src = match coding {
-        Coding::Gzip => Decode::Gzip(flate2::bufread::MultiGzDecoder::new(src)),
+        Coding::Gzip => Decode::Gzip(gzip_members::Members::new(src)),
         Coding::Lz4 => Decode::Lz4(lz4_flex::frame::FrameDecoder::new(lz4_frames::Frames::new(
             src,
         ))),

@@ -394,6 +394,38 @@ fn gzip_is_decoded_and_bounded() {
     ));
 }
 
+/// Members back to back (`cat a.gz b.gz`) are one body; bytes after the last member that start
+/// no other are refused naming them, where they were refused as "unexpected end of file".
+#[test]
+fn gzip_members_are_one_body_and_trailing_bytes_are_named() {
+    let plain = lines(40);
+    let cut = plain[..plain.len() / 2]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let two = [gzip(&plain[..cut]), gzip(&plain[cut..])].concat();
+    let batch = read_batch(&two[..], Some("gzip"), 1 << 20, 0, "h").unwrap();
+    assert_eq!((batch.record_count, batch.body), (40, plain.clone()));
+    // The bound holds across members: the first alone fits, both do not.
+    assert!(matches!(
+        read_batch(&two[..], Some("gzip"), plain.len() as u64 - 1, 0, "h"),
+        Err(IngestError::TooLarge { .. })
+    ));
+    for junk in [&b"\n\n"[..], b"junk", &[0u8; 300]] {
+        let body = [&two[..], junk].concat();
+        let err = read_batch(&body[..], Some("gzip"), 1 << 20, 0, "h").unwrap_err();
+        assert!(
+            matches!(err, IngestError::GzipTrailing { at, len } if at == two.len() as u64 && len == junk.len() as u64),
+            "{err}"
+        );
+        assert_eq!(err.status(), 400);
+        let says = format!("{} trailing bytes after the gzip stream", junk.len());
+        assert!(err.to_string().contains(&says), "{err}");
+        assert!(err.to_string().contains("Content-Encoding: gzip"), "{err}");
+    }
+}
+
 /// A body whose source fails (the connection broke, or the pump
 /// refused it) is never a batch, whatever came before.
 #[test]
