@@ -73,7 +73,7 @@ pub enum ConfigError {
     },
 }
 
-/// Failed-login limits for `/v1/enroll`.
+/// Failed-login limits for `/v1/enroll`, and how often a host may renew.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimit {
@@ -82,6 +82,12 @@ pub struct RateLimit {
     pub max_failures: u32,
     /// Length of the sliding window.
     pub window_secs: u64,
+    /// Renewals (`/v1/renew`) allowed per host within `renewal_window_secs`;
+    /// the next one is answered 429. An agent renews once per two thirds of
+    /// its certificate's lifetime, and a minute after a failed try.
+    pub max_renewals: u32,
+    /// Length of the renewals' sliding window.
+    pub renewal_window_secs: u64,
 }
 
 impl Default for RateLimit {
@@ -89,6 +95,8 @@ impl Default for RateLimit {
         RateLimit {
             max_failures: 5,
             window_secs: 300,
+            max_renewals: 10,
+            renewal_window_secs: 3600,
         }
     }
 }
@@ -338,6 +346,15 @@ impl Config {
         }
         if self.rate_limit.window_secs == 0 {
             return Err(invalid("rate_limit.window_secs", "must be at least 1"));
+        }
+        if self.rate_limit.max_renewals == 0 {
+            return Err(invalid("rate_limit.max_renewals", "must be at least 1"));
+        }
+        if self.rate_limit.renewal_window_secs == 0 {
+            return Err(invalid(
+                "rate_limit.renewal_window_secs",
+                "must be at least 1",
+            ));
         }
         if let StorageConfig::Jetstream(js) = &self.storage {
             js.check()

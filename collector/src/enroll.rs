@@ -11,6 +11,7 @@ use crate::db::{CertState, Issued};
 use crate::names;
 use crate::pki::{Ca, PkiError};
 use crate::ratelimit::{Limiter, Refusal, Try};
+use crate::renew_limit::{Counted, RenewLimit};
 use crate::storage::{Store, StoreError};
 use crate::verify::{Slot, Verifier};
 
@@ -23,6 +24,13 @@ pub enum EnrollError {
     RateLimited,
     #[error("too many enrolments are being checked at once; try again in a few seconds")]
     Busy,
+    #[error("host {host_id:?} has renewed {max} times within {window_secs} s (rate_limit.max_renewals); its certificate still works: renew again in {retry_after_secs} s")]
+    RenewLimited {
+        host_id: String,
+        max: u32,
+        window_secs: u64,
+        retry_after_secs: u64,
+    },
     /// Deliberately one message for unknown user and wrong password.
     #[error("invalid credentials")]
     BadCredentials,
@@ -41,7 +49,7 @@ pub enum EnrollError {
 impl EnrollError {
     pub fn status(&self) -> u16 {
         match self {
-            EnrollError::RateLimited | EnrollError::Busy => 429,
+            EnrollError::RateLimited | EnrollError::Busy | EnrollError::RenewLimited { .. } => 429,
             EnrollError::BadCredentials => 401,
             EnrollError::BadHostId { .. }
             | EnrollError::Pki(PkiError::BadCsr(_) | PkiError::UnsupportedKey) => 400,
@@ -53,7 +61,7 @@ impl EnrollError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            EnrollError::RateLimited => "rate_limited",
+            EnrollError::RateLimited | EnrollError::RenewLimited { .. } => "rate_limited",
             EnrollError::Busy => "busy",
             EnrollError::BadCredentials => "invalid_credentials",
             EnrollError::BadHostId { .. } => "bad_host_id",
@@ -92,6 +100,9 @@ pub struct Enroller {
     pub limiter: Arc<Limiter>,
     /// Bounds the argon2 checks running at once.
     pub verifier: Verifier,
+    /// Renewals per host: each signs and writes the database, and a host with a valid
+    /// certificate could otherwise renew in a loop.
+    pub renewals: RenewLimit,
     /// Lifetime of issued certificates.
     pub cert_days: u32,
 }
@@ -143,19 +154,42 @@ impl Enroller {
         self.issue(&req.csr, &req.host_id, &req.username, "enroll", source)
     }
 
-    /// A fresh certificate for the host a valid certificate proves.
+    /// Counts a renewal of `host_id` under its limit, before its body is read.
+    pub fn admit_renewal(&self, host_id: &str) -> Result<Counted, EnrollError> {
+        self.renewals
+            .take(host_id, std::time::Instant::now())
+            .map_err(|limited| EnrollError::RenewLimited {
+                host_id: host_id.to_owned(),
+                max: self.renewals.max(),
+                window_secs: self.renewals.window().as_secs(),
+                // Whole seconds, rounded up: a retry at the time said is let through.
+                retry_after_secs: limited.retry_after.as_secs()
+                    + u64::from(limited.retry_after.subsec_nanos() > 0),
+            })
+    }
+
+    /// A fresh certificate for the host a valid certificate proves, counted by
+    /// [`admit_renewal`](Self::admit_renewal). Blocking (signing, the database).
     pub fn renew(
         &self,
+        counted: Counted,
         serial: &str,
         host_id: &str,
         csr: &str,
         source: IpAddr,
     ) -> Result<CertReply, EnrollError> {
-        let username = match self.db.cert_state(serial)? {
-            CertState::Valid { username } => username,
-            CertState::Revoked | CertState::Unknown => return Err(EnrollError::Revoked),
+        let result = match self.db.cert_state(serial) {
+            Ok(CertState::Valid { username }) => {
+                self.issue(csr, host_id, &username, "renew", source)
+            }
+            Ok(CertState::Revoked | CertState::Unknown) => Err(EnrollError::Revoked),
+            Err(e) => Err(e.into()),
         };
-        self.issue(csr, host_id, &username, "renew", source)
+        if result.as_ref().is_err_and(|e| e.status() >= 500) {
+            // The collector's fault (its database or CA), not the host's: the host may retry.
+            self.renewals.give_back(host_id, counted);
+        }
+        result
     }
 
     fn issue(

@@ -12,6 +12,7 @@
 //!   connections see it.
 //! * `ratelimit` — failed-enrolment limits per address and per user,
 //!   counting tries in flight.
+//! * `renew_limit` — renewals per host within a sliding window.
 //! * `verify`    — password checks bounded in number, and their memory
 //!   returned after a burst.
 //! * `enroll`    — `/v1/enroll` and `/v1/renew`.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod names;
 pub mod pki;
 pub mod ratelimit;
+pub mod renew_limit;
 pub mod revoke;
 pub mod server;
 pub mod storage;

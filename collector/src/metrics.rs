@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Enrolments refused because no room or no password check came free
     /// in time (429 `busy`).
     pub enrol_busy: AtomicU64,
+    /// Renewals refused by the per-host renewal limit (429 `rate_limited`).
+    pub renew_rate_limited: AtomicU64,
     /// A gauge: argon2 password checks running now.
     pub password_checks: AtomicU64,
     /// A gauge: the most password checks that ever ran at once (bounded by
@@ -137,6 +139,11 @@ impl Metrics {
             "enrol_busy_total",
             "Enrolments refused because password checks stayed busy.",
             &self.enrol_busy,
+        );
+        counter(
+            "renew_rate_limited_total",
+            "Renewals refused by the per-host renewal limit.",
+            &self.renew_rate_limited,
         );
         counter(
             "alerts_total",

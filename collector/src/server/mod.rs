@@ -22,6 +22,7 @@ use crate::enroll::Enroller;
 use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::ratelimit::Limiter;
+use crate::renew_limit::RenewLimit;
 use crate::revoke::watch_revocations;
 use crate::storage::{Store, StoreError};
 use crate::tls::{make_server_config, RevokedSet};
@@ -129,6 +130,10 @@ impl Server {
                 Duration::from_secs(config.rate_limit.window_secs),
             ),
             verifier: Verifier::new(config.max_password_checks, Arc::clone(&metrics)),
+            renewals: RenewLimit::new(
+                config.rate_limit.max_renewals,
+                Duration::from_secs(config.rate_limit.renewal_window_secs),
+            ),
             cert_days: config.cert_days,
         };
         let alert_log = AlertLog::open(&layout.alerts_log())?;

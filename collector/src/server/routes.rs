@@ -92,6 +92,9 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
         EnrollError::RateLimited => {
             collector.metrics.enrol_rate_limited.fetch_add(1, Relaxed);
         }
+        EnrollError::RenewLimited { .. } => {
+            collector.metrics.renew_rate_limited.fetch_add(1, Relaxed);
+        }
         EnrollError::Busy => {
             collector.metrics.enrol_busy.fetch_add(1, Relaxed);
         }
@@ -104,6 +107,9 @@ fn enroll_error(collector: &Collector, e: EnrollError) -> Reply {
     let mut reply = error(e.status(), e.code(), &e);
     let retry_after = match e {
         EnrollError::RateLimited => Some(collector.config.rate_limit.window_secs),
+        EnrollError::RenewLimited {
+            retry_after_secs, ..
+        } => Some(retry_after_secs),
         EnrollError::Busy => Some(2),
         _ => None,
     };
@@ -194,6 +200,13 @@ async fn renew(
     source: IpAddr,
     req: Request<Incoming>,
 ) -> Reply {
+    // Counted before the body is read: a host renewing in a loop is refused before it costs a
+    // signature or a database write. Like refused enrolments, refusals are counted in
+    // /metrics rather than logged one by one.
+    let counted = match collector.enroller.admit_renewal(&id.host) {
+        Ok(c) => c,
+        Err(e) => return enroll_error(collector, e),
+    };
     let stall = Duration::from_secs(collector.config.body_timeout_secs);
     let body = match read_body(req, MAX_SMALL_BODY, stall).await {
         Ok(b) => b,
@@ -205,7 +218,12 @@ async fn renew(
     };
     let c = Arc::clone(collector);
     let (serial, host) = (id.serial.clone(), id.host.clone());
-    match blocking(move || c.enroller.renew(&serial, &host, &request.csr, source)).await {
+    match blocking(move || {
+        c.enroller
+            .renew(counted, &serial, &host, &request.csr, source)
+    })
+    .await
+    {
         Ok(Ok(reply)) => {
             collector.metrics.renewals.fetch_add(1, Relaxed);
             json(200, &reply)
