@@ -2171,3 +2171,267 @@ fn many_streams_over_time_are_stored_through_a_few_open_files() {
         );
     }
 }
+
+// ------------------------------------------------ bodies, renewals, rotated files
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A gzip body of several members (`cat a.gz b.gz`) is one batch; bytes after its last member
+/// that start no other are refused naming them. They were refused as "unexpected end of file".
+#[test]
+fn gzip_members_are_one_batch_and_trailing_bytes_are_named() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let lines: Vec<String> = (0..20)
+        .map(|i| record("web-01", "s1", i * 100, "whole"))
+        .collect();
+    let two = [gzip(&batch(&lines[..10])), gzip(&batch(&lines[10..]))].concat();
+    let gz = [("Content-Encoding", "gzip")];
+    let resp = c
+        .connect(Some(&id))
+        .request("POST", "/v1/ingest", &gz, &two);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["stored"], 20);
+    let file = c.data_file("web-01", "s1");
+    assert_eq!(stored_lines(&file), lines);
+
+    let more = record("web-01", "s1", 5000, "whole");
+    let body = [&gzip(&batch(&[more]))[..], b"junk\n"].concat();
+    let resp = c
+        .connect(Some(&id))
+        .request("POST", "/v1/ingest", &gz, &body);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "bad_batch");
+    let error = resp.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("5 trailing bytes after the gzip stream"),
+        "{error}"
+    );
+    assert!(!error.contains("unexpected end of file"), "{error}");
+    assert_eq!(stored_lines(&file), lines, "nothing of it stored");
+}
+
+fn renew(c: &Collector, id: &Identity) -> Response {
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    c.connect(Some(id))
+        .post_json("/v1/renew", &json!({"csr": csr}))
+}
+
+/// A host with a valid certificate could call `/v1/renew` in a loop, each call signing a
+/// certificate and writing the database: past `max_renewals` within the window it gets 429
+/// with a `Retry-After`, counted in /metrics, while other hosts renew and it still ships.
+#[test]
+fn renewals_past_the_limit_are_refused_per_host() {
+    let mut c = Collector::with_config(|cfg| set_config(cfg, "max_renewals", "10", "2"));
+    c.start();
+    let (a, b) = (c.enroll("web-01"), c.enroll("web-02"));
+    for n in 0..2 {
+        let resp = renew(&c, &a);
+        assert_eq!(resp.status, 200, "renewal {n}: {}", resp.text());
+    }
+    let resp = renew(&c, &a);
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "rate_limited");
+    let error = resp.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("\"web-01\" has renewed 2 times"), "{error}");
+    let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!((3500..=3600).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(
+        metric(
+            &c.metrics(),
+            "log_sensor_collector_renew_rate_limited_total"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&c.metrics(), "log_sensor_collector_renewals_total"),
+        2.0
+    );
+    // The limit is the host's: another renews, and the limited one still ships.
+    assert_eq!(renew(&c, &b).status, 200);
+    let resp = c
+        .connect(Some(&a))
+        .ingest(&batch(&[record("web-01", "s", 0, "whole")]));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// An operator's logrotate moving the collector's output files: after a rename (with or
+/// without a new file put in place), a delete or a copytruncate, new records go to the file at
+/// the original path, and re-sends are still duplicates. They went on into the renamed file (or
+/// the deleted one).
+#[test]
+fn a_stream_file_moved_away_is_followed_by_a_new_one_at_its_path() {
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let file = c.data_file("web-01", "app");
+    let mut conn = c.connect(Some(&id));
+    let mut offset = 0;
+    let mut send = |conn: &mut Conn, n: u64| {
+        let lines: Vec<String> = (offset..offset + n)
+            .map(|o| record("web-01", "app", o, "whole"))
+            .collect();
+        offset += n;
+        let resp = conn.ingest(&batch(&lines));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["stored"].as_u64(), Some(n));
+    };
+    send(&mut conn, 3);
+    // logrotate's default: rename, then a new empty file in its place.
+    let rotated = file.with_extension("ndjson.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    std::fs::File::create(&file).unwrap();
+    send(&mut conn, 2);
+    assert_eq!(offsets(&rotated), vec![0, 1, 2]);
+    assert_eq!(offsets(&file), vec![3, 4]);
+    // `nocreate`: renamed, nothing in its place; the collector makes the file.
+    let rotated2 = file.with_extension("ndjson.2");
+    std::fs::rename(&file, &rotated2).unwrap();
+    send(&mut conn, 1);
+    assert_eq!(offsets(&rotated2), vec![3, 4]);
+    assert_eq!(offsets(&file), vec![5]);
+    // Deleted.
+    std::fs::remove_file(&file).unwrap();
+    send(&mut conn, 1);
+    assert_eq!(offsets(&file), vec![6]);
+    // copytruncate: copied, then cut to nothing in place; appended from its new end.
+    std::fs::copy(&file, file.with_extension("ndjson.3")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    send(&mut conn, 1);
+    assert_eq!(offsets(&file), vec![7]);
+    // Re-sends of records now in rotated files are still duplicates, across a restart too, and
+    // with the file moved away while the collector was stopped.
+    let resend = batch(&[
+        record("web-01", "app", 1, "whole"),
+        record("web-01", "app", 7, "whole"),
+    ]);
+    let resp = conn.ingest(&resend);
+    assert_eq!(resp.json()["duplicates"], 2, "{}", resp.text());
+    drop(conn);
+    c.kill9();
+    std::fs::rename(&file, file.with_extension("ndjson.4")).unwrap();
+    c.start();
+    let mut conn = c.connect(Some(&id));
+    let resp = conn.ingest(&resend);
+    assert_eq!(resp.json()["duplicates"], 2, "{}", resp.text());
+    send(&mut conn, 1);
+    assert_eq!(offsets(&file), vec![8]);
+    assert!(
+        c.log().contains("stream file moved away"),
+        "logged: {}",
+        c.log()
+    );
+}
+
+/// The real logrotate over the collector's `data/`, as an operator would set it up: `nocreate`,
+/// `create` and `copytruncate` (one stream each), with `compress` and `delaycompress`, run
+/// between batches and re-sends. Every record ends up in exactly one of a stream's files, the
+/// current one holding the batches after the last rotation. Skipped without logrotate.
+#[test]
+fn logrotate_over_the_stream_files_loses_and_duplicates_nothing() {
+    if Command::new("logrotate").arg("--version").output().is_err() {
+        eprintln!("logrotate is not installed: skipped");
+        return;
+    }
+    let mut c = Collector::new();
+    c.start();
+    let id = c.enroll("web-01");
+    let streams = ["a", "b", "c"];
+    let conf = c.root.path().join("logrotate.conf");
+    let modes = ["nocreate", "create 0600", "copytruncate"];
+    let text: String = streams
+        .iter()
+        .zip(modes)
+        .map(|(s, mode)| {
+            format!(
+                "{} {{\n    rotate 10\n    {mode}\n    compress\n    delaycompress\n    missingok\n}}\n",
+                c.data_file("web-01", s).display()
+            )
+        })
+        .collect();
+    std::fs::write(&conf, text).unwrap();
+    let state = c.root.path().join("logrotate.state");
+    let mut conn = c.connect(Some(&id));
+    let mut next = 0;
+    for round in 0..4 {
+        let lines: Vec<String> = (next..next + 5)
+            .flat_map(|o| streams.map(|s| record("web-01", s, o, "whole")))
+            .collect();
+        // Each batch once more: the second is all duplicates.
+        for _ in 0..2 {
+            let resp = conn.ingest(&batch(&lines));
+            assert_eq!(resp.status, 200, "round {round}: {}", resp.text());
+        }
+        next += 5;
+        let out = Command::new("logrotate")
+            .args(["-f", "-s"])
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "logrotate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let last: Vec<String> = (next..next + 2)
+        .flat_map(|o| streams.map(|s| record("web-01", s, o, "whole")))
+        .collect();
+    assert_eq!(conn.ingest(&batch(&last)).status, 200);
+    next += 2;
+    let host_dir = c.dir.join("data").join("web-01");
+    for s in streams {
+        let current = c.data_file("web-01", s);
+        assert_eq!(offsets(&current), vec![next - 2, next - 1], "stream {s}");
+        let mut all = Vec::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&host_dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !name.starts_with(&format!("{s}.ndjson")) {
+                continue;
+            }
+            files += 1;
+            let mut text = String::new();
+            let file = std::fs::File::open(&path).unwrap();
+            if name.ends_with(".gz") {
+                flate2::read::MultiGzDecoder::new(file)
+                    .read_to_string(&mut text)
+                    .unwrap();
+            } else {
+                std::io::BufReader::new(file)
+                    .read_to_string(&mut text)
+                    .unwrap();
+            }
+            all.extend(text.lines().map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            }));
+        }
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..next).collect::<Vec<_>>(),
+            "stream {s}, {files} files"
+        );
+        assert!(files >= 4, "stream {s} was rotated: {files} files");
+    }
+}

@@ -21,7 +21,8 @@
 //! * `storage`   — the `Store` trait: everything `serve` keeps (accounts,
 //!   certificates, revocations, marks, records, alerts), and its backends:
 //!   `embedded` (SQLite plus `files`: append-only per-stream files,
-//!   high-water marks, crash recovery) and `jetstream` (a NATS cluster
+//!   high-water marks, crash recovery, files an operator moves away
+//!   followed) and `jetstream` (a NATS cluster
 //!   shared by several collectors: `batch` for records exactly once,
 //!   `accounts`, `export`, `api` for the JetStream requests).
 //! * `alerts`    — over-length streaks and `alerts.log`.

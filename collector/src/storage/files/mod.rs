@@ -14,6 +14,10 @@
 //!   (died mid-write) is cut off. The sender re-sends whatever was not
 //!   acknowledged, and offsets at or below the mark are dropped, so every
 //!   record ends up stored exactly once.
+//!
+//! The mark belongs to the stream, not to its file: a file an operator
+//! moves away or truncates (`moved`) is followed by one at its path, and the
+//! mark carries on.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -35,11 +39,13 @@ use super::StoreOutcome;
 mod append;
 #[cfg(test)]
 mod model;
+mod moved;
 mod open_files;
 #[cfg(test)]
 mod tests;
 mod writing;
 use append::Append;
+use moved::FileId;
 use open_files::{OpenFiles, StreamId};
 pub use writing::Writing;
 
@@ -100,6 +106,9 @@ struct StreamState {
     /// Its file's key in [`FileStore::files`].
     id: StreamId,
     path: PathBuf,
+    /// The file `len` is the length of, as opened: the path may name another
+    /// one later (`moved`).
+    file: FileId,
     /// Length of the file, always at a line boundary.
     len: u64,
     /// Offset of the last stored record; `None` for an empty stream.
@@ -224,7 +233,8 @@ impl FileStore {
     }
 
     /// The live state of a stream, recovering it on first touch, and
-    /// whether its file was created now (only when `may_create`).
+    /// whether it is a new stream whose file was created now (only when
+    /// `may_create`).
     fn state(
         &self,
         host: &str,
@@ -275,7 +285,10 @@ impl FileStore {
     ) -> Result<(StreamState, bool), FilesError> {
         let path = self.stream_path(host, stream);
         let existed = path.exists();
-        if !existed && !may_create {
+        // A stream with an index but no file had its file moved away while the
+        // collector was stopped: not a new stream.
+        let new = !existed && index.is_none();
+        if new && !may_create {
             return Err(FilesError::TooManyNewStreams {
                 host: host.to_owned(),
                 limit: self.limits.max_new_streams_per_batch,
@@ -295,9 +308,10 @@ impl FileStore {
         if !existed {
             fsutil::sync_dir(host_dir).map_err(io_err(host_dir, "sync"))?;
         }
-        let actual = file.metadata().map_err(io_err(&path, "stat"))?.len();
+        let meta = file.metadata().map_err(io_err(&path, "stat"))?;
+        let actual = meta.len();
         let (start, mut mark, mut streak) = match index {
-            Some(i) if i.file_len <= actual => (
+            Some(i) => (
                 i.file_len,
                 Some(i.high_water),
                 Streak {
@@ -305,12 +319,20 @@ impl FileStore {
                     alerted: i.streak_alerted,
                 },
             ),
-            // No index yet, or the file is shorter than the index says
-            // (replaced behind our back): the file alone decides.
-            _ => (0, None, Streak::default()),
+            // No index yet: the file alone decides.
+            None => (0, None, Streak::default()),
         };
+        // A file shorter than the index says is not the file indexed: it was
+        // moved away and replaced, or truncated, while the collector was
+        // stopped. The mark stays (records at or below it were stored, in the
+        // file moved away), and the file is read from its start for lines past
+        // it.
+        let replaced = index.filter(|i| i.file_len > actual);
+        let start = if replaced.is_some() { 0 } else { start };
         let mut pending_alerts = Vec::new();
         let mut end = start;
+        // Where the first line past the mark starts, in a replaced file.
+        let mut first_past = None;
         if start < actual {
             let mut reader = BufReader::with_capacity(1 << 20, &file);
             reader
@@ -331,6 +353,13 @@ impl FileStore {
                         at: end,
                         source,
                     })?;
+                end += n as u64;
+                if mark.is_some_and(|m| rec.offset <= m) {
+                    // Not a line past the mark (a file put back at the path):
+                    // neither stored now nor part of the streak.
+                    continue;
+                }
+                first_past.get_or_insert(end - n as u64);
                 mark = Some(rec.offset);
                 if streak.observe(rec.part, self.alert_after) {
                     let path_field = serde_json::from_slice::<serde_json::Value>(&line)
@@ -344,7 +373,6 @@ impl FileStore {
                         streak.count,
                     ));
                 }
-                end += n as u64;
             }
             if end < actual {
                 // A torn line from a write that never finished; it was never
@@ -358,15 +386,29 @@ impl FileStore {
             // write, so make them durable first.
             file.sync_all().map_err(io_err(&path, "sync"))?;
         }
+        if let Some(i) = replaced {
+            // The index must describe this file before a line is written to it
+            // (as after a move seen while running, `moved`): a crash later
+            // would have recovery read it from where the old file ended. Lines
+            // past the mark, if any, stay past the indexed length, so the next
+            // recovery reads them (and their alerts) again.
+            let index = StreamIndex {
+                file_len: first_past.unwrap_or(end),
+                ..i
+            };
+            self.db
+                .commit_batch(host, &[(stream, index)], &[], unix_now())?;
+        }
         self.files.insert(id, file);
         let state = StreamState {
             id,
             path,
+            file: FileId::of(&meta),
             len: end,
             mark,
             streak,
             pending_alerts,
         };
-        Ok((state, !existed))
+        Ok((state, new))
     }
 }

@@ -15,12 +15,18 @@
 //! happened while it was closed is still reported to that fsync (Linux
 //! reports an error no descriptor has seen yet to the next one opened,
 //! since 4.16).
+//!
+//! A file reopened by its path is checked to be the stream's (the same device and inode): an
+//! operator may have moved it away meanwhile (`moved`), and writing to or syncing whatever is
+//! at the path now would put lines in, or make durable, the wrong file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::moved::FileId;
 
 /// Which stream a file belongs to: a number given to each stream's state
 /// when it is loaded, cheaper to hash than its host and stream ids.
@@ -52,21 +58,33 @@ impl OpenFiles {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stream's file (which must exist), opened for append if it is
-    /// not open. The caller holds the stream's lock, so no other thread
-    /// opens the same stream meanwhile.
-    pub(super) fn get(&self, id: StreamId, path: &Path) -> io::Result<Arc<File>> {
+    /// The stream's file `expect`, opened for append at `path` if it is not open; None when
+    /// `path` names another file now, or none (it was moved away). The caller holds the
+    /// stream's lock, so no other thread opens the same stream meanwhile.
+    pub(super) fn get(
+        &self,
+        id: StreamId,
+        path: &Path,
+        expect: FileId,
+    ) -> io::Result<Option<Arc<File>>> {
         {
             let mut inner = self.inner();
             inner.tick += 1;
             let tick = inner.tick;
             if let Some((used, file)) = inner.files.get_mut(&id) {
                 *used = tick;
-                return Ok(Arc::clone(file));
+                return Ok(Some(Arc::clone(file)));
             }
         }
-        let file = OpenOptions::new().read(true).append(true).open(path)?;
-        Ok(self.insert(id, file))
+        let file = match OpenOptions::new().read(true).append(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if FileId::of(&file.metadata()?) != expect {
+            return Ok(None);
+        }
+        Ok(Some(self.insert(id, file)))
     }
 
     /// Keeps `file` (just opened) as the stream's; at the cap, the least
@@ -127,21 +145,26 @@ mod tests {
         for p in &paths {
             File::create(p).unwrap();
         }
+        let ids: Vec<FileId> = paths
+            .iter()
+            .map(|p| FileId::of(&std::fs::metadata(p).unwrap()))
+            .collect();
         let files = OpenFiles::new(2);
-        let a = files.get(0, &paths[0]).unwrap();
-        files.get(1, &paths[1]).unwrap();
+        let get = |i: usize| files.get(i as u64, &paths[i], ids[i]).unwrap().unwrap();
+        let a = get(0);
+        get(1);
         // 0 is used again, so 1 is the one closed for 2.
-        files.get(0, &paths[0]).unwrap();
-        files.get(2, &paths[2]).unwrap();
+        get(0);
+        get(2);
         assert_eq!(files.open_count(), 2);
         assert!(files.inner().files.contains_key(&0));
         assert!(!files.inner().files.contains_key(&1));
         // A file closed while in use stays usable by its holder.
-        files.get(3, &paths[3]).unwrap();
-        files.get(1, &paths[1]).unwrap();
+        get(3);
+        get(1);
         assert!(!files.inner().files.contains_key(&0));
         (&*a).write_all(b"still open\n").unwrap();
-        let reopened = files.get(0, &paths[0]).unwrap();
+        let reopened = get(0);
         (&*reopened).write_all(b"reopened\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(&paths[0]).unwrap(),
@@ -149,5 +172,26 @@ mod tests {
         );
         files.close(0);
         assert_eq!(files.open_count(), 1);
+    }
+
+    /// A closed file is reopened only if its path still names it: moved away, its path names
+    /// another file or none.
+    #[test]
+    fn a_file_moved_away_while_closed_is_not_reopened_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        File::create(&path).unwrap();
+        let id = FileId::of(&std::fs::metadata(&path).unwrap());
+        let files = OpenFiles::new(1);
+        files.get(0, &path, id).unwrap().unwrap();
+        files.close(0);
+        std::fs::rename(&path, dir.path().join("s.1")).unwrap();
+        assert!(files.get(0, &path, id).unwrap().is_none(), "renamed");
+        File::create(&path).unwrap();
+        assert!(
+            files.get(0, &path, id).unwrap().is_none(),
+            "another file there"
+        );
+        assert_eq!(files.open_count(), 0);
     }
 }

@@ -280,3 +280,39 @@ fn hostile_ids_stay_inside_data() {
         dir.path().join("data").components().count() + 2
     );
 }
+
+/// A file truncated in place (copytruncate) while a batch was written to it: the failed
+/// batch's cut-back must not set the file's length back up to where the batch began, which
+/// padded it with zero bytes that recovery then refused as a corrupt line.
+#[test]
+fn a_failed_batch_never_pads_a_file_truncated_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, s) = setup(dir.path());
+    s.store("h", &batch(&[line("a", 0, "whole")])).unwrap();
+    let path = s.stream_path("h", "a");
+    {
+        let b = batch(&[line("a", 10, "whole")]);
+        let mut writing = s.begin("h");
+        writing.append(&b.body, &b.streams).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // Dropped uncommitted: the body was refused.
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "no zero bytes");
+    let o = s
+        .store(
+            "h",
+            &batch(&[line("a", 0, "whole"), line("a", 10, "whole")]),
+        )
+        .unwrap();
+    assert_eq!(
+        (o.stored, o.duplicates),
+        (1, 1),
+        "the mark outlives the file"
+    );
+    assert_eq!(offsets(&path), vec![10]);
+}

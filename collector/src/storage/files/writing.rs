@@ -80,6 +80,9 @@ impl<'s> Writing<'s> {
                 let (state, created) = storage.state(&self.host, &sr.stream, may_create)?;
                 self.created += usize::from(created);
                 let mut st = lock(&state);
+                // Once a batch: an operator may have moved or truncated the file since the
+                // last one (`moved`).
+                storage.follow_moved(&self.host, &sr.stream, &mut st)?;
                 self.open.push(Open {
                     stream: sr.stream.clone(),
                     created,
@@ -119,11 +122,32 @@ impl<'s> Writing<'s> {
             if lines.is_empty() {
                 continue;
             }
-            let st = lock(&o.state);
-            let file = storage
+            let mut st = lock(&o.state);
+            let file = match storage
                 .files
-                .get(st.id, &st.path)
-                .map_err(io_err(&st.path, "open"))?;
+                .get(st.id, &st.path, st.file)
+                .map_err(io_err(&st.path, "open"))?
+            {
+                Some(file) => file,
+                None => {
+                    // Moved away since this batch began, while it was closed to stay under
+                    // `max_open_stream_files`: what this batch wrote there must be durable
+                    // before the acknowledgement, and the rest goes to the file at the path.
+                    // (Should the batch fail after this, those lines stay in the moved file.)
+                    if o.len > o.start_len {
+                        storage.sync_moved(&st.path)?;
+                    }
+                    storage.follow_moved(&self.host, &sr.stream, &mut st)?;
+                    o.start_len = st.len;
+                    o.len = st.len;
+                    o.kicked = st.len;
+                    storage
+                        .files
+                        .get(st.id, &st.path, st.file)
+                        .map_err(io_err(&st.path, "open"))?
+                        .ok_or_else(|| moved_again(&st.path))?
+                }
+            };
             lines
                 .write_all_to(&mut &*file)
                 .map_err(io_err(&st.path, "append"))?;
@@ -149,12 +173,17 @@ impl<'s> Writing<'s> {
         for o in &self.open {
             if o.len > o.start_len {
                 let st = lock(&o.state);
-                let file = self
+                match self
                     .storage
                     .files
-                    .get(st.id, &st.path)
-                    .map_err(io_err(&st.path, "open"))?;
-                file.sync_data().map_err(io_err(&st.path, "sync"))?;
+                    .get(st.id, &st.path, st.file)
+                    .map_err(io_err(&st.path, "open"))?
+                {
+                    Some(file) => file.sync_data().map_err(io_err(&st.path, "sync"))?,
+                    // Moved away after its lines were written, and closed since: the next
+                    // batch follows the move; these lines stay in the moved file.
+                    None => self.storage.sync_moved(&st.path)?,
+                }
             }
         }
         // Durable now: from here on the lines stay, whatever happens to the
@@ -224,17 +253,27 @@ impl Drop for Writing<'_> {
                 }
                 let cut = storage
                     .files
-                    .get(st.id, &st.path)
-                    .and_then(|f| f.set_len(o.start_len));
-                if let Err(e) = cut {
-                    // The lines stay: forget the state, so the next touch
-                    // recovers from the file (they are well-formed lines of
-                    // this host's, counted as stored, their re-sends as
-                    // duplicates).
-                    tracing::error!(path = %st.path.display(), error = %e, "cannot cut a failed batch off its stream file");
-                    drop(st);
-                    storage.forget(&self.host, &o.stream);
-                }
+                    .get(st.id, &st.path, st.file)
+                    .and_then(|f| match f {
+                        // Cut only a file still at least as long: one truncated behind
+                        // our back would be padded with zeros up to where the batch began.
+                        Some(f) if f.metadata()?.len() >= o.start_len => {
+                            f.set_len(o.start_len).map(|()| true)
+                        }
+                        _ => Ok(false),
+                    });
+                let failed = match cut {
+                    Ok(true) => continue,
+                    Ok(false) => "the file was moved away or truncated meanwhile".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                // The lines stay: forget the state, so the next touch recovers
+                // from the index and the file (lines past the mark are well-formed
+                // lines of this host's, counted as stored, their re-sends as
+                // duplicates).
+                tracing::error!(path = %st.path.display(), error = %failed, "cannot cut a failed batch off its stream file");
+                drop(st);
+                storage.forget(&self.host, &o.stream);
             }
             if removed_any {
                 // The host's folder too, if the batch made it (removing a
@@ -245,6 +284,15 @@ impl Drop for Writing<'_> {
         lock(&self.storage.busy).remove(&self.host);
         self.storage.idle.notify_all();
     }
+}
+
+/// A file moved away again between being followed and written: a race with the operator
+/// that the next batch settles.
+fn moved_again(path: &std::path::Path) -> FilesError {
+    io_err(path, "open")(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the stream file was moved away again while its batch was written",
+    ))
 }
 
 /// Asks the kernel to start writing `len` bytes from `from` to disk, without
