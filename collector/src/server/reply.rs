@@ -17,7 +17,8 @@ pub(super) struct ErrorBody<'a> {
     pub(super) error: String,
     pub(super) code: &'a str,
     /// The limit a refusal is about, as a number an agent can adapt to (`too_many_new_streams`:
-    /// `max_new_streams_per_batch`), so it need not parse the message.
+    /// `max_new_streams_per_batch`; `too_large`: `max_batch_bytes`), so it need not parse the
+    /// message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) limit: Option<usize>,
 }
@@ -38,6 +39,19 @@ pub(super) fn error(status: u16, code: &str, message: impl ToString) -> Reply {
             error: message.to_string(),
             code,
             limit: None,
+        },
+    )
+}
+
+/// 413 `too_large`, with `max_batch_bytes` as `limit`: an agent then cuts its batches into
+/// requests that fit, rather than sending the refused one again for ever.
+pub(super) fn too_large(limit: u64, message: impl ToString) -> Reply {
+    json(
+        413,
+        &ErrorBody {
+            error: message.to_string(),
+            code: "too_large",
+            limit: Some(limit as usize),
         },
     )
 }
@@ -95,11 +109,7 @@ pub(super) async fn next_data(
                 }
             }
             Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(error(
-                    413,
-                    "too_large",
-                    format!("body larger than {limit} bytes"),
-                ))
+                return Err(too_large(limit, format!("body larger than {limit} bytes")))
             }
             Some(Err(e)) => return Err(error(400, "bad_body", format!("reading body: {e}"))),
         }

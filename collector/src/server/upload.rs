@@ -13,7 +13,7 @@ use hyper::Request;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::reply::{error, json, next_data, ErrorBody, Reply};
+use super::reply::{error, json, next_data, too_large, ErrorBody, Reply};
 use super::Collector;
 use crate::db::CertState;
 use crate::ingest::{read_batch_with, BodyCut, IngestError};
@@ -171,9 +171,8 @@ pub(super) async fn ingest(
     let announced = hyper::body::Body::size_hint(req.body()).lower();
     if announced > limit {
         collector.metrics.batches_refused.fetch_add(1, Relaxed);
-        let mut reply = error(
-            413,
-            "too_large",
+        let mut reply = too_large(
+            limit,
             format!("body larger than {limit} bytes (Content-Length {announced})"),
         );
         reply.headers_mut().insert(
@@ -287,6 +286,10 @@ pub(super) async fn ingest(
                         .headers_mut()
                         .insert(hyper::header::RETRY_AFTER, OPEN_BATCHES_RETRY_SECS.into());
                     reply
+                }
+                IngestFailure::Ingest(e) if e.status() == 413 => {
+                    tracing::info!(host = %id.host, error = %e, "batch refused");
+                    too_large(collector.config.max_batch_bytes, e)
                 }
                 IngestFailure::Ingest(e) => {
                     let code = match e.status() {
