@@ -117,16 +117,8 @@ enum CertsCommand {
 fn main() {
     if let Err(e) = run() {
         // The whole cause chain on one line, without the backtrace anyhow's
-        // Debug form adds when RUST_BACKTRACE is set. Our typed errors
-        // already quote their source, so a cause already in the text is
-        // not repeated.
-        let mut text = e.to_string();
-        for cause in e.chain().skip(1) {
-            let cause = cause.to_string();
-            if !text.contains(&cause) {
-                text = format!("{text}: {cause}");
-            }
-        }
+        // Debug form adds when RUST_BACKTRACE is set.
+        let text = log_sensor_common::error_text::error_text(e.as_ref());
         eprintln!("log-sensor-collector: {text}");
         std::process::exit(1);
     }

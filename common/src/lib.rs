@@ -18,11 +18,13 @@
 //! - [`pem`]: certificates and keys from PEM files.
 //! - [`fsutil`]: atomic and create-only file writes.
 //! - [`clock`]: wall-clock time as unix seconds and milliseconds.
+//! - [`error_text`]: an error and its causes on one line, each once.
 
 pub mod agent_defaults;
 pub mod clock;
 pub mod control;
 pub mod enroll;
+pub mod error_text;
 pub mod expand;
 pub mod fsutil;
 pub mod json_text;

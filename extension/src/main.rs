@@ -74,7 +74,10 @@ fn main() {
     match extension::run(opts, shutdown) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("log-sensor-extension: {e:#}");
+            eprintln!(
+                "log-sensor-extension: {}",
+                log_sensor_common::error_text::error_text(e.as_ref())
+            );
             std::process::exit(1);
         }
     }

@@ -158,7 +158,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("log-sensor: {e:#}");
+            eprintln!(
+                "log-sensor: {}",
+                log_sensor_common::error_text::error_text(e.as_ref())
+            );
             ExitCode::from(reach::exit_code(&e))
         }
     }
@@ -297,14 +300,10 @@ fn start(path: &Path, cert: &cert_args::CertArgs) -> anyhow::Result<ExitCode> {
     // the background.
     let cfg = cert.load(path)?.resolve()?;
     let agent = Agent::of(cfg.clone());
-    std::fs::create_dir_all(&cfg.state_dir)
+    log_sensor::agent::create_state_dir(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
     let log_path = cfg.state_dir.join(log_sensor_common::state_dir::LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log = open_agent_log(&log_path)?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("own executable")?);
     cmd.arg("-c")
         .arg(&cfg.path)
@@ -344,6 +343,42 @@ fn start(path: &Path, cert: &cert_args::CertArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `<state_dir>/agent.log`, 0600. With the default stdout sink every record shipped lands in it,
+/// so it must be as private as the most private log read (auth.log's secrets included). One left
+/// group or other readable (by a version that created it 0644) is made 0600 again: nothing in
+/// the config asks for it to be shared, and a file sink with a `mode` is the way to share.
+fn open_agent_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mode = log
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        log.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| {
+                format!(
+                    "{} is mode {:04o}, readable by others, and cannot be made 0600",
+                    path.display(),
+                    mode & 0o7777
+                )
+            })?;
+        eprintln!(
+            "{} was mode {:04o}; made {:04o}: it holds the records shipped to stdout",
+            path.display(),
+            mode & 0o7777,
+            mode & 0o700
+        );
+    }
+    Ok(log)
 }
 
 fn stop(path: &Path) -> anyhow::Result<ExitCode> {
