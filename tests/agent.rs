@@ -957,3 +957,31 @@ fn a_start_with_the_store_on_a_full_disk_says_so_and_starts_once_there_is_room()
     let counts = count_by_msg(&read_ndjson(&out));
     assert!(counts.values().all(|&c| c == 1));
 }
+
+/// A file's name is outside text: one with a newline in it must not forge a line of the agent's
+/// log or of `status`, which show it escaped.
+#[test]
+fn a_file_name_with_a_newline_forges_no_log_or_status_line() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let forged = "2026-12-03T00:00:00Z  INFO FORGED log-sensor stopped";
+    std::fs::write(env.p(&format!("logs/x\n{forged}\x1b[2J.log")), "hello\n").unwrap();
+    let mut agent = env.start();
+    env.wait_msgs(&agent, &["hello".to_string()]);
+    let out = env.cmd().arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(status.contains("x\\n2026-12-03T00:00:00Z"), "{status}");
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(PATIENCE);
+    let log = agent.stderr_text();
+    assert!(log.contains("x\\n2026-12-03T00:00:00Z"), "{log}");
+    for (what, text) in [("log", &log), ("status", &status)] {
+        assert!(
+            !text.lines().any(|l| l.starts_with("2026-12-03T00:00:00Z")),
+            "a forged {what} line:\n{text}"
+        );
+        assert!(
+            !text.contains('\x1b'),
+            "a terminal escape in the {what}:\n{text}"
+        );
+    }
+}

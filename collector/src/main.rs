@@ -125,11 +125,13 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // One event, one line, whatever a field holds (a file name with a newline in it).
+        .with_writer(move || log_sensor_common::one_line::OneLine::new(std::io::stderr(), colour))
         // Colour codes only on a terminal: under systemd stderr is the journal, where they
         // would be stored as escape bytes in every line (the agent and the extension do the same).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -19,6 +19,7 @@
 //! - [`fsutil`]: atomic and create-only file writes.
 //! - [`clock`]: wall-clock time as unix seconds and milliseconds.
 //! - [`error_text`]: an error and its causes on one line, each once.
+//! - [`one_line`]: outside text kept from breaking a log or status line.
 
 pub mod agent_defaults;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod error_text;
 pub mod expand;
 pub mod fsutil;
 pub mod json_text;
+pub mod one_line;
 pub mod packs;
 pub mod pem;
 pub mod record;

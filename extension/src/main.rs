@@ -48,9 +48,11 @@ fn main() {
         return;
     }
     let default_level = if args.verbose { "debug" } else { "info" };
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // One event, one line, whatever a field holds (a file name with a newline in it).
+        .with_writer(move || log_sensor_common::one_line::OneLine::new(std::io::stderr(), colour))
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),

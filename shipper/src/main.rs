@@ -146,14 +146,16 @@ enum PackAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // One event, one line, whatever a field holds (a file name with a newline in it).
+        .with_writer(move || log_sensor_common::one_line::OneLine::new(std::io::stderr(), colour))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOG_SENSOR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -354,7 +356,7 @@ fn open_agent_log(path: &Path) -> anyhow::Result<std::fs::File> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o600)
+        .mode(0o644)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let mode = log

@@ -6,6 +6,14 @@ use log_sensor::control::{ClientError, Request};
 use std::path::Path;
 use std::process::ExitCode;
 
+/// A line of the table: what the agent reports (a file's name, an error, an alert's detail)
+/// cannot break it into lines of its own.
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", log_sensor_common::one_line::escape_controls(&format!($($t)*)))
+    };
+}
+
 pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let agent = Agent::locate(path)?;
     agent.warn_if_invalid();
@@ -34,14 +42,14 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "log-sensor {} on {}: running (pid {}, up {})",
         st.version,
         st.host_id,
         st.pid,
         human_secs(st.uptime_secs)
     );
-    println!("config {}  state dir {}", st.config_path, st.state_dir);
+    say!("config {}  state dir {}", st.config_path, st.state_dir);
     let last_ok = st
         .sink
         .last_ok
@@ -52,19 +60,19 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             )
         })
         .unwrap_or_default();
-    println!("sink {} ({}{last_ok})", st.sink.description, st.sink.state);
+    say!("sink {} ({}{last_ok})", st.sink.description, st.sink.state);
     if let Some(now) = &st.sink.current {
-        println!("  sending to {now} ({} failovers)", st.sink.failovers);
+        say!("  sending to {now} ({} failovers)", st.sink.failovers);
     }
     if let Some(e) = &st.sink.last_error {
         if st.sink.state != "ok" {
-            println!("  last error: {e}");
+            say!("  last error: {e}");
         }
     }
     if st.sinks.len() > 1 {
         print_sinks(&st.sinks);
     }
-    println!(
+    say!(
         "health: {}",
         if st.health.ok {
             "ok".to_string()
@@ -77,7 +85,7 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     );
     println!("\nsources:");
     for s in &st.sources {
-        println!(
+        say!(
             "  {:<16} {:>4} stream(s)  lag {:>10}  {:>10} records shipped  [{}]",
             s.name,
             s.streams,
@@ -89,7 +97,7 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if !st.listeners.is_empty() {
         println!("\nlisteners:");
         for l in &st.listeners {
-            println!(
+            say!(
                 "  {:<28} {:>5} conn  {:>10} msgs  {:>10} in  spool {:>10}{}  dropped {}  framing errors {}  tls refused {}",
                 l.listen,
                 l.connections,
@@ -106,15 +114,21 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if !st.transforms.is_empty() {
         println!("\ntransforms:");
         for t in &st.transforms {
-            println!(
+            say!(
                 "  {:<16} {:<7} {:>10} in  {:>8} dropped  {:>8} unparsed  {:>8} errors  {:.3}s",
-                t.name, t.kind, t.records_in, t.dropped, t.parse_failures, t.errors, t.seconds,
+                t.name,
+                t.kind,
+                t.records_in,
+                t.dropped,
+                t.parse_failures,
+                t.errors,
+                t.seconds,
             );
         }
     }
     println!("\nstreams:");
     for s in &st.streams {
-        println!(
+        say!(
             "  {:<10} lag {:>10}  {:>10} records  {}",
             s.state,
             human_bytes(s.lag_bytes),
@@ -125,7 +139,7 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if !st.alerts.is_empty() {
         println!("\nrecent alerts:");
         for a in st.alerts.iter().take(10) {
-            println!(
+            say!(
                 "  {} {:<22} {} {}",
                 a.time,
                 a.kind,
@@ -140,15 +154,19 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 /// One line per named sink, the failing ones with their error.
 fn print_sinks(sinks: &[log_sensor::status::SinkStatus]) {
     for s in sinks {
-        println!(
+        say!(
             "  sink {}: {} ({}, {} records delivered, {} errors)",
-            s.name, s.description, s.state, s.records, s.errors
+            s.name,
+            s.description,
+            s.state,
+            s.records,
+            s.errors
         );
         if let Some(now) = &s.current {
-            println!("    sending to {now} ({} failovers)", s.failovers);
+            say!("    sending to {now} ({} failovers)", s.failovers);
         }
         if let (Some(e), false) = (&s.last_error, s.state == "ok") {
-            println!("    last error: {e}");
+            say!("    last error: {e}");
         }
     }
 }
