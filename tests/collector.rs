@@ -1004,7 +1004,11 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
     let resp = c.connect(Some(&id)).ingest(&sized(1025));
     assert_eq!(resp.status, 413, "{}", resp.text());
     assert_eq!(resp.json()["code"], "too_large");
-    assert_eq!(resp.json()["limit"], 1024, "the agent cuts its requests to this");
+    assert_eq!(
+        resp.json()["limit"],
+        1024,
+        "the agent cuts its requests to this"
+    );
     assert_eq!(
         resp.json()["error"],
         "body larger than 1024 bytes (Content-Length 1025)"
@@ -1021,7 +1025,11 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
     let resp = conn.read_response().unwrap();
     assert_eq!(resp.status, 413, "{}", resp.text());
     assert_eq!(resp.json()["code"], "too_large");
-    assert_eq!(resp.json()["limit"], 1024, "the agent cuts its requests to this");
+    assert_eq!(
+        resp.json()["limit"],
+        1024,
+        "the agent cuts its requests to this"
+    );
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&sized(1025)).unwrap();
     let resp = c.connect(Some(&id)).request(
@@ -1032,7 +1040,11 @@ fn an_ingest_body_over_max_batch_bytes_is_413_on_the_wire_and_once_decoded() {
     );
     assert_eq!(resp.status, 413, "{}", resp.text());
     assert_eq!(resp.json()["code"], "too_large");
-    assert_eq!(resp.json()["limit"], 1024, "the agent cuts its requests to this");
+    assert_eq!(
+        resp.json()["limit"],
+        1024,
+        "the agent cuts its requests to this"
+    );
     assert_eq!(
         resp.json()["error"],
         "body is larger than 1024 bytes once decoded"

@@ -1393,6 +1393,115 @@ fn thousands_of_new_files_reach_a_collector_with_the_default_new_stream_limit() 
     );
 }
 
+/// A collector whose `max_batch_bytes` is below the agent's batches (1 MiB of records, more as
+/// NDJSON) refuses each request 413 `too_large`, and the sink used to send the same request
+/// again forever: every source routed to it stalled for good. Now the refusal lowers the sink's
+/// byte cap (to what the reply's `limit` allows, or by halving where the collector states none)
+/// and the batch goes again in requests that fit. `compression`: "none" is refused on its
+/// Content-Length before a byte is read, gzip and LZ4 once decoded. Returns the agent's stderr.
+fn batches_reach_a_collector_whose_max_batch_bytes_is_lower(compression: &str) -> String {
+    let mut c = Collector::with_config(|cfg| {
+        let default = "max_batch_bytes = 67108864";
+        assert!(cfg.contains(default), "{cfg}");
+        *cfg = cfg.replace(default, "max_batch_bytes = 524288");
+    });
+    c.start();
+    let agent = Agent::new(
+        &collector_sink(&c, &format!("compression = \"{compression}\"")),
+        "",
+    );
+    agent.enroll_ok(&c);
+    // About 4 MiB of records: four full batches, each well over the collector's limit.
+    let want: Vec<String> = (0..20_000)
+        .map(|i| format!("over the limit line {i:06} {}", "w".repeat(150 + i % 50)))
+        .collect();
+    append_lines(&agent.p("logs/app.log"), &want);
+    let a = agent.start();
+    assert_stored_exactly_once(&c, &a, &want);
+    agent.wait_all_committed();
+    let stderr = a.stderr_text();
+    assert!(
+        stderr.contains("requests now carry at most"),
+        "the cap was lowered: {}",
+        tail(&stderr)
+    );
+    let alerts = agent.sink_alerts().join("\n");
+    assert!(
+        alerts.contains("replied 413")
+            && alerts.contains("the batch is sent again in requests of at most"),
+        "{alerts}"
+    );
+    stderr
+}
+
+#[test]
+fn batches_larger_than_a_collectors_max_batch_bytes_are_cut_to_fit_it() {
+    batches_reach_a_collector_whose_max_batch_bytes_is_lower("auto");
+}
+
+#[test]
+fn uncompressed_batches_refused_on_their_content_length_are_cut_to_fit_too() {
+    batches_reach_a_collector_whose_max_batch_bytes_is_lower("none");
+}
+
+/// One record whose line alone is over the collector's `max_batch_bytes` cannot be cut: the
+/// refusal names it (stream, offset, size) and the fix, and it is sent again, never dropped nor
+/// committed, until the collector takes it; then every line arrives once.
+#[test]
+fn a_record_over_the_collectors_max_batch_bytes_is_named_and_held_until_it_is_raised() {
+    let mut c = Collector::with_config(|cfg| {
+        let default = "max_batch_bytes = 67108864";
+        assert!(cfg.contains(default), "{cfg}");
+        *cfg = cfg.replace(default, "max_batch_bytes = 32768");
+    });
+    c.start();
+    let agent = Agent::new(&collector_sink(&c, ""), "");
+    agent.enroll_ok(&c);
+    let before = lines("before the long one", 10);
+    let long = format!("the long one {}", "L".repeat(40_000));
+    let after = lines("after the long one", 10);
+    let offset: usize = before.iter().map(|l| l.len() + 1).sum();
+    let mut want = before.clone();
+    want.push(long);
+    want.extend(after);
+    append_lines(&agent.p("logs/app.log"), &want);
+    let size = std::fs::metadata(agent.p("logs/app.log")).unwrap().len();
+    let a = agent.start();
+    let named = format!("the record at offset {offset} of stream");
+    agent.wait_alert(&a, "naming the long record", &named);
+    let alert = agent
+        .sink_alerts()
+        .into_iter()
+        .find(|d| d.contains(&named))
+        .unwrap();
+    for needle in [
+        "logs/app.log",
+        "one NDJSON line of",
+        "raised above",
+        "sources.app.max_record_bytes",
+        "nothing is committed",
+    ] {
+        assert!(alert.contains(needle), "{needle:?} in {alert}");
+    }
+    assert!(agent.committed() < size, "the long record is not committed");
+    assert!(
+        c.stored(HOST).iter().all(|r| r["offset"] != offset as u64),
+        "nor stored"
+    );
+    // The operator raises the limit: the record the sink kept sending goes through at last.
+    c.kill9();
+    let config = c.dir.join("collector.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_batch_bytes = 32768", "max_batch_bytes = 67108864"),
+    )
+    .unwrap();
+    c.start();
+    assert_stored_exactly_once(&c, &a, &want);
+    agent.wait_all_committed();
+}
+
 /// A fleet enrolling at once against a collector checking one password at a time: those that
 /// wait longer than the collector allows for the check (5 s) are answered 429 `busy` with
 /// `Retry-After`, which `log-sensor enroll` used to report as a failure. Now it waits and asks

@@ -60,6 +60,11 @@ pub struct CollectorSink {
     read_ahead: usize,
     /// Distinct streams per request, lowered when the collector's limit is lower.
     streams: requests::StreamCap,
+    /// NDJSON bytes per request, lowered when the collector's `max_batch_bytes` is lower.
+    bytes: requests::ByteCap,
+    /// Every request whose reply is owed, oldest first (replies come in order): a 413 says which
+    /// request it refuses, and so which record when that request is one line.
+    sent: VecDeque<requests::Sent>,
     /// Reused between batches: NDJSON when the batch was not encoded ahead.
     body: Vec<u8>,
     /// Which URL the next connection goes to, and the outage's alert.
@@ -89,6 +94,8 @@ impl CollectorSink {
             pending: VecDeque::new(),
             read_ahead: 0,
             streams: requests::StreamCap::new(),
+            bytes: requests::ByteCap::new(),
+            sent: VecDeque::new(),
             body: Vec::new(),
             failover: Failover::new(opts.urls.len(), opts.alert_after, opts.failback_after),
             name: opts.describe(),
@@ -191,6 +198,7 @@ impl CollectorSink {
         self.conn = None;
         self.pending.clear();
         self.read_ahead = 0;
+        self.sent.clear();
     }
 
     /// The connection to write the next request on: the open one while replies are owed on it
@@ -250,8 +258,13 @@ impl CollectorSink {
     }
 
     /// Writes one NDJSON piece, encoded as `encoding` says, as a `POST /v1/ingest`;
-    /// `batch_start` for a batch's first piece.
-    fn write_piece(&mut self, ndjson: &[u8], batch_start: bool) -> Result<(), SinkError> {
+    /// `batch_start` for a batch's first piece; `sent` describes it.
+    fn write_piece(
+        &mut self,
+        ndjson: &[u8],
+        batch_start: bool,
+        sent: requests::Sent,
+    ) -> Result<(), SinkError> {
         // Connected first: a new connection starts over in the encoding every collector reads.
         self.connection(batch_start)?;
         let result = match self.encoder.encode(ndjson) {
@@ -261,6 +274,9 @@ impl CollectorSink {
                     headers.push(("Content-Encoding", name));
                 }
                 let (conn, _) = self.conn.as_mut().expect("connected above");
+                // Owed before it is written: a collector refusing its Content-Length answers
+                // before reading it, and the write may then fail under that reply.
+                self.sent.push_back(sent);
                 conn.write_request("POST", "/v1/ingest", &headers, body)
             }
             Err(e) => {
@@ -285,7 +301,8 @@ impl CollectorSink {
                 let refusal = match after {
                     Some(Ok(resp)) if resp.status != 200 => {
                         self.announced(&resp);
-                        Some(self.refused(&resp))
+                        let request = self.sent.pop_front();
+                        Some(self.refused(&resp, request))
                     }
                     Some(Err(tls)) if certificate_refusal(&tls).is_some() => {
                         let note = self.expiry_note();
@@ -318,10 +335,16 @@ impl CollectorSink {
         }
     }
 
-    /// The error for a reply other than 200.
-    fn refused(&mut self, resp: &Response) -> SinkError {
+    /// The error for a reply other than 200 to `request`.
+    fn refused(&mut self, resp: &Response, request: Option<requests::Sent>) -> SinkError {
         let cap_note;
-        let why = match resp.code().as_deref() {
+        let code = resp.code();
+        let why = match code.as_deref() {
+            // Also a proxy's 413, without the collector's JSON: a body too large all the same.
+            Some("too_large") | None if resp.status == 413 => {
+                cap_note = self.too_large(resp, request);
+                &cap_note
+            }
             Some("too_many_new_streams") => {
                 let limit = resp.number("limit");
                 if let Some(cap) = self.streams.lower(limit) {
@@ -366,12 +389,53 @@ impl CollectorSink {
         }
     }
 
+    /// What a 413 means for the batch: requests now cut to fit, or, for a request that is one line
+    /// already, the record no cut can bring under the collector's limit and how to let it through.
+    /// That record is sent again like any refused batch, so it is neither lost nor committed, and
+    /// the batches behind it wait until the limit or the source changes.
+    fn too_large(&mut self, resp: &Response, request: Option<requests::Sent>) -> String {
+        let limit = resp.number("limit");
+        // Every reply has its request; were one missing, the whole cap counts as refused.
+        let request = request.unwrap_or(requests::Sent {
+            bytes: self.bytes.get(),
+            lone: None,
+        });
+        if let Some(cap) = self.bytes.lower(limit, &request) {
+            tracing::warn!(
+                limit = ?limit,
+                bytes_per_request = cap,
+                "the collector refused a request larger than its max_batch_bytes; requests now carry at most this many bytes of NDJSON each, and the batch is sent again"
+            );
+        }
+        let Some(record) = &request.lone else {
+            return format!(
+                "the batch is sent again in requests of at most {} bytes",
+                self.bytes.get()
+            );
+        };
+        let stated = match limit {
+            Some(n) => format!("its max_batch_bytes is {n}"),
+            None => "its reply does not say its max_batch_bytes".into(),
+        };
+        format!(
+            "the record at offset {} of stream {} ({}, source {}) is one NDJSON line of {} bytes, more than the collector takes in a request ({stated}), and no cut makes it smaller: it is sent again as it is, holding back every source shipping to this sink, until the collector's max_batch_bytes is raised above {} or sources.{}.max_record_bytes (max_message_bytes for syslog) is lowered",
+            record.offset,
+            record.stream,
+            record.path,
+            record.source,
+            request.bytes,
+            request.bytes,
+            record.source,
+        )
+    }
+
     /// Reads one reply; Ok only for the collector's 200.
     fn read_ack(&mut self) -> Result<(), SinkError> {
         let result = match &mut self.conn {
             Some((c, _)) => c.read_response(),
             None => return Err(self.fail("connection lost; nothing is committed".into())),
         };
+        let request = self.sent.pop_front();
         if let Ok(resp) = &result {
             self.announced(resp);
         }
@@ -384,7 +448,7 @@ impl CollectorSink {
             }
             Ok(resp) => {
                 self.lost();
-                Err(self.refused(&resp))
+                Err(self.refused(&resp, request))
             }
             Err(e) => {
                 self.lost();
@@ -436,13 +500,9 @@ impl Sink for CollectorSink {
         // acknowledged only once every piece is.
         let mut result = Ok(());
         let mut requests = 0;
-        let cut = requests::cut(
-            ndjson,
-            batch,
-            requests::MAX_REQUEST_BYTES,
-            self.streams.get(),
-        );
-        for r in cut {
+        let cut = requests::cut(ndjson, batch, self.bytes.get(), self.streams.get());
+        let sent = requests::describe(ndjson, batch, &cut);
+        for (r, sent) in cut.into_iter().zip(sent) {
             let owed = self.pending.iter().sum::<usize>() + requests - self.read_ahead;
             if owed >= MAX_OWED {
                 result = self.read_ack();
@@ -451,7 +511,7 @@ impl Sink for CollectorSink {
                 }
                 self.read_ahead += 1;
             }
-            result = self.write_piece(&ndjson[r], requests == 0);
+            result = self.write_piece(&ndjson[r], requests == 0, sent);
             if result.is_err() {
                 break;
             }

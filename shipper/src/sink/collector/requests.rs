@@ -1,10 +1,14 @@
 //! How one batch becomes `POST /v1/ingest` requests: cut at line ends so that no request is over
-//! the collector's `max_batch_bytes` (413) or names more distinct streams than its
+//! the collector's `max_batch_bytes` (413 `too_large`) or names more distinct streams than its
 //! `max_new_streams_per_batch` (400 `too_many_new_streams`). Either refusal is final for that
-//! request: sent again as it is, it would be refused again, and shipping would stop for good.
+//! request: sent again as it is, it would be refused again, and shipping would stop for good. So
+//! each refusal lowers its cap ([`ByteCap`], [`StreamCap`]) and the batch goes again, cut finer;
+//! only a single line over the collector's byte limit cannot be cut, and its refusal names it
+//! ([`LoneRecord`]).
 
 use crate::batch::Batch;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Largest NDJSON body per request: well under the collector's default `max_batch_bytes`
 /// (64 MiB, counted after gzip decoding), whatever `batch.max_bytes` is.
@@ -14,6 +18,11 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// `max_new_streams_per_batch`. A request naming at most this many streams cannot create more
 /// new ones than that, whichever of them the collector already knows.
 pub const DEFAULT_MAX_STREAMS: usize = 1024;
+
+/// The byte cap never goes lower when the collector states no limit and keeps refusing: below
+/// the NDJSON that fits its smallest `max_batch_bytes` (1024, see [`fits_under`]), so a stated
+/// limit is always followed, and a request still holds a line or two of a typical log.
+pub const MIN_REQUEST_BYTES: usize = 512;
 
 /// The batch's NDJSON (one line per record, in record order, as [`Batch::write_ndjson`] makes
 /// it) cut into requests of at most `max_bytes` (a longer line is a request of its own) and at
@@ -98,6 +107,108 @@ fn by_streams(
         out.push(start..ndjson.len());
     }
     out
+}
+
+/// The most NDJSON bytes of a request that a collector whose `max_batch_bytes` is `limit` takes.
+/// It refuses a body over `limit` twice: as sent (Content-Length, so encoded) and decoded (the
+/// NDJSON itself); `limit` bytes of NDJSON pass the second exactly. The margin is for the first:
+/// incompressible NDJSON grows a little when encoded (gzip's stored blocks: 5 bytes per 64 KiB and
+/// 18 in all; LZ4's: 4 bytes per 256 KiB block and 11 in all), so it stays under `limit` too.
+pub fn fits_under(limit: u64) -> usize {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    limit.saturating_sub(limit / 1024 + 64)
+}
+
+/// The record behind a request that is its line alone: no cut makes that request smaller, so a
+/// 413 for it is final until the collector takes more or the source cuts its records shorter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoneRecord {
+    /// The `[sources.NAME]` whose `max_record_bytes` bounds the line.
+    pub source: Arc<str>,
+    /// Stream id and path, to find the record.
+    pub stream: Arc<str>,
+    pub path: Arc<str>,
+    /// Where the record starts in its stream.
+    pub offset: u64,
+}
+
+/// One request as written, kept until its reply: what a refusal needs to know of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// NDJSON bytes, before encoding: what the collector's limit is checked against decoded.
+    pub bytes: usize,
+    /// Set when the request is a single line.
+    pub lone: Option<LoneRecord>,
+}
+
+/// What each of `pieces` (from [`cut`], in order) carries. Walks the batch's records once, and
+/// only as far as the last single-line piece: a piece of several lines costs one look at its
+/// first line end.
+pub fn describe(ndjson: &[u8], batch: &Batch, pieces: &[Range<usize>]) -> Vec<Sent> {
+    let mut records = batch.records();
+    // Lines before `counted_to` are consumed from `records`.
+    let mut counted_to = 0;
+    pieces
+        .iter()
+        .map(|r| {
+            let body = &ndjson[r.clone()];
+            let one_line = memchr::memchr(b'\n', body).is_none_or(|i| i + 1 == body.len());
+            let lone = if one_line && r.start >= counted_to {
+                let skip = memchr::memchr_iter(b'\n', &ndjson[counted_to..r.start]).count();
+                counted_to = r.end;
+                records.nth(skip).map(|rec| LoneRecord {
+                    source: rec.stream.source.clone(),
+                    stream: rec.stream.id.clone(),
+                    path: rec.stream.path.clone(),
+                    offset: rec.offset,
+                })
+            } else {
+                None
+            };
+            Sent {
+                bytes: body.len(),
+                lone,
+            }
+        })
+        .collect()
+}
+
+/// The most NDJSON bytes one request carries: [`MAX_REQUEST_BYTES`] at first, lowered to what a
+/// collector configured lower takes, so that one still gets everything.
+#[derive(Debug)]
+pub struct ByteCap {
+    max: usize,
+}
+
+impl ByteCap {
+    pub fn new() -> ByteCap {
+        ByteCap {
+            max: MAX_REQUEST_BYTES,
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        self.max
+    }
+
+    /// After a 413 `too_large` for `refused`, whose reply gave the collector's `limit` (or none,
+    /// from a collector older than that field, or a proxy): what fits under the limit when that
+    /// is below the cap. Otherwise half the refused request, which a batch smaller than the cap
+    /// needs to be cut at all (a refusal at or under the stated limit means the limit changed
+    /// meanwhile), never below [`MIN_REQUEST_BYTES`]; but not for a single line, which no cap
+    /// makes smaller: halving would only shrink every other request. Some(new cap) when it
+    /// changed.
+    pub fn lower(&mut self, limit: Option<u64>, refused: &Sent) -> Option<usize> {
+        let new = match limit.map(fits_under) {
+            Some(n) if n < self.max => n,
+            _ if refused.lone.is_some() => self.max,
+            _ => (refused.bytes.min(self.max) / 2).max(MIN_REQUEST_BYTES),
+        };
+        let new = new.min(self.max);
+        let changed = new != self.max;
+        self.max = new;
+        changed.then_some(new)
+    }
 }
 
 /// The most distinct streams one request names: the collector's default at first, lowered to
@@ -263,5 +374,135 @@ mod tests {
         assert_eq!(cap.lower(Some(0)), Some(1));
         assert_eq!(cap.lower(None), None, "already 1");
         assert_eq!(cap.get(), 1);
+    }
+
+    fn many_lines(n: usize) -> Sent {
+        Sent {
+            bytes: n,
+            lone: None,
+        }
+    }
+
+    #[test]
+    fn the_byte_cap_follows_what_fits_under_the_collectors_limit() {
+        let mut cap = ByteCap::new();
+        assert_eq!(cap.get(), MAX_REQUEST_BYTES);
+        let fit = fits_under(512 << 10);
+        assert_eq!(cap.lower(Some(512 << 10), &many_lines(1 << 20)), Some(fit));
+        assert!(fit < 512 << 10 && fit > 500 << 10, "{fit}");
+        // Incompressible NDJSON of `fit` bytes, as gzip stores it, is still under the limit.
+        let stored = fit + fit.div_ceil(65535) * 5 + 18;
+        assert!(stored <= 512 << 10, "{stored}");
+        assert_eq!(
+            cap.lower(Some(512 << 10), &many_lines(fit)),
+            Some(fit / 2),
+            "refused at the limit: halve what was refused"
+        );
+        assert_eq!(
+            cap.lower(Some(64 << 20), &many_lines(100)),
+            Some(MIN_REQUEST_BYTES),
+            "a higher limit never raises it; halving stops at the floor"
+        );
+        assert_eq!(cap.lower(None, &many_lines(MIN_REQUEST_BYTES)), None);
+        assert_eq!(cap.get(), MIN_REQUEST_BYTES);
+        // The collector's smallest max_batch_bytes is still followed.
+        let mut cap = ByteCap::new();
+        assert_eq!(
+            cap.lower(Some(1024), &many_lines(4096)),
+            Some(fits_under(1024))
+        );
+        assert!(fits_under(1024) >= MIN_REQUEST_BYTES);
+        assert_eq!(fits_under(10), 0, "no underflow");
+    }
+
+    #[test]
+    fn without_a_stated_limit_the_byte_cap_halves_the_refused_request() {
+        let mut cap = ByteCap::new();
+        // A 1 MiB batch under a 16 MiB cap: halving the cap would send the same request again.
+        assert_eq!(cap.lower(None, &many_lines(1 << 20)), Some(512 << 10));
+        assert_eq!(cap.lower(None, &many_lines(512 << 10)), Some(256 << 10));
+        // A request is never over the cap unless it is one line; bounded by the cap regardless.
+        assert_eq!(cap.lower(None, &many_lines(64 << 20)), Some(128 << 10));
+    }
+
+    #[test]
+    fn a_single_line_lowers_the_byte_cap_only_to_a_stated_limit() {
+        let lone = Sent {
+            bytes: 40 << 10,
+            lone: Some(LoneRecord {
+                source: "app".into(),
+                stream: "s".into(),
+                path: "/l/a.log".into(),
+                offset: 7,
+            }),
+        };
+        let mut cap = ByteCap::new();
+        assert_eq!(
+            cap.lower(None, &lone),
+            None,
+            "halving would not cut the line"
+        );
+        assert_eq!(cap.lower(Some(32 << 10), &lone), Some(fits_under(32 << 10)));
+        assert_eq!(cap.lower(Some(32 << 10), &lone), None);
+    }
+
+    #[test]
+    fn single_line_requests_name_their_record_and_others_do_not() {
+        let long = "x".repeat(100);
+        let recs: Vec<(u32, &str)> = vec![
+            (0, "a"),
+            (1, "b"),
+            (0, long.as_str()),
+            (1, "c"),
+            (1, "d"),
+            (0, long.as_str()),
+            (1, long.as_str()),
+        ];
+        let b = batch(2, &recs);
+        let mut out = Vec::new();
+        b.write_ndjson(&mut out);
+        let line = |i: usize| {
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain(memchr::memchr_iter(b'\n', &out).map(|p| p + 1))
+                .collect();
+            starts[i]..starts[i + 1]
+        };
+        let short = line(0).len();
+        // Cut so that the short lines pair up and every long one is alone.
+        let p = cut(&out, &b, short * 2 + 4, 1024);
+        assert_eq!(
+            p,
+            vec![
+                line(0).start..line(1).end,
+                line(2),
+                line(3).start..line(4).end,
+                line(5),
+                line(6),
+            ]
+        );
+        let sent = describe(&out, &b, &p);
+        assert_eq!(sent.len(), 5);
+        assert!(sent.iter().zip(&p).all(|(s, r)| s.bytes == r.len()));
+        let named: Vec<Option<(String, u64)>> = sent
+            .iter()
+            .map(|s| s.lone.as_ref().map(|l| (l.path.to_string(), l.offset)))
+            .collect();
+        // `batch` numbers records' offsets by their index.
+        assert_eq!(
+            named,
+            vec![
+                None,
+                Some(("/l/0.log".into(), 2)),
+                None,
+                Some(("/l/0.log".into(), 5)),
+                Some(("/l/1.log".into(), 6)),
+            ]
+        );
+        // A batch that is one request of one line names its record too.
+        let one = batch(1, &[(0, "only")]);
+        let mut out = Vec::new();
+        one.write_ndjson(&mut out);
+        let sent = describe(&out, &one, &cut(&out, &one, MAX_REQUEST_BYTES, 1024));
+        assert_eq!(sent[0].lone.as_ref().map(|l| l.offset), Some(0));
     }
 }
