@@ -12,6 +12,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use support::*;
 
 /// Lines of 40 bytes: enough of them make a backlog larger than what a group may hold out.
@@ -499,4 +500,130 @@ path = "state/two.ndjson"
         .any(|m| m.starts_with("app")));
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+}
+
+/// The sink named `name` in the running agent's status.
+fn sink_status(env: &AgentEnv, name: &str) -> Option<Value> {
+    status(env)?["sinks"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
+fn config_alerts(env: &AgentEnv) -> Vec<String> {
+    env.try_query("SELECT detail FROM alerts WHERE kind = 'config_error'")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["detail"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Regression: a failing sink was retried with backoff without looking for a reload, so a
+/// reload (or `set`) meant to fix it never took effect. And status named the sink of the
+/// config, not the one in use: a new sink that could not start showed as the sink, "ok".
+#[test]
+fn a_set_replaces_a_failing_sink_and_status_names_the_sink_in_use() {
+    let env = AgentEnv::with_config(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sinks.bad]
+type = "file"
+path = "/dev/full"
+"#,
+    );
+    let log = env.p("logs/app.log");
+    let first = lines("app", 0, 20);
+    append_lines(&log, &first);
+    let mut agent = env.start();
+    wait_for("the sink to fail", PATIENCE, || {
+        sink_status(&env, "bad").is_some_and(|s| s["state"] == "failing")
+    });
+    // Long enough for a backoff of a few seconds, shorter than the wait below.
+    std::thread::sleep(Duration::from_secs(4));
+    let good = env.p("state/good.ndjson");
+    let set = ls(&env, &["set", "sinks.bad.path", good.to_str().unwrap()]);
+    assert!(set.status.success(), "{set:?}");
+    wait_for(
+        "the failing batch in the new sink",
+        Duration::from_secs(3),
+        || has_all(&msgs(&good), &first),
+    );
+    wait_for("status naming the new sink", PATIENCE, || {
+        sink_status(&env, "bad").is_some_and(|s| {
+            s["state"] == "ok"
+                && s["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("good.ndjson"))
+        })
+    });
+    // A path under a regular file cannot be opened: the sink in use stays, status says so.
+    let blocked = env.p("agent.toml/x.ndjson");
+    let set = ls(&env, &["set", "sinks.bad.path", blocked.to_str().unwrap()]);
+    assert!(set.status.success(), "{set:?}");
+    wait_for(
+        "an alert naming the sink that cannot start",
+        PATIENCE,
+        || {
+            config_alerts(&env)
+                .iter()
+                .any(|a| a.contains("sinks.bad") && a.contains("agent.toml/x.ndjson"))
+        },
+    );
+    let second = lines("app", 20, 40);
+    append_lines(&log, &second);
+    wait_for("the later lines in the sink still in use", PATIENCE, || {
+        has_all(&msgs(&good), &second)
+    });
+    let st = sink_status(&env, "bad").unwrap();
+    assert!(
+        st["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("good.ndjson")),
+        "{st}"
+    );
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+}
+
+/// Regression: the backoff between retries of a failing sink (up to 30 s) was a sleep that a
+/// stop did not end, and the shutdown grace only started after it: a stop took longer than
+/// systemd's TimeoutStopSec. Now a stop is over within the grace (10 s).
+#[test]
+fn a_stop_does_not_wait_out_a_failing_sinks_backoff() {
+    let env = AgentEnv::with_config(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/app.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "/dev/full"
+"#,
+    );
+    append_lines(&env.p("logs/app.log"), &lines("app", 0, 5));
+    let mut agent = env.start();
+    wait_for("the sink to fail", PATIENCE, || {
+        !env.sink_alerts().is_empty()
+    });
+    // After 14 s of failures the sink is in a backoff of about 10 s (of 12.8 s less jitter),
+    // and the next would be 19 s or more.
+    std::thread::sleep(Duration::from_secs(14));
+    let asked = std::time::Instant::now();
+    agent.signal(libc::SIGTERM);
+    let code = agent.wait_exit(Duration::from_secs(15));
+    assert!(
+        code.is_some(),
+        "still running {:?} after SIGTERM; stderr:\n{}",
+        asked.elapsed(),
+        tail(&agent.stderr_text())
+    );
 }

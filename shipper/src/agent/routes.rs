@@ -162,4 +162,3 @@ pub(super) fn forward_configs(
         }
     });
 }
-

@@ -57,7 +57,14 @@ impl Controller {
 
     pub fn status(&self) -> Status {
         let cfg = self.config();
-        let live = self.live.lock().expect("live lock").clone();
+        let mut live = self.live.lock().expect("live lock").clone();
+        // The sink each thread uses, which a reload changes only once it is built.
+        for l in &mut live.sinks {
+            if let Some((kind, description)) = l.stats.in_use.lock().ok().and_then(|u| u.clone()) {
+                l.kind = kind;
+                l.description = description;
+            }
+        }
         Status::collect(&cfg, &live)
     }
 
@@ -117,13 +124,10 @@ impl Controller {
         {
             let mut live = self.live.lock().expect("live lock");
             live.pack_sources = layers.pack_source_names();
-            // The same names in the same order (routes::unchangeable): pairs are one sink.
-            for (i, (new, was)) in cfg.sinks.iter().zip(&old.sinks).enumerate() {
+            // The same names in the same order (routes::unchangeable): pairs are one sink. Status
+            // goes on naming the old one until the sink's thread has built the new one.
+            for (new, was) in cfg.sinks.iter().zip(&old.sinks) {
                 if format!("{:?}", new.sink) != format!("{:?}", was.sink) {
-                    if let Some(l) = live.sinks.get_mut(i) {
-                        l.kind = crate::sink::kind(&new.sink).to_string();
-                        l.description = crate::sink::describe(&new.sink);
-                    }
                     let _ = self.to_shipper.send(new.clone());
                 }
             }

@@ -8,7 +8,7 @@ use crate::config::SinkConfig;
 use crate::sink::{self, Sink, SinkError};
 use crate::status::ShipStats;
 use crate::store::{Alert, Store};
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 /// How long a stopping agent keeps retrying a failing sink before it gives up on the batch in
 /// flight (it stays uncommitted and is read again at the next start).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a wait between retries looks at the stop flag (an atomic, nothing to wait on): a
+/// stopping agent's grace must not start only after a backoff of up to [`MAX_BACKOFF`].
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// One group's batches into this sink, and where its acknowledgements go back.
 pub struct Feed {
@@ -56,6 +60,7 @@ pub fn sink_loop(to: SinkTo<'_>) {
         stop: to.stop,
         stats: to.stats,
         failing_since: None,
+        rebuild: to.rebuild,
     };
     s.stats.note_destination(s.sink.destination());
     let mut feeds = Feeds {
@@ -63,7 +68,7 @@ pub fn sink_loop(to: SinkTo<'_>) {
         feeds: to.feeds,
         next: 0,
     };
-    deliver(&mut s, &mut feeds, to.rebuild);
+    deliver(&mut s, &mut feeds);
     // Whether done or given up: a group still waiting must not wait for this sink any more.
     for f in &feeds.feeds {
         let _ = f.heard.send(Heard::Gone);
@@ -139,21 +144,20 @@ enum Wake {
 }
 
 /// The loop of [`sink_loop`]; returns when every group is done, or a stopping agent gave up.
-fn deliver(s: &mut Shipping, feeds: &mut Feeds, rebuild: Option<Receiver<SinkConfig>>) {
+fn deliver(s: &mut Shipping, feeds: &mut Feeds) {
     let mut inflight: VecDeque<(usize, Delivery)> = VecDeque::new();
     loop {
         // A reload that changed the sink takes effect between batches, with none in flight.
-        if let Some(new) = rebuild.as_ref().and_then(|r| r.try_recv().ok()) {
-            if !s.drain(feeds, &mut inflight) {
+        if let Some(new) = s.rebuilt() {
+            if !s.hand_over(feeds, &mut inflight, new) {
                 return;
             }
-            s.replace_sink(new);
             continue;
         }
         let next = if inflight.len() >= s.sink.window() {
             None
         } else if inflight.is_empty() {
-            match feeds.wait_next(rebuild.as_ref()) {
+            match feeds.wait_next(s.rebuild.as_ref()) {
                 Wake::Batch(feed, d) => Some((feed, d)),
                 Wake::Rebuild => continue,
                 Wake::Closed => return,
@@ -189,20 +193,60 @@ struct Shipping<'a> {
     stop: &'a AtomicBool,
     stats: &'a ShipStats,
     failing_since: Option<Instant>,
+    /// The sink's config again after a reload changed it; looked at between batches and while
+    /// a failing sink is retried, so a reload can replace the sink that fails.
+    rebuild: Option<Receiver<SinkConfig>>,
+}
+
+/// How a wait between retries of a failing sink ended.
+enum Pause {
+    Elapsed,
+    /// A reload changed the sink: retry with the new one at once.
+    Rebuilt(SinkConfig),
+    /// The agent began to stop: its grace starts now, not after the backoff.
+    Stopping,
 }
 
 impl Shipping<'_> {
-    fn replace_sink(&mut self, new: SinkConfig) {
+    /// The latest config a reload sent, if any; the ones before it are outdated already.
+    fn rebuilt(&self) -> Option<SinkConfig> {
+        self.rebuild.as_ref().and_then(|r| r.try_iter().last())
+    }
+
+    /// Builds the sink a reload asked for; one that cannot start leaves the old one in use,
+    /// with an alert naming both (the reload itself was accepted before the sink was built).
+    /// True when the new one took over.
+    fn replace_sink(&mut self, new: SinkConfig) -> bool {
         match sink::build(&new) {
             Ok(s) => {
                 tracing::info!(sink = %self.name, describe = %s.describe(), "sink replaced");
+                if let Ok(mut in_use) = self.stats.in_use.lock() {
+                    *in_use = Some((sink::kind(&new).to_string(), s.describe()));
+                }
                 self.sink = s;
                 self.stats.note_destination(self.sink.destination());
+                true
             }
             Err(e) => {
-                tracing::error!(sink = %self.name, error = %e, "new sink cannot start; keeping the old one");
-                self.alert("config_error", e.to_string());
+                let old = self.sink.describe();
+                tracing::error!(sink = %self.name, new = %sink::describe(&new), error = %e, kept = %old, "new sink cannot start; keeping the old one");
+                let detail = format!(
+                    "{}new sink {} cannot start, still sending to {old}: {e}",
+                    self.prefix(),
+                    sink::describe(&new)
+                );
+                self.alert("config_error", detail);
+                false
             }
+        }
+    }
+
+    /// How an alert names a named sink (`sinks.NAME: `); nothing for the one `[sink]`.
+    fn prefix(&self) -> String {
+        if self.name == crate::config::DEFAULT_SINK {
+            String::new()
+        } else {
+            format!("sinks.{}: ", self.name)
         }
     }
 
@@ -219,9 +263,15 @@ impl Shipping<'_> {
         let _ = self.store.lock().expect("store lock").add_alert(&alert);
     }
 
-    /// Confirms every batch in flight (redelivering after a failure); false when a stopping
+    /// Replaces the sink once the old one confirmed every batch in flight; if it fails to, the
+    /// new one takes over at once and is sent them again (in order). False when a stopping
     /// agent gave up.
-    fn drain(&mut self, feeds: &Feeds, inflight: &mut VecDeque<(usize, Delivery)>) -> bool {
+    fn hand_over(
+        &mut self,
+        feeds: &Feeds,
+        inflight: &mut VecDeque<(usize, Delivery)>,
+        new: SinkConfig,
+    ) -> bool {
         while !inflight.is_empty() {
             match self.sink.confirm() {
                 Ok(()) => {
@@ -230,23 +280,29 @@ impl Shipping<'_> {
                 }
                 Err(e) => {
                     self.failed(&e);
+                    let _ = self.replace_sink(new);
                     return self.redeliver(feeds, inflight);
                 }
             }
         }
+        let _ = self.replace_sink(new);
         true
     }
 
     /// After a failure: each batch in flight, oldest first, is sent alone until acknowledged,
-    /// with backoff between tries. False when a stopping agent gave up (the batches stay
-    /// uncommitted and are read again at the next start).
+    /// with backoff between tries. A reload that changes the sink meanwhile replaces it at
+    /// once, and the batches go to the new one (the old may have stored some: at least once).
+    /// False when a stopping agent gave up after its grace (the batches stay uncommitted and
+    /// are read again at the next start).
     fn redeliver(&mut self, feeds: &Feeds, inflight: &mut VecDeque<(usize, Delivery)>) -> bool {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         let mut give_up_at: Option<Instant> = None;
         while let Some((_, d)) = inflight.front() {
+            let mut wait = jitter(backoff);
             if self.stop.load(Ordering::Relaxed) {
                 let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
-                if Instant::now() >= deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     tracing::warn!(
                         sink = %self.name,
                         batches = inflight.len(),
@@ -254,10 +310,20 @@ impl Shipping<'_> {
                     );
                     return false;
                 }
+                wait = wait.min(left);
+            }
+            match self.pause(wait, give_up_at.is_some()) {
+                Pause::Elapsed => backoff = (backoff * 2).min(MAX_BACKOFF),
+                // A new sink is tried at once and owes nothing to the old one's backoff.
+                Pause::Rebuilt(new) => {
+                    if self.replace_sink(new) {
+                        backoff = FIRST_BACKOFF;
+                    }
+                }
+                // One more try at once, then the grace's deadline bounds every wait.
+                Pause::Stopping => {}
             }
             self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(jitter(backoff));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             match self
                 .sink
                 .submit(&d.batch)
@@ -266,12 +332,42 @@ impl Shipping<'_> {
                 Ok(()) => {
                     let (feed, d) = inflight.pop_front().expect("a batch in flight");
                     self.acknowledged(feeds, feed, d);
-                    backoff = Duration::from_millis(100);
+                    backoff = FIRST_BACKOFF;
                 }
                 Err(e) => self.failed(&e),
             }
         }
         true
+    }
+
+    /// Waits `d` between retries, ended early by a reload's new sink or, unless `stopping` is
+    /// already known, by the agent beginning to stop.
+    fn pause(&self, d: Duration, stopping: bool) -> Pause {
+        let until = Instant::now() + d;
+        loop {
+            if !stopping && self.stop.load(Ordering::Relaxed) {
+                return Pause::Stopping;
+            }
+            if let Some(new) = self.rebuilt() {
+                return Pause::Rebuilt(new);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Pause::Elapsed;
+            }
+            let slice = left.min(STOP_POLL);
+            match &self.rebuild {
+                Some(r) => match r.recv_timeout(slice) {
+                    Ok(new) => {
+                        // A later one may already wait behind it; the latest wins.
+                        return Pause::Rebuilt(self.rebuilt().unwrap_or(new));
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(slice),
+                },
+                None => std::thread::sleep(slice),
+            }
+        }
     }
 
     fn acknowledged(&mut self, feeds: &Feeds, feed: usize, d: Delivery) {
@@ -335,11 +431,7 @@ impl Shipping<'_> {
             }
             tracing::warn!(sink = %self.name, error = %e, "sink failed; retrying with backoff, nothing routed to it is committed meanwhile");
             // A named sink's alert says which of the sinks it is.
-            let detail = if self.name == crate::config::DEFAULT_SINK {
-                text
-            } else {
-                format!("sinks.{}: {text}", self.name)
-            };
+            let detail = format!("{}{text}", self.prefix());
             self.alert("sink_error", detail);
         }
     }

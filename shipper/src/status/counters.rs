@@ -71,6 +71,10 @@ pub struct ShipStats {
     /// Where a sink with several destinations sends now, and its failovers; None for a sink
     /// with one.
     pub destination: Mutex<Option<Destination>>,
+    /// The kind and description of the sink its thread replaced the configured one with at a
+    /// reload; None while it runs the one it started with. Set by the thread, not the reload:
+    /// a new sink that cannot start leaves the old one in use, and status must say so.
+    pub in_use: Mutex<Option<(String, String)>>,
 }
 
 /// Where a sink with several destinations sends now (status and metrics show it). Here, with
