@@ -2,8 +2,10 @@
 //!
 //! Back to JSON, a table whose keys are exactly 1..n is a list, any other an object (integer
 //! keys as their decimal text); an empty table is an empty object. Anything JSON cannot carry
-//! (a function, a cycle, a float that is not finite) is an error naming the field, so the
-//! record ships unchanged rather than with a guess.
+//! (a function, a cycle, a float that is not finite, a key or string that is not UTF-8, the
+//! keys `1` and `"1"` in one table) is an error naming the field, so the record ships
+//! unchanged rather than with a guess: a mended string or a dropped value would ship as if the
+//! script had meant it.
 
 use mlua::{Lua, Table, Value};
 use serde_json::{Map, Number, Value as Json};
@@ -59,13 +61,24 @@ pub fn from_lua(t: &Table) -> Result<Vec<u8>, String> {
 }
 
 fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result<(), String> {
-    let mut entries: Vec<(String, Value)> = Vec::new();
+    // Per entry: its key as JSON text, whether Lua had it as an integer, and its value.
+    let mut entries: Vec<(String, bool, Value)> = Vec::new();
     let mut bad_key = None;
+    // The smallest key that is not UTF-8, so the error does not depend on Lua's table order.
+    let mut not_utf8: Option<Vec<u8>> = None;
     // for_each walks the table under one lock; pairs() re-pushes the key at every step.
     t.for_each::<Value, Value>(|k, v| {
         match &k {
-            Value::String(s) => entries.push((s.to_string_lossy(), v)),
-            Value::Integer(i) => entries.push((i.to_string(), v)),
+            Value::String(s) => match s.to_str() {
+                Ok(text) => entries.push((text.to_string(), false, v)),
+                Err(_) => {
+                    let bytes = s.as_bytes();
+                    if not_utf8.as_deref().is_none_or(|min| *bytes < *min) {
+                        not_utf8 = Some(bytes.to_vec());
+                    }
+                }
+            },
+            Value::Integer(i) => entries.push((i.to_string(), true, v)),
             other => bad_key = bad_key.or(Some(other.type_name())),
         }
         Ok(())
@@ -74,11 +87,24 @@ fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Resu
     if let Some(kind) = bad_key {
         return Err(format!("{path} has {} key", a(kind)));
     }
+    if let Some(key) = not_utf8 {
+        return Err(format!(
+            "{path} has the key {}, which is not UTF-8 (JSON cannot carry it)",
+            escaped(&key)
+        ));
+    }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    // `1` and `"1"` are two keys in Lua and one in JSON: the first in order is kept.
-    entries.dedup_by(|b, a| a.0 == b.0);
+    // `1` and `"1"` are two keys in Lua and one in JSON: keeping either would drop the other's
+    // value unseen. Sorted, such a pair is adjacent.
+    if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+        let key = &w[0].0;
+        return Err(format!(
+            "{path} has both the integer key {key} and the string key \"{key}\", \
+             which are one key in JSON"
+        ));
+    }
     out.push(b'{');
-    for (i, (key, v)) in entries.iter().enumerate() {
+    for (i, (key, _, v)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -93,6 +119,27 @@ fn object(t: &Table, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Resu
     out.push(b'}');
     Ok(())
 }
+
+/// Bytes that are not UTF-8 as a quoted string for an error: the text that is UTF-8 as Rust
+/// escapes it, each other byte as `\xNN`, cut after [`SHOWN`] bytes (a value may be long).
+pub(super) fn escaped(bytes: &[u8]) -> String {
+    let cut = bytes.len() > SHOWN;
+    let mut s = String::from("\"");
+    for chunk in bytes[..bytes.len().min(SHOWN)].utf8_chunks() {
+        s.extend(chunk.valid().chars().flat_map(char::escape_debug));
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s.push('"');
+    if cut {
+        s.push_str(&format!(" (first {SHOWN} of {} bytes)", bytes.len()));
+    }
+    s
+}
+
+/// How much of a string that is not UTF-8 an error shows.
+const SHOWN: usize = 64;
 
 pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
@@ -117,7 +164,13 @@ fn json(v: &Value, out: &mut Vec<u8>, path: &mut String, depth: usize) -> Result
             let bytes = s.as_bytes();
             match std::str::from_utf8(&bytes) {
                 Ok(text) => string(out, text),
-                Err(_) => string(out, &String::from_utf8_lossy(&bytes)),
+                Err(e) => {
+                    return Err(format!(
+                        "{path} is {}, which is not UTF-8 from byte {} (JSON cannot carry it)",
+                        escaped(&bytes),
+                        e.valid_up_to()
+                    ))
+                }
             }
         }
         Value::Table(t) => {

@@ -4,8 +4,8 @@
 //! Through mlua every value read back is a locked call and a registry reference made and
 //! dropped: for a script that adds one field that was a third of its cost. So messages are
 //! copied out as bytes, and a flat `fields` table (string keys; string, boolean or number
-//! values) written straight to JSON. Anything else (a nested table, an integer key, a value
-//! JSON cannot carry) is left to the general path ([`super::json::from_lua`]), which also
+//! values) written straight to JSON. Anything else (a nested table, an integer key, a key or
+//! value that is not UTF-8, a value JSON cannot carry) is left to the general path ([`super::json::from_lua`]), which also
 //! names what is wrong, so the result and every error are those it would give.
 //!
 //! Nothing called here raises a Lua error: `lua_next` only does for a key changed during the
@@ -65,7 +65,7 @@ pub struct Scratch {
 }
 
 /// The table at absolute index `t` as a JSON object, keys sorted, when every key is a UTF-8
-/// string and every value a string, a boolean or a finite number; None otherwise.
+/// string and every value a UTF-8 string, a boolean or a finite number; None otherwise.
 pub(super) unsafe fn flat_json(
     l: *mut ffi::lua_State,
     t: c_int,
@@ -119,7 +119,8 @@ unsafe fn value_json(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>) -> b
             };
             match std::str::from_utf8(b) {
                 Ok(text) => super::json::string(out, text),
-                Err(_) => super::json::string(out, &String::from_utf8_lossy(b)),
+                // JSON cannot carry it: the general path names the field.
+                Err(_) => return false,
             }
         }
         ffi::LUA_TBOOLEAN => out.extend_from_slice(if ffi::lua_toboolean(l, idx) != 0 {

@@ -400,18 +400,18 @@ fn a_record_whose_fields_are_not_an_object_fails_alone_within_its_run() {
 }
 
 /// The quick read of a flat `fields` table ([`readback`]) writes byte for byte what the
-/// general conversion writes, whatever the values (escapes, bytes that are not UTF-8,
-/// floats, booleans, keys in any order); tables it does not read flat (nested, integer keys,
-/// a key that is not UTF-8) go the general way and come out the same too.
+/// general conversion writes, whatever the values (escapes, floats, booleans, keys in any
+/// order); tables it does not read flat (nested, integer keys) go the general way and come
+/// out the same too. What neither can write is in
+/// `fields_json_cannot_carry_fail_the_call_naming_the_field`.
 #[test]
 fn fields_read_back_quickly_are_what_the_general_conversion_writes() {
     let cases = [
         r#"{b = "x", a = 1, c = true, d = false, e = 1.5, f = -0.0, g = 2^53, h = 1e-300}"#,
-        r#"{q = 'say "hi"\n\t\\', u = "h\u{e9}llo \u{2713}", bad = "\xff\xfe", ctl = "\0\1\127"}"#,
+        r#"{q = 'say "hi"\n\t\\', u = "h\u{e9}llo \u{2713}", ctl = "\0\1\127"}"#,
         r#"{big = math.maxinteger, small = math.mininteger, zz = "", [""] = 0}"#,
         r#"{n = {1, 2, {x = 1}}, s = "y", e = {}}"#,
         r#"{[1] = "a", [2] = "b", c = 3}"#,
-        r#"{["\xff"] = 1, a = 2}"#,
     ];
     for case in cases {
         let mut t = lua(&format!(
@@ -438,6 +438,76 @@ fn fields_read_back_quickly_are_what_the_general_conversion_writes() {
         );
         assert!(got == want, "{case}: byte for byte");
     }
+}
+
+/// Regression: a key or string that is not UTF-8 was mended to U+FFFD, and of the keys `1` and
+/// `"1"` one was dropped, both shipping as if the script had meant it with no error counted.
+/// Each is now a failing call naming the field; the record ships as it came. Flat tables
+/// (which the quick read takes) and nested ones alike.
+#[test]
+fn fields_json_cannot_carry_fail_the_call_naming_the_field() {
+    for (set, want) in [
+        (
+            r#"r.fields["user\xe9"] = "latin1 key"; r.fields["user\xe8"] = "other""#,
+            r#"t: fields has the key "user\xe8", which is not UTF-8"#,
+        ),
+        (
+            r#"r.fields.name = "Jos\xe9""#,
+            r#"t: fields.name is "Jos\xe9", which is not UTF-8 from byte 3"#,
+        ),
+        (
+            r#"r.fields.a = {b = {"ok", "\xff"}}"#,
+            r#"fields.a.b is "\xff", which is not UTF-8 from byte 0"#,
+        ),
+        (
+            r#"r.fields.a = {["k\xc3"] = 1}"#,
+            r#"fields.a has the key "k\xc3", which is not UTF-8"#,
+        ),
+        (
+            r#"r.fields[1] = "int one"; r.fields["1"] = "string one""#,
+            r#"t: fields has both the integer key 1 and the string key "1", which are one key in JSON"#,
+        ),
+        (
+            r#"r.fields.n = {[-2] = 1, ["-2"] = 2}"#,
+            r#"fields.n has both the integer key -2 and the string key "-2""#,
+        ),
+        (
+            r#"r.fields.long = string.rep("a", 100) .. "\xff""#,
+            r#"(first 64 of 101 bytes)"#,
+        ),
+    ] {
+        let mut t = lua(&format!(
+            "function process(r) r.msg = 'changed'; {set}; return r end"
+        ));
+        let (msg, fields) = apply(&mut t, "m", Some(r#"{"k":"v"}"#), 0).unwrap();
+        assert_eq!(msg, "m", "{set}: the record ships as it came");
+        let f = fields.unwrap();
+        assert_eq!(f["k"], "v", "{set}");
+        let e = f["transform_error"].as_str().unwrap();
+        assert!(e.contains(want), "{set}: {e}");
+        assert_eq!(f.as_object().unwrap().len(), 2, "{set}: nothing else: {f}");
+        assert_eq!(t.fault(), Fault::Error, "{set}: the chain counts it");
+    }
+}
+
+/// `msg` may be any bytes (README: "a Lua string: any bytes"): the record format ships bytes
+/// that are not UTF-8 as `msg_b64`, so a script's such msg is kept exactly, not a failure.
+#[test]
+fn a_msg_that_is_not_utf8_is_kept_as_its_bytes() {
+    let mut t = lua(r#"function process(r) r.msg = "Jos\xe9 " .. r.msg return r end"#);
+    let m = meta();
+    let mut d = Draft {
+        stream: &m,
+        offset: 0,
+        len: 2,
+        part: Part::Whole,
+        bytes: Cow::Borrowed(b"m"),
+        fields: None,
+    };
+    assert!(matches!(t.apply(&mut d), Verdict::Keep));
+    assert_eq!(&*d.bytes, b"Jos\xe9 m");
+    assert_eq!(d.fields, None);
+    assert_eq!(t.fault(), Fault::None);
 }
 
 /// A run that fails at a record is run on from the one after it, the records numbered from 1
