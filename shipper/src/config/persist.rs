@@ -63,16 +63,17 @@ pub fn persist(path: &Path, key: &str, value: Option<&Value>) -> Result<Config, 
                 .parse()
                 .expect("a rendered value parses");
             let new = item.get("v").cloned().expect("v is set");
-            // Keep the comment that followed the old value on its line.
-            let decor = table
-                .get(last)
-                .and_then(|i| i.as_value())
-                .map(|v| v.decor().clone());
-            table.insert(last, new);
-            if let (Some(decor), Some(v)) =
-                (decor, table.get_mut(last).and_then(|i| i.as_value_mut()))
-            {
-                *v.decor_mut() = decor;
+            match (table.get_mut(last).and_then(|i| i.as_value_mut()), new) {
+                // Only the value is replaced: `insert` would replace the key too, and the
+                // comment lines above a key are the key's decor. The old value's decor is the
+                // comment after it on its line.
+                (Some(old), toml_edit::Item::Value(mut v)) => {
+                    *v.decor_mut() = old.decor().clone();
+                    *old = v;
+                }
+                (_, new) => {
+                    table.insert(last, new);
+                }
             }
         }
         None => {
@@ -224,6 +225,27 @@ mod tests {
         assert!(!std::fs::read_to_string(&p)
             .unwrap()
             .contains("max_record_bytes"));
+    }
+
+    /// Regression: rewriting a key replaced it with a fresh key, and the comment lines above a
+    /// key belong to the key, so they were lost.
+    #[test]
+    fn persist_keeps_the_comment_lines_above_the_key_it_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let text = "[defaults]\n# why: big java traces\nmax_record_bytes = 65536 # keep\n\n\
+                    [sources.app]\n# the app's logs\n# (both hosts)\n  paths = [\"a/*.log\"]\n";
+        std::fs::write(&p, text).unwrap();
+        persist(
+            &p,
+            "defaults.max_record_bytes",
+            Some(&parse_value("131072")),
+        )
+        .unwrap();
+        persist(&p, "sources.app.paths", Some(&parse_value("[\"b/*.log\"]"))).unwrap();
+        let want = "[defaults]\n# why: big java traces\nmax_record_bytes = 131072 # keep\n\n\
+                    [sources.app]\n# the app's logs\n# (both hosts)\n  paths = [\"b/*.log\"]\n";
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), want);
     }
 
     #[test]
