@@ -106,6 +106,67 @@ impl Overridable {
     }
 }
 
+impl Overridable {
+    /// Each value set here that no source could use, as (its key, why). Checked where the
+    /// value is written, so that a bad `[defaults]` value is one error on `defaults.KEY`, not
+    /// one per source inheriting it under a key the source never wrote (and none without
+    /// sources).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if let Some(n) = self
+            .fingerprint_bytes
+            .filter(|n| !(16..=1 << 20).contains(n))
+        {
+            p.push((
+                "fingerprint_bytes",
+                format!("{n} is out of range (16 to 1MiB)"),
+            ));
+        }
+        if let Some(n) = self
+            .max_record_bytes
+            .filter(|n| !(16..=64 << 20).contains(n))
+        {
+            p.push((
+                "max_record_bytes",
+                format!("{n} is out of range (16 to 64MiB)"),
+            ));
+        }
+        if self.max_file_bytes == Some(0) {
+            p.push(("max_file_bytes", "must be above 0".into()));
+        }
+        if let Some(d) = self
+            .delimiter
+            .as_ref()
+            .filter(|d| d.is_empty() || d.len() > 16)
+        {
+            p.push(("delimiter", format!("{d:?} is not 1 to 16 bytes")));
+        }
+        for (key, pattern) in [
+            ("break_before", &self.break_before),
+            ("break_after", &self.break_after),
+        ] {
+            if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
+                p.push((key, format!("bad regex: {e}")));
+            }
+        }
+        if self.break_before.is_some() && self.break_after.is_some() {
+            p.push((
+                "break_after",
+                "break_before and break_after cannot both be set".into(),
+            ));
+        }
+        p
+    }
+
+    /// Reports [`Self::problems`] under `key` (`defaults` or `sources.NAME`).
+    fn check(&self, key: &str, issues: &mut Vec<ConfigIssue>) {
+        issues.extend(self.problems().into_iter().map(|(k, message)| ConfigIssue {
+            key: format!("{key}.{k}"),
+            message,
+        }));
+    }
+}
+
 /// `[defaults]`: what every source inherits unless it sets its own.
 pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>) -> Overridable {
     match top.table("defaults", issues) {
@@ -113,6 +174,7 @@ pub(super) fn read_defaults(top: &mut TableReader, issues: &mut Vec<ConfigIssue>
             let mut r = TableReader::new("defaults", t);
             let d = Overridable::read(&mut r, issues);
             r.finish(issues);
+            d.check("defaults", issues);
             d
         }
         None => Overridable::default(),
@@ -221,8 +283,23 @@ fn read_source(
     let paths = r.strings("paths", issues).unwrap_or_default();
     let exclude = r.strings("exclude", issues).unwrap_or_default();
     let sinks = r.strings("sinks", issues);
-    let o = Overridable::read(&mut r, issues).or(defaults);
+    let own = Overridable::read(&mut r, issues);
     r.finish(issues);
+    own.check(key, issues);
+    // One of break_before / break_after here and the other from [defaults]: the pair is this
+    // source's doing, so its error (neither half alone reports it).
+    let one_own = own.break_before.is_some() != own.break_after.is_some();
+    let o = own.or(defaults);
+    if one_own && o.break_before.is_some() && o.break_after.is_some() {
+        issues.push(ConfigIssue {
+            key: format!("{key}.break_after"),
+            message: "break_before and break_after cannot both be set (one is from [defaults])"
+                .into(),
+        });
+    }
+    // Everything wrong with the values was reported just now or by `read_defaults`: the source
+    // is left out, and nothing below reports them again.
+    let usable = o.problems().is_empty();
     if paths.is_empty() {
         issues.push(ConfigIssue {
             key: format!("{key}.paths"),
@@ -266,68 +343,29 @@ fn read_source(
     }
 
     let fingerprint_bytes = o.fingerprint_bytes.unwrap_or(DEFAULT_FINGERPRINT_BYTES);
-    if !(16..=1 << 20).contains(&fingerprint_bytes) {
-        issues.push(ConfigIssue {
-            key: format!("{key}.fingerprint_bytes"),
-            message: format!("{fingerprint_bytes} is out of range (16 to 1MiB)"),
-        });
-    }
     let max_record_bytes = o.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-    if !(16..=64 << 20).contains(&max_record_bytes) {
-        issues.push(ConfigIssue {
-            key: format!("{key}.max_record_bytes"),
-            message: format!("{max_record_bytes} is out of range (16 to 64MiB)"),
-        });
-    }
     let max_file_bytes = o.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES);
-    if max_file_bytes == 0 {
-        issues.push(ConfigIssue {
-            key: format!("{key}.max_file_bytes"),
-            message: "must be above 0".into(),
-        });
-    }
     let delimiter = o
         .delimiter
         .unwrap_or_else(|| log_sensor_common::agent_defaults::DELIMITER.into())
         .into_bytes();
-    if delimiter.is_empty() || delimiter.len() > 16 {
-        issues.push(ConfigIssue {
-            key: format!("{key}.delimiter"),
-            message: "must be 1 to 16 bytes".into(),
-        });
-    }
     let timeout = o.multiline_timeout.unwrap_or(Duration::from_secs(5));
-    let compile = |pat: &str, which: &str, issues: &mut Vec<ConfigIssue>| match Regex::new(pat) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            issues.push(ConfigIssue {
-                key: format!("{key}.{which}"),
-                message: format!("bad regex: {e}"),
-            });
-            None
-        }
-    };
+    if !usable || issues.len() != before {
+        return None;
+    }
+    // `usable`: the patterns compile and at most one is set.
+    let compile = |p: &str| Regex::new(p).expect("checked by Overridable::problems");
     let multiline = match (&o.break_before, &o.break_after) {
-        (Some(_), Some(_)) => {
-            issues.push(ConfigIssue {
-                key: format!("{key}.break_after"),
-                message: "break_before and break_after cannot both be set".into(),
-            });
-            None
-        }
-        (Some(p), None) => compile(p, "break_before", issues).map(|r| Multiline {
-            mode: MultilineMode::BreakBefore(r),
+        (Some(p), _) => Some(Multiline {
+            mode: MultilineMode::BreakBefore(compile(p)),
             timeout,
         }),
-        (None, Some(p)) => compile(p, "break_after", issues).map(|r| Multiline {
-            mode: MultilineMode::BreakAfter(r),
+        (None, Some(p)) => Some(Multiline {
+            mode: MultilineMode::BreakAfter(compile(p)),
             timeout,
         }),
         (None, None) => None,
     };
-    if issues.len() != before {
-        return None;
-    }
     let signature = format!(
         "{paths:?} {exclude:?} {delimiter:?} {max_record_bytes} {fingerprint_bytes} {max_file_bytes} {:?} {:?}",
         o.detect_compression,
@@ -390,5 +428,61 @@ mod tests {
         // "file" is the type a source without one has.
         let c = parse("[sources.a]\ntype = \"file\"\npaths = [\"/x\"]\n").unwrap();
         assert_eq!(c.sources[0].name, "a");
+    }
+
+    /// Regression: a bad value in `[defaults]` was reported once per source under
+    /// `sources.NAME.KEY` (a key nobody wrote), and not at all without sources.
+    #[test]
+    fn a_bad_default_is_one_error_on_defaults_not_on_each_source() {
+        let sources = "[sources.a]\npaths = [\"/a\"]\n[sources.b]\npaths = [\"/b\"]\n";
+        for (default, key) in [
+            ("fingerprint_bytes = 2", "defaults.fingerprint_bytes"),
+            ("max_record_bytes = 1", "defaults.max_record_bytes"),
+            ("max_file_bytes = 0", "defaults.max_file_bytes"),
+            ("delimiter = \"\"", "defaults.delimiter"),
+            ("break_before = \"(\"", "defaults.break_before"),
+            (
+                "break_before = \"^a\"\nbreak_after = \"^b\"",
+                "defaults.break_after",
+            ),
+        ] {
+            for with_sources in [true, false] {
+                let text = format!(
+                    "[defaults]\n{default}\n{}",
+                    if with_sources { sources } else { "" }
+                );
+                let e = parse(&text).unwrap_err();
+                assert_eq!(e.matches(key).count(), 1, "{default}: {e}");
+                assert!(!e.contains("sources."), "{default}: {e}");
+            }
+        }
+        // A source's own bad value stays its own; one it overrides is not inherited.
+        let e = parse(
+            "[defaults]\nfingerprint_bytes = 2\n[sources.a]\npaths = [\"/a\"]\n\
+             fingerprint_bytes = 3\n[sources.b]\npaths = [\"/b\"]\nfingerprint_bytes = 64\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.matches("fingerprint_bytes").count(), 2, "{e}");
+        assert!(
+            e.contains("defaults.fingerprint_bytes: 2 is out of range"),
+            "{e}"
+        );
+        assert!(
+            e.contains("sources.a.fingerprint_bytes: 3 is out of range"),
+            "{e}"
+        );
+        // A pair made of the source's half and the default's half is the source's.
+        let e = parse(
+            "[defaults]\nbreak_before = \"^a\"\n[sources.a]\npaths = [\"/a\"]\nbreak_after = \"^b\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("sources.a.break_after: break_before and break_after"),
+            "{e}"
+        );
+        assert!(!e.contains("defaults."), "{e}");
+        // Good defaults still reach every source.
+        let c = parse(&format!("[defaults]\nfingerprint_bytes = 64\n{sources}")).unwrap();
+        assert!(c.sources.iter().all(|s| s.fingerprint_bytes == 64));
     }
 }
