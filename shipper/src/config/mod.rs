@@ -199,6 +199,7 @@ impl Config {
             valid: sinks,
             invalid: invalid_sinks,
         } = sinks::read_sinks(&mut top, &base, &state_dir, &host_id, &mut issues);
+        sinks::file_paths::check(&sources, &sinks, table.contains_key("sink"), &mut issues);
         let osquery_sinks = match top.table("osquery", &mut issues) {
             Some(t) => {
                 let mut r = TableReader::new("osquery", t);

@@ -4,18 +4,26 @@
 //! write, a failed fsync) is cut off again before the error is returned, as the collector does
 //! with its stream files; the retry then starts where the failed batch started. A line torn by a
 //! crash mid-write is cut at the next open: that batch was never acknowledged, so it comes again.
+//!
+//! The path is looked at again before every batch (one stat): when it is gone (deleted) or names
+//! another file (renamed away by logrotate, then recreated or not), the sink opens the path anew,
+//! creating it with its `mode`, and writes there. Without that, every batch after a rotation went
+//! into a file nobody reads (or a deleted one) and was still acknowledged. A truncation in place
+//! (copytruncate) needs nothing: the handle is O_APPEND, so the next write lands at the new end.
 
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 pub struct FileSink {
     path: PathBuf,
     file: File,
     sync: bool,
+    /// Kept for the files this creates after a rotation: they get the mode the first one got.
+    mode: u32,
     buf: Vec<u8>,
     /// A regular file, which a failed batch can be cut off; a pipe or device cannot be unwritten.
     regular: bool,
@@ -27,35 +35,32 @@ pub struct FileSink {
 impl FileSink {
     /// `mode` is given to a file this creates; one that exists keeps the mode its owner chose.
     pub fn open(path: &Path, sync: bool, mode: u32) -> Result<FileSink, SinkError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let fail = |message: String| SinkError::Failed {
+        let (file, regular) = open_output(path, mode).map_err(|message| SinkError::Failed {
             sink: format!("file {}", path.display()),
             message,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display())))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| fail(format!("cannot open: {e}")))?;
-        let regular = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot stat: {e}")))?
-            .is_file();
+        })?;
         let mut sink = FileSink {
             path: path.to_path_buf(),
             file,
             sync,
+            mode,
             buf: Vec::new(),
             regular,
             cut_to: None,
         };
+        sink.cut_torn_line()?;
+        Ok(sink)
+    }
+
+    /// Cuts a last line torn by an interrupted write off the file just opened.
+    fn cut_torn_line(&mut self) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        let fail = |message: String| SinkError::Failed {
+            sink: format!("file {}", path.display()),
+            message,
+        };
         // Read through a handle of its own: the sink's is write-only, which is all it may need.
-        let whole = match regular.then(|| File::open(path)) {
+        let whole = match self.regular.then(|| File::open(&path)) {
             Some(Ok(f)) => whole_lines_len(&f).map_err(|e| fail(format!("cannot read: {e}")))?,
             Some(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read the sink file to check its last line");
@@ -65,10 +70,46 @@ impl FileSink {
         };
         if let Some(len) = whole {
             tracing::warn!(path = %path.display(), len, "cutting a line torn by an interrupted write; its batch is sent again");
-            sink.cut(len)
+            self.cut(len)
                 .map_err(|e| fail(format!("cannot cut a torn last line: {e}")))?;
         }
-        Ok(sink)
+        Ok(())
+    }
+
+    /// Whether the path still names the open file. Gone (deleted, or renamed with nothing in
+    /// its place yet) or another file (renamed and recreated): no.
+    fn still_at_path(&self) -> std::io::Result<bool> {
+        let open = self.file.metadata()?;
+        // Deleted while open: a new file of the same name could even reuse the inode.
+        if open.nlink() == 0 {
+            return Ok(false);
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(now) => Ok(now.dev() == open.dev() && now.ino() == open.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the path anew after a rotation, in place of the handle on the file that left it.
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        let name = self.describe();
+        // A failed cut pending on the old file stays there: that file is no longer written, and
+        // the batch the torn line belonged to is retried into the new one.
+        if let Some(len) = self.cut_to.take() {
+            if let Err(e) = self.file.set_len(len) {
+                tracing::warn!(path = %self.path.display(), len, error = %e, "cannot cut a failed batch off the rotated file; it keeps a torn last line");
+            }
+        }
+        let (file, regular) =
+            open_output(&self.path, self.mode).map_err(|message| SinkError::Failed {
+                sink: name,
+                message,
+            })?;
+        tracing::info!(path = %self.path.display(), "the sink file was rotated or deleted; writing to the file now at its path");
+        self.file = file;
+        self.regular = regular;
+        self.cut_torn_line()
     }
 
     /// Truncates the file back to `len` (and syncs that when `sync`); remembers it on failure.
@@ -112,6 +153,13 @@ impl Sink for FileSink {
             sink: name.clone(),
             message,
         };
+        // One stat per batch: a rotation is seen before the batch is written, not after.
+        let here = self
+            .still_at_path()
+            .map_err(|e| fail(format!("cannot stat: {e}")))?;
+        if !here {
+            self.reopen()?;
+        }
         if let Some(len) = self.cut_to {
             self.cut(len).map_err(|e| {
                 fail(format!(
@@ -120,8 +168,15 @@ impl Sink for FileSink {
             })?;
         }
         // Taken each time, not remembered: the file may have been rotated or truncated since.
-        let before = self.file.metadata().map_err(|e| fail(e.to_string()))?.len();
-        let written = self.append(batch);
+        let mut before = self.file.metadata().map_err(|e| fail(e.to_string()))?.len();
+        let mut written = self.append(batch);
+        // Deleted between the stat and the write: the batch went where nobody can read it, so it
+        // is written again into the new file before it is acknowledged.
+        if written.is_ok() && self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            self.reopen()?;
+            before = self.file.metadata().map_err(|e| fail(e.to_string()))?.len();
+            written = self.append(batch);
+        }
         if self.buf.capacity() > 64 << 20 {
             self.buf = Vec::new();
         }
@@ -136,6 +191,26 @@ impl Sink for FileSink {
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
     }
+}
+
+/// Opens (creating with `mode`) the file to append to, and says whether it is a regular file.
+fn open_output(path: &Path, mode: u32) -> Result<(File, bool), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create folder {}: {e}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let regular = file
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .is_file();
+    Ok((file, regular))
 }
 
 /// How every line this sink writes starts.
@@ -218,5 +293,99 @@ mod tests {
         long.extend(vec![b'x'; 200_000]);
         std::fs::write(&p, &long).unwrap();
         assert_eq!(whole_lines_len(&File::open(&p).unwrap()).unwrap(), Some(3));
+    }
+
+    /// A batch of one record per message, each its own line in the file.
+    fn batch(messages: &[&str]) -> Batch {
+        use crate::batch::StreamMeta;
+        use crate::frame::{Part, Rec};
+        let mut b = Batch::new("h".into(), 0);
+        let mut out = crate::batch::Intake::plain(&mut b);
+        let slot = out.open_stream(
+            StreamMeta {
+                id: "s".into(),
+                source: "app".into(),
+                fingerprint: None,
+                path: "/l/a.log".into(),
+            },
+            crate::batch::Ack::Store(crate::store::Checkpoint {
+                stream: "s".into(),
+                ..Default::default()
+            }),
+        );
+        for (n, msg) in messages.iter().enumerate() {
+            let rec = Rec {
+                offset: n as u64,
+                len: msg.len() as u64,
+                part: Part::Whole,
+                bytes: msg.as_bytes(),
+            };
+            out.push(slot, &rec, 0, None);
+        }
+        drop(out);
+        b
+    }
+
+    fn lines(p: &Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["msg"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deleted_file_is_created_again_at_the_next_batch_with_the_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.ndjson");
+        let mut sink = FileSink::open(&p, true, 0o640).unwrap();
+        sink.send(&batch(&["one"])).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        sink.send(&batch(&["two"])).unwrap();
+        assert_eq!(lines(&p), ["two"]);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+
+    #[test]
+    fn a_renamed_file_keeps_what_it_had_and_the_path_gets_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.ndjson");
+        let rotated = dir.path().join("out.ndjson.1");
+        let mut sink = FileSink::open(&p, false, 0o600).unwrap();
+        sink.send(&batch(&["one"])).unwrap();
+        std::fs::rename(&p, &rotated).unwrap();
+        sink.send(&batch(&["two", "three"])).unwrap();
+        assert_eq!(lines(&rotated), ["one"]);
+        assert_eq!(lines(&p), ["two", "three"]);
+        // Renamed and replaced at once (logrotate `create`): the replacement is appended to.
+        std::fs::rename(&p, &rotated).unwrap();
+        std::fs::write(&p, b"").unwrap();
+        sink.send(&batch(&["four"])).unwrap();
+        assert_eq!(lines(&rotated), ["two", "three"]);
+        assert_eq!(lines(&p), ["four"]);
+    }
+
+    #[test]
+    fn a_truncated_file_is_written_from_its_new_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.ndjson");
+        let mut sink = FileSink::open(&p, false, 0o600).unwrap();
+        sink.send(&batch(&["one", "two"])).unwrap();
+        // copytruncate: copy, then truncate in place; the handle is the same file.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        sink.send(&batch(&["three"])).unwrap();
+        let text = std::fs::read(&p).unwrap();
+        assert!(!text.contains(&0), "no hole of NULs before the new line");
+        assert_eq!(lines(&p), ["three"]);
     }
 }

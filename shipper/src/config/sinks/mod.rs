@@ -10,6 +10,7 @@
 //! that has options, as in `sink/`.
 
 mod collector;
+pub(super) mod file_paths;
 pub mod routes;
 mod syslog;
 

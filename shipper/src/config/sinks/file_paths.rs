@@ -1,0 +1,141 @@
+//! Where file sinks write, checked against where the agent reads and against each other.
+//!
+//! A file sink whose path a source's glob matches is shipped again by the agent, each pass
+//! wrapping the last in one more layer of JSON: the file grows without end (25 MB in 3 s in the
+//! probe that found it). That is refused as a config error naming both keys rather than quietly
+//! excluded: an exclusion nobody wrote would hide a misconfiguration (the operator most likely
+//! meant the sink to be elsewhere), and the fix, a narrower glob or an `exclude`, is one line.
+//! Two file sinks on one path are refused too: their batches would interleave in one file, and
+//! each cuts a failed batch back to a length the other may have written past.
+//!
+//! Paths are compared as the config resolves them (relative to its folder, `.` and `..` taken
+//! out), and globs as discovery matches them; a path reached through a symlink is not seen.
+
+use super::{NamedSink, SinkConfig, DEFAULT_SINK};
+use crate::config::{normalize, ConfigIssue, Source};
+use std::path::{Path, PathBuf};
+
+/// `one` is the `[sink]` form (its keys are `sink.…`), else the sinks are `[sinks.NAME]`.
+pub(in crate::config) fn check(
+    sources: &[Source],
+    sinks: &[NamedSink],
+    one: bool,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let key = |name: &str| {
+        if one && name == DEFAULT_SINK {
+            "sink".to_string()
+        } else {
+            format!("sinks.{name}")
+        }
+    };
+    let mut seen: Vec<(PathBuf, &str)> = Vec::new();
+    for s in sinks {
+        let SinkConfig::File { path, .. } = &s.sink else {
+            continue;
+        };
+        let path = normalize(path);
+        if let Some((source, pattern)) = sources.iter().find_map(|src| matched_by(src, &path)) {
+            issues.push(ConfigIssue {
+                key: format!("{}.path", key(&s.name)),
+                message: format!(
+                    "{} is matched by sources.{source}.paths ({pattern:?}): the agent would ship its own output; write it elsewhere or add it to sources.{source}.exclude",
+                    path.display()
+                ),
+            });
+        }
+        match seen.iter().find(|(p, _)| *p == path) {
+            Some((_, first)) => issues.push(ConfigIssue {
+                key: format!("{}.path", key(&s.name)),
+                message: format!(
+                    "{} is also {}.path: two sinks appending to one file interleave their batches",
+                    path.display(),
+                    key(first)
+                ),
+            }),
+            None => seen.push((path, &s.name)),
+        }
+    }
+}
+
+/// The source's name and the glob of its `paths` that reads `path`, unless its `exclude` leaves
+/// it out, as discovery decides (`discover::scan` and `is_excluded`, which config may not import).
+fn matched_by<'s>(source: &'s Source, path: &Path) -> Option<(&'s str, &'s str)> {
+    if source.exclude_paths.is_match(path)
+        || path
+            .file_name()
+            .is_some_and(|n| source.exclude_names.is_match(Path::new(n)))
+    {
+        return None;
+    }
+    // Each glob alone, to name the one that matches (a bad glob is an issue of its own already).
+    source
+        .paths
+        .iter()
+        .find(|p| {
+            globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .is_ok_and(|g| g.compile_matcher().is_match(path))
+        })
+        .map(|p| (source.name.as_str(), p.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn issues(text: &str) -> String {
+        match Config::parse(Path::new("/etc/ls/agent.toml"), text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_sink_a_source_reads_is_refused_naming_both() {
+        let e =
+            issues("[sources.a]\npaths=['logs/*.log']\n[sink]\ntype='file'\npath='logs/out.log'\n");
+        assert!(
+            e.contains("sink.path: /etc/ls/logs/out.log is matched by sources.a.paths (\"/etc/ls/logs/*.log\"): the agent would ship its own output"),
+            "{e}"
+        );
+        // Spelled differently, the same file.
+        let e = issues(
+            "[sources.a]\npaths=['/etc/ls/logs/*.log']\n[sinks.x]\ntype='file'\npath='./logs/../logs/out.log'\n",
+        );
+        assert!(
+            e.contains("sinks.x.path: /etc/ls/logs/out.log is matched by sources.a.paths"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_excluded_or_unmatched_sink_file_is_accepted() {
+        for text in [
+            "[sources.a]\npaths=['logs/*.log']\nexclude=['out.log']\n[sink]\ntype='file'\npath='logs/out.log'\n",
+            "[sources.a]\npaths=['logs/*.log']\nexclude=['logs/out.*']\n[sink]\ntype='file'\npath='logs/out.log'\n",
+            "[sources.a]\npaths=['logs/*.log']\n[sink]\ntype='file'\npath='logs/out.ndjson'\n",
+            // `*` stops at a `/`, as discovery's globs do.
+            "[sources.a]\npaths=['logs/*.log']\n[sink]\ntype='file'\npath='logs/sub/out.log'\n",
+        ] {
+            assert_eq!(issues(text), "", "{text}");
+        }
+    }
+
+    #[test]
+    fn two_file_sinks_on_one_path_are_refused_naming_both() {
+        let e = issues(
+            "[sources.a]\npaths=['/var/log/a.log']\n[sinks.one]\ntype='file'\npath='out.ndjson'\n[sinks.two]\ntype='file'\npath='/etc/ls/out.ndjson'\n",
+        );
+        assert!(
+            e.contains("sinks.two.path: /etc/ls/out.ndjson is also sinks.one.path"),
+            "{e}"
+        );
+        let e = issues(
+            "[sources.a]\npaths=['/var/log/a.log']\n[sinks.one]\ntype='file'\npath='one.ndjson'\n[sinks.two]\ntype='file'\npath='two.ndjson'\n",
+        );
+        assert_eq!(e, "");
+    }
+}
