@@ -356,7 +356,7 @@ fn open_agent_log(path: &Path) -> anyhow::Result<std::fs::File> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let mode = log

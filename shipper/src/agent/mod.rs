@@ -57,10 +57,22 @@ pub enum AgentError {
 /// Holds the state dir's lock for as long as it lives.
 pub type StateLock = log_sensor_common::fsutil::DirLock;
 
+/// Creates the state dir (and missing parents) 0700 when there is none: it holds the store, the
+/// control socket and, with `start`, agent.log with every record shipped to stdout, so only the
+/// agent's user may look inside (as the packages make `/var/lib/log-sensor`). One that exists
+/// keeps the mode its owner gave it.
+pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Takes the state dir for this process; a second agent on it is refused with the holder's pid.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
     use log_sensor_common::fsutil::{lock_dir, LockError};
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::Lock {
+    create_state_dir(dir).map_err(|source| AgentError::Lock {
         path: dir.to_path_buf(),
         source,
     })?;
