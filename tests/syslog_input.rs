@@ -1104,3 +1104,265 @@ fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+// ------------------------------------------------------------------ reloads
+
+/// `log-sensor reload` with the running agent's config file, which must be accepted.
+fn reload(agent: &NetAgent) {
+    let out = agent
+        .cmd()
+        .arg("reload")
+        .env("LOG_SENSOR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The agent also reloads on its own when the file changes (polled every second, then 200 ms
+/// for the writer to finish): once this returns, that reload is behind too.
+fn settle_reloads() {
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+/// Adds `url` to the source's `listen` in the agent's config file.
+fn add_listener(agent: &NetAgent, url: &str) {
+    let path = agent.p("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tls = &agent.urls()[2];
+    let edited = text.replace(&format!("\"{tls}\"]"), &format!("\"{tls}\", \"{url}\"]"));
+    assert_ne!(edited, text, "the listen line is where the bench writes it");
+    std::fs::write(&path, edited).unwrap();
+}
+
+/// A reload adding a listener on a port another process holds stopped the whole source (its
+/// old listeners included) and only alerted: the source must go on with its old listeners, the
+/// alert naming the one that cannot be bound; once the port is free, a reload applies it.
+#[test]
+fn a_reload_with_an_unbindable_listener_keeps_the_old_listeners() {
+    let mut agent = NetAgent::new("");
+    let a = agent.start();
+    wait_udp_ready(&agent, &a);
+    let mut before = tcp(agent.port);
+    before
+        .write_all(&octet(&rfc5424("before the failed reload")))
+        .unwrap();
+    agent.wait_msgs(&a, &["before the failed reload".to_string()]);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_url = format!("tcp://127.0.0.1:{}", held.local_addr().unwrap().port());
+    add_listener(&agent, &held_url);
+    reload(&agent);
+
+    wait_until(
+        || format!("an alert naming {held_url}: {:?}", agent.all_alerts()),
+        PATIENCE,
+        || agent.all_alerts().iter().any(|d| d.contains(&held_url)),
+    );
+    settle_reloads();
+    let [udp_url, tcp_url, _] = agent.urls();
+    let status = agent.status();
+    for url in [&udp_url, &tcp_url] {
+        assert!(
+            listener_stat(&status, url, "connections").is_some(),
+            "{url} still in status: {status:#}"
+        );
+    }
+    assert!(
+        listener_stat(&status, &held_url, "connections").is_none(),
+        "the unbound listener is not shown as listening: {status:#}"
+    );
+
+    // The alert is raised once the old listeners are back: these must arrive, once each.
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(
+            rfc5424("udp after the failed reload").as_bytes(),
+            ("127.0.0.1", agent.port),
+        )
+        .unwrap();
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("tcp after the failed reload")))
+        .unwrap();
+    // The change is refused before anything stops: a connection open across it goes on.
+    before
+        .write_all(&octet(&rfc5424("across the failed reload")))
+        .unwrap();
+    let want = [
+        "udp after the failed reload".to_string(),
+        "tcp after the failed reload".to_string(),
+        "across the failed reload".to_string(),
+    ];
+    agent.wait_msgs(&a, &want);
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = agent.msgs();
+    for w in &want {
+        assert_eq!(
+            msgs.iter().filter(|m| *m == w).count(),
+            1,
+            "{w:?} once: {msgs:?}"
+        );
+    }
+
+    // The file was not applied, so reloading it once the port is free does.
+    drop(held);
+    reload(&agent);
+    wait_until(
+        || format!("{held_url} listening: {:#}", agent.status()),
+        PATIENCE,
+        || {
+            agent
+                .try_status()
+                .is_some_and(|st| listener_stat(&st, &held_url, "connections").is_some())
+        },
+    );
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("tcp once the port is free")))
+        .unwrap();
+    let mut n = tcp(held_url.rsplit(':').next().unwrap().parse().unwrap());
+    n.write_all(&octet(&rfc5424("on the listener added")))
+        .unwrap();
+    agent.wait_msgs(
+        &a,
+        &[
+            "tcp once the port is free".to_string(),
+            "on the listener added".to_string(),
+        ],
+    );
+}
+
+/// The same when the port is another source's: the source keeps its old TCP listener. And a
+/// reload that removes that other source frees the port for the move in the same step.
+#[test]
+fn a_reload_moving_a_listener_onto_another_sources_port_waits_for_it_to_be_free() {
+    let other_port = free_port();
+    let other = format!(
+        "[sources.other]\ntype = \"syslog\"\nlisten = [\"tcp://127.0.0.1:{other_port}\"]\n"
+    );
+    let mut agent = NetAgent::with("", None, &other);
+    let a = agent.start();
+    let [_, tcp_url, _] = agent.urls();
+    let moved_url = format!("tcp://127.0.0.1:{other_port}");
+    let path = agent.p("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&format!("\"{tcp_url}\""), &format!("\"{moved_url}\"")),
+    )
+    .unwrap();
+    reload(&agent);
+
+    wait_until(
+        || format!("an alert naming {moved_url}: {:?}", agent.all_alerts()),
+        PATIENCE,
+        || {
+            agent
+                .all_alerts()
+                .iter()
+                .any(|d| d.starts_with("config_error") && d.contains(&moved_url))
+        },
+    );
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("on the old port"))).unwrap();
+    let mut o = tcp(other_port);
+    o.write_all(&octet(&rfc5424("to the other source")))
+        .unwrap();
+    agent.wait_msgs(&a, &["on the old port".to_string()]);
+    wait_until(
+        || format!("the other source's record: {:?}", read_ndjson(&agent.out)),
+        PATIENCE,
+        || {
+            read_ndjson(&agent.out)
+                .iter()
+                .any(|r| r["source"] == "other" && r["msg"] == "to the other source")
+        },
+    );
+
+    settle_reloads();
+    let naming_moved = || {
+        agent
+            .all_alerts()
+            .iter()
+            .filter(|d| d.contains(&moved_url))
+            .count()
+    };
+    let refusals = naming_moved();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&other, "")).unwrap();
+    reload(&agent);
+    wait_until(
+        || format!("{moved_url} listening for net: {:#}", agent.status()),
+        PATIENCE,
+        || {
+            agent.try_status().is_some_and(|st| {
+                listener_stat(&st, &tcp_url, "connections").is_none()
+                    && listener_stat(&st, &moved_url, "connections").is_some()
+            })
+        },
+    );
+    let mut m = tcp(other_port);
+    m.write_all(&octet(&rfc5424("on the moved listener")))
+        .unwrap();
+    let r = agent.record(&a, "on the moved listener");
+    assert_eq!(r["source"], "net", "{r}");
+    assert_eq!(
+        naming_moved(),
+        refusals,
+        "the first reload after the removal applies the move: {:?}",
+        agent.all_alerts()
+    );
+}
+
+/// A change that passes the bind check but still cannot start (here the new listener's spool
+/// folder is a file) comes back on its previous listeners, which had been stopped for it.
+#[test]
+fn a_reload_whose_new_listener_cannot_start_restarts_the_previous_ones() {
+    let mut agent = NetAgent::new("");
+    let a = agent.start();
+    wait_udp_ready(&agent, &a);
+    let new_port = free_port();
+    let new_url = format!("udp://127.0.0.1:{new_port}");
+    let blocked = agent.p(&format!("state/spool/net/udp-127.0.0.1-{new_port}"));
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    add_listener(&agent, &new_url);
+    reload(&agent);
+
+    wait_until(
+        || format!("an alert naming {new_url}: {:?}", agent.all_alerts()),
+        PATIENCE,
+        || {
+            agent
+                .all_alerts()
+                .iter()
+                .any(|d| d.starts_with("config_error") && d.contains(&new_url))
+        },
+    );
+    settle_reloads();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(
+            rfc5424("udp after the restart").as_bytes(),
+            ("127.0.0.1", agent.port),
+        )
+        .unwrap();
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("tcp after the restart")))
+        .unwrap();
+    let want = [
+        "udp after the restart".to_string(),
+        "tcp after the restart".to_string(),
+    ];
+    agent.wait_msgs(&a, &want);
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = agent.msgs();
+    for w in &want {
+        assert_eq!(
+            msgs.iter().filter(|m| *m == w).count(),
+            1,
+            "{w:?} once: {msgs:?}"
+        );
+    }
+}

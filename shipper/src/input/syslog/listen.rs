@@ -47,9 +47,10 @@ pub enum ListenError {
         url: String,
         message: String,
     },
-    #[error("syslog source {source_name}: {err}")]
+    #[error("syslog source {source_name}: spool of {url}: {err}")]
     Spool {
         source_name: String,
+        url: String,
         err: SpoolError,
     },
     #[error("syslog source {source_name}: cannot start the network thread: {err}")]
@@ -57,6 +58,19 @@ pub enum ListenError {
         source_name: String,
         err: std::io::Error,
     },
+}
+
+impl ListenError {
+    /// The listener that failed, when one did (the network thread is the source's): an
+    /// alert carries it in `path`, as the listeners' own alerts do.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            ListenError::Bind { url, .. }
+            | ListenError::Tls { url, .. }
+            | ListenError::Spool { url, .. } => Some(url),
+            ListenError::Runtime { .. } => None,
+        }
+    }
 }
 
 /// What the listeners report for the agent to log and alert on; the library itself logs nothing.
@@ -93,6 +107,34 @@ pub struct ListenerHandle {
     pub spool: Arc<Mutex<Spool>>,
     pub spool_state: Arc<SpoolState>,
     pub stats: Arc<ListenerCounters>,
+}
+
+/// Binds each listener of `source` on a port that none of `freed` uses and lets it go at once:
+/// whether a restart of the source could bind them, asked before its running listeners stop
+/// (a port another process or source holds then leaves them running, connections and all).
+/// A port of `freed` is skipped whatever its address, since the listeners holding it stop
+/// first; so is port 0. A port taken in the moment between is still possible: the start
+/// then fails, naming it, as it would without this.
+pub fn probe(source: &SyslogSource, freed: &[&Listener]) -> Result<(), ListenError> {
+    let udp = |t: Transport| t == Transport::Udp;
+    for l in &source.listen {
+        let held = freed
+            .iter()
+            .any(|f| udp(f.transport) == udp(l.transport) && f.addr.port() == l.addr.port());
+        if held || l.addr.port() == 0 {
+            continue;
+        }
+        let bound = match l.transport {
+            Transport::Udp => std::net::UdpSocket::bind(l.addr).map(drop),
+            Transport::Tcp | Transport::Tls => std::net::TcpListener::bind(l.addr).map(drop),
+        };
+        bound.map_err(|err| ListenError::Bind {
+            source_name: source.name.clone(),
+            url: l.url(),
+            err,
+        })?;
+    }
+    Ok(())
 }
 
 /// The listeners of one syslog source.
@@ -266,6 +308,7 @@ impl Server {
             let spool = Spool::open(&dir, start_of(&l), segment, source.spool_max_bytes).map_err(
                 |err| ListenError::Spool {
                     source_name: name.clone(),
+                    url: l.url(),
                     err,
                 },
             )?;

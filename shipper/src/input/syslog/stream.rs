@@ -6,7 +6,7 @@
 //! unbounded, so streams per host would let anyone grow `store.db` and the status page without
 //! limit; the sender is in every record's `fields.hostname` / `fields.peer` for SQL instead.
 
-use super::listen::{Event, ListenError, ListenerHandle, Server};
+use super::listen::{probe, Event, ListenError, ListenerHandle, Server};
 use super::spool::SpoolReader;
 use crate::batch::{Ack, Intake, Slot, StreamMeta};
 use crate::config::syslog::{Listener, SyslogSource};
@@ -324,6 +324,10 @@ impl Input for SyslogInput {
     /// A source whose options changed is restarted (its connections close; senders reconnect),
     /// a new one started, a removed one stopped; the others keep their connections. Spools
     /// stay: a listener that comes back later goes on from its committed offset.
+    ///
+    /// A changed source whose new listeners cannot start goes on with its previous settings:
+    /// the change is alerted, naming the listener and the error, and not applied (as an
+    /// invalid file leaves the running config in place).
     fn reconfigure(&mut self, cfg: &Arc<Config>) {
         let wanted = &cfg.syslog_sources;
         let same = |a: &SyslogSource| {
@@ -339,44 +343,147 @@ impl Input for SyslogInput {
             .iter()
             .map(|s| (s.meta.id.to_string(), (s.reader.position(), s.slot)))
             .collect();
-        let mut old: Vec<(String, Server)> = std::mem::take(&mut self.servers);
-        let mut servers = Vec::new();
-        for src in wanted {
-            let kept = same(src)
-                .then(|| old.iter().position(|(n, _)| *n == src.name))
-                .flatten();
-            if let Some(i) = kept {
-                servers.push(old.swap_remove(i));
+        let old = std::mem::take(&mut self.servers);
+        let unchanged = |name: &str| wanted.iter().any(|w| w.name == name && same(w));
+        // A changed or new source whose listeners cannot bind now is left as it is, before
+        // anything stops: its running listeners keep their connections and lose no datagram.
+        let refused: HashMap<String, ListenError> = {
+            // The ports this reload frees: the changed and removed sources' listeners.
+            let freed: Vec<&Listener> = old
+                .iter()
+                .filter(|(n, _)| !unchanged(n))
+                .flat_map(|(_, s)| s.listeners.iter().map(|h| &h.listener))
+                .collect();
+            wanted
+                .iter()
+                .filter(|w| !same(w))
+                .filter_map(|w| probe(w, &freed).err().map(|e| (w.name.clone(), e)))
+                .collect()
+        };
+        // Every other server that does not go on unchanged stops first, a removed one too: a
+        // changed or new source may bind a port that another frees in this same reload.
+        let mut kept = Vec::new();
+        for (name, server) in old {
+            if unchanged(&name) || refused.contains_key(&name) {
+                kept.push((name, server));
                 continue;
             }
-            // The old listeners go first: the new ones may bind the same ports.
-            if let Some(i) = old.iter().position(|(n, _)| *n == src.name) {
-                old.swap_remove(i).1.stop();
+            if !wanted.iter().any(|w| w.name == name) {
+                tracing::info!(source = %name, "syslog source removed; its listeners stop");
             }
-            match self.start_server(src) {
-                Ok(s) => servers.push((src.name.clone(), s)),
-                Err(e) => {
-                    tracing::error!(error = %e, "syslog source not started");
-                    let a = Alert {
-                        kind: "config_error",
-                        source: Some(src.name.clone()),
-                        stream: None,
-                        path: None,
-                        detail: e.to_string(),
-                    };
-                    let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = st.add_alert(&a) {
-                        tracing::error!(error = %e, "cannot record alert");
-                    }
-                }
-            }
-        }
-        for (name, server) in old {
-            tracing::info!(source = %name, "syslog source removed; its listeners stop");
             server.stop();
         }
+        let mut servers = Vec::new();
+        // The settings each server now runs with, which the next reload compares against: a
+        // source left on its previous settings (or not started) then differs from the file,
+        // so reloading the same file once the port is free applies it.
+        let mut running = Vec::new();
+        for src in wanted {
+            let previous = self.sources.iter().find(|b| b.name == src.name).cloned();
+            let server = kept
+                .iter()
+                .position(|(n, _)| *n == src.name)
+                .map(|i| kept.swap_remove(i).1);
+            let started = match (server, refused.get(&src.name), previous) {
+                (Some(server), Some(e), Some(previous)) => {
+                    self.change_not_applied(src, e, &previous);
+                    Some((server, previous))
+                }
+                (Some(server), _, _) => Some((server, src.clone())),
+                (None, Some(e), _) => self.keep_previous(src, e, None),
+                (None, None, previous) => match self.start_server(src) {
+                    Ok(s) => Some((s, src.clone())),
+                    Err(e) => self.keep_previous(src, &e, previous),
+                },
+            };
+            if let Some((server, settings)) = started {
+                servers.push((src.name.clone(), server));
+                running.push(settings);
+            }
+        }
         self.servers = servers;
-        self.sources = wanted.clone();
+        self.sources = running;
         self.rebuild_streams(&carried);
     }
+}
+
+impl SyslogInput {
+    /// The new settings of `src` could not start (`err`): its `previous` ones, whose server
+    /// was stopped to free their ports, start again → that server and those settings.
+    /// Alerted either way; loudest when not even the previous listeners bind again (something
+    /// took a port in the moment between), as then the source is not listening at all.
+    fn keep_previous(
+        &self,
+        src: &SyslogSource,
+        err: &ListenError,
+        previous: Option<SyslogSource>,
+    ) -> Option<(Server, SyslogSource)> {
+        let Some(previous) = previous else {
+            tracing::error!(error = %err, "syslog source not started");
+            self.alert(
+                "config_error",
+                &src.name,
+                err.url(),
+                format!("{err}; the source is not started"),
+            );
+            return None;
+        };
+        match self.start_server(&previous) {
+            Ok(server) => {
+                self.change_not_applied(src, err, &previous);
+                Some((server, previous))
+            }
+            Err(again) => {
+                tracing::error!(error = %err, previous = %again, "syslog source not listening: neither its new nor its previous listeners could be bound");
+                self.alert(
+                    "syslog_not_listening",
+                    &src.name,
+                    again.url().or(err.url()),
+                    format!(
+                        "source {} is not listening: {err}; and its previous listeners ({}) could not be bound again: {again}",
+                        src.name,
+                        urls(&previous)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `src`'s change could not start (`err`) and it runs with its `previous` settings.
+    fn change_not_applied(&self, src: &SyslogSource, err: &ListenError, previous: &SyslogSource) {
+        tracing::error!(error = %err, "syslog source change not applied; its previous listeners go on");
+        self.alert(
+            "config_error",
+            &src.name,
+            err.url(),
+            format!(
+                "{err}; the change is not applied, the source goes on listening on {}",
+                urls(previous)
+            ),
+        );
+    }
+
+    fn alert(&self, kind: &'static str, source: &str, listener: Option<&str>, detail: String) {
+        let a = Alert {
+            kind,
+            source: Some(source.to_string()),
+            stream: None,
+            path: listener.map(str::to_string),
+            detail,
+        };
+        let st = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = st.add_alert(&a) {
+            tracing::error!(error = %e, "cannot record alert");
+        }
+    }
+}
+
+/// A source's listeners for an alert: `udp://…, tcp://…`.
+fn urls(s: &SyslogSource) -> String {
+    s.listen
+        .iter()
+        .map(Listener::url)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
