@@ -372,3 +372,6 @@ const _: () = assert!(SLACK >= 16);
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod testing;
