@@ -1,8 +1,8 @@
-//! `log-sensor check` against `log-sensor run` on configs with a collector or a TLS syslog sink:
-//! where `run` refuses to start because the sink has no identity (nothing enrolled in
-//! `<state_dir>/tls/`, no `sink.cert`/`sink.key`, no `--cert`/`--key`) or its TLS files do not
-//! load, `check` fails with `run`'s own message, naming the sink (and `log-sensor enroll` for a
-//! collector); with an identity enrolled or given, it passes.
+//! `log-sensor check` against `log-sensor run` on configs with a collector, a TLS syslog or a
+//! file sink: where `run` refuses to start because the sink has no identity (nothing enrolled in
+//! `<state_dir>/tls/`, no `sink.cert`/`sink.key`, no `--cert`/`--key`), its TLS files do not
+//! load or its file cannot be opened, `check` fails with `run`'s own message, naming the sink
+//! (and `log-sensor enroll` for a collector); with an identity enrolled or given, it passes.
 
 #[path = "support/pki.rs"]
 mod pki;
@@ -219,4 +219,30 @@ ca = "nope/ca.pem"
     )));
     let out = check(&env, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn check_fails_as_run_does_for_a_file_sink_that_cannot_be_opened() {
+    let env = AgentEnv::with_config(&config(
+        "[sink]\ntype = \"file\"\npath = \"blocker/out.ndjson\"\n",
+    ));
+    // A file where the sink's folder should be: mkdir cannot make it, so open cannot either.
+    std::fs::write(env.p("blocker"), b"not a folder").unwrap();
+    let out = check(&env, &[]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let said = out.stderr.trim_end();
+    assert!(
+        said.contains("blocker/out.ndjson") && said.contains("cannot create folder"),
+        "{said}"
+    );
+    assert_eq!(said, run_refusal(&env), "check says what run says");
+
+    // With the way clear, check passes and still makes nothing: the folder is run's to create.
+    std::fs::remove_file(env.p("blocker")).unwrap();
+    let out = check(&env, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        !env.p("blocker").exists(),
+        "check created the sink's folder"
+    );
 }

@@ -52,6 +52,16 @@ impl FileSink {
         Ok(sink)
     }
 
+    /// What [`FileSink::open`] would refuse, found without creating anything: `check` must not
+    /// leave folders or empty files behind, and a reload must know before it stops the running
+    /// sink. Errors are worded as `open` words them.
+    pub fn check(path: &Path) -> Result<(), SinkError> {
+        check_output(path).map_err(|message| SinkError::Failed {
+            sink: format!("file {}", path.display()),
+            message,
+        })
+    }
+
     /// Cuts a last line torn by an interrupted write off the file just opened.
     fn cut_torn_line(&mut self) -> Result<(), SinkError> {
         let path = self.path.clone();
@@ -213,6 +223,65 @@ fn open_output(path: &Path, mode: u32) -> Result<(File, bool), String> {
     Ok((file, regular))
 }
 
+/// What [`open_output`] would fail on, asked with stat(2) and access(2) along the path only.
+/// Each error is the one `create_dir_all` or `open` would have met there.
+fn check_output(path: &Path) -> Result<(), String> {
+    use std::io::{Error, ErrorKind};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let folder_err = |e: Error| format!("cannot create folder {}: {e}", dir.display());
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        // create_dir_all meets the thing in the way: mkdir says EEXIST and it is no folder.
+        Ok(_) => return Err(folder_err(Error::from_raw_os_error(libc::EEXIST))),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            // The folders would be made from the nearest one that exists: it must let us.
+            let mut up = dir;
+            while let Some(parent) = up.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                match std::fs::metadata(parent) {
+                    Ok(m) if m.is_dir() => {
+                        return access(parent, libc::W_OK | libc::X_OK).map_err(folder_err);
+                    }
+                    Ok(_) => return Err(folder_err(Error::from_raw_os_error(libc::ENOTDIR))),
+                    Err(e) if e.kind() == ErrorKind::NotFound => up = parent,
+                    Err(e) => return Err(folder_err(e)),
+                }
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(folder_err(e)),
+    }
+    let open_err = |e: Error| format!("cannot open: {e}");
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(open_err(Error::from_raw_os_error(libc::EISDIR))),
+        Ok(_) => access(path, libc::W_OK).map_err(open_err),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            access(dir, libc::W_OK | libc::X_OK).map_err(open_err)
+        }
+        Err(e) => Err(open_err(e)),
+    }
+}
+
+/// access(2): whether this process may do `how` to `path`, as open(2) and mkdir(2) would judge.
+fn access(path: &Path, how: libc::c_int) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// How every line this sink writes starts.
 const RECORD_START: &[u8] = b"{\"host\":\"";
 
@@ -293,6 +362,30 @@ mod tests {
         long.extend(vec![b'x'; 200_000]);
         std::fs::write(&p, &long).unwrap();
         assert_eq!(whole_lines_len(&File::open(&p).unwrap()).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn check_refuses_what_open_refuses_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("plain"), b"x").unwrap();
+        std::fs::create_dir(d.join("folder")).unwrap();
+        let refused = [
+            d.join("plain/out.ndjson"),        // the folder is a file
+            d.join("plain/deeper/out.ndjson"), // a folder on the way is a file
+            d.join("folder"),                  // the file is a folder
+        ];
+        for p in &refused {
+            let checked = FileSink::check(p).err().map(|e| e.to_string());
+            let opened = FileSink::open(p, false, 0o600).err().map(|e| e.to_string());
+            assert!(checked.is_some(), "{}: check let it through", p.display());
+            assert_eq!(checked, opened, "{}", p.display());
+        }
+        let fine = d.join("new/deeper/out.ndjson");
+        FileSink::check(&fine).unwrap();
+        FileSink::check(&d.join("plain")).unwrap();
+        assert!(!d.join("new").exists(), "check created a folder");
+        FileSink::open(&fine, false, 0o600).unwrap();
     }
 
     /// A batch of one record per message, each its own line in the file.

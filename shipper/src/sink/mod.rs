@@ -111,13 +111,14 @@ pub fn describe_all(sinks: &[NamedSink]) -> String {
 
 /// What [`build`] would refuse to start on, found by reading files only (`log-sensor check`):
 /// a collector sink whose CA, certificate or key do not load (not enrolled yet), a syslog sink
-/// whose TLS files do not. Named as the
+/// whose TLS files do not, a file sink whose path cannot be opened or its folder made. Named as the
 /// agent names a sink that cannot start: `sinks.NAME (…)` for a named one.
 pub fn check(n: &NamedSink) -> Result<(), SinkError> {
     let checked = match &n.sink {
         SinkConfig::Collector(opts) => collector::CollectorSink::check(opts),
         SinkConfig::Syslog(opts) => syslog::SyslogSink::check(opts),
-        SinkConfig::File { .. } | SinkConfig::Stdout => Ok(()),
+        SinkConfig::File { path, .. } => FileSink::check(path),
+        SinkConfig::Stdout => Ok(()),
     };
     checked.map_err(|e| named(&n.name, e))
 }
