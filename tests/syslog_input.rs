@@ -1122,6 +1122,19 @@ fn reload(agent: &NetAgent) {
     );
 }
 
+/// `log-sensor reload`, which must be refused → what it said.
+fn reload_refused(agent: &NetAgent) -> String {
+    let out = agent
+        .cmd()
+        .arg("reload")
+        .env("LOG_SENSOR_LOG", "warn")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "reload should be refused: {said}");
+    said
+}
+
 /// The agent also reloads on its own when the file changes (polled every second, then 200 ms
 /// for the writer to finish): once this returns, that reload is behind too.
 fn settle_reloads() {
@@ -1233,8 +1246,9 @@ fn a_reload_with_an_unbindable_listener_keeps_the_old_listeners() {
     );
 }
 
-/// The same when the port is another source's: the source keeps its old TCP listener. And a
-/// reload that removes that other source frees the port for the move in the same step.
+/// The same when the port is another source's: the reload is refused as a config error naming
+/// both sources, and the source keeps its old TCP listener. A reload that removes that other
+/// source frees the port for the move in the same step.
 #[test]
 fn a_reload_moving_a_listener_onto_another_sources_port_waits_for_it_to_be_free() {
     let other_port = free_port();
@@ -1252,7 +1266,12 @@ fn a_reload_moving_a_listener_onto_another_sources_port_waits_for_it_to_be_free(
         text.replace(&format!("\"{tcp_url}\""), &format!("\"{moved_url}\"")),
     )
     .unwrap();
-    reload(&agent);
+    // Two sources on one port: the config itself is refused, naming both.
+    let said = reload_refused(&agent);
+    assert!(
+        said.contains(&moved_url) && said.contains("sources.net") && said.contains("sources.other"),
+        "{said}"
+    );
 
     wait_until(
         || format!("an alert naming {moved_url}: {:?}", agent.all_alerts()),

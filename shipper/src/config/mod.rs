@@ -191,6 +191,7 @@ impl Config {
             &mut source_transforms,
             &mut issues,
         );
+        syslog::check_ports(&syslog_sources, &mut issues);
         let transforms = transforms::read_transforms(&mut top, &base, &mut issues);
         transforms::resolve_chains(&source_transforms, &transforms, &mut sources, &mut issues);
         let transforms = transforms.valid;

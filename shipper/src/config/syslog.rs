@@ -2,7 +2,7 @@
 //! so a bad listener or an unreadable key is reported with the rest of the file's errors.
 
 use super::reader::{ConfigIssue, TableReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 65536;
@@ -241,6 +241,42 @@ pub fn read(
     })
 }
 
+/// Listeners that cannot all bind, across every syslog source and within one: the same kind
+/// of socket (UDP; TCP for both tcp:// and tls://) on the same port, at one address or where
+/// one is a wildcard covering the other (0.0.0.0 covers IPv4, [::] both families, as Linux
+/// binds IPv6 dual-stack by default). Found here, `check` and a reload refuse it by name;
+/// before, the second listener only failed as it started.
+pub fn check_ports(sources: &[SyslogSource], issues: &mut Vec<ConfigIssue>) {
+    let mut seen: Vec<(&str, &Listener)> = Vec::new();
+    for s in sources {
+        for l in &s.listen {
+            let taken = seen.iter().find(|(_, o)| l.addr.port() != 0 && clash(o, l));
+            if let Some((other, o)) = taken {
+                issues.push(ConfigIssue {
+                    key: format!("sources.{}.listen", s.name),
+                    message: format!(
+                        "{} cannot bind beside {} of sources.{other}: the same port at overlapping addresses",
+                        l.url(),
+                        o.url()
+                    ),
+                });
+            }
+            seen.push((&s.name, l));
+        }
+    }
+}
+
+/// Whether binding both `a` and `b` fails with "address in use".
+fn clash(a: &Listener, b: &Listener) -> bool {
+    let udp = |l: &Listener| l.transport == Transport::Udp;
+    if udp(a) != udp(b) || a.addr.port() != b.addr.port() {
+        return false;
+    }
+    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    let (x, y) = (a.addr.ip(), b.addr.ip());
+    x == y || covers(x, y) || covers(y, x)
+}
+
 fn parse_listener(url: &str) -> Result<Listener, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
@@ -314,6 +350,67 @@ mod tests {
             &mut issues,
         );
         (s, issues)
+    }
+
+    #[test]
+    fn listeners_that_cannot_both_bind_are_refused_by_name() {
+        let source = |name: &str, urls: &[&str]| SyslogSource {
+            name: name.into(),
+            listen: urls.iter().map(|u| parse_listener(u).unwrap()).collect(),
+            tls: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES as usize,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            sinks: None,
+        };
+        let issues = |sources: &[SyslogSource]| {
+            let mut issues = Vec::new();
+            check_ports(sources, &mut issues);
+            issues
+        };
+        // Each of these binds beside the others.
+        let fine = [
+            source(
+                "a",
+                &[
+                    "udp://0.0.0.0:514",
+                    "tcp://127.0.0.1:514",
+                    "tcp://127.0.0.2:514",
+                ],
+            ),
+            source(
+                "b",
+                &["tcp://[::1]:6514", "udp://[::1]:6514", "udp://0.0.0.0:0"],
+            ),
+            source(
+                "c",
+                &["tcp://0.0.0.0:7514", "tcp://[::1]:7514", "udp://0.0.0.0:0"],
+            ),
+        ];
+        assert_eq!(issues(&fine), vec![]);
+        let clashing = [
+            (
+                ["tcp://127.0.0.1:514", "tls://127.0.0.1:514"],
+                "tls://127.0.0.1:514",
+            ),
+            (
+                ["tcp://0.0.0.0:514", "tls://127.0.0.1:514"],
+                "tls://127.0.0.1:514",
+            ),
+            (["udp://127.0.0.1:514", "udp://[::]:514"], "udp://[::]:514"),
+            (["tcp://[::]:514", "tcp://0.0.0.0:514"], "tcp://0.0.0.0:514"),
+        ];
+        for ([first, second], named) in clashing {
+            let got = issues(&[source("a", &[first]), source("b", &[second])]);
+            assert_eq!(got.len(), 1, "{first} {second}: {got:?}");
+            assert_eq!(got[0].key, "sources.b.listen");
+            assert!(
+                got[0].message.starts_with(named) && got[0].message.contains("sources.a"),
+                "{got:?}"
+            );
+            // Within one source too.
+            assert_eq!(issues(&[source("a", &[first, second])]).len(), 1);
+        }
     }
 
     #[test]
