@@ -1152,8 +1152,9 @@ fn add_listener(agent: &NetAgent, url: &str) {
 }
 
 /// A reload adding a listener on a port another process holds stopped the whole source (its
-/// old listeners included) and only alerted: the source must go on with its old listeners, the
-/// alert naming the one that cannot be bound; once the port is free, a reload applies it.
+/// old listeners included) and only alerted: the reload must be refused, naming the listener
+/// that cannot be bound, and the source go on with its old listeners; once the port is free,
+/// a reload applies it.
 #[test]
 fn a_reload_with_an_unbindable_listener_keeps_the_old_listeners() {
     let mut agent = NetAgent::new("");
@@ -1167,7 +1168,11 @@ fn a_reload_with_an_unbindable_listener_keeps_the_old_listeners() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held_url = format!("tcp://127.0.0.1:{}", held.local_addr().unwrap().port());
     add_listener(&agent, &held_url);
-    reload(&agent);
+    let said = reload_refused(&agent);
+    assert!(
+        said.contains(&held_url) && said.contains("running listeners stay"),
+        "{said}"
+    );
 
     wait_until(
         || format!("an alert naming {held_url}: {:?}", agent.all_alerts()),

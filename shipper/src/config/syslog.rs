@@ -39,6 +39,11 @@ impl Listener {
         format!("{}://{}", self.transport.as_str(), self.addr)
     }
 
+    /// The listener its [`Listener::url`] names, as the `listen` key is read.
+    pub fn from_url(url: &str) -> Result<Listener, String> {
+        parse_listener(url)
+    }
+
     /// A folder name for its spool (no `:` or `/`): `udp-127.0.0.1-5514`.
     pub fn slug(&self) -> String {
         let ip = self.addr.ip().to_string().replace(':', "_");

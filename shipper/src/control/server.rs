@@ -3,7 +3,9 @@
 
 use super::{EntryWire, Request, Response};
 use crate::config::layers::{parse_value, Layers};
+use crate::config::syslog::{Listener as SyslogListener, SyslogSource};
 use crate::config::{Config, NamedSink};
+use crate::input::syslog::listen::probe;
 use crate::status::{Live, Status};
 use crate::store::{Alert, Store};
 use crossbeam_channel::Sender;
@@ -120,6 +122,7 @@ impl Controller {
         if let Some(why) = crate::config::routes::unchangeable(&old, &cfg) {
             return Err(why);
         }
+        self.could_start(&old, &cfg)?;
         let cfg = Arc::new(cfg);
         {
             let mut live = self.live.lock().expect("live lock");
@@ -134,6 +137,51 @@ impl Controller {
         }
         let _ = self.to_tailer.send(cfg.clone());
         *self.current.lock().expect("config lock") = cfg;
+        Ok(())
+    }
+
+    /// What would keep the changed parts of `cfg` from starting, asked before anything running
+    /// stops. A reload is all or nothing: a changed sink that cannot be built, or a changed or
+    /// new syslog source whose listener cannot bind, refuses the whole reload, and everything
+    /// running goes on as it was (the running sink keeps its queue, the running listeners their
+    /// connections). Without this the answer was `reloaded` while the sink's thread kept
+    /// failing to build the new sink, or the listener was left on its old settings unseen.
+    /// A port taken in the moment between is still possible; the syslog input then keeps the
+    /// source's previous listeners and alerts, as it always did.
+    fn could_start(&self, old: &Config, cfg: &Config) -> Result<(), String> {
+        // The same names in the same order (routes::unchangeable): pairs are one sink.
+        for (new, was) in cfg.sinks.iter().zip(&old.sinks) {
+            if format!("{:?}", new.sink) != format!("{:?}", was.sink) {
+                crate::sink::check(new).map_err(|e| format!("{e}; the running sink stays"))?;
+            }
+        }
+        let same = |a: &SyslogSource| {
+            old.syslog_sources
+                .iter()
+                .any(|b| b.name == a.name && b.signature() == a.signature())
+        };
+        let unchanged = |name: &str| cfg.syslog_sources.iter().any(|w| w.name == name && same(w));
+        // The ports this reload frees: the changed and removed sources' listeners, as the old
+        // config names them and as they run (a source the input kept on earlier settings).
+        let running: Vec<SyslogListener> = {
+            let live = self.live.lock().expect("live lock");
+            live.listeners
+                .iter()
+                .flat_map(|list| list.lock().map(|l| l.clone()).unwrap_or_default())
+                .filter(|c| !unchanged(&c.source))
+                .filter_map(|c| SyslogListener::from_url(&c.listen).ok())
+                .collect()
+        };
+        let freed: Vec<&SyslogListener> = old
+            .syslog_sources
+            .iter()
+            .filter(|s| !unchanged(&s.name))
+            .flat_map(|s| s.listen.iter())
+            .chain(running.iter())
+            .collect();
+        for src in cfg.syslog_sources.iter().filter(|s| !same(s)) {
+            probe(src, &freed).map_err(|e| format!("{e}; its running listeners stay"))?;
+        }
         Ok(())
     }
 
@@ -157,6 +205,7 @@ impl Controller {
 
     fn change(&self, key: &str, value: Option<&str>) -> Response {
         let mut layers = self.layers.lock().expect("layers lock");
+        let before = layers.clone();
         let result = match value {
             Some(v) => layers.set_temporary(key, parse_value(v)),
             None => layers.del_temporary(key),
@@ -164,8 +213,9 @@ impl Controller {
         match result {
             Ok(cfg) => {
                 if let Err(e) = self.apply(&layers, cfg) {
-                    // Undo: the layers hold the change, the agent does not.
-                    let _ = layers.del_temporary(key);
+                    // Undo: the layers hold the change, the agent does not. Put back what they
+                    // held, not merely drop the key: an earlier `set` of it is still running.
+                    *layers = before;
                     return fail(e);
                 }
                 tracing::info!(
