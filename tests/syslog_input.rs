@@ -1390,3 +1390,69 @@ fn a_reload_whose_new_listener_cannot_start_restarts_the_previous_ones() {
         );
     }
 }
+
+/// A syslog source a reload adds that cannot start (its spool folder is a file) listens on
+/// nothing: everything sent to it is lost, so health says so, naming it, until a reload starts
+/// it. Before, `/healthz` answered ok throughout.
+#[test]
+fn a_source_listening_on_nothing_makes_the_agent_unhealthy_until_it_starts() {
+    let mut agent = NetAgent::new("");
+    let a = agent.start();
+    wait_udp_ready(&agent, &a);
+    let port = free_port();
+    let url = format!("udp://127.0.0.1:{port}");
+    let spool = agent.p("state/spool/extra");
+    std::fs::create_dir_all(&spool).unwrap();
+    let blocked = spool.join(format!("udp-127.0.0.1-{port}"));
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let path = agent.p("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let extra = format!("[sources.extra]\ntype = \"syslog\"\nlisten = [\"{url}\"]\n[batch]");
+    std::fs::write(&path, text.replacen("[batch]", &extra, 1)).unwrap();
+    reload(&agent);
+
+    let health = |st: &serde_json::Value| st["health"].clone();
+    wait_until(
+        || format!("unhealthy, naming extra: {:#}", agent.status()),
+        PATIENCE,
+        || {
+            agent.try_status().is_some_and(|st| {
+                let h = health(&st);
+                h["ok"] == false
+                    && h["reason"].as_str().is_some_and(|r| {
+                        r.contains("extra") && r.contains(&url) && r.contains("not listening")
+                    })
+            })
+        },
+    );
+    // The running source goes on meanwhile.
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("net while extra is down")))
+        .unwrap();
+    agent.wait_msgs(&a, &["net while extra is down".to_string()]);
+
+    std::fs::remove_file(&blocked).unwrap();
+    reload(&agent);
+    wait_until(
+        || format!("healthy again: {:#}", agent.status()),
+        PATIENCE,
+        || {
+            agent
+                .try_status()
+                .is_some_and(|st| health(&st)["ok"] == true)
+        },
+    );
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(rfc5424("on extra").as_bytes(), ("127.0.0.1", port))
+        .unwrap();
+    wait_until(
+        || format!("extra's record: {:?}", read_ndjson(&agent.out)),
+        PATIENCE,
+        || {
+            read_ndjson(&agent.out)
+                .iter()
+                .any(|r| r["source"] == "extra" && r["msg"] == "on extra")
+        },
+    );
+}

@@ -133,6 +133,10 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             .iter()
             .filter_map(|(_, i)| i.as_ref().map(|i| i.counters()))
             .collect(),
+        silent: syslog
+            .iter()
+            .filter_map(|(_, i)| i.as_ref().map(|i| i.silent()))
+            .collect(),
         tails: tails.clone(),
         ship: commits.clone(),
         started_at: crate::store::now_secs(),

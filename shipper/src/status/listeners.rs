@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 /// The listeners running now, as status reads them (a reload may change the list).
 pub type ListenerList = Arc<Mutex<Vec<Arc<ListenerCounters>>>>;
 
+/// The network sources configured but listening on nothing (neither their new listeners nor
+/// their previous ones could start after a reload), each as `NAME: why`: `/healthz` is
+/// unhealthy while one is, since everything sent to it is lost.
+pub type SilentList = Arc<Mutex<Vec<String>>>;
+
 /// Live counters of one listener, shared by its threads and the status page.
 #[derive(Debug, Default)]
 pub struct ListenerCounters {

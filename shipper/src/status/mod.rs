@@ -9,7 +9,7 @@ mod listeners;
 mod transforms;
 
 pub use counters::{Destination, LatencyRecorder, ShipStats, TailStats, LATENCY_BOUNDS};
-pub use listeners::{ListenerCounters, ListenerList, ListenerStatus};
+pub use listeners::{ListenerCounters, ListenerList, ListenerStatus, SilentList};
 pub use transforms::{TransformCounters, TransformList, TransformStatus};
 
 use crate::config::Config;
@@ -230,6 +230,8 @@ pub struct Live {
     pub pack_sources: Vec<String>,
     /// The syslog listeners' counters, one list per syslog input (one per group of sinks).
     pub listeners: Vec<ListenerList>,
+    /// The syslog sources not listening at all, one list per syslog input.
+    pub silent: Vec<SilentList>,
     /// The named transforms' counters.
     pub transforms: TransformList,
 }
@@ -406,6 +408,15 @@ impl Status {
             Health {
                 ok: false,
                 reason: Some(format!("store unwritable: {e}")),
+            }
+        } else if let Some(why) = live
+            .silent
+            .iter()
+            .find_map(|l| l.lock().ok().and_then(|l| l.first().cloned()))
+        {
+            Health {
+                ok: false,
+                reason: Some(why),
             }
         } else if let Some(since) =
             failing_since.filter(|s| now - s >= cfg.monitor.unhealthy_after.as_secs() as i64)

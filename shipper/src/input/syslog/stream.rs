@@ -13,7 +13,7 @@ use crate::config::syslog::{Listener, SyslogSource};
 use crate::config::Config;
 use crate::frame::Rec;
 use crate::input::{Bell, Input, Turn};
-use crate::status::{ListenerCounters, ListenerList};
+use crate::status::{ListenerCounters, ListenerList, SilentList};
 use crate::store::{Alert, Checkpoint, Store, StreamRow, StreamState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ pub struct SyslogInput {
     bell: Bell,
     /// What status shows: one entry per listener, kept across reloads.
     counters: ListenerList,
+    /// The sources listening on nothing since the last reload, for `/healthz`.
+    silent: SilentList,
     last_reclaim: Instant,
 }
 
@@ -75,6 +77,7 @@ impl SyslogInput {
             events_tx,
             bell,
             counters: ListenerList::default(),
+            silent: SilentList::default(),
             last_reclaim: Instant::now(),
         };
         for src in sources {
@@ -173,6 +176,11 @@ impl SyslogInput {
     /// What status shows of the listeners; follows reloads.
     pub fn counters(&self) -> ListenerList {
         self.counters.clone()
+    }
+
+    /// The sources that listen on nothing, as `NAME: why`; follows reloads.
+    pub fn silent(&self) -> SilentList {
+        self.silent.clone()
     }
 
     /// Every listener, in stream order: for status and metrics.
@@ -378,29 +386,45 @@ impl Input for SyslogInput {
         // source left on its previous settings (or not started) then differs from the file,
         // so reloading the same file once the port is free applies it.
         let mut running = Vec::new();
+        let mut silent = Vec::new();
         for src in wanted {
             let previous = self.sources.iter().find(|b| b.name == src.name).cloned();
             let server = kept
                 .iter()
                 .position(|(n, _)| *n == src.name)
                 .map(|i| kept.swap_remove(i).1);
+            // Why the source's new settings did not start, when they did not.
+            let mut failed = None;
             let started = match (server, refused.get(&src.name), previous) {
                 (Some(server), Some(e), Some(previous)) => {
                     self.change_not_applied(src, e, &previous);
                     Some((server, previous))
                 }
                 (Some(server), _, _) => Some((server, src.clone())),
-                (None, Some(e), _) => self.keep_previous(src, e, None),
+                (None, Some(e), _) => {
+                    failed = Some(e.to_string());
+                    self.keep_previous(src, e, None)
+                }
                 (None, None, previous) => match self.start_server(src) {
                     Ok(s) => Some((s, src.clone())),
-                    Err(e) => self.keep_previous(src, &e, previous),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        self.keep_previous(src, &e, previous)
+                    }
                 },
             };
-            if let Some((server, settings)) = started {
-                servers.push((src.name.clone(), server));
-                running.push(settings);
+            match started {
+                Some((server, settings)) => {
+                    servers.push((src.name.clone(), server));
+                    running.push(settings);
+                }
+                None => silent.push(format!(
+                    "{}; the source is not listening",
+                    failed.unwrap_or_else(|| format!("syslog source {}", src.name))
+                )),
             }
         }
+        *self.silent.lock().unwrap_or_else(|p| p.into_inner()) = silent;
         self.servers = servers;
         self.sources = running;
         self.rebuild_streams(&carried);
