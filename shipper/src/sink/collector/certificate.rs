@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 /// A failed renewal is tried again after this long (the current certificate still works).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// The longest a collector's `Retry-After` holds the next renewal back: a wrong clock or a
+/// misconfigured limit on its side must not keep a certificate from renewing for days.
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// At most one renewal this often, even if the clock or `renew_at` says one is due at once.
 const RENEW_MIN_GAP: Duration = Duration::from_secs(10);
 
@@ -81,7 +84,17 @@ impl Shared {
     }
 
     /// Asks for a fresh certificate for our key and swaps it in atomically.
-    fn renew(&self) -> Result<i64, String> {
+    fn renew(&self) -> Result<i64, RenewFailed> {
+        let mut waits = Vec::new();
+        self.try_renew(&mut waits).map_err(|message| RenewFailed {
+            message,
+            retry_in: retry_wait(&waits),
+        })
+    }
+
+    /// [`Shared::renew`]; each collector that was away leaves in `waits` the `Retry-After` it
+    /// answered with, or None.
+    fn try_renew(&self, waits: &mut Vec<Option<u64>>) -> Result<i64, String> {
         let (config, _, _) = self.identity().map_err(|e| e.to_string())?;
         let key_pem = std::fs::read_to_string(&self.files.key)
             .map_err(|e| format!("cannot read {}: {e}", self.files.key.display()))?;
@@ -100,7 +113,10 @@ impl Shared {
                 }
                 // A refusal (revoked, unknown host) is the tier's answer, not this collector's.
                 Err(Renewal::Refused(e)) => return Err(format!("{url}: {e}")),
-                Err(Renewal::Away(e)) => failures.push(format!("{url}: {e}")),
+                Err(Renewal::Away { text, retry_after }) => {
+                    failures.push(format!("{url}: {text}"));
+                    waits.push(retry_after);
+                }
             }
         }
         let Some(resp) = reply else {
@@ -125,10 +141,33 @@ impl Shared {
     }
 }
 
+/// A renewal that failed, and when to try again.
+#[derive(Debug)]
+struct RenewFailed {
+    message: String,
+    retry_in: Duration,
+}
+
+/// When to try a failed renewal again: after [`RENEW_RETRY`], or later when every collector
+/// asked was busy and said when to come back (429 with `Retry-After`, as the per-host renewal
+/// limit answers): then at the soonest any of them named, at most [`RENEW_RETRY_MAX`]. Asking
+/// every minute regardless only earned another 429 each time. One that gave no time (down,
+/// 5xx) may be back any moment, so the minute stands.
+fn retry_wait(waits: &[Option<u64>]) -> Duration {
+    let soonest = waits.iter().copied().collect::<Option<Vec<u64>>>();
+    match soonest.and_then(|w| w.into_iter().min()) {
+        Some(secs) => Duration::from_secs(secs).clamp(RENEW_RETRY, RENEW_RETRY_MAX),
+        None => RENEW_RETRY,
+    }
+}
+
 /// Why one collector did not renew.
 enum Renewal {
-    /// Unreachable, timed out, 5xx or 429: the next collector may.
-    Away(String),
+    /// Unreachable, timed out, 5xx or 429 (with its `Retry-After`): the next collector may.
+    Away {
+        text: String,
+        retry_after: Option<u64>,
+    },
     /// Any other refusal: every collector would say the same.
     Refused(String),
 }
@@ -139,7 +178,10 @@ fn renew_at(
     config: Arc<ClientConfig>,
     body: &[u8],
 ) -> Result<crate::http::Response, Renewal> {
-    let away = |e: crate::http::HttpError| Renewal::Away(e.to_string());
+    let away = |e: crate::http::HttpError| Renewal::Away {
+        text: e.to_string(),
+        retry_after: None,
+    };
     let mut conn = HttpConn::connect(url, config).map_err(away)?;
     let resp = conn
         .request(
@@ -154,7 +196,10 @@ fn renew_at(
         s => {
             let text = format!("collector replied {s} {}", resp.reason());
             Err(if s >= 500 || s == 429 {
-                Renewal::Away(text)
+                Renewal::Away {
+                    text,
+                    retry_after: (s == 429).then_some(resp.retry_after).flatten(),
+                }
             } else {
                 Renewal::Refused(text)
             })
@@ -180,9 +225,34 @@ pub(super) fn renewal_loop(shared: Weak<Shared>) {
                 next_try = Instant::now() + RENEW_MIN_GAP;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = RENEW_RETRY.as_secs(), "certificate renewal failed; the current certificate is still used");
-                next_try = Instant::now() + RENEW_RETRY;
+                tracing::warn!(error = %e.message, retry_in_s = e.retry_in.as_secs(), "certificate renewal failed; the current certificate is still used");
+                next_try = Instant::now() + e.retry_in;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_waits_as_long_as_every_busy_collector_asked() {
+        let m = |s: u64| Duration::from_secs(s);
+        assert_eq!(retry_wait(&[]), RENEW_RETRY, "failed before asking anyone");
+        assert_eq!(
+            retry_wait(&[None]),
+            RENEW_RETRY,
+            "down: may be back any moment"
+        );
+        assert_eq!(retry_wait(&[Some(900)]), m(900));
+        assert_eq!(retry_wait(&[Some(900), Some(300)]), m(300), "the soonest");
+        assert_eq!(retry_wait(&[Some(900), None]), RENEW_RETRY);
+        assert_eq!(
+            retry_wait(&[Some(5)]),
+            RENEW_RETRY,
+            "never more often than before"
+        );
+        assert_eq!(retry_wait(&[Some(86_400 * 30)]), RENEW_RETRY_MAX);
     }
 }
