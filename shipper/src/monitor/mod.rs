@@ -1,7 +1,8 @@
 //! HTTP monitoring, off unless `[monitor] listen` is set:
 //! - `/metrics`: Prometheus text ([`metrics`]);
 //! - `/api/v1/status`: the [`Status`] as JSON, the same picture as `status --json`;
-//! - `/healthz`: 200 `ok`, or 503 with the reason (sink down too long, store unwritable);
+//! - `/healthz`: 200 `ok`, or 503 with the reason (sink down too long, store unwritable, a
+//!   syslog source listening on nothing);
 //! - `/`: a self-contained page that renders the status every 2 s ([`page`]).
 //!
 //! One short-lived thread per connection, at most [`Limits::max_connections`] at once; more
