@@ -546,12 +546,14 @@ path = "/dev/full"
         Duration::from_secs(3),
         || has_all(&msgs(&good), &first),
     );
+    // And not the old sink's error, which would read as the new one's.
     wait_for("status naming the new sink", PATIENCE, || {
         sink_status(&env, "bad").is_some_and(|s| {
             s["state"] == "ok"
                 && s["description"]
                     .as_str()
                     .is_some_and(|d| d.contains("good.ndjson"))
+                && s["last_error"].is_null()
         })
     });
     // A path under a regular file cannot be opened: the set is refused, naming the sink and

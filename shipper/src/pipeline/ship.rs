@@ -225,6 +225,10 @@ impl Shipping<'_> {
                 }
                 self.sink = s;
                 self.stats.note_destination(self.sink.destination());
+                // The old sink's error would read as the new one's.
+                if let Ok(mut last) = self.stats.last_error.lock() {
+                    *last = None;
+                }
                 true
             }
             Err(e) => {
