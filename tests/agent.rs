@@ -646,6 +646,97 @@ type = "stdout"
     assert_eq!(msgs.len(), 100_000);
 }
 
+/// A sink stuck in a write that never returns (stdout into a pipe nobody reads) raised no
+/// error: status said "ok" and a stop waited for ever. Now the sink shows as failing once the
+/// write has lasted 10 s, and a stop exits past its limit (20 s), losing nothing: the next
+/// start ships what was not acknowledged.
+#[test]
+fn a_sink_stuck_in_a_write_shows_as_failing_and_does_not_hold_the_stop() {
+    let env = Env::with_config(
+        r#"
+state_dir = "state"
+[sources.app]
+paths = ["logs/*.log"]
+[batch]
+max_wait = "100ms"
+max_records = 1000
+[sink]
+type = "stdout"
+"#,
+    );
+    let a = lines("stuck", 20_000);
+    append_lines(&env.p("logs/app.log"), &a);
+    let mut cmd = env.cmd();
+    cmd.arg("run").stdout(std::process::Stdio::piped());
+    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
+    let sink = || -> Option<Value> {
+        let out = env.cmd().args(["status", "--json"]).output().ok()?;
+        let st: Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(st["sinks"][0].clone())
+    };
+    wait_for("the stuck sink failing", PATIENCE, || {
+        sink().is_some_and(|s| {
+            s["state"] == "failing"
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("has not returned"))
+        })
+    });
+    let asked = std::time::Instant::now();
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(60)), Some(0));
+    assert!(
+        asked.elapsed() >= Duration::from_secs(15),
+        "it waited its limit first"
+    );
+    let err = agent.stderr_text();
+    assert!(
+        err.contains("did not finish in time") && err.contains("default (in one send"),
+        "{}",
+        tail(&err)
+    );
+    // Nothing lost: what the pipe took was acknowledged (and goes with the pipe); the next
+    // start sends everything after that.
+    let committed = |env: &Env| {
+        env.query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")[0]["n"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let first = committed(&env);
+    assert!(first < a.len(), "the stuck batch was not committed");
+    drop(agent.child.stdout.take());
+    let mut cmd = env.cmd();
+    cmd.arg("run").stdout(std::process::Stdio::piped());
+    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent2.err"));
+    let mut out = agent.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
+        buf
+    });
+    wait_for("all records committed", PATIENCE, || {
+        committed(&env) == a.len()
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+    let got = reader.join().unwrap();
+    let shipped: HashSet<String> = got
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .map(|v| v["msg"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = a[first..]
+        .iter()
+        .filter(|m| !shipped.contains(*m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not shipped, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
+
 #[test]
 fn query_prints_a_table() {
     let env = Env::new(r#"paths = ["logs/*.log"]"#);

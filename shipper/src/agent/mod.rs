@@ -11,7 +11,7 @@ use crate::control::{self, server::Controller};
 use crate::input::syslog::SyslogInput;
 use crate::input::{osquery::OsqueryInput, Bell};
 use crate::pipeline::fanout::{group_loop, GroupTo};
-use crate::pipeline::ship::{sink_loop, SinkTo};
+use crate::pipeline::ship::{sink_loop, SinkTo, SHUTDOWN_GRACE};
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Encoding, SinkError};
 use crate::status::{Live, ShipStats, TailStats};
@@ -20,6 +20,12 @@ use crate::tail::Tailer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a stop may take before the agent exits without waiting for its threads: the sinks'
+/// grace for a failing send, and the syslog input's for spooling what it framed, with room to
+/// spare; under the packaged unit's `TimeoutStopSec` (30 s), so the agent says why itself.
+const STOP_LIMIT: Duration = Duration::from_secs(SHUTDOWN_GRACE.as_secs() + 10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -144,6 +150,11 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         pack_sources: layers.pack_source_names(),
         transforms: Default::default(),
     };
+    let sink_stats: Vec<(String, Arc<ShipStats>)> = live
+        .sinks
+        .iter()
+        .map(|s| (s.name.clone(), s.stats.clone()))
+        .collect();
     let cfg = Arc::new(cfg);
     let (cfg_tx, cfg_rx) = crossbeam_channel::unbounded();
     let (sink_tx, sink_rx) = crossbeam_channel::unbounded();
@@ -235,6 +246,11 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             move || control::server::watch_config(c, s)
         }),
     ];
+    let finished = Arc::new(AtomicBool::new(false));
+    spawn("stop-watchdog", {
+        let (stop, finished) = (stop.clone(), finished.clone());
+        move || stop_watchdog(&stop, &finished, &sink_stats)
+    });
     std::thread::scope(|scope| {
         for p in pipelines {
             named_scoped(scope, "pipeline", move || p.run());
@@ -271,6 +287,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
             });
         }
     });
+    finished.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     control_waker.wake();
     for h in helpers {
@@ -279,6 +296,45 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("log-sensor stopped; offsets committed");
     Ok(())
+}
+
+/// Once a stop is asked for, exits the process if the agent has not finished within
+/// [`STOP_LIMIT`]. A sink stuck in a write that never returns (stdout into a pipe nobody
+/// reads, a FIFO, a hung NFS mount) raises no error, so no grace ends it, and the stop waited
+/// for ever. Exiting loses nothing: what that sink had not acknowledged is uncommitted and read
+/// again at the next start. Exit status 0, as for any stop asked for: a unit restarted on
+/// failure must not come back after `log-sensor stop`.
+fn stop_watchdog(stop: &AtomicBool, finished: &AtomicBool, sinks: &[(String, Arc<ShipStats>)]) {
+    const POLL: Duration = Duration::from_millis(100);
+    while !stop.load(Ordering::SeqCst) {
+        if finished.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    let deadline = Instant::now() + STOP_LIMIT;
+    while Instant::now() < deadline {
+        if finished.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    let now = crate::store::now_secs();
+    let stuck: Vec<String> = sinks
+        .iter()
+        .filter_map(
+            |(name, st)| match st.sending_since.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(format!("{name} (in one send for {} s)", now - t as i64)),
+            },
+        )
+        .collect();
+    tracing::error!(
+        limit_s = STOP_LIMIT.as_secs(),
+        stuck_sinks = %if stuck.is_empty() { "none".to_string() } else { stuck.join(", ") },
+        "the stop did not finish in time; exiting without waiting: what was not acknowledged is read again at the next start"
+    );
+    std::process::exit(0);
 }
 
 fn named_scoped<'scope, 'env>(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// How long a stopping agent keeps retrying a failing sink before it gives up on the batch in
 /// flight (it stays uncommitted and is read again at the next start).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a wait between retries looks at the stop flag (an atomic, nothing to wait on): a
@@ -167,11 +167,11 @@ fn deliver(s: &mut Shipping, feeds: &mut Feeds) {
         };
         let result = match next {
             Some((feed, d)) => {
-                let r = s.sink.submit(&d.batch);
+                let r = s.on_sink(|k| k.submit(&d.batch));
                 inflight.push_back((feed, d));
                 r
             }
-            None => s.sink.confirm().map(|()| {
+            None => s.on_sink(|k| k.confirm()).map(|()| {
                 let (feed, d) = inflight.pop_front().expect("a batch in flight");
                 s.acknowledged(feeds, feed, d);
             }),
@@ -208,6 +208,16 @@ enum Pause {
 }
 
 impl Shipping<'_> {
+    /// Calls the sink, noting meanwhile since when it is under way: status counts a call that
+    /// does not return as the sink failing (it raises no error of its own).
+    fn on_sink<T>(&mut self, f: impl FnOnce(&mut dyn Sink) -> T) -> T {
+        let since = &self.stats.sending_since;
+        since.store(crate::store::now_secs() as u64, Ordering::Relaxed);
+        let r = f(&mut *self.sink);
+        since.store(0, Ordering::Relaxed);
+        r
+    }
+
     /// The latest config a reload sent, if any; the ones before it are outdated already.
     fn rebuilt(&self) -> Option<SinkConfig> {
         self.rebuild.as_ref().and_then(|r| r.try_iter().last())
@@ -277,7 +287,7 @@ impl Shipping<'_> {
         new: SinkConfig,
     ) -> bool {
         while !inflight.is_empty() {
-            match self.sink.confirm() {
+            match self.on_sink(|k| k.confirm()) {
                 Ok(()) => {
                     let (feed, d) = inflight.pop_front().expect("a batch in flight");
                     self.acknowledged(feeds, feed, d);
@@ -328,11 +338,7 @@ impl Shipping<'_> {
                 Pause::Stopping => {}
             }
             self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
-            match self
-                .sink
-                .submit(&d.batch)
-                .and_then(|()| self.sink.confirm())
-            {
+            match self.on_sink(|k| k.submit(&d.batch).and_then(|()| k.confirm())) {
                 Ok(()) => {
                     let (feed, d) = inflight.pop_front().expect("a batch in flight");
                     self.acknowledged(feeds, feed, d);

@@ -61,6 +61,10 @@ pub struct ShipStats {
     pub last_ok: AtomicU64,
     /// Unix seconds since the sink has been failing; 0 while it works.
     pub failing_since: AtomicU64,
+    /// Unix seconds at which the sink's current send (or wait for an acknowledgement) began;
+    /// 0 while none is under way. A send that never returns (a pipe nobody reads, a hung file
+    /// system) raises no error, so only this shows it.
+    pub sending_since: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Why the last commit failed, while commits fail (the store is unwritable).
     pub store_error: Mutex<Option<String>>,

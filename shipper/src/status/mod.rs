@@ -246,12 +246,28 @@ pub struct LiveSink {
     pub stats: std::sync::Arc<ShipStats>,
 }
 
+/// A send (or wait for its acknowledgement) under way this long counts as the sink failing,
+/// from the moment it began: the destination takes nothing. Longer than any send a working
+/// destination needs (the collector sink times out its own requests sooner).
+pub const STUCK_AFTER_SECS: i64 = 10;
+
 impl LiveSink {
-    fn status(&self) -> SinkStatus {
+    fn status(&self, now: i64) -> SinkStatus {
         let ship = &self.stats;
-        let failing_since = match ship.failing_since.load(Ordering::Relaxed) {
+        let stuck = match ship.sending_since.load(Ordering::Relaxed) {
             0 => None,
+            t => Some(t as i64).filter(|t| now - t >= STUCK_AFTER_SECS),
+        };
+        let failing_since = match ship.failing_since.load(Ordering::Relaxed) {
+            0 => stuck,
             t => Some(t as i64),
+        };
+        let last_error = match stuck {
+            Some(t) => Some(format!(
+                "one send has not returned for {} s: the destination takes nothing (a pipe nobody reads, a hung file system?)",
+                now - t
+            )),
+            None => ship.last_error.lock().ok().and_then(|e| e.clone()),
         };
         let last_ok = match ship.last_ok.load(Ordering::Relaxed) {
             0 => None,
@@ -272,7 +288,7 @@ impl LiveSink {
             last_ok,
             errors: ship.sink_errors.load(Ordering::Relaxed),
             retries: ship.sink_retries.load(Ordering::Relaxed),
-            last_error: ship.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error,
             records: ship.records.load(Ordering::Relaxed),
             batches: ship.batches.load(Ordering::Relaxed),
             current: destination.as_ref().map(|d| d.url.clone()),
@@ -286,7 +302,7 @@ impl Status {
     pub fn collect(cfg: &Config, live: &Live) -> Status {
         let now = now_secs();
         let ship = &live.ship;
-        let sinks: Vec<SinkStatus> = live.sinks.iter().map(LiveSink::status).collect();
+        let sinks: Vec<SinkStatus> = live.sinks.iter().map(|s| s.status(now)).collect();
         let sink = sinks
             .iter()
             .filter(|s| s.failing_since.is_some())
