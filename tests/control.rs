@@ -641,6 +641,15 @@ fn the_cli_sees_changes_and_stops_the_agent_while_its_config_file_does_not_parse
     assert!(ok(&["list", "sources.app"]).contains("sources.app.paths"));
     assert!(ok(&["set", "defaults.max_record_bytes", "1000"]).contains("1000  (temporary)"));
     assert!(ok(&["del", "defaults.max_record_bytes"]).contains("temporary change dropped"));
+    // A key set nowhere (here a typo) is refused by name, not reported dropped.
+    let out = ls(&env, &["del", "defaults.max_recod_bytes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("defaults.max_recod_bytes")
+            && stderr(&out).contains("nothing to delete"),
+        "{}",
+        stderr(&out)
+    );
     // Reloading an invalid file is refused, saying why; the agent keeps its config and ships.
     let out = ls(&env, &["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

@@ -449,6 +449,23 @@ impl Layers {
     /// the next reload (its default, if any, shows again).
     pub fn del_temporary(&mut self, key: &str) -> Result<Config, ConfigError> {
         check_key(&self.path, key)?;
+        // Hiding what is set nowhere changes nothing, and saying "dropped" hid a mistyped key.
+        let under = format!("{key}.");
+        let set = self
+            .entries(key)
+            .iter()
+            .any(|e| (e.key == key || e.key.starts_with(&under)) && e.origin != Origin::Default);
+        if !set {
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                issues: vec![ConfigIssue {
+                    key: key.to_string(),
+                    message:
+                        "is not set in the file, a pack or a temporary change: nothing to delete"
+                            .into(),
+                }],
+            });
+        }
         let before = if matches!(self.temporary.get(key), Some(Some(_))) {
             self.temporary.remove(key)
         } else {
@@ -585,6 +602,19 @@ mod tests {
             l.entries("defaults.max_record_bytes")[0].origin,
             Origin::File
         );
+        // A table goes as a whole; what is set nowhere (a default, a typo) is refused by name.
+        l.del_temporary("sources.app").unwrap();
+        for missing in [
+            "defaults.max_line_bytes",
+            "sources.app",
+            "discovery.rotate_wait",
+        ] {
+            let err = l.del_temporary(missing).unwrap_err().to_string();
+            assert!(
+                err.contains(missing) && err.contains("nothing to delete"),
+                "{err}"
+            );
+        }
     }
 
     /// A config with a syslog source, transforms and sinks of every type, each with one key
