@@ -594,10 +594,8 @@ fn the_example_config_from_the_issue_works_as_written() {
     assert!(!env.msgs().iter().any(|m| m.contains("no")));
 }
 
-#[test]
-fn a_blocked_sink_stops_reading_and_loses_nothing() {
-    let env = Env::with_config(
-        r#"
+/// An agent whose one sink is stdout, in batches of 1,000.
+const STDOUT_SINK: &str = r#"
 state_dir = "state"
 [sources.app]
 paths = ["logs/*.log"]
@@ -606,44 +604,56 @@ max_wait = "100ms"
 max_records = 1000
 [sink]
 type = "stdout"
-"#,
-    );
-    let a = lines("bp", 100_000);
-    append_lines(&env.p("logs/app.log"), &a);
+"#;
+
+/// Starts the agent with its stdout a pipe that nobody reads until [`read_stdout`].
+fn run_piped(env: &Env, stderr: &str) -> Proc {
     let mut cmd = env.cmd();
     cmd.arg("run").stdout(std::process::Stdio::piped());
-    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
+    Proc::spawn("log-sensor", &mut cmd, &env.p(stderr))
+}
+
+/// Reads the agent's stdout to its end on a thread → the `msg` of each record.
+fn read_stdout(agent: &mut Proc) -> std::thread::JoinHandle<HashSet<String>> {
+    let mut out = agent.child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
+        buf.split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+            .map(|v| v["msg"].as_str().unwrap().to_string())
+            .collect()
+    })
+}
+
+/// Records committed, over every stream.
+fn committed_records(env: &Env) -> usize {
+    env.query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")[0]["n"]
+        .as_u64()
+        .unwrap() as usize
+}
+
+#[test]
+fn a_blocked_sink_stops_reading_and_loses_nothing() {
+    let env = Env::with_config(STDOUT_SINK);
+    let a = lines("bp", 100_000);
+    append_lines(&env.p("logs/app.log"), &a);
+    let mut agent = run_piped(&env, "agent.err");
     // Nobody reads stdout yet: the pipe fills, the sink blocks, reading stops.
     std::thread::sleep(Duration::from_secs(2));
-    let committed = |env: &Env| {
-        env.query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")[0]["n"]
-            .as_u64()
-            .unwrap()
-    };
-    let stalled = committed(&env);
+    let stalled = committed_records(&env);
     assert!(
         stalled < 100_000,
         "a blocked sink must hold back commits ({stalled})"
     );
     assert!(agent.peak_rss_kib() < 64 * 1024);
-    let mut out = agent.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
-        buf
-    });
+    let reader = read_stdout(&mut agent);
     wait_for("all records committed", PATIENCE, || {
-        committed(&env) == 100_000
+        committed_records(&env) == 100_000
     });
     agent.signal(libc::SIGTERM);
     agent.wait_exit(PATIENCE);
-    let got = reader.join().unwrap();
-    let msgs: HashSet<String> = got
-        .split(|&b| b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .map(|v| v["msg"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(msgs.len(), 100_000);
+    assert_eq!(reader.join().unwrap().len(), 100_000);
 }
 
 /// A sink stuck in a write that never returns (stdout into a pipe nobody reads) raised no
@@ -652,23 +662,10 @@ type = "stdout"
 /// start ships what was not acknowledged.
 #[test]
 fn a_sink_stuck_in_a_write_shows_as_failing_and_does_not_hold_the_stop() {
-    let env = Env::with_config(
-        r#"
-state_dir = "state"
-[sources.app]
-paths = ["logs/*.log"]
-[batch]
-max_wait = "100ms"
-max_records = 1000
-[sink]
-type = "stdout"
-"#,
-    );
+    let env = Env::with_config(STDOUT_SINK);
     let a = lines("stuck", 20_000);
     append_lines(&env.p("logs/app.log"), &a);
-    let mut cmd = env.cmd();
-    cmd.arg("run").stdout(std::process::Stdio::piped());
-    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent.err"));
+    let mut agent = run_piped(&env, "agent.err");
     let sink = || -> Option<Value> {
         let out = env.cmd().args(["status", "--json"]).output().ok()?;
         let st: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -697,34 +694,17 @@ type = "stdout"
     );
     // Nothing lost: what the pipe took was acknowledged (and goes with the pipe); the next
     // start sends everything after that.
-    let committed = |env: &Env| {
-        env.query("SELECT COALESCE(SUM(records), 0) AS n FROM streams")[0]["n"]
-            .as_u64()
-            .unwrap() as usize
-    };
-    let first = committed(&env);
+    let first = committed_records(&env);
     assert!(first < a.len(), "the stuck batch was not committed");
     drop(agent.child.stdout.take());
-    let mut cmd = env.cmd();
-    cmd.arg("run").stdout(std::process::Stdio::piped());
-    let mut agent = Proc::spawn("log-sensor", &mut cmd, &env.p("agent2.err"));
-    let mut out = agent.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
-        buf
-    });
+    let mut agent = run_piped(&env, "agent2.err");
+    let reader = read_stdout(&mut agent);
     wait_for("all records committed", PATIENCE, || {
-        committed(&env) == a.len()
+        committed_records(&env) == a.len()
     });
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(PATIENCE), Some(0));
-    let got = reader.join().unwrap();
-    let shipped: HashSet<String> = got
-        .split(|&b| b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .map(|v| v["msg"].as_str().unwrap().to_string())
-        .collect();
+    let shipped = reader.join().unwrap();
     let missing: Vec<&String> = a[first..]
         .iter()
         .filter(|m| !shipped.contains(*m))
