@@ -178,3 +178,54 @@ path = "./state/../state/out.ndjson"
     );
     assert!(err.contains(&want), "missing {want:?} in:\n{err}");
 }
+
+/// A glob reaching the sink's own file through a symlinked folder passes the config check
+/// (which compares paths as written), and the agent shipped its output again and again, each
+/// pass one more layer of JSON. The tailer now knows the sink files by identity: such a file is
+/// not read, and one alert names it and the sink.
+#[test]
+fn a_sink_file_reached_through_a_symlinked_folder_is_not_read() {
+    let env = AgentEnv::with_config(
+        r#"
+host_id = "test-host"
+state_dir = "state"
+[sources.app]
+paths = ["logs/*.log", "logs/link/*.ndjson"]
+[batch]
+max_wait = "100ms"
+[discovery]
+rescan_interval = "500ms"
+[sink]
+type = "file"
+path = "out/real/out.ndjson"
+"#,
+    );
+    std::fs::create_dir_all(env.p("out/real")).unwrap();
+    std::os::unix::fs::symlink("../out/real", env.p("logs/link")).unwrap();
+    let ok = env.cmd().arg("check").output().unwrap();
+    assert!(ok.status.success(), "check sees paths as written");
+    let want: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+    append_lines(&env.p("logs/a.log"), &want);
+    let out = env.p("out/real/out.ndjson");
+    let agent = env.start();
+    wait_for("the lines in the sink", PATIENCE, || {
+        want.iter().all(|w| msgs_of(&out).contains(w))
+    });
+    wait_for("an alert naming the sink file", PATIENCE, || {
+        env.try_query("SELECT detail, path FROM alerts WHERE kind = 'config_error'")
+            .unwrap_or_default()
+            .iter()
+            .any(|a| {
+                a["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("logs/link/out.ndjson"))
+                    && a["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("the output of sink"))
+            })
+    });
+    // Several scans later, still only the ten lines: nothing of the output came back.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(msgs_of(&out).len(), 10, "{:?}", msgs_of(&out));
+    drop(agent);
+}

@@ -4,6 +4,7 @@
 //! (`identify`), and old streams pruned.
 
 use super::*;
+use crate::config::{SinkConfig, DEFAULT_SINK};
 
 impl Tailer {
     pub(super) fn scan(&mut self, out: &mut Intake<'_>) {
@@ -66,8 +67,15 @@ impl Tailer {
         // makes a same-head newcomer (its archive in the making) wait for it.
         self.reclaim_left_behind(&present);
         let mut symlink_dirs: Vec<PathBuf> = Vec::new();
+        let own = self.own_outputs();
         for f in found {
             let key = (f.device, f.inode);
+            if let Some((_, sink)) = own.iter().find(|(k, _)| *k == key) {
+                if !self.open.contains_key(&key) {
+                    self.not_own_output(&f, sink);
+                    continue;
+                }
+            }
             if f.symlink {
                 if let Some(dir) = std::fs::canonicalize(&f.path)
                     .ok()
@@ -120,6 +128,44 @@ impl Tailer {
         if let Some(w) = &mut self.watch {
             let walked = std::mem::take(&mut self.scan_dirs);
             w.update(&self.cfg.sources, symlink_dirs.into_iter().chain(walked));
+        }
+    }
+
+    /// The files the agent's file sinks write now, by identity, each with its key. The config
+    /// refuses a glob that matches a sink's path as written; one reaching it another way (a
+    /// symlinked folder, a bind mount, a hard link) only shows here.
+    fn own_outputs(&self) -> Vec<(FileKey, String)> {
+        self.cfg
+            .sinks
+            .iter()
+            .filter_map(|s| match &s.sink {
+                SinkConfig::File { path, .. } => {
+                    let md = std::fs::metadata(path).ok()?;
+                    let key = match s.name.as_str() {
+                        DEFAULT_SINK => "sink".to_string(),
+                        name => format!("sinks.{name}"),
+                    };
+                    Some(((md.dev(), md.ino()), format!("{key} ({})", path.display())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `f` is a file sink's own output: never read (each pass would ship the last wrapped in
+    /// one more layer of JSON, without end); alerted once per path.
+    fn not_own_output(&mut self, f: &Found, sink: &str) {
+        if self.alerted_paths.insert(f.path.clone()) {
+            let src = self.cfg.sources[f.source].name.clone();
+            self.alert(
+                "config_error",
+                Some(&src),
+                None,
+                Some(&f.path),
+                format!(
+                    "not read: it is the output of {sink}, reached by sources.{src}.paths; reading it would ship the agent's own output again and again"
+                ),
+            );
         }
     }
 

@@ -9,7 +9,8 @@
 //! each cuts a failed batch back to a length the other may have written past.
 //!
 //! Paths are compared as the config resolves them (relative to its folder, `.` and `..` taken
-//! out), and globs as discovery matches them; a path reached through a symlink is not seen.
+//! out), and globs as discovery matches them; a path reached through a symlink is not seen
+//! here, so the tailer also knows the sink files by identity and never reads one (`tail::scanning`).
 
 use super::{NamedSink, SinkConfig, DEFAULT_SINK};
 use crate::config::{normalize, ConfigIssue, Source};
