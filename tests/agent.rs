@@ -1029,6 +1029,60 @@ fn a_start_with_the_store_on_a_full_disk_says_so_and_starts_once_there_is_room()
     assert!(counts.values().all(|&c| c == 1));
 }
 
+/// Raising `fingerprint_bytes` past a file's length read that file again from its start: a
+/// file shorter than the new N has no fingerprint under it, and only streams without one were
+/// looked at, not its own stream, fingerprinted under the old N. Both files continue.
+#[test]
+fn raising_fingerprint_bytes_past_a_files_length_reads_nothing_again() {
+    let config = |n: u32| {
+        format!(
+            r#"
+state_dir = "state"
+[defaults]
+fingerprint_bytes = {n}
+[sources.app]
+paths = ["logs/*.log"]
+[batch]
+max_wait = "100ms"
+[sink]
+type = "file"
+path = "out.ndjson"
+"#
+        )
+    };
+    let env = Env::with_config(&config(64));
+    let short = lines("short", 10);
+    let long = lines("long", 100);
+    append_lines(&env.p("logs/short.log"), &short);
+    append_lines(&env.p("logs/long.log"), &long);
+    assert!(std::fs::metadata(env.p("logs/short.log")).unwrap().len() < 1024);
+    let out = env.p("out.ndjson");
+    let mut agent = env.start();
+    wait_for("the first records", PATIENCE, || {
+        read_ndjson(&out).len() == short.len() + long.len()
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(PATIENCE), Some(0));
+
+    std::fs::write(env.p("agent.toml"), config(1024)).unwrap();
+    let more = lines("after the change", 3);
+    append_lines(&env.p("logs/short.log"), &more);
+    let agent = env.start();
+    wait_for(
+        &format!("the new lines; stderr:\n{}", tail(&agent.stderr_text())),
+        PATIENCE,
+        || {
+            let got = count_by_msg(&read_ndjson(&out));
+            more.iter().all(|l| got.contains_key(l))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = count_by_msg(&read_ndjson(&out));
+    let twice: Vec<_> = counts.iter().filter(|(_, &c)| c != 1).collect();
+    assert!(twice.is_empty(), "read again: {twice:?}");
+    assert_eq!(counts.len(), short.len() + long.len() + more.len());
+}
+
 /// A file's name is outside text: one with a newline in it must not forge a line of the agent's
 /// log or of `status`, which show it escaped.
 #[test]

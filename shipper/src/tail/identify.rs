@@ -154,11 +154,17 @@ impl Tailer {
             !matches!(k.row.state, StreamState::Done | StreamState::Truncated)
                 || (k.row.device, k.row.inode) != key
         };
-        match head.fingerprint(n) {
-            Fingerprint::Checksum { .. } => {
-                let cands = self.registry.by_fingerprint(&source.name, |m| {
-                    (head.bytes.len() >= m).then(|| head::hash(&head.bytes[..m]))
-                });
+        let cands = self.registry.by_fingerprint(&source.name, |m| {
+            (head.bytes.len() >= m).then(|| head::hash(&head.bytes[..m]))
+        });
+        // A file shorter than N is still found by a stream fingerprinted under a smaller
+        // `fingerprint_bytes` that its head covers: raising N must not read it again.
+        let fingerprinted = match head.fingerprint(n) {
+            Fingerprint::Checksum { .. } => true,
+            Fingerprint::Provisional => !cands.is_empty(),
+        };
+        match fingerprinted {
+            true => {
                 // 1. The same file as before (agent restart).
                 if let Some(c) = cands.iter().find(|c| (c.row.device, c.row.inode) == key) {
                     // An archive read to its end is finished only once that end was committed;
@@ -225,7 +231,7 @@ impl Tailer {
                     collision_with: None,
                 }
             }
-            Fingerprint::Provisional => {
+            false => {
                 if head.compressed {
                     match self.short_archive_seen(source, file, key) {
                         Provisional::Continue { id, resume, marker } => {
