@@ -60,6 +60,75 @@ impl Drop for Background<'_> {
     }
 }
 
+/// Editing `state_dir` under a running agent (its reload refuses that) left the CLI looking in
+/// the new state dir: `stop` and `status` said "not running" and `start` ran a second agent
+/// there, shipping every file again (found by a probe). Now `start` (its `run`) refuses, naming
+/// the running pid, `status` points at it, and `stop` stops it.
+#[test]
+fn an_edited_state_dir_does_not_start_a_second_agent_and_stop_still_stops_the_first() {
+    let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);
+    let a = lines("first", 5);
+    append_lines(&env.p("logs/a.log"), &a);
+    let bg = Background::start(&env);
+    let pid: u32 = std::fs::read_to_string(env.p("state/agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the first lines", PATIENCE, || {
+        a.iter().all(|l| env.msgs().contains(l))
+    });
+    let cfg = env.p("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("state_dir = \"state\"", "state_dir = \"state2\""),
+    )
+    .unwrap();
+
+    let again = ls(&env, &["start"]);
+    assert_eq!(again.status.code(), Some(1), "{}", stdout(&again));
+    assert!(
+        stderr(&again).contains(&format!("in use by another log-sensor (pid {pid})")),
+        "{}",
+        stderr(&again)
+    );
+    let st = ls(&env, &["status"]);
+    assert_eq!(st.status.code(), Some(3));
+    assert!(
+        stderr(&st).contains(&format!("pid {pid} runs with this config")),
+        "{}",
+        stderr(&st)
+    );
+
+    let more = lines("after the edit", 3);
+    append_lines(&env.p("logs/a.log"), &more);
+    wait_for("the later lines", PATIENCE, || {
+        more.iter().all(|l| env.msgs().contains(l))
+    });
+    let stop = ls(&env, &["stop"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(
+        stdout(&stop).contains(&format!("stopped (pid {pid})")),
+        "{}",
+        stdout(&stop)
+    );
+    // SAFETY: signal 0 only asks whether the process exists.
+    assert!(
+        unsafe { libc::kill(pid as i32, 0) } != 0,
+        "pid {pid} still runs"
+    );
+    std::mem::forget(bg);
+    let msgs = env.msgs();
+    for l in a.iter().chain(&more) {
+        assert_eq!(
+            msgs.iter().filter(|m| *m == l).count(),
+            1,
+            "{l:?} once: {msgs:?}"
+        );
+    }
+}
+
 #[test]
 fn start_status_stop_in_the_background() {
     let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);

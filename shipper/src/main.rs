@@ -387,8 +387,7 @@ fn stop(path: &Path) -> anyhow::Result<ExitCode> {
     let agent = Agent::locate(path)?;
     agent.warn_if_invalid();
     let Some(pid) = agent.running()? else {
-        println!("not running");
-        return Ok(ExitCode::SUCCESS);
+        return stop_elsewhere(path);
     };
     agent.ask("stop", None, None)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -401,6 +400,38 @@ fn stop(path: &Path) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(100));
     }
     println!("stopped (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// No agent answers in the file's state dir; one may still run with this file, on the state
+/// dir the file named when it started (`state_dir` was edited since): that one is stopped by
+/// its pid, as SIGTERM stops any agent (finish the batch, commit, exit).
+fn stop_elsewhere(path: &Path) -> anyhow::Result<ExitCode> {
+    let pids = log_sensor::agent::peers::others_with_config(path);
+    if pids.is_empty() {
+        println!("not running");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for &pid in &pids {
+        eprintln!(
+            "log-sensor: pid {pid} runs with {} on another state dir (state_dir was changed since it started); stopping it",
+            path.display()
+        );
+        // SAFETY: a signal to a process found running our binary with our config.
+        if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+            bail!("cannot stop pid {pid}: {}", std::io::Error::last_os_error());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pids.iter().any(|&p| pid_alive(p)) {
+        if Instant::now() > deadline {
+            bail!("still running after 60 s: {pids:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids {
+        println!("stopped (pid {pid})");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

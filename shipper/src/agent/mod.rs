@@ -3,6 +3,7 @@
 //! and each group's shipping thread commits a batch once all its sinks acknowledged it
 //! (`routes`); beside them the control socket, the config watch and the monitor.
 
+pub mod peers;
 mod routes;
 
 use crate::batch::Batch;
@@ -44,6 +45,10 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "config {path} is in use by another log-sensor (pid {pid}), on the state dir the file named when it started; one agent per config: stop it first (`log-sensor -c {path} stop` finds it)"
+    )]
+    ConfigInUse { path: PathBuf, pid: u32 },
     #[error("cannot lock state dir {path}: {source}")]
     Lock {
         path: PathBuf,
@@ -96,6 +101,14 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
 pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let cfg = layers.resolve()?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
+    // After the lock, so a second agent on the same state dir is told whose it is; this is the
+    // one on another state dir (the file's `state_dir` edited under a running agent).
+    if let Some(&pid) = peers::others_with_config(&cfg.path).first() {
+        return Err(AgentError::ConfigInUse {
+            path: cfg.path.clone(),
+            pid,
+        });
+    }
     raise_fd_limit();
     let store = Store::open(&cfg.state_dir)?;
     store.set_meta("host_id", &cfg.host_id)?;

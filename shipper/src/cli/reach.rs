@@ -31,8 +31,10 @@ impl Agent {
     /// `state_dir` line can be read (see `Config::state_dir_lenient`); otherwise its error.
     ///
     /// Read from the file rather than from a record the agent leaves somewhere: the packaged
-    /// unit lets the agent write only its state dir, and `state_dir` cannot change while the agent
-    /// runs, so the file's line is what the running agent uses.
+    /// unit lets the agent write only its state dir. `state_dir` cannot change while the agent
+    /// runs, but the file can be edited under it: `stop` and `status` then also look for an
+    /// agent running with this file (`log_sensor::agent::peers`), and `run` refuses to start
+    /// beside one.
     pub fn locate(path: &Path) -> Result<Agent, ConfigError> {
         match Config::load(path) {
             Ok(cfg) => Ok(Agent::of(cfg)),

@@ -33,6 +33,11 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     agent.state_dir.display()
                 );
             }
+            for pid in log_sensor::agent::peers::others_with_config(path) {
+                eprintln!(
+                    "log-sensor: but pid {pid} runs with this config on the state dir the file named when it started (state_dir was changed since): `stop` stops it"
+                );
+            }
             return Ok(ExitCode::from(EXIT_NOT_RUNNING));
         }
         Err(e) => return Err(e.into()),
