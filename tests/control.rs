@@ -129,6 +129,29 @@ fn an_edited_state_dir_does_not_start_a_second_agent_and_stop_still_stops_the_fi
     }
 }
 
+/// `status | head` (any command whose output a reader stops taking) ended in a panic and a
+/// backtrace ("failed printing to stdout: Broken pipe"); it ends quietly now, as other tools do.
+#[test]
+fn a_reader_closing_the_pipe_ends_a_command_quietly() {
+    use std::io::Read;
+    let comment = format!("# {}\n", "x".repeat(100)).repeat(3000);
+    let env = AgentEnv::new(&format!("paths = [\"logs/*.log\"]\n{comment}"));
+    let mut child = env
+        .cmd()
+        .arg("render")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
 #[test]
 fn start_status_stop_in_the_background() {
     let env = AgentEnv::new(r#"paths = ["logs/*.log"]"#);

@@ -146,6 +146,14 @@ enum PackAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // `status | head` closes the pipe early: end quietly, as other tools do, rather than
+        // panic in println!. Not for `run`, whose stdout sink must see EPIPE as an error.
+        // SAFETY: setting a signal's disposition before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         // One event, one line, whatever a field holds (a file name with a newline in it).
