@@ -232,10 +232,13 @@ fn a_temporary_override_shows_in_get_and_in_behaviour_and_is_gone_after_reload()
         env.records().iter().any(|r| r["part"] == "head")
     });
     // A bad value is refused with the reason and changes nothing.
+    // Said of the change, not of the file, which is fine.
     let bad = ls(&env, &["set", "defaults.max_record_bytes", "lots"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
-        stderr(&bad).contains("defaults.max_record_bytes"),
+        stderr(&bad).contains("set defaults.max_record_bytes lots refused, nothing changed")
+            && stderr(&bad).contains("defaults.max_record_bytes:")
+            && !stderr(&bad).contains("config file"),
         "{}",
         stderr(&bad)
     );

@@ -235,7 +235,7 @@ impl Controller {
                     ..Default::default()
                 }
             }
-            Err(e) => fail(e.to_string()),
+            Err(e) => fail(refused_change(key, value, e)),
         }
     }
 
@@ -273,6 +273,27 @@ impl Controller {
     /// Files to watch for changes: the config and the enabled packs.
     fn watched(&self) -> Vec<PathBuf> {
         self.layers.lock().expect("layers lock").watched_files()
+    }
+}
+
+/// Why a `set` or `del` was refused, said of the change: the file was fine, and "config file
+/// … has 1 error(s)" sent the operator to look for a mistake there.
+fn refused_change(key: &str, value: Option<&str>, e: crate::config::ConfigError) -> String {
+    use crate::config::ConfigError;
+    let change = match value {
+        Some(v) => format!("set {key} {v}"),
+        None => format!("del {key}"),
+    };
+    match e {
+        ConfigError::Invalid { issues, .. } => {
+            let each: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+            format!(
+                "{change} refused, nothing changed ({} error(s)):\n{}",
+                each.len(),
+                each.join("\n")
+            )
+        }
+        e => format!("{change} refused, nothing changed: {e}"),
     }
 }
 
