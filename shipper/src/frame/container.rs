@@ -169,6 +169,7 @@ impl Joined<'_> {
                 &tail_msg[escaped::suffix_start(tail_msg)..],
             ),
         };
+        let (head_msg, tail_msg) = super::utf8_cut(head_msg, tail_msg);
         let tail_at = self.len - (close + tail_msg.len()) as u64;
         let mut line = Vec::with_capacity(max.max(open + close));
         for (offset, part, msg) in [

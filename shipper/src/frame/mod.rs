@@ -352,6 +352,7 @@ fn emit_line(start: u64, line: &LineBytes<'_>, out: &mut dyn FnMut(Rec<'_>)) {
 }
 
 fn emit_cut(start: u64, head: &[u8], tail: &[u8], len: u64, out: &mut dyn FnMut(Rec<'_>)) {
+    let (head, tail) = utf8_cut(head, tail);
     out(Rec {
         offset: start,
         len,
@@ -366,6 +367,33 @@ fn emit_cut(start: u64, head: &[u8], tail: &[u8], len: u64, out: &mut dyn FnMut(
         part: Part::Tail,
         bytes: tail,
     });
+}
+
+/// The head and tail of a cut record of text without the parts of the characters the cuts went
+/// through. A line of Cyrillic or CJK text cut at `max_record_bytes` ended (and its tail began)
+/// inside a UTF-8 sequence, so both parts shipped as `msg_b64` rather than text (found by a
+/// probe). The head loses at most three bytes at its end, the tail at most three continuation
+/// bytes at its start (its offset is then where the next character starts), and only when the
+/// head is text and what is left of the tail is too: bytes that are not text are left as they
+/// are.
+pub fn utf8_cut<'a>(head: &'a [u8], tail: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+    let head = match std::str::from_utf8(head) {
+        Ok(_) => head,
+        Err(e) if e.error_len().is_none() && head.len() - e.valid_up_to() < 4 => {
+            &head[..e.valid_up_to()]
+        }
+        Err(_) => return (head, tail),
+    };
+    let skip = tail
+        .iter()
+        .take(3)
+        .take_while(|&&c| c & 0xC0 == 0x80)
+        .count();
+    if skip > 0 && std::str::from_utf8(&tail[skip..]).is_ok() {
+        (head, &tail[skip..])
+    } else {
+        (head, tail)
+    }
 }
 
 const _: () = assert!(SLACK >= 16);

@@ -74,6 +74,48 @@ fn multi_byte_delimiter_across_reads() {
     );
 }
 
+/// Cut through a character, a line of text stays text in both parts: the head without the
+/// character's first bytes, the tail from the next character on (its offset there); bytes that
+/// are not text stay as they are.
+#[test]
+fn a_cut_through_a_character_keeps_both_parts_text() {
+    let f = framing("\n", 1000, None);
+    let line = "€".repeat(2000); // 6,000 bytes; 1,000 is no multiple of 3
+    for chunks in [vec![format!("{line}\n").into_bytes()], {
+        let b = format!("{line}\n").into_bytes();
+        b.chunks(777).map(<[u8]>::to_vec).collect()
+    }] {
+        let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let (recs, _) = run(&f, &chunks, false);
+        assert_eq!(recs.len(), 2);
+        let (head, tail) = (&recs[0], &recs[1]);
+        assert_eq!((head.offset, head.part, head.len), (0, Part::Head, 6000));
+        assert_eq!(std::str::from_utf8(&head.bytes).unwrap(), "€".repeat(333));
+        assert_eq!(std::str::from_utf8(&tail.bytes).unwrap(), "€".repeat(333));
+        assert_eq!((tail.offset, tail.part), (6000 - 999, Part::Tail));
+    }
+    // Not text: nothing is taken off.
+    let mut bin = vec![0xffu8; 10];
+    bin.extend("€".repeat(2000).as_bytes());
+    bin.push(b'\n');
+    let (recs, _) = run(&f, &[&bin], false);
+    assert_eq!(recs[0].bytes.len(), 1000);
+    let (h, t) = utf8_cut(b"ab\xe2\x82", &[0x82, 0xac, 0xff, b'a']);
+    assert_eq!(
+        (h, t),
+        (&b"ab"[..], &[0x82, 0xac, 0xff, b'a'][..]),
+        "the tail is no text"
+    );
+    let (h, t) = utf8_cut(b"ab\xe2\x82\xac", b"\xacxyz");
+    assert_eq!((h, t), ("ab€".as_bytes(), &b"xyz"[..]));
+    let (h, t) = utf8_cut(b"a\x80bc", b"\x80bc");
+    assert_eq!(
+        (h, t),
+        (&b"a\x80bc"[..], &b"\x80bc"[..]),
+        "the head is no text"
+    );
+}
+
 #[test]
 fn over_long_record_becomes_head_and_tail() {
     let f = framing("\n", 4, None);
@@ -187,17 +229,18 @@ fn reference(data: &[u8], delim: &[u8], max: usize) -> (Vec<Owned>, u64) {
             }
             let len = body.len() as u64;
             if body.len() > max {
+                let (head, tail) = utf8_cut(&body[..max], &body[body.len() - max..]);
                 out.push(Owned {
                     offset: start as u64,
                     len,
                     part: Part::Head,
-                    bytes: body[..max].to_vec(),
+                    bytes: head.to_vec(),
                 });
                 out.push(Owned {
-                    offset: start as u64 + len - max as u64,
+                    offset: start as u64 + len - tail.len() as u64,
                     len,
                     part: Part::Tail,
-                    bytes: body[body.len() - max..].to_vec(),
+                    bytes: tail.to_vec(),
                 });
             } else if !body.is_empty() {
                 out.push(Owned {

@@ -68,12 +68,13 @@ pub fn encode_frame(frame: Frame<'_>, peer: SocketAddr, ts_ms: i64, out: &mut Ve
             // found by host or app on its own.
             let p = parse(head);
             let fields = fields_json(&p.fields, peer);
+            let (head_msg, tail) = crate::frame::utf8_cut(&head[p.msg.clone()], tail);
             SpoolRecord {
                 ts_ms,
                 part: Part::Head,
                 len,
                 fields: fields.clone(),
-                msg: head[p.msg].to_vec(),
+                msg: head_msg.to_vec(),
             }
             .encode_into(out);
             SpoolRecord {
