@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS streams (
   first_seen        INTEGER NOT NULL,
   last_read         INTEGER,
   last_commit       INTEGER,
-  state             TEXT NOT NULL,             -- active | released | truncated | done | unreadable
+  state             TEXT NOT NULL,             -- active | released | truncated | done | unreadable | stopped
   records           INTEGER NOT NULL DEFAULT 0, -- records acknowledged by the sink
   bytes             INTEGER NOT NULL DEFAULT 0, -- record bytes acknowledged by the sink
   overlong_records  INTEGER NOT NULL DEFAULT 0, -- records cut into head and tail

@@ -1456,3 +1456,61 @@ fn a_source_listening_on_nothing_makes_the_agent_unhealthy_until_it_starts() {
         },
     );
 }
+
+/// A listener removed by a reload (or by an edit made while the agent was down) kept its stream
+/// `active` in status for ever. It is `stopped` now, never forgotten (its spool and offset wait
+/// for it), and `active` again once a reload brings it back.
+#[test]
+fn a_removed_listener_s_stream_is_stopped_and_active_again_when_it_comes_back() {
+    let mut agent = NetAgent::new("");
+    let a = agent.start();
+    wait_udp_ready(&agent, &a);
+    let [_, tcp_url, _] = agent.urls();
+    let tcp_stream = format!("syslog:net:{tcp_url}");
+    let state = |agent: &NetAgent| -> Option<String> {
+        agent
+            .try_query(&format!(
+                "SELECT state FROM streams WHERE stream = '{tcp_stream}'"
+            ))
+            .ok()?
+            .first()?["state"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let mut s = tcp(agent.port);
+    s.write_all(&octet(&rfc5424("before the removal"))).unwrap();
+    agent.wait_msgs(&a, &["before the removal".to_string()]);
+    assert_eq!(state(&agent).as_deref(), Some("active"));
+
+    let path = agent.p("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without = text.replace(&format!("\"{tcp_url}\", "), "");
+    assert_ne!(without, text);
+    std::fs::write(&path, &without).unwrap();
+    reload(&agent);
+    wait_until(
+        || format!("{tcp_stream} stopped: {:?}", state(&agent)),
+        PATIENCE,
+        || state(&agent).as_deref() == Some("stopped"),
+    );
+    std::fs::write(&path, &text).unwrap();
+    reload(&agent);
+    wait_until(
+        || format!("{tcp_stream} active again: {:?}", state(&agent)),
+        PATIENCE,
+        || state(&agent).as_deref() == Some("active"),
+    );
+
+    // Removed while the agent was down: stopped from its start on.
+    drop(a);
+    std::fs::write(&path, &without).unwrap();
+    let mut cmd = agent.cmd();
+    cmd.arg("run");
+    let b = Proc::spawn("log-sensor", &mut cmd, &agent.p("agent3.err"));
+    wait_until(
+        || format!("{tcp_stream} stopped after the start: {:?}", state(&agent)),
+        PATIENCE,
+        || state(&agent).as_deref() == Some("stopped"),
+    );
+    drop(b);
+}

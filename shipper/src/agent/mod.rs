@@ -147,6 +147,14 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
         };
         syslog.push((bell, input));
     }
+    // Streams of listeners the file no longer has (edited while the agent was down) are no
+    // longer shown as active.
+    let running: std::collections::HashSet<String> = syslog
+        .iter()
+        .filter_map(|(_, i)| i.as_ref())
+        .flat_map(|i| i.stream_ids())
+        .collect();
+    crate::input::syslog::stream::mark_stopped(&store, &running, None);
     let live = Live {
         listeners: syslog
             .iter()

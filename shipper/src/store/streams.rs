@@ -19,6 +19,9 @@ pub enum StreamState {
     Done,
     /// Matched but could not be opened (permission denied); retried every scan.
     Unreadable,
+    /// A syslog listener no longer configured (removed or moved by a reload): its spool and
+    /// committed offset wait for it to come back, so it is never forgotten as a let-go file is.
+    Stopped,
 }
 
 impl StreamState {
@@ -29,6 +32,7 @@ impl StreamState {
             StreamState::Truncated => "truncated",
             StreamState::Done => "done",
             StreamState::Unreadable => "unreadable",
+            StreamState::Stopped => "stopped",
         }
     }
     pub fn parse(s: &str) -> StreamState {
@@ -37,6 +41,7 @@ impl StreamState {
             "truncated" => StreamState::Truncated,
             "done" => StreamState::Done,
             "unreadable" => StreamState::Unreadable,
+            "stopped" => StreamState::Stopped,
             _ => StreamState::Active,
         }
     }
@@ -95,6 +100,15 @@ impl Store {
                    AND MAX(COALESCE(last_commit, 0), COALESCE(last_read, 0), first_seen) < ?1",
                 params![cutoff],
             )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets a stream's state alone (a syslog listener stopped or back).
+    pub fn set_stream_state(&self, stream: &str, state: StreamState) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE streams SET state = ?2 WHERE stream = ?1")
+            .and_then(|mut s| s.execute(params![stream, state.as_str()]))
+            .map(drop)
             .map_err(|e| self.err(e))
     }
 

@@ -38,7 +38,9 @@ impl Tailer {
                     StreamState::Active => true,
                     // Let go, but a crash may have lost the batch that held its last records.
                     StreamState::Released | StreamState::Done => k.resume < k.row.read_offset,
-                    StreamState::Truncated | StreamState::Unreadable => false,
+                    StreamState::Truncated | StreamState::Unreadable | StreamState::Stopped => {
+                        false
+                    }
                 };
                 unfinished
                     && !open_ids.contains(k.row.stream.as_str())

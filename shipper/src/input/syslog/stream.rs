@@ -15,7 +15,7 @@ use crate::frame::Rec;
 use crate::input::{Bell, Input, Turn};
 use crate::status::{ListenerCounters, ListenerList, SilentList};
 use crate::store::{Alert, Checkpoint, Store, StreamRow, StreamState};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
@@ -178,6 +178,11 @@ impl SyslogInput {
         self.counters.clone()
     }
 
+    /// The stream of every running listener.
+    pub fn stream_ids(&self) -> HashSet<String> {
+        self.streams.iter().map(|s| s.meta.id.to_string()).collect()
+    }
+
     /// The sources that listen on nothing, as `NAME: why`; follows reloads.
     pub fn silent(&self) -> SilentList {
         self.silent.clone()
@@ -237,9 +242,33 @@ impl SyslogInput {
 }
 
 /// The stream row for a listener's spool, so `log_sensor_streams`, status and lag show it.
+/// Marks `stopped` every active syslog stream no running listener reads (of the sources
+/// `owned` names, or of any source when None): removed by a reload, or by an edit made while
+/// the agent was down. Status showed them `active` for ever.
+pub fn mark_stopped(store: &Mutex<Store>, running: &HashSet<String>, owned: Option<&[String]>) {
+    let st = store.lock().unwrap_or_else(|p| p.into_inner());
+    let Ok(rows) = st.load_streams() else {
+        return;
+    };
+    for r in rows {
+        let ours = owned.is_none_or(|o| o.contains(&r.source));
+        if r.stream.starts_with("syslog:")
+            && r.state == StreamState::Active
+            && ours
+            && !running.contains(&r.stream)
+        {
+            if let Err(e) = st.set_stream_state(&r.stream, StreamState::Stopped) {
+                tracing::warn!(stream = %r.stream, error = %e, "cannot mark the stream stopped");
+            }
+        }
+    }
+}
+
 fn ensure_row(store: &Mutex<Store>, id: &str, source: &str, h: &ListenerHandle, size: u64) {
     let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
     if matches!(st.stream_offsets(id), Ok(Some(_))) {
+        // A listener back from a reload that had removed it.
+        let _ = st.set_stream_state(id, StreamState::Active);
         return;
     }
     let row = StreamRow {
@@ -426,8 +455,15 @@ impl Input for SyslogInput {
         }
         *self.silent.lock().unwrap_or_else(|p| p.into_inner()) = silent;
         self.servers = servers;
+        let owned: Vec<String> = self
+            .sources
+            .iter()
+            .chain(wanted)
+            .map(|s| s.name.clone())
+            .collect();
         self.sources = running;
         self.rebuild_streams(&carried);
+        mark_stopped(&self.store, &self.stream_ids(), Some(&owned));
     }
 }
 
