@@ -146,7 +146,7 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         for a in st.alerts.iter().take(10) {
             say!(
                 "  {} {:<22} {} {}",
-                a.time,
+                log_sensor_common::record::rfc3339_ms(a.time * 1000),
                 a.kind,
                 a.path.clone().unwrap_or_default(),
                 a.detail
