@@ -1180,6 +1180,13 @@ fn a_reload_with_an_unbindable_listener_keeps_the_old_listeners() {
         || agent.all_alerts().iter().any(|d| d.contains(&held_url)),
     );
     settle_reloads();
+    // The watcher's reload of the edit and the operator's: one alert, not two alike.
+    let naming: Vec<String> = agent
+        .all_alerts()
+        .into_iter()
+        .filter(|d| d.contains(&held_url))
+        .collect();
+    assert_eq!(naming.len(), 1, "{naming:?}");
     let [udp_url, tcp_url, _] = agent.urls();
     let status = agent.status();
     for url in [&udp_url, &tcp_url] {

@@ -30,7 +30,13 @@ pub struct Controller {
     to_shipper: Sender<NamedSink>,
     stop: Arc<AtomicBool>,
     store: Arc<Mutex<Store>>,
+    /// The last config alert and when: the same refusal again within [`ALERT_AGAIN_AFTER`] (the
+    /// file watcher's reload, then the operator's `reload` of the same edit) is logged only.
+    last_alert: Mutex<Option<(String, Instant)>>,
 }
+
+/// How soon the same config alert may be stored again.
+const ALERT_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 impl Controller {
     pub fn new(
@@ -50,6 +56,7 @@ impl Controller {
             to_shipper,
             stop,
             store,
+            last_alert: Mutex::new(None),
         }
     }
 
@@ -72,6 +79,16 @@ impl Controller {
 
     fn alert(&self, detail: String) {
         tracing::warn!(kind = "config_error", "{detail}");
+        {
+            let mut last = self.last_alert.lock().expect("alert lock");
+            if last
+                .as_ref()
+                .is_some_and(|(d, at)| *d == detail && at.elapsed() < ALERT_AGAIN_AFTER)
+            {
+                return;
+            }
+            *last = Some((detail.clone(), Instant::now()));
+        }
         let path = self.config().path.display().to_string();
         let a = Alert {
             kind: "config_error",
