@@ -52,6 +52,15 @@ impl<'a> Background<'a> {
         assert!(stdout(&out).contains("started"), "{}", stdout(&out));
         Background(env)
     }
+
+    /// The agent's pid, from its pid file.
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.0.p("state/agent.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
 }
 
 impl Drop for Background<'_> {
@@ -70,11 +79,7 @@ fn an_edited_state_dir_does_not_start_a_second_agent_and_stop_still_stops_the_fi
     let a = lines("first", 5);
     append_lines(&env.p("logs/a.log"), &a);
     let bg = Background::start(&env);
-    let pid: u32 = std::fs::read_to_string(env.p("state/agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = bg.pid();
     wait_for("the first lines", PATIENCE, || {
         a.iter().all(|l| env.msgs().contains(l))
     });
@@ -158,11 +163,7 @@ fn start_status_stop_in_the_background() {
     let a = lines("bg", 20);
     append_lines(&env.p("logs/a.log"), &a);
     let bg = Background::start(&env);
-    let pid: u32 = std::fs::read_to_string(env.p("state/agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = bg.pid();
     let again = ls(&env, &["start"]);
     assert!(
         stdout(&again).contains(&format!("already running (pid {pid})")),
