@@ -1347,6 +1347,17 @@ fn a_reload_moving_a_listener_onto_another_sources_port_waits_for_it_to_be_free(
     );
 }
 
+/// A UDP listener URL on a free port whose spool folder for `source` is a file, so it binds but
+/// cannot start → (its URL, the file in the way).
+fn blocked_udp_listener(agent: &NetAgent, source: &str) -> (String, std::path::PathBuf) {
+    let port = free_port();
+    let spool = agent.p(&format!("state/spool/{source}"));
+    std::fs::create_dir_all(&spool).unwrap();
+    let blocked = spool.join(format!("udp-127.0.0.1-{port}"));
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    (format!("udp://127.0.0.1:{port}"), blocked)
+}
+
 /// A change that passes the bind check but still cannot start (here the new listener's spool
 /// folder is a file) comes back on its previous listeners, which had been stopped for it.
 #[test]
@@ -1354,10 +1365,7 @@ fn a_reload_whose_new_listener_cannot_start_restarts_the_previous_ones() {
     let mut agent = NetAgent::new("");
     let a = agent.start();
     wait_udp_ready(&agent, &a);
-    let new_port = free_port();
-    let new_url = format!("udp://127.0.0.1:{new_port}");
-    let blocked = agent.p(&format!("state/spool/net/udp-127.0.0.1-{new_port}"));
-    std::fs::write(&blocked, b"not a folder").unwrap();
+    let (new_url, _) = blocked_udp_listener(&agent, "net");
     add_listener(&agent, &new_url);
     reload(&agent);
 
@@ -1406,12 +1414,8 @@ fn a_source_listening_on_nothing_makes_the_agent_unhealthy_until_it_starts() {
     let mut agent = NetAgent::new("");
     let a = agent.start();
     wait_udp_ready(&agent, &a);
-    let port = free_port();
-    let url = format!("udp://127.0.0.1:{port}");
-    let spool = agent.p("state/spool/extra");
-    std::fs::create_dir_all(&spool).unwrap();
-    let blocked = spool.join(format!("udp-127.0.0.1-{port}"));
-    std::fs::write(&blocked, b"not a folder").unwrap();
+    let (url, blocked) = blocked_udp_listener(&agent, "extra");
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let path = agent.p("agent.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let extra = format!("[sources.extra]\ntype = \"syslog\"\nlisten = [\"{url}\"]\n[batch]");
