@@ -31,7 +31,7 @@ pub const COLUMNS: &[Column] = &[
     col(
         "state",
         Text,
-        "active | released | truncated | done | unreadable",
+        "active | released | truncated | done | unreadable | stopped (a syslog listener no longer configured; its spool and offset wait for it)",
     ),
     col("compressed", Integer, "1 when the current file is gzip"),
     col("size", BigInt, "File size last seen"),
