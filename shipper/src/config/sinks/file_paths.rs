@@ -5,8 +5,9 @@
 //! probe that found it). That is refused as a config error naming both keys rather than quietly
 //! excluded: an exclusion nobody wrote would hide a misconfiguration (the operator most likely
 //! meant the sink to be elsewhere), and the fix, a narrower glob or an `exclude`, is one line.
-//! Two file sinks on one path are refused too: their batches would interleave in one file, and
-//! each cuts a failed batch back to a length the other may have written past.
+//! Two file sinks on one file are refused too, however their paths reach it (symlinks are
+//! followed): their batches would interleave in one file, and each cuts a failed batch back to a
+//! length the other may have written past, erasing lines the other had acknowledged.
 //!
 //! Paths are compared as the config resolves them (relative to its folder, `.` and `..` taken
 //! out), and globs as discovery matches them; a path reached through a symlink is not seen
@@ -30,12 +31,14 @@ pub(in crate::config) fn check(
             format!("sinks.{name}")
         }
     };
-    let mut seen: Vec<(PathBuf, &str)> = Vec::new();
+    // Each sink's path as written (normalized) and the file it reaches (symlinks followed).
+    let mut seen: Vec<(PathBuf, PathBuf, &str)> = Vec::new();
     for s in sinks {
         let SinkConfig::File { path, .. } = &s.sink else {
             continue;
         };
         let path = normalize(path);
+        let file = resolved(&path);
         if let Some((source, pattern)) = sources.iter().find_map(|src| matched_by(src, &path)) {
             issues.push(ConfigIssue {
                 key: format!("{}.path", key(&s.name)),
@@ -45,16 +48,57 @@ pub(in crate::config) fn check(
                 ),
             });
         }
-        match seen.iter().find(|(p, _)| *p == path) {
-            Some((_, first)) => issues.push(ConfigIssue {
-                key: format!("{}.path", key(&s.name)),
-                message: format!(
-                    "{} is also {}.path: two sinks appending to one file interleave their batches",
-                    path.display(),
-                    key(first)
-                ),
-            }),
-            None => seen.push((path, &s.name)),
+        match seen.iter().find(|(p, f, _)| *p == path || *f == file) {
+            Some((p, _, first)) => {
+                let same = if *p == path {
+                    format!("{} is also {}.path", path.display(), key(first))
+                } else {
+                    format!(
+                        "{} is the file {}.path names ({}), through a symlink",
+                        path.display(),
+                        key(first),
+                        p.display()
+                    )
+                };
+                issues.push(ConfigIssue {
+                    key: format!("{}.path", key(&s.name)),
+                    message: format!(
+                        "{same}: two sinks appending to one file interleave their batches, and each cuts a failed batch back over the other's"
+                    ),
+                })
+            }
+            None => seen.push((path, file, &s.name)),
+        }
+    }
+}
+
+/// The file `path` reaches, symlinks followed as far as it exists (a sink creates the rest):
+/// two paths to one file through a symlinked folder or file are one file. As written where
+/// nothing of it exists.
+fn resolved(path: &Path) -> PathBuf {
+    resolved_within(path, 40)
+}
+
+/// [`resolved`], following at most `hops` links that lead nowhere yet (as the kernel's 40).
+fn resolved_within(path: &Path, hops: u32) -> PathBuf {
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        // A link to a file not made yet: the sink would create its target.
+        if let (Some(parent), Ok(target), true) = (at.parent(), std::fs::read_link(at), hops > 0) {
+            let next = normalize(&parent.join(target));
+            let real = resolved_within(&next, hops - 1);
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
         }
     }
 }
@@ -138,5 +182,36 @@ mod tests {
             "[sources.a]\npaths=['/var/log/a.log']\n[sinks.one]\ntype='file'\npath='one.ndjson'\n[sinks.two]\ntype='file'\npath='two.ndjson'\n",
         );
         assert_eq!(e, "");
+    }
+
+    /// Through a symlink two paths are one file: both sinks appended to it, and one's cut of
+    /// a failed batch erased lines the other had had acknowledged (found by a probe).
+    #[test]
+    fn two_sinks_reaching_one_file_through_a_symlink_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        std::os::unix::fs::symlink(d.join("real/out.ndjson"), d.join("file-link")).unwrap();
+        let config = |one: &str, two: &str| {
+            let text = format!(
+                "[sources.a]\npaths=['/var/log/a.log']\n[sinks.one]\ntype='file'\npath='{one}'\n[sinks.two]\ntype='file'\npath='{two}'\n"
+            );
+            match Config::parse(&d.join("agent.toml"), &text) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // The file not made yet, or a link to it: either way one file.
+        for two in ["link/out.ndjson", "file-link"] {
+            let e = config("real/out.ndjson", two);
+            assert!(
+                e.contains(&format!("sinks.two.path: {}", d.join(two).display()))
+                    && e.contains("is the file sinks.one.path names")
+                    && e.contains("through a symlink"),
+                "{e}"
+            );
+        }
+        assert_eq!(config("real/out.ndjson", "link/other.ndjson"), "");
     }
 }
