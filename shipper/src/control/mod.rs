@@ -79,6 +79,28 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// Sends one request to the agent whose state dir this is and returns its answer. A `busy`
 /// answer is [`ClientError::Busy`]: the request was not read, so sending it again is safe.
 pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
+    // An agent dying as we connect (just killed) may take the connection and reset it: asked
+    // again a moment later, its socket refuses, which is "not running". Without this, `start`
+    // right after `kill -9` failed with "Connection reset by peer" (found by a probe).
+    let mut tries = 0;
+    loop {
+        match call_once(state_dir, req) {
+            Err(ClientError::Io { error, .. }) if tries < 3 && cut_off(&error) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The connection was cut before an answer came: the agent went away under us.
+fn cut_off(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), ConnectionReset | BrokenPipe | UnexpectedEof)
+}
+
+fn call_once(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(state_dir);
     let io = |error| ClientError::Io {
         path: path.clone(),
@@ -114,6 +136,13 @@ pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     let resp: Response = match (serde_json::from_str(&answer), sent, read) {
         (Ok(resp), _, _) => resp,
         (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => return Err(io(e)),
+        // Closed without a word.
+        (Err(_), Ok(()), Ok(0)) => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering",
+            )))
+        }
         (Err(e), Ok(()), Ok(_)) => {
             return Err(ClientError::Garbled {
                 path: path.clone(),
