@@ -98,13 +98,27 @@ pub async fn request_raw(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    let mut req = async_nats::Request::new()
-        .payload(payload)
-        .timeout(Some(timeout));
-    if let Some(h) = headers {
-        req = req.headers(h);
-    }
-    let reply = client.send_request(subject, req).await.map_err(|source| {
+    // "No responders": nothing took the message, so sending it again is safe. A stream's
+    // server answers so for a moment while a new or moved stream's interest reaches it (seen
+    // on a fresh R3 cluster under load); nats.go's JetStream publish retries it likewise
+    // (js.go: DefaultPubRetryAttempts 2, DefaultPubRetryWait 250 ms).
+    let mut tries = 0;
+    let reply = loop {
+        let mut req = async_nats::Request::new()
+            .payload(payload.clone())
+            .timeout(Some(timeout));
+        if let Some(h) = &headers {
+            req = req.headers(h.clone());
+        }
+        match client.send_request(subject.clone(), req).await {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders && tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => break other,
+        }
+    };
+    let reply = reply.map_err(|source| {
         if source.kind() == async_nats::RequestErrorKind::TimedOut {
             ApiError::Timeout {
                 what: what.to_owned(),
