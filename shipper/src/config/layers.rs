@@ -309,7 +309,15 @@ impl Layers {
 
     fn origin_of(&self, key: &str) -> Origin {
         let parts: Vec<&str> = key.split('.').collect();
-        if self.temporary.contains_key(key) {
+        // A table set for now (`set sink '{type = "file", …}'`) replaced the file's: every key
+        // under it is temporary too.
+        let under_temporary = self.temporary.iter().any(|(t, v)| {
+            v.is_some()
+                && key.len() > t.len()
+                && key.starts_with(t.as_str())
+                && key[t.len()..].starts_with('.')
+        });
+        if self.temporary.contains_key(key) || under_temporary {
             Origin::Temporary
         } else if get_path(&self.command_line, &parts).is_some() {
             Origin::CommandLine
@@ -615,6 +623,24 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A table set for now replaces the file's: its keys showed as `file` (or `pack`), so the
+    /// operator could not tell the next reload would drop them (found by a probe).
+    #[test]
+    fn the_keys_of_a_table_set_for_now_are_temporary() {
+        let (_d, mut l) =
+            layers("[sources.app]\npaths = [\"a/*.log\"]\n[sink]\ntype = \"stdout\"\n");
+        l.set_temporary(
+            "sink",
+            parse_value("{type = \"file\", path = \"/tmp/x.ndjson\"}"),
+        )
+        .unwrap();
+        let e = l.entries("sink");
+        let of = |k: &str| e.iter().find(|e| e.key == k).map(|e| e.origin);
+        assert_eq!(of("sink.type"), Some(Origin::Temporary));
+        assert_eq!(of("sink.path"), Some(Origin::Temporary));
+        assert_eq!(l.entries("sources.app.paths")[0].origin, Origin::File);
     }
 
     /// A config with a syslog source, transforms and sinks of every type, each with one key

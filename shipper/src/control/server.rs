@@ -240,10 +240,11 @@ impl Controller {
                     value = value.unwrap_or("(deleted)"),
                     "temporary config change"
                 );
+                let under = format!("{key}.");
                 let entries = layers
                     .entries(key)
                     .iter()
-                    .filter(|e| e.key == key)
+                    .filter(|e| e.key == key || e.key.starts_with(&under))
                     .map(EntryWire::from)
                     .collect();
                 Response {
