@@ -123,7 +123,7 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let control_waker = control.waker();
     let pid_file = cfg.state_dir.join(log_sensor_common::state_dir::PID);
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
-    tracing::info!(sinks = %sink::describe_all(&cfg.sinks), sources = cfg.sources.len(), groups = routes.groups.len(), store = %cfg.store_path().display(), "log-sensor running");
+    tracing::info!(sinks = %sink::describe_all(&cfg.sinks), sources = cfg.sources.len(), syslog_sources = cfg.syslog_sources.len(), groups = routes.groups.len(), store = %cfg.store_path().display(), "log-sensor running");
     let commits = Arc::new(ShipStats::default());
     let tails: Vec<Arc<TailStats>> = routes
         .groups

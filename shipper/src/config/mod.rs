@@ -322,6 +322,9 @@ impl Config {
                 });
             }
             r.finish(&mut issues);
+            if let Some(a) = listen {
+                syslog::check_monitor_port(a, &syslog_sources, &mut issues);
+            }
             MonitorConfig {
                 listen,
                 unhealthy_after,

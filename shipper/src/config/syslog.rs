@@ -271,6 +271,35 @@ pub fn check_ports(sources: &[SyslogSource], issues: &mut Vec<ConfigIssue>) {
     }
 }
 
+/// The monitor's port taken by a tcp:// or tls:// listener too: one of the two would fail to
+/// bind as the agent starts.
+pub fn check_monitor_port(
+    monitor: SocketAddr,
+    sources: &[SyslogSource],
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let m = Listener {
+        transport: Transport::Tcp,
+        addr: monitor,
+    };
+    for s in sources {
+        if let Some(l) = s
+            .listen
+            .iter()
+            .find(|l| monitor.port() != 0 && clash(&m, l))
+        {
+            issues.push(ConfigIssue {
+                key: "monitor.listen".into(),
+                message: format!(
+                    "{monitor} cannot bind beside {} of sources.{}: the same port at overlapping addresses",
+                    l.url(),
+                    s.name
+                ),
+            });
+        }
+    }
+}
+
 /// Whether binding both `a` and `b` fails with "address in use".
 fn clash(a: &Listener, b: &Listener) -> bool {
     let udp = |l: &Listener| l.transport == Transport::Udp;
@@ -416,6 +445,23 @@ mod tests {
             // Within one source too.
             assert_eq!(issues(&[source("a", &[first, second])]).len(), 1);
         }
+        // And the monitor's port.
+        let monitor = |addr: &str, sources: &[SyslogSource]| {
+            let mut issues = Vec::new();
+            check_monitor_port(addr.parse().unwrap(), sources, &mut issues);
+            issues
+        };
+        let got = monitor("127.0.0.1:514", &[source("a", &["tls://0.0.0.0:514"])]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].key, "monitor.listen");
+        assert!(
+            got[0].message.contains("tls://0.0.0.0:514 of sources.a"),
+            "{got:?}"
+        );
+        assert_eq!(
+            monitor("127.0.0.1:514", &[source("a", &["udp://127.0.0.1:514"])]),
+            vec![]
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub struct CollectorSink {
 /// Why the sink does not start without its identity, and the fix: files that are not there mean
 /// no enrolment yet, which no retry would change.
 fn no_identity(e: &crate::tls::TlsError) -> String {
-    format!("{e} (run `log-sensor enroll` first, or set sink.ca, sink.cert and sink.key)")
+    // The sink does not know its name here: the hint fits `[sink]` and `[sinks.NAME]` alike.
+    format!("{e} (run `log-sensor enroll` first, or set the sink's ca, cert and key)")
 }
 
 /// Batches in flight: one being stored by the collector while the next one travels. More would

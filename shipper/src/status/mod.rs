@@ -264,7 +264,7 @@ impl LiveSink {
         };
         let last_error = match stuck {
             Some(t) => Some(format!(
-                "one send has not returned for {} s: the destination takes nothing (a pipe nobody reads, a hung file system?)",
+                "one send has not returned for {} s: the destination neither takes nor acknowledges data (a pipe nobody reads, a hung file system, a frozen peer?)",
                 now - t
             )),
             None => ship.last_error.lock().ok().and_then(|e| e.clone()),
