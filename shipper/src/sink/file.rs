@@ -247,7 +247,7 @@ fn check_output(path: &Path) -> Result<(), String> {
                 };
                 match std::fs::metadata(parent) {
                     Ok(m) if m.is_dir() => {
-                        return access(parent, libc::W_OK | libc::X_OK).map_err(folder_err);
+                        return creatable(parent).map_err(folder_err);
                     }
                     Ok(_) => return Err(folder_err(Error::from_raw_os_error(libc::ENOTDIR))),
                     Err(e) if e.kind() == ErrorKind::NotFound => up = parent,
@@ -262,10 +262,30 @@ fn check_output(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(open_err(Error::from_raw_os_error(libc::EISDIR))),
         Ok(_) => access(path, libc::W_OK).map_err(open_err),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            access(dir, libc::W_OK | libc::X_OK).map_err(open_err)
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => creatable(dir).map_err(open_err),
         Err(e) => Err(open_err(e)),
+    }
+}
+
+/// Whether a file or folder can be made in the folder `dir`: access(2) says so for its mode (and
+/// always for root), but /proc and /sys make nothing a process asks for, whoever it is. Their
+/// refusals are the kernel's own: ENOENT from procfs, EACCES from sysfs.
+fn creatable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    access(dir, libc::W_OK | libc::X_OK)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated and `fs` a plain struct the call fills in.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return Ok(());
+    }
+    match fs.f_type as i64 {
+        PROC_SUPER_MAGIC => Err(std::io::Error::from_raw_os_error(libc::ENOENT)),
+        SYSFS_MAGIC => Err(std::io::Error::from_raw_os_error(libc::EACCES)),
+        _ => Ok(()),
     }
 }
 
@@ -374,6 +394,10 @@ mod tests {
             d.join("plain/out.ndjson"),        // the folder is a file
             d.join("plain/deeper/out.ndjson"), // a folder on the way is a file
             d.join("folder"),                  // the file is a folder
+            // Where nothing can be made, root or not (access(2) says yes to root).
+            std::path::PathBuf::from("/proc/nope/out.ndjson"),
+            std::path::PathBuf::from("/proc/out.ndjson"),
+            std::path::PathBuf::from("/sys/out.ndjson"),
         ];
         for p in &refused {
             let checked = FileSink::check(p).err().map(|e| e.to_string());
