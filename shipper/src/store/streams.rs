@@ -103,6 +103,27 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The `(stream, source)` of every active stream whose id starts with `prefix`, read by the
+    /// primary key's order (a range, not a scan of every file's row: a store may hold 100,000).
+    pub fn active_streams_under(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // Every id that starts with `prefix` sorts in [prefix, prefix with its last byte + 1).
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let end = String::from_utf8(end).unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT stream, source FROM streams WHERE stream >= ?1 AND stream < ?2 AND state = 'active'",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![prefix, end], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Sets a stream's state alone (a syslog listener stopped or back).
     pub fn set_stream_state(&self, stream: &str, state: StreamState) -> Result<(), StoreError> {
         self.conn
@@ -324,6 +345,43 @@ pub(super) mod tests {
             state: StreamState::Active,
             alerted_too_large: false,
         }
+    }
+
+    #[test]
+    fn active_streams_under_a_prefix_and_a_state_set_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        for id in [
+            "syslog:net:udp://a",
+            "syslog:net:tcp://b",
+            "syslogx",
+            "syslog;",
+            "f00d",
+        ] {
+            s.upsert_stream(&row(id)).unwrap();
+        }
+        let ids = |s: &Store| {
+            let mut v: Vec<String> = s
+                .active_streams_under("syslog:")
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&s), ["syslog:net:tcp://b", "syslog:net:udp://a"]);
+        s.set_stream_state("syslog:net:tcp://b", StreamState::Stopped)
+            .unwrap();
+        assert_eq!(ids(&s), ["syslog:net:udp://a"]);
+        let st = s.load_streams().unwrap();
+        let b = st
+            .iter()
+            .find(|r| r.stream == "syslog:net:tcp://b")
+            .unwrap();
+        assert_eq!(b.state, StreamState::Stopped, "read back as it was written");
+        // Never forgotten as a let-go file is.
+        assert_eq!(s.prune_streams(-10).unwrap(), 0);
     }
 
     #[test]

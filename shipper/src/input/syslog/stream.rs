@@ -247,18 +247,14 @@ impl SyslogInput {
 /// the agent was down. Status showed them `active` for ever.
 pub fn mark_stopped(store: &Mutex<Store>, running: &HashSet<String>, owned: Option<&[String]>) {
     let st = store.lock().unwrap_or_else(|p| p.into_inner());
-    let Ok(rows) = st.load_streams() else {
+    let Ok(rows) = st.active_streams_under("syslog:") else {
         return;
     };
-    for r in rows {
-        let ours = owned.is_none_or(|o| o.contains(&r.source));
-        if r.stream.starts_with("syslog:")
-            && r.state == StreamState::Active
-            && ours
-            && !running.contains(&r.stream)
-        {
-            if let Err(e) = st.set_stream_state(&r.stream, StreamState::Stopped) {
-                tracing::warn!(stream = %r.stream, error = %e, "cannot mark the stream stopped");
+    for (stream, source) in rows {
+        let ours = owned.is_none_or(|o| o.contains(&source));
+        if ours && !running.contains(&stream) {
+            if let Err(e) = st.set_stream_state(&stream, StreamState::Stopped) {
+                tracing::warn!(stream = %stream, error = %e, "cannot mark the stream stopped");
             }
         }
     }
