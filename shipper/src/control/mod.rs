@@ -23,7 +23,7 @@ pub mod server;
 
 use crate::config::layers::Entry;
 use crate::status::Status;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,33 @@ pub fn call(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     }
 }
 
+/// Writes all of `buf` with send(2) and MSG_NOSIGNAL: the CLI takes SIGPIPE's default (so that
+/// `status | head` ends quietly), and a plain write to an agent that died after the connect
+/// would kill it with that signal instead of returning the error the retry above handles.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        // SAFETY: a valid socket and a buffer of `buf.len()` readable bytes.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
 /// The connection was cut before an answer came: the agent went away under us.
 fn cut_off(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
@@ -106,7 +133,7 @@ fn call_once(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
         path: path.clone(),
         error,
     };
-    let mut stream = match UnixStream::connect(&path) {
+    let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)
             if matches!(
@@ -130,7 +157,7 @@ fn call_once(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
     let mut line = serde_json::to_vec(req).expect("a request serialises");
     line.push(b'\n');
     // A busy agent may answer and close before it reads our line; its answer still counts.
-    let sent = stream.write_all(&line);
+    let sent = send_all(&stream, &line);
     let mut answer = String::new();
     let read = BufReader::new(&stream).read_line(&mut answer);
     let resp: Response = match (serde_json::from_str(&answer), sent, read) {
