@@ -247,16 +247,19 @@ pub struct LiveSink {
 }
 
 /// A send (or wait for its acknowledgement) under way this long counts as the sink failing,
-/// from the moment it began: the destination takes nothing. Longer than any send a working
-/// destination needs (the collector sink times out its own requests sooner).
+/// from the moment it began: the destination takes nothing. Only for the sinks with no timeout
+/// of their own (file, stdout); the collector and syslog sinks time their reads and writes out
+/// and fail by themselves, and a slow but working collector (replies within its 60 s
+/// `timeout`) must not show as failing.
 pub const STUCK_AFTER_SECS: i64 = 10;
 
 impl LiveSink {
     fn status(&self, now: i64) -> SinkStatus {
         let ship = &self.stats;
+        let untimed = matches!(self.kind.as_str(), "file" | "stdout");
         let stuck = match ship.sending_since.load(Ordering::Relaxed) {
             0 => None,
-            t => Some(t as i64).filter(|t| now - t >= STUCK_AFTER_SECS),
+            t => Some(t as i64).filter(|t| untimed && now - t >= STUCK_AFTER_SECS),
         };
         let failing_since = match ship.failing_since.load(Ordering::Relaxed) {
             0 => stuck,
