@@ -157,11 +157,13 @@ impl Tailer {
         let cands = self.registry.by_fingerprint(&source.name, |m| {
             (head.bytes.len() >= m).then(|| head::hash(&head.bytes[..m]))
         });
-        // A file shorter than N is still found by a stream fingerprinted under a smaller
-        // `fingerprint_bytes` that its head covers: raising N must not read it again.
+        // A file shorter than N is still found as its own stream, fingerprinted under a smaller
+        // `fingerprint_bytes` that its head covers: raising N must not read it again. Only the
+        // same file (inode): other streams sharing that old head are for the short-file checks
+        // below (archives of short streams, finished short archives) to judge, as before.
         let fingerprinted = match head.fingerprint(n) {
             Fingerprint::Checksum { .. } => true,
-            Fingerprint::Provisional => !cands.is_empty(),
+            Fingerprint::Provisional => cands.iter().any(|c| (c.row.device, c.row.inode) == key),
         };
         match fingerprinted {
             true => {
