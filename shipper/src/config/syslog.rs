@@ -300,13 +300,21 @@ pub fn check_monitor_port(
     }
 }
 
+/// Whether an IPv6 wildcard listener takes IPv4 too: Linux's default, unless the host set
+/// `net.ipv6.bindv6only` (then `[::]:514` and `0.0.0.0:514` bind side by side).
+fn dual_stack() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").map_or(true, |v| v.trim() != "1")
+}
+
 /// Whether binding both `a` and `b` fails with "address in use".
 fn clash(a: &Listener, b: &Listener) -> bool {
     let udp = |l: &Listener| l.transport == Transport::Udp;
     if udp(a) != udp(b) || a.addr.port() != b.addr.port() {
         return false;
     }
-    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    let covers = |w: IpAddr, o: IpAddr| {
+        w.is_unspecified() && (w.is_ipv4() == o.is_ipv4() || (w.is_ipv6() && dual_stack()))
+    };
     let (x, y) = (a.addr.ip(), b.addr.ip());
     x == y || covers(x, y) || covers(y, x)
 }

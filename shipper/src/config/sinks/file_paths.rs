@@ -84,6 +84,12 @@ fn resolved_within(path: &Path, hops: u32) -> PathBuf {
     let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
     let mut at = path;
     loop {
+        // A device, pipe or socket is no file two sinks cut: /dev/stdout and /dev/stderr lead
+        // to one pipe under systemd (through /proc's links, which name no path), and both may
+        // be sinks.
+        if rest.is_empty() && std::fs::metadata(at).is_ok_and(|m| !m.is_file()) {
+            return path.to_path_buf();
+        }
         if let Ok(real) = std::fs::canonicalize(at) {
             return rest.iter().rev().fold(real, |p, c| p.join(c));
         }
@@ -213,5 +219,8 @@ mod tests {
             );
         }
         assert_eq!(config("real/out.ndjson", "link/other.ndjson"), "");
+        // Not files: /dev/stdout and /dev/stderr may lead to one pipe (a test harness, the
+        // journal), and two sinks there cut nothing of each other's.
+        assert_eq!(config("/dev/stdout", "/dev/stderr"), "");
     }
 }
