@@ -103,11 +103,18 @@ pub fn run(layers: Layers, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // After the lock, so a second agent on the same state dir is told whose it is; this is the
     // one on another state dir (the file's `state_dir` edited under a running agent).
-    if let Some(&pid) = peers::others_with_config(&cfg.path).first() {
-        return Err(AgentError::ConfigInUse {
-            path: cfg.path.clone(),
-            pid,
-        });
+    let seen = peers::others_with_config(&cfg.path);
+    if !seen.is_empty() {
+        // One started in the same moment on our state dir fails its lock and is gone at once:
+        // only a peer still there a moment later is another agent.
+        std::thread::sleep(Duration::from_millis(500));
+        let still = peers::others_with_config(&cfg.path);
+        if let Some(&pid) = still.iter().find(|p| seen.contains(p)) {
+            return Err(AgentError::ConfigInUse {
+                path: cfg.path.clone(),
+                pid,
+            });
+        }
     }
     raise_fd_limit();
     let store = Store::open(&cfg.state_dir)?;
