@@ -76,6 +76,12 @@ pub(in crate::config) fn check(
 /// two paths to one file through a symlinked folder or file are one file. As written where
 /// nothing of it exists.
 fn resolved(path: &Path) -> PathBuf {
+    // /dev/stdout, /dev/stderr, /proc/self/fd/N: what they lead to depends on how the process
+    // was started (`> log 2>&1` makes both one file), not on the config, so they are judged as
+    // written.
+    if path.starts_with("/dev") || path.starts_with("/proc") {
+        return path.to_path_buf();
+    }
     resolved_within(path, 40)
 }
 
