@@ -1107,31 +1107,31 @@ fn http_get(port: u16, path: &str) -> String {
 
 // ------------------------------------------------------------------ reloads
 
-/// `log-sensor reload` with the running agent's config file, which must be accepted.
-fn reload(agent: &NetAgent) {
+/// `log-sensor reload` with the running agent's config file → whether it was accepted, and
+/// what it said on stderr.
+fn ask_reload(agent: &NetAgent) -> (bool, String) {
     let out = agent
         .cmd()
         .arg("reload")
         .env("LOG_SENSOR_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
+    (
         out.status.success(),
-        "reload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `log-sensor reload`, which must be accepted.
+fn reload(agent: &NetAgent) {
+    let (ok, said) = ask_reload(agent);
+    assert!(ok, "reload: {said}");
 }
 
 /// `log-sensor reload`, which must be refused → what it said.
 fn reload_refused(agent: &NetAgent) -> String {
-    let out = agent
-        .cmd()
-        .arg("reload")
-        .env("LOG_SENSOR_LOG", "warn")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "reload should be refused: {said}");
+    let (ok, said) = ask_reload(agent);
+    assert!(!ok, "reload should be refused: {said}");
     said
 }
 
